@@ -1,0 +1,1 @@
+//! Deterministic machine model for lazymmu.

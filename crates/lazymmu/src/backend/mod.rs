@@ -1,0 +1,119 @@
+//! Arch backends: portable batching policy over a small trait of machine
+//! primitives per architecture.
+//!
+//! Range operations never touch a page-table entry directly: every read and
+//! write goes through [`PteAccess`], so a backend can batch the write (Xen
+//! PV multicalls, s390 IPTE), attach a side effect to it (arm64 barriers,
+//! powerpc hash invalidations) or wrap it in a key-register window
+//! (protected page tables). TLB invalidations go through [`TlbFlush`].
+//! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
+//! context switches through [`ContextSwitch`].
+
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::mode::{ArchHooks, LazyState};
+
+/// One page-table entry update as the backend sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryUpdate {
+    /// Physical address of the 8-byte entry.
+    pub entry: PhysAddr,
+    /// First virtual address the entry covers.
+    pub va: VirtAddr,
+    /// Address space the entry belongs to.
+    pub space: SpaceId,
+    /// Level of the table holding the entry: 1 for a PTE table (4K leaves),
+    /// 2 for a PMD table (2M blocks), 3 for PUD, 4 for the top of a
+    /// 4-level tree and 5 for the top of a 5-level tree.
+    pub level: u8,
+    /// The value to store.
+    pub value: u64,
+    /// Whether the entry belongs to the kernel's half of the address space
+    /// (arm64 barriers apply only to valid kernel entries).
+    pub kernel: bool,
+    /// Whether the new value is a valid (present) entry.
+    pub valid: bool,
+    /// Whether the new value is a leaf (page or block) rather than a table
+    /// pointer.
+    pub leaf: bool,
+}
+
+impl EntryUpdate {
+    /// The page size a leaf at this level maps.
+    pub const fn page_size(&self) -> PageSize {
+        match self.level {
+            1 => PageSize::Size4K,
+            2 => PageSize::Size2M,
+            _ => PageSize::Size1G,
+        }
+    }
+}
+
+/// How range operations read and write page-table entries.
+pub trait PteAccess {
+    /// Reads the entry at `entry`. Inside a lazy section some backends
+    /// return the value before a batched write (Xen PV); callers that must
+    /// read back pause the mode.
+    fn read_entry(&self, entry: PhysAddr) -> u64;
+
+    /// Writes an entry, possibly deferring the write or its side effects
+    /// until the lazy section flushes.
+    fn write_entry(&self, update: EntryUpdate);
+
+    /// Atomically reads and clears an entry (`ptep_get_and_clear`), returning
+    /// the old value. Not batched: the caller needs the old value (dirty and
+    /// accessed bits) now.
+    fn get_and_clear(&self, update: EntryUpdate) -> u64;
+}
+
+/// Which CPUs a TLB invalidation must reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushScope {
+    /// Only the CPU doing the update.
+    Local,
+    /// Every CPU in the mask (bit n = CPU n) that uses the address space.
+    Cpus(u64),
+}
+
+/// TLB invalidation, as the gather asks for it.
+pub trait TlbFlush {
+    /// Invalidates the translations of `[start, end)` in `space`, page by
+    /// page at `stride`.
+    fn flush_range(
+        &self,
+        space: SpaceId,
+        start: VirtAddr,
+        end: VirtAddr,
+        stride: PageSize,
+        scope: FlushScope,
+    );
+
+    /// Invalidates every translation of `space`.
+    fn flush_all(&self, space: SpaceId, scope: FlushScope);
+
+    /// The number of single-page invalidations above which the gather
+    /// should rather flush everything (x86's `tlb_single_page_flush_ceiling`
+    /// is 33).
+    fn single_page_ceiling(&self) -> usize {
+        33
+    }
+}
+
+/// Context-switch hooks (`arch_start_context_switch`,
+/// `arch_end_context_switch`), given the lazy state of the task leaving and
+/// of the task arriving.
+pub trait ContextSwitch {
+    /// Called on the CPU before switching away from a task with `prev`.
+    fn switch_out(&self, prev: LazyState) {
+        let _ = prev;
+    }
+    /// Called on the CPU after switching to a task with `next`.
+    fn switch_in(&self, next: LazyState) {
+        let _ = next;
+    }
+}
+
+/// Everything a range operation and the lazy mode need from an arch.
+pub trait Backend: ArchHooks + PteAccess + TlbFlush + ContextSwitch {
+    /// The backend's name on the command line (`x86`, `xen-pv`, ...).
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,22 @@
+//! # lazymmu
+//!
+//! Linux's nestable, pausable *lazy MMU mode* for Rust kernels and
+//! hypervisors, with the page tables, range operations, TLB gathering and
+//! arch backends that use it.
+//!
+//! - [`mode`]: the generic mode (counters in the task, as Linux 7.0) and the
+//!   two alternative designs, behind [`mode::LazyMode`].
+//!
+//! The crate is `no_std`; the `alloc` and `std` features add conveniences
+//! for hosted users such as the simulator.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod addr;
+pub mod backend;
+pub mod mode;
