@@ -42,3 +42,9 @@ impl Local<u64> {
         self.set(self.get() + 1)
     }
 }
+
+impl<T: Copy + core::fmt::Debug> core::fmt::Debug for Local<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.get().fmt(f)
+    }
+}

@@ -9,10 +9,13 @@
 
 mod boot;
 mod cpu;
+mod env;
 mod exit;
 mod interrupts;
 mod local;
+mod memory;
 mod pks;
+mod pks_tables;
 mod serial;
 
 use core::panic::PanicInfo;
