@@ -156,8 +156,7 @@ pub struct Cpuid {
 
 /// Executes CPUID for `leaf` and `subleaf`.
 pub fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
-    // SAFETY: CPUID exists on every x86-64 CPU and has no side effect.
-    let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     Cpuid {
         eax: r.eax,
         ebx: r.ebx,

@@ -13,7 +13,7 @@ use core::ptr::addr_of;
 
 use crate::cpu::{self, outb};
 use crate::local::Local;
-use crate::{pks, println};
+use crate::{paging, println};
 
 /// Registers saved by the entry stub, lowest address first.
 #[repr(C)]
@@ -399,8 +399,10 @@ pub fn set_timer_hook(hook: Option<fn()>) {
 
 #[no_mangle]
 extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
-    let interrupted_pkrs = pks::exception_entry();
+    // In interrupt context first, so the key-register writes of the entry
+    // are counted as interrupt work.
     IRQ_DEPTH.set(IRQ_DEPTH.get() + 1);
+    let key_frame = paging::exception_enter();
     match frame.vector {
         PAGE_FAULT => page_fault(frame),
         TIMER_VECTOR => {
@@ -415,8 +417,8 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         39 | 47 => {}
         _ => fatal(frame, "unexpected exception"),
     }
+    paging::exception_exit(key_frame);
     IRQ_DEPTH.set(IRQ_DEPTH.get() - 1);
-    pks::exception_exit(interrupted_pkrs);
 }
 
 fn page_fault(frame: &mut InterruptFrame) {

@@ -48,3 +48,51 @@ impl<T: Copy + core::fmt::Debug> core::fmt::Debug for Local<T> {
         self.get().fmt(f)
     }
 }
+
+/// A value built once at boot and then shared for the rest of the run
+/// (the backend and the lazy mode, whose constructors are not `const`).
+pub struct Global<T> {
+    value: core::cell::UnsafeCell<core::mem::MaybeUninit<T>>,
+    ready: Local<bool>,
+}
+
+// SAFETY: one CPU. The value is written once, before `ready` is set, and only
+// shared references are handed out after that; the library types stored here
+// use `Cell`s designed for re-entry from interrupt handlers on one CPU.
+unsafe impl<T> Sync for Global<T> {}
+
+impl<T> Global<T> {
+    /// Not yet built.
+    pub const fn new() -> Self {
+        Self {
+            value: core::cell::UnsafeCell::new(core::mem::MaybeUninit::uninit()),
+            ready: Local::new(false),
+        }
+    }
+
+    /// Builds the value.
+    ///
+    /// # Panics
+    /// If it was built already.
+    pub fn init(&self, value: T) {
+        assert!(!self.ready.get(), "global initialised twice");
+        // SAFETY: not ready, so no reference to the value exists yet.
+        unsafe { (*self.value.get()).write(value) };
+        self.ready.set(true);
+    }
+
+    /// Whether the value has been built.
+    pub fn is_ready(&self) -> bool {
+        self.ready.get()
+    }
+
+    /// The value.
+    ///
+    /// # Panics
+    /// If it has not been built.
+    pub fn get(&self) -> &T {
+        assert!(self.ready.get(), "global used before initialisation");
+        // SAFETY: ready, so the value was written and is never written again.
+        unsafe { (*self.value.get()).assume_init_ref() }
+    }
+}

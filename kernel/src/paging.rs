@@ -6,20 +6,21 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
+use lazymmu::backend::protected::{KeyRegister, KeySlot, Pks, Protected};
 use lazymmu::backend::x86::{RemoteFlush, X86Backend, X86Primitives};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, LazyState, Misuse, MisusePolicy, Step};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::memory::PageTableMemory;
-use lazymmu::pgtable::ops::PageTables;
+use lazymmu::pgtable::ops::{allocate_root, PageTables};
 
 use crate::cpu;
 use crate::env::KernelEnv;
-use crate::local::Local;
+use crate::local::{Global, Local};
 use crate::memory::{self, MemoryMap, Region, DATA_FRAMES, PAGE_TABLE_FRAMES};
 use crate::pks::{self, PAGE_TABLE_KEY};
-use crate::pks_tables::{with_window, PksTables};
 
 /// Page-table memory: entries are reached through the direct map (the boot
 /// identity map before it exists).
@@ -57,7 +58,7 @@ impl PageTableMemory for KernelMemory {
         // A new table is zeroed before it is linked; it is a page-table
         // page, so this too needs the window (already open inside a
         // section, opened and closed here otherwise).
-        with_window(|| {
+        pks::with_page_table_window(|| {
             // SAFETY: `frame` was just allocated from the page-table pool and
             // is not linked anywhere, so nothing else uses it.
             unsafe { core::ptr::write_bytes(Self::pointer(frame), 0, 512) }
@@ -118,7 +119,7 @@ pub fn counts() -> PrimitiveCounts {
         invlpg: INVLPG.get(),
         cr3_reloads: CR3_RELOADS.get(),
         global_flushes: GLOBAL_FLUSHES.get(),
-        pkrs_writes: pks::window_writes(),
+        pkrs_writes: pks::writes(),
     }
 }
 
@@ -170,10 +171,64 @@ impl X86Primitives for KernelPrimitives {
     }
 }
 
+/// The key register and the machine state the protected wrapper consults.
+#[derive(Debug)]
+pub struct KernelKeys;
+
+static SECTION_KEY: Local<Option<u64>> = Local::new(None);
+static LIVE_KEY: Local<Option<u64>> = Local::new(None);
+static BACKEND_BUGS: Local<u64> = Local::new(0);
+
+/// Misuse the protected wrapper reported (double enter, key-frame mismatch).
+pub fn backend_bugs() -> u64 {
+    BACKEND_BUGS.get()
+}
+
+impl CpuPrimitives for KernelKeys {
+    fn cpu_id(&self) -> usize {
+        0
+    }
+    fn in_interrupt(&self) -> bool {
+        crate::interrupts::in_interrupt()
+    }
+    // No scheduler: nothing to disable.
+    fn preempt_disable(&self) {}
+    fn preempt_enable(&self) {}
+    fn read_pte(&self, entry: PhysAddr) -> u64 {
+        MEMORY.read(entry)
+    }
+    fn report(&self, bug: BackendBug) {
+        BACKEND_BUGS.increment();
+        crate::println!("FAIL backend bug: {bug}");
+    }
+}
+
+impl KeyRegister for KernelKeys {
+    fn read_key(&self) -> u64 {
+        pks::read()
+    }
+    fn write_key(&self, value: u64) {
+        pks::write_window(value);
+    }
+    // One task: its saved copies are plain globals.
+    fn task_key(&self, slot: KeySlot) -> Option<u64> {
+        match slot {
+            KeySlot::Live => LIVE_KEY.get(),
+            KeySlot::Section => SECTION_KEY.get(),
+        }
+    }
+    fn set_task_key(&self, slot: KeySlot, value: u64) {
+        match slot {
+            KeySlot::Live => LIVE_KEY.set(Some(value)),
+            KeySlot::Section => SECTION_KEY.set(Some(value)),
+        }
+    }
+}
+
 /// The native backend.
 pub type NativeBackend = X86Backend<KernelMemory, KernelPrimitives>;
-/// The native backend with PKS-protected entry writes.
-pub type KernelBackend = PksTables<NativeBackend, KernelEnv>;
+/// The native backend with page tables protected by PKS.
+pub type KernelBackend = Protected<NativeBackend, KernelKeys, Pks>;
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
@@ -184,11 +239,40 @@ pub type KernelTables<'a, L> =
 pub static MEMORY: KernelMemory = KernelMemory;
 /// Page-table frames.
 pub static TABLE_FRAMES: PageTableFrames = PageTableFrames;
+static BACKEND: Global<KernelBackend> = Global::new();
+static LAZY: Global<KernelLazy> = Global::new();
+
 /// The backend every page-table change goes through.
-pub static BACKEND: KernelBackend =
-    PksTables::new(X86Backend::new(KernelMemory, KernelPrimitives), KernelEnv);
+pub fn backend() -> &'static KernelBackend {
+    BACKEND.get()
+}
+
 /// The lazy mode.
-pub static LAZY: KernelLazy = Counters::new(KernelEnv, &BACKEND, MisusePolicy::Count);
+pub fn lazy() -> &'static KernelLazy {
+    LAZY.get()
+}
+
+/// Builds the backend and the lazy mode. Before interrupts are enabled.
+pub fn init_backend() {
+    BACKEND.init(Protected::new(
+        X86Backend::new(KernelMemory, KernelPrimitives),
+        KernelKeys,
+    ));
+    LAZY.init(Counters::new(KernelEnv, BACKEND.get(), MisusePolicy::Count));
+}
+
+/// Exception entry: the default key register value (see
+/// [`Protected::exception_enter`]); `None` before the backend exists.
+pub fn exception_enter() -> Option<lazymmu::backend::protected::KeyFrame> {
+    BACKEND.is_ready().then(|| BACKEND.get().exception_enter())
+}
+
+/// Exception return: restores the interrupted key register value.
+pub fn exception_exit(frame: Option<lazymmu::backend::protected::KeyFrame>) {
+    if let Some(frame) = frame {
+        BACKEND.get().exception_exit(frame);
+    }
+}
 
 static KERNEL_ROOT: Local<PhysAddr> = Local::new(PhysAddr(0));
 
@@ -203,8 +287,8 @@ pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
         kernel_root(),
         SpaceId::KERNEL,
         &MEMORY,
-        &BACKEND,
-        &LAZY,
+        backend(),
+        lazy(),
         &TABLE_FRAMES,
     )
 }
@@ -215,7 +299,7 @@ pub fn kernel_tables_with<L: LazyMode>(lazy: &L) -> KernelTables<'_, L> {
         kernel_root(),
         SpaceId::KERNEL,
         &MEMORY,
-        &BACKEND,
+        backend(),
         lazy,
         &TABLE_FRAMES,
     )
@@ -275,7 +359,7 @@ fn symbol(s: *const u8) -> u64 {
 /// # Errors
 /// A message when a frame or a mapping cannot be had.
 pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
-    let root = KernelTables::<KernelLazy>::allocate_root(&MEMORY, &TABLE_FRAMES)
+    let root = allocate_root(&MEMORY, &TABLE_FRAMES)
         .ok_or("no frame for the root table")?;
     KERNEL_ROOT.set(root);
     let tables = kernel_tables();
@@ -335,6 +419,17 @@ pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
         cpu::write_cr4(cpu::read_cr4() | cpu::CR4_PGE);
     }
     Ok(())
+}
+
+/// Loads the tables at `root` (address space `space`) into CR3.
+///
+/// Every root the kernel builds links the kernel's image and upper-half
+/// entries, so the running code stays mapped.
+pub fn switch_to(root: PhysAddr, space: SpaceId) {
+    // SAFETY: see above; the caller passes a root with the kernel's
+    // entries linked.
+    unsafe { cpu::write_cr3(root.0) };
+    LOADED_SPACE.set(space);
 }
 
 /// The direct-map address of physical `phys`.

@@ -38,8 +38,8 @@ pub const fn pte_key_bits(key: u8) -> u64 {
 }
 
 static ENABLED: Local<bool> = Local::new(false);
-static WINDOW_WRITES: Local<u64> = Local::new(0);
-static EXCEPTION_WRITES: Local<u64> = Local::new(0);
+static PKRS_WRITES: Local<u64> = Local::new(0);
+static IRQ_PKRS_WRITES: Local<u64> = Local::new(0);
 
 /// Whether the CPU supports PKS.
 pub fn supported() -> bool {
@@ -57,7 +57,7 @@ pub fn enable() -> Result<(), &'static str> {
     // SAFETY: PKS is supported (checked above), so IA32_PKRS exists and
     // CR4.PKS may be set; no supervisor page carries a write-disabled key
     // that running code writes through except the page tables, which are
-    // only written through a window (see `KeyWindow`).
+    // only written through a window (`lazymmu::backend::protected`).
     unsafe {
         cpu::wrmsr(MSR_IA32_PKRS, DEFAULT_PKRS);
         cpu::write_cr4(cpu::read_cr4() | cpu::CR4_PKS);
@@ -71,62 +71,54 @@ pub fn enabled() -> bool {
     ENABLED.get()
 }
 
-/// The current IA32_PKRS.
+/// The current IA32_PKRS ([`DEFAULT_PKRS`] before PKS is on, so that
+/// window bookkeeping is the same either way).
 pub fn read() -> u64 {
     if !ENABLED.get() {
-        return 0;
+        return DEFAULT_PKRS;
     }
     // SAFETY: PKS is enabled, so the MSR exists.
     unsafe { cpu::rdmsr(MSR_IA32_PKRS) }
 }
 
-/// Writes IA32_PKRS on behalf of a page-table write window and counts it.
+/// Writes IA32_PKRS and counts it (windows, and exception entry and
+/// return).
 pub fn write_window(value: u64) {
     if !ENABLED.get() {
         return;
     }
-    WINDOW_WRITES.increment();
+    if crate::interrupts::in_interrupt() {
+        IRQ_PKRS_WRITES.increment();
+    } else {
+        PKRS_WRITES.increment();
+    }
     // SAFETY: PKS is enabled, so the MSR exists; the values written are
     // DEFAULT_PKRS or OPEN_PKRS, which only change the rights on page-table
     // pages.
     unsafe { cpu::wrmsr(MSR_IA32_PKRS, value) };
 }
 
-/// PKRS writes made by page-table write windows since boot.
-pub fn window_writes() -> u64 {
-    WINDOW_WRITES.get()
+/// IA32_PKRS writes in task context since boot.
+pub fn writes() -> u64 {
+    PKRS_WRITES.get()
 }
 
-/// PKRS writes made by exception entry and return since boot.
-pub fn exception_writes() -> u64 {
-    EXCEPTION_WRITES.get()
+/// IA32_PKRS writes in interrupt context (exception entry and return,
+/// handlers' own windows) since boot.
+pub fn irq_writes() -> u64 {
+    IRQ_PKRS_WRITES.get()
 }
 
-/// Exception entry: loads [`DEFAULT_PKRS`] (an interrupted write window must
-/// not leak into the handler) and returns the interrupted value.
-pub fn exception_entry() -> u64 {
-    if !ENABLED.get() {
-        return DEFAULT_PKRS;
+/// Runs `f` with page-table pages writable: inside a section's window as
+/// is, otherwise between an open and a close (2 counted writes). For the
+/// zeroing of a new table, which the library does on memory directly.
+pub fn with_page_table_window<R>(f: impl FnOnce() -> R) -> R {
+    let before = read();
+    if before & (DEFAULT_PKRS | (DEFAULT_PKRS >> 1)) == 0 {
+        return f();
     }
-    // Read the register, not a shadow: an interrupt may arrive between a
-    // window's WRMSR and any bookkeeping after it.
-    let interrupted = read();
-    if interrupted != DEFAULT_PKRS {
-        EXCEPTION_WRITES.increment();
-        // SAFETY: PKS is enabled; DEFAULT_PKRS only restricts rights.
-        unsafe { cpu::wrmsr(MSR_IA32_PKRS, DEFAULT_PKRS) };
-    }
-    interrupted
-}
-
-/// Exception return: restores the value [`exception_entry`] returned.
-pub fn exception_exit(interrupted: u64) {
-    if !ENABLED.get() {
-        return;
-    }
-    if read() != interrupted {
-        EXCEPTION_WRITES.increment();
-        // SAFETY: PKS is enabled; this is the value the interrupted code had.
-        unsafe { cpu::wrmsr(MSR_IA32_PKRS, interrupted) };
-    }
+    write_window(OPEN_PKRS);
+    let result = f();
+    write_window(before);
+    result
 }
