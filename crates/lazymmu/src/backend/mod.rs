@@ -17,6 +17,7 @@ pub mod recording;
 pub mod s390;
 pub mod sparc64;
 pub mod xen_pv;
+pub mod x86;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
