@@ -76,8 +76,6 @@ const PIC_BASE: u8 = 32;
 pub const PF_PRESENT: u64 = 1 << 0;
 /// The access was a write.
 pub const PF_WRITE: u64 = 1 << 1;
-/// The access was an instruction fetch.
-pub const PF_FETCH: u64 = 1 << 4;
 /// The fault was a protection-key violation.
 pub const PF_PROTECTION_KEY: u64 = 1 << 5;
 

@@ -11,6 +11,9 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
+// Checks fail with a formatted message in a fixed stack buffer (there is no
+// allocator); the size of that `Err` is irrelevant off the hot paths.
+#![allow(clippy::result_large_err)]
 
 mod bench;
 mod boot;
@@ -80,7 +83,10 @@ fn setup(start_info: u64) -> Result<(), &'static str> {
         data.start,
         data.end
     );
-    println!("paging: the library's tables are loaded (CR3 {:#x})", cpu::read_cr3());
+    println!(
+        "paging: the library's tables are loaded (CR3 {:#x})",
+        cpu::read_cr3()
+    );
     interrupts::start_timer(TIMER_HZ);
     cpu::enable_interrupts();
     let start = interrupts::ticks();

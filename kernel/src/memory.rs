@@ -228,7 +228,7 @@ impl<const WORDS: usize> FramePool<WORDS> {
     /// [`FreeError`] for a frame outside the pool or one already free
     /// (nothing changes).
     pub fn free(&self, frame: PhysAddr) -> Result<(), FreeError> {
-        if !self.contains(frame) || frame.0 % FRAME != 0 {
+        if !self.contains(frame) || !frame.0.is_multiple_of(FRAME) {
             return Err(FreeError::Foreign(frame));
         }
         let index = ((frame.0 - self.base.get()) / FRAME) as usize;

@@ -359,8 +359,7 @@ fn symbol(s: *const u8) -> u64 {
 /// # Errors
 /// A message when a frame or a mapping cannot be had.
 pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
-    let root = allocate_root(&MEMORY, &TABLE_FRAMES)
-        .ok_or("no frame for the root table")?;
+    let root = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the root table")?;
     KERNEL_ROOT.set(root);
     let tables = kernel_tables();
 
@@ -372,13 +371,31 @@ pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
     let rodata = Attributes::kernel_data().read_only();
     let data = Attributes::kernel_data();
     let image = [
-        (symbol(&raw const __text_start), symbol(&raw const __text_end), text),
-        (symbol(&raw const __rodata_start), symbol(&raw const __rodata_end), rodata),
-        (symbol(&raw const __data_start), symbol(&raw const __kernel_end), data),
+        (
+            symbol(&raw const __text_start),
+            symbol(&raw const __text_end),
+            text,
+        ),
+        (
+            symbol(&raw const __rodata_start),
+            symbol(&raw const __rodata_end),
+            rodata,
+        ),
+        (
+            symbol(&raw const __data_start),
+            symbol(&raw const __kernel_end),
+            data,
+        ),
     ];
     for (start, end, attrs) in image {
         tables
-            .map(VirtAddr(start), PhysAddr(start), end - start, attrs, PageSize::Size4K)
+            .map(
+                VirtAddr(start),
+                PhysAddr(start),
+                end - start,
+                attrs,
+                PageSize::Size4K,
+            )
             .map_err(|_| "mapping the kernel image failed")?;
     }
 
@@ -391,7 +408,11 @@ pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
         // The page-table pool gets the key; the rest of the region not.
         let pieces = [
             (region.start, region.end.min(pool.start), data),
-            (region.start.max(pool.start), region.end.min(pool.end), table_attrs),
+            (
+                region.start.max(pool.start),
+                region.end.min(pool.end),
+                table_attrs,
+            ),
             (region.start.max(pool.end), region.end, data),
         ];
         for (start, end, attrs) in pieces {

@@ -32,11 +32,6 @@ pub const fn write_disable(key: u8) -> u64 {
     1 << (2 * key as u32 + 1)
 }
 
-/// The PTE bits (59–62) that tag a page with `key`.
-pub const fn pte_key_bits(key: u8) -> u64 {
-    (key as u64 & 0xf) << 59
-}
-
 static ENABLED: Local<bool> = Local::new(false);
 static PKRS_WRITES: Local<u64> = Local::new(0);
 static IRQ_PKRS_WRITES: Local<u64> = Local::new(0);
@@ -64,11 +59,6 @@ pub fn enable() -> Result<(), &'static str> {
     }
     ENABLED.set(true);
     Ok(())
-}
-
-/// Whether PKS is on.
-pub fn enabled() -> bool {
-    ENABLED.get()
 }
 
 /// The current IA32_PKRS ([`DEFAULT_PKRS`] before PKS is on, so that

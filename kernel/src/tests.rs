@@ -6,8 +6,8 @@
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::{EntryUpdate, FlushScope, PteAccess};
 use lazymmu::mode::{LazyMode, LazyState};
-use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::allocator::FrameAllocator;
+use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::PageTableMemory;
 use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, MapError};
@@ -93,7 +93,11 @@ fn expect_absent(va: u64) -> Outcome {
             error_code,
         }) => {
             ensure_eq!(address, va, "fault address");
-            ensure_eq!(error_code & PF_PRESENT, 0, "error code {error_code:#x} present bit");
+            ensure_eq!(
+                error_code & PF_PRESENT,
+                0,
+                "error code {error_code:#x} present bit"
+            );
             Ok(())
         }
     }
@@ -105,7 +109,9 @@ fn expect_write_fault(va: u64, code: u64) -> Outcome {
     // SAFETY: if the write unexpectedly succeeds it stores the value the
     // page already held.
     match unsafe { interrupts::write(va, old) } {
-        Ok(()) => Err(message!("write {va:#x} succeeded, expected fault {code:#x}")),
+        Ok(()) => Err(message!(
+            "write {va:#x} succeeded, expected fault {code:#x}"
+        )),
         Err(fault) => {
             ensure_eq!(fault.address, va, "fault address");
             ensure_eq!(fault.error_code, code, "error code at {va:#x}");
@@ -127,7 +133,13 @@ fn map_test() -> Outcome {
     let run = data_run(PAGES)?;
     let len = (PAGES as u64) * FRAME;
     tables
-        .map(VirtAddr(va), run, len, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            len,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     expect_run(va, run, PAGES)?;
     // A store through the new mapping lands in the frame.
@@ -137,20 +149,40 @@ fn map_test() -> Outcome {
     ensure_eq!(stored, 0x1234, "store through the mapping");
     expect_absent(va + len)?;
     ensure_eq!(
-        tables.map(VirtAddr(va), run, FRAME, Attributes::kernel_data(), PageSize::Size4K),
+        tables.map(
+            VirtAddr(va),
+            run,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K
+        ),
         Err(MapError::AlreadyMapped { at: VirtAddr(va) }),
         "mapping over a present entry"
     );
     // A read-only mapping: loads work, stores fault with P|W.
     let ro = va + (1 << 21);
     tables
-        .map(VirtAddr(ro), run, len, Attributes::kernel_data().read_only(), PageSize::Size4K)
+        .map(
+            VirtAddr(ro),
+            run,
+            len,
+            Attributes::kernel_data().read_only(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map ro: {e:?}"))?;
-    ensure_eq!(interrupts::read(ro).ok(), Some(pattern(run)), "read-only alias");
+    ensure_eq!(
+        interrupts::read(ro).ok(),
+        Some(pattern(run)),
+        "read-only alias"
+    );
     expect_write_fault(ro, PF_PRESENT | PF_WRITE)?;
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(va), len, &mut gather).map_err(|e| message!("{e:?}"))?;
-    tables.zap(VirtAddr(ro), len, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(va), len, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(ro), len, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, PAGES);
     Ok(())
@@ -161,7 +193,13 @@ fn zap_test() -> Outcome {
     let va = area(1);
     let run = data_run(64)?;
     tables
-        .map(VirtAddr(va), run, 64 * FRAME, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            64 * FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     // Warm the TLB so that a missing invalidation would be visible.
     expect_run(va, run, 64)?;
@@ -178,7 +216,11 @@ fn zap_test() -> Outcome {
     for i in 0..PAGES as u64 {
         expect_absent(va + i * FRAME)?;
     }
-    expect_run(va + PAGES as u64 * FRAME, run.add(PAGES as u64 * FRAME), 64 - PAGES)?;
+    expect_run(
+        va + PAGES as u64 * FRAME,
+        run.add(PAGES as u64 * FRAME),
+        64 - PAGES,
+    )?;
     // More pages than the ceiling (33): one full flush instead.
     let rest = va + PAGES as u64 * FRAME;
     let before = paging::counts();
@@ -203,7 +245,13 @@ fn protect_test() -> Outcome {
     let len = PAGES as u64 * FRAME;
     let run = data_run(PAGES)?;
     tables
-        .map(VirtAddr(va), run, len, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            len,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     // Writable and cached as writable in the TLB.
     for i in 0..PAGES as u64 {
@@ -211,7 +259,12 @@ fn protect_test() -> Outcome {
     }
     let mut gather = kernel_gather();
     tables
-        .protect(VirtAddr(va), len, Attributes::kernel_data().read_only(), &mut gather)
+        .protect(
+            VirtAddr(va),
+            len,
+            Attributes::kernel_data().read_only(),
+            &mut gather,
+        )
         .map_err(|e| message!("protect: {e:?}"))?;
     drop(gather);
     for i in 0..PAGES as u64 {
@@ -225,7 +278,9 @@ fn protect_test() -> Outcome {
     drop(gather);
     write(va + 16, 77)?;
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(va), len, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(va), len, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, PAGES);
     Ok(())
@@ -238,7 +293,13 @@ fn move_test() -> Outcome {
     let len = PAGES as u64 * FRAME;
     let run = data_run(PAGES)?;
     tables
-        .map(VirtAddr(from), run, len, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(from),
+            run,
+            len,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     expect_run(from, run, PAGES)?;
     let mut gather = kernel_gather();
@@ -252,7 +313,9 @@ fn move_test() -> Outcome {
     }
     expect_run(to, run, PAGES)?;
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(to), len, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(to), len, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, PAGES);
     Ok(())
@@ -278,10 +341,16 @@ fn apply_test() -> Outcome {
     // Clear every PTE from the callback: the invalidations are gathered.
     let mut gather = kernel_gather();
     tables
-        .apply::<(), _, _, _, _>(VirtAddr(va), len, ApplyMode::Existing, &mut gather, |slot| {
-            slot.clear();
-            Ok(())
-        })
+        .apply::<(), _, _, _, _>(
+            VirtAddr(va),
+            len,
+            ApplyMode::Existing,
+            &mut gather,
+            |slot| {
+                slot.clear();
+                Ok(())
+            },
+        )
         .map_err(|e| message!("apply clear: {e:?}"))?;
     drop(gather);
     for i in 0..PAGES as u64 {
@@ -302,7 +371,11 @@ fn link_kernel_half(root: PhysAddr) {
         }
         backend().write_entry(EntryUpdate {
             entry: root.add(8 * slot),
-            va: VirtAddr(if slot >= 256 { 0xffff_0000_0000_0000 | (slot << 39) } else { slot << 39 }),
+            va: VirtAddr(if slot >= 256 {
+                0xffff_0000_0000_0000 | (slot << 39)
+            } else {
+                slot << 39
+            }),
             space: SpaceId::KERNEL,
             level: 4,
             value,
@@ -315,10 +388,8 @@ fn link_kernel_half(root: PhysAddr) {
 
 fn copy_test() -> Outcome {
     let kernel = kernel_tables();
-    let parent_root = allocate_root(&paging::MEMORY, &TABLE_FRAMES)
-        .ok_or(message!("no root"))?;
-    let child_root = allocate_root(&paging::MEMORY, &TABLE_FRAMES)
-        .ok_or(message!("no root"))?;
+    let parent_root = allocate_root(&paging::MEMORY, &TABLE_FRAMES).ok_or(message!("no root"))?;
+    let child_root = allocate_root(&paging::MEMORY, &TABLE_FRAMES).ok_or(message!("no root"))?;
     link_kernel_half(parent_root);
     link_kernel_half(child_root);
     let parent = kernel.with_root(parent_root, SpaceId(1));
@@ -326,7 +397,13 @@ fn copy_test() -> Outcome {
     let len = PAGES as u64 * FRAME;
     let run = data_run(PAGES)?;
     parent
-        .map(VirtAddr(USER_BASE), run, len, Attributes::user_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(USER_BASE),
+            run,
+            len,
+            Attributes::user_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     paging::switch_to(parent_root, SpaceId(1));
     let outcome = (|| {
@@ -334,7 +411,14 @@ fn copy_test() -> Outcome {
         write(USER_BASE + 16, 1)?;
         let mut gather = Gather::new(backend(), &TABLE_FRAMES, SpaceId(1), FlushScope::Local);
         let summary = parent
-            .copy_to(child_root, SpaceId(2), VirtAddr(USER_BASE), len, CopyKind::Private, &mut gather)
+            .copy_to(
+                child_root,
+                SpaceId(2),
+                VirtAddr(USER_BASE),
+                len,
+                CopyKind::Private,
+                &mut gather,
+            )
             .map_err(|e| message!("copy: {e:?}"))?;
         drop(gather);
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
@@ -370,15 +454,29 @@ fn stale_translation_test() -> Outcome {
     let run = data_run(3)?;
     let remap = |frame: PhysAddr| -> Outcome {
         let mut gather = kernel_gather();
-        tables.zap(VirtAddr(va), FRAME, &mut gather).map_err(|e| message!("zap: {e:?}"))?;
+        tables
+            .zap(VirtAddr(va), FRAME, &mut gather)
+            .map_err(|e| message!("zap: {e:?}"))?;
         drop(gather);
         tables
-            .map(VirtAddr(va), frame, FRAME, Attributes::kernel_data(), PageSize::Size4K)
+            .map(
+                VirtAddr(va),
+                frame,
+                FRAME,
+                Attributes::kernel_data(),
+                PageSize::Size4K,
+            )
             .map_err(|e| message!("map: {e:?}"))?;
         Ok(())
     };
     tables
-        .map(VirtAddr(va), run, FRAME, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     expect_run(va, run, 1)?;
     {
@@ -398,13 +496,20 @@ fn stale_translation_test() -> Outcome {
             let _inner = lazy().section();
             let mut gather = kernel_gather();
             tables
-                .protect(VirtAddr(va), FRAME, Attributes::kernel_data().read_only(), &mut gather)
+                .protect(
+                    VirtAddr(va),
+                    FRAME,
+                    Attributes::kernel_data().read_only(),
+                    &mut gather,
+                )
                 .map_err(|e| message!("protect: {e:?}"))?;
         }
         expect_write_fault(va, PF_PRESENT | PF_WRITE)?;
     }
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(va), FRAME, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(va), FRAME, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     expect_absent(va)?;
     free_run(run, 3);
@@ -434,7 +539,13 @@ fn timer_remap() {
     let zapped = tables.zap(VirtAddr(va), FRAME, &mut gather).is_ok();
     drop(gather);
     let mapped = tables
-        .map(VirtAddr(va), frame, FRAME, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            frame,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .is_ok();
     let read = interrupts::read(va).unwrap_or(0);
     TIMER_READ.set(read);
@@ -451,7 +562,13 @@ fn timer_in_section_test() -> Outcome {
     let va = area(6);
     let run = data_run(2)?;
     tables
-        .map(VirtAddr(va), run, FRAME, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     expect_run(va, run, 1)?;
     TIMER_VA.set(va);
@@ -467,7 +584,12 @@ fn timer_in_section_test() -> Outcome {
         }
         interrupts::set_timer_hook(None);
         ensure!(TIMER_RESULT.get() != 0, "the timer hook never ran");
-        ensure_eq!(TIMER_RESULT.get(), 1, "timer hook outcome (read {:#x})", TIMER_READ.get());
+        ensure_eq!(
+            TIMER_RESULT.get(),
+            1,
+            "timer hook outcome (read {:#x})",
+            TIMER_READ.get()
+        );
         ensure_eq!(TIMER_PKRS_SEEN.get(), DEFAULT_PKRS, "PKRS in the handler");
         // The exception return restored the section's window.
         ensure_eq!(pks::read(), OPEN_PKRS, "PKRS after the interrupt");
@@ -476,7 +598,9 @@ fn timer_in_section_test() -> Outcome {
     }
     ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the section");
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(va), FRAME, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(va), FRAME, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, 2);
     Ok(())
@@ -488,7 +612,13 @@ fn nesting_and_pause_test() -> Outcome {
     let run = data_run(2)?;
     // Create the tables first so the counts below are entry writes only.
     tables
-        .map(VirtAddr(va), run, FRAME, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     let state = |enable_count, pause_count| LazyState {
         enable_count,
@@ -516,9 +646,19 @@ fn nesting_and_pause_test() -> Outcome {
         // A write while paused opens and closes its own window, and takes
         // effect at once.
         tables
-            .map(VirtAddr(va + FRAME), run.add(FRAME), FRAME, Attributes::kernel_data(), PageSize::Size4K)
+            .map(
+                VirtAddr(va + FRAME),
+                run.add(FRAME),
+                FRAME,
+                Attributes::kernel_data(),
+                PageSize::Size4K,
+            )
             .map_err(|e| message!("map: {e:?}"))?;
-        ensure_eq!(writes() - start, 4, "PKRS writes after a write while paused");
+        ensure_eq!(
+            writes() - start,
+            4,
+            "PKRS writes after a write while paused"
+        );
         expect_run(va + FRAME, run.add(FRAME), 1)?;
     }
     ensure_eq!(lazy().state(), state(2, 0), "resumed");
@@ -532,7 +672,9 @@ fn nesting_and_pause_test() -> Outcome {
     ensure_eq!(writes() - start, 6, "PKRS writes after the outer disable");
     ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the section");
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(va), 2 * FRAME, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(va), 2 * FRAME, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, 2);
     Ok(())
@@ -552,12 +694,21 @@ fn protection_key_test() -> Outcome {
     let va = area(8);
     let run = data_run(1)?;
     tables
-        .map(VirtAddr(va), run, FRAME, Attributes::kernel_data(), PageSize::Size4K)
+        .map(
+            VirtAddr(va),
+            run,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
         .map_err(|e| message!("map: {e:?}"))?;
     let pte = lazymmu::pgtable::walk::translate::<X86_64, _>(&paging::MEMORY, root, VirtAddr(va))
         .map_err(|e| message!("translate: {e:?}"))?
         .entry;
-    expect_write_fault(DIRECT_MAP_BASE + pte.0, PF_PRESENT | PF_WRITE | PF_PROTECTION_KEY)?;
+    expect_write_fault(
+        DIRECT_MAP_BASE + pte.0,
+        PF_PRESENT | PF_WRITE | PF_PROTECTION_KEY,
+    )?;
     // Inside a section the window is open: the same store is allowed.
     {
         let _section = lazy().section();
@@ -568,7 +719,9 @@ fn protection_key_test() -> Outcome {
             .map_err(|f| message!("store inside the window faulted: {f:?}"))?;
     }
     let mut gather = kernel_gather();
-    tables.zap(VirtAddr(va), FRAME, &mut gather).map_err(|e| message!("{e:?}"))?;
+    tables
+        .zap(VirtAddr(va), FRAME, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, 1);
     Ok(())
@@ -581,42 +734,75 @@ fn pkrs_count_test() -> Outcome {
     let tables = kernel_tables();
     let va = area(9);
     let run = data_run(N as usize)?;
-    let map = |tables: &dyn Fn() -> Result<(), MapError>| tables().map_err(|e| message!("map: {e:?}"));
+    let map =
+        |tables: &dyn Fn() -> Result<(), MapError>| tables().map_err(|e| message!("map: {e:?}"));
     let zap = || -> Outcome {
         let mut gather = kernel_gather();
-        tables.zap(VirtAddr(va), N * FRAME, &mut gather).map_err(|e| message!("zap: {e:?}"))?;
+        tables
+            .zap(VirtAddr(va), N * FRAME, &mut gather)
+            .map_err(|e| message!("zap: {e:?}"))?;
         Ok(())
     };
     let kernel_data = Attributes::kernel_data();
     // Create the tables (64 pages do not cover a PTE table, so the zap
     // keeps it).
-    map(&|| tables.map(VirtAddr(va), run, N * FRAME, kernel_data, PageSize::Size4K).map(|_| ()))?;
+    map(&|| {
+        tables
+            .map(VirtAddr(va), run, N * FRAME, kernel_data, PageSize::Size4K)
+            .map(|_| ())
+    })?;
     zap()?;
 
     let start = pks::writes();
     {
         let _section = lazy().section();
-        map(&|| tables.map(VirtAddr(va), run, N * FRAME, kernel_data, PageSize::Size4K).map(|_| ()))?;
+        map(&|| {
+            tables
+                .map(VirtAddr(va), run, N * FRAME, kernel_data, PageSize::Size4K)
+                .map(|_| ())
+        })?;
     }
-    ensure_eq!(pks::writes() - start, 2, "PKRS writes for {N} entries in one section");
+    ensure_eq!(
+        pks::writes() - start,
+        2,
+        "PKRS writes for {N} entries in one section"
+    );
     expect_run(va, run, N as usize)?;
     let start = pks::writes();
     {
         let _section = lazy().section();
         zap()?;
     }
-    ensure_eq!(pks::writes() - start, 2, "PKRS writes for a zap of {N} in one section");
+    ensure_eq!(
+        pks::writes() - start,
+        2,
+        "PKRS writes for a zap of {N} in one section"
+    );
 
     let plain = kernel_tables_with(&NoLazy);
     let start = pks::writes();
-    map(&|| plain.map(VirtAddr(va), run, N * FRAME, kernel_data, PageSize::Size4K).map(|_| ()))?;
-    ensure_eq!(pks::writes() - start, 2 * N, "PKRS writes for {N} entries without lazy mode");
+    map(&|| {
+        plain
+            .map(VirtAddr(va), run, N * FRAME, kernel_data, PageSize::Size4K)
+            .map(|_| ())
+    })?;
+    ensure_eq!(
+        pks::writes() - start,
+        2 * N,
+        "PKRS writes for {N} entries without lazy mode"
+    );
     expect_run(va, run, N as usize)?;
     let start = pks::writes();
     let mut gather = kernel_gather();
-    plain.zap(VirtAddr(va), N * FRAME, &mut gather).map_err(|e| message!("zap: {e:?}"))?;
+    plain
+        .zap(VirtAddr(va), N * FRAME, &mut gather)
+        .map_err(|e| message!("zap: {e:?}"))?;
     drop(gather);
-    ensure_eq!(pks::writes() - start, 2 * N, "PKRS writes for a zap of {N} without lazy mode");
+    ensure_eq!(
+        pks::writes() - start,
+        2 * N,
+        "PKRS writes for a zap of {N} without lazy mode"
+    );
     free_run(run, N as usize);
     Ok(())
 }
@@ -626,6 +812,11 @@ fn accounting_test() -> Outcome {
     ensure_eq!(paging::backend_bugs(), 0, "backend bug reports");
     ensure_eq!(lazy().state(), LazyState::IDLE, "lazy state at the end");
     ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS at the end");
+    ensure_eq!(
+        crate::env::KernelEnv.preempt_count(),
+        0,
+        "preemption count at the end"
+    );
     Ok(())
 }
 
@@ -639,9 +830,15 @@ pub fn run_all() -> Report {
     report.run("copy (fork, copy-on-write)", copy_test);
     report.run("apply", apply_test);
     report.run("no stale translation after disable", stale_translation_test);
-    report.run("timer interrupt remaps inside a section", timer_in_section_test);
+    report.run(
+        "timer interrupt remaps inside a section",
+        timer_in_section_test,
+    );
     report.run("nested sections and pause/resume", nesting_and_pause_test);
-    report.run("page-table store outside a window faults with PK", protection_key_test);
+    report.run(
+        "page-table store outside a window faults with PK",
+        protection_key_test,
+    );
     report.run("PKRS writes: 2 per section vs 2 per entry", pkrs_count_test);
     report.run("no misuse, register restored", accounting_test);
     report

@@ -16,8 +16,8 @@ pub mod protected;
 pub mod recording;
 pub mod s390;
 pub mod sparc64;
-pub mod xen_pv;
 pub mod x86;
+pub mod xen_pv;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
