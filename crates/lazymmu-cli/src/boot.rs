@@ -273,8 +273,14 @@ fn watch(child: &mut Child, timeout: Duration, verbose: bool) -> Result<GuestRep
         let _ = child.kill();
     }
     let status = child.wait().context("waiting for QEMU")?;
-    let _ = reader.join();
-    let qemu_errors = errors.join().unwrap_or_default();
+    // After a kill, a process QEMU left behind may still hold the pipes:
+    // leave the readers detached rather than wait for it.
+    let qemu_errors = if report.timed_out {
+        String::new()
+    } else {
+        let _ = reader.join();
+        errors.join().unwrap_or_default()
+    };
     if !qemu_errors.trim().is_empty() && (verbose || !status.success()) {
         for line in qemu_errors
             .lines()
