@@ -11,7 +11,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 
 /// The value the kernel writes to `isa-debug-exit` when every test passed
 /// (`kernel/src/exit.rs`); QEMU exits with `(value << 1) | 1`
@@ -25,8 +24,8 @@ pub const SUCCESS_STATUS: i32 = ((GUEST_SUCCESS << 1) | 1) as i32;
 const BOOT_MARKER: &str = "lazymmu kernel:";
 
 /// Options of `lazymmu boot`.
-#[derive(Debug, Args)]
-pub struct BootArgs {
+#[derive(Debug, clap::Args)]
+pub struct Args {
     /// Seconds to let the guest run before QEMU is killed and the boot fails.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
@@ -93,21 +92,20 @@ pub fn parse_summary(line: &str) -> Option<(u32, u32)> {
     Some((passed.trim().parse().ok()?, failed.trim().parse().ok()?))
 }
 
-/// Runs `lazymmu boot`.
-pub fn main(args: BootArgs) -> ExitCode {
-    match run(&args) {
-        Ok(report) if report.success() => {
-            println!("boot: guest passed (QEMU exit status {SUCCESS_STATUS})");
-            ExitCode::SUCCESS
-        }
-        Ok(report) => {
-            eprintln!("boot: FAILED: {}", explain(&report, args.timeout));
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("boot: error: {error:#}");
-            ExitCode::FAILURE
-        }
+/// Runs `lazymmu boot`: exit status 0 when the guest passed, 1 when it
+/// failed, timed out or crashed.
+///
+/// # Errors
+/// When the kernel cannot be built or QEMU cannot be started (the caller
+/// exits with 2).
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let report = boot_guest(args)?;
+    if report.success() {
+        println!("boot: guest passed (QEMU exit status {SUCCESS_STATUS})");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("boot: FAILED: {}", explain(&report, args.timeout));
+        Ok(ExitCode::FAILURE)
     }
 }
 
@@ -139,7 +137,7 @@ fn explain(report: &GuestReport, timeout: u64) -> String {
 ///
 /// # Errors
 /// When the kernel cannot be built or QEMU cannot be started.
-pub fn run(args: &BootArgs) -> Result<GuestReport> {
+pub fn boot_guest(args: &Args) -> Result<GuestReport> {
     let kernel = match &args.kernel {
         Some(kernel) => kernel.clone(),
         None => build_kernel(&args.kernel_dir)?,

@@ -1,14 +1,20 @@
-//! The lazymmu command line.
+//! `lazymmu`: the command line over the lazymmu library and simulator.
+//!
+//! Each subcommand lives in its own module with an `Args` struct and a
+//! `run` function; this file only dispatches. Errors (bad input, missing
+//! files) are printed to standard error and exit with status 2, like clap's
+//! own usage errors.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod replay;
 
-/// Lazy MMU mode: library, simulator and bare-metal kernel.
+/// Lazy MMU mode for Rust kernels: designs, simulator and tools.
 #[derive(Debug, Parser)]
-#[command(name = "lazymmu", version, about)]
+#[command(name = "lazymmu", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,14 +22,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Build the bare-metal kernel, boot it under QEMU and show its tests
-    /// and measurements.
-    Boot(boot::BootArgs),
+    /// Replay a trace of lazy-mode operations and print what each one did.
+    Replay(replay::Args),
+    /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
+    /// tests and measurements; exit 0 only when the guest passed.
+    Boot(boot::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Boot(args) => boot::main(args),
+    let result = match &cli.command {
+        Command::Replay(args) => replay::run(args),
+        Command::Boot(args) => boot::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
     }
 }

@@ -181,7 +181,7 @@ fn a_guest_running_past_the_timeout_is_killed() {
 #[test]
 fn a_missing_qemu_is_reported() {
     let output = boot_with(Path::new("/nonexistent/qemu-system-x86_64"), "10");
-    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(output.status.code(), Some(2));
     assert!(text(&output)
         .1
         .contains("apt-get install -y qemu-system-x86"));
