@@ -105,6 +105,9 @@ pub struct Event {
     pub cpu: usize,
 }
 
+/// Whether a key register value allows page-table writes.
+type KeyCheck = fn(u64) -> bool;
+
 #[derive(Clone, Copy, Debug, Default)]
 struct TaskState {
     lazy: LazyState,
@@ -129,7 +132,7 @@ pub struct Recording {
     tasks: RefCell<[TaskState; TASKS]>,
     task: Cell<usize>,
     key: Cell<u64>,
-    key_check: Cell<Option<fn(u64) -> bool>>,
+    key_check: Cell<Option<KeyCheck>>,
     faults: Cell<u64>,
     bugs: [Cell<u32>; 4],
 }
