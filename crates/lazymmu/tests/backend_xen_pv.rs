@@ -27,7 +27,7 @@ fn pte(index: u64, value: u64) -> EntryUpdate {
 }
 
 fn frame(index: u64) -> u64 {
-    0x1000_0000 + (index << 12) | 0x3
+    (0x1000_0000 + (index << 12)) | 0x3
 }
 
 #[test]
