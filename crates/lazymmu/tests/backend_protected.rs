@@ -207,3 +207,41 @@ fn the_register_follows_the_task_across_a_switch() {
     assert_eq!(machine.key(), Poe::DEFAULT);
     assert_eq!(machine.faults(), 0);
 }
+
+#[test]
+fn the_stateful_design_restores_each_nested_section_exactly() {
+    use lazymmu::backend::protected::StatefulProtected;
+    use lazymmu::mode::stateful::Stateful;
+
+    let machine = protected_machine::<Pks>();
+    let mode = Stateful::new(
+        &machine,
+        StatefulProtected::new(wrapped::<Pks>(&machine)),
+        MisusePolicy::Panic,
+    );
+    let protected = mode.arch();
+    let outer = mode.enable().unwrap().token;
+    let open = machine.key();
+    assert_eq!(open, Pks::open(Pks::DEFAULT));
+    // Something between the two sections changes another key (a device
+    // window opening key 4 for writes, say).
+    let other = open | 0b01 << 8;
+    machine.set_key(other);
+    let inner = mode.enable().unwrap().token;
+    assert!(Pks::allows_page_table_writes(machine.key()));
+    protected.protected().write_entry(kernel_pte(0, page(0)));
+    machine.set_key(Pks::open(Pks::DEFAULT)); // the inner section's code closes key 4 early
+    mode.disable(inner).unwrap();
+    assert_eq!(
+        machine.key(),
+        other,
+        "the nested section restored what it found"
+    );
+    mode.disable(outer).unwrap();
+    assert_eq!(
+        machine.key(),
+        Pks::DEFAULT,
+        "the outermost restored the default"
+    );
+    assert_eq!(machine.faults(), 0);
+}
