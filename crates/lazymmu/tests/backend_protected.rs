@@ -245,3 +245,63 @@ fn the_stateful_design_restores_each_nested_section_exactly() {
     );
     assert_eq!(machine.faults(), 0);
 }
+
+#[test]
+fn x86_pks_over_the_native_backend() {
+    use lazymmu::backend::protected::X86Pks;
+
+    let machine = protected_machine::<Pks>();
+    let pks = X86Pks::x86_pks(&machine, &machine, &machine);
+    assert_eq!(pks.name(), "x86-pks");
+    let mode = Counters::new(&machine, &pks, MisusePolicy::Panic);
+    // Eager: 2 IA32_PKRS writes per entry write.
+    for i in 0..5 {
+        pks.write_entry(kernel_pte(i, page(i)));
+    }
+    assert_eq!(machine.count(Primitive::KeyWrite), 10);
+    // A section: 2 in all.
+    {
+        let _section = mode.section();
+        for i in 5..50 {
+            pks.write_entry(kernel_pte(i, page(i)));
+        }
+        assert_eq!(pks.get_and_clear(kernel_pte(5, 0)), page(5));
+    }
+    assert_eq!(machine.count(Primitive::KeyWrite), 12);
+    assert_eq!(machine.count(Primitive::PteWrite), 51);
+    assert_eq!(machine.key(), Pks::DEFAULT);
+    assert_eq!(machine.faults(), 0);
+    // The native backend on its own writes with the register closed.
+    pks.inner().write_entry(kernel_pte(60, page(60)));
+    assert_eq!(machine.faults(), 1);
+    assert_eq!(machine.read_memory(kernel_pte(60, 0).entry), 0);
+}
+
+#[test]
+fn x86_pks_exception_inside_a_section() {
+    use lazymmu::backend::protected::X86Pks;
+
+    let machine = protected_machine::<Pks>();
+    let pks = X86Pks::x86_pks(&machine, &machine, &machine);
+    let mode = Counters::new(&machine, &pks, MisusePolicy::Panic);
+    let outer = mode.section();
+    let inner = mode.section();
+    let open = machine.key();
+    machine.irq_enter();
+    let frame = pks.exception_enter();
+    assert_eq!(machine.key(), Pks::DEFAULT);
+    pks.write_entry(kernel_pte(0, page(0)));
+    pks.exception_exit(frame);
+    machine.irq_exit();
+    assert_eq!(machine.key(), open);
+    drop(inner);
+    assert_eq!(
+        machine.key(),
+        open,
+        "a nested close keeps the register open"
+    );
+    drop(outer);
+    assert_eq!(machine.key(), Pks::DEFAULT);
+    assert_eq!(machine.faults(), 0);
+    assert_eq!(machine.bugs(BackendBug::KeyFrameMismatch), 0);
+}

@@ -498,3 +498,19 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulArch for StatefulProtect
         self.adapter.bytes_per_task()
     }
 }
+
+/// `x86-pks`: x86-64 native with page tables protected by PKS.
+pub type X86Pks<M, P, K> = Protected<super::x86::X86Backend<M, P>, K, Pks>;
+
+impl<M, P, K> X86Pks<M, P, K>
+where
+    M: crate::pgtable::memory::PageTableMemory,
+    P: super::x86::X86Primitives,
+    K: KeyRegister,
+{
+    /// The `x86-pks` backend: entries in `memory`, TLB flushes through
+    /// `primitives`, IA32_PKRS through `keys`.
+    pub fn x86_pks(memory: M, primitives: P, keys: K) -> Self {
+        Protected::new(super::x86::X86Backend::new(memory, primitives), keys)
+    }
+}

@@ -1,4 +1,5 @@
-//! Host implementations of every backend's primitive trait that apply the
+//! Host implementations of every backend's primitive trait (and of
+//! [`PageTableMemory`] and [`X86Primitives`]) that apply the
 //! writes to a small in-memory store and record every call, for tests.
 //!
 //! One [`Recording`] plays one machine: a current CPU, interrupt depth,
@@ -36,9 +37,11 @@ use super::ppc_hash::PpcHashPrimitives;
 use super::protected::{KeyRegister, KeySlot};
 use super::s390::S390Primitives;
 use super::sparc64::Sparc64Primitives;
+use super::x86::{RemoteFlush, X86Primitives};
 use super::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{Environment, LazyState};
+use crate::pgtable::memory::{PageTableMemory, FRAME_SIZE};
 
 /// Entries the store can hold.
 pub const MEMORY_ENTRIES: usize = 4096;
@@ -84,12 +87,22 @@ pub enum Call {
     IpteRange,
     /// [`S390Primitives::flush_space`].
     FlushSpace,
-    /// [`KeyRegister::write_key`].
+    /// [`KeyRegister::write_key`] or [`X86Primitives::write_pkrs`].
     WriteKey,
+    /// [`X86Primitives::invlpg`].
+    Invlpg,
+    /// [`X86Primitives::reload_cr3`].
+    ReloadCr3,
+    /// [`X86Primitives::flush_global`].
+    FlushGlobal,
+    /// [`X86Primitives::shootdown`] (items: CPUs reached).
+    Shootdown,
+    /// [`PageTableMemory::write`] or [`PageTableMemory::swap`].
+    MemoryWrite,
 }
 
 impl Call {
-    const COUNT: usize = 18;
+    const COUNT: usize = 23;
 }
 
 /// One recorded call: which method, and how many items it carried (entries
@@ -131,6 +144,7 @@ pub struct Recording {
     preempt_count: Cell<u32>,
     tasks: RefCell<[TaskState; TASKS]>,
     task: Cell<usize>,
+    loaded_space: Cell<SpaceId>,
     key: Cell<u64>,
     key_check: Cell<Option<KeyCheck>>,
     faults: Cell<u64>,
@@ -160,6 +174,7 @@ impl Recording {
             preempt_count: Cell::new(0),
             tasks: RefCell::new([TaskState::default(); TASKS]),
             task: Cell::new(0),
+            loaded_space: Cell::new(SpaceId(1)),
             key: Cell::new(0),
             key_check: Cell::new(None),
             faults: Cell::new(0),
@@ -191,7 +206,13 @@ impl Recording {
         self.task.set(task);
     }
 
-    /// The current task's lazy state.
+    /// Loads address space `space` in CR3 (x86: what
+    /// [`X86Primitives::loaded_space`] reports; `SpaceId(1)` at first).
+    pub fn load_space(&self, space: SpaceId) {
+        self.loaded_space.set(space);
+    }
+
+    /// Task `task`'s lazy state.
     pub fn task_lazy_state(&self, task: usize) -> LazyState {
         self.tasks.borrow()[task].lazy
     }
@@ -564,6 +585,79 @@ impl KeyRegister for Recording {
         match slot {
             KeySlot::Live => task.live_key = Some(value),
             KeySlot::Section => task.section_key = Some(value),
+        }
+    }
+}
+
+impl PageTableMemory for Recording {
+    fn read(&self, entry: PhysAddr) -> u64 {
+        self.read_memory(entry)
+    }
+    fn write(&self, entry: PhysAddr, value: u64) {
+        self.record(Call::MemoryWrite, 1);
+        self.store(entry, value);
+    }
+    fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
+        let old = self.read_memory(entry);
+        self.record(Call::MemoryWrite, 1);
+        self.store(entry, value);
+        old
+    }
+    /// Forgets the frame's entries (absent entries read as zero).
+    fn zero_frame(&self, frame: PhysAddr) {
+        let mut memory = self.memory.borrow_mut();
+        let len = self.memory_len.get();
+        let mut kept = 0;
+        for n in 0..len {
+            let (address, value) = memory[n];
+            if address & !(FRAME_SIZE - 1) != frame.0 {
+                memory[kept] = (address, value);
+                kept += 1;
+            }
+        }
+        self.memory_len.set(kept);
+    }
+}
+
+impl X86Primitives for Recording {
+    fn invlpg(&self, _va: VirtAddr) {
+        self.record(Call::Invlpg, 1);
+        self.charge(Primitive::Invlpg, 1);
+    }
+    fn reload_cr3(&self) {
+        self.record(Call::ReloadCr3, 1);
+        self.charge(Primitive::FullFlush, 1);
+    }
+    fn flush_global(&self) {
+        self.record(Call::FlushGlobal, 1);
+        self.charge(Primitive::FullFlush, 1);
+    }
+    fn read_pkrs(&self) -> u32 {
+        self.key.get() as u32
+    }
+    fn write_pkrs(&self, value: u32) {
+        self.write_key(u64::from(value));
+    }
+    fn current_cpu(&self) -> u32 {
+        self.cpu.get() as u32
+    }
+    fn loaded_space(&self) -> SpaceId {
+        self.loaded_space.get()
+    }
+    /// One IPI per CPU reached, and the flush each performs (the recording
+    /// machine assumes every remote CPU has `space` loaded).
+    fn shootdown(&self, cpus: u64, request: RemoteFlush) {
+        let (targets, _) = self.targets(cpus & !(1 << self.cpu.get()));
+        self.record(Call::Shootdown, targets as usize);
+        self.charge(Primitive::Ipi, targets);
+        match request {
+            RemoteFlush::Range {
+                start, end, stride, ..
+            } => {
+                let pages = end.0.saturating_sub(start.0).div_ceil(stride.bytes());
+                self.charge(Primitive::Invlpg, pages * targets);
+            }
+            RemoteFlush::All { .. } => self.charge(Primitive::FullFlush, targets),
         }
     }
 }
