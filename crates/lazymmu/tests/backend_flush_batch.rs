@@ -242,3 +242,14 @@ fn interrupt_context_writes_are_immediate_on_ppc_and_sparc() {
     }
     assert_eq!(machine.calls(Call::FlushBatch), 1);
 }
+
+#[test]
+fn sparc_a_full_kernel_flush_is_one_cross_call() {
+    let machine = Recording::new();
+    let sparc = Sparc64::new(&machine);
+    sparc.flush_all(SpaceId::KERNEL, FlushScope::Cpus(0b1111));
+    assert_eq!(machine.calls(Call::FlushKernelAll), 1);
+    assert_eq!(machine.count(Primitive::FullFlush), 4);
+    assert_eq!(machine.count(Primitive::Ipi), 3);
+    assert_eq!(machine.count(Primitive::Tlbi), 0);
+}

@@ -81,6 +81,8 @@ pub enum Call {
     FlushBatch,
     /// [`Sparc64Primitives::flush_kernel_range`].
     FlushKernelRange,
+    /// [`Sparc64Primitives::flush_kernel_all`].
+    FlushKernelAll,
     /// [`S390Primitives::ipte`].
     Ipte,
     /// [`S390Primitives::ipte_range`].
@@ -102,7 +104,7 @@ pub enum Call {
 }
 
 impl Call {
-    const COUNT: usize = 23;
+    const COUNT: usize = 24;
 }
 
 /// One recorded call: which method, and how many items it carried (entries
@@ -526,9 +528,14 @@ impl Sparc64Primitives for Recording {
         self.charge(Primitive::Ipi, self.remote_cpus());
     }
     fn flush_kernel_range(&self, start: VirtAddr, end: VirtAddr) {
-        let pages = end.0.saturating_sub(start.0).div_ceil(4096).min(1 << 20);
+        let pages = end.0.saturating_sub(start.0).div_ceil(4096);
         self.record(Call::FlushKernelRange, pages as usize);
         self.charge(Primitive::Tlbi, pages * self.cpus.get() as u64);
+        self.charge(Primitive::Ipi, self.remote_cpus());
+    }
+    fn flush_kernel_all(&self) {
+        self.record(Call::FlushKernelAll, 1);
+        self.charge(Primitive::FullFlush, self.cpus.get() as u64);
         self.charge(Primitive::Ipi, self.remote_cpus());
     }
 }
