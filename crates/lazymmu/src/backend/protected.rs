@@ -514,3 +514,28 @@ where
         Protected::new(super::x86::X86Backend::new(memory, primitives), keys)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pks_default_write_disables_the_page_table_key_only() {
+        assert_eq!(Pks::DEFAULT, 0b1000);
+        assert!(!Pks::allows_page_table_writes(Pks::DEFAULT));
+        let other = Pks::DEFAULT | 0b11 << 10;
+        assert_eq!(Pks::open(other), 0b11 << 10, "other keys untouched");
+        assert!(Pks::allows_page_table_writes(Pks::open(other)));
+        // Access-disable also forbids writes.
+        assert!(!Pks::allows_page_table_writes(0b0100));
+    }
+
+    #[test]
+    fn poe_default_is_read_only_at_index_one() {
+        assert_eq!(Poe::DEFAULT, 0x17);
+        assert!(!Poe::allows_page_table_writes(Poe::DEFAULT));
+        assert_eq!(Poe::open(Poe::DEFAULT), 0x57);
+        assert!(Poe::allows_page_table_writes(0x57));
+        assert_eq!(Poe::open(0x7717) & !0xf0, 0x7707, "other indices untouched");
+    }
+}
