@@ -20,7 +20,7 @@
 //! | `x86-pks` | [`protected::X86Pks`] | [`protected::KeyRegister`] over `x86` |
 //! | `arm64-poe` | [`protected::Arm64Poe`] | [`protected::KeyRegister`] over `arm64` |
 //!
-//! Every primitive trait extends [`machine::CpuPrimitives`] (CPU id,
+//! The primitive traits other than x86's extend [`machine::CpuPrimitives`] (CPU id,
 //! interrupt context, preemption, entry loads, bug reports) and documents
 //! which [`machine::Primitive`] each method counts as;
 //! [`recording::Recording`] implements them all for host tests.
