@@ -20,10 +20,11 @@
 //! | `x86-pks` | [`protected::X86Pks`] | [`protected::KeyRegister`] over `x86` |
 //! | `arm64-poe` | [`protected::Arm64Poe`] | [`protected::KeyRegister`] over `arm64` |
 //!
-//! The primitive traits other than x86's extend [`machine::CpuPrimitives`] (CPU id,
-//! interrupt context, preemption, entry loads, bug reports) and documents
-//! which [`machine::Primitive`] each method counts as;
-//! [`recording::Recording`] implements them all for host tests.
+//! The primitive traits other than x86's extend
+//! [`machine::CpuPrimitives`] (CPU id, interrupt context, preemption, entry
+//! loads, bug reports) and document which [`machine::Primitive`] each
+//! method counts as; [`recording::Recording`] implements them all, and
+//! x86's, for host tests.
 
 pub mod arm64;
 pub mod machine;
