@@ -8,6 +8,23 @@
 //! (protected page tables). TLB invalidations go through [`TlbFlush`].
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
+//!
+//! | name | backend | primitives |
+//! |---|---|---|
+//! | `x86` | [`x86::X86Backend`] | [`x86::X86Primitives`] |
+//! | `xen-pv` | [`xen_pv::XenPv`] | [`xen_pv::XenPrimitives`] |
+//! | `arm64` | [`arm64::Arm64`] | [`arm64::Arm64Primitives`] |
+//! | `ppc-hash` | [`ppc_hash::PpcHash`] | [`ppc_hash::PpcHashPrimitives`] |
+//! | `sparc64` | [`sparc64::Sparc64`] | [`sparc64::Sparc64Primitives`] |
+//! | `s390` | [`s390::S390`] | [`s390::S390Primitives`] |
+//! | `x86-pks` | [`protected::X86Pks`] | [`protected::KeyRegister`] over `x86` |
+//! | `arm64-poe` | [`protected::Arm64Poe`] | [`protected::KeyRegister`] over `arm64` |
+//!
+//! The primitive traits other than x86's extend
+//! [`machine::CpuPrimitives`] (CPU id, interrupt context, preemption, entry
+//! loads, bug reports) and document which [`machine::Primitive`] each
+//! method counts as; [`recording::Recording`] implements them all, and
+//! x86's, for host tests.
 
 pub mod arm64;
 pub mod machine;
