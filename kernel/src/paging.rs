@@ -7,8 +7,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
-use lazymmu::backend::protected::{KeyRegister, KeySlot, Pks, Protected};
-use lazymmu::backend::x86::{RemoteFlush, X86Backend, X86Primitives};
+use lazymmu::backend::protected::{KeyRegister, KeySlot, X86Pks};
+use lazymmu::backend::x86::{RemoteFlush, X86Primitives};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, LazyState, Misuse, MisusePolicy, Step};
 use lazymmu::pgtable::allocator::FrameAllocator;
@@ -225,10 +225,8 @@ impl KeyRegister for KernelKeys {
     }
 }
 
-/// The native backend.
-pub type NativeBackend = X86Backend<KernelMemory, KernelPrimitives>;
-/// The native backend with page tables protected by PKS.
-pub type KernelBackend = Protected<NativeBackend, KernelKeys, Pks>;
+/// The native backend with page tables protected by PKS (`x86-pks`).
+pub type KernelBackend = X86Pks<KernelMemory, KernelPrimitives, KernelKeys>;
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
@@ -254,15 +252,12 @@ pub fn lazy() -> &'static KernelLazy {
 
 /// Builds the backend and the lazy mode. Before interrupts are enabled.
 pub fn init_backend() {
-    BACKEND.init(Protected::new(
-        X86Backend::new(KernelMemory, KernelPrimitives),
-        KernelKeys,
-    ));
+    BACKEND.init(X86Pks::x86_pks(KernelMemory, KernelPrimitives, KernelKeys));
     LAZY.init(Counters::new(KernelEnv, BACKEND.get(), MisusePolicy::Count));
 }
 
 /// Exception entry: the default key register value (see
-/// [`Protected::exception_enter`]); `None` before the backend exists.
+/// [`lazymmu::backend::protected::Protected::exception_enter`]); `None` before the backend exists.
 pub fn exception_enter() -> Option<lazymmu::backend::protected::KeyFrame> {
     BACKEND.is_ready().then(|| BACKEND.get().exception_enter())
 }
