@@ -91,7 +91,7 @@ pub struct Report {
 
 impl Report {
     /// Runs one named check and prints its result.
-    pub fn run(&mut self, name: &str, check: impl FnOnce() -> Outcome) {
+    pub fn run(&mut self, name: impl fmt::Display, check: impl FnOnce() -> Outcome) {
         match check() {
             Ok(()) => {
                 self.passed += 1;

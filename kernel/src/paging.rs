@@ -9,6 +9,7 @@ use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
 use lazymmu::backend::protected::{KeyRegister, KeySlot, X86Pks};
 use lazymmu::backend::x86::{RemoteFlush, X86Primitives};
+use lazymmu::backend::{EntryUpdate, PteAccess};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, LazyState, Misuse, MisusePolicy, Step};
 use lazymmu::pgtable::allocator::FrameAllocator;
@@ -446,6 +447,40 @@ pub fn switch_to(root: PhysAddr, space: SpaceId) {
     // entries linked.
     unsafe { cpu::write_cr3(root.0) };
     LOADED_SPACE.set(space);
+}
+
+/// Where user address spaces map their memory: top-level slot 1, which
+/// the kernel's tables leave empty (slot 0 holds the kernel image).
+pub const USER_BASE: u64 = 0x80_0000_0000;
+
+/// A new top-level table for a user address space, with the kernel's
+/// entries (slot 0: the image; 256–511: the upper half) linked in through
+/// the backend, so that it can be loaded while the kernel runs.
+pub fn new_user_root() -> Option<PhysAddr> {
+    let root = allocate_root(&MEMORY, &TABLE_FRAMES)?;
+    let kernel = kernel_root();
+    for slot in (0..1).chain(256..512u64) {
+        let value = MEMORY.read(kernel.add(8 * slot));
+        if value == 0 {
+            continue;
+        }
+        let va = if slot >= 256 {
+            0xffff_0000_0000_0000 | (slot << 39)
+        } else {
+            slot << 39
+        };
+        backend().write_entry(EntryUpdate {
+            entry: root.add(8 * slot),
+            va: VirtAddr(va),
+            space: SpaceId::KERNEL,
+            level: 4,
+            value,
+            kernel: slot >= 256,
+            valid: true,
+            leaf: false,
+        });
+    }
+    Some(root)
 }
 
 /// The direct-map address of physical `phys`.

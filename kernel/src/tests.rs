@@ -4,13 +4,12 @@
 //! nesting and pause, the PKS security property, and PKRS write counts.
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use lazymmu::backend::{EntryUpdate, FlushScope, PteAccess};
+use lazymmu::backend::FlushScope;
 use lazymmu::mode::{LazyMode, LazyState};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::memory::PageTableMemory;
-use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, MapError};
+use lazymmu::pgtable::ops::{ApplyMode, CopyKind, MapError};
 
 use crate::check::{Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
@@ -32,9 +31,7 @@ pub fn area(n: u64) -> u64 {
     TEST_BASE + (n << 30)
 }
 
-/// A user-half address for the copy (fork) test: PML4 slot 1, which the
-/// kernel's tables leave empty.
-const USER_BASE: u64 = 0x80_0000_0000;
+use paging::USER_BASE;
 
 /// The value the tests store in the first word of a data frame.
 pub fn pattern(frame: PhysAddr) -> u64 {
@@ -360,38 +357,10 @@ fn apply_test() -> Outcome {
     Ok(())
 }
 
-/// Links the kernel's entries of the top-level table (slot 0: the image;
-/// 256–511: the upper half) into a new root, through the backend.
-fn link_kernel_half(root: PhysAddr) {
-    let kernel = kernel_root();
-    for slot in (0..1).chain(256..512) {
-        let value = paging::MEMORY.read(kernel.add(8 * slot));
-        if value == 0 {
-            continue;
-        }
-        backend().write_entry(EntryUpdate {
-            entry: root.add(8 * slot),
-            va: VirtAddr(if slot >= 256 {
-                0xffff_0000_0000_0000 | (slot << 39)
-            } else {
-                slot << 39
-            }),
-            space: SpaceId::KERNEL,
-            level: 4,
-            value,
-            kernel: slot >= 256,
-            valid: true,
-            leaf: false,
-        });
-    }
-}
-
 fn copy_test() -> Outcome {
     let kernel = kernel_tables();
-    let parent_root = allocate_root(&paging::MEMORY, &TABLE_FRAMES).ok_or(message!("no root"))?;
-    let child_root = allocate_root(&paging::MEMORY, &TABLE_FRAMES).ok_or(message!("no root"))?;
-    link_kernel_half(parent_root);
-    link_kernel_half(child_root);
+    let parent_root = paging::new_user_root().ok_or(message!("no root"))?;
+    let child_root = paging::new_user_root().ok_or(message!("no root"))?;
     let parent = kernel.with_root(parent_root, SpaceId(1));
     let child = kernel.with_root(child_root, SpaceId(2));
     let len = PAGES as u64 * FRAME;
