@@ -4,7 +4,7 @@
 //! nesting and pause, the PKS security property, and PKRS write counts.
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use lazymmu::backend::FlushScope;
+use lazymmu::backend::{EntryUpdate, FlushScope, PteAccess};
 use lazymmu::mode::{LazyMode, LazyState};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
@@ -789,15 +789,116 @@ fn accounting_test() -> Outcome {
     Ok(())
 }
 
+/// Runs `test` inside an outer lazy section with interrupts off.
+///
+/// Under QEMU every IA32_PKRS write flushes the whole software TLB, so a
+/// window opened and closed around each entry write would hide a missing
+/// invalidation, and so would a timer interrupt (its entry closes the
+/// section's window). Inside an outer section with interrupts off the
+/// register stays open, nothing flushes behind the library's back, and the
+/// first access after an operation sees exactly what its invalidations left
+/// in the TLB. (With `invlpg` made a no-op, every range-operation test
+/// fails this way.)
+fn in_section(test: fn() -> Outcome) -> impl FnOnce() -> Outcome {
+    move || {
+        let were_enabled = cpu::disable_interrupts();
+        let result = {
+            let _section = lazy().section();
+            test()
+        };
+        if were_enabled {
+            cpu::enable_interrupts();
+        }
+        result
+    }
+}
+
+/// The facts the other tests rest on: inside a section (register open)
+/// QEMU keeps a stale translation until `invlpg`, so a missing
+/// invalidation is observable; a PKRS write flushes QEMU's whole TLB.
+fn stale_translation_is_observable_test() -> Outcome {
+    let tables = kernel_tables();
+    let va = area(10);
+    let run = data_run(2)?;
+    tables
+        .map(
+            VirtAddr(va),
+            run,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
+        .map_err(|e| message!("map: {e:?}"))?;
+    let pte = lazymmu::pgtable::walk::translate::<X86_64, _>(
+        &paging::MEMORY,
+        kernel_root(),
+        VirtAddr(va),
+    )
+    .map_err(|e| message!("translate: {e:?}"))?;
+    let update = |frame: PhysAddr| EntryUpdate {
+        entry: pte.entry,
+        va: VirtAddr(va),
+        space: SpaceId::KERNEL,
+        level: 1,
+        value: (pte.raw & !lazymmu::pgtable::format::x86::ADDRESS_4K) | frame.0,
+        kernel: true,
+        valid: true,
+        leaf: true,
+    };
+    {
+        let _section = lazy().section();
+        expect_run(va, run, 1)?;
+        // Retarget the PTE without invalidating: the TLB still has the old
+        // frame.
+        backend().write_entry(update(run.add(FRAME)));
+        ensure_eq!(
+            interrupts::read(va).ok(),
+            Some(pattern(run)),
+            "stale read before invlpg"
+        );
+        cpu::invlpg(va);
+        ensure_eq!(
+            interrupts::read(va).ok(),
+            Some(pattern(run.add(FRAME))),
+            "read after invlpg"
+        );
+    }
+    // Outside a section the write opens and closes the register, and each
+    // PKRS write flushes QEMU's TLB: no stale read even without invlpg.
+    expect_run(va, run.add(FRAME), 1)?;
+    backend().write_entry(update(run));
+    ensure_eq!(
+        interrupts::read(va).ok(),
+        Some(pattern(run)),
+        "read after a PKRS write"
+    );
+    let mut gather = kernel_gather();
+    tables
+        .zap(VirtAddr(va), FRAME, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
+    drop(gather);
+    free_run(run, 2);
+    Ok(())
+}
+
 /// Runs every test and returns the tally.
 pub fn run_all() -> Report {
     let mut report = Report::default();
-    report.run("map", map_test);
-    report.run("zap", zap_test);
-    report.run("protect", protect_test);
-    report.run("move", move_test);
-    report.run("copy (fork, copy-on-write)", copy_test);
-    report.run("apply", apply_test);
+    report.run(
+        "QEMU keeps a stale translation until invlpg",
+        stale_translation_is_observable_test,
+    );
+    report.run("map", in_section(map_test));
+    report.run("zap", in_section(zap_test));
+    report.run("protect", in_section(protect_test));
+    report.run("move", in_section(move_test));
+    report.run("copy (fork, copy-on-write)", in_section(copy_test));
+    report.run("apply", in_section(apply_test));
+    report.run("map, zap, protect outside any section", || {
+        map_test()?;
+        zap_test()?;
+        protect_test()
+    });
     report.run("no stale translation after disable", stale_translation_test);
     report.run(
         "timer interrupt remaps inside a section",
