@@ -2,7 +2,9 @@
 //! is a single instruction; callers are responsible for what it does to the
 //! machine, which is why most are `unsafe`.
 //!
-//! Source: Intel SDM Vol. 2 (instruction reference) and Vol. 4 (MSRs).
+//! Source: Intel SDM Vol. 2 (instruction reference) and Vol. 4 (MSRs);
+//! Vol. 3A section numbers in this crate are those of the 2023 and later
+//! editions.
 
 use core::arch::asm;
 

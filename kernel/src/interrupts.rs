@@ -6,7 +6,13 @@
 //! handler does not overwrite the timer's frame. The entry stub saves every
 //! general-purpose register and the SSE state (FXSAVE), and the dispatcher
 //! loads the default IA32_PKRS on entry and restores the interrupted value
-//! on return (see [`crate::pks`]).
+//! on return (the library's `Protected::exception_enter`/`exception_exit`,
+//! through [`crate::paging::exception_enter`]).
+//!
+//! Each IST stack is reused by every interrupt of its class, so a page fault
+//! inside the page-fault handler would overwrite the first one's frame; the
+//! handler itself never faults, and the timer (IST 2) may take expected page
+//! faults (IST 1).
 
 use core::arch::{asm, global_asm};
 use core::ptr::addr_of;
@@ -71,7 +77,7 @@ pub const PAGE_FAULT: u64 = 14;
 pub const TIMER_VECTOR: u64 = 32;
 const PIC_BASE: u8 = 32;
 
-// Page-fault error code bits (SDM Vol. 3A §5.7, Figure 5-12).
+// Page-fault error code bits (SDM Vol. 3A §5.7, "Page-Fault Exceptions").
 /// The fault was a protection violation on a present page.
 pub const PF_PRESENT: u64 = 1 << 0;
 /// The access was a write.

@@ -144,7 +144,8 @@ impl X86Primitives for KernelPrimitives {
         GLOBAL_FLUSHES.increment();
         let cr4 = cpu::read_cr4();
         // SAFETY: toggling CR4.PGE flushes every translation and restores
-        // CR4 (SDM Vol. 3A §4.10.4.1); the tables stay the same.
+        // CR4 (SDM Vol. 3A §5.10.4.1, "Operations that Invalidate TLBs and
+        // Paging-Structure Caches"); the tables stay the same.
         unsafe {
             cpu::write_cr4(cr4 ^ cpu::CR4_PGE);
             cpu::write_cr4(cr4);

@@ -1,17 +1,21 @@
 //! Protection keys for supervisor pages (PKS): page-table pages carry a
 //! dedicated key whose write-disable bit is set in IA32_PKRS by default.
 //!
+//! Section numbers are those of the Intel SDM since the 2023 editions, where
+//! "Paging" is chapter 5 of Vol. 3A (chapter 4 before).
+//!
 //! - CPUID.(EAX=7,ECX=0):ECX[31] reports PKS (SDM Vol. 2A, CPUID, Table 3-8).
 //! - CR4.PKS (bit 24) turns it on (SDM Vol. 3A §2.5).
 //! - IA32_PKRS (MSR 0x6E1) holds two bits per key: AD at 2K, WD at 2K+1
 //!   (SDM Vol. 3A §5.6.2, "Protection Keys").
 //! - The key of a supervisor page is PTE bits 59–62 (SDM Vol. 3A §5.5,
-//!   Table 5-20); a write to a present page whose key is write-disabled
-//!   faults with error code P|W|PK = 0x23.
+//!   "4-Level Paging and 5-Level Paging"); a supervisor write to a present
+//!   page whose key is write-disabled faults with error code P|W|PK = 0x23
+//!   (§5.7, "Page-Fault Exceptions"; verified by the guest's tests).
 //! - WRMSR to IA32_PKRS is not serialising (SDM Vol. 3A §5.6.2), but under
 //!   QEMU TCG every PKRS write flushes the whole software TLB
-//!   (`target/i386/tcg/sysemu/misc_helper.c`), so here it costs about a CR3
-//!   reload.
+//!   (`helper_wrmsr` in QEMU's `target/i386/tcg/sysemu/misc_helper.c`;
+//!   shown by the guest's tests), so here it costs about a CR3 reload.
 
 use crate::cpu::{self, MSR_IA32_PKRS};
 use crate::local::Local;

@@ -251,9 +251,13 @@ fn watch(child: &mut Child, timeout: Duration, verbose: bool) -> Result<GuestRep
             break;
         }
         match lines.recv_timeout(deadline - now) {
-            Ok(line) => {
-                if line.contains(BOOT_MARKER) {
+            Ok(mut line) => {
+                if let Some(start) = line.find(BOOT_MARKER) {
                     in_kernel = true;
+                    // The firmware does not end its last line.
+                    if !verbose {
+                        line.drain(..start);
+                    }
                 }
                 if in_kernel {
                     println!("{line}");
