@@ -66,13 +66,18 @@ fn the_kernel_boots_and_every_guest_test_passes() {
         "{stdout}"
     );
     assert!(stdout.contains("In-guest measurements"), "{stdout}");
-    for operation in ["map", "protect", "zap"] {
-        assert!(
-            stdout
-                .lines()
-                .any(|l| l.starts_with(operation) && l.contains("no lazy mode")),
-            "no {operation} row:\n{stdout}"
-        );
+    for space in ["kernel", "user"] {
+        for operation in ["map", "protect", "zap"] {
+            assert!(
+                stdout.lines().any(|l| {
+                    let mut words = l.split_whitespace();
+                    words.next() == Some(space)
+                        && words.next() == Some(operation)
+                        && l.contains("no lazy mode")
+                }),
+                "no {space} {operation} row:\n{stdout}"
+            );
+        }
     }
 }
 
