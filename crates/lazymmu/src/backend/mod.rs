@@ -9,6 +9,8 @@
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
 
+pub mod x86;
+
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
 
