@@ -249,6 +249,11 @@ impl Recording {
         self.calls[call as usize].get()
     }
 
+    /// How many primitive calls were made in all (every [`Call`]).
+    pub fn total_calls(&self) -> u64 {
+        self.calls.iter().map(Cell::get).sum()
+    }
+
     /// The most recent events, oldest first (at most [`LOG_EVENTS`]),
     /// passed to `visit`.
     pub fn events(&self, mut visit: impl FnMut(Event)) {
