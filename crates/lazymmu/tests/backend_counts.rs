@@ -39,7 +39,11 @@ fn update(index: u64, kernel: bool) -> EntryUpdate {
     }
 }
 
-fn fresh(protect: Option<(u64, fn(u64) -> bool)>) -> Recording {
+/// The key register's initial value and which values allow page-table
+/// writes.
+type Protection = Option<(u64, fn(u64) -> bool)>;
+
+fn fresh(protect: Protection) -> Recording {
     let machine = Recording::new();
     for i in 0..ENTRIES {
         machine.set_memory(update(i, false).entry, (0x4000_0000 + (i << 12)) | 0x3);
