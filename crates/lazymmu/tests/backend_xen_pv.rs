@@ -240,3 +240,44 @@ fn interrupt_context_writes_are_immediate() {
     drop(section);
     assert_eq!(machine.read_memory(PhysAddr(TABLE + 24)), frame(3));
 }
+
+#[test]
+fn mprotect_in_a_section_is_batched() {
+    // ptep_modify_prot_start reads, commit queues: a table of mprotect is
+    // one multicall per 32 entries, where clearing first would trap per
+    // entry.
+    let machine = Recording::new();
+    for i in 0..64 {
+        machine.set_memory(pte(i, 0).entry, frame(i));
+    }
+    let xen = XenPv::new(&machine);
+    let mode = Counters::new(&machine, &xen, MisusePolicy::Panic);
+    {
+        let _section = mode.section();
+        for i in 0..64 {
+            let old = xen.modify_prot_start(pte(i, 0));
+            assert_eq!(old, frame(i));
+            xen.modify_prot_commit(pte(i, old & !2));
+        }
+        // A second start on an entry with a queued commit sees the commit.
+        assert_eq!(xen.modify_prot_start(pte(63, 0)), frame(63) & !2);
+    }
+    assert_eq!(machine.count(Primitive::Hypercall), 2);
+    assert_eq!(machine.read_memory(pte(63, 0).entry), frame(63) & !2);
+}
+
+#[test]
+fn a_stale_read_back_can_be_detected() {
+    let machine = Recording::new();
+    let xen = XenPv::new(&machine);
+    let mode = Counters::new(&machine, &xen, MisusePolicy::Panic);
+    let _section = mode.section();
+    xen.write_entry(pte(3, frame(3)));
+    xen.write_entry(pte(3, frame(4)));
+    assert_eq!(xen.queued_value(PhysAddr(TABLE + 24)), Some(frame(4)));
+    assert_eq!(xen.queued_value(PhysAddr(TABLE + 32)), None);
+    {
+        let _pause = mode.pause();
+        assert_eq!(xen.queued_value(PhysAddr(TABLE + 24)), None);
+    }
+}

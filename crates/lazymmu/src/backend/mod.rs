@@ -90,6 +90,22 @@ pub trait PteAccess {
     /// the old value. Not batched: the caller needs the old value (dirty and
     /// accessed bits) now.
     fn get_and_clear(&self, update: EntryUpdate) -> u64;
+
+    /// `ptep_modify_prot_start`: returns the current value of an entry that
+    /// is about to be rewritten in place (mprotect), so that no hardware
+    /// update of its accessed and dirty bits is lost before
+    /// [`PteAccess::modify_prot_commit`]. The default clears the entry, as
+    /// Linux's generic version does; Xen PV only reads it (the commit
+    /// preserves the bits in the hypervisor).
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.get_and_clear(update)
+    }
+
+    /// `ptep_modify_prot_commit`: stores the rewritten value. The default
+    /// is [`PteAccess::write_entry`].
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.write_entry(update)
+    }
 }
 
 /// Which CPUs a TLB invalidation must reach.

@@ -306,6 +306,14 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> PteAccess for Protected<B, K, F>
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
         self.with_window(|| self.inner.get_and_clear(update))
     }
+
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.with_window(|| self.inner.modify_prot_start(update))
+    }
+
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.with_window(|| self.inner.modify_prot_commit(update))
+    }
 }
 
 impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for Protected<B, K, F> {

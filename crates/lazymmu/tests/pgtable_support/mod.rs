@@ -102,3 +102,48 @@ pub fn align_down(va: u64, size: PageSize) -> u64 {
 pub fn va(addr: u64) -> VirtAddr {
     VirtAddr(addr)
 }
+
+/// A run of pages mapped contiguously with the same attributes: `(va, len,
+/// phys, attrs)`. A tree read as runs does not depend on how its leaves
+/// are sized, which is what a state comparison across splits needs.
+pub type Run = (u64, u64, u64, Attributes);
+
+/// Merges adjacent runs that continue each other.
+pub fn normalize(mut runs: Vec<Run>) -> Vec<Run> {
+    runs.sort_by_key(|r| r.0);
+    let mut out: Vec<Run> = Vec::new();
+    for run in runs {
+        if run.1 == 0 {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last)
+                if last.0 + last.1 == run.0 && last.2 + last.1 == run.2 && last.3 == run.3 =>
+            {
+                last.1 += run.1
+            }
+            _ => out.push(run),
+        }
+    }
+    out
+}
+
+/// The tree at `root` as normalized runs.
+pub fn runs_of<F: Format>(memory: &HostMemory, root: PhysAddr, high: bool) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for_each_leaf::<F, _>(memory, root, high, |leaf| {
+        runs.push((leaf.va.0, leaf.size.bytes(), leaf.phys.0, leaf.attrs));
+    });
+    normalize(runs)
+}
+
+/// The parts of `runs` inside `[lo, hi)`.
+pub fn clip_runs(runs: &[Run], lo: u64, hi: u64) -> Vec<Run> {
+    runs.iter()
+        .filter_map(|&(va, len, phys, attrs)| {
+            let start = va.max(lo);
+            let end = (va + len).min(hi);
+            (start < end).then(|| (start, end - start, phys + (start - va), attrs))
+        })
+        .collect()
+}
