@@ -10,7 +10,7 @@
 //! QEMU's whole software TLB, not what silicon would take.
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use lazymmu::backend::FlushScope;
+use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::mode::LazyMode;
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::Attributes;
@@ -18,9 +18,10 @@ use lazymmu::pgtable::gather::Gather;
 
 use crate::check::{Message, Outcome, Report};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables_with, lazy, KernelLazy, NoLazy, PrimitiveCounts,
-    TABLE_FRAMES, USER_BASE,
+    self, backend, kernel_root, kernel_tables_with, lazy, native_backend, KernelLazy, NoLazy,
+    PrimitiveCounts, TABLE_FRAMES, USER_BASE,
 };
+use crate::pks::{DEFAULT_PKRS, OPEN_PKRS};
 use crate::tests::{area, data_run, free_run};
 use crate::{cpu, ensure_eq, message, pks, println};
 
@@ -33,6 +34,10 @@ const FRAME: u64 = 4096;
 /// How the operation is bracketed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// The baseline: the native backend without the PKS wrapper, with
+    /// IA32_PKRS opened once outside the measurement (what an unprotected
+    /// kernel pays), and no lazy mode.
+    Unprotected,
     /// The caller wraps the whole operation in one section (as Linux's
     /// fork and `apply_to_page_range` users do).
     OneSection,
@@ -43,10 +48,16 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::OneSection, Mode::PerTable, Mode::NoLazy];
+    const ALL: [Mode; 4] = [
+        Mode::Unprotected,
+        Mode::OneSection,
+        Mode::PerTable,
+        Mode::NoLazy,
+    ];
 
     fn name(self) -> &'static str {
         match self {
+            Mode::Unprotected => "unprotected",
             Mode::OneSection => "lazy, one section",
             Mode::PerTable => "lazy, per PTE table",
             Mode::NoLazy => "no lazy mode",
@@ -89,16 +100,17 @@ struct Row {
     counts: PrimitiveCounts,
 }
 
-fn perform<L: LazyMode>(
+fn perform<B: Backend, L: LazyMode>(
+    backend: &B,
     lazy_mode: &L,
     target: &Target,
     operation: Operation,
     run: PhysAddr,
 ) -> Result<(), Message> {
-    let tables = kernel_tables_with(lazy_mode).with_root(target.root, target.space);
+    let tables = paging::tables_on(backend, lazy_mode, target.root, target.space);
     let va = VirtAddr(target.base);
     let len = PAGES * FRAME;
-    let mut gather = Gather::new(backend(), &TABLE_FRAMES, target.space, FlushScope::Local);
+    let mut gather = Gather::new(backend, &TABLE_FRAMES, target.space, FlushScope::Local);
     match operation {
         Operation::Map => tables
             .map(va, run, len, target.attrs, PageSize::Size4K)
@@ -122,18 +134,25 @@ fn measure(
     run: PhysAddr,
 ) -> Result<Row, Message> {
     let were_enabled = cpu::disable_interrupts();
+    if mode == Mode::Unprotected {
+        pks::write_window(OPEN_PKRS);
+    }
     let before = paging::counts();
     let start = cpu::rdtsc();
     let result = match mode {
+        Mode::Unprotected => perform(native_backend(), &NoLazy, target, operation, run),
         Mode::OneSection => {
             let _section = lazy().section();
-            perform::<KernelLazy>(lazy(), target, operation, run)
+            perform::<_, KernelLazy>(backend(), lazy(), target, operation, run)
         }
-        Mode::PerTable => perform::<KernelLazy>(lazy(), target, operation, run),
-        Mode::NoLazy => perform(&NoLazy, target, operation, run),
+        Mode::PerTable => perform::<_, KernelLazy>(backend(), lazy(), target, operation, run),
+        Mode::NoLazy => perform(backend(), &NoLazy, target, operation, run),
     };
     let cycles = cpu::rdtsc() - start;
     let counts = paging::counts() - before;
+    if mode == Mode::Unprotected {
+        pks::write_window(DEFAULT_PKRS);
+    }
     if were_enabled {
         cpu::enable_interrupts();
     }
@@ -141,15 +160,17 @@ fn measure(
     Ok(Row { cycles, counts })
 }
 
-/// Every mode × operation on `target`; the cycles are the minimum over
-/// the repeats (the TCG TSC follows host time, so the host's other work
-/// only ever adds), and the counts must not vary between repeats.
-fn measure_all(target: &Target, run: PhysAddr, report: &mut Report) -> [[Option<Row>; 3]; 3] {
-    let mut rows: [[Option<Row>; 3]; 3] = [[None; 3]; 3];
+/// Every mode × operation on `target`, `REPEATS` rounds; the cycles are
+/// the minimum over the rounds (the TCG TSC follows host time, so the
+/// host's other work only ever adds), and the counts must not vary.
+fn measure_all(target: &Target, run: PhysAddr, report: &mut Report) -> [[Option<Row>; 3]; 4] {
+    let mut rows: [[Option<Row>; 3]; 4] = [[None; 3]; 4];
     let mut unstable = None;
     let mut failure = None;
-    for (m, &mode) in Mode::ALL.iter().enumerate() {
-        for _ in 0..REPEATS {
+    // Repeats outermost: QEMU sizes its software TLB by recent use, so each
+    // mode should see the others' aftermath alike.
+    for _ in 0..REPEATS {
+        for (m, &mode) in Mode::ALL.iter().enumerate() {
             for (o, &operation) in Operation::ALL.iter().enumerate() {
                 let row = match measure(mode, target, operation, run) {
                     Ok(row) => row,
@@ -195,7 +216,7 @@ fn measure_all(target: &Target, run: PhysAddr, report: &mut Report) -> [[Option<
     rows
 }
 
-fn print_rows(target: &Target, rows: &[[Option<Row>; 3]; 3]) {
+fn print_rows(target: &Target, rows: &[[Option<Row>; 3]; 4]) {
     for (o, &operation) in Operation::ALL.iter().enumerate() {
         for (m, &mode) in Mode::ALL.iter().enumerate() {
             if let Some(row) = rows[m][o] {
@@ -216,43 +237,57 @@ fn print_rows(target: &Target, rows: &[[Option<Row>; 3]; 3]) {
 }
 
 /// The PKRS writes the design implies, checked against what was counted.
-fn check_pkrs(rows: &[[Option<Row>; 3]; 3]) -> Outcome {
+fn check_pkrs(rows: &[[Option<Row>; 3]; 4]) -> Outcome {
     let pte_tables = PAGES / 512;
-    let pkrs = |m: usize, o: usize| rows[m][o].map(|r| r.counts.pkrs_writes);
-    for (o, operation) in Operation::ALL.iter().enumerate() {
-        ensure_eq!(pkrs(0, o), Some(2), "{} in one section", operation.name());
+    let pkrs = |mode: Mode, operation: Operation| {
+        rows[mode as usize][operation as usize].map(|r| r.counts.pkrs_writes)
+    };
+    use Operation::{Map, Protect, Zap};
+    for operation in Operation::ALL {
+        ensure_eq!(
+            pkrs(Mode::Unprotected, operation),
+            Some(0),
+            "{} unprotected",
+            operation.name()
+        );
+        ensure_eq!(
+            pkrs(Mode::OneSection, operation),
+            Some(2),
+            "{} in one section",
+            operation.name()
+        );
     }
     // One section per PTE table (2 writes each); work above the PTE level
     // runs outside them and opens its own windows: the map zeroes and links
     // each new PTE table (2 + 2), the zap unlinks each emptied one (2).
     ensure_eq!(
-        pkrs(1, 0),
+        pkrs(Mode::PerTable, Map),
         Some(6 * pte_tables),
         "map, a section per PTE table"
     );
     ensure_eq!(
-        pkrs(1, 1),
+        pkrs(Mode::PerTable, Protect),
         Some(2 * pte_tables),
         "protect, a section per PTE table"
     );
     ensure_eq!(
-        pkrs(1, 2),
+        pkrs(Mode::PerTable, Zap),
         Some(4 * pte_tables),
         "zap, a section per PTE table"
     );
     // Without lazy mode: 2 per entry write (and per new table zeroed).
     ensure_eq!(
-        pkrs(2, 0),
+        pkrs(Mode::NoLazy, Map),
         Some(2 * (PAGES + 2 * pte_tables)),
         "map without lazy mode"
     );
     ensure_eq!(
-        pkrs(2, 1),
+        pkrs(Mode::NoLazy, Protect),
         Some(2 * 2 * PAGES),
         "protect without lazy mode (get-and-clear, then write)"
     );
     ensure_eq!(
-        pkrs(2, 2),
+        pkrs(Mode::NoLazy, Zap),
         Some(2 * (PAGES + pte_tables)),
         "zap without lazy mode (PTEs, table unlinks)"
     );
@@ -309,12 +344,14 @@ pub fn run(report: &mut Report) {
     );
     for (target, rows) in [(&kernel, &kernel_rows), (&user, &user_rows)] {
         for (o, &operation) in Operation::ALL.iter().enumerate() {
-            let Some(base) = rows[0][o] else { continue };
+            let Some(base) = rows[Mode::Unprotected as usize][o] else {
+                continue;
+            };
             for (m, mode_rows) in rows.iter().enumerate().skip(1) {
                 if let Some(row) = mode_rows[o] {
                     let ratio = row.cycles * 100 / base.cycles.max(1);
                     println!(
-                        "{} {}, {}: {}.{:02}x the cycles of one section",
+                        "{} {}, {}: {}.{:02}x the cycles of unprotected",
                         target.name,
                         operation.name(),
                         Mode::ALL[m].name(),

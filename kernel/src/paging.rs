@@ -8,8 +8,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
 use lazymmu::backend::protected::{KeyRegister, KeySlot, X86Pks};
-use lazymmu::backend::x86::{RemoteFlush, X86Primitives};
-use lazymmu::backend::{EntryUpdate, PteAccess};
+use lazymmu::backend::x86::{RemoteFlush, X86Backend, X86Primitives};
+use lazymmu::backend::{Backend, EntryUpdate, PteAccess};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, LazyState, Misuse, MisusePolicy, Step};
 use lazymmu::pgtable::allocator::FrameAllocator;
@@ -256,10 +256,12 @@ pub fn lazy() -> &'static KernelLazy {
 pub fn init_backend() {
     BACKEND.init(X86Pks::x86_pks(KernelMemory, KernelPrimitives, KernelKeys));
     LAZY.init(Counters::new(KernelEnv, BACKEND.get(), MisusePolicy::Count));
+    NATIVE.init(X86Backend::new(KernelMemory, KernelPrimitives));
 }
 
 /// Exception entry: the default key register value (see
-/// [`lazymmu::backend::protected::Protected::exception_enter`]); `None` before the backend exists.
+/// [`lazymmu::backend::protected::Protected::exception_enter`]); `None`
+/// before the backend exists.
 pub fn exception_enter() -> Option<lazymmu::backend::protected::KeyFrame> {
     BACKEND.is_ready().then(|| BACKEND.get().exception_enter())
 }
@@ -288,6 +290,29 @@ pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
         lazy(),
         &TABLE_FRAMES,
     )
+}
+
+/// The native x86-64 backend without the PKS wrapper: for measuring what
+/// the protection costs. Its entry writes fault unless the caller has
+/// opened IA32_PKRS itself.
+pub type NativeBackend = X86Backend<KernelMemory, KernelPrimitives>;
+
+static NATIVE: Global<NativeBackend> = Global::new();
+
+/// The unwrapped native backend (see [`NativeBackend`]).
+pub fn native_backend() -> &'static NativeBackend {
+    NATIVE.get()
+}
+
+/// The tables at `root` (address space `space`) over any backend and lazy
+/// mode.
+pub fn tables_on<'a, B: Backend, L: LazyMode>(
+    backend: &'a B,
+    lazy: &'a L,
+    root: PhysAddr,
+    space: SpaceId,
+) -> PageTables<'a, X86_64, KernelMemory, B, L, PageTableFrames> {
+    PageTables::new(root, space, &MEMORY, backend, lazy, &TABLE_FRAMES)
 }
 
 /// The kernel's tables with any lazy mode (for [`NoLazy`]).
