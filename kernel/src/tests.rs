@@ -575,6 +575,125 @@ fn timer_in_section_test() -> Outcome {
     Ok(())
 }
 
+// State of the hook that remaps a page on every tick.
+static REMAP_RUNS: Local<u64> = Local::new(0);
+static REMAP_IN_SECTION: Local<u64> = Local::new(0);
+static REMAP_FAILURES: Local<u64> = Local::new(0);
+
+/// Runs on every tick while the task is rewriting its own range inside a
+/// section: flips a kernel page between two frames and reads it at once.
+fn timer_flip() {
+    let va = TIMER_VA.get();
+    let frames = [TIMER_FRAME.get(), TIMER_FRAME.get().add(FRAME)];
+    let runs = REMAP_RUNS.get();
+    let (old, new) = (
+        frames[(runs % 2) as usize],
+        frames[(runs % 2 + 1) as usize % 2],
+    );
+    // The task's state says whether this interrupt landed in its section.
+    if lazy().state().enable_count > 0 {
+        REMAP_IN_SECTION.increment();
+    }
+    let tables = kernel_tables();
+    let mut gather = kernel_gather();
+    let zapped = tables.zap(VirtAddr(va), FRAME, &mut gather).is_ok();
+    drop(gather);
+    let mapped = tables
+        .map(
+            VirtAddr(va),
+            new,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
+        .is_ok();
+    if !zapped || !mapped || interrupts::read(va) != Ok(pattern(new)) || old == new {
+        REMAP_FAILURES.increment();
+    }
+    REMAP_RUNS.increment();
+}
+
+/// Timer interrupts land while the task is in the middle of writing its
+/// own entries inside a section: the handler's changes take effect at once,
+/// and the task's window is back when it resumes (else its next entry
+/// write would fault with PK).
+fn timer_during_operations_test() -> Outcome {
+    const TASK_PAGES: usize = 512;
+    let tables = kernel_tables();
+    let flip_va = area(11);
+    let task_va = area(12);
+    let flip = data_run(2)?;
+    let run = data_run(TASK_PAGES)?;
+    tables
+        .map(
+            VirtAddr(flip_va),
+            flip,
+            FRAME,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        )
+        .map_err(|e| message!("map: {e:?}"))?;
+    TIMER_VA.set(flip_va);
+    TIMER_FRAME.set(flip);
+    REMAP_RUNS.set(0);
+    REMAP_IN_SECTION.set(0);
+    REMAP_FAILURES.set(0);
+    let len = TASK_PAGES as u64 * FRAME;
+    let start = interrupts::ticks();
+    let mut rounds = 0u64;
+    interrupts::set_timer_hook(Some(timer_flip));
+    let outcome = (|| -> Outcome {
+        while interrupts::ticks() < start + 50 {
+            let _section = lazy().section();
+            tables
+                .map(
+                    VirtAddr(task_va),
+                    run,
+                    len,
+                    Attributes::kernel_data(),
+                    PageSize::Size4K,
+                )
+                .map_err(|e| message!("task map: {e:?}"))?;
+            expect_run(task_va, run, TASK_PAGES)?;
+            let mut gather = kernel_gather();
+            tables
+                .zap(VirtAddr(task_va), len, &mut gather)
+                .map_err(|e| message!("task zap: {e:?}"))?;
+            rounds += 1;
+        }
+        Ok(())
+    })();
+    interrupts::set_timer_hook(None);
+    outcome?;
+    ensure_eq!(
+        REMAP_FAILURES.get(),
+        0,
+        "handler remaps that did not read back"
+    );
+    ensure!(
+        REMAP_IN_SECTION.get() >= 10,
+        "only {} of {} ticks landed in the task's section ({rounds} rounds)",
+        REMAP_IN_SECTION.get(),
+        REMAP_RUNS.get()
+    );
+    ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the sections");
+    crate::println!(
+        "  ({} of {} ticks landed in the task's section; {rounds} rounds of {TASK_PAGES} pages)",
+        REMAP_IN_SECTION.get(),
+        REMAP_RUNS.get()
+    );
+    let expected = flip.add((REMAP_RUNS.get() % 2) * FRAME);
+    expect_run(flip_va, expected, 1)?;
+    let mut gather = kernel_gather();
+    tables
+        .zap(VirtAddr(flip_va), FRAME, &mut gather)
+        .map_err(|e| message!("{e:?}"))?;
+    drop(gather);
+    free_run(flip, 2);
+    free_run(run, TASK_PAGES);
+    Ok(())
+}
+
 fn nesting_and_pause_test() -> Outcome {
     let tables = kernel_tables();
     let va = area(7);
@@ -903,6 +1022,10 @@ pub fn run_all() -> Report {
     report.run(
         "timer interrupt remaps inside a section",
         timer_in_section_test,
+    );
+    report.run(
+        "timer remaps while the task writes entries in a section",
+        timer_during_operations_test,
     );
     report.run("nested sections and pause/resume", nesting_and_pause_test);
     report.run(
