@@ -249,7 +249,7 @@ mod tests {
             Attributes::kernel_data(),
         );
         assert_eq!(raw & 0b11, 0b01);
-        assert_eq!(raw & (UXN | PXN), UXN);
+        assert_eq!(raw & (UXN | PXN), UXN | PXN);
         assert!(matches!(
             Aarch64::decode(raw, 3),
             Entry::Leaf {

@@ -341,8 +341,15 @@ where
 
     /// A zeroed frame for a new table, not linked anywhere yet.
     pub(crate) fn new_table(&self) -> Option<PhysAddr> {
-        let frame = self.allocator.allocate()?;
+        let frame = self.new_frame_to_fill()?;
         self.memory.zero_frame(frame);
+        Some(frame)
+    }
+
+    /// A frame for a new table that the caller fills completely before
+    /// linking it, so it needs no zeroing.
+    pub(crate) fn new_frame_to_fill(&self) -> Option<PhysAddr> {
+        let frame = self.allocator.allocate()?;
         self.tables_allocated.set(self.tables_allocated.get() + 1);
         Some(frame)
     }
@@ -408,7 +415,8 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let table = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+        // Every entry of the new table is written below: no zeroing.
+        let table = self.new_frame_to_fill().ok_or(Stop::OutOfFrames(va))?;
         let old = self.clear(entry, va, high, level);
         let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
             unreachable!("split of a non-leaf entry");
