@@ -92,6 +92,8 @@ impl Format for Aarch64 {
     const VA_BITS: u32 = 48;
     const TABLE_ADDRESS_MASK: u64 = ADDRESS_4K;
     const SHARED_ROOT: bool = false;
+    const DIRTY_BIT: u64 = SOFTWARE_DIRTY;
+    const ACCESSED_BIT: u64 = ACCESS_FLAG;
 
     fn decode(raw: u64, level: u8) -> Entry {
         if raw & VALID == 0 {

@@ -65,7 +65,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, size_at, Attributes, Entry, Format, ENTRIES};
+use crate::pgtable::format::{entry_shift, index, size_at, Entry, Format, ENTRIES};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::walk::canonical;
@@ -490,13 +490,5 @@ pub(crate) fn size_slot(size: PageSize) -> usize {
         PageSize::Size4K => 0,
         PageSize::Size2M => 1,
         PageSize::Size1G => 2,
-    }
-}
-
-pub(crate) fn attrs_keep_status(new: Attributes, old: Attributes) -> Attributes {
-    Attributes {
-        dirty: old.dirty,
-        accessed: old.accessed,
-        ..new
     }
 }
