@@ -6,7 +6,8 @@
 //! Every operation
 //! - runs each PTE-level loop inside one lazy section ([`LazyMode::section`]),
 //!   one section per PTE table as Linux does;
-//! - reads and writes every entry through the backend's [`PteAccess`], never
+//! - reads and writes every entry through the backend's
+//!   [`PteAccess`](crate::backend::PteAccess), never
 //!   memory directly (new tables are zeroed in memory before they are
 //!   linked, which no walker can observe);
 //! - records every translation it invalidates, and every page-table frame it
