@@ -201,6 +201,11 @@ impl<M: PageTableMemory, P: X86Primitives> PteAccess for X86Backend<M, P> {
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
         self.memory.swap(update.entry, update.value)
     }
+    /// Native stores have no side effect: a run is one memory loop.
+    #[inline]
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.memory.write_run(first.entry, count, first.value, step)
+    }
 }
 
 impl<M: PageTableMemory, P: X86Primitives> TlbFlush for X86Backend<M, P> {

@@ -426,17 +426,12 @@ where
         let small = size_at(level - 1).expect("split below 4 KiB");
         {
             let _section = (level - 1 == 1).then(|| self.lazy.section());
-            let template = F::leaf_template(small, attrs);
-            for i in 0..ENTRIES as u64 {
-                let offset = i << small.shift();
-                self.write_leaf(
-                    table.add(8 * i),
-                    va + offset,
-                    high,
-                    level - 1,
-                    template | (phys.0 + offset),
-                );
-            }
+            let value = F::leaf_template(small, attrs) | phys.0;
+            self.backend.write_entries(
+                self.update(table, va, high, level - 1, value, true),
+                ENTRIES,
+                small.bytes(),
+            );
         }
         self.write_table(entry, va, high, level, table);
         Ok(table)
