@@ -409,7 +409,9 @@ mod bare_metal {
                     "mov cr4, {cr4}",
                     cr4 = out(reg) _,
                     tmp = out(reg) _,
-                    options(nostack, preserves_flags)
+                    // `xor` changes the flags; no `nomem`: page-table
+                    // stores must not move across the flush.
+                    options(nostack)
                 )
             };
         }
@@ -429,9 +431,11 @@ mod bare_metal {
             // SAFETY: IA32_PKRS only restricts supervisor data accesses to
             // pages with a key; a wrong value causes page faults, never
             // memory unsafety. PKS support is the embedder's contract.
+            // No `nomem`: accesses to key-protected memory must stay on the
+            // side of the write where the program put them.
             unsafe {
                 asm!("wrmsr", in("ecx") IA32_PKRS, in("eax") value, in("edx") 0u32,
-                     options(nostack, nomem, preserves_flags))
+                     options(nostack, preserves_flags))
             };
         }
 
