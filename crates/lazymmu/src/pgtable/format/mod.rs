@@ -218,14 +218,6 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
     /// Whether `raw` is a valid (present) entry.
     fn is_valid(raw: u64) -> bool;
 
-    /// Whether leaves of `size` are allowed (true for 4K/2M/1G on every
-    /// format here).
-    #[inline]
-    fn supports(size: PageSize) -> bool {
-        let _ = size;
-        true
-    }
-
     /// Whether `va` (canonical) lies in the upper, kernel half.
     #[inline]
     fn is_kernel(va: u64) -> bool {
