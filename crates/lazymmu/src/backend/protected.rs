@@ -265,11 +265,15 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> Protected<B, K, F> {
 
 impl<B: Backend, K: KeyRegister, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
     /// Opens the register, then lets the inner backend enter (which
-    /// reports a double entry itself).
+    /// reports a double entry itself). A second `enter` keeps the value
+    /// the first one saved, so `leave` still restores what the section
+    /// found, and only makes sure the register is open.
     fn enter(&self) {
-        self.lazy().set();
+        let first = self.lazy().set();
         let found = self.keys.read_key();
-        self.keys.set_task_key(KeySlot::Section, found);
+        if first {
+            self.keys.set_task_key(KeySlot::Section, found);
+        }
         let open = F::open(found);
         if open != found {
             self.keys.write_key(open);
