@@ -155,6 +155,41 @@ struct S390Cpu {
 /// of which at least one was valid, then the stores — at flush, leave
 /// (pause too), before a write to another table or level, and when the
 /// gather flushes.
+///
+/// ```
+/// use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+/// use lazymmu::backend::machine::Primitive;
+/// use lazymmu::backend::recording::Recording;
+/// use lazymmu::backend::s390::S390;
+/// use lazymmu::backend::{EntryUpdate, PteAccess};
+/// use lazymmu::mode::{counters::Counters, LazyMode, MisusePolicy};
+///
+/// let machine = Recording::new();
+/// let update = |i: u64, value: u64| EntryUpdate {
+///     entry: PhysAddr(0x2000 + i * 8),
+///     va: VirtAddr(i << 12),
+///     space: SpaceId(1),
+///     level: 1,
+///     value,
+///     kernel: false,
+///     valid: value & 1 != 0,
+///     leaf: true,
+/// };
+/// for i in 0..16 {
+///     machine.set_memory(update(i, 0).entry, 0x8000_0003 + (i << 12));
+/// }
+/// let s390 = S390::new(&machine);
+/// let mode = Counters::new(&machine, &s390, MisusePolicy::Panic);
+/// {
+///     let _section = mode.section();
+///     for i in 0..16 {
+///         s390.write_entry(update(i, 0x8000_0001 + (i << 12))); // write-protect
+///     }
+///     // Served from the cache; memory still has the old value.
+///     assert_eq!(s390.read_entry(update(3, 0).entry), 0x8000_3001);
+/// }
+/// assert_eq!(machine.count(Primitive::Ipte), 1); // one IPTE for 16 entries
+/// ```
 #[derive(Debug)]
 pub struct S390<P> {
     primitives: P,
