@@ -399,7 +399,8 @@ where
     /// a table of the next smaller leaves with the same attributes. The
     /// frame is allocated first, so failure changes nothing. Then break
     /// before make, as the architecture requires for a block-size change
-    /// (Arm ARM §D8.16.1; Linux's `pmdp_invalidate` in
+    /// (Arm ARM DDI 0487, "Using break-before-make when updating translation
+    /// table entries"; Linux's `pmdp_invalidate` in
     /// `__split_huge_pmd_locked`): clear the block, invalidate it at once,
     /// fill the table from the cleared value (which carries any dirty bit
     /// the hardware set meanwhile), link the table.
