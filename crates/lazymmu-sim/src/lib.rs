@@ -16,9 +16,11 @@
 
 pub mod choice;
 pub mod cost;
+pub mod env;
 pub mod events;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
 pub mod rng;
+pub mod scenario;
 pub mod tlb;

@@ -170,6 +170,7 @@ pub struct Task {
 
 struct Cpu {
     task: Cell<Option<usize>>,
+    lazy: Cell<LazyState>,
     irq_depth: Cell<u32>,
     preempt: Cell<u32>,
     key: Cell<u64>,
@@ -239,6 +240,7 @@ impl Machine {
         let cpus = (0..config.cpus)
             .map(|_| Cpu {
                 task: Cell::new(None),
+                lazy: Cell::new(LazyState::IDLE),
                 irq_depth: Cell::new(0),
                 preempt: Cell::new(0),
                 key: Cell::new(config.hardware.default_key),
@@ -413,6 +415,18 @@ impl Machine {
         if let Some(task) = self.tasks.borrow_mut().get_mut(t) {
             task.lazy = state;
         }
+    }
+
+    /// The running CPU's lazy state (the per-CPU design).
+    #[inline]
+    pub fn cpu_lazy_state(&self) -> LazyState {
+        self.cpus[self.current.get()].lazy.get()
+    }
+
+    /// Stores the running CPU's lazy state (the per-CPU design).
+    #[inline]
+    pub fn set_cpu_lazy_state(&self, state: LazyState) {
+        self.cpus[self.current.get()].lazy.set(state)
     }
 
     /// The current task's arch slot.
@@ -1036,6 +1050,7 @@ impl Machine {
             h.write_u32(c.irq_depth.get());
             h.write_u32(c.preempt.get());
             h.write_u64(c.key.get());
+            core::hash::Hash::hash(&c.lazy.get(), &mut h);
             for e in c.tlb.borrow().entries() {
                 core::hash::Hash::hash(e, &mut h);
             }
