@@ -159,8 +159,12 @@ pub struct Task {
     pub root: PhysAddr,
     /// The CPU it last ran on.
     pub cpu: usize,
-    /// Saved key register, while switched out.
-    pub saved_key: u64,
+    /// The task's copies of the key register: the value while switched out
+    /// and the value its outermost section found.
+    pub keys: [Option<u64>; 2],
+    /// Other address spaces whose page tables this task may write (a fork
+    /// child under construction).
+    pub writes_to: Option<SpaceId>,
     /// Arch state a backend keeps per task (e.g. arm64's pending-barrier
     /// flag), saved and restored by the context-switch hooks.
     pub arch: u64,
@@ -347,7 +351,8 @@ impl Machine {
             space,
             root,
             cpu,
-            saved_key: self.config.hardware.default_key,
+            keys: [None, None],
+            writes_to: None,
             arch: 0,
             state: TaskState::Ready,
         });
@@ -427,6 +432,75 @@ impl Machine {
     #[inline]
     pub fn set_cpu_lazy_state(&self, state: LazyState) {
         self.cpus[self.current.get()].lazy.set(state)
+    }
+
+    /// The current task's copy `slot` of the key register.
+    pub fn task_key(&self, slot: usize) -> Option<u64> {
+        let t = self.current_task();
+        self.tasks.borrow().get(t).and_then(|t| t.keys[slot])
+    }
+
+    /// Stores the current task's copy `slot` of the key register.
+    pub fn set_task_key(&self, slot: usize, value: u64) {
+        let t = self.current_task();
+        if let Some(task) = self.tasks.borrow_mut().get_mut(t) {
+            task.keys[slot] = Some(value);
+        }
+    }
+
+    /// Lets task `id` write the page tables of `space` too (a fork child).
+    pub fn set_task_writes_to(&self, id: usize, space: Option<SpaceId>) {
+        self.tasks.borrow_mut()[id].writes_to = space;
+    }
+
+    /// Checks that applying a write to `entry` now belongs to the current
+    /// context: the table is the kernel's, the current task's, or one it is
+    /// building; otherwise batched state is being applied in another task's
+    /// context (§6.4).
+    #[inline]
+    pub fn check_owner(&self, entry: PhysAddr) {
+        let Some(owner) = self.memory.owner(entry) else {
+            self.violation(
+                Invariant::BatchOwnership,
+                format!("write to {:#x}, which is not an allocated page-table frame", entry.0),
+            );
+            return;
+        };
+        if owner == SpaceId::KERNEL || self.in_interrupt() {
+            return;
+        }
+        let t = self.current_task();
+        let ok = self
+            .tasks
+            .borrow()
+            .get(t)
+            .is_some_and(|t| t.space == owner || t.writes_to == Some(owner));
+        if !ok {
+            self.violation(
+                Invariant::BatchOwnership,
+                format!(
+                    "write to a page table of space {} applied while task t{t} (space {}) runs",
+                    owner.0,
+                    self.current_space().0
+                ),
+            );
+        }
+    }
+
+    /// CPUs that may cache translations of `space`: those running a task
+    /// of it and those whose TLB holds one of its entries (every CPU for
+    /// the kernel's space).
+    pub fn cpus_using(&self, space: SpaceId) -> u64 {
+        let mut mask = 0u64;
+        let tasks = self.tasks.borrow();
+        for (i, c) in self.cpus.iter().enumerate() {
+            let runs = c.task.get().is_some_and(|t| tasks[t].space == space);
+            let caches = c.tlb.borrow().entries().iter().any(|e| e.space == space || e.global);
+            if space == SpaceId::KERNEL || runs || caches {
+                mask |= 1 << i;
+            }
+        }
+        mask
     }
 
     /// The current task's arch slot.
@@ -573,6 +647,7 @@ impl Machine {
             );
             return;
         }
+        self.check_owner(entry);
         self.check_key_allows(entry);
         self.apply_store(entry, value);
         self.primitive(Primitive::PteWrite, 1);
@@ -881,34 +956,6 @@ impl Machine {
         self.nesting.set(self.nesting.get() - 1);
     }
 
-    /// Exception entry as the hardware and entry code do it when the
-    /// backend has no hook of its own: save nothing, load the default key
-    /// value. Returns the interrupted value.
-    pub fn load_default_key(&self) -> u64 {
-        let c = &self.cpus[self.current.get()];
-        let old = c.key.get();
-        if old != self.config.hardware.default_key {
-            c.key.set(self.config.hardware.default_key);
-            self.primitive(Primitive::KeyWrite, 1);
-        }
-        old
-    }
-
-    /// Restores the key value `value` at exception return (costed when it
-    /// changes the register).
-    pub fn restore_key(&self, value: u64) {
-        let c = &self.cpus[self.current.get()];
-        if c.key.get() != value {
-            c.key.set(value);
-            self.primitive(Primitive::KeyWrite, 1);
-        }
-    }
-
-    /// The key value the innermost exception interrupted, if in one.
-    pub fn interrupted_key(&self) -> Option<u64> {
-        self.cpus[self.current.get()].irq_keys.borrow().last().copied()
-    }
-
     fn remote_flush(&self) {
         let cpu = self.current.get();
         let c = &self.cpus[cpu];
@@ -930,8 +977,6 @@ impl Machine {
             let lazy = self.tasks.borrow()[prev].lazy;
             self.log(EventKind::SwitchOut(prev));
             self.atomically(|| kernel.switch_out(lazy));
-            let key = c.key.get();
-            self.tasks.borrow_mut()[prev].saved_key = key;
             c.task.set(None);
         }
         if let Some(next) = next {
@@ -941,15 +986,12 @@ impl Machine {
                 self.switch(last, None);
                 self.current.set(cpu);
             }
-            let (lazy, key) = {
+            let lazy = {
                 let mut tasks = self.tasks.borrow_mut();
                 tasks[next].cpu = cpu;
-                (tasks[next].lazy, tasks[next].saved_key)
+                tasks[next].lazy
             };
             c.task.set(Some(next));
-            if c.key.get() != key {
-                c.key.set(key);
-            }
             self.log(EventKind::SwitchIn(next));
             self.atomically(|| kernel.switch_in(lazy));
         }
