@@ -21,6 +21,7 @@ pub mod events;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
+pub mod observed;
 pub mod platform;
 pub mod rng;
 pub mod scenario;

@@ -64,6 +64,9 @@ pub struct HardwareModel {
     pub arm64_barriers: bool,
     /// How the key register guards page-table pages.
     pub keys: KeyModel,
+    /// A context switch to another address space flushes the CPU's
+    /// non-global translations (x86 CR3 write without PCID; Xen PV guests).
+    pub flush_on_switch: bool,
     /// The key page-table pages carry when protected.
     pub table_key: u8,
     /// The key register value in force outside any window (closed), loaded
@@ -77,6 +80,7 @@ impl HardwareModel {
         read_only_tables: false,
         arm64_barriers: false,
         keys: KeyModel::None,
+        flush_on_switch: false,
         table_key: 0,
         default_key: 0,
     };
@@ -174,6 +178,7 @@ pub struct Task {
 
 struct Cpu {
     task: Cell<Option<usize>>,
+    loaded: Cell<SpaceId>,
     lazy: Cell<LazyState>,
     irq_depth: Cell<u32>,
     preempt: Cell<u32>,
@@ -244,6 +249,7 @@ impl Machine {
         let cpus = (0..config.cpus)
             .map(|_| Cpu {
                 task: Cell::new(None),
+                loaded: Cell::new(SpaceId::KERNEL),
                 lazy: Cell::new(LazyState::IDLE),
                 irq_depth: Cell::new(0),
                 preempt: Cell::new(0),
@@ -311,6 +317,11 @@ impl Machine {
         self.is_kernel_va.set(is_kernel);
     }
 
+    /// Makes `cpu` the running CPU (the driver's own code between units).
+    pub fn set_cpu(&self, cpu: usize) {
+        self.current.set(cpu % self.cpus.len());
+    }
+
     /// Physical memory.
     pub fn memory(&self) -> &PhysMemory {
         &self.memory
@@ -358,6 +369,7 @@ impl Machine {
         });
         if self.cpus[cpu].task.get().is_none() {
             self.cpus[cpu].task.set(Some(id));
+            self.cpus[cpu].loaded.set(space);
         }
         id
     }
@@ -375,6 +387,19 @@ impl Machine {
     /// Sets a task's page-table root.
     pub fn set_task_root(&self, id: usize, root: PhysAddr) {
         self.tasks.borrow_mut()[id].root = root;
+    }
+
+    /// Makes every finished task ready again (for the next stage of a
+    /// run).
+    pub fn restart_tasks(&self) {
+        for t in self.tasks.borrow_mut().iter_mut() {
+            t.state = TaskState::Ready;
+        }
+    }
+
+    /// Resets the primitive counts (after a setup stage).
+    pub fn clear_counts(&self) {
+        self.counts.clear();
     }
 
     /// Marks a task finished.
@@ -986,11 +1011,15 @@ impl Machine {
                 self.switch(last, None);
                 self.current.set(cpu);
             }
-            let lazy = {
+            let (lazy, space) = {
                 let mut tasks = self.tasks.borrow_mut();
                 tasks[next].cpu = cpu;
-                tasks[next].lazy
+                (tasks[next].lazy, tasks[next].space)
             };
+            let loaded = c.loaded.replace(space);
+            if self.config.hardware.flush_on_switch && loaded != space {
+                c.tlb.borrow_mut().invalidate_space(loaded);
+            }
             c.task.set(Some(next));
             self.log(EventKind::SwitchIn(next));
             self.atomically(|| kernel.switch_in(lazy));
