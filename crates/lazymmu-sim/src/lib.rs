@@ -17,6 +17,7 @@
 pub mod choice;
 pub mod cost;
 pub mod env;
+pub mod hw;
 pub mod events;
 pub mod invariant;
 pub mod machine;
@@ -24,5 +25,7 @@ pub mod memory;
 pub mod observed;
 pub mod platform;
 pub mod rng;
+pub mod run;
 pub mod scenario;
 pub mod tlb;
+pub mod world;
