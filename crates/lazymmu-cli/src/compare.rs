@@ -111,12 +111,13 @@ fn counts_map(counts: &[(Primitive, u64)]) -> serde_json::Map<String, serde_json
         .collect()
 }
 
-/// Runs `lazymmu compare`. Returns the process exit status (0, or 1 when an
-/// invariant was violated).
+/// Runs `lazymmu compare`: exit status 0, or 1 when an invariant was
+/// violated.
 ///
 /// # Errors
-/// [`UsageError`] for bad options; I/O errors writing the outputs.
-pub fn compare(args: &CompareArgs) -> Result<i32> {
+/// [`UsageError`] for bad option values; I/O errors writing the outputs
+/// (both exit with status 2).
+pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     let backends = parse_list(&args.backend, BackendKind::ALL)?;
     let workloads = parse_list(&args.workload, WorkloadKind::ALL)?;
     let designs = if args.design == "all" {
@@ -213,7 +214,7 @@ pub fn compare(args: &CompareArgs) -> Result<i32> {
     if let Some(path) = &args.svg {
         draw_svg(path, &results).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if violations > 0 { 1 } else { 0 })
+    Ok(std::process::ExitCode::from(if violations > 0 { 1 } else { 0 }))
 }
 
 fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<()> {

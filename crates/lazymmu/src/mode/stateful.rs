@@ -52,6 +52,8 @@ pub trait StatefulArch {
 
     /// Closes the section `enter` returned `state` for: leaves lazy mode if
     /// it was the outermost, flushes otherwise. Returns the hook it called.
+    /// An arch may ignore a close while paused (as [`FromHooks`] does, like
+    /// the counter design); the caller then keeps `state` for a later close.
     ///
     /// # Errors
     /// [`Misuse::Underflow`] when `state` does not match the task's current
@@ -102,9 +104,12 @@ pub enum HooksState {
 /// Per task it keeps two flags (a section is open; the task is paused) in
 /// the environment's task slot, encoded as `enable_count` and `pause_count`
 /// of 0 or 1. The nesting depth lives only in the [`HooksState`] values on
-/// the callers' stacks. Its behaviour for correctly nested callers matches
-/// the counter design hook for hook: enables and disables are ignored while
-/// paused, pause and resume outside a section call no hook.
+/// the callers' stacks. Its hooks match the counter design's for any
+/// sequence of operations short of 255 levels (it has no depth to
+/// overflow): enables and disables are ignored while paused (an ignored
+/// enable returns [`HooksState::Ignored`]; an ignored disable leaves its
+/// section open, so the caller keeps the state for a later disable), pause
+/// and resume outside a section call no hook.
 #[derive(Debug, Default)]
 pub struct FromHooks<A> {
     hooks: A,
@@ -188,12 +193,12 @@ impl<A: ArchHooks> StatefulArch for FromHooks<A> {
         let flags = Flags::load(env);
         match state {
             HooksState::Ignored => Ok(None),
+            // Ignored while paused, as in the counter design: the section
+            // stays open and is closed by a later disable.
+            _ if flags.paused => Ok(None),
             HooksState::Nested | HooksState::Outermost if !flags.open => {
                 Err(Misuse::Underflow(Op::Disable))
             }
-            // The arch already left at the pause; closing inner sections
-            // has nothing to flush.
-            HooksState::Nested if flags.paused => Ok(None),
             HooksState::Nested => {
                 self.hooks.flush();
                 Ok(Some(Hook::Flush))
@@ -204,13 +209,8 @@ impl<A: ArchHooks> StatefulArch for FromHooks<A> {
                     ..flags
                 }
                 .store(env);
-                if flags.paused {
-                    // The pause already left; the resume must not re-enter.
-                    Ok(None)
-                } else {
-                    self.hooks.leave();
-                    Ok(Some(Hook::Leave))
-                }
+                self.hooks.leave();
+                Ok(Some(Hook::Leave))
             }
             HooksState::FirstPause | HooksState::NestedPause => Err(Misuse::Underflow(Op::Disable)),
         }
@@ -457,14 +457,14 @@ mod tests {
     }
 
     #[test]
-    fn closing_the_outermost_section_while_paused_does_not_reenter_on_resume() {
+    fn closing_a_section_while_paused_is_ignored() {
         let mode = mode();
         let outer = mode.enable().unwrap().token;
         let pause = mode.pause_raw().unwrap();
         assert_eq!(pause.hook, Some(Hook::Leave));
         assert_eq!(mode.disable(outer).unwrap().hook, None);
-        assert_eq!(mode.resume(pause.token).unwrap().hook, None);
-        assert!(!mode.arch().hooks().entered());
+        assert_eq!(mode.resume(pause.token).unwrap().hook, Some(Hook::Enter));
+        assert_eq!(mode.disable(outer).unwrap().hook, Some(Hook::Leave));
         assert_eq!(mode.arch().hooks().broken(), 0);
     }
 }
