@@ -470,3 +470,66 @@ fn guards_are_not_send() {
     <Section<'static, SendMode> as AmbiguousIfSend<_>>::check();
     <Pause<'static, SendMode> as AmbiguousIfSend<_>>::check();
 }
+
+/// An arch that records the preemption depth at every hook.
+struct PreemptionProbe<'a> {
+    env: &'a TestEnv,
+    depths: RefCell<Vec<u32>>,
+}
+
+impl lazymmu::mode::ArchHooks for PreemptionProbe<'_> {
+    fn enter(&self) {
+        self.depths.borrow_mut().push(self.env.preempt_count());
+    }
+    fn leave(&self) {
+        self.depths.borrow_mut().push(self.env.preempt_count());
+    }
+    fn flush(&self) {
+        self.depths.borrow_mut().push(self.env.preempt_count());
+    }
+}
+
+/// Drives the worked example with raw calls on a design whose tokens are
+/// `()`.
+fn worked_example_depths<M: LazyMode<Token = ()>>(mode: &M) {
+    for op in [
+        Op::Enable,
+        Op::Enable,
+        Op::Pause,
+        Op::Enable,
+        Op::Resume,
+        Op::Disable,
+        Op::Disable,
+    ] {
+        raw(mode, op).expect("no misuse in the worked example");
+    }
+}
+
+#[test]
+fn hooks_run_with_preemption_disabled() {
+    let env = TestEnv::default();
+    let probe = PreemptionProbe {
+        env: &env,
+        depths: RefCell::new(Vec::new()),
+    };
+    worked_example_depths(&Counters::new(&env, &probe, MisusePolicy::Panic));
+    assert_eq!(*probe.depths.borrow(), [1, 1, 1, 1, 1]);
+    assert_eq!(env.preempt_count(), 0);
+
+    probe.depths.borrow_mut().clear();
+    worked_example_depths(&PerCpu::new(&env, &probe, MisusePolicy::Panic));
+    // The per-CPU design also holds one level for the whole section.
+    assert_eq!(*probe.depths.borrow(), [1, 2, 2, 2, 2]);
+    assert_eq!(env.preempt_count(), 0);
+
+    probe.depths.borrow_mut().clear();
+    let mode = Stateful::new(&env, FromHooks::new(&probe), MisusePolicy::Panic);
+    let outer = mode.enable().unwrap().token;
+    let inner = mode.enable().unwrap().token;
+    let pause = mode.pause_raw().unwrap().token;
+    mode.resume(pause).unwrap();
+    mode.disable(inner).unwrap();
+    mode.disable(outer).unwrap();
+    assert_eq!(*probe.depths.borrow(), [1, 1, 1, 1, 1]);
+    assert_eq!(env.preempt_count(), 0);
+}
