@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use lazymmu_sim::cost::{parse_override, Primitive};
-use lazymmu_sim::run::{compare_designs, run, DesignReport};
+use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
 use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind};
 use serde::Serialize;
 
@@ -150,7 +150,7 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     let progress = Progress::new(configs.len() as u64);
     let mut results = Vec::with_capacity(configs.len());
     for cfg in &configs {
-        results.push(run(cfg));
+        results.push(run_config(cfg));
         progress.tick();
     }
     let design_reports = compare_designs(args.seed, args.cpus as usize);

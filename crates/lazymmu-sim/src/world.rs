@@ -325,8 +325,8 @@ where
                     if !p.destroyed {
                         p.destroyed = true;
                         let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                        let r = tables.destroy(&mut gather);
-                        self.check(r, "exit free tables");
+                        let r = tables.destroy(false, &mut gather);
+                        self.check(r.map(|_| ()), "exit free tables");
                         drop(gather);
                     }
                     false
