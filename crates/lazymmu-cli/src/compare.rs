@@ -38,6 +38,10 @@ pub struct CompareArgs {
     /// Override a primitive's cost: NAME=CYCLES (repeatable).
     #[arg(long = "cost", value_name = "NAME=CYCLES")]
     pub cost: Vec<String>,
+    /// KASAN hazard mode: read shadow entries back inside the section
+    /// without pausing (the simulator must report the stale read-back).
+    #[arg(long)]
+    pub kasan_read_back: bool,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -141,6 +145,7 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
                     cfg.cpus = args.cpus as usize;
                     cfg.seed = args.seed;
                     cfg.costs = costs.clone();
+                    cfg.read_back_without_pause = args.kasan_read_back;
                     configs.push(cfg);
                 }
             }
