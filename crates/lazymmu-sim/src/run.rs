@@ -273,6 +273,7 @@ where
         counts: machine.counts().nonzero(),
         cycles: machine.cycles(),
         pte_updates: world.measured_updates(),
+        pte_updates_total: world.backend().updates(),
         violation_count: machine.violation_count(),
         violations: machine.violations(),
         steps: machine.steps(),

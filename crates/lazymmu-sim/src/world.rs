@@ -286,7 +286,7 @@ where
             let phys = DATA_BASE + p.index * TASK_STRIDE + unit * CHUNK_PAGES * PAGE;
             let r = tables.map(VirtAddr(va), PhysAddr(phys), len, Attributes::user_data(), PageSize::Size4K);
             self.check(r.map(|_| ()), "setup map");
-            self.touch(p.space, va, len / PAGE);
+            self.touch(p.space, va, 8);
             return unit + 1 < units;
         }
 
