@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lazymmu_sim::cost::{parse_override, Primitive};
 use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
-use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind};
+use lazymmu_sim::scenario::{
+    BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind,
+};
 use serde::Serialize;
 
 /// Options of `lazymmu compare`.
@@ -62,7 +64,10 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn parse_list<T: std::str::FromStr<Err = String> + Copy>(items: &[String], all: &[T]) -> Result<Vec<T>, UsageError> {
+fn parse_list<T: std::str::FromStr<Err = String> + Copy>(
+    items: &[String],
+    all: &[T],
+) -> Result<Vec<T>, UsageError> {
     if items.iter().any(|s| s == "all") {
         return Ok(all.to_vec());
     }
@@ -219,7 +224,11 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     if let Some(path) = &args.svg {
         draw_svg(path, &results).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(std::process::ExitCode::from(if violations > 0 { 1 } else { 0 }))
+    Ok(std::process::ExitCode::from(if violations > 0 {
+        1
+    } else {
+        0
+    }))
 }
 
 fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<()> {
@@ -230,10 +239,15 @@ fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<(
     )?;
     for r in results {
         let eager = results.iter().find(|e| {
-            e.backend == r.backend && e.workload == r.workload && e.design == r.design && e.mode == ModeKind::Eager
+            e.backend == r.backend
+                && e.workload == r.workload
+                && e.design == r.design
+                && e.mode == ModeKind::Eager
         });
         let ratio = match (r.mode, eager) {
-            (ModeKind::Lazy, Some(e)) if e.cycles > 0 => format!("{:.3}", r.cycles as f64 / e.cycles as f64),
+            (ModeKind::Lazy, Some(e)) if e.cycles > 0 => {
+                format!("{:.3}", r.cycles as f64 / e.cycles as f64)
+            }
             _ => "-".to_string(),
         };
         let counts: Vec<String> = r.counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
@@ -268,8 +282,16 @@ fn write_designs(out: &mut impl Write, reports: &[DesignReport]) -> std::io::Res
             d.design.name(),
             d.bytes_per_task,
             preempt_label(d),
-            if d.sleep_reported { "reported" } else { "allowed" },
-            if d.nested_key_restored { "exact" } else { "WRONG" },
+            if d.sleep_reported {
+                "reported"
+            } else {
+                "allowed"
+            },
+            if d.nested_key_restored {
+                "exact"
+            } else {
+                "WRONG"
+            },
             d.violations,
             counts.join(" ")
         )?;
@@ -289,14 +311,25 @@ fn preempt_label(d: &DesignReport) -> String {
 
 fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
     use plotters::prelude::*;
-    let lazy: Vec<&RunResult> = results.iter().filter(|r| r.mode == ModeKind::Lazy).collect();
+    let lazy: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.mode == ModeKind::Lazy)
+        .collect();
     let bars: Vec<(String, f64)> = lazy
         .iter()
         .filter_map(|r| {
             let e = results.iter().find(|e| {
-                e.backend == r.backend && e.workload == r.workload && e.design == r.design && e.mode == ModeKind::Eager
+                e.backend == r.backend
+                    && e.workload == r.workload
+                    && e.design == r.design
+                    && e.mode == ModeKind::Eager
             })?;
-            (e.cycles > 0).then(|| (format!("{} {}", r.backend, r.workload), r.cycles as f64 / e.cycles as f64))
+            (e.cycles > 0).then(|| {
+                (
+                    format!("{} {}", r.backend, r.workload),
+                    r.cycles as f64 / e.cycles as f64,
+                )
+            })
         })
         .collect();
     let height = (60 + bars.len() * 18).max(200) as u32;
@@ -304,7 +337,10 @@ fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption("lazy / eager modelled cycles (lower is better)", ("sans-serif", 18))
+        .caption(
+            "lazy / eager modelled cycles (lower is better)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(200)
@@ -317,9 +353,11 @@ fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
         .y_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
         .x_desc("lazy cycles / eager cycles")
         .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled())
-    }))?;
+    chart.draw_series(
+        bars.iter()
+            .enumerate()
+            .map(|(i, (_, v))| Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled())),
+    )?;
     root.present()?;
     Ok(())
 }
@@ -337,7 +375,10 @@ struct Progress {
 impl Progress {
     fn new(total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::hidden(),
+            );
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -356,7 +397,10 @@ impl Progress {
     fn tick(&self) {
         self.done.set(self.done.get() + 1);
         if let Some(bar) = &self.bar {
-            if !self.shown.get() && self.start.elapsed() > Duration::from_secs(1) && self.done.get() < self.total {
+            if !self.shown.get()
+                && self.start.elapsed() > Duration::from_secs(1)
+                && self.done.get() < self.total
+            {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 self.shown.set(true);
             }

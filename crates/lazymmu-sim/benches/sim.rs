@@ -28,20 +28,26 @@ fn bench(c: &mut Criterion) {
         // Every update of the run (setup mapping included) is simulated.
         let updates = run_here(&cfg).pte_updates_total;
         group.throughput(Throughput::Elements(updates));
-        group.bench_with_input(BenchmarkId::new("sim", format!("{backend}-{mode}")), &cfg, |b, cfg| {
-            b.iter(|| black_box(run_here(cfg)))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("sim", format!("{backend}-{mode}")),
+            &cfg,
+            |b, cfg| b.iter(|| black_box(run_here(cfg))),
+        );
         // Baseline: the same number of 8-byte stores into host memory.
-        group.bench_with_input(BenchmarkId::new("baseline-stores", format!("{backend}-{mode}")), &updates, |b, &n| {
-            let mut table = vec![0u64; 512 * 64];
-            b.iter(|| {
-                let len = table.len();
-                for i in 0..n as usize {
-                    table[(i * 8) % len] = black_box(i as u64) | 1;
-                }
-                black_box(&table);
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("baseline-stores", format!("{backend}-{mode}")),
+            &updates,
+            |b, &n| {
+                let mut table = vec![0u64; 512 * 64];
+                b.iter(|| {
+                    let len = table.len();
+                    for i in 0..n as usize {
+                        table[(i * 8) % len] = black_box(i as u64) | 1;
+                    }
+                    black_box(&table);
+                })
+            },
+        );
     }
     group.finish();
 }
