@@ -25,7 +25,7 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub workload: Vec<String>,
     /// Pages each task's workload touches.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub pages: u64,
     /// Simulated CPUs.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]

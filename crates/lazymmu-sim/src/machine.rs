@@ -103,7 +103,8 @@ pub struct MachineConfig {
     pub max_nesting: u32,
     /// Events kept for violation reports.
     pub event_ring: usize,
-    /// Stop choosing anything but `Continue` after the first violation.
+    /// Stop the run after the first violation: no more choices, no new
+    /// unit of work (the unit in progress finishes).
     pub stop_on_violation: bool,
 }
 
@@ -1166,6 +1167,11 @@ impl Machine {
         loop {
             let mut progressed = false;
             for id in 0..self.task_count() {
+                if self.config.stop_on_violation && self.violation_count.get() > 0 {
+                    // A violation stops the run: no task starts another
+                    // unit of work.
+                    return;
+                }
                 if self.tasks.borrow()[id].state != TaskState::Ready {
                     continue;
                 }

@@ -170,7 +170,7 @@ impl RunConfig {
             workload,
             mode,
             design: DesignKind::Counters,
-            pages: 2048,
+            pages: 4096,
             cpus: 4,
             tasks: 2,
             seed: 1,

@@ -480,3 +480,28 @@ fn an_interrupt_update_that_is_deferred_is_caught() {
     drop(s);
     m.clear_kernel();
 }
+
+#[test]
+fn a_recorded_schedule_replays_exactly() {
+    use lazymmu_sim::choice::{Chooser, RandomChooser, Replay};
+    use lazymmu_sim::run::run_with_chooser;
+    let mut cfg = RunConfig::new(BackendKind::XenPv, WorkloadKind::Mprotect, ModeKind::Lazy);
+    cfg.pages = 1024;
+    cfg.tasks = 3;
+    let rates = Rates {
+        interrupt: 10,
+        preempt: 20,
+        migrate: 10,
+        remote_flush: 5,
+    };
+    let (recorded, _) = run_with_chooser(&cfg, RandomChooser::new(7, rates));
+    assert!(recorded.trace.picks.iter().any(|&p| p != 0));
+    let text = recorded.trace.to_string();
+    let trace = lazymmu_sim::choice::Trace::parse(&text).unwrap();
+    let (replayed, replay) = run_with_chooser(&cfg, Replay::new(trace.picks));
+    assert_eq!(replay.mismatches(), 0);
+    assert_eq!(replayed.trace, recorded.trace);
+    assert_eq!(replayed.counts, recorded.counts);
+    assert_eq!(replayed.steps, recorded.steps);
+    let _: &dyn Chooser = &replay;
+}
