@@ -234,6 +234,10 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
 fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<()> {
     writeln!(
         out,
+        "modelled cycles of each run's own work (interrupt handlers the scheduler injects are not charged); lazy/eager < 1 means batching pays"
+    )?;
+    writeln!(
+        out,
         "{:<10} {:<16} {:<9} {:<6} {:>12} {:>7}  {:>5}  counts",
         "backend", "workload", "design", "mode", "cycles", "lazy/eager", "viol"
     )?;
