@@ -11,7 +11,7 @@
 //!   scheduler that resolves choice points;
 //! - [`choice`]: choice points and the choosers that resolve them (seeded
 //!   random, replay, sequential), and printable traces;
-//! - [`env`], [`platform`], [`hw`]: the library's environment, every
+//! - [`env`](mod@env), [`platform`], [`hw`]: the library's environment, every
 //!   backend's machine primitives, page-table memory, frame allocator and
 //!   hardware walker, implemented over the machine;
 //! - [`observed`]: the contract checks of DESIGN.md §6 around the
