@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod compare;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -22,6 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every backend × workload on the simulator, eager and lazy: primitive
+    /// counts and modelled cycles with the lazy/eager ratio.
+    Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
     /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
@@ -32,6 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
     };
