@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -21,6 +22,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every backend × workload on the simulator, eager and lazy: primitive
+    /// counts and modelled cycles with the lazy/eager ratio.
+    Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
 }
@@ -28,6 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
     };
     match result {
