@@ -425,15 +425,15 @@ where
         };
         gather.flush_page_now(Self::canonical(va, high), size);
         let small = size_at(level - 1).expect("split below 4 KiB");
-        {
-            let _section = (level - 1 == 1).then(|| self.lazy.section());
-            let value = F::leaf_template(small, attrs) | phys.0;
-            self.backend.write_entries(
-                self.update(table, va, high, level - 1, value, true),
-                ENTRIES,
-                small.bytes(),
-            );
-        }
+        // The link goes inside the PTE table's section, so that its close
+        // applies it with the entries (a flush when nested).
+        let _section = (level - 1 == 1).then(|| self.lazy.section());
+        let value = F::leaf_template(small, attrs) | phys.0;
+        self.backend.write_entries(
+            self.update(table, va, high, level - 1, value, true),
+            ENTRIES,
+            small.bytes(),
+        );
         self.write_table(entry, va, high, level, table);
         Ok(table)
     }
