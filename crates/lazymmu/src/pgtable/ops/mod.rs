@@ -12,6 +12,11 @@
 //!   linked, which no walker can observe);
 //! - records every translation it invalidates, and every page-table frame it
 //!   unlinks, in a [`Gather`];
+//! - writes a new PTE table's link, and clears an emptied table's link,
+//!   inside a section, so that every table change is applied before the
+//!   gather may free a frame; other writes outside PTE loops (huge leaves,
+//!   upper-level links made before a PTE loop) follow the caller's lazy
+//!   state: inside a caller's section they take effect at its next flush;
 //! - on allocation failure stops with the tables consistent (every table it
 //!   allocated is linked in and reachable), nothing leaked, and an error
 //!   saying how far it got.

@@ -148,6 +148,10 @@ where
                     } else {
                         self.zap_level(below, level - 1, va, next, high, gather, summary)?;
                         if whole {
+                            // Its own short section: the close applies the
+                            // unlink before the gather can free the table,
+                            // even when a caller's section is open.
+                            let _section = self.lazy.section();
                             self.clear_table(entry, va, high, level);
                         }
                     }
