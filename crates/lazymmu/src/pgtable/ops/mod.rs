@@ -85,7 +85,8 @@ pub enum RangeError {
     /// The start is not canonical for the format, the range wraps, or it
     /// leaves the canonical half it starts in.
     OutOfRange,
-    /// The gather belongs to another address space.
+    /// The gather belongs to another address space, or a copy's child is
+    /// the parent itself.
     WrongSpace,
 }
 
