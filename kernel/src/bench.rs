@@ -257,25 +257,17 @@ fn check_pkrs(rows: &[[Option<Row>; 3]; 4]) -> Outcome {
             operation.name()
         );
     }
-    // One section per PTE table (2 writes each); work above the PTE level
-    // runs outside them and opens its own windows: the map links each new
-    // PTE table after filling it (2; a table the range covers is filled,
-    // not zeroed), the zap unlinks each emptied one (2).
-    ensure_eq!(
-        pkrs(Mode::PerTable, Map),
-        Some(4 * pte_tables),
-        "map, a section per PTE table"
-    );
-    ensure_eq!(
-        pkrs(Mode::PerTable, Protect),
-        Some(2 * pte_tables),
-        "protect, a section per PTE table"
-    );
-    ensure_eq!(
-        pkrs(Mode::PerTable, Zap),
-        Some(4 * pte_tables),
-        "zap, a section per PTE table"
-    );
+    // One section per PTE table, 2 writes each: the map links each new PTE
+    // table and the zap unlinks each emptied one inside that table's
+    // section.
+    for operation in Operation::ALL {
+        ensure_eq!(
+            pkrs(Mode::PerTable, operation),
+            Some(2 * pte_tables),
+            "{}, a section per PTE table",
+            operation.name()
+        );
+    }
     // Without lazy mode: 2 per entry written (PTEs, and the map's table
     // links).
     ensure_eq!(
