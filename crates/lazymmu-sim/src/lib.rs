@@ -1,1 +1,4 @@
 //! Deterministic machine model for lazymmu.
+
+pub mod explore;
+pub mod scenarios;
