@@ -367,7 +367,27 @@ pub trait LazyMode {
 }
 
 /// A lazy MMU section. Dropping it disables (flushing if nested, leaving if
-/// outermost). Bound to the task that opened it: not `Send`.
+/// outermost). Bound to the task that opened it: not `Send`, so it cannot be
+/// moved to another thread and closed there.
+///
+/// ```compile_fail
+/// # use lazymmu::mode::{LazyMode, LazyState, Misuse, Step};
+/// # // A mode that is itself `Send + Sync`, so only the guard can be `!Send`.
+/// # struct Nop;
+/// # impl LazyMode for Nop {
+/// #     type Token = ();
+/// #     fn enable(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn disable(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn pause_raw(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn resume(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn is_active(&self) -> bool { false }
+/// #     fn state(&self) -> LazyState { LazyState::IDLE }
+/// #     fn bytes_per_task(&self) -> usize { 0 }
+/// # }
+/// fn assert_send<T: Send>() {}
+/// assert_send::<&Nop>(); // the mode itself may cross threads
+/// assert_send::<lazymmu::mode::Section<'static, Nop>>(); // error: not `Send`
+/// ```
 #[must_use = "dropping the section at once closes it"]
 pub struct Section<'a, M: LazyMode> {
     mode: &'a M,
@@ -393,6 +413,25 @@ impl<M: LazyMode> Drop for Section<'_, M> {
 }
 
 /// A pause of lazy MMU mode. Dropping it resumes. Not `Send`.
+///
+/// ```compile_fail
+/// # use lazymmu::mode::{LazyMode, LazyState, Misuse, Step};
+/// # // A mode that is itself `Send + Sync`, so only the guard can be `!Send`.
+/// # struct Nop;
+/// # impl LazyMode for Nop {
+/// #     type Token = ();
+/// #     fn enable(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn disable(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn pause_raw(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn resume(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn is_active(&self) -> bool { false }
+/// #     fn state(&self) -> LazyState { LazyState::IDLE }
+/// #     fn bytes_per_task(&self) -> usize { 0 }
+/// # }
+/// fn assert_send<T: Send>() {}
+/// assert_send::<&Nop>(); // the mode itself may cross threads
+/// assert_send::<lazymmu::mode::Pause<'static, Nop>>(); // error: not `Send`
+/// ```
 #[must_use = "dropping the pause at once resumes"]
 pub struct Pause<'a, M: LazyMode> {
     mode: &'a M,
