@@ -49,8 +49,9 @@ impl ChoicePoint {
     }
 }
 
-/// What a system asks at every choice point.
-pub trait Chooser {
+/// What a system asks at every choice point. `Send`, because a system may
+/// run its simulated tasks on threads of their own (one at a time).
+pub trait Chooser: Send {
     /// The option to take at `point`, or `None` to stop the run here (the
     /// rest of it has already been explored).
     fn choose(&mut self, point: &ChoicePoint) -> Option<usize>;
@@ -156,9 +157,7 @@ pub enum TraceError {
 impl fmt::Display for TraceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TraceError::MissingColon => {
-                f.write_str("a trace is SCENARIO:C0.C1... (no ':' found)")
-            }
+            TraceError::MissingColon => f.write_str("a trace is SCENARIO:C0.C1... (no ':' found)"),
             TraceError::EmptyScenario => f.write_str("the trace names no scenario"),
             TraceError::BadChoice(c) => write!(f, "choice {c:?} is not a number"),
         }
@@ -604,7 +603,10 @@ mod tests {
         let t = Trace::new("xen", vec![0, 2, 0, 1, 0, 0]);
         assert_eq!(t.to_string(), "xen:0.2.0.1");
         assert_eq!("xen:0.2.0.1".parse::<Trace>().unwrap(), t);
-        assert_eq!("xen:".parse::<Trace>().unwrap().choices, Vec::<usize>::new());
+        assert_eq!(
+            "xen:".parse::<Trace>().unwrap().choices,
+            Vec::<usize>::new()
+        );
         assert_eq!("xen".parse::<Trace>(), Err(TraceError::MissingColon));
         assert_eq!(":1".parse::<Trace>(), Err(TraceError::EmptyScenario));
         assert_eq!(
