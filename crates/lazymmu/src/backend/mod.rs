@@ -9,6 +9,15 @@
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
 
+pub mod arm64;
+pub mod machine;
+pub mod ppc_hash;
+pub mod protected;
+pub mod recording;
+pub mod s390;
+pub mod sparc64;
+pub mod xen_pv;
+
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
 

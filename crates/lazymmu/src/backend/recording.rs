@@ -1,0 +1,1 @@
+//! Recording primitives for host tests (in progress).
