@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod compare;
 
 /// Nestable, pausable lazy MMU mode: simulate, compare, check.
@@ -19,6 +20,9 @@ enum Command {
     /// Every backend × workload on the simulator, eager and lazy: primitive
     /// counts and modelled cycles.
     Compare(compare::CompareArgs),
+    /// Exhaustive, preemption-bounded exploration of the scenarios'
+    /// interleavings, with replayable counterexamples.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +36,7 @@ fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Command::Compare(args) => compare::compare(args),
+        Command::Check(args) => check::check(args),
     };
     match result {
         Ok(code) => ExitCode::from(code as u8),

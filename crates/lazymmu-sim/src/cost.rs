@@ -102,7 +102,10 @@ impl FromStr for Primitive {
             .find(|p| p.name() == s)
             .ok_or_else(|| {
                 let names: Vec<_> = Primitive::ALL.iter().map(|p| p.name()).collect();
-                format!("unknown primitive `{s}` (expected one of {})", names.join(", "))
+                format!(
+                    "unknown primitive `{s}` (expected one of {})",
+                    names.join(", ")
+                )
             })
     }
 }

@@ -398,14 +398,20 @@ impl Machine {
     /// The current task's address space (the kernel's when idle).
     pub fn current_space(&self) -> SpaceId {
         let t = self.current_task();
-        self.tasks.borrow().get(t).map_or(SpaceId::KERNEL, |t| t.space)
+        self.tasks
+            .borrow()
+            .get(t)
+            .map_or(SpaceId::KERNEL, |t| t.space)
     }
 
     /// The current task's lazy state.
     #[inline]
     pub fn lazy_state(&self) -> LazyState {
         let t = self.current_task();
-        self.tasks.borrow().get(t).map_or(LazyState::IDLE, |t| t.lazy)
+        self.tasks
+            .borrow()
+            .get(t)
+            .map_or(LazyState::IDLE, |t| t.lazy)
     }
 
     /// Stores the current task's lazy state.
@@ -469,7 +475,10 @@ impl Machine {
         let c = &self.cpus[self.current.get()].preempt;
         match c.get().checked_sub(1) {
             Some(n) => c.set(n),
-            None => self.violation(Invariant::Misuse, "preempt_enable without preempt_disable".into()),
+            None => self.violation(
+                Invariant::Misuse,
+                "preempt_enable without preempt_disable".into(),
+            ),
         }
     }
 
@@ -603,12 +612,13 @@ impl Machine {
     pub fn apply_store(&self, entry: PhysAddr, value: u64) {
         self.log(EventKind::Store { entry, value });
         let hw = self.config.hardware;
-        if hw.arm64_barriers
-            && value & 1 != 0
-            && self.memory.owner(entry) == Some(SpaceId::KERNEL)
+        if hw.arm64_barriers && value & 1 != 0 && self.memory.owner(entry) == Some(SpaceId::KERNEL)
         {
             let old = self.memory.read(entry);
-            self.cpus[self.current.get()].pending.borrow_mut().push((entry, old));
+            self.cpus[self.current.get()]
+                .pending
+                .borrow_mut()
+                .push((entry, old));
             self.pending_stores.set(self.pending_stores.get() + 1);
         }
         self.memory.write(entry, value);
@@ -617,13 +627,17 @@ impl Machine {
     /// `dsb`: the running CPU's stores become visible to every walker.
     pub fn dsb(&self) {
         let drained = core::mem::take(&mut *self.cpus[self.current.get()].pending.borrow_mut());
-        self.pending_stores.set(self.pending_stores.get() - drained.len());
+        self.pending_stores
+            .set(self.pending_stores.get() - drained.len());
         self.primitive(Primitive::Dsb, 1);
     }
 
     /// `isb`: the running CPU stops reusing stale "invalid" walks.
     pub fn isb(&self) {
-        self.cpus[self.current.get()].stale_invalid.borrow_mut().clear();
+        self.cpus[self.current.get()]
+            .stale_invalid
+            .borrow_mut()
+            .clear();
         self.primitive(Primitive::Isb, 1);
     }
 
@@ -671,7 +685,11 @@ impl Machine {
         }
         let page = va.0 >> 12;
         if self.config.hardware.arm64_barriers
-            && cpu.stale_invalid.borrow().iter().any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
+            && cpu
+                .stale_invalid
+                .borrow()
+                .iter()
+                .any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
         {
             return Access::Fault;
         }
@@ -711,7 +729,10 @@ impl Machine {
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_range(&self, cpu: usize, space: SpaceId, start: u64, end: u64) {
-        self.cpus[cpu].tlb.borrow_mut().invalidate_range(space, start, end);
+        self.cpus[cpu]
+            .tlb
+            .borrow_mut()
+            .invalidate_range(space, start, end);
     }
 
     /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
@@ -906,7 +927,11 @@ impl Machine {
 
     /// The key value the innermost exception interrupted, if in one.
     pub fn interrupted_key(&self) -> Option<u64> {
-        self.cpus[self.current.get()].irq_keys.borrow().last().copied()
+        self.cpus[self.current.get()]
+            .irq_keys
+            .borrow()
+            .last()
+            .copied()
     }
 
     fn remote_flush(&self) {
@@ -988,7 +1013,11 @@ impl Machine {
     fn run_unit_of(&self, kernel: &dyn Kernel, task: usize) {
         self.tasks.borrow_mut()[task].state = TaskState::Busy;
         let more = kernel.run_unit(task);
-        self.tasks.borrow_mut()[task].state = if more { TaskState::Ready } else { TaskState::Done };
+        self.tasks.borrow_mut()[task].state = if more {
+            TaskState::Ready
+        } else {
+            TaskState::Done
+        };
     }
 
     /// A voluntary sleep of the running task (a blocking allocation, a
@@ -998,7 +1027,10 @@ impl Machine {
         if self.preempt_count() > 0 || self.in_interrupt() {
             self.violation(
                 Invariant::SleepInSection,
-                format!("sleep with preempt count {} in a section that cannot sleep", self.preempt_count()),
+                format!(
+                    "sleep with preempt count {} in a section that cannot sleep",
+                    self.preempt_count()
+                ),
             );
             return;
         }
