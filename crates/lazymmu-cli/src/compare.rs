@@ -10,9 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lazymmu_sim::cost::{parse_override, Primitive};
 use lazymmu_sim::run::{compare_designs, run, DesignReport};
-use lazymmu_sim::scenario::{
-    BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind,
-};
+use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind};
 use serde::Serialize;
 
 /// Options of `lazymmu compare`.
@@ -60,10 +58,7 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn parse_list<T: std::str::FromStr<Err = String> + Copy>(
-    items: &[String],
-    all: &[T],
-) -> Result<Vec<T>, UsageError> {
+fn parse_list<T: std::str::FromStr<Err = String> + Copy>(items: &[String], all: &[T]) -> Result<Vec<T>, UsageError> {
     if items.iter().any(|s| s == "all") {
         return Ok(all.to_vec());
     }
@@ -126,10 +121,7 @@ pub fn compare(args: &CompareArgs) -> Result<i32> {
     let (designs, all_designs) = if args.design == "all" {
         (DesignKind::ALL.to_vec(), true)
     } else {
-        (
-            vec![args.design.parse::<DesignKind>().map_err(UsageError)?],
-            false,
-        )
+        (vec![args.design.parse::<DesignKind>().map_err(UsageError)?], false)
     };
     let mut costs = Vec::new();
     for c in &args.cost {
@@ -234,15 +226,10 @@ fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<(
     )?;
     for r in results {
         let eager = results.iter().find(|e| {
-            e.backend == r.backend
-                && e.workload == r.workload
-                && e.design == r.design
-                && e.mode == ModeKind::Eager
+            e.backend == r.backend && e.workload == r.workload && e.design == r.design && e.mode == ModeKind::Eager
         });
         let ratio = match (r.mode, eager) {
-            (ModeKind::Lazy, Some(e)) if e.cycles > 0 => {
-                format!("{:.3}", r.cycles as f64 / e.cycles as f64)
-            }
+            (ModeKind::Lazy, Some(e)) if e.cycles > 0 => format!("{:.3}", r.cycles as f64 / e.cycles as f64),
             _ => "-".to_string(),
         };
         let counts: Vec<String> = r.counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
@@ -276,21 +263,9 @@ fn write_designs(out: &mut impl Write, reports: &[DesignReport]) -> std::io::Res
             "{:<9} {:>10}  {:<22} {:<15} {:<20} {:>5}  {}",
             d.design.name(),
             d.bytes_per_task,
-            if d.preemptions_survived {
-                "batch kept"
-            } else {
-                "not preemptible"
-            },
-            if d.sleep_reported {
-                "reported"
-            } else {
-                "allowed"
-            },
-            if d.nested_key_restored {
-                "exact"
-            } else {
-                "WRONG"
-            },
+            if d.preemptions_survived { "batch kept" } else { "not preemptible" },
+            if d.sleep_reported { "reported" } else { "allowed" },
+            if d.nested_key_restored { "exact" } else { "WRONG" },
             d.violations,
             counts.join(" ")
         )?;
@@ -300,25 +275,14 @@ fn write_designs(out: &mut impl Write, reports: &[DesignReport]) -> std::io::Res
 
 fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
     use plotters::prelude::*;
-    let lazy: Vec<&RunResult> = results
-        .iter()
-        .filter(|r| r.mode == ModeKind::Lazy)
-        .collect();
+    let lazy: Vec<&RunResult> = results.iter().filter(|r| r.mode == ModeKind::Lazy).collect();
     let bars: Vec<(String, f64)> = lazy
         .iter()
         .filter_map(|r| {
             let e = results.iter().find(|e| {
-                e.backend == r.backend
-                    && e.workload == r.workload
-                    && e.design == r.design
-                    && e.mode == ModeKind::Eager
+                e.backend == r.backend && e.workload == r.workload && e.design == r.design && e.mode == ModeKind::Eager
             })?;
-            (e.cycles > 0).then(|| {
-                (
-                    format!("{} {}", r.backend, r.workload),
-                    r.cycles as f64 / e.cycles as f64,
-                )
-            })
+            (e.cycles > 0).then(|| (format!("{} {}", r.backend, r.workload), r.cycles as f64 / e.cycles as f64))
         })
         .collect();
     let height = (60 + bars.len() * 18).max(200) as u32;
@@ -326,10 +290,7 @@ fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "lazy / eager modelled cycles (lower is better)",
-            ("sans-serif", 18),
-        )
+        .caption("lazy / eager modelled cycles (lower is better)", ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(200)
@@ -342,11 +303,9 @@ fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
         .y_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
         .x_desc("lazy cycles / eager cycles")
         .draw()?;
-    chart.draw_series(
-        bars.iter()
-            .enumerate()
-            .map(|(i, (_, v))| Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled())),
-    )?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled())
+    }))?;
     root.present()?;
     Ok(())
 }
@@ -364,10 +323,7 @@ struct Progress {
 impl Progress {
     fn new(total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(total),
-                indicatif::ProgressDrawTarget::hidden(),
-            );
+            let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -386,10 +342,7 @@ impl Progress {
     fn tick(&self) {
         self.done.set(self.done.get() + 1);
         if let Some(bar) = &self.bar {
-            if !self.shown.get()
-                && self.start.elapsed() > Duration::from_secs(1)
-                && self.done.get() < self.total
-            {
+            if !self.shown.get() && self.start.elapsed() > Duration::from_secs(1) && self.done.get() < self.total {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 self.shown.set(true);
             }

@@ -160,9 +160,7 @@ impl Chooser for RandomChooser {
             (self.rates.interrupt, |c| matches!(c, Choice::Interrupt)),
             (self.rates.preempt, |c| matches!(c, Choice::Preempt { .. })),
             (self.rates.migrate, |c| matches!(c, Choice::Migrate { .. })),
-            (self.rates.remote_flush, |c| {
-                matches!(c, Choice::RemoteFlush)
-            }),
+            (self.rates.remote_flush, |c| matches!(c, Choice::RemoteFlush)),
         ];
         for (rate, kind) in kinds {
             if roll < base + rate {
@@ -244,10 +242,7 @@ impl Trace {
             return Ok(Self::default());
         }
         text.split('.')
-            .map(|s| {
-                s.parse::<u32>()
-                    .map_err(|e| format!("bad trace element `{s}`: {e}"))
-            })
+            .map(|s| s.parse::<u32>().map_err(|e| format!("bad trace element `{s}`: {e}")))
             .collect::<Result<Vec<_>, _>>()
             .map(|picks| Self { picks })
     }

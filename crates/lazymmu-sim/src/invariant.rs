@@ -38,6 +38,9 @@ pub enum Invariant {
     /// A direct page-table store where the platform forbids it (Xen PV
     /// page tables are read-only to the guest).
     ForbiddenStore,
+    /// A range operation failed (out of frames, bad range): the workload
+    /// could not do what it meant to.
+    OperationFailed,
 }
 
 impl Invariant {
@@ -55,6 +58,7 @@ impl Invariant {
             Invariant::SleepInSection => "sleep-in-section",
             Invariant::Misuse => "misuse",
             Invariant::ForbiddenStore => "forbidden-store",
+            Invariant::OperationFailed => "operation-failed",
         }
     }
 }

@@ -24,6 +24,8 @@ pub mod explore;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
+pub mod observed;
+pub mod platform;
 pub mod rng;
 pub mod scenario;
 pub mod scenarios;

@@ -64,6 +64,9 @@ pub struct HardwareModel {
     pub arm64_barriers: bool,
     /// How the key register guards page-table pages.
     pub keys: KeyModel,
+    /// A context switch to another address space flushes the CPU's
+    /// non-global translations (x86 CR3 write without PCID; Xen PV guests).
+    pub flush_on_switch: bool,
     /// The key page-table pages carry when protected.
     pub table_key: u8,
     /// The key register value in force outside any window (closed), loaded
@@ -77,6 +80,7 @@ impl HardwareModel {
         read_only_tables: false,
         arm64_barriers: false,
         keys: KeyModel::None,
+        flush_on_switch: false,
         table_key: 0,
         default_key: 0,
     };
@@ -159,8 +163,12 @@ pub struct Task {
     pub root: PhysAddr,
     /// The CPU it last ran on.
     pub cpu: usize,
-    /// Saved key register, while switched out.
-    pub saved_key: u64,
+    /// The task's copies of the key register: the value while switched out
+    /// and the value its outermost section found.
+    pub keys: [Option<u64>; 2],
+    /// Other address spaces whose page tables this task may write (a fork
+    /// child under construction).
+    pub writes_to: Option<SpaceId>,
     /// Arch state a backend keeps per task (e.g. arm64's pending-barrier
     /// flag), saved and restored by the context-switch hooks.
     pub arch: u64,
@@ -170,6 +178,7 @@ pub struct Task {
 
 struct Cpu {
     task: Cell<Option<usize>>,
+    loaded: Cell<SpaceId>,
     lazy: Cell<LazyState>,
     irq_depth: Cell<u32>,
     preempt: Cell<u32>,
@@ -240,6 +249,7 @@ impl Machine {
         let cpus = (0..config.cpus)
             .map(|_| Cpu {
                 task: Cell::new(None),
+                loaded: Cell::new(SpaceId::KERNEL),
                 lazy: Cell::new(LazyState::IDLE),
                 irq_depth: Cell::new(0),
                 preempt: Cell::new(0),
@@ -307,6 +317,11 @@ impl Machine {
         self.is_kernel_va.set(is_kernel);
     }
 
+    /// Makes `cpu` the running CPU (the driver's own code between units).
+    pub fn set_cpu(&self, cpu: usize) {
+        self.current.set(cpu % self.cpus.len());
+    }
+
     /// Physical memory.
     pub fn memory(&self) -> &PhysMemory {
         &self.memory
@@ -347,12 +362,14 @@ impl Machine {
             space,
             root,
             cpu,
-            saved_key: self.config.hardware.default_key,
+            keys: [None, None],
+            writes_to: None,
             arch: 0,
             state: TaskState::Ready,
         });
         if self.cpus[cpu].task.get().is_none() {
             self.cpus[cpu].task.set(Some(id));
+            self.cpus[cpu].loaded.set(space);
         }
         id
     }
@@ -370,6 +387,19 @@ impl Machine {
     /// Sets a task's page-table root.
     pub fn set_task_root(&self, id: usize, root: PhysAddr) {
         self.tasks.borrow_mut()[id].root = root;
+    }
+
+    /// Makes every finished task ready again (for the next stage of a
+    /// run).
+    pub fn restart_tasks(&self) {
+        for t in self.tasks.borrow_mut().iter_mut() {
+            t.state = TaskState::Ready;
+        }
+    }
+
+    /// Resets the primitive counts (after a setup stage).
+    pub fn clear_counts(&self) {
+        self.counts.clear();
     }
 
     /// Marks a task finished.
@@ -398,20 +428,14 @@ impl Machine {
     /// The current task's address space (the kernel's when idle).
     pub fn current_space(&self) -> SpaceId {
         let t = self.current_task();
-        self.tasks
-            .borrow()
-            .get(t)
-            .map_or(SpaceId::KERNEL, |t| t.space)
+        self.tasks.borrow().get(t).map_or(SpaceId::KERNEL, |t| t.space)
     }
 
     /// The current task's lazy state.
     #[inline]
     pub fn lazy_state(&self) -> LazyState {
         let t = self.current_task();
-        self.tasks
-            .borrow()
-            .get(t)
-            .map_or(LazyState::IDLE, |t| t.lazy)
+        self.tasks.borrow().get(t).map_or(LazyState::IDLE, |t| t.lazy)
     }
 
     /// Stores the current task's lazy state.
@@ -433,6 +457,75 @@ impl Machine {
     #[inline]
     pub fn set_cpu_lazy_state(&self, state: LazyState) {
         self.cpus[self.current.get()].lazy.set(state)
+    }
+
+    /// The current task's copy `slot` of the key register.
+    pub fn task_key(&self, slot: usize) -> Option<u64> {
+        let t = self.current_task();
+        self.tasks.borrow().get(t).and_then(|t| t.keys[slot])
+    }
+
+    /// Stores the current task's copy `slot` of the key register.
+    pub fn set_task_key(&self, slot: usize, value: u64) {
+        let t = self.current_task();
+        if let Some(task) = self.tasks.borrow_mut().get_mut(t) {
+            task.keys[slot] = Some(value);
+        }
+    }
+
+    /// Lets task `id` write the page tables of `space` too (a fork child).
+    pub fn set_task_writes_to(&self, id: usize, space: Option<SpaceId>) {
+        self.tasks.borrow_mut()[id].writes_to = space;
+    }
+
+    /// Checks that applying a write to `entry` now belongs to the current
+    /// context: the table is the kernel's, the current task's, or one it is
+    /// building; otherwise batched state is being applied in another task's
+    /// context (§6.4).
+    #[inline]
+    pub fn check_owner(&self, entry: PhysAddr) {
+        let Some(owner) = self.memory.owner(entry) else {
+            self.violation(
+                Invariant::BatchOwnership,
+                format!("write to {:#x}, which is not an allocated page-table frame", entry.0),
+            );
+            return;
+        };
+        if owner == SpaceId::KERNEL || self.in_interrupt() {
+            return;
+        }
+        let t = self.current_task();
+        let ok = self
+            .tasks
+            .borrow()
+            .get(t)
+            .is_some_and(|t| t.space == owner || t.writes_to == Some(owner));
+        if !ok {
+            self.violation(
+                Invariant::BatchOwnership,
+                format!(
+                    "write to a page table of space {} applied while task t{t} (space {}) runs",
+                    owner.0,
+                    self.current_space().0
+                ),
+            );
+        }
+    }
+
+    /// CPUs that may cache translations of `space`: those running a task
+    /// of it and those whose TLB holds one of its entries (every CPU for
+    /// the kernel's space).
+    pub fn cpus_using(&self, space: SpaceId) -> u64 {
+        let mut mask = 0u64;
+        let tasks = self.tasks.borrow();
+        for (i, c) in self.cpus.iter().enumerate() {
+            let runs = c.task.get().is_some_and(|t| tasks[t].space == space);
+            let caches = c.tlb.borrow().entries().iter().any(|e| e.space == space || e.global);
+            if space == SpaceId::KERNEL || runs || caches {
+                mask |= 1 << i;
+            }
+        }
+        mask
     }
 
     /// The current task's arch slot.
@@ -475,10 +568,7 @@ impl Machine {
         let c = &self.cpus[self.current.get()].preempt;
         match c.get().checked_sub(1) {
             Some(n) => c.set(n),
-            None => self.violation(
-                Invariant::Misuse,
-                "preempt_enable without preempt_disable".into(),
-            ),
+            None => self.violation(Invariant::Misuse, "preempt_enable without preempt_disable".into()),
         }
     }
 
@@ -582,6 +672,7 @@ impl Machine {
             );
             return;
         }
+        self.check_owner(entry);
         self.check_key_allows(entry);
         self.apply_store(entry, value);
         self.primitive(Primitive::PteWrite, 1);
@@ -612,13 +703,12 @@ impl Machine {
     pub fn apply_store(&self, entry: PhysAddr, value: u64) {
         self.log(EventKind::Store { entry, value });
         let hw = self.config.hardware;
-        if hw.arm64_barriers && value & 1 != 0 && self.memory.owner(entry) == Some(SpaceId::KERNEL)
+        if hw.arm64_barriers
+            && value & 1 != 0
+            && self.memory.owner(entry) == Some(SpaceId::KERNEL)
         {
             let old = self.memory.read(entry);
-            self.cpus[self.current.get()]
-                .pending
-                .borrow_mut()
-                .push((entry, old));
+            self.cpus[self.current.get()].pending.borrow_mut().push((entry, old));
             self.pending_stores.set(self.pending_stores.get() + 1);
         }
         self.memory.write(entry, value);
@@ -627,17 +717,13 @@ impl Machine {
     /// `dsb`: the running CPU's stores become visible to every walker.
     pub fn dsb(&self) {
         let drained = core::mem::take(&mut *self.cpus[self.current.get()].pending.borrow_mut());
-        self.pending_stores
-            .set(self.pending_stores.get() - drained.len());
+        self.pending_stores.set(self.pending_stores.get() - drained.len());
         self.primitive(Primitive::Dsb, 1);
     }
 
     /// `isb`: the running CPU stops reusing stale "invalid" walks.
     pub fn isb(&self) {
-        self.cpus[self.current.get()]
-            .stale_invalid
-            .borrow_mut()
-            .clear();
+        self.cpus[self.current.get()].stale_invalid.borrow_mut().clear();
         self.primitive(Primitive::Isb, 1);
     }
 
@@ -685,11 +771,7 @@ impl Machine {
         }
         let page = va.0 >> 12;
         if self.config.hardware.arm64_barriers
-            && cpu
-                .stale_invalid
-                .borrow()
-                .iter()
-                .any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
+            && cpu.stale_invalid.borrow().iter().any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
         {
             return Access::Fault;
         }
@@ -729,10 +811,7 @@ impl Machine {
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_range(&self, cpu: usize, space: SpaceId, start: u64, end: u64) {
-        self.cpus[cpu]
-            .tlb
-            .borrow_mut()
-            .invalidate_range(space, start, end);
+        self.cpus[cpu].tlb.borrow_mut().invalidate_range(space, start, end);
     }
 
     /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
@@ -902,38 +981,6 @@ impl Machine {
         self.nesting.set(self.nesting.get() - 1);
     }
 
-    /// Exception entry as the hardware and entry code do it when the
-    /// backend has no hook of its own: save nothing, load the default key
-    /// value. Returns the interrupted value.
-    pub fn load_default_key(&self) -> u64 {
-        let c = &self.cpus[self.current.get()];
-        let old = c.key.get();
-        if old != self.config.hardware.default_key {
-            c.key.set(self.config.hardware.default_key);
-            self.primitive(Primitive::KeyWrite, 1);
-        }
-        old
-    }
-
-    /// Restores the key value `value` at exception return (costed when it
-    /// changes the register).
-    pub fn restore_key(&self, value: u64) {
-        let c = &self.cpus[self.current.get()];
-        if c.key.get() != value {
-            c.key.set(value);
-            self.primitive(Primitive::KeyWrite, 1);
-        }
-    }
-
-    /// The key value the innermost exception interrupted, if in one.
-    pub fn interrupted_key(&self) -> Option<u64> {
-        self.cpus[self.current.get()]
-            .irq_keys
-            .borrow()
-            .last()
-            .copied()
-    }
-
     fn remote_flush(&self) {
         let cpu = self.current.get();
         let c = &self.cpus[cpu];
@@ -955,8 +1002,6 @@ impl Machine {
             let lazy = self.tasks.borrow()[prev].lazy;
             self.log(EventKind::SwitchOut(prev));
             self.atomically(|| kernel.switch_out(lazy));
-            let key = c.key.get();
-            self.tasks.borrow_mut()[prev].saved_key = key;
             c.task.set(None);
         }
         if let Some(next) = next {
@@ -966,15 +1011,16 @@ impl Machine {
                 self.switch(last, None);
                 self.current.set(cpu);
             }
-            let (lazy, key) = {
+            let (lazy, space) = {
                 let mut tasks = self.tasks.borrow_mut();
                 tasks[next].cpu = cpu;
-                (tasks[next].lazy, tasks[next].saved_key)
+                (tasks[next].lazy, tasks[next].space)
             };
-            c.task.set(Some(next));
-            if c.key.get() != key {
-                c.key.set(key);
+            let loaded = c.loaded.replace(space);
+            if self.config.hardware.flush_on_switch && loaded != space {
+                c.tlb.borrow_mut().invalidate_space(loaded);
             }
+            c.task.set(Some(next));
             self.log(EventKind::SwitchIn(next));
             self.atomically(|| kernel.switch_in(lazy));
         }
@@ -1013,11 +1059,7 @@ impl Machine {
     fn run_unit_of(&self, kernel: &dyn Kernel, task: usize) {
         self.tasks.borrow_mut()[task].state = TaskState::Busy;
         let more = kernel.run_unit(task);
-        self.tasks.borrow_mut()[task].state = if more {
-            TaskState::Ready
-        } else {
-            TaskState::Done
-        };
+        self.tasks.borrow_mut()[task].state = if more { TaskState::Ready } else { TaskState::Done };
     }
 
     /// A voluntary sleep of the running task (a blocking allocation, a
@@ -1027,10 +1069,7 @@ impl Machine {
         if self.preempt_count() > 0 || self.in_interrupt() {
             self.violation(
                 Invariant::SleepInSection,
-                format!(
-                    "sleep with preempt count {} in a section that cannot sleep",
-                    self.preempt_count()
-                ),
+                format!("sleep with preempt count {} in a section that cannot sleep", self.preempt_count()),
             );
             return;
         }

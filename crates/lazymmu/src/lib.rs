@@ -6,6 +6,7 @@
 //!
 //! - [`mode`]: the generic mode (counters in the task, as Linux 7.0) and the
 //!   two alternative designs, behind [`mode::LazyMode`].
+//! - [`pgtable`]: page-table formats, range operations and the TLB gather.
 //!
 //! The crate is `no_std`; the `alloc` and `std` features add conveniences
 //! for hosted users such as the simulator.
@@ -20,3 +21,4 @@ extern crate alloc;
 pub mod addr;
 pub mod backend;
 pub mod mode;
+pub mod pgtable;

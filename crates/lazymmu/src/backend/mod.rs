@@ -16,6 +16,7 @@ pub mod protected;
 pub mod recording;
 pub mod s390;
 pub mod sparc64;
+pub mod x86;
 pub mod xen_pv;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
