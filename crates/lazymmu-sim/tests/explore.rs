@@ -89,5 +89,5 @@ fn linux70_ordering_double_enters_on_xen() {
     );
     let (_, found) = report.violations().next().expect("caught");
     assert!(found.violation.invariant.starts_with("3:"), "{found:?}");
-    assert!(found.violation.detail.contains("twice"), "{found:?}");
+    assert!(found.violation.detail.contains("double-enter"), "{found:?}");
 }

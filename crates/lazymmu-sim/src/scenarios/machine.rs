@@ -18,23 +18,34 @@
 //! task waiting on this CPU, and migrate the task to another CPU. The last
 //! two are offered only when preemption is enabled.
 //!
-//! Two arch models are provided, each the hardware or hypervisor side of a
-//! backend in DESIGN.md §3:
+//! The arch side is the library's own backend ([`XenPv`] or [`Arm64`]),
+//! driven through its [`ArchHooks`], [`PteAccess`] and [`ContextSwitch`]
+//! traits over primitives this machine implements:
 //!
-//! - **Xen PV**: page tables are read-only to the guest, so a batched write
-//!   is invisible until the multicall buffer (32 entries) is issued; switch
-//!   out leaves lazy mode if the CPU is in it, switch in re-enters when the
-//!   next task is active; the hypervisor treats a second enter as fatal.
-//! - **arm64**: a kernel-entry store reaches the walker only after a
-//!   `dsb ishst`; inside a section the barrier is deferred to the flush as a
-//!   pending flag that travels with the task; `__switch_to` issues a `dsb`.
+//! - **Xen PV**: `mmu_update` and `multicall` store entries in the modelled
+//!   memory when they are made, so a queued write is invisible until its
+//!   batch is issued; a [`BackendBug`] report (double enter, leave outside
+//!   the mode) is a violation of invariant 3, as the hypervisor's `BUG_ON`
+//!   would be.
+//! - **arm64**: a kernel-entry store reaches the walker only at the next
+//!   `dsb` on the writing CPU; the pending-barrier flag lives in the task.
+//!
+//! Choice points are offered only by the environment (never inside a
+//! backend primitive), so the backends run their per-CPU updates as they
+//! would with interrupts masked around each small update.
 
+use std::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
+use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::arm64::{Arm64, Arm64Primitives, Dsb};
+use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
+use lazymmu::backend::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives, XenPv};
+use lazymmu::backend::{ContextSwitch, EntryUpdate, PteAccess};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::{PerCpu, PerCpuEnvironment};
 use lazymmu::mode::{ArchHooks, Environment, LazyMode, LazyState, MisusePolicy};
@@ -43,9 +54,6 @@ use crate::explore::{ChoicePoint, Chooser, RunOutcome, System, Violation};
 
 /// Entries of the modelled page-table memory; scenarios use a few.
 pub const ENTRIES: usize = 16;
-
-/// Xen's multicall batch: `MC_BATCH` is 32 in `arch/x86/xen/multicalls.c`.
-pub const XEN_MULTICALL_ENTRIES: usize = 32;
 
 /// How many events a violation report keeps.
 const EVENT_LOG: usize = 50;
@@ -80,9 +88,9 @@ pub enum Action {
 /// The arch model a scenario runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
-    /// Xen PV guest: multicall batching.
+    /// Xen PV guest: the library's [`XenPv`] backend.
     XenPv,
-    /// arm64: deferred `dsb`/`isb` for kernel entries.
+    /// arm64: the library's [`Arm64`] backend.
     Arm64,
 }
 
@@ -159,18 +167,11 @@ enum Decision {
 enum Event {
     Step(usize, usize, Action),
     Irq(usize, usize, Action),
-    Hook(usize, &'static str),
+    Hook(usize, usize, &'static str),
     Store(usize, LazyState),
     Decide(usize, Decision),
     Apply(usize, u8, u64),
     Done(usize),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Pending {
-    entry: u8,
-    value: u64,
-    task: usize,
 }
 
 #[derive(Clone, Debug, Default, Hash)]
@@ -181,11 +182,13 @@ struct Cpu {
     preempt: u32,
     /// Per-CPU lazy state (the per-CPU design).
     lazy_state: LazyState,
-    /// Xen: the CPU is in the hypervisor's lazy MMU mode.
-    xen_lazy: bool,
-    /// Xen: the multicall buffer; arm64: stores not yet made visible by a
-    /// `dsb`.
-    pending: Vec<Pending>,
+    /// Whether the backend is in lazy mode on this CPU, as its documented
+    /// hooks imply (enter sets, leave and switch-out clear, switch-in sets
+    /// for an active task). Used only in the state digest: the backend's
+    /// own flag is private.
+    entered: bool,
+    /// arm64: kernel-entry stores not yet made visible by a `dsb`.
+    store_buffer: Vec<(u8, u64)>,
 }
 
 #[derive(Clone, Debug, Default, Hash)]
@@ -210,217 +213,456 @@ struct Inner<'c> {
     spec: &'c Spec,
     cpus: Vec<Cpu>,
     tasks: Vec<Task>,
+    /// The CPU whose code runs now (the baton holder's, or the CPU a
+    /// context switch is working on).
+    running_cpu: usize,
     memory: [u64; ENTRIES],
     /// Last value written to each entry and by whom.
     expected: [Option<(u64, usize)>; ENTRIES],
+    /// Whether the entry being written maps kernel memory (arm64 keeps
+    /// such stores in the store buffer until a `dsb`).
+    writing_kernel: bool,
     next_value: u64,
     interrupts: u32,
-    baton: Option<usize>,
-    abort: bool,
     violation: Option<Violation>,
     stopped: bool,
     events: VecDeque<Event>,
     chooser: &'c mut dyn Chooser,
 }
 
+#[derive(Debug, Default)]
+struct Baton {
+    holder: Option<usize>,
+    abort: bool,
+}
+
 /// Unwinds a task thread when the run is over early; not an error.
 struct Aborted;
 
-struct Shared<'c> {
-    inner: Mutex<Inner<'c>>,
+/// The machine: its state, and the baton that says which task thread runs.
+struct Machine<'c> {
+    state: RefCell<Inner<'c>>,
+    baton: Mutex<Baton>,
     turn: Condvar,
 }
 
-type Guard<'a, 'c> = MutexGuard<'a, Inner<'c>>;
+// SAFETY: the `RefCell` state (and the backend, see `Kernel`) is touched
+// only by the thread holding the baton. The baton moves between threads
+// through `baton`'s mutex, whose release by the old holder and
+// acquisition by the new one order every access of the old holder before
+// every access of the new one. A thread that is not the holder only waits
+// on the condition variable or unwinds without touching the state.
+unsafe impl Sync for Machine<'_> {}
 
-impl<'c> Shared<'c> {
-    fn lock(&self) -> Guard<'_, 'c> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+impl<'c> Machine<'c> {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner<'c>) -> R) -> R {
+        f(&mut self.state.borrow_mut())
+    }
+
+    fn aborted(&self) -> bool {
+        self.baton.lock().unwrap_or_else(|e| e.into_inner()).abort
+    }
+
+    fn abort(&self) {
+        self.baton.lock().unwrap_or_else(|e| e.into_inner()).abort = true;
+        self.turn.notify_all();
+    }
+
+    /// Hands the baton to `next` (or to nobody: the run is over).
+    fn hand_to(&self, next: Option<usize>) {
+        self.baton.lock().unwrap_or_else(|e| e.into_inner()).holder = next;
+        self.turn.notify_all();
     }
 
     /// Blocks until `task` holds the baton; unwinds if the run was aborted.
-    fn wait_turn<'a>(&'a self, mut g: Guard<'a, 'c>, task: usize) -> Guard<'a, 'c> {
-        while g.baton != Some(task) && !g.abort {
-            g = self.turn.wait(g).unwrap_or_else(|e| e.into_inner());
+    fn wait_turn(&self, task: usize) {
+        let mut b = self.baton.lock().unwrap_or_else(|e| e.into_inner());
+        while b.holder != Some(task) && !b.abort {
+            b = self.turn.wait(b).unwrap_or_else(|e| e.into_inner());
         }
-        if g.abort {
-            drop(g);
+        let abort = b.abort;
+        drop(b);
+        if abort {
             panic::resume_unwind(Box::new(Aborted));
         }
-        g
-    }
-
-    /// Like [`Shared::wait_turn`] for a task that was preempted at a choice
-    /// point: it resumes by completing the step it was about to take, so
-    /// its next choice point may preempt it again.
-    fn resume_turn<'a>(&'a self, g: Guard<'a, 'c>, task: usize) -> Guard<'a, 'c> {
-        let mut g = self.wait_turn(g, task);
-        g.tasks[task].progress = true;
-        g
+        self.with(|s| s.running_cpu = s.tasks[task].cpu);
     }
 
     /// Records a violation, ends the run and unwinds the calling task.
-    fn fail<'a>(&'a self, mut g: Guard<'a, 'c>, invariant: &str, detail: String) -> ! {
-        if g.violation.is_none() && !g.abort {
-            let events = g.events.iter().map(|e| g.describe(*e)).collect();
-            g.violation = Some(Violation {
-                invariant: invariant.to_owned(),
-                detail,
-                events,
+    fn fail(&self, invariant: &str, detail: String) -> ! {
+        if !self.aborted() {
+            self.with(|s| {
+                if s.violation.is_none() {
+                    let events = s.events.iter().map(|e| s.describe(*e)).collect();
+                    s.violation = Some(Violation {
+                        invariant: invariant.to_owned(),
+                        detail,
+                        events,
+                    });
+                }
             });
         }
-        g.abort = true;
-        drop(g);
-        self.turn.notify_all();
+        self.abort();
         panic::resume_unwind(Box::new(Aborted));
     }
+}
 
+/// The library's backend for the scenario's arch, over this machine.
+enum Backend<'m, 'c> {
+    // Boxed: the per-CPU multicall buffers make it large.
+    XenPv(Box<XenPv<Prims<'m, 'c>>>),
+    Arm64(Box<Arm64<Prims<'m, 'c>>>),
+}
+
+impl Backend<'_, '_> {
+    fn hooks(&self) -> &dyn ArchHooks {
+        match self {
+            Backend::XenPv(b) => &**b,
+            Backend::Arm64(b) => &**b,
+        }
+    }
+    fn pte(&self) -> &dyn PteAccess {
+        match self {
+            Backend::XenPv(b) => &**b,
+            Backend::Arm64(b) => &**b,
+        }
+    }
+    fn switch(&self) -> &dyn ContextSwitch {
+        match self {
+            Backend::XenPv(b) => &**b,
+            Backend::Arm64(b) => &**b,
+        }
+    }
+}
+
+/// Everything a task thread uses: the machine and the backend.
+struct Kernel<'m, 'c> {
+    m: &'m Machine<'c>,
+    backend: Backend<'m, 'c>,
+}
+
+// SAFETY: the backend's cells are used only by the baton holder, exactly
+// like the machine's state (see `Machine`'s `Sync`).
+unsafe impl Sync for Kernel<'_, '_> {}
+
+impl<'m, 'c> Kernel<'m, 'c> {
     /// A choice point for `task`, the baton holder. Returns with the baton
-    /// held again; `Interrupt` asks the caller to run the handler.
-    fn choice_point<'a>(&'a self, mut g: Guard<'a, 'c>, task: usize) -> (Guard<'a, 'c>, bool) {
-        let options = g.options(task);
-        let digest = g.digest(task);
-        let point = ChoicePoint {
-            options: options.len(),
-            free: 1,
-            digest: Some(digest),
-        };
-        let Some(choice) = g.chooser.choose(&point) else {
-            g.stopped = true;
-            g.abort = true;
-            drop(g);
-            self.turn.notify_all();
+    /// held again; `true` asks the caller to run the interrupt handler.
+    fn choice_point(&self, task: usize) -> bool {
+        let m = self.m;
+        let choice = m.with(|s| {
+            let options = s.options(task);
+            let point = ChoicePoint {
+                options: options.len(),
+                free: 1,
+                digest: Some(s.digest(task)),
+            };
+            s.chooser
+                .choose(&point)
+                .map(|c| options[c.min(options.len() - 1)])
+        });
+        let Some(decision) = choice else {
+            m.with(|s| s.stopped = true);
+            m.abort();
             panic::resume_unwind(Box::new(Aborted));
         };
-        let decision = options[choice.min(options.len() - 1)];
-        if decision != Decision::Continue {
-            g.log(Event::Decide(task, decision));
-        }
-        let cpu = g.tasks[task].cpu;
+        let cpu = m.with(|s| {
+            if decision != Decision::Continue {
+                s.log(Event::Decide(task, decision));
+            }
+            s.tasks[task].cpu
+        });
         match decision {
             Decision::Continue => {
-                g.tasks[task].progress = true;
-                (g, false)
+                m.with(|s| s.tasks[task].progress = true);
+                false
             }
             Decision::Interrupt => {
-                g.interrupts += 1;
-                g.tasks[task].progress = true;
-                (g, true)
+                m.with(|s| {
+                    s.interrupts += 1;
+                    s.tasks[task].progress = true;
+                });
+                true
             }
             Decision::RunOther(other) => {
-                g.tasks[other].progress = false;
-                g.baton = Some(other);
-                self.turn.notify_all();
-                (self.resume_turn(g, task), false)
+                m.with(|s| s.tasks[other].progress = false);
+                self.yield_to(task, Some(other));
+                false
             }
             Decision::SwitchTo(next) => {
-                g.cpus[cpu].queue.retain(|&t| t != next);
-                g.cpus[cpu].queue.push_back(task);
-                g = self.context_switch(g, cpu, task, Some(next));
-                g.tasks[next].progress = false;
-                g.baton = Some(next);
-                self.turn.notify_all();
-                (self.resume_turn(g, task), false)
+                m.with(|s| {
+                    s.cpus[cpu].queue.retain(|&t| t != next);
+                    s.cpus[cpu].queue.push_back(task);
+                    s.tasks[next].progress = false;
+                });
+                self.context_switch(cpu, task, Some(next));
+                self.yield_to(task, Some(next));
+                false
             }
             Decision::Migrate(to) => {
-                let next = g.cpus[cpu].queue.pop_front();
-                g = self.context_switch(g, cpu, task, next);
-                g.tasks[task].cpu = to;
-                let baton = if g.cpus[to].current.is_none() {
-                    g.cpus[to].current = Some(task);
-                    g = self.switch_in(g, to, task);
-                    g.tasks[task].progress = false;
-                    task
+                let next = m.with(|s| s.cpus[cpu].queue.pop_front());
+                self.context_switch(cpu, task, next);
+                let idle = m.with(|s| {
+                    s.tasks[task].cpu = to;
+                    s.cpus[to].current.is_none()
+                });
+                if idle {
+                    m.with(|s| {
+                        s.cpus[to].current = Some(task);
+                        s.tasks[task].progress = false;
+                    });
+                    self.switch_in(to, task);
+                    m.with(|s| s.running_cpu = to);
                 } else {
-                    g.cpus[to].queue.push_back(task);
-                    let other = next.or(g.cpus[to].current).expect("busy target CPU");
-                    g.tasks[other].progress = false;
-                    other
-                };
-                g.baton = Some(baton);
-                self.turn.notify_all();
-                (self.resume_turn(g, task), false)
-            }
-        }
-    }
-
-    /// Switches `cpu` from `prev` to `next` (or to idle), calling the arch's
-    /// context-switch hooks.
-    fn context_switch<'a>(
-        &'a self,
-        mut g: Guard<'a, 'c>,
-        cpu: usize,
-        prev: usize,
-        next: Option<usize>,
-    ) -> Guard<'a, 'c> {
-        g = self.switch_out(g, cpu, prev);
-        g.cpus[cpu].current = next;
-        match next {
-            Some(next) => self.switch_in(g, cpu, next),
-            None => g,
-        }
-    }
-
-    fn switch_out<'a>(&'a self, mut g: Guard<'a, 'c>, cpu: usize, prev: usize) -> Guard<'a, 'c> {
-        g.log(Event::Hook(prev, "switch-out"));
-        match g.spec.arch {
-            // `xen_start_context_switch`: leave lazy mode if this CPU is in
-            // it (arch/x86/xen/enlighten_pv.c).
-            Arch::XenPv => {
-                if g.cpus[cpu].xen_lazy {
-                    g.xen_issue(cpu, prev);
-                    g.cpus[cpu].xen_lazy = false;
+                    let other = m.with(|s| {
+                        s.cpus[to].queue.push_back(task);
+                        let other = next.or(s.cpus[to].current).expect("busy target CPU");
+                        s.tasks[other].progress = false;
+                        other
+                    });
+                    self.yield_to(task, Some(other));
                 }
+                false
             }
-            // `__switch_to` issues `dsb(ish)` (arch/arm64/kernel/process.c),
-            // which completes this CPU's page-table stores.
-            Arch::Arm64 => g.dsb(cpu),
         }
-        g
     }
 
-    fn switch_in<'a>(&'a self, mut g: Guard<'a, 'c>, cpu: usize, next: usize) -> Guard<'a, 'c> {
-        g.log(Event::Hook(next, "switch-in"));
-        if g.spec.arch == Arch::XenPv && g.tasks[next].state.is_active() {
-            // `xen_end_context_switch`: re-enter if the next task is in
-            // lazy mode.
-            g = self.xen_enter(g, cpu, next);
-        }
-        g
+    /// Gives the baton to `next` and waits for it to come back.
+    fn yield_to(&self, task: usize, next: Option<usize>) {
+        self.m.hand_to(next);
+        self.m.wait_turn(task);
+        // It resumes by completing the step it was about to take, so its
+        // next choice point may preempt it again.
+        self.m.with(|s| s.tasks[task].progress = true);
     }
 
-    fn xen_enter<'a>(&'a self, mut g: Guard<'a, 'c>, cpu: usize, task: usize) -> Guard<'a, 'c> {
-        if g.cpus[cpu].xen_lazy {
-            let name = g.spec.tasks[task].name;
-            self.fail(
-                g,
-                "3: arch enter/leave alternate per CPU",
-                format!("cpu{cpu} entered Xen lazy MMU mode twice (task {name})"),
-            );
+    /// Switches `cpu` from `prev` to `next` (or to idle) through the
+    /// backend's context-switch hooks.
+    fn context_switch(&self, cpu: usize, prev: usize, next: Option<usize>) {
+        let state = self.m.with(|s| {
+            s.running_cpu = cpu;
+            s.log(Event::Hook(prev, cpu, "switch-out"));
+            s.tasks[prev].state
+        });
+        self.backend.switch().switch_out(state);
+        self.m.with(|s| {
+            s.cpus[cpu].entered = false;
+            s.cpus[cpu].current = next;
+        });
+        if let Some(next) = next {
+            self.switch_in(cpu, next);
         }
-        g.cpus[cpu].xen_lazy = true;
-        g
+    }
+
+    fn switch_in(&self, cpu: usize, next: usize) {
+        let state = self.m.with(|s| {
+            s.running_cpu = cpu;
+            s.log(Event::Hook(next, cpu, "switch-in"));
+            s.tasks[next].state
+        });
+        self.backend.switch().switch_in(state);
+        if state.is_active() {
+            self.m.with(|s| s.cpus[cpu].entered = true);
+        }
     }
 
     /// A task finished its script: check it lost nothing, then hand the CPU
     /// to the next waiting task or the baton to another CPU.
-    fn finish<'a>(&'a self, mut g: Guard<'a, 'c>, task: usize) {
-        g.log(Event::Done(task));
-        g.tasks[task].done = true;
-        if let Some(detail) = g.lost_writes(task) {
-            self.fail(g, "4: batched state is never lost", detail);
+    fn finish(&self, task: usize) {
+        let lost = self.m.with(|s| {
+            s.log(Event::Done(task));
+            s.tasks[task].done = true;
+            s.lost_writes(task)
+        });
+        if let Some(detail) = lost {
+            self.m.fail("4: batched state is never lost", detail);
         }
-        let cpu = g.tasks[task].cpu;
-        let next = g.cpus[cpu].queue.pop_front();
-        g = self.context_switch(g, cpu, task, next);
-        if let Some(next) = next {
-            g.tasks[next].progress = true;
-        }
-        let baton = next.or_else(|| g.cpus.iter().find_map(|c| c.current));
-        g.baton = baton;
-        drop(g);
-        self.turn.notify_all();
+        let (cpu, next) = self.m.with(|s| {
+            let cpu = s.tasks[task].cpu;
+            (cpu, s.cpus[cpu].queue.pop_front())
+        });
+        self.context_switch(cpu, task, next);
+        let holder = self.m.with(|s| {
+            if let Some(next) = next {
+                s.tasks[next].progress = true;
+            }
+            next.or_else(|| s.cpus.iter().find_map(|c| c.current))
+        });
+        self.m.hand_to(holder);
     }
+
+    /// Writes an entry through the backend and checks what the walker sees.
+    fn write(&self, task: usize, entry: u8, kernel: bool, in_irq: bool) {
+        let (value, cpu, outside) = self.m.with(|s| {
+            s.next_value += 1;
+            let value = (task as u64 + 1) << 32 | s.next_value;
+            s.expected[usize::from(entry)] = Some((value, task));
+            s.writing_kernel = kernel;
+            let t = &s.tasks[task];
+            (value, t.cpu, t.sections == 0 || t.pauses > 0)
+        });
+        self.backend.pte().write_entry(EntryUpdate {
+            entry: entry_address(entry),
+            va: VirtAddr(u64::from(entry) << 12),
+            space: if kernel { SpaceId::KERNEL } else { SpaceId(1) },
+            level: 1,
+            value,
+            kernel,
+            valid: true,
+            leaf: true,
+        });
+        let seen = self.m.with(|s| s.memory[usize::from(entry)]);
+        if seen == value {
+            return;
+        }
+        let name = self.m.with(|s| s.spec.tasks[task].name);
+        if in_irq {
+            self.m.fail(
+                "2: interrupt-context updates take effect immediately",
+                format!(
+                    "the interrupt handler on cpu{cpu} wrote entry {entry} = {value:#x} \
+                     and the walker still sees {seen:#x}"
+                ),
+            );
+        }
+        if outside {
+            self.m.fail(
+                "4: batched state belongs to the task that opened the section",
+                format!(
+                    "task {name}, outside any section, wrote entry {entry} = {value:#x} on \
+                     cpu{cpu} and the write was deferred (walker sees {seen:#x})"
+                ),
+            );
+        }
+    }
+
+    /// Reads back an entry the task wrote, through the backend.
+    fn read_back(&self, task: usize, entry: u8) {
+        let seen = self.backend.pte().read_entry(entry_address(entry));
+        let expected = self.m.with(|s| s.expected[usize::from(entry)]);
+        if let Some((value, writer)) = expected {
+            if writer == task && seen != value {
+                let name = self.m.with(|s| s.spec.tasks[task].name);
+                self.m.fail(
+                    "6: a read-back inside a section sees a stale batched value",
+                    format!("task {name} read entry {entry} as {seen:#x} after writing {value:#x}"),
+                );
+            }
+        }
+    }
+
+    /// Runs one action of `task` (or of the handler, `in_irq`).
+    fn perform(&self, mode: &Mode<'_, 'm, 'c>, task: usize, action: Action, in_irq: bool) {
+        let lazy = mode.lazy();
+        let result = match action {
+            Action::Enable => lazy.enable().map(|_| ()),
+            Action::Disable => lazy.disable(()).map(|_| ()),
+            Action::Pause => lazy.pause_raw().map(|_| ()),
+            Action::Resume => lazy.resume(()).map(|_| ()),
+            Action::Write { entry, kernel } => {
+                self.write(task, entry, kernel, in_irq);
+                Ok(())
+            }
+            Action::ReadBack { entry } => {
+                self.read_back(task, entry);
+                Ok(())
+            }
+        };
+        if let Err(misuse) = result {
+            let name = self.m.with(|s| s.spec.tasks[task].name);
+            self.m.fail(
+                "misuse: the library refused a correctly nested call",
+                format!("task {name}: {misuse}"),
+            );
+        }
+        if in_irq {
+            return;
+        }
+        let unseen = self.m.with(|s| {
+            let t = &mut s.tasks[task];
+            match action {
+                Action::Enable => t.sections += 1,
+                Action::Pause => t.pauses += 1,
+                Action::Resume => t.pauses = t.pauses.saturating_sub(1),
+                Action::Disable => {
+                    t.sections = t.sections.saturating_sub(1);
+                    return s.unseen_write(task);
+                }
+                _ => {}
+            }
+            None
+        });
+        if let Some((e, value, seen)) = unseen {
+            let name = self.m.with(|s| s.spec.tasks[task].name);
+            self.m.fail(
+                "1: after disable the walker sees every earlier write",
+                format!(
+                    "task {name} returned from disable with entry {e} = {value:#x} \
+                     not visible (walker sees {seen:#x})"
+                ),
+            );
+        }
+    }
+
+    /// Runs the interrupt handler on `task`'s CPU, in interrupt context.
+    fn run_handler(&self, task: usize) {
+        let (design, handler) = self.m.with(|s| {
+            let cpu = s.tasks[task].cpu;
+            s.cpus[cpu].irq_depth += 1;
+            (s.spec.design, s.spec.handler.clone())
+        });
+        // The handler's library calls go through the mode of the
+        // interrupted task, as a kernel's would: the current task.
+        let mode = Mode::new(self, task, design);
+        for action in handler {
+            self.m.with(|s| {
+                let cpu = s.tasks[task].cpu;
+                s.log(Event::Irq(task, cpu, action));
+            });
+            self.perform(&mode, task, action, true);
+        }
+        self.m.with(|s| {
+            let cpu = s.tasks[task].cpu;
+            s.cpus[cpu].irq_depth -= 1;
+        });
+    }
+
+    /// The body of one task thread.
+    fn task_main(&self, task: usize) {
+        self.m.wait_turn(task);
+        let (design, actions) = self
+            .m
+            .with(|s| (s.spec.design, s.spec.tasks[task].actions.clone()));
+        let mode = Mode::new(self, task, design);
+        for (pc, action) in actions.into_iter().enumerate() {
+            self.m.with(|s| {
+                s.tasks[task].pc = pc;
+                s.tasks[task].call = 0;
+            });
+            if self.choice_point(task) {
+                self.run_handler(task);
+            }
+            self.m.with(|s| {
+                let cpu = s.tasks[task].cpu;
+                s.log(Event::Step(task, cpu, action));
+            });
+            self.perform(&mode, task, action, false);
+        }
+        self.finish(task);
+    }
+}
+
+fn entry_address(entry: u8) -> PhysAddr {
+    PhysAddr(0x1000 + 8 * u64::from(entry))
+}
+
+fn entry_index(address: PhysAddr) -> usize {
+    let index = (address.0.wrapping_sub(0x1000) / 8) as usize;
+    assert!(
+        index < ENTRIES,
+        "entry {address:?} outside the modelled table"
+    );
+    index
 }
 
 impl Inner<'_> {
@@ -436,9 +678,9 @@ impl Inner<'_> {
         match event {
             Event::Step(t, cpu, a) => format!("cpu{cpu} {}: {a:?}", name(t)),
             Event::Irq(t, cpu, a) => format!("cpu{cpu} irq (over {}): {a:?}", name(t)),
-            Event::Hook(t, h) => format!("{}: {h}", name(t)),
+            Event::Hook(t, cpu, h) => format!("cpu{cpu} {}: {h}", name(t)),
             Event::Store(t, s) => format!(
-                "{}: store enable={} pause={}",
+                "{}: lazy state stored (enable {}, pause {})",
                 name(t),
                 s.enable_count,
                 s.pause_count
@@ -450,7 +692,7 @@ impl Inner<'_> {
                 Decision::SwitchTo(o) => format!("{}: preempted, switch to {}", name(t), name(o)),
                 Decision::Migrate(c) => format!("{}: migrate to cpu{c}", name(t)),
             },
-            Event::Apply(t, e, v) => format!("{}: entry {e} = {v:#x} visible", name(t)),
+            Event::Apply(cpu, e, v) => format!("cpu{cpu}: entry {e} = {v:#x} visible"),
             Event::Done(t) => format!("{}: done", name(t)),
         }
     }
@@ -502,23 +744,10 @@ impl Inner<'_> {
     }
 
     /// Makes a write visible to the walker.
-    fn apply(&mut self, p: Pending) {
-        self.memory[usize::from(p.entry)] = p.value;
-        self.log(Event::Apply(p.task, p.entry, p.value));
-    }
-
-    /// Xen: issue the multicall buffer.
-    fn xen_issue(&mut self, cpu: usize, _by: usize) {
-        for p in std::mem::take(&mut self.cpus[cpu].pending) {
-            self.apply(p);
-        }
-    }
-
-    /// arm64: `dsb ishst` on `cpu`.
-    fn dsb(&mut self, cpu: usize) {
-        for p in std::mem::take(&mut self.cpus[cpu].pending) {
-            self.apply(p);
-        }
+    fn apply(&mut self, entry: usize, value: u64) {
+        self.memory[entry] = value;
+        let cpu = self.running_cpu;
+        self.log(Event::Apply(cpu, entry as u8, value));
     }
 
     /// The first write of `task` the walker does not see, if any.
@@ -543,88 +772,188 @@ impl Inner<'_> {
     }
 }
 
+/// The machine primitives the library's backend runs on.
+struct Prims<'m, 'c> {
+    m: &'m Machine<'c>,
+}
+
+impl CpuPrimitives for Prims<'_, '_> {
+    fn cpu_id(&self) -> usize {
+        self.m.with(|s| s.running_cpu)
+    }
+    fn in_interrupt(&self) -> bool {
+        self.m
+            .with(|s| s.cpus[s.running_cpu].irq_depth > 0 && !s.spec.faults.hide_interrupts)
+    }
+    fn preempt_disable(&self) {
+        self.m.with(|s| {
+            let cpu = s.running_cpu;
+            s.cpus[cpu].preempt += 1;
+        });
+    }
+    fn preempt_enable(&self) {
+        self.m.with(|s| {
+            let cpu = s.running_cpu;
+            s.cpus[cpu].preempt = s.cpus[cpu].preempt.saturating_sub(1);
+        });
+    }
+    fn read_pte(&self, entry: PhysAddr) -> u64 {
+        self.m.with(|s| s.memory[entry_index(entry)])
+    }
+    fn report(&self, bug: BackendBug) {
+        let cpu = self.m.with(|s| s.running_cpu);
+        self.m.fail(
+            "3: arch enter/leave alternate per CPU",
+            format!("the backend on cpu{cpu} reported {bug}"),
+        );
+    }
+}
+
+impl XenPrimitives for Prims<'_, '_> {
+    fn mmu_update(&self, update: MmuUpdate) {
+        self.m
+            .with(|s| s.apply(entry_index(update.entry), update.value));
+    }
+    fn mmuext_op(&self, _op: MmuExtOp) {
+        // No TLBs in this model: the scenarios check what the walker sees.
+    }
+    fn multicall(&self, entries: &[MulticallEntry]) {
+        self.m.with(|s| {
+            for e in entries {
+                if let MulticallEntry::MmuUpdate(update) = e {
+                    s.apply(entry_index(update.entry), update.value);
+                }
+            }
+        });
+    }
+}
+
+impl Arm64Primitives for Prims<'_, '_> {
+    fn write_pte(&self, entry: PhysAddr, value: u64) {
+        self.m.with(|s| {
+            let index = entry_index(entry);
+            if s.writing_kernel {
+                let cpu = s.running_cpu;
+                s.cpus[cpu].store_buffer.push((index as u8, value));
+            } else {
+                s.apply(index, value);
+            }
+        });
+    }
+    fn dsb(&self, _kind: Dsb) {
+        self.m.with(|s| {
+            let cpu = s.running_cpu;
+            for (e, v) in std::mem::take(&mut s.cpus[cpu].store_buffer) {
+                s.apply(usize::from(e), v);
+            }
+        });
+    }
+    fn isb(&self) {}
+    fn tlbi_va(&self, _space: SpaceId, _va: VirtAddr, _last_level: bool) {}
+    fn tlbi_asid(&self, _space: SpaceId) {}
+    fn task_barriers_pending(&self) -> bool {
+        self.m.with(|s| {
+            let task = s.cpus[s.running_cpu].current.expect("a task runs");
+            s.tasks[task].barrier_pending
+        })
+    }
+    fn set_task_barriers_pending(&self, pending: bool) {
+        self.m.with(|s| {
+            let task = s.cpus[s.running_cpu].current.expect("a task runs");
+            s.tasks[task].barrier_pending = pending;
+        });
+    }
+}
+
 /// The library's view of the current task: forwards to the machine.
-pub struct TaskEnv<'s, 'c> {
-    shared: &'s Shared<'c>,
+struct TaskEnv<'k, 'm, 'c> {
+    k: &'k Kernel<'m, 'c>,
     task: usize,
 }
 
-impl TaskEnv<'_, '_> {
-    fn mix(&self, g: &mut Guard<'_, '_>, what: u64) {
-        let t = &mut g.tasks[self.task];
-        t.call = t.call.rotate_left(7) ^ what.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+impl TaskEnv<'_, '_, '_> {
+    fn mix(&self, what: u64) {
+        self.k.m.with(|s| {
+            let t = &mut s.tasks[self.task];
+            t.call = t.call.rotate_left(7) ^ what.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        });
     }
 
     fn store(&self, state: LazyState, on_cpu: bool) {
-        let mut g = self.shared.lock();
-        if g.abort {
+        let m = self.k.m;
+        if m.aborted() {
             return;
         }
-        let cpu = g.tasks[self.task].cpu;
-        if on_cpu {
-            g.cpus[cpu].lazy_state = state;
-        } else {
-            g.tasks[self.task].state = state;
-        }
-        g.log(Event::Store(self.task, state));
-        self.mix(
-            &mut g,
-            0x100 | u64::from(state.enable_count) << 8 | u64::from(state.pause_count),
-        );
-        // The window between the counter store and the arch hook.
-        if g.cpus[cpu].irq_depth == 0 {
-            let (g, irq) = self.shared.choice_point(g, self.task);
-            drop(g);
-            if irq {
-                run_handler(self.shared, self.task);
+        let in_irq = m.with(|s| {
+            let cpu = s.tasks[self.task].cpu;
+            if on_cpu {
+                s.cpus[cpu].lazy_state = state;
+            } else {
+                s.tasks[self.task].state = state;
             }
+            s.log(Event::Store(self.task, state));
+            s.cpus[cpu].irq_depth > 0
+        });
+        self.mix(0x100 | u64::from(state.enable_count) << 8 | u64::from(state.pause_count));
+        // The window between the counter store and the arch hook.
+        if !in_irq && self.k.choice_point(self.task) {
+            self.k.run_handler(self.task);
         }
     }
 }
 
-impl Environment for TaskEnv<'_, '_> {
+impl Environment for TaskEnv<'_, '_, '_> {
     fn lazy_state(&self) -> LazyState {
-        let mut g = self.shared.lock();
-        let state = g.tasks[self.task].state;
-        self.mix(&mut g, 1);
+        let state = self.k.m.with(|s| s.tasks[self.task].state);
+        self.mix(1);
         state
     }
     fn set_lazy_state(&self, state: LazyState) {
         self.store(state, false);
     }
     fn in_interrupt(&self) -> bool {
-        let mut g = self.shared.lock();
-        let cpu = g.tasks[self.task].cpu;
-        let irq = g.cpus[cpu].irq_depth > 0 && !g.spec.faults.hide_interrupts;
-        self.mix(&mut g, 2 | u64::from(irq) << 4);
+        let irq = self.k.m.with(|s| {
+            let cpu = s.tasks[self.task].cpu;
+            s.cpus[cpu].irq_depth > 0 && !s.spec.faults.hide_interrupts
+        });
+        self.mix(2 | u64::from(irq) << 4);
         irq
     }
     fn preempt_disable(&self) {
-        let mut g = self.shared.lock();
-        if g.spec.faults.preemptible_transitions || g.abort {
-            return;
+        let skip = self.k.m.with(|s| {
+            let skip = s.spec.faults.preemptible_transitions;
+            if !skip {
+                let cpu = s.tasks[self.task].cpu;
+                s.cpus[cpu].preempt += 1;
+            }
+            skip
+        });
+        if !skip {
+            self.mix(3);
         }
-        let cpu = g.tasks[self.task].cpu;
-        g.cpus[cpu].preempt += 1;
-        self.mix(&mut g, 3);
     }
     fn preempt_enable(&self) {
-        let mut g = self.shared.lock();
-        if g.spec.faults.preemptible_transitions || g.abort {
-            return;
+        let skip = self.k.m.with(|s| {
+            let skip = s.spec.faults.preemptible_transitions;
+            if !skip {
+                let cpu = s.tasks[self.task].cpu;
+                s.cpus[cpu].preempt = s.cpus[cpu].preempt.saturating_sub(1);
+            }
+            skip
+        });
+        if !skip {
+            self.mix(4);
         }
-        let cpu = g.tasks[self.task].cpu;
-        g.cpus[cpu].preempt = g.cpus[cpu].preempt.saturating_sub(1);
-        self.mix(&mut g, 4);
     }
 }
 
-impl PerCpuEnvironment for TaskEnv<'_, '_> {
+impl PerCpuEnvironment for TaskEnv<'_, '_, '_> {
     fn cpu_lazy_state(&self) -> LazyState {
-        let mut g = self.shared.lock();
-        let cpu = g.tasks[self.task].cpu;
-        let state = g.cpus[cpu].lazy_state;
-        self.mix(&mut g, 5);
+        let state = self.k.m.with(|s| {
+            let cpu = s.tasks[self.task].cpu;
+            s.cpus[cpu].lazy_state
+        });
+        self.mix(5);
         state
     }
     fn set_cpu_lazy_state(&self, state: LazyState) {
@@ -632,162 +961,69 @@ impl PerCpuEnvironment for TaskEnv<'_, '_> {
     }
 }
 
-/// The arch hooks of the current task's CPU.
-pub struct TaskArch<'s, 'c> {
-    shared: &'s Shared<'c>,
+/// The lazy mode's arch hooks: the backend's, on the task's CPU, with the
+/// known-bad flush when the spec asks for it.
+struct TaskArch<'k, 'm, 'c> {
+    k: &'k Kernel<'m, 'c>,
     task: usize,
 }
 
-impl<'s, 'c> TaskArch<'s, 'c> {
-    fn hook(&self, name: &'static str) -> Option<(Guard<'s, 'c>, usize)> {
-        let mut g = self.shared.lock();
-        if g.abort {
-            return None;
+impl TaskArch<'_, '_, '_> {
+    fn before(&self, name: &'static str) -> bool {
+        let m = self.k.m;
+        if m.aborted() {
+            return false;
         }
-        let cpu = g.tasks[self.task].cpu;
-        g.log(Event::Hook(self.task, name));
-        let t = &mut g.tasks[self.task];
-        t.call = t.call.rotate_left(7) ^ name.len() as u64;
-        Some((g, cpu))
+        m.with(|s| {
+            let cpu = s.tasks[self.task].cpu;
+            s.running_cpu = cpu;
+            s.log(Event::Hook(self.task, cpu, name));
+            let t = &mut s.tasks[self.task];
+            t.call = t.call.rotate_left(7) ^ name.len() as u64;
+        });
+        true
+    }
+
+    fn set_entered(&self, entered: bool) {
+        self.k.m.with(|s| {
+            let cpu = s.tasks[self.task].cpu;
+            s.cpus[cpu].entered = entered;
+        });
     }
 }
 
-impl ArchHooks for TaskArch<'_, '_> {
+impl ArchHooks for TaskArch<'_, '_, '_> {
     fn enter(&self) {
-        let Some((g, cpu)) = self.hook("enter") else {
-            return;
-        };
-        if g.spec.arch == Arch::XenPv {
-            drop(self.shared.xen_enter(g, cpu, self.task));
+        if self.before("enter") {
+            self.k.backend.hooks().enter();
+            self.set_entered(true);
         }
     }
 
     fn leave(&self) {
-        let Some((mut g, cpu)) = self.hook("leave") else {
-            return;
-        };
-        match g.spec.arch {
-            Arch::XenPv => {
-                if !g.cpus[cpu].xen_lazy {
-                    let name = g.spec.tasks[self.task].name;
-                    self.shared.fail(
-                        g,
-                        "3: arch enter/leave alternate per CPU",
-                        format!("cpu{cpu} left Xen lazy MMU mode it was not in (task {name})"),
-                    );
-                }
-                g.xen_issue(cpu, self.task);
-                g.cpus[cpu].xen_lazy = false;
-            }
-            Arch::Arm64 => arm64_flush(&mut g, cpu, self.task),
+        if self.before("leave") {
+            self.k.backend.hooks().leave();
+            self.set_entered(false);
         }
     }
 
     fn flush(&self) {
-        let Some((mut g, cpu)) = self.hook("flush") else {
-            return;
-        };
-        if g.spec.faults.flush_is_noop {
-            return;
-        }
-        match g.spec.arch {
-            Arch::XenPv => {
-                if g.cpus[cpu].xen_lazy {
-                    g.xen_issue(cpu, self.task);
-                }
-            }
-            Arch::Arm64 => arm64_flush(&mut g, cpu, self.task),
-        }
-    }
-}
-
-/// arm64 `arch_flush_lazy_mmu_mode`: if the task has barriers pending,
-/// `dsb ishst; isb` (arch/arm64/include/asm/pgtable.h, `emit_pte_barriers`).
-fn arm64_flush(g: &mut Guard<'_, '_>, cpu: usize, task: usize) {
-    if std::mem::take(&mut g.tasks[task].barrier_pending) {
-        g.dsb(cpu);
-    }
-}
-
-/// Writes an entry through the arch model. `batch` is the library's
-/// `is_active()` answer, asked by the caller before taking the lock.
-fn write_entry(shared: &Shared<'_>, task: usize, entry: u8, kernel: bool, batch: bool) {
-    let mut g = shared.lock();
-    let cpu = g.tasks[task].cpu;
-    g.next_value += 1;
-    let value = (task as u64 + 1) << 32 | g.next_value;
-    g.expected[usize::from(entry)] = Some((value, task));
-    let in_irq = g.cpus[cpu].irq_depth > 0;
-    let p = Pending { entry, value, task };
-    match g.spec.arch {
-        Arch::XenPv => {
-            if batch && g.cpus[cpu].xen_lazy {
-                if !in_irq && g.tasks[task].sections == 0 {
-                    let name = g.spec.tasks[task].name;
-                    shared.fail(
-                        g,
-                        "4: batched state belongs to the task that opened the section",
-                        format!(
-                            "task {name} outside any section had its write to entry {entry} \
-                             batched on cpu{cpu}"
-                        ),
-                    );
-                }
-                g.cpus[cpu].pending.push(p);
-                if g.cpus[cpu].pending.len() == XEN_MULTICALL_ENTRIES {
-                    g.xen_issue(cpu, task);
-                }
-            } else {
-                g.apply(p);
-            }
-        }
-        Arch::Arm64 => {
-            g.cpus[cpu].pending.push(p);
-            if kernel && batch {
-                g.tasks[task].barrier_pending = true;
-            } else {
-                // Outside a section every kernel write is followed by its
-                // own `dsb ishst; isb`; user entries are not affected by
-                // the deferred barriers and complete at once in this model.
-                g.dsb(cpu);
-            }
-        }
-    }
-    if in_irq && g.memory[usize::from(entry)] != value {
-        shared.fail(
-            g,
-            "2: interrupt-context updates take effect immediately",
-            format!("the interrupt handler on cpu{cpu} wrote entry {entry} and the walker does not see it"),
-        );
-    }
-}
-
-/// The walker's view of an entry, for a read-back.
-fn read_entry(shared: &Shared<'_>, task: usize, entry: u8) {
-    let g = shared.lock();
-    let seen = g.memory[usize::from(entry)];
-    if let Some((value, writer)) = g.expected[usize::from(entry)] {
-        if writer == task && seen != value {
-            let name = g.spec.tasks[task].name;
-            shared.fail(
-                g,
-                "6: a read-back inside a section sees a stale batched value",
-                format!("task {name} read entry {entry} as {seen:#x} after writing {value:#x}"),
-            );
+        if self.before("flush") && !self.k.m.with(|s| s.spec.faults.flush_is_noop) {
+            self.k.backend.hooks().flush();
         }
     }
 }
 
 /// The task's library instance, whichever design the spec asks for.
-enum Mode<'s, 'c> {
-    Counters(Counters<TaskEnv<'s, 'c>, TaskArch<'s, 'c>>),
-    PerCpu(PerCpu<TaskEnv<'s, 'c>, TaskArch<'s, 'c>>),
+enum Mode<'k, 'm, 'c> {
+    Counters(Counters<TaskEnv<'k, 'm, 'c>, TaskArch<'k, 'm, 'c>>),
+    PerCpu(PerCpu<TaskEnv<'k, 'm, 'c>, TaskArch<'k, 'm, 'c>>),
 }
 
-impl<'s, 'c> Mode<'s, 'c> {
-    fn new(shared: &'s Shared<'c>, task: usize, design: Design) -> Self {
-        let env = TaskEnv { shared, task };
-        let arch = TaskArch { shared, task };
+impl<'k, 'm, 'c> Mode<'k, 'm, 'c> {
+    fn new(k: &'k Kernel<'m, 'c>, task: usize, design: Design) -> Self {
+        let env = TaskEnv { k, task };
+        let arch = TaskArch { k, task };
         match design {
             Design::Counters => Mode::Counters(Counters::new(env, arch, MisusePolicy::Count)),
             Design::PerCpu => Mode::PerCpu(PerCpu::new(env, arch, MisusePolicy::Count)),
@@ -800,111 +1036,6 @@ impl<'s, 'c> Mode<'s, 'c> {
             Mode::PerCpu(m) => m,
         }
     }
-}
-
-/// Runs one action of `task` (or of the handler, `in_irq`).
-fn perform(shared: &Shared<'_>, mode: &Mode<'_, '_>, task: usize, action: Action, in_irq: bool) {
-    let lazy = mode.lazy();
-    let result = match action {
-        Action::Enable => lazy.enable().map(|_| ()),
-        Action::Disable => lazy.disable(()).map(|_| ()),
-        Action::Pause => lazy.pause_raw().map(|_| ()),
-        Action::Resume => lazy.resume(()).map(|_| ()),
-        Action::Write { entry, kernel } => {
-            let batch = lazy.is_active();
-            write_entry(shared, task, entry, kernel, batch);
-            Ok(())
-        }
-        Action::ReadBack { entry } => {
-            read_entry(shared, task, entry);
-            Ok(())
-        }
-    };
-    let mut g = shared.lock();
-    if let Err(misuse) = result {
-        let name = g.spec.tasks[task].name;
-        shared.fail(
-            g,
-            "2-byte state consistent: no misuse",
-            format!("task {name}: {misuse} (the library refused a correctly nested call)"),
-        );
-    }
-    if in_irq {
-        return;
-    }
-    let t = &mut g.tasks[task];
-    match action {
-        Action::Enable => t.sections += 1,
-        Action::Pause => t.pauses += 1,
-        Action::Resume => t.pauses = t.pauses.saturating_sub(1),
-        Action::Disable => {
-            t.sections = t.sections.saturating_sub(1);
-            if let Some((e, value, seen)) = g.unseen_write(task) {
-                let name = g.spec.tasks[task].name;
-                shared.fail(
-                    g,
-                    "1: after disable the walker sees every earlier write",
-                    format!(
-                        "task {name} returned from disable with entry {e} = {value:#x} \
-                         not visible (walker sees {seen:#x})"
-                    ),
-                );
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Runs the interrupt handler on `task`'s CPU, in interrupt context.
-fn run_handler(shared: &Shared<'_>, task: usize) {
-    let design = {
-        let mut g = shared.lock();
-        let cpu = g.tasks[task].cpu;
-        g.cpus[cpu].irq_depth += 1;
-        g.spec.design
-    };
-    // The handler's library calls go through the same per-task mode
-    // object a kernel would use: the ambient current task.
-    let mode = Mode::new(shared, task, design);
-    let handler = shared.lock().spec.handler.clone();
-    for action in handler {
-        {
-            let mut g = shared.lock();
-            let cpu = g.tasks[task].cpu;
-            g.log(Event::Irq(task, cpu, action));
-        }
-        perform(shared, &mode, task, action, true);
-    }
-    let mut g = shared.lock();
-    let cpu = g.tasks[task].cpu;
-    g.cpus[cpu].irq_depth -= 1;
-}
-
-/// The body of one task thread.
-fn task_main(shared: &Shared<'_>, task: usize) {
-    let g = shared.lock();
-    let g = shared.wait_turn(g, task);
-    let design = g.spec.design;
-    let actions = g.spec.tasks[task].actions.clone();
-    drop(g);
-    let mode = Mode::new(shared, task, design);
-    for (pc, action) in actions.into_iter().enumerate() {
-        let mut g = shared.lock();
-        g.tasks[task].pc = pc;
-        g.tasks[task].call = 0;
-        let (mut g, irq) = shared.choice_point(g, task);
-        if irq {
-            drop(g);
-            run_handler(shared, task);
-            g = shared.lock();
-        }
-        let cpu = g.tasks[task].cpu;
-        g.log(Event::Step(task, cpu, action));
-        drop(g);
-        perform(shared, &mode, task, action, false);
-    }
-    let g = shared.lock();
-    shared.finish(g, task);
 }
 
 impl Spec {
@@ -922,48 +1053,57 @@ impl Spec {
                 cpu.queue.push_back(i);
             }
         }
-        let baton = cpus.iter().find_map(|c| c.current);
-        let shared = Shared {
-            inner: Mutex::new(Inner {
+        let holder = cpus.iter().find_map(|c| c.current);
+        let machine = Machine {
+            state: RefCell::new(Inner {
                 spec: self,
                 cpus,
                 tasks,
+                running_cpu: 0,
                 memory: [0; ENTRIES],
                 expected: [None; ENTRIES],
+                writing_kernel: false,
                 next_value: 0,
                 interrupts: 0,
-                baton,
-                abort: false,
                 violation: None,
                 stopped: false,
                 events: VecDeque::with_capacity(EVENT_LOG),
                 chooser,
             }),
+            baton: Mutex::new(Baton {
+                holder,
+                abort: false,
+            }),
             turn: Condvar::new(),
+        };
+        let prims = Prims { m: &machine };
+        let kernel = Kernel {
+            m: &machine,
+            backend: match self.arch {
+                Arch::XenPv => Backend::XenPv(Box::new(XenPv::new(prims))),
+                Arch::Arm64 => Backend::Arm64(Box::new(Arm64::new(prims))),
+            },
         };
         let mut crash = None;
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..self.tasks.len())
                 .map(|task| {
-                    let shared = &shared;
+                    let kernel = &kernel;
                     scope.spawn(move || {
-                        panic::catch_unwind(AssertUnwindSafe(|| task_main(shared, task)))
+                        panic::catch_unwind(AssertUnwindSafe(|| kernel.task_main(task)))
                     })
                 })
                 .collect();
             for handle in handles {
                 if let Ok(Err(payload)) = handle.join() {
                     if !payload.is::<Aborted>() && crash.is_none() {
-                        crash = Some(panic_message(&payload));
-                        let mut g = shared.lock();
-                        g.abort = true;
-                        drop(g);
-                        shared.turn.notify_all();
+                        crash = Some(panic_message(&*payload));
+                        machine.abort();
                     }
                 }
             }
         });
-        let inner = shared.inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        let inner = machine.state.into_inner();
         let violation = inner.violation.or_else(|| {
             crash.map(|message| Violation {
                 invariant: "no panic".into(),
@@ -978,7 +1118,7 @@ impl Spec {
     }
 }
 
-fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
