@@ -124,13 +124,16 @@ impl CostModel {
                 set(Primitive::KeyWrite, 10);
             }
             Platform::PpcHash => {
-                // tlbie of one hash PTE including the ptesync/tlbsync
-                // sequence: POWER ISA v3.0B Book III §5.10; Linux
-                // arch/powerpc/mm/book3s64/hash_native.c. Broadcast tlbie
-                // is a global operation that waits for every processor
-                // (same ISA section); estimate 1,000 cycles for invalidate
-                // + sync at 3.5 GHz.
-                set(Primitive::HashInvalidate, 1_000);
+                // Invalidating one hash PTE: clear the HPTE and issue its
+                // tlbie (POWER ISA v3.0B Book III §5.10; Linux
+                // arch/powerpc/mm/book3s64/hash_native.c,
+                // native_flush_hash_range): estimate 200 cycles.
+                set(Primitive::HashInvalidate, 200);
+                // The `ptesync; tlbsync; ptesync` that completes a flush
+                // waits for every processor to finish the invalidations
+                // (same ISA section): estimate 800 cycles. Charged once per
+                // flush_hash_page and once per flush_hash_range batch.
+                set(Primitive::Dsb, 800);
                 set(Primitive::FullFlush, 5_000);
             }
             Platform::Sparc64 => {

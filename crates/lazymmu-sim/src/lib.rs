@@ -19,6 +19,7 @@
 pub mod choice;
 pub mod cost;
 pub mod env;
+pub mod hw;
 pub mod events;
 pub mod explore;
 pub mod invariant;
@@ -27,6 +28,8 @@ pub mod memory;
 pub mod observed;
 pub mod platform;
 pub mod rng;
+pub mod run;
 pub mod scenario;
 pub mod scenarios;
 pub mod tlb;
+pub mod world;

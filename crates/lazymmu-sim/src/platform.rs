@@ -234,6 +234,10 @@ impl PpcHashPrimitives for SimCpu {
 
     fn flush_hash_page(&self, space: SpaceId, va: VirtAddr, size: PageSize) {
         self.machine.primitive(Primitive::HashInvalidate, 1);
+        // Every tlbie sequence ends with `ptesync; tlbsync; ptesync` (Power
+        // ISA v3.0B Book III §5.10.1): one synchronisation per call,
+        // counted as `dsb`, which is what batching saves.
+        self.machine.primitive(Primitive::Dsb, 1);
         self.invalidate_on(self.all_cpus(), space, va.0, va.0 + size.bytes());
         self.done("flush_hash_page");
     }
@@ -241,6 +245,7 @@ impl PpcHashPrimitives for SimCpu {
     fn flush_hash_range(&self, space: SpaceId, size: PageSize, pages: &[VirtAddr]) {
         self.machine
             .primitive(Primitive::HashInvalidate, pages.len() as u64);
+        self.machine.primitive(Primitive::Dsb, 1);
         for va in pages {
             self.invalidate_on(self.all_cpus(), space, va.0, va.0 + size.bytes());
         }
@@ -279,8 +284,16 @@ impl Sparc64Primitives for SimCpu {
     fn flush_kernel_range(&self, start: VirtAddr, end: VirtAddr) {
         let mask = self.all_cpus();
         let pages = end.0.saturating_sub(start.0).div_ceil(4096);
-        self.machine
-            .primitive(Primitive::Tlbi, pages * mask.count_ones() as u64);
+        // Demapping page by page stops making sense past a PTE table's
+        // worth; the model then charges one whole-TLB demap per CPU
+        // (sun4v HV_MMU_DEMAP_ALL), as a kernel would switch strategy.
+        if pages > 512 {
+            self.machine
+                .primitive(Primitive::FullFlush, mask.count_ones() as u64);
+        } else {
+            self.machine
+                .primitive(Primitive::Tlbi, pages * mask.count_ones() as u64);
+        }
         self.ipis(mask);
         self.invalidate_on(mask, SpaceId::KERNEL, start.0, end.0);
         self.done("flush_kernel_range");

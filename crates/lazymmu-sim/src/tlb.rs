@@ -83,10 +83,16 @@ impl Tlb {
         self.cursor = 0;
     }
 
-    /// Invalidates the non-global translations of `space` (a CR3 write
-    /// with PCID, `tlbi aside1`).
+    /// Invalidates the translations of `space`: its non-global ones for a
+    /// user space (a CR3 write with PCID, `tlbi aside1`); for the kernel's
+    /// space, whose translations are global, every kernel and global one
+    /// (`tlbi vmalle1`, a flush of the kernel's mappings).
     pub fn invalidate_space(&mut self, space: SpaceId) {
-        self.entries.retain(|e| e.global || e.space != space);
+        if space == SpaceId::KERNEL {
+            self.entries.retain(|e| !e.global && e.space != space);
+        } else {
+            self.entries.retain(|e| e.global || e.space != space);
+        }
         self.cursor = 0;
     }
 
@@ -130,6 +136,10 @@ mod tests {
         assert!(t.lookup(SpaceId(1), VirtAddr(0x1000)).is_none());
         t.invalidate_range(SpaceId(5), 0xffff_8000_0000_0000, 0xffff_8000_0000_1000);
         assert!(t.entries().is_empty());
+        t.fill(entry(1, 0x1000, false));
+        t.fill(entry(0, 0xffff_8000_0000_0000, true));
+        t.invalidate_space(SpaceId::KERNEL);
+        assert_eq!(t.entries().len(), 1, "a kernel flush drops global entries, keeps user ones");
     }
 
     #[test]

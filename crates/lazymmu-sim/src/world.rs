@@ -10,7 +10,7 @@ use lazymmu::backend::{Backend, FlushScope, PteAccess};
 use lazymmu::mode::{ArchHooks, LazyMode, LazyState};
 use lazymmu::pgtable::format::{Attributes, Format};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::ops::{ApplyMode, CopyKind, PageTables};
+use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, PageTables};
 
 use crate::events::EventKind;
 use crate::hw::{SimFrames, SimMemory};
@@ -76,7 +76,6 @@ enum Stage {
 /// One task's workload: what it has done so far.
 #[derive(Debug)]
 struct Program {
-    task: usize,
     index: u64,
     space: SpaceId,
     root: PhysAddr,
@@ -114,7 +113,7 @@ where
     pub fn new(config: &RunConfig, machine: Rc<Machine>, backend: Rc<Observed<B>>, lazy: L) -> Rc<Self> {
         let memory = SimMemory::new(machine.clone());
         let kernel_frames = SimFrames::new(machine.clone(), SpaceId::KERNEL);
-        let kernel_root = PageTables::<F, SimMemory, Observed<B>, L, SimFrames>::allocate_root(&memory, &kernel_frames)
+        let kernel_root = allocate_root(&memory, &kernel_frames)
             .expect("physical memory holds at least the kernel root");
         machine.set_walker(crate::hw::walk::<F>, kernel_root, F::is_kernel);
         let world = Rc::new(Self {
@@ -135,20 +134,19 @@ where
         for i in 0..config.tasks.max(1) {
             let space = SpaceId(i as u32 + 1);
             let frames = SimFrames::new(machine.clone(), space);
-            let root = PageTables::<F, SimMemory, Observed<B>, L, SimFrames>::allocate_root(&world.memory, &frames)
+            let root = allocate_root(&world.memory, &frames)
                 .expect("physical memory holds every task's root");
             let task = machine.add_task(space, root, i);
             let child = (config.workload == WorkloadKind::Fork).then(|| {
                 let child_space = SpaceId(1000 + i as u32);
                 let child_frames = SimFrames::new(machine.clone(), child_space);
                 let child_root =
-                    PageTables::<F, SimMemory, Observed<B>, L, SimFrames>::allocate_root(&world.memory, &child_frames)
+                    allocate_root(&world.memory, &child_frames)
                         .expect("physical memory holds every child's root");
                 machine.set_task_writes_to(task, Some(child_space));
                 (child_space, child_root, child_frames)
             });
             world.programs.borrow_mut().push(Some(Program {
-                task,
                 index: i as u64,
                 space,
                 root,
@@ -199,6 +197,9 @@ where
         self.irq_mapped.set(true);
         self.stage.set(Stage::Setup);
         self.machine.run();
+        for p in self.programs.borrow_mut().iter_mut().flatten() {
+            p.unit = 0;
+        }
         self.machine.restart_tasks();
         self.machine.clear_counts();
         self.backend_updates_reset();
@@ -278,7 +279,6 @@ where
         );
         if stage == Stage::Setup {
             if !user || unit >= units {
-                p.unit = 0;
                 return false;
             }
             let va = base + unit * CHUNK_PAGES * PAGE;
