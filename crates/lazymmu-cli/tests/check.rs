@@ -94,7 +94,9 @@ fn text_report_names_the_invariant_trace_and_replay_command() {
         .code(1)
         .stdout(predicate::str::contains("VIOLATION in irq-kernel-mapping"))
         .stdout(predicate::str::contains("invariant 2:"))
-        .stdout(predicate::str::contains("shortest trace: irq-kernel-mapping:"))
+        .stdout(predicate::str::contains(
+            "shortest trace: irq-kernel-mapping:",
+        ))
         .stdout(predicate::str::contains(
             "replay: lazymmu check --variant irq-batched --replay irq-kernel-mapping:",
         ));

@@ -34,7 +34,7 @@ fn tiny_scenario_has_the_hand_computed_number_of_schedules() {
 
 #[test]
 fn shipped_designs_pass_every_scenario_at_bound_two() {
-    for variant in [Variant::Default, Variant::PerCpu] {
+    for variant in Variant::SHIPPED {
         let report = check(&scenarios::all(), variant, bounds(Some(2), true));
         for s in &report.scenarios {
             assert!(s.report.complete, "{} incomplete", s.scenario);
@@ -90,4 +90,21 @@ fn linux70_ordering_double_enters_on_xen() {
     let (_, found) = report.violations().next().expect("caught");
     assert!(found.violation.invariant.starts_with("3:"), "{found:?}");
     assert!(found.violation.detail.contains("double-enter"), "{found:?}");
+}
+
+#[test]
+fn single_slot_stateful_sections_leave_the_key_register_open() {
+    let scenario = find("pkeys-nested").unwrap();
+    let report = check(
+        std::slice::from_ref(&scenario),
+        Variant::StatefulSingleSlot,
+        Bounds::default(),
+    );
+    let (_, found) = report.violations().next().expect("caught");
+    assert!(found.violation.invariant.starts_with("5:"), "{found:?}");
+    // Nested sections alone show it: no preemption needed.
+    assert_eq!(found.trace.departures(), 0, "{}", found.trace);
+    // Each section carrying its own saved value restores it exactly.
+    let fixed = check(&[scenario], Variant::Stateful, Bounds::default());
+    assert!(fixed.holds());
 }

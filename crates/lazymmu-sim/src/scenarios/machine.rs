@@ -44,16 +44,24 @@ use std::sync::{Condvar, Mutex};
 use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::arm64::{Arm64, Arm64Primitives, Dsb};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
+use lazymmu::backend::protected::{Arm64Poe, KeyFlavour, KeyRegister, KeySlot, Poe};
 use lazymmu::backend::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives, XenPv};
 use lazymmu::backend::{ContextSwitch, EntryUpdate, PteAccess};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::{PerCpu, PerCpuEnvironment};
-use lazymmu::mode::{ArchHooks, Environment, LazyMode, LazyState, MisusePolicy};
+use lazymmu::mode::stateful::{Stateful, StatefulArch};
+use lazymmu::mode::{
+    ArchHooks, Environment, Hook, LazyMode, LazyState, Misuse, MisusePolicy, Op, Step,
+};
 
 use crate::explore::{ChoicePoint, Chooser, RunOutcome, System, Violation};
 
 /// Entries of the modelled page-table memory; scenarios use a few.
 pub const ENTRIES: usize = 16;
+
+const KEY_ALLOWS: &str = "5: page-table writes happen only while the key register allows them";
+const KEY_RESTORED: &str =
+    "5: the key register is restored exactly after every section and exception";
 
 /// How many events a violation report keeps.
 const EVENT_LOG: usize = 50;
@@ -92,6 +100,9 @@ pub enum Arch {
     XenPv,
     /// arm64: the library's [`Arm64`] backend.
     Arm64,
+    /// arm64 with page tables protected by POE: the library's
+    /// [`Protected`] backend over [`Arm64`].
+    Arm64Poe,
 }
 
 /// Which lazy-mode design the tasks run.
@@ -101,6 +112,12 @@ pub enum Design {
     Counters,
     /// [`PerCpu`]: the state on the CPU, preemption off in the section.
     PerCpu,
+    /// [`Stateful`]: each section's state on the caller's stack, including
+    /// the key-register value it found ([`KeyedSections`]).
+    Stateful,
+    /// Known bad: [`Stateful`] sections that save the key register in one
+    /// per-task slot, so a nested section overwrites the outer one's.
+    StatefulSingleSlot,
 }
 
 /// Known-bad configurations, applied as wrappers around the library's
@@ -189,6 +206,8 @@ struct Cpu {
     entered: bool,
     /// arm64: kernel-entry stores not yet made visible by a `dsb`.
     store_buffer: Vec<(u8, u64)>,
+    /// The protection-key register (POE's `POR_EL1`).
+    key: u64,
 }
 
 #[derive(Clone, Debug, Default, Hash)]
@@ -204,6 +223,10 @@ struct Task {
     pauses: u32,
     /// arm64 `TIF_LAZY_MMU_PENDING`.
     barrier_pending: bool,
+    /// The task's saved key-register copies ([`KeySlot::Live`],
+    /// [`KeySlot::Section`]).
+    key_live: Option<u64>,
+    key_section: Option<u64>,
     /// Digest of the library calls made since the current step began:
     /// determines the rest of an interrupted call.
     call: u64,
@@ -312,6 +335,7 @@ enum Backend<'m, 'c> {
     // Boxed: the per-CPU multicall buffers make it large.
     XenPv(Box<XenPv<Prims<'m, 'c>>>),
     Arm64(Box<Arm64<Prims<'m, 'c>>>),
+    Arm64Poe(Box<Arm64Poe<Prims<'m, 'c>>>),
 }
 
 impl Backend<'_, '_> {
@@ -319,18 +343,21 @@ impl Backend<'_, '_> {
         match self {
             Backend::XenPv(b) => &**b,
             Backend::Arm64(b) => &**b,
+            Backend::Arm64Poe(b) => &**b,
         }
     }
     fn pte(&self) -> &dyn PteAccess {
         match self {
             Backend::XenPv(b) => &**b,
             Backend::Arm64(b) => &**b,
+            Backend::Arm64Poe(b) => &**b,
         }
     }
     fn switch(&self) -> &dyn ContextSwitch {
         match self {
             Backend::XenPv(b) => &**b,
             Backend::Arm64(b) => &**b,
+            Backend::Arm64Poe(b) => &**b,
         }
     }
 }
@@ -553,12 +580,8 @@ impl<'m, 'c> Kernel<'m, 'c> {
 
     /// Runs one action of `task` (or of the handler, `in_irq`).
     fn perform(&self, mode: &Mode<'_, 'm, 'c>, task: usize, action: Action, in_irq: bool) {
-        let lazy = mode.lazy();
         let result = match action {
-            Action::Enable => lazy.enable().map(|_| ()),
-            Action::Disable => lazy.disable(()).map(|_| ()),
-            Action::Pause => lazy.pause_raw().map(|_| ()),
-            Action::Resume => lazy.resume(()).map(|_| ()),
+            Action::Enable | Action::Disable | Action::Pause | Action::Resume => mode.act(action),
             Action::Write { entry, kernel } => {
                 self.write(task, entry, kernel, in_irq);
                 Ok(())
@@ -592,6 +615,7 @@ impl<'m, 'c> Kernel<'m, 'c> {
             }
             None
         });
+        self.check_key_closed(task, action);
         if let Some((e, value, seen)) = unseen {
             let name = self.m.with(|s| s.spec.tasks[task].name);
             self.m.fail(
@@ -599,6 +623,31 @@ impl<'m, 'c> Kernel<'m, 'c> {
                 format!(
                     "task {name} returned from disable with entry {e} = {value:#x} \
                      not visible (walker sees {seen:#x})"
+                ),
+            );
+        }
+    }
+
+    /// Invariant 5: once the script has closed every section and pause,
+    /// the key register is back at its default exactly.
+    fn check_key_closed(&self, task: usize, action: Action) {
+        let open = self.m.with(|s| {
+            let t = &s.tasks[task];
+            let closing = matches!(action, Action::Disable | Action::Resume);
+            (s.spec.arch == Arch::Arm64Poe
+                && closing
+                && t.sections == 0
+                && t.pauses == 0
+                && s.cpus[t.cpu].key != Poe::DEFAULT)
+                .then(|| (t.cpu, s.cpus[t.cpu].key, s.spec.tasks[task].name))
+        });
+        if let Some((cpu, key, name)) = open {
+            self.m.fail(
+                KEY_RESTORED,
+                format!(
+                    "task {name} closed its last section on cpu{cpu} and the key register \
+                     is {key:#x}, not the default {:#x}",
+                    Poe::DEFAULT
                 ),
             );
         }
@@ -614,12 +663,35 @@ impl<'m, 'c> Kernel<'m, 'c> {
         // The handler's library calls go through the mode of the
         // interrupted task, as a kernel's would: the current task.
         let mode = Mode::new(self, task, design);
+        let (frame, interrupted) = match &self.backend {
+            Backend::Arm64Poe(b) => {
+                let interrupted = self.m.with(|s| {
+                    s.running_cpu = s.tasks[task].cpu;
+                    s.cpus[s.running_cpu].key
+                });
+                (Some(b.exception_enter()), interrupted)
+            }
+            _ => (None, 0),
+        };
         for action in handler {
             self.m.with(|s| {
                 let cpu = s.tasks[task].cpu;
                 s.log(Event::Irq(task, cpu, action));
             });
             self.perform(&mode, task, action, true);
+        }
+        if let (Backend::Arm64Poe(b), Some(frame)) = (&self.backend, frame) {
+            b.exception_exit(frame);
+            let (cpu, key) = self.m.with(|s| (s.running_cpu, s.cpus[s.running_cpu].key));
+            if key != interrupted {
+                self.m.fail(
+                    KEY_RESTORED,
+                    format!(
+                        "exception return on cpu{cpu} left the key register at {key:#x}, \
+                         the interrupted value was {interrupted:#x}"
+                    ),
+                );
+            }
         }
         self.m.with(|s| {
             let cpu = s.tasks[task].cpu;
@@ -773,6 +845,7 @@ impl Inner<'_> {
 }
 
 /// The machine primitives the library's backend runs on.
+#[derive(Clone, Copy)]
 struct Prims<'m, 'c> {
     m: &'m Machine<'c>,
 }
@@ -802,10 +875,69 @@ impl CpuPrimitives for Prims<'_, '_> {
     }
     fn report(&self, bug: BackendBug) {
         let cpu = self.m.with(|s| s.running_cpu);
-        self.m.fail(
-            "3: arch enter/leave alternate per CPU",
-            format!("the backend on cpu{cpu} reported {bug}"),
-        );
+        let invariant = match bug {
+            BackendBug::KeyFrameMismatch => KEY_RESTORED,
+            _ => "3: arch enter/leave alternate per CPU",
+        };
+        self.m
+            .fail(invariant, format!("the backend on cpu{cpu} reported {bug}"));
+    }
+}
+
+impl Prims<'_, '_> {
+    /// Invariant 5: a page-table store faults unless the key register
+    /// allows it.
+    fn check_key(&self, entry: PhysAddr) {
+        let denied = self.m.with(|s| {
+            s.spec.arch == Arch::Arm64Poe
+                && !Poe::allows_page_table_writes(s.cpus[s.running_cpu].key)
+        });
+        if denied {
+            let (cpu, key) = self.m.with(|s| (s.running_cpu, s.cpus[s.running_cpu].key));
+            self.m.fail(
+                KEY_ALLOWS,
+                format!(
+                    "cpu{cpu} stored entry {} with the key register at {key:#x}, which \
+                     denies page-table writes",
+                    entry_index(entry)
+                ),
+            );
+        }
+    }
+
+    fn current_task(s: &Inner<'_>) -> usize {
+        s.cpus[s.running_cpu].current.expect("a task runs")
+    }
+}
+
+impl KeyRegister for Prims<'_, '_> {
+    fn read_key(&self) -> u64 {
+        self.m.with(|s| s.cpus[s.running_cpu].key)
+    }
+    fn write_key(&self, value: u64) {
+        self.m.with(|s| {
+            let cpu = s.running_cpu;
+            s.cpus[cpu].key = value;
+        });
+    }
+    fn task_key(&self, slot: KeySlot) -> Option<u64> {
+        self.m.with(|s| {
+            let t = &s.tasks[Self::current_task(s)];
+            match slot {
+                KeySlot::Live => t.key_live,
+                KeySlot::Section => t.key_section,
+            }
+        })
+    }
+    fn set_task_key(&self, slot: KeySlot, value: u64) {
+        self.m.with(|s| {
+            let task = Self::current_task(s);
+            let t = &mut s.tasks[task];
+            match slot {
+                KeySlot::Live => t.key_live = Some(value),
+                KeySlot::Section => t.key_section = Some(value),
+            }
+        });
     }
 }
 
@@ -830,6 +962,7 @@ impl XenPrimitives for Prims<'_, '_> {
 
 impl Arm64Primitives for Prims<'_, '_> {
     fn write_pte(&self, entry: PhysAddr, value: u64) {
+        self.check_key(entry);
         self.m.with(|s| {
             let index = entry_index(entry);
             if s.writing_kernel {
@@ -1018,6 +1151,12 @@ impl ArchHooks for TaskArch<'_, '_, '_> {
 enum Mode<'k, 'm, 'c> {
     Counters(Counters<TaskEnv<'k, 'm, 'c>, TaskArch<'k, 'm, 'c>>),
     PerCpu(PerCpu<TaskEnv<'k, 'm, 'c>, TaskArch<'k, 'm, 'c>>),
+    /// With the tokens of the open sections and pauses, innermost last: the
+    /// caller's stack frames.
+    Stateful(
+        Stateful<TaskEnv<'k, 'm, 'c>, KeyedSections<'k, 'm, 'c>>,
+        RefCell<Vec<KeySection>>,
+    ),
 }
 
 impl<'k, 'm, 'c> Mode<'k, 'm, 'c> {
@@ -1027,21 +1166,280 @@ impl<'k, 'm, 'c> Mode<'k, 'm, 'c> {
         match design {
             Design::Counters => Mode::Counters(Counters::new(env, arch, MisusePolicy::Count)),
             Design::PerCpu => Mode::PerCpu(PerCpu::new(env, arch, MisusePolicy::Count)),
+            Design::Stateful | Design::StatefulSingleSlot => Mode::Stateful(
+                Stateful::new(
+                    env,
+                    KeyedSections {
+                        arch,
+                        single_slot: design == Design::StatefulSingleSlot,
+                    },
+                    MisusePolicy::Count,
+                ),
+                RefCell::new(Vec::new()),
+            ),
         }
     }
 
-    fn lazy(&self) -> &dyn LazyMode<Token = ()> {
+    /// Carries out a lazy-mode action.
+    fn act(&self, action: Action) -> Result<(), Misuse> {
         match self {
-            Mode::Counters(m) => m,
-            Mode::PerCpu(m) => m,
+            Mode::Counters(m) => unit_act(m, action),
+            Mode::PerCpu(m) => unit_act(m, action),
+            Mode::Stateful(m, tokens) => match action {
+                Action::Enable => m.enable().map(|step| tokens.borrow_mut().push(step.token)),
+                Action::Pause => m
+                    .pause_raw()
+                    .map(|step| tokens.borrow_mut().push(step.token)),
+                Action::Disable => {
+                    let token = tokens.borrow_mut().pop().unwrap_or(KeySection::IGNORED);
+                    m.disable(token).map(|_| ())
+                }
+                Action::Resume => {
+                    let token = tokens.borrow_mut().pop().unwrap_or(KeySection::IGNORED);
+                    m.resume(token).map(|_| ())
+                }
+                _ => Ok(()),
+            },
         }
+    }
+}
+
+fn unit_act(mode: &dyn LazyMode<Token = ()>, action: Action) -> Result<(), Misuse> {
+    match action {
+        Action::Enable => mode.enable().map(|_| ()),
+        Action::Disable => mode.disable(()).map(|_| ()),
+        Action::Pause => mode.pause_raw().map(|_| ()),
+        Action::Resume => mode.resume(()).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// What a stateful section or pause hands back: what it did, and the
+/// key-register value it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeySection {
+    kind: SectionKind,
+    found: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum SectionKind {
+    Ignored,
+    Outermost,
+    Nested,
+    FirstPause,
+    NestedPause,
+}
+
+impl KeySection {
+    const IGNORED: KeySection = KeySection {
+        kind: SectionKind::Ignored,
+        found: 0,
+    };
+}
+
+/// The stateful design over the backend's hooks, with protection-key
+/// windows per section: every section, nested or not, opens the key
+/// register and its close restores exactly the value that section found,
+/// which the section carries in its state (the reason the stateful shape
+/// was proposed for kpkeys). With `single_slot` it keeps that value in
+/// the task's one [`KeySlot::Section`] slot instead, so a nested section
+/// overwrites the outer one's and the outer close restores the open value:
+/// the known-bad variant `stateful-single-slot`.
+///
+/// Batching is the backend's: the outermost section enters, nested closes
+/// flush, the outermost close leaves. Per task it keeps whether a section
+/// is open and whether the task is paused, in the environment's task slot,
+/// so the context-switch hooks see it.
+pub struct KeyedSections<'k, 'm, 'c> {
+    arch: TaskArch<'k, 'm, 'c>,
+    single_slot: bool,
+}
+
+impl<'m, 'c> KeyedSections<'_, 'm, 'c> {
+    fn keys(&self) -> Option<Prims<'m, 'c>> {
+        match &self.arch.k.backend {
+            Backend::Arm64Poe(b) => Some(*b.keys()),
+            _ => None,
+        }
+    }
+
+    /// Opens the key register; returns the value found.
+    fn open_keys(&self) -> u64 {
+        let Some(keys) = self.keys() else { return 0 };
+        let found = keys.read_key();
+        let open = Poe::open(found);
+        if open != found {
+            keys.write_key(open);
+        }
+        if self.single_slot {
+            keys.set_task_key(KeySlot::Section, found);
+        }
+        found
+    }
+
+    /// Restores the value the closing section found.
+    fn restore_keys(&self, found: u64) {
+        let Some(keys) = self.keys() else { return };
+        let value = if self.single_slot {
+            keys.task_key(KeySlot::Section).unwrap_or(Poe::DEFAULT)
+        } else {
+            found
+        };
+        if keys.read_key() != value {
+            keys.write_key(value);
+        }
+    }
+}
+
+impl StatefulArch for KeyedSections<'_, '_, '_> {
+    type State = KeySection;
+
+    fn ignored(&self) -> KeySection {
+        KeySection::IGNORED
+    }
+
+    fn enter<E: Environment>(&self, env: &E) -> Step<KeySection> {
+        let s = env.lazy_state();
+        if s.pause_count > 0 {
+            return Step {
+                token: KeySection::IGNORED,
+                hook: None,
+            };
+        }
+        let found = self.open_keys();
+        if s.enable_count == 0 {
+            env.set_lazy_state(LazyState {
+                enable_count: 1,
+                ..s
+            });
+            self.arch.enter();
+            Step {
+                token: KeySection {
+                    kind: SectionKind::Outermost,
+                    found,
+                },
+                hook: Some(Hook::Enter),
+            }
+        } else {
+            Step {
+                token: KeySection {
+                    kind: SectionKind::Nested,
+                    found,
+                },
+                hook: None,
+            }
+        }
+    }
+
+    fn leave<E: Environment>(&self, env: &E, state: KeySection) -> Result<Option<Hook>, Misuse> {
+        let s = env.lazy_state();
+        let hook = match state.kind {
+            SectionKind::Ignored => return Ok(None),
+            SectionKind::Outermost if s.enable_count == 1 && s.pause_count == 0 => {
+                env.set_lazy_state(LazyState::IDLE);
+                self.arch.leave();
+                Hook::Leave
+            }
+            SectionKind::Nested if s.enable_count == 1 && s.pause_count == 0 => {
+                self.arch.flush();
+                Hook::Flush
+            }
+            _ => return Err(Misuse::Underflow(Op::Disable)),
+        };
+        self.restore_keys(state.found);
+        Ok(Some(hook))
+    }
+
+    fn pause<E: Environment>(&self, env: &E) -> Step<KeySection> {
+        let s = env.lazy_state();
+        let found = self.keys().map_or(0, |k| k.read_key());
+        if s.pause_count > 0 {
+            return Step {
+                token: KeySection {
+                    kind: SectionKind::NestedPause,
+                    found,
+                },
+                hook: None,
+            };
+        }
+        env.set_lazy_state(LazyState {
+            pause_count: 1,
+            ..s
+        });
+        let hook = (s.enable_count > 0).then(|| {
+            self.arch.leave();
+            // Fully out: the register goes back to the kernel's default
+            // until the resume.
+            if let Some(keys) = self.keys() {
+                if keys.read_key() != Poe::DEFAULT {
+                    keys.write_key(Poe::DEFAULT);
+                }
+            }
+            Hook::Leave
+        });
+        Step {
+            token: KeySection {
+                kind: SectionKind::FirstPause,
+                found,
+            },
+            hook,
+        }
+    }
+
+    fn resume<E: Environment>(&self, env: &E, state: KeySection) -> Result<Option<Hook>, Misuse> {
+        let s = env.lazy_state();
+        match state.kind {
+            SectionKind::NestedPause => Ok(None),
+            SectionKind::FirstPause if s.pause_count == 1 => {
+                env.set_lazy_state(LazyState {
+                    pause_count: 0,
+                    ..s
+                });
+                if s.enable_count == 0 {
+                    return Ok(None);
+                }
+                if let Some(keys) = self.keys() {
+                    if keys.read_key() != state.found {
+                        keys.write_key(state.found);
+                    }
+                }
+                self.arch.enter();
+                Ok(Some(Hook::Enter))
+            }
+            _ => Err(Misuse::Underflow(Op::Resume)),
+        }
+    }
+
+    fn is_active<E: Environment>(&self, env: &E) -> bool {
+        env.lazy_state().is_active()
+    }
+
+    fn lazy_state<E: Environment>(&self, env: &E) -> LazyState {
+        env.lazy_state()
+    }
+
+    fn bytes_per_task(&self) -> usize {
+        // The two flags, folded into a flags word.
+        1
     }
 }
 
 impl Spec {
     /// Runs the machine once, asking `chooser` at every choice point.
     pub fn run_once(&self, chooser: &mut dyn Chooser) -> RunOutcome {
-        let mut cpus = vec![Cpu::default(); self.cpus];
+        let key = if self.arch == Arch::Arm64Poe {
+            Poe::DEFAULT
+        } else {
+            0
+        };
+        let mut cpus = vec![
+            Cpu {
+                key,
+                ..Cpu::default()
+            };
+            self.cpus
+        ];
         let mut tasks = vec![Task::default(); self.tasks.len()];
         for (i, spec) in self.tasks.iter().enumerate() {
             tasks[i].cpu = spec.cpu;
@@ -1082,6 +1480,7 @@ impl Spec {
             backend: match self.arch {
                 Arch::XenPv => Backend::XenPv(Box::new(XenPv::new(prims))),
                 Arch::Arm64 => Backend::Arm64(Box::new(Arm64::new(prims))),
+                Arch::Arm64Poe => Backend::Arm64Poe(Box::new(Arm64Poe::arm64_poe(prims))),
             },
         };
         let mut crash = None;

@@ -74,7 +74,7 @@ fn spec(arch: Arch, tasks: Vec<TaskSpec>, handler: &[Action], migrate: bool) -> 
 
 /// Every scenario, in the order `lazymmu check` runs them.
 pub fn all() -> Vec<Scenario> {
-    use Arch::{Arm64, XenPv};
+    use Arch::{Arm64, Arm64Poe, XenPv};
     vec![
         // Workload shapes, small size.
         Scenario {
@@ -244,6 +244,20 @@ pub fn all() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            name: "pkeys-nested",
+            about: "arm64 with POE-protected page tables: nested sections, a kernel-mapping interrupt (exception entry and return), preemption and migration",
+            spec: spec(
+                Arm64Poe,
+                vec![
+                    task("a", 0, &[E, k(0), E, k(1), D, k(2), D]),
+                    task("b", 0, &[E, k(4), D, k(5)]),
+                    task("c", 1, &[E, k(6), P, k(7), R, D]),
+                ],
+                &[k(10)],
+                true,
+            ),
+        },
+        Scenario {
             name: "xen-multicall-switch",
             about: "a Xen PV context switch with a partly filled multicall buffer",
             spec: spec(
@@ -305,26 +319,38 @@ pub enum Variant {
     NestedNoFlush,
     /// Updates made in interrupt context are batched.
     IrqBatched,
+    /// The stateful design, each section carrying the key-register value
+    /// it found.
+    Stateful,
+    /// Nested stateful sections that save the key register in one per-task
+    /// slot.
+    StatefulSingleSlot,
 }
 
 impl Variant {
     /// Every variant, the correct ones first.
-    pub const ALL: [Variant; 6] = [
+    pub const ALL: [Variant; 8] = [
         Variant::Default,
         Variant::PerCpu,
+        Variant::Stateful,
         Variant::Linux70Xen,
         Variant::PercpuPreemptible,
         Variant::NestedNoFlush,
         Variant::IrqBatched,
+        Variant::StatefulSingleSlot,
     ];
 
     /// The known-bad variants, which the check must catch.
-    pub const KNOWN_BAD: [Variant; 4] = [
+    pub const KNOWN_BAD: [Variant; 5] = [
         Variant::Linux70Xen,
         Variant::PercpuPreemptible,
         Variant::NestedNoFlush,
         Variant::IrqBatched,
+        Variant::StatefulSingleSlot,
     ];
+
+    /// The shipped designs, which must pass every scenario.
+    pub const SHIPPED: [Variant; 3] = [Variant::Default, Variant::PerCpu, Variant::Stateful];
 
     /// The name on the command line.
     pub const fn name(self) -> &'static str {
@@ -335,6 +361,8 @@ impl Variant {
             Variant::PercpuPreemptible => "percpu-preemptible",
             Variant::NestedNoFlush => "nested-no-flush",
             Variant::IrqBatched => "irq-batched",
+            Variant::Stateful => "stateful",
+            Variant::StatefulSingleSlot => "stateful-single-slot",
         }
     }
 
@@ -353,12 +381,18 @@ impl Variant {
             }
             Variant::NestedNoFlush => "a nested disable does not flush",
             Variant::IrqBatched => "updates made in interrupt context are batched",
+            Variant::Stateful => {
+                "state on the callers' stacks; each section restores the key register it found"
+            }
+            Variant::StatefulSingleSlot => {
+                "nested stateful sections save the key register in one per-task slot"
+            }
         }
     }
 
     /// Whether the check must find a violation.
     pub const fn is_known_bad(self) -> bool {
-        !matches!(self, Variant::Default | Variant::PerCpu)
+        !matches!(self, Variant::Default | Variant::PerCpu | Variant::Stateful)
     }
 
     /// The scenario's machine under this variant.
@@ -374,6 +408,8 @@ impl Variant {
             }
             Variant::NestedNoFlush => spec.faults.flush_is_noop = true,
             Variant::IrqBatched => spec.faults.hide_interrupts = true,
+            Variant::Stateful => spec.design = Design::Stateful,
+            Variant::StatefulSingleSlot => spec.design = Design::StatefulSingleSlot,
         }
         spec
     }
