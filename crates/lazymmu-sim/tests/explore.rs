@@ -108,3 +108,21 @@ fn single_slot_stateful_sections_leave_the_key_register_open() {
     let fixed = check(&[scenario], Variant::Stateful, Bounds::default());
     assert!(fixed.holds());
 }
+
+#[test]
+fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
+    let scenario = find("exit-free-tables").unwrap();
+    let report = check(
+        std::slice::from_ref(&scenario),
+        Variant::GatherFreeBeforeFlush,
+        Bounds::default(),
+    );
+    let (_, found) = report.violations().next().expect("caught");
+    assert!(found.violation.invariant.starts_with("7:"), "{found:?}");
+    assert!(
+        found.violation.detail.contains("paging-structure cache"),
+        "{}",
+        found.violation.detail
+    );
+    assert!(check(&[scenario], Variant::Default, Bounds::default()).holds());
+}

@@ -46,13 +46,15 @@ use lazymmu::backend::arm64::{Arm64, Arm64Primitives, Dsb};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
 use lazymmu::backend::protected::{Arm64Poe, KeyFlavour, KeyRegister, KeySlot, Poe};
 use lazymmu::backend::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives, XenPv};
-use lazymmu::backend::{ContextSwitch, EntryUpdate, PteAccess};
+use lazymmu::backend::{ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::{PerCpu, PerCpuEnvironment};
 use lazymmu::mode::stateful::{Stateful, StatefulArch};
 use lazymmu::mode::{
     ArchHooks, Environment, Hook, LazyMode, LazyState, Misuse, MisusePolicy, Op, Step,
 };
+use lazymmu::pgtable::allocator::FrameAllocator;
+use lazymmu::pgtable::gather::Gather;
 
 use crate::explore::{ChoicePoint, Chooser, RunOutcome, System, Violation};
 
@@ -90,6 +92,13 @@ pub enum Action {
     ReadBack {
         /// Index into the modelled page-table memory.
         entry: u8,
+    },
+    /// Unlinks PTE table `table` (covering 2 MiB at `table` × 2 MiB) and
+    /// frees its frame through the library's TLB gather, as
+    /// `free_pgtables` does after a zap.
+    FreeTable {
+        /// Which of the scenario's PTE tables.
+        table: u8,
     },
 }
 
@@ -134,6 +143,9 @@ pub struct Faults {
     /// The environment tells the mode it is never in interrupt context, so
     /// interrupt handlers' updates are batched into the interrupted section.
     pub hide_interrupts: bool,
+    /// The gather frees page-table frames before the flush that covers
+    /// them ([`Gather::new_free_before_flush`]).
+    pub free_before_flush: bool,
 }
 
 /// A task: where it starts and what it does.
@@ -167,6 +179,9 @@ pub struct Spec {
     pub max_interrupts: u32,
     /// Whether tasks may be migrated at preemption points.
     pub migrate: bool,
+    /// PTE tables every CPU's paging-structure cache holds at the start
+    /// (as if each had walked them).
+    pub cached_tables: Vec<u8>,
 }
 
 /// One scheduling decision.
@@ -208,6 +223,8 @@ struct Cpu {
     store_buffer: Vec<(u8, u64)>,
     /// The protection-key register (POE's `POR_EL1`).
     key: u64,
+    /// PTE tables this CPU's paging-structure cache still points to.
+    walk_cache: Vec<u8>,
 }
 
 #[derive(Clone, Debug, Default, Hash)]
@@ -347,6 +364,13 @@ impl Backend<'_, '_> {
         }
     }
     fn pte(&self) -> &dyn PteAccess {
+        match self {
+            Backend::XenPv(b) => &**b,
+            Backend::Arm64(b) => &**b,
+            Backend::Arm64Poe(b) => &**b,
+        }
+    }
+    fn tlb(&self) -> &dyn TlbFlush {
         match self {
             Backend::XenPv(b) => &**b,
             Backend::Arm64(b) => &**b,
@@ -563,6 +587,27 @@ impl<'m, 'c> Kernel<'m, 'c> {
         }
     }
 
+    /// Unlinks a PTE table and frees it through a gather that flushes every
+    /// CPU using the address space.
+    fn free_table(&self, table: u8) {
+        let (cpus, bad_order) = self
+            .m
+            .with(|s| (s.cpus.len(), s.spec.faults.free_before_flush));
+        let allocator = Prims { m: self.m };
+        let tlb = self.backend.tlb();
+        let scope = FlushScope::Cpus((1u64 << cpus) - 1);
+        let (frame, va) = (table_frame(table), VirtAddr(u64::from(table) << 21));
+        if bad_order {
+            let mut gather = Gather::new_free_before_flush(tlb, &allocator, SpaceId(1), scope);
+            gather.remove_table(frame, va, 2);
+            gather.finish();
+        } else {
+            let mut gather = Gather::new(tlb, &allocator, SpaceId(1), scope);
+            gather.remove_table(frame, va, 2);
+            gather.finish();
+        }
+    }
+
     /// Reads back an entry the task wrote, through the backend.
     fn read_back(&self, task: usize, entry: u8) {
         let seen = self.backend.pte().read_entry(entry_address(entry));
@@ -588,6 +633,10 @@ impl<'m, 'c> Kernel<'m, 'c> {
             }
             Action::ReadBack { entry } => {
                 self.read_back(task, entry);
+                Ok(())
+            }
+            Action::FreeTable { table } => {
+                self.free_table(table);
                 Ok(())
             }
         };
@@ -726,6 +775,11 @@ impl<'m, 'c> Kernel<'m, 'c> {
 
 fn entry_address(entry: u8) -> PhysAddr {
     PhysAddr(0x1000 + 8 * u64::from(entry))
+}
+
+/// The frame of PTE table `table`.
+fn table_frame(table: u8) -> PhysAddr {
+    PhysAddr(0x10_0000 + 0x1000 * u64::from(table))
 }
 
 fn entry_index(address: PhysAddr) -> usize {
@@ -905,8 +959,53 @@ impl Prims<'_, '_> {
         }
     }
 
+    /// Drops the cached walks of the CPUs in `cpus` through the table
+    /// covering `va` (all of them for `None`).
+    fn invalidate_walks(&self, cpus: u64, va: Option<VirtAddr>) {
+        self.m.with(|s| {
+            for (i, cpu) in s.cpus.iter_mut().enumerate() {
+                if i < 64 && cpus & (1 << i) != 0 {
+                    match va {
+                        Some(va) => cpu.walk_cache.retain(|&t| u64::from(t) != va.0 >> 21),
+                        None => cpu.walk_cache.clear(),
+                    }
+                }
+            }
+        });
+    }
+
     fn current_task(s: &Inner<'_>) -> usize {
         s.cpus[s.running_cpu].current.expect("a task runs")
+    }
+}
+
+/// Page-table frames return here; freeing one that a CPU's walk cache
+/// still points to is invariant 7.
+impl FrameAllocator for Prims<'_, '_> {
+    fn allocate(&self) -> Option<PhysAddr> {
+        None
+    }
+
+    fn free(&self, frame: PhysAddr) {
+        // A gather dropped while its task unwinds out of an ended run
+        // frees again; the run is over and nothing may unwind twice.
+        if std::thread::panicking() {
+            return;
+        }
+        let table = ((frame.0 - table_frame(0).0) / 0x1000) as u8;
+        let user = self
+            .m
+            .with(|s| s.cpus.iter().position(|c| c.walk_cache.contains(&table)));
+        if let Some(cpu) = user {
+            self.m.fail(
+                "7: no page-table page is freed while a CPU may still use it",
+                format!(
+                    "PTE table {table} (frame {:#x}) was freed while cpu{cpu}'s \
+                     paging-structure cache still points to it",
+                    frame.0
+                ),
+            );
+        }
     }
 }
 
@@ -946,8 +1045,18 @@ impl XenPrimitives for Prims<'_, '_> {
         self.m
             .with(|s| s.apply(entry_index(update.entry), update.value));
     }
-    fn mmuext_op(&self, _op: MmuExtOp) {
-        // No TLBs in this model: the scenarios check what the walker sees.
+    /// TLB operations drop the paging-structure cache entries of the
+    /// tables they cover on the CPUs they reach (an `invlpg` invalidates
+    /// all paging-structure caches for its address, Intel SDM Vol. 3A
+    /// §4.10.4.1).
+    fn mmuext_op(&self, op: MmuExtOp) {
+        let me = self.m.with(|s| 1u64 << s.running_cpu);
+        match op {
+            MmuExtOp::InvlpgLocal { va, .. } => self.invalidate_walks(me, Some(va)),
+            MmuExtOp::InvlpgMulti { va, cpus, .. } => self.invalidate_walks(cpus, Some(va)),
+            MmuExtOp::TlbFlushLocal { .. } => self.invalidate_walks(me, None),
+            MmuExtOp::TlbFlushMulti { cpus, .. } => self.invalidate_walks(cpus, None),
+        }
     }
     fn multicall(&self, entries: &[MulticallEntry]) {
         self.m.with(|s| {
@@ -982,8 +1091,14 @@ impl Arm64Primitives for Prims<'_, '_> {
         });
     }
     fn isb(&self) {}
-    fn tlbi_va(&self, _space: SpaceId, _va: VirtAddr, _last_level: bool) {}
-    fn tlbi_asid(&self, _space: SpaceId) {}
+    /// Broadcast: `tlbi vae1is` drops walk-cache entries for the address on
+    /// every CPU of the inner-shareable domain (Arm ARM D8.13).
+    fn tlbi_va(&self, _space: SpaceId, va: VirtAddr, _last_level: bool) {
+        self.invalidate_walks(u64::MAX, Some(va));
+    }
+    fn tlbi_asid(&self, _space: SpaceId) {
+        self.invalidate_walks(u64::MAX, None);
+    }
     fn task_barriers_pending(&self) -> bool {
         self.m.with(|s| {
             let task = s.cpus[s.running_cpu].current.expect("a task runs");
@@ -1436,6 +1551,7 @@ impl Spec {
         let mut cpus = vec![
             Cpu {
                 key,
+                walk_cache: self.cached_tables.clone(),
                 ..Cpu::default()
             };
             self.cpus

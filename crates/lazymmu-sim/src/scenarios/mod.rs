@@ -49,6 +49,10 @@ const fn rb(entry: u8) -> Action {
     Action::ReadBack { entry }
 }
 
+const fn ft(table: u8) -> Action {
+    Action::FreeTable { table }
+}
+
 use Action::{Disable as D, Enable as E, Pause as P, Resume as R};
 
 fn task(name: &'static str, cpu: usize, actions: &[Action]) -> TaskSpec {
@@ -69,6 +73,7 @@ fn spec(arch: Arch, tasks: Vec<TaskSpec>, handler: &[Action], migrate: bool) -> 
         handler: handler.to_vec(),
         max_interrupts: if handler.is_empty() { 0 } else { 1 },
         migrate,
+        cached_tables: Vec::new(),
     }
 }
 
@@ -116,6 +121,22 @@ pub fn all() -> Vec<Scenario> {
                 &[k(10)],
                 false,
             ),
+        },
+        Scenario {
+            name: "exit-free-tables",
+            about: "exit_mmap: zap a PTE table in a section, then free it through the TLB gather while the other CPU's walk cache points to it",
+            spec: Spec {
+                cached_tables: vec![0],
+                ..spec(
+                    XenPv,
+                    vec![
+                        task("exit", 0, &[E, w(0), w(1), D, ft(0)]),
+                        task("other", 1, &[E, w(8), D]),
+                    ],
+                    &[],
+                    true,
+                )
+            },
         },
         Scenario {
             name: "mprotect",
@@ -325,11 +346,13 @@ pub enum Variant {
     /// Nested stateful sections that save the key register in one per-task
     /// slot.
     StatefulSingleSlot,
+    /// A TLB gather that frees page-table pages before the flush.
+    GatherFreeBeforeFlush,
 }
 
 impl Variant {
     /// Every variant, the correct ones first.
-    pub const ALL: [Variant; 8] = [
+    pub const ALL: [Variant; 9] = [
         Variant::Default,
         Variant::PerCpu,
         Variant::Stateful,
@@ -338,15 +361,17 @@ impl Variant {
         Variant::NestedNoFlush,
         Variant::IrqBatched,
         Variant::StatefulSingleSlot,
+        Variant::GatherFreeBeforeFlush,
     ];
 
     /// The known-bad variants, which the check must catch.
-    pub const KNOWN_BAD: [Variant; 5] = [
+    pub const KNOWN_BAD: [Variant; 6] = [
         Variant::Linux70Xen,
         Variant::PercpuPreemptible,
         Variant::NestedNoFlush,
         Variant::IrqBatched,
         Variant::StatefulSingleSlot,
+        Variant::GatherFreeBeforeFlush,
     ];
 
     /// The shipped designs, which must pass every scenario.
@@ -363,6 +388,7 @@ impl Variant {
             Variant::IrqBatched => "irq-batched",
             Variant::Stateful => "stateful",
             Variant::StatefulSingleSlot => "stateful-single-slot",
+            Variant::GatherFreeBeforeFlush => "gather-free-before-flush",
         }
     }
 
@@ -387,6 +413,9 @@ impl Variant {
             Variant::StatefulSingleSlot => {
                 "nested stateful sections save the key register in one per-task slot"
             }
+            Variant::GatherFreeBeforeFlush => {
+                "the TLB gather frees page-table pages before the flush that covers them"
+            }
         }
     }
 
@@ -410,6 +439,7 @@ impl Variant {
             Variant::IrqBatched => spec.faults.hide_interrupts = true,
             Variant::Stateful => spec.design = Design::Stateful,
             Variant::StatefulSingleSlot => spec.design = Design::StatefulSingleSlot,
+            Variant::GatherFreeBeforeFlush => spec.faults.free_before_flush = true,
         }
         spec
     }
