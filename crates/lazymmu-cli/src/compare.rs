@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use lazymmu_sim::cost::{parse_override, Primitive};
-use lazymmu_sim::run::{compare_designs, run, DesignReport};
+use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
 use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind};
 use serde::Serialize;
 
@@ -31,8 +31,8 @@ pub struct CompareArgs {
     /// Seed of the scheduler's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Lazy-mode design: counters, stateful, percpu, or `all` (which also
-    /// prints the comparison of the three designs).
+    /// Lazy-mode design of the matrix: counters, stateful, percpu, or
+    /// `all`. The comparison of the three designs is always printed.
     #[arg(long, default_value = "counters")]
     pub design: String,
     /// Override a primitive's cost: NAME=CYCLES (repeatable).
@@ -87,6 +87,7 @@ struct JsonDesign {
     design: &'static str,
     bytes_per_task: usize,
     counts: serde_json::Map<String, serde_json::Value>,
+    preempted_in_section: u64,
     preemptions_survived: bool,
     sleep_reported: bool,
     nested_key_restored: bool,
@@ -110,18 +111,19 @@ fn counts_map(counts: &[(Primitive, u64)]) -> serde_json::Map<String, serde_json
         .collect()
 }
 
-/// Runs `lazymmu compare`. Returns the process exit status (0, or 1 when an
-/// invariant was violated).
+/// Runs `lazymmu compare`: exit status 0, or 1 when an invariant was
+/// violated.
 ///
 /// # Errors
-/// [`UsageError`] for bad options; I/O errors writing the outputs.
-pub fn compare(args: &CompareArgs) -> Result<i32> {
+/// [`UsageError`] for bad option values; I/O errors writing the outputs
+/// (both exit with status 2).
+pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     let backends = parse_list(&args.backend, BackendKind::ALL)?;
     let workloads = parse_list(&args.workload, WorkloadKind::ALL)?;
-    let (designs, all_designs) = if args.design == "all" {
-        (DesignKind::ALL.to_vec(), true)
+    let designs = if args.design == "all" {
+        DesignKind::ALL.to_vec()
     } else {
-        (vec![args.design.parse::<DesignKind>().map_err(UsageError)?], false)
+        vec![args.design.parse::<DesignKind>().map_err(UsageError)?]
     };
     let mut costs = Vec::new();
     for c in &args.cost {
@@ -148,14 +150,10 @@ pub fn compare(args: &CompareArgs) -> Result<i32> {
     let progress = Progress::new(configs.len() as u64);
     let mut results = Vec::with_capacity(configs.len());
     for cfg in &configs {
-        results.push(run(cfg));
+        results.push(run_config(cfg));
         progress.tick();
     }
-    let design_reports = if all_designs {
-        compare_designs(args.seed, args.cpus as usize)
-    } else {
-        Vec::new()
-    };
+    let design_reports = compare_designs(args.seed, args.cpus as usize);
     progress.finish();
 
     let violations: u64 = results.iter().map(|r| r.violation_count).sum::<u64>()
@@ -187,6 +185,7 @@ pub fn compare(args: &CompareArgs) -> Result<i32> {
                     design: d.design.name(),
                     bytes_per_task: d.bytes_per_task,
                     counts: counts_map(&d.counts),
+                    preempted_in_section: d.preempted_in_section,
                     preemptions_survived: d.preemptions_survived,
                     sleep_reported: d.sleep_reported,
                     nested_key_restored: d.nested_key_restored,
@@ -204,8 +203,8 @@ pub fn compare(args: &CompareArgs) -> Result<i32> {
         for r in results.iter().filter(|r| r.violation_count > 0) {
             writeln!(
                 out,
-                "\n{} {} {} {}: {} violation(s); seed {} trace {}",
-                r.backend, r.workload, r.mode, r.design, r.violation_count, args.seed, r.trace
+                "\n{} {} {} {}: {} violation(s); reproduce with: lazymmu compare --backend {} --workload {} --design {} --pages {} --cpus {} --seed {}",
+                r.backend, r.workload, r.mode, r.design, r.violation_count, r.backend, r.workload, r.design, args.pages, args.cpus, args.seed
             )?;
             if let Some(v) = r.violations.first() {
                 write!(out, "{v}")?;
@@ -215,7 +214,7 @@ pub fn compare(args: &CompareArgs) -> Result<i32> {
     if let Some(path) = &args.svg {
         draw_svg(path, &results).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if violations > 0 { 1 } else { 0 })
+    Ok(std::process::ExitCode::from(if violations > 0 { 1 } else { 0 }))
 }
 
 fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<()> {
@@ -263,7 +262,7 @@ fn write_designs(out: &mut impl Write, reports: &[DesignReport]) -> std::io::Res
             "{:<9} {:>10}  {:<22} {:<15} {:<20} {:>5}  {}",
             d.design.name(),
             d.bytes_per_task,
-            if d.preemptions_survived { "batch kept" } else { "not preemptible" },
+            preempt_label(d),
             if d.sleep_reported { "reported" } else { "allowed" },
             if d.nested_key_restored { "exact" } else { "WRONG" },
             d.violations,
@@ -271,6 +270,16 @@ fn write_designs(out: &mut impl Write, reports: &[DesignReport]) -> std::io::Res
         )?;
     }
     Ok(())
+}
+
+fn preempt_label(d: &DesignReport) -> String {
+    if d.preempted_in_section == 0 {
+        "none (preempt off)".to_string()
+    } else if d.preemptions_survived {
+        format!("{} kept", d.preempted_in_section)
+    } else {
+        format!("{} LOST", d.preempted_in_section)
+    }
 }
 
 fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {

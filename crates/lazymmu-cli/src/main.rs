@@ -1,4 +1,9 @@
-//! The `lazymmu` command line.
+//! `lazymmu`: the command line over the lazymmu library and simulator.
+//!
+//! Each subcommand lives in its own module with an `Args` struct and a
+//! `run` function; this file only dispatches. Errors (bad input, missing
+//! files) are printed to standard error and exit with status 2, like clap's
+//! own usage errors.
 
 use std::process::ExitCode;
 
@@ -6,47 +11,40 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod compare;
+mod replay;
 
-/// Nestable, pausable lazy MMU mode: simulate, compare, check.
-#[derive(Parser, Debug)]
-#[command(name = "lazymmu", version, about)]
+/// Lazy MMU mode for Rust kernels: designs, simulator and tools.
+#[derive(Debug, Parser)]
+#[command(name = "lazymmu", version, about, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Every backend × workload on the simulator, eager and lazy: primitive
-    /// counts and modelled cycles.
+    /// counts and modelled cycles with the lazy/eager ratio.
     Compare(compare::CompareArgs),
+    /// Replay a trace of lazy-mode operations and print what each one did.
+    Replay(replay::Args),
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.
     Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
-    };
+    let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Compare(args) => compare::compare(args),
-        Command::Check(args) => check::check(args),
+        Command::Compare(args) => compare::run(args),
+        Command::Replay(args) => replay::run(args),
+        Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
     };
     match result {
-        Ok(code) => ExitCode::from(code as u8),
-        Err(e) => {
-            eprintln!("lazymmu: {e:#}");
-            if e.downcast_ref::<compare::UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

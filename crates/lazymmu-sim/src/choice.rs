@@ -224,7 +224,8 @@ impl Chooser for Replay {
 }
 
 /// A recorded run: the pick made at every choice point with more than one
-/// option, printable as `0.0.3.0.1` and parsed back by [`Trace::parse`].
+/// option, printable as `0.0.3.0.1` (runs of one pick shortened to
+/// `0*120`) and parsed back by [`Trace::parse`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Trace {
     /// The picks, in order.
@@ -241,20 +242,44 @@ impl Trace {
         if text.is_empty() {
             return Ok(Self::default());
         }
-        text.split('.')
-            .map(|s| s.parse::<u32>().map_err(|e| format!("bad trace element `{s}`: {e}")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|picks| Self { picks })
+        let mut picks = Vec::new();
+        for item in text.split('.') {
+            let (pick, times) = match item.split_once('*') {
+                Some((p, n)) => (p, n.parse::<usize>().map_err(|e| format!("bad repeat in `{item}`: {e}"))?),
+                None => (item, 1),
+            };
+            let pick = pick
+                .parse::<u32>()
+                .map_err(|e| format!("bad trace element `{item}`: {e}"))?;
+            if times > 1 << 32 {
+                return Err(format!("repeat too large in `{item}`"));
+            }
+            picks.extend(core::iter::repeat_n(pick, times));
+        }
+        Ok(Self { picks })
     }
 }
 
 impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.picks.iter().enumerate() {
-            if i > 0 {
+        let mut first = true;
+        let mut i = 0;
+        while i < self.picks.len() {
+            let p = self.picks[i];
+            let run = self.picks[i..].iter().take_while(|&&q| q == p).count();
+            if !first {
                 f.write_str(".")?;
             }
-            write!(f, "{p}")?;
+            first = false;
+            if run > 2 {
+                write!(f, "{p}*{run}")?;
+            } else {
+                write!(f, "{p}")?;
+                if run == 2 {
+                    write!(f, ".{p}")?;
+                }
+            }
+            i += run;
         }
         Ok(())
     }
@@ -270,6 +295,11 @@ mod tests {
             picks: vec![0, 3, 1],
         };
         assert_eq!(Trace::parse(&t.to_string()).unwrap(), t);
+        let long = Trace {
+            picks: vec![0, 0, 0, 0, 2, 0, 0, 1],
+        };
+        assert_eq!(long.to_string(), "0*4.2.0.0.1");
+        assert_eq!(Trace::parse(&long.to_string()).unwrap(), long);
         assert_eq!(Trace::parse("").unwrap(), Trace::default());
         assert!(Trace::parse("1.x").is_err());
     }

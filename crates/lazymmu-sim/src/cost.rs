@@ -83,7 +83,12 @@ impl CostModel {
         set(Primitive::Invlpg, 200);
 
         match platform {
-            Platform::X86 => {}
+            Platform::X86 => {
+                // WRMSR to IA32_PKRS (0x6E1) is explicitly not serialising
+                // (Intel SDM Vol. 3A §4.6.2), unlike most WRMSRs; it still
+                // goes through the microcode MSR path. Estimate 50 cycles.
+                set(Primitive::KeyWrite, 50);
+            }
             Platform::XenPv => {
                 // A PV hypercall is a ring-3→ring-0 transition via SYSCALL
                 // into Xen plus argument validation: Barham et al., "Xen and

@@ -225,6 +225,7 @@ pub struct Machine {
     tasks: RefCell<Vec<Task>>,
     current: Cell<usize>,
     counts: Counts,
+    irq_counts: Counts,
     events: RefCell<EventRing>,
     violations: RefCell<Vec<Violation>>,
     chooser: RefCell<Box<dyn Chooser>>,
@@ -241,6 +242,7 @@ pub struct Machine {
     options: RefCell<Vec<Choice>>,
     pending_stores: Cell<usize>,
     violation_count: Cell<u64>,
+    preempted_in_section: Cell<u64>,
 }
 
 impl Machine {
@@ -267,6 +269,7 @@ impl Machine {
             tasks: RefCell::new(Vec::new()),
             current: Cell::new(0),
             counts: Counts::default(),
+            irq_counts: Counts::default(),
             violations: RefCell::new(Vec::new()),
             chooser: RefCell::new(Box::new(Sequential)),
             passive: Cell::new(true),
@@ -282,6 +285,7 @@ impl Machine {
             options: RefCell::new(Vec::with_capacity(16)),
             pending_stores: Cell::new(0),
             violation_count: Cell::new(0),
+            preempted_in_section: Cell::new(0),
             config,
         }
     }
@@ -344,6 +348,16 @@ impl Machine {
         }
     }
 
+    /// Preemptions and migrations taken so far.
+    pub fn preemptions(&self) -> u32 {
+        self.preemptions.get()
+    }
+
+    /// Preemptions and migrations that hit a task inside a lazy section.
+    pub fn preempted_in_section(&self) -> u64 {
+        self.preempted_in_section.get()
+    }
+
     /// Choice points passed so far.
     pub fn steps(&self) -> u64 {
         self.step.get()
@@ -400,6 +414,7 @@ impl Machine {
     /// Resets the primitive counts (after a setup stage).
     pub fn clear_counts(&self) {
         self.counts.clear();
+        self.irq_counts.clear();
     }
 
     /// Marks a task finished.
@@ -586,11 +601,22 @@ impl Machine {
 
     // ----- accounting, events, violations --------------------------------
 
-    /// Counts `n` of `primitive` and logs it.
+    /// Counts `n` of `primitive` and logs it. Work done in interrupt
+    /// context (the disturbances the scheduler injects) is counted apart,
+    /// so that eager and lazy runs are charged for their own work only.
     #[inline]
     pub fn primitive(&self, primitive: Primitive, n: u64) {
-        self.counts.add(primitive, n);
+        if self.in_interrupt() {
+            self.irq_counts.add(primitive, n);
+        } else {
+            self.counts.add(primitive, n);
+        }
         self.log(EventKind::Primitive(primitive.name()));
+    }
+
+    /// Primitive counts of interrupt handlers and remote flushes.
+    pub fn interrupt_counts(&self) -> &Counts {
+        &self.irq_counts
     }
 
     /// Logs an event.
@@ -1046,6 +1072,10 @@ impl Machine {
             return;
         };
         self.preemptions.set(self.preemptions.get() + 1);
+        let in_section = self.tasks.borrow()[prev].lazy.is_active() || self.cpus[cpu].lazy.get().is_active();
+        if in_section {
+            self.preempted_in_section.set(self.preempted_in_section.get() + 1);
+        }
         self.nesting.set(self.nesting.get() + 1);
         match migrate_to {
             None => {

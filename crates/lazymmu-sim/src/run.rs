@@ -278,14 +278,99 @@ where
         steps: machine.steps(),
         trace: machine.trace(),
         bytes_per_task,
-        misuses: 0,
+        preemptions: machine.preemptions(),
+        preempted_in_section: machine.preempted_in_section(),
+        interrupts: world.interrupts(),
     };
     machine.clear_kernel();
     result
 }
 
-/// Keeps `KeyFlavour` in scope for the `Protected` type parameters above.
-#[allow(dead_code)]
-fn _flavours() -> (u64, u64) {
-    (Pks::DEFAULT, <Poe as KeyFlavour>::DEFAULT)
+/// How one lazy-mode design fares: state size, cost, and behaviour under
+/// preemption, migration, sleeping and nested key-register windows.
+#[derive(Clone, Debug)]
+pub struct DesignReport {
+    /// The design.
+    pub design: DesignKind,
+    /// Bytes of lazy state it keeps per task.
+    pub bytes_per_task: usize,
+    /// Primitive counts of xen-pv fork under preemption and migration.
+    pub counts: Vec<(crate::cost::Primitive, u64)>,
+    /// Modelled cycles of that run.
+    pub cycles: u64,
+    /// Preemptions or migrations that hit a task inside a section (0 for
+    /// a design that runs sections with preemption off).
+    pub preempted_in_section: u64,
+    /// Whether batched state survived every such preemption (no
+    /// violation).
+    pub preemptions_survived: bool,
+    /// Whether sleeping inside a section was reported.
+    pub sleep_reported: bool,
+    /// Whether every nested section of x86-pks restored the key register
+    /// exactly.
+    pub nested_key_restored: bool,
+    /// Unexpected violations across the design's runs (a reported sleep
+    /// is expected of the per-CPU design and not counted).
+    pub violations: u64,
+}
+
+/// Compares the three designs on the same scenarios: xen-pv fork with
+/// frequent preemption and migration; x86-pks debug-pagealloc (nested
+/// sections, interrupts); debug-pagealloc sleeping inside a section.
+pub fn compare_designs(seed: u64, cpus: usize) -> Vec<DesignReport> {
+    use crate::choice::Rates;
+    use crate::invariant::Invariant;
+    use crate::scenario::WorkloadKind;
+    let busy = Rates {
+        interrupt: 5,
+        preempt: 20,
+        migrate: 10,
+        remote_flush: 2,
+    };
+    DesignKind::ALL
+        .iter()
+        .map(|&design| {
+            let mut fork = RunConfig::new(BackendKind::XenPv, WorkloadKind::Fork, ModeKind::Lazy);
+            fork.design = design;
+            fork.seed = seed;
+            fork.cpus = cpus;
+            fork.tasks = 3;
+            fork.pages = 1024;
+            fork.rates = Some(busy);
+            let fork = run(&fork);
+
+            let mut nested = RunConfig::new(BackendKind::X86Pks, WorkloadKind::DebugPagealloc, ModeKind::Lazy);
+            nested.design = design;
+            nested.seed = seed;
+            nested.cpus = cpus;
+            nested.pages = 1024;
+            nested.rates = Some(busy);
+            let nested = run(&nested);
+
+            let mut sleep = RunConfig::new(BackendKind::XenPv, WorkloadKind::DebugPagealloc, ModeKind::Lazy);
+            sleep.design = design;
+            sleep.seed = seed;
+            sleep.cpus = cpus;
+            sleep.pages = 512;
+            sleep.sleep_in_section = true;
+            sleep.rates = None;
+            let sleep = run(&sleep);
+            let sleeps_reported = sleep.violations_of(Invariant::SleepInSection) as u64;
+            let kept_other = sleep.violations.len() as u64 - sleeps_reported;
+            let not_kept = sleep.violation_count - sleep.violations.len() as u64;
+            let sleep_unexpected = kept_other + not_kept;
+
+            DesignReport {
+                design,
+                bytes_per_task: fork.bytes_per_task,
+                counts: fork.counts.clone(),
+                cycles: fork.cycles,
+                preempted_in_section: fork.preempted_in_section,
+                preemptions_survived: fork.violation_count == 0,
+                sleep_reported: sleeps_reported > 0,
+                nested_key_restored: nested.violations_of(Invariant::KeyRestore) == 0,
+                violations: fork.violation_count + nested.violation_count + sleep_unexpected,
+            }
+        })
+        .collect()
 }

@@ -154,6 +154,9 @@ pub struct RunConfig {
     pub costs: Vec<(Primitive, u64)>,
     /// KASAN: read back without pausing (the hazard pause exists for).
     pub read_back_without_pause: bool,
+    /// debug-pagealloc: the allocation inside the outer section sleeps
+    /// (a `GFP_KERNEL` allocation), switching the task out and back in.
+    pub sleep_in_section: bool,
     /// Break the eager path of protected backends: write page tables
     /// without opening the key register (a bug the simulator must catch).
     pub forget_key_open: bool,
@@ -174,6 +177,7 @@ impl RunConfig {
             rates: Some(Rates::default()),
             costs: Vec::new(),
             read_back_without_pause: false,
+            sleep_in_section: false,
             forget_key_open: false,
         }
     }
@@ -206,11 +210,20 @@ pub struct RunResult {
     pub trace: Trace,
     /// Bytes of lazy state the design keeps per task.
     pub bytes_per_task: usize,
-    /// Misuses the mode reported.
-    pub misuses: u32,
+    /// Preemptions and migrations taken.
+    pub preemptions: u32,
+    /// Of those, how many hit a task inside a lazy section.
+    pub preempted_in_section: u64,
+    /// Interrupts handled (each changed a kernel mapping).
+    pub interrupts: u64,
 }
 
 impl RunResult {
+    /// Violations of one invariant among those kept in full.
+    pub fn violations_of(&self, invariant: crate::invariant::Invariant) -> usize {
+        self.violations.iter().filter(|v| v.invariant == invariant).count()
+    }
+
     /// The count of one primitive.
     pub fn count(&self, primitive: Primitive) -> u64 {
         self.counts

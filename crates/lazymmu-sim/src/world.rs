@@ -325,8 +325,8 @@ where
                     if !p.destroyed {
                         p.destroyed = true;
                         let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                        let r = tables.destroy(&mut gather);
-                        self.check(r, "exit free tables");
+                        let r = tables.destroy(false, &mut gather);
+                        self.check(r.map(|_| ()), "exit free tables");
                         drop(gather);
                     }
                     false
@@ -453,6 +453,11 @@ where
         );
         self.check(r.map(|_| ()), "debug-pagealloc map page");
         self.expect_mapped(page_va, true, "page mapped by a nested section");
+        if self.config.sleep_in_section {
+            // A GFP_KERNEL allocation may sleep: the task is switched out
+            // and back in with its section open.
+            self.machine.sleep();
+        }
         let mut kgather = Gather::new(&*self.backend, &self.kernel_frames, SpaceId::KERNEL, self.all_cpus());
         let r = kernel.zap(VirtAddr(page_va), PAGE, &mut kgather);
         self.check(r.map(|_| ()), "debug-pagealloc unmap page");

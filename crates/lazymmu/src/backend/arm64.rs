@@ -46,8 +46,9 @@ pub const MAX_DVM_OPS: usize = 512;
 /// the next `dsb` on the writing CPU; until the writing CPU's next `isb` it
 /// may still act on a translation fault it cached for that entry. The
 /// `dsb ish` of a context switch (Linux's `__switch_to`) is one the backend
-/// issues through [`Arm64Primitives::dsb`] when the outgoing
-/// task owes barriers.
+/// issues through [`Arm64Primitives::dsb`] in
+/// [`ContextSwitch::switch_out`]; a model of the context switch should not
+/// count another.
 pub trait Arm64Primitives: CpuPrimitives {
     /// Stores one entry (`WRITE_ONCE(*ptep, pte)`).
     fn write_pte(&self, entry: PhysAddr, value: u64);
@@ -258,18 +259,16 @@ impl<P: Arm64Primitives> TlbFlush for Arm64<P> {
 }
 
 impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
-    /// The CPU stops batching for the outgoing task (still `current` here).
-    /// Its pending flag stays in the task; when barriers are owed, a
-    /// `dsb ish` (the one Linux's `__switch_to` issues) makes its stores
-    /// visible to every walker before it can run elsewhere, and the `isb`
-    /// it still owes is emitted by its next flush or leave, on whichever
-    /// CPU that runs. (A model of the context switch should not count a
-    /// second `dsb` for this.)
+    /// The CPU stops batching for the outgoing task (still `current` here),
+    /// then issues the `dsb ish` of Linux's `__switch_to`, unconditionally
+    /// as Linux does: every store of the outgoing task (including one made
+    /// just before it was preempted, before any barrier was queued for it)
+    /// is visible to every walker before the task can run on another CPU.
+    /// The pending flag stays in the task, and the `isb` it still owes is
+    /// emitted by its next flush or leave, on whichever CPU that runs.
     fn switch_out(&self, _prev: LazyState) {
         self.cpu().lazy.clear();
-        if self.primitives.task_barriers_pending() {
-            self.primitives.dsb(Dsb::Ish);
-        }
+        self.primitives.dsb(Dsb::Ish);
     }
 
     /// The CPU batches again if the incoming task is in a section.

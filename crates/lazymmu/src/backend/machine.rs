@@ -400,3 +400,66 @@ impl<const N: usize> PageBatch<N> {
 pub const fn entry_is_valid(value: u64) -> bool {
     value & 1 != 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitive_names_round_trip() {
+        for (n, p) in Primitive::ALL.into_iter().enumerate() {
+            assert_eq!(p.index(), n);
+            assert_eq!(Primitive::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Primitive::from_name("tlb"), None);
+    }
+
+    #[test]
+    fn batch_refuses_past_capacity_and_take_empties() {
+        let mut batch: Batch<u32, 3> = Batch::default();
+        for n in 0..3 {
+            assert_eq!(batch.push(n), Ok(()));
+        }
+        assert!(batch.is_full());
+        assert_eq!(batch.push(9), Err(9));
+        let taken = batch.take();
+        assert_eq!(taken.as_slice(), &[0, 1, 2]);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn page_batch_keeps_one_space_and_size() {
+        let mut batch: PageBatch<2> = PageBatch::default();
+        assert!(batch
+            .push(SpaceId(1), PageSize::Size4K, VirtAddr(0))
+            .is_ok());
+        assert_eq!(
+            batch.push(SpaceId(2), PageSize::Size4K, VirtAddr(0x1000)),
+            Err(VirtAddr(0x1000))
+        );
+        assert!(!batch.accepts(SpaceId(1), PageSize::Size2M));
+        assert!(batch
+            .push(SpaceId(1), PageSize::Size4K, VirtAddr(0x1000))
+            .is_ok());
+        assert!(!batch.accepts(SpaceId(1), PageSize::Size4K), "full");
+        let taken = batch.take();
+        assert_eq!(taken.pages.len(), 2);
+        assert!(batch.accepts(SpaceId(2), PageSize::Size2M));
+    }
+
+    #[test]
+    fn lazy_flag_reports_double_set_and_clear() {
+        let flag = LazyFlag::default();
+        assert!(flag.set());
+        assert!(!flag.set());
+        assert!(flag.clear());
+        assert!(!flag.clear());
+    }
+
+    #[test]
+    #[should_panic(expected = "not below MAX_CPUS")]
+    fn per_cpu_rejects_an_unknown_cpu() {
+        let cpus: PerCpu<u8> = PerCpu::default();
+        let _ = cpus.get(MAX_CPUS);
+    }
+}

@@ -21,7 +21,8 @@ use core::marker::PhantomData;
 use super::machine::{BackendBug, CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use crate::mode::{ArchHooks, LazyState};
+use crate::mode::stateful::{FromHooks, HooksState, StatefulArch};
+use crate::mode::{ArchHooks, Environment, Hook, LazyState, Misuse, Step};
 
 /// A protection-key register flavour: how the page-table key is opened and
 /// what the kernel's default value is.
@@ -305,6 +306,14 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> PteAccess for Protected<B, K, F>
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
         self.with_window(|| self.inner.get_and_clear(update))
     }
+
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.with_window(|| self.inner.modify_prot_start(update))
+    }
+
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.with_window(|| self.inner.modify_prot_commit(update))
+    }
 }
 
 impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for Protected<B, K, F> {
@@ -380,5 +389,161 @@ where
     /// The `arm64-poe` backend over one set of primitives.
     pub fn arm64_poe(primitives: P) -> Self {
         Protected::new(super::arm64::Arm64::new(primitives.clone()), primitives)
+    }
+}
+
+/// What a section or pause of the stateful design hands back over protected
+/// page tables: the adapter's state and the key-register value the
+/// operation found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyedState {
+    /// The adapter's state (outermost, nested, pause, ...).
+    pub hooks: HooksState,
+    /// The register value found when the section opened.
+    pub found: u64,
+}
+
+/// Protected page tables driven through the stateful design
+/// ([`crate::mode::stateful::Stateful`]): every section, nested or not,
+/// carries the register value it found and restores exactly that value
+/// when it closes, where the counter design keeps one saved value per task
+/// and restores it only when the outermost section closes.
+pub struct StatefulProtected<B, K, F> {
+    adapter: FromHooks<Protected<B, K, F>>,
+}
+
+impl<B: fmt::Debug, K: fmt::Debug, F> fmt::Debug for StatefulProtected<B, K, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatefulProtected")
+            .field("adapter", &self.adapter)
+            .finish()
+    }
+}
+
+impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulProtected<B, K, F> {
+    /// Drives `protected` through the stateful design.
+    pub fn new(protected: Protected<B, K, F>) -> Self {
+        Self {
+            adapter: FromHooks::new(protected),
+        }
+    }
+
+    /// The protected backend (for page-table accesses and context
+    /// switches).
+    pub fn protected(&self) -> &Protected<B, K, F> {
+        self.adapter.hooks()
+    }
+
+    fn keys(&self) -> &K {
+        &self.adapter.hooks().keys
+    }
+}
+
+impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulArch for StatefulProtected<B, K, F> {
+    type State = KeyedState;
+
+    fn ignored(&self) -> KeyedState {
+        KeyedState {
+            hooks: HooksState::Ignored,
+            found: F::DEFAULT,
+        }
+    }
+
+    /// The outermost section opens the register through
+    /// [`Protected`]'s `enter`; a nested one opens it again if something
+    /// closed it in between.
+    fn enter<E: Environment>(&self, env: &E) -> Step<KeyedState> {
+        let found = self.keys().read_key();
+        let step = self.adapter.enter(env);
+        if step.token == HooksState::Nested {
+            let open = F::open(found);
+            if open != found {
+                self.keys().write_key(open);
+            }
+        }
+        Step {
+            token: KeyedState {
+                hooks: step.token,
+                found,
+            },
+            hook: step.hook,
+        }
+    }
+
+    fn leave<E: Environment>(&self, env: &E, state: KeyedState) -> Result<Option<Hook>, Misuse> {
+        let hook = self.adapter.leave(env, state.hooks)?;
+        if hook.is_some() && self.keys().read_key() != state.found {
+            self.keys().write_key(state.found);
+        }
+        Ok(hook)
+    }
+
+    fn pause<E: Environment>(&self, env: &E) -> Step<KeyedState> {
+        let found = self.keys().read_key();
+        let step = self.adapter.pause(env);
+        Step {
+            token: KeyedState {
+                hooks: step.token,
+                found,
+            },
+            hook: step.hook,
+        }
+    }
+
+    fn resume<E: Environment>(&self, env: &E, state: KeyedState) -> Result<Option<Hook>, Misuse> {
+        self.adapter.resume(env, state.hooks)
+    }
+
+    fn is_active<E: Environment>(&self, env: &E) -> bool {
+        self.adapter.is_active(env)
+    }
+
+    fn lazy_state<E: Environment>(&self, env: &E) -> LazyState {
+        self.adapter.lazy_state(env)
+    }
+
+    fn bytes_per_task(&self) -> usize {
+        self.adapter.bytes_per_task()
+    }
+}
+
+/// `x86-pks`: x86-64 native with page tables protected by PKS.
+pub type X86Pks<M, P, K> = Protected<super::x86::X86Backend<M, P>, K, Pks>;
+
+impl<M, P, K> X86Pks<M, P, K>
+where
+    M: crate::pgtable::memory::PageTableMemory,
+    P: super::x86::X86Primitives,
+    K: KeyRegister,
+{
+    /// The `x86-pks` backend: entries in `memory`, TLB flushes through
+    /// `primitives`, IA32_PKRS through `keys`.
+    pub fn x86_pks(memory: M, primitives: P, keys: K) -> Self {
+        Protected::new(super::x86::X86Backend::new(memory, primitives), keys)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pks_default_write_disables_the_page_table_key_only() {
+        assert_eq!(Pks::DEFAULT, 0b1000);
+        assert!(!Pks::allows_page_table_writes(Pks::DEFAULT));
+        let other = Pks::DEFAULT | 0b11 << 10;
+        assert_eq!(Pks::open(other), 0b11 << 10, "other keys untouched");
+        assert!(Pks::allows_page_table_writes(Pks::open(other)));
+        // Access-disable also forbids writes.
+        assert!(!Pks::allows_page_table_writes(0b0100));
+    }
+
+    #[test]
+    fn poe_default_is_read_only_at_index_one() {
+        assert_eq!(Poe::DEFAULT, 0x17);
+        assert!(!Poe::allows_page_table_writes(Poe::DEFAULT));
+        assert_eq!(Poe::open(Poe::DEFAULT), 0x57);
+        assert!(Poe::allows_page_table_writes(0x57));
+        assert_eq!(Poe::open(0x7717) & !0xf0, 0x7707, "other indices untouched");
     }
 }

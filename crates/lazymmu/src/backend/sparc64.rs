@@ -32,6 +32,7 @@ pub const TLB_BATCH_NR: usize = 192;
 /// | [`flush_page`](Sparc64Primitives::flush_page) | 1 `tlbi` per CPU using the space, 1 `ipi` per remote one |
 /// | [`flush_batch`](Sparc64Primitives::flush_batch) | 1 `tlbi` per address per CPU using the space, 1 `ipi` per remote one |
 /// | [`flush_kernel_range`](Sparc64Primitives::flush_kernel_range) | 1 `tlbi` per page per CPU, 1 `ipi` per remote CPU |
+/// | [`flush_kernel_all`](Sparc64Primitives::flush_kernel_all) | 1 `full_flush` per CPU, 1 `ipi` per remote CPU |
 ///
 /// The TSB update that goes with each address is part of its `tlbi`. The
 /// saving of a batch is the cross-calls: one per remote CPU per batch
@@ -52,6 +53,19 @@ pub trait Sparc64Primitives: CpuPrimitives {
     /// `flush_tlb_kernel_range`: kernel mappings are not batched; the
     /// caller flushes them explicitly.
     fn flush_kernel_range(&self, start: VirtAddr, end: VirtAddr);
+
+    /// `flush_tlb_all` cross-called to every CPU: demaps every kernel
+    /// translation (the gather's answer to a kernel range above the
+    /// single-page ceiling). Counts: 1 `full_flush` per CPU, 1 `ipi` per
+    /// remote CPU.
+    ///
+    /// The default flushes the kernel half page by page through
+    /// [`flush_kernel_range`](Sparc64Primitives::flush_kernel_range), which
+    /// is correct but costs as many pages as the half holds: an
+    /// implementation with a cost model should override it.
+    fn flush_kernel_all(&self) {
+        self.flush_kernel_range(VirtAddr(KERNEL_START), VirtAddr(u64::MAX));
+    }
 }
 
 impl<P: Sparc64Primitives + ?Sized> Sparc64Primitives for &P {
@@ -66,6 +80,9 @@ impl<P: Sparc64Primitives + ?Sized> Sparc64Primitives for &P {
     }
     fn flush_kernel_range(&self, start: VirtAddr, end: VirtAddr) {
         (**self).flush_kernel_range(start, end)
+    }
+    fn flush_kernel_all(&self) {
+        (**self).flush_kernel_all()
     }
 }
 
@@ -210,13 +227,12 @@ impl<P: Sparc64Primitives> TlbFlush for Sparc64<P> {
         }
     }
 
-    /// Issues the pending batch; for the kernel, flushes its whole half
-    /// (`flush_tlb_kernel_range` over the kernel's addresses).
+    /// Issues the pending batch; for the kernel, flushes every kernel
+    /// translation ([`Sparc64Primitives::flush_kernel_all`]).
     fn flush_all(&self, space: SpaceId, _scope: FlushScope) {
         self.flush_pending();
         if space == SpaceId::KERNEL {
-            self.primitives
-                .flush_kernel_range(VirtAddr(KERNEL_START), VirtAddr(u64::MAX));
+            self.primitives.flush_kernel_all();
         }
     }
 }

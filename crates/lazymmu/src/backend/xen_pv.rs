@@ -254,6 +254,23 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
         }));
     }
 
+    /// `xen_ptep_modify_prot_start`: a plain read, nothing written. The
+    /// guest's own queued write to the entry, if any, is the value to
+    /// start from.
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        match self.queued_value(update.entry) {
+            Some(value) => value,
+            None => self.primitives.read_pte(update.entry),
+        }
+    }
+
+    /// `xen_ptep_modify_prot_commit`: an `mmu_update` request
+    /// (`MMU_PT_UPDATE_PRESERVE_AD`, so accessed and dirty bits the
+    /// hardware set since the start survive), queued in lazy MMU mode.
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.write_entry(update);
+    }
+
     /// The guest's atomic exchange on a read-only page traps and is
     /// emulated by the hypervisor: one hypercall, never queued. A write to
     /// the same entry still queued is issued first so the two stay in
@@ -268,6 +285,23 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
             value: 0,
         });
         old
+    }
+}
+
+impl<P: XenPrimitives> XenPv<P> {
+    /// The value an entry will have once what this CPU queued is applied:
+    /// the last queued write to it, else memory.
+    fn queued_value(&self, entry: PhysAddr) -> Option<u64> {
+        self.cpu()
+            .buffer
+            .borrow()
+            .as_slice()
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                MulticallEntry::MmuUpdate(update) if update.entry == entry => Some(update.value),
+                _ => None,
+            })
     }
 }
 

@@ -226,12 +226,15 @@ pub trait ArchHooks {
 }
 
 impl<A: ArchHooks + ?Sized> ArchHooks for &A {
+    #[inline]
     fn enter(&self) {
         (**self).enter()
     }
+    #[inline]
     fn leave(&self) {
         (**self).leave()
     }
+    #[inline]
     fn flush(&self) {
         (**self).flush()
     }
@@ -260,21 +263,27 @@ pub trait Environment {
 }
 
 impl<E: Environment + ?Sized> Environment for &E {
+    #[inline]
     fn lazy_state(&self) -> LazyState {
         (**self).lazy_state()
     }
+    #[inline]
     fn set_lazy_state(&self, state: LazyState) {
         (**self).set_lazy_state(state)
     }
+    #[inline]
     fn in_interrupt(&self) -> bool {
         (**self).in_interrupt()
     }
+    #[inline]
     fn preempt_disable(&self) {
         (**self).preempt_disable()
     }
+    #[inline]
     fn preempt_enable(&self) {
         (**self).preempt_enable()
     }
+    #[inline]
     fn might_sleep(&self) {
         (**self).might_sleep()
     }
@@ -449,24 +458,31 @@ impl<M: LazyMode> Drop for Pause<'_, M> {
 
 impl<M: LazyMode> LazyMode for &M {
     type Token = M::Token;
+    #[inline]
     fn enable(&self) -> Result<Step<Self::Token>, Misuse> {
         (**self).enable()
     }
+    #[inline]
     fn disable(&self, token: Self::Token) -> Result<Step<()>, Misuse> {
         (**self).disable(token)
     }
+    #[inline]
     fn pause_raw(&self) -> Result<Step<Self::Token>, Misuse> {
         (**self).pause_raw()
     }
+    #[inline]
     fn resume(&self, token: Self::Token) -> Result<Step<()>, Misuse> {
         (**self).resume(token)
     }
+    #[inline]
     fn is_active(&self) -> bool {
         (**self).is_active()
     }
+    #[inline]
     fn state(&self) -> LazyState {
         (**self).state()
     }
+    #[inline]
     fn bytes_per_task(&self) -> usize {
         (**self).bytes_per_task()
     }

@@ -34,9 +34,11 @@ pub trait PerCpuEnvironment: Environment {
 }
 
 impl<E: PerCpuEnvironment + ?Sized> PerCpuEnvironment for &E {
+    #[inline]
     fn cpu_lazy_state(&self) -> LazyState {
         (**self).cpu_lazy_state()
     }
+    #[inline]
     fn set_cpu_lazy_state(&self, state: LazyState) {
         (**self).set_cpu_lazy_state(state)
     }

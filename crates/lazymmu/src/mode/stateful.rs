@@ -13,15 +13,71 @@
 //! What it costs compared with [`super::counters::Counters`]:
 //!
 //! - **bytes per task**: whatever the arch keeps; the [`FromHooks`] adapter
-//!   keeps two flags (a section is open, the task is paused), one byte, which
-//!   a kernel would fold into its thread-flag word. Each open section costs
-//!   `size_of::<State>()` bytes of the caller's stack instead.
+//!   needs two flags (a section is open, the task is paused): one byte, or
+//!   two bits a kernel would fold into its thread-flag word (here they sit
+//!   in the environment's existing task slot). Each open section costs
+//!   `size_of::<State>()` bytes of the caller's stack instead (one byte for
+//!   [`HooksState`]).
 //! - **misuse detection**: there is no depth to overflow, and a `disable`
 //!   without a state cannot even be written; a state handed back in the wrong
 //!   context (closing the outermost section when none is open) is detected
 //!   by the adapter and reported as an underflow.
 //! - **raw callers** must thread the state through, which is what made the
 //!   design unpopular for the many open-coded enable/disable pairs in mm/.
+//!
+//! An arch with protected page tables shows what the per-level state is
+//! for: each section saves the key-register value it found and restores
+//! exactly that, so nested sections and pauses need no depth anywhere.
+//!
+//! ```
+//! use core::cell::Cell;
+//! use lazymmu::mode::stateful::{Stateful, StatefulArch};
+//! use lazymmu::mode::testing::TestEnv;
+//! use lazymmu::mode::{Environment, Hook, LazyMode, LazyState, Misuse, MisusePolicy, Step};
+//!
+//! const LOCKED: u32 = 0b01; // page tables read-only
+//! const OPEN: u32 = 0b00; // page tables writable
+//!
+//! /// A key register (x86 IA32_PKRS, arm64 POR_EL1) as a cell.
+//! struct KeyRegister(Cell<u32>);
+//!
+//! impl StatefulArch for KeyRegister {
+//!     type State = Option<u32>; // the value to restore; None: nothing to do
+//!     fn ignored(&self) -> Option<u32> { None }
+//!     fn enter<E: Environment>(&self, _: &E) -> Step<Option<u32>> {
+//!         let saved = self.0.replace(OPEN);
+//!         Step { token: Some(saved), hook: (saved != OPEN).then_some(Hook::Enter) }
+//!     }
+//!     fn leave<E: Environment>(&self, _: &E, saved: Option<u32>) -> Result<Option<Hook>, Misuse> {
+//!         let Some(saved) = saved else { return Ok(None) };
+//!         self.0.set(saved);
+//!         Ok(Some(if saved == OPEN { Hook::Flush } else { Hook::Leave }))
+//!     }
+//!     fn pause<E: Environment>(&self, _: &E) -> Step<Option<u32>> {
+//!         let saved = self.0.replace(LOCKED);
+//!         Step { token: Some(saved), hook: (saved == OPEN).then_some(Hook::Leave) }
+//!     }
+//!     fn resume<E: Environment>(&self, env: &E, saved: Option<u32>) -> Result<Option<Hook>, Misuse> {
+//!         self.leave(env, saved).map(|hook| hook.map(|_| Hook::Enter))
+//!     }
+//!     fn is_active<E: Environment>(&self, _: &E) -> bool { self.0.get() == OPEN }
+//!     fn lazy_state<E: Environment>(&self, _: &E) -> LazyState {
+//!         LazyState { enable_count: (self.0.get() == OPEN) as u8, pause_count: 0 }
+//!     }
+//!     fn bytes_per_task(&self) -> usize { 4 } // the register, saved at context switch
+//! }
+//!
+//! let mode = Stateful::new(TestEnv::default(), KeyRegister(Cell::new(LOCKED)), MisusePolicy::Panic);
+//! let outer = mode.enable().unwrap().token; // opens the key
+//! let inner = mode.enable().unwrap().token; // finds it open: saves OPEN
+//! let pause = mode.pause_raw().unwrap().token; // read-back: locks it
+//! assert_eq!(mode.arch().0.get(), LOCKED);
+//! mode.resume(pause).unwrap();
+//! mode.disable(inner).unwrap(); // restores OPEN
+//! assert_eq!(mode.arch().0.get(), OPEN);
+//! mode.disable(outer).unwrap(); // restores LOCKED
+//! assert_eq!(mode.arch().0.get(), LOCKED);
+//! ```
 
 use core::fmt;
 
@@ -52,6 +108,8 @@ pub trait StatefulArch {
 
     /// Closes the section `enter` returned `state` for: leaves lazy mode if
     /// it was the outermost, flushes otherwise. Returns the hook it called.
+    /// An arch may ignore a close while paused (as [`FromHooks`] does, like
+    /// the counter design); the caller then keeps `state` for a later close.
     ///
     /// # Errors
     /// [`Misuse::Underflow`] when `state` does not match the task's current
@@ -102,9 +160,12 @@ pub enum HooksState {
 /// Per task it keeps two flags (a section is open; the task is paused) in
 /// the environment's task slot, encoded as `enable_count` and `pause_count`
 /// of 0 or 1. The nesting depth lives only in the [`HooksState`] values on
-/// the callers' stacks. Its behaviour for correctly nested callers matches
-/// the counter design hook for hook: enables and disables are ignored while
-/// paused, pause and resume outside a section call no hook.
+/// the callers' stacks. Its hooks match the counter design's for any
+/// sequence of operations short of 255 levels (it has no depth to
+/// overflow): enables and disables are ignored while paused (an ignored
+/// enable returns [`HooksState::Ignored`]; an ignored disable leaves its
+/// section open, so the caller keeps the state for a later disable), pause
+/// and resume outside a section call no hook.
 #[derive(Debug, Default)]
 pub struct FromHooks<A> {
     hooks: A,
@@ -188,12 +249,12 @@ impl<A: ArchHooks> StatefulArch for FromHooks<A> {
         let flags = Flags::load(env);
         match state {
             HooksState::Ignored => Ok(None),
+            // Ignored while paused, as in the counter design: the section
+            // stays open and is closed by a later disable.
+            _ if flags.paused => Ok(None),
             HooksState::Nested | HooksState::Outermost if !flags.open => {
                 Err(Misuse::Underflow(Op::Disable))
             }
-            // The arch already left at the pause; closing inner sections
-            // has nothing to flush.
-            HooksState::Nested if flags.paused => Ok(None),
             HooksState::Nested => {
                 self.hooks.flush();
                 Ok(Some(Hook::Flush))
@@ -204,13 +265,8 @@ impl<A: ArchHooks> StatefulArch for FromHooks<A> {
                     ..flags
                 }
                 .store(env);
-                if flags.paused {
-                    // The pause already left; the resume must not re-enter.
-                    Ok(None)
-                } else {
-                    self.hooks.leave();
-                    Ok(Some(Hook::Leave))
-                }
+                self.hooks.leave();
+                Ok(Some(Hook::Leave))
             }
             HooksState::FirstPause | HooksState::NestedPause => Err(Misuse::Underflow(Op::Disable)),
         }
@@ -457,14 +513,14 @@ mod tests {
     }
 
     #[test]
-    fn closing_the_outermost_section_while_paused_does_not_reenter_on_resume() {
+    fn closing_a_section_while_paused_is_ignored() {
         let mode = mode();
         let outer = mode.enable().unwrap().token;
         let pause = mode.pause_raw().unwrap();
         assert_eq!(pause.hook, Some(Hook::Leave));
         assert_eq!(mode.disable(outer).unwrap().hook, None);
-        assert_eq!(mode.resume(pause.token).unwrap().hook, None);
-        assert!(!mode.arch().hooks().entered());
+        assert_eq!(mode.resume(pause.token).unwrap().hook, Some(Hook::Enter));
+        assert_eq!(mode.disable(outer).unwrap().hook, Some(Hook::Leave));
         assert_eq!(mode.arch().hooks().broken(), 0);
     }
 }

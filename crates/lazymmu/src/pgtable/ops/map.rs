@@ -129,8 +129,15 @@ where
             let next = entry_end(va, level, end);
             let entry = Self::entry(table, va, level);
             let pa = va.wrapping_add(run.delta);
-            if level <= run.largest && covers_entry(va, next, level) && pa % span == 0 {
-                if !fresh && F::is_valid(self.read(entry)) {
+            // Where a table already exists (perhaps emptied by a zap), map
+            // into it rather than replace it.
+            let current = if fresh { 0 } else { self.read(entry) };
+            if level <= run.largest
+                && covers_entry(va, next, level)
+                && pa % span == 0
+                && !matches!(F::decode(current, level), Entry::Table(_))
+            {
+                if F::is_valid(current) {
                     return Err(Stop::Occupied(va));
                 }
                 let size = size_at(level).expect("leaf level");
@@ -148,9 +155,10 @@ where
                     self.write_table(entry, va, run.high, level, below);
                     (below, true)
                 } else {
-                    match F::decode(self.read(entry), level) {
+                    match F::decode(current, level) {
                         Entry::Leaf { .. } => return Err(Stop::Occupied(va)),
-                        _ => self.table_below(entry, va, run.high, level)?,
+                        Entry::Table(below) => (below, false),
+                        Entry::Absent => self.table_below(entry, va, run.high, level)?,
                     }
                 };
                 if new {

@@ -235,31 +235,36 @@ where
         )
     }
 
-    /// Tears the tree down: zaps both halves (every leaf and table) with
-    /// `gather` and queues the root itself, so every frame of the tree is
-    /// returned after the flush.
+    /// Tears the tree down: zaps everything it translates (every leaf and
+    /// table) with `gather` and queues the root itself, so every frame of
+    /// the tree is returned after the flush. `upper` says, for formats with
+    /// one root per half (AArch64 TTBR0/TTBR1), whether this is the upper
+    /// half's root, so that invalidations name the right addresses; x86
+    /// ignores it (its root translates both halves).
     ///
     /// # Errors
-    /// [`ZapError::OutOfFrames`] cannot happen (nothing is split when the
-    /// whole space goes); [`ZapError::Range`] if `gather` belongs to another
-    /// space. The root is freed only on success.
-    pub fn destroy<G, GA, O>(self, gather: &mut Gather<'_, G, GA, O>) -> Result<(), ZapError>
+    /// [`ZapError::Range`] if `gather` belongs to another space; nothing
+    /// is done then. (Nothing is split when everything goes, so no frame is
+    /// needed.)
+    pub fn destroy<G, GA, O>(
+        self,
+        upper: bool,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<ZapSummary, ZapError>
     where
         G: crate::backend::TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let half = if F::SHARED_ROOT {
-            1u64 << (F::VA_BITS - 1)
-        } else {
-            1u64 << F::VA_BITS
+        self.check_gather(gather).map_err(ZapError::Range)?;
+        let whole = Span {
+            start: 0,
+            end: 1u64 << F::VA_BITS,
+            high: upper && !F::SHARED_ROOT,
         };
-        self.zap(VirtAddr(0), half, gather)?;
-        if F::SHARED_ROOT {
-            self.zap(VirtAddr(!(half - 1)), half, gather)?;
-        }
-        gather.remove_table(self.root, VirtAddr(0), F::LEVELS);
-        Ok(())
+        let summary = self.zap_span(whole, gather)?;
+        gather.remove_table(self.root, Self::canonical(0, whole.high), F::LEVELS);
+        Ok(summary)
     }
 
     // ---- helpers shared by the operations ----

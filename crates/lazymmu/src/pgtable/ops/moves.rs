@@ -115,9 +115,10 @@ where
     }
 
     /// The destination entry for source `va` at `level`: its table is
-    /// created as needed; a present entry (or a huge leaf above it) stops
-    /// the move at `va`.
-    fn destination(&self, va: u64, level: u8, job: &Job) -> Result<PhysAddr, Stop> {
+    /// created as needed. `Ok(None)` when the destination holds a table at
+    /// that level (the source leaf must then be split); a present leaf (or
+    /// a huge leaf above) stops the move at `va`.
+    fn destination(&self, va: u64, level: u8, job: &Job) -> Result<Option<PhysAddr>, Stop> {
         let dst = va.wrapping_add(job.delta);
         let table =
             self.ensure_table(self.root, dst, job.high, level)
@@ -126,10 +127,11 @@ where
                     _ => Stop::Occupied(va),
                 })?;
         let entry = Self::entry(table, dst, level);
-        if F::is_valid(self.read(entry)) {
-            return Err(Stop::Occupied(va));
+        match F::decode(self.read(entry), level) {
+            Entry::Absent => Ok(Some(entry)),
+            Entry::Table(_) if level > 1 => Ok(None),
+            _ => Err(Stop::Occupied(va)),
         }
-        Ok(entry)
     }
 
     fn move_level<G, GA, O>(
@@ -159,11 +161,16 @@ where
                 Entry::Leaf { size, .. }
                     if covers_entry(va, next, level) && va.wrapping_add(job.delta) % span == 0 =>
                 {
-                    let target = self.destination(va, level, job)?;
-                    let old = self.clear(entry, va, job.high, level);
-                    self.write_leaf(target, va.wrapping_add(job.delta), job.high, level, old);
-                    gather.add_page(Self::canonical(va, job.high), size);
-                    job.summary.moved[size_slot(size)] += 1;
+                    if let Some(target) = self.destination(va, level, job)? {
+                        let old = self.clear(entry, va, job.high, level);
+                        self.write_leaf(target, va.wrapping_add(job.delta), job.high, level, old);
+                        gather.add_page(Self::canonical(va, job.high), size);
+                        job.summary.moved[size_slot(size)] += 1;
+                    } else {
+                        let below = self.split(entry, va, job.high, level, gather)?;
+                        job.summary.splits += 1;
+                        self.move_level(below, level - 1, va, next, job, gather)?;
+                    }
                 }
                 Entry::Leaf { .. } => {
                     let below = self.split(entry, va, job.high, level, gather)?;
@@ -179,8 +186,35 @@ where
         Ok(())
     }
 
-    /// The PTE loop: one lazy section for the source table.
+    /// The PTE loop, per extent (the source PTE table cut at the
+    /// destination's PTE-table boundary, as Linux's `move_page_tables`):
+    /// the destination table is made to exist first, outside the section
+    /// (a backend that batches writes may not show a just-linked table to a
+    /// read inside it), then one lazy section moves the extent.
     fn move_ptes<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let mut extent = start;
+        while extent < end {
+            let dst = extent.wrapping_add(job.delta);
+            let extent_end = (extent + (entry_end(dst, 2, u64::MAX) - dst)).min(end);
+            self.move_extent(table, extent, extent_end, job, gather)?;
+            extent = extent_end;
+        }
+        Ok(())
+    }
+
+    fn move_extent<G, GA, O>(
         &self,
         table: PhysAddr,
         start: u64,
@@ -195,25 +229,35 @@ where
     {
         let first = index(start, 1);
         let count = ((end - start) >> 12) as usize;
+        let entry_of = |i: usize| table.add(8 * (first + i) as u64);
+        let Some(first_valid) = (0..count).find(|&i| F::is_valid(self.read(entry_of(i)))) else {
+            return Ok(());
+        };
+        let first_va = start + ((first_valid as u64) << 12);
+        let dst_table = self
+            .ensure_table(self.root, first_va.wrapping_add(job.delta), job.high, 1)
+            .map_err(|stop| match stop {
+                Stop::OutOfFrames(_) => Stop::OutOfFrames(first_va),
+                _ => Stop::Occupied(first_va),
+            })?;
         let mut range: Option<(u64, u64)> = None;
         let mut result = Ok(());
         {
             let _section = self.lazy.section();
-            for i in 0..count {
-                let entry = table.add(8 * (first + i) as u64);
+            for i in first_valid..count {
+                let entry = entry_of(i);
                 if !F::is_valid(self.read(entry)) {
                     continue;
                 }
                 let va = start + ((i as u64) << 12);
-                let target = match self.destination(va, 1, job) {
-                    Ok(target) => target,
-                    Err(stop) => {
-                        result = Err(stop);
-                        break;
-                    }
-                };
+                let dst = va.wrapping_add(job.delta);
+                let target = Self::entry(dst_table, dst, 1);
+                if F::is_valid(self.read(target)) {
+                    result = Err(Stop::Occupied(va));
+                    break;
+                }
                 let old = self.clear(entry, va, job.high, 1);
-                self.write_leaf(target, va.wrapping_add(job.delta), job.high, 1, old);
+                self.write_leaf(target, dst, job.high, 1, old);
                 job.summary.moved[0] += 1;
                 range = Some(match range {
                     None => (va, va + 4096),

@@ -1,7 +1,7 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
@@ -68,6 +68,19 @@ where
     {
         let span = check_range::<F>(va, len).map_err(ZapError::Range)?;
         self.check_gather(gather).map_err(ZapError::Range)?;
+        self.zap_span(span, gather)
+    }
+
+    pub(crate) fn zap_span<G, GA, O>(
+        &self,
+        span: Span,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<ZapSummary, ZapError>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
         let mut summary = ZapSummary::default();
         match self.zap_level(
             self.root,
