@@ -18,7 +18,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use lazymmu_sim::explore::{Bounds, Found, Trace};
-use lazymmu_sim::scenarios::{self, CheckReport, Scenario, Variant};
+use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant, SIM_PREEMPTIONS};
 
 /// Options of `lazymmu check`.
 #[derive(Args, Debug)]
@@ -35,6 +35,10 @@ pub struct CheckArgs {
     /// bound).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub preemptions: u32,
+    /// Preemption bound for the simulator's workloads (`sim-*`), which
+    /// are explored at the lower of this and --preemptions.
+    #[arg(long, value_name = "N", default_value_t = SIM_PREEMPTIONS)]
+    pub sim_preemptions: u32,
     /// Do not prune states already visited.
     #[arg(long)]
     pub no_prune: bool,
@@ -72,7 +76,7 @@ pub fn check(args: &CheckArgs) -> Result<i32> {
         return replay(args, text);
     }
     let all = scenarios::all();
-    let selected: Vec<Scenario> = if args.scenarios.is_empty() {
+    let selected: Vec<Entry> = if args.scenarios.is_empty() {
         all
     } else {
         let mut selected = Vec::new();
@@ -90,7 +94,13 @@ pub fn check(args: &CheckArgs) -> Result<i32> {
         max_schedules: args.max_schedules,
         stop_at_first: false,
     };
-    let report = scenarios::check(&selected, args.variant, bounds);
+    let report = scenarios::check(&selected, args.variant, bounds, args.sim_preemptions);
+    if report.scenarios.is_empty() {
+        return usage(format!(
+            "variant {} applies to none of the selected scenarios (known-bad variants run on the scenario machine's scenarios, not on sim-*)",
+            args.variant
+        ));
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report_json(&report))?;
@@ -102,7 +112,7 @@ pub fn check(args: &CheckArgs) -> Result<i32> {
 }
 
 fn unknown_scenario(name: &str) -> String {
-    let names: Vec<_> = scenarios::all().iter().map(|s| s.name).collect();
+    let names: Vec<_> = scenarios::all().iter().map(|s| s.name()).collect();
     format!(
         "unknown scenario {name:?}; known: {}, tiny",
         names.join(", ")
@@ -123,7 +133,7 @@ fn list(json: bool) -> Result<i32> {
     let all = scenarios::all();
     if json {
         let doc = json!({
-            "scenarios": all.iter().map(|s| json!({"name": s.name, "about": s.about})).collect::<Vec<_>>(),
+            "scenarios": all.iter().map(|s| json!({"name": s.name(), "about": s.about()})).collect::<Vec<_>>(),
             "variants": Variant::ALL.iter().map(|v| json!({
                 "name": v.name(), "about": v.about(), "known_bad": v.is_known_bad(),
             })).collect::<Vec<_>>(),
@@ -134,7 +144,7 @@ fn list(json: bool) -> Result<i32> {
     }
     writeln!(out, "scenarios:")?;
     for s in &all {
-        writeln!(out, "  {:<22} {}", s.name, s.about)?;
+        writeln!(out, "  {:<22} {}", s.name(), s.about())?;
     }
     writeln!(out, "variants:")?;
     for v in Variant::ALL {
@@ -171,11 +181,18 @@ fn replay(args: &CheckArgs, text: &str) -> Result<i32> {
     let Some(scenario) = scenarios::find(&trace.scenario) else {
         return usage(unknown_scenario(&trace.scenario));
     };
-    let outcome = scenarios::replay_trace(&scenario, args.variant, &trace.choices);
+    let Some(outcome) = scenarios::replay_trace(&scenario, args.variant, &trace.choices) else {
+        return usage(format!(
+            "variant {} does not apply to scenario {}",
+            args.variant,
+            scenario.name()
+        ));
+    };
     if outcome.diverged {
         return usage(format!(
             "trace {trace} does not fit scenario {} under variant {}: a choice names an option the scenario does not offer",
-            scenario.name, args.variant
+            scenario.name(),
+            args.variant
         ));
     }
     let mut out = std::io::stdout().lock();
@@ -225,14 +242,15 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> std::io::Result<(
     )?;
     writeln!(
         out,
-        "{:<22} {:>10} {:>8} {:>9} {:>11}",
-        "scenario", "schedules", "pruned", "complete", "violations"
+        "{:<22} {:>5} {:>10} {:>8} {:>9} {:>11}",
+        "scenario", "bound", "schedules", "pruned", "complete", "violations"
     )?;
     for s in &report.scenarios {
         writeln!(
             out,
-            "{:<22} {:>10} {:>8} {:>9} {:>11}",
+            "{:<22} {:>5} {:>10} {:>8} {:>9} {:>11}",
             s.scenario,
+            s.bound.map_or("none".to_owned(), |b| b.to_string()),
             s.report.schedules,
             s.report.pruned,
             if s.report.complete { "yes" } else { "no" },
@@ -300,6 +318,7 @@ fn report_json(report: &CheckReport) -> Value {
         "holds": report.holds(),
         "scenarios": report.scenarios.iter().map(|s| json!({
             "name": s.scenario,
+            "preemption_bound": s.bound,
             "schedules": s.report.schedules,
             "pruned": s.report.pruned,
             "choice_points": s.report.choice_points,

@@ -264,6 +264,9 @@ where
     if let Some(rates) = cfg.rates {
         machine.set_chooser(Box::new(RandomChooser::new(cfg.seed, rates)));
     }
+    if let Some(chooser) = crate::explore::sim::take_injected() {
+        machine.set_chooser(chooser);
+    }
     machine.run();
     let result = RunResult {
         backend: cfg.backend,

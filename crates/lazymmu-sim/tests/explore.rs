@@ -3,7 +3,9 @@
 //! every known-bad variant is caught with a replayable trace.
 
 use lazymmu_sim::explore::{Bounds, Explorer, Trace};
-use lazymmu_sim::scenarios::{self, check, find, replay_trace, tiny, Variant};
+use lazymmu_sim::scenarios::{
+    self, check, find, replay_trace, tiny, Entry, Variant, SIM_PREEMPTIONS,
+};
 
 fn bounds(preemptions: Option<u32>, prune: bool) -> Bounds {
     Bounds {
@@ -33,10 +35,16 @@ fn tiny_scenario_has_the_hand_computed_number_of_schedules() {
 }
 
 #[test]
-fn shipped_designs_pass_every_scenario_at_bound_two() {
+fn shipped_designs_pass_every_machine_scenario_at_bound_two() {
+    let machine: Vec<_> = scenarios::machine_scenarios()
+        .into_iter()
+        .map(Entry::Machine)
+        .collect();
     for variant in Variant::SHIPPED {
-        let report = check(&scenarios::all(), variant, bounds(Some(2), true));
+        let report = check(&machine, variant, bounds(Some(2), true), SIM_PREEMPTIONS);
+        assert_eq!(report.scenarios.len(), machine.len());
         for s in &report.scenarios {
+            assert_eq!(s.bound, Some(2));
             assert!(s.report.complete, "{} incomplete", s.scenario);
             assert!(s.report.schedules > 1, "{} explored nothing", s.scenario);
         }
@@ -49,9 +57,45 @@ fn shipped_designs_pass_every_scenario_at_bound_two() {
 }
 
 #[test]
+fn default_design_passes_every_simulator_workload() {
+    let sim: Vec<_> = scenarios::simulator_scenarios()
+        .into_iter()
+        .map(Entry::Simulator)
+        .collect();
+    let report = check(
+        &sim,
+        Variant::Default,
+        bounds(Some(2), true),
+        SIM_PREEMPTIONS,
+    );
+    assert_eq!(report.scenarios.len(), sim.len());
+    for s in &report.scenarios {
+        assert_eq!(s.bound, Some(SIM_PREEMPTIONS));
+        assert!(s.report.complete, "{} incomplete", s.scenario);
+        // Every choice point of the sequential run offers at least one
+        // preemptive option.
+        assert!(s.report.schedules > 10, "{} explored nothing", s.scenario);
+    }
+    let violations: Vec<_> = report
+        .violations()
+        .map(|(s, f)| format!("{s}: {} at {}", f.violation, f.trace))
+        .collect();
+    assert!(violations.is_empty(), "{violations:#?}");
+    // Known-bad wrappers exist on the scenario machine only.
+    assert!(check(&sim, Variant::Linux70Xen, Bounds::default(), 1)
+        .scenarios
+        .is_empty());
+}
+
+#[test]
 fn every_known_bad_variant_is_caught_and_its_trace_replays() {
     for variant in Variant::KNOWN_BAD {
-        let report = check(&scenarios::all(), variant, Bounds::default());
+        let report = check(
+            &scenarios::all(),
+            variant,
+            Bounds::default(),
+            SIM_PREEMPTIONS,
+        );
         let (scenario, found) = report
             .violations()
             .min_by_key(|(_, f)| (f.trace.departures(), f.trace.choices.len()))
@@ -64,7 +108,7 @@ fn every_known_bad_variant_is_caught_and_its_trace_replays() {
         let printed = found.trace.to_string();
         let trace: Trace = printed.parse().unwrap();
         assert_eq!(trace.scenario, scenario);
-        let again = replay_trace(&find(scenario).unwrap(), variant, &trace.choices);
+        let again = replay_trace(&find(scenario).unwrap(), variant, &trace.choices).unwrap();
         assert!(!again.diverged);
         assert_eq!(
             again.violation.as_ref(),
@@ -72,7 +116,8 @@ fn every_known_bad_variant_is_caught_and_its_trace_replays() {
             "{printed}"
         );
         // The same schedule is fine on the default design.
-        let fixed = replay_trace(&find(scenario).unwrap(), Variant::Default, &trace.choices);
+        let fixed =
+            replay_trace(&find(scenario).unwrap(), Variant::Default, &trace.choices).unwrap();
         assert_eq!(
             fixed.violation, None,
             "{printed} fails on the default design"
@@ -86,6 +131,7 @@ fn linux70_ordering_double_enters_on_xen() {
         &[find("switch-windows").unwrap()],
         Variant::Linux70Xen,
         Bounds::default(),
+        SIM_PREEMPTIONS,
     );
     let (_, found) = report.violations().next().expect("caught");
     assert!(found.violation.invariant.starts_with("3:"), "{found:?}");
@@ -99,13 +145,14 @@ fn single_slot_stateful_sections_leave_the_key_register_open() {
         std::slice::from_ref(&scenario),
         Variant::StatefulSingleSlot,
         Bounds::default(),
+        SIM_PREEMPTIONS,
     );
     let (_, found) = report.violations().next().expect("caught");
     assert!(found.violation.invariant.starts_with("5:"), "{found:?}");
     // Nested sections alone show it: no preemption needed.
     assert_eq!(found.trace.departures(), 0, "{}", found.trace);
     // Each section carrying its own saved value restores it exactly.
-    let fixed = check(&[scenario], Variant::Stateful, Bounds::default());
+    let fixed = check(&[scenario], Variant::Stateful, Bounds::default(), 1);
     assert!(fixed.holds());
 }
 
@@ -116,6 +163,7 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
         std::slice::from_ref(&scenario),
         Variant::GatherFreeBeforeFlush,
         Bounds::default(),
+        SIM_PREEMPTIONS,
     );
     let (_, found) = report.violations().next().expect("caught");
     assert!(found.violation.invariant.starts_with("7:"), "{found:?}");
@@ -124,5 +172,5 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
         "{}",
         found.violation.detail
     );
-    assert!(check(&[scenario], Variant::Default, Bounds::default()).holds());
+    assert!(check(&[scenario], Variant::Default, Bounds::default(), 1).holds());
 }

@@ -23,6 +23,8 @@
 //! zeros dropped since missing choices default to 0) and replayed with
 //! [`replay`].
 
+pub mod sim;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -55,6 +57,14 @@ pub trait Chooser: Send {
     /// The option to take at `point`, or `None` to stop the run here (the
     /// rest of it has already been explored).
     fn choose(&mut self, point: &ChoicePoint) -> Option<usize>;
+
+    /// The options this chooser is going to take, in order (0 after the
+    /// end), when they do not depend on the points it is shown; `None`
+    /// when they do (pruning). A system may then run ahead with them and
+    /// show the points afterwards.
+    fn plan(&self) -> Option<&[usize]> {
+        None
+    }
 }
 
 /// A broken contract, as the system reports it.
@@ -222,6 +232,10 @@ impl Chooser for ReplayChooser {
         self.taken.push((point.clone(), choice));
         Some(choice)
     }
+
+    fn plan(&self) -> Option<&[usize]> {
+        self.taken.is_empty().then_some(&self.choices[..])
+    }
 }
 
 /// Runs `system` with the choices of `trace`.
@@ -372,6 +386,10 @@ impl Chooser for SearchChooser<'_> {
             spent,
         });
         Some(chosen)
+    }
+
+    fn plan(&self) -> Option<&[usize]> {
+        (!self.prune && self.frames.is_empty()).then_some(self.prefix)
     }
 }
 

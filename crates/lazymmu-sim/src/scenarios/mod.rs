@@ -17,7 +17,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::explore::{replay, Bounds, Explorer, Found, ReplayOutcome, Report};
+use crate::explore::sim::SimWorkload;
+use crate::explore::{replay, Bounds, Explorer, Found, ReplayOutcome, Report, System};
+use crate::scenario::{DesignKind, RunConfig};
 use machine::{Action, Arch, Design, Faults, Spec, TaskSpec};
 
 /// A named scenario.
@@ -77,8 +79,9 @@ fn spec(arch: Arch, tasks: Vec<TaskSpec>, handler: &[Action], migrate: bool) -> 
     }
 }
 
-/// Every scenario, in the order `lazymmu check` runs them.
-pub fn all() -> Vec<Scenario> {
+/// The contract and workload-shaped scenarios on the scenario machine, in
+/// the order `lazymmu check` runs them.
+pub fn machine_scenarios() -> Vec<Scenario> {
     use Arch::{Arm64, Arm64Poe, XenPv};
     vec![
         // Workload shapes, small size.
@@ -314,12 +317,166 @@ pub fn tiny() -> Scenario {
     }
 }
 
+/// A simulator workload in small size, explored through the simulator's
+/// own choice points.
+#[derive(Clone, Debug)]
+pub struct SimScenario {
+    /// Name used in traces and on the command line.
+    pub name: &'static str,
+    /// What it exercises.
+    pub about: &'static str,
+    /// The run (default design; the variant picks the design).
+    pub config: RunConfig,
+}
+
+/// Preemption bound for simulator workloads unless raised: each of their
+/// runs costs about a millisecond and offers an interrupt and a remote
+/// flush at nearly every choice point, so bound 2 takes tens of seconds
+/// per workload.
+pub const SIM_PREEMPTIONS: u32 = 1;
+
+/// Every simulator workload in small size: 2 CPUs, 2 tasks, 2 pages each
+/// (one PTE table per task and range), on the backend whose lazy
+/// behaviour it exercises most. `exit` is left out: its teardown passes
+/// some four thousand choice points per run.
+pub fn simulator_scenarios() -> Vec<SimScenario> {
+    use crate::scenario::{BackendKind as B, ModeKind, WorkloadKind as W};
+    let small = |name, about, backend, workload| {
+        let mut config = RunConfig::new(backend, workload, ModeKind::Lazy);
+        config.pages = 2;
+        config.cpus = 2;
+        config.tasks = 2;
+        config.rates = None;
+        SimScenario {
+            name,
+            about,
+            config,
+        }
+    };
+    vec![
+        small(
+            "sim-fork",
+            "simulator fork (copy with COW) on xen-pv",
+            B::XenPv,
+            W::Fork,
+        ),
+        small(
+            "sim-munmap",
+            "simulator munmap (zap) on xen-pv",
+            B::XenPv,
+            W::Munmap,
+        ),
+        small(
+            "sim-mprotect",
+            "simulator mprotect on xen-pv",
+            B::XenPv,
+            W::Mprotect,
+        ),
+        small(
+            "sim-mremap",
+            "simulator mremap on xen-pv",
+            B::XenPv,
+            W::Mremap,
+        ),
+        small(
+            "sim-vmalloc",
+            "simulator vmalloc map/free on arm64",
+            B::Arm64,
+            W::Vmalloc,
+        ),
+        small(
+            "sim-kasan",
+            "simulator KASAN populate/depopulate on xen-pv",
+            B::XenPv,
+            W::Kasan,
+        ),
+        small(
+            "sim-debug-pagealloc",
+            "simulator debug-pagealloc on arm64-poe",
+            B::Arm64Poe,
+            W::DebugPagealloc,
+        ),
+    ]
+}
+
+/// A scenario of either kind.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    /// On the scenario machine.
+    Machine(Scenario),
+    /// On the simulator.
+    Simulator(SimScenario),
+}
+
+impl Entry {
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Entry::Machine(s) => s.name,
+            Entry::Simulator(s) => s.name,
+        }
+    }
+
+    /// What it exercises.
+    pub fn about(&self) -> &'static str {
+        match self {
+            Entry::Machine(s) => s.about,
+            Entry::Simulator(s) => s.about,
+        }
+    }
+
+    /// The system to explore under `variant`; `None` when the variant does
+    /// not apply (the known-bad wrappers exist on the scenario machine
+    /// only).
+    pub fn system(&self, variant: Variant) -> Option<Box<dyn System>> {
+        match self {
+            Entry::Machine(s) => Some(Box::new(variant.apply(&s.spec))),
+            Entry::Simulator(s) => {
+                let design = match variant {
+                    Variant::Default => DesignKind::Counters,
+                    Variant::PerCpu => DesignKind::PerCpu,
+                    Variant::Stateful => DesignKind::Stateful,
+                    _ => return None,
+                };
+                let mut config = s.config.clone();
+                config.design = design;
+                Some(Box::new(SimWorkload { config }))
+            }
+        }
+    }
+
+    /// The bounds it is explored with.
+    pub fn bounds(&self, bounds: Bounds, sim_preemptions: u32) -> Bounds {
+        match self {
+            Entry::Machine(_) => bounds,
+            Entry::Simulator(_) => Bounds {
+                preemptions: Some(
+                    bounds
+                        .preemptions
+                        .map_or(sim_preemptions, |b| b.min(sim_preemptions)),
+                ),
+                ..bounds
+            },
+        }
+    }
+}
+
+/// Every scenario `lazymmu check` runs: the machine's, then the
+/// simulator's workloads.
+pub fn all() -> Vec<Entry> {
+    machine_scenarios()
+        .into_iter()
+        .map(Entry::Machine)
+        .chain(simulator_scenarios().into_iter().map(Entry::Simulator))
+        .collect()
+}
+
 /// Finds a scenario by name (including `tiny`).
-pub fn find(name: &str) -> Option<Scenario> {
+pub fn find(name: &str) -> Option<Entry> {
     all()
         .into_iter()
-        .chain(std::iter::once(tiny()))
-        .find(|s| s.name == name)
+        .chain(std::iter::once(Entry::Machine(tiny())))
+        .find(|s| s.name() == name)
 }
 
 /// A configuration to check: the default design or a known-bad variant.
@@ -485,6 +642,8 @@ impl FromStr for Variant {
 pub struct ScenarioReport {
     /// The scenario's name.
     pub scenario: &'static str,
+    /// The preemption bound it was explored with.
+    pub bound: Option<u32>,
     /// What the explorer covered and found.
     pub report: Report,
 }
@@ -536,14 +695,26 @@ impl CheckReport {
     }
 }
 
-/// Explores `scenarios` under `variant`.
-pub fn check(scenarios: &[Scenario], variant: Variant, bounds: Bounds) -> CheckReport {
+/// Explores `scenarios` under `variant`; simulator workloads at most at
+/// `sim_preemptions`. Scenarios the variant does not apply to are left
+/// out of the report.
+pub fn check(
+    scenarios: &[Entry],
+    variant: Variant,
+    bounds: Bounds,
+    sim_preemptions: u32,
+) -> CheckReport {
     let start = Instant::now();
     let reports = scenarios
         .iter()
-        .map(|s| ScenarioReport {
-            scenario: s.name,
-            report: Explorer::new(bounds).explore(s.name, &variant.apply(&s.spec)),
+        .filter_map(|s| {
+            let system = s.system(variant)?;
+            let bounds = s.bounds(bounds, sim_preemptions);
+            Some(ScenarioReport {
+                scenario: s.name(),
+                bound: bounds.preemptions,
+                report: Explorer::new(bounds).explore(s.name(), &*system),
+            })
         })
         .collect();
     CheckReport {
@@ -554,7 +725,12 @@ pub fn check(scenarios: &[Scenario], variant: Variant, bounds: Bounds) -> CheckR
     }
 }
 
-/// Replays `choices` on `scenario` under `variant`.
-pub fn replay_trace(scenario: &Scenario, variant: Variant, choices: &[usize]) -> ReplayOutcome {
-    replay(&variant.apply(&scenario.spec), choices)
+/// Replays `choices` on `scenario` under `variant`; `None` when the
+/// variant does not apply to the scenario.
+pub fn replay_trace(
+    scenario: &Entry,
+    variant: Variant,
+    choices: &[usize],
+) -> Option<ReplayOutcome> {
+    Some(replay(&*scenario.system(variant)?, choices))
 }
