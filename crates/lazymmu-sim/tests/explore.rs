@@ -174,3 +174,25 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
     );
     assert!(check(&[scenario], Variant::Default, Bounds::default(), 1).holds());
 }
+
+#[test]
+fn a_broken_simulator_run_is_reported_with_a_replayable_trace() {
+    use lazymmu_sim::explore::replay;
+    use lazymmu_sim::explore::sim::SimWorkload;
+    use lazymmu_sim::scenarios::simulator_scenarios;
+
+    // KASAN reading back without pausing sees the stale batched value
+    // (invariant 6): the relay must carry the simulator's violations out.
+    let mut config = simulator_scenarios()
+        .into_iter()
+        .find(|s| s.name == "sim-kasan")
+        .unwrap()
+        .config;
+    config.read_back_without_pause = true;
+    let system = SimWorkload { config };
+    let report = Explorer::new(bounds(Some(1), false)).explore("sim-kasan", &system);
+    let found = report.violations.first().expect("stale read-back caught");
+    assert!(found.violation.invariant.starts_with("6 "), "{found:?}");
+    let again = replay(&system, &found.trace.choices);
+    assert_eq!(again.violation.as_ref(), Some(&found.violation));
+}
