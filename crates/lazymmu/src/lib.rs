@@ -6,6 +6,8 @@
 //!
 //! - [`mode`]: the generic mode (counters in the task, as Linux 7.0) and the
 //!   two alternative designs, behind [`mode::LazyMode`].
+//! - [`mm`]: the neighbours — lazy TLB and `active_mm`, kernel top-level
+//!   sync for vmalloc, nestable protection-key windows for device memory.
 //!
 //! The crate is `no_std`; the `alloc` and `std` features add conveniences
 //! for hosted users such as the simulator.
@@ -19,4 +21,5 @@ extern crate alloc;
 
 pub mod addr;
 pub mod backend;
+pub mod mm;
 pub mod mode;
