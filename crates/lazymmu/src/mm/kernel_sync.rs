@@ -192,6 +192,36 @@ pub trait TopLevelTables {
     fn set_table_generation(&self, table: PhysAddr, generation: u32);
 }
 
+impl<T: TopLevelTables + ?Sized> TopLevelTables for &T {
+    fn read_slot(&self, table: PhysAddr, slot: usize) -> u64 {
+        (**self).read_slot(table, slot)
+    }
+    fn write_slot(&self, table: PhysAddr, slot: usize, value: u64) {
+        (**self).write_slot(table, slot, value)
+    }
+    fn alloc_table(&self) -> Option<PhysAddr> {
+        (**self).alloc_table()
+    }
+    fn process_count(&self) -> usize {
+        (**self).process_count()
+    }
+    fn process_table(&self, index: usize) -> PhysAddr {
+        (**self).process_table(index)
+    }
+    fn cpu_count(&self) -> usize {
+        (**self).cpu_count()
+    }
+    fn loaded_table(&self, cpu: usize) -> PhysAddr {
+        (**self).loaded_table(cpu)
+    }
+    fn table_generation(&self, table: PhysAddr) -> u32 {
+        (**self).table_generation(table)
+    }
+    fn set_table_generation(&self, table: PhysAddr, generation: u32) {
+        (**self).set_table_generation(table, generation)
+    }
+}
+
 /// Why a sync operation was refused. Nothing is changed by a refused call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncError {
