@@ -90,11 +90,11 @@ fn shootdown_borrow_takes_no_reference_and_costs_fewer_line_transfers() {
             .collect();
         let kthreads: Vec<usize> = (0..4).map(|_| machine.spawn_kernel_thread()).collect();
         for _round in 0..10 {
-            for cpu in 0..4 {
-                machine.switch_to(&tlb, cpu, threads[cpu]).unwrap();
+            for (cpu, &thread) in threads.iter().enumerate() {
+                machine.switch_to(&tlb, cpu, thread).unwrap();
             }
-            for cpu in 0..4 {
-                machine.switch_to(&tlb, cpu, kthreads[cpu]).unwrap();
+            for (cpu, &kthread) in kthreads.iter().enumerate() {
+                machine.switch_to(&tlb, cpu, kthread).unwrap();
             }
         }
         let refs = get(&tlb.stats().borrow_refs);
@@ -332,7 +332,7 @@ fn storm(policy: LazyTlbPolicy, steps: &[Step]) -> Result<(), TestCaseError> {
         }
     }
     let kthreads: Vec<usize> = (0..3).map(|_| machine.spawn_kernel_thread()).collect();
-    let mut exited = vec![false; 64];
+    let mut exited = [false; 64];
     let running_anywhere = |task: usize| (0..CPUS).any(|cpu| machine.running(cpu) == task);
     for &step in steps {
         match step {
