@@ -1,1 +1,3 @@
 //! Deterministic machine model for lazymmu.
+
+pub mod neighbours;

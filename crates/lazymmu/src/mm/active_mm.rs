@@ -648,12 +648,16 @@ impl<M: MmMachine> LazyTlb<M> {
         });
     }
 
-    /// Frees the page-table pages of `space` under `range`: detach them,
-    /// flush with `freed_tables` so that every CPU that may walk them is
-    /// reached, then free them (the `tlb_remove_table()` order).
+    /// Finishes an unmap of `range` in `space` that also frees the
+    /// page-table pages under it (`tlb_finish_mmu()` after
+    /// `free_pgtables()`): detach them, flush — with `freed_tables` when
+    /// any were detached, so that every CPU that may walk them is reached —
+    /// then free them (the `tlb_remove_table()` order). The flush happens
+    /// even when no table was freed: the unmapped entries need it.
     pub fn free_page_tables(&self, space: SpaceId, range: FlushRange) {
-        if self.machine.unlink_tables(space, range) > 0 {
-            self.flush_tlb_mm_range(space, range, true);
+        let unlinked = self.machine.unlink_tables(space, range);
+        self.flush_tlb_mm_range(space, range, unlinked > 0);
+        if unlinked > 0 {
             self.machine.free_unlinked_tables(space);
         }
     }
