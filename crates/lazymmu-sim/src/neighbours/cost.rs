@@ -18,10 +18,10 @@ pub struct NeighbourCosts {
     /// queueing on a hot line is not modelled, so this is a lower bound
     /// for large machines.
     pub line_transfer: u64,
-    /// Loading a page-table root (MOV to CR3 without PCID reuse), which
-    /// also flushes the non-global TLB: counted as a full flush, ~1,000
-    /// cycles (the simulator's `full_flush`: INVPCID type 2 ≈ 376 ns on
-    /// Skylake, Lutomirski, linux-mm 2016-01-08).
+    /// Loading a page-table root (MOV to CR3), the write itself: it is a
+    /// serialising instruction (Intel SDM Vol. 3A, "Serializing
+    /// Instructions"); estimate 250 cycles. The TLB flush that comes with
+    /// it is counted separately as a full flush.
     pub root_load: u64,
     /// A full local TLB flush: as above.
     pub full_flush: u64,
@@ -59,7 +59,7 @@ impl Default for NeighbourCosts {
         Self {
             ipi: 4_600,
             line_transfer: 250,
-            root_load: 1_000,
+            root_load: 250,
             full_flush: 1_000,
             invlpg: 200,
             entry_copy: 200,

@@ -49,14 +49,15 @@ pub struct CtxSwitchConfig {
 }
 
 impl CtxSwitchConfig {
-    /// The defaults for `cpus` CPUs: two processes of two threads and one
-    /// kernel thread per CPU, 20,000 steps.
+    /// The defaults for `cpus` CPUs: four processes with a thread per CPU
+    /// each (so every address space is shared machine-wide, as in a
+    /// threaded server), one kernel thread per CPU, 20,000 steps.
     pub fn new(policy: LazyTlbPolicy, cpus: usize) -> Self {
         Self {
             policy,
             cpus,
-            processes: 2 * cpus,
-            threads: 2,
+            processes: 4,
+            threads: cpus,
             kthreads: cpus,
             steps: 20_000,
             seed: 1,
@@ -277,8 +278,8 @@ impl HardwareView for Model {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
-    /// A task slot not yet forked.
-    Unborn,
+    /// A free task slot.
+    Free,
     Idle(CpuId),
     Kernel,
     User(usize),
@@ -291,13 +292,24 @@ struct Process {
     dying: bool,
 }
 
-/// The scheduler's view: who is what, who runs where, who is gone.
+/// The scheduler's view: what each task slot holds, who may run, which
+/// slots are free for new processes.
 struct Sched {
     kinds: Vec<Kind>,
     dead: Vec<bool>,
+    /// Live tasks that are not running, idle tasks excepted.
+    runnable: Vec<usize>,
+    free_slots: Vec<usize>,
     processes: Vec<Process>,
     next_space: u32,
-    next_task: usize,
+}
+
+impl Sched {
+    fn take_runnable(&mut self, task: usize) {
+        if let Some(at) = self.runnable.iter().position(|&t| t == task) {
+            self.runnable.swap_remove(at);
+        }
+    }
 }
 
 struct Run<'a> {
@@ -308,10 +320,6 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn running_anywhere(&self, task: usize) -> bool {
-        (0..self.model.cpus).any(|cpu| self.model.running[cpu].get() == task)
-    }
-
     fn switch(&mut self, cpu: CpuId, next: usize) {
         let model = self.model;
         let prev = model.running[cpu].get();
@@ -329,6 +337,15 @@ impl Run<'_> {
             return;
         }
         self.switches += 1;
+        self.sched.take_runnable(next);
+        if self.sched.dead[prev] {
+            // Switched away for the last time: the slot can be reused.
+            self.sched.kinds[prev] = Kind::Free;
+            self.sched.dead[prev] = false;
+            self.sched.free_slots.push(prev);
+        } else if !matches!(self.sched.kinds[prev], Kind::Idle(_)) {
+            self.sched.runnable.push(prev);
+        }
         if let Kind::User(process) = self.sched.kinds[next] {
             model.touch(self.sched.processes[process].space);
             if self.sched.processes[process].dying {
@@ -354,12 +371,10 @@ impl Run<'_> {
     }
 
     /// A new process with `threads` threads; `None` when the preallocated
-    /// spaces are used up.
+    /// spaces or task slots are used up.
     fn fork(&mut self, threads: usize) -> Option<usize> {
         let id = self.sched.next_space;
-        if id as usize >= self.model.spaces.len()
-            || self.sched.next_task + threads > self.model.tasks.len()
-        {
+        if id as usize >= self.model.spaces.len() || self.sched.free_slots.len() < threads {
             return None;
         }
         self.sched.next_space += 1;
@@ -371,9 +386,15 @@ impl Run<'_> {
             if thread > 0 {
                 self.tlb.mmget(space).ok()?;
             }
-            let task = self.sched.next_task;
-            self.sched.next_task += 1;
+            let task = self.sched.free_slots.pop()?;
+            if let Err(e) = self.model.tasks[task].reuse_as_user(space) {
+                self.model.violation(
+                    NeighbourInvariant::OperationFailed,
+                    format!("reuse t{task}: {e:?}"),
+                );
+            }
             self.sched.kinds[task] = Kind::User(process);
+            self.sched.runnable.push(task);
             members.push(task);
         }
         self.sched.processes.push(Process {
@@ -404,26 +425,19 @@ impl Run<'_> {
             end: VirtAddr(0x40_1000),
             stride: PageSize::Size4K,
         };
+        // A context-switch storm: mostly switches, some memory use, a few
+        // unmaps (flushes), table frees and exits.
         match action {
-            0..=59 => {
-                let candidates: Vec<usize> = (0..self.sched.kinds.len().min(self.sched.next_task))
-                    .filter(|&t| !self.sched.dead[t] && !self.running_anywhere(t))
-                    .filter(|&t| match self.sched.kinds[t] {
-                        Kind::Idle(owner) => owner == cpu,
-                        Kind::Unborn => false,
-                        Kind::Kernel | Kind::User(_) => true,
-                    })
-                    .collect();
-                let kernel: Vec<usize> = candidates
+            0..=79 => {
+                let (kernel, user): (Vec<usize>, Vec<usize>) = self
+                    .sched
+                    .runnable
                     .iter()
-                    .copied()
-                    .filter(|&t| !matches!(self.sched.kinds[t], Kind::User(_)))
-                    .collect();
-                let user: Vec<usize> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|&t| matches!(self.sched.kinds[t], Kind::User(_)))
-                    .collect();
+                    .partition(|&&t| self.sched.kinds[t] == Kind::Kernel);
+                let mut kernel = kernel;
+                if model.running[cpu].get() != cpu {
+                    kernel.push(cpu);
+                }
                 let pool = match (kernel.is_empty(), user.is_empty()) {
                     (true, true) => return,
                     (false, true) => kernel,
@@ -439,12 +453,12 @@ impl Run<'_> {
                 let next = pool[chooser.choose(pool.len())];
                 self.switch(cpu, next);
             }
-            60..=74 => {
+            80..=91 => {
                 if let Some((_, space)) = self.current_user_space(cpu) {
                     model.touch(space);
                 }
             }
-            75..=87 => {
+            92..=96 => {
                 if let Some((_, space)) = self.current_user_space(cpu) {
                     model.unmap(space);
                     self.tlb.flush_tlb_mm_range(space, page, false);
@@ -452,7 +466,7 @@ impl Run<'_> {
                     model.touch(space);
                 }
             }
-            88..=95 => {
+            97..=98 => {
                 if let Some((_, space)) = self.current_user_space(cpu) {
                     model.unmap(space);
                     self.tlb.free_page_tables(space, page);
@@ -470,29 +484,22 @@ impl Run<'_> {
     }
 
     /// Every remaining thread exits; then a fresh process runs on every
-    /// CPU, which ends every borrow. The caller has pointed `next_task` at
-    /// the fresh process's block.
+    /// CPU, which ends every borrow.
     fn wind_down(&mut self) {
-        let block = self.sched.next_task;
         let model = self.model;
         for process in 0..self.sched.processes.len() {
             self.sched.processes[process].dying = true;
             for thread in self.sched.processes[process].threads.clone() {
-                if self.sched.dead[thread] {
+                if self.sched.kinds[thread] != Kind::User(process) || self.sched.dead[thread] {
                     continue;
                 }
-                let cpu = (0..model.cpus)
-                    .find(|&cpu| model.running[cpu].get() == thread)
-                    .unwrap_or(0);
-                if model.running[cpu].get() == thread {
-                    self.exit_current(cpu);
-                } else {
+                match (0..model.cpus).find(|&cpu| model.running[cpu].get() == thread) {
+                    Some(cpu) => self.exit_current(cpu),
                     // Runs, sees its process dying, exits.
-                    self.switch(cpu, thread);
+                    None => self.switch(0, thread),
                 }
             }
         }
-        self.sched.next_task = block;
         if let Some(last) = self.fork(model.cpus) {
             for (cpu, task) in self.sched.processes[last]
                 .threads
@@ -513,15 +520,14 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         "ctxswitch models 1..=64 CPUs"
     );
     let cpus = config.cpus;
-    // Every exit forks a replacement: at most one per step, plus the
-    // initial population and the final process.
-    let max_processes = config.processes + config.steps as usize / 25 + 2;
-    let max_spaces = 1 + max_processes;
-    let max_tasks = cpus + config.kthreads + max_processes * config.threads.max(cpus);
-    // Tasks are laid out `stride` per process, process p owning space
-    // p + 1, so that user tasks can be built naming their space.
-    let stride = config.threads.max(cpus);
+    // Every exit forks a replacement: at most one per 25 steps on
+    // average, plus the initial population and the final process.
+    let max_spaces = 1 + config.processes + config.steps as usize / 50 + 2;
     let first_user = cpus + config.kthreads;
+    // Live user tasks never exceed the population plus the dying threads
+    // still to be switched away; twice the population and a final process
+    // is ample.
+    let max_tasks = first_user + 2 * config.processes * config.threads + 2 * cpus;
     let model = Model {
         cpus,
         current: Cell::new(0),
@@ -530,15 +536,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
             .map(|i| AddressSpace::new(SpaceId(i as u32)))
             .collect(),
         cpu_states: (0..cpus).map(|_| CpuTlbState::new()).collect(),
-        tasks: (0..max_tasks)
-            .map(|i| {
-                if i < first_user {
-                    TaskMm::kernel_thread()
-                } else {
-                    TaskMm::user(SpaceId(((i - first_user) / stride) as u32 + 1))
-                }
-            })
-            .collect(),
+        tasks: (0..max_tasks).map(|_| TaskMm::kernel_thread()).collect(),
         running: (0..cpus).map(Cell::new).collect(),
         roots: (0..cpus).map(|_| Cell::new(SpaceId::KERNEL)).collect(),
         invalidations: RefCell::new(HashMap::new()),
@@ -558,7 +556,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         spaces_freed: Cell::new(0),
         violations: RefCell::new(Violations::default()),
     };
-    let mut kinds = vec![Kind::Unborn; max_tasks];
+    let mut kinds = vec![Kind::Free; max_tasks];
     for (index, kind) in kinds.iter_mut().enumerate().take(first_user) {
         *kind = if index < cpus {
             Kind::Idle(index)
@@ -572,9 +570,10 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         sched: Sched {
             kinds,
             dead: vec![false; max_tasks],
+            runnable: (cpus..first_user).collect(),
+            free_slots: (first_user..max_tasks).rev().collect(),
             processes: Vec::new(),
             next_space: 1,
-            next_task: cpus + config.kthreads,
         },
         switches: 0,
     };
@@ -582,21 +581,14 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         model.current.set(cpu);
         run.tlb.boot_cpu(&model.tasks[cpu]);
     }
-    // Fork takes the task block of the next process.
-    let next_block = |run: &mut Run<'_>| {
-        run.sched.next_task = first_user + run.sched.processes.len() * stride;
-    };
     for _ in 0..config.processes {
-        next_block(&mut run);
         run.fork(config.threads);
     }
     for step in 0..config.steps {
         model.step.set(step);
-        next_block(&mut run);
         run.step(chooser, config.threads);
     }
     model.step.set(config.steps);
-    next_block(&mut run);
     run.wind_down();
     let last = run.sched.processes.len() - 1;
     for (index, process) in run.sched.processes.iter().enumerate() {

@@ -283,3 +283,78 @@ pub fn format_table(rows: &[NeighbourRow]) -> String {
     }
     out
 }
+
+/// The default sizes of a comparison: CPUs for `ctxswitch` and `pgmap`,
+/// processes for `vmalloc-grow`.
+pub fn default_sizes(workload: NeighbourWorkload) -> &'static [usize] {
+    match workload {
+        NeighbourWorkload::Ctxswitch => &[4, 16, 64],
+        NeighbourWorkload::VmallocGrow => &[10, 1_000, 10_000],
+        NeighbourWorkload::Pgmap => &[4],
+    }
+}
+
+/// Runs `workload` under the policy named `policy` at `size` (CPUs for
+/// `ctxswitch` and `pgmap`, processes for `vmalloc-grow`). `pgmap` also
+/// accepts the known-bad `percpu-preemptible`.
+///
+/// # Errors
+/// A message naming the accepted policies when `policy` is unknown, or the
+/// size is out of range (1..=64 CPUs; 1..=100,000 processes).
+pub fn run_named(
+    workload: NeighbourWorkload,
+    policy: &str,
+    size: usize,
+    seed: u64,
+    costs: &cost::NeighbourCosts,
+) -> Result<NeighbourRow, String> {
+    let unknown = || {
+        let mut names = workload.policies().to_vec();
+        if workload == NeighbourWorkload::Pgmap {
+            names.push("percpu-preemptible");
+        }
+        format!(
+            "unknown policy `{policy}` for {} (expected one of {})",
+            workload.name(),
+            names.join(", ")
+        )
+    };
+    match workload {
+        NeighbourWorkload::Ctxswitch => {
+            if !(1..=lazymmu::mm::MAX_CPUS).contains(&size) {
+                return Err(format!("ctxswitch needs 1..=64 CPUs, not {size}"));
+            }
+            let policy =
+                lazymmu::mm::active_mm::LazyTlbPolicy::from_name(policy).ok_or_else(unknown)?;
+            let mut config = ctxswitch::CtxSwitchConfig::new(policy, size);
+            config.seed = seed;
+            config.costs = costs.clone();
+            Ok(ctxswitch::run(&config))
+        }
+        NeighbourWorkload::VmallocGrow => {
+            if !(1..=100_000).contains(&size) {
+                return Err(format!(
+                    "vmalloc-grow needs 1..=100000 processes, not {size}"
+                ));
+            }
+            let policy =
+                lazymmu::mm::kernel_sync::SyncPolicy::from_name(policy).ok_or_else(unknown)?;
+            let mut config = vmalloc_grow::VmallocGrowConfig::new(policy, size);
+            config.seed = seed;
+            config.costs = costs.clone();
+            Ok(vmalloc_grow::run(&config))
+        }
+        NeighbourWorkload::Pgmap => {
+            if !(1..=lazymmu::mm::MAX_CPUS).contains(&size) {
+                return Err(format!("pgmap needs 1..=64 CPUs, not {size}"));
+            }
+            let mut config =
+                pgmap::PgmapConfig::variant(&format!("pgmap-{policy}")).ok_or_else(unknown)?;
+            config.cpus = size;
+            config.tasks = config.tasks.max(2 * size);
+            config.seed = seed;
+            config.costs = costs.clone();
+            Ok(pgmap::run(&config))
+        }
+    }
+}

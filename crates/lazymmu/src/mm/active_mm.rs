@@ -237,6 +237,22 @@ impl TaskMm {
         }
     }
 
+    /// Makes a task structure that is not running and borrows nothing a
+    /// user task owning `space` (which must already count it as a user),
+    /// for embedders that recycle task structures.
+    ///
+    /// # Errors
+    /// [`MmError::TaskInUse`] if the structure still has an active space
+    /// (it is running or has not been switched away from).
+    pub fn reuse_as_user(&self, space: SpaceId) -> Result<(), MmError> {
+        if self.active_mm().is_some() {
+            return Err(MmError::TaskInUse);
+        }
+        self.set_mm(Some(space));
+        self.set_active_mm(Some(space));
+        Ok(())
+    }
+
     /// The task's own address space; `None` for a kernel thread or an
     /// exited task.
     pub fn mm(&self) -> Option<SpaceId> {
@@ -373,6 +389,8 @@ pub enum MmError {
     /// The CPU is not in the mask of the space it switches from, or the
     /// task states do not match the CPU (a switch from a task not running).
     NotRunning,
+    /// A task structure still in use was about to be reused.
+    TaskInUse,
 }
 
 /// What the policy did, for reports and tests.
