@@ -1,1 +1,45 @@
-fn main() {}
+//! `lazymmu`: the command line over the lazymmu library and simulator.
+//!
+//! Each subcommand lives in its own module with an `Args` struct and a
+//! `run` function; this file only dispatches. Errors (bad input, missing
+//! files) are printed to standard error and exit with status 2, like clap's
+//! own usage errors.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod compare;
+mod replay;
+
+/// Lazy MMU mode for Rust kernels: designs, simulator and tools.
+#[derive(Debug, Parser)]
+#[command(name = "lazymmu", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every backend × workload on the simulator, eager and lazy: primitive
+    /// counts and modelled cycles with the lazy/eager ratio.
+    Compare(compare::CompareArgs),
+    /// Replay a trace of lazy-mode operations and print what each one did.
+    Replay(replay::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Compare(args) => compare::run(args),
+        Command::Replay(args) => replay::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

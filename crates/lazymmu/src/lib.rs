@@ -6,6 +6,7 @@
 //!
 //! - [`mode`]: the generic mode (counters in the task, as Linux 7.0) and the
 //!   two alternative designs, behind [`mode::LazyMode`].
+//! - [`pgtable`]: page-table formats, range operations and the TLB gather.
 //! - [`mm`]: the neighbours — lazy TLB and `active_mm`, kernel top-level
 //!   sync for vmalloc, nestable protection-key windows for device memory.
 //!
@@ -23,3 +24,4 @@ pub mod addr;
 pub mod backend;
 pub mod mm;
 pub mod mode;
+pub mod pgtable;

@@ -51,8 +51,8 @@ impl<E: Environment, A: ArchHooks> Counters<E, A> {
         &self.misuse
     }
 
-    /// Reads the state, lets `rule` compute the new state and the hook, and
-    /// stores and calls them with preemption disabled.
+    /// Reads the state once, lets `rule` compute the new state and the hook,
+    /// and stores them, calling the hook with preemption disabled.
     ///
     /// Preemption must stay off from the counter update to the end of the
     /// hook. Linux 7.0 did not do this and broke Xen PV guests: a task
@@ -61,6 +61,14 @@ impl<E: Environment, A: ArchHooks> Counters<E, A> {
     /// hook (which saw it active) and then entered a second time by the
     /// interrupted enable, which the hypervisor code treats as a fatal
     /// double entry.
+    ///
+    /// A transition that calls no hook never changes whether the task is
+    /// active (`is_active` flips exactly when `enter` or `leave` is called),
+    /// so a context switch in the middle of it sees a consistent task; and
+    /// only the task itself writes its state (interrupt handlers do
+    /// nothing), so the value read before disabling preemption is still the
+    /// task's when it is stored. Those transitions, the nested enable in
+    /// particular, therefore skip the preemption toggle.
     #[inline]
     fn transition(
         &self,
@@ -72,24 +80,32 @@ impl<E: Environment, A: ArchHooks> Counters<E, A> {
                 hook: None,
             });
         }
-        self.env.preempt_disable();
-        let result = match rule(self.env.lazy_state()) {
-            Ok(Some((next, hook))) => {
+        match rule(self.env.lazy_state()) {
+            Ok(Some((next, None))) => {
+                self.env.set_lazy_state(next);
+                Ok(Step {
+                    token: (),
+                    hook: None,
+                })
+            }
+            Ok(Some((next, Some(hook)))) => {
+                self.env.preempt_disable();
                 self.env.set_lazy_state(next);
                 match hook {
-                    Some(Hook::Enter) => self.arch.enter(),
-                    Some(Hook::Leave) => self.arch.leave(),
-                    Some(Hook::Flush) => self.arch.flush(),
-                    None => {}
+                    Hook::Enter => self.arch.enter(),
+                    Hook::Leave => self.arch.leave(),
+                    Hook::Flush => self.arch.flush(),
                 }
-                Ok(hook)
+                self.env.preempt_enable();
+                Ok(Step {
+                    token: (),
+                    hook: Some(hook),
+                })
             }
-            Ok(None) => Ok(None),
-            Err(misuse) => Err(misuse),
-        };
-        self.env.preempt_enable();
-        match result {
-            Ok(hook) => Ok(Step { token: (), hook }),
+            Ok(None) => Ok(Step {
+                token: (),
+                hook: None,
+            }),
             Err(misuse) => Err(self.misuse.report(misuse)),
         }
     }
@@ -98,6 +114,7 @@ impl<E: Environment, A: ArchHooks> Counters<E, A> {
 /// The pure rules of the counter design: given the state before an
 /// operation, the state after it and the hook it calls; `Ok(None)` when the
 /// operation is ignored. Shared with reference models and checkers.
+#[inline]
 pub fn rule(op: Op, s: LazyState) -> Result<Option<(LazyState, Option<Hook>)>, Misuse> {
     match op {
         Op::Enable => {

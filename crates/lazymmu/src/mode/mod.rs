@@ -226,12 +226,15 @@ pub trait ArchHooks {
 }
 
 impl<A: ArchHooks + ?Sized> ArchHooks for &A {
+    #[inline]
     fn enter(&self) {
         (**self).enter()
     }
+    #[inline]
     fn leave(&self) {
         (**self).leave()
     }
+    #[inline]
     fn flush(&self) {
         (**self).flush()
     }
@@ -260,21 +263,27 @@ pub trait Environment {
 }
 
 impl<E: Environment + ?Sized> Environment for &E {
+    #[inline]
     fn lazy_state(&self) -> LazyState {
         (**self).lazy_state()
     }
+    #[inline]
     fn set_lazy_state(&self, state: LazyState) {
         (**self).set_lazy_state(state)
     }
+    #[inline]
     fn in_interrupt(&self) -> bool {
         (**self).in_interrupt()
     }
+    #[inline]
     fn preempt_disable(&self) {
         (**self).preempt_disable()
     }
+    #[inline]
     fn preempt_enable(&self) {
         (**self).preempt_enable()
     }
+    #[inline]
     fn might_sleep(&self) {
         (**self).might_sleep()
     }
@@ -367,7 +376,27 @@ pub trait LazyMode {
 }
 
 /// A lazy MMU section. Dropping it disables (flushing if nested, leaving if
-/// outermost). Bound to the task that opened it: not `Send`.
+/// outermost). Bound to the task that opened it: not `Send`, so it cannot be
+/// moved to another thread and closed there.
+///
+/// ```compile_fail
+/// # use lazymmu::mode::{LazyMode, LazyState, Misuse, Step};
+/// # // A mode that is itself `Send + Sync`, so only the guard can be `!Send`.
+/// # struct Nop;
+/// # impl LazyMode for Nop {
+/// #     type Token = ();
+/// #     fn enable(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn disable(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn pause_raw(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn resume(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn is_active(&self) -> bool { false }
+/// #     fn state(&self) -> LazyState { LazyState::IDLE }
+/// #     fn bytes_per_task(&self) -> usize { 0 }
+/// # }
+/// fn assert_send<T: Send>() {}
+/// assert_send::<&Nop>(); // the mode itself may cross threads
+/// assert_send::<lazymmu::mode::Section<'static, Nop>>(); // error: not `Send`
+/// ```
 #[must_use = "dropping the section at once closes it"]
 pub struct Section<'a, M: LazyMode> {
     mode: &'a M,
@@ -393,6 +422,25 @@ impl<M: LazyMode> Drop for Section<'_, M> {
 }
 
 /// A pause of lazy MMU mode. Dropping it resumes. Not `Send`.
+///
+/// ```compile_fail
+/// # use lazymmu::mode::{LazyMode, LazyState, Misuse, Step};
+/// # // A mode that is itself `Send + Sync`, so only the guard can be `!Send`.
+/// # struct Nop;
+/// # impl LazyMode for Nop {
+/// #     type Token = ();
+/// #     fn enable(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn disable(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn pause_raw(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn resume(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
+/// #     fn is_active(&self) -> bool { false }
+/// #     fn state(&self) -> LazyState { LazyState::IDLE }
+/// #     fn bytes_per_task(&self) -> usize { 0 }
+/// # }
+/// fn assert_send<T: Send>() {}
+/// assert_send::<&Nop>(); // the mode itself may cross threads
+/// assert_send::<lazymmu::mode::Pause<'static, Nop>>(); // error: not `Send`
+/// ```
 #[must_use = "dropping the pause at once resumes"]
 pub struct Pause<'a, M: LazyMode> {
     mode: &'a M,
@@ -410,24 +458,31 @@ impl<M: LazyMode> Drop for Pause<'_, M> {
 
 impl<M: LazyMode> LazyMode for &M {
     type Token = M::Token;
+    #[inline]
     fn enable(&self) -> Result<Step<Self::Token>, Misuse> {
         (**self).enable()
     }
+    #[inline]
     fn disable(&self, token: Self::Token) -> Result<Step<()>, Misuse> {
         (**self).disable(token)
     }
+    #[inline]
     fn pause_raw(&self) -> Result<Step<Self::Token>, Misuse> {
         (**self).pause_raw()
     }
+    #[inline]
     fn resume(&self, token: Self::Token) -> Result<Step<()>, Misuse> {
         (**self).resume(token)
     }
+    #[inline]
     fn is_active(&self) -> bool {
         (**self).is_active()
     }
+    #[inline]
     fn state(&self) -> LazyState {
         (**self).state()
     }
+    #[inline]
     fn bytes_per_task(&self) -> usize {
         (**self).bytes_per_task()
     }

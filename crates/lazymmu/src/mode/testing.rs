@@ -3,6 +3,7 @@
 
 use core::cell::Cell;
 
+use super::percpu::PerCpuEnvironment;
 use super::{ArchHooks, Environment, Hook, LazyState};
 
 /// One task on one CPU. Interrupt context and preemption are plain flags
@@ -10,6 +11,7 @@ use super::{ArchHooks, Environment, Hook, LazyState};
 #[derive(Debug, Default)]
 pub struct TestEnv {
     state: Cell<LazyState>,
+    cpu_state: Cell<LazyState>,
     irq_depth: Cell<u32>,
     preempt_count: Cell<u32>,
     sleeps_in_atomic: Cell<u32>,
@@ -67,6 +69,15 @@ impl Environment for TestEnv {
         if self.preempt_count.get() > 0 {
             self.sleeps_in_atomic.set(self.sleeps_in_atomic.get() + 1);
         }
+    }
+}
+
+impl PerCpuEnvironment for TestEnv {
+    fn cpu_lazy_state(&self) -> LazyState {
+        self.cpu_state.get()
+    }
+    fn set_cpu_lazy_state(&self, state: LazyState) {
+        self.cpu_state.set(state);
     }
 }
 
