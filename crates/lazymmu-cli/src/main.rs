@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod compare;
+mod neighbours;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.

@@ -19,8 +19,8 @@
 pub mod choice;
 pub mod cost;
 pub mod env;
-pub mod hw;
 pub mod events;
+pub mod hw;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
