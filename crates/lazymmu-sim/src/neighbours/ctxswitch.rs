@@ -67,6 +67,20 @@ impl CtxSwitchConfig {
     }
 }
 
+impl CtxSwitchConfig {
+    /// A scenario small enough to explore: 2 CPUs, one single-threaded
+    /// process, one kernel thread, `steps` steps.
+    pub fn tiny(policy: LazyTlbPolicy, steps: u64) -> Self {
+        Self {
+            processes: 1,
+            threads: 1,
+            kthreads: 1,
+            steps,
+            ..Self::new(policy, 2)
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum LineState {
     Modified(CpuId),
@@ -419,16 +433,16 @@ impl Run<'_> {
         let model = self.model;
         let cpu = chooser.choose(model.cpus);
         model.current.set(cpu);
-        let action = chooser.choose(100);
+        // A context-switch storm: mostly switches, some memory use, a few
+        // unmaps (flushes), table frees and exits.
+        let action = chooser.choose_weighted(&[80, 12, 5, 2, 1]);
         let page = FlushRange::Range {
             start: VirtAddr(0x40_0000),
             end: VirtAddr(0x40_1000),
             stride: PageSize::Size4K,
         };
-        // A context-switch storm: mostly switches, some memory use, a few
-        // unmaps (flushes), table frees and exits.
         match action {
-            0..=79 => {
+            0 => {
                 let (kernel, user): (Vec<usize>, Vec<usize>) = self
                     .sched
                     .runnable
@@ -453,12 +467,12 @@ impl Run<'_> {
                 let next = pool[chooser.choose(pool.len())];
                 self.switch(cpu, next);
             }
-            80..=91 => {
+            1 => {
                 if let Some((_, space)) = self.current_user_space(cpu) {
                     model.touch(space);
                 }
             }
-            92..=96 => {
+            2 => {
                 if let Some((_, space)) = self.current_user_space(cpu) {
                     model.unmap(space);
                     self.tlb.flush_tlb_mm_range(space, page, false);
@@ -466,7 +480,7 @@ impl Run<'_> {
                     model.touch(space);
                 }
             }
-            97..=98 => {
+            3 => {
                 if let Some((_, space)) = self.current_user_space(cpu) {
                     model.unmap(space);
                     self.tlb.free_page_tables(space, page);

@@ -24,6 +24,110 @@ use serde::Serialize;
 pub trait Chooser {
     /// Picks one of `options` (at least 1) alternatives: `0..options`.
     fn choose(&mut self, options: usize) -> usize;
+
+    /// Picks an index of `weights` with probability proportional to its
+    /// weight. An explorer overrides this to branch once per index with a
+    /// non-zero weight; the default draws from [`Chooser::choose`].
+    fn choose_weighted(&mut self, weights: &[u32]) -> usize {
+        let total: u32 = weights.iter().sum();
+        let mut draw = self.choose(total.max(1) as usize) as u32;
+        for (index, &weight) in weights.iter().enumerate() {
+            if draw < weight {
+                return index;
+            }
+            draw -= weight;
+        }
+        weights.len() - 1
+    }
+}
+
+/// Depth-first enumeration of every decision sequence of a run: call
+/// [`Dfs::next_schedule`] between runs until it returns false. Weighted
+/// choices branch once per index with a non-zero weight, so a run's
+/// schedules are its distinct behaviours, not its random draws.
+#[derive(Clone, Debug, Default)]
+pub struct Dfs {
+    /// The picks of the current schedule and how many options each had.
+    picks: Vec<(usize, usize)>,
+    position: usize,
+}
+
+impl Dfs {
+    /// An enumeration starting at the all-zero schedule.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The picks of the schedule just run (replayable with [`Replay`]).
+    pub fn schedule(&self) -> Vec<usize> {
+        self.picks[..self.position]
+            .iter()
+            .map(|&(pick, _)| pick)
+            .collect()
+    }
+
+    /// Moves to the next schedule; false when every one has been run.
+    pub fn next_schedule(&mut self) -> bool {
+        self.picks.truncate(self.position);
+        self.position = 0;
+        while let Some((pick, options)) = self.picks.pop() {
+            if pick + 1 < options {
+                self.picks.push((pick + 1, options));
+                return true;
+            }
+        }
+        false
+    }
+}
+
+impl Chooser for Dfs {
+    fn choose(&mut self, options: usize) -> usize {
+        assert!(options > 0, "a choice needs an option");
+        let pick = match self.picks.get(self.position) {
+            Some(&(pick, recorded)) if recorded == options => pick,
+            _ => {
+                self.picks.truncate(self.position);
+                self.picks.push((0, options));
+                0
+            }
+        };
+        self.position += 1;
+        pick
+    }
+
+    fn choose_weighted(&mut self, weights: &[u32]) -> usize {
+        let live: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
+        live[self.choose(live.len())]
+    }
+}
+
+/// Replays recorded picks (from [`Dfs::schedule`]); past the end, picks 0.
+/// Weighted choices pick among the indices with a non-zero weight, as
+/// [`Dfs`] does.
+#[derive(Clone, Debug)]
+pub struct Replay {
+    picks: Vec<usize>,
+    position: usize,
+}
+
+impl Replay {
+    /// A replay of `picks`.
+    pub fn new(picks: Vec<usize>) -> Self {
+        Self { picks, position: 0 }
+    }
+}
+
+impl Chooser for Replay {
+    fn choose(&mut self, options: usize) -> usize {
+        let pick = self.picks.get(self.position).copied().unwrap_or(0);
+        self.position += 1;
+        pick.min(options - 1)
+    }
+
+    fn choose_weighted(&mut self, weights: &[u32]) -> usize {
+        let live: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
+        live[self.choose(live.len())]
+    }
 }
 
 /// Decisions from a seeded SplitMix64 stream (Steele, Lea and Flood, "Fast

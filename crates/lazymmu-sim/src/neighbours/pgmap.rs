@@ -65,6 +65,17 @@ impl PgmapConfig {
         }
     }
 
+    /// A scenario small enough to explore exhaustively: 2 CPUs, 3 tasks,
+    /// `steps` steps.
+    pub fn tiny(policy: WindowPolicy, steps: u64) -> Self {
+        Self {
+            cpus: 2,
+            tasks: 3,
+            steps,
+            ..Self::new(policy)
+        }
+    }
+
     /// The known-bad variant `pgmap-percpu-preemptible`: per-CPU counts
     /// with preemption left on inside windows.
     pub fn percpu_preemptible() -> Self {
@@ -228,8 +239,9 @@ pub fn run_with(config: &PgmapConfig, chooser: &mut dyn Chooser) -> NeighbourRow
         let cpu = chooser.choose(config.cpus);
         model.current.set(cpu);
         let task = model.running[cpu].get();
-        match chooser.choose(100) {
-            0..=24 => {
+        // Open, close, access, interrupt, preempt.
+        match chooser.choose_weighted(&[25, 20, 25, 10, 20]) {
+            0 => {
                 if expected[task] < MAX_NESTING {
                     match windows.open_raw() {
                         Ok(()) => expected[task] += 1,
@@ -241,7 +253,7 @@ pub fn run_with(config: &PgmapConfig, chooser: &mut dyn Chooser) -> NeighbourRow
                     }
                 }
             }
-            25..=44 => {
+            1 => {
                 if expected[task] > 0 {
                     expected[task] -= 1;
                     if let Err(e) = windows.close_raw() {
@@ -253,8 +265,8 @@ pub fn run_with(config: &PgmapConfig, chooser: &mut dyn Chooser) -> NeighbourRow
                     }
                 }
             }
-            45..=69 => checker.access(&windows, cpu, expected[task] > 0, "task"),
-            70..=79 => {
+            2 => checker.access(&windows, cpu, expected[task] > 0, "task"),
+            3 => {
                 exceptions += 1;
                 let before = model.read_key_register();
                 let frame = windows.exception_entry();

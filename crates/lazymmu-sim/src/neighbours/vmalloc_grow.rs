@@ -65,6 +65,21 @@ impl VmallocGrowConfig {
     }
 }
 
+impl VmallocGrowConfig {
+    /// A scenario small enough to explore: 3 processes on 2 CPUs, 2
+    /// allocations in 2 slots, 2 events after each.
+    pub fn tiny(policy: SyncPolicy) -> Self {
+        Self {
+            processes: 3,
+            cpus: 2,
+            allocations: 2,
+            slots: 2,
+            events_per_allocation: 2,
+            ..Self::new(policy, 3)
+        }
+    }
+}
+
 /// Top-level table memory: the kernel half of the reference table and of
 /// every process table, per-table generations, per-CPU loaded tables.
 struct Tables {
