@@ -269,3 +269,37 @@ fn policy_names_round_trip() {
     }
     assert_eq!(SyncPolicy::from_name("eager"), None);
 }
+
+#[test]
+fn five_level_paging_uses_its_own_format_and_layout() {
+    use lazymmu::pgtable::format::{Entry, Format, X86_64_5Level};
+    let tables = TestTables::new(1);
+    let five = KernelLayout::X86_64_5LEVEL;
+    let sync: KernelSync<&TestTables, X86_64_5Level> =
+        KernelSync::with_format(&tables, tables.reference(), SyncPolicy::Prealloc, five);
+    sync.boot().unwrap();
+    assert_eq!(sync.stats().preallocated.load(Ordering::Relaxed), 50);
+    for slot in five.vmalloc_range() {
+        let raw = tables.read_slot(tables.reference(), slot);
+        assert!(
+            matches!(X86_64_5Level::decode(raw, 5), Entry::Table(_)),
+            "slot {slot}"
+        );
+    }
+    let pgd = tables.new_process();
+    sync.init_process_table(pgd);
+    let va = five.slot_base(430).add(0x1000);
+    assert_eq!(sync.kernel_access(pgd, va), Ok(AccessOutcome::Hit));
+}
+
+#[test]
+#[should_panic(expected = "layout and format disagree")]
+fn a_layout_of_the_wrong_depth_is_refused() {
+    let tables = TestTables::new(1);
+    let _ = KernelSync::new(
+        &tables,
+        tables.reference(),
+        SyncPolicy::Push,
+        KernelLayout::X86_64_5LEVEL,
+    );
+}

@@ -32,9 +32,11 @@
 //! violation, except under [`SyncPolicy::Fault`], where it is the expected
 //! fault and gets fixed.
 
+use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use crate::addr::{PhysAddr, VirtAddr};
+use crate::pgtable::format::{Format, X86_64};
 
 /// Entries in a top-level table (4 KiB of 8-byte entries).
 pub const TOP_LEVEL_ENTRIES: usize = 512;
@@ -46,27 +48,20 @@ pub const KERNEL_FIRST_SLOT: usize = 256;
 /// boot can make.
 pub const KERNEL_SLOTS: usize = TOP_LEVEL_ENTRIES - KERNEL_FIRST_SLOT;
 
-/// Present bit of an x86-64 PML4E/PML5E (Intel SDM Vol. 3A §4.5, Table
-/// 4-15: bit 0 P).
-const PRESENT: u64 = 1 << 0;
-/// Read/write bit (Table 4-15: bit 1 R/W).
-const WRITABLE: u64 = 1 << 1;
-/// Physical-address field of a table-pointing entry, bits 12..51.
-const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
-
-/// The top-level entry pointing at a kernel second-level table.
-pub const fn table_entry(table: PhysAddr) -> u64 {
-    (table.0 & ADDR_MASK) | PRESENT | WRITABLE
+/// The top-level entry pointing at a kernel second-level table, in the
+/// x86-64 4-level format (PML4E: Intel SDM Vol. 3A §4.5, Table 4-15).
+pub fn table_entry(table: PhysAddr) -> u64 {
+    X86_64::encode_table(table, X86_64::LEVELS)
 }
 
-/// Whether a top-level entry is present.
-pub const fn entry_present(entry: u64) -> bool {
-    entry & PRESENT != 0
+/// Whether an x86-64 top-level entry is present.
+pub fn entry_present(entry: u64) -> bool {
+    X86_64::is_valid(entry)
 }
 
-/// The second-level table a present top-level entry points at.
-pub const fn entry_table(entry: u64) -> PhysAddr {
-    PhysAddr(entry & ADDR_MASK)
+/// The second-level table a present x86-64 top-level entry points at.
+pub fn entry_table(entry: u64) -> PhysAddr {
+    PhysAddr(entry & X86_64::TABLE_ADDRESS_MASK)
 }
 
 /// The shape of the kernel half: how many levels the tree has and which top
@@ -306,8 +301,9 @@ impl SyncStats {
 /// assert_eq!(sync.kernel_access(pgd, va), Ok(AccessOutcome::FaultFixed));
 /// assert_eq!(sync.kernel_access(pgd, va), Ok(AccessOutcome::Hit));
 /// ```
-pub struct KernelSync<T> {
+pub struct KernelSync<T, F = X86_64> {
     tables: T,
+    format: PhantomData<F>,
     reference: PhysAddr,
     policy: SyncPolicy,
     layout: KernelLayout,
@@ -318,12 +314,37 @@ pub struct KernelSync<T> {
     stats: SyncStats,
 }
 
-impl<T: TopLevelTables> KernelSync<T> {
-    /// Sync over `tables`, with `reference` the kernel's own top-level
-    /// table.
+impl<T: TopLevelTables> KernelSync<T, X86_64> {
+    /// Sync over `tables` in the x86-64 4-level format, with `reference`
+    /// the kernel's own top-level table.
+    ///
+    /// # Panics
+    /// If `layout` is not a 4-level layout.
     pub fn new(tables: T, reference: PhysAddr, policy: SyncPolicy, layout: KernelLayout) -> Self {
+        Self::with_format(tables, reference, policy, layout)
+    }
+}
+
+impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
+    /// Sync over `tables` with entries in format `F` (for example
+    /// `X86_64_5Level` with [`KernelLayout::X86_64_5LEVEL`]).
+    ///
+    /// # Panics
+    /// If `layout.levels` differs from `F::LEVELS`.
+    pub fn with_format(
+        tables: T,
+        reference: PhysAddr,
+        policy: SyncPolicy,
+        layout: KernelLayout,
+    ) -> Self {
+        assert_eq!(
+            layout.levels,
+            F::LEVELS,
+            "layout and format disagree on levels"
+        );
         Self {
             tables,
+            format: PhantomData,
             reference,
             policy,
             layout,
@@ -370,7 +391,7 @@ impl<T: TopLevelTables> KernelSync<T> {
         }
         let mut added = 0;
         for slot in self.layout.vmalloc_range() {
-            if entry_present(self.tables.read_slot(self.reference, slot)) {
+            if F::is_valid(self.tables.read_slot(self.reference, slot)) {
                 continue;
             }
             let table = self
@@ -389,7 +410,7 @@ impl<T: TopLevelTables> KernelSync<T> {
     pub fn init_process_table(&self, table: PhysAddr) {
         for slot in KERNEL_FIRST_SLOT..TOP_LEVEL_ENTRIES {
             let entry = self.tables.read_slot(self.reference, slot);
-            if entry_present(entry) {
+            if F::is_valid(entry) {
                 self.tables.write_slot(table, slot, entry);
                 self.stats.entries_copied.fetch_add(1, Ordering::Relaxed);
             }
@@ -409,8 +430,8 @@ impl<T: TopLevelTables> KernelSync<T> {
     pub fn ensure_slot(&self, va: VirtAddr) -> Result<PhysAddr, SyncError> {
         let slot = self.kernel_slot(va).ok_or(SyncError::NotKernel(va))?;
         let entry = self.tables.read_slot(self.reference, slot);
-        if entry_present(entry) {
-            return Ok(entry_table(entry));
+        if F::is_valid(entry) {
+            return Ok(PhysAddr(entry & F::TABLE_ADDRESS_MASK));
         }
         let table = self
             .tables
@@ -457,11 +478,11 @@ impl<T: TopLevelTables> KernelSync<T> {
         let slot = self
             .kernel_slot(va)
             .ok_or(KernelAccessError::NotKernel(va))?;
-        if entry_present(self.tables.read_slot(table, slot)) {
+        if F::is_valid(self.tables.read_slot(table, slot)) {
             return Ok(AccessOutcome::Hit);
         }
         let reference = self.tables.read_slot(self.reference, slot);
-        if !entry_present(reference) {
+        if !F::is_valid(reference) {
             return Err(KernelAccessError::Unmapped(va));
         }
         if self.policy == SyncPolicy::Fault {
@@ -482,7 +503,7 @@ impl<T: TopLevelTables> KernelSync<T> {
 
     fn add_to_reference(&self, slot: usize, table: PhysAddr) {
         self.tables
-            .write_slot(self.reference, slot, table_entry(table));
+            .write_slot(self.reference, slot, F::encode_table(table, F::LEVELS));
         let index = self.generation.load(Ordering::Acquire);
         // Entries are only added and each slot once: the log cannot
         // overflow.
