@@ -111,6 +111,8 @@ struct Model {
     lose_ipis: bool,
     ipis: Cell<u64>,
     transfers: Cell<u64>,
+    /// Transfers of reference-count, CPU-mask and lazy-flag lines.
+    transfers_by_kind: [Cell<u64>; 3],
     root_loads: Cell<u64>,
     full_flushes: Cell<u64>,
     invlpgs: Cell<u64>,
@@ -270,6 +272,13 @@ impl MmMachine for Model {
         lines.insert(line, next);
         if transfer {
             Self::bump(&self.transfers);
+            Self::bump(
+                &self.transfers_by_kind[match line {
+                    SharedLine::SpaceCount(_) => 0,
+                    SharedLine::SpaceCpumask(_) => 1,
+                    SharedLine::CpuLazy(_) => 2,
+                }],
+            );
         }
     }
 }
@@ -563,6 +572,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         lose_ipis: config.lose_ipis,
         ipis: Cell::new(0),
         transfers: Cell::new(0),
+        transfers_by_kind: Default::default(),
         root_loads: Cell::new(0),
         full_flushes: Cell::new(0),
         invlpgs: Cell::new(0),
@@ -627,6 +637,9 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         ("borrows", get(&stats.borrows)),
         ("borrow_refs", get(&stats.borrow_refs)),
         ("line_transfers", model.transfers.get()),
+        ("count_line_transfers", model.transfers_by_kind[0].get()),
+        ("mask_line_transfers", model.transfers_by_kind[1].get()),
+        ("lazy_flag_transfers", model.transfers_by_kind[2].get()),
         ("ipis", model.ipis.get()),
         ("shootdown_ipis", get(&stats.shootdown_ipis)),
         ("flush_skipped_lazy", get(&stats.flush_skipped_lazy)),

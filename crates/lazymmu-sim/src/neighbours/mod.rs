@@ -225,6 +225,26 @@ pub enum NeighbourInvariant {
 }
 
 impl NeighbourInvariant {
+    /// The simulator's contract this one is an instance of, where the
+    /// simulator names it (§6.1 stale translations, §6.5 key faults and
+    /// restores, failed operations); `None` for the contracts only the
+    /// neighbours check (§6.7 use-after-free, missing kernel syncs,
+    /// preemption inside a per-CPU window).
+    pub const fn sim_invariant(self) -> Option<crate::invariant::Invariant> {
+        use crate::invariant::Invariant;
+        match self {
+            NeighbourInvariant::StaleTranslation => Some(Invariant::StaleTranslation),
+            NeighbourInvariant::FaultInsideWindow | NeighbourInvariant::AccessOutsideWindow => {
+                Some(Invariant::KeyFault)
+            }
+            NeighbourInvariant::KeyRestore => Some(Invariant::KeyRestore),
+            NeighbourInvariant::OperationFailed => Some(Invariant::OperationFailed),
+            NeighbourInvariant::UseAfterFree
+            | NeighbourInvariant::MissingSync
+            | NeighbourInvariant::PreemptedInWindow => None,
+        }
+    }
+
     /// The name in reports.
     pub const fn name(self) -> &'static str {
         match self {
