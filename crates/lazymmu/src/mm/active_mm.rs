@@ -594,7 +594,9 @@ impl<M: MmMachine> LazyTlb<M> {
     ///
     /// # Errors
     /// [`MmError::NotRunning`] when `prev` has no active space (it was not
-    /// running), [`MmError::SpaceFreed`] when `next`'s space is gone.
+    /// running), [`MmError::SpaceFreed`] when `next`'s space is gone (the
+    /// CPU is unchanged), or the error of dropping the ended borrow when
+    /// the counts were already wrong (the switch itself is done).
     pub fn context_switch(&self, prev: &TaskMm, next: &TaskMm) -> Result<(), MmError> {
         let cpu = self.machine.cpu();
         let prev_active = prev.active_mm().ok_or(MmError::NotRunning)?;
@@ -622,10 +624,10 @@ impl<M: MmMachine> LazyTlb<M> {
                 }
             }
         }
-        if let Some(space) = drop_after {
-            self.drop_lazy(space);
+        match drop_after {
+            Some(space) => self.drop_lazy(space),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Flushes `range` of `space` on every CPU that may hold its
@@ -712,13 +714,14 @@ impl<M: MmMachine> LazyTlb<M> {
         }
     }
 
-    /// `mmdrop_lazy_tlb()`.
-    fn drop_lazy(&self, space: SpaceId) {
+    /// `mmdrop_lazy_tlb()`. The borrow held a reference, so a refusal
+    /// means the counts were already wrong; it is passed on.
+    fn drop_lazy(&self, space: SpaceId) -> Result<(), MmError> {
         if self.policy.borrow_takes_reference() {
             Self::bump(&self.stats.borrow_refs);
-            // The borrow held a reference, so the count cannot be zero and
-            // the kernel's space never reaches it (the kernel holds one).
-            let _ = self.mmdrop(space);
+            self.mmdrop(space)
+        } else {
+            Ok(())
         }
     }
 
