@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use lazymmu::addr::{PageSize, SpaceId, VirtAddr};
 use lazymmu::mm::active_mm::{
     check_space_free, check_tables_free, AddressSpace, CpuTlbState, FlushRange, HardwareView,
-    LazyTlb, LazyTlbPolicy, LazyTlbStats, MmMachine, TaskMm,
+    LazyTlb, LazyTlbPolicy, LazyTlbStats, MmError, MmMachine, TaskMm,
 };
 use lazymmu::mm::{CpuId, CpuMask, LineAccess, SharedLine, MAX_CPUS};
 
@@ -352,12 +352,15 @@ impl Run<'_> {
             .tlb
             .context_switch(&model.tasks[prev], &model.tasks[next])
         {
-            model.running[cpu].set(prev);
             model.violation(
                 NeighbourInvariant::OperationFailed,
                 format!("switch t{prev} -> t{next}: {e:?}"),
             );
-            return;
+            if matches!(e, MmError::NotRunning | MmError::SpaceFreed(_)) {
+                // Refused before anything changed.
+                model.running[cpu].set(prev);
+                return;
+            }
         }
         self.switches += 1;
         self.sched.take_runnable(next);
