@@ -49,6 +49,10 @@ pub struct CompareArgs {
     /// Processes of the vmalloc-grow workload (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "10,1000,10000", value_parser = clap::value_parser!(usize))]
     pub processes: Vec<usize>,
+    /// KASAN hazard mode: read shadow entries back inside the section
+    /// without pausing (the simulator must report the stale read-back).
+    #[arg(long)]
+    pub kasan_read_back: bool,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -165,6 +169,7 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
                     cfg.cpus = args.cpus as usize;
                     cfg.seed = args.seed;
                     cfg.costs = costs.clone();
+                    cfg.read_back_without_pause = args.kasan_read_back;
                     configs.push(cfg);
                 }
             }
