@@ -113,6 +113,9 @@ struct Model {
     transfers: Cell<u64>,
     /// Transfers of reference-count, CPU-mask and lazy-flag lines.
     transfers_by_kind: [Cell<u64>; 3],
+    /// Transfers per line: one line's transfers happen one after another
+    /// whatever the number of CPUs, which bounds the elapsed time.
+    transfers_by_line: RefCell<HashMap<SharedLine, u64>>,
     root_loads: Cell<u64>,
     full_flushes: Cell<u64>,
     invlpgs: Cell<u64>,
@@ -272,6 +275,7 @@ impl MmMachine for Model {
         lines.insert(line, next);
         if transfer {
             Self::bump(&self.transfers);
+            *self.transfers_by_line.borrow_mut().entry(line).or_insert(0) += 1;
             Self::bump(
                 &self.transfers_by_kind[match line {
                     SharedLine::SpaceCount(_) => 0,
@@ -576,6 +580,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         ipis: Cell::new(0),
         transfers: Cell::new(0),
         transfers_by_kind: Default::default(),
+        transfers_by_line: RefCell::new(HashMap::new()),
         root_loads: Cell::new(0),
         full_flushes: Cell::new(0),
         invlpgs: Cell::new(0),
@@ -635,8 +640,20 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         + model.root_loads.get() * costs.root_load
         + model.full_flushes.get() * costs.full_flush
         + model.invlpgs.get() * costs.invlpg;
+    // Work spreads over the CPUs, but the transfers of one line are
+    // serialised: the elapsed time is at least the larger of the two.
+    let hottest = model
+        .transfers_by_line
+        .borrow()
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(0);
+    let elapsed = (cycles / cpus as u64).max(hottest * costs.line_transfer);
     let counts: BTreeMap<&'static str, u64> = [
         ("switches", run.switches),
+        ("hottest_line_transfers", hottest),
+        ("elapsed_cycles_bound", elapsed),
         ("borrows", get(&stats.borrows)),
         ("borrow_refs", get(&stats.borrow_refs)),
         ("line_transfers", model.transfers.get()),
