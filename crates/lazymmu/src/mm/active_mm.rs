@@ -476,9 +476,9 @@ impl<M: MmMachine> LazyTlb<M> {
         &self.machine
     }
 
-    /// Starts the current CPU's idle task on the kernel's address space
-    /// (`idle_task_exit`'s opposite: the boot CPU state), taking the borrow
-    /// reference the policy asks for.
+    /// Starts the current CPU's idle task on the kernel's address space, as
+    /// a CPU comes up (Linux grabs `init_mm` for each idle task the same
+    /// way), taking the borrow reference the policy asks for.
     pub fn boot_cpu(&self, idle: &TaskMm) {
         let cpu = self.machine.cpu();
         idle.set_mm(None);
@@ -639,6 +639,10 @@ impl<M: MmMachine> LazyTlb<M> {
         let mm = self.machine.space(space);
         self.machine
             .line_access(SharedLine::SpaceCpumask(space), LineAccess::Write);
+        // The generation moves before the mask and the lazy flags are read
+        // (Linux's inc_mm_tlb_gen() before the IPIs): a CPU that is skipped,
+        // or joins the mask after the read, sees the new generation when it
+        // next loads or returns to the space, and flushes then.
         let gen = mm.tlb_gen.fetch_add(1, Ordering::AcqRel) + 1;
         let mask = mm.cpumask();
         let mut remote = mask.without(cpu);
