@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
 mod compare;
 mod neighbours;
 mod replay;
@@ -28,6 +29,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
+    /// Exhaustive, preemption-bounded exploration of the scenarios'
+    /// interleavings, with replayable counterexamples.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
     };
     match result {
         Ok(code) => code,

@@ -10,6 +10,8 @@
 //! - [`choice`]: choice points and the choosers that resolve them
 //!   (seeded random, replay, sequential);
 //! - [`cost`]: primitive counts and the per-platform cycle model;
+//! - [`explore`]: the preemption-bounded exhaustive explorer;
+//! - [`scenarios`]: what `lazymmu check` explores, and its known-bad variants;
 //! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
 //!   top-level sync, protection-key windows).
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -20,6 +22,7 @@ pub mod choice;
 pub mod cost;
 pub mod env;
 pub mod events;
+pub mod explore;
 pub mod hw;
 pub mod invariant;
 pub mod machine;
@@ -30,5 +33,6 @@ pub mod platform;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod scenarios;
 pub mod tlb;
 pub mod world;
