@@ -113,3 +113,47 @@ fn ctxswitch_tiny_passes_every_schedule_of_two_steps() {
         assert!(schedules > 50, "{schedules}");
     }
 }
+
+mod with_the_explorer {
+    use lazymmu_sim::explore::{replay, Bounds, Explorer};
+    use lazymmu_sim::neighbours::explore::{scenarios, variant, KNOWN_BAD};
+
+    #[test]
+    fn every_policy_scenario_passes_exhaustively() {
+        let explorer = Explorer::new(Bounds::default());
+        let all = scenarios();
+        assert_eq!(all.len(), 3 + 4 + 2, "a scenario per policy");
+        for system in &all {
+            let report = explorer.explore(&system.name, system);
+            assert!(report.complete, "{}", system.name);
+            assert!(
+                report.violations.is_empty(),
+                "{}: {:?}",
+                system.name,
+                report.violations
+            );
+            assert!(
+                report.schedules > 10,
+                "{}: {}",
+                system.name,
+                report.schedules
+            );
+        }
+    }
+
+    #[test]
+    fn known_bad_variants_are_caught_with_replayable_traces() {
+        let explorer = Explorer::new(Bounds::default());
+        for name in KNOWN_BAD {
+            let system = variant(name).unwrap();
+            let report = explorer.explore(name, &system);
+            let found = report
+                .violations
+                .first()
+                .unwrap_or_else(|| panic!("{name} not caught"));
+            let outcome = replay(&system, &found.trace.choices);
+            assert_eq!(outcome.violation.as_ref(), Some(&found.violation), "{name}");
+        }
+        assert!(variant("pgmap-nonsense").is_none());
+    }
+}

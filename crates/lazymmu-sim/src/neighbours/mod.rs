@@ -12,6 +12,7 @@
 
 pub mod cost;
 pub mod ctxswitch;
+pub mod explore;
 pub mod pgmap;
 pub mod vmalloc_grow;
 
