@@ -8,7 +8,9 @@
 //! each policy costs and turns the counts into modelled cycles
 //! ([`cost`]). A run is a function of its configuration and seed; the
 //! random decisions go through a [`Chooser`] so that an explorer can drive
-//! them instead.
+//! them instead: [`Dfs`] and [`Replay`] here, and the simulator's explorer
+//! through [`explore`], which also holds the known-bad configurations
+//! (`pgmap-percpu-preemptible`, `ctxswitch-lost-ipi`).
 
 pub mod cost;
 pub mod ctxswitch;

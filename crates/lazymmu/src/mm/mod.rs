@@ -126,3 +126,20 @@ pub enum LineAccess {
     /// Store or atomic read-modify-write: needs the line exclusive.
     Write,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_name_their_cpus() {
+        let mask = CpuMask::EMPTY.with(0).with(5).with(63);
+        assert_eq!(mask.iter().collect::<Vec<_>>(), [0, 5, 63]);
+        assert_eq!(mask.count(), 3);
+        assert!(mask.contains(63) && !mask.contains(64) && !mask.contains(1));
+        assert_eq!(mask.without(5).without(5), CpuMask::EMPTY.with(0).with(63));
+        assert_eq!(CpuMask::first(3), CpuMask(0b111));
+        assert_eq!(CpuMask::first(64), CpuMask(u64::MAX));
+        assert!(CpuMask::first(0).is_empty());
+    }
+}
