@@ -80,3 +80,24 @@ fn policies_trade_line_transfers_for_ipis() {
     assert!(count(&x86, "ipis") < count(&refcount, "ipis"));
     assert!(count(&x86, "catchup_flushes") > 0);
 }
+
+#[test]
+fn many_seeds_and_sizes_run_clean() {
+    for seed in 1..=12 {
+        for cpus in [2, 3, 8] {
+            for policy in LazyTlbPolicy::ALL {
+                let mut config = CtxSwitchConfig::new(policy, cpus);
+                config.steps = 1_500;
+                config.seed = seed;
+                config.processes = 1 + (seed as usize % 4);
+                config.threads = 1 + (seed as usize % 3);
+                let row = run(&config);
+                assert_eq!(
+                    row.violations, 0,
+                    "{policy:?} cpus {cpus} seed {seed}: {:#?}",
+                    row.first_violations
+                );
+            }
+        }
+    }
+}

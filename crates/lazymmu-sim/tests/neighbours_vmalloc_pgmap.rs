@@ -102,3 +102,34 @@ fn pgmap_percpu_preemptible_is_caught() {
     );
     assert!(PgmapConfig::variant("pgmap-nonsense").is_none());
 }
+
+#[test]
+fn many_seeds_run_clean() {
+    for seed in 1..=12 {
+        for policy in SyncPolicy::ALL {
+            let mut config = VmallocGrowConfig::new(policy, 1 + seed as usize * 7);
+            config.allocations = 128;
+            config.cpus = 1 + seed as usize % 5;
+            config.seed = seed;
+            let row = vmalloc_grow::run(&config);
+            assert_eq!(
+                row.violations, 0,
+                "{policy:?} seed {seed}: {:#?}",
+                row.first_violations
+            );
+        }
+        for policy in WindowPolicy::ALL {
+            let mut config = PgmapConfig::new(policy);
+            config.steps = 2_000;
+            config.cpus = 1 + seed as usize % 4;
+            config.tasks = config.cpus + 1 + seed as usize % 3;
+            config.seed = seed;
+            let row = pgmap::run(&config);
+            assert_eq!(
+                row.violations, 0,
+                "{policy:?} seed {seed}: {:#?}",
+                row.first_violations
+            );
+        }
+    }
+}
