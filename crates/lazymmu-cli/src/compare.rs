@@ -41,7 +41,7 @@ pub struct CompareArgs {
     #[arg(long = "cost", value_name = "NAME=CYCLES")]
     pub cost: Vec<String>,
     /// Policies of the MM-neighbour workloads (comma-separated, or
-    /// `all`): ctxswitch refcount|shootdown|x86; vmalloc-grow
+    /// `all`): ctxswitch and ctxswitch-bench refcount|shootdown|x86; vmalloc-grow
     /// fault|push|generation|prealloc; pgmap task|percpu (and the
     /// known-bad percpu-preemptible).
     #[arg(long, value_delimiter = ',', default_value = "all")]

@@ -1,5 +1,5 @@
 //! The MM neighbours in `lazymmu compare`: `--workload
-//! ctxswitch|vmalloc-grow|pgmap` with `--policy`, run on the simulator's
+//! ctxswitch|ctxswitch-bench|vmalloc-grow|pgmap` with `--policy`, run on the simulator's
 //! neighbour models, printed as their own table and added to the JSON rows
 //! with a `policy` field.
 

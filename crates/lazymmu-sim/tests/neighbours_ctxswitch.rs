@@ -101,3 +101,33 @@ fn many_seeds_and_sizes_run_clean() {
         }
     }
 }
+
+#[test]
+fn the_switch_benchmark_is_bound_by_the_reference_count_line_on_many_cpus() {
+    let elapsed = |policy, cpus| {
+        let mut config = CtxSwitchConfig::switch_benchmark(policy, cpus);
+        config.steps = 10_000;
+        let row = run(&config);
+        assert_eq!(row.violations, 0);
+        assert_eq!(row.workload, "ctxswitch-bench");
+        (
+            row.counts["elapsed_cycles"],
+            row.counts["hottest_line_transfers"],
+        )
+    };
+    let (refcount_4, _) = elapsed(LazyTlbPolicy::Refcount, 4);
+    let (shootdown_4, _) = elapsed(LazyTlbPolicy::Shootdown, 4);
+    let (refcount_64, hot_refcount) = elapsed(LazyTlbPolicy::Refcount, 64);
+    let (shootdown_64, hot_shootdown) = elapsed(LazyTlbPolicy::Shootdown, 64);
+    // On 4 CPUs the switches themselves dominate: the policies are close.
+    assert!(
+        refcount_4 * 10 < shootdown_4 * 11,
+        "{refcount_4} vs {shootdown_4}"
+    );
+    // On 64 the shared count serialises refcount; shootdown keeps scaling.
+    assert!(hot_refcount > 10 * hot_shootdown);
+    assert!(
+        refcount_64 > 2 * shootdown_64,
+        "{refcount_64} vs {shootdown_64}"
+    );
+}

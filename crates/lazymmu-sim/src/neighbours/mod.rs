@@ -165,6 +165,9 @@ impl Chooser for Seeded {
 pub enum NeighbourWorkload {
     /// Context-switch storm between user tasks and kernel threads.
     Ctxswitch,
+    /// Pure context-switch benchmark: one process's threads switching
+    /// through kernel threads on every CPU.
+    CtxswitchBench,
     /// vmalloc growing across top-level slots with many processes.
     VmallocGrow,
     /// Nested protection-key windows over device memory.
@@ -173,8 +176,9 @@ pub enum NeighbourWorkload {
 
 impl NeighbourWorkload {
     /// Every workload.
-    pub const ALL: [NeighbourWorkload; 3] = [
+    pub const ALL: [NeighbourWorkload; 4] = [
         NeighbourWorkload::Ctxswitch,
+        NeighbourWorkload::CtxswitchBench,
         NeighbourWorkload::VmallocGrow,
         NeighbourWorkload::Pgmap,
     ];
@@ -183,6 +187,7 @@ impl NeighbourWorkload {
     pub const fn name(self) -> &'static str {
         match self {
             NeighbourWorkload::Ctxswitch => "ctxswitch",
+            NeighbourWorkload::CtxswitchBench => "ctxswitch-bench",
             NeighbourWorkload::VmallocGrow => "vmalloc-grow",
             NeighbourWorkload::Pgmap => "pgmap",
         }
@@ -196,7 +201,9 @@ impl NeighbourWorkload {
     /// The policies `--policy` accepts for this workload.
     pub fn policies(self) -> &'static [&'static str] {
         match self {
-            NeighbourWorkload::Ctxswitch => &["refcount", "shootdown", "x86"],
+            NeighbourWorkload::Ctxswitch | NeighbourWorkload::CtxswitchBench => {
+                &["refcount", "shootdown", "x86"]
+            }
             NeighbourWorkload::VmallocGrow => &["fault", "push", "generation", "prealloc"],
             NeighbourWorkload::Pgmap => &["task", "percpu"],
         }
@@ -415,7 +422,7 @@ pub fn format_table(rows: &[NeighbourRow]) -> String {
 /// processes for `vmalloc-grow`.
 pub fn default_sizes(workload: NeighbourWorkload) -> &'static [usize] {
     match workload {
-        NeighbourWorkload::Ctxswitch => &[4, 16, 64],
+        NeighbourWorkload::Ctxswitch | NeighbourWorkload::CtxswitchBench => &[4, 16, 64],
         NeighbourWorkload::VmallocGrow => &[10, 1_000, 10_000],
         NeighbourWorkload::Pgmap => &[4],
     }
@@ -447,13 +454,17 @@ pub fn run_named(
         )
     };
     match workload {
-        NeighbourWorkload::Ctxswitch => {
+        NeighbourWorkload::Ctxswitch | NeighbourWorkload::CtxswitchBench => {
             if !(1..=lazymmu::mm::MAX_CPUS).contains(&size) {
-                return Err(format!("ctxswitch needs 1..=64 CPUs, not {size}"));
+                return Err(format!("{} needs 1..=64 CPUs, not {size}", workload.name()));
             }
             let policy =
                 lazymmu::mm::active_mm::LazyTlbPolicy::from_name(policy).ok_or_else(unknown)?;
-            let mut config = ctxswitch::CtxSwitchConfig::new(policy, size);
+            let mut config = if workload == NeighbourWorkload::Ctxswitch {
+                ctxswitch::CtxSwitchConfig::new(policy, size)
+            } else {
+                ctxswitch::CtxSwitchConfig::switch_benchmark(policy, size)
+            };
             config.seed = seed;
             config.costs = costs.clone();
             Ok(ctxswitch::run(&config))
