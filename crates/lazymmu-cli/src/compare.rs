@@ -10,7 +10,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lazymmu_sim::cost::{parse_override, Primitive};
 use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
-use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind};
+use lazymmu_sim::scenario::{
+    BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind,
+};
 use serde::Serialize;
 
 /// Options of `lazymmu compare`.
@@ -38,6 +40,19 @@ pub struct CompareArgs {
     /// Override a primitive's cost: NAME=CYCLES (repeatable).
     #[arg(long = "cost", value_name = "NAME=CYCLES")]
     pub cost: Vec<String>,
+    /// Policies of the MM-neighbour workloads (comma-separated, or
+    /// `all`): ctxswitch and ctxswitch-bench refcount|shootdown|x86; vmalloc-grow
+    /// fault|push|generation|prealloc; pgmap task|percpu (and the
+    /// known-bad percpu-preemptible).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub policy: Vec<String>,
+    /// Processes of the vmalloc-grow workload (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000", value_parser = clap::value_parser!(usize))]
+    pub processes: Vec<usize>,
+    /// KASAN hazard mode: read shadow entries back inside the section
+    /// without pausing (the simulator must report the stale read-back).
+    #[arg(long)]
+    pub kasan_read_back: bool,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -58,7 +73,10 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn parse_list<T: std::str::FromStr<Err = String> + Copy>(items: &[String], all: &[T]) -> Result<Vec<T>, UsageError> {
+fn parse_list<T: std::str::FromStr<Err = String> + Copy>(
+    items: &[String],
+    all: &[T],
+) -> Result<Vec<T>, UsageError> {
     if items.iter().any(|s| s == "all") {
         return Ok(all.to_vec());
     }
@@ -119,7 +137,12 @@ fn counts_map(counts: &[(Primitive, u64)]) -> serde_json::Map<String, serde_json
 /// (both exit with status 2).
 pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     let backends = parse_list(&args.backend, BackendKind::ALL)?;
-    let workloads = parse_list(&args.workload, WorkloadKind::ALL)?;
+    let (neighbour_workloads, other_workloads) = crate::neighbours::split(&args.workload);
+    let workloads = if other_workloads.is_empty() {
+        Vec::new()
+    } else {
+        parse_list(&other_workloads, WorkloadKind::ALL)?
+    };
     let designs = if args.design == "all" {
         DesignKind::ALL.to_vec()
     } else {
@@ -127,8 +150,13 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     };
     let mut costs = Vec::new();
     for c in &args.cost {
-        costs.push(parse_override(c).map_err(UsageError)?);
+        match parse_override(c) {
+            Ok(o) => costs.push(o),
+            Err(_) if crate::neighbours::accepts_cost(c) => {}
+            Err(e) => return Err(UsageError(e).into()),
+        }
     }
+    let neighbour_rows = crate::neighbours::run(args, &neighbour_workloads)?;
 
     let mut configs = Vec::new();
     for &design in &designs {
@@ -141,6 +169,7 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
                     cfg.cpus = args.cpus as usize;
                     cfg.seed = args.seed;
                     cfg.costs = costs.clone();
+                    cfg.read_back_without_pause = args.kasan_read_back;
                     configs.push(cfg);
                 }
             }
@@ -153,11 +182,16 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
         results.push(run_config(cfg));
         progress.tick();
     }
-    let design_reports = compare_designs(args.seed, args.cpus as usize);
+    let design_reports = if workloads.is_empty() {
+        Vec::new()
+    } else {
+        compare_designs(args.seed, args.cpus as usize)
+    };
     progress.finish();
 
     let violations: u64 = results.iter().map(|r| r.violation_count).sum::<u64>()
-        + design_reports.iter().map(|d| d.violations).sum::<u64>();
+        + design_reports.iter().map(|d| d.violations).sum::<u64>()
+        + neighbour_rows.iter().map(|r| r.violations).sum::<u64>();
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -193,10 +227,17 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
                 })
                 .collect(),
         };
+        let mut doc = serde_json::to_value(&doc)?;
+        if let Some(rows) = doc.get_mut("rows").and_then(|r| r.as_array_mut()) {
+            rows.extend(crate::neighbours::json_rows(&neighbour_rows));
+        }
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {
-        write_table(&mut out, &results)?;
+        if !results.is_empty() {
+            write_table(&mut out, &results)?;
+        }
+        crate::neighbours::write(&mut out, &neighbour_rows, args.seed)?;
         if !design_reports.is_empty() {
             write_designs(&mut out, &design_reports)?;
         }
@@ -214,7 +255,11 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     if let Some(path) = &args.svg {
         draw_svg(path, &results).with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(std::process::ExitCode::from(if violations > 0 { 1 } else { 0 }))
+    Ok(std::process::ExitCode::from(if violations > 0 {
+        1
+    } else {
+        0
+    }))
 }
 
 fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<()> {
@@ -225,10 +270,15 @@ fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<(
     )?;
     for r in results {
         let eager = results.iter().find(|e| {
-            e.backend == r.backend && e.workload == r.workload && e.design == r.design && e.mode == ModeKind::Eager
+            e.backend == r.backend
+                && e.workload == r.workload
+                && e.design == r.design
+                && e.mode == ModeKind::Eager
         });
         let ratio = match (r.mode, eager) {
-            (ModeKind::Lazy, Some(e)) if e.cycles > 0 => format!("{:.3}", r.cycles as f64 / e.cycles as f64),
+            (ModeKind::Lazy, Some(e)) if e.cycles > 0 => {
+                format!("{:.3}", r.cycles as f64 / e.cycles as f64)
+            }
             _ => "-".to_string(),
         };
         let counts: Vec<String> = r.counts.iter().map(|(p, n)| format!("{p}={n}")).collect();
@@ -263,8 +313,16 @@ fn write_designs(out: &mut impl Write, reports: &[DesignReport]) -> std::io::Res
             d.design.name(),
             d.bytes_per_task,
             preempt_label(d),
-            if d.sleep_reported { "reported" } else { "allowed" },
-            if d.nested_key_restored { "exact" } else { "WRONG" },
+            if d.sleep_reported {
+                "reported"
+            } else {
+                "allowed"
+            },
+            if d.nested_key_restored {
+                "exact"
+            } else {
+                "WRONG"
+            },
             d.violations,
             counts.join(" ")
         )?;
@@ -284,14 +342,25 @@ fn preempt_label(d: &DesignReport) -> String {
 
 fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
     use plotters::prelude::*;
-    let lazy: Vec<&RunResult> = results.iter().filter(|r| r.mode == ModeKind::Lazy).collect();
+    let lazy: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.mode == ModeKind::Lazy)
+        .collect();
     let bars: Vec<(String, f64)> = lazy
         .iter()
         .filter_map(|r| {
             let e = results.iter().find(|e| {
-                e.backend == r.backend && e.workload == r.workload && e.design == r.design && e.mode == ModeKind::Eager
+                e.backend == r.backend
+                    && e.workload == r.workload
+                    && e.design == r.design
+                    && e.mode == ModeKind::Eager
             })?;
-            (e.cycles > 0).then(|| (format!("{} {}", r.backend, r.workload), r.cycles as f64 / e.cycles as f64))
+            (e.cycles > 0).then(|| {
+                (
+                    format!("{} {}", r.backend, r.workload),
+                    r.cycles as f64 / e.cycles as f64,
+                )
+            })
         })
         .collect();
     let height = (60 + bars.len() * 18).max(200) as u32;
@@ -299,7 +368,10 @@ fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max) * 1.05;
     let mut chart = ChartBuilder::on(&root)
-        .caption("lazy / eager modelled cycles (lower is better)", ("sans-serif", 18))
+        .caption(
+            "lazy / eager modelled cycles (lower is better)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(200)
@@ -312,9 +384,11 @@ fn draw_svg(path: &std::path::Path, results: &[RunResult]) -> Result<()> {
         .y_label_formatter(&|i| labels.get(*i).cloned().unwrap_or_default())
         .x_desc("lazy cycles / eager cycles")
         .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled())
-    }))?;
+    chart.draw_series(
+        bars.iter()
+            .enumerate()
+            .map(|(i, (_, v))| Rectangle::new([(0.0, i), (*v, i + 1)], BLUE.mix(0.6).filled())),
+    )?;
     root.present()?;
     Ok(())
 }
@@ -332,7 +406,10 @@ struct Progress {
 impl Progress {
     fn new(total: u64) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden());
+            let bar = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::hidden(),
+            );
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -351,7 +428,10 @@ impl Progress {
     fn tick(&self) {
         self.done.set(self.done.get() + 1);
         if let Some(bar) = &self.bar {
-            if !self.shown.get() && self.start.elapsed() > Duration::from_secs(1) && self.done.get() < self.total {
+            if !self.shown.get()
+                && self.start.elapsed() > Duration::from_secs(1)
+                && self.done.get() < self.total
+            {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 self.shown.set(true);
             }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod compare;
+mod neighbours;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.

@@ -160,7 +160,9 @@ impl Chooser for RandomChooser {
             (self.rates.interrupt, |c| matches!(c, Choice::Interrupt)),
             (self.rates.preempt, |c| matches!(c, Choice::Preempt { .. })),
             (self.rates.migrate, |c| matches!(c, Choice::Migrate { .. })),
-            (self.rates.remote_flush, |c| matches!(c, Choice::RemoteFlush)),
+            (self.rates.remote_flush, |c| {
+                matches!(c, Choice::RemoteFlush)
+            }),
         ];
         for (rate, kind) in kinds {
             if roll < base + rate {
@@ -245,7 +247,11 @@ impl Trace {
         let mut picks = Vec::new();
         for item in text.split('.') {
             let (pick, times) = match item.split_once('*') {
-                Some((p, n)) => (p, n.parse::<usize>().map_err(|e| format!("bad repeat in `{item}`: {e}"))?),
+                Some((p, n)) => (
+                    p,
+                    n.parse::<usize>()
+                        .map_err(|e| format!("bad repeat in `{item}`: {e}"))?,
+                ),
                 None => (item, 1),
             };
             let pick = pick

@@ -17,7 +17,10 @@ pub use lazymmu::backend::machine::Primitive;
 pub fn parse_primitive(name: &str) -> Result<Primitive, String> {
     Primitive::from_name(name).ok_or_else(|| {
         let names: Vec<_> = Primitive::ALL.iter().map(|p| p.name()).collect();
-        format!("unknown primitive `{name}` (expected one of {})", names.join(", "))
+        format!(
+            "unknown primitive `{name}` (expected one of {})",
+            names.join(", ")
+        )
     })
 }
 

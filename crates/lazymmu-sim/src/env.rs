@@ -40,7 +40,8 @@ impl Environment for SimEnv {
     #[inline]
     fn set_lazy_state(&self, state: LazyState) {
         self.machine.set_lazy_state(state);
-        self.machine.choice_point(Site::Environment("set_lazy_state"));
+        self.machine
+            .choice_point(Site::Environment("set_lazy_state"));
     }
 
     #[inline]
@@ -56,7 +57,8 @@ impl Environment for SimEnv {
     #[inline]
     fn preempt_enable(&self) {
         self.machine.preempt_enable();
-        self.machine.choice_point(Site::Environment("preempt_enable"));
+        self.machine
+            .choice_point(Site::Environment("preempt_enable"));
     }
 
     fn might_sleep(&self) {
@@ -77,13 +79,15 @@ impl PerCpuEnvironment for SimEnv {
     #[inline]
     fn cpu_lazy_state(&self) -> LazyState {
         let s = self.machine.cpu_lazy_state();
-        self.machine.choice_point(Site::Environment("cpu_lazy_state"));
+        self.machine
+            .choice_point(Site::Environment("cpu_lazy_state"));
         s
     }
 
     #[inline]
     fn set_cpu_lazy_state(&self, state: LazyState) {
         self.machine.set_cpu_lazy_state(state);
-        self.machine.choice_point(Site::Environment("set_cpu_lazy_state"));
+        self.machine
+            .choice_point(Site::Environment("set_cpu_lazy_state"));
     }
 }

@@ -163,7 +163,12 @@ impl X86Primitives for SimCpu {
             }
             m.primitive(Primitive::Ipi, 1);
             match request {
-                RemoteFlush::Range { space, start, end, stride } => {
+                RemoteFlush::Range {
+                    space,
+                    start,
+                    end,
+                    stride,
+                } => {
                     let pages = end.0.saturating_sub(start.0).div_ceil(stride.bytes());
                     m.primitive(Primitive::Invlpg, pages);
                     m.tlb_invalidate_range(cpu, space, start.0, end.0);

@@ -11,7 +11,9 @@
 //!   (seeded random, replay, sequential);
 //! - [`cost`]: primitive counts and the per-platform cycle model;
 //! - [`explore`]: the preemption-bounded exhaustive explorer;
-//! - [`scenarios`]: what `lazymmu check` explores, and its known-bad variants.
+//! - [`scenarios`]: what `lazymmu check` explores, and its known-bad variants;
+//! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
+//!   top-level sync, protection-key windows).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
@@ -19,12 +21,13 @@
 pub mod choice;
 pub mod cost;
 pub mod env;
-pub mod hw;
 pub mod events;
 pub mod explore;
+pub mod hw;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
+pub mod neighbours;
 pub mod observed;
 pub mod platform;
 pub mod rng;

@@ -443,14 +443,20 @@ impl Machine {
     /// The current task's address space (the kernel's when idle).
     pub fn current_space(&self) -> SpaceId {
         let t = self.current_task();
-        self.tasks.borrow().get(t).map_or(SpaceId::KERNEL, |t| t.space)
+        self.tasks
+            .borrow()
+            .get(t)
+            .map_or(SpaceId::KERNEL, |t| t.space)
     }
 
     /// The current task's lazy state.
     #[inline]
     pub fn lazy_state(&self) -> LazyState {
         let t = self.current_task();
-        self.tasks.borrow().get(t).map_or(LazyState::IDLE, |t| t.lazy)
+        self.tasks
+            .borrow()
+            .get(t)
+            .map_or(LazyState::IDLE, |t| t.lazy)
     }
 
     /// Stores the current task's lazy state.
@@ -502,7 +508,10 @@ impl Machine {
         let Some(owner) = self.memory.owner(entry) else {
             self.violation(
                 Invariant::BatchOwnership,
-                format!("write to {:#x}, which is not an allocated page-table frame", entry.0),
+                format!(
+                    "write to {:#x}, which is not an allocated page-table frame",
+                    entry.0
+                ),
             );
             return;
         };
@@ -535,7 +544,12 @@ impl Machine {
         let tasks = self.tasks.borrow();
         for (i, c) in self.cpus.iter().enumerate() {
             let runs = c.task.get().is_some_and(|t| tasks[t].space == space);
-            let caches = c.tlb.borrow().entries().iter().any(|e| e.space == space || e.global);
+            let caches = c
+                .tlb
+                .borrow()
+                .entries()
+                .iter()
+                .any(|e| e.space == space || e.global);
             if space == SpaceId::KERNEL || runs || caches {
                 mask |= 1 << i;
             }
@@ -583,7 +597,10 @@ impl Machine {
         let c = &self.cpus[self.current.get()].preempt;
         match c.get().checked_sub(1) {
             Some(n) => c.set(n),
-            None => self.violation(Invariant::Misuse, "preempt_enable without preempt_disable".into()),
+            None => self.violation(
+                Invariant::Misuse,
+                "preempt_enable without preempt_disable".into(),
+            ),
         }
     }
 
@@ -729,12 +746,13 @@ impl Machine {
     pub fn apply_store(&self, entry: PhysAddr, value: u64) {
         self.log(EventKind::Store { entry, value });
         let hw = self.config.hardware;
-        if hw.arm64_barriers
-            && value & 1 != 0
-            && self.memory.owner(entry) == Some(SpaceId::KERNEL)
+        if hw.arm64_barriers && value & 1 != 0 && self.memory.owner(entry) == Some(SpaceId::KERNEL)
         {
             let old = self.memory.read(entry);
-            self.cpus[self.current.get()].pending.borrow_mut().push((entry, old));
+            self.cpus[self.current.get()]
+                .pending
+                .borrow_mut()
+                .push((entry, old));
             self.pending_stores.set(self.pending_stores.get() + 1);
         }
         self.memory.write(entry, value);
@@ -743,13 +761,17 @@ impl Machine {
     /// `dsb`: the running CPU's stores become visible to every walker.
     pub fn dsb(&self) {
         let drained = core::mem::take(&mut *self.cpus[self.current.get()].pending.borrow_mut());
-        self.pending_stores.set(self.pending_stores.get() - drained.len());
+        self.pending_stores
+            .set(self.pending_stores.get() - drained.len());
         self.primitive(Primitive::Dsb, 1);
     }
 
     /// `isb`: the running CPU stops reusing stale "invalid" walks.
     pub fn isb(&self) {
-        self.cpus[self.current.get()].stale_invalid.borrow_mut().clear();
+        self.cpus[self.current.get()]
+            .stale_invalid
+            .borrow_mut()
+            .clear();
         self.primitive(Primitive::Isb, 1);
     }
 
@@ -797,7 +819,11 @@ impl Machine {
         }
         let page = va.0 >> 12;
         if self.config.hardware.arm64_barriers
-            && cpu.stale_invalid.borrow().iter().any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
+            && cpu
+                .stale_invalid
+                .borrow()
+                .iter()
+                .any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
         {
             return Access::Fault;
         }
@@ -837,7 +863,10 @@ impl Machine {
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_range(&self, cpu: usize, space: SpaceId, start: u64, end: u64) {
-        self.cpus[cpu].tlb.borrow_mut().invalidate_range(space, start, end);
+        self.cpus[cpu]
+            .tlb
+            .borrow_mut()
+            .invalidate_range(space, start, end);
     }
 
     /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
@@ -1035,7 +1064,8 @@ impl Machine {
                 // after a switch whatever the lazy MMU code did. Part of
                 // every context switch, not charged to the workload.
                 let drained = core::mem::take(&mut *c.pending.borrow_mut());
-                self.pending_stores.set(self.pending_stores.get() - drained.len());
+                self.pending_stores
+                    .set(self.pending_stores.get() - drained.len());
             }
             c.task.set(None);
         }
@@ -1072,9 +1102,11 @@ impl Machine {
             return;
         };
         self.preemptions.set(self.preemptions.get() + 1);
-        let in_section = self.tasks.borrow()[prev].lazy.is_active() || self.cpus[cpu].lazy.get().is_active();
+        let in_section =
+            self.tasks.borrow()[prev].lazy.is_active() || self.cpus[cpu].lazy.get().is_active();
         if in_section {
-            self.preempted_in_section.set(self.preempted_in_section.get() + 1);
+            self.preempted_in_section
+                .set(self.preempted_in_section.get() + 1);
         }
         self.nesting.set(self.nesting.get() + 1);
         match migrate_to {
@@ -1098,7 +1130,11 @@ impl Machine {
     fn run_unit_of(&self, kernel: &dyn Kernel, task: usize) {
         self.tasks.borrow_mut()[task].state = TaskState::Busy;
         let more = kernel.run_unit(task);
-        self.tasks.borrow_mut()[task].state = if more { TaskState::Ready } else { TaskState::Done };
+        self.tasks.borrow_mut()[task].state = if more {
+            TaskState::Ready
+        } else {
+            TaskState::Done
+        };
     }
 
     /// A voluntary sleep of the running task (a blocking allocation, a
@@ -1108,7 +1144,10 @@ impl Machine {
         if self.preempt_count() > 0 || self.in_interrupt() {
             self.violation(
                 Invariant::SleepInSection,
-                format!("sleep with preempt count {} in a section that cannot sleep", self.preempt_count()),
+                format!(
+                    "sleep with preempt count {} in a section that cannot sleep",
+                    self.preempt_count()
+                ),
             );
             return;
         }

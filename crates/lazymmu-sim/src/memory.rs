@@ -63,10 +63,9 @@ impl PhysMemory {
 
     #[inline]
     fn word(&self, pa: PhysAddr) -> &Cell<u64> {
-        let off = pa
-            .0
-            .checked_sub(MEMORY_BASE)
-            .unwrap_or_else(|| panic!("{pa:?} is below physical memory"));
+        let off =
+            pa.0.checked_sub(MEMORY_BASE)
+                .unwrap_or_else(|| panic!("{pa:?} is below physical memory"));
         match self.words.get((off / 8) as usize) {
             Some(cell) => cell,
             None => panic!("{pa:?} is beyond physical memory"),

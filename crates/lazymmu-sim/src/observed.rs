@@ -141,20 +141,32 @@ impl<B: Backend> Observed<B> {
         };
         if self.machine.in_interrupt() {
             self.machine.atomically(|| {
-                self.check_write(update.entry, w, Invariant::IrqImmediate, "update in interrupt context")
+                self.check_write(
+                    update.entry,
+                    w,
+                    Invariant::IrqImmediate,
+                    "update in interrupt context",
+                )
             });
         } else if self.deferring() {
             self.with_log(|log| {
                 log.writes.insert(update.entry, w);
             });
         } else {
-            self.machine
-                .atomically(|| self.check_write(update.entry, w, Invariant::WritesVisible, "write outside a section"));
+            self.machine.atomically(|| {
+                self.check_write(
+                    update.entry,
+                    w,
+                    Invariant::WritesVisible,
+                    "write outside a section",
+                )
+            });
         }
     }
 
     fn after_flush_request(&self, space: SpaceId, start: u64, end: u64) {
-        self.machine.log(crate::events::EventKind::FlushRequest { space, start, end });
+        self.machine
+            .log(crate::events::EventKind::FlushRequest { space, start, end });
         if self.deferring() {
             self.with_log(|log| log.promises.push((space, start, end)));
         } else {
@@ -173,21 +185,27 @@ impl<B: Backend> ArchHooks for Observed<B> {
     fn enter(&self) {
         let cpu = self.machine.cpu();
         if self.entered.borrow()[cpu] {
-            self.machine
-                .violation(Invariant::EnterLeave, format!("enter on cpu{cpu}, which is already in lazy mode"));
+            self.machine.violation(
+                Invariant::EnterLeave,
+                format!("enter on cpu{cpu}, which is already in lazy mode"),
+            );
         }
         self.entered.borrow_mut()[cpu] = true;
-        self.machine.log(crate::events::EventKind::Hook(Hook::Enter));
+        self.machine
+            .log(crate::events::EventKind::Hook(Hook::Enter));
         self.inner.enter();
     }
 
     fn leave(&self) {
         let cpu = self.machine.cpu();
         if !self.entered.borrow()[cpu] {
-            self.machine
-                .violation(Invariant::EnterLeave, format!("leave on cpu{cpu}, which is not in lazy mode"));
+            self.machine.violation(
+                Invariant::EnterLeave,
+                format!("leave on cpu{cpu}, which is not in lazy mode"),
+            );
         }
-        self.machine.log(crate::events::EventKind::Hook(Hook::Leave));
+        self.machine
+            .log(crate::events::EventKind::Hook(Hook::Leave));
         self.inner.leave();
         let cpu = self.machine.cpu();
         self.entered.borrow_mut()[cpu] = false;
@@ -197,10 +215,13 @@ impl<B: Backend> ArchHooks for Observed<B> {
     fn flush(&self) {
         let cpu = self.machine.cpu();
         if !self.entered.borrow()[cpu] {
-            self.machine
-                .violation(Invariant::EnterLeave, format!("flush on cpu{cpu}, which is not in lazy mode"));
+            self.machine.violation(
+                Invariant::EnterLeave,
+                format!("flush on cpu{cpu}, which is not in lazy mode"),
+            );
         }
-        self.machine.log(crate::events::EventKind::Hook(Hook::Flush));
+        self.machine
+            .log(crate::events::EventKind::Hook(Hook::Flush));
         self.inner.flush();
         self.settle("after flush");
     }
@@ -239,7 +260,14 @@ impl<B: Backend> PteAccess for Observed<B> {
 }
 
 impl<B: Backend> TlbFlush for Observed<B> {
-    fn flush_range(&self, space: SpaceId, start: VirtAddr, end: VirtAddr, stride: PageSize, scope: FlushScope) {
+    fn flush_range(
+        &self,
+        space: SpaceId,
+        start: VirtAddr,
+        end: VirtAddr,
+        stride: PageSize,
+        scope: FlushScope,
+    ) {
         self.inner.flush_range(space, start, end, stride, scope);
         self.after_flush_request(space, start.0, end.0);
     }
@@ -378,19 +406,31 @@ impl LazyMode for Eager {
     type Token = ();
 
     fn enable(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step { token: (), hook: None })
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
     }
 
     fn disable(&self, _token: ()) -> Result<Step<()>, Misuse> {
-        Ok(Step { token: (), hook: None })
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
     }
 
     fn pause_raw(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step { token: (), hook: None })
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
     }
 
     fn resume(&self, _token: ()) -> Result<Step<()>, Misuse> {
-        Ok(Step { token: (), hook: None })
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
     }
 
     fn is_active(&self) -> bool {

@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use lazymmu::backend::arm64::Arm64;
 use lazymmu::backend::ppc_hash::PpcHash;
-use lazymmu::backend::protected::{KeyFlavour, Poe, Pks, Protected};
+use lazymmu::backend::protected::{KeyFlavour, Pks, Poe, Protected};
 use lazymmu::backend::s390::S390;
 use lazymmu::backend::sparc64::Sparc64;
 use lazymmu::backend::x86::X86Backend;
@@ -108,7 +108,14 @@ mod protected_impls {
     }
 
     impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for ProtectedExceptions<B, K, F> {
-        fn flush_range(&self, space: SpaceId, start: VirtAddr, end: VirtAddr, stride: PageSize, scope: FlushScope) {
+        fn flush_range(
+            &self,
+            space: SpaceId,
+            start: VirtAddr,
+            end: VirtAddr,
+            stride: PageSize,
+            scope: FlushScope,
+        ) {
             self.backend.flush_range(space, start, end, stride, scope)
         }
         fn flush_all(&self, space: SpaceId, scope: FlushScope) {
@@ -207,21 +214,29 @@ pub fn run_here(cfg: &RunConfig) -> RunResult {
     let machine = Rc::new(Machine::new(machine_config(cfg)));
     let cpu = SimCpu::new(machine.clone());
     match cfg.backend {
-        BackendKind::X86 => with_backend::<X86_64, _>(cfg, machine.clone(), X86Backend::new(SimMemory::new(machine), cpu)),
+        BackendKind::X86 => with_backend::<X86_64, _>(
+            cfg,
+            machine.clone(),
+            X86Backend::new(SimMemory::new(machine), cpu),
+        ),
         BackendKind::XenPv => with_backend::<X86_64, _>(cfg, machine, XenPv::new(cpu)),
         BackendKind::Arm64 => with_backend::<Aarch64, _>(cfg, machine, Arm64::new(cpu)),
         BackendKind::PpcHash => with_backend::<X86_64, _>(cfg, machine, PpcHash::new(cpu)),
         BackendKind::Sparc64 => with_backend::<X86_64, _>(cfg, machine, Sparc64::new(cpu)),
         BackendKind::S390 => with_backend::<X86_64, _>(cfg, machine, S390::new(cpu)),
-        BackendKind::X86Pks if cfg.forget_key_open => {
-            with_backend::<X86_64, _>(cfg, machine.clone(), X86Backend::new(SimMemory::new(machine), cpu))
-        }
+        BackendKind::X86Pks if cfg.forget_key_open => with_backend::<X86_64, _>(
+            cfg,
+            machine.clone(),
+            X86Backend::new(SimMemory::new(machine), cpu),
+        ),
         BackendKind::X86Pks => {
             let inner = X86Backend::new(SimMemory::new(machine.clone()), cpu.clone());
             let b: Protected<_, _, Pks> = Protected::new(inner, cpu);
             with_backend::<X86_64, _>(cfg, machine, ProtectedExceptions::new(b))
         }
-        BackendKind::Arm64Poe if cfg.forget_key_open => with_backend::<Aarch64, _>(cfg, machine, Arm64::new(cpu)),
+        BackendKind::Arm64Poe if cfg.forget_key_open => {
+            with_backend::<Aarch64, _>(cfg, machine, Arm64::new(cpu))
+        }
         BackendKind::Arm64Poe => {
             let b: Protected<_, _, Poe> = Protected::new(Arm64::new(cpu.clone()), cpu);
             with_backend::<Aarch64, _>(cfg, machine, ProtectedExceptions::new(b))
@@ -229,13 +244,19 @@ pub fn run_here(cfg: &RunConfig) -> RunResult {
     }
 }
 
-fn with_backend<F: Format, B: Backend + Exceptions + 'static>(cfg: &RunConfig, machine: Rc<Machine>, backend: B) -> RunResult {
+fn with_backend<F: Format, B: Backend + Exceptions + 'static>(
+    cfg: &RunConfig,
+    machine: Rc<Machine>,
+    backend: B,
+) -> RunResult {
     let observed = Rc::new(Observed::new(backend, machine.clone()));
     let env = SimEnv::new(machine.clone());
     let hooks = Shared(observed.clone());
     let policy = MisusePolicy::Count;
     match (cfg.mode, cfg.design) {
-        (ModeKind::Eager, _) => with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(Eager, machine)),
+        (ModeKind::Eager, _) => {
+            with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(Eager, machine))
+        }
         (ModeKind::Lazy, DesignKind::Counters) => {
             let mode = Counters::new(env, hooks, policy);
             with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(mode, machine))
@@ -251,7 +272,12 @@ fn with_backend<F: Format, B: Backend + Exceptions + 'static>(cfg: &RunConfig, m
     }
 }
 
-fn with_mode<F, B, M>(cfg: &RunConfig, machine: Rc<Machine>, observed: Rc<Observed<B>>, lazy: Checked<M>) -> RunResult
+fn with_mode<F, B, M>(
+    cfg: &RunConfig,
+    machine: Rc<Machine>,
+    observed: Rc<Observed<B>>,
+    lazy: Checked<M>,
+) -> RunResult
 where
     F: Format,
     B: Backend + Exceptions + 'static,
@@ -342,7 +368,11 @@ pub fn compare_designs(seed: u64, cpus: usize) -> Vec<DesignReport> {
             fork.rates = Some(busy);
             let fork = run(&fork);
 
-            let mut nested = RunConfig::new(BackendKind::X86Pks, WorkloadKind::DebugPagealloc, ModeKind::Lazy);
+            let mut nested = RunConfig::new(
+                BackendKind::X86Pks,
+                WorkloadKind::DebugPagealloc,
+                ModeKind::Lazy,
+            );
             nested.design = design;
             nested.seed = seed;
             nested.cpus = cpus;
@@ -350,7 +380,11 @@ pub fn compare_designs(seed: u64, cpus: usize) -> Vec<DesignReport> {
             nested.rates = Some(busy);
             let nested = run(&nested);
 
-            let mut sleep = RunConfig::new(BackendKind::XenPv, WorkloadKind::DebugPagealloc, ModeKind::Lazy);
+            let mut sleep = RunConfig::new(
+                BackendKind::XenPv,
+                WorkloadKind::DebugPagealloc,
+                ModeKind::Lazy,
+            );
             sleep.design = design;
             sleep.seed = seed;
             sleep.cpus = cpus;

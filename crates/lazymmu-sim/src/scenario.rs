@@ -221,7 +221,10 @@ pub struct RunResult {
 impl RunResult {
     /// Violations of one invariant among those kept in full.
     pub fn violations_of(&self, invariant: crate::invariant::Invariant) -> usize {
-        self.violations.iter().filter(|v| v.invariant == invariant).count()
+        self.violations
+            .iter()
+            .filter(|v| v.invariant == invariant)
+            .count()
     }
 
     /// The count of one primitive.

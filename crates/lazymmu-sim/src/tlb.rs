@@ -54,7 +54,10 @@ impl Tlb {
     /// The cached translation of `va` in `space`.
     #[inline]
     pub fn lookup(&self, space: SpaceId, va: VirtAddr) -> Option<TlbEntry> {
-        self.entries.iter().copied().find(|e| e.matches(space, va.0))
+        self.entries
+            .iter()
+            .copied()
+            .find(|e| e.matches(space, va.0))
     }
 
     /// Caches a translation, evicting the oldest when full.
@@ -129,9 +132,13 @@ mod tests {
         t.fill(entry(0, 0xffff_8000_0000_0000, true));
         assert!(t.lookup(SpaceId(1), VirtAddr(0x1fff)).is_some());
         assert!(t.lookup(SpaceId(2), VirtAddr(0x1000)).is_none());
-        assert!(t.lookup(SpaceId(2), VirtAddr(0xffff_8000_0000_0000)).is_some());
+        assert!(t
+            .lookup(SpaceId(2), VirtAddr(0xffff_8000_0000_0000))
+            .is_some());
         t.invalidate_space(SpaceId(2));
-        assert!(t.lookup(SpaceId(2), VirtAddr(0xffff_8000_0000_0000)).is_some());
+        assert!(t
+            .lookup(SpaceId(2), VirtAddr(0xffff_8000_0000_0000))
+            .is_some());
         t.invalidate_space(SpaceId(1));
         assert!(t.lookup(SpaceId(1), VirtAddr(0x1000)).is_none());
         t.invalidate_range(SpaceId(5), 0xffff_8000_0000_0000, 0xffff_8000_0000_1000);
@@ -139,7 +146,11 @@ mod tests {
         t.fill(entry(1, 0x1000, false));
         t.fill(entry(0, 0xffff_8000_0000_0000, true));
         t.invalidate_space(SpaceId::KERNEL);
-        assert_eq!(t.entries().len(), 1, "a kernel flush drops global entries, keeps user ones");
+        assert_eq!(
+            t.entries().len(),
+            1,
+            "a kernel flush drops global entries, keeps user ones"
+        );
     }
 
     #[test]

@@ -110,7 +110,12 @@ where
 {
     /// Builds the world: kernel root, one task per `config.tasks` with its
     /// address space, the interrupt page.
-    pub fn new(config: &RunConfig, machine: Rc<Machine>, backend: Rc<Observed<B>>, lazy: L) -> Rc<Self> {
+    pub fn new(
+        config: &RunConfig,
+        machine: Rc<Machine>,
+        backend: Rc<Observed<B>>,
+        lazy: L,
+    ) -> Rc<Self> {
         let memory = SimMemory::new(machine.clone());
         let kernel_frames = SimFrames::new(machine.clone(), SpaceId::KERNEL);
         let kernel_root = allocate_root(&memory, &kernel_frames)
@@ -140,9 +145,8 @@ where
             let child = (config.workload == WorkloadKind::Fork).then(|| {
                 let child_space = SpaceId(1000 + i as u32);
                 let child_frames = SimFrames::new(machine.clone(), child_space);
-                let child_root =
-                    allocate_root(&world.memory, &child_frames)
-                        .expect("physical memory holds every child's root");
+                let child_root = allocate_root(&world.memory, &child_frames)
+                    .expect("physical memory holds every child's root");
                 machine.set_task_writes_to(task, Some(child_space));
                 (child_space, child_root, child_frames)
             });
@@ -266,7 +270,14 @@ where
         let unit = p.unit;
         p.unit += 1;
         let frames = p.frames.clone();
-        let tables = PageTables::<F, _, _, _, _>::new(p.root, p.space, &self.memory, &*self.backend, &self.lazy, &frames);
+        let tables = PageTables::<F, _, _, _, _>::new(
+            p.root,
+            p.space,
+            &self.memory,
+            &*self.backend,
+            &self.lazy,
+            &frames,
+        );
         let base = self.user_base(p);
         let user = matches!(
             self.config.workload,
@@ -284,15 +295,26 @@ where
             let va = base + unit * CHUNK_PAGES * PAGE;
             let len = self.chunk_len(unit);
             let phys = DATA_BASE + p.index * TASK_STRIDE + unit * CHUNK_PAGES * PAGE;
-            let r = tables.map(VirtAddr(va), PhysAddr(phys), len, Attributes::user_data(), PageSize::Size4K);
+            let r = tables.map(
+                VirtAddr(va),
+                PhysAddr(phys),
+                len,
+                Attributes::user_data(),
+                PageSize::Size4K,
+            );
             self.check(r.map(|_| ()), "setup map");
             self.touch(p.space, va, len / PAGE);
             return unit + 1 < units;
         }
 
         let va = base + (unit % units.max(1)) * CHUNK_PAGES * PAGE;
-        let len = if units == 0 { 0 } else { self.chunk_len(unit % units) };
-        self.machine.log(EventKind::Unit(self.config.workload.name()));
+        let len = if units == 0 {
+            0
+        } else {
+            self.chunk_len(unit % units)
+        };
+        self.machine
+            .log(EventKind::Unit(self.config.workload.name()));
         match self.config.workload {
             WorkloadKind::Fork => {
                 let Some((child_space, child_root, _)) = &p.child else {
@@ -300,7 +322,14 @@ where
                 };
                 self.touch(p.space, va, 8);
                 let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.copy_to(*child_root, *child_space, VirtAddr(va), len, CopyKind::Private, &mut gather);
+                let r = tables.copy_to(
+                    *child_root,
+                    *child_space,
+                    VirtAddr(va),
+                    len,
+                    CopyKind::Private,
+                    &mut gather,
+                );
                 self.check(r.map(|_| ()), "fork copy");
                 drop(gather);
                 unit + 1 < units
@@ -324,7 +353,8 @@ where
                 } else {
                     if !p.destroyed {
                         p.destroyed = true;
-                        let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
+                        let mut gather =
+                            Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
                         let r = tables.destroy(false, &mut gather);
                         self.check(r.map(|_| ()), "exit free tables");
                         drop(gather);
@@ -349,7 +379,8 @@ where
             WorkloadKind::Mremap => {
                 self.touch(p.space, va, 8);
                 let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.move_range(VirtAddr(va), VirtAddr(va + MREMAP_OFFSET), len, &mut gather);
+                let r =
+                    tables.move_range(VirtAddr(va), VirtAddr(va + MREMAP_OFFSET), len, &mut gather);
                 self.check(r.map(|_| ()), "mremap move");
                 drop(gather);
                 unit + 1 < units
@@ -372,13 +403,24 @@ where
         if unit < units {
             // vmap: map, then the caller touches the new mapping at once.
             let phys = DATA_BASE + (p.index + 64) * TASK_STRIDE + u * CHUNK_PAGES * PAGE;
-            let r = kernel.map(VirtAddr(va), PhysAddr(phys), len, Attributes::kernel_data(), PageSize::Size4K);
+            let r = kernel.map(
+                VirtAddr(va),
+                PhysAddr(phys),
+                len,
+                Attributes::kernel_data(),
+                PageSize::Size4K,
+            );
             self.check(r.map(|_| ()), "vmalloc map");
             self.expect_mapped(va, true, "vmalloc'd page after map");
         } else {
             // vfree: unmap and flush the range on every CPU.
             self.touch(SpaceId::KERNEL, va, 8);
-            let mut gather = Gather::new(&*self.backend, &self.kernel_frames, SpaceId::KERNEL, self.all_cpus());
+            let mut gather = Gather::new(
+                &*self.backend,
+                &self.kernel_frames,
+                SpaceId::KERNEL,
+                self.all_cpus(),
+            );
             let r = kernel.zap(VirtAddr(va), len, &mut gather);
             self.check(r.map(|_| ()), "vfree zap");
             drop(gather);
@@ -397,8 +439,17 @@ where
         let backend = &*self.backend;
         let lazy = &self.lazy;
         let shadow = DATA_BASE + (p.index + 128) * TASK_STRIDE + u * CHUNK_PAGES * PAGE;
-        let mut gather = Gather::new(backend, &self.kernel_frames, SpaceId::KERNEL, self.all_cpus());
-        let mode = if populate { ApplyMode::Create } else { ApplyMode::Existing };
+        let mut gather = Gather::new(
+            backend,
+            &self.kernel_frames,
+            SpaceId::KERNEL,
+            self.all_cpus(),
+        );
+        let mode = if populate {
+            ApplyMode::Create
+        } else {
+            ApplyMode::Existing
+        };
         let r = kernel.apply(VirtAddr(va), len, mode, &mut gather, |slot| {
             // kasan_populate_vmalloc_pte / kasan_depopulate_vmalloc_pte:
             // pause lazy MMU mode around each entry, because the entry is
@@ -458,7 +509,12 @@ where
             // and back in with its section open.
             self.machine.sleep();
         }
-        let mut kgather = Gather::new(&*self.backend, &self.kernel_frames, SpaceId::KERNEL, self.all_cpus());
+        let mut kgather = Gather::new(
+            &*self.backend,
+            &self.kernel_frames,
+            SpaceId::KERNEL,
+            self.all_cpus(),
+        );
         let r = kernel.zap(VirtAddr(page_va), PAGE, &mut kgather);
         self.check(r.map(|_| ()), "debug-pagealloc unmap page");
         drop(kgather);
@@ -480,7 +536,10 @@ where
             };
             self.machine.violation(
                 invariant,
-                format!("{what}: access to {va:#x} gave {got:?}, expected it {}mapped", if mapped { "" } else { "un" }),
+                format!(
+                    "{what}: access to {va:#x} gave {got:?}, expected it {}mapped",
+                    if mapped { "" } else { "un" }
+                ),
             );
         }
     }
@@ -516,7 +575,12 @@ where
         let kernel = self.kernel_tables();
         if self.irq_mapped.get() {
             let _section = self.lazy.section();
-            let mut gather = Gather::new(&*self.backend, &self.kernel_frames, SpaceId::KERNEL, self.all_cpus());
+            let mut gather = Gather::new(
+                &*self.backend,
+                &self.kernel_frames,
+                SpaceId::KERNEL,
+                self.all_cpus(),
+            );
             let r = kernel.zap(VirtAddr(IRQ_VA), PAGE, &mut gather);
             self.check(r.map(|_| ()), "interrupt unmap");
             drop(gather);
@@ -540,7 +604,12 @@ where
     }
 
     fn run_unit(&self, task: usize) -> bool {
-        let Some(mut program) = self.programs.borrow_mut().get_mut(task).and_then(Option::take) else {
+        let Some(mut program) = self
+            .programs
+            .borrow_mut()
+            .get_mut(task)
+            .and_then(Option::take)
+        else {
             return false;
         };
         let more = self.step(&mut program);

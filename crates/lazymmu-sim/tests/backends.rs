@@ -58,15 +58,35 @@ fn xen_33rd_entry_issues_the_multicall() {
     for i in 0..32 {
         xen.write_entry(update(t[0], 1, i, 0x1000 * (i + 1) | 1));
     }
-    assert_eq!(m.counts().get(Primitive::Hypercall), 0, "32 entries fit the buffer");
-    assert_eq!(m.memory().read(t[0]), 0, "queued writes are not in memory yet");
+    assert_eq!(
+        m.counts().get(Primitive::Hypercall),
+        0,
+        "32 entries fit the buffer"
+    );
+    assert_eq!(
+        m.memory().read(t[0]),
+        0,
+        "queued writes are not in memory yet"
+    );
     xen.write_entry(update(t[0], 1, 32, 0x99_000 | 1));
-    assert_eq!(m.counts().get(Primitive::Hypercall), 1, "the 33rd entry flushes the full buffer");
+    assert_eq!(
+        m.counts().get(Primitive::Hypercall),
+        1,
+        "the 33rd entry flushes the full buffer"
+    );
     assert_eq!(m.counts().get(Primitive::MulticallEntry), 32);
     assert_eq!(m.memory().read(t[0]), 0x1000 | 1);
-    assert_eq!(m.memory().read(t[0].add(8 * 32)), 0, "the 33rd waits in the next batch");
+    assert_eq!(
+        m.memory().read(t[0].add(8 * 32)),
+        0,
+        "the 33rd waits in the next batch"
+    );
     drop(section);
-    assert_eq!(m.counts().get(Primitive::Hypercall), 2, "leave issues the rest");
+    assert_eq!(
+        m.counts().get(Primitive::Hypercall),
+        2,
+        "leave issues the rest"
+    );
     assert_eq!(m.memory().read(t[0].add(8 * 32)), 0x99_000 | 1);
     assert_eq!(m.violation_count(), 0);
 }
@@ -89,9 +109,17 @@ fn ppc_193rd_entry_flushes_the_batch() {
     for i in 0..192 {
         ppc.write_entry(update(t[0], 1, i, 0));
     }
-    assert_eq!(m.counts().get(Primitive::HashInvalidate), 0, "192 fit the batch");
+    assert_eq!(
+        m.counts().get(Primitive::HashInvalidate),
+        0,
+        "192 fit the batch"
+    );
     ppc.write_entry(update(t[0], 1, 192, 0));
-    assert_eq!(m.counts().get(Primitive::HashInvalidate), 192, "the 193rd flushes the full batch");
+    assert_eq!(
+        m.counts().get(Primitive::HashInvalidate),
+        192,
+        "the 193rd flushes the full batch"
+    );
     drop(section);
     assert_eq!(m.counts().get(Primitive::HashInvalidate), 193);
     assert_eq!(m.violation_count(), 0);
@@ -110,7 +138,11 @@ fn sparc_193rd_entry_flushes_the_batch() {
     assert_eq!(m.counts().get(Primitive::Tlbi), 0, "192 fit the batch");
     sparc.write_entry(update(t[0], 1, 192, 0));
     // One CPU uses the space: one demap per address.
-    assert_eq!(m.counts().get(Primitive::Tlbi), 192, "the 193rd flushes the full batch");
+    assert_eq!(
+        m.counts().get(Primitive::Tlbi),
+        192,
+        "the 193rd flushes the full batch"
+    );
     drop(section);
     assert_eq!(m.counts().get(Primitive::Tlbi), 193);
 }
@@ -121,7 +153,9 @@ fn a_change_of_address_space_flushes_the_batch() {
         let (m, t) = machine(backend.platform(), HardwareModel::PLAIN, &[1, 2]);
         prefill(&m, t[0], 4);
         prefill(&m, t[1], 4);
-        let counted = |m: &Machine| m.counts().get(Primitive::HashInvalidate) + m.counts().get(Primitive::Tlbi);
+        let counted = |m: &Machine| {
+            m.counts().get(Primitive::HashInvalidate) + m.counts().get(Primitive::Tlbi)
+        };
         let check = |write: &dyn Fn(EntryUpdate), enter: &dyn Fn() -> Box<dyn FnOnce()>| {
             let close = enter();
             m.set_task_writes_to(0, Some(SpaceId(2)));
@@ -130,7 +164,11 @@ fn a_change_of_address_space_flushes_the_batch() {
             }
             assert_eq!(counted(&m), 0, "{backend}: same space, still batched");
             write(update(t[1], 2, 0, 0));
-            assert_eq!(counted(&m), 3, "{backend}: the other space's entry flushed the batch");
+            assert_eq!(
+                counted(&m),
+                3,
+                "{backend}: the other space's entry flushed the batch"
+            );
             close();
         };
         match backend {
@@ -167,11 +205,21 @@ fn kasan_read_back_hazard_is_reported_without_pause_and_not_with() {
     cfg.pages = 512;
     cfg.rates = None;
     let paused = run(&cfg);
-    assert_eq!(paused.violation_count, 0, "{:?}", paused.violations.first().map(|v| v.to_string()));
+    assert_eq!(
+        paused.violation_count,
+        0,
+        "{:?}",
+        paused.violations.first().map(|v| v.to_string())
+    );
     cfg.read_back_without_pause = true;
     let hazard = run(&cfg);
     assert!(hazard.violation_count > 0);
-    assert_eq!(hazard.violations[0].invariant, Invariant::StaleReadBack, "{}", hazard.violations[0]);
+    assert_eq!(
+        hazard.violations[0].invariant,
+        Invariant::StaleReadBack,
+        "{}",
+        hazard.violations[0]
+    );
 }
 
 #[test]
@@ -181,12 +229,25 @@ fn protected_page_tables_fault_on_an_eager_path_that_forgot_to_open_the_register
         cfg.pages = 512;
         cfg.rates = None;
         let good = run(&cfg);
-        assert_eq!(good.violation_count, 0, "{backend}: {:?}", good.violations.first().map(|v| v.to_string()));
-        assert!(good.count(Primitive::KeyWrite) > 0, "{backend}: the eager path opens and closes the register");
+        assert_eq!(
+            good.violation_count,
+            0,
+            "{backend}: {:?}",
+            good.violations.first().map(|v| v.to_string())
+        );
+        assert!(
+            good.count(Primitive::KeyWrite) > 0,
+            "{backend}: the eager path opens and closes the register"
+        );
         cfg.forget_key_open = true;
         let bad = run(&cfg);
         assert!(bad.violation_count > 0, "{backend}");
-        assert_eq!(bad.violations[0].invariant, Invariant::KeyFault, "{backend}: {}", bad.violations[0]);
+        assert_eq!(
+            bad.violations[0].invariant,
+            Invariant::KeyFault,
+            "{backend}: {}",
+            bad.violations[0]
+        );
     }
 }
 
@@ -201,7 +262,11 @@ fn lazy_sections_batch_where_the_backend_batches() {
         (BackendKind::Sparc64, WorkloadKind::Munmap, Primitive::Ipi),
         (BackendKind::S390, WorkloadKind::Mprotect, Primitive::Ipte),
         (BackendKind::X86Pks, WorkloadKind::Fork, Primitive::KeyWrite),
-        (BackendKind::Arm64Poe, WorkloadKind::Fork, Primitive::KeyWrite),
+        (
+            BackendKind::Arm64Poe,
+            WorkloadKind::Fork,
+            Primitive::KeyWrite,
+        ),
     ];
     for (backend, workload, primitive) in cases {
         let mut cfg = RunConfig::new(backend, workload, ModeKind::Eager);
@@ -209,7 +274,11 @@ fn lazy_sections_batch_where_the_backend_batches() {
         let eager = run(&cfg);
         cfg.mode = ModeKind::Lazy;
         let lazy = run(&cfg);
-        assert_eq!(eager.violation_count + lazy.violation_count, 0, "{backend} {workload}");
+        assert_eq!(
+            eager.violation_count + lazy.violation_count,
+            0,
+            "{backend} {workload}"
+        );
         assert!(
             lazy.count(primitive) * 2 < eager.count(primitive),
             "{backend} {workload}: {primitive} lazy {} eager {}",

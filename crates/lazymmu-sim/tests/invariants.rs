@@ -35,7 +35,9 @@ fn machine(hw: HardwareModel) -> (Rc<Machine>, PhysAddr) {
     cfg.frames = 64;
     let m = Rc::new(Machine::new(cfg));
     let mem = m.memory();
-    let frames: Vec<PhysAddr> = (0..4).map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap()).collect();
+    let frames: Vec<PhysAddr> = (0..4)
+        .map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap())
+        .collect();
     for (level, pair) in frames.windows(2).enumerate() {
         let shift = 39 - 9 * level as u32;
         let index = (VA >> shift) & 511;
@@ -147,11 +149,20 @@ fn x86(m: &Rc<Machine>) -> X86Backend<SimMemory, SimCpu> {
 #[test]
 fn a_forgotten_flush_leaves_a_stale_translation() {
     let (m, pte) = machine(hardware(BackendKind::X86));
-    assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)), "the TLB now caches VA");
+    assert!(
+        matches!(m.access(VirtAddr(VA)), Access::Hit(_)),
+        "the TLB now caches VA"
+    );
     // The honest backend: no violation.
     let good = Observed::new(x86(&m), m.clone());
     good.write_entry(update(pte, 0));
-    good.flush_range(SpaceId(1), VirtAddr(VA), VirtAddr(VA + 4096), PageSize::Size4K, FlushScope::Local);
+    good.flush_range(
+        SpaceId(1),
+        VirtAddr(VA),
+        VirtAddr(VA + 4096),
+        PageSize::Size4K,
+        FlushScope::Local,
+    );
     assert_eq!(m.violation_count(), 0);
     // The broken one.
     assert!(matches!(m.access(VirtAddr(VA)), Access::Fault));
@@ -159,22 +170,39 @@ fn a_forgotten_flush_leaves_a_stale_translation() {
     assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)));
     let bad = Observed::new(NoFlush(x86(&m)), m.clone());
     bad.write_entry(update(pte, 0));
-    bad.flush_range(SpaceId(1), VirtAddr(VA), VirtAddr(VA + 4096), PageSize::Size4K, FlushScope::Local);
+    bad.flush_range(
+        SpaceId(1),
+        VirtAddr(VA),
+        VirtAddr(VA + 4096),
+        PageSize::Size4K,
+        FlushScope::Local,
+    );
     let v = m.violations();
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].invariant, Invariant::StaleTranslation);
-    assert!(!v[0].events.is_empty(), "the report carries the last events");
+    assert!(
+        !v[0].events.is_empty(),
+        "the report carries the last events"
+    );
 }
 
 #[test]
 fn a_lost_write_is_caught_when_the_section_closes() {
     let (m, pte) = machine(hardware(BackendKind::X86));
     let backend = Rc::new(Observed::new(DropsWrites(x86(&m)), m.clone()));
-    let mode = Counters::new(SimEnv::new(m.clone()), Shared(backend.clone()), MisusePolicy::Count);
+    let mode = Counters::new(
+        SimEnv::new(m.clone()),
+        Shared(backend.clone()),
+        MisusePolicy::Count,
+    );
     {
         let _s = mode.section();
         backend.write_entry(update(pte, 0));
-        assert_eq!(m.violation_count(), 0, "inside the section the write may be deferred");
+        assert_eq!(
+            m.violation_count(),
+            0,
+            "inside the section the write may be deferred"
+        );
     }
     assert_eq!(m.violations()[0].invariant, Invariant::WritesVisible);
 }
@@ -196,7 +224,11 @@ fn a_key_register_left_open_after_a_section_is_caught() {
     let (m, _) = machine(hw);
     let backend = Rc::new(Observed::new(x86(&m), m.clone()));
     let mode = Checked::new(
-        Counters::new(SimEnv::new(m.clone()), Shared(backend.clone()), MisusePolicy::Count),
+        Counters::new(
+            SimEnv::new(m.clone()),
+            Shared(backend.clone()),
+            MisusePolicy::Count,
+        ),
         m.clone(),
     );
     {
@@ -222,7 +254,11 @@ fn a_read_back_of_a_queued_write_is_reported() {
         lazymmu::backend::xen_pv::XenPv::new(SimCpu::new(m.clone())),
         m.clone(),
     ));
-    let mode = Counters::new(SimEnv::new(m.clone()), Shared(xen.clone()), MisusePolicy::Count);
+    let mode = Counters::new(
+        SimEnv::new(m.clone()),
+        Shared(xen.clone()),
+        MisusePolicy::Count,
+    );
     let s = mode.section();
     xen.write_entry(update(pte, 0));
     let _ = xen.read_entry(pte);
@@ -240,7 +276,10 @@ fn a_batch_applied_in_another_tasks_context_is_caught() {
     let t1 = m.add_task(SpaceId(2), other, 1);
     assert_eq!(t1, 1);
     m.set_cpu(1);
-    SimCpu::new(m.clone()).mmu_update(MmuUpdate { entry: pte, value: 0 });
+    SimCpu::new(m.clone()).mmu_update(MmuUpdate {
+        entry: pte,
+        value: 0,
+    });
     assert_eq!(m.violations()[0].invariant, Invariant::BatchOwnership);
 }
 
@@ -256,7 +295,11 @@ fn direct_stores_to_xen_page_tables_are_refused() {
 fn sleeping_in_a_per_cpu_section_is_reported() {
     let (m, _) = machine(hardware(BackendKind::XenPv));
     let backend = Rc::new(Observed::new(x86(&m), m.clone()));
-    let mode = PerCpu::new(SimEnv::new(m.clone()), Shared(backend.clone()), MisusePolicy::Count);
+    let mode = PerCpu::new(
+        SimEnv::new(m.clone()),
+        Shared(backend.clone()),
+        MisusePolicy::Count,
+    );
     {
         let _s = mode.section();
         m.sleep();
@@ -265,7 +308,11 @@ fn sleeping_in_a_per_cpu_section_is_reported() {
     // The counter design may sleep.
     let (m, _) = machine(hardware(BackendKind::XenPv));
     let backend = Rc::new(Observed::new(x86(&m), m.clone()));
-    let mode = Counters::new(SimEnv::new(m.clone()), Shared(backend.clone()), MisusePolicy::Count);
+    let mode = Counters::new(
+        SimEnv::new(m.clone()),
+        Shared(backend.clone()),
+        MisusePolicy::Count,
+    );
     {
         let _s = mode.section();
         m.sleep();
@@ -298,7 +345,10 @@ fn runs_are_reproducible_from_the_seed() {
     });
     let a = run(&cfg);
     let b = run(&cfg);
-    assert!(a.preemptions > 0 && a.interrupts > 0, "the seed disturbs the run");
+    assert!(
+        a.preemptions > 0 && a.interrupts > 0,
+        "the seed disturbs the run"
+    );
     assert_eq!(a.counts, b.counts);
     assert_eq!(a.cycles, b.cycles);
     assert_eq!(a.steps, b.steps);
@@ -312,7 +362,12 @@ fn runs_are_reproducible_from_the_seed() {
 #[test]
 fn every_design_keeps_the_contracts_under_preemption_and_interrupts() {
     for &design in DesignKind::ALL {
-        for backend in [BackendKind::XenPv, BackendKind::Arm64, BackendKind::X86Pks, BackendKind::S390] {
+        for backend in [
+            BackendKind::XenPv,
+            BackendKind::Arm64,
+            BackendKind::X86Pks,
+            BackendKind::S390,
+        ] {
             let mut cfg = RunConfig::new(backend, WorkloadKind::DebugPagealloc, ModeKind::Lazy);
             cfg.design = design;
             cfg.pages = 1024;
@@ -328,7 +383,10 @@ fn every_design_keeps_the_contracts_under_preemption_and_interrupts() {
                 r.violation_count,
                 0,
                 "{backend} {design}: {}",
-                r.violations.first().map(|v| v.to_string()).unwrap_or_default()
+                r.violations
+                    .first()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
             );
         }
     }
@@ -411,7 +469,11 @@ fn an_interrupt_update_that_is_deferred_is_caught() {
         backend: backend.clone(),
         pte,
     }));
-    let mode = Counters::new(SimEnv::new(m.clone()), Shared(backend.clone()), MisusePolicy::Count);
+    let mode = Counters::new(
+        SimEnv::new(m.clone()),
+        Shared(backend.clone()),
+        MisusePolicy::Count,
+    );
     let s = mode.section();
     m.interrupt();
     assert_eq!(m.violations()[0].invariant, Invariant::IrqImmediate);

@@ -9,7 +9,7 @@
 //! `arch_enter_lazy_mmu_mode` does (paravirt ops default to no-ops).
 //!
 //! The machine operations sit behind [`X86Primitives`]:
-//! [`BareMetal`] executes the real instructions (compiled only for
+//! `BareMetal` executes the real instructions (compiled only for
 //! `x86_64-unknown-none`), and [`RecordingPrimitives`] records the calls on
 //! the host for tests.
 
@@ -53,7 +53,7 @@ pub enum RemoteFlush {
 ///
 /// All take `&self`: an implementation may be re-entered from an interrupt
 /// handler. The simulator implements them with its model; the kernel uses
-/// [`BareMetal`].
+/// `BareMetal` (bare metal only).
 pub trait X86Primitives {
     /// `invlpg va`: invalidates the TLB entries of the page holding `va`
     /// (any size, global included) in the current PCID, and all

@@ -189,6 +189,11 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
     /// sign-extended) rather than one root per half (AArch64 TTBR0/TTBR1).
     const SHARED_ROOT: bool;
 
+    /// The bit that says a leaf was written (x86 D; AArch64 software dirty).
+    const DIRTY_BIT: u64;
+    /// The bit that says a leaf was accessed (x86 A; AArch64 AF).
+    const ACCESSED_BIT: u64;
+
     /// Decodes the entry `raw` found in a table at `level`.
     fn decode(raw: u64, level: u8) -> Entry;
 

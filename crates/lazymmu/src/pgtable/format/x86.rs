@@ -146,6 +146,8 @@ macro_rules! x86_format {
             const VA_BITS: u32 = $bits;
             const TABLE_ADDRESS_MASK: u64 = ADDRESS_4K;
             const SHARED_ROOT: bool = true;
+            const DIRTY_BIT: u64 = DIRTY;
+            const ACCESSED_BIT: u64 = ACCESSED;
 
             #[inline]
             fn decode(raw: u64, level: u8) -> Entry {

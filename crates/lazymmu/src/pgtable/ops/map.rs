@@ -150,21 +150,36 @@ where
                 );
                 run.summary.leaves[size_slot(size)] += 1;
             } else {
-                let (below, new) = if fresh {
-                    let below = self.new_table().ok_or(Stop::OutOfFrames(va))?;
-                    self.write_table(entry, va, run.high, level, below);
-                    (below, true)
-                } else {
-                    match F::decode(current, level) {
-                        Entry::Leaf { .. } => return Err(Stop::Occupied(va)),
-                        Entry::Table(below) => (below, false),
-                        Entry::Absent => self.table_below(entry, va, run.high, level)?,
+                match F::decode(current, level) {
+                    Entry::Leaf { .. } => return Err(Stop::Occupied(va)),
+                    Entry::Table(below) => {
+                        self.map_level(below, level - 1, va, next, false, run)?
                     }
-                };
-                if new {
-                    run.summary.tables_allocated += 1;
+                    Entry::Absent if level == 2 => {
+                        // A new PTE table is filled before it is linked:
+                        // the fill cannot fail, no walker ever sees it
+                        // half-built, and a table the run covers entirely
+                        // needs no zeroing.
+                        let below = if covers_entry(va, next, level) {
+                            self.new_frame_to_fill()
+                        } else {
+                            self.new_table()
+                        }
+                        .ok_or(Stop::OutOfFrames(va))?;
+                        run.summary.tables_allocated += 1;
+                        self.map_ptes(below, va, next, true, run)?;
+                        self.write_table(entry, va, run.high, level, below);
+                    }
+                    Entry::Absent => {
+                        // Upper tables are linked first, so that what is
+                        // mapped below them stays reachable if a later
+                        // allocation fails.
+                        let below = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+                        run.summary.tables_allocated += 1;
+                        self.write_table(entry, va, run.high, level, below);
+                        self.map_level(below, level - 1, va, next, true, run)?;
+                    }
                 }
-                self.map_level(below, level - 1, va, next, new, run)?;
             }
             va = next;
         }

@@ -6,7 +6,8 @@
 //! Every operation
 //! - runs each PTE-level loop inside one lazy section ([`LazyMode::section`]),
 //!   one section per PTE table as Linux does;
-//! - reads and writes every entry through the backend's [`PteAccess`], never
+//! - reads and writes every entry through the backend's
+//!   [`PteAccess`](crate::backend::PteAccess), never
 //!   memory directly (new tables are zeroed in memory before they are
 //!   linked, which no walker can observe);
 //! - records every translation it invalidates, and every page-table frame it
@@ -65,7 +66,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, size_at, Attributes, Entry, Format, ENTRIES};
+use crate::pgtable::format::{entry_shift, index, size_at, Entry, Format, ENTRIES};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::walk::canonical;
@@ -341,8 +342,15 @@ where
 
     /// A zeroed frame for a new table, not linked anywhere yet.
     pub(crate) fn new_table(&self) -> Option<PhysAddr> {
-        let frame = self.allocator.allocate()?;
+        let frame = self.new_frame_to_fill()?;
         self.memory.zero_frame(frame);
+        Some(frame)
+    }
+
+    /// A frame for a new table that the caller fills completely before
+    /// linking it, so it needs no zeroing.
+    pub(crate) fn new_frame_to_fill(&self) -> Option<PhysAddr> {
+        let frame = self.allocator.allocate()?;
         self.tables_allocated.set(self.tables_allocated.get() + 1);
         Some(frame)
     }
@@ -408,7 +416,8 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let table = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+        // Every entry of the new table is written below: no zeroing.
+        let table = self.new_frame_to_fill().ok_or(Stop::OutOfFrames(va))?;
         let old = self.clear(entry, va, high, level);
         let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
             unreachable!("split of a non-leaf entry");
@@ -482,13 +491,5 @@ pub(crate) fn size_slot(size: PageSize) -> usize {
         PageSize::Size4K => 0,
         PageSize::Size2M => 1,
         PageSize::Size1G => 2,
-    }
-}
-
-pub(crate) fn attrs_keep_status(new: Attributes, old: Attributes) -> Attributes {
-    Attributes {
-        dirty: old.dirty,
-        accessed: old.accessed,
-        ..new
     }
 }
