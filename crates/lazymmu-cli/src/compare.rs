@@ -25,7 +25,7 @@ pub struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub workload: Vec<String>,
     /// Pages each task's workload touches.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub pages: u64,
     /// Simulated CPUs.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
@@ -263,6 +263,10 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
 }
 
 fn write_table(out: &mut impl Write, results: &[RunResult]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "modelled cycles of each run's own work (interrupt handlers the scheduler injects are not charged); lazy/eager < 1 means batching pays"
+    )?;
     writeln!(
         out,
         "{:<10} {:<16} {:<9} {:<6} {:>12} {:>7}  {:>5}  counts",

@@ -133,6 +133,9 @@ impl Default for Rates {
     }
 }
 
+/// Whether a choice is of one kind.
+type KindTest = fn(&Choice) -> bool;
+
 /// A seeded random chooser: reproducible from its seed.
 #[derive(Clone, Debug)]
 pub struct RandomChooser {
@@ -153,10 +156,10 @@ impl RandomChooser {
 impl Chooser for RandomChooser {
     fn choose(&mut self, _point: &ChoicePoint, options: &[Choice]) -> usize {
         let roll = self.rng.below(1000);
-        let want = |kind: fn(&Choice) -> bool| options.iter().filter(|c| kind(c)).count() as u64;
+        let want = |kind: KindTest| options.iter().filter(|c| kind(c)).count() as u64;
         // Walk the kinds in a fixed order, each owning a slice of the roll.
         let mut base = 0;
-        let kinds: [(u64, fn(&Choice) -> bool); 4] = [
+        let kinds: [(u64, KindTest); 4] = [
             (self.rates.interrupt, |c| matches!(c, Choice::Interrupt)),
             (self.rates.preempt, |c| matches!(c, Choice::Preempt { .. })),
             (self.rates.migrate, |c| matches!(c, Choice::Migrate { .. })),

@@ -64,11 +64,12 @@ impl CostModel {
         // effects modelled separately.
         set(Primitive::PteWrite, 1);
         // A remote-flush IPI: Linux's flush_tlb_multi() sends the IPI and
-        // waits for the acknowledgement. Measured round trips on x86 servers
-        // are 2–4 µs (Amit et al., "Don't shoot down TLB shootdowns!",
-        // EuroSys 2020, §2: ~2.2 µs for a remote shootdown on Skylake at
-        // 2.1 GHz ≈ 4,600 cycles). Used for every platform that needs an
-        // IPI (x86 native and PV do; arm64/ppc/s390 broadcast in hardware).
+        // waits for every target to acknowledge. Amit, Tai and Wei, "Don't
+        // shoot down TLB shootdowns!" (EuroSys 2020) measure remote
+        // shootdowns on x86 servers in the microseconds; estimate 4,600
+        // cycles (about 2 µs at 2.3 GHz) per target CPU. Used wherever a
+        // backend sends IPIs (x86 native and PV, sparc64 cross-calls);
+        // arm64, powerpc and s390 broadcast invalidations in hardware.
         set(Primitive::Ipi, 4_600);
         // Full flush of one CPU's TLB: writing CR3 / INVPCID "all"; Andy
         // Lutomirski measured INVPCID type 2 at ~376 ns on Skylake
@@ -93,12 +94,12 @@ impl CostModel {
                 set(Primitive::KeyWrite, 50);
             }
             Platform::XenPv => {
-                // A PV hypercall is a ring-3→ring-0 transition via SYSCALL
-                // into Xen plus argument validation: Barham et al., "Xen and
-                // the Art of Virtualization" (SOSP 2003) and Menon et al.,
-                // "Diagnosing performance overheads in the Xen virtual
-                // machine environment" (VEE 2005) put a null hypercall at
-                // several hundred ns; 1,000 cycles for the transition.
+                // A PV hypercall is a guest-kernel→hypervisor transition
+                // (SYSCALL into Xen, argument copy and validation, return);
+                // mechanism in Barham et al., "Xen and the Art of
+                // Virtualization" (SOSP 2003) §3.1 and Xen's
+                // xen/arch/x86/x86_64/entry.S. Estimate 1,000 cycles for
+                // the round trip without the per-entry work.
                 set(Primitive::Hypercall, 1_000);
                 // Per entry Xen validates the new PTE (get_page_type on the
                 // target frame, mod_l1_entry in xen/arch/x86/mm.c,

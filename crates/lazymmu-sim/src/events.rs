@@ -106,7 +106,10 @@ impl EventRing {
             self.events.push(event);
         } else {
             self.events[self.next] = event;
-            self.next = (self.next + 1) % self.capacity;
+            self.next += 1;
+            if self.next == self.capacity {
+                self.next = 0;
+            }
         }
     }
 

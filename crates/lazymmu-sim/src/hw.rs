@@ -79,6 +79,7 @@ impl FrameAllocator for SimFrames {
     }
 
     fn free(&self, frame: PhysAddr) {
+        self.machine.check_table_free(frame);
         if !self.machine.memory().free(frame) {
             self.machine.violation(
                 crate::invariant::Invariant::OperationFailed,

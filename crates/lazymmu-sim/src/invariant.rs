@@ -38,6 +38,9 @@ pub enum Invariant {
     /// A direct page-table store where the platform forbids it (Xen PV
     /// page tables are read-only to the guest).
     ForbiddenStore,
+    /// §6.7: a page-table page was freed while a CPU may still use it (a
+    /// cached translation was walked through it).
+    FreedInUse,
     /// A range operation failed (out of frames, bad range): the workload
     /// could not do what it meant to.
     OperationFailed,
@@ -58,6 +61,7 @@ impl Invariant {
             Invariant::SleepInSection => "sleep-in-section",
             Invariant::Misuse => "misuse",
             Invariant::ForbiddenStore => "forbidden-store",
+            Invariant::FreedInUse => "freed-in-use",
             Invariant::OperationFailed => "operation-failed",
         }
     }

@@ -103,7 +103,8 @@ pub struct MachineConfig {
     pub max_nesting: u32,
     /// Events kept for violation reports.
     pub event_ring: usize,
-    /// Stop choosing anything but `Continue` after the first violation.
+    /// Stop the run after the first violation: no more choices, no new
+    /// unit of work (the unit in progress finishes).
     pub stop_on_violation: bool,
 }
 
@@ -794,10 +795,52 @@ impl Machine {
 
     /// Walks `va` in `space` as the hardware would now (no TLB).
     pub fn walk(&self, space: SpaceId, va: u64) -> Option<Leaf> {
+        self.walk_tables(space, va).map(|(leaf, _)| leaf)
+    }
+
+    /// Walks `va` in `space` and also returns the page-table frames the
+    /// walk went through (root first; zero past the last level), which a
+    /// TLB entry depends on.
+    pub fn walk_tables(&self, space: SpaceId, va: u64) -> Option<(Leaf, [u64; 5])> {
         let walker = self.walker.get()?;
         let root = self.root_for(space, va)?;
-        let read = |pa: PhysAddr| self.walker_read(pa);
-        walker(&read, root, va)
+        let tables = Cell::new([0u64; 5]);
+        let level = Cell::new(0usize);
+        let read = |pa: PhysAddr| {
+            let mut t = tables.get();
+            if let Some(slot) = t.get_mut(level.get()) {
+                *slot = pa.0 & !(crate::memory::FRAME_BYTES - 1);
+            }
+            tables.set(t);
+            level.set(level.get() + 1);
+            self.walker_read(pa)
+        };
+        walker(&read, root, va).map(|leaf| (leaf, tables.get()))
+    }
+
+    /// Checks that no CPU may still use the page-table frame `frame`, which
+    /// is being freed: no cached translation was walked through it (§6.7).
+    pub fn check_table_free(&self, frame: PhysAddr) {
+        let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
+        for (i, c) in self.cpus.iter().enumerate() {
+            let hit = c
+                .tlb
+                .borrow()
+                .entries()
+                .iter()
+                .find(|e| e.tables.contains(&frame))
+                .copied();
+            if let Some(e) = hit {
+                self.violation(
+                    Invariant::FreedInUse,
+                    format!(
+                        "page-table frame {frame:#x} freed while cpu{i} still caches {:#x} (space {}) walked through it",
+                        e.base, e.space.0
+                    ),
+                );
+                return;
+            }
+        }
     }
 
     /// A memory access by the running CPU in the current task's space:
@@ -827,8 +870,8 @@ impl Machine {
         {
             return Access::Fault;
         }
-        match self.walk(space, va.0) {
-            Some(leaf) => {
+        match self.walk_tables(space, va.0) {
+            Some((leaf, tables)) => {
                 let base = va.0 & !((1u64 << leaf.shift) - 1);
                 cpu.tlb.borrow_mut().fill(TlbEntry {
                     space,
@@ -836,6 +879,7 @@ impl Machine {
                     shift: leaf.shift,
                     leaf: leaf.entry,
                     global: leaf.global,
+                    tables,
                 });
                 Access::Hit(leaf)
             }
@@ -1166,6 +1210,11 @@ impl Machine {
         loop {
             let mut progressed = false;
             for id in 0..self.task_count() {
+                if self.config.stop_on_violation && self.violation_count.get() > 0 {
+                    // A violation stops the run: no task starts another
+                    // unit of work.
+                    return;
+                }
                 if self.tasks.borrow()[id].state != TaskState::Ready {
                     continue;
                 }

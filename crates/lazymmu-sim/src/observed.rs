@@ -36,9 +36,33 @@ struct LoggedWrite {
     kernel_valid: bool,
 }
 
+/// A multiplicative hash for entry addresses (8-byte aligned physical
+/// addresses spread well under a Fibonacci multiplier); the checks do a
+/// map operation per entry write, so SipHash would dominate the run.
+#[derive(Clone, Copy, Debug, Default)]
+struct EntryHasher(u64);
+
+impl core::hash::Hasher for EntryHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
+type EntryMap<V> = HashMap<PhysAddr, V, core::hash::BuildHasherDefault<EntryHasher>>;
+
 #[derive(Default, Debug)]
 struct TaskLog {
-    writes: HashMap<PhysAddr, LoggedWrite>,
+    writes: EntryMap<LoggedWrite>,
     promises: Vec<(SpaceId, u64, u64)>,
 }
 
@@ -48,6 +72,7 @@ pub struct Observed<B> {
     inner: B,
     machine: Rc<Machine>,
     logs: RefCell<Vec<TaskLog>>,
+    spare: RefCell<TaskLog>,
     entered: RefCell<Vec<bool>>,
     updates: Cell<u64>,
 }
@@ -60,6 +85,7 @@ impl<B: Backend> Observed<B> {
             inner,
             machine,
             logs: RefCell::new(Vec::new()),
+            spare: RefCell::new(TaskLog::default()),
             entered: RefCell::new(vec![false; cpus]),
             updates: Cell::new(0),
         }
@@ -115,20 +141,21 @@ impl<B: Backend> Observed<B> {
 
     /// Everything the current task logged must be in effect now.
     fn settle(&self, why: &str) {
-        let (writes, promises) = self.with_log(|log| {
-            (
-                core::mem::take(&mut log.writes),
-                core::mem::take(&mut log.promises),
-            )
-        });
+        // Swap the task's log with an empty one that keeps its capacity, so
+        // that no borrow is held while checking.
+        let mut pending = self.spare.take();
+        self.with_log(|log| core::mem::swap(log, &mut pending));
         self.machine.atomically(|| {
-            for (entry, w) in writes {
+            for (&entry, &w) in &pending.writes {
                 self.check_write(entry, w, Invariant::WritesVisible, why);
             }
-            for (space, start, end) in promises {
+            for &(space, start, end) in &pending.promises {
                 self.machine.check_no_stale(space, start, end, why);
             }
         });
+        pending.writes.clear();
+        pending.promises.clear();
+        *self.spare.borrow_mut() = pending;
     }
 
     fn after_write(&self, update: &EntryUpdate) {

@@ -19,7 +19,9 @@ use lazymmu::mode::stateful::{FromHooks, Stateful};
 use lazymmu::mode::{LazyMode, MisusePolicy};
 use lazymmu::pgtable::format::{Aarch64, Format, X86_64};
 
-use crate::choice::{RandomChooser, Sequential};
+use std::sync::{Arc, Mutex};
+
+use crate::choice::{Choice, ChoicePoint, Chooser, RandomChooser, Sequential};
 use crate::env::SimEnv;
 use crate::hw::SimMemory;
 use crate::machine::{HardwareModel, KeyModel, Machine, MachineConfig};
@@ -208,44 +210,91 @@ pub fn run(cfg: &RunConfig) -> RunResult {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
+/// Runs one configuration with `chooser` resolving every choice point of
+/// the measured stage (instead of the seeded random chooser), on a thread
+/// with a large stack, and hands the chooser back: the entry point of an
+/// explorer that drives the simulator choice by choice.
+pub fn run_with_chooser<C: Chooser + Send + 'static>(
+    cfg: &RunConfig,
+    chooser: C,
+) -> (RunResult, C) {
+    let cfg = cfg.clone();
+    let shared = Arc::new(Mutex::new(chooser));
+    let inner = shared.clone();
+    let result = std::thread::Builder::new()
+        .name("lazymmu-sim".into())
+        .stack_size(RUN_STACK)
+        .spawn(move || run_inner(&cfg, Some(Box::new(Locked(inner)))))
+        .expect("spawning the simulation thread")
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    let chooser = match Arc::try_unwrap(shared) {
+        Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
+        Err(_) => unreachable!("the simulation thread has ended and dropped its handle"),
+    };
+    (result, chooser)
+}
+
+/// A chooser shared with the simulation thread.
+struct Locked<C>(Arc<Mutex<C>>);
+
+impl<C: Chooser> Chooser for Locked<C> {
+    fn is_passive(&self) -> bool {
+        self.0.lock().map(|c| c.is_passive()).unwrap_or(true)
+    }
+    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> usize {
+        self.0
+            .lock()
+            .map(|mut c| c.choose(point, options))
+            .unwrap_or(0)
+    }
+}
+
 /// Runs one configuration on the calling thread (which needs a large
 /// stack for some backends; see [`run`]).
 pub fn run_here(cfg: &RunConfig) -> RunResult {
+    run_inner(cfg, None)
+}
+
+fn run_inner(cfg: &RunConfig, chooser: Option<Box<dyn Chooser>>) -> RunResult {
     let machine = Rc::new(Machine::new(machine_config(cfg)));
     let cpu = SimCpu::new(machine.clone());
     match cfg.backend {
         BackendKind::X86 => with_backend::<X86_64, _>(
             cfg,
+            chooser,
             machine.clone(),
             X86Backend::new(SimMemory::new(machine), cpu),
         ),
-        BackendKind::XenPv => with_backend::<X86_64, _>(cfg, machine, XenPv::new(cpu)),
-        BackendKind::Arm64 => with_backend::<Aarch64, _>(cfg, machine, Arm64::new(cpu)),
-        BackendKind::PpcHash => with_backend::<X86_64, _>(cfg, machine, PpcHash::new(cpu)),
-        BackendKind::Sparc64 => with_backend::<X86_64, _>(cfg, machine, Sparc64::new(cpu)),
-        BackendKind::S390 => with_backend::<X86_64, _>(cfg, machine, S390::new(cpu)),
+        BackendKind::XenPv => with_backend::<X86_64, _>(cfg, chooser, machine, XenPv::new(cpu)),
+        BackendKind::Arm64 => with_backend::<Aarch64, _>(cfg, chooser, machine, Arm64::new(cpu)),
+        BackendKind::PpcHash => with_backend::<X86_64, _>(cfg, chooser, machine, PpcHash::new(cpu)),
+        BackendKind::Sparc64 => with_backend::<X86_64, _>(cfg, chooser, machine, Sparc64::new(cpu)),
+        BackendKind::S390 => with_backend::<X86_64, _>(cfg, chooser, machine, S390::new(cpu)),
         BackendKind::X86Pks if cfg.forget_key_open => with_backend::<X86_64, _>(
             cfg,
+            chooser,
             machine.clone(),
             X86Backend::new(SimMemory::new(machine), cpu),
         ),
         BackendKind::X86Pks => {
             let inner = X86Backend::new(SimMemory::new(machine.clone()), cpu.clone());
             let b: Protected<_, _, Pks> = Protected::new(inner, cpu);
-            with_backend::<X86_64, _>(cfg, machine, ProtectedExceptions::new(b))
+            with_backend::<X86_64, _>(cfg, chooser, machine, ProtectedExceptions::new(b))
         }
         BackendKind::Arm64Poe if cfg.forget_key_open => {
-            with_backend::<Aarch64, _>(cfg, machine, Arm64::new(cpu))
+            with_backend::<Aarch64, _>(cfg, chooser, machine, Arm64::new(cpu))
         }
         BackendKind::Arm64Poe => {
             let b: Protected<_, _, Poe> = Protected::new(Arm64::new(cpu.clone()), cpu);
-            with_backend::<Aarch64, _>(cfg, machine, ProtectedExceptions::new(b))
+            with_backend::<Aarch64, _>(cfg, chooser, machine, ProtectedExceptions::new(b))
         }
     }
 }
 
 fn with_backend<F: Format, B: Backend + Exceptions + 'static>(
     cfg: &RunConfig,
+    chooser: Option<Box<dyn Chooser>>,
     machine: Rc<Machine>,
     backend: B,
 ) -> RunResult {
@@ -254,26 +303,49 @@ fn with_backend<F: Format, B: Backend + Exceptions + 'static>(
     let hooks = Shared(observed.clone());
     let policy = MisusePolicy::Count;
     match (cfg.mode, cfg.design) {
-        (ModeKind::Eager, _) => {
-            with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(Eager, machine))
-        }
+        (ModeKind::Eager, _) => with_mode::<F, B, _>(
+            cfg,
+            chooser,
+            machine.clone(),
+            observed,
+            Checked::new(Eager, machine),
+        ),
         (ModeKind::Lazy, DesignKind::Counters) => {
             let mode = Counters::new(env, hooks, policy);
-            with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(mode, machine))
+            with_mode::<F, B, _>(
+                cfg,
+                chooser,
+                machine.clone(),
+                observed,
+                Checked::new(mode, machine),
+            )
         }
         (ModeKind::Lazy, DesignKind::Stateful) => {
             let mode = Stateful::new(env, FromHooks::new(hooks), policy);
-            with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(mode, machine))
+            with_mode::<F, B, _>(
+                cfg,
+                chooser,
+                machine.clone(),
+                observed,
+                Checked::new(mode, machine),
+            )
         }
         (ModeKind::Lazy, DesignKind::PerCpu) => {
             let mode = PerCpu::new(env, hooks, policy);
-            with_mode::<F, B, _>(cfg, machine.clone(), observed, Checked::new(mode, machine))
+            with_mode::<F, B, _>(
+                cfg,
+                chooser,
+                machine.clone(),
+                observed,
+                Checked::new(mode, machine),
+            )
         }
     }
 }
 
 fn with_mode<F, B, M>(
     cfg: &RunConfig,
+    chooser: Option<Box<dyn Chooser>>,
     machine: Rc<Machine>,
     observed: Rc<Observed<B>>,
     lazy: Checked<M>,
@@ -287,11 +359,10 @@ where
     let world = World::<F, B, Checked<M>>::new(cfg, machine.clone(), observed, lazy);
     machine.set_chooser(Box::new(Sequential));
     world.setup();
-    if let Some(rates) = cfg.rates {
-        machine.set_chooser(Box::new(RandomChooser::new(cfg.seed, rates)));
-    }
-    if let Some(chooser) = crate::explore::sim::take_injected() {
+    if let Some(chooser) = chooser {
         machine.set_chooser(chooser);
+    } else if let Some(rates) = cfg.rates {
+        machine.set_chooser(Box::new(RandomChooser::new(cfg.seed, rates)));
     }
     machine.run();
     let result = RunResult {
@@ -302,6 +373,7 @@ where
         counts: machine.counts().nonzero(),
         cycles: machine.cycles(),
         pte_updates: world.measured_updates(),
+        pte_updates_total: world.backend().updates(),
         violation_count: machine.violation_count(),
         violations: machine.violations(),
         steps: machine.steps(),

@@ -170,7 +170,7 @@ impl RunConfig {
             workload,
             mode,
             design: DesignKind::Counters,
-            pages: 2048,
+            pages: 4096,
             cpus: 4,
             tasks: 2,
             seed: 1,
@@ -198,8 +198,10 @@ pub struct RunResult {
     pub counts: Vec<(Primitive, u64)>,
     /// Modelled cycles.
     pub cycles: u64,
-    /// PTE updates the workload made through the library.
+    /// PTE updates the workload made through the library (measured stage).
     pub pte_updates: u64,
+    /// PTE updates of the whole run, setup included.
+    pub pte_updates_total: u64,
     /// Invariant violations in all.
     pub violation_count: u64,
     /// The first violations in full.

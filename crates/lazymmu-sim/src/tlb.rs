@@ -16,6 +16,10 @@ pub struct TlbEntry {
     pub leaf: u64,
     /// Global: matches in every address space (x86 G bit, arm64 !nG).
     pub global: bool,
+    /// The page-table frames the walk went through (root first, zero past
+    /// the leaf's level): the paging-structure caches a real CPU keeps
+    /// along with the translation.
+    pub tables: [u64; 5],
 }
 
 impl TlbEntry {
@@ -122,6 +126,7 @@ mod tests {
             shift: 12,
             leaf: base | 1,
             global,
+            tables: [0; 5],
         }
     }
 

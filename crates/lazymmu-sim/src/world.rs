@@ -303,7 +303,7 @@ where
                 PageSize::Size4K,
             );
             self.check(r.map(|_| ()), "setup map");
-            self.touch(p.space, va, len / PAGE);
+            self.touch(p.space, va, 8);
             return unit + 1 < units;
         }
 

@@ -56,7 +56,7 @@ fn xen_33rd_entry_issues_the_multicall() {
     let mode = Counters::new(SimEnv::new(m.clone()), &xen, MisusePolicy::Count);
     let section = mode.section();
     for i in 0..32 {
-        xen.write_entry(update(t[0], 1, i, 0x1000 * (i + 1) | 1));
+        xen.write_entry(update(t[0], 1, i, (0x1000 * (i + 1)) | 1));
     }
     assert_eq!(
         m.counts().get(Primitive::Hypercall),
@@ -95,7 +95,7 @@ fn xen_33rd_entry_issues_the_multicall() {
 /// invalidation.
 fn prefill(m: &Machine, table: PhysAddr, n: u64) {
     for i in 0..n {
-        m.memory().write(table.add(8 * i), 0x1000 * (i + 1) | 1);
+        m.memory().write(table.add(8 * i), (0x1000 * (i + 1)) | 1);
     }
 }
 

@@ -480,3 +480,94 @@ fn an_interrupt_update_that_is_deferred_is_caught() {
     drop(s);
     m.clear_kernel();
 }
+
+#[test]
+fn a_recorded_schedule_replays_exactly() {
+    use lazymmu_sim::choice::{Chooser, RandomChooser, Replay};
+    use lazymmu_sim::run::run_with_chooser;
+    let mut cfg = RunConfig::new(BackendKind::XenPv, WorkloadKind::Mprotect, ModeKind::Lazy);
+    cfg.pages = 1024;
+    cfg.tasks = 3;
+    let rates = Rates {
+        interrupt: 10,
+        preempt: 20,
+        migrate: 10,
+        remote_flush: 5,
+    };
+    let (recorded, _) = run_with_chooser(&cfg, RandomChooser::new(7, rates));
+    assert!(recorded.trace.picks.iter().any(|&p| p != 0));
+    let text = recorded.trace.to_string();
+    let trace = lazymmu_sim::choice::Trace::parse(&text).unwrap();
+    let (replayed, replay) = run_with_chooser(&cfg, Replay::new(trace.picks));
+    assert_eq!(replay.mismatches(), 0);
+    assert_eq!(replayed.trace, recorded.trace);
+    assert_eq!(replayed.counts, recorded.counts);
+    assert_eq!(replayed.steps, recorded.steps);
+    let _: &dyn Chooser = &replay;
+}
+
+#[test]
+fn freeing_page_tables_before_the_flush_is_caught() {
+    use lazymmu::pgtable::format::{Attributes, X86_64};
+    use lazymmu::pgtable::gather::Gather;
+    use lazymmu::pgtable::ops::{allocate_root, PageTables};
+    use lazymmu_sim::hw::SimFrames;
+    use lazymmu_sim::observed::Eager;
+
+    for free_first in [false, true] {
+        let mut cfg = MachineConfig::new(2, Platform::X86);
+        cfg.hardware = hardware(BackendKind::X86);
+        cfg.frames = 64;
+        let m = Rc::new(Machine::new(cfg));
+        let memory = SimMemory::new(m.clone());
+        let frames = SimFrames::new(m.clone(), SpaceId(1));
+        let kernel_root = m.memory().allocate(SpaceId::KERNEL, 0).unwrap();
+        m.set_walker(lazymmu_sim::hw::walk::<X86_64>, kernel_root, |va| {
+            va >> 63 != 0
+        });
+        let root = allocate_root(&memory, &frames).unwrap();
+        m.add_task(SpaceId(1), root, 0);
+        let backend = Observed::new(x86(&m), m.clone());
+        let tables = PageTables::<X86_64, _, _, _, _>::new(
+            root,
+            SpaceId(1),
+            &memory,
+            &backend,
+            &Eager,
+            &frames,
+        );
+        tables
+            .map(
+                VirtAddr(VA),
+                PhysAddr(0x8000_0000),
+                64 * 4096,
+                Attributes::user_data(),
+                PageSize::Size4K,
+            )
+            .unwrap();
+        assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)));
+        if free_first {
+            let mut gather =
+                Gather::new_free_before_flush(&backend, &frames, SpaceId(1), FlushScope::Local);
+            tables.destroy(false, &mut gather).unwrap();
+            drop(gather);
+            assert_eq!(
+                m.violations()[0].invariant,
+                Invariant::FreedInUse,
+                "{}",
+                m.violations()[0]
+            );
+        } else {
+            let mut gather = Gather::new(&backend, &frames, SpaceId(1), FlushScope::Local);
+            tables.destroy(false, &mut gather).unwrap();
+            drop(gather);
+            assert_eq!(
+                m.violation_count(),
+                0,
+                "{:?}",
+                m.violations().first().map(|v| v.to_string())
+            );
+            assert_eq!(m.memory().allocated(), 1, "only the kernel root is left");
+        }
+    }
+}

@@ -1,42 +1,47 @@
 //! The simulator's workloads as systems the explorer can enumerate.
 //!
-//! A run of the simulator ([`crate::run::run_here`]) resolves every choice
-//! point through a [`crate::choice::Chooser`] it owns. To let the
-//! explorer's chooser decide instead, the run executes on a thread of its
-//! own with a relay chooser installed (the one line in `run.rs` that calls
-//! [`take_injected`]); the relay sends each choice point over a channel to
-//! the exploring thread, which asks the explorer and sends the answer back.
-//! Everything stays deterministic: exactly one side runs at a time.
+//! A run of the simulator takes a [`crate::choice::Chooser`] through
+//! [`run_with_chooser`], on a thread of its own. When the explorer's
+//! chooser decides without looking at the points (no pruning, which the
+//! simulator cannot support: its digest does not cover the host stack
+//! where each task is inside its unit of work), the run goes ahead with
+//! the plan and the points are shown to the explorer afterwards. Otherwise
+//! a relay sends each point over a channel to the exploring thread, which
+//! asks the explorer and sends the answer back. Either way exactly one
+//! side runs at a time and the run is deterministic.
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc;
 
 use crate::choice::{self, Choice};
 use crate::explore::{ChoicePoint, Chooser, RunOutcome, System, Violation};
-use crate::run::run_here;
+use crate::run::run_with_chooser;
 use crate::scenario::{RunConfig, RunResult};
 
-/// Stack of a simulator run's thread: preemption nests units of work on
-/// the host stack, and some backends keep large per-CPU arrays (`run.rs`
-/// uses the same size).
-const RUN_STACK: usize = 256 << 20;
-
-thread_local! {
-    static INJECTED: RefCell<Option<Box<dyn choice::Chooser>>> = const { RefCell::new(None) };
+/// Plays a plan known in advance and records how many options each
+/// choice point offered.
+struct Planned {
+    plan: Vec<usize>,
+    offered: Vec<usize>,
 }
 
-/// The chooser an explorer installed for the run on this thread, if any.
-/// Called by the simulator when it sets up a run.
-pub fn take_injected() -> Option<Box<dyn choice::Chooser>> {
-    INJECTED.with(|slot| slot.borrow_mut().take())
+impl choice::Chooser for Planned {
+    fn choose(&mut self, _point: &choice::ChoicePoint, options: &[Choice]) -> usize {
+        let pick = self.plan.get(self.offered.len()).copied().unwrap_or(0);
+        self.offered.push(options.len());
+        if pick < options.len() {
+            pick
+        } else {
+            0
+        }
+    }
 }
 
 /// What the relay sends: a choice point with its number of options, or the
 /// end of the run.
 enum Message {
     Point { options: usize },
-    Done(Box<RunResult>),
+    Done(std::thread::Result<RunResult>),
 }
 
 /// Forwards choice points to the exploring thread.
@@ -70,71 +75,37 @@ impl choice::Chooser for Relay {
 /// preemption, migration and remote flush costs one unit of the bound.
 #[derive(Clone, Debug)]
 pub struct SimWorkload {
-    /// The run; its `rates` and `seed` are ignored.
+    /// The run; its `rates` and `seed` are not used.
     pub config: RunConfig,
 }
 
-/// Plays a plan known in advance and records how many options each
-/// choice point offered.
-struct Planned {
-    plan: Vec<usize>,
-    offered: Rc<RefCell<Vec<usize>>>,
-}
-
-impl choice::Chooser for Planned {
-    fn choose(&mut self, _point: &choice::ChoicePoint, options: &[Choice]) -> usize {
-        let mut offered = self.offered.borrow_mut();
-        let pick = self.plan.get(offered.len()).copied().unwrap_or(0);
-        offered.push(options.len());
-        if pick < options.len() {
-            pick
-        } else {
-            0
-        }
-    }
-}
-
 impl SimWorkload {
-    /// Runs with `plan` on a thread of the simulator's stack size; returns
-    /// the result and the number of options at each choice point.
-    fn run_planned(&self, plan: Vec<usize>) -> std::thread::Result<(RunResult, Vec<usize>)> {
-        let config = self.config.clone();
-        std::thread::Builder::new()
-            .name("lazymmu-explore".into())
-            .stack_size(RUN_STACK)
-            .spawn(move || {
-                let offered = Rc::new(RefCell::new(Vec::new()));
-                INJECTED.with(|slot| {
-                    *slot.borrow_mut() = Some(Box::new(Planned {
-                        plan,
-                        offered: offered.clone(),
-                    }))
-                });
-                let result = run_here(&config);
-                let offered = offered.borrow().clone();
-                (result, offered)
-            })
-            .map_err(|e| Box::new(e.to_string()) as Box<dyn std::any::Any + Send>)?
-            .join()
-    }
-
     /// The explorer's chooser decides without looking: run ahead, then
     /// show it the points.
     fn run_ahead(&self, chooser: &mut dyn Chooser, plan: Vec<usize>) -> RunOutcome {
-        let (result, offered) = match self.run_planned(plan) {
+        let planned = Planned {
+            plan,
+            offered: Vec::new(),
+        };
+        let (result, planned) = match panic::catch_unwind(AssertUnwindSafe(|| {
+            run_with_chooser(&self.config, planned)
+        })) {
             Ok(done) => done,
-            Err(panic) => return crashed(&*panic),
+            Err(panic) => {
+                return RunOutcome {
+                    violation: Some(crashed(&*panic)),
+                    stopped: false,
+                }
+            }
         };
         let mut stopped = false;
-        for options in offered {
-            if chooser
-                .choose(&ChoicePoint {
-                    options,
-                    free: 1,
-                    digest: None,
-                })
-                .is_none()
-            {
+        for options in planned.offered {
+            let point = ChoicePoint {
+                options,
+                free: 1,
+                digest: None,
+            };
+            if chooser.choose(&point).is_none() {
                 stopped = true;
                 break;
             }
@@ -144,17 +115,76 @@ impl SimWorkload {
             stopped,
         }
     }
-}
 
-fn crashed(panic: &(dyn std::any::Any + Send)) -> RunOutcome {
-    RunOutcome {
-        violation: crashed_violation(panic),
-        stopped: false,
+    /// The explorer's chooser looks at each point: relay them one by one.
+    fn run_relayed(&self, chooser: &mut dyn Chooser) -> RunOutcome {
+        let (point_tx, point_rx) = mpsc::channel();
+        let (answer_tx, answer_rx) = mpsc::channel();
+        let relay = Relay {
+            points: point_tx.clone(),
+            answers: answer_rx,
+            stopped: false,
+        };
+        let config = self.config.clone();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let done = panic::catch_unwind(AssertUnwindSafe(|| {
+                    run_with_chooser(&config, relay).0
+                }));
+                let _ = point_tx.send(Message::Done(done));
+            });
+            let mut stopped = false;
+            while let Ok(message) = point_rx.recv() {
+                match message {
+                    Message::Point { options } => {
+                        let answer = if stopped {
+                            None
+                        } else {
+                            let answer = chooser.choose(&ChoicePoint {
+                                options,
+                                free: 1,
+                                digest: None,
+                            });
+                            stopped = answer.is_none();
+                            answer
+                        };
+                        let _ = answer_tx.send(answer);
+                    }
+                    Message::Done(done) => {
+                        let violation = match done {
+                            Ok(result) => first_violation(&result),
+                            Err(panic) => Some(crashed(&*panic)),
+                        };
+                        return RunOutcome { violation, stopped };
+                    }
+                }
+            }
+            RunOutcome {
+                violation: Some(Violation {
+                    invariant: "no panic".into(),
+                    detail: "the simulator thread ended without a result".into(),
+                    events: Vec::new(),
+                }),
+                stopped,
+            }
+        })
     }
 }
 
-fn crashed_violation(panic: &(dyn std::any::Any + Send)) -> Option<Violation> {
-    Some(Violation {
+impl System for SimWorkload {
+    fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
+        match chooser.plan() {
+            Some(plan) => {
+                let plan = plan.to_vec();
+                self.run_ahead(chooser, plan)
+            }
+            None => self.run_relayed(chooser),
+        }
+    }
+}
+
+fn crashed(panic: &(dyn std::any::Any + Send)) -> Violation {
+    Violation {
         invariant: "no panic".into(),
         detail: panic
             .downcast_ref::<String>()
@@ -162,7 +192,7 @@ fn crashed_violation(panic: &(dyn std::any::Any + Send)) -> Option<Violation> {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_else(|| "the simulator panicked".into()),
         events: Vec::new(),
-    })
+    }
 }
 
 fn first_violation(result: &RunResult) -> Option<Violation> {
@@ -176,81 +206,6 @@ fn first_violation(result: &RunResult) -> Option<Violation> {
     })
 }
 
-impl System for SimWorkload {
-    fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
-        if let Some(plan) = chooser.plan() {
-            let plan = plan.to_vec();
-            return self.run_ahead(chooser, plan);
-        }
-        let (point_tx, point_rx) = mpsc::channel();
-        let (answer_tx, answer_rx) = mpsc::channel();
-        let config = self.config.clone();
-        let done_tx = point_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("lazymmu-explore".into())
-            .stack_size(RUN_STACK)
-            .spawn(move || {
-                INJECTED.with(|slot| {
-                    *slot.borrow_mut() = Some(Box::new(Relay {
-                        points: point_tx,
-                        answers: answer_rx,
-                        stopped: false,
-                    }))
-                });
-                let result = run_here(&config);
-                let _ = done_tx.send(Message::Done(Box::new(result)));
-            });
-        let handle = match spawned {
-            Ok(handle) => handle,
-            Err(e) => {
-                return RunOutcome {
-                    violation: Some(Violation {
-                        invariant: "no panic".into(),
-                        detail: format!("cannot start a simulator thread: {e}"),
-                        events: Vec::new(),
-                    }),
-                    stopped: false,
-                }
-            }
-        };
-        let mut stopped = false;
-        let mut result = None;
-        while let Ok(message) = point_rx.recv() {
-            match message {
-                Message::Point { options } => {
-                    let answer = if stopped {
-                        None
-                    } else {
-                        let point = ChoicePoint {
-                            options,
-                            free: 1,
-                            // The host stack (where each task is inside its
-                            // unit of work) is not in the machine's digest,
-                            // so states are never pruned.
-                            digest: None,
-                        };
-                        let answer = chooser.choose(&point);
-                        stopped |= answer.is_none();
-                        answer
-                    };
-                    let _ = answer_tx.send(answer);
-                }
-                Message::Done(r) => {
-                    result = Some(r);
-                    break;
-                }
-            }
-        }
-        let crashed = handle.join().err();
-        let violation = match (result, crashed) {
-            (Some(r), _) => first_violation(&r),
-            (None, Some(panic)) => crashed_violation(&*panic),
-            (None, None) => None,
-        };
-        RunOutcome { violation, stopped }
-    }
-}
-
 /// The DESIGN.md §6 item a simulator invariant belongs to.
 fn invariant_number(invariant: crate::invariant::Invariant) -> &'static str {
     use crate::invariant::Invariant as I;
@@ -261,6 +216,7 @@ fn invariant_number(invariant: crate::invariant::Invariant) -> &'static str {
         I::BatchOwnership => "4",
         I::KeyFault | I::KeyRestore => "5",
         I::StaleReadBack => "6",
+        I::FreedInUse => "7",
         _ => "sim",
     }
 }
