@@ -97,7 +97,7 @@ pub fn check(args: &CheckArgs) -> Result<i32> {
     let report = scenarios::check(&selected, args.variant, bounds, args.sim_preemptions);
     if report.scenarios.is_empty() {
         return usage(format!(
-            "variant {} applies to none of the selected scenarios (known-bad variants run on the scenario machine's scenarios, not on sim-*)",
+            "variant {} applies to none of the selected scenarios (see --list: machine variants do not run on sim-*, neighbour variants only on their workload)",
             args.variant
         ));
     }
@@ -112,7 +112,8 @@ pub fn check(args: &CheckArgs) -> Result<i32> {
 }
 
 fn unknown_scenario(name: &str) -> String {
-    let names: Vec<_> = scenarios::all().iter().map(|s| s.name()).collect();
+    let all = scenarios::all();
+    let names: Vec<_> = all.iter().map(|s| s.name()).collect();
     format!(
         "unknown scenario {name:?}; known: {}, tiny",
         names.join(", ")
@@ -144,12 +145,12 @@ fn list(json: bool) -> Result<i32> {
     }
     writeln!(out, "scenarios:")?;
     for s in &all {
-        writeln!(out, "  {:<22} {}", s.name(), s.about())?;
+        writeln!(out, "  {:<24} {}", s.name(), s.about())?;
     }
     writeln!(out, "variants:")?;
     for v in Variant::ALL {
         let tag = if v.is_known_bad() { " (known bad)" } else { "" };
-        writeln!(out, "  {:<22} {}{tag}", v.name(), v.about())?;
+        writeln!(out, "  {:<24} {}{tag}", v.name(), v.about())?;
     }
     Ok(0)
 }
@@ -242,13 +243,13 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> std::io::Result<(
     )?;
     writeln!(
         out,
-        "{:<22} {:>5} {:>10} {:>8} {:>9} {:>11}",
+        "{:<24} {:>5} {:>10} {:>8} {:>9} {:>11}",
         "scenario", "bound", "schedules", "pruned", "complete", "violations"
     )?;
     for s in &report.scenarios {
         writeln!(
             out,
-            "{:<22} {:>5} {:>10} {:>8} {:>9} {:>11}",
+            "{:<24} {:>5} {:>10} {:>8} {:>9} {:>11}",
             s.scenario,
             s.bound.map_or("none".to_owned(), |b| b.to_string()),
             s.report.schedules,

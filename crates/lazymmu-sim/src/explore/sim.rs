@@ -87,17 +87,17 @@ impl SimWorkload {
             plan,
             offered: Vec::new(),
         };
-        let (result, planned) = match panic::catch_unwind(AssertUnwindSafe(|| {
-            run_with_chooser(&self.config, planned)
-        })) {
-            Ok(done) => done,
-            Err(panic) => {
-                return RunOutcome {
-                    violation: Some(crashed(&*panic)),
-                    stopped: false,
+        let (result, planned) =
+            match panic::catch_unwind(AssertUnwindSafe(|| run_with_chooser(&self.config, planned)))
+            {
+                Ok(done) => done,
+                Err(panic) => {
+                    return RunOutcome {
+                        violation: Some(crashed(&*panic)),
+                        stopped: false,
+                    }
                 }
-            }
-        };
+            };
         let mut stopped = false;
         for options in planned.offered {
             let point = ChoicePoint {
@@ -128,9 +128,8 @@ impl SimWorkload {
         let config = self.config.clone();
         std::thread::scope(|scope| {
             scope.spawn(move || {
-                let done = panic::catch_unwind(AssertUnwindSafe(|| {
-                    run_with_chooser(&config, relay).0
-                }));
+                let done =
+                    panic::catch_unwind(AssertUnwindSafe(|| run_with_chooser(&config, relay).0));
                 let _ = point_tx.send(Message::Done(done));
             });
             let mut stopped = false;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::explore::sim::SimWorkload;
 use crate::explore::{replay, Bounds, Explorer, Found, ReplayOutcome, Report, System};
+use crate::neighbours::explore::{self as neighbour_explore, NeighbourSystem};
 use crate::scenario::{DesignKind, RunConfig};
 use machine::{Action, Arch, Design, Faults, Spec, TaskSpec};
 
@@ -392,9 +393,15 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
         ),
         small(
             "sim-debug-pagealloc",
-            "simulator debug-pagealloc on arm64-poe",
-            B::Arm64Poe,
+            "simulator debug-pagealloc on xen-pv",
+            B::XenPv,
             W::DebugPagealloc,
+        ),
+        small(
+            "sim-mprotect-poe",
+            "simulator mprotect on arm64-poe (key-register windows)",
+            B::Arm64Poe,
+            W::Mprotect,
         ),
     ]
 }
@@ -406,14 +413,18 @@ pub enum Entry {
     Machine(Scenario),
     /// On the simulator.
     Simulator(SimScenario),
+    /// A neighbour workload (lazy TLB, kernel top-level sync,
+    /// protection-key windows) in its tiny size.
+    Neighbour(NeighbourSystem),
 }
 
 impl Entry {
     /// Its name.
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             Entry::Machine(s) => s.name,
             Entry::Simulator(s) => s.name,
+            Entry::Neighbour(s) => &s.name,
         }
     }
 
@@ -422,6 +433,7 @@ impl Entry {
         match self {
             Entry::Machine(s) => s.about,
             Entry::Simulator(s) => s.about,
+            Entry::Neighbour(s) => s.about,
         }
     }
 
@@ -430,6 +442,7 @@ impl Entry {
     /// only).
     pub fn system(&self, variant: Variant) -> Option<Box<dyn System>> {
         match self {
+            Entry::Machine(_) if variant.is_neighbour() => None,
             Entry::Machine(s) => Some(Box::new(variant.apply(&s.spec))),
             Entry::Simulator(s) => {
                 let design = match variant {
@@ -442,13 +455,28 @@ impl Entry {
                 config.design = design;
                 Some(Box::new(SimWorkload { config }))
             }
+            // The neighbours do not depend on the lazy-mode design; their
+            // known-bad variants replace one policy's scenario.
+            Entry::Neighbour(s) => {
+                let bad = match variant {
+                    Variant::Default => return Some(Box::new(s.clone())),
+                    Variant::PgmapPercpuPreemptible => ("pgmap-percpu", "pgmap-percpu-preemptible"),
+                    Variant::CtxswitchLostIpi => ("ctxswitch-shootdown", "ctxswitch-lost-ipi"),
+                    _ => return None,
+                };
+                if s.name != bad.0 {
+                    return None;
+                }
+                let system = neighbour_explore::variant(bad.1)?;
+                Some(Box::new(system))
+            }
         }
     }
 
     /// The bounds it is explored with.
     pub fn bounds(&self, bounds: Bounds, sim_preemptions: u32) -> Bounds {
         match self {
-            Entry::Machine(_) => bounds,
+            Entry::Machine(_) | Entry::Neighbour(_) => bounds,
             Entry::Simulator(_) => Bounds {
                 preemptions: Some(
                     bounds
@@ -461,13 +489,18 @@ impl Entry {
     }
 }
 
-/// Every scenario `lazymmu check` runs: the machine's, then the
-/// simulator's workloads.
+/// Every scenario `lazymmu check` runs: the machine's, the simulator's
+/// workloads, then the neighbours'.
 pub fn all() -> Vec<Entry> {
     machine_scenarios()
         .into_iter()
         .map(Entry::Machine)
         .chain(simulator_scenarios().into_iter().map(Entry::Simulator))
+        .chain(
+            neighbour_explore::scenarios()
+                .into_iter()
+                .map(Entry::Neighbour),
+        )
         .collect()
 }
 
@@ -505,11 +538,17 @@ pub enum Variant {
     StatefulSingleSlot,
     /// A TLB gather that frees page-table pages before the flush.
     GatherFreeBeforeFlush,
+    /// Per-CPU protection-key window counts with preemption left on inside
+    /// windows (neighbours: `pgmap`).
+    PgmapPercpuPreemptible,
+    /// Shootdown and flush IPIs that never arrive (neighbours:
+    /// `ctxswitch`).
+    CtxswitchLostIpi,
 }
 
 impl Variant {
     /// Every variant, the correct ones first.
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 11] = [
         Variant::Default,
         Variant::PerCpu,
         Variant::Stateful,
@@ -519,16 +558,20 @@ impl Variant {
         Variant::IrqBatched,
         Variant::StatefulSingleSlot,
         Variant::GatherFreeBeforeFlush,
+        Variant::PgmapPercpuPreemptible,
+        Variant::CtxswitchLostIpi,
     ];
 
     /// The known-bad variants, which the check must catch.
-    pub const KNOWN_BAD: [Variant; 6] = [
+    pub const KNOWN_BAD: [Variant; 8] = [
         Variant::Linux70Xen,
         Variant::PercpuPreemptible,
         Variant::NestedNoFlush,
         Variant::IrqBatched,
         Variant::StatefulSingleSlot,
         Variant::GatherFreeBeforeFlush,
+        Variant::PgmapPercpuPreemptible,
+        Variant::CtxswitchLostIpi,
     ];
 
     /// The shipped designs, which must pass every scenario.
@@ -546,6 +589,8 @@ impl Variant {
             Variant::Stateful => "stateful",
             Variant::StatefulSingleSlot => "stateful-single-slot",
             Variant::GatherFreeBeforeFlush => "gather-free-before-flush",
+            Variant::PgmapPercpuPreemptible => "pgmap-percpu-preemptible",
+            Variant::CtxswitchLostIpi => "ctxswitch-lost-ipi",
         }
     }
 
@@ -573,7 +618,20 @@ impl Variant {
             Variant::GatherFreeBeforeFlush => {
                 "the TLB gather frees page-table pages before the flush that covers them"
             }
+            Variant::PgmapPercpuPreemptible => {
+                "per-CPU protection-key window counts with preemption on inside windows"
+            }
+            Variant::CtxswitchLostIpi => "lazy-TLB shootdown and flush IPIs that never arrive",
         }
+    }
+
+    /// Whether the variant belongs to the neighbours' workloads (and
+    /// applies to none of the machine's or the simulator's scenarios).
+    pub const fn is_neighbour(self) -> bool {
+        matches!(
+            self,
+            Variant::PgmapPercpuPreemptible | Variant::CtxswitchLostIpi
+        )
     }
 
     /// Whether the check must find a violation.
@@ -597,6 +655,8 @@ impl Variant {
             Variant::Stateful => spec.design = Design::Stateful,
             Variant::StatefulSingleSlot => spec.design = Design::StatefulSingleSlot,
             Variant::GatherFreeBeforeFlush => spec.faults.free_before_flush = true,
+            // Neighbour variants: the machine scenarios run as shipped.
+            Variant::PgmapPercpuPreemptible | Variant::CtxswitchLostIpi => {}
         }
         spec
     }
@@ -641,7 +701,7 @@ impl FromStr for Variant {
 #[derive(Clone, Debug)]
 pub struct ScenarioReport {
     /// The scenario's name.
-    pub scenario: &'static str,
+    pub scenario: String,
     /// The preemption bound it was explored with.
     pub bound: Option<u32>,
     /// What the explorer covered and found.
@@ -683,10 +743,13 @@ impl CheckReport {
     }
 
     /// Every violation found, with the scenario it was found in.
-    pub fn violations(&self) -> impl Iterator<Item = (&'static str, &Found)> {
-        self.scenarios
-            .iter()
-            .flat_map(|s| s.report.violations.iter().map(move |f| (s.scenario, f)))
+    pub fn violations(&self) -> impl Iterator<Item = (&str, &Found)> {
+        self.scenarios.iter().flat_map(|s| {
+            s.report
+                .violations
+                .iter()
+                .map(move |f| (s.scenario.as_str(), f))
+        })
     }
 
     /// Whether every scenario held.
@@ -711,7 +774,7 @@ pub fn check(
             let system = s.system(variant)?;
             let bounds = s.bounds(bounds, sim_preemptions);
             Some(ScenarioReport {
-                scenario: s.name(),
+                scenario: s.name().to_owned(),
                 bound: bounds.preemptions,
                 report: Explorer::new(bounds).explore(s.name(), &*system),
             })
