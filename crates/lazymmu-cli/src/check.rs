@@ -22,10 +22,19 @@ use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant, SIM_PREEMPTIONS}
 
 /// Options of `lazymmu check`.
 #[derive(Args, Debug)]
+#[command(after_help = "\
+A trace is SCENARIO:C0.C1.C2... : the scenario, then the option taken at each \
+choice point in order (0 continues; trailing zeros may be left out), e.g. \
+switch-windows:0.2. Every violation is printed with its shortest trace and the \
+command that replays it. --replay also takes a file holding a trace (blank \
+lines and lines starting with # are skipped).
+
+Exit status: 0 when every invariant holds, 1 on a violation, 2 on bad usage.")]
 pub struct CheckArgs {
-    /// Check a known-bad variant (or another shipped design) instead of
-    /// the default: default, percpu, linux70-xen, percpu-preemptible,
-    /// nested-no-flush, irq-batched.
+    /// Check another shipped design (percpu, stateful) or a known-bad
+    /// variant (linux70-xen, percpu-preemptible, nested-no-flush,
+    /// irq-batched, stateful-single-slot, gather-free-before-flush,
+    /// pgmap-percpu-preemptible, ctxswitch-lost-ipi); see --list.
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub variant: Variant,
     /// Only these scenarios (repeatable); all by default.
