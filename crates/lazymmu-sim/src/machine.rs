@@ -139,6 +139,11 @@ pub trait Kernel {
     fn interrupt(&self);
     /// Runs `task`'s next unit of work; false when it has none left.
     fn run_unit(&self, task: usize) -> bool;
+    /// A digest of the kernel's own state (workload progress, what the
+    /// library has deferred), folded into [`Machine::digest`].
+    fn digest(&self) -> u64 {
+        0
+    }
 }
 
 /// Where a task is.
@@ -1238,8 +1243,8 @@ impl Machine {
         }
     }
 
-    /// A digest of the machine state (CPUs, tasks, memory, TLBs) for
-    /// pruning visited states.
+    /// A digest of the machine state (CPUs, tasks, memory, TLBs, and the
+    /// kernel's own digest) for pruning visited states.
     pub fn digest(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for (i, c) in self.cpus.iter().enumerate() {
@@ -1261,6 +1266,9 @@ impl Machine {
             core::hash::Hash::hash(t, &mut h);
         }
         self.memory.digest(&mut h);
+        if let Some(kernel) = self.kernel() {
+            h.write_u64(kernel.digest());
+        }
         h.finish()
     }
 }

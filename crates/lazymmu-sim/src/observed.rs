@@ -101,6 +101,29 @@ impl<B: Backend> Observed<B> {
         self.updates.get()
     }
 
+    /// A digest of what the checks track: which CPUs are in lazy mode and
+    /// every task's writes and flushes not yet due.
+    pub fn digest(&self, h: &mut impl core::hash::Hasher) {
+        for &e in self.entered.borrow().iter() {
+            h.write_u8(e as u8);
+        }
+        for (t, log) in self.logs.borrow().iter().enumerate() {
+            let mut writes: Vec<(u64, u64)> =
+                log.writes.iter().map(|(pa, w)| (pa.0, w.value)).collect();
+            writes.sort_unstable();
+            h.write_usize(t);
+            for (pa, v) in writes {
+                h.write_u64(pa);
+                h.write_u64(v);
+            }
+            for &(space, start, end) in &log.promises {
+                h.write_u32(space.0);
+                h.write_u64(start);
+                h.write_u64(end);
+            }
+        }
+    }
+
     /// Whether the backend is deferring on the running CPU (between
     /// `enter` and `leave`, not in interrupt context).
     fn deferring(&self) -> bool {

@@ -382,6 +382,7 @@ where
         preemptions: machine.preemptions(),
         preempted_in_section: machine.preempted_in_section(),
         interrupts: world.interrupts(),
+        digest: machine.digest(),
     };
     machine.clear_kernel();
     result

@@ -603,6 +603,19 @@ where
         }
     }
 
+    fn digest(&self) -> u64 {
+        use core::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in self.programs.borrow().iter().flatten() {
+            h.write_u64(p.unit);
+            h.write_u8(p.destroyed as u8);
+        }
+        h.write_u8(self.irq_mapped.get() as u8);
+        h.write_u8(self.stage.get() as u8);
+        self.backend.digest(&mut h);
+        h.finish()
+    }
+
     fn run_unit(&self, task: usize) -> bool {
         let Some(mut program) = self
             .programs
