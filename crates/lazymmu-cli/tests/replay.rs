@@ -181,3 +181,16 @@ fn unknown_option_and_unknown_design_exit_2() {
         .stderr(predicate::str::contains("tagged"));
     lazymmu().args(["replay"]).assert().code(2).stdout("");
 }
+
+#[test]
+fn unreadable_line_names_its_line() {
+    lazymmu()
+        .args(["replay", "-", "--design", "percpu"])
+        .write_stdin(&b"enable\n\xff\xfe\n"[..])
+        .assert()
+        .code(2)
+        .stdout("1 enable enable=1 pause=0 active=true hook=enter\n")
+        .stderr(predicate::str::starts_with(
+            "error: <stdin>:2: cannot read line",
+        ));
+}

@@ -130,7 +130,10 @@ fn one_table_eager_versus_lazy() {
                 Poe::allows_page_table_writes as fn(u64) -> bool
             )),
             true,
-            Arm64Poe::arm64_poe
+            |m| {
+                Recording::key_write_needs_isb(m);
+                Arm64Poe::arm64_poe(m)
+            }
         ),
     ];
 
@@ -175,6 +178,12 @@ fn one_table_eager_versus_lazy() {
     );
     let (_, e, l) = row("s390");
     assert_eq!((get(e, Primitive::Ipte), get(l, Primitive::Ipte)), (512, 2));
+    let (_, e, l) = row("arm64-poe");
+    // One isb per key write and one per barrier pair.
+    assert_eq!(
+        (get(e, Primitive::Isb), get(l, Primitive::Isb)),
+        (1024 + 512, 2 + 1)
+    );
     for name in ["x86-pks", "arm64-poe"] {
         let (_, e, l) = row(name);
         assert_eq!(

@@ -305,3 +305,18 @@ fn x86_pks_exception_inside_a_section() {
     assert_eq!(machine.faults(), 0);
     assert_eq!(machine.bugs(BackendBug::KeyFrameMismatch), 0);
 }
+
+#[test]
+fn a_double_enter_is_reported_and_leave_still_restores_the_default() {
+    use lazymmu::mode::ArchHooks;
+
+    let machine = protected_machine::<Poe>();
+    let protected = Arm64Poe::arm64_poe(&machine);
+    protected.enter();
+    protected.enter();
+    assert_eq!(machine.bugs(BackendBug::DoubleEnter), 1);
+    protected.write_entry(kernel_pte(0, page(0)));
+    protected.leave();
+    assert_eq!(machine.key(), Poe::DEFAULT);
+    assert_eq!(machine.faults(), 0);
+}

@@ -131,8 +131,15 @@ fn a_change_of_table_or_level_applies_the_cache() {
     for i in 0..4 {
         s390.write_entry(pte(i, 0));
     }
-    // The next table.
-    s390.write_entry(pte(512, page(512)));
+    // An empty entry of the next table: stored at once, cache kept.
+    s390.write_entry(pte(513, page(513)));
+    assert_eq!(machine.read_memory(pte(513, 0).entry), page(513));
+    assert_eq!(s390.cached(), 4);
+    assert_eq!(machine.count(Primitive::Ipte), 0);
+    // A valid entry of the next table: the cache is applied and the next
+    // table becomes the cached one.
+    machine.set_memory(pte(512, 0).entry, page(512));
+    s390.write_entry(pte(512, page(512) & !2));
     assert_eq!(machine.calls(Call::IpteRange), 1);
     assert_eq!(s390.cached(), 1);
     // A PMD entry: the cache is applied before it.
@@ -143,7 +150,7 @@ fn a_change_of_table_or_level_applies_the_cache() {
         ..pte(0, 0x1234_5001)
     });
     assert_eq!(s390.cached(), 0);
-    assert_eq!(machine.read_memory(pte(512, 0).entry), page(512));
+    assert_eq!(machine.read_memory(pte(512, 0).entry), page(512) & !2);
     drop(section);
 }
 
@@ -209,4 +216,24 @@ fn interrupt_context_writes_are_immediate() {
     s390.write_entry(pte(6, 0));
     assert_eq!(s390.cached(), 1);
     drop(section);
+}
+
+#[test]
+fn moving_entries_to_an_empty_table_stays_batched() {
+    // mremap: clear in the source table, store in the (empty) destination.
+    let machine = Recording::new();
+    populate(&machine, 512);
+    let s390 = S390::new(&machine);
+    let mode = Counters::new(&machine, &s390, MisusePolicy::Panic);
+    {
+        let _section = mode.section();
+        for i in 0..512 {
+            let old = s390.get_and_clear(pte(i, 0));
+            s390.write_entry(pte(1024 + i, old));
+        }
+        assert_eq!(s390.cached(), 512);
+    }
+    assert_eq!(machine.count(Primitive::Ipte), 2);
+    assert_eq!(machine.read_memory(pte(0, 0).entry), 0);
+    assert_eq!(machine.read_memory(pte(1024 + 511, 0).entry), page(511));
 }

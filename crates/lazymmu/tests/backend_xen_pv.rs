@@ -265,3 +265,19 @@ fn mprotect_in_a_section_is_batched() {
     assert_eq!(machine.count(Primitive::Hypercall), 2);
     assert_eq!(machine.read_memory(pte(63, 0).entry), frame(63) & !2);
 }
+
+#[test]
+fn a_stale_read_back_can_be_detected() {
+    let machine = Recording::new();
+    let xen = XenPv::new(&machine);
+    let mode = Counters::new(&machine, &xen, MisusePolicy::Panic);
+    let _section = mode.section();
+    xen.write_entry(pte(3, frame(3)));
+    xen.write_entry(pte(3, frame(4)));
+    assert_eq!(xen.queued_value(PhysAddr(TABLE + 24)), Some(frame(4)));
+    assert_eq!(xen.queued_value(PhysAddr(TABLE + 32)), None);
+    {
+        let _pause = mode.pause();
+        assert_eq!(xen.queued_value(PhysAddr(TABLE + 24)), None);
+    }
+}

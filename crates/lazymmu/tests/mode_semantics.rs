@@ -518,8 +518,8 @@ fn hooks_run_with_preemption_disabled() {
 
     probe.depths.borrow_mut().clear();
     worked_example_depths(&PerCpu::new(&env, &probe, MisusePolicy::Panic));
-    // The per-CPU design also holds one level for the whole section.
-    assert_eq!(*probe.depths.borrow(), [1, 2, 2, 2, 2]);
+    // The per-CPU design holds one level for the whole section.
+    assert_eq!(*probe.depths.borrow(), [1, 1, 1, 1, 1]);
     assert_eq!(env.preempt_count(), 0);
 
     probe.depths.borrow_mut().clear();

@@ -43,6 +43,9 @@ struct Checker<'m, F> {
     inner: X86Backend<&'m HostMemory, RecordingPrimitives>,
     memory: &'m HostMemory,
     stale: RefCell<Vec<Stale>>,
+    /// Frames allocated and not yet linked into a tree: no walker can
+    /// reach them, so nothing written there can be cached.
+    unlinked: RefCell<std::collections::HashSet<u64>>,
     in_section: Cell<bool>,
     sections: Cell<u32>,
     pte_writes_outside: Cell<u32>,
@@ -55,6 +58,7 @@ impl<'m, F: Format> Checker<'m, F> {
             inner: X86Backend::new(memory, RecordingPrimitives::new(0, SPACE)),
             memory,
             stale: RefCell::new(Vec::new()),
+            unlinked: RefCell::new(std::collections::HashSet::new()),
             in_section: Cell::new(false),
             sections: Cell::new(0),
             pte_writes_outside: Cell::new(0),
@@ -66,6 +70,13 @@ impl<'m, F: Format> Checker<'m, F> {
         if update.level == 1 && !self.in_section.get() {
             self.pte_writes_outside
                 .set(self.pte_writes_outside.get() + 1);
+        }
+        if update.valid && !update.leaf {
+            let next = update.value & F::TABLE_ADDRESS_MASK;
+            self.unlinked.borrow_mut().remove(&next);
+        }
+        if self.unlinked.borrow().contains(&(update.entry.0 & !0xFFF)) {
+            return;
         }
         let old = self.memory.read(update.entry);
         if old == update.value {
@@ -172,9 +183,21 @@ struct CheckedFrames<'c, 'm, F> {
     early_frees: Cell<u32>,
 }
 
+impl<F: Format> CheckedFrames<'_, '_, F> {
+    /// A root table: reachable as soon as it exists (it is what CR3/TTBR
+    /// will hold).
+    fn root(&self, memory: &HostMemory) -> PhysAddr {
+        let root = allocate_root(memory, self).unwrap();
+        self.checker.unlinked.borrow_mut().remove(&root.0);
+        root
+    }
+}
+
 impl<F: Format> FrameAllocator for CheckedFrames<'_, '_, F> {
     fn allocate(&self) -> Option<PhysAddr> {
-        self.inner.allocate()
+        let frame = self.inner.allocate()?;
+        self.checker.unlinked.borrow_mut().insert(frame.0);
+        Some(frame)
     }
     fn free(&self, frame: PhysAddr) {
         if self
@@ -190,6 +213,8 @@ impl<F: Format> FrameAllocator for CheckedFrames<'_, '_, F> {
     }
 }
 
+type CheckedGather<'g, F> = Gather<'g, Checker<'g, F>, CheckedFrames<'g, 'g, F>>;
+
 fn user() -> Attributes {
     Attributes::user_data()
 }
@@ -204,31 +229,30 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
         early_frees: Cell::new(0),
     };
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
-    let root = allocate_root(&memory, &frames).unwrap();
+    let root = frames.root(&memory);
     let tables = PageTables::<F, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames);
     let base = 4 * G;
 
-    let step =
-        |name: &str, f: &dyn Fn(&mut Gather<'_, Checker<'_, F>, CheckedFrames<'_, '_, F>>)| {
-            let mut gather = Gather::new(&checker, &frames, SPACE, FlushScope::Cpus(0b11));
-            f(&mut gather);
-            drop(gather);
-            assert_eq!(
-                checker.take_stale(),
-                vec![],
-                "{name}: stale translations left"
-            );
-            assert_eq!(
-                frames.early_frees.get(),
-                0,
-                "{name}: table freed before its flush"
-            );
-            assert_eq!(
-                checker.pte_writes_outside.get(),
-                0,
-                "{name}: PTE written outside a lazy section"
-            );
-        };
+    let step = |name: &str, f: &dyn Fn(&mut CheckedGather<'_, F>)| {
+        let mut gather = Gather::new(&checker, &frames, SPACE, FlushScope::Cpus(0b11));
+        f(&mut gather);
+        drop(gather);
+        assert_eq!(
+            checker.take_stale(),
+            vec![],
+            "{name}: stale translations left"
+        );
+        assert_eq!(
+            frames.early_frees.get(),
+            0,
+            "{name}: table freed before its flush"
+        );
+        assert_eq!(
+            checker.pte_writes_outside.get(),
+            0,
+            "{name}: PTE written outside a lazy section"
+        );
+    };
 
     step("map", &|_| {
         tables
@@ -275,7 +299,7 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
             .unwrap();
     });
     step("copy-on-write fork", &|g| {
-        let child = allocate_root(&memory, &frames).unwrap();
+        let child = frames.root(&memory);
         // Writable again first, so the copy has something to downgrade.
         tables
             .protect(VirtAddr(base + G + 8 * M2), 20 * K4, user(), g)
@@ -357,7 +381,7 @@ fn the_checker_catches_a_forgotten_flush_and_free_before_flush() {
         early_frees: Cell::new(0),
     };
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
-    let root = allocate_root(&memory, &frames).unwrap();
+    let root = frames.root(&memory);
     let tables =
         PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames);
     tables

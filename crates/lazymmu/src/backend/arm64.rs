@@ -112,6 +112,36 @@ struct Arm64Cpu {
 /// after it is written (`__set_pte_complete`, `set_pmd`, `set_pud`); user
 /// PTEs do not, since their TLB maintenance or `update_mmu_cache` carries
 /// the barriers. In lazy MMU mode the pair is owed once per section.
+///
+/// ```
+/// use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+/// use lazymmu::backend::arm64::Arm64;
+/// use lazymmu::backend::machine::Primitive;
+/// use lazymmu::backend::recording::Recording;
+/// use lazymmu::backend::{EntryUpdate, PteAccess};
+/// use lazymmu::mode::{counters::Counters, LazyMode, MisusePolicy};
+///
+/// let machine = Recording::new();
+/// let arm = Arm64::new(&machine);
+/// let mode = Counters::new(&machine, &arm, MisusePolicy::Panic);
+/// {
+///     let _section = mode.section();
+///     for i in 0..8 {
+///         arm.write_entry(EntryUpdate {
+///             entry: PhysAddr(0x1000 + i * 8),
+///             va: VirtAddr(0xffff_8000_0000_0000 + (i << 12)),
+///             space: SpaceId::KERNEL,
+///             level: 1,
+///             value: 0x4000_0003 + (i << 12),
+///             kernel: true,
+///             valid: true,
+///             leaf: true,
+///         });
+///     }
+/// }
+/// assert_eq!(machine.count(Primitive::Dsb), 1);
+/// assert_eq!(machine.count(Primitive::Isb), 1);
+/// ```
 #[derive(Debug)]
 pub struct Arm64<P> {
     primitives: P,

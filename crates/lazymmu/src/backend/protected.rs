@@ -174,6 +174,41 @@ impl KeyFrame {
 ///   section.
 /// - [`Protected::exception_enter`] loads the default value and
 ///   [`Protected::exception_exit`] restores the interrupted one.
+///
+/// ```
+/// use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+/// use lazymmu::backend::machine::Primitive;
+/// use lazymmu::backend::protected::{Arm64Poe, KeyFlavour, Poe};
+/// use lazymmu::backend::recording::Recording;
+/// use lazymmu::backend::{EntryUpdate, PteAccess};
+/// use lazymmu::mode::{counters::Counters, LazyMode, MisusePolicy};
+///
+/// let machine = Recording::new();
+/// machine.protect(Poe::DEFAULT, Poe::allows_page_table_writes);
+/// let poe = Arm64Poe::arm64_poe(&machine);
+/// let mode = Counters::new(&machine, &poe, MisusePolicy::Panic);
+/// let update = |i: u64| EntryUpdate {
+///     entry: PhysAddr(0x3000 + i * 8),
+///     va: VirtAddr(0xffff_8000_0000_0000 + (i << 12)),
+///     space: SpaceId::KERNEL,
+///     level: 1,
+///     value: 0x4000_0003 + (i << 12),
+///     kernel: true,
+///     valid: true,
+///     leaf: true,
+/// };
+/// poe.write_entry(update(0)); // open, write, close
+/// assert_eq!(machine.count(Primitive::KeyWrite), 2);
+/// {
+///     let _section = mode.section(); // open once
+///     for i in 1..100 {
+///         poe.write_entry(update(i));
+///     }
+/// } // restore
+/// assert_eq!(machine.count(Primitive::KeyWrite), 4);
+/// assert_eq!(machine.key(), Poe::DEFAULT);
+/// assert_eq!(machine.faults(), 0);
+/// ```
 pub struct Protected<B, K, F> {
     inner: B,
     keys: K,
@@ -265,11 +300,15 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> Protected<B, K, F> {
 
 impl<B: Backend, K: KeyRegister, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
     /// Opens the register, then lets the inner backend enter (which
-    /// reports a double entry itself).
+    /// reports a double entry itself). A second `enter` keeps the value
+    /// the first one saved, so `leave` still restores what the section
+    /// found, and only makes sure the register is open.
     fn enter(&self) {
-        self.lazy().set();
+        let first = self.lazy().set();
         let found = self.keys.read_key();
-        self.keys.set_task_key(KeySlot::Section, found);
+        if first {
+            self.keys.set_task_key(KeySlot::Section, found);
+        }
         let open = F::open(found);
         if open != found {
             self.keys.write_key(open);

@@ -150,6 +150,7 @@ pub struct Recording {
     key: Cell<u64>,
     key_check: Cell<Option<KeyCheck>>,
     faults: Cell<u64>,
+    key_write_isb: Cell<bool>,
     bugs: [Cell<u32>; 4],
 }
 
@@ -180,6 +181,7 @@ impl Recording {
             key: Cell::new(0),
             key_check: Cell::new(None),
             faults: Cell::new(0),
+            key_write_isb: Cell::new(false),
             bugs: Default::default(),
         }
     }
@@ -190,6 +192,13 @@ impl Recording {
     pub fn protect(&self, initial: u64, allows: fn(u64) -> bool) {
         self.key.set(initial);
         self.key_check.set(Some(allows));
+    }
+
+    /// Makes every key-register write also count an `isb`, as a write of
+    /// arm64's POR_EL1 needs one to take effect (Arm ARM DDI 0487 K.a,
+    /// D8.4.1.3).
+    pub fn key_write_needs_isb(&self) {
+        self.key_write_isb.set(true);
     }
 
     /// Moves execution to CPU `cpu` (the test's model of migration).
@@ -582,6 +591,9 @@ impl KeyRegister for Recording {
     fn write_key(&self, value: u64) {
         self.record(Call::WriteKey, 1);
         self.charge(Primitive::KeyWrite, 1);
+        if self.key_write_isb.get() {
+            self.charge(Primitive::Isb, 1);
+        }
         self.key.set(value);
     }
     fn task_key(&self, slot: KeySlot) -> Option<u64> {

@@ -3,8 +3,8 @@
 //! up to 256 consecutive entries of one page table at once ("additional
 //! entries"), so in lazy MMU mode the new values of one PTE table are kept
 //! in a per-CPU cache and applied with one multi-entry IPTE per run at
-//! flush or leave, or when a write for another table arrives. Reads are
-//! served from the cache.
+//! flush or leave, or when a write that needs an IPTE arrives for another
+//! table. Reads are served from the cache.
 //!
 //! Follows Alexander Gordeev's "s390/mm: Batch PTE updates in lazy MMU
 //! mode" (RFC March 2026, v3 June 2026, linux-s390/linux-mm), with the
@@ -149,12 +149,51 @@ struct S390Cpu {
 /// The s390 IPTE-batching backend (`s390`).
 ///
 /// Outside lazy MMU mode a write over a valid entry is one IPTE and a
-/// store. Inside it, writes to PTE tables (level 1) go to the CPU's cache
+/// store. Inside it, writes to a PTE table (level 1) go to the CPU's cache
 /// and reads of cached entries return the cached value; the cache is
 /// applied — one IPTE per run of consecutive cached entries (at most 256)
 /// of which at least one was valid, then the stores — at flush, leave
-/// (pause too), before a write to another table or level, and when the
-/// gather flushes.
+/// (pause too), before a write at another level, before a write over a
+/// valid entry of another table (which then becomes the cached one), and
+/// when the gather flushes. A write to an invalid entry of another table
+/// needs no IPTE: it is stored at once and the cache stays, so a section
+/// that fills one table while it changes another (mremap's destination,
+/// fork's child) keeps batching the changes.
+///
+/// ```
+/// use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+/// use lazymmu::backend::machine::Primitive;
+/// use lazymmu::backend::recording::Recording;
+/// use lazymmu::backend::s390::S390;
+/// use lazymmu::backend::{EntryUpdate, PteAccess};
+/// use lazymmu::mode::{counters::Counters, LazyMode, MisusePolicy};
+///
+/// let machine = Recording::new();
+/// let update = |i: u64, value: u64| EntryUpdate {
+///     entry: PhysAddr(0x2000 + i * 8),
+///     va: VirtAddr(i << 12),
+///     space: SpaceId(1),
+///     level: 1,
+///     value,
+///     kernel: false,
+///     valid: value & 1 != 0,
+///     leaf: true,
+/// };
+/// for i in 0..16 {
+///     machine.set_memory(update(i, 0).entry, 0x8000_0003 + (i << 12));
+/// }
+/// let s390 = S390::new(&machine);
+/// let mode = Counters::new(&machine, &s390, MisusePolicy::Panic);
+/// {
+///     let _section = mode.section();
+///     for i in 0..16 {
+///         s390.write_entry(update(i, 0x8000_0001 + (i << 12))); // write-protect
+///     }
+///     // Served from the cache; memory still has the old value.
+///     assert_eq!(s390.read_entry(update(3, 0).entry), 0x8000_3001);
+/// }
+/// assert_eq!(machine.count(Primitive::Ipte), 1); // one IPTE for 16 entries
+/// ```
 #[derive(Debug)]
 pub struct S390<P> {
     primitives: P,
@@ -256,6 +295,13 @@ impl<P: S390Primitives> S390<P> {
                 return;
             }
             if self.cpu().cache.borrow_mut().put(update, value) {
+                return;
+            }
+            // Another table. An entry that is invalid now needs no IPTE:
+            // a plain store, and the cached table stays cached (the
+            // destination of mremap, the child of fork).
+            if !entry_is_valid(self.primitives.read_pte(update.entry)) {
+                self.primitives.write_pte(update.entry, value);
                 return;
             }
             self.apply();

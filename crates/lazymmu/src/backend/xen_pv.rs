@@ -289,9 +289,10 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
 }
 
 impl<P: XenPrimitives> XenPv<P> {
-    /// The value an entry will have once what this CPU queued is applied:
-    /// the last queued write to it, else memory.
-    fn queued_value(&self, entry: PhysAddr) -> Option<u64> {
+    /// The last write to `entry` queued on the calling CPU and not yet
+    /// issued, if any: a read of `entry` now returns a stale value (the
+    /// KASAN read-back hazard, DESIGN.md §6 item 6).
+    pub fn queued_value(&self, entry: PhysAddr) -> Option<u64> {
         self.cpu()
             .buffer
             .borrow()

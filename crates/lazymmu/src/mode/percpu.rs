@@ -115,6 +115,15 @@ impl<E: PerCpuEnvironment, A: ArchHooks> PerCpu<E, A> {
 
     /// Applies `op` to the CPU's state: the counter rules, plus preemption
     /// held off while the state is not idle.
+    ///
+    /// When the CPU's state is not idle, the task running on it is the one
+    /// that holds it, with preemption already off: a preemptible task reads
+    /// an idle state, because any CPU with state is pinned to the task
+    /// holding it. So a non-idle read needs no further protection, and only
+    /// an operation that starts from idle disables preemption itself (and
+    /// keeps that level as the hold if the state leaves idle). Hooks
+    /// therefore always run with preemption off, for the reason given in
+    /// `Counters::transition`.
     #[inline]
     fn transition(&self, op: Op) -> Result<Step<()>, Misuse> {
         if self.env.in_interrupt() {
@@ -123,12 +132,15 @@ impl<E: PerCpuEnvironment, A: ArchHooks> PerCpu<E, A> {
                 hook: None,
             });
         }
-        // Off across the update and the hook, for the reason given in
-        // `Counters::transition`, and so that the state we read is still
-        // this CPU's when we write it back.
-        self.env.preempt_disable();
-        let before = self.env.cpu_lazy_state();
-        let result = match counters::rule(op, before) {
+        let mut before = self.env.cpu_lazy_state();
+        let from_idle = before == LazyState::IDLE;
+        if from_idle {
+            self.env.preempt_disable();
+            // The task may have migrated before the disable: read this
+            // CPU's state (idle too, as it is not pinned to anyone else).
+            before = self.env.cpu_lazy_state();
+        }
+        let (result, holding) = match counters::rule(op, before) {
             Ok(Some((after, hook))) => {
                 self.env.set_cpu_lazy_state(after);
                 match hook {
@@ -137,19 +149,16 @@ impl<E: PerCpuEnvironment, A: ArchHooks> PerCpu<E, A> {
                     Some(Hook::Flush) => self.arch.flush(),
                     None => {}
                 }
-                // Keep one preemption-disable for as long as the CPU holds
-                // state: take it when leaving idle, drop it when returning.
-                if before == LazyState::IDLE && after != LazyState::IDLE {
-                    self.env.preempt_disable();
-                } else if before != LazyState::IDLE && after == LazyState::IDLE {
-                    self.env.preempt_enable();
-                }
-                Ok(hook)
+                (Ok(hook), after != LazyState::IDLE)
             }
-            Ok(None) => Ok(None),
-            Err(misuse) => Err(misuse),
+            Ok(None) => (Ok(None), before != LazyState::IDLE),
+            Err(misuse) => (Err(misuse), before != LazyState::IDLE),
         };
-        self.env.preempt_enable();
+        // Before: one level held if the state was not idle, or taken above.
+        // After: one level held if the state is not idle.
+        if !holding {
+            self.env.preempt_enable();
+        }
         match result {
             Ok(hook) => Ok(Step { token: (), hook }),
             Err(misuse) => Err(self.misuse.report(misuse)),

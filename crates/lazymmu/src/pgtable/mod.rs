@@ -1,7 +1,7 @@
 //! Page tables: formats, the memory that holds them, frame allocation, the
 //! hardware walker, range operations and the TLB gather.
 //!
-//! - [`format`]: x86-64 4- and 5-level and AArch64 4K stage 1, as
+//! - [`format`](mod@format): x86-64 4- and 5-level and AArch64 4K stage 1, as
 //!   zero-sized types, and the arch-neutral [`format::Entry`] view.
 //! - [`memory`]: [`memory::PageTableMemory`], reaching entries by physical
 //!   address, with a host implementation.

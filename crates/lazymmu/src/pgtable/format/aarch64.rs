@@ -2,9 +2,9 @@
 //! levels 0–3 (this crate's levels 4–1).
 //!
 //! Source: Arm ARM (DDI 0487) §D8.3 "Translation table descriptor formats"
-//! (table, block and page descriptors; AttrIndx[4:2], AP[7:6], SH[9:8],
-//! AF[10], nG[11], DBM[51], Contiguous[52], PXN[53], UXN[54], software bits
-//! [58:55]) and FEAT_S1POE, where POIndex occupies bits [62:60] of stage 1
+//! (table, block and page descriptors; AttrIndx in bits 4:2, AP 7:6, SH
+//! 9:8, AF 10, nG 11, DBM 51, Contiguous 52, PXN 53, UXN 54, software bits
+//! 58:55) and FEAT_S1POE, where POIndex occupies bits 62:60 of stage 1
 //! block and page descriptors. The software dirty bit is bit 55, as Linux's
 //! `PTE_DIRTY` (arch/arm64/include/asm/pgtable-hwdef.h/pgtable-prot.h).
 
@@ -22,9 +22,9 @@ pub const ATTR_INDEX_SHIFT: u32 = 2;
 pub const ATTR_INDEX_MASK: u64 = 0b111 << ATTR_INDEX_SHIFT;
 /// Bit 5: NS (non-secure output address).
 pub const NON_SECURE: u64 = 1 << 5;
-/// Bit 6: AP[1], EL0 access allowed.
+/// Bit 6: `AP[1]`, EL0 access allowed.
 pub const AP_USER: u64 = 1 << 6;
-/// Bit 7: AP[2], read-only.
+/// Bit 7: `AP[2]`, read-only.
 pub const AP_READ_ONLY: u64 = 1 << 7;
 /// Bits 9:8: SH, shareability.
 pub const SHAREABILITY_SHIFT: u32 = 8;
@@ -65,7 +65,8 @@ pub const ADDRESS_1G: u64 = 0x0000_FFFF_C000_0000;
 
 /// MAIR_EL1 value the AttrIndx encoding assumes: index 0 Normal write-back
 /// read/write-allocate (0xff), 1 Normal write-through (0xbb), 2 Normal
-/// non-cacheable (0x44), 3 Device-nGnRnE (0x00). Arm ARM §D19 MAIR_EL1.
+/// non-cacheable (0x44), 3 Device-nGnRnE (0x00). Arm ARM DDI 0487, register description of MAIR_EL1 (Attr<n>
+/// encodings).
 pub const AARCH64_MAIR: u64 = 0x00_44_bb_ff;
 
 const MAIR_WRITE_BACK: u64 = 0;
@@ -92,6 +93,8 @@ impl Format for Aarch64 {
     const VA_BITS: u32 = 48;
     const TABLE_ADDRESS_MASK: u64 = ADDRESS_4K;
     const SHARED_ROOT: bool = false;
+    const DIRTY_BIT: u64 = SOFTWARE_DIRTY;
+    const ACCESSED_BIT: u64 = ACCESS_FLAG;
 
     fn decode(raw: u64, level: u8) -> Entry {
         if raw & VALID == 0 {
@@ -249,7 +252,7 @@ mod tests {
             Attributes::kernel_data(),
         );
         assert_eq!(raw & 0b11, 0b01);
-        assert_eq!(raw & (UXN | PXN), UXN);
+        assert_eq!(raw & (UXN | PXN), UXN | PXN);
         assert!(matches!(
             Aarch64::decode(raw, 3),
             Entry::Leaf {

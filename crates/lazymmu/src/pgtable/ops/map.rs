@@ -150,21 +150,36 @@ where
                 );
                 run.summary.leaves[size_slot(size)] += 1;
             } else {
-                let (below, new) = if fresh {
-                    let below = self.new_table().ok_or(Stop::OutOfFrames(va))?;
-                    self.write_table(entry, va, run.high, level, below);
-                    (below, true)
-                } else {
-                    match F::decode(current, level) {
-                        Entry::Leaf { .. } => return Err(Stop::Occupied(va)),
-                        Entry::Table(below) => (below, false),
-                        Entry::Absent => self.table_below(entry, va, run.high, level)?,
+                match F::decode(current, level) {
+                    Entry::Leaf { .. } => return Err(Stop::Occupied(va)),
+                    Entry::Table(below) => {
+                        self.map_level(below, level - 1, va, next, false, run)?
                     }
-                };
-                if new {
-                    run.summary.tables_allocated += 1;
+                    Entry::Absent if level == 2 => {
+                        // A new PTE table is filled before it is linked:
+                        // the fill cannot fail, no walker ever sees it
+                        // half-built, and a table the run covers entirely
+                        // needs no zeroing.
+                        let below = if covers_entry(va, next, level) {
+                            self.new_frame_to_fill()
+                        } else {
+                            self.new_table()
+                        }
+                        .ok_or(Stop::OutOfFrames(va))?;
+                        run.summary.tables_allocated += 1;
+                        self.map_ptes(below, va, next, true, run)?;
+                        self.write_table(entry, va, run.high, level, below);
+                    }
+                    Entry::Absent => {
+                        // Upper tables are linked first, so that what is
+                        // mapped below them stays reachable if a later
+                        // allocation fails.
+                        let below = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+                        run.summary.tables_allocated += 1;
+                        self.write_table(entry, va, run.high, level, below);
+                        self.map_level(below, level - 1, va, next, true, run)?;
+                    }
                 }
-                self.map_level(below, level - 1, va, next, new, run)?;
             }
             va = next;
         }
@@ -184,6 +199,18 @@ where
         let template = run.templates[0];
         let first = index(start, 1);
         let count = ((end - start) >> 12) as usize;
+        if fresh {
+            // Known empty: one run (Linux's `set_ptes`).
+            let first_entry = table.add(8 * first as u64);
+            let value = template | start.wrapping_add(run.delta);
+            self.backend.write_entries(
+                self.update(first_entry, start, run.high, 1, value, true),
+                count,
+                4096,
+            );
+            run.summary.leaves[0] += count as u64;
+            return Ok(());
+        }
         for i in 0..count {
             let va = start + ((i as u64) << 12);
             let entry = table.add(8 * (first + i) as u64);

@@ -6,7 +6,8 @@
 //! Every operation
 //! - runs each PTE-level loop inside one lazy section ([`LazyMode::section`]),
 //!   one section per PTE table as Linux does;
-//! - reads and writes every entry through the backend's [`PteAccess`], never
+//! - reads and writes every entry through the backend's
+//!   [`PteAccess`](crate::backend::PteAccess), never
 //!   memory directly (new tables are zeroed in memory before they are
 //!   linked, which no walker can observe);
 //! - records every translation it invalidates, and every page-table frame it
@@ -65,7 +66,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, size_at, Attributes, Entry, Format, ENTRIES};
+use crate::pgtable::format::{entry_shift, index, size_at, Entry, Format, ENTRIES};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::walk::canonical;
@@ -341,8 +342,15 @@ where
 
     /// A zeroed frame for a new table, not linked anywhere yet.
     pub(crate) fn new_table(&self) -> Option<PhysAddr> {
-        let frame = self.allocator.allocate()?;
+        let frame = self.new_frame_to_fill()?;
         self.memory.zero_frame(frame);
+        Some(frame)
+    }
+
+    /// A frame for a new table that the caller fills completely before
+    /// linking it, so it needs no zeroing.
+    pub(crate) fn new_frame_to_fill(&self) -> Option<PhysAddr> {
+        let frame = self.allocator.allocate()?;
         self.tables_allocated.set(self.tables_allocated.get() + 1);
         Some(frame)
     }
@@ -391,7 +399,8 @@ where
     /// a table of the next smaller leaves with the same attributes. The
     /// frame is allocated first, so failure changes nothing. Then break
     /// before make, as the architecture requires for a block-size change
-    /// (Arm ARM §D8.16.1; Linux's `pmdp_invalidate` in
+    /// (Arm ARM DDI 0487, "Using break-before-make when updating translation
+    /// table entries"; Linux's `pmdp_invalidate` in
     /// `__split_huge_pmd_locked`): clear the block, invalidate it at once,
     /// fill the table from the cleared value (which carries any dirty bit
     /// the hardware set meanwhile), link the table.
@@ -408,7 +417,8 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let table = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+        // Every entry of the new table is written below: no zeroing.
+        let table = self.new_frame_to_fill().ok_or(Stop::OutOfFrames(va))?;
         let old = self.clear(entry, va, high, level);
         let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
             unreachable!("split of a non-leaf entry");
@@ -417,17 +427,12 @@ where
         let small = size_at(level - 1).expect("split below 4 KiB");
         {
             let _section = (level - 1 == 1).then(|| self.lazy.section());
-            let template = F::leaf_template(small, attrs);
-            for i in 0..ENTRIES as u64 {
-                let offset = i << small.shift();
-                self.write_leaf(
-                    table.add(8 * i),
-                    va + offset,
-                    high,
-                    level - 1,
-                    template | (phys.0 + offset),
-                );
-            }
+            let value = F::leaf_template(small, attrs) | phys.0;
+            self.backend.write_entries(
+                self.update(table, va, high, level - 1, value, true),
+                ENTRIES,
+                small.bytes(),
+            );
         }
         self.write_table(entry, va, high, level, table);
         Ok(table)
@@ -482,13 +487,5 @@ pub(crate) fn size_slot(size: PageSize) -> usize {
         PageSize::Size4K => 0,
         PageSize::Size2M => 1,
         PageSize::Size1G => 2,
-    }
-}
-
-pub(crate) fn attrs_keep_status(new: Attributes, old: Attributes) -> Attributes {
-    Attributes {
-        dirty: old.dirty,
-        accessed: old.accessed,
-        ..new
     }
 }

@@ -1,9 +1,6 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::{
-    attrs_keep_status, check_range, covers_entry, entry_end, size_slot, PageTables, RangeError,
-    Stop,
-};
+use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
@@ -45,10 +42,11 @@ where
 {
     /// Gives every present leaf in `[va, va + len)` the attributes `attrs`
     /// (keeping its own dirty and accessed bits), splitting a huge leaf the
-    /// range cuts. Each entry is rewritten as Linux's
-    /// `ptep_modify_prot_start`/`commit` do (get-and-clear, then write), so a
-    /// dirty bit set by hardware meanwhile is not lost; every changed entry
-    /// is added to `gather`.
+    /// range cuts. Each entry is rewritten with the backend's
+    /// [`modify_prot_start`](crate::backend::PteAccess::modify_prot_start)
+    /// and [`modify_prot_commit`](crate::backend::PteAccess::modify_prot_commit),
+    /// as Linux's `change_pte_range` does, so a dirty bit set by hardware
+    /// meanwhile is not lost; every changed entry is added to `gather`.
     ///
     /// # Errors
     /// - [`ProtectError::Range`]: bad range, or `gather` for another space.
@@ -68,11 +66,7 @@ where
         let span = check_range::<F>(va, len).map_err(ProtectError::Range)?;
         self.check_gather(gather).map_err(ProtectError::Range)?;
         let mut summary = ProtectSummary::default();
-        let mut job = Job {
-            attrs,
-            high: span.high,
-            summary: &mut summary,
-        };
+        let mut job = Job::new::<F>(attrs, span.high, &mut summary);
         match self.protect_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
             Ok(()) => Ok(summary),
             Err(Stop::OutOfFrames(at)) => Err(ProtectError::OutOfFrames {
@@ -135,18 +129,18 @@ where
         job: &mut Job<'_>,
     ) -> bool {
         let current = self.read(entry);
-        let Entry::Leaf { attrs: before, .. } = F::decode(current, level) else {
-            return false;
-        };
-        if attrs_keep_status(job.attrs, before) == before {
+        if !F::is_valid(current) || job.target(size, current) == current {
             return false;
         }
-        let old = self.clear(entry, va, job.high, level);
-        let Entry::Leaf { phys, attrs, .. } = F::decode(old, level) else {
+        let old = self
+            .backend
+            .modify_prot_start(self.update(entry, va, job.high, level, 0, true));
+        if !F::is_valid(old) {
             return false;
-        };
-        let new = F::encode_leaf(phys, size, attrs_keep_status(job.attrs, attrs));
-        self.write_leaf(entry, va, job.high, level, new);
+        }
+        let new = job.target(size, old);
+        self.backend
+            .modify_prot_commit(self.update(entry, va, job.high, level, new, true));
         job.summary.changed[size_slot(size)] += 1;
         true
     }
@@ -189,7 +183,49 @@ where
 }
 
 struct Job<'s> {
-    attrs: Attributes,
+    /// Leaf templates by size (4K, 2M, 1G) and by the old entry's dirty
+    /// and accessed bits (index `dirty * 2 + accessed`), computed once.
+    templates: [[u64; 4]; 3],
+    /// Address bits by size.
+    address: [u64; 3],
+    dirty_bit: u64,
+    accessed_bit: u64,
     high: bool,
     summary: &'s mut ProtectSummary,
+}
+
+impl Job<'_> {
+    fn new<F: Format>(attrs: Attributes, high: bool, summary: &mut ProtectSummary) -> Job<'_> {
+        let sizes = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
+        let templates = sizes.map(|size| {
+            [(false, false), (false, true), (true, false), (true, true)].map(|(dirty, accessed)| {
+                F::leaf_template(
+                    size,
+                    Attributes {
+                        dirty,
+                        accessed,
+                        ..attrs
+                    },
+                )
+            })
+        });
+        Job {
+            templates,
+            address: sizes.map(F::leaf_address_mask),
+            dirty_bit: F::DIRTY_BIT,
+            accessed_bit: F::ACCESSED_BIT,
+            high,
+            summary,
+        }
+    }
+
+    /// The leaf `old` with the new attributes and its own dirty and
+    /// accessed bits.
+    #[inline]
+    fn target(&self, size: PageSize, old: u64) -> u64 {
+        let slot = size_slot(size);
+        let status =
+            usize::from(old & self.dirty_bit != 0) * 2 + usize::from(old & self.accessed_bit != 0);
+        self.templates[slot][status] | (old & self.address[slot])
+    }
 }

@@ -178,9 +178,7 @@ where
             }
             let va = start + ((i as u64) << 12);
             let old = self.clear(entry, va, high, 1);
-            if let Entry::Leaf { attrs, .. } = F::decode(old, 1) {
-                summary.dirty += u64::from(attrs.dirty);
-            }
+            summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
             cleared += 1;
             range = Some(match range {
                 None => (va, va + 4096),
