@@ -942,7 +942,17 @@ impl Machine {
                 .borrow()
                 .entries()
                 .iter()
-                .filter(|e| (e.global || e.space == space) && e.overlaps(start, end))
+                // A flush of a user space promises nothing about global
+                // (kernel) translations; a flush of the kernel's space
+                // covers them.
+                .filter(|e| {
+                    let covered = if space == SpaceId::KERNEL {
+                        e.global || e.space == space
+                    } else {
+                        !e.global && e.space == space
+                    };
+                    covered && e.overlaps(start, end)
+                })
                 .copied()
                 .collect();
             for e in stale {

@@ -414,6 +414,8 @@ pub struct DesignReport {
     /// Unexpected violations across the design's runs (a reported sleep
     /// is expected of the per-CPU design and not counted).
     pub violations: u64,
+    /// The first unexpected violation, in full.
+    pub first_violation: Option<crate::invariant::Violation>,
 }
 
 /// Compares the three designs on the same scenarios: xen-pv fork with
@@ -480,6 +482,15 @@ pub fn compare_designs(seed: u64, cpus: usize) -> Vec<DesignReport> {
                 sleep_reported: sleeps_reported > 0,
                 nested_key_restored: nested.violations_of(Invariant::KeyRestore) == 0,
                 violations: fork.violation_count + nested.violation_count + sleep_unexpected,
+                first_violation: fork
+                    .violations
+                    .first()
+                    .or(nested.violations.first())
+                    .or(sleep
+                        .violations
+                        .iter()
+                        .find(|v| v.invariant != Invariant::SleepInSection))
+                    .cloned(),
             }
         })
         .collect()
