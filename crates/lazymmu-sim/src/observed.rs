@@ -307,6 +307,31 @@ impl<B: Backend> PteAccess for Observed<B> {
         self.after_write(&update);
         old
     }
+
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.inner.write_entries(first, count, step);
+        let page = first.page_size().bytes();
+        for i in 0..count as u64 {
+            self.after_write(&EntryUpdate {
+                entry: first.entry.add(8 * i),
+                va: VirtAddr(first.va.0.wrapping_add(i * page)),
+                value: first.value + i * step,
+                ..first
+            });
+        }
+    }
+
+    /// The start of a protection change is a read (Xen's
+    /// `ptep_modify_prot_start` does not even clear the entry); what the
+    /// library means the entry to hold is the value it commits.
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.inner.modify_prot_start(update)
+    }
+
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.inner.modify_prot_commit(update);
+        self.after_write(&update);
+    }
 }
 
 impl<B: Backend> TlbFlush for Observed<B> {

@@ -107,6 +107,15 @@ mod protected_impls {
         fn get_and_clear(&self, update: EntryUpdate) -> u64 {
             self.backend.get_and_clear(update)
         }
+        fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+            self.backend.write_entries(first, count, step)
+        }
+        fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+            self.backend.modify_prot_start(update)
+        }
+        fn modify_prot_commit(&self, update: EntryUpdate) {
+            self.backend.modify_prot_commit(update)
+        }
     }
 
     impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for ProtectedExceptions<B, K, F> {
