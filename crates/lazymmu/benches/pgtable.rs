@@ -7,8 +7,9 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
 use lazymmu::backend::FlushScope;
@@ -119,29 +120,33 @@ fn x86_64_crate_map(host: &Host) {
     }
 }
 
+/// Times `routine` alone, `iters` times, each on a fresh `setup()` whose
+/// creation and destruction are not timed.
+fn timed<S, O>(
+    iters: u64,
+    mut setup: impl FnMut() -> S,
+    mut routine: impl FnMut(&S) -> O,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let state = setup();
+        let start = Instant::now();
+        black_box(routine(&state));
+        total += start.elapsed();
+        drop(state);
+    }
+    total
+}
+
 fn bench_map(c: &mut Criterion) {
     let template = X86_64::leaf_template(PageSize::Size4K, Attributes::user_data());
     let mut group = c.benchmark_group("map_1gib");
     group.sample_size(20);
     group.bench_function("lazymmu", |b| {
-        b.iter_batched(
-            Host::new,
-            |host| {
-                black_box(lazymmu_map(&host));
-                host
-            },
-            BatchSize::PerIteration,
-        )
+        b.iter_custom(|iters| timed(iters, Host::new, lazymmu_map))
     });
     group.bench_function("x86_64_crate", |b| {
-        b.iter_batched(
-            Host::new,
-            |host| {
-                x86_64_crate_map(&host);
-                host
-            },
-            BatchSize::PerIteration,
-        )
+        b.iter_custom(|iters| timed(iters, Host::new, x86_64_crate_map))
     });
     let mut entries = vec![0u64; PAGES as usize];
     group.bench_function("floor", |b| {
@@ -155,45 +160,70 @@ fn bench_map(c: &mut Criterion) {
     group.finish();
 }
 
+/// A mapped 1 GiB and what operating on it needs.
+struct Mapped {
+    host: Host,
+    root: PhysAddr,
+}
+
+fn mapped() -> Mapped {
+    let host = Host::new();
+    let (root, _) = lazymmu_map(&host);
+    Mapped { host, root }
+}
+
+/// Runs `op` on the mapped tables with a gather (flushed inside the
+/// timing: it is part of the operation).
+fn with_tables<R>(
+    mapped: &Mapped,
+    op: impl FnOnce(
+        &PageTables<
+            '_,
+            X86_64,
+            HostMemory,
+            X86Backend<&HostMemory, RecordingPrimitives>,
+            Counters<TestEnv, &X86Backend<&HostMemory, RecordingPrimitives>>,
+            HostFrameAllocator,
+        >,
+        &mut Gather<'_, X86Backend<&HostMemory, RecordingPrimitives>, HostFrameAllocator>,
+    ) -> R,
+) -> R {
+    let host = &mapped.host;
+    let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
+    let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
+    let tables = PageTables::new(
+        mapped.root,
+        SPACE,
+        &host.memory,
+        &backend,
+        &lazy,
+        &host.frames,
+    );
+    let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
+    let result = op(&tables, &mut gather);
+    drop(gather);
+    result
+}
+
 fn bench_protect(c: &mut Criterion) {
     let read_only = X86_64::leaf_template(PageSize::Size4K, Attributes::user_data().read_only());
     let mut group = c.benchmark_group("protect_1gib");
     group.sample_size(20);
     group.bench_function("lazymmu", |b| {
-        b.iter_batched(
-            || {
-                let host = Host::new();
-                let (root, _) = lazymmu_map(&host);
-                (host, root)
-            },
-            |(host, root)| {
-                {
-                    let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
-                    let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
-                    let tables = PageTables::<X86_64, _, _, _, _>::new(
-                        root,
-                        SPACE,
-                        &host.memory,
-                        &backend,
-                        &lazy,
-                        &host.frames,
-                    );
-                    let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
-                    black_box(
-                        tables
-                            .protect(
-                                VirtAddr(VA),
-                                GIB,
-                                Attributes::user_data().read_only(),
-                                &mut gather,
-                            )
-                            .unwrap(),
-                    );
-                }
-                host
-            },
-            BatchSize::PerIteration,
-        )
+        b.iter_custom(|iters| {
+            timed(iters, mapped, |m| {
+                with_tables(m, |tables, gather| {
+                    tables
+                        .protect(
+                            VirtAddr(VA),
+                            GIB,
+                            Attributes::user_data().read_only(),
+                            gather,
+                        )
+                        .unwrap()
+                })
+            })
+        })
     });
     let mut entries = vec![0u64; PAGES as usize];
     group.bench_function("floor", |b| {
@@ -211,31 +241,13 @@ fn bench_unmap(c: &mut Criterion) {
     let mut group = c.benchmark_group("unmap_1gib");
     group.sample_size(20);
     group.bench_function("lazymmu", |b| {
-        b.iter_batched(
-            || {
-                let host = Host::new();
-                let (root, _) = lazymmu_map(&host);
-                (host, root)
-            },
-            |(host, root)| {
-                {
-                    let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
-                    let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
-                    let tables = PageTables::<X86_64, _, _, _, _>::new(
-                        root,
-                        SPACE,
-                        &host.memory,
-                        &backend,
-                        &lazy,
-                        &host.frames,
-                    );
-                    let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
-                    black_box(tables.zap(VirtAddr(VA), GIB, &mut gather).unwrap());
-                }
-                host
-            },
-            BatchSize::PerIteration,
-        )
+        b.iter_custom(|iters| {
+            timed(iters, mapped, |m| {
+                with_tables(m, |tables, gather| {
+                    tables.zap(VirtAddr(VA), GIB, gather).unwrap()
+                })
+            })
+        })
     });
     let mut entries = vec![1u64; PAGES as usize];
     group.bench_function("floor", |b| {

@@ -91,6 +91,29 @@ pub trait PteAccess {
     /// accessed bits) now.
     fn get_and_clear(&self, update: EntryUpdate) -> u64;
 
+    /// Writes `count` consecutive entries of one table, as Linux's
+    /// `set_ptes()` (include/linux/pgtable.h) does for a run of pages:
+    /// entry `i` is at `first.entry + 8 * i`, covers
+    /// `first.va + i * first.page_size()`, and gets the value
+    /// `first.value + i * step` (`step` advances the address bits). The run
+    /// stays inside one table.
+    ///
+    /// The default writes the entries one by one with
+    /// [`PteAccess::write_entry`], so a backend that batches or decorates
+    /// single writes keeps doing so; a backend that can store a run at once
+    /// overrides it.
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        let page = first.page_size().bytes();
+        for i in 0..count as u64 {
+            self.write_entry(EntryUpdate {
+                entry: first.entry.add(8 * i),
+                va: VirtAddr(first.va.0.wrapping_add(i * page)),
+                value: first.value + i * step,
+                ..first
+            });
+        }
+    }
+
     /// `ptep_modify_prot_start`: returns the current value of an entry that
     /// is about to be rewritten in place (mprotect), so that no hardware
     /// update of its accessed and dirty bits is lost before

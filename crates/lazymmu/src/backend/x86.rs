@@ -201,6 +201,11 @@ impl<M: PageTableMemory, P: X86Primitives> PteAccess for X86Backend<M, P> {
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
         self.memory.swap(update.entry, update.value)
     }
+    /// Native stores have no side effect: a run is one memory loop.
+    #[inline]
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.memory.write_run(first.entry, count, first.value, step)
+    }
 }
 
 impl<M: PageTableMemory, P: X86Primitives> TlbFlush for X86Backend<M, P> {
@@ -404,7 +409,9 @@ mod bare_metal {
                     "mov cr4, {cr4}",
                     cr4 = out(reg) _,
                     tmp = out(reg) _,
-                    options(nostack, preserves_flags)
+                    // `xor` changes the flags; no `nomem`: page-table
+                    // stores must not move across the flush.
+                    options(nostack)
                 )
             };
         }
@@ -424,9 +431,11 @@ mod bare_metal {
             // SAFETY: IA32_PKRS only restricts supervisor data accesses to
             // pages with a key; a wrong value causes page faults, never
             // memory unsafety. PKS support is the embedder's contract.
+            // No `nomem`: accesses to key-protected memory must stay on the
+            // side of the write where the program put them.
             unsafe {
                 asm!("wrmsr", in("ecx") IA32_PKRS, in("eax") value, in("edx") 0u32,
-                     options(nostack, nomem, preserves_flags))
+                     options(nostack, preserves_flags))
             };
         }
 

@@ -44,6 +44,19 @@ pub trait PageTableMemory {
     /// # Panics
     /// As [`PageTableMemory::read`].
     fn zero_frame(&self, frame: PhysAddr);
+
+    /// Writes `count` consecutive entries from `first` (inside one frame),
+    /// entry `i` getting `value + i * step`. The default writes them one
+    /// by one.
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::read`], and an implementation may panic when
+    /// the run leaves the frame.
+    fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+        for i in 0..count as u64 {
+            self.write(first.add(8 * i), value + i * step);
+        }
+    }
 }
 
 impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
@@ -62,6 +75,10 @@ impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
     #[inline]
     fn zero_frame(&self, frame: PhysAddr) {
         (**self).zero_frame(frame)
+    }
+    #[inline]
+    fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+        (**self).write_run(first, count, value, step)
     }
 }
 
@@ -177,6 +194,24 @@ mod host {
         fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
             self.cell(entry).replace(value)
         }
+        fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+            if count == 0 {
+                return;
+            }
+            let _ = self.cell(first);
+            let offset = first.0 - self.base;
+            let index = ((offset % FRAME_SIZE) / 8) as usize;
+            let frame = &self.frames[(offset / FRAME_SIZE) as usize].0;
+            let run = frame.get(index..index + count).unwrap_or_else(|| {
+                panic!("run of {count} entries from {first:?} leaves its frame")
+            });
+            let mut next = value;
+            for cell in run {
+                cell.set(next);
+                next = next.wrapping_add(step);
+            }
+        }
+
         fn zero_frame(&self, frame: PhysAddr) {
             assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
             // `cell` checks that the frame is ours.
@@ -186,5 +221,36 @@ mod host {
                 cell.set(0);
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_swaps() {
+        let memory = HostMemory::new(PhysAddr(0x2000), 2);
+        memory.write_run(PhysAddr(0x2ff0), 2, 0x1003, 0x1000);
+        assert_eq!(memory.read(PhysAddr(0x2ff0)), 0x1003);
+        assert_eq!(memory.read(PhysAddr(0x2ff8)), 0x2003);
+        assert_eq!(memory.swap(PhysAddr(0x2ff8), 7), 0x2003);
+        memory.zero_frame(PhysAddr(0x2000));
+        assert_eq!(memory.read(PhysAddr(0x2ff0)), 0);
+        assert_eq!(memory.read(PhysAddr(0x2ff8)), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "leaves its frame")]
+    fn a_run_may_not_leave_its_frame() {
+        let memory = HostMemory::new(PhysAddr(0), 2);
+        memory.write_run(PhysAddr(0xff8), 2, 0, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "not an aligned entry")]
+    fn foreign_addresses_are_refused() {
+        let memory = HostMemory::new(PhysAddr(0x1000), 1);
+        memory.read(PhysAddr(0x2000));
     }
 }

@@ -33,9 +33,10 @@ use crate::addr::{PageSize, PhysAddr};
 /// Cacheability of a mapping, converted per format.
 ///
 /// x86-64 encodes it in PWT/PCD (and PAT) and this crate assumes the
-/// power-on PAT (Intel SDM Vol. 3A §13.12.5, Table 13-11: entries 0–3 are
-/// WB, WT, UC-, UC). AArch64 encodes an index into MAIR_EL1 and this crate
-/// defines the MAIR layout it assumes, [`AARCH64_MAIR`].
+/// power-on PAT (Intel SDM Vol. 3A, chapter "Memory Cache Control",
+/// "Programming the PAT": after reset entries 0–3 are WB, WT, UC-, UC).
+/// AArch64 encodes an index into MAIR_EL1 and this crate defines the MAIR
+/// layout it assumes, [`AARCH64_MAIR`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum MemoryType {
     /// Normal write-back memory.
@@ -217,14 +218,6 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
 
     /// Whether `raw` is a valid (present) entry.
     fn is_valid(raw: u64) -> bool;
-
-    /// Whether leaves of `size` are allowed (true for 4K/2M/1G on every
-    /// format here).
-    #[inline]
-    fn supports(size: PageSize) -> bool {
-        let _ = size;
-        true
-    }
 
     /// Whether `va` (canonical) lies in the upper, kernel half.
     #[inline]

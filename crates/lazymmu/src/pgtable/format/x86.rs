@@ -1,7 +1,7 @@
 //! x86-64 4-level (48-bit) and 5-level (57-bit, LA57) paging.
 //!
-//! Source: Intel SDM Vol. 3A §4.5 "4-Level Paging and 5-Level Paging",
-//! Tables 4-15 to 4-20 (formats of PML5E, PML4E, PDPTE, PDE and PTE), and
+//! Source: Intel SDM Vol. 3A §4.5 "4-Level Paging and 5-Level Paging", the
+//! tables giving the formats of a PML5E, PML4E, PDPTE, PDE and PTE, and
 //! §4.6.2 "Protection Keys" (bits 62:59 select the PKRU key for user pages
 //! and the IA32_PKRS key for supervisor pages).
 
@@ -69,7 +69,8 @@ fn leaf_template(size: PageSize, attrs: Attributes) -> u64 {
         bits |= NO_EXECUTE;
     }
     bits |= ((attrs.key & 0xF) as u64) << PROTECTION_KEY_SHIFT;
-    // Power-on PAT: index 0 WB, 1 WT, 2 UC-, 3 UC (SDM Vol. 3A Table 13-11).
+    // Power-on PAT: index 0 WB, 1 WT, 2 UC-, 3 UC (SDM Vol. 3A, "Programming
+    // the PAT", PAT values after power-up or reset).
     bits |= match attrs.memory {
         MemoryType::WriteBack => 0,
         MemoryType::WriteThrough => WRITE_THROUGH,

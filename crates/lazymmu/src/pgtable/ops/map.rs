@@ -199,6 +199,18 @@ where
         let template = run.templates[0];
         let first = index(start, 1);
         let count = ((end - start) >> 12) as usize;
+        if fresh {
+            // Known empty: one run (Linux's `set_ptes`).
+            let first_entry = table.add(8 * first as u64);
+            let value = template | start.wrapping_add(run.delta);
+            self.backend.write_entries(
+                self.update(first_entry, start, run.high, 1, value, true),
+                count,
+                4096,
+            );
+            run.summary.leaves[0] += count as u64;
+            return Ok(());
+        }
         for i in 0..count {
             let va = start + ((i as u64) << 12);
             let entry = table.add(8 * (first + i) as u64);

@@ -399,7 +399,8 @@ where
     /// a table of the next smaller leaves with the same attributes. The
     /// frame is allocated first, so failure changes nothing. Then break
     /// before make, as the architecture requires for a block-size change
-    /// (Arm ARM §D8.16.1; Linux's `pmdp_invalidate` in
+    /// (Arm ARM DDI 0487, "Using break-before-make when updating translation
+    /// table entries"; Linux's `pmdp_invalidate` in
     /// `__split_huge_pmd_locked`): clear the block, invalidate it at once,
     /// fill the table from the cleared value (which carries any dirty bit
     /// the hardware set meanwhile), link the table.
@@ -426,17 +427,12 @@ where
         let small = size_at(level - 1).expect("split below 4 KiB");
         {
             let _section = (level - 1 == 1).then(|| self.lazy.section());
-            let template = F::leaf_template(small, attrs);
-            for i in 0..ENTRIES as u64 {
-                let offset = i << small.shift();
-                self.write_leaf(
-                    table.add(8 * i),
-                    va + offset,
-                    high,
-                    level - 1,
-                    template | (phys.0 + offset),
-                );
-            }
+            let value = F::leaf_template(small, attrs) | phys.0;
+            self.backend.write_entries(
+                self.update(table, va, high, level - 1, value, true),
+                ENTRIES,
+                small.bytes(),
+            );
         }
         self.write_table(entry, va, high, level, table);
         Ok(table)

@@ -42,10 +42,11 @@ where
 {
     /// Gives every present leaf in `[va, va + len)` the attributes `attrs`
     /// (keeping its own dirty and accessed bits), splitting a huge leaf the
-    /// range cuts. Each entry is rewritten as Linux's
-    /// `ptep_modify_prot_start`/`commit` do (get-and-clear, then write), so a
-    /// dirty bit set by hardware meanwhile is not lost; every changed entry
-    /// is added to `gather`.
+    /// range cuts. Each entry is rewritten with the backend's
+    /// [`modify_prot_start`](crate::backend::PteAccess::modify_prot_start)
+    /// and [`modify_prot_commit`](crate::backend::PteAccess::modify_prot_commit),
+    /// as Linux's `change_pte_range` does, so a dirty bit set by hardware
+    /// meanwhile is not lost; every changed entry is added to `gather`.
     ///
     /// # Errors
     /// - [`ProtectError::Range`]: bad range, or `gather` for another space.
@@ -131,11 +132,15 @@ where
         if !F::is_valid(current) || job.target(size, current) == current {
             return false;
         }
-        let old = self.clear(entry, va, job.high, level);
+        let old = self
+            .backend
+            .modify_prot_start(self.update(entry, va, job.high, level, 0, true));
         if !F::is_valid(old) {
             return false;
         }
-        self.write_leaf(entry, va, job.high, level, job.target(size, old));
+        let new = job.target(size, old);
+        self.backend
+            .modify_prot_commit(self.update(entry, va, job.high, level, new, true));
         job.summary.changed[size_slot(size)] += 1;
         true
     }
