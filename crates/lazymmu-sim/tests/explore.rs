@@ -56,12 +56,6 @@ fn shipped_designs_pass_every_machine_scenario_at_bound_two() {
     }
 }
 
-/// Simulator workloads whose run fails before any interleaving: the
-/// sequential schedule (the empty trace) already breaks an invariant, and
-/// `lazymmu compare` reports the same violation. Not something the
-/// explorer introduces; listed so that it stays visible.
-const FAILS_SEQUENTIALLY: [&str; 1] = ["sim-debug-pagealloc"];
-
 #[test]
 fn default_design_passes_every_simulator_workload() {
     let sim: Vec<_> = scenarios::simulator_scenarios()
@@ -82,7 +76,6 @@ fn default_design_passes_every_simulator_workload() {
     }
     let violations: Vec<_> = report
         .violations()
-        .filter(|(s, f)| !(FAILS_SEQUENTIALLY.contains(s) && f.trace.choices.is_empty()))
         .map(|(s, f)| format!("{s}: {} at {}", f.violation, f.trace))
         .collect();
     assert!(violations.is_empty(), "{violations:#?}");
