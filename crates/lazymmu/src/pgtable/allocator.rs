@@ -151,3 +151,39 @@ mod host {
         }
     }
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_failure_hits_exactly_the_nth_request() {
+        let frames = HostFrameAllocator::new(PhysAddr(0), 8);
+        frames.fail_at(3);
+        assert!(frames.allocate().is_some());
+        assert!(frames.allocate().is_some());
+        assert_eq!(frames.allocate(), None);
+        assert!(frames.allocate().is_some());
+        assert_eq!(frames.outstanding(), 3);
+        assert_eq!(frames.allocations(), 4);
+    }
+
+    #[test]
+    fn exhaustion_is_none_and_freed_frames_come_back() {
+        let frames = HostFrameAllocator::new(PhysAddr(0x1000), 2);
+        let a = frames.allocate().unwrap();
+        let _b = frames.allocate().unwrap();
+        assert_eq!(frames.allocate(), None);
+        frames.free(a);
+        assert_eq!(frames.allocate(), Some(a));
+    }
+
+    #[test]
+    #[should_panic(expected = "double free")]
+    fn double_free_is_caught() {
+        let frames = HostFrameAllocator::new(PhysAddr(0), 2);
+        let a = frames.allocate().unwrap();
+        frames.free(a);
+        frames.free(a);
+    }
+}

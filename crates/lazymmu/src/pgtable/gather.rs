@@ -309,3 +309,129 @@ impl<B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> core::fmt::
             .finish()
     }
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Event {
+        Range(u64, u64, PageSize),
+        All,
+        Free(u64),
+    }
+
+    /// Records flushes and frees in one log, to check their order.
+    #[derive(Default)]
+    struct Log {
+        events: RefCell<Vec<Event>>,
+        ceiling: usize,
+    }
+
+    impl TlbFlush for Log {
+        fn flush_range(
+            &self,
+            _: SpaceId,
+            start: VirtAddr,
+            end: VirtAddr,
+            stride: PageSize,
+            _: FlushScope,
+        ) {
+            self.events
+                .borrow_mut()
+                .push(Event::Range(start.0, end.0, stride));
+        }
+        fn flush_all(&self, _: SpaceId, _: FlushScope) {
+            self.events.borrow_mut().push(Event::All);
+        }
+        fn single_page_ceiling(&self) -> usize {
+            self.ceiling
+        }
+    }
+
+    impl FrameAllocator for Log {
+        fn allocate(&self) -> Option<PhysAddr> {
+            None
+        }
+        fn free(&self, frame: PhysAddr) {
+            self.events.borrow_mut().push(Event::Free(frame.0));
+        }
+    }
+
+    fn log(ceiling: usize) -> Log {
+        Log {
+            ceiling,
+            ..Log::default()
+        }
+    }
+
+    #[test]
+    fn frames_are_freed_after_the_flush_that_covers_them() {
+        let log = log(33);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local);
+        gather.remove_table(PhysAddr(0x5000), VirtAddr(0x20_0000), 2);
+        assert!(log.events.borrow().is_empty(), "nothing before the flush");
+        drop(gather);
+        assert_eq!(
+            *log.events.borrow(),
+            [
+                Event::Range(0x20_0000, 0x40_0000, PageSize::Size2M),
+                Event::Free(0x5000)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_known_bad_order_frees_first() {
+        let log = log(33);
+        let mut gather = Gather::new_free_before_flush(&log, &log, SpaceId(1), FlushScope::Local);
+        gather.remove_table(PhysAddr(0x5000), VirtAddr(0x20_0000), 2);
+        drop(gather);
+        assert_eq!(log.events.borrow()[0], Event::Free(0x5000));
+    }
+
+    #[test]
+    fn ceiling_counts_pages_of_every_size() {
+        let log = log(3);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local);
+        gather.add_page(VirtAddr(0x1000), PageSize::Size4K);
+        gather.add_page(VirtAddr(0x2000), PageSize::Size4K);
+        gather.add_page(VirtAddr(0x4000_0000), PageSize::Size2M);
+        gather.flush();
+        assert_eq!(
+            *log.events.borrow(),
+            [
+                Event::Range(0x1000, 0x3000, PageSize::Size4K),
+                Event::Range(0x4000_0000, 0x4020_0000, PageSize::Size2M)
+            ]
+        );
+        log.events.borrow_mut().clear();
+        gather.add_range(VirtAddr(0), VirtAddr(0x4000), PageSize::Size4K);
+        let stats = gather.finish();
+        assert_eq!(*log.events.borrow(), [Event::All]);
+        assert_eq!((stats.range_flushes, stats.full_flushes), (2, 1));
+    }
+
+    #[test]
+    fn a_full_batch_of_frames_flushes_before_taking_more() {
+        let log = log(1000);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local);
+        for i in 0..=FRAME_BATCH as u64 {
+            gather.remove_table(PhysAddr(i << 12), VirtAddr(i << 21), 2);
+        }
+        // The first batch was flushed and freed when the next frame came.
+        let events = log.events.borrow();
+        assert_eq!(events.len(), 1 + FRAME_BATCH);
+        assert!(matches!(events[0], Event::Range(0, _, PageSize::Size2M)));
+        drop(events);
+        assert!(!gather.is_empty());
+        drop(gather);
+        assert_eq!(
+            *log.events.borrow().last().unwrap(),
+            Event::Free((FRAME_BATCH as u64) << 12)
+        );
+    }
+}

@@ -223,3 +223,34 @@ mod host {
         }
     }
 }
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_swaps() {
+        let memory = HostMemory::new(PhysAddr(0x2000), 2);
+        memory.write_run(PhysAddr(0x2ff0), 2, 0x1003, 0x1000);
+        assert_eq!(memory.read(PhysAddr(0x2ff0)), 0x1003);
+        assert_eq!(memory.read(PhysAddr(0x2ff8)), 0x2003);
+        assert_eq!(memory.swap(PhysAddr(0x2ff8), 7), 0x2003);
+        memory.zero_frame(PhysAddr(0x2000));
+        assert_eq!(memory.read(PhysAddr(0x2ff0)), 0);
+        assert_eq!(memory.read(PhysAddr(0x2ff8)), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "leaves its frame")]
+    fn a_run_may_not_leave_its_frame() {
+        let memory = HostMemory::new(PhysAddr(0), 2);
+        memory.write_run(PhysAddr(0xff8), 2, 0, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "not an aligned entry")]
+    fn foreign_addresses_are_refused() {
+        let memory = HostMemory::new(PhysAddr(0x1000), 1);
+        memory.read(PhysAddr(0x2000));
+    }
+}
