@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod compare;
 mod replay;
 
@@ -27,6 +28,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
+    /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
+    /// tests and measurements; exit 0 only when the guest passed.
+    Boot(boot::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Boot(args) => boot::run(args),
     };
     match result {
         Ok(code) => code,
