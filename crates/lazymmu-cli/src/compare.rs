@@ -210,6 +210,16 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
         if !design_reports.is_empty() {
             write_designs(&mut out, &design_reports)?;
         }
+        for d in design_reports.iter().filter(|d| d.violations > 0) {
+            writeln!(
+                out,
+                "\ndesign {}: {} violation(s); seed {}",
+                d.design, d.violations, args.seed
+            )?;
+            if let Some(v) = &d.first_violation {
+                write!(out, "{v}")?;
+            }
+        }
         for r in results.iter().filter(|r| r.violation_count > 0) {
             writeln!(
                 out,
