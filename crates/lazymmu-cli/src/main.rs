@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
 mod check;
 mod compare;
 mod neighbours;
@@ -29,6 +30,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
+    /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
+    /// tests and measurements; exit 0 only when the guest passed.
+    Boot(boot::Args),
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.
     Check(check::CheckArgs),
@@ -39,6 +43,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
     };
     match result {

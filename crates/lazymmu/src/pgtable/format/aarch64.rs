@@ -65,8 +65,8 @@ pub const ADDRESS_1G: u64 = 0x0000_FFFF_C000_0000;
 
 /// MAIR_EL1 value the AttrIndx encoding assumes: index 0 Normal write-back
 /// read/write-allocate (0xff), 1 Normal write-through (0xbb), 2 Normal
-/// non-cacheable (0x44), 3 Device-nGnRnE (0x00). Arm ARM DDI 0487, register description of MAIR_EL1 (Attr<n>
-/// encodings).
+/// non-cacheable (0x44), 3 Device-nGnRnE (0x00). Arm ARM DDI 0487,
+/// register description of MAIR_EL1 (`Attr<n>` encodings).
 pub const AARCH64_MAIR: u64 = 0x00_44_bb_ff;
 
 const MAIR_WRITE_BACK: u64 = 0;

@@ -121,7 +121,7 @@ where
         run: &mut MapRun,
     ) -> Result<(), Stop> {
         if level == 1 {
-            return self.map_ptes(table, start, end, fresh, run);
+            return self.map_ptes(table, start, end, fresh, None, run);
         }
         let span = 1u64 << entry_shift(level);
         let mut va = start;
@@ -159,7 +159,10 @@ where
                         // A new PTE table is filled before it is linked:
                         // the fill cannot fail, no walker ever sees it
                         // half-built, and a table the run covers entirely
-                        // needs no zeroing.
+                        // needs no zeroing. The link is written inside the
+                        // table's section, so that the section's close
+                        // applies it with the entries (nested in a
+                        // caller's section, that close is a flush).
                         let below = if covers_entry(va, next, level) {
                             self.new_frame_to_fill()
                         } else {
@@ -167,8 +170,7 @@ where
                         }
                         .ok_or(Stop::OutOfFrames(va))?;
                         run.summary.tables_allocated += 1;
-                        self.map_ptes(below, va, next, true, run)?;
-                        self.write_table(entry, va, run.high, level, below);
+                        self.map_ptes(below, va, next, true, Some(entry), run)?;
                     }
                     Entry::Absent => {
                         // Upper tables are linked first, so that what is
@@ -186,13 +188,15 @@ where
         Ok(())
     }
 
-    /// The PTE loop: one lazy section for the table.
+    /// The PTE loop: one lazy section for the table. `link` is the PMD
+    /// entry to point at a new table once it is filled.
     fn map_ptes(
         &self,
         table: PhysAddr,
         start: u64,
         end: u64,
         fresh: bool,
+        link: Option<PhysAddr>,
         run: &mut MapRun,
     ) -> Result<(), Stop> {
         let _section = self.lazy.section();
@@ -209,6 +213,9 @@ where
                 4096,
             );
             run.summary.leaves[0] += count as u64;
+            if let Some(entry) = link {
+                self.write_table(entry, start, run.high, 2, table);
+            }
             return Ok(());
         }
         for i in 0..count {

@@ -12,6 +12,11 @@
 //!   linked, which no walker can observe);
 //! - records every translation it invalidates, and every page-table frame it
 //!   unlinks, in a [`Gather`];
+//! - writes a new PTE table's link, and clears an emptied table's link,
+//!   inside a section, so that every table change is applied before the
+//!   gather may free a frame; other writes outside PTE loops (huge leaves,
+//!   upper-level links made before a PTE loop) follow the caller's lazy
+//!   state: inside a caller's section they take effect at its next flush;
 //! - on allocation failure stops with the tables consistent (every table it
 //!   allocated is linked in and reachable), nothing leaked, and an error
 //!   saying how far it got.
@@ -80,7 +85,8 @@ pub enum RangeError {
     /// The start is not canonical for the format, the range wraps, or it
     /// leaves the canonical half it starts in.
     OutOfRange,
-    /// The gather belongs to another address space.
+    /// The gather belongs to another address space, or a copy's child is
+    /// the parent itself.
     WrongSpace,
 }
 
@@ -425,15 +431,15 @@ where
         };
         gather.flush_page_now(Self::canonical(va, high), size);
         let small = size_at(level - 1).expect("split below 4 KiB");
-        {
-            let _section = (level - 1 == 1).then(|| self.lazy.section());
-            let value = F::leaf_template(small, attrs) | phys.0;
-            self.backend.write_entries(
-                self.update(table, va, high, level - 1, value, true),
-                ENTRIES,
-                small.bytes(),
-            );
-        }
+        // The link goes inside the PTE table's section, so that its close
+        // applies it with the entries (a flush when nested).
+        let _section = (level - 1 == 1).then(|| self.lazy.section());
+        let value = F::leaf_template(small, attrs) | phys.0;
+        self.backend.write_entries(
+            self.update(table, va, high, level - 1, value, true),
+            ENTRIES,
+            small.bytes(),
+        );
         self.write_table(entry, va, high, level, table);
         Ok(table)
     }

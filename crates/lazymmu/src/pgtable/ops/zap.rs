@@ -116,7 +116,7 @@ where
         O: FreeOrder,
     {
         if level == 1 {
-            self.zap_ptes(table, start, end, high, gather, summary);
+            self.zap_ptes(table, start, end, high, None, gather, summary);
             return Ok(());
         }
         let mut va = start;
@@ -139,9 +139,23 @@ where
                     self.zap_level(below, level - 1, va, next, high, gather, summary)?;
                 }
                 Entry::Table(below) => {
-                    self.zap_level(below, level - 1, va, next, high, gather, summary)?;
-                    if covers_entry(va, next, level) {
-                        self.clear_table(entry, va, high, level);
+                    let whole = covers_entry(va, next, level);
+                    if level == 2 {
+                        // The PMD entry is cleared inside the PTE table's
+                        // section, so the section's close applies it too.
+                        let unlink = whole.then_some(entry);
+                        self.zap_ptes(below, va, next, high, unlink, gather, summary);
+                    } else {
+                        self.zap_level(below, level - 1, va, next, high, gather, summary)?;
+                        if whole {
+                            // Its own short section: the close applies the
+                            // unlink before the gather can free the table,
+                            // even when a caller's section is open.
+                            let _section = self.lazy.section();
+                            self.clear_table(entry, va, high, level);
+                        }
+                    }
+                    if whole {
                         gather.remove_table(below, Self::canonical(va, high), level);
                         summary.tables_freed += 1;
                     }
@@ -152,13 +166,16 @@ where
         Ok(())
     }
 
-    /// The PTE loop: one lazy section for the table.
+    /// The PTE loop: one lazy section for the table. `unlink` is the PMD
+    /// entry to clear once the table is empty.
+    #[allow(clippy::too_many_arguments)]
     fn zap_ptes<G, GA, O>(
         &self,
         table: PhysAddr,
         start: u64,
         end: u64,
         high: bool,
+        unlink: Option<PhysAddr>,
         gather: &mut Gather<'_, G, GA, O>,
         summary: &mut ZapSummary,
     ) where
@@ -184,6 +201,9 @@ where
                 None => (va, va + 4096),
                 Some((s, _)) => (s, va + 4096),
             });
+        }
+        if let Some(entry) = unlink {
+            self.clear_table(entry, start, high, 2);
         }
         if let Some((s, e)) = range {
             gather.add_range(
