@@ -139,6 +139,11 @@ pub trait Kernel {
     fn interrupt(&self);
     /// Runs `task`'s next unit of work; false when it has none left.
     fn run_unit(&self, task: usize) -> bool;
+    /// A digest of the kernel's own state (workload progress, what the
+    /// library has deferred), folded into [`Machine::digest`].
+    fn digest(&self) -> u64 {
+        0
+    }
 }
 
 /// Where a task is.
@@ -937,7 +942,17 @@ impl Machine {
                 .borrow()
                 .entries()
                 .iter()
-                .filter(|e| (e.global || e.space == space) && e.overlaps(start, end))
+                // A flush of a user space promises nothing about global
+                // (kernel) translations; a flush of the kernel's space
+                // covers them.
+                .filter(|e| {
+                    let covered = if space == SpaceId::KERNEL {
+                        e.global || e.space == space
+                    } else {
+                        !e.global && e.space == space
+                    };
+                    covered && e.overlaps(start, end)
+                })
                 .copied()
                 .collect();
             for e in stale {
@@ -1238,8 +1253,8 @@ impl Machine {
         }
     }
 
-    /// A digest of the machine state (CPUs, tasks, memory, TLBs) for
-    /// pruning visited states.
+    /// A digest of the machine state (CPUs, tasks, memory, TLBs, and the
+    /// kernel's own digest) for pruning visited states.
     pub fn digest(&self) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for (i, c) in self.cpus.iter().enumerate() {
@@ -1261,6 +1276,9 @@ impl Machine {
             core::hash::Hash::hash(t, &mut h);
         }
         self.memory.digest(&mut h);
+        if let Some(kernel) = self.kernel() {
+            h.write_u64(kernel.digest());
+        }
         h.finish()
     }
 }

@@ -101,6 +101,29 @@ impl<B: Backend> Observed<B> {
         self.updates.get()
     }
 
+    /// A digest of what the checks track: which CPUs are in lazy mode and
+    /// every task's writes and flushes not yet due.
+    pub fn digest(&self, h: &mut impl core::hash::Hasher) {
+        for &e in self.entered.borrow().iter() {
+            h.write_u8(e as u8);
+        }
+        for (t, log) in self.logs.borrow().iter().enumerate() {
+            let mut writes: Vec<(u64, u64)> =
+                log.writes.iter().map(|(pa, w)| (pa.0, w.value)).collect();
+            writes.sort_unstable();
+            h.write_usize(t);
+            for (pa, v) in writes {
+                h.write_u64(pa);
+                h.write_u64(v);
+            }
+            for &(space, start, end) in &log.promises {
+                h.write_u32(space.0);
+                h.write_u64(start);
+                h.write_u64(end);
+            }
+        }
+    }
+
     /// Whether the backend is deferring on the running CPU (between
     /// `enter` and `leave`, not in interrupt context).
     fn deferring(&self) -> bool {
@@ -283,6 +306,31 @@ impl<B: Backend> PteAccess for Observed<B> {
         let old = self.inner.get_and_clear(update);
         self.after_write(&update);
         old
+    }
+
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.inner.write_entries(first, count, step);
+        let page = first.page_size().bytes();
+        for i in 0..count as u64 {
+            self.after_write(&EntryUpdate {
+                entry: first.entry.add(8 * i),
+                va: VirtAddr(first.va.0.wrapping_add(i * page)),
+                value: first.value + i * step,
+                ..first
+            });
+        }
+    }
+
+    /// The start of a protection change is a read (Xen's
+    /// `ptep_modify_prot_start` does not even clear the entry); what the
+    /// library means the entry to hold is the value it commits.
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.inner.modify_prot_start(update)
+    }
+
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.inner.modify_prot_commit(update);
+        self.after_write(&update);
     }
 }
 

@@ -107,6 +107,15 @@ mod protected_impls {
         fn get_and_clear(&self, update: EntryUpdate) -> u64 {
             self.backend.get_and_clear(update)
         }
+        fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+            self.backend.write_entries(first, count, step)
+        }
+        fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+            self.backend.modify_prot_start(update)
+        }
+        fn modify_prot_commit(&self, update: EntryUpdate) {
+            self.backend.modify_prot_commit(update)
+        }
     }
 
     impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for ProtectedExceptions<B, K, F> {
@@ -382,6 +391,7 @@ where
         preemptions: machine.preemptions(),
         preempted_in_section: machine.preempted_in_section(),
         interrupts: world.interrupts(),
+        digest: machine.digest(),
     };
     machine.clear_kernel();
     result
@@ -413,6 +423,8 @@ pub struct DesignReport {
     /// Unexpected violations across the design's runs (a reported sleep
     /// is expected of the per-CPU design and not counted).
     pub violations: u64,
+    /// The first unexpected violation, in full.
+    pub first_violation: Option<crate::invariant::Violation>,
 }
 
 /// Compares the three designs on the same scenarios: xen-pv fork with
@@ -479,6 +491,15 @@ pub fn compare_designs(seed: u64, cpus: usize) -> Vec<DesignReport> {
                 sleep_reported: sleeps_reported > 0,
                 nested_key_restored: nested.violations_of(Invariant::KeyRestore) == 0,
                 violations: fork.violation_count + nested.violation_count + sleep_unexpected,
+                first_violation: fork
+                    .violations
+                    .first()
+                    .or(nested.violations.first())
+                    .or(sleep
+                        .violations
+                        .iter()
+                        .find(|v| v.invariant != Invariant::SleepInSection))
+                    .cloned(),
             }
         })
         .collect()

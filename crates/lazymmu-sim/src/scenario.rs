@@ -218,6 +218,8 @@ pub struct RunResult {
     pub preempted_in_section: u64,
     /// Interrupts handled (each changed a kernel mapping).
     pub interrupts: u64,
+    /// Digest of the final state (machine, workloads, deferred work).
+    pub digest: u64,
 }
 
 impl RunResult {

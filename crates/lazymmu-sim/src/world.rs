@@ -304,6 +304,31 @@ where
             );
             self.check(r.map(|_| ()), "setup map");
             self.touch(p.space, va, 8);
+            if unit == 0 && self.config.workload == WorkloadKind::DebugPagealloc {
+                // The direct map's page tables exist from boot (Linux maps
+                // the direct map at 4K granularity under DEBUG_PAGEALLOC):
+                // build them, and leave every page but the first unmapped
+                // (a zap of a whole table's range would free the table).
+                let kernel = self.kernel_tables();
+                let direct = VirtAddr(self.direct_map_base(p));
+                let r = kernel.map(
+                    direct,
+                    PhysAddr(self.direct_map_phys(p)),
+                    512 * PAGE,
+                    Attributes::kernel_data(),
+                    PageSize::Size4K,
+                );
+                self.check(r.map(|_| ()), "setup direct map");
+                let mut gather = Gather::new(
+                    &*self.backend,
+                    &self.kernel_frames,
+                    SpaceId::KERNEL,
+                    self.all_cpus(),
+                );
+                let r = kernel.zap(direct.add(PAGE), 511 * PAGE, &mut gather);
+                self.check(r.map(|_| ()), "setup direct map (unmap)");
+                drop(gather);
+            }
             return unit + 1 < units;
         }
 
@@ -493,11 +518,12 @@ where
         self.check(r.map(|_| ()), "debug-pagealloc zap (first half)");
         // The allocation: map the page in the direct map (a nested section
         // inside the range operation), use it, free it (unmap).
-        let page_va = DIRECT_MAP_BASE + p.index * (1 << 21) + (p.unit % 512) * PAGE;
+        let page = 1 + p.unit % 511;
+        let page_va = self.direct_map_base(p) + page * PAGE;
         let kernel = self.kernel_tables();
         let r = kernel.map(
             VirtAddr(page_va),
-            PhysAddr(DATA_BASE + (p.index + 192) * TASK_STRIDE + (p.unit % 512) * PAGE),
+            PhysAddr(self.direct_map_phys(p) + page * PAGE),
             PAGE,
             Attributes::kernel_data(),
             PageSize::Size4K,
@@ -522,6 +548,16 @@ where
         self.check(r.map(|_| ()), "debug-pagealloc zap (second half)");
         drop(section);
         drop(gather);
+    }
+
+    /// The 2 MiB of the direct map a task's debug-pagealloc allocations
+    /// come from.
+    fn direct_map_base(&self, p: &Program) -> u64 {
+        DIRECT_MAP_BASE + p.index * (1 << 21)
+    }
+
+    fn direct_map_phys(&self, p: &Program) -> u64 {
+        DATA_BASE + (p.index + 192) * TASK_STRIDE
     }
 
     /// Checks that the running CPU can (or cannot) use `va` now.
@@ -601,6 +637,19 @@ where
             self.irq_mapped.set(true);
             self.expect_mapped(IRQ_VA, true, "guard page mapped in interrupt context");
         }
+    }
+
+    fn digest(&self) -> u64 {
+        use core::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for p in self.programs.borrow().iter().flatten() {
+            h.write_u64(p.unit);
+            h.write_u8(p.destroyed as u8);
+        }
+        h.write_u8(self.irq_mapped.get() as u8);
+        h.write_u8(self.stage.get() as u8);
+        self.backend.digest(&mut h);
+        h.finish()
     }
 
     fn run_unit(&self, task: usize) -> bool {

@@ -353,9 +353,12 @@ fn runs_are_reproducible_from_the_seed() {
     assert_eq!(a.cycles, b.cycles);
     assert_eq!(a.steps, b.steps);
     assert_eq!(a.trace, b.trace);
+    assert_eq!(a.digest, b.digest, "equal runs end in equal states");
     cfg.seed = 2;
     let c = run(&cfg);
     assert_ne!(a.trace, c.trace, "another seed, another schedule");
+    cfg.pages = 1000;
+    assert_ne!(run(&cfg).digest, c.digest, "another state, another digest");
     assert_eq!(a.violation_count + c.violation_count, 0);
 }
 

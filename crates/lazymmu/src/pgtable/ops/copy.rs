@@ -47,8 +47,9 @@ pub enum CopyError {
         /// First address not copied.
         at: VirtAddr,
     },
-    /// The child already had an entry where the copy had to write one.
-    /// `[va, at)` is copied; nothing from `at` on changed.
+    /// The child already had an entry where the copy had to write one (a
+    /// leaf, or a table where a block is to go). `[va, at)` is copied;
+    /// nothing from `at` on changed.
     ChildOccupied {
         /// First address not copied.
         at: VirtAddr,
