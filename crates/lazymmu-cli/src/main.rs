@@ -9,6 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod boot;
+mod check;
+mod compare;
+mod neighbours;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -21,14 +25,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Every backend × workload on the simulator, eager and lazy: primitive
+    /// counts and modelled cycles with the lazy/eager ratio.
+    Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
+    /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
+    /// tests and measurements; exit 0 only when the guest passed.
+    Boot(boot::Args),
+    /// Exhaustive, preemption-bounded exploration of the scenarios'
+    /// interleavings, with replayable counterexamples.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Boot(args) => boot::run(args),
+        Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
     };
     match result {
         Ok(code) => code,

@@ -8,6 +8,33 @@
 //! (protected page tables). TLB invalidations go through [`TlbFlush`].
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
+//!
+//! | name | backend | primitives |
+//! |---|---|---|
+//! | `x86` | [`x86::X86Backend`] | [`x86::X86Primitives`] |
+//! | `xen-pv` | [`xen_pv::XenPv`] | [`xen_pv::XenPrimitives`] |
+//! | `arm64` | [`arm64::Arm64`] | [`arm64::Arm64Primitives`] |
+//! | `ppc-hash` | [`ppc_hash::PpcHash`] | [`ppc_hash::PpcHashPrimitives`] |
+//! | `sparc64` | [`sparc64::Sparc64`] | [`sparc64::Sparc64Primitives`] |
+//! | `s390` | [`s390::S390`] | [`s390::S390Primitives`] |
+//! | `x86-pks` | [`protected::X86Pks`] | [`protected::KeyRegister`] over `x86` |
+//! | `arm64-poe` | [`protected::Arm64Poe`] | [`protected::KeyRegister`] over `arm64` |
+//!
+//! The primitive traits other than x86's extend
+//! [`machine::CpuPrimitives`] (CPU id, interrupt context, preemption, entry
+//! loads, bug reports) and document which [`machine::Primitive`] each
+//! method counts as; [`recording::Recording`] implements them all, and
+//! x86's, for host tests.
+
+pub mod arm64;
+pub mod machine;
+pub mod ppc_hash;
+pub mod protected;
+pub mod recording;
+pub mod s390;
+pub mod sparc64;
+pub mod x86;
+pub mod xen_pv;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
@@ -63,6 +90,45 @@ pub trait PteAccess {
     /// the old value. Not batched: the caller needs the old value (dirty and
     /// accessed bits) now.
     fn get_and_clear(&self, update: EntryUpdate) -> u64;
+
+    /// Writes `count` consecutive entries of one table, as Linux's
+    /// `set_ptes()` (include/linux/pgtable.h) does for a run of pages:
+    /// entry `i` is at `first.entry + 8 * i`, covers
+    /// `first.va + i * first.page_size()`, and gets the value
+    /// `first.value + i * step` (`step` advances the address bits). The run
+    /// stays inside one table.
+    ///
+    /// The default writes the entries one by one with
+    /// [`PteAccess::write_entry`], so a backend that batches or decorates
+    /// single writes keeps doing so; a backend that can store a run at once
+    /// overrides it.
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        let page = first.page_size().bytes();
+        for i in 0..count as u64 {
+            self.write_entry(EntryUpdate {
+                entry: first.entry.add(8 * i),
+                va: VirtAddr(first.va.0.wrapping_add(i * page)),
+                value: first.value + i * step,
+                ..first
+            });
+        }
+    }
+
+    /// `ptep_modify_prot_start`: returns the current value of an entry that
+    /// is about to be rewritten in place (mprotect), so that no hardware
+    /// update of its accessed and dirty bits is lost before
+    /// [`PteAccess::modify_prot_commit`]. The default clears the entry, as
+    /// Linux's generic version does; Xen PV only reads it (the commit
+    /// preserves the bits in the hypervisor).
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.get_and_clear(update)
+    }
+
+    /// `ptep_modify_prot_commit`: stores the rewritten value. The default
+    /// is [`PteAccess::write_entry`].
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.write_entry(update)
+    }
 }
 
 /// Which CPUs a TLB invalidation must reach.

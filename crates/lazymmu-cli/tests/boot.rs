@@ -1,0 +1,205 @@
+//! `lazymmu boot`: the bare-metal kernel under QEMU, and how the command
+//! judges a guest's report.
+//!
+//! The first test boots the real kernel; it needs `qemu-system-x86_64`
+//! (`apt-get install -y qemu-system-x86`; scripts/test.sh installs it) and
+//! the `x86_64-unknown-none` target (`rustup target add
+//! x86_64-unknown-none`). The others stand a shell script in for QEMU.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn lazymmu() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lazymmu"))
+}
+
+fn qemu_available() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|output| output.status.success())
+        .unwrap_or(false)
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn summary(stdout: &str) -> Option<(u32, u32)> {
+    stdout.lines().find_map(|line| {
+        let (passed, failed) = line.trim().split_once(" passed, ")?;
+        Some((
+            passed.parse().ok()?,
+            failed.strip_suffix(" failed")?.parse().ok()?,
+        ))
+    })
+}
+
+#[test]
+fn the_kernel_boots_and_every_guest_test_passes() {
+    assert!(
+        qemu_available(),
+        "qemu-system-x86_64 is not installed: `apt-get install -y qemu-system-x86` \
+         (scripts/test.sh installs it when missing)"
+    );
+    // The command kills QEMU after 60 s and then fails.
+    let output = lazymmu()
+        .args(["boot", "--timeout", "60"])
+        .output()
+        .expect("lazymmu boot runs");
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "lazymmu boot failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let (passed, failed) = summary(&stdout).expect("an `N passed, N failed` line");
+    assert_eq!(failed, 0, "guest failures:\n{stdout}");
+    assert!(passed >= 10, "only {passed} guest tests ran:\n{stdout}");
+    assert!(!stdout.contains("\nFAIL"), "{stdout}");
+    assert!(
+        stdout.contains("guest passed (QEMU exit status 33)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("In-guest measurements"), "{stdout}");
+    for space in ["kernel", "user"] {
+        for operation in ["map", "protect", "zap"] {
+            assert!(
+                stdout.lines().any(|l| {
+                    let mut words = l.split_whitespace();
+                    words.next() == Some(space)
+                        && words.next() == Some(operation)
+                        && l.contains("no lazy mode")
+                }),
+                "no {space} {operation} row:\n{stdout}"
+            );
+        }
+    }
+}
+
+/// A stand-in for QEMU: prints `lines` and exits with `status`, after
+/// sleeping `sleep` seconds.
+fn fake_qemu(dir: &Path, lines: &[&str], status: i32, sleep: u32) -> PathBuf {
+    let path = dir.join("fake-qemu");
+    let mut script = String::from("#!/bin/sh\n");
+    for line in lines {
+        script += &format!("echo '{line}'\n");
+    }
+    if sleep > 0 {
+        script += &format!("sleep {sleep}\n");
+    }
+    script += &format!("exit {status}\n");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn boot_with(qemu: &Path, timeout: &str) -> Output {
+    lazymmu()
+        .args([
+            "boot",
+            "--kernel",
+            "/dev/null",
+            "--timeout",
+            timeout,
+            "--qemu",
+        ])
+        .arg(qemu)
+        .output()
+        .expect("lazymmu boot runs")
+}
+
+const MARKER: &str = "lazymmu kernel: booted";
+
+#[test]
+fn success_needs_the_debug_exit_status_and_no_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = fake_qemu(
+        dir.path(),
+        &[MARKER, "test a ... ok", "2 passed, 0 failed"],
+        33,
+        0,
+    );
+    let output = boot_with(&good, "10");
+    assert!(output.status.success(), "{:?}", text(&output));
+    assert!(text(&output).0.contains("2 passed, 0 failed"));
+}
+
+#[test]
+fn a_triple_fault_is_never_success() {
+    let dir = tempfile::tempdir().unwrap();
+    // QEMU exits with 0 after a triple fault under -no-reboot.
+    let qemu = fake_qemu(dir.path(), &[MARKER, "2 passed, 0 failed"], 0, 0);
+    let output = boot_with(&qemu, "10");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).1.contains("triple-faulted"),
+        "{:?}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_failed_guest_test_fails_the_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(
+        dir.path(),
+        &[MARKER, "FAIL map: page 3", "1 passed, 1 failed"],
+        33,
+        0,
+    );
+    let output = boot_with(&qemu, "10");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).1.contains("1 guest tests failed"),
+        "{:?}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_guest_without_a_summary_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(dir.path(), &[MARKER], 33, 0);
+    let output = boot_with(&qemu, "10");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output).1.contains("no `N passed, N failed` line"));
+}
+
+#[test]
+fn a_guest_running_past_the_timeout_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let qemu = fake_qemu(dir.path(), &[MARKER], 33, 30);
+    let output = boot_with(&qemu, "1");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).1.contains("ran past 1 s"),
+        "{:?}",
+        text(&output)
+    );
+}
+
+#[test]
+fn a_missing_qemu_is_reported() {
+    let output = boot_with(Path::new("/nonexistent/qemu-system-x86_64"), "10");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output)
+        .1
+        .contains("apt-get install -y qemu-system-x86"));
+}
+
+#[test]
+fn bad_options_exit_with_2() {
+    for args in [
+        &["boot", "--timeout", "0"][..],
+        &["boot", "--timeout", "soon"],
+        &["boot", "--no-such-option"],
+    ] {
+        let output = lazymmu().args(args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+    }
+}

@@ -1,0 +1,522 @@
+//! The contract checks, as thin wrappers around the library's own objects:
+//! [`Observed`] wraps a backend and [`Checked`] wraps a lazy mode. Neither
+//! changes what the library does; they watch what it asks of the machine
+//! and check DESIGN.md §6 after every step.
+//!
+//! - every entry write of a task is logged with the value the library
+//!   meant; when the backend is not deferring (outside a section, in
+//!   interrupt context) it must be visible to the walker as soon as the
+//!   write returns, and inside a section as soon as `leave` or `flush`
+//!   returns (§6.1, §6.2);
+//! - every TLB invalidation the library requests is a promise: once due,
+//!   no CPU may cache a translation of the range that differs from what
+//!   the walker sees (§6.1);
+//! - `enter`/`leave` alternate per CPU (§6.3);
+//! - a read inside a section that returns something other than the task's
+//!   last write to that entry is a stale read-back (§6.6);
+//! - after every `disable` the key register holds exactly what it held
+//!   before the matching `enable` (§6.5).
+
+use core::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use lazymmu::mode::{ArchHooks, Hook, LazyMode, LazyState, Misuse, Step};
+
+use crate::invariant::Invariant;
+use crate::machine::{KeyModel, Machine};
+
+#[derive(Clone, Copy, Debug)]
+struct LoggedWrite {
+    value: u64,
+    va: u64,
+    space: SpaceId,
+    kernel_valid: bool,
+}
+
+/// A multiplicative hash for entry addresses (8-byte aligned physical
+/// addresses spread well under a Fibonacci multiplier); the checks do a
+/// map operation per entry write, so SipHash would dominate the run.
+#[derive(Clone, Copy, Debug, Default)]
+struct EntryHasher(u64);
+
+impl core::hash::Hasher for EntryHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
+type EntryMap<V> = HashMap<PhysAddr, V, core::hash::BuildHasherDefault<EntryHasher>>;
+
+#[derive(Default, Debug)]
+struct TaskLog {
+    writes: EntryMap<LoggedWrite>,
+    promises: Vec<(SpaceId, u64, u64)>,
+}
+
+/// A backend with its contract checked against the machine.
+#[derive(Debug)]
+pub struct Observed<B> {
+    inner: B,
+    machine: Rc<Machine>,
+    logs: RefCell<Vec<TaskLog>>,
+    spare: RefCell<TaskLog>,
+    entered: RefCell<Vec<bool>>,
+    updates: Cell<u64>,
+}
+
+impl<B: Backend> Observed<B> {
+    /// Watches `inner` running on `machine`.
+    pub fn new(inner: B, machine: Rc<Machine>) -> Self {
+        let cpus = machine.cpu_count();
+        Self {
+            inner,
+            machine,
+            logs: RefCell::new(Vec::new()),
+            spare: RefCell::new(TaskLog::default()),
+            entered: RefCell::new(vec![false; cpus]),
+            updates: Cell::new(0),
+        }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    /// Entry updates the library made through this backend.
+    pub fn updates(&self) -> u64 {
+        self.updates.get()
+    }
+
+    /// A digest of what the checks track: which CPUs are in lazy mode and
+    /// every task's writes and flushes not yet due.
+    pub fn digest(&self, h: &mut impl core::hash::Hasher) {
+        for &e in self.entered.borrow().iter() {
+            h.write_u8(e as u8);
+        }
+        for (t, log) in self.logs.borrow().iter().enumerate() {
+            let mut writes: Vec<(u64, u64)> =
+                log.writes.iter().map(|(pa, w)| (pa.0, w.value)).collect();
+            writes.sort_unstable();
+            h.write_usize(t);
+            for (pa, v) in writes {
+                h.write_u64(pa);
+                h.write_u64(v);
+            }
+            for &(space, start, end) in &log.promises {
+                h.write_u32(space.0);
+                h.write_u64(start);
+                h.write_u64(end);
+            }
+        }
+    }
+
+    /// Whether the backend is deferring on the running CPU (between
+    /// `enter` and `leave`, not in interrupt context).
+    fn deferring(&self) -> bool {
+        !self.machine.in_interrupt() && self.entered.borrow()[self.machine.cpu()]
+    }
+
+    fn with_log<R>(&self, f: impl FnOnce(&mut TaskLog) -> R) -> R {
+        let t = self.machine.current_task();
+        let mut logs = self.logs.borrow_mut();
+        if logs.len() <= t {
+            logs.resize_with(t + 1, TaskLog::default);
+        }
+        f(&mut logs[t])
+    }
+
+    fn check_write(&self, entry: PhysAddr, w: LoggedWrite, invariant: Invariant, why: &str) {
+        let m = &self.machine;
+        let seen = m.walker_read(entry);
+        if seen != w.value {
+            m.violation(
+                invariant,
+                format!(
+                    "{why}: the walker sees {seen:#x} at {:#x} (va {:#x}, space {}), the task wrote {:#x}",
+                    entry.0, w.va, w.space.0, w.value
+                ),
+            );
+        } else if w.kernel_valid && m.stale_invalid(w.space, w.va) {
+            m.violation(
+                invariant,
+                format!(
+                    "{why}: cpu{} may still use a stale invalid translation of {:#x} (no isb)",
+                    m.cpu(),
+                    w.va
+                ),
+            );
+        }
+    }
+
+    /// Everything the current task logged must be in effect now.
+    fn settle(&self, why: &str) {
+        // Swap the task's log with an empty one that keeps its capacity, so
+        // that no borrow is held while checking.
+        let mut pending = self.spare.take();
+        self.with_log(|log| core::mem::swap(log, &mut pending));
+        self.machine.atomically(|| {
+            for (&entry, &w) in &pending.writes {
+                self.check_write(entry, w, Invariant::WritesVisible, why);
+            }
+            for &(space, start, end) in &pending.promises {
+                self.machine.check_no_stale(space, start, end, why);
+            }
+        });
+        pending.writes.clear();
+        pending.promises.clear();
+        *self.spare.borrow_mut() = pending;
+    }
+
+    fn after_write(&self, update: &EntryUpdate) {
+        self.updates.set(self.updates.get() + 1);
+        let w = LoggedWrite {
+            value: update.value,
+            va: update.va.0,
+            space: update.space,
+            kernel_valid: update.kernel && update.valid,
+        };
+        if self.machine.in_interrupt() {
+            self.machine.atomically(|| {
+                self.check_write(
+                    update.entry,
+                    w,
+                    Invariant::IrqImmediate,
+                    "update in interrupt context",
+                )
+            });
+        } else if self.deferring() {
+            self.with_log(|log| {
+                log.writes.insert(update.entry, w);
+            });
+        } else {
+            self.machine.atomically(|| {
+                self.check_write(
+                    update.entry,
+                    w,
+                    Invariant::WritesVisible,
+                    "write outside a section",
+                )
+            });
+        }
+    }
+
+    fn after_flush_request(&self, space: SpaceId, start: u64, end: u64) {
+        self.machine
+            .log(crate::events::EventKind::FlushRequest { space, start, end });
+        if self.deferring() {
+            self.with_log(|log| log.promises.push((space, start, end)));
+        } else {
+            let why = if self.machine.in_interrupt() {
+                "flush in interrupt context"
+            } else {
+                "flush outside a section"
+            };
+            self.machine
+                .atomically(|| self.machine.check_no_stale(space, start, end, why));
+        }
+    }
+}
+
+impl<B: Backend> ArchHooks for Observed<B> {
+    fn enter(&self) {
+        let cpu = self.machine.cpu();
+        if self.entered.borrow()[cpu] {
+            self.machine.violation(
+                Invariant::EnterLeave,
+                format!("enter on cpu{cpu}, which is already in lazy mode"),
+            );
+        }
+        self.entered.borrow_mut()[cpu] = true;
+        self.machine
+            .log(crate::events::EventKind::Hook(Hook::Enter));
+        self.inner.enter();
+    }
+
+    fn leave(&self) {
+        let cpu = self.machine.cpu();
+        if !self.entered.borrow()[cpu] {
+            self.machine.violation(
+                Invariant::EnterLeave,
+                format!("leave on cpu{cpu}, which is not in lazy mode"),
+            );
+        }
+        self.machine
+            .log(crate::events::EventKind::Hook(Hook::Leave));
+        self.inner.leave();
+        let cpu = self.machine.cpu();
+        self.entered.borrow_mut()[cpu] = false;
+        self.settle("after leave");
+    }
+
+    fn flush(&self) {
+        let cpu = self.machine.cpu();
+        if !self.entered.borrow()[cpu] {
+            self.machine.violation(
+                Invariant::EnterLeave,
+                format!("flush on cpu{cpu}, which is not in lazy mode"),
+            );
+        }
+        self.machine
+            .log(crate::events::EventKind::Hook(Hook::Flush));
+        self.inner.flush();
+        self.settle("after flush");
+    }
+}
+
+impl<B: Backend> PteAccess for Observed<B> {
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        let value = self.inner.read_entry(entry);
+        if self.deferring() {
+            let meant = self.with_log(|log| log.writes.get(&entry).map(|w| w.value));
+            if let Some(meant) = meant {
+                if meant != value {
+                    self.machine.violation(
+                        Invariant::StaleReadBack,
+                        format!(
+                            "read-back of {:#x} inside a section returned {value:#x}; the task wrote {meant:#x}",
+                            entry.0
+                        ),
+                    );
+                }
+            }
+        }
+        value
+    }
+
+    fn write_entry(&self, update: EntryUpdate) {
+        self.inner.write_entry(update);
+        self.after_write(&update);
+    }
+
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        let old = self.inner.get_and_clear(update);
+        self.after_write(&update);
+        old
+    }
+
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.inner.write_entries(first, count, step);
+        let page = first.page_size().bytes();
+        for i in 0..count as u64 {
+            self.after_write(&EntryUpdate {
+                entry: first.entry.add(8 * i),
+                va: VirtAddr(first.va.0.wrapping_add(i * page)),
+                value: first.value + i * step,
+                ..first
+            });
+        }
+    }
+
+    /// The start of a protection change is a read (Xen's
+    /// `ptep_modify_prot_start` does not even clear the entry); what the
+    /// library means the entry to hold is the value it commits.
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        self.inner.modify_prot_start(update)
+    }
+
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        self.inner.modify_prot_commit(update);
+        self.after_write(&update);
+    }
+}
+
+impl<B: Backend> TlbFlush for Observed<B> {
+    fn flush_range(
+        &self,
+        space: SpaceId,
+        start: VirtAddr,
+        end: VirtAddr,
+        stride: PageSize,
+        scope: FlushScope,
+    ) {
+        self.inner.flush_range(space, start, end, stride, scope);
+        self.after_flush_request(space, start.0, end.0);
+    }
+
+    fn flush_all(&self, space: SpaceId, scope: FlushScope) {
+        self.inner.flush_all(space, scope);
+        self.after_flush_request(space, 0, u64::MAX);
+    }
+
+    fn single_page_ceiling(&self) -> usize {
+        self.inner.single_page_ceiling()
+    }
+}
+
+impl<B: Backend> ContextSwitch for Observed<B> {
+    fn switch_out(&self, prev: LazyState) {
+        self.inner.switch_out(prev);
+        let cpu = self.machine.cpu();
+        self.entered.borrow_mut()[cpu] = false;
+    }
+
+    fn switch_in(&self, next: LazyState) {
+        let cpu = self.machine.cpu();
+        // The backend re-enters for a task in a section; our view of the CPU
+        // follows it.
+        self.entered.borrow_mut()[cpu] = next.is_active();
+        self.inner.switch_in(next);
+    }
+}
+
+impl<B: Backend> Backend for Observed<B> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}
+
+/// A lazy mode with the caller-side contract checked: misuse is a
+/// violation, and after every `disable` the key register holds what it held
+/// before the matching `enable`.
+#[derive(Debug)]
+pub struct Checked<M> {
+    inner: M,
+    machine: Rc<Machine>,
+    keys: RefCell<Vec<Vec<u64>>>,
+}
+
+impl<M: LazyMode> Checked<M> {
+    /// Checks `inner` on `machine`.
+    pub fn new(inner: M, machine: Rc<Machine>) -> Self {
+        Self {
+            inner,
+            machine,
+            keys: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The wrapped mode.
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+
+    fn misuse<T>(&self, r: Result<T, Misuse>) -> Result<T, Misuse> {
+        if let Err(m) = &r {
+            self.machine.violation(Invariant::Misuse, format!("{m}"));
+        }
+        r
+    }
+
+    fn key_stack<R>(&self, f: impl FnOnce(&mut Vec<u64>) -> R) -> R {
+        let t = self.machine.current_task();
+        let mut keys = self.keys.borrow_mut();
+        if keys.len() <= t {
+            keys.resize_with(t + 1, Vec::new);
+        }
+        f(&mut keys[t])
+    }
+}
+
+impl<M: LazyMode> LazyMode for Checked<M> {
+    type Token = M::Token;
+
+    fn enable(&self) -> Result<Step<M::Token>, Misuse> {
+        let task_context = !self.machine.in_interrupt();
+        let key = self.machine.key();
+        let r = self.misuse(self.inner.enable());
+        if task_context && r.is_ok() {
+            self.key_stack(|s| s.push(key));
+        }
+        r
+    }
+
+    fn disable(&self, token: M::Token) -> Result<Step<()>, Misuse> {
+        let r = self.misuse(self.inner.disable(token));
+        if !self.machine.in_interrupt() && r.is_ok() {
+            let expected = self.key_stack(|s| s.pop());
+            let now = self.machine.key();
+            if let Some(expected) = expected {
+                if self.machine.config().hardware.keys != KeyModel::None && now != expected {
+                    self.machine.violation(
+                        Invariant::KeyRestore,
+                        format!("after disable the key register is {now:#x}; before the matching enable it was {expected:#x}"),
+                    );
+                }
+            }
+        }
+        r
+    }
+
+    fn pause_raw(&self) -> Result<Step<M::Token>, Misuse> {
+        self.misuse(self.inner.pause_raw())
+    }
+
+    fn resume(&self, token: M::Token) -> Result<Step<()>, Misuse> {
+        self.misuse(self.inner.resume(token))
+    }
+
+    fn is_active(&self) -> bool {
+        self.inner.is_active()
+    }
+
+    fn state(&self) -> LazyState {
+        self.inner.state()
+    }
+
+    fn bytes_per_task(&self) -> usize {
+        self.inner.bytes_per_task()
+    }
+}
+
+/// The eager baseline: a lazy mode that never enters, so the backend runs
+/// every update and its side effects at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Eager;
+
+impl LazyMode for Eager {
+    type Token = ();
+
+    fn enable(&self) -> Result<Step<()>, Misuse> {
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
+    }
+
+    fn disable(&self, _token: ()) -> Result<Step<()>, Misuse> {
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
+    }
+
+    fn pause_raw(&self) -> Result<Step<()>, Misuse> {
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
+    }
+
+    fn resume(&self, _token: ()) -> Result<Step<()>, Misuse> {
+        Ok(Step {
+            token: (),
+            hook: None,
+        })
+    }
+
+    fn is_active(&self) -> bool {
+        false
+    }
+
+    fn state(&self) -> LazyState {
+        LazyState::IDLE
+    }
+
+    fn bytes_per_task(&self) -> usize {
+        0
+    }
+}

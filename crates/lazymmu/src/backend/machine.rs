@@ -1,0 +1,465 @@
+//! What every backend's machine primitives have in common: the CPU a call
+//! runs on, interrupt context, preemption, plain page-table loads, and a
+//! way to report a bug the policy detects.
+//!
+//! Backends are shared by all CPUs of a machine, so they keep per-CPU state
+//! in a [`PerCpu`] array indexed by [`CpuPrimitives::cpu_id`]. The cells in
+//! it are borrowed only for the duration of a small update and never across
+//! a primitive call: a primitive may run an interrupt handler or a context
+//! switch in the simulator, and those re-enter the backend.
+
+use core::fmt;
+
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+
+/// The largest number of CPUs a backend keeps per-CPU state for.
+pub const MAX_CPUS: usize = 64;
+
+/// The machine operations whose counts and costs a backend determines.
+///
+/// Each primitive trait documents which of these every method should be
+/// counted and charged as; the simulator's cost model and the recording
+/// primitives use these names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Primitive {
+    /// A trap into the hypervisor (Xen `mmu_update`, `mmuext_op`,
+    /// `multicall`).
+    Hypercall,
+    /// One entry of a Xen multicall batch.
+    MulticallEntry,
+    /// An arm64 `dsb` (`ishst` or `ish`).
+    Dsb,
+    /// An arm64 `isb`.
+    Isb,
+    /// One powerpc hash-page-table entry invalidation (`tlbie` of the HPTE).
+    HashInvalidate,
+    /// One s390 IPTE instruction (single or multi-entry): a machine-wide
+    /// quiesce.
+    Ipte,
+    /// One TLB invalidation by address or ASID broadcast by the hardware
+    /// (arm64 `tlbi`, sparc64 demap).
+    Tlbi,
+    /// One x86 `invlpg` (or a Xen `MMUEXT_INVLPG_*` op's per-page work).
+    Invlpg,
+    /// A full TLB flush of an address space (CR3 reload, `tlbi aside1is`,
+    /// `MMUEXT_TLB_FLUSH_*`).
+    FullFlush,
+    /// An inter-processor interrupt (cross-call) to one remote CPU.
+    Ipi,
+    /// A write of the protection-key register (`wrmsr IA32_PKRS`,
+    /// `msr POR_EL1` + `isb`).
+    KeyWrite,
+    /// A store of one page-table entry to memory.
+    PteWrite,
+}
+
+impl Primitive {
+    /// Every primitive, in a fixed order (for tables and count arrays).
+    pub const ALL: [Primitive; 12] = [
+        Primitive::Hypercall,
+        Primitive::MulticallEntry,
+        Primitive::Dsb,
+        Primitive::Isb,
+        Primitive::HashInvalidate,
+        Primitive::Ipte,
+        Primitive::Tlbi,
+        Primitive::Invlpg,
+        Primitive::FullFlush,
+        Primitive::Ipi,
+        Primitive::KeyWrite,
+        Primitive::PteWrite,
+    ];
+
+    /// The primitive's name in reports, JSON and `--cost NAME=CYCLES`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Primitive::Hypercall => "hypercall",
+            Primitive::MulticallEntry => "multicall_entry",
+            Primitive::Dsb => "dsb",
+            Primitive::Isb => "isb",
+            Primitive::HashInvalidate => "hash_invalidate",
+            Primitive::Ipte => "ipte",
+            Primitive::Tlbi => "tlbi",
+            Primitive::Invlpg => "invlpg",
+            Primitive::FullFlush => "full_flush",
+            Primitive::Ipi => "ipi",
+            Primitive::KeyWrite => "key_write",
+            Primitive::PteWrite => "pte_write",
+        }
+    }
+
+    /// The primitive's position in [`Primitive::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The primitive called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Primitive> {
+        Primitive::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+impl fmt::Display for Primitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A bug a backend's policy detects in how it is being driven. The backend
+/// reports it through [`CpuPrimitives::report`] and carries on as safely as
+/// it can; the simulator counts each report as an invariant violation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendBug {
+    /// `enter` while this CPU is already in lazy MMU mode (invariant 3;
+    /// Xen's `enter_lazy()` has `BUG_ON(this_cpu_read(xen_lazy_mode) !=
+    /// XEN_LAZY_NONE)`, arch/x86/xen/enlighten_pv.c).
+    DoubleEnter,
+    /// `leave` while this CPU is not in lazy MMU mode (Xen's `leave_lazy()`
+    /// `BUG_ON`).
+    LeaveOutside,
+    /// A context switch away from a task inside a section of a backend whose
+    /// sections run with preemption disabled (powerpc, sparc64): the task
+    /// slept in a section. The batch is flushed so nothing is lost.
+    SwitchInSection,
+    /// `exception_exit` with a frame from another exception, or with the key
+    /// register open where the exception must have closed it.
+    KeyFrameMismatch,
+}
+
+impl BackendBug {
+    /// A short name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            BackendBug::DoubleEnter => "double-enter",
+            BackendBug::LeaveOutside => "leave-outside",
+            BackendBug::SwitchInSection => "switch-in-section",
+            BackendBug::KeyFrameMismatch => "key-frame-mismatch",
+        }
+    }
+}
+
+impl fmt::Display for BackendBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The machine state every backend consults. Implemented by the simulator
+/// (per modelled CPU) and by a kernel (per real CPU).
+///
+/// None of these methods is a costed primitive except [`read_pte`], which a
+/// model may charge as a plain memory load (it is not one of the
+/// [`Primitive`]s).
+///
+/// [`read_pte`]: CpuPrimitives::read_pte
+pub trait CpuPrimitives {
+    /// The CPU this call runs on, below [`MAX_CPUS`].
+    fn cpu_id(&self) -> usize;
+
+    /// Whether the CPU is in interrupt context (hard or soft irq, NMI).
+    /// Updates made there take effect immediately, even when the
+    /// interrupted task is inside a section.
+    fn in_interrupt(&self) -> bool;
+
+    /// Disables preemption (nests). Backends whose sections must not be
+    /// preempted (powerpc, sparc64) call it in `enter`.
+    fn preempt_disable(&self);
+
+    /// Re-enables preemption.
+    fn preempt_enable(&self);
+
+    /// Loads the 8-byte entry at `entry` from memory, as the walker would
+    /// see it.
+    fn read_pte(&self, entry: PhysAddr) -> u64;
+
+    /// Reports a bug in how the backend is driven (see [`BackendBug`]).
+    fn report(&self, bug: BackendBug);
+}
+
+impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
+    fn cpu_id(&self) -> usize {
+        (**self).cpu_id()
+    }
+    fn in_interrupt(&self) -> bool {
+        (**self).in_interrupt()
+    }
+    fn preempt_disable(&self) {
+        (**self).preempt_disable()
+    }
+    fn preempt_enable(&self) {
+        (**self).preempt_enable()
+    }
+    fn read_pte(&self, entry: PhysAddr) -> u64 {
+        (**self).read_pte(entry)
+    }
+    fn report(&self, bug: BackendBug) {
+        (**self).report(bug)
+    }
+}
+
+/// Per-CPU state of a backend: one `T` per CPU, indexed by
+/// [`CpuPrimitives::cpu_id`].
+///
+/// `T` is normally built from `Cell`s and `RefCell`s; the whole backend is
+/// then `!Sync`, which matches how the simulator (one host thread) and a
+/// kernel with interrupts as the only re-entry use it.
+pub struct PerCpu<T> {
+    slots: [T; MAX_CPUS],
+}
+
+impl<T> PerCpu<T> {
+    /// One slot per CPU, each built by `init(cpu)`.
+    pub fn new(init: impl FnMut(usize) -> T) -> Self {
+        Self {
+            slots: core::array::from_fn(init),
+        }
+    }
+
+    /// The slot of CPU `cpu`.
+    ///
+    /// # Panics
+    /// If `cpu >= MAX_CPUS`: the primitives reported a CPU the backend was
+    /// not built for.
+    #[inline]
+    #[track_caller]
+    pub fn get(&self, cpu: usize) -> &T {
+        match self.slots.get(cpu) {
+            Some(slot) => slot,
+            None => panic!("CPU id {cpu} is not below MAX_CPUS ({MAX_CPUS})"),
+        }
+    }
+
+    /// Every slot, CPU 0 first.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter()
+    }
+}
+
+impl<T: Default> Default for PerCpu<T> {
+    fn default() -> Self {
+        Self::new(|_| T::default())
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for PerCpu<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.slots.iter()).finish()
+    }
+}
+
+/// A fixed-capacity list of pending operations (a multicall buffer, a
+/// powerpc or sparc64 flush batch): no allocation, `Copy` so that a
+/// backend can take the whole batch out of its `RefCell` before handing it
+/// to a primitive.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<T: Copy, const N: usize> {
+    items: [T; N],
+    len: usize,
+}
+
+impl<T: Copy + Default, const N: usize> Default for Batch<T, N> {
+    fn default() -> Self {
+        Self {
+            items: [T::default(); N],
+            len: 0,
+        }
+    }
+}
+
+impl<T: Copy, const N: usize> Batch<T, N> {
+    /// The capacity.
+    pub const CAPACITY: usize = N;
+
+    /// The pending items, oldest first.
+    pub fn as_slice(&self) -> &[T] {
+        &self.items[..self.len]
+    }
+
+    /// Number of pending items.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether another item would not fit.
+    pub fn is_full(&self) -> bool {
+        self.len == N
+    }
+
+    /// Appends `item`; gives it back when the batch is full.
+    ///
+    /// # Errors
+    /// `Err(item)` when the batch already holds `N` items.
+    pub fn push(&mut self, item: T) -> Result<(), T> {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = item;
+                self.len += 1;
+                Ok(())
+            }
+            None => Err(item),
+        }
+    }
+
+    /// Empties the batch and returns what it held.
+    pub fn take(&mut self) -> Self {
+        let taken = *self;
+        self.len = 0;
+        taken
+    }
+}
+
+/// The per-CPU "this CPU is in lazy MMU mode" flag every backend keeps
+/// (Xen's `xen_lazy_mode`, powerpc's `batch->active`), with the checks of
+/// invariant 3.
+#[derive(Debug, Default)]
+pub struct LazyFlag {
+    on: core::cell::Cell<bool>,
+}
+
+impl LazyFlag {
+    /// Sets the flag; returns false (and reports nothing itself) when it
+    /// was already set.
+    pub fn set(&self) -> bool {
+        !self.on.replace(true)
+    }
+
+    /// Clears the flag; returns false when it was already clear.
+    pub fn clear(&self) -> bool {
+        self.on.replace(false)
+    }
+
+    /// Whether the flag is set.
+    pub fn get(&self) -> bool {
+        self.on.get()
+    }
+}
+
+/// A per-CPU batch of page addresses to invalidate, all in one address space
+/// and of one page size (powerpc's `struct ppc64_tlb_batch`, sparc64's
+/// `struct tlb_batch`).
+#[derive(Clone, Copy, Debug)]
+pub struct PageBatch<const N: usize> {
+    /// The address space every pending address belongs to.
+    pub space: SpaceId,
+    /// The page size every pending address maps.
+    pub size: PageSize,
+    /// The pending addresses, oldest first.
+    pub pages: Batch<VirtAddr, N>,
+}
+
+impl<const N: usize> Default for PageBatch<N> {
+    fn default() -> Self {
+        Self {
+            space: SpaceId::KERNEL,
+            size: PageSize::Size4K,
+            pages: Batch::default(),
+        }
+    }
+}
+
+impl<const N: usize> PageBatch<N> {
+    /// Whether `(space, size)` can join the pending addresses: the batch is
+    /// empty, or holds addresses of the same space and size and has room.
+    pub fn accepts(&self, space: SpaceId, size: PageSize) -> bool {
+        self.pages.is_empty() || (self.space == space && self.size == size && !self.pages.is_full())
+    }
+
+    /// Adds one address; the caller checked [`PageBatch::accepts`].
+    ///
+    /// # Errors
+    /// `Err(va)` when the batch cannot take it (full, or another space or
+    /// page size pending).
+    pub fn push(&mut self, space: SpaceId, size: PageSize, va: VirtAddr) -> Result<(), VirtAddr> {
+        if !self.accepts(space, size) {
+            return Err(va);
+        }
+        if self.pages.is_empty() {
+            self.space = space;
+            self.size = size;
+        }
+        self.pages.push(va)
+    }
+
+    /// Empties the batch and returns what it held.
+    pub fn take(&mut self) -> Self {
+        let taken = *self;
+        self.pages = Batch::default();
+        taken
+    }
+}
+
+/// Bit 0 is the valid bit of every entry format the library writes (x86-64
+/// `P`, AArch64 descriptor `valid`): whether `value` is a valid entry that a
+/// TLB or hash table may hold a translation for.
+#[inline]
+pub const fn entry_is_valid(value: u64) -> bool {
+    value & 1 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primitive_names_round_trip() {
+        for (n, p) in Primitive::ALL.into_iter().enumerate() {
+            assert_eq!(p.index(), n);
+            assert_eq!(Primitive::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Primitive::from_name("tlb"), None);
+    }
+
+    #[test]
+    fn batch_refuses_past_capacity_and_take_empties() {
+        let mut batch: Batch<u32, 3> = Batch::default();
+        for n in 0..3 {
+            assert_eq!(batch.push(n), Ok(()));
+        }
+        assert!(batch.is_full());
+        assert_eq!(batch.push(9), Err(9));
+        let taken = batch.take();
+        assert_eq!(taken.as_slice(), &[0, 1, 2]);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn page_batch_keeps_one_space_and_size() {
+        let mut batch: PageBatch<2> = PageBatch::default();
+        assert!(batch
+            .push(SpaceId(1), PageSize::Size4K, VirtAddr(0))
+            .is_ok());
+        assert_eq!(
+            batch.push(SpaceId(2), PageSize::Size4K, VirtAddr(0x1000)),
+            Err(VirtAddr(0x1000))
+        );
+        assert!(!batch.accepts(SpaceId(1), PageSize::Size2M));
+        assert!(batch
+            .push(SpaceId(1), PageSize::Size4K, VirtAddr(0x1000))
+            .is_ok());
+        assert!(!batch.accepts(SpaceId(1), PageSize::Size4K), "full");
+        let taken = batch.take();
+        assert_eq!(taken.pages.len(), 2);
+        assert!(batch.accepts(SpaceId(2), PageSize::Size2M));
+    }
+
+    #[test]
+    fn lazy_flag_reports_double_set_and_clear() {
+        let flag = LazyFlag::default();
+        assert!(flag.set());
+        assert!(!flag.set());
+        assert!(flag.clear());
+        assert!(!flag.clear());
+    }
+
+    #[test]
+    #[should_panic(expected = "not below MAX_CPUS")]
+    fn per_cpu_rejects_an_unknown_cpu() {
+        let cpus: PerCpu<u8> = PerCpu::default();
+        let _ = cpus.get(MAX_CPUS);
+    }
+}

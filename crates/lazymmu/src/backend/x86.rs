@@ -1,0 +1,454 @@
+//! The x86-64 native backend: entries are written straight to memory, TLB
+//! invalidations use `invlpg` or a CR3 reload, and remote CPUs are reached
+//! by a shootdown the embedder provides.
+//!
+//! Native x86-64 has nothing to batch at the PTE level: a PTE store has no
+//! side effect until the TLB is flushed, and the flushes are already
+//! batched by the [gather](crate::pgtable::gather). The lazy-mode hooks are
+//! therefore empty, which is exactly what Linux's native
+//! `arch_enter_lazy_mmu_mode` does (paravirt ops default to no-ops).
+//!
+//! The machine operations sit behind [`X86Primitives`]:
+//! `BareMetal` executes the real instructions (compiled only for
+//! `x86_64-unknown-none`), and [`RecordingPrimitives`] records the calls on
+//! the host for tests.
+
+use crate::addr::{PageSize, SpaceId, VirtAddr};
+use crate::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use crate::mode::ArchHooks;
+use crate::pgtable::memory::PageTableMemory;
+
+/// IA32_PKRS, the supervisor protection-key rights register (Intel SDM
+/// Vol. 4, Table 2-2, MSR 0x6E1; Vol. 3A §4.6.2). `wrmsr` to it is not
+/// serialising (SDM Vol. 3A §4.6.2).
+pub const IA32_PKRS: u32 = 0x6E1;
+
+/// Linux's `tlb_single_page_flush_ceiling` (arch/x86/mm/tlb.c): above 33
+/// pages a full flush is cheaper than `invlpg` page by page.
+pub const SINGLE_PAGE_FLUSH_CEILING: usize = 33;
+
+/// A TLB flush another CPU must perform (delivered by IPI).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteFlush {
+    /// Invalidate `[start, end)` of `space` page by page at `stride`.
+    Range {
+        /// Address space.
+        space: SpaceId,
+        /// First address.
+        start: VirtAddr,
+        /// End (exclusive).
+        end: VirtAddr,
+        /// Page size of the invalidations.
+        stride: PageSize,
+    },
+    /// Invalidate everything of `space`.
+    All {
+        /// Address space.
+        space: SpaceId,
+    },
+}
+
+/// The machine operations the x86-64 backend and protected page tables
+/// need.
+///
+/// All take `&self`: an implementation may be re-entered from an interrupt
+/// handler. The simulator implements them with its model; the kernel uses
+/// `BareMetal` (bare metal only).
+pub trait X86Primitives {
+    /// `invlpg va`: invalidates the TLB entries of the page holding `va`
+    /// (any size, global included) in the current PCID, and all
+    /// paging-structure cache entries (SDM Vol. 3A §4.10.4.1).
+    fn invlpg(&self, va: VirtAddr);
+
+    /// `mov cr3, cr3`: invalidates every non-global TLB entry of the
+    /// current address space (SDM Vol. 3A §4.10.4.1).
+    fn reload_cr3(&self);
+
+    /// Toggles CR4.PGE off and on: invalidates every TLB entry, global ones
+    /// included (SDM Vol. 3A §4.10.4.1).
+    fn flush_global(&self);
+
+    /// `rdmsr` of IA32_PKRS.
+    fn read_pkrs(&self) -> u32;
+
+    /// `wrmsr` of IA32_PKRS (not serialising).
+    fn write_pkrs(&self, value: u32);
+
+    /// The CPU executing (bit index in [`FlushScope::Cpus`]).
+    fn current_cpu(&self) -> u32;
+
+    /// The address space whose root is in CR3 on this CPU. Without PCIDs a
+    /// CR3 switch flushes all non-global entries, so a space that is not
+    /// loaded has nothing of its own cached here.
+    fn loaded_space(&self) -> SpaceId;
+
+    /// Sends `request` to every CPU in `cpus` (never the current one) and
+    /// waits for them to perform it (a TLB-shootdown IPI).
+    fn shootdown(&self, cpus: u64, request: RemoteFlush);
+}
+
+impl<P: X86Primitives + ?Sized> X86Primitives for &P {
+    fn invlpg(&self, va: VirtAddr) {
+        (**self).invlpg(va)
+    }
+    fn reload_cr3(&self) {
+        (**self).reload_cr3()
+    }
+    fn flush_global(&self) {
+        (**self).flush_global()
+    }
+    fn read_pkrs(&self) -> u32 {
+        (**self).read_pkrs()
+    }
+    fn write_pkrs(&self, value: u32) {
+        (**self).write_pkrs(value)
+    }
+    fn current_cpu(&self) -> u32 {
+        (**self).current_cpu()
+    }
+    fn loaded_space(&self) -> SpaceId {
+        (**self).loaded_space()
+    }
+    fn shootdown(&self, cpus: u64, request: RemoteFlush) {
+        (**self).shootdown(cpus, request)
+    }
+}
+
+/// Performs a flush on the executing CPU (also what a shootdown handler
+/// runs on the receiving CPU).
+pub fn flush_locally<P: X86Primitives + ?Sized>(primitives: &P, request: RemoteFlush) {
+    match request {
+        RemoteFlush::Range {
+            space,
+            start,
+            end,
+            stride,
+        } => {
+            if space != SpaceId::KERNEL && space != primitives.loaded_space() {
+                return;
+            }
+            let mut va = start.0;
+            while va < end.0 {
+                primitives.invlpg(VirtAddr(va));
+                va += stride.bytes();
+            }
+        }
+        RemoteFlush::All { space } => {
+            if space == SpaceId::KERNEL {
+                primitives.flush_global();
+            } else if space == primitives.loaded_space() {
+                primitives.reload_cr3();
+            }
+        }
+    }
+}
+
+/// The x86-64 native backend over page-table memory `M` and machine
+/// primitives `P`.
+#[derive(Debug)]
+pub struct X86Backend<M, P> {
+    memory: M,
+    primitives: P,
+}
+
+impl<M: PageTableMemory, P: X86Primitives> X86Backend<M, P> {
+    /// A backend writing entries to `memory` and flushing with
+    /// `primitives`.
+    pub const fn new(memory: M, primitives: P) -> Self {
+        X86Backend { memory, primitives }
+    }
+
+    /// The machine primitives.
+    pub fn primitives(&self) -> &P {
+        &self.primitives
+    }
+
+    /// The page-table memory.
+    pub fn memory(&self) -> &M {
+        &self.memory
+    }
+
+    fn dispatch(&self, scope: FlushScope, request: RemoteFlush) {
+        match scope {
+            FlushScope::Local => flush_locally(&self.primitives, request),
+            FlushScope::Cpus(mask) => {
+                let me = 1u64 << self.primitives.current_cpu();
+                let others = mask & !me;
+                // Issue the remote requests first so the other CPUs work
+                // while this one flushes (Linux's native_flush_tlb_multi
+                // then flush_tlb_func local).
+                if others != 0 {
+                    self.primitives.shootdown(others, request);
+                }
+                if mask & me != 0 {
+                    flush_locally(&self.primitives, request);
+                }
+            }
+        }
+    }
+}
+
+impl<M: PageTableMemory, P: X86Primitives> PteAccess for X86Backend<M, P> {
+    #[inline]
+    fn read_entry(&self, entry: crate::addr::PhysAddr) -> u64 {
+        self.memory.read(entry)
+    }
+    #[inline]
+    fn write_entry(&self, update: EntryUpdate) {
+        self.memory.write(update.entry, update.value)
+    }
+    #[inline]
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        self.memory.swap(update.entry, update.value)
+    }
+    /// Native stores have no side effect: a run is one memory loop.
+    #[inline]
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.memory.write_run(first.entry, count, first.value, step)
+    }
+}
+
+impl<M: PageTableMemory, P: X86Primitives> TlbFlush for X86Backend<M, P> {
+    fn flush_range(
+        &self,
+        space: SpaceId,
+        start: VirtAddr,
+        end: VirtAddr,
+        stride: PageSize,
+        scope: FlushScope,
+    ) {
+        self.dispatch(
+            scope,
+            RemoteFlush::Range {
+                space,
+                start,
+                end,
+                stride,
+            },
+        );
+    }
+
+    fn flush_all(&self, space: SpaceId, scope: FlushScope) {
+        self.dispatch(scope, RemoteFlush::All { space });
+    }
+
+    fn single_page_ceiling(&self) -> usize {
+        SINGLE_PAGE_FLUSH_CEILING
+    }
+}
+
+/// Nothing to batch beyond the gather: the hooks do nothing.
+impl<M: PageTableMemory, P: X86Primitives> ArchHooks for X86Backend<M, P> {
+    fn enter(&self) {}
+    fn leave(&self) {}
+    fn flush(&self) {}
+}
+
+/// Nothing is pending across a context switch.
+impl<M: PageTableMemory, P: X86Primitives> ContextSwitch for X86Backend<M, P> {}
+
+impl<M: PageTableMemory, P: X86Primitives> Backend for X86Backend<M, P> {
+    fn name(&self) -> &'static str {
+        "x86"
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use recording::{PrimitiveCall, RecordingPrimitives};
+
+#[cfg(feature = "alloc")]
+mod recording {
+    use alloc::vec::Vec;
+    use core::cell::{Cell, RefCell};
+
+    use super::{RemoteFlush, X86Primitives};
+    use crate::addr::{SpaceId, VirtAddr};
+
+    /// One recorded primitive call.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum PrimitiveCall {
+        /// `invlpg`.
+        Invlpg(VirtAddr),
+        /// CR3 reload.
+        ReloadCr3,
+        /// CR4.PGE toggle.
+        FlushGlobal,
+        /// `rdmsr IA32_PKRS`.
+        ReadPkrs,
+        /// `wrmsr IA32_PKRS`.
+        WritePkrs(u32),
+        /// A shootdown IPI to a CPU mask.
+        Shootdown(u64, RemoteFlush),
+    }
+
+    /// Host primitives that record every call, keep IA32_PKRS in a cell,
+    /// and report a fixed CPU and loaded address space.
+    #[derive(Debug)]
+    pub struct RecordingPrimitives {
+        cpu: u32,
+        loaded: Cell<SpaceId>,
+        pkrs: Cell<u32>,
+        calls: RefCell<Vec<PrimitiveCall>>,
+    }
+
+    impl RecordingPrimitives {
+        /// Primitives for CPU `cpu` with `loaded` in CR3.
+        pub fn new(cpu: u32, loaded: SpaceId) -> Self {
+            RecordingPrimitives {
+                cpu,
+                loaded: Cell::new(loaded),
+                pkrs: Cell::new(0),
+                calls: RefCell::new(Vec::new()),
+            }
+        }
+
+        /// Loads another address space (a context switch).
+        pub fn load_space(&self, space: SpaceId) {
+            self.loaded.set(space);
+        }
+
+        /// The calls so far.
+        pub fn calls(&self) -> Vec<PrimitiveCall> {
+            self.calls.borrow().clone()
+        }
+
+        /// Forgets the recorded calls.
+        pub fn clear(&self) {
+            self.calls.borrow_mut().clear();
+        }
+
+        fn record(&self, call: PrimitiveCall) {
+            self.calls.borrow_mut().push(call);
+        }
+    }
+
+    impl X86Primitives for RecordingPrimitives {
+        fn invlpg(&self, va: VirtAddr) {
+            self.record(PrimitiveCall::Invlpg(va));
+        }
+        fn reload_cr3(&self) {
+            self.record(PrimitiveCall::ReloadCr3);
+        }
+        fn flush_global(&self) {
+            self.record(PrimitiveCall::FlushGlobal);
+        }
+        fn read_pkrs(&self) -> u32 {
+            self.record(PrimitiveCall::ReadPkrs);
+            self.pkrs.get()
+        }
+        fn write_pkrs(&self, value: u32) {
+            self.record(PrimitiveCall::WritePkrs(value));
+            self.pkrs.set(value);
+        }
+        fn current_cpu(&self) -> u32 {
+            self.cpu
+        }
+        fn loaded_space(&self) -> SpaceId {
+            self.loaded.get()
+        }
+        fn shootdown(&self, cpus: u64, request: RemoteFlush) {
+            self.record(PrimitiveCall::Shootdown(cpus, request));
+        }
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+pub use bare_metal::BareMetal;
+
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+mod bare_metal {
+    use core::arch::asm;
+
+    use super::{RemoteFlush, X86Primitives, IA32_PKRS};
+    use crate::addr::{SpaceId, VirtAddr};
+
+    /// The real instructions, for a kernel running at CPL 0. The kernel
+    /// supplies what the instructions cannot know: the executing CPU, the
+    /// loaded address space and the shootdown IPI.
+    #[derive(Debug)]
+    pub struct BareMetal {
+        /// Returns the executing CPU's index.
+        pub current_cpu: fn() -> u32,
+        /// Returns the address space loaded in CR3.
+        pub loaded_space: fn() -> SpaceId,
+        /// Sends a flush IPI to the CPUs of a mask and waits for them.
+        pub shootdown: fn(u64, RemoteFlush),
+    }
+
+    impl X86Primitives for BareMetal {
+        fn invlpg(&self, va: VirtAddr) {
+            // SAFETY: invlpg only drops cached translations; the page tables
+            // in memory stay authoritative. Requires CPL 0, which is this
+            // type's contract.
+            unsafe { asm!("invlpg [{}]", in(reg) va.0, options(nostack, preserves_flags)) };
+        }
+
+        fn reload_cr3(&self) {
+            // SAFETY: writing CR3 back with its own value keeps the same
+            // address space and only flushes non-global translations.
+            unsafe {
+                asm!(
+                    "mov {tmp}, cr3",
+                    "mov cr3, {tmp}",
+                    tmp = out(reg) _,
+                    options(nostack, preserves_flags)
+                )
+            };
+        }
+
+        fn flush_global(&self) {
+            // SAFETY: clearing and restoring CR4.PGE (bit 7) flushes every
+            // translation and leaves CR4 as it was; interrupts in between
+            // only see a TLB without global entries, which is always valid.
+            unsafe {
+                asm!(
+                    "mov {cr4}, cr4",
+                    "mov {tmp}, {cr4}",
+                    "xor {tmp}, 0x80",
+                    "mov cr4, {tmp}",
+                    "mov cr4, {cr4}",
+                    cr4 = out(reg) _,
+                    tmp = out(reg) _,
+                    // `xor` changes the flags; no `nomem`: page-table
+                    // stores must not move across the flush.
+                    options(nostack)
+                )
+            };
+        }
+
+        fn read_pkrs(&self) -> u32 {
+            let (low, _high): (u32, u32);
+            // SAFETY: reading IA32_PKRS has no side effect; the CPU supports
+            // PKS (the embedder checked CPUID.(EAX=7,ECX=0):ECX[31]).
+            unsafe {
+                asm!("rdmsr", in("ecx") IA32_PKRS, out("eax") low, out("edx") _high,
+                     options(nostack, nomem, preserves_flags))
+            };
+            low
+        }
+
+        fn write_pkrs(&self, value: u32) {
+            // SAFETY: IA32_PKRS only restricts supervisor data accesses to
+            // pages with a key; a wrong value causes page faults, never
+            // memory unsafety. PKS support is the embedder's contract.
+            // No `nomem`: accesses to key-protected memory must stay on the
+            // side of the write where the program put them.
+            unsafe {
+                asm!("wrmsr", in("ecx") IA32_PKRS, in("eax") value, in("edx") 0u32,
+                     options(nostack, preserves_flags))
+            };
+        }
+
+        fn current_cpu(&self) -> u32 {
+            (self.current_cpu)()
+        }
+
+        fn loaded_space(&self) -> SpaceId {
+            (self.loaded_space)()
+        }
+
+        fn shootdown(&self, cpus: u64, request: RemoteFlush) {
+            (self.shootdown)(cpus, request)
+        }
+    }
+}

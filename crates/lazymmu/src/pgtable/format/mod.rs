@@ -1,0 +1,236 @@
+//! Page-table formats as zero-sized types, and the arch-neutral view of an
+//! entry that lets walkers be written once.
+//!
+//! A format knows how many levels its tree has, how many virtual-address
+//! bits it translates, and how to encode and decode one 8-byte entry. Levels
+//! are numbered from the bottom, as in [`EntryUpdate::level`]: level 1 holds
+//! 4 KiB leaves (PTE table), level 2 holds 2 MiB blocks (PMD), level 3 holds
+//! 1 GiB blocks (PUD), level 4 is the top of a 4-level tree and level 5 the
+//! top of a 5-level tree.
+//!
+//! ```
+//! use lazymmu::addr::{PageSize, PhysAddr};
+//! use lazymmu::pgtable::format::{Attributes, Entry, Format, X86_64};
+//! let attrs = Attributes::kernel_data();
+//! let raw = X86_64::encode_leaf(PhysAddr(0x20_0000), PageSize::Size2M, attrs);
+//! assert_eq!(raw & (1 << 7), 1 << 7); // PS: a 2 MiB page
+//! assert_eq!(
+//!     X86_64::decode(raw, 2),
+//!     Entry::Leaf { phys: PhysAddr(0x20_0000), size: PageSize::Size2M, attrs }
+//! );
+//! ```
+//!
+//! [`EntryUpdate::level`]: crate::backend::EntryUpdate::level
+
+pub mod aarch64;
+pub mod x86;
+
+pub use aarch64::{Aarch64, AARCH64_MAIR};
+pub use x86::{X86_64_5Level, X86_64};
+
+use crate::addr::{PageSize, PhysAddr};
+
+/// Cacheability of a mapping, converted per format.
+///
+/// x86-64 encodes it in PWT/PCD (and PAT) and this crate assumes the
+/// power-on PAT (Intel SDM Vol. 3A, chapter "Memory Cache Control",
+/// "Programming the PAT": after reset entries 0–3 are WB, WT, UC-, UC).
+/// AArch64 encodes an index into MAIR_EL1 and this crate defines the MAIR
+/// layout it assumes, [`AARCH64_MAIR`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MemoryType {
+    /// Normal write-back memory.
+    #[default]
+    WriteBack,
+    /// Normal write-through memory.
+    WriteThrough,
+    /// Normal memory, not cached (x86 UC-, AArch64 Normal Non-cacheable).
+    Uncached,
+    /// Device memory: uncached, no speculation, no merging (x86 UC,
+    /// AArch64 Device-nGnRnE).
+    Device,
+}
+
+/// Arch-neutral attributes of a leaf entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Attributes {
+    /// Writes are allowed.
+    pub writable: bool,
+    /// User mode may access the page.
+    pub user: bool,
+    /// Instructions may be fetched (at the privilege the page belongs to).
+    pub executable: bool,
+    /// The translation is shared by every address space (x86 G, AArch64
+    /// not-nG).
+    pub global: bool,
+    /// The page has been written (x86 D; AArch64 software dirty bit).
+    pub dirty: bool,
+    /// The page has been accessed (x86 A, AArch64 AF).
+    pub accessed: bool,
+    /// Protection key (x86 PKU/PKS, 0–15) or POE index (AArch64, 0–7).
+    /// Encoders keep only the bits the format has.
+    pub key: u8,
+    /// Cacheability.
+    pub memory: MemoryType,
+}
+
+impl Attributes {
+    /// Kernel read-write data: writable, global, accessed, dirty, not
+    /// executable, write-back.
+    pub const fn kernel_data() -> Self {
+        Attributes {
+            writable: true,
+            user: false,
+            executable: false,
+            global: true,
+            dirty: true,
+            accessed: true,
+            key: 0,
+            memory: MemoryType::WriteBack,
+        }
+    }
+
+    /// User read-write data (anonymous memory): writable, user, not
+    /// executable, not global, accessed, clean, write-back.
+    pub const fn user_data() -> Self {
+        Attributes {
+            writable: true,
+            user: true,
+            executable: false,
+            global: false,
+            dirty: false,
+            accessed: true,
+            key: 0,
+            memory: MemoryType::WriteBack,
+        }
+    }
+
+    /// The same attributes with `writable` cleared.
+    pub const fn read_only(self) -> Self {
+        Attributes {
+            writable: false,
+            ..self
+        }
+    }
+}
+
+/// The arch-neutral view of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Entry {
+    /// Not present: the walk stops with a translation fault.
+    Absent,
+    /// Points to the next-level table.
+    Table(PhysAddr),
+    /// Maps a page or block.
+    Leaf {
+        /// First physical address of the page.
+        phys: PhysAddr,
+        /// Page size (the level it sits at).
+        size: PageSize,
+        /// Its attributes.
+        attrs: Attributes,
+    },
+}
+
+/// The level whose entries are leaves of `size`.
+#[inline]
+pub const fn level_of(size: PageSize) -> u8 {
+    match size {
+        PageSize::Size4K => 1,
+        PageSize::Size2M => 2,
+        PageSize::Size1G => 3,
+    }
+}
+
+/// The page size a leaf at `level` maps, if leaves are allowed there.
+#[inline]
+pub const fn size_at(level: u8) -> Option<PageSize> {
+    match level {
+        1 => Some(PageSize::Size4K),
+        2 => Some(PageSize::Size2M),
+        3 => Some(PageSize::Size1G),
+        _ => None,
+    }
+}
+
+/// log2 of the bytes one entry at `level` covers.
+#[inline]
+pub const fn entry_shift(level: u8) -> u32 {
+    12 + 9 * (level as u32 - 1)
+}
+
+/// Index of `va`'s entry in the table at `level` (the same 9-bit slices on
+/// every format of this crate).
+#[inline]
+pub const fn index(va: u64, level: u8) -> usize {
+    ((va >> entry_shift(level)) & 511) as usize
+}
+
+/// Entries per table (4 KiB tables of 8-byte entries on every format here).
+pub const ENTRIES: usize = 512;
+
+/// A page-table format: a zero-sized type with its constants and its
+/// entry encoding.
+///
+/// Implementations must match the hardware bit for bit; the encodings are
+/// cross-checked against the `x86_64` crate in the tests.
+pub trait Format: Copy + Default + core::fmt::Debug + 'static {
+    /// Short name (`x86-64`, `x86-64-la57`, `aarch64`).
+    const NAME: &'static str;
+    /// Levels in the tree (4 or 5).
+    const LEVELS: u8;
+    /// Virtual-address bits one root translates (48 or 57). On x86-64 the
+    /// two canonical halves share the root; on AArch64 each of TTBR0 and
+    /// TTBR1 has its own root translating `VA_BITS` bits.
+    const VA_BITS: u32;
+    /// Bits of an entry that hold the next table's physical address.
+    const TABLE_ADDRESS_MASK: u64;
+    /// Whether both canonical halves translate through one root (x86-64:
+    /// the upper half is the top half of the same tree, addresses
+    /// sign-extended) rather than one root per half (AArch64 TTBR0/TTBR1).
+    const SHARED_ROOT: bool;
+
+    /// The bit that says a leaf was written (x86 D; AArch64 software dirty).
+    const DIRTY_BIT: u64;
+    /// The bit that says a leaf was accessed (x86 A; AArch64 AF).
+    const ACCESSED_BIT: u64;
+
+    /// Decodes the entry `raw` found in a table at `level`.
+    fn decode(raw: u64, level: u8) -> Entry;
+
+    /// The bits of a leaf of `size` with `attrs`, without its address:
+    /// `leaf_template(size, attrs) | phys` is the entry. Range operations
+    /// compute it once per run and OR addresses in.
+    fn leaf_template(size: PageSize, attrs: Attributes) -> u64;
+
+    /// Encodes a leaf mapping `phys` (aligned to `size`).
+    #[inline]
+    fn encode_leaf(phys: PhysAddr, size: PageSize, attrs: Attributes) -> u64 {
+        Self::leaf_template(size, attrs) | (phys.0 & Self::leaf_address_mask(size))
+    }
+
+    /// Bits of a leaf of `size` that hold its physical address.
+    fn leaf_address_mask(size: PageSize) -> u64;
+
+    /// Encodes a pointer to the next-level table at `table`, placed at
+    /// `level`. Table entries grant everything; leaves decide permissions.
+    fn encode_table(table: PhysAddr, level: u8) -> u64;
+
+    /// Whether `raw` is a valid (present) entry.
+    fn is_valid(raw: u64) -> bool;
+
+    /// Whether `va` (canonical) lies in the upper, kernel half.
+    #[inline]
+    fn is_kernel(va: u64) -> bool {
+        (va >> 63) != 0
+    }
+
+    /// Mask of the bits a root translates.
+    #[inline]
+    fn va_mask() -> u64 {
+        (1u64 << Self::VA_BITS) - 1
+    }
+
+    /// Whether `va` is a canonical address this format can translate.
+    fn is_canonical(va: u64) -> bool;
+}

@@ -1,0 +1,437 @@
+//! The TLB gather (Linux's `mmu_gather`, mm/mmu_gather.c and
+//! include/asm-generic/tlb.h).
+//!
+//! Range operations add every translation they invalidate and every
+//! page-table frame they unlink. The gather flushes page by page when the
+//! number of pages is at most the backend's
+//! [`single_page_ceiling`](crate::backend::TlbFlush::single_page_ceiling)
+//! and the whole address space above it, then frees the frames: a frame is
+//! never reused while a TLB or paging-structure cache may still walk it.
+//! It flushes on drop, so a flush cannot be forgotten.
+//!
+//! ```
+//! use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+//! use lazymmu::backend::FlushScope;
+//! use lazymmu::backend::x86::{RecordingPrimitives, X86Backend, PrimitiveCall};
+//! use lazymmu::pgtable::{allocator::HostFrameAllocator, memory::HostMemory, gather::Gather};
+//! let memory = HostMemory::new(PhysAddr(0), 4);
+//! let frames = HostFrameAllocator::new(PhysAddr(0), 4);
+//! let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
+//! {
+//!     let mut gather = Gather::new(&backend, &frames, SpaceId(1), FlushScope::Local);
+//!     gather.add_page(VirtAddr(0x1000), PageSize::Size4K);
+//! } // flushed here
+//! assert_eq!(backend.primitives().calls(), vec![PrimitiveCall::Invlpg(VirtAddr(0x1000))]);
+//! ```
+
+use core::marker::PhantomData;
+
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::backend::{FlushScope, TlbFlush};
+use crate::pgtable::allocator::FrameAllocator;
+
+/// Page-table frames a gather holds before it must flush to free them
+/// (Linux keeps a page of pointers per batch; 128 is plenty per flush and
+/// keeps the gather on the stack).
+pub const FRAME_BATCH: usize = 128;
+
+/// When the gather frees page-table frames relative to its TLB flush.
+pub trait FreeOrder: sealed::Sealed {
+    /// Whether frames are freed before the flush that covers them.
+    const FREE_BEFORE_FLUSH: bool;
+}
+
+/// The correct order: flush, then free. The default.
+#[derive(Debug)]
+pub enum FlushThenFree {}
+
+/// **Known-bad ordering, for checkers only.** Frees page-table frames
+/// *before* the flush that covers them, so another CPU's walker (or a
+/// paging-structure cache) can still use a frame that has been reused: the
+/// use-after-free Linux's `tlb_remove_table` exists to prevent. The
+/// simulator selects it to show that its checker catches the bug.
+#[derive(Debug)]
+pub enum FreeBeforeFlush {}
+
+impl FreeOrder for FlushThenFree {
+    const FREE_BEFORE_FLUSH: bool = false;
+}
+impl FreeOrder for FreeBeforeFlush {
+    const FREE_BEFORE_FLUSH: bool = true;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::FlushThenFree {}
+    impl Sealed for super::FreeBeforeFlush {}
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Pending {
+    start: u64,
+    end: u64,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+    fn add(&mut self, start: u64, end: u64) {
+        if self.is_empty() {
+            *self = Pending { start, end };
+        } else {
+            self.start = self.start.min(start);
+            self.end = self.end.max(end);
+        }
+    }
+}
+
+/// Statistics of a gather's flushes, for tests and cost accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatherStats {
+    /// Page-by-page range flushes issued (one per page size per flush).
+    pub range_flushes: u32,
+    /// Full flushes of the address space issued.
+    pub full_flushes: u32,
+    /// Page-table frames freed.
+    pub frames_freed: u32,
+}
+
+/// Collects TLB invalidations and page-table frames to free; flushes on
+/// drop. Generic over [`FreeOrder`] only so that a checker can select the
+/// known-bad [`FreeBeforeFlush`]; ordinary code uses [`Gather::new`] and
+/// gets [`FlushThenFree`].
+#[must_use = "a gather flushes when dropped; dropping it at once flushes nothing useful"]
+pub struct Gather<
+    'a,
+    B: TlbFlush + ?Sized,
+    A: FrameAllocator + ?Sized,
+    O: FreeOrder = FlushThenFree,
+> {
+    backend: &'a B,
+    allocator: &'a A,
+    space: SpaceId,
+    scope: FlushScope,
+    /// Pending ranges per page size (index by `PageSize as usize` order:
+    /// 4K, 2M, 1G), as canonical addresses.
+    ranges: [Pending; 3],
+    frames: [PhysAddr; FRAME_BATCH],
+    frame_count: usize,
+    stats: GatherStats,
+    _order: PhantomData<O>,
+}
+
+fn size_index(size: PageSize) -> usize {
+    match size {
+        PageSize::Size4K => 0,
+        PageSize::Size2M => 1,
+        PageSize::Size1G => 2,
+    }
+}
+
+const SIZES: [PageSize; 3] = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
+
+impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized> Gather<'a, B, A, FlushThenFree> {
+    /// A gather for address space `space` that flushes `scope` (the local
+    /// CPU, or the CPUs that use the space) through `backend` and frees
+    /// page-table frames to `allocator` after flushing.
+    pub fn new(backend: &'a B, allocator: &'a A, space: SpaceId, scope: FlushScope) -> Self {
+        Self::with_order(backend, allocator, space, scope)
+    }
+}
+
+impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized> Gather<'a, B, A, FreeBeforeFlush> {
+    /// **Known-bad**: a gather that frees page-table frames before the
+    /// flush that covers them. Only for checkers demonstrating the bug.
+    pub fn new_free_before_flush(
+        backend: &'a B,
+        allocator: &'a A,
+        space: SpaceId,
+        scope: FlushScope,
+    ) -> Self {
+        Self::with_order(backend, allocator, space, scope)
+    }
+}
+
+impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<'a, B, A, O> {
+    fn with_order(backend: &'a B, allocator: &'a A, space: SpaceId, scope: FlushScope) -> Self {
+        Gather {
+            backend,
+            allocator,
+            space,
+            scope,
+            ranges: [Pending::default(); 3],
+            frames: [PhysAddr(0); FRAME_BATCH],
+            frame_count: 0,
+            stats: GatherStats::default(),
+            _order: PhantomData,
+        }
+    }
+
+    /// The address space this gather flushes.
+    pub fn space(&self) -> SpaceId {
+        self.space
+    }
+
+    /// Which CPUs the flush reaches.
+    pub fn scope(&self) -> FlushScope {
+        self.scope
+    }
+
+    /// The backend flushes go to.
+    pub fn backend(&self) -> &'a B {
+        self.backend
+    }
+
+    /// Records that the translation of the page of `size` at `va`
+    /// (canonical, aligned to `size`) must be invalidated.
+    #[inline]
+    pub fn add_page(&mut self, va: VirtAddr, size: PageSize) {
+        self.ranges[size_index(size)].add(va.0, va.0.wrapping_add(size.bytes()));
+    }
+
+    /// Records that `[start, end)` must be invalidated at `stride`.
+    pub fn add_range(&mut self, start: VirtAddr, end: VirtAddr, stride: PageSize) {
+        if start.0 < end.0 {
+            self.ranges[size_index(stride)].add(start.0, end.0);
+        }
+    }
+
+    /// Queues the page-table frame `frame`, just unlinked from the entry at
+    /// `level` whose span starts at `va`, to be freed after the flush. One
+    /// address of the span is invalidated (at most a 1 GiB stride): that
+    /// drops the walk-cache entries that point to the frame (Intel SDM
+    /// Vol. 3A §4.10.4.1: `invlpg` invalidates all paging-structure caches;
+    /// Arm ARM `TLBI VAE1` invalidates walk-cache entries for the address).
+    /// The leaves below were gathered when they were cleared.
+    pub fn remove_table(&mut self, frame: PhysAddr, va: VirtAddr, level: u8) {
+        if self.frame_count == FRAME_BATCH {
+            self.flush();
+        }
+        let covered = crate::pgtable::format::size_at(level.min(3)).unwrap_or(PageSize::Size1G);
+        self.add_page(va, covered);
+        self.frames[self.frame_count] = frame;
+        self.frame_count += 1;
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.frame_count == 0 && self.ranges.iter().all(Pending::is_empty)
+    }
+
+    /// Flushes every pending invalidation now and frees the queued frames.
+    /// Returns nothing pending afterwards.
+    pub fn flush(&mut self) {
+        if O::FREE_BEFORE_FLUSH {
+            self.free_frames();
+        }
+        self.flush_tlb();
+        if !O::FREE_BEFORE_FLUSH {
+            self.free_frames();
+        }
+    }
+
+    /// Invalidates the page of `size` at `va` immediately, bypassing the
+    /// batch (break-before-make when a block is split: the old block must
+    /// be gone from every TLB before the table replacing it is written).
+    pub fn flush_page_now(&mut self, va: VirtAddr, size: PageSize) {
+        let end = VirtAddr(va.0.wrapping_add(size.bytes()));
+        self.backend
+            .flush_range(self.space, va, end, size, self.scope);
+        self.stats.range_flushes += 1;
+    }
+
+    /// Flushes, frees and returns the statistics.
+    pub fn finish(mut self) -> GatherStats {
+        self.flush();
+        self.stats
+    }
+
+    /// Statistics so far.
+    pub fn stats(&self) -> GatherStats {
+        self.stats
+    }
+
+    fn flush_tlb(&mut self) {
+        let pages: u64 = SIZES
+            .iter()
+            .zip(self.ranges.iter())
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(size, r)| (r.end.wrapping_sub(r.start)) >> size.shift())
+            .sum();
+        if pages == 0 {
+            return;
+        }
+        if pages > self.backend.single_page_ceiling() as u64 {
+            self.backend.flush_all(self.space, self.scope);
+            self.stats.full_flushes += 1;
+        } else {
+            for (size, range) in SIZES.iter().zip(self.ranges.iter()) {
+                if !range.is_empty() {
+                    self.backend.flush_range(
+                        self.space,
+                        VirtAddr(range.start),
+                        VirtAddr(range.end),
+                        *size,
+                        self.scope,
+                    );
+                    self.stats.range_flushes += 1;
+                }
+            }
+        }
+        self.ranges = [Pending::default(); 3];
+    }
+
+    fn free_frames(&mut self) {
+        for &frame in &self.frames[..self.frame_count] {
+            self.allocator.free(frame);
+        }
+        self.stats.frames_freed += self.frame_count as u32;
+        self.frame_count = 0;
+    }
+}
+
+impl<B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Drop for Gather<'_, B, A, O> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl<B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> core::fmt::Debug
+    for Gather<'_, B, A, O>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Gather")
+            .field("space", &self.space)
+            .field("scope", &self.scope)
+            .field("frames", &self.frame_count)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    use super::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Event {
+        Range(u64, u64, PageSize),
+        All,
+        Free(u64),
+    }
+
+    /// Records flushes and frees in one log, to check their order.
+    #[derive(Default)]
+    struct Log {
+        events: RefCell<Vec<Event>>,
+        ceiling: usize,
+    }
+
+    impl TlbFlush for Log {
+        fn flush_range(
+            &self,
+            _: SpaceId,
+            start: VirtAddr,
+            end: VirtAddr,
+            stride: PageSize,
+            _: FlushScope,
+        ) {
+            self.events
+                .borrow_mut()
+                .push(Event::Range(start.0, end.0, stride));
+        }
+        fn flush_all(&self, _: SpaceId, _: FlushScope) {
+            self.events.borrow_mut().push(Event::All);
+        }
+        fn single_page_ceiling(&self) -> usize {
+            self.ceiling
+        }
+    }
+
+    impl FrameAllocator for Log {
+        fn allocate(&self) -> Option<PhysAddr> {
+            None
+        }
+        fn free(&self, frame: PhysAddr) {
+            self.events.borrow_mut().push(Event::Free(frame.0));
+        }
+    }
+
+    fn log(ceiling: usize) -> Log {
+        Log {
+            ceiling,
+            ..Log::default()
+        }
+    }
+
+    #[test]
+    fn frames_are_freed_after_the_flush_that_covers_them() {
+        let log = log(33);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local);
+        gather.remove_table(PhysAddr(0x5000), VirtAddr(0x20_0000), 2);
+        assert!(log.events.borrow().is_empty(), "nothing before the flush");
+        drop(gather);
+        assert_eq!(
+            *log.events.borrow(),
+            [
+                Event::Range(0x20_0000, 0x40_0000, PageSize::Size2M),
+                Event::Free(0x5000)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_known_bad_order_frees_first() {
+        let log = log(33);
+        let mut gather = Gather::new_free_before_flush(&log, &log, SpaceId(1), FlushScope::Local);
+        gather.remove_table(PhysAddr(0x5000), VirtAddr(0x20_0000), 2);
+        drop(gather);
+        assert_eq!(log.events.borrow()[0], Event::Free(0x5000));
+    }
+
+    #[test]
+    fn ceiling_counts_pages_of_every_size() {
+        let log = log(3);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local);
+        gather.add_page(VirtAddr(0x1000), PageSize::Size4K);
+        gather.add_page(VirtAddr(0x2000), PageSize::Size4K);
+        gather.add_page(VirtAddr(0x4000_0000), PageSize::Size2M);
+        gather.flush();
+        assert_eq!(
+            *log.events.borrow(),
+            [
+                Event::Range(0x1000, 0x3000, PageSize::Size4K),
+                Event::Range(0x4000_0000, 0x4020_0000, PageSize::Size2M)
+            ]
+        );
+        log.events.borrow_mut().clear();
+        gather.add_range(VirtAddr(0), VirtAddr(0x4000), PageSize::Size4K);
+        let stats = gather.finish();
+        assert_eq!(*log.events.borrow(), [Event::All]);
+        assert_eq!((stats.range_flushes, stats.full_flushes), (2, 1));
+    }
+
+    #[test]
+    fn a_full_batch_of_frames_flushes_before_taking_more() {
+        let log = log(1000);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local);
+        for i in 0..=FRAME_BATCH as u64 {
+            gather.remove_table(PhysAddr(i << 12), VirtAddr(i << 21), 2);
+        }
+        // The first batch was flushed and freed when the next frame came.
+        let events = log.events.borrow();
+        assert_eq!(events.len(), 1 + FRAME_BATCH);
+        assert!(matches!(events[0], Event::Range(0, _, PageSize::Size2M)));
+        drop(events);
+        assert!(!gather.is_empty());
+        drop(gather);
+        assert_eq!(
+            *log.events.borrow().last().unwrap(),
+            Event::Free((FRAME_BATCH as u64) << 12)
+        );
+    }
+}

@@ -1,0 +1,256 @@
+//! How to reach the contents of a page-table frame from its physical
+//! address.
+//!
+//! The same range operations run on host memory in tests
+//! ([`HostMemory`]), on the simulator's physical memory, and on a kernel's
+//! direct map (the kernel implements [`PageTableMemory`] over it).
+
+use crate::addr::PhysAddr;
+
+/// Bytes in a page-table frame.
+pub const FRAME_SIZE: u64 = 4096;
+
+/// Access to page-table entries by physical address.
+///
+/// Methods take `&self`: the memory is ambient, and the hardware (or the
+/// simulated hardware) may set accessed and dirty bits at any time, which is
+/// why [`PageTableMemory::swap`] must be atomic on real memory.
+///
+/// Range operations never call this directly for entry updates: they go
+/// through the backend's [`PteAccess`](crate::backend::PteAccess), and only
+/// zero new frames and walk (the hardware walker) here.
+pub trait PageTableMemory {
+    /// Reads the 8-byte entry at `entry` (8-byte aligned).
+    ///
+    /// # Panics
+    /// An implementation may panic when `entry` is not page-table memory it
+    /// knows.
+    fn read(&self, entry: PhysAddr) -> u64;
+
+    /// Writes the 8-byte entry at `entry`.
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::read`].
+    fn write(&self, entry: PhysAddr, value: u64);
+
+    /// Atomically replaces the entry and returns the old value (`xchg`).
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::read`].
+    fn swap(&self, entry: PhysAddr, value: u64) -> u64;
+
+    /// Fills the 4 KiB frame at `frame` with zeros.
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::read`].
+    fn zero_frame(&self, frame: PhysAddr);
+
+    /// Writes `count` consecutive entries from `first` (inside one frame),
+    /// entry `i` getting `value + i * step`. The default writes them one
+    /// by one.
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::read`], and an implementation may panic when
+    /// the run leaves the frame.
+    fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+        for i in 0..count as u64 {
+            self.write(first.add(8 * i), value + i * step);
+        }
+    }
+}
+
+impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
+    #[inline]
+    fn read(&self, entry: PhysAddr) -> u64 {
+        (**self).read(entry)
+    }
+    #[inline]
+    fn write(&self, entry: PhysAddr, value: u64) {
+        (**self).write(entry, value)
+    }
+    #[inline]
+    fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
+        (**self).swap(entry, value)
+    }
+    #[inline]
+    fn zero_frame(&self, frame: PhysAddr) {
+        (**self).zero_frame(frame)
+    }
+    #[inline]
+    fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+        (**self).write_run(first, count, value, step)
+    }
+}
+
+#[cfg(feature = "alloc")]
+pub use host::{HostFrame, HostMemory};
+
+#[cfg(feature = "alloc")]
+mod host {
+    use alloc::vec::Vec;
+    use core::cell::Cell;
+
+    use super::{PageTableMemory, FRAME_SIZE};
+    use crate::addr::PhysAddr;
+
+    /// One 4 KiB frame of host memory, aligned like a real frame so that a
+    /// host pointer to it can stand for its physical address plus an offset
+    /// (what the `x86_64` crate's `OffsetPageTable` expects).
+    #[derive(Clone)]
+    #[repr(C, align(4096))]
+    pub struct HostFrame(pub [Cell<u64>; 512]);
+
+    impl HostFrame {
+        fn zeroed() -> Self {
+            HostFrame([const { Cell::new(0) }; 512])
+        }
+    }
+
+    /// Page-table memory on the host: a contiguous array of frames whose
+    /// physical addresses start at `base`.
+    ///
+    /// ```
+    /// use lazymmu::addr::PhysAddr;
+    /// use lazymmu::pgtable::memory::{HostMemory, PageTableMemory};
+    /// let memory = HostMemory::new(PhysAddr(0x10_0000), 4);
+    /// memory.write(PhysAddr(0x10_1008), 42);
+    /// assert_eq!(memory.read(PhysAddr(0x10_1008)), 42);
+    /// ```
+    pub struct HostMemory {
+        base: u64,
+        frames: Vec<HostFrame>,
+    }
+
+    impl core::fmt::Debug for HostMemory {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.debug_struct("HostMemory")
+                .field("base", &PhysAddr(self.base))
+                .field("frames", &self.frames.len())
+                .finish()
+        }
+    }
+
+    impl HostMemory {
+        /// `frames` zeroed frames, the first at physical address `base`
+        /// (4 KiB aligned).
+        ///
+        /// # Panics
+        /// If `base` is not 4 KiB aligned.
+        pub fn new(base: PhysAddr, frames: usize) -> Self {
+            assert_eq!(
+                base.0 % FRAME_SIZE,
+                0,
+                "host memory base must be 4 KiB aligned"
+            );
+            HostMemory {
+                base: base.0,
+                frames: alloc::vec![HostFrame::zeroed(); frames],
+            }
+        }
+
+        /// Physical address of the first frame.
+        pub fn base(&self) -> PhysAddr {
+            PhysAddr(self.base)
+        }
+
+        /// Number of frames.
+        pub fn frames(&self) -> usize {
+            self.frames.len()
+        }
+
+        /// Whether `phys` lies in this memory.
+        pub fn contains(&self, phys: PhysAddr) -> bool {
+            phys.0 >= self.base && phys.0 - self.base < self.frames.len() as u64 * FRAME_SIZE
+        }
+
+        /// The host address that corresponds to physical address 0: the
+        /// host pointer to `phys` is `phys + physical_offset()` (wrapping).
+        /// This is the offset the `x86_64` crate's `OffsetPageTable` takes.
+        pub fn physical_offset(&self) -> u64 {
+            (self.frames.as_ptr() as u64).wrapping_sub(self.base)
+        }
+
+        #[inline]
+        fn cell(&self, entry: PhysAddr) -> &Cell<u64> {
+            let offset = entry.0.wrapping_sub(self.base);
+            let frame = (offset / FRAME_SIZE) as usize;
+            match self.frames.get(frame) {
+                Some(f) if entry.0 % 8 == 0 => &f.0[((offset % FRAME_SIZE) / 8) as usize],
+                _ => panic!("{entry:?} is not an aligned entry of host page-table memory"),
+            }
+        }
+    }
+
+    impl PageTableMemory for HostMemory {
+        #[inline]
+        fn read(&self, entry: PhysAddr) -> u64 {
+            self.cell(entry).get()
+        }
+        #[inline]
+        fn write(&self, entry: PhysAddr, value: u64) {
+            self.cell(entry).set(value)
+        }
+        #[inline]
+        fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
+            self.cell(entry).replace(value)
+        }
+        fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+            if count == 0 {
+                return;
+            }
+            let _ = self.cell(first);
+            let offset = first.0 - self.base;
+            let index = ((offset % FRAME_SIZE) / 8) as usize;
+            let frame = &self.frames[(offset / FRAME_SIZE) as usize].0;
+            let run = frame.get(index..index + count).unwrap_or_else(|| {
+                panic!("run of {count} entries from {first:?} leaves its frame")
+            });
+            let mut next = value;
+            for cell in run {
+                cell.set(next);
+                next = next.wrapping_add(step);
+            }
+        }
+
+        fn zero_frame(&self, frame: PhysAddr) {
+            assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
+            // `cell` checks that the frame is ours.
+            let _ = self.cell(frame);
+            let index = ((frame.0 - self.base) / FRAME_SIZE) as usize;
+            for cell in &self.frames[index].0 {
+                cell.set(0);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_and_swaps() {
+        let memory = HostMemory::new(PhysAddr(0x2000), 2);
+        memory.write_run(PhysAddr(0x2ff0), 2, 0x1003, 0x1000);
+        assert_eq!(memory.read(PhysAddr(0x2ff0)), 0x1003);
+        assert_eq!(memory.read(PhysAddr(0x2ff8)), 0x2003);
+        assert_eq!(memory.swap(PhysAddr(0x2ff8), 7), 0x2003);
+        memory.zero_frame(PhysAddr(0x2000));
+        assert_eq!(memory.read(PhysAddr(0x2ff0)), 0);
+        assert_eq!(memory.read(PhysAddr(0x2ff8)), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "leaves its frame")]
+    fn a_run_may_not_leave_its_frame() {
+        let memory = HostMemory::new(PhysAddr(0), 2);
+        memory.write_run(PhysAddr(0xff8), 2, 0, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "not an aligned entry")]
+    fn foreign_addresses_are_refused() {
+        let memory = HostMemory::new(PhysAddr(0x1000), 1);
+        memory.read(PhysAddr(0x2000));
+    }
+}

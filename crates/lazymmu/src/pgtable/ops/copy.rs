@@ -1,0 +1,270 @@
+//! Copy a range for fork (`copy_page_range`, mm/memory.c).
+
+use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::backend::{Backend, TlbFlush};
+use crate::mode::LazyMode;
+use crate::pgtable::allocator::FrameAllocator;
+use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::gather::{FreeOrder, Gather};
+use crate::pgtable::memory::PageTableMemory;
+
+/// How the range being copied is shared (Linux decides per VMA with
+/// `is_cow_mapping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyKind {
+    /// Private writable memory: copy-on-write. Writable leaves become
+    /// read-only in parent and child; the parent's downgrade is flushed.
+    Private,
+    /// Shared memory: entries are copied as they are (marked clean and old
+    /// in the child, as `copy_present_pte` does for shared mappings).
+    Shared,
+}
+
+/// What a copy did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopySummary {
+    /// Leaves copied into the child, by size: 4K, 2M, 1G.
+    pub copied: [u64; 3],
+    /// Parent leaves write-protected for copy-on-write.
+    pub write_protected: u64,
+    /// Huge parent leaves split because the range cut them.
+    pub splits: u64,
+    /// Page-table frames allocated for the child.
+    pub tables_allocated: u64,
+}
+
+/// Why a copy stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyError {
+    /// The range was rejected, or the child is the parent; nothing was done.
+    Range(RangeError),
+    /// A frame could not be allocated (for a child table or a split).
+    /// `[va, at)` is copied (parent downgrades in the gather); from `at`
+    /// on neither tree changed, except that child tables allocated stay
+    /// linked.
+    OutOfFrames {
+        /// First address not copied.
+        at: VirtAddr,
+    },
+    /// The child already had an entry where the copy had to write one (a
+    /// leaf, or a table where a block is to go). `[va, at)` is copied;
+    /// nothing from `at` on changed.
+    ChildOccupied {
+        /// First address not copied.
+        at: VirtAddr,
+    },
+}
+
+struct Job {
+    child: PhysAddr,
+    child_space: SpaceId,
+    kind: CopyKind,
+    high: bool,
+    summary: CopySummary,
+}
+
+impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+where
+    F: Format,
+    M: PageTableMemory + ?Sized,
+    B: Backend + ?Sized,
+    L: LazyMode,
+    A: FrameAllocator + ?Sized,
+{
+    /// Copies the leaves of `[va, va + len)` into the tree at `child`
+    /// (address space `child_space`), allocating the child's tables. For a
+    /// [`CopyKind::Private`] range every writable leaf is write-protected in
+    /// the parent (get-and-clear, then write, as `ptep_set_wrprotect`
+    /// must be atomic against hardware dirty-bit updates) and copied
+    /// read-only; the parent's downgrades go into `gather`, which must be
+    /// the parent's (the child's entries are new and need no flush). A huge
+    /// leaf the range cuts is split in the parent first.
+    ///
+    /// # Errors
+    /// - [`CopyError::Range`]: bad range, `gather` not the parent's, or the
+    ///   child root is the parent's.
+    /// - [`CopyError::OutOfFrames`], [`CopyError::ChildOccupied`]: see the
+    ///   variants for what was done.
+    pub fn copy_to<G, GA, O>(
+        &self,
+        child: PhysAddr,
+        child_space: SpaceId,
+        va: VirtAddr,
+        len: u64,
+        kind: CopyKind,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<CopySummary, CopyError>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let span = check_range::<F>(va, len).map_err(CopyError::Range)?;
+        self.check_gather(gather).map_err(CopyError::Range)?;
+        if child == self.root || child_space == self.space {
+            return Err(CopyError::Range(RangeError::WrongSpace));
+        }
+        let mut job = Job {
+            child,
+            child_space,
+            kind,
+            high: span.high,
+            summary: CopySummary::default(),
+        };
+        match self.copy_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+            Ok(()) => Ok(job.summary),
+            Err(Stop::OutOfFrames(at)) => Err(CopyError::OutOfFrames {
+                at: Self::canonical(at, span.high),
+            }),
+            Err(Stop::Occupied(at) | Stop::Huge(at)) => Err(CopyError::ChildOccupied {
+                at: Self::canonical(at, span.high),
+            }),
+        }
+    }
+
+    fn copy_level<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        start: u64,
+        end: u64,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        if level == 1 {
+            return self.copy_ptes(table, start, end, job, gather);
+        }
+        let mut va = start;
+        while va < end {
+            let next = entry_end(va, level, end);
+            let entry = Self::entry(table, va, level);
+            match F::decode(self.read(entry), level) {
+                Entry::Absent => {}
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    let child_table = self.child_table(va, level, job)?;
+                    let child_entry = Self::entry(child_table, va, level);
+                    if F::is_valid(self.read(child_entry)) {
+                        return Err(Stop::Occupied(va));
+                    }
+                    self.copy_entry(entry, child_entry, va, level, size, job, gather);
+                }
+                Entry::Leaf { .. } => {
+                    let below = self.split(entry, va, job.high, level, gather)?;
+                    job.summary.splits += 1;
+                    self.copy_level(below, level - 1, va, next, job, gather)?;
+                }
+                Entry::Table(below) => {
+                    self.copy_level(below, level - 1, va, next, job, gather)?;
+                }
+            }
+            va = next;
+        }
+        Ok(())
+    }
+
+    /// The child's table at `level` for `va`, created as needed.
+    fn child_table(&self, va: u64, level: u8, job: &mut Job) -> Result<PhysAddr, Stop> {
+        let child = self.with_root(job.child, job.child_space);
+        let table = child.ensure_table(job.child, va, job.high, level);
+        job.summary.tables_allocated += child.tables_allocated.get();
+        table
+    }
+
+    /// Copies one present parent leaf into an empty child entry.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_entry<G, GA, O>(
+        &self,
+        entry: PhysAddr,
+        child_entry: PhysAddr,
+        va: u64,
+        level: u8,
+        size: PageSize,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> bool
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let current = self.read(entry);
+        let Entry::Leaf { attrs, .. } = F::decode(current, level) else {
+            return false;
+        };
+        let mut value = current;
+        let mut downgraded = false;
+        if job.kind == CopyKind::Private && attrs.writable {
+            let old = self.clear(entry, va, job.high, level);
+            let Entry::Leaf { phys, attrs, .. } = F::decode(old, level) else {
+                return false;
+            };
+            value = F::encode_leaf(phys, size, attrs.read_only());
+            self.write_leaf(entry, va, job.high, level, value);
+            job.summary.write_protected += 1;
+            downgraded = true;
+        }
+        if let Entry::Leaf { phys, attrs, .. } = F::decode(value, level) {
+            let mut child_attrs = attrs;
+            child_attrs.accessed = false;
+            if job.kind == CopyKind::Shared {
+                child_attrs.dirty = false;
+            }
+            let child_value = F::encode_leaf(phys, size, child_attrs);
+            self.backend.write_entry(crate::backend::EntryUpdate {
+                space: job.child_space,
+                ..self.update(child_entry, va, job.high, level, child_value, true)
+            });
+            job.summary.copied[size_slot(size)] += 1;
+        }
+        if downgraded {
+            gather.add_page(Self::canonical(va, job.high), size);
+        }
+        downgraded
+    }
+
+    /// The PTE loop: one lazy section for the parent's table and the
+    /// child's.
+    fn copy_ptes<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let first = index(start, 1);
+        let count = ((end - start) >> 12) as usize;
+        // Allocate the child's table before any change, and only if the
+        // parent's has something to copy.
+        let any = (0..count).any(|i| F::is_valid(self.read(table.add(8 * (first + i) as u64))));
+        if !any {
+            return Ok(());
+        }
+        let child_table = self.child_table(start, 1, job)?;
+        let _section = self.lazy.section();
+        for i in 0..count {
+            let entry = table.add(8 * (first + i) as u64);
+            if !F::is_valid(self.read(entry)) {
+                continue;
+            }
+            let va = start + ((i as u64) << 12);
+            let child_entry = child_table.add(8 * (first + i) as u64);
+            if F::is_valid(self.read(child_entry)) {
+                return Err(Stop::Occupied(va));
+            }
+            self.copy_entry(entry, child_entry, va, 1, PageSize::Size4K, job, gather);
+        }
+        Ok(())
+    }
+}

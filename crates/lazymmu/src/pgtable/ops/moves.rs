@@ -1,0 +1,277 @@
+//! Move a range within an address space (`move_page_tables`,
+//! mm/mremap.c).
+
+use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::backend::{Backend, TlbFlush};
+use crate::mode::LazyMode;
+use crate::pgtable::allocator::FrameAllocator;
+use crate::pgtable::format::{entry_shift, index, Entry, Format};
+use crate::pgtable::gather::{FreeOrder, Gather};
+use crate::pgtable::memory::PageTableMemory;
+
+/// What a move did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MoveSummary {
+    /// Leaves moved, by size: 4K, 2M, 1G.
+    pub moved: [u64; 3],
+    /// Huge source leaves split (cut by the range, or the destination not
+    /// aligned for them).
+    pub splits: u64,
+}
+
+/// Why a move stopped. In the last two cases `[from, at)` has moved to
+/// `[to, to + (at - from))` (the invalidations of the old addresses are in
+/// the gather) and nothing from `at` on changed, except that destination
+/// tables allocated stay linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveError {
+    /// A range was rejected; nothing was done.
+    Range(RangeError),
+    /// The source and destination ranges overlap; nothing was done.
+    Overlap,
+    /// A frame could not be allocated (a destination table or a split).
+    OutOfFrames {
+        /// First source address not moved.
+        at: VirtAddr,
+    },
+    /// The destination of the source address `at` was already mapped.
+    DestinationOccupied {
+        /// First source address not moved.
+        at: VirtAddr,
+    },
+}
+
+struct Job {
+    /// `to - from`, on masked addresses.
+    delta: u64,
+    high: bool,
+    summary: MoveSummary,
+}
+
+impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+where
+    F: Format,
+    M: PageTableMemory + ?Sized,
+    B: Backend + ?Sized,
+    L: LazyMode,
+    A: FrameAllocator + ?Sized,
+{
+    /// Moves the leaves of `[from, from + len)` to `[to, to + len)` in the
+    /// same tree: each source leaf is cleared (get-and-clear, keeping the
+    /// dirty bit the hardware set) and written at the destination, which
+    /// must be empty; the old addresses are invalidated through `gather`.
+    /// A huge leaf moves whole when the range covers it and the destination
+    /// is aligned for it, and is split otherwise.
+    ///
+    /// # Errors
+    /// - [`MoveError::Range`]: a bad range, the two ranges in different
+    ///   halves, or `gather` for another space.
+    /// - [`MoveError::Overlap`]: the ranges overlap.
+    /// - [`MoveError::OutOfFrames`], [`MoveError::DestinationOccupied`]: see
+    ///   [`MoveError`] for what was done.
+    pub fn move_range<G, GA, O>(
+        &self,
+        from: VirtAddr,
+        to: VirtAddr,
+        len: u64,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<MoveSummary, MoveError>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let source = check_range::<F>(from, len).map_err(MoveError::Range)?;
+        let target = check_range::<F>(to, len).map_err(MoveError::Range)?;
+        self.check_gather(gather).map_err(MoveError::Range)?;
+        if source.high != target.high {
+            return Err(MoveError::Range(RangeError::OutOfRange));
+        }
+        if source.start < target.end && target.start < source.end {
+            return Err(MoveError::Overlap);
+        }
+        let mut job = Job {
+            delta: target.start.wrapping_sub(source.start),
+            high: source.high,
+            summary: MoveSummary::default(),
+        };
+        match self.move_level(
+            self.root,
+            F::LEVELS,
+            source.start,
+            source.end,
+            &mut job,
+            gather,
+        ) {
+            Ok(()) => Ok(job.summary),
+            Err(Stop::OutOfFrames(at)) => Err(MoveError::OutOfFrames {
+                at: Self::canonical(at, source.high),
+            }),
+            Err(Stop::Occupied(at) | Stop::Huge(at)) => Err(MoveError::DestinationOccupied {
+                at: Self::canonical(at, source.high),
+            }),
+        }
+    }
+
+    /// The destination entry for source `va` at `level`: its table is
+    /// created as needed. `Ok(None)` when the destination holds a table at
+    /// that level (the source leaf must then be split); a present leaf (or
+    /// a huge leaf above) stops the move at `va`.
+    fn destination(&self, va: u64, level: u8, job: &Job) -> Result<Option<PhysAddr>, Stop> {
+        let dst = va.wrapping_add(job.delta);
+        let table =
+            self.ensure_table(self.root, dst, job.high, level)
+                .map_err(|stop| match stop {
+                    Stop::OutOfFrames(_) => Stop::OutOfFrames(va),
+                    _ => Stop::Occupied(va),
+                })?;
+        let entry = Self::entry(table, dst, level);
+        match F::decode(self.read(entry), level) {
+            Entry::Absent => Ok(Some(entry)),
+            Entry::Table(_) if level > 1 => Ok(None),
+            _ => Err(Stop::Occupied(va)),
+        }
+    }
+
+    fn move_level<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        start: u64,
+        end: u64,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        if level == 1 {
+            return self.move_ptes(table, start, end, job, gather);
+        }
+        let span = 1u64 << entry_shift(level);
+        let mut va = start;
+        while va < end {
+            let next = entry_end(va, level, end);
+            let entry = Self::entry(table, va, level);
+            match F::decode(self.read(entry), level) {
+                Entry::Absent => {}
+                Entry::Leaf { size, .. }
+                    if covers_entry(va, next, level) && va.wrapping_add(job.delta) % span == 0 =>
+                {
+                    if let Some(target) = self.destination(va, level, job)? {
+                        let old = self.clear(entry, va, job.high, level);
+                        self.write_leaf(target, va.wrapping_add(job.delta), job.high, level, old);
+                        gather.add_page(Self::canonical(va, job.high), size);
+                        job.summary.moved[size_slot(size)] += 1;
+                    } else {
+                        let below = self.split(entry, va, job.high, level, gather)?;
+                        job.summary.splits += 1;
+                        self.move_level(below, level - 1, va, next, job, gather)?;
+                    }
+                }
+                Entry::Leaf { .. } => {
+                    let below = self.split(entry, va, job.high, level, gather)?;
+                    job.summary.splits += 1;
+                    self.move_level(below, level - 1, va, next, job, gather)?;
+                }
+                Entry::Table(below) => {
+                    self.move_level(below, level - 1, va, next, job, gather)?;
+                }
+            }
+            va = next;
+        }
+        Ok(())
+    }
+
+    /// The PTE loop, per extent (the source PTE table cut at the
+    /// destination's PTE-table boundary, as Linux's `move_page_tables`):
+    /// the destination table is made to exist first, outside the section
+    /// (a backend that batches writes may not show a just-linked table to a
+    /// read inside it), then one lazy section moves the extent.
+    fn move_ptes<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let mut extent = start;
+        while extent < end {
+            let dst = extent.wrapping_add(job.delta);
+            let extent_end = (extent + (entry_end(dst, 2, u64::MAX) - dst)).min(end);
+            self.move_extent(table, extent, extent_end, job, gather)?;
+            extent = extent_end;
+        }
+        Ok(())
+    }
+
+    fn move_extent<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        job: &mut Job,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let first = index(start, 1);
+        let count = ((end - start) >> 12) as usize;
+        let entry_of = |i: usize| table.add(8 * (first + i) as u64);
+        let Some(first_valid) = (0..count).find(|&i| F::is_valid(self.read(entry_of(i)))) else {
+            return Ok(());
+        };
+        let first_va = start + ((first_valid as u64) << 12);
+        let dst_table = self
+            .ensure_table(self.root, first_va.wrapping_add(job.delta), job.high, 1)
+            .map_err(|stop| match stop {
+                Stop::OutOfFrames(_) => Stop::OutOfFrames(first_va),
+                _ => Stop::Occupied(first_va),
+            })?;
+        let mut range: Option<(u64, u64)> = None;
+        let mut result = Ok(());
+        {
+            let _section = self.lazy.section();
+            for i in first_valid..count {
+                let entry = entry_of(i);
+                if !F::is_valid(self.read(entry)) {
+                    continue;
+                }
+                let va = start + ((i as u64) << 12);
+                let dst = va.wrapping_add(job.delta);
+                let target = Self::entry(dst_table, dst, 1);
+                if F::is_valid(self.read(target)) {
+                    result = Err(Stop::Occupied(va));
+                    break;
+                }
+                let old = self.clear(entry, va, job.high, 1);
+                self.write_leaf(target, dst, job.high, 1, old);
+                job.summary.moved[0] += 1;
+                range = Some(match range {
+                    None => (va, va + 4096),
+                    Some((s, _)) => (s, va + 4096),
+                });
+            }
+        }
+        if let Some((s, e)) = range {
+            gather.add_range(
+                Self::canonical(s, job.high),
+                Self::canonical_end(e, job.high),
+                PageSize::Size4K,
+            );
+        }
+        result
+    }
+}

@@ -1,0 +1,217 @@
+//! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
+//! wholly inside the range, `free_pgd_range`).
+
+use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Span, Stop};
+use crate::addr::{PhysAddr, VirtAddr};
+use crate::backend::{Backend, TlbFlush};
+use crate::mode::LazyMode;
+use crate::pgtable::allocator::FrameAllocator;
+use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::gather::{FreeOrder, Gather};
+use crate::pgtable::memory::PageTableMemory;
+
+/// What a zap did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZapSummary {
+    /// Leaves cleared, by size: 4K, 2M, 1G.
+    pub leaves: [u64; 3],
+    /// Leaves cleared that were dirty (the caller would mark the pages
+    /// dirty, as `zap_present_ptes` does).
+    pub dirty: u64,
+    /// Huge leaves split because the range cut them.
+    pub splits: u64,
+    /// Page-table frames unlinked and queued in the gather.
+    pub tables_freed: u64,
+}
+
+/// Why a zap stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZapError {
+    /// The range was rejected; nothing was done.
+    Range(RangeError),
+    /// A huge leaf that the range cuts could not be split for want of a
+    /// frame. `[va, at)` is unmapped (its invalidations are in the gather);
+    /// the leaf holding `at` and everything after it are untouched.
+    OutOfFrames {
+        /// First address not unmapped.
+        at: VirtAddr,
+    },
+}
+
+impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+where
+    F: Format,
+    M: PageTableMemory + ?Sized,
+    B: Backend + ?Sized,
+    L: LazyMode,
+    A: FrameAllocator + ?Sized,
+{
+    /// Unmaps `[va, va + len)`: clears every leaf (splitting a huge leaf
+    /// the range cuts), adds its invalidation to `gather`, and unlinks every
+    /// page table whose whole span lies in the range, queuing its frame in
+    /// `gather` to be freed after the flush.
+    ///
+    /// # Errors
+    /// - [`ZapError::Range`]: bad range, or `gather` for another space.
+    /// - [`ZapError::OutOfFrames`]: a split needed a frame (see the
+    ///   variant for what was done).
+    pub fn zap<G, GA, O>(
+        &self,
+        va: VirtAddr,
+        len: u64,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<ZapSummary, ZapError>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let span = check_range::<F>(va, len).map_err(ZapError::Range)?;
+        self.check_gather(gather).map_err(ZapError::Range)?;
+        self.zap_span(span, gather)
+    }
+
+    pub(crate) fn zap_span<G, GA, O>(
+        &self,
+        span: Span,
+        gather: &mut Gather<'_, G, GA, O>,
+    ) -> Result<ZapSummary, ZapError>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let mut summary = ZapSummary::default();
+        match self.zap_level(
+            self.root,
+            F::LEVELS,
+            span.start,
+            span.end,
+            span.high,
+            gather,
+            &mut summary,
+        ) {
+            Ok(()) => Ok(summary),
+            Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
+                at: Self::canonical(at, span.high),
+            }),
+            Err(other) => unreachable!("zap stopped with {other:?}"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn zap_level<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        start: u64,
+        end: u64,
+        high: bool,
+        gather: &mut Gather<'_, G, GA, O>,
+        summary: &mut ZapSummary,
+    ) -> Result<(), Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        if level == 1 {
+            self.zap_ptes(table, start, end, high, None, gather, summary);
+            return Ok(());
+        }
+        let mut va = start;
+        while va < end {
+            let next = entry_end(va, level, end);
+            let entry = Self::entry(table, va, level);
+            match F::decode(self.read(entry), level) {
+                Entry::Absent => {}
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    let old = self.clear(entry, va, high, level);
+                    if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
+                        summary.dirty += u64::from(attrs.dirty);
+                    }
+                    gather.add_page(Self::canonical(va, high), size);
+                    summary.leaves[size_slot(size)] += 1;
+                }
+                Entry::Leaf { .. } => {
+                    let below = self.split(entry, va, high, level, gather)?;
+                    summary.splits += 1;
+                    self.zap_level(below, level - 1, va, next, high, gather, summary)?;
+                }
+                Entry::Table(below) => {
+                    let whole = covers_entry(va, next, level);
+                    if level == 2 {
+                        // The PMD entry is cleared inside the PTE table's
+                        // section, so the section's close applies it too.
+                        let unlink = whole.then_some(entry);
+                        self.zap_ptes(below, va, next, high, unlink, gather, summary);
+                    } else {
+                        self.zap_level(below, level - 1, va, next, high, gather, summary)?;
+                        if whole {
+                            // Its own short section: the close applies the
+                            // unlink before the gather can free the table,
+                            // even when a caller's section is open.
+                            let _section = self.lazy.section();
+                            self.clear_table(entry, va, high, level);
+                        }
+                    }
+                    if whole {
+                        gather.remove_table(below, Self::canonical(va, high), level);
+                        summary.tables_freed += 1;
+                    }
+                }
+            }
+            va = next;
+        }
+        Ok(())
+    }
+
+    /// The PTE loop: one lazy section for the table. `unlink` is the PMD
+    /// entry to clear once the table is empty.
+    #[allow(clippy::too_many_arguments)]
+    fn zap_ptes<G, GA, O>(
+        &self,
+        table: PhysAddr,
+        start: u64,
+        end: u64,
+        high: bool,
+        unlink: Option<PhysAddr>,
+        gather: &mut Gather<'_, G, GA, O>,
+        summary: &mut ZapSummary,
+    ) where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let _section = self.lazy.section();
+        let first = index(start, 1);
+        let count = ((end - start) >> 12) as usize;
+        let mut cleared = 0;
+        let mut range: Option<(u64, u64)> = None;
+        for i in 0..count {
+            let entry = table.add(8 * (first + i) as u64);
+            if !F::is_valid(self.read(entry)) {
+                continue;
+            }
+            let va = start + ((i as u64) << 12);
+            let old = self.clear(entry, va, high, 1);
+            summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
+            cleared += 1;
+            range = Some(match range {
+                None => (va, va + 4096),
+                Some((s, _)) => (s, va + 4096),
+            });
+        }
+        if let Some(entry) = unlink {
+            self.clear_table(entry, start, high, 2);
+        }
+        if let Some((s, e)) = range {
+            gather.add_range(
+                Self::canonical(s, high),
+                Self::canonical_end(e, high),
+                crate::addr::PageSize::Size4K,
+            );
+        }
+        summary.leaves[0] += cleared;
+    }
+}

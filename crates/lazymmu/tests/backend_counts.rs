@@ -1,0 +1,194 @@
+//! Primitive counts of every backend for one PTE table rewritten eagerly
+//! and inside one lazy section (512 entries replacing valid ones, as an
+//! mprotect of 2 MiB does). Run with `--nocapture` to see the table.
+
+use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::arm64::Arm64;
+use lazymmu::backend::machine::Primitive;
+use lazymmu::backend::ppc_hash::PpcHash;
+use lazymmu::backend::protected::{Arm64Poe, KeyFlavour, Pks, Poe, X86Pks};
+use lazymmu::backend::recording::Recording;
+use lazymmu::backend::s390::S390;
+use lazymmu::backend::sparc64::Sparc64;
+use lazymmu::backend::x86::X86Backend;
+use lazymmu::backend::xen_pv::XenPv;
+use lazymmu::backend::{Backend, EntryUpdate, PteAccess};
+use lazymmu::mode::counters::Counters;
+use lazymmu::mode::{LazyMode, MisusePolicy};
+
+const ENTRIES: u64 = 512;
+const TABLE: u64 = 0x60_0000;
+
+fn update(index: u64, kernel: bool) -> EntryUpdate {
+    let value = (0x4000_0000 + (index << 12)) | 0x1; // read-only now
+    EntryUpdate {
+        entry: PhysAddr(TABLE + index * 8),
+        va: VirtAddr(
+            if kernel {
+                0xffff_9000_0000_0000
+            } else {
+                0x7000_0000
+            } + (index << 12),
+        ),
+        space: if kernel { SpaceId::KERNEL } else { SpaceId(1) },
+        level: 1,
+        value,
+        kernel,
+        valid: true,
+        leaf: true,
+    }
+}
+
+/// The key register's initial value and which values allow page-table
+/// writes.
+type Protection = Option<(u64, fn(u64) -> bool)>;
+
+fn fresh(protect: Protection) -> Recording {
+    let machine = Recording::new();
+    for i in 0..ENTRIES {
+        machine.set_memory(update(i, false).entry, (0x4000_0000 + (i << 12)) | 0x3);
+    }
+    if let Some((initial, allows)) = protect {
+        machine.protect(initial, allows);
+    }
+    machine
+}
+
+/// Every primitive's count, then the number of primitive calls.
+type Counts = [u64; Primitive::ALL.len() + 1];
+
+fn counts(machine: &Recording) -> Counts {
+    let mut counts = [0; Primitive::ALL.len() + 1];
+    for p in Primitive::ALL {
+        counts[p.index()] = machine.count(p);
+    }
+    counts[Primitive::ALL.len()] = machine.total_calls();
+    counts
+}
+
+/// Rewrites the table on a fresh machine with the backend `$build` makes,
+/// eagerly and then in one section; gives the name and both counts.
+macro_rules! both {
+    ($protect:expr, $kernel:expr, $build:expr) => {{
+        // One frame per backend: the machines and backends are large and a
+        // debug build would otherwise keep all of them on the stack at once.
+        #[inline(never)]
+        fn one_backend() -> (&'static str, Counts, Counts) {
+            let mut result = (
+                "",
+                [0; Primitive::ALL.len() + 1],
+                [0; Primitive::ALL.len() + 1],
+            );
+            for lazy in [false, true] {
+                let machine = fresh($protect);
+                let backend = $build(&machine);
+                let mode = Counters::new(&machine, &backend, MisusePolicy::Panic);
+                {
+                    let _section = lazy.then(|| mode.section());
+                    for i in 0..ENTRIES {
+                        backend.write_entry(update(i, $kernel));
+                    }
+                }
+                assert_eq!(machine.faults(), 0);
+                result.0 = backend.name();
+                if lazy {
+                    result.2 = counts(&machine);
+                } else {
+                    result.1 = counts(&machine);
+                }
+            }
+            result
+        }
+        one_backend()
+    }};
+}
+
+fn get(counts: &Counts, p: Primitive) -> u64 {
+    counts[p.index()]
+}
+
+#[test]
+fn one_table_eager_versus_lazy() {
+    let rows = [
+        both!(None, false, |m| X86Backend::new(m, m)),
+        both!(None, false, XenPv::new),
+        both!(None, true, Arm64::new),
+        both!(None, false, PpcHash::new),
+        both!(None, false, Sparc64::new),
+        both!(None, false, S390::new),
+        both!(
+            Some((
+                Pks::DEFAULT,
+                Pks::allows_page_table_writes as fn(u64) -> bool
+            )),
+            true,
+            |m| X86Pks::x86_pks(m, m, m)
+        ),
+        both!(
+            Some((
+                Poe::DEFAULT,
+                Poe::allows_page_table_writes as fn(u64) -> bool
+            )),
+            true,
+            |m| {
+                Recording::key_write_needs_isb(m);
+                Arm64Poe::arm64_poe(m)
+            }
+        ),
+    ];
+
+    println!("{ENTRIES} valid entries of one table rewritten (counts eager -> lazy)");
+    for (name, eager, lazy) in &rows {
+        let mut line = format!("{name:10}");
+        for p in Primitive::ALL {
+            let (e, l) = (get(eager, p), get(lazy, p));
+            if e != 0 || l != 0 {
+                line.push_str(&format!("  {}: {e} -> {l}", p.name()));
+            }
+        }
+        let calls = Primitive::ALL.len();
+        line.push_str(&format!("  (calls: {} -> {})", eager[calls], lazy[calls]));
+        println!("{line}");
+    }
+
+    let row = |name: &str| rows.iter().find(|r| r.0 == name).expect("backend row");
+    let (_, e, l) = row("x86");
+    assert_eq!(
+        (get(e, Primitive::PteWrite), get(l, Primitive::PteWrite)),
+        (512, 512)
+    );
+    let (_, e, l) = row("xen-pv");
+    assert_eq!(
+        (get(e, Primitive::Hypercall), get(l, Primitive::Hypercall)),
+        (512, 16)
+    );
+    assert_eq!(get(l, Primitive::MulticallEntry), 512);
+    let (_, e, l) = row("arm64");
+    assert_eq!((get(e, Primitive::Dsb), get(l, Primitive::Dsb)), (512, 1));
+    assert_eq!((get(e, Primitive::Isb), get(l, Primitive::Isb)), (512, 1));
+    let (_, e, l) = row("ppc-hash");
+    assert_eq!(
+        get(e, Primitive::HashInvalidate),
+        get(l, Primitive::HashInvalidate)
+    );
+    let (_, e, l) = row("sparc64");
+    assert_eq!(
+        (get(e, Primitive::Ipi), get(l, Primitive::Ipi)),
+        (512 * 3, 3 * 3)
+    );
+    let (_, e, l) = row("s390");
+    assert_eq!((get(e, Primitive::Ipte), get(l, Primitive::Ipte)), (512, 2));
+    let (_, e, l) = row("arm64-poe");
+    // One isb per key write and one per barrier pair.
+    assert_eq!(
+        (get(e, Primitive::Isb), get(l, Primitive::Isb)),
+        (1024 + 512, 2 + 1)
+    );
+    for name in ["x86-pks", "arm64-poe"] {
+        let (_, e, l) = row(name);
+        assert_eq!(
+            (get(e, Primitive::KeyWrite), get(l, Primitive::KeyWrite)),
+            (1024, 2)
+        );
+    }
+}

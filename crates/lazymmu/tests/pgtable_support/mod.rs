@@ -1,0 +1,149 @@
+//! Shared scaffolding for the page-table tests: host memory, a host
+//! allocator, the x86 backend over recording primitives (it only stores
+//! entries and records flushes, so it serves every format on the host),
+//! and helpers to read a tree back.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
+use lazymmu::pgtable::allocator::HostFrameAllocator;
+use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::memory::HostMemory;
+use lazymmu::pgtable::walk::for_each_leaf;
+
+/// Physical address of the first page-table frame.
+pub const TABLE_BASE: u64 = 0x10_0000;
+
+/// Host memory and its allocator.
+pub struct Host {
+    pub memory: HostMemory,
+    pub frames: HostFrameAllocator,
+}
+
+impl Host {
+    pub fn new(frames: usize) -> Self {
+        Host {
+            memory: HostMemory::new(PhysAddr(TABLE_BASE), frames),
+            frames: HostFrameAllocator::new(PhysAddr(TABLE_BASE), frames),
+        }
+    }
+
+    pub fn backend(&self, space: SpaceId) -> X86Backend<&HostMemory, RecordingPrimitives> {
+        X86Backend::new(&self.memory, RecordingPrimitives::new(0, space))
+    }
+}
+
+/// One 4 KiB page of a mapping, as a model stores it.
+pub type Pages = BTreeMap<u64, (u64, Attributes)>;
+
+/// Every mapped 4 KiB page of the tree at `root`, leaves expanded.
+pub fn pages_of<F: Format>(memory: &HostMemory, root: PhysAddr, high: bool) -> Pages {
+    let mut pages = Pages::new();
+    for_each_leaf::<F, _>(memory, root, high, |leaf| {
+        for i in 0..leaf.size.bytes() / 4096 {
+            pages.insert(leaf.va.0 + i * 4096, (leaf.phys.0 + i * 4096, leaf.attrs));
+        }
+    });
+    pages
+}
+
+/// Page-table frames reachable from `root` (root included).
+pub fn tables_of<F: Format>(memory: &HostMemory, root: PhysAddr) -> Vec<PhysAddr> {
+    use lazymmu::pgtable::format::Entry;
+    use lazymmu::pgtable::memory::PageTableMemory;
+    fn visit<F: Format>(memory: &HostMemory, table: PhysAddr, level: u8, out: &mut Vec<PhysAddr>) {
+        out.push(table);
+        if level == 1 {
+            return;
+        }
+        for i in 0..512u64 {
+            if let Entry::Table(next) = F::decode(memory.read(table.add(8 * i)), level) {
+                visit::<F>(memory, next, level - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    visit::<F>(memory, root, F::LEVELS, &mut out);
+    out
+}
+
+/// Checks that the frames reachable from `roots` are exactly the frames
+/// the allocator has outstanding, each allocated and reachable once.
+pub fn assert_no_leak<F: Format>(host: &Host, roots: &[PhysAddr]) {
+    let mut all: Vec<PhysAddr> = roots
+        .iter()
+        .flat_map(|&root| tables_of::<F>(&host.memory, root))
+        .collect();
+    for frame in &all {
+        assert!(
+            host.frames.is_allocated(*frame),
+            "{frame:?} reachable but free"
+        );
+    }
+    let reachable = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), reachable, "a table is linked twice");
+    assert_eq!(
+        host.frames.outstanding(),
+        reachable,
+        "frames allocated but unreachable (leaked)"
+    );
+}
+
+/// The page of `size` holding `va`.
+pub fn align_down(va: u64, size: PageSize) -> u64 {
+    va & !(size.bytes() - 1)
+}
+
+/// `va` as a `VirtAddr`.
+pub fn va(addr: u64) -> VirtAddr {
+    VirtAddr(addr)
+}
+
+/// A run of pages mapped contiguously with the same attributes: `(va, len,
+/// phys, attrs)`. A tree read as runs does not depend on how its leaves
+/// are sized, which is what a state comparison across splits needs.
+pub type Run = (u64, u64, u64, Attributes);
+
+/// Merges adjacent runs that continue each other.
+pub fn normalize(mut runs: Vec<Run>) -> Vec<Run> {
+    runs.sort_by_key(|r| r.0);
+    let mut out: Vec<Run> = Vec::new();
+    for run in runs {
+        if run.1 == 0 {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last)
+                if last.0 + last.1 == run.0 && last.2 + last.1 == run.2 && last.3 == run.3 =>
+            {
+                last.1 += run.1
+            }
+            _ => out.push(run),
+        }
+    }
+    out
+}
+
+/// The tree at `root` as normalized runs.
+pub fn runs_of<F: Format>(memory: &HostMemory, root: PhysAddr, high: bool) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for_each_leaf::<F, _>(memory, root, high, |leaf| {
+        runs.push((leaf.va.0, leaf.size.bytes(), leaf.phys.0, leaf.attrs));
+    });
+    normalize(runs)
+}
+
+/// The parts of `runs` inside `[lo, hi)`.
+pub fn clip_runs(runs: &[Run], lo: u64, hi: u64) -> Vec<Run> {
+    runs.iter()
+        .filter_map(|&(va, len, phys, attrs)| {
+            let start = va.max(lo);
+            let end = (va + len).min(hi);
+            (start < end).then(|| (start, end - start, phys + (start - va), attrs))
+        })
+        .collect()
+}
