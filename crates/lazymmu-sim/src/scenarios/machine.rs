@@ -8,8 +8,8 @@
 //! decision suspend a task anywhere, including in the middle of a library
 //! call (between the counter store and the arch hook, say), and resume it
 //! later, exactly as a real preemption would. The library code runs
-//! unmodified: each task owns a [`LazyMode`] built over a [`TaskEnv`] and a
-//! [`TaskArch`] that forward to the machine.
+//! unmodified: each task owns a [`LazyMode`] built over a task environment
+//! and arch hooks that forward to the machine.
 //!
 //! Choice points (DESIGN.md §6) come before every step of a task and right
 //! after every store of a lazy state. At each, option 0 continues; the
@@ -110,7 +110,8 @@ pub enum Arch {
     /// arm64: the library's [`Arm64`] backend.
     Arm64,
     /// arm64 with page tables protected by POE: the library's
-    /// [`Protected`] backend over [`Arm64`].
+    /// [`Protected`](lazymmu::backend::protected::Protected) backend over
+    /// [`Arm64`].
     Arm64Poe,
 }
 
