@@ -4,17 +4,25 @@
 use std::rc::Rc;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::arm64::Arm64;
+use lazymmu::backend::protected::{Poe, Protected};
 use lazymmu::backend::x86::X86Backend;
-use lazymmu::backend::{ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
-use lazymmu::mode::LazyState;
+use lazymmu::backend::xen_pv::XenPv;
+use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use lazymmu::mode::counters::Counters;
+use lazymmu::mode::{LazyMode, LazyState, MisusePolicy};
+use lazymmu::pgtable::format::{Aarch64, Attributes, Entry, Format, X86_64};
+use lazymmu::pgtable::ops::{allocate_root, PageTables};
 use lazymmu_sim::choice::{Choice, ChoicePoint, Chooser, Site};
 use lazymmu_sim::cost::Platform;
-use lazymmu_sim::hw::SimMemory;
+use lazymmu_sim::env::SimEnv;
+use lazymmu_sim::hw::{walk, SimFrames, SimMemory};
 use lazymmu_sim::machine::{Access, Kernel, Machine, MachineConfig};
 use lazymmu_sim::observed::Observed;
 use lazymmu_sim::platform::SimCpu;
 use lazymmu_sim::run::hardware;
 use lazymmu_sim::scenario::BackendKind;
+use lazymmu_sim::world::Shared;
 
 /// A user leaf (x86 present | writable | user).
 const LEAF: u64 = 0b111;
@@ -147,4 +155,117 @@ fn x86_flush_cannot_migrate_between_shootdown_and_local_flush() {
         );
     }
     m.clear_kernel();
+}
+
+/// Maps two pages at `va` into an empty tree of `space` (so every table
+/// down to a new PTE table is allocated) from inside a caller's section,
+/// and checks that the hardware walker translates them as soon as `map`
+/// returns, with the caller's section still open.
+fn map_in_outer_section<F: Format, B: Backend>(
+    kind: BackendKind,
+    platform: Platform,
+    space: SpaceId,
+    va: u64,
+    backend: impl FnOnce(SimCpu) -> B,
+) {
+    let hw = hardware(kind);
+    let mut cfg = MachineConfig::new(1, platform);
+    cfg.hardware = hw;
+    cfg.frames = 64;
+    let m = Rc::new(Machine::new(cfg));
+    let memory = SimMemory::new(m.clone());
+    let frames = SimFrames::new(m.clone(), space);
+    let root = allocate_root(&memory, &frames).unwrap();
+    let kernel_root = if space == SpaceId::KERNEL {
+        root
+    } else {
+        m.memory().allocate(SpaceId::KERNEL, hw.table_key).unwrap()
+    };
+    m.set_walker(walk::<F>, kernel_root, |va| va >> 63 != 0);
+    let task_root = if space == SpaceId::KERNEL {
+        m.memory().allocate(SpaceId(1), hw.table_key).unwrap()
+    } else {
+        root
+    };
+    let task_space = if space == SpaceId::KERNEL {
+        SpaceId(1)
+    } else {
+        space
+    };
+    m.add_task(task_space, task_root, 0);
+    let observed = Rc::new(Observed::new(backend(SimCpu::new(m.clone())), m.clone()));
+    let mode = Counters::new(
+        SimEnv::new(m.clone()),
+        Shared(observed.clone()),
+        MisusePolicy::Count,
+    );
+    let tables = PageTables::<F, _, _, _, _>::new(root, space, &memory, &*observed, &mode, &frames);
+    let phys = 0x4000_0000;
+    {
+        let _outer = mode.section();
+        let summary = tables
+            .map(
+                VirtAddr(va),
+                PhysAddr(phys),
+                2 * 4096,
+                Attributes::kernel_data(),
+                PageSize::Size4K,
+            )
+            .unwrap();
+        assert_eq!(summary.leaves[0], 2);
+        assert_eq!(summary.tables_allocated, F::LEVELS as u64 - 1);
+        for page in 0..2 {
+            match m.access_in(space, VirtAddr(va + page * 4096)) {
+                Access::Hit(leaf) => assert!(
+                    matches!(
+                        F::decode(leaf.entry, 1),
+                        Entry::Leaf { phys: p, .. } if p.0 == phys + page * 4096
+                    ),
+                    "{}: page {page} maps {:#x}",
+                    kind.name(),
+                    leaf.entry
+                ),
+                Access::Fault => panic!(
+                    "{}: page {page} is not mapped when map returns inside a section",
+                    kind.name()
+                ),
+            }
+        }
+    }
+    assert_eq!(
+        m.violation_count(),
+        0,
+        "{:?}",
+        m.violations().first().map(|v| v.to_string())
+    );
+}
+
+/// A new PTE table used to be linked after its section closed: nested in a
+/// caller's section that close is only a flush, so on a backend that
+/// defers writes (Xen PV's multicall batch, arm64's barriers) the PMD
+/// write stayed queued when `map` returned and the pages were not mapped
+/// yet. The link is now written inside the table's section.
+#[test]
+fn map_links_its_pte_table_before_returning_inside_a_section() {
+    map_in_outer_section::<X86_64, _>(
+        BackendKind::XenPv,
+        Platform::XenPv,
+        SpaceId(1),
+        0x1000_0000_0000,
+        XenPv::new,
+    );
+    map_in_outer_section::<Aarch64, _>(
+        BackendKind::Arm64,
+        Platform::Arm64,
+        SpaceId::KERNEL,
+        0xffff_8000_1000_0000,
+        Arm64::new,
+    );
+    map_in_outer_section::<Aarch64, _>(
+        BackendKind::Arm64Poe,
+        Platform::Arm64,
+        SpaceId::KERNEL,
+        0xffff_8000_1000_0000,
+        |cpu| Protected::<_, _, Poe>::new(Arm64::new(cpu.clone()), cpu),
+    );
 }
