@@ -142,12 +142,23 @@ impl<P: PpcHashPrimitives> PpcHash<P> {
         }
     }
 
+    /// `pte_update`: the store and its hash invalidation (or its place in
+    /// the batch) are one step that cannot be preempted, as Linux has them
+    /// under the PTE lock or inside the lazy section, both preemption-free
+    /// (`hpte_need_flush` "must be called from within some kind of
+    /// spinlock/non-preempt region", arch/powerpc/mm/book3s64/hash_tlb.c).
+    /// Preempted in between, the task would leave a cleared entry whose
+    /// translation every CPU still holds while other tasks run, and their
+    /// TLB flushes (which only issue their own CPU's batch, the hash
+    /// invalidations being done at update time) would not cover it.
     fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
+        self.primitives.preempt_disable();
         let old = self.primitives.read_pte(update.entry);
         self.primitives.write_pte(update.entry, value);
         if entry_is_valid(old) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
+        self.primitives.preempt_enable();
         old
     }
 }

@@ -161,12 +161,22 @@ impl<P: Sparc64Primitives> Sparc64<P> {
         }
     }
 
+    /// `set_pte_at` with `tlb_batch_add`: the store and its TLB demap (or
+    /// its place in the batch) are one step that cannot be preempted, as
+    /// Linux has them under the PTE lock or inside the preemption-free
+    /// lazy section (arch/sparc/mm/tlb.c, `tlb_batch_add_one` works on
+    /// this CPU's batch). Preempted in between, the task would leave a
+    /// cleared user entry that every CPU still caches while other threads
+    /// of the address space run, and their TLB flushes (which only issue
+    /// their own CPU's batch) would not cover it.
     fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
+        self.primitives.preempt_disable();
         let old = self.primitives.read_pte(update.entry);
         self.primitives.write_pte(update.entry, value);
         if !update.kernel && entry_is_valid(old) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
+        self.primitives.preempt_enable();
         old
     }
 }
