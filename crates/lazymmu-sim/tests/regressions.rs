@@ -32,13 +32,11 @@ const LEAF: u64 = 0b111;
 /// The page the tests map and unmap.
 const VA: u64 = 0x40_0000;
 
-type X86 = Observed<X86Backend<SimMemory, SimCpu>>;
-
 /// The context-switch side of the kernel: the backend's hooks, no
 /// interrupts, no other work.
-struct Switches(Rc<X86>);
+struct Switches<B: Backend>(Rc<Observed<B>>);
 
-impl Kernel for Switches {
+impl<B: Backend> Kernel for Switches<B> {
     fn switch_out(&self, prev: LazyState) {
         self.0.switch_out(prev)
     }
@@ -52,16 +50,26 @@ impl Kernel for Switches {
 }
 
 /// Migrates the task to another CPU at the first point where that is
-/// possible once the shootdown has been sent.
-#[derive(Default)]
-struct MigrateAfterShootdown {
+/// possible once the primitive `site` has run.
+struct MigrateAfter {
+    site: &'static str,
     armed: bool,
     done: bool,
 }
 
-impl Chooser for MigrateAfterShootdown {
+impl MigrateAfter {
+    fn new(site: &'static str) -> Self {
+        MigrateAfter {
+            site,
+            armed: false,
+            done: false,
+        }
+    }
+}
+
+impl Chooser for MigrateAfter {
     fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> usize {
-        if point.site == Site::Primitive("shootdown") {
+        if point.site == Site::Primitive(self.site) {
             self.armed = true;
         }
         if self.armed && !self.done {
@@ -77,11 +85,12 @@ impl Chooser for MigrateAfterShootdown {
     }
 }
 
-/// Two CPUs; task 0 (space 1) on CPU 0 with one page mapped at `VA`
-/// through a 4-level x86 walk; the PTE's address.
-fn machine() -> (Rc<Machine>, Rc<X86>, PhysAddr) {
-    let hw = hardware(BackendKind::X86);
-    let mut cfg = MachineConfig::new(2, Platform::X86);
+/// Two CPUs running `kind`'s hardware model; task 0 (space 1) on CPU 0
+/// with `pages` pages mapped from `VA` through one 4-level x86 tree, all
+/// cached in CPU 0's TLB; the first PTE's address.
+fn tree(kind: BackendKind, platform: Platform, pages: u64) -> (Rc<Machine>, PhysAddr) {
+    let hw = hardware(kind);
+    let mut cfg = MachineConfig::new(2, platform);
     cfg.hardware = hw;
     cfg.frames = 64;
     let m = Rc::new(Machine::new(cfg));
@@ -95,20 +104,33 @@ fn machine() -> (Rc<Machine>, Rc<X86>, PhysAddr) {
         mem.write(pair[0].add(index * 8), pair[1].0 | LEAF);
     }
     let pte = frames[3].add(((VA >> 12) & 511) * 8);
-    mem.write(pte, 0x8000_0000 | LEAF);
+    for page in 0..pages {
+        mem.write(pte.add(page * 8), (0x8000_0000 + page * 4096) | LEAF);
+    }
     let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
-    m.set_walker(
-        lazymmu_sim::hw::walk::<lazymmu::pgtable::format::X86_64>,
-        kernel_root,
-        |va| va >> 63 != 0,
-    );
+    m.set_walker(walk::<X86_64>, kernel_root, |va| va >> 63 != 0);
     m.add_task(SpaceId(1), frames[0], 0);
-    let x86 = Rc::new(Observed::new(
-        X86Backend::new(SimMemory::new(m.clone()), SimCpu::new(m.clone())),
-        m.clone(),
-    ));
-    m.set_kernel(Rc::new(Switches(x86.clone())));
-    (m, x86, pte)
+    for page in 0..pages {
+        assert!(
+            matches!(m.access(VirtAddr(VA + page * 4096)), Access::Hit(_)),
+            "CPU 0 caches page {page}"
+        );
+    }
+    (m, pte)
+}
+
+/// The entry update clearing page `page` of the tree.
+fn clear(pte: PhysAddr, page: u64) -> EntryUpdate {
+    EntryUpdate {
+        entry: pte.add(page * 8),
+        va: VirtAddr(VA + page * 4096),
+        space: SpaceId(1),
+        level: 1,
+        value: 0,
+        kernel: false,
+        valid: false,
+        leaf: true,
+    }
 }
 
 /// x86 TLB flush dispatch: the shootdown went to the other CPUs and the
@@ -119,22 +141,14 @@ fn machine() -> (Rc<Machine>, Rc<X86>, PhysAddr) {
 /// CPUs until both flushes are done, as in Linux's `flush_tlb_mm_range`.
 #[test]
 fn x86_flush_cannot_migrate_between_shootdown_and_local_flush() {
-    let (m, x86, pte) = machine();
-    assert!(
-        matches!(m.access(VirtAddr(VA)), Access::Hit(_)),
-        "CPU 0 caches VA"
-    );
-    m.set_chooser(Box::<MigrateAfterShootdown>::default());
-    x86.write_entry(EntryUpdate {
-        entry: pte,
-        va: VirtAddr(VA),
-        space: SpaceId(1),
-        level: 1,
-        value: 0,
-        kernel: false,
-        valid: false,
-        leaf: true,
-    });
+    let (m, pte) = tree(BackendKind::X86, Platform::X86, 1);
+    let x86 = Rc::new(Observed::new(
+        X86Backend::new(SimMemory::new(m.clone()), SimCpu::new(m.clone())),
+        m.clone(),
+    ));
+    m.set_kernel(Rc::new(Switches(x86.clone())));
+    m.set_chooser(Box::new(MigrateAfter::new("shootdown")));
+    x86.write_entry(clear(pte, 0));
     x86.flush_range(
         SpaceId(1),
         VirtAddr(VA),
@@ -325,43 +339,13 @@ fn clear_while_a_thread_flushes<B: Backend + 'static>(
     platform: Platform,
     backend: impl FnOnce(SimCpu) -> B,
 ) {
-    let hw = hardware(kind);
-    let mut cfg = MachineConfig::new(2, platform);
-    cfg.hardware = hw;
-    cfg.frames = 64;
-    let m = Rc::new(Machine::new(cfg));
-    let mem = m.memory();
-    let frames: Vec<PhysAddr> = (0..4)
-        .map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap())
-        .collect();
-    for (level, pair) in frames.windows(2).enumerate() {
-        let shift = 39 - 9 * level as u32;
-        let index = (VA >> shift) & 511;
-        mem.write(pair[0].add(index * 8), pair[1].0 | LEAF);
-    }
-    let pte = frames[3].add(((VA >> 12) & 511) * 8);
-    mem.write(pte, 0x8000_0000 | LEAF);
-    let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
-    m.set_walker(walk::<X86_64>, kernel_root, |va| va >> 63 != 0);
-    m.add_task(SpaceId(1), frames[0], 0);
-    m.add_task(SpaceId(1), frames[0], 1);
+    let (m, pte) = tree(kind, platform, 1);
+    let root = m.root_for(SpaceId(1), VA).unwrap();
+    m.add_task(SpaceId(1), root, 1);
     let observed = Rc::new(Observed::new(backend(SimCpu::new(m.clone())), m.clone()));
     m.set_kernel(Rc::new(FlushingThread(observed.clone())));
-    assert!(
-        matches!(m.access(VirtAddr(VA)), Access::Hit(_)),
-        "CPU 0 caches VA"
-    );
     m.set_chooser(Box::<PreemptAfterStore>::default());
-    observed.get_and_clear(EntryUpdate {
-        entry: pte,
-        va: VirtAddr(VA),
-        space: SpaceId(1),
-        level: 1,
-        value: 0,
-        kernel: false,
-        valid: false,
-        leaf: true,
-    });
+    observed.get_and_clear(clear(pte, 0));
     assert_eq!(m.preemptions(), 1, "{}: thread 1 ran", kind.name());
     assert_eq!(
         m.violation_count(),
@@ -384,4 +368,35 @@ fn clear_while_a_thread_flushes<B: Backend + 'static>(
 fn a_hash_or_sparc_update_is_not_preempted_before_its_invalidation() {
     clear_while_a_thread_flushes(BackendKind::PpcHash, Platform::PpcHash, PpcHash::new);
     clear_while_a_thread_flushes(BackendKind::Sparc64, Platform::Sparc64, Sparc64::new);
+}
+
+/// Xen PV's local flush of a range is one `MMUEXT_INVLPG_LOCAL` per page.
+/// A task migrating between two of them invalidated the rest of the range
+/// on the CPU it arrived on and left the one it came from with stale
+/// translations. The per-page loop now runs with preemption off, as
+/// Linux's local flushes do (`flush_tlb_func` runs under `get_cpu()` or
+/// with interrupts off, arch/x86/mm/tlb.c).
+#[test]
+fn xen_local_flush_cannot_migrate_half_way() {
+    let (m, pte) = tree(BackendKind::XenPv, Platform::XenPv, 2);
+    let xen = Rc::new(Observed::new(XenPv::new(SimCpu::new(m.clone())), m.clone()));
+    m.set_kernel(Rc::new(Switches(xen.clone())));
+    xen.write_entry(clear(pte, 0));
+    xen.write_entry(clear(pte, 1));
+    m.set_chooser(Box::new(MigrateAfter::new("mmuext_op")));
+    xen.flush_range(
+        SpaceId(1),
+        VirtAddr(VA),
+        VirtAddr(VA + 2 * 4096),
+        PageSize::Size4K,
+        FlushScope::Local,
+    );
+    assert_eq!(m.preemptions(), 1, "the task migrated during the flush");
+    assert_eq!(
+        m.violation_count(),
+        0,
+        "{:?}",
+        m.violations().first().map(|v| v.to_string())
+    );
+    m.clear_kernel();
 }
