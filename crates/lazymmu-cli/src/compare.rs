@@ -40,6 +40,15 @@ pub struct CompareArgs {
     /// Override a primitive's cost: NAME=CYCLES (repeatable).
     #[arg(long = "cost", value_name = "NAME=CYCLES")]
     pub cost: Vec<String>,
+    /// Policies of the MM-neighbour workloads (comma-separated, or
+    /// `all`): ctxswitch and ctxswitch-bench refcount|shootdown|x86; vmalloc-grow
+    /// fault|push|generation|prealloc; pgmap task|percpu (and the
+    /// known-bad percpu-preemptible).
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub policy: Vec<String>,
+    /// Processes of the vmalloc-grow workload (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000", value_parser = clap::value_parser!(usize))]
+    pub processes: Vec<usize>,
     /// KASAN hazard mode: read shadow entries back inside the section
     /// without pausing (the simulator must report the stale read-back).
     #[arg(long)]
@@ -128,7 +137,12 @@ fn counts_map(counts: &[(Primitive, u64)]) -> serde_json::Map<String, serde_json
 /// (both exit with status 2).
 pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     let backends = parse_list(&args.backend, BackendKind::ALL)?;
-    let workloads = parse_list(&args.workload, WorkloadKind::ALL)?;
+    let (neighbour_workloads, other_workloads) = crate::neighbours::split(&args.workload);
+    let workloads = if other_workloads.is_empty() {
+        Vec::new()
+    } else {
+        parse_list(&other_workloads, WorkloadKind::ALL)?
+    };
     let designs = if args.design == "all" {
         DesignKind::ALL.to_vec()
     } else {
@@ -136,8 +150,13 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     };
     let mut costs = Vec::new();
     for c in &args.cost {
-        costs.push(parse_override(c).map_err(UsageError)?);
+        match parse_override(c) {
+            Ok(o) => costs.push(o),
+            Err(_) if crate::neighbours::accepts_cost(c) => {}
+            Err(e) => return Err(UsageError(e).into()),
+        }
     }
+    let neighbour_rows = crate::neighbours::run(args, &neighbour_workloads)?;
 
     let mut configs = Vec::new();
     for &design in &designs {
@@ -163,11 +182,16 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
         results.push(run_config(cfg));
         progress.tick();
     }
-    let design_reports = compare_designs(args.seed, args.cpus as usize);
+    let design_reports = if workloads.is_empty() {
+        Vec::new()
+    } else {
+        compare_designs(args.seed, args.cpus as usize)
+    };
     progress.finish();
 
     let violations: u64 = results.iter().map(|r| r.violation_count).sum::<u64>()
-        + design_reports.iter().map(|d| d.violations).sum::<u64>();
+        + design_reports.iter().map(|d| d.violations).sum::<u64>()
+        + neighbour_rows.iter().map(|r| r.violations).sum::<u64>();
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -203,10 +227,17 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
                 })
                 .collect(),
         };
+        let mut doc = serde_json::to_value(&doc)?;
+        if let Some(rows) = doc.get_mut("rows").and_then(|r| r.as_array_mut()) {
+            rows.extend(crate::neighbours::json_rows(&neighbour_rows));
+        }
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {
-        write_table(&mut out, &results)?;
+        if !results.is_empty() {
+            write_table(&mut out, &results)?;
+        }
+        crate::neighbours::write(&mut out, &neighbour_rows, args.seed)?;
         if !design_reports.is_empty() {
             write_designs(&mut out, &design_reports)?;
         }

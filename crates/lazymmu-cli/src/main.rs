@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod check;
 mod compare;
+mod neighbours;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -31,6 +33,9 @@ enum Command {
     /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
     /// tests and measurements; exit 0 only when the guest passed.
     Boot(boot::Args),
+    /// Exhaustive, preemption-bounded exploration of the scenarios'
+    /// interleavings, with replayable counterexamples.
+    Check(check::CheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
+        Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
     };
     match result {
         Ok(code) => code,

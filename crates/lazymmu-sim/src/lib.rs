@@ -20,7 +20,11 @@
 //!   results, the design comparison;
 //! - [`cost`]: primitive counts and the per-platform cycle model;
 //! - [`invariant`], [`events`]: violations and the event ring printed with
-//!   them.
+//!   them;
+//! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
+//!   and what `lazymmu check` explores, with its known-bad variants;
+//! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
+//!   top-level sync, protection-key windows).
 //!
 //! ```
 //! use lazymmu_sim::run::run;
@@ -42,14 +46,17 @@ pub mod choice;
 pub mod cost;
 pub mod env;
 pub mod events;
+pub mod explore;
 pub mod hw;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
+pub mod neighbours;
 pub mod observed;
 pub mod platform;
 pub mod rng;
 pub mod run;
 pub mod scenario;
+pub mod scenarios;
 pub mod tlb;
 pub mod world;

@@ -7,6 +7,8 @@
 //! - [`mode`]: the generic mode (counters in the task, as Linux 7.0) and the
 //!   two alternative designs, behind [`mode::LazyMode`].
 //! - [`pgtable`]: page-table formats, range operations and the TLB gather.
+//! - [`mm`]: the neighbours — lazy TLB and `active_mm`, kernel top-level
+//!   sync for vmalloc, nestable protection-key windows for device memory.
 //!
 //! The crate is `no_std`; the `alloc` and `std` features add conveniences
 //! for hosted users such as the simulator.
@@ -20,5 +22,6 @@ extern crate alloc;
 
 pub mod addr;
 pub mod backend;
+pub mod mm;
 pub mod mode;
 pub mod pgtable;

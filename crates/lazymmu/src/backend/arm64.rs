@@ -9,7 +9,7 @@
 //! the `TIF_LAZY_MMU_PENDING` thread flag, Linux 6.16) and
 //! arch/arm64/include/asm/tlbflush.h (`__flush_tlb_range`, `MAX_DVM_OPS`).
 
-use super::machine::{BackendBug, CpuPrimitives, LazyFlag, PerCpu};
+use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
@@ -163,7 +163,7 @@ impl<P: Arm64Primitives> Arm64<P> {
     }
 
     fn cpu(&self) -> &Arm64Cpu {
-        self.cpus.get(self.primitives.cpu_id())
+        self.cpus.current(&self.primitives)
     }
 
     /// Whether barriers are queued rather than emitted: lazy MMU mode on
@@ -208,16 +208,12 @@ impl<P: Arm64Primitives> Arm64<P> {
 
 impl<P: Arm64Primitives> ArchHooks for Arm64<P> {
     fn enter(&self) {
-        if !self.cpu().lazy.set() {
-            self.primitives.report(BackendBug::DoubleEnter);
-        }
+        self.cpu().lazy.enter(&self.primitives);
     }
 
     fn leave(&self) {
         self.emit_pending();
-        if !self.cpu().lazy.clear() {
-            self.primitives.report(BackendBug::LeaveOutside);
-        }
+        self.cpu().lazy.leave(&self.primitives);
     }
 
     fn flush(&self) {

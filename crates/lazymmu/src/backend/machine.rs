@@ -229,6 +229,16 @@ impl<T> PerCpu<T> {
         }
     }
 
+    /// The slot of the CPU `primitives` runs on.
+    ///
+    /// # Panics
+    /// As [`PerCpu::get`].
+    #[inline]
+    #[track_caller]
+    pub fn current(&self, primitives: &impl CpuPrimitives) -> &T {
+        self.get(primitives.cpu_id())
+    }
+
     /// Every slot, CPU 0 first.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.slots.iter()
@@ -336,6 +346,22 @@ impl LazyFlag {
     /// Whether the flag is set.
     pub fn get(&self) -> bool {
         self.on.get()
+    }
+
+    /// `enter`'s half of invariant 3: sets the flag, reporting
+    /// [`BackendBug::DoubleEnter`] through `primitives` when it was set.
+    pub fn enter(&self, primitives: &impl CpuPrimitives) {
+        if !self.set() {
+            primitives.report(BackendBug::DoubleEnter);
+        }
+    }
+
+    /// `leave`'s half of invariant 3: clears the flag, reporting
+    /// [`BackendBug::LeaveOutside`] through `primitives` when it was clear.
+    pub fn leave(&self, primitives: &impl CpuPrimitives) {
+        if !self.clear() {
+            primitives.report(BackendBug::LeaveOutside);
+        }
     }
 }
 
@@ -454,6 +480,22 @@ mod tests {
         assert!(!flag.set());
         assert!(flag.clear());
         assert!(!flag.clear());
+    }
+
+    #[test]
+    fn lazy_flag_enter_and_leave_report_through_the_primitives() {
+        let machine = crate::backend::recording::Recording::new();
+        let flag = LazyFlag::default();
+        flag.enter(&machine);
+        assert_eq!(machine.bugs(BackendBug::DoubleEnter), 0);
+        flag.enter(&machine);
+        assert_eq!(machine.bugs(BackendBug::DoubleEnter), 1);
+        assert!(flag.get(), "a double enter leaves the flag set");
+        flag.leave(&machine);
+        assert_eq!(machine.bugs(BackendBug::LeaveOutside), 0);
+        flag.leave(&machine);
+        assert_eq!(machine.bugs(BackendBug::LeaveOutside), 1);
+        assert!(!flag.get());
     }
 
     #[test]

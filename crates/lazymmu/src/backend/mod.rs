@@ -20,6 +20,9 @@
 //! | `x86-pks` | [`protected::X86Pks`] | [`protected::KeyRegister`] over `x86` |
 //! | `arm64-poe` | [`protected::Arm64Poe`] | [`protected::KeyRegister`] over `arm64` |
 //!
+//! `ppc-hash` and `sparc64` are one policy, [`flush_batch::FlushBatching`],
+//! over different primitives.
+//!
 //! The primitive traits other than x86's extend
 //! [`machine::CpuPrimitives`] (CPU id, interrupt context, preemption, entry
 //! loads, bug reports) and document which [`machine::Primitive`] each
@@ -27,6 +30,7 @@
 //! x86's, for host tests.
 
 pub mod arm64;
+pub mod flush_batch;
 pub mod machine;
 pub mod ppc_hash;
 pub mod protected;

@@ -9,12 +9,9 @@
 //! (`PPC64_TLB_BATCH_NR`, `arch_enter_lazy_mmu_mode`,
 //! `arch_leave_lazy_mmu_mode`).
 
-use core::cell::RefCell;
-
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, LazyFlag, PageBatch, PerCpu};
-use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use super::flush_batch::{AddressFlush, FlushBatching};
+use super::machine::CpuPrimitives;
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use crate::mode::{ArchHooks, LazyState};
 
 /// Invalidations per CPU batch: `#define PPC64_TLB_BATCH_NR 192`,
 /// arch/powerpc/include/asm/book3s/64/tlbflush-hash.h.
@@ -61,13 +58,6 @@ impl<P: PpcHashPrimitives + ?Sized> PpcHashPrimitives for &P {
     }
 }
 
-#[derive(Debug, Default)]
-struct PpcCpu {
-    /// `batch->active`.
-    lazy: LazyFlag,
-    batch: RefCell<PageBatch<PPC64_TLB_BATCH_NR>>,
-}
-
 /// The powerpc hash-MMU backend (`ppc-hash`).
 ///
 /// A write that replaces a valid entry needs its hash entry invalidated
@@ -79,170 +69,36 @@ struct PpcCpu {
 /// address would not fit (Linux issues a batch the moment it fills; the
 /// difference is only when a full batch goes, never what it holds), and
 /// otherwise at flush, leave, and when the gather flushes the TLB.
-#[derive(Debug)]
-pub struct PpcHash<P> {
-    primitives: P,
-    cpus: PerCpu<PpcCpu>,
-}
+///
+/// The policy is [`FlushBatching`]'s; [`HashFlush`] maps it onto
+/// [`PpcHashPrimitives`].
+pub type PpcHash<P> = FlushBatching<P, HashFlush, PPC64_TLB_BATCH_NR>;
 
-impl<P: PpcHashPrimitives> PpcHash<P> {
-    /// The backend over a CPU's primitives.
-    pub fn new(primitives: P) -> Self {
-        Self {
-            primitives,
-            cpus: PerCpu::default(),
-        }
+/// How [`PpcHash`] invalidates: hash entries, a batch at a time.
+///
+/// `hash__tlb_flush` only issues the pending batch: the hash invalidations
+/// already cover the TLB (`hash__flush_tlb_range` is empty), so the TLB
+/// flush hooks keep their defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HashFlush;
+
+impl<P: PpcHashPrimitives> AddressFlush<P> for HashFlush {
+    const NAME: &'static str = "ppc-hash";
+
+    fn write_pte(primitives: &P, entry: PhysAddr, value: u64) {
+        primitives.write_pte(entry, value);
     }
 
-    /// The primitives.
-    pub fn primitives(&self) -> &P {
-        &self.primitives
-    }
-
-    fn cpu(&self) -> &PpcCpu {
-        self.cpus.get(self.primitives.cpu_id())
-    }
-
-    fn batching(&self) -> bool {
-        !self.primitives.in_interrupt() && self.cpu().lazy.get()
-    }
-
-    /// Number of invalidations pending on the calling CPU.
-    pub fn pending(&self) -> usize {
-        self.cpu().batch.borrow().pages.len()
+    fn flush_page(primitives: &P, space: SpaceId, va: VirtAddr, size: PageSize) {
+        primitives.flush_hash_page(space, va, size);
     }
 
     /// `__flush_tlb_pending`: one page goes by `flush_hash_page`, more by
     /// `flush_hash_range`.
-    fn flush_pending(&self) {
-        let batch = self.cpu().batch.borrow_mut().take();
-        match batch.pages.as_slice() {
-            [] => {}
-            [va] => self
-                .primitives
-                .flush_hash_page(batch.space, *va, batch.size),
-            pages => self
-                .primitives
-                .flush_hash_range(batch.space, batch.size, pages),
+    fn flush_pages(primitives: &P, space: SpaceId, size: PageSize, pages: &[VirtAddr]) {
+        match pages {
+            [va] => primitives.flush_hash_page(space, *va, size),
+            pages => primitives.flush_hash_range(space, size, pages),
         }
-    }
-
-    /// `hpte_need_flush`.
-    fn need_flush(&self, space: SpaceId, va: VirtAddr, size: PageSize) {
-        loop {
-            if !self.batching() {
-                self.primitives.flush_hash_page(space, va, size);
-                return;
-            }
-            if self.cpu().batch.borrow_mut().push(space, size, va).is_ok() {
-                return;
-            }
-            // Another address space or page size pending, or full.
-            self.flush_pending();
-        }
-    }
-
-    /// `pte_update`: the store and its hash invalidation (or its place in
-    /// the batch) are one step that cannot be preempted, as Linux has them
-    /// under the PTE lock or inside the lazy section, both preemption-free
-    /// (`hpte_need_flush` "must be called from within some kind of
-    /// spinlock/non-preempt region", arch/powerpc/mm/book3s64/hash_tlb.c).
-    /// Preempted in between, the task would leave a cleared entry whose
-    /// translation every CPU still holds while other tasks run, and their
-    /// TLB flushes (which only issue their own CPU's batch, the hash
-    /// invalidations being done at update time) would not cover it.
-    fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
-        self.primitives.preempt_disable();
-        let old = self.primitives.read_pte(update.entry);
-        self.primitives.write_pte(update.entry, value);
-        if entry_is_valid(old) && old != value {
-            self.need_flush(update.space, update.va, update.page_size());
-        }
-        self.primitives.preempt_enable();
-        old
-    }
-}
-
-impl<P: PpcHashPrimitives> ArchHooks for PpcHash<P> {
-    /// Preemption off, then batching on.
-    fn enter(&self) {
-        self.primitives.preempt_disable();
-        if !self.cpu().lazy.set() {
-            self.primitives.report(BackendBug::DoubleEnter);
-        }
-    }
-
-    /// Issue the batch, batching off, preemption back on.
-    fn leave(&self) {
-        self.flush_pending();
-        if !self.cpu().lazy.clear() {
-            self.primitives.report(BackendBug::LeaveOutside);
-        }
-        self.primitives.preempt_enable();
-    }
-
-    fn flush(&self) {
-        self.flush_pending();
-    }
-}
-
-impl<P: PpcHashPrimitives> PteAccess for PpcHash<P> {
-    fn read_entry(&self, entry: PhysAddr) -> u64 {
-        self.primitives.read_pte(entry)
-    }
-
-    fn write_entry(&self, update: EntryUpdate) {
-        self.update(&update, update.value);
-    }
-
-    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
-        self.update(&update, 0)
-    }
-}
-
-impl<P: PpcHashPrimitives> TlbFlush for PpcHash<P> {
-    /// `hash__tlb_flush`: the hash invalidations already cover the TLB
-    /// (`hash__flush_tlb_range` is empty); what is left is to issue the
-    /// CPU's pending batch, so the promise holds when this returns.
-    fn flush_range(
-        &self,
-        _space: SpaceId,
-        _start: VirtAddr,
-        _end: VirtAddr,
-        _stride: PageSize,
-        _scope: FlushScope,
-    ) {
-        self.flush_pending();
-    }
-
-    fn flush_all(&self, _space: SpaceId, _scope: FlushScope) {
-        self.flush_pending();
-    }
-}
-
-impl<P: PpcHashPrimitives> ContextSwitch for PpcHash<P> {
-    /// Sections run with preemption off, so a switch away from one means
-    /// the task slept in it: reported. As powerpc's `__switch_to` does, the
-    /// batch is issued and batching stops so nothing is lost or applied to
-    /// the next task's address space.
-    fn switch_out(&self, _prev: LazyState) {
-        if self.cpu().lazy.get() {
-            self.primitives.report(BackendBug::SwitchInSection);
-            self.flush_pending();
-            self.cpu().lazy.clear();
-        }
-    }
-
-    /// Batching resumes if the incoming task is in a section.
-    fn switch_in(&self, next: LazyState) {
-        if next.is_active() {
-            self.cpu().lazy.set();
-        }
-    }
-}
-
-impl<P: PpcHashPrimitives> Backend for PpcHash<P> {
-    fn name(&self) -> &'static str {
-        "ppc-hash"
     }
 }

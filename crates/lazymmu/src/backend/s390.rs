@@ -13,7 +13,7 @@
 
 use core::cell::RefCell;
 
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, LazyFlag, PerCpu};
+use super::machine::{entry_is_valid, CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
@@ -215,7 +215,7 @@ impl<P: S390Primitives> S390<P> {
     }
 
     fn cpu(&self) -> &S390Cpu {
-        self.cpus.get(self.primitives.cpu_id())
+        self.cpus.current(&self.primitives)
     }
 
     fn batching(&self) -> bool {
@@ -311,16 +311,12 @@ impl<P: S390Primitives> S390<P> {
 
 impl<P: S390Primitives> ArchHooks for S390<P> {
     fn enter(&self) {
-        if !self.cpu().lazy.set() {
-            self.primitives.report(BackendBug::DoubleEnter);
-        }
+        self.cpu().lazy.enter(&self.primitives);
     }
 
     fn leave(&self) {
         self.apply();
-        if !self.cpu().lazy.clear() {
-            self.primitives.report(BackendBug::LeaveOutside);
-        }
+        self.cpu().lazy.leave(&self.primitives);
     }
 
     fn flush(&self) {

@@ -11,12 +11,10 @@
 //! (`TLB_BATCH_NR`, empty `flush_tlb_range`, `flush_tlb_kernel_range`) and
 //! arch/sparc/mm/init_64.c (`__set_pte_at` batches only user mappings).
 
-use core::cell::RefCell;
-
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, LazyFlag, PageBatch, PerCpu};
-use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use super::flush_batch::{AddressFlush, FlushBatching};
+use super::machine::CpuPrimitives;
+use super::EntryUpdate;
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use crate::mode::{ArchHooks, LazyState};
 
 /// Addresses per CPU batch: `#define TLB_BATCH_NR 192`,
 /// arch/sparc/include/asm/tlbflush_64.h.
@@ -86,13 +84,6 @@ impl<P: Sparc64Primitives + ?Sized> Sparc64Primitives for &P {
     }
 }
 
-#[derive(Debug, Default)]
-struct SparcCpu {
-    /// `tb->active`.
-    lazy: LazyFlag,
-    batch: RefCell<PageBatch<TLB_BATCH_NR>>,
-}
-
 /// The sparc64 backend (`sparc64`).
 ///
 /// A write that replaces a valid user entry needs the page flushed from the
@@ -104,145 +95,52 @@ struct SparcCpu {
 /// goes, never what it holds), and otherwise at flush, leave, and when the
 /// gather flushes the TLB. Kernel entries are not batched: the gather
 /// flushes them with `flush_kernel_range`.
-#[derive(Debug)]
-pub struct Sparc64<P> {
-    primitives: P,
-    cpus: PerCpu<SparcCpu>,
-}
+///
+/// The policy is [`FlushBatching`]'s; [`TsbFlush`] maps it onto
+/// [`Sparc64Primitives`].
+pub type Sparc64<P> = FlushBatching<P, TsbFlush, TLB_BATCH_NR>;
 
-impl<P: Sparc64Primitives> Sparc64<P> {
-    /// The backend over a CPU's primitives.
-    pub fn new(primitives: P) -> Self {
-        Self {
-            primitives,
-            cpus: PerCpu::default(),
-        }
+/// How [`Sparc64`] invalidates: TSB and TLB demaps of user pages, a batch at
+/// a time, and kernel ranges when the gather flushes them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TsbFlush;
+
+impl<P: Sparc64Primitives> AddressFlush<P> for TsbFlush {
+    const NAME: &'static str = "sparc64";
+
+    fn write_pte(primitives: &P, entry: PhysAddr, value: u64) {
+        primitives.write_pte(entry, value);
     }
 
-    /// The primitives.
-    pub fn primitives(&self) -> &P {
-        &self.primitives
-    }
-
-    fn cpu(&self) -> &SparcCpu {
-        self.cpus.get(self.primitives.cpu_id())
-    }
-
-    fn batching(&self) -> bool {
-        !self.primitives.in_interrupt() && self.cpu().lazy.get()
-    }
-
-    /// Number of invalidations pending on the calling CPU.
-    pub fn pending(&self) -> usize {
-        self.cpu().batch.borrow().pages.len()
+    fn flush_page(primitives: &P, space: SpaceId, va: VirtAddr, size: PageSize) {
+        primitives.flush_page(space, va, size);
     }
 
     /// `flush_tlb_pending`.
-    fn flush_pending(&self) {
-        let batch = self.cpu().batch.borrow_mut().take();
-        if !batch.pages.is_empty() {
-            self.primitives
-                .flush_batch(batch.space, batch.size, batch.pages.as_slice());
-        }
+    fn flush_pages(primitives: &P, space: SpaceId, size: PageSize, pages: &[VirtAddr]) {
+        primitives.flush_batch(space, size, pages);
     }
 
-    /// `tlb_batch_add_one`.
-    fn need_flush(&self, space: SpaceId, va: VirtAddr, size: PageSize) {
-        loop {
-            if !self.batching() {
-                self.primitives.flush_page(space, va, size);
-                return;
-            }
-            if self.cpu().batch.borrow_mut().push(space, size, va).is_ok() {
-                return;
-            }
-            // Another address space or page size pending, or full.
-            self.flush_pending();
-        }
+    /// Only user entries (`__set_pte_at` calls `tlb_batch_add` for user
+    /// mappings only).
+    fn batches(update: &EntryUpdate) -> bool {
+        !update.kernel
     }
 
-    /// `set_pte_at` with `tlb_batch_add`: the store and its TLB demap (or
-    /// its place in the batch) are one step that cannot be preempted, as
-    /// Linux has them under the PTE lock or inside the preemption-free
-    /// lazy section (arch/sparc/mm/tlb.c, `tlb_batch_add_one` works on
-    /// this CPU's batch). Preempted in between, the task would leave a
-    /// cleared user entry that every CPU still caches while other threads
-    /// of the address space run, and their TLB flushes (which only issue
-    /// their own CPU's batch) would not cover it.
-    fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
-        self.primitives.preempt_disable();
-        let old = self.primitives.read_pte(update.entry);
-        self.primitives.write_pte(update.entry, value);
-        if !update.kernel && entry_is_valid(old) && old != value {
-            self.need_flush(update.space, update.va, update.page_size());
-        }
-        self.primitives.preempt_enable();
-        old
-    }
-}
-
-impl<P: Sparc64Primitives> ArchHooks for Sparc64<P> {
-    /// Preemption off, then batching on.
-    fn enter(&self) {
-        self.primitives.preempt_disable();
-        if !self.cpu().lazy.set() {
-            self.primitives.report(BackendBug::DoubleEnter);
-        }
-    }
-
-    /// Issue the batch, batching off, preemption back on.
-    fn leave(&self) {
-        self.flush_pending();
-        if !self.cpu().lazy.clear() {
-            self.primitives.report(BackendBug::LeaveOutside);
-        }
-        self.primitives.preempt_enable();
-    }
-
-    fn flush(&self) {
-        self.flush_pending();
-    }
-}
-
-impl<P: Sparc64Primitives> PteAccess for Sparc64<P> {
-    fn read_entry(&self, entry: PhysAddr) -> u64 {
-        self.primitives.read_pte(entry)
-    }
-
-    fn write_entry(&self, update: EntryUpdate) {
-        self.update(&update, update.value);
-    }
-
-    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
-        self.update(&update, 0)
-    }
-}
-
-impl<P: Sparc64Primitives> TlbFlush for Sparc64<P> {
     /// `tlb_flush`: user pages were batched by the writes
-    /// (`flush_tlb_range` is empty on sparc64), so what is left is to issue
-    /// the CPU's pending batch; kernel ranges are flushed here
-    /// (`flush_tlb_kernel_range`).
-    fn flush_range(
-        &self,
-        space: SpaceId,
-        start: VirtAddr,
-        end: VirtAddr,
-        _stride: PageSize,
-        _scope: FlushScope,
-    ) {
-        self.flush_pending();
+    /// (`flush_tlb_range` is empty on sparc64); kernel ranges are flushed
+    /// here (`flush_tlb_kernel_range`).
+    fn flush_range(primitives: &P, space: SpaceId, start: VirtAddr, end: VirtAddr) {
         if space == SpaceId::KERNEL && start < end {
-            self.primitives.flush_kernel_range(start, end);
+            primitives.flush_kernel_range(start, end);
         }
     }
 
-    /// Issues the pending batch; for the kernel, flushes every kernel
-    /// translation ([`Sparc64Primitives::flush_kernel_all`]).
-    fn flush_all(&self, space: SpaceId, _scope: FlushScope) {
-        self.flush_pending();
+    /// For the kernel, flushes every kernel translation
+    /// ([`Sparc64Primitives::flush_kernel_all`]).
+    fn flush_all(primitives: &P, space: SpaceId) {
         if space == SpaceId::KERNEL {
-            self.primitives.flush_kernel_all();
+            primitives.flush_kernel_all();
         }
     }
 }
@@ -251,30 +149,3 @@ impl<P: Sparc64Primitives> TlbFlush for Sparc64<P> {
 /// `VMALLOC_START` region and above, as the library lays kernels out: the
 /// top half of a 64-bit space).
 const KERNEL_START: u64 = 1 << 63;
-
-impl<P: Sparc64Primitives> ContextSwitch for Sparc64<P> {
-    /// Sections run with preemption off, so a switch away from one means
-    /// the task slept in it: reported. The batch is issued and batching
-    /// stops so nothing is lost or applied to the next task's address
-    /// space.
-    fn switch_out(&self, _prev: LazyState) {
-        if self.cpu().lazy.get() {
-            self.primitives.report(BackendBug::SwitchInSection);
-            self.flush_pending();
-            self.cpu().lazy.clear();
-        }
-    }
-
-    /// Batching resumes if the incoming task is in a section.
-    fn switch_in(&self, next: LazyState) {
-        if next.is_active() {
-            self.cpu().lazy.set();
-        }
-    }
-}
-
-impl<P: Sparc64Primitives> Backend for Sparc64<P> {
-    fn name(&self) -> &'static str {
-        "sparc64"
-    }
-}

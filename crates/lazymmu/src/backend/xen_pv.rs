@@ -9,7 +9,7 @@
 
 use core::cell::RefCell;
 
-use super::machine::{BackendBug, Batch, CpuPrimitives, LazyFlag, PerCpu};
+use super::machine::{Batch, CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
@@ -156,7 +156,7 @@ impl<P: XenPrimitives> XenPv<P> {
     }
 
     fn cpu(&self) -> &XenCpu {
-        self.cpus.get(self.primitives.cpu_id())
+        self.cpus.current(&self.primitives)
     }
 
     /// Whether this CPU batches right now: in lazy MMU mode and not in
@@ -223,16 +223,12 @@ impl<P: XenPrimitives> XenPv<P> {
 
 impl<P: XenPrimitives> ArchHooks for XenPv<P> {
     fn enter(&self) {
-        if !self.cpu().lazy.set() {
-            self.primitives.report(BackendBug::DoubleEnter);
-        }
+        self.cpu().lazy.enter(&self.primitives);
     }
 
     fn leave(&self) {
         self.issue();
-        if !self.cpu().lazy.clear() {
-            self.primitives.report(BackendBug::LeaveOutside);
-        }
+        self.cpu().lazy.leave(&self.primitives);
     }
 
     fn flush(&self) {

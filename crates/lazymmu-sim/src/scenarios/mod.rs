@@ -1,0 +1,799 @@
+//! The scenarios `lazymmu check` explores, the known-bad variants it must
+//! catch, and the check itself.
+//!
+//! Each scenario is a small [`machine::Spec`]: two CPUs, two or three tasks,
+//! a few page-table entries, optionally an interrupt handler that changes
+//! kernel mappings. Workload scenarios give each simulator workload's
+//! lazy-section shape in small size; contract scenarios aim at one clause of
+//! DESIGN.md §2 and §6 each.
+//!
+//! A [`Variant`] changes the configuration to a known-bad one by wrapping
+//! the library's environment or arch (see [`machine::Faults`]) or by
+//! picking another design; the library code is the same.
+
+pub mod machine;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::explore::sim::SimWorkload;
+use crate::explore::{replay, Bounds, Explorer, Found, ReplayOutcome, Report, System};
+use crate::neighbours::explore::{self as neighbour_explore, NeighbourSystem};
+use crate::scenario::{DesignKind, RunConfig};
+use machine::{Action, Arch, Design, Faults, Spec, TaskSpec};
+
+/// A named scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Name used in traces and on the command line.
+    pub name: &'static str,
+    /// What it exercises.
+    pub about: &'static str,
+    /// The machine it runs (default design, no faults).
+    pub spec: Spec,
+}
+
+const fn w(entry: u8) -> Action {
+    Action::Write {
+        entry,
+        kernel: false,
+    }
+}
+
+const fn k(entry: u8) -> Action {
+    Action::Write {
+        entry,
+        kernel: true,
+    }
+}
+
+const fn rb(entry: u8) -> Action {
+    Action::ReadBack { entry }
+}
+
+const fn ft(table: u8) -> Action {
+    Action::FreeTable { table }
+}
+
+use Action::{Disable as D, Enable as E, Pause as P, Resume as R};
+
+fn task(name: &'static str, cpu: usize, actions: &[Action]) -> TaskSpec {
+    TaskSpec {
+        name,
+        cpu,
+        actions: actions.to_vec(),
+    }
+}
+
+fn spec(arch: Arch, tasks: Vec<TaskSpec>, handler: &[Action], migrate: bool) -> Spec {
+    Spec {
+        arch,
+        design: Design::Counters,
+        faults: Faults::default(),
+        cpus: 2,
+        tasks,
+        handler: handler.to_vec(),
+        max_interrupts: if handler.is_empty() { 0 } else { 1 },
+        migrate,
+        cached_tables: Vec::new(),
+    }
+}
+
+/// The contract and workload-shaped scenarios on the scenario machine, in
+/// the order `lazymmu check` runs them.
+pub fn machine_scenarios() -> Vec<Scenario> {
+    use Arch::{Arm64, Arm64Poe, XenPv};
+    vec![
+        // Workload shapes, small size.
+        Scenario {
+            name: "fork",
+            about: "copy_page_range: child entries written and parent entries write-protected in one section, a second process forking on the other CPU",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("parent", 0, &[E, w(0), w(1), w(2), w(3), D]),
+                    task("other", 1, &[E, w(4), w(5), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
+            name: "munmap",
+            about: "zap of a range while a second task zaps on the same CPU and a third on the other",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("zap", 0, &[E, w(0), w(1), w(2), D]),
+                    task("zap2", 0, &[E, w(4), D]),
+                    task("zap3", 1, &[E, w(6), D]),
+                ],
+                &[],
+                false,
+            ),
+        },
+        Scenario {
+            name: "exit",
+            about: "exit_mmap: zap, then free the tables, with a kernel-mapping interrupt",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("exit", 0, &[E, w(0), w(1), D, E, w(2), D]),
+                    task("other", 1, &[E, w(4), D]),
+                ],
+                &[k(10)],
+                false,
+            ),
+        },
+        Scenario {
+            name: "exit-free-tables",
+            about: "exit_mmap: zap a PTE table in a section, then free it through the TLB gather while the other CPU's walk cache points to it",
+            spec: Spec {
+                cached_tables: vec![0],
+                ..spec(
+                    XenPv,
+                    vec![
+                        task("exit", 0, &[E, w(0), w(1), D, ft(0)]),
+                        task("other", 1, &[E, w(8), D]),
+                    ],
+                    &[],
+                    true,
+                )
+            },
+        },
+        Scenario {
+            name: "mprotect",
+            about: "change_protection over two PTE tables, one section per table",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("mprotect", 0, &[E, w(0), w(1), D, E, w(2), w(3), D]),
+                    task("other", 0, &[E, w(5), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
+            name: "mremap",
+            about: "move_ptes: clear at the source and write at the destination in one section",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("mremap", 0, &[E, w(0), w(8), w(1), w(9), D]),
+                    task("other", 1, &[E, w(4), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
+            name: "vmalloc",
+            about: "vmap/vunmap of kernel ranges on arm64 (deferred barriers), with migration",
+            spec: spec(
+                Arm64,
+                vec![
+                    task("vmap", 0, &[E, k(0), k(1), k(2), D]),
+                    task("vunmap", 1, &[E, k(4), D]),
+                    task("waiter", 0, &[E, k(6), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
+            name: "kasan",
+            about: "KASAN shadow populate: each entry written and read back under pause/resume inside a section",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("kasan", 0, &[E, w(0), P, k(8), rb(8), R, w(1), D]),
+                    task("other", 0, &[E, w(4), D]),
+                    task("cpu1", 1, &[w(6)]),
+                ],
+                &[],
+                false,
+            ),
+        },
+        Scenario {
+            name: "debug-pagealloc",
+            about: "a zap that mid-section allocates a page whose kernel mapping changes in a nested section, plus an interrupt doing the same",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("zap", 0, &[E, w(0), E, k(8), D, w(1), D]),
+                    task("other", 1, &[E, w(4), D]),
+                ],
+                &[E, k(10), D],
+                false,
+            ),
+        },
+        // Contract scenarios.
+        Scenario {
+            name: "nested-pause",
+            about: "nested sections with a pause inside and read-backs while paused",
+            spec: spec(
+                XenPv,
+                vec![
+                    task(
+                        "nested",
+                        0,
+                        &[E, w(0), E, w(1), P, rb(1), w(2), rb(2), R, w(3), D, D],
+                    ),
+                    task("waiter", 0, &[E, w(5), D]),
+                ],
+                &[],
+                false,
+            ),
+        },
+        Scenario {
+            name: "irq-kernel-mapping",
+            about: "an interrupt handler updates a kernel mapping in the middle of a section",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("section", 0, &[E, w(0), E, w(1), D, w(2), D]),
+                    task("cpu1", 1, &[E, w(4), D]),
+                ],
+                &[k(10)],
+                false,
+            ),
+        },
+        Scenario {
+            name: "switch-windows",
+            about: "a context switch in every window of enable, disable, pause and resume, on both CPUs and with migration",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("a", 0, &[E, w(0), P, w(1), R, w(2), D]),
+                    task("b", 0, &[E, w(4), D]),
+                    task("c", 1, &[E, w(6), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
+            name: "arm64-migrate",
+            about: "a task migrating with arm64 barriers pending, an interrupt mapping kernel memory",
+            spec: spec(
+                Arm64,
+                vec![
+                    task("a", 0, &[E, k(0), k(1), D, rb(1)]),
+                    task("b", 0, &[E, k(3), D]),
+                    task("c", 1, &[E, k(5), D]),
+                ],
+                &[k(10)],
+                true,
+            ),
+        },
+        Scenario {
+            name: "pkeys-nested",
+            about: "arm64 with POE-protected page tables: nested sections, a kernel-mapping interrupt (exception entry and return), preemption and migration",
+            spec: spec(
+                Arm64Poe,
+                vec![
+                    task("a", 0, &[E, k(0), E, k(1), D, k(2), D]),
+                    task("b", 0, &[E, k(4), D, k(5)]),
+                    task("c", 1, &[E, k(6), P, k(7), R, D]),
+                ],
+                &[k(10)],
+                true,
+            ),
+        },
+        Scenario {
+            name: "xen-multicall-switch",
+            about: "a Xen PV context switch with a partly filled multicall buffer",
+            spec: spec(
+                XenPv,
+                vec![
+                    task("a", 0, &[E, w(0), w(1), w(2), D]),
+                    task("b", 0, &[E, w(3), w(4), D]),
+                    task("c", 1, &[w(6)]),
+                ],
+                &[],
+                true,
+            ),
+        },
+    ]
+}
+
+/// The tiny scenario whose schedule count is computed by hand: one CPU,
+/// two tasks of two writes each, no lazy sections, no interrupts. Its
+/// schedules are the C(4, 2) = 6 interleavings of the writes.
+pub fn tiny() -> Scenario {
+    Scenario {
+        name: "tiny",
+        about: "two tasks of two writes on one CPU",
+        spec: Spec {
+            cpus: 1,
+            ..spec(
+                Arch::XenPv,
+                vec![task("a", 0, &[w(0), w(1)]), task("b", 0, &[w(2), w(3)])],
+                &[],
+                false,
+            )
+        },
+    }
+}
+
+/// A simulator workload in small size, explored through the simulator's
+/// own choice points.
+#[derive(Clone, Debug)]
+pub struct SimScenario {
+    /// Name used in traces and on the command line.
+    pub name: &'static str,
+    /// What it exercises.
+    pub about: &'static str,
+    /// The run (default design; the variant picks the design).
+    pub config: RunConfig,
+}
+
+/// Preemption bound for simulator workloads unless raised: each of their
+/// runs costs about a millisecond and offers an interrupt and a remote
+/// flush at nearly every choice point, so bound 2 takes tens of seconds
+/// per workload.
+pub const SIM_PREEMPTIONS: u32 = 1;
+
+/// Every simulator workload in small size: 2 CPUs, 2 tasks, 2 pages each
+/// (one PTE table per task and range), on the backend whose lazy
+/// behaviour it exercises most. `exit` is left out: its teardown passes
+/// some four thousand choice points per run.
+pub fn simulator_scenarios() -> Vec<SimScenario> {
+    use crate::scenario::{BackendKind as B, ModeKind, WorkloadKind as W};
+    let small = |name, about, backend, workload| {
+        let mut config = RunConfig::new(backend, workload, ModeKind::Lazy);
+        config.pages = 2;
+        config.cpus = 2;
+        config.tasks = 2;
+        config.rates = None;
+        SimScenario {
+            name,
+            about,
+            config,
+        }
+    };
+    vec![
+        small(
+            "sim-fork",
+            "simulator fork (copy with COW) on xen-pv",
+            B::XenPv,
+            W::Fork,
+        ),
+        small(
+            "sim-munmap",
+            "simulator munmap (zap) on xen-pv",
+            B::XenPv,
+            W::Munmap,
+        ),
+        small(
+            "sim-mprotect",
+            "simulator mprotect on xen-pv",
+            B::XenPv,
+            W::Mprotect,
+        ),
+        small(
+            "sim-mremap",
+            "simulator mremap on xen-pv",
+            B::XenPv,
+            W::Mremap,
+        ),
+        small(
+            "sim-vmalloc",
+            "simulator vmalloc map/free on arm64",
+            B::Arm64,
+            W::Vmalloc,
+        ),
+        small(
+            "sim-kasan",
+            "simulator KASAN populate/depopulate on xen-pv",
+            B::XenPv,
+            W::Kasan,
+        ),
+        small(
+            "sim-debug-pagealloc",
+            "simulator debug-pagealloc on xen-pv",
+            B::XenPv,
+            W::DebugPagealloc,
+        ),
+        small(
+            "sim-mprotect-poe",
+            "simulator mprotect on arm64-poe (key-register windows)",
+            B::Arm64Poe,
+            W::Mprotect,
+        ),
+    ]
+}
+
+/// A scenario of either kind.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    /// On the scenario machine.
+    Machine(Scenario),
+    /// On the simulator.
+    Simulator(SimScenario),
+    /// A neighbour workload (lazy TLB, kernel top-level sync,
+    /// protection-key windows) in its tiny size.
+    Neighbour(NeighbourSystem),
+}
+
+impl Entry {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        match self {
+            Entry::Machine(s) => s.name,
+            Entry::Simulator(s) => s.name,
+            Entry::Neighbour(s) => &s.name,
+        }
+    }
+
+    /// What it exercises.
+    pub fn about(&self) -> &'static str {
+        match self {
+            Entry::Machine(s) => s.about,
+            Entry::Simulator(s) => s.about,
+            Entry::Neighbour(s) => s.about,
+        }
+    }
+
+    /// The system to explore under `variant`; `None` when the variant does
+    /// not apply (the known-bad wrappers exist on the scenario machine
+    /// only).
+    pub fn system(&self, variant: Variant) -> Option<Box<dyn System>> {
+        match self {
+            Entry::Machine(_) if variant.is_neighbour() => None,
+            Entry::Machine(s) => Some(Box::new(variant.apply(&s.spec))),
+            Entry::Simulator(s) => {
+                let design = match variant {
+                    Variant::Default => DesignKind::Counters,
+                    Variant::PerCpu => DesignKind::PerCpu,
+                    Variant::Stateful => DesignKind::Stateful,
+                    _ => return None,
+                };
+                let mut config = s.config.clone();
+                config.design = design;
+                Some(Box::new(SimWorkload { config }))
+            }
+            // The neighbours do not depend on the lazy-mode design; their
+            // known-bad variants replace one policy's scenario.
+            Entry::Neighbour(s) => {
+                let bad = match variant {
+                    Variant::Default => return Some(Box::new(s.clone())),
+                    Variant::PgmapPercpuPreemptible => ("pgmap-percpu", "pgmap-percpu-preemptible"),
+                    Variant::CtxswitchLostIpi => ("ctxswitch-shootdown", "ctxswitch-lost-ipi"),
+                    _ => return None,
+                };
+                if s.name != bad.0 {
+                    return None;
+                }
+                let system = neighbour_explore::variant(bad.1)?;
+                Some(Box::new(system))
+            }
+        }
+    }
+
+    /// The bounds it is explored with.
+    pub fn bounds(&self, bounds: Bounds, sim_preemptions: u32) -> Bounds {
+        match self {
+            Entry::Machine(_) | Entry::Neighbour(_) => bounds,
+            Entry::Simulator(_) => Bounds {
+                preemptions: Some(
+                    bounds
+                        .preemptions
+                        .map_or(sim_preemptions, |b| b.min(sim_preemptions)),
+                ),
+                ..bounds
+            },
+        }
+    }
+}
+
+/// Every scenario `lazymmu check` runs: the machine's, the simulator's
+/// workloads, then the neighbours'.
+pub fn all() -> Vec<Entry> {
+    machine_scenarios()
+        .into_iter()
+        .map(Entry::Machine)
+        .chain(simulator_scenarios().into_iter().map(Entry::Simulator))
+        .chain(
+            neighbour_explore::scenarios()
+                .into_iter()
+                .map(Entry::Neighbour),
+        )
+        .collect()
+}
+
+/// Finds a scenario by name (including `tiny`).
+pub fn find(name: &str) -> Option<Entry> {
+    all()
+        .into_iter()
+        .chain(std::iter::once(Entry::Machine(tiny())))
+        .find(|s| s.name() == name)
+}
+
+/// A configuration to check: the default design or a known-bad variant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The library as shipped: counters in the task, transitions atomic
+    /// with respect to context switches.
+    #[default]
+    Default,
+    /// The per-CPU design as shipped (preemption off in the section).
+    PerCpu,
+    /// Linux 7.0's ordering: counter updated, then hook called, with
+    /// preemption allowed in between, on Xen PV.
+    Linux70Xen,
+    /// A per-CPU design that allows preemption inside the section.
+    PercpuPreemptible,
+    /// A nested disable that does not flush.
+    NestedNoFlush,
+    /// Updates made in interrupt context are batched.
+    IrqBatched,
+    /// The stateful design, each section carrying the key-register value
+    /// it found.
+    Stateful,
+    /// Nested stateful sections that save the key register in one per-task
+    /// slot.
+    StatefulSingleSlot,
+    /// A TLB gather that frees page-table pages before the flush.
+    GatherFreeBeforeFlush,
+    /// Per-CPU protection-key window counts with preemption left on inside
+    /// windows (neighbours: `pgmap`).
+    PgmapPercpuPreemptible,
+    /// Shootdown and flush IPIs that never arrive (neighbours:
+    /// `ctxswitch`).
+    CtxswitchLostIpi,
+}
+
+impl Variant {
+    /// Every variant, the correct ones first.
+    pub const ALL: [Variant; 11] = [
+        Variant::Default,
+        Variant::PerCpu,
+        Variant::Stateful,
+        Variant::Linux70Xen,
+        Variant::PercpuPreemptible,
+        Variant::NestedNoFlush,
+        Variant::IrqBatched,
+        Variant::StatefulSingleSlot,
+        Variant::GatherFreeBeforeFlush,
+        Variant::PgmapPercpuPreemptible,
+        Variant::CtxswitchLostIpi,
+    ];
+
+    /// The known-bad variants, which the check must catch.
+    pub const KNOWN_BAD: [Variant; 8] = [
+        Variant::Linux70Xen,
+        Variant::PercpuPreemptible,
+        Variant::NestedNoFlush,
+        Variant::IrqBatched,
+        Variant::StatefulSingleSlot,
+        Variant::GatherFreeBeforeFlush,
+        Variant::PgmapPercpuPreemptible,
+        Variant::CtxswitchLostIpi,
+    ];
+
+    /// The shipped designs, which must pass every scenario.
+    pub const SHIPPED: [Variant; 3] = [Variant::Default, Variant::PerCpu, Variant::Stateful];
+
+    /// The name on the command line.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Variant::Default => "default",
+            Variant::PerCpu => "percpu",
+            Variant::Linux70Xen => "linux70-xen",
+            Variant::PercpuPreemptible => "percpu-preemptible",
+            Variant::NestedNoFlush => "nested-no-flush",
+            Variant::IrqBatched => "irq-batched",
+            Variant::Stateful => "stateful",
+            Variant::StatefulSingleSlot => "stateful-single-slot",
+            Variant::GatherFreeBeforeFlush => "gather-free-before-flush",
+            Variant::PgmapPercpuPreemptible => "pgmap-percpu-preemptible",
+            Variant::CtxswitchLostIpi => "ctxswitch-lost-ipi",
+        }
+    }
+
+    /// What it is.
+    pub const fn about(self) -> &'static str {
+        match self {
+            Variant::Default => {
+                "counters in the task; update and hook atomic w.r.t. context switch"
+            }
+            Variant::PerCpu => "state on the CPU; preemption off for the whole section",
+            Variant::Linux70Xen => {
+                "Linux 7.0 ordering: counter store, preemption possible, then the hook"
+            }
+            Variant::PercpuPreemptible => {
+                "per-CPU state with preemption allowed inside the section"
+            }
+            Variant::NestedNoFlush => "a nested disable does not flush",
+            Variant::IrqBatched => "updates made in interrupt context are batched",
+            Variant::Stateful => {
+                "state on the callers' stacks; each section restores the key register it found"
+            }
+            Variant::StatefulSingleSlot => {
+                "nested stateful sections save the key register in one per-task slot"
+            }
+            Variant::GatherFreeBeforeFlush => {
+                "the TLB gather frees page-table pages before the flush that covers them"
+            }
+            Variant::PgmapPercpuPreemptible => {
+                "per-CPU protection-key window counts with preemption on inside windows"
+            }
+            Variant::CtxswitchLostIpi => "lazy-TLB shootdown and flush IPIs that never arrive",
+        }
+    }
+
+    /// Whether the variant belongs to the neighbours' workloads (and
+    /// applies to none of the machine's or the simulator's scenarios).
+    pub const fn is_neighbour(self) -> bool {
+        matches!(
+            self,
+            Variant::PgmapPercpuPreemptible | Variant::CtxswitchLostIpi
+        )
+    }
+
+    /// Whether the check must find a violation.
+    pub const fn is_known_bad(self) -> bool {
+        !matches!(self, Variant::Default | Variant::PerCpu | Variant::Stateful)
+    }
+
+    /// The scenario's machine under this variant.
+    pub fn apply(self, spec: &Spec) -> Spec {
+        let mut spec = spec.clone();
+        match self {
+            Variant::Default => {}
+            Variant::PerCpu => spec.design = Design::PerCpu,
+            Variant::Linux70Xen => spec.faults.preemptible_transitions = true,
+            Variant::PercpuPreemptible => {
+                spec.design = Design::PerCpu;
+                spec.faults.preemptible_transitions = true;
+            }
+            Variant::NestedNoFlush => spec.faults.flush_is_noop = true,
+            Variant::IrqBatched => spec.faults.hide_interrupts = true,
+            Variant::Stateful => spec.design = Design::Stateful,
+            Variant::StatefulSingleSlot => spec.design = Design::StatefulSingleSlot,
+            Variant::GatherFreeBeforeFlush => spec.faults.free_before_flush = true,
+            // Neighbour variants: the machine scenarios run as shipped.
+            Variant::PgmapPercpuPreemptible | Variant::CtxswitchLostIpi => {}
+        }
+        spec
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown variant name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownVariant(pub String);
+
+impl fmt::Display for UnknownVariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown variant {:?}; known: ", self.0)?;
+        for (i, v) in Variant::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(v.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for UnknownVariant {}
+
+impl FromStr for Variant {
+    type Err = UnknownVariant;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Variant::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| UnknownVariant(s.to_owned()))
+    }
+}
+
+/// The outcome of exploring one scenario.
+#[derive(Clone, Debug)]
+pub struct ScenarioReport {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The preemption bound it was explored with.
+    pub bound: Option<u32>,
+    /// What the explorer covered and found.
+    pub report: Report,
+}
+
+/// The outcome of a whole check.
+#[derive(Clone, Debug)]
+pub struct CheckReport {
+    /// The variant checked.
+    pub variant: Variant,
+    /// The limits used.
+    pub bounds: Bounds,
+    /// One entry per scenario.
+    pub scenarios: Vec<ScenarioReport>,
+    /// Wall time of the whole check.
+    pub elapsed: Duration,
+}
+
+impl CheckReport {
+    /// Schedules explored over all scenarios.
+    pub fn schedules(&self) -> u64 {
+        self.scenarios.iter().map(|s| s.report.schedules).sum()
+    }
+
+    /// Runs cut short at a visited state.
+    pub fn pruned(&self) -> u64 {
+        self.scenarios.iter().map(|s| s.report.pruned).sum()
+    }
+
+    /// Schedules per second of wall time.
+    pub fn schedules_per_second(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.schedules() as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Every violation found, with the scenario it was found in.
+    pub fn violations(&self) -> impl Iterator<Item = (&str, &Found)> {
+        self.scenarios.iter().flat_map(|s| {
+            s.report
+                .violations
+                .iter()
+                .map(move |f| (s.scenario.as_str(), f))
+        })
+    }
+
+    /// Whether every scenario held.
+    pub fn holds(&self) -> bool {
+        self.violations().next().is_none()
+    }
+}
+
+/// Explores `scenarios` under `variant`; simulator workloads at most at
+/// `sim_preemptions`. Scenarios the variant does not apply to are left
+/// out of the report.
+pub fn check(
+    scenarios: &[Entry],
+    variant: Variant,
+    bounds: Bounds,
+    sim_preemptions: u32,
+) -> CheckReport {
+    let start = Instant::now();
+    let reports = scenarios
+        .iter()
+        .filter_map(|s| {
+            let system = s.system(variant)?;
+            let bounds = s.bounds(bounds, sim_preemptions);
+            Some(ScenarioReport {
+                scenario: s.name().to_owned(),
+                bound: bounds.preemptions,
+                report: Explorer::new(bounds).explore(s.name(), &*system),
+            })
+        })
+        .collect();
+    CheckReport {
+        variant,
+        bounds,
+        scenarios: reports,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Replays `choices` on `scenario` under `variant`; `None` when the
+/// variant does not apply to the scenario.
+pub fn replay_trace(
+    scenario: &Entry,
+    variant: Variant,
+    choices: &[usize],
+) -> Option<ReplayOutcome> {
+    Some(replay(&*scenario.system(variant)?, choices))
+}
