@@ -171,6 +171,11 @@ impl X86Primitives for KernelPrimitives {
     fn shootdown(&self, cpus: u64, request: RemoteFlush) {
         panic!("shootdown to CPUs {cpus:#x} ({request:?}) on a one-CPU kernel");
     }
+
+    // One CPU and no scheduler: no task can move between a local flush and
+    // a shootdown, so there is nothing to disable.
+    fn preempt_disable(&self) {}
+    fn preempt_enable(&self) {}
 }
 
 /// The key register and the machine state the protected wrapper consults.

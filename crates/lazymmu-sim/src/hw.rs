@@ -4,6 +4,7 @@
 use std::rc::Rc;
 
 use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::machine::CpuPrimitives;
 use lazymmu::backend::x86::{RemoteFlush, X86Primitives};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::Format;
@@ -185,5 +186,15 @@ impl X86Primitives for SimCpu {
             }
         }
         m.choice_point(Site::Primitive("shootdown"));
+    }
+
+    /// The running CPU's preemption count, as for every other backend.
+    fn preempt_disable(&self) {
+        CpuPrimitives::preempt_disable(self);
+    }
+
+    /// Re-enabling is a choice point (a preemption may be pending).
+    fn preempt_enable(&self) {
+        CpuPrimitives::preempt_enable(self);
     }
 }

@@ -143,12 +143,24 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
         }
     }
 
+    /// `pte_update` with `hpte_need_flush` (powerpc), `set_pte_at` with
+    /// `tlb_batch_add` (sparc64): the store and its invalidation (or its
+    /// place in this CPU's batch) are one step that cannot be preempted, as
+    /// Linux has them under the PTE lock or inside the preemption-free lazy
+    /// section (`hpte_need_flush` "must be called from within some kind of
+    /// spinlock/non-preempt region", arch/powerpc/mm/book3s64/hash_tlb.c).
+    /// Preempted in between, the task would leave a cleared entry that
+    /// every CPU still caches while other tasks run, and their TLB flushes
+    /// (which only issue their own CPU's batch, the invalidations being
+    /// made at update time) would not cover it.
     fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
+        self.primitives.preempt_disable();
         let old = self.primitives.read_pte(update.entry);
         A::write_pte(&self.primitives, update.entry, value);
         if A::batches(update) && entry_is_valid(old) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
+        self.primitives.preempt_enable();
         old
     }
 }

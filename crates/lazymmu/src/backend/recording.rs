@@ -684,4 +684,12 @@ impl X86Primitives for Recording {
             RemoteFlush::All { .. } => self.charge(Primitive::FullFlush, targets),
         }
     }
+    /// The machine's one preemption count (see
+    /// [`Recording::preempt_count`]).
+    fn preempt_disable(&self) {
+        CpuPrimitives::preempt_disable(self);
+    }
+    fn preempt_enable(&self) {
+        CpuPrimitives::preempt_enable(self);
+    }
 }

@@ -85,6 +85,16 @@ pub trait X86Primitives {
     /// Sends `request` to every CPU in `cpus` (never the current one) and
     /// waits for them to perform it (a TLB-shootdown IPI).
     fn shootdown(&self, cpus: u64, request: RemoteFlush);
+
+    /// Disables preemption (nests): until the matching
+    /// [`preempt_enable`](X86Primitives::preempt_enable) the task stays on
+    /// this CPU, so [`current_cpu`](X86Primitives::current_cpu) and
+    /// [`loaded_space`](X86Primitives::loaded_space) keep their answers.
+    /// Linux's `get_cpu()`.
+    fn preempt_disable(&self);
+
+    /// Re-enables preemption. Linux's `put_cpu()`.
+    fn preempt_enable(&self);
 }
 
 impl<P: X86Primitives + ?Sized> X86Primitives for &P {
@@ -112,10 +122,21 @@ impl<P: X86Primitives + ?Sized> X86Primitives for &P {
     fn shootdown(&self, cpus: u64, request: RemoteFlush) {
         (**self).shootdown(cpus, request)
     }
+    fn preempt_disable(&self) {
+        (**self).preempt_disable()
+    }
+    fn preempt_enable(&self) {
+        (**self).preempt_enable()
+    }
 }
 
 /// Performs a flush on the executing CPU (also what a shootdown handler
 /// runs on the receiving CPU).
+///
+/// The caller keeps the task on this CPU throughout (preemption disabled,
+/// or interrupt context): a task that migrates half-way would invalidate
+/// the rest of the range on a CPU that did not cache it and leave the one
+/// it left with stale translations.
 pub fn flush_locally<P: X86Primitives + ?Sized>(primitives: &P, request: RemoteFlush) {
     match request {
         RemoteFlush::Range {
@@ -168,7 +189,15 @@ impl<M: PageTableMemory, P: X86Primitives> X86Backend<M, P> {
         &self.memory
     }
 
+    /// Decides which CPUs flush, flushes locally and shoots the others
+    /// down, all on one CPU: preemption stays disabled from reading the
+    /// current CPU until both the local flush and the shootdown are done
+    /// (Linux's `flush_tlb_mm_range` between `get_cpu()` and `put_cpu()`,
+    /// arch/x86/mm/tlb.c). A task migrating in between would skip the CPU
+    /// it arrives on in the shootdown mask, flush that CPU locally instead
+    /// of the one it left, and leave stale translations behind.
     fn dispatch(&self, scope: FlushScope, request: RemoteFlush) {
+        self.primitives.preempt_disable();
         match scope {
             FlushScope::Local => flush_locally(&self.primitives, request),
             FlushScope::Cpus(mask) => {
@@ -185,6 +214,7 @@ impl<M: PageTableMemory, P: X86Primitives> X86Backend<M, P> {
                 }
             }
         }
+        self.primitives.preempt_enable();
     }
 }
 
@@ -282,12 +312,16 @@ mod recording {
     }
 
     /// Host primitives that record every call, keep IA32_PKRS in a cell,
-    /// and report a fixed CPU and loaded address space.
+    /// and report a fixed CPU and loaded address space. Preemption control
+    /// is a depth counter; flushes issued while preemption is enabled are
+    /// counted (see [`RecordingPrimitives::preemptible_flushes`]).
     #[derive(Debug)]
     pub struct RecordingPrimitives {
         cpu: u32,
         loaded: Cell<SpaceId>,
         pkrs: Cell<u32>,
+        preempt: Cell<u32>,
+        preemptible_flushes: Cell<usize>,
         calls: RefCell<Vec<PrimitiveCall>>,
     }
 
@@ -298,6 +332,8 @@ mod recording {
                 cpu,
                 loaded: Cell::new(loaded),
                 pkrs: Cell::new(0),
+                preempt: Cell::new(0),
+                preemptible_flushes: Cell::new(0),
                 calls: RefCell::new(Vec::new()),
             }
         }
@@ -317,7 +353,24 @@ mod recording {
             self.calls.borrow_mut().clear();
         }
 
+        /// The preemption-disable depth.
+        pub fn preempt_count(&self) -> u32 {
+            self.preempt.get()
+        }
+
+        /// How many TLB invalidations and shootdowns were issued while
+        /// preemption was enabled (the task could have moved to another CPU
+        /// half-way through a flush).
+        pub fn preemptible_flushes(&self) -> usize {
+            self.preemptible_flushes.get()
+        }
+
         fn record(&self, call: PrimitiveCall) {
+            let flush = !matches!(call, PrimitiveCall::ReadPkrs | PrimitiveCall::WritePkrs(_));
+            if flush && self.preempt.get() == 0 {
+                self.preemptible_flushes
+                    .set(self.preemptible_flushes.get() + 1);
+            }
             self.calls.borrow_mut().push(call);
         }
     }
@@ -349,6 +402,14 @@ mod recording {
         fn shootdown(&self, cpus: u64, request: RemoteFlush) {
             self.record(PrimitiveCall::Shootdown(cpus, request));
         }
+        fn preempt_disable(&self) {
+            self.preempt.set(self.preempt.get() + 1);
+        }
+        fn preempt_enable(&self) {
+            let depth = self.preempt.get();
+            assert!(depth > 0, "preempt_enable without preempt_disable");
+            self.preempt.set(depth - 1);
+        }
     }
 }
 
@@ -364,7 +425,8 @@ mod bare_metal {
 
     /// The real instructions, for a kernel running at CPL 0. The kernel
     /// supplies what the instructions cannot know: the executing CPU, the
-    /// loaded address space and the shootdown IPI.
+    /// loaded address space, the shootdown IPI and preemption control
+    /// (which belongs to its scheduler).
     #[derive(Debug)]
     pub struct BareMetal {
         /// Returns the executing CPU's index.
@@ -373,6 +435,14 @@ mod bare_metal {
         pub loaded_space: fn() -> SpaceId,
         /// Sends a flush IPI to the CPUs of a mask and waits for them.
         pub shootdown: fn(u64, RemoteFlush),
+        /// Disables preemption (nests; `get_cpu()`). A kernel that runs on
+        /// one CPU without a preemptive scheduler has nothing to disable
+        /// and passes a function that does nothing: no task can move
+        /// between the local flush and the shootdown.
+        pub preempt_disable: fn(),
+        /// Re-enables preemption (`put_cpu()`); does nothing wherever
+        /// `preempt_disable` does nothing.
+        pub preempt_enable: fn(),
     }
 
     impl X86Primitives for BareMetal {
@@ -450,5 +520,74 @@ mod bare_metal {
         fn shootdown(&self, cpus: u64, request: RemoteFlush) {
             (self.shootdown)(cpus, request)
         }
+
+        fn preempt_disable(&self) {
+            (self.preempt_disable)()
+        }
+
+        fn preempt_enable(&self) {
+            (self.preempt_enable)()
+        }
+    }
+}
+
+#[cfg(all(test, feature = "alloc"))]
+mod tests {
+    use super::*;
+    use crate::addr::PhysAddr;
+    use crate::pgtable::memory::PageTableMemory;
+
+    /// Page-table memory that is never touched by a flush.
+    struct NoMemory;
+
+    impl PageTableMemory for NoMemory {
+        fn read(&self, _entry: PhysAddr) -> u64 {
+            0
+        }
+        fn write(&self, _entry: PhysAddr, _value: u64) {}
+        fn swap(&self, _entry: PhysAddr, _value: u64) -> u64 {
+            0
+        }
+        fn zero_frame(&self, _frame: PhysAddr) {}
+    }
+
+    #[test]
+    fn every_flush_runs_with_preemption_disabled() {
+        let backend = X86Backend::new(NoMemory, RecordingPrimitives::new(1, SpaceId(1)));
+        let (start, end) = (VirtAddr(0x40_0000), VirtAddr(0x40_2000));
+        backend.flush_range(
+            SpaceId(1),
+            start,
+            end,
+            PageSize::Size4K,
+            FlushScope::Cpus(0b111),
+        );
+        backend.flush_range(SpaceId(1), start, end, PageSize::Size4K, FlushScope::Local);
+        backend.flush_all(SpaceId(1), FlushScope::Cpus(0b11));
+        backend.flush_all(SpaceId::KERNEL, FlushScope::Local);
+        let p = backend.primitives();
+        assert_eq!(
+            p.calls(),
+            [
+                PrimitiveCall::Shootdown(
+                    0b101,
+                    RemoteFlush::Range {
+                        space: SpaceId(1),
+                        start,
+                        end,
+                        stride: PageSize::Size4K
+                    }
+                ),
+                PrimitiveCall::Invlpg(start),
+                PrimitiveCall::Invlpg(VirtAddr(0x40_1000)),
+                PrimitiveCall::Invlpg(start),
+                PrimitiveCall::Invlpg(VirtAddr(0x40_1000)),
+                PrimitiveCall::Shootdown(0b01, RemoteFlush::All { space: SpaceId(1) }),
+                PrimitiveCall::ReloadCr3,
+                PrimitiveCall::FlushGlobal,
+            ]
+        );
+        assert_eq!(p.preemptible_flushes(), 0, "no flush could migrate");
+        assert_eq!(p.preempt_count(), 0, "preemption is back on");
     }
 }

@@ -322,6 +322,13 @@ impl<P: XenPrimitives> TlbFlush for XenPv<P> {
         }
         match scope {
             FlushScope::Local => {
+                // The ops act on whichever CPU issues them: the task stays
+                // on one CPU for the whole range, or a migration half-way
+                // would invalidate the rest where nothing was cached and
+                // leave it in the CPU it came from (Linux's local flushes
+                // run under get_cpu() or with interrupts off,
+                // arch/x86/mm/tlb.c).
+                self.primitives.preempt_disable();
                 if pages as usize > self.single_page_ceiling() {
                     self.tlb_op(MmuExtOp::TlbFlushLocal { space });
                 } else {
@@ -330,6 +337,7 @@ impl<P: XenPrimitives> TlbFlush for XenPv<P> {
                         self.tlb_op(MmuExtOp::InvlpgLocal { space, va });
                     }
                 }
+                self.primitives.preempt_enable();
             }
             FlushScope::Cpus(cpus) => {
                 if pages == 1 {
