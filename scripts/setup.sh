@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what lazymmu needs beyond a Rust toolchain, when it is missing:
+# QEMU (Debian's qemu-system-x86) for the bare-metal kernel, and the
+# x86_64-unknown-none Rust target it builds for. Sourced by test.sh and
+# boot.sh; safe to run again.
+set -euo pipefail
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        echo "setup.sh: need root to run: $*" >&2
+        return 1
+    fi
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup.sh: cargo not found; install Rust from https://rustup.rs" >&2
+    exit 1
+fi
+
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "setup.sh: installing QEMU (qemu-system-x86)" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
+    else
+        echo "setup.sh: qemu-system-x86_64 not found and no apt-get; install QEMU" >&2
+        exit 1
+    fi
+fi
+
+if command -v rustup >/dev/null 2>&1 &&
+    ! rustup target list --installed | grep -qx x86_64-unknown-none; then
+    echo "setup.sh: adding the x86_64-unknown-none target" >&2
+    rustup target add x86_64-unknown-none
+fi
