@@ -932,6 +932,20 @@ fn in_section(test: fn() -> Outcome) -> impl FnOnce() -> Outcome {
     }
 }
 
+/// Runs `test` with interrupts off: a timer interrupt's entry and return
+/// write PKRS, and every PKRS write flushes QEMU's TLB, which would hide
+/// the stale translation a test looks for.
+fn interrupts_off(test: fn() -> Outcome) -> impl FnOnce() -> Outcome {
+    move || {
+        let were_enabled = cpu::disable_interrupts();
+        let result = test();
+        if were_enabled {
+            cpu::enable_interrupts();
+        }
+        result
+    }
+}
+
 /// The facts the other tests rest on: inside a section (register open)
 /// QEMU keeps a stale translation until `invlpg`, so a missing
 /// invalidation is observable; a PKRS write flushes QEMU's whole TLB.
@@ -1005,7 +1019,7 @@ pub fn run_all() -> Report {
     let mut report = Report::default();
     report.run(
         "QEMU keeps a stale translation until invlpg",
-        stale_translation_is_observable_test,
+        interrupts_off(stale_translation_is_observable_test),
     );
     report.run("map", in_section(map_test));
     report.run("zap", in_section(zap_test));
@@ -1018,7 +1032,10 @@ pub fn run_all() -> Report {
         zap_test()?;
         protect_test()
     });
-    report.run("no stale translation after disable", stale_translation_test);
+    report.run(
+        "no stale translation after disable",
+        interrupts_off(stale_translation_test),
+    );
     report.run(
         "timer interrupt remaps inside a section",
         timer_in_section_test,
