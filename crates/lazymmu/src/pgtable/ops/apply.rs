@@ -2,12 +2,13 @@
 //! `apply_to_existing_page_range`, mm/memory.c), as vmalloc and KASAN's
 //! shadow populate/depopulate use it.
 
-use super::{check_range, entry_end, PageTables, RangeError, Stop};
+use super::descend::{ptes, Slot};
+use super::{check_range, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate, PteAccess, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Attributes, Entry, Format};
+use crate::pgtable::format::{Attributes, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -234,11 +235,8 @@ where
         if level == 1 {
             return self.apply_ptes(table, start, end, job, gather);
         }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
+        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
+            match current {
                 Entry::Absent if job.mode == ApplyMode::Existing => {}
                 Entry::Leaf { .. } => return Err(Stop::Huge(va).into()),
                 _ => {
@@ -247,7 +245,6 @@ where
                     self.apply_level(below, level - 1, va, next, job, gather)?;
                 }
             }
-            va = next;
         }
         Ok(())
     }
@@ -268,11 +265,7 @@ where
         Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
     {
         let _section = self.lazy.section();
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
-            let va = start + ((i as u64) << 12);
+        for (_, va, entry) in ptes(table, start, end) {
             let mut slot = PteSlot::<F, B> {
                 backend: self.backend,
                 update: self.update(entry, va, job.high, 1, 0, true),

@@ -52,6 +52,7 @@
 
 mod apply;
 mod copy;
+mod descend;
 mod map;
 mod moves;
 mod protect;
@@ -447,13 +448,6 @@ where
     #[inline]
     pub(crate) fn canonical(va: u64, high: bool) -> VirtAddr {
         VirtAddr(canonical::<F>(va, high))
-    }
-
-    /// The canonical form of an exclusive end (in the half of the address
-    /// before it).
-    #[inline]
-    pub(crate) fn canonical_end(end: u64, high: bool) -> VirtAddr {
-        VirtAddr(canonical::<F>(end - 1, high) + 1)
     }
 
     pub(crate) fn check_gather<G, GA, O>(

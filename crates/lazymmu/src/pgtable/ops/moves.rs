@@ -1,12 +1,13 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
+use super::descend::{ptes, Invalidated, Slot};
 use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
-use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, Entry, Format};
+use crate::pgtable::format::{entry_shift, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -152,11 +153,8 @@ where
             return self.move_ptes(table, start, end, job, gather);
         }
         let span = 1u64 << entry_shift(level);
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
+        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
+            match current {
                 Entry::Absent => {}
                 Entry::Leaf { size, .. }
                     if covers_entry(va, next, level) && va.wrapping_add(job.delta) % span == 0 =>
@@ -181,7 +179,6 @@ where
                     self.move_level(below, level - 1, va, next, job, gather)?;
                 }
             }
-            va = next;
         }
         Ok(())
     }
@@ -227,29 +224,25 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
-        let entry_of = |i: usize| table.add(8 * (first + i) as u64);
-        let Some(first_valid) = (0..count).find(|&i| F::is_valid(self.read(entry_of(i)))) else {
+        let Some((first_valid, first_va, _)) =
+            ptes(table, start, end).find(|&(_, _, entry)| F::is_valid(self.read(entry)))
+        else {
             return Ok(());
         };
-        let first_va = start + ((first_valid as u64) << 12);
         let dst_table = self
             .ensure_table(self.root, first_va.wrapping_add(job.delta), job.high, 1)
             .map_err(|stop| match stop {
                 Stop::OutOfFrames(_) => Stop::OutOfFrames(first_va),
                 _ => Stop::Occupied(first_va),
             })?;
-        let mut range: Option<(u64, u64)> = None;
+        let mut range = Invalidated::default();
         let mut result = Ok(());
         {
             let _section = self.lazy.section();
-            for i in first_valid..count {
-                let entry = entry_of(i);
+            for (_, va, entry) in ptes(table, start, end).skip(first_valid) {
                 if !F::is_valid(self.read(entry)) {
                     continue;
                 }
-                let va = start + ((i as u64) << 12);
                 let dst = va.wrapping_add(job.delta);
                 let target = Self::entry(dst_table, dst, 1);
                 if F::is_valid(self.read(target)) {
@@ -259,19 +252,10 @@ where
                 let old = self.clear(entry, va, job.high, 1);
                 self.write_leaf(target, dst, job.high, 1, old);
                 job.summary.moved[0] += 1;
-                range = Some(match range {
-                    None => (va, va + 4096),
-                    Some((s, _)) => (s, va + 4096),
-                });
+                range.add(va);
             }
         }
-        if let Some((s, e)) = range {
-            gather.add_range(
-                Self::canonical(s, job.high),
-                Self::canonical_end(e, job.high),
-                PageSize::Size4K,
-            );
-        }
+        range.gather::<F, _, _, _>(job.high, gather);
         result
     }
 }

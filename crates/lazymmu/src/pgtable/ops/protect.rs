@@ -1,11 +1,12 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use super::descend::{ptes, Invalidated, Slot};
+use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Attributes, Entry, Format};
+use crate::pgtable::format::{Attributes, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -94,11 +95,8 @@ where
             self.protect_ptes(table, start, end, job, gather);
             return Ok(());
         }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
+        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
+            match current {
                 Entry::Absent => {}
                 Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
                     if self.protect_entry(entry, va, level, size, job) {
@@ -114,7 +112,6 @@ where
                     self.protect_level(below, level - 1, va, next, job, gather)?;
                 }
             }
-            va = next;
         }
         Ok(())
     }
@@ -159,26 +156,13 @@ where
         O: FreeOrder,
     {
         let _section = self.lazy.section();
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
-        let mut range: Option<(u64, u64)> = None;
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
-            let va = start + ((i as u64) << 12);
+        let mut range = Invalidated::default();
+        for (_, va, entry) in ptes(table, start, end) {
             if self.protect_entry(entry, va, 1, PageSize::Size4K, job) {
-                range = Some(match range {
-                    None => (va, va + 4096),
-                    Some((s, _)) => (s, va + 4096),
-                });
+                range.add(va);
             }
         }
-        if let Some((s, e)) = range {
-            gather.add_range(
-                Self::canonical(s, job.high),
-                Self::canonical_end(e, job.high),
-                PageSize::Size4K,
-            );
-        }
+        range.gather::<F, _, _, _>(job.high, gather);
     }
 }
 

@@ -1,12 +1,13 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Span, Stop};
+use super::descend::{ptes, Invalidated, Slot};
+use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -119,11 +120,8 @@ where
             self.zap_ptes(table, start, end, high, None, gather, summary);
             return Ok(());
         }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
+        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
+            match current {
                 Entry::Absent => {}
                 Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
                     let old = self.clear(entry, va, high, level);
@@ -161,7 +159,6 @@ where
                     }
                 }
             }
-            va = next;
         }
         Ok(())
     }
@@ -184,34 +181,21 @@ where
         O: FreeOrder,
     {
         let _section = self.lazy.section();
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
         let mut cleared = 0;
-        let mut range: Option<(u64, u64)> = None;
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
+        let mut range = Invalidated::default();
+        for (_, va, entry) in ptes(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }
-            let va = start + ((i as u64) << 12);
             let old = self.clear(entry, va, high, 1);
             summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
             cleared += 1;
-            range = Some(match range {
-                None => (va, va + 4096),
-                Some((s, _)) => (s, va + 4096),
-            });
+            range.add(va);
         }
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
-        if let Some((s, e)) = range {
-            gather.add_range(
-                Self::canonical(s, high),
-                Self::canonical_end(e, high),
-                crate::addr::PageSize::Size4K,
-            );
-        }
+        range.gather::<F, _, _, _>(high, gather);
         summary.leaves[0] += cleared;
     }
 }
