@@ -2,7 +2,7 @@
 //! `apply_to_existing_page_range`, mm/memory.c), as vmalloc and KASAN's
 //! shadow populate/depopulate use it.
 
-use super::descend::{ptes, Slot};
+use super::descend::{ptes, Slot, Visit};
 use super::{check_range, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate, PteAccess, TlbFlush};
@@ -202,7 +202,35 @@ where
             summary: ApplySummary::default(),
         };
         let canonical = |at| Self::canonical(at, span.high);
-        match self.apply_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+        let high = span.high;
+        let result =
+            self.descend(
+                self.root,
+                F::LEVELS,
+                span.start,
+                span.end,
+                &mut |visit| match visit {
+                    Visit::Ptes { table, start, end } => {
+                        self.apply_ptes(table, start, end, &mut job, gather)?;
+                        Ok(None)
+                    }
+                    Visit::Entry {
+                        level,
+                        slot: Slot { va, entry, .. },
+                        current,
+                    } => match current {
+                        Entry::Absent if job.mode == ApplyMode::Existing => Ok(None),
+                        Entry::Leaf { .. } => Err(Stop::Huge(va).into()),
+                        _ => {
+                            let (below, new) = self.table_below(entry, va, high, level)?;
+                            job.summary.tables_allocated += u64::from(new);
+                            Ok(Some(below))
+                        }
+                    },
+                    Visit::Ascend { .. } => Ok(None),
+                },
+            );
+        match result {
             Ok(()) => Ok(job.summary),
             Err(ApplyStop::Walk(Stop::OutOfFrames(at))) => {
                 Err(ApplyError::OutOfFrames { at: canonical(at) })
@@ -215,38 +243,6 @@ where
                 error,
             }),
         }
-    }
-
-    fn apply_level<E, G, GA, O, Fun>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job<'_, Fun>,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), ApplyStop<E>>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-        Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
-    {
-        if level == 1 {
-            return self.apply_ptes(table, start, end, job, gather);
-        }
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            match current {
-                Entry::Absent if job.mode == ApplyMode::Existing => {}
-                Entry::Leaf { .. } => return Err(Stop::Huge(va).into()),
-                _ => {
-                    let (below, new) = self.table_below(entry, va, job.high, level)?;
-                    job.summary.tables_allocated += u64::from(new);
-                    self.apply_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The PTE loop: one lazy section for the table.

@@ -1,6 +1,6 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
-use super::descend::{ptes, Slot};
+use super::descend::{ptes, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -113,7 +113,44 @@ where
             high: span.high,
             summary: CopySummary::default(),
         };
-        match self.copy_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+        let high = span.high;
+        let result =
+            self.descend(
+                self.root,
+                F::LEVELS,
+                span.start,
+                span.end,
+                &mut |visit| match visit {
+                    Visit::Ptes { table, start, end } => {
+                        self.copy_ptes(table, start, end, &mut job, gather)?;
+                        Ok(None)
+                    }
+                    Visit::Entry {
+                        level,
+                        slot: Slot { va, next, entry },
+                        current,
+                    } => match current {
+                        Entry::Absent => Ok(None),
+                        Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                            let child_table = self.child_table(va, level, &mut job)?;
+                            let child_entry = Self::entry(child_table, va, level);
+                            if F::is_valid(self.read(child_entry)) {
+                                return Err(Stop::Occupied(va));
+                            }
+                            self.copy_entry(entry, child_entry, va, level, size, &mut job, gather);
+                            Ok(None)
+                        }
+                        Entry::Leaf { .. } => {
+                            let below = self.split(entry, va, high, level, gather)?;
+                            job.summary.splits += 1;
+                            Ok(Some(below))
+                        }
+                        Entry::Table(below) => Ok(Some(below)),
+                    },
+                    Visit::Ascend { .. } => Ok(None),
+                },
+            );
+        match result {
             Ok(()) => Ok(job.summary),
             Err(Stop::OutOfFrames(at)) => Err(CopyError::OutOfFrames {
                 at: Self::canonical(at, span.high),
@@ -122,47 +159,6 @@ where
                 at: Self::canonical(at, span.high),
             }),
         }
-    }
-
-    fn copy_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            return self.copy_ptes(table, start, end, job, gather);
-        }
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            match current {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                    let child_table = self.child_table(va, level, job)?;
-                    let child_entry = Self::entry(child_table, va, level);
-                    if F::is_valid(self.read(child_entry)) {
-                        return Err(Stop::Occupied(va));
-                    }
-                    self.copy_entry(entry, child_entry, va, level, size, job, gather);
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, job.high, level, gather)?;
-                    job.summary.splits += 1;
-                    self.copy_level(below, level - 1, va, next, job, gather)?;
-                }
-                Entry::Table(below) => {
-                    self.copy_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The child's table at `level` for `va`, created as needed.

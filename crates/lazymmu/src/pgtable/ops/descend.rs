@@ -1,8 +1,11 @@
-//! The descent every range operation shares: the entries of one table that
-//! a range `[start, end)` touches, in address order, and the run of 4 KiB
-//! entries of a PTE table. Each operation keeps only what differs (what it
-//! does with a leaf, a table, an absent entry), so the walk itself is
-//! written once.
+//! The descent every range operation shares: from a table at some level,
+//! the entries a range `[start, end)` touches, in address order, each read
+//! and decoded when the walk reaches it; descent into the table below an
+//! entry over the entry's part of the range; the PTE level handed to the
+//! operation's own loop (which opens the lazy section); and the run of
+//! 4 KiB entries of a PTE table. Each operation says only what differs
+//! (what it does with a leaf, a table, an absent entry, a PTE table), so
+//! the walk itself is written once.
 
 use super::{entry_end, PageTables};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
@@ -24,6 +27,38 @@ pub(crate) struct Slot {
     pub next: u64,
     /// The address of the entry.
     pub entry: PhysAddr,
+}
+
+/// What [`PageTables::descend`] meets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Visit {
+    /// The part `[start, end)` of the PTE table `table`.
+    Ptes {
+        /// The PTE table.
+        table: PhysAddr,
+        /// The first (masked) address.
+        start: u64,
+        /// The end of the part.
+        end: u64,
+    },
+    /// An entry above the PTE level.
+    Entry {
+        /// The level of the entry's table.
+        level: u8,
+        /// Where the entry is and the part of the range it holds.
+        slot: Slot,
+        /// The entry, as read when the walk reached it.
+        current: Entry,
+    },
+    /// The walk is back from `below`, the table under the entry at `slot`.
+    Ascend {
+        /// The level of the entry's table.
+        level: u8,
+        /// Where the entry is and the part of the range it holds.
+        slot: Slot,
+        /// The table the walk descended into.
+        below: PhysAddr,
+    },
 }
 
 /// The entries of `table` (at `level`) that `[start, end)` touches, in
@@ -130,6 +165,45 @@ where
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
+    /// Walks `[start, end)` down from `table` at `level`, telling `visit`
+    /// what it meets, in address order:
+    /// - at level 1, [`Visit::Ptes`] for the PTE table's part of the range
+    ///   (the operation's PTE loop);
+    /// - above, [`Visit::Entry`] for each entry, read and decoded when the
+    ///   walk reaches it; `visit` returns the table to descend into over
+    ///   the entry's part of the range (`Some`), or `None` when it has done
+    ///   all there is to do for the entry; after a descent,
+    ///   [`Visit::Ascend`] for the same entry.
+    ///
+    /// The first error `visit` returns stops the walk and is returned.
+    pub(crate) fn descend<E, V>(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        start: u64,
+        end: u64,
+        visit: &mut V,
+    ) -> Result<(), E>
+    where
+        V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
+    {
+        if level == 1 {
+            visit(Visit::Ptes { table, start, end })?;
+            return Ok(());
+        }
+        for (slot, current) in self.entries(table, level, start, end) {
+            if let Some(below) = visit(Visit::Entry {
+                level,
+                slot,
+                current,
+            })? {
+                self.descend(below, level - 1, slot.va, slot.next, visit)?;
+                visit(Visit::Ascend { level, slot, below })?;
+            }
+        }
+        Ok(())
+    }
+
     /// The entries of `table` (at `level`) that `[start, end)` touches, in
     /// address order, each read through the backend and decoded when the
     /// walk reaches it (after the previous entry's work is done).

@@ -1,7 +1,7 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
-use super::descend::{ptes, Invalidated, Slot};
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -97,14 +97,50 @@ where
             high: source.high,
             summary: MoveSummary::default(),
         };
-        match self.move_level(
+        let high = source.high;
+        let result = self.descend(
             self.root,
             F::LEVELS,
             source.start,
             source.end,
-            &mut job,
-            gather,
-        ) {
+            &mut |visit| match visit {
+                Visit::Ptes { table, start, end } => {
+                    self.move_ptes(table, start, end, &mut job, gather)?;
+                    Ok(None)
+                }
+                Visit::Entry {
+                    level,
+                    slot: Slot { va, next, entry },
+                    current,
+                } => match current {
+                    Entry::Absent => Ok(None),
+                    Entry::Leaf { size, .. }
+                        if covers_entry(va, next, level)
+                            && va.wrapping_add(job.delta) % (1u64 << entry_shift(level)) == 0 =>
+                    {
+                        if let Some(target) = self.destination(va, level, &job)? {
+                            let old = self.clear(entry, va, high, level);
+                            self.write_leaf(target, va.wrapping_add(job.delta), high, level, old);
+                            gather.add_page(Self::canonical(va, high), size);
+                            job.summary.moved[size_slot(size)] += 1;
+                            Ok(None)
+                        } else {
+                            let below = self.split(entry, va, high, level, gather)?;
+                            job.summary.splits += 1;
+                            Ok(Some(below))
+                        }
+                    }
+                    Entry::Leaf { .. } => {
+                        let below = self.split(entry, va, high, level, gather)?;
+                        job.summary.splits += 1;
+                        Ok(Some(below))
+                    }
+                    Entry::Table(below) => Ok(Some(below)),
+                },
+                Visit::Ascend { .. } => Ok(None),
+            },
+        );
+        match result {
             Ok(()) => Ok(job.summary),
             Err(Stop::OutOfFrames(at)) => Err(MoveError::OutOfFrames {
                 at: Self::canonical(at, source.high),
@@ -133,54 +169,6 @@ where
             Entry::Table(_) if level > 1 => Ok(None),
             _ => Err(Stop::Occupied(va)),
         }
-    }
-
-    fn move_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            return self.move_ptes(table, start, end, job, gather);
-        }
-        let span = 1u64 << entry_shift(level);
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            match current {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. }
-                    if covers_entry(va, next, level) && va.wrapping_add(job.delta) % span == 0 =>
-                {
-                    if let Some(target) = self.destination(va, level, job)? {
-                        let old = self.clear(entry, va, job.high, level);
-                        self.write_leaf(target, va.wrapping_add(job.delta), job.high, level, old);
-                        gather.add_page(Self::canonical(va, job.high), size);
-                        job.summary.moved[size_slot(size)] += 1;
-                    } else {
-                        let below = self.split(entry, va, job.high, level, gather)?;
-                        job.summary.splits += 1;
-                        self.move_level(below, level - 1, va, next, job, gather)?;
-                    }
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, job.high, level, gather)?;
-                    job.summary.splits += 1;
-                    self.move_level(below, level - 1, va, next, job, gather)?;
-                }
-                Entry::Table(below) => {
-                    self.move_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The PTE loop, per extent (the source PTE table cut at the

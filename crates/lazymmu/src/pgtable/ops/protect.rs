@@ -1,6 +1,6 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::descend::{ptes, Invalidated, Slot};
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -68,52 +68,47 @@ where
         self.check_gather(gather).map_err(ProtectError::Range)?;
         let mut summary = ProtectSummary::default();
         let mut job = Job::new::<F>(attrs, span.high, &mut summary);
-        match self.protect_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+        let high = span.high;
+        let result =
+            self.descend(
+                self.root,
+                F::LEVELS,
+                span.start,
+                span.end,
+                &mut |visit| match visit {
+                    Visit::Ptes { table, start, end } => {
+                        self.protect_ptes(table, start, end, &mut job, gather);
+                        Ok(None)
+                    }
+                    Visit::Entry {
+                        level,
+                        slot: Slot { va, next, entry },
+                        current,
+                    } => match current {
+                        Entry::Absent => Ok(None),
+                        Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                            if self.protect_entry(entry, va, level, size, &mut job) {
+                                gather.add_page(Self::canonical(va, high), size);
+                            }
+                            Ok(None)
+                        }
+                        Entry::Leaf { .. } => {
+                            let below = self.split(entry, va, high, level, gather)?;
+                            job.summary.splits += 1;
+                            Ok(Some(below))
+                        }
+                        Entry::Table(below) => Ok(Some(below)),
+                    },
+                    Visit::Ascend { .. } => Ok(None),
+                },
+            );
+        match result {
             Ok(()) => Ok(summary),
             Err(Stop::OutOfFrames(at)) => Err(ProtectError::OutOfFrames {
                 at: Self::canonical(at, span.high),
             }),
             Err(other) => unreachable!("protect stopped with {other:?}"),
         }
-    }
-
-    fn protect_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job<'_>,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            self.protect_ptes(table, start, end, job, gather);
-            return Ok(());
-        }
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            match current {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                    if self.protect_entry(entry, va, level, size, job) {
-                        gather.add_page(Self::canonical(va, job.high), size);
-                    }
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, job.high, level, gather)?;
-                    job.summary.splits += 1;
-                    self.protect_level(below, level - 1, va, next, job, gather)?;
-                }
-                Entry::Table(below) => {
-                    self.protect_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Rewrites one present leaf; returns whether it changed.

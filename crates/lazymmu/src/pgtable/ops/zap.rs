@@ -1,7 +1,7 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::descend::{ptes, Invalidated, Slot};
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -83,84 +83,81 @@ where
         O: FreeOrder,
     {
         let mut summary = ZapSummary::default();
-        match self.zap_level(
-            self.root,
-            F::LEVELS,
-            span.start,
-            span.end,
-            span.high,
-            gather,
-            &mut summary,
-        ) {
+        let high = span.high;
+        let result =
+            self.descend(
+                self.root,
+                F::LEVELS,
+                span.start,
+                span.end,
+                &mut |visit| match visit {
+                    Visit::Ptes { table, start, end } => {
+                        self.zap_ptes(table, start, end, high, None, gather, &mut summary);
+                        Ok(None)
+                    }
+                    Visit::Entry {
+                        level,
+                        slot: Slot { va, next, entry },
+                        current,
+                    } => match current {
+                        Entry::Absent => Ok(None),
+                        Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                            let old = self.clear(entry, va, high, level);
+                            if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
+                                summary.dirty += u64::from(attrs.dirty);
+                            }
+                            gather.add_page(Self::canonical(va, high), size);
+                            summary.leaves[size_slot(size)] += 1;
+                            Ok(None)
+                        }
+                        Entry::Leaf { .. } => {
+                            let below = self.split(entry, va, high, level, gather)?;
+                            summary.splits += 1;
+                            Ok(Some(below))
+                        }
+                        Entry::Table(below) if level == 2 => {
+                            // The PMD entry is cleared inside the PTE table's
+                            // section, so the section's close applies it too.
+                            let whole = covers_entry(va, next, level);
+                            let unlink = whole.then_some(entry);
+                            self.zap_ptes(below, va, next, high, unlink, gather, &mut summary);
+                            if whole {
+                                gather.remove_table(below, Self::canonical(va, high), level);
+                                summary.tables_freed += 1;
+                            }
+                            Ok(None)
+                        }
+                        Entry::Table(below) => Ok(Some(below)),
+                    },
+                    // A split leaf never covers its entry, so only a table the
+                    // range wholly covers is unlinked here.
+                    Visit::Ascend {
+                        level,
+                        slot: Slot { va, next, entry },
+                        below,
+                    } => {
+                        if covers_entry(va, next, level) {
+                            // Its own short section: the close applies the
+                            // unlink before the gather can free the table,
+                            // even when a caller's section is open.
+                            {
+                                let _section = self.lazy.section();
+                                self.clear_table(entry, va, high, level);
+                            }
+                            gather.remove_table(below, Self::canonical(va, high), level);
+                            summary.tables_freed += 1;
+                        }
+                        Ok(None)
+                    }
+                },
+            );
+        match result {
             Ok(()) => Ok(summary),
             Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
                 at: Self::canonical(at, span.high),
             }),
             Err(other) => unreachable!("zap stopped with {other:?}"),
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn zap_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        high: bool,
-        gather: &mut Gather<'_, G, GA, O>,
-        summary: &mut ZapSummary,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            self.zap_ptes(table, start, end, high, None, gather, summary);
-            return Ok(());
-        }
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            match current {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                    let old = self.clear(entry, va, high, level);
-                    if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
-                        summary.dirty += u64::from(attrs.dirty);
-                    }
-                    gather.add_page(Self::canonical(va, high), size);
-                    summary.leaves[size_slot(size)] += 1;
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, high, level, gather)?;
-                    summary.splits += 1;
-                    self.zap_level(below, level - 1, va, next, high, gather, summary)?;
-                }
-                Entry::Table(below) => {
-                    let whole = covers_entry(va, next, level);
-                    if level == 2 {
-                        // The PMD entry is cleared inside the PTE table's
-                        // section, so the section's close applies it too.
-                        let unlink = whole.then_some(entry);
-                        self.zap_ptes(below, va, next, high, unlink, gather, summary);
-                    } else {
-                        self.zap_level(below, level - 1, va, next, high, gather, summary)?;
-                        if whole {
-                            // Its own short section: the close applies the
-                            // unlink before the gather can free the table,
-                            // even when a caller's section is open.
-                            let _section = self.lazy.section();
-                            self.clear_table(entry, va, high, level);
-                        }
-                    }
-                    if whole {
-                        gather.remove_table(below, Self::canonical(va, high), level);
-                        summary.tables_freed += 1;
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The PTE loop: one lazy section for the table. `unlink` is the PMD
