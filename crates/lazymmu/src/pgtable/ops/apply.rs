@@ -2,7 +2,7 @@
 //! `apply_to_existing_page_range`, mm/memory.c), as vmalloc and KASAN's
 //! shadow populate/depopulate use it.
 
-use super::descend::{ptes, Slot, Visit};
+use super::descend::{ptes, Visit};
 use super::{check_range, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate, PteAccess, TlbFlush};
@@ -203,33 +203,28 @@ where
         };
         let canonical = |at| Self::canonical(at, span.high);
         let high = span.high;
-        let result =
-            self.descend(
-                self.root,
-                F::LEVELS,
-                span.start,
-                span.end,
-                &mut |visit| match visit {
-                    Visit::Ptes { table, start, end } => {
-                        self.apply_ptes(table, start, end, &mut job, gather)?;
-                        Ok(None)
-                    }
-                    Visit::Entry {
-                        level,
-                        slot: Slot { va, entry, .. },
-                        current,
-                    } => match current {
-                        Entry::Absent if job.mode == ApplyMode::Existing => Ok(None),
-                        Entry::Leaf { .. } => Err(Stop::Huge(va).into()),
-                        _ => {
-                            let (below, new) = self.table_below(entry, va, high, level)?;
-                            job.summary.tables_allocated += u64::from(new);
-                            Ok(Some(below))
-                        }
-                    },
-                    Visit::Ascend { .. } => Ok(None),
-                },
-            );
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes { table, start, end } => {
+                self.apply_ptes(table, start, end, &mut job, gather)?;
+                Ok(None)
+            }
+            Visit::Entry {
+                level,
+                va,
+                entry,
+                current,
+                ..
+            } => match current {
+                Entry::Absent if job.mode == ApplyMode::Existing => Ok(None),
+                Entry::Leaf { .. } => Err(Stop::Huge(va).into()),
+                _ => {
+                    let (below, new) = self.table_below(entry, va, high, level)?;
+                    job.summary.tables_allocated += u64::from(new);
+                    Ok(Some(below))
+                }
+            },
+            Visit::Ascend { .. } => Ok(None),
+        });
         match result {
             Ok(()) => Ok(job.summary),
             Err(ApplyStop::Walk(Stop::OutOfFrames(at))) => {

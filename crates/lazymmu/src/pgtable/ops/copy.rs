@@ -1,6 +1,6 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
-use super::descend::{ptes, Slot, Visit};
+use super::descend::{ptes, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -114,42 +114,35 @@ where
             summary: CopySummary::default(),
         };
         let high = span.high;
-        let result =
-            self.descend(
-                self.root,
-                F::LEVELS,
-                span.start,
-                span.end,
-                &mut |visit| match visit {
-                    Visit::Ptes { table, start, end } => {
-                        self.copy_ptes(table, start, end, &mut job, gather)?;
-                        Ok(None)
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes { table, start, end } => {
+                self.copy_ptes(table, start, end, &mut job, gather)?;
+                Ok(None)
+            }
+            Visit::Entry {
+                level,
+                va,
+                next,
+                entry,
+                current,
+            } => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    let child_table = self.child_table(va, level, &mut job)?;
+                    let child_entry = Self::entry(child_table, va, level);
+                    if F::is_valid(self.read(child_entry)) {
+                        return Err(Stop::Occupied(va));
                     }
-                    Visit::Entry {
-                        level,
-                        slot: Slot { va, next, entry },
-                        current,
-                    } => match current {
-                        Entry::Absent => Ok(None),
-                        Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                            let child_table = self.child_table(va, level, &mut job)?;
-                            let child_entry = Self::entry(child_table, va, level);
-                            if F::is_valid(self.read(child_entry)) {
-                                return Err(Stop::Occupied(va));
-                            }
-                            self.copy_entry(entry, child_entry, va, level, size, &mut job, gather);
-                            Ok(None)
-                        }
-                        Entry::Leaf { .. } => {
-                            let below = self.split(entry, va, high, level, gather)?;
-                            job.summary.splits += 1;
-                            Ok(Some(below))
-                        }
-                        Entry::Table(below) => Ok(Some(below)),
-                    },
-                    Visit::Ascend { .. } => Ok(None),
-                },
-            );
+                    self.copy_entry(entry, child_entry, va, level, size, &mut job, gather);
+                    Ok(None)
+                }
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            Visit::Ascend { .. } => Ok(None),
+        });
         match result {
             Ok(()) => Ok(job.summary),
             Err(Stop::OutOfFrames(at)) => Err(CopyError::OutOfFrames {

@@ -7,7 +7,7 @@
 //! (what it does with a leaf, a table, an absent entry, a PTE table), so
 //! the walk itself is written once.
 
-use super::{entry_end, PageTables};
+use super::{entry_end, PageTables, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
@@ -45,17 +45,26 @@ pub(crate) enum Visit {
     Entry {
         /// The level of the entry's table.
         level: u8,
-        /// Where the entry is and the part of the range it holds.
-        slot: Slot,
+        /// The first (masked) address of the range inside the entry.
+        va: u64,
+        /// The end of the range inside the entry.
+        next: u64,
+        /// The address of the entry.
+        entry: PhysAddr,
         /// The entry, as read when the walk reached it.
         current: Entry,
     },
-    /// The walk is back from `below`, the table under the entry at `slot`.
+    /// The walk is back from `below`, the table under the entry at `entry`
+    /// (same fields as [`Visit::Entry`]).
     Ascend {
         /// The level of the entry's table.
         level: u8,
-        /// Where the entry is and the part of the range it holds.
-        slot: Slot,
+        /// The first (masked) address of the range inside the entry.
+        va: u64,
+        /// The end of the range inside the entry.
+        next: u64,
+        /// The address of the entry.
+        entry: PhysAddr,
         /// The table the walk descended into.
         below: PhysAddr,
     },
@@ -191,17 +200,57 @@ where
             visit(Visit::Ptes { table, start, end })?;
             return Ok(());
         }
-        for (slot, current) in self.entries(table, level, start, end) {
-            if let Some(below) = visit(Visit::Entry {
+        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
+            let step = visit(Visit::Entry {
                 level,
-                slot,
+                va,
+                next,
+                entry,
                 current,
-            })? {
-                self.descend(below, level - 1, slot.va, slot.next, visit)?;
-                visit(Visit::Ascend { level, slot, below })?;
+            })?;
+            if let Some(below) = step {
+                self.descend(below, level - 1, va, next, visit)?;
+                visit(Visit::Ascend {
+                    level,
+                    va,
+                    next,
+                    entry,
+                    below,
+                })?;
             }
         }
         Ok(())
+    }
+
+    /// [`descend`](Self::descend) over `[start, end)` from the root.
+    pub(crate) fn walk<E, V>(&self, start: u64, end: u64, visit: &mut V) -> Result<(), E>
+    where
+        V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
+    {
+        self.descend(self.root, F::LEVELS, start, end, visit)
+    }
+
+    /// Splits the huge leaf at `entry` that the range cuts (see
+    /// [`split`](Self::split)), counts it in `splits`, and returns the new
+    /// table for the walk to descend into.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn split_into<G, GA, O>(
+        &self,
+        entry: PhysAddr,
+        va: u64,
+        high: bool,
+        level: u8,
+        gather: &mut Gather<'_, G, GA, O>,
+        splits: &mut u64,
+    ) -> Result<Option<PhysAddr>, Stop>
+    where
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let below = self.split(entry, va, high, level, gather)?;
+        *splits += 1;
+        Ok(Some(below))
     }
 
     /// The entries of `table` (at `level`) that `[start, end)` touches, in

@@ -1,7 +1,7 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{ptes, Invalidated, Visit};
 use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -98,48 +98,40 @@ where
             summary: MoveSummary::default(),
         };
         let high = source.high;
-        let result = self.descend(
-            self.root,
-            F::LEVELS,
-            source.start,
-            source.end,
-            &mut |visit| match visit {
-                Visit::Ptes { table, start, end } => {
-                    self.move_ptes(table, start, end, &mut job, gather)?;
-                    Ok(None)
+        let result = self.walk(source.start, source.end, &mut |visit| match visit {
+            Visit::Ptes { table, start, end } => {
+                self.move_ptes(table, start, end, &mut job, gather)?;
+                Ok(None)
+            }
+            Visit::Entry {
+                level,
+                va,
+                next,
+                entry,
+                current,
+            } => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. }
+                    if covers_entry(va, next, level)
+                        && va.wrapping_add(job.delta) % (1u64 << entry_shift(level)) == 0 =>
+                {
+                    if let Some(target) = self.destination(va, level, &job)? {
+                        let old = self.clear(entry, va, high, level);
+                        self.write_leaf(target, va.wrapping_add(job.delta), high, level, old);
+                        gather.add_page(Self::canonical(va, high), size);
+                        job.summary.moved[size_slot(size)] += 1;
+                        Ok(None)
+                    } else {
+                        self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                    }
                 }
-                Visit::Entry {
-                    level,
-                    slot: Slot { va, next, entry },
-                    current,
-                } => match current {
-                    Entry::Absent => Ok(None),
-                    Entry::Leaf { size, .. }
-                        if covers_entry(va, next, level)
-                            && va.wrapping_add(job.delta) % (1u64 << entry_shift(level)) == 0 =>
-                    {
-                        if let Some(target) = self.destination(va, level, &job)? {
-                            let old = self.clear(entry, va, high, level);
-                            self.write_leaf(target, va.wrapping_add(job.delta), high, level, old);
-                            gather.add_page(Self::canonical(va, high), size);
-                            job.summary.moved[size_slot(size)] += 1;
-                            Ok(None)
-                        } else {
-                            let below = self.split(entry, va, high, level, gather)?;
-                            job.summary.splits += 1;
-                            Ok(Some(below))
-                        }
-                    }
-                    Entry::Leaf { .. } => {
-                        let below = self.split(entry, va, high, level, gather)?;
-                        job.summary.splits += 1;
-                        Ok(Some(below))
-                    }
-                    Entry::Table(below) => Ok(Some(below)),
-                },
-                Visit::Ascend { .. } => Ok(None),
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                }
+                Entry::Table(below) => Ok(Some(below)),
             },
-        );
+            Visit::Ascend { .. } => Ok(None),
+        });
         match result {
             Ok(()) => Ok(job.summary),
             Err(Stop::OutOfFrames(at)) => Err(MoveError::OutOfFrames {

@@ -1,6 +1,6 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{ptes, Invalidated, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -69,39 +69,32 @@ where
         let mut summary = ProtectSummary::default();
         let mut job = Job::new::<F>(attrs, span.high, &mut summary);
         let high = span.high;
-        let result =
-            self.descend(
-                self.root,
-                F::LEVELS,
-                span.start,
-                span.end,
-                &mut |visit| match visit {
-                    Visit::Ptes { table, start, end } => {
-                        self.protect_ptes(table, start, end, &mut job, gather);
-                        Ok(None)
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes { table, start, end } => {
+                self.protect_ptes(table, start, end, &mut job, gather);
+                Ok(None)
+            }
+            Visit::Entry {
+                level,
+                va,
+                next,
+                entry,
+                current,
+            } => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    if self.protect_entry(entry, va, level, size, &mut job) {
+                        gather.add_page(Self::canonical(va, high), size);
                     }
-                    Visit::Entry {
-                        level,
-                        slot: Slot { va, next, entry },
-                        current,
-                    } => match current {
-                        Entry::Absent => Ok(None),
-                        Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                            if self.protect_entry(entry, va, level, size, &mut job) {
-                                gather.add_page(Self::canonical(va, high), size);
-                            }
-                            Ok(None)
-                        }
-                        Entry::Leaf { .. } => {
-                            let below = self.split(entry, va, high, level, gather)?;
-                            job.summary.splits += 1;
-                            Ok(Some(below))
-                        }
-                        Entry::Table(below) => Ok(Some(below)),
-                    },
-                    Visit::Ascend { .. } => Ok(None),
-                },
-            );
+                    Ok(None)
+                }
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            Visit::Ascend { .. } => Ok(None),
+        });
         match result {
             Ok(()) => Ok(summary),
             Err(Stop::OutOfFrames(at)) => Err(ProtectError::OutOfFrames {

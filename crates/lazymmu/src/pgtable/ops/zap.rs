@@ -1,7 +1,7 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{ptes, Invalidated, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -84,73 +84,68 @@ where
     {
         let mut summary = ZapSummary::default();
         let high = span.high;
-        let result =
-            self.descend(
-                self.root,
-                F::LEVELS,
-                span.start,
-                span.end,
-                &mut |visit| match visit {
-                    Visit::Ptes { table, start, end } => {
-                        self.zap_ptes(table, start, end, high, None, gather, &mut summary);
-                        Ok(None)
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes { table, start, end } => {
+                self.zap_ptes(table, start, end, high, None, gather, &mut summary);
+                Ok(None)
+            }
+            Visit::Entry {
+                level,
+                va,
+                next,
+                entry,
+                current,
+            } => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    let old = self.clear(entry, va, high, level);
+                    if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
+                        summary.dirty += u64::from(attrs.dirty);
                     }
-                    Visit::Entry {
-                        level,
-                        slot: Slot { va, next, entry },
-                        current,
-                    } => match current {
-                        Entry::Absent => Ok(None),
-                        Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                            let old = self.clear(entry, va, high, level);
-                            if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
-                                summary.dirty += u64::from(attrs.dirty);
-                            }
-                            gather.add_page(Self::canonical(va, high), size);
-                            summary.leaves[size_slot(size)] += 1;
-                            Ok(None)
-                        }
-                        Entry::Leaf { .. } => {
-                            let below = self.split(entry, va, high, level, gather)?;
-                            summary.splits += 1;
-                            Ok(Some(below))
-                        }
-                        Entry::Table(below) if level == 2 => {
-                            // The PMD entry is cleared inside the PTE table's
-                            // section, so the section's close applies it too.
-                            let whole = covers_entry(va, next, level);
-                            let unlink = whole.then_some(entry);
-                            self.zap_ptes(below, va, next, high, unlink, gather, &mut summary);
-                            if whole {
-                                gather.remove_table(below, Self::canonical(va, high), level);
-                                summary.tables_freed += 1;
-                            }
-                            Ok(None)
-                        }
-                        Entry::Table(below) => Ok(Some(below)),
-                    },
-                    // A split leaf never covers its entry, so only a table the
-                    // range wholly covers is unlinked here.
-                    Visit::Ascend {
-                        level,
-                        slot: Slot { va, next, entry },
-                        below,
-                    } => {
-                        if covers_entry(va, next, level) {
-                            // Its own short section: the close applies the
-                            // unlink before the gather can free the table,
-                            // even when a caller's section is open.
-                            {
-                                let _section = self.lazy.section();
-                                self.clear_table(entry, va, high, level);
-                            }
-                            gather.remove_table(below, Self::canonical(va, high), level);
-                            summary.tables_freed += 1;
-                        }
-                        Ok(None)
+                    gather.add_page(Self::canonical(va, high), size);
+                    summary.leaves[size_slot(size)] += 1;
+                    Ok(None)
+                }
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut summary.splits)
+                }
+                Entry::Table(below) if level == 2 => {
+                    // The PMD entry is cleared inside the PTE table's
+                    // section, so the section's close applies it too.
+                    let whole = covers_entry(va, next, level);
+                    let unlink = whole.then_some(entry);
+                    self.zap_ptes(below, va, next, high, unlink, gather, &mut summary);
+                    if whole {
+                        gather.remove_table(below, Self::canonical(va, high), level);
+                        summary.tables_freed += 1;
                     }
-                },
-            );
+                    Ok(None)
+                }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            // A split leaf never covers its entry, so only a table the
+            // range wholly covers is unlinked here.
+            Visit::Ascend {
+                level,
+                va,
+                next,
+                entry,
+                below,
+            } => {
+                if covers_entry(va, next, level) {
+                    // Its own short section: the close applies the
+                    // unlink before the gather can free the table,
+                    // even when a caller's section is open.
+                    {
+                        let _section = self.lazy.section();
+                        self.clear_table(entry, va, high, level);
+                    }
+                    gather.remove_table(below, Self::canonical(va, high), level);
+                    summary.tables_freed += 1;
+                }
+                Ok(None)
+            }
+        });
         match result {
             Ok(()) => Ok(summary),
             Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
