@@ -5,16 +5,16 @@
 //! operation's own loop (which opens the lazy section); and the run of
 //! 4 KiB entries of a PTE table. Each operation says only what differs
 //! (what it does with a leaf, a table, an absent entry, a PTE table), so
-//! the walk itself is written once.
+//! the walk itself is written once: the types and iterators here, the walk
+//! ([`PageTables::descend`](super::PageTables::descend)) in the parent
+//! module.
 
-use super::{entry_end, PageTables, Stop};
+use super::entry_end;
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
-use crate::backend::{Backend, TlbFlush};
-use crate::mode::LazyMode;
+use crate::backend::TlbFlush;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{index, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::walk::canonical;
 
 /// One entry of a table above the PTE level, as the walk meets it.
@@ -29,7 +29,7 @@ pub(crate) struct Slot {
     pub entry: PhysAddr,
 }
 
-/// What [`PageTables::descend`] meets.
+/// What [`PageTables::descend`](super::PageTables::descend) meets.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Visit {
     /// The part `[start, end)` of the PTE table `table`.
@@ -71,7 +71,7 @@ pub(crate) enum Visit {
 }
 
 /// The entries of `table` (at `level`) that `[start, end)` touches, in
-/// address order. Reads nothing: see [`PageTables::entries`] for the
+/// address order. Reads nothing: see [`PageTables::entries`](super::PageTables::entries) for the
 /// decoded walk.
 #[derive(Clone, Debug)]
 pub(crate) struct Slots {
@@ -163,107 +163,5 @@ impl Invalidated {
                 PageSize::Size4K,
             );
         }
-    }
-}
-
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
-where
-    F: Format,
-    M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
-    L: LazyMode,
-    A: FrameAllocator + ?Sized,
-{
-    /// Walks `[start, end)` down from `table` at `level`, telling `visit`
-    /// what it meets, in address order:
-    /// - at level 1, [`Visit::Ptes`] for the PTE table's part of the range
-    ///   (the operation's PTE loop);
-    /// - above, [`Visit::Entry`] for each entry, read and decoded when the
-    ///   walk reaches it; `visit` returns the table to descend into over
-    ///   the entry's part of the range (`Some`), or `None` when it has done
-    ///   all there is to do for the entry; after a descent,
-    ///   [`Visit::Ascend`] for the same entry.
-    ///
-    /// The first error `visit` returns stops the walk and is returned.
-    pub(crate) fn descend<E, V>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        visit: &mut V,
-    ) -> Result<(), E>
-    where
-        V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
-    {
-        if level == 1 {
-            visit(Visit::Ptes { table, start, end })?;
-            return Ok(());
-        }
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            let step = visit(Visit::Entry {
-                level,
-                va,
-                next,
-                entry,
-                current,
-            })?;
-            if let Some(below) = step {
-                self.descend(below, level - 1, va, next, visit)?;
-                visit(Visit::Ascend {
-                    level,
-                    va,
-                    next,
-                    entry,
-                    below,
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`descend`](Self::descend) over `[start, end)` from the root.
-    pub(crate) fn walk<E, V>(&self, start: u64, end: u64, visit: &mut V) -> Result<(), E>
-    where
-        V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
-    {
-        self.descend(self.root, F::LEVELS, start, end, visit)
-    }
-
-    /// Splits the huge leaf at `entry` that the range cuts (see
-    /// [`split`](Self::split)), counts it in `splits`, and returns the new
-    /// table for the walk to descend into.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn split_into<G, GA, O>(
-        &self,
-        entry: PhysAddr,
-        va: u64,
-        high: bool,
-        level: u8,
-        gather: &mut Gather<'_, G, GA, O>,
-        splits: &mut u64,
-    ) -> Result<Option<PhysAddr>, Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        let below = self.split(entry, va, high, level, gather)?;
-        *splits += 1;
-        Ok(Some(below))
-    }
-
-    /// The entries of `table` (at `level`) that `[start, end)` touches, in
-    /// address order, each read through the backend and decoded when the
-    /// walk reaches it (after the previous entry's work is done).
-    pub(crate) fn entries(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-    ) -> impl Iterator<Item = (Slot, Entry)> + '_ {
-        Slots::new(table, level, start, end)
-            .map(move |slot| (slot, F::decode(self.read(slot.entry), level)))
     }
 }
