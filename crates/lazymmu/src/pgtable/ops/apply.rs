@@ -2,7 +2,7 @@
 //! `apply_to_existing_page_range`, mm/memory.c), as vmalloc and KASAN's
 //! shadow populate/depopulate use it.
 
-use super::descend::{ptes, Visit};
+use super::descend::{ptes, Slot, Visit};
 use super::{check_range, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate, PteAccess, TlbFlush};
@@ -204,17 +204,11 @@ where
         let canonical = |at| Self::canonical(at, span.high);
         let high = span.high;
         let result = self.walk(span.start, span.end, &mut |visit| match visit {
-            Visit::Ptes { table, start, end } => {
+            Visit::Ptes(table, start, end) => {
                 self.apply_ptes(table, start, end, &mut job, gather)?;
                 Ok(None)
             }
-            Visit::Entry {
-                level,
-                va,
-                entry,
-                current,
-                ..
-            } => match current {
+            Visit::Entry(level, Slot { va, entry, .. }, current) => match current {
                 Entry::Absent if job.mode == ApplyMode::Existing => Ok(None),
                 Entry::Leaf { .. } => Err(Stop::Huge(va).into()),
                 _ => {
@@ -223,7 +217,7 @@ where
                     Ok(Some(below))
                 }
             },
-            Visit::Ascend { .. } => Ok(None),
+            Visit::Ascend(..) => Ok(None),
         });
         match result {
             Ok(()) => Ok(job.summary),

@@ -1,6 +1,6 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
-use super::descend::{ptes, Visit};
+use super::descend::{ptes, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -115,17 +115,11 @@ where
         };
         let high = span.high;
         let result = self.walk(span.start, span.end, &mut |visit| match visit {
-            Visit::Ptes { table, start, end } => {
+            Visit::Ptes(table, start, end) => {
                 self.copy_ptes(table, start, end, &mut job, gather)?;
                 Ok(None)
             }
-            Visit::Entry {
-                level,
-                va,
-                next,
-                entry,
-                current,
-            } => match current {
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
                     let child_table = self.child_table(va, level, &mut job)?;
@@ -141,7 +135,7 @@ where
                 }
                 Entry::Table(below) => Ok(Some(below)),
             },
-            Visit::Ascend { .. } => Ok(None),
+            Visit::Ascend(..) => Ok(None),
         });
         match result {
             Ok(()) => Ok(job.summary),

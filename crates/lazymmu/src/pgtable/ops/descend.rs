@@ -32,42 +32,15 @@ pub(crate) struct Slot {
 /// What [`PageTables::descend`](super::PageTables::descend) meets.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Visit {
-    /// The part `[start, end)` of the PTE table `table`.
-    Ptes {
-        /// The PTE table.
-        table: PhysAddr,
-        /// The first (masked) address.
-        start: u64,
-        /// The end of the part.
-        end: u64,
-    },
-    /// An entry above the PTE level.
-    Entry {
-        /// The level of the entry's table.
-        level: u8,
-        /// The first (masked) address of the range inside the entry.
-        va: u64,
-        /// The end of the range inside the entry.
-        next: u64,
-        /// The address of the entry.
-        entry: PhysAddr,
-        /// The entry, as read when the walk reached it.
-        current: Entry,
-    },
-    /// The walk is back from `below`, the table under the entry at `entry`
-    /// (same fields as [`Visit::Entry`]).
-    Ascend {
-        /// The level of the entry's table.
-        level: u8,
-        /// The first (masked) address of the range inside the entry.
-        va: u64,
-        /// The end of the range inside the entry.
-        next: u64,
-        /// The address of the entry.
-        entry: PhysAddr,
-        /// The table the walk descended into.
-        below: PhysAddr,
-    },
+    /// `Ptes(table, start, end)`: the part `[start, end)` of the PTE table
+    /// `table`.
+    Ptes(PhysAddr, u64, u64),
+    /// `Entry(level, slot, current)`: an entry of a table at `level` above
+    /// the PTE level, as read when the walk reached it.
+    Entry(u8, Slot, Entry),
+    /// `Ascend(level, slot, below)`: the walk is back from `below`, the
+    /// table under the entry at `slot`.
+    Ascend(u8, Slot, PhysAddr),
 }
 
 /// The entries of `table` (at `level`) that `[start, end)` touches, in

@@ -493,26 +493,13 @@ where
         V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
     {
         if level == 1 {
-            visit(Visit::Ptes { table, start, end })?;
+            visit(Visit::Ptes(table, start, end))?;
             return Ok(());
         }
-        for (Slot { va, next, entry }, current) in self.entries(table, level, start, end) {
-            let step = visit(Visit::Entry {
-                level,
-                va,
-                next,
-                entry,
-                current,
-            })?;
-            if let Some(below) = step {
-                self.descend(below, level - 1, va, next, visit)?;
-                visit(Visit::Ascend {
-                    level,
-                    va,
-                    next,
-                    entry,
-                    below,
-                })?;
+        for (slot, current) in self.entries(table, level, start, end) {
+            if let Some(below) = visit(Visit::Entry(level, slot, current))? {
+                self.descend(below, level - 1, slot.va, slot.next, visit)?;
+                visit(Visit::Ascend(level, slot, below))?;
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
-use super::descend::{ptes, Invalidated, Visit};
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -99,17 +99,11 @@ where
         };
         let high = source.high;
         let result = self.walk(source.start, source.end, &mut |visit| match visit {
-            Visit::Ptes { table, start, end } => {
+            Visit::Ptes(table, start, end) => {
                 self.move_ptes(table, start, end, &mut job, gather)?;
                 Ok(None)
             }
-            Visit::Entry {
-                level,
-                va,
-                next,
-                entry,
-                current,
-            } => match current {
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. }
                     if covers_entry(va, next, level)
@@ -130,7 +124,7 @@ where
                 }
                 Entry::Table(below) => Ok(Some(below)),
             },
-            Visit::Ascend { .. } => Ok(None),
+            Visit::Ascend(..) => Ok(None),
         });
         match result {
             Ok(()) => Ok(job.summary),

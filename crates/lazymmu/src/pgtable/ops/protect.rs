@@ -1,6 +1,6 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::descend::{ptes, Invalidated, Visit};
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -70,17 +70,11 @@ where
         let mut job = Job::new::<F>(attrs, span.high, &mut summary);
         let high = span.high;
         let result = self.walk(span.start, span.end, &mut |visit| match visit {
-            Visit::Ptes { table, start, end } => {
+            Visit::Ptes(table, start, end) => {
                 self.protect_ptes(table, start, end, &mut job, gather);
                 Ok(None)
             }
-            Visit::Entry {
-                level,
-                va,
-                next,
-                entry,
-                current,
-            } => match current {
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
                     if self.protect_entry(entry, va, level, size, &mut job) {
@@ -93,7 +87,7 @@ where
                 }
                 Entry::Table(below) => Ok(Some(below)),
             },
-            Visit::Ascend { .. } => Ok(None),
+            Visit::Ascend(..) => Ok(None),
         });
         match result {
             Ok(()) => Ok(summary),

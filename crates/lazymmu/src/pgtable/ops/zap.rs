@@ -1,7 +1,7 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::descend::{ptes, Invalidated, Visit};
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -85,17 +85,11 @@ where
         let mut summary = ZapSummary::default();
         let high = span.high;
         let result = self.walk(span.start, span.end, &mut |visit| match visit {
-            Visit::Ptes { table, start, end } => {
+            Visit::Ptes(table, start, end) => {
                 self.zap_ptes(table, start, end, high, None, gather, &mut summary);
                 Ok(None)
             }
-            Visit::Entry {
-                level,
-                va,
-                next,
-                entry,
-                current,
-            } => match current {
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
                     let old = self.clear(entry, va, high, level);
@@ -125,13 +119,7 @@ where
             },
             // A split leaf never covers its entry, so only a table the
             // range wholly covers is unlinked here.
-            Visit::Ascend {
-                level,
-                va,
-                next,
-                entry,
-                below,
-            } => {
+            Visit::Ascend(level, Slot { va, next, entry }, below) => {
                 if covers_entry(va, next, level) {
                     // Its own short section: the close applies the
                     // unlink before the gather can free the table,
