@@ -2,12 +2,13 @@
 //! `apply_to_existing_page_range`, mm/memory.c), as vmalloc and KASAN's
 //! shadow populate/depopulate use it.
 
-use super::{check_range, entry_end, PageTables, RangeError, Stop};
+use super::descend::{ptes, Slot, Visit};
+use super::{check_range, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate, PteAccess, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Attributes, Entry, Format};
+use crate::pgtable::format::{Attributes, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -201,7 +202,24 @@ where
             summary: ApplySummary::default(),
         };
         let canonical = |at| Self::canonical(at, span.high);
-        match self.apply_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+        let high = span.high;
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes(table, start, end) => {
+                self.apply_ptes(table, start, end, &mut job, gather)?;
+                Ok(None)
+            }
+            Visit::Entry(level, Slot { va, entry, .. }, current) => match current {
+                Entry::Absent if job.mode == ApplyMode::Existing => Ok(None),
+                Entry::Leaf { .. } => Err(Stop::Huge(va).into()),
+                _ => {
+                    let (below, new) = self.table_below(entry, va, high, level)?;
+                    job.summary.tables_allocated += u64::from(new);
+                    Ok(Some(below))
+                }
+            },
+            Visit::Ascend(..) => Ok(None),
+        });
+        match result {
             Ok(()) => Ok(job.summary),
             Err(ApplyStop::Walk(Stop::OutOfFrames(at))) => {
                 Err(ApplyError::OutOfFrames { at: canonical(at) })
@@ -214,42 +232,6 @@ where
                 error,
             }),
         }
-    }
-
-    fn apply_level<E, G, GA, O, Fun>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job<'_, Fun>,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), ApplyStop<E>>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-        Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
-    {
-        if level == 1 {
-            return self.apply_ptes(table, start, end, job, gather);
-        }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
-                Entry::Absent if job.mode == ApplyMode::Existing => {}
-                Entry::Leaf { .. } => return Err(Stop::Huge(va).into()),
-                _ => {
-                    let (below, new) = self.table_below(entry, va, job.high, level)?;
-                    job.summary.tables_allocated += u64::from(new);
-                    self.apply_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-            va = next;
-        }
-        Ok(())
     }
 
     /// The PTE loop: one lazy section for the table.
@@ -268,11 +250,7 @@ where
         Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
     {
         let _section = self.lazy.section();
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
-            let va = start + ((i as u64) << 12);
+        for (_, va, entry) in ptes(table, start, end) {
             let mut slot = PteSlot::<F, B> {
                 backend: self.backend,
                 update: self.update(entry, va, job.high, 1, 0, true),

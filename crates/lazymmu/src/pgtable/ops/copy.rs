@@ -1,11 +1,12 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use super::descend::{ptes, Slot, Visit};
+use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -112,7 +113,31 @@ where
             high: span.high,
             summary: CopySummary::default(),
         };
-        match self.copy_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+        let high = span.high;
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes(table, start, end) => {
+                self.copy_ptes(table, start, end, &mut job, gather)?;
+                Ok(None)
+            }
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    let child_table = self.child_table(va, level, &mut job)?;
+                    let child_entry = Self::entry(child_table, va, level);
+                    if F::is_valid(self.read(child_entry)) {
+                        return Err(Stop::Occupied(va));
+                    }
+                    self.copy_entry(entry, child_entry, va, level, size, &mut job, gather);
+                    Ok(None)
+                }
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            Visit::Ascend(..) => Ok(None),
+        });
+        match result {
             Ok(()) => Ok(job.summary),
             Err(Stop::OutOfFrames(at)) => Err(CopyError::OutOfFrames {
                 at: Self::canonical(at, span.high),
@@ -121,51 +146,6 @@ where
                 at: Self::canonical(at, span.high),
             }),
         }
-    }
-
-    fn copy_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            return self.copy_ptes(table, start, end, job, gather);
-        }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                    let child_table = self.child_table(va, level, job)?;
-                    let child_entry = Self::entry(child_table, va, level);
-                    if F::is_valid(self.read(child_entry)) {
-                        return Err(Stop::Occupied(va));
-                    }
-                    self.copy_entry(entry, child_entry, va, level, size, job, gather);
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, job.high, level, gather)?;
-                    job.summary.splits += 1;
-                    self.copy_level(below, level - 1, va, next, job, gather)?;
-                }
-                Entry::Table(below) => {
-                    self.copy_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-            va = next;
-        }
-        Ok(())
     }
 
     /// The child's table at `level` for `va`, created as needed.
@@ -243,23 +223,19 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
         // Allocate the child's table before any change, and only if the
         // parent's has something to copy.
-        let any = (0..count).any(|i| F::is_valid(self.read(table.add(8 * (first + i) as u64))));
+        let any = ptes(table, start, end).any(|(_, _, entry)| F::is_valid(self.read(entry)));
         if !any {
             return Ok(());
         }
         let child_table = self.child_table(start, 1, job)?;
         let _section = self.lazy.section();
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
+        for (_, va, entry) in ptes(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }
-            let va = start + ((i as u64) << 12);
-            let child_entry = child_table.add(8 * (first + i) as u64);
+            let child_entry = Self::entry(child_table, va, 1);
             if F::is_valid(self.read(child_entry)) {
                 return Err(Stop::Occupied(va));
             }

@@ -1,6 +1,7 @@
 //! Map a physical range (`vmap_range`, `remap_pfn_range`).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Span, Stop};
+use super::descend::{ptes, Slot, Slots};
+use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::Backend;
 use crate::mode::LazyMode;
@@ -124,10 +125,7 @@ where
             return self.map_ptes(table, start, end, fresh, None, run);
         }
         let span = 1u64 << entry_shift(level);
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
+        for Slot { va, next, entry } in Slots::new(table, level, start, end) {
             let pa = va.wrapping_add(run.delta);
             // Where a table already exists (perhaps emptied by a zap), map
             // into it rather than replace it.
@@ -183,7 +181,6 @@ where
                     }
                 }
             }
-            va = next;
         }
         Ok(())
     }
@@ -218,9 +215,7 @@ where
             }
             return Ok(());
         }
-        for i in 0..count {
-            let va = start + ((i as u64) << 12);
-            let entry = table.add(8 * (first + i) as u64);
+        for (i, va, entry) in ptes(table, start, end) {
             if !fresh && F::is_valid(self.read(entry)) {
                 run.summary.leaves[0] += i as u64;
                 return Err(Stop::Occupied(va));

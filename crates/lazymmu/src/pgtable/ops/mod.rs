@@ -52,10 +52,13 @@
 
 mod apply;
 mod copy;
+mod descend;
 mod map;
 mod moves;
 mod protect;
 mod zap;
+
+use descend::{Slot, Slots, Visit};
 
 pub use apply::{ApplyError, ApplyMode, ApplySummary, PteSlot};
 pub use copy::{CopyError, CopyKind, CopySummary};
@@ -449,13 +452,6 @@ where
         VirtAddr(canonical::<F>(va, high))
     }
 
-    /// The canonical form of an exclusive end (in the half of the address
-    /// before it).
-    #[inline]
-    pub(crate) fn canonical_end(end: u64, high: bool) -> VirtAddr {
-        VirtAddr(canonical::<F>(end - 1, high) + 1)
-    }
-
     pub(crate) fn check_gather<G, GA, O>(
         &self,
         gather: &Gather<'_, G, GA, O>,
@@ -470,6 +466,88 @@ where
         } else {
             Err(RangeError::WrongSpace)
         }
+    }
+
+    // ---- the descent shared by the operations (see `descend`) ----
+
+    /// Walks `[start, end)` down from `table` at `level`, telling `visit`
+    /// what it meets, in address order:
+    /// - at level 1, [`Visit::Ptes`] for the PTE table's part of the range
+    ///   (the operation's PTE loop);
+    /// - above, [`Visit::Entry`] for each entry, read and decoded when the
+    ///   walk reaches it; `visit` returns the table to descend into over
+    ///   the entry's part of the range (`Some`), or `None` when it has done
+    ///   all there is to do for the entry; after a descent,
+    ///   [`Visit::Ascend`] for the same entry.
+    ///
+    /// The first error `visit` returns stops the walk and is returned.
+    pub(crate) fn descend<E, V>(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        start: u64,
+        end: u64,
+        visit: &mut V,
+    ) -> Result<(), E>
+    where
+        V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
+    {
+        if level == 1 {
+            visit(Visit::Ptes(table, start, end))?;
+            return Ok(());
+        }
+        for (slot, current) in self.entries(table, level, start, end) {
+            if let Some(below) = visit(Visit::Entry(level, slot, current))? {
+                self.descend(below, level - 1, slot.va, slot.next, visit)?;
+                visit(Visit::Ascend(level, slot, below))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`descend`](Self::descend) over `[start, end)` from the root.
+    pub(crate) fn walk<E, V>(&self, start: u64, end: u64, visit: &mut V) -> Result<(), E>
+    where
+        V: FnMut(Visit) -> Result<Option<PhysAddr>, E>,
+    {
+        self.descend(self.root, F::LEVELS, start, end, visit)
+    }
+
+    /// Splits the huge leaf at `entry` that the range cuts (see
+    /// [`split`](Self::split)), counts it in `splits`, and returns the new
+    /// table for the walk to descend into.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn split_into<G, GA, O>(
+        &self,
+        entry: PhysAddr,
+        va: u64,
+        high: bool,
+        level: u8,
+        gather: &mut Gather<'_, G, GA, O>,
+        splits: &mut u64,
+    ) -> Result<Option<PhysAddr>, Stop>
+    where
+        G: crate::backend::TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        let below = self.split(entry, va, high, level, gather)?;
+        *splits += 1;
+        Ok(Some(below))
+    }
+
+    /// The entries of `table` (at `level`) that `[start, end)` touches, in
+    /// address order, each read through the backend and decoded when the
+    /// walk reaches it (after the previous entry's work is done).
+    pub(crate) fn entries(
+        &self,
+        table: PhysAddr,
+        level: u8,
+        start: u64,
+        end: u64,
+    ) -> impl Iterator<Item = (Slot, Entry)> + '_ {
+        Slots::new(table, level, start, end)
+            .map(move |slot| (slot, F::decode(self.read(slot.entry), level)))
     }
 }
 

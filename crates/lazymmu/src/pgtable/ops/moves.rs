@@ -1,12 +1,13 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
+use super::descend::{ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
-use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, Entry, Format};
+use crate::pgtable::format::{entry_shift, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -96,14 +97,36 @@ where
             high: source.high,
             summary: MoveSummary::default(),
         };
-        match self.move_level(
-            self.root,
-            F::LEVELS,
-            source.start,
-            source.end,
-            &mut job,
-            gather,
-        ) {
+        let high = source.high;
+        let result = self.walk(source.start, source.end, &mut |visit| match visit {
+            Visit::Ptes(table, start, end) => {
+                self.move_ptes(table, start, end, &mut job, gather)?;
+                Ok(None)
+            }
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. }
+                    if covers_entry(va, next, level)
+                        && va.wrapping_add(job.delta) % (1u64 << entry_shift(level)) == 0 =>
+                {
+                    if let Some(target) = self.destination(va, level, &job)? {
+                        let old = self.clear(entry, va, high, level);
+                        self.write_leaf(target, va.wrapping_add(job.delta), high, level, old);
+                        gather.add_page(Self::canonical(va, high), size);
+                        job.summary.moved[size_slot(size)] += 1;
+                        Ok(None)
+                    } else {
+                        self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                    }
+                }
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            Visit::Ascend(..) => Ok(None),
+        });
+        match result {
             Ok(()) => Ok(job.summary),
             Err(Stop::OutOfFrames(at)) => Err(MoveError::OutOfFrames {
                 at: Self::canonical(at, source.high),
@@ -132,58 +155,6 @@ where
             Entry::Table(_) if level > 1 => Ok(None),
             _ => Err(Stop::Occupied(va)),
         }
-    }
-
-    fn move_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            return self.move_ptes(table, start, end, job, gather);
-        }
-        let span = 1u64 << entry_shift(level);
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. }
-                    if covers_entry(va, next, level) && va.wrapping_add(job.delta) % span == 0 =>
-                {
-                    if let Some(target) = self.destination(va, level, job)? {
-                        let old = self.clear(entry, va, job.high, level);
-                        self.write_leaf(target, va.wrapping_add(job.delta), job.high, level, old);
-                        gather.add_page(Self::canonical(va, job.high), size);
-                        job.summary.moved[size_slot(size)] += 1;
-                    } else {
-                        let below = self.split(entry, va, job.high, level, gather)?;
-                        job.summary.splits += 1;
-                        self.move_level(below, level - 1, va, next, job, gather)?;
-                    }
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, job.high, level, gather)?;
-                    job.summary.splits += 1;
-                    self.move_level(below, level - 1, va, next, job, gather)?;
-                }
-                Entry::Table(below) => {
-                    self.move_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-            va = next;
-        }
-        Ok(())
     }
 
     /// The PTE loop, per extent (the source PTE table cut at the
@@ -227,29 +198,25 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
-        let entry_of = |i: usize| table.add(8 * (first + i) as u64);
-        let Some(first_valid) = (0..count).find(|&i| F::is_valid(self.read(entry_of(i)))) else {
+        let Some((first_valid, first_va, _)) =
+            ptes(table, start, end).find(|&(_, _, entry)| F::is_valid(self.read(entry)))
+        else {
             return Ok(());
         };
-        let first_va = start + ((first_valid as u64) << 12);
         let dst_table = self
             .ensure_table(self.root, first_va.wrapping_add(job.delta), job.high, 1)
             .map_err(|stop| match stop {
                 Stop::OutOfFrames(_) => Stop::OutOfFrames(first_va),
                 _ => Stop::Occupied(first_va),
             })?;
-        let mut range: Option<(u64, u64)> = None;
+        let mut range = Invalidated::default();
         let mut result = Ok(());
         {
             let _section = self.lazy.section();
-            for i in first_valid..count {
-                let entry = entry_of(i);
+            for (_, va, entry) in ptes(table, start, end).skip(first_valid) {
                 if !F::is_valid(self.read(entry)) {
                     continue;
                 }
-                let va = start + ((i as u64) << 12);
                 let dst = va.wrapping_add(job.delta);
                 let target = Self::entry(dst_table, dst, 1);
                 if F::is_valid(self.read(target)) {
@@ -259,19 +226,10 @@ where
                 let old = self.clear(entry, va, job.high, 1);
                 self.write_leaf(target, dst, job.high, 1, old);
                 job.summary.moved[0] += 1;
-                range = Some(match range {
-                    None => (va, va + 4096),
-                    Some((s, _)) => (s, va + 4096),
-                });
+                range.add(va);
             }
         }
-        if let Some((s, e)) = range {
-            gather.add_range(
-                Self::canonical(s, job.high),
-                Self::canonical_end(e, job.high),
-                PageSize::Size4K,
-            );
-        }
+        range.gather::<F, _, _, _>(job.high, gather);
         result
     }
 }

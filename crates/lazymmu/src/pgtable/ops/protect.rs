@@ -1,11 +1,12 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Attributes, Entry, Format};
+use crate::pgtable::format::{Attributes, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -67,56 +68,34 @@ where
         self.check_gather(gather).map_err(ProtectError::Range)?;
         let mut summary = ProtectSummary::default();
         let mut job = Job::new::<F>(attrs, span.high, &mut summary);
-        match self.protect_level(self.root, F::LEVELS, span.start, span.end, &mut job, gather) {
+        let high = span.high;
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes(table, start, end) => {
+                self.protect_ptes(table, start, end, &mut job, gather);
+                Ok(None)
+            }
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
+                Entry::Absent => Ok(None),
+                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                    if self.protect_entry(entry, va, level, size, &mut job) {
+                        gather.add_page(Self::canonical(va, high), size);
+                    }
+                    Ok(None)
+                }
+                Entry::Leaf { .. } => {
+                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            Visit::Ascend(..) => Ok(None),
+        });
+        match result {
             Ok(()) => Ok(summary),
             Err(Stop::OutOfFrames(at)) => Err(ProtectError::OutOfFrames {
                 at: Self::canonical(at, span.high),
             }),
             Err(other) => unreachable!("protect stopped with {other:?}"),
         }
-    }
-
-    fn protect_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        job: &mut Job<'_>,
-        gather: &mut Gather<'_, G, GA, O>,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            self.protect_ptes(table, start, end, job, gather);
-            return Ok(());
-        }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
-                Entry::Absent => {}
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
-                    if self.protect_entry(entry, va, level, size, job) {
-                        gather.add_page(Self::canonical(va, job.high), size);
-                    }
-                }
-                Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, job.high, level, gather)?;
-                    job.summary.splits += 1;
-                    self.protect_level(below, level - 1, va, next, job, gather)?;
-                }
-                Entry::Table(below) => {
-                    self.protect_level(below, level - 1, va, next, job, gather)?;
-                }
-            }
-            va = next;
-        }
-        Ok(())
     }
 
     /// Rewrites one present leaf; returns whether it changed.
@@ -159,26 +138,13 @@ where
         O: FreeOrder,
     {
         let _section = self.lazy.section();
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
-        let mut range: Option<(u64, u64)> = None;
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
-            let va = start + ((i as u64) << 12);
+        let mut range = Invalidated::default();
+        for (_, va, entry) in ptes(table, start, end) {
             if self.protect_entry(entry, va, 1, PageSize::Size4K, job) {
-                range = Some(match range {
-                    None => (va, va + 4096),
-                    Some((s, _)) => (s, va + 4096),
-                });
+                range.add(va);
             }
         }
-        if let Some((s, e)) = range {
-            gather.add_range(
-                Self::canonical(s, job.high),
-                Self::canonical_end(e, job.high),
-                PageSize::Size4K,
-            );
-        }
+        range.gather::<F, _, _, _>(job.high, gather);
     }
 }
 

@@ -1,12 +1,13 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Span, Stop};
+use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 
@@ -82,49 +83,14 @@ where
         O: FreeOrder,
     {
         let mut summary = ZapSummary::default();
-        match self.zap_level(
-            self.root,
-            F::LEVELS,
-            span.start,
-            span.end,
-            span.high,
-            gather,
-            &mut summary,
-        ) {
-            Ok(()) => Ok(summary),
-            Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
-                at: Self::canonical(at, span.high),
-            }),
-            Err(other) => unreachable!("zap stopped with {other:?}"),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn zap_level<G, GA, O>(
-        &self,
-        table: PhysAddr,
-        level: u8,
-        start: u64,
-        end: u64,
-        high: bool,
-        gather: &mut Gather<'_, G, GA, O>,
-        summary: &mut ZapSummary,
-    ) -> Result<(), Stop>
-    where
-        G: TlbFlush + ?Sized,
-        GA: FrameAllocator + ?Sized,
-        O: FreeOrder,
-    {
-        if level == 1 {
-            self.zap_ptes(table, start, end, high, None, gather, summary);
-            return Ok(());
-        }
-        let mut va = start;
-        while va < end {
-            let next = entry_end(va, level, end);
-            let entry = Self::entry(table, va, level);
-            match F::decode(self.read(entry), level) {
-                Entry::Absent => {}
+        let high = span.high;
+        let result = self.walk(span.start, span.end, &mut |visit| match visit {
+            Visit::Ptes(table, start, end) => {
+                self.zap_ptes(table, start, end, high, None, gather, &mut summary);
+                Ok(None)
+            }
+            Visit::Entry(level, Slot { va, next, entry }, current) => match current {
+                Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
                     let old = self.clear(entry, va, high, level);
                     if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
@@ -132,38 +98,49 @@ where
                     }
                     gather.add_page(Self::canonical(va, high), size);
                     summary.leaves[size_slot(size)] += 1;
+                    Ok(None)
                 }
                 Entry::Leaf { .. } => {
-                    let below = self.split(entry, va, high, level, gather)?;
-                    summary.splits += 1;
-                    self.zap_level(below, level - 1, va, next, high, gather, summary)?;
+                    self.split_into(entry, va, high, level, gather, &mut summary.splits)
                 }
-                Entry::Table(below) => {
+                Entry::Table(below) if level == 2 => {
+                    // The PMD entry is cleared inside the PTE table's
+                    // section, so the section's close applies it too.
                     let whole = covers_entry(va, next, level);
-                    if level == 2 {
-                        // The PMD entry is cleared inside the PTE table's
-                        // section, so the section's close applies it too.
-                        let unlink = whole.then_some(entry);
-                        self.zap_ptes(below, va, next, high, unlink, gather, summary);
-                    } else {
-                        self.zap_level(below, level - 1, va, next, high, gather, summary)?;
-                        if whole {
-                            // Its own short section: the close applies the
-                            // unlink before the gather can free the table,
-                            // even when a caller's section is open.
-                            let _section = self.lazy.section();
-                            self.clear_table(entry, va, high, level);
-                        }
-                    }
+                    let unlink = whole.then_some(entry);
+                    self.zap_ptes(below, va, next, high, unlink, gather, &mut summary);
                     if whole {
                         gather.remove_table(below, Self::canonical(va, high), level);
                         summary.tables_freed += 1;
                     }
+                    Ok(None)
                 }
+                Entry::Table(below) => Ok(Some(below)),
+            },
+            // A split leaf never covers its entry, so only a table the
+            // range wholly covers is unlinked here.
+            Visit::Ascend(level, Slot { va, next, entry }, below) => {
+                if covers_entry(va, next, level) {
+                    // Its own short section: the close applies the
+                    // unlink before the gather can free the table,
+                    // even when a caller's section is open.
+                    {
+                        let _section = self.lazy.section();
+                        self.clear_table(entry, va, high, level);
+                    }
+                    gather.remove_table(below, Self::canonical(va, high), level);
+                    summary.tables_freed += 1;
+                }
+                Ok(None)
             }
-            va = next;
+        });
+        match result {
+            Ok(()) => Ok(summary),
+            Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
+                at: Self::canonical(at, span.high),
+            }),
+            Err(other) => unreachable!("zap stopped with {other:?}"),
         }
-        Ok(())
     }
 
     /// The PTE loop: one lazy section for the table. `unlink` is the PMD
@@ -184,34 +161,21 @@ where
         O: FreeOrder,
     {
         let _section = self.lazy.section();
-        let first = index(start, 1);
-        let count = ((end - start) >> 12) as usize;
         let mut cleared = 0;
-        let mut range: Option<(u64, u64)> = None;
-        for i in 0..count {
-            let entry = table.add(8 * (first + i) as u64);
+        let mut range = Invalidated::default();
+        for (_, va, entry) in ptes(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }
-            let va = start + ((i as u64) << 12);
             let old = self.clear(entry, va, high, 1);
             summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
             cleared += 1;
-            range = Some(match range {
-                None => (va, va + 4096),
-                Some((s, _)) => (s, va + 4096),
-            });
+            range.add(va);
         }
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
-        if let Some((s, e)) = range {
-            gather.add_range(
-                Self::canonical(s, high),
-                Self::canonical_end(e, high),
-                crate::addr::PageSize::Size4K,
-            );
-        }
+        range.gather::<F, _, _, _>(high, gather);
         summary.leaves[0] += cleared;
     }
 }

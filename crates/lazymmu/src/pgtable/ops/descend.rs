@@ -1,0 +1,140 @@
+//! The descent every range operation shares: from a table at some level,
+//! the entries a range `[start, end)` touches, in address order, each read
+//! and decoded when the walk reaches it; descent into the table below an
+//! entry over the entry's part of the range; the PTE level handed to the
+//! operation's own loop (which opens the lazy section); and the run of
+//! 4 KiB entries of a PTE table. Each operation says only what differs
+//! (what it does with a leaf, a table, an absent entry, a PTE table), so
+//! the walk itself is written once: the types and iterators here, the walk
+//! ([`PageTables::descend`](super::PageTables::descend)) in the parent
+//! module.
+
+use super::entry_end;
+use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::backend::TlbFlush;
+use crate::pgtable::allocator::FrameAllocator;
+use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::gather::{FreeOrder, Gather};
+use crate::pgtable::walk::canonical;
+
+/// One entry of a table above the PTE level, as the walk meets it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    /// The first (masked) address of the range inside this entry.
+    pub va: u64,
+    /// The end of the range inside this entry (the entry's end clipped to
+    /// the range's).
+    pub next: u64,
+    /// The address of the entry.
+    pub entry: PhysAddr,
+}
+
+/// What [`PageTables::descend`](super::PageTables::descend) meets.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Visit {
+    /// `Ptes(table, start, end)`: the part `[start, end)` of the PTE table
+    /// `table`.
+    Ptes(PhysAddr, u64, u64),
+    /// `Entry(level, slot, current)`: an entry of a table at `level` above
+    /// the PTE level, as read when the walk reached it.
+    Entry(u8, Slot, Entry),
+    /// `Ascend(level, slot, below)`: the walk is back from `below`, the
+    /// table under the entry at `slot`.
+    Ascend(u8, Slot, PhysAddr),
+}
+
+/// The entries of `table` (at `level`) that `[start, end)` touches, in
+/// address order. Reads nothing: see [`PageTables::entries`](super::PageTables::entries) for the
+/// decoded walk.
+#[derive(Clone, Debug)]
+pub(crate) struct Slots {
+    table: PhysAddr,
+    level: u8,
+    va: u64,
+    end: u64,
+}
+
+impl Slots {
+    pub(crate) fn new(table: PhysAddr, level: u8, start: u64, end: u64) -> Self {
+        Slots {
+            table,
+            level,
+            va: start,
+            end,
+        }
+    }
+}
+
+impl Iterator for Slots {
+    type Item = Slot;
+
+    #[inline]
+    fn next(&mut self) -> Option<Slot> {
+        if self.va >= self.end {
+            return None;
+        }
+        let va = self.va;
+        let next = entry_end(va, self.level, self.end);
+        self.va = next;
+        Some(Slot {
+            va,
+            next,
+            entry: self.table.add(8 * index(va, self.level) as u64),
+        })
+    }
+}
+
+/// The 4 KiB entries of the PTE table `table` that `[start, end)` covers,
+/// as `(position in the run, va, entry address)`.
+#[inline]
+pub(crate) fn ptes(
+    table: PhysAddr,
+    start: u64,
+    end: u64,
+) -> impl Iterator<Item = (usize, u64, PhysAddr)> {
+    let first = index(start, 1);
+    let count = ((end - start) >> 12) as usize;
+    (0..count).map(move |i| {
+        (
+            i,
+            start + ((i as u64) << 12),
+            table.add(8 * (first + i) as u64),
+        )
+    })
+}
+
+/// The contiguous 4 KiB range a PTE loop invalidated, flushed into the
+/// gather as one range once the loop is done.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Invalidated(Option<(u64, u64)>);
+
+impl Invalidated {
+    /// Extends the range to the page at `va` (pages come in address order).
+    #[inline]
+    pub(crate) fn add(&mut self, va: u64) {
+        self.0 = Some(match self.0 {
+            None => (va, va + 4096),
+            Some((s, _)) => (s, va + 4096),
+        });
+    }
+
+    /// Adds the range, if any, to `gather` (canonical addresses in the
+    /// half `high` says).
+    pub(crate) fn gather<F, G, GA, O>(self, high: bool, gather: &mut Gather<'_, G, GA, O>)
+    where
+        F: Format,
+        G: TlbFlush + ?Sized,
+        GA: FrameAllocator + ?Sized,
+        O: FreeOrder,
+    {
+        if let Some((s, e)) = self.0 {
+            // The end's canonical form is taken in the half of the page
+            // before it.
+            gather.add_range(
+                VirtAddr(canonical::<F>(s, high)),
+                VirtAddr(canonical::<F>(e - 1, high) + 1),
+                PageSize::Size4K,
+            );
+        }
+    }
+}
