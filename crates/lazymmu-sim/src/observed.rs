@@ -472,51 +472,5 @@ impl<M: LazyMode> LazyMode for Checked<M> {
     }
 }
 
-/// The eager baseline: a lazy mode that never enters, so the backend runs
-/// every update and its side effects at once.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Eager;
-
-impl LazyMode for Eager {
-    type Token = ();
-
-    fn enable(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-
-    fn disable(&self, _token: ()) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-
-    fn pause_raw(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-
-    fn resume(&self, _token: ()) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-
-    fn is_active(&self) -> bool {
-        false
-    }
-
-    fn state(&self) -> LazyState {
-        LazyState::IDLE
-    }
-
-    fn bytes_per_task(&self) -> usize {
-        0
-    }
-}
+/// The eager baseline, re-exported from the library.
+pub use lazymmu::mode::eager::Eager;

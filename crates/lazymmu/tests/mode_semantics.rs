@@ -414,44 +414,7 @@ fn bytes_per_task() {
 // Guards are `!Send`. A mode that is itself `Send + Sync`, so that only the
 // guard's own marker can make it `!Send`.
 
-struct SendMode;
-
-impl LazyMode for SendMode {
-    type Token = ();
-    fn enable(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-    fn disable(&self, _: ()) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-    fn pause_raw(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-    fn resume(&self, _: ()) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-    fn is_active(&self) -> bool {
-        false
-    }
-    fn state(&self) -> LazyState {
-        LazyState::IDLE
-    }
-    fn bytes_per_task(&self) -> usize {
-        0
-    }
-}
+use lazymmu::mode::eager::Eager as SendMode;
 
 /// Resolves for every type; a second impl for `Send` types makes the call
 /// below ambiguous (a compile error) if the type is `Send`.

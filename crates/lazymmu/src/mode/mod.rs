@@ -28,6 +28,7 @@
 //! ```
 
 pub mod counters;
+pub mod eager;
 pub mod percpu;
 pub mod stateful;
 pub mod testing;
@@ -298,6 +299,14 @@ pub struct Step<T> {
     /// The arch hook that was called, `None` when the operation only
     /// counted or was ignored.
     pub hook: Option<Hook>,
+}
+
+impl Step<()> {
+    /// An operation that called no hook and hands nothing back.
+    pub const NONE: Step<()> = Step {
+        token: (),
+        hook: None,
+    };
 }
 
 /// The caller-facing shape shared by the three designs.
