@@ -311,44 +311,26 @@ fn with_backend<F: Format, B: Backend + Exceptions + 'static>(
     let env = SimEnv::new(machine.clone());
     let hooks = Shared(observed.clone());
     let policy = MisusePolicy::Count;
+    // One run per mode type: the modes differ in type, so a macro rather
+    // than a closure.
+    macro_rules! run {
+        ($mode:expr) => {
+            with_mode::<F, B, _>(
+                cfg,
+                chooser,
+                machine.clone(),
+                observed,
+                Checked::new($mode, machine),
+            )
+        };
+    }
     match (cfg.mode, cfg.design) {
-        (ModeKind::Eager, _) => with_mode::<F, B, _>(
-            cfg,
-            chooser,
-            machine.clone(),
-            observed,
-            Checked::new(Eager, machine),
-        ),
-        (ModeKind::Lazy, DesignKind::Counters) => {
-            let mode = Counters::new(env, hooks, policy);
-            with_mode::<F, B, _>(
-                cfg,
-                chooser,
-                machine.clone(),
-                observed,
-                Checked::new(mode, machine),
-            )
-        }
+        (ModeKind::Eager, _) => run!(Eager),
+        (ModeKind::Lazy, DesignKind::Counters) => run!(Counters::new(env, hooks, policy)),
         (ModeKind::Lazy, DesignKind::Stateful) => {
-            let mode = Stateful::new(env, FromHooks::new(hooks), policy);
-            with_mode::<F, B, _>(
-                cfg,
-                chooser,
-                machine.clone(),
-                observed,
-                Checked::new(mode, machine),
-            )
+            run!(Stateful::new(env, FromHooks::new(hooks), policy))
         }
-        (ModeKind::Lazy, DesignKind::PerCpu) => {
-            let mode = PerCpu::new(env, hooks, policy);
-            with_mode::<F, B, _>(
-                cfg,
-                chooser,
-                machine.clone(),
-                observed,
-                Checked::new(mode, machine),
-            )
-        }
+        (ModeKind::Lazy, DesignKind::PerCpu) => run!(PerCpu::new(env, hooks, policy)),
     }
 }
 
