@@ -19,6 +19,8 @@
 //! - [`world`], [`scenario`], [`run`]: workloads, run configurations and
 //!   results, the design comparison;
 //! - [`cost`]: primitive counts and the per-platform cycle model;
+//! - [`calibration`]: the kernel's own work around the MMU, measured on a
+//!   real Linux kernel by `lazymmu calibrate`, and its loader;
 //! - [`invariant`], [`events`]: violations and the event ring printed with
 //!   them;
 //! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
@@ -42,6 +44,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod calibration;
 pub mod choice;
 pub mod cost;
 pub mod env;
