@@ -21,6 +21,8 @@
 //! - [`cost`]: primitive counts and the per-platform cycle model;
 //! - [`calibration`]: the kernel's own work around the MMU, measured on a
 //!   real Linux kernel by `lazymmu calibrate`, and its loader;
+//! - [`published`]: published figures of lazy-MMU batching and its
+//!   neighbours, with their sources, to print next to the model's;
 //! - [`invariant`], [`events`]: violations and the event ring printed with
 //!   them;
 //! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
@@ -57,6 +59,7 @@ pub mod memory;
 pub mod neighbours;
 pub mod observed;
 pub mod platform;
+pub mod published;
 pub mod rng;
 pub mod run;
 pub mod scenario;
