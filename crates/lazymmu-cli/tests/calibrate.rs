@@ -91,34 +91,18 @@ fn bad_options_are_usage_errors() {
 
 #[test]
 fn a_cpu_that_is_not_there_is_an_error() {
-    // Inside the kernel's CPU set, but not on this machine.
-    lazymmu()
-        .args([
-            "calibrate",
-            "--sizes",
-            "1,2",
-            "--repetitions",
-            "1",
-            "--cpu",
-            "1000",
-        ])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("cannot pin to CPU 1000"));
-    // Beyond the set.
-    lazymmu()
-        .args([
-            "calibrate",
-            "--sizes",
-            "1,2",
-            "--repetitions",
-            "1",
-            "--cpu",
-            "4095",
-        ])
-        .assert()
-        .code(2)
-        .stderr(predicate::str::contains("--cpu 4095: beyond"));
+    // Inside the kernel's CPU set but not on this machine; beyond the set.
+    for (cpu, message) in [
+        ("1000", "cannot pin to CPU 1000"),
+        ("4095", "--cpu 4095: beyond"),
+    ] {
+        lazymmu()
+            .args(["calibrate", "--sizes", "1,2", "--repetitions", "1"])
+            .args(["--cpu", cpu])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(message));
+    }
 }
 
 #[test]

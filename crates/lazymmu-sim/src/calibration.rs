@@ -14,6 +14,34 @@
 //! summary is ordered and every fit is the one its samples give
 //! ([`Fit::from_medians`]), so a coefficient edited by hand is rejected.
 //!
+//! # From a measured cost to what the model charges
+//!
+//! A measured call includes the x86 MMU work the model already charges
+//! itself (PTE writes, `invlpg` or a full flush, on one CPU: the process is
+//! pinned, so `flush_tlb_mm_range` sends no IPI). The share the model adds
+//! for the kernel's own work is therefore, per call and per page, the
+//! measured coefficient less the model's own `x86` charges for the same
+//! call at the same size; a share that would come out negative means the
+//! model over-charges the MMU part and is held at zero, saying so.
+//!
+//! Which measurement stands for which workload: `fork` → [`Call::Fork`];
+//! `exit` → [`Call::Exit`] (the pages are shared with the parent, as after
+//! a fork); `munmap` → [`Call::Munmap`]; `mprotect` → [`Call::Mprotect`];
+//! `mremap` → [`Call::Mremap`]; `vmalloc` → the per-page cost of
+//! [`Call::VmallocBpfArray`] (a zeroing, memcg-charged vmalloc; its
+//! per-call cost also carries the BPF map's own setup, so it bounds
+//! vmalloc's from above). `vfree` cannot be timed from user space (a BPF
+//! map is freed later by a workqueue, and vfree defers its TLB flush to a
+//! lazy purge); its closest measured call is `munmap`, which does the same
+//! per-page work — clear the PTE, free the page — plus rmap and mapcount
+//! updates vfree does not, so [`Call::Munmap`]'s per-page cost bounds
+//! vfree's from above, and the purge's flush is charged as the model's own
+//! flush once per `lazy_max_pages`.
+//!
+//! The figures are the measuring machine's (x86-64, see
+//! [`Calibration::machine`]); no cited factor carries them to another
+//! architecture, so they apply unscaled or not at all.
+//!
 //! ```
 //! use lazymmu_sim::calibration::{Calibration, Call};
 //!

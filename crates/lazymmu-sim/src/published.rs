@@ -377,6 +377,29 @@ const fn s390(workload: &'static str, figure: &'static str, reading: Reading) ->
     }
 }
 
+const CONTEXT_SWITCH: &str = "will-it-scale context_switch1_threads, as many threads as CPUs";
+const CONTEXT_SWITCHES: &str = "context switches per second, higher is better";
+
+const fn lazy_tlb(
+    workload: &'static str,
+    machine: &'static str,
+    compared: &'static str,
+    figure: &'static str,
+    unit: &'static str,
+) -> PublishedFigure {
+    PublishedFigure {
+        topic: Topic::LazyTlbShootdown,
+        source: &LAZY_TLB_SHOOTDOWN_POWERPC,
+        workload,
+        pages: None,
+        machine,
+        kernel: "upstream at posting (2023-02), version not stated",
+        compared,
+        figure,
+        reading: Reading::Quantity(unit),
+    }
+}
+
 /// 1 GB of 4 KiB pages, the micromm fork and munmap mapping.
 const GIB_PAGES: u64 = 262_144;
 
@@ -651,39 +674,27 @@ pub const PUBLISHED: &[PublishedFigure] = &[
         "~25x",
         Reading::TimesFewer,
     ),
-    PublishedFigure {
-        topic: Topic::LazyTlbShootdown,
-        source: &LAZY_TLB_SHOOTDOWN_POWERPC,
-        workload: "will-it-scale context_switch1_threads, as many threads as CPUs",
-        pages: None,
-        machine: POWER8,
-        kernel: "upstream, version not stated (posted 2023-02)",
-        compared: "lazy TLB mm refcounting (upstream)",
-        figure: "about 1 million",
-        reading: Reading::Quantity("context switches per second, higher is better"),
-    },
-    PublishedFigure {
-        topic: Topic::LazyTlbShootdown,
-        source: &LAZY_TLB_SHOOTDOWN_POWERPC,
-        workload: "will-it-scale context_switch1_threads, as many threads as CPUs",
-        pages: None,
-        machine: POWER8,
-        kernel: "upstream with the series, version not stated (posted 2023-02)",
-        compared: "CONFIG_MMU_LAZY_TLB_SHOOTDOWN",
-        figure: "118 million",
-        reading: Reading::Quantity("context switches per second, higher is better"),
-    },
-    PublishedFigure {
-        topic: Topic::LazyTlbShootdown,
-        source: &LAZY_TLB_SHOOTDOWN_POWERPC,
-        workload: "kernel compile",
-        pages: None,
-        machine: "144-CPU powerpc system",
-        kernel: "upstream with the series, version not stated (posted 2023-02)",
-        compared: "CONFIG_MMU_LAZY_TLB_SHOOTDOWN against refcounting",
-        figure: "314",
-        reading: Reading::Quantity("additional IPI interrupts, lower is better"),
-    },
+    lazy_tlb(
+        CONTEXT_SWITCH,
+        POWER8,
+        "lazy TLB mm refcounting (upstream)",
+        "about 1 million",
+        CONTEXT_SWITCHES,
+    ),
+    lazy_tlb(
+        CONTEXT_SWITCH,
+        POWER8,
+        "CONFIG_MMU_LAZY_TLB_SHOOTDOWN",
+        "118 million",
+        CONTEXT_SWITCHES,
+    ),
+    lazy_tlb(
+        "kernel compile",
+        "144-CPU powerpc system",
+        "CONFIG_MMU_LAZY_TLB_SHOOTDOWN against refcounting",
+        "314",
+        "additional IPI interrupts, lower is better",
+    ),
 ];
 
 #[cfg(test)]
