@@ -8,8 +8,8 @@
 //! noisy machine:
 //! - the process is pinned to one CPU (`sched_setaffinity`), and so are
 //!   the children it forks, so a fork, its child and the child's exit run
-//!   where they are timed, and the address space is only ever on one CPU
-//!   (its TLB flushes are local, as for a single-threaded program);
+//!   where they are timed, and the TLB flushes are those of a
+//!   single-threaded program that stays on one CPU;
 //! - transparent huge pages are off for the process (`PR_SET_THP_DISABLE`)
 //!   and for every mapping (`MADV_NOHUGEPAGE`): each page is one PTE;
 //! - every round runs every size once, in a fresh random order, so a burst
@@ -27,10 +27,9 @@
 //! one interval: N faults), `mprotect` read-only then read-write (one
 //! sample: the mean of the two), `mremap` to another address and back (one
 //! sample: the mean; each move also replaces an empty placeholder at its
-//! destination), `fork` (the parent's
-//! return, the child's first instruction, then the child's `_exit` until
-//! `waitpid` returns), and `munmap` (the pages are the parent's alone
-//! again). Then, in rounds of their own because a closed map is freed
+//! destination), `fork` (the parent's return, the child's first
+//! instruction, then the child's `_exit` until `waitpid` returns), and
+//! `munmap` (the pages are the parent's alone again). Then, in rounds of their own because a closed map is freed
 //! later by a workqueue that would land in the other intervals,
 //! `bpf(BPF_MAP_CREATE)` of an N-page array (sizes of 8 pages and up, where
 //! it takes the vmalloc path), closed untimed.
