@@ -13,6 +13,7 @@ mod boot;
 mod check;
 mod compare;
 mod neighbours;
+mod record;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -36,6 +37,9 @@ enum Command {
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.
     Check(check::CheckArgs),
+    /// Run a program under strace and perf and write its trace of
+    /// memory-management calls and page faults.
+    Record(record::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
+        Command::Record(args) => record::run(args),
     };
     match result {
         Ok(code) => code,

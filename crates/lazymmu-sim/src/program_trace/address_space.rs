@@ -411,7 +411,7 @@ fn anon_vmas_mergeable(a: &Vma, b: &Vma) -> bool {
 /// `can_vma_merge_after`/`can_vma_merge_before` for `left` directly below
 /// `right`: same flags and backing, contiguous file pages, compatible
 /// `anon_vma`s, neither special (`VM_SPECIAL`).
-fn can_merge(left: &Vma, right: &Vma) -> bool {
+pub fn mergeable(left: &Vma, right: &Vma) -> bool {
     left.end == right.start
         && left.flags == right.flags
         && !left.flags.any(VmFlags::SPECIAL)
@@ -545,14 +545,14 @@ impl AddressSpace {
             .range(..start)
             .next_back()
             .map(|(_, v)| v.clone())
-            .filter(|p| can_merge(p, &vma));
+            .filter(|p| mergeable(p, &vma));
         let next = if left_only {
             None
         } else {
             self.vmas
                 .get(&vma.end)
                 .cloned()
-                .filter(|n| can_merge(&vma, n))
+                .filter(|n| mergeable(&vma, n))
         };
         // Both sides: prev and next must also agree with each other
         // (`can_vma_merge_right` with `are_anon_vmas_compatible`).

@@ -46,8 +46,11 @@ pub enum StepKind {
     Mlock,
     /// `clone`/`fork` without `CLONE_VM`: a new address space.
     Fork,
-    /// `clone` with `CLONE_VM`: a thread, or `vfork`'s child.
+    /// `clone` with `CLONE_VM`: a thread.
     Thread,
+    /// `vfork` (`CLONE_VM | CLONE_VFORK`): a child borrowing the address
+    /// space until it calls `execve` or exits.
+    Vfork,
     /// `execve`.
     Execve,
     /// A thread ended.
@@ -60,7 +63,7 @@ pub enum StepKind {
 
 impl StepKind {
     /// Every kind, in table order.
-    pub const ALL: [StepKind; 13] = [
+    pub const ALL: [StepKind; 14] = [
         StepKind::Mmap,
         StepKind::Munmap,
         StepKind::Mprotect,
@@ -70,6 +73,7 @@ impl StepKind {
         StepKind::Mlock,
         StepKind::Fork,
         StepKind::Thread,
+        StepKind::Vfork,
         StepKind::Execve,
         StepKind::Exit,
         StepKind::Fault,
@@ -89,6 +93,7 @@ impl StepKind {
             StepKind::Mlock => "mlock",
             StepKind::Fork => "fork",
             StepKind::Thread => "thread",
+            StepKind::Vfork => "vfork",
             StepKind::Execve => "execve",
             StepKind::Exit => "exit",
             StepKind::Fault => "fault",
@@ -658,6 +663,7 @@ impl History {
             | Call::Munlock { .. }
             | Call::Mlockall { .. }
             | Call::Munlockall => StepKind::Mlock,
+            Call::Clone { flags } if flags & CLONE_VFORK != 0 => StepKind::Vfork,
             Call::Clone { flags } if flags & CLONE_VM != 0 => StepKind::Thread,
             Call::Clone { .. } => StepKind::Fork,
             Call::Execve { .. } => StepKind::Execve,
@@ -1449,9 +1455,6 @@ impl History {
         let mm = if flags & CLONE_VM != 0 {
             if let Some(entry) = self.mms.get_mut(&parent.mm) {
                 entry.users += 1;
-            }
-            if flags & CLONE_VFORK == 0 {
-                step.kind = StepKind::Thread;
             }
             parent.mm
         } else {

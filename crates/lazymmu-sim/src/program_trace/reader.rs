@@ -219,6 +219,7 @@ impl<R: BufRead> Reader<R> {
         loop {
             if !self.read_line()? {
                 if !self.header_seen {
+                    self.line = self.line.max(1);
                     return Err(
                         self.error(format!("the header `{FORMAT} {VERSION}`"), "end of file")
                     );
