@@ -24,6 +24,8 @@ record() {
 record python-import-json /usr/bin/python3 -c "import json"
 record python-import-modules /usr/bin/python3 -c \
     "import json, decimal, asyncio, email.parser, sqlite3, xml.etree.ElementTree"
+record python-bytearray-grow /usr/bin/python3 -c \
+    "b = bytearray(); [b.extend(bytes(1 << 20)) for _ in range(64)]"
 record gcc-compile gcc -O2 -c list.c -o list.o
 git clone -q "$repo" repository
 record git-log git -C repository log --stat -n 20 --no-color > /dev/null

@@ -411,10 +411,12 @@ impl Trace {
     }
 
     fn meta(&mut self, key: &str, value: &str) {
+        // A metadata value is the rest of one line.
+        let value = value.replace(['\n', '\r'], " ");
         self.header.push(
             Record::Meta {
                 key: key.to_owned(),
-                value: value.to_owned(),
+                value,
             }
             .to_string(),
         );
@@ -756,7 +758,8 @@ impl Trace {
     }
 }
 
-/// Quotes a word for a shell when it needs it.
+/// Quotes a word for a shell when it needs it, on one line: control
+/// characters use bash's `$'...'` escapes.
 fn shell_quote(word: &str) -> String {
     if !word.is_empty()
         && word
@@ -764,6 +767,21 @@ fn shell_quote(word: &str) -> String {
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
     {
         word.to_owned()
+    } else if word.chars().any(char::is_control) {
+        let mut quoted = String::from("$'");
+        for c in word.chars() {
+            match c {
+                '\\' => quoted.push_str("\\\\"),
+                '\'' => quoted.push_str("\\'"),
+                '\n' => quoted.push_str("\\n"),
+                '\t' => quoted.push_str("\\t"),
+                '\r' => quoted.push_str("\\r"),
+                c if c.is_control() => quoted.push_str(&format!("\\x{:02x}", u32::from(c))),
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('\'');
+        quoted
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
     }
@@ -980,5 +998,19 @@ fn order_by_strace_time(trace: &mut Trace, threads: Vec<(u32, Vec<Entry>)>) {
             }
             Entry::Exit { time_ns, status } => trace.exit(time_ns, tid, &status),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn commands_stay_on_one_line() {
+        assert_eq!(shell_quote("/usr/bin/python3"), "/usr/bin/python3");
+        assert_eq!(shell_quote("import json"), "'import json'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("a\nb\t'c'\\"), r"$'a\nb\t\'c\'\\'");
+        assert_eq!(shell_quote("\u{1b}"), r"$'\x1b'");
     }
 }

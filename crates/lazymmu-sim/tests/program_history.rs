@@ -598,3 +598,27 @@ proptest! {
         }
     }
 }
+
+/// `MREMAP_DONTUNMAP` (`dontunmap_complete`): the pages move, the source
+/// VMA stays mapped and empty.
+#[test]
+fn mremap_dontunmap_keeps_the_source_empty() {
+    let (steps, history) = replay(&trace(&[
+        "7 execve - = 0",
+        "7 mmap 0 4000 3 22 - 0 = 7f0000000000",
+        "7 fault 7f0000000000 4 w",
+        "7 mremap 7f0000000000 4000 4000 5 0 = 7f0000100000",
+    ]));
+    assert_eq!(steps[3].operations.len(), 1, "{:?}", steps[3].operations);
+    assert_eq!(pages(&steps[3].operations[0]), 4);
+    let space = history.address_space_of(7).unwrap();
+    assert_eq!(
+        vmas(space),
+        vec![
+            (BASE, BASE + 4 * P, 3),
+            (BASE + 0x10_0000, BASE + 0x10_4000, 3)
+        ]
+    );
+    assert_eq!(space.present().pages_in(BASE..BASE + 4 * P), 0);
+    assert_eq!(space.present().pages(), 4);
+}

@@ -249,3 +249,83 @@ fn a_million_events_parse_in_bounded_memory() {
     assert!(peak < 1 << 20, "peak {peak} bytes");
     println!("peak allocation for 1,000,000 events: {peak} bytes");
 }
+
+mod never_panics {
+    use lazymmu_sim::program_trace::summarize;
+    use proptest::prelude::*;
+
+    /// Words that make up trace lines, so random lines are often almost
+    /// valid and reach deep into the history.
+    const WORDS: &[&str] = &[
+        "0",
+        "1",
+        "7",
+        "8",
+        "=",
+        "-",
+        "?",
+        "-ENOMEM",
+        "mmap",
+        "munmap",
+        "mprotect",
+        "mremap",
+        "brk",
+        "madvise",
+        "clone",
+        "execve",
+        "exit",
+        "fault",
+        "vma",
+        "file",
+        "w",
+        "r",
+        "x",
+        "p",
+        "s",
+        "[stack]",
+        "[vdso]",
+        "3",
+        "22",
+        "32",
+        "11",
+        "4111",
+        "3d0f00",
+        "1000",
+        "4000",
+        "ffffffffffffffff",
+        "7f0000000000",
+        "7f0000001000",
+        "7ffffffff000",
+        "fffffffffffff000",
+    ];
+
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::collection::vec(proptest::sample::select(WORDS), 0..10)
+                .prop_map(|w| w.join(" ")),
+            "[ -~]{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any input gives a summary or an error, never a panic.
+        #[test]
+        fn any_input_gives_a_result(lines in proptest::collection::vec(line(), 0..40), raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut text = String::from("lazymmu-trace 1\n");
+            let mut time = 0;
+            for (i, line) in lines.iter().enumerate() {
+                // Keep times in order half of the time, so events apply.
+                if i % 2 == 0 {
+                    time += 1;
+                    text.push_str(&format!("{time} 7 "));
+                }
+                text.push_str(line);
+                text.push('\n');
+            }
+            let _ = summarize(text.as_bytes(), "fuzz");
+            let _ = summarize(&raw[..], "fuzz");
+        }
+    }
+}

@@ -172,6 +172,15 @@ pub fn run_pages(runs: &[Range<u64>]) -> u64 {
     runs.iter().map(|r| (r.end - r.start) / PAGE_SIZE).sum()
 }
 
+/// What a run of page faults did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Faulted {
+    /// Pages that became present, as runs.
+    pub new: Vec<Range<u64>>,
+    /// Pages whose access no VMA allowed.
+    pub refused: u64,
+}
+
 /// Identifies an address space in a history.
 pub type MmId = u64;
 
@@ -846,63 +855,98 @@ impl AddressSpace {
         }
     }
 
-    /// A page fault at `addr` (`handle_mm_fault`), with stack growth
-    /// (`expand_downwards`), fault-around for file reads
-    /// (`do_fault_around`) and PMD huge pages for anonymous memory
-    /// (`do_huge_pmd_anonymous_page`). Returns the pages that became
-    /// present, or `None` when the access had no VMA allowing it (the
-    /// program got `SIGSEGV`).
+    /// Page faults on every page of `pages`, one after another
+    /// (`handle_mm_fault`), with stack growth (`expand_downwards`),
+    /// fault-around for file reads (`do_fault_around`) and PMD huge pages
+    /// for anonymous memory (`do_huge_pmd_anonymous_page`). Pages with no
+    /// VMA allowing the access are refused (the program got `SIGSEGV`).
+    ///
+    /// A run of pages in a VMA without fault-around or huge pages becomes
+    /// present at once, so a long run costs what its VMAs cost, not what
+    /// its pages do.
     pub fn fault(
         &mut self,
-        addr: u64,
+        pages: Range<u64>,
         write: Option<bool>,
         exec: bool,
         kernel: &Kernel,
         file_size: impl Fn(u32) -> Option<u64>,
         next_anon_vma: &mut u64,
-    ) -> Option<Vec<Range<u64>>> {
-        let page = page_down(addr);
-        let vma = match self.vma_at(page) {
-            Some(v) => v.clone(),
-            None => self.grow_stack(page, kernel)?,
-        };
-        let allowed = if exec {
-            vma.flags.has(VmFlags::EXEC)
-        } else if write == Some(true) {
-            vma.flags.has(VmFlags::WRITE)
-        } else {
-            vma.flags.any(VmFlags::ACCESS)
-        };
-        if !allowed {
-            return None;
-        }
-        let private = !vma.flags.has(VmFlags::SHARED);
-        // do_anonymous_page maps the zero page for a read without an
-        // anon_vma; a private write (or COW) needs one.
-        if private && write == Some(true) && !matches!(vma.backing, VmaBacking::Special(_)) {
-            self.prepare_anon_vma(vma.start, next_anon_vma);
-        }
-        if self.present.contains(page) {
-            return Some(Vec::new());
-        }
-        let range = match &vma.backing {
-            VmaBacking::Anonymous if self.huge_allowed(&vma, kernel) => {
-                let block = page & !(PMD_SIZE - 1);
-                if block >= vma.start
-                    && block + PMD_SIZE <= vma.end
-                    && self.present.pages_in(block..block + PMD_SIZE) == 0
-                {
-                    block..block + PMD_SIZE
-                } else {
-                    page..page + PAGE_SIZE
+    ) -> Faulted {
+        let mut faulted = Faulted::default();
+        let mut at = page_down(pages.start);
+        while at < pages.end {
+            let vma = match self.vma_at(at) {
+                Some(v) => v.clone(),
+                None => match self.grow_stack(at, kernel) {
+                    Some(v) => v,
+                    None => {
+                        let next = self
+                            .vmas
+                            .range(at..)
+                            .next()
+                            .map_or(pages.end, |(&s, _)| s.min(pages.end));
+                        faulted.refused += (next - at) / PAGE_SIZE;
+                        at = next;
+                        continue;
+                    }
+                },
+            };
+            let segment = at..vma.end.min(pages.end);
+            at = segment.end;
+            let allowed = if exec {
+                vma.flags.has(VmFlags::EXEC)
+            } else if write == Some(true) {
+                vma.flags.has(VmFlags::WRITE)
+            } else {
+                vma.flags.any(VmFlags::ACCESS)
+            };
+            if !allowed {
+                faulted.refused += (segment.end - segment.start) / PAGE_SIZE;
+                continue;
+            }
+            // do_anonymous_page maps the zero page for a read without an
+            // anon_vma; a private write (or COW) needs one.
+            let private = !vma.flags.has(VmFlags::SHARED);
+            if private && write == Some(true) && !vma.is_special() {
+                self.prepare_anon_vma(vma.start, next_anon_vma);
+            }
+            let per_page = match &vma.backing {
+                VmaBacking::Anonymous => self.huge_allowed(&vma, kernel),
+                VmaBacking::File(_) => write != Some(true) && kernel.fault_around_pages > 1,
+                _ => false,
+            };
+            if !per_page {
+                faulted.new.extend(self.mark_present(segment));
+                continue;
+            }
+            for page in (segment.start..segment.end).step_by(PAGE_SIZE as usize) {
+                if self.present.contains(page) {
+                    // A fault on a present page (COW, spurious) maps nothing
+                    // around it.
+                    continue;
                 }
+                let range = match &vma.backing {
+                    VmaBacking::File(id) => {
+                        self.fault_around(&vma, page, kernel.fault_around_pages, file_size(*id))
+                    }
+                    _ => {
+                        let block = page & !(PMD_SIZE - 1);
+                        if block >= vma.start
+                            && block + PMD_SIZE <= vma.end
+                            && self.present.pages_in(block..block + PMD_SIZE) == 0
+                        {
+                            block..block + PMD_SIZE
+                        } else {
+                            page..page + PAGE_SIZE
+                        }
+                    }
+                };
+                faulted.new.extend(self.mark_present(range));
             }
-            VmaBacking::File(id) if write != Some(true) && kernel.fault_around_pages > 1 => {
-                self.fault_around(&vma, page, kernel.fault_around_pages, file_size(*id))
-            }
-            _ => page..page + PAGE_SIZE,
-        };
-        Some(self.mark_present(range))
+        }
+        faulted.new.sort_by_key(|r| r.start);
+        faulted
     }
 
     /// Whether an anonymous fault in `vma` may map a PMD huge page
@@ -1079,6 +1123,14 @@ impl AddressSpace {
         }];
         self.insert(new, false);
         if keep_source {
+            // dontunmap_complete: the old VMA stays, unlocked, and loses
+            // its anon_vma when all of it moved.
+            if vma.start == from.start && vma.end == from.end {
+                if let Some(old) = self.vmas.get_mut(&vma.start) {
+                    old.anon_vma = None;
+                    old.fork_child = false;
+                }
+            }
             self.modify_flags(from, |v| {
                 Some(v.flags.0 & !(VmFlags::LOCKED | VmFlags::LOCKONFAULT))
             });

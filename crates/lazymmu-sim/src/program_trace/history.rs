@@ -199,7 +199,7 @@ pub struct Summary {
     pub vmas_installed: u64,
     /// Kernel VMA reports checked against the model.
     pub vmas_checked: u64,
-    /// Page faults with no VMA allowing the access (`SIGSEGV`).
+    /// Faulting pages with no VMA allowing the access (`SIGSEGV`).
     pub faults_refused: u64,
     /// `munmap` calls over ranges with nothing mapped (legal no-ops).
     pub unmaps_of_nothing: u64,
@@ -1531,34 +1531,27 @@ impl History {
         let Some(entry) = self.mms.get_mut(&task.mm) else {
             return;
         };
-        let mut runs: Vec<Range<u64>> = Vec::new();
         let (write, exec) = match access {
             Access::Read => (Some(false), false),
             Access::Write => (Some(true), false),
             Access::Execute => (Some(false), true),
             Access::Unknown => (None, false),
         };
-        let mut page = addr;
-        while page < end {
-            match entry.space.fault(
-                page,
-                write,
-                exec,
-                &kernel,
-                |id| files.get(&id).and_then(|f| f.size),
-                &mut self.next_anon_vma,
-            ) {
-                Some(new) => {
-                    for run in new {
-                        match runs.last_mut() {
-                            Some(last) if last.end == run.start => last.end = run.end,
-                            _ => runs.push(run),
-                        }
-                    }
-                }
-                None => self.summary.faults_refused += 1,
+        let faulted = entry.space.fault(
+            addr..end,
+            write,
+            exec,
+            &kernel,
+            |id| files.get(&id).and_then(|f| f.size),
+            &mut self.next_anon_vma,
+        );
+        self.summary.faults_refused += faulted.refused;
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        for run in faulted.new {
+            match runs.last_mut() {
+                Some(last) if last.end == run.start => last.end = run.end,
+                _ => runs.push(run),
             }
-            page += PAGE_SIZE;
         }
         if !runs.is_empty() {
             step.operations
