@@ -641,15 +641,11 @@ impl Trace {
                 len: arg(1),
                 advice: arg(2),
             },
-            "mlock" => Call::Mlock {
+            // mlock is mlock2 without flags.
+            "mlock" | "mlock2" => Call::Mlock {
                 addr: arg(0),
                 len: arg(1),
-                flags: 0,
-            },
-            "mlock2" => Call::Mlock {
-                addr: arg(0),
-                len: arg(1),
-                flags: arg(2),
+                flags: if call.name == "mlock2" { arg(2) } else { 0 },
             },
             "munlock" => Call::Munlock {
                 addr: arg(0),

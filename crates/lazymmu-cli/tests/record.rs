@@ -90,24 +90,36 @@ fn missing_perf_names_the_package_and_the_way_around() {
         );
 }
 
-#[test]
-fn records_a_program_with_perf() {
+/// Records `/bin/true ARGS` with the given options; the trace's text, or
+/// `None` (having said why) where this machine cannot record.
+fn record_true(options: &[&str], args: &[&str]) -> Option<String> {
     if let Some(why) = cannot_record() {
         eprintln!("skipped: {why}");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let trace = dir.path().join("true.trace");
     lazymmu()
-        .args(["record", "-o"])
+        .arg("record")
+        .args(options)
+        .arg("-o")
         .arg(&trace)
         .args(["--", "/bin/true"])
+        .args(args)
         .assert()
         .success()
         .stderr(predicate::str::contains("model disagreements: 0"));
-    let text = fs::read_to_string(&trace).expect("trace written");
+    Some(fs::read_to_string(&trace).expect("trace written"))
+}
+
+#[test]
+fn records_a_program_with_perf() {
+    // An argument with a newline stays on the command's one line.
+    let Some(text) = record_true(&[], &["two\nlines"]) else {
+        return;
+    };
     assert!(
-        text.starts_with("lazymmu-trace 1\n@command /bin/true\n"),
+        text.starts_with("lazymmu-trace 1\n@command /bin/true $'two\\nlines'\n"),
         "{text}"
     );
     assert!(text.contains("\n@touches faults\n"));
@@ -125,19 +137,9 @@ fn records_a_program_with_perf() {
 
 #[test]
 fn records_without_perf_and_says_pages_are_estimated() {
-    if let Some(why) = cannot_record() {
-        eprintln!("skipped: {why}");
+    let Some(text) = record_true(&["--no-perf"], &[]) else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let trace = dir.path().join("true.trace");
-    lazymmu()
-        .args(["record", "--no-perf", "-o"])
-        .arg(&trace)
-        .args(["--", "/bin/true"])
-        .assert()
-        .success();
-    let text = fs::read_to_string(&trace).expect("trace written");
+    };
     assert!(text.contains("\n@touches whole-ranges\n"));
     assert!(text.contains("# touched pages are estimated"));
     assert!(!text

@@ -1311,7 +1311,29 @@ impl History {
                 detail: format!("{:x}-{:x}", range.start, range.end),
             });
         }
-        let flag_change = |set: u64, clear: u64| move |v: &Vma| Some((v.flags.0 | set) & !clear);
+        // The advice that only sets and clears VMA flags
+        // (`madvise_update_vma`), as (set, clear).
+        let flags = match advice {
+            0 => Some((0, VmFlags::SEQ_READ | VmFlags::RAND_READ)), // NORMAL
+            1 => Some((VmFlags::RAND_READ, VmFlags::SEQ_READ)),     // RANDOM
+            2 => Some((VmFlags::SEQ_READ, VmFlags::RAND_READ)),     // SEQUENTIAL
+            10 => Some((VmFlags::DONTCOPY, 0)),                     // DONTFORK
+            11 => Some((0, VmFlags::DONTCOPY)),                     // DOFORK
+            12 => Some((VmFlags::MERGEABLE, 0)),                    // MERGEABLE
+            13 => Some((0, VmFlags::MERGEABLE)),                    // UNMERGEABLE
+            14 => Some((VmFlags::HUGEPAGE, VmFlags::NOHUGEPAGE)),   // HUGEPAGE
+            15 => Some((VmFlags::NOHUGEPAGE, VmFlags::HUGEPAGE)),   // NOHUGEPAGE
+            16 => Some((VmFlags::DONTDUMP, 0)),                     // DONTDUMP
+            17 => Some((0, VmFlags::DONTDUMP)),                     // DODUMP
+            18 => Some((VmFlags::WIPEONFORK, 0)),                   // WIPEONFORK
+            19 => Some((0, VmFlags::WIPEONFORK)),                   // KEEPONFORK
+            _ => None,
+        };
+        if let Some((set, clear)) = flags {
+            self.space(mm)
+                .modify_flags(range, move |v| Some((v.flags.0 | set) & !clear));
+            return;
+        }
         match advice {
             // MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED
             4 | 9 | 24 => step.operations.extend(self.space(mm).zap(mm, range)),
@@ -1319,60 +1341,6 @@ impl History {
             8 => step.operations.extend(self.space(mm).clean(mm, range)),
             // MADV_POPULATE_READ, MADV_POPULATE_WRITE
             22 | 23 => self.populate(step, mm, range),
-            0 => {
-                self.space(mm).modify_flags(
-                    range,
-                    flag_change(0, VmFlags::SEQ_READ | VmFlags::RAND_READ),
-                );
-            }
-            1 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::RAND_READ, VmFlags::SEQ_READ));
-            }
-            2 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::SEQ_READ, VmFlags::RAND_READ));
-            }
-            10 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::DONTCOPY, 0));
-            }
-            11 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(0, VmFlags::DONTCOPY));
-            }
-            12 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::MERGEABLE, 0));
-            }
-            13 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(0, VmFlags::MERGEABLE));
-            }
-            14 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::HUGEPAGE, VmFlags::NOHUGEPAGE));
-            }
-            15 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::NOHUGEPAGE, VmFlags::HUGEPAGE));
-            }
-            16 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::DONTDUMP, 0));
-            }
-            17 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(0, VmFlags::DONTDUMP));
-            }
-            18 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(VmFlags::WIPEONFORK, 0));
-            }
-            19 => {
-                self.space(mm)
-                    .modify_flags(range, flag_change(0, VmFlags::WIPEONFORK));
-            }
             // WILLNEED, COLD, PAGEOUT, COLLAPSE and the rest change no
             // entry the replay models (PAGEOUT's reclaim is not modelled).
             _ => {}

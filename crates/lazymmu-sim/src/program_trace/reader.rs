@@ -2,7 +2,7 @@
 //!
 //! [`Reader`] reads one line at a time from any [`BufRead`] and yields
 //! [`Record`]s: memory stays bounded by the longest line
-//! ([`MAX_LINE`](super::MAX_LINE) bytes) and the number of distinct files,
+//! ([`MAX_LINE`] bytes) and the number of distinct files,
 //! whatever the length of the trace. The first malformed line stops it
 //! with a [`TraceError`] naming the file, the line, what was expected and
 //! (at most 80 characters of) what was found. Calls it does not model are
