@@ -14,6 +14,7 @@ mod calibrate;
 mod check;
 mod compare;
 mod neighbours;
+mod record;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -40,6 +41,9 @@ enum Command {
     /// Time mmap, touch, fork, exit, munmap, mprotect, mremap and vmalloc on
     /// this Linux kernel and fit each call's per-call and per-page cost.
     Calibrate(calibrate::CalibrateArgs),
+    /// Run a program under strace and perf and write its trace of
+    /// memory-management calls and page faults.
+    Record(record::Args),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Record(args) => record::run(args),
     };
     match result {
         Ok(code) => code,
