@@ -148,6 +148,8 @@ boot_gdt_pointer:
 
     .section .bss
     .p2align 12
+    /* Also what application processors enable paging with (smp.rs). */
+    .global boot_pml4
 boot_pml4:
     .skip 4096
 boot_pdpt:
