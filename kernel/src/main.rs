@@ -26,6 +26,7 @@ mod cpu;
 mod env;
 mod exit;
 mod interrupts;
+mod linux70;
 mod memory;
 mod mm;
 mod paging;
@@ -35,7 +36,9 @@ mod sched;
 mod serial;
 mod smp;
 mod smp_backend;
+mod smp_tests;
 mod sync;
+mod table;
 mod tests;
 mod xcall;
 
@@ -66,6 +69,14 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     let mut report = tests::run_all();
     bench::run(&mut report);
+    smp_tests::run_all(&mut report);
+    for world in 0..mm::WORLDS {
+        if world > 0 {
+            mm::activate_next_world();
+        }
+        smp_tests::run_active_mm(&mut report);
+    }
+    smp_tests::run_accounting(&mut report);
     println!("{} passed, {} failed", report.passed, report.failed);
     exit::exit(if report.failed == 0 {
         exit::SUCCESS

@@ -197,17 +197,39 @@ impl<const WORDS: usize> FramePool<WORDS> {
 
     /// A free frame, or `None` when the pool is exhausted.
     pub fn allocate(&self) -> Option<PhysAddr> {
+        self.allocate_run(1)
+    }
+
+    /// `n` physically contiguous free frames (the first is returned), or
+    /// `None` when no such run is free. One search under the lock, so runs
+    /// allocated by several CPUs at once do not interleave.
+    pub fn allocate_run(&self, n: usize) -> Option<PhysAddr> {
         let mut state = self.state.lock();
         let frames = state.frames;
-        let start = state.hint;
-        for step in 0..frames {
-            let index = (start + step) % frames;
-            let (word, bit) = (index / 64, index % 64);
-            if state.bitmap[word] & (1 << bit) == 0 {
-                state.bitmap[word] |= 1 << bit;
-                state.hint = index + 1;
-                state.used += 1;
-                return Some(PhysAddr(state.base + index as u64 * FRAME));
+        if n == 0 || n > frames {
+            return None;
+        }
+        let is_free =
+            |state: &PoolState<WORDS>, i: usize| state.bitmap[i / 64] & (1 << (i % 64)) == 0;
+        let start = state.hint % frames;
+        let mut step = 0;
+        while step < frames {
+            let first = (start + step) % frames;
+            if first + n > frames {
+                // A run does not wrap around the end of the pool.
+                step += frames - first;
+                continue;
+            }
+            match (first..first + n).find(|&i| !is_free(&state, i)) {
+                Some(taken) => step += taken - first + 1,
+                None => {
+                    for i in first..first + n {
+                        state.bitmap[i / 64] |= 1 << (i % 64);
+                    }
+                    state.hint = first + n;
+                    state.used += n;
+                    return Some(PhysAddr(state.base + first as u64 * FRAME));
+                }
             }
         }
         None

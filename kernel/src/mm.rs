@@ -23,7 +23,7 @@
 //! user tasks would need state the library keeps private, and Linux picks
 //! one policy at build time anyway.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{flush_locally, RemoteFlush};
@@ -574,15 +574,11 @@ pub fn walk_canary_everywhere() {
     });
 }
 
-/// Whether the last canary walk on each CPU met the poison.
-static POISON_SEEN: AtomicBool = AtomicBool::new(false);
-
 fn walk_canary(cpu: usize) {
     CANARY_WALKS.fetch_add(1, Ordering::Relaxed);
     match interrupts::read(CANARY) {
         Err(fault) if fault.error_code & PF_RESERVED != 0 => {
             USE_AFTER_FREE.fetch_add(1, Ordering::Relaxed);
-            POISON_SEEN.store(true, Ordering::Release);
             println!(
                 "FAIL use after free: CPU {cpu} walked a freed root (CR3 {:#x}, error {:#x})",
                 cpu::read_cr3(),
@@ -612,19 +608,30 @@ pub fn drain_quarantine() {
     }
 }
 
-/// The active world's statistics, as counts.
-pub fn stats() -> lazymmu::mm::active_mm::LazyTlbStats {
-    let s = tlb().stats();
-    let get = |c: &AtomicU64| AtomicU64::new(c.load(Ordering::Relaxed));
-    lazymmu::mm::active_mm::LazyTlbStats {
-        borrows: get(&s.borrows),
-        borrow_refs: get(&s.borrow_refs),
-        root_loads: get(&s.root_loads),
-        flush_ipis: get(&s.flush_ipis),
-        flush_skipped_lazy: get(&s.flush_skipped_lazy),
-        shootdown_ipis: get(&s.shootdown_ipis),
-        lazy_switched_away: get(&s.lazy_switched_away),
-        catchup_flushes: get(&s.catchup_flushes),
-        spaces_freed: get(&s.spaces_freed),
+/// Builds a root, poisons its user half as a free does, loads it on this
+/// CPU for one walk of [`CANARY`] and returns the walk's page-fault error
+/// code (the check's own check).
+///
+/// # Errors
+/// A message when no frame is left or the walk did not fault.
+pub fn walk_poisoned_root() -> Result<u64, &'static str> {
+    let root = paging::new_user_root().ok_or("no frame for a root")?;
+    poison(root, 1..256);
+    let were_enabled = cpu::disable_interrupts();
+    let kernel = paging::kernel_root();
+    // SAFETY: the root links the kernel's entries (slot 0 and the upper
+    // half), untouched by the poison, so the running code stays mapped;
+    // interrupts are off until the kernel's root is back.
+    unsafe { cpu::write_cr3(root.0) };
+    let walked = interrupts::read(CANARY);
+    // SAFETY: the kernel's own root.
+    unsafe { cpu::write_cr3(kernel.0) };
+    if were_enabled {
+        cpu::enable_interrupts();
+    }
+    paging::TABLE_FRAMES.free(root);
+    match walked {
+        Err(fault) => Ok(fault.error_code),
+        Ok(_) => Err("a walk through a poisoned root did not fault"),
     }
 }

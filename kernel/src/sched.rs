@@ -80,6 +80,9 @@ pub struct Task {
     /// Forced preemption points still to take right after a lazy-state
     /// store (the test of the Linux 7.0 ordering).
     forced_preemptions: AtomicU32,
+    /// Forced preemption points reached with preemption disabled, and so
+    /// not taken.
+    pub forced_skipped: AtomicU32,
     /// `mm` and `active_mm`, one per lazy-TLB world ([`mm::WORLDS`]).
     pub mm: [TaskMm; mm::WORLDS],
     /// Times it was switched in.
@@ -119,6 +122,7 @@ impl Task {
             key_section: AtomicU64::new(NO_KEY),
             freed_tables: AtomicBool::new(false),
             forced_preemptions: AtomicU32::new(0),
+            forced_skipped: AtomicU32::new(0),
             mm: [const { TaskMm::kernel_thread() }; mm::WORLDS],
             switches: AtomicU64::new(0),
             migrations: AtomicU64::new(0),
@@ -368,6 +372,7 @@ fn reserve(name: &'static str, affinity: u64) -> &'static Task {
     task.key_section.store(NO_KEY, Ordering::Relaxed);
     task.freed_tables.store(false, Ordering::Relaxed);
     task.forced_preemptions.store(0, Ordering::Relaxed);
+    task.forced_skipped.store(0, Ordering::Relaxed);
     task.switches.store(0, Ordering::Relaxed);
     task.migrations.store(0, Ordering::Relaxed);
     task.expected_bugs.store(0, Ordering::Relaxed);
@@ -702,10 +707,10 @@ pub fn preempt_from_interrupt() {
 }
 
 /// Makes the running task take `count` forced preemption points, one
-/// right after each of its next lazy-state stores: it is moved to another
-/// CPU there, as a timer tick could move it. With preemption disabled at
-/// that point (the counter design's guard) the point is skipped and
-/// counted in [`Task::atomic_sleeps`].
+/// right after each of its next lazy-state stores: it is moved to the next
+/// CPU there, as a timer tick could move it. A point reached with
+/// preemption disabled (the counter design's guard) is not taken, and is
+/// counted in [`Task::forced_skipped`].
 pub fn force_preemptions(count: u32) {
     current().forced_preemptions.store(count, Ordering::Relaxed);
 }
@@ -715,12 +720,19 @@ fn forced_preemption_point(task: &Task) {
         return;
     }
     task.forced_preemptions.fetch_sub(1, Ordering::Relaxed);
+    if percpu::preempt_count() != 0 || !cpu::interrupts_enabled() {
+        task.forced_skipped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let me = percpu::cpu_index();
-    let others = percpu::online_mask() & !(1 << me);
-    if let Some(target) = CpuMask(others).iter().next() {
+    let online = percpu::online_mask();
+    let next = CpuMask(online & !((2u64 << me) - 1))
+        .iter()
+        .next()
+        .or_else(|| CpuMask(online & !(1 << me)).iter().next());
+    if let Some(target) = next {
         task.migrate_to.store(target, Ordering::Release);
     }
-    // Refused, and counted, when preemption is disabled.
     yield_now();
 }
 

@@ -41,18 +41,18 @@ pub fn pattern(frame: PhysAddr) -> u64 {
 
 /// `n` physically contiguous data frames, each holding its [`pattern`].
 pub fn data_run(n: usize) -> Result<PhysAddr, crate::check::Message> {
-    let first = paging::data_frame();
-    for i in 1..n as u64 {
-        let next = paging::data_frame();
-        if next.0 != first.0 + i * FRAME {
-            return Err(message!("data frames not contiguous at {i}"));
-        }
-    }
+    let first = crate::memory::DATA_FRAMES
+        .allocate_run(n)
+        .ok_or(message!("no run of {n} free data frames"))?;
     for i in 0..n as u64 {
         let frame = first.add(i * FRAME);
+        let page = memory::phys_to_virt(frame) as *mut u64;
         // SAFETY: the frames were just allocated and are direct-mapped with
-        // key 0 (writable).
-        unsafe { (memory::phys_to_virt(frame) as *mut u64).write_volatile(pattern(frame)) };
+        // key 0 (writable); nothing else uses them.
+        unsafe {
+            core::ptr::write_bytes(page, 0, 512);
+            page.write_volatile(pattern(frame));
+        }
     }
     Ok(first)
 }
