@@ -213,10 +213,11 @@ pub struct PageFault {
 /// Reads the 8 bytes at `address`, returning the page fault instead of the
 /// value if the access faults.
 pub fn read(address: u64) -> Result<u64, PageFault> {
+    let mut fault_address = 0;
     // SAFETY: the access is either allowed by the page tables (then it reads
     // 8 bytes the caller chose to inspect: the kernel never relies on them
-    // not changing) or faults, and the fault handler resumes after it.
-    let mut fault_address = 0;
+    // not changing) or faults, and the fault handler resumes after it; the
+    // out pointer is a live local.
     let result = unsafe { probe_read(address, &mut fault_address) };
     probe_result(result, fault_address)
 }
@@ -227,8 +228,9 @@ pub fn read(address: u64) -> Result<u64, PageFault> {
 /// # Safety
 /// If the write succeeds it changes memory: the caller must own it.
 pub unsafe fn write(address: u64, value: u64) -> Result<(), PageFault> {
-    // SAFETY: the caller owns the memory; a fault is resumed by the handler.
     let mut fault_address = 0;
+    // SAFETY: the caller owns the memory; a fault is resumed by the handler;
+    // the out pointer is a live local.
     let result = unsafe { probe_write(address, value, &mut fault_address) };
     probe_result(result, fault_address).map(|_| ())
 }

@@ -36,6 +36,7 @@ mod sched;
 mod serial;
 mod smp;
 mod smp_backend;
+mod smp_bench;
 mod smp_tests;
 mod sync;
 mod table;
@@ -70,12 +71,15 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     let mut report = tests::run_all();
     bench::run(&mut report);
     smp_tests::run_all(&mut report);
+    smp_bench::run_range_operations(&mut report);
     for world in 0..mm::WORLDS {
         if world > 0 {
             mm::activate_next_world();
         }
         smp_tests::run_active_mm(&mut report);
+        smp_bench::run_context_switches(&mut report, world);
     }
+    smp_bench::print_context_switches();
     smp_tests::run_accounting(&mut report);
     println!("{} passed, {} failed", report.passed, report.failed);
     exit::exit(if report.failed == 0 {

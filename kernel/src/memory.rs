@@ -184,12 +184,6 @@ impl<const WORDS: usize> FramePool<WORDS> {
         }
     }
 
-    /// Whether `frame` lies in the pool.
-    pub fn contains(&self, frame: PhysAddr) -> bool {
-        let region = self.region();
-        (region.start..region.end).contains(&frame.0)
-    }
-
     /// Frames currently allocated.
     pub fn used(&self) -> usize {
         self.state.lock().used

@@ -479,10 +479,10 @@ impl Pending {
     fn take_for(&mut self, space: usize) -> [Option<PhysAddr>; PENDING_FRAMES] {
         let mut taken = [None; PENDING_FRAMES];
         let mut kept = 0;
-        for i in 0..self.len {
+        for (i, slot) in taken.iter_mut().enumerate().take(self.len) {
             let (s, frame) = self.frames[i];
             if s == space {
-                taken[i] = Some(frame);
+                *slot = Some(frame);
             } else {
                 self.frames[kept] = (s, frame);
                 kept += 1;
@@ -539,11 +539,6 @@ fn quarantine(frame: PhysAddr) {
         // Oldest first would be kinder; a full quarantine just frees.
         paging::TABLE_FRAMES.free(frame);
     }
-}
-
-/// Frames held in quarantine.
-pub fn quarantined() -> usize {
-    QUARANTINE.lock().1
 }
 
 /// Overwrites entries `slots` of the page-table frame `frame` with

@@ -176,14 +176,6 @@ pub fn preempt_enable() {
     }
 }
 
-/// Re-enables preemption without rescheduling (Linux's
-/// `preempt_enable_no_resched()`), for the scheduler itself.
-#[inline]
-pub fn preempt_enable_no_resched() {
-    // SAFETY: as in `preempt_disable`.
-    unsafe { asm!("dec dword ptr gs:[{off}]", off = const OFFSET_PREEMPT, options(nostack)) };
-}
-
 /// The preemption-disable depth on this CPU.
 #[inline]
 pub fn preempt_count() -> u32 {

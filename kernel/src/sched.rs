@@ -132,11 +132,6 @@ impl Task {
         }
     }
 
-    /// The task's slot number.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
     /// The task's name.
     pub fn name(&self) -> &'static str {
         // SAFETY: written before the task is published, never after.
@@ -198,12 +193,6 @@ impl Task {
     /// the note.
     pub fn take_freed_tables(&self) -> bool {
         self.freed_tables.swap(false, Ordering::Relaxed)
-    }
-
-    /// Pins the task to the CPUs of `mask` (takes effect at its next
-    /// switch).
-    pub fn set_affinity(&self, mask: u64) {
-        self.affinity.store(mask, Ordering::Release);
     }
 
     /// Whether the task has exited and left its CPU for the last time.
@@ -318,7 +307,7 @@ extern "C" {
     /// stack pointer at `save`, switches to `load` and returns there,
     /// handing back `prev` (the task that switched away) to the code that
     /// resumes.
-    fn switch_context(save: *mut u64, load: u64, prev: *const Task) -> *const Task;
+    fn switch_context(save: *mut u64, load: u64, prev: u64) -> u64;
     static task_trampoline: u8;
 }
 
@@ -563,9 +552,11 @@ fn context_switch(prev: &'static Task, next: &'static Task) {
     // SAFETY: `prev` is the running task (its stack is the current one)
     // and `next` is off every CPU with its registers saved at `next.rsp`
     // (or a fresh frame from `prepare_stack`); interrupts are masked.
-    let last = unsafe { switch_context(prev.rsp.get(), *next.rsp.get(), prev) };
-    // SAFETY: `switch_context` hands back the task that switched to us.
-    finish_switch(unsafe { &*last });
+    let last =
+        unsafe { switch_context(prev.rsp.get(), *next.rsp.get(), prev as *const Task as u64) };
+    // SAFETY: `switch_context` hands back the address of the task that
+    // switched to us.
+    finish_switch(unsafe { &*(last as *const Task) });
 }
 
 /// `finish_task_switch()`, in the task that now runs: the task that left
@@ -580,9 +571,10 @@ fn finish_switch(last: &'static Task) {
 }
 
 #[no_mangle]
-extern "C" fn task_start(last: *const Task) -> ! {
-    // SAFETY: `switch_context` hands back the task that switched to us.
-    finish_switch(unsafe { &*last });
+extern "C" fn task_start(last: u64) -> ! {
+    // SAFETY: `switch_context` hands back the address of the task that
+    // switched to us.
+    finish_switch(unsafe { &*(last as *const Task) });
     cpu::enable_interrupts();
     let task = current();
     let entry = task.entry.load(Ordering::Relaxed);

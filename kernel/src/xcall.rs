@@ -132,7 +132,7 @@ pub fn wait_for(done: impl Fn() -> bool, timed_out: impl FnOnce()) {
         poll();
         core::hint::spin_loop();
         spins = spins.wrapping_add(1);
-        if spins % 1024 == 0 && cpu::rdtsc() > deadline {
+        if spins.is_multiple_of(1024) && cpu::rdtsc() > deadline {
             timed_out();
             unreachable!("the timeout handler returned");
         }
