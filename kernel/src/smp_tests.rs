@@ -1037,6 +1037,7 @@ fn active_mm_test(cpus: usize) -> Outcome {
         stat(&stats.shootdown_ipis),
         stat(&stats.lazy_switched_away),
         stat(&stats.spaces_freed),
+        stat(&stats.flush_skipped_lazy),
     ];
     let x = mm::create_space().map_err(|e| message!("{e}"))?;
     LAZY_SPACE.store(x.0, Ordering::Release);
@@ -1069,6 +1070,7 @@ fn active_mm_test(cpus: usize) -> Outcome {
     let freed_at_release = mm::space(x).is_freed();
     let shootdowns_at_release = stat(&stats.shootdown_ipis) - before[1];
     let switched_at_release = stat(&stats.lazy_switched_away) - before[2];
+    let skipped_at_release = stat(&stats.flush_skipped_lazy) - before[4];
     LAZY_GO.store(true, Ordering::Release);
     for task in kthreads.into_iter().flatten() {
         sched::join(task);
@@ -1094,9 +1096,14 @@ fn active_mm_test(cpus: usize) -> Outcome {
         stat(&stats.shootdown_ipis),
         stat(&stats.lazy_switched_away),
         stat(&stats.spaces_freed),
+        stat(&stats.flush_skipped_lazy),
     ];
-    let [refs, shootdowns, switched_away, freed] = core::array::from_fn(|i| after[i] - before[i]);
+    let [refs, shootdowns, switched_away, freed, skipped] =
+        core::array::from_fn(|i| after[i] - before[i]);
     let lazy = cpus as u64 - 1;
+    // User task c zaps a page without freeing a table while the c - 1
+    // CPUs before it borrow X lazily.
+    let lazy_at_zaps = lazy * lazy.saturating_sub(1) / 2;
     use lazymmu::mm::active_mm::LazyTlbPolicy::{Refcount, Shootdown, X86};
     match policy {
         Shootdown => {
@@ -1107,6 +1114,7 @@ fn active_mm_test(cpus: usize) -> Outcome {
                 lazy,
                 "lazy-TLB shootdown IPIs when X was freed"
             );
+            ensure_eq!(skipped, 0, "lazy CPUs skipped by flushes (shootdown)");
         }
         Refcount => {
             ensure!(
@@ -1115,6 +1123,7 @@ fn active_mm_test(cpus: usize) -> Outcome {
             );
             ensure!(refs >= 2 * lazy, "borrow references {refs}");
             ensure_eq!(shootdowns, 0, "lazy-TLB shootdown IPIs (refcount)");
+            ensure_eq!(skipped, 0, "lazy CPUs skipped by flushes (refcount)");
         }
         X86 => {
             ensure!(
@@ -1127,11 +1136,16 @@ fn active_mm_test(cpus: usize) -> Outcome {
                 lazy,
                 "lazy CPUs switched to the kernel's space by the table-freeing flush"
             );
+            ensure_eq!(
+                skipped_at_release,
+                lazy_at_zaps,
+                "lazy CPUs skipped by X's flushes that free no table"
+            );
         }
     }
     println!(
         "  ({}: {freed} spaces freed, {refs} borrow reference updates, {shootdowns} shootdown IPIs, \
-         {switched_away} lazy CPUs switched away, {} canary walks so far)",
+         {skipped} lazy CPUs skipped by flushes, {switched_away} switched away, {} canary walks so far)",
         policy.name(),
         mm::CANARY_WALKS.load(Ordering::Relaxed)
     );
