@@ -227,7 +227,8 @@ pub fn run_range_operations(report: &mut Report) {
         );
         report.run(
             format_args!(
-                "SMP measurements on {cpus} CPUs: one IPI per other CPU and one full flush per CPU"
+                "SMP measurements on {}: one IPI per other CPU and one full flush per CPU",
+                Cpus(cpus)
             ),
             || check_flushes(cpus, rows),
         );
