@@ -474,6 +474,7 @@ extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
         }
         // The spurious vector needs no EOI (SDM Vol. 3A §11.9).
         v if v == u64::from(apic::SPURIOUS_VECTOR) => false,
+        v if v == u64::from(apic::ERROR_VECTOR) => fatal(frame, "local APIC error (see its ESR)"),
         _ => fatal(frame, "unexpected exception"),
     };
     paging::exception_exit(key_frame);

@@ -5,9 +5,11 @@
 //! Boot: PVH entry ([`boot`]) → long mode on identity tables → per-CPU
 //! data, IDT, PKS, frame pools → the library builds the kernel's real
 //! tables (image, direct map) → local APIC, its timer calibrated against
-//! the PIT → the other CPUs through INIT-SIPI-SIPI ([`smp`]) → the
-//! one-CPU tests ([`tests`]) and measurements ([`bench`]) →
-//! `N passed, N failed` → `isa-debug-exit`.
+//! PIT channel 2 → the other CPUs through INIT-SIPI-SIPI ([`smp`]) → the
+//! one-CPU tests ([`tests`]) and measurements ([`bench`]) → the tests on
+//! every CPU ([`smp_tests`]) and their measurements ([`smp_bench`]), the
+//! `active_mm` ones once per lazy-TLB policy → `N passed, N failed` →
+//! `isa-debug-exit`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]

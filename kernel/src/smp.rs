@@ -4,13 +4,14 @@
 //! physical 0x8000 (STARTUP vector 0x08).
 //!
 //! An application processor starts in real mode at 0x0800:0000. The
-//! trampoline loads a GDT of its own, enters protected mode, turns on PAE,
-//! loads CR3 with the boot code's identity tables (`boot_pml4`, below
-//! 4 GiB as a 32-bit CR3 load requires), enables long mode, NX and
-//! paging, and jumps to `ap_entry64` in the kernel image. There each
-//! processor takes an index with one atomic add, switches to the stack of
-//! the idle task the boot CPU made for that index, and calls [`ap_main`],
-//! which moves it onto the library's page tables and brings it online.
+//! trampoline loads a GDT of its own, enters protected mode and jumps to
+//! the boot code's `enter_long_mode` (crate::boot), which the boot CPU went
+//! through too: PAE, CR3 with the boot identity tables (`boot_pml4`, below
+//! 4 GiB as a 32-bit CR3 load requires), long mode, NX and paging, then
+//! `ap_entry64` in 64-bit mode. There each processor takes an index with
+//! one atomic add, switches to the stack of the idle task the boot CPU made
+//! for that index, and calls [`ap_main`], which moves it onto the library's
+//! page tables and brings it online.
 //!
 //! The processors all start at once; nothing in the trampoline touches
 //! memory it writes, so they need no stack until they have an index.
@@ -54,32 +55,15 @@ ap_protected:
     mov %ax, %ds
     mov %ax, %es
     mov %ax, %ss
-    mov %cr4, %eax
-    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax   /* PAE, OSFXSR, OSXMMEXCPT */
-    mov %eax, %cr4
-    mov $boot_pml4, %eax
-    mov %eax, %cr3
-    mov $0xc0000080, %ecx                         /* IA32_EFER */
-    rdmsr
-    or $((1 << 8) | (1 << 11)), %eax              /* LME, NXE */
-    wrmsr
-    mov %cr0, %eax
-    and $~(1 << 2), %eax                          /* EM off */
-    or $((1 << 31) | (1 << 16) | (1 << 1)), %eax  /* PG, WP, MP */
-    mov %eax, %cr0
-    ljmp $0x18, $ap_long_abs
-
-    .code64
-ap_long:
-    movabs $ap_entry64, %rax
-    jmp *%rax
+    mov $ap_entry64, %esi
+    mov $enter_long_mode, %eax
+    jmp *%eax
 
     .p2align 3
 ap_gdt:
     .quad 0
     .quad 0x00cf9a000000ffff                      /* 0x08: 32-bit code */
     .quad 0x00cf92000000ffff                      /* 0x10: data */
-    .quad 0x00af9a000000ffff                      /* 0x18: 64-bit code */
 ap_gdt_end:
 ap_gdt_pointer:
     .word ap_gdt_end - ap_gdt - 1
@@ -89,17 +73,12 @@ ap_trampoline_end:
 
     .set ap_gdt_pointer_abs, {base} + (ap_gdt_pointer - ap_trampoline_start)
     .set ap_protected_abs, {base} + (ap_protected - ap_trampoline_start)
-    .set ap_long_abs, {base} + (ap_long - ap_trampoline_start)
     .set ap_gdt_abs, {base} + (ap_gdt - ap_trampoline_start)
 
     .section .text
     .code64
     .global ap_entry64
 ap_entry64:
-    mov $0x10, %eax
-    mov %eax, %ds
-    mov %eax, %es
-    mov %eax, %ss
     mov $1, %eax
     lock xaddl %eax, {next}(%rip)
     cmp ${max}, %eax
