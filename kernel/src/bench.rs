@@ -385,15 +385,15 @@ pub fn run(report: &mut Report) {
 
     let table = Table::start(
         format_args!(
-            "In-guest measurements: {PAGES} pages of 4 KiB, QEMU TCG, PKS-protected page tables, one CPU (the others idle)"
+            "In-guest measurements, one CPU (others idle): {PAGES} pages of 4 KiB, QEMU TCG, PKS"
         ),
         &COLUMNS,
     );
     print_rows(&table, &kernel, &kernel_rows);
     print_rows(&table, &user, &user_rows);
+    println!("cycles: minimum of {REPEATS} runs; counts: exact, identical in every run;");
     println!(
-        "cycles: minimum of {REPEATS} runs; counts: exact, identical in every run; \
-         interrupts off while measuring ({irq_writes} PKRS writes by interrupt entry/exit meanwhile)"
+        "interrupts off while measuring ({irq_writes} PKRS writes by interrupt entry/exit meanwhile)"
     );
     for (target, rows) in [(&kernel, &kernel_rows), (&user, &user_rows)] {
         for (o, &operation) in Operation::ALL.iter().enumerate() {

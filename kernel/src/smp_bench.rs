@@ -214,7 +214,7 @@ pub fn run_range_operations(report: &mut Report) {
         }
     }
     println!(
-        "cycles: minimum of {REPEATS} runs on the measuring CPU; counts: summed over every CPU, identical in every run"
+        "cycles: minimum of {REPEATS} runs, on the measuring CPU; counts: all CPUs, the same every run"
     );
     for (rows, cpus) in results.iter().zip(cpu_counts()) {
         let Some(rows) = rows else { continue };
@@ -372,7 +372,7 @@ const SWITCH_COLUMNS: [Column; 7] = [
 pub fn print_context_switches() {
     let table = Table::start(
         format_args!(
-            "In-guest context switches: a user task of one shared space and a kernel thread yielding to each other on every CPU"
+            "In-guest context switches: on each CPU a user task of one shared space and a kernel thread"
         ),
         &SWITCH_COLUMNS,
     );
@@ -390,8 +390,9 @@ pub fn print_context_switches() {
             &row.borrow_refs,
         ]);
     }
+    println!("yield to each other; switches/s: all CPUs, start signal to the last CPU's end,");
     println!(
-        "switches/s: all CPUs together, from the start signal to the last CPU's end, the fastest of {SWITCH_REPEATS} runs; \
-         cycles/switch: per CPU; ref updates: mm_count increments and decrements for lazy borrows (a line every CPU shares)"
+        "fastest of {SWITCH_REPEATS} runs; cycles/switch: per CPU; ref updates: mm_count changes"
     );
+    println!("for lazy borrows, on a line every CPU shares");
 }

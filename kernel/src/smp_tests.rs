@@ -170,7 +170,7 @@ fn precreate_tables(root: PhysAddr, space: SpaceId, va: u64, len: u64, user: boo
     Ok(())
 }
 
-fn read_expect(va: u64, expected: u64, what: fmt_args::What) -> Outcome {
+fn read_expect(va: u64, expected: u64, what: What) -> Outcome {
     match interrupts::read(va) {
         Ok(value) if value == expected => Ok(()),
         Ok(value) => Err(message!(
@@ -180,26 +180,23 @@ fn read_expect(va: u64, expected: u64, what: fmt_args::What) -> Outcome {
     }
 }
 
-mod fmt_args {
-    /// Where a check is, for its message.
-    #[derive(Clone, Copy, Debug)]
-    pub struct What {
-        pub round: usize,
-        pub checker: usize,
-        pub owner: usize,
-    }
+/// Where a check is, for its message.
+#[derive(Clone, Copy, Debug)]
+struct What {
+    round: usize,
+    checker: usize,
+    owner: usize,
+}
 
-    impl core::fmt::Display for What {
-        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-            write!(
-                f,
-                "round {} CPU {} checking CPU {}'s page",
-                self.round, self.checker, self.owner
-            )
-        }
+impl core::fmt::Display for What {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "round {}, CPU {} reading region {}",
+            self.round, self.checker, self.owner
+        )
     }
 }
-use fmt_args::What;
 
 // ---- shared address space, stale translations --------------------------
 
@@ -861,8 +858,10 @@ fn ordering_test() -> Outcome {
         "the Linux 7.0 ordering was not caught entering twice"
     );
     println!(
-        "  (Linux 7.0 ordering: {double} double enter(s) and {leave_outside} leave(s) outside lazy mode at forced points; \
-         {natural} double enter(s) in 20000 sections preempted only by the timer)"
+        "  (Linux 7.0 ordering at forced points: {double} double enter(s), {leave_outside} leave(s) outside"
+    );
+    println!(
+        "   lazy mode; preempted by the timer only: {natural} double enter(s) in 20000 sections)"
     );
     Ok(())
 }
@@ -1144,8 +1143,8 @@ fn active_mm_test(cpus: usize) -> Outcome {
         }
     }
     println!(
-        "  ({}: {freed} spaces freed, {refs} borrow reference updates, {shootdowns} shootdown IPIs, \
-         {skipped} lazy CPUs skipped by flushes, {switched_away} switched away, {} canary walks so far)",
+        "  ({}: {freed} freed, {refs} ref updates, {shootdowns} shootdowns, {skipped} lazy CPUs \
+         skipped, {switched_away} switched away, {} walks)",
         policy.name(),
         mm::CANARY_WALKS.load(Ordering::Relaxed)
     );
