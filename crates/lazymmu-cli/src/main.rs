@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod calibrate;
 mod check;
 mod compare;
 mod neighbours;
@@ -36,6 +37,9 @@ enum Command {
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.
     Check(check::CheckArgs),
+    /// Time mmap, touch, fork, exit, munmap, mprotect, mremap and vmalloc on
+    /// this Linux kernel and fit each call's per-call and per-page cost.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
+        Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
         Ok(code) => code,
