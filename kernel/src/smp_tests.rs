@@ -236,8 +236,18 @@ fn holds_before(round: usize) -> Holds {
     }
 }
 
-fn shared_region(cpu: usize) -> u64 {
+/// The 2 MiB (one PTE table) CPU `cpu` changes.
+fn shared_table(cpu: usize) -> u64 {
     USER_BASE + (cpu as u64) * (2 << 20)
+}
+
+/// Where in its 2 MiB CPU `cpu` maps its pages: each CPU's pages start at
+/// a different page offset so that, in QEMU's direct-mapped software TLB
+/// (indexed by the page number modulo its size, a power of two of at
+/// least 64 entries), no two CPUs' pages compete for a slot and evict each
+/// other's translations — which would hide a stale one.
+fn shared_region(cpu: usize) -> u64 {
+    shared_table(cpu) + (cpu as u64) * SHARED_PAGES * FRAME
 }
 
 fn shared_page(owner: usize, run: usize, page: u64) -> u64 {
@@ -274,6 +284,12 @@ fn check_region(owner: usize, holds: Holds, first: u64, what: What) -> Outcome {
         let va = shared_region(owner) + page * FRAME;
         match holds {
             Holds::Run(run, writable) => {
+                let old = shared_page(owner, 1 - run, page);
+                if interrupts::read(va) == Ok(old) {
+                    return Err(message!(
+                        "{what}: {va:#x} still reads the frame it was remapped from (stale translation)"
+                    ));
+                }
                 read_expect(va, shared_page(owner, run, page), what)?;
                 if !writable {
                     // SAFETY: if the store succeeds (a stale writable
@@ -335,7 +351,7 @@ fn shared_operation(cpu: usize, round: usize) -> Outcome {
         }
         2 => {
             let summary = tables
-                .zap(va, 2 << 20, &mut gather)
+                .zap(VirtAddr(shared_table(cpu)), 2 << 20, &mut gather)
                 .map_err(|e| message!("zap: {e:?}"))?;
             ensure_eq!(summary.tables_freed, 1, "PTE tables freed by the zap");
         }
@@ -351,8 +367,15 @@ fn shared_operation(cpu: usize, round: usize) -> Outcome {
 
 fn shared_task(cpu: usize) {
     let cpus = SHARED_CPUS.load(Ordering::Acquire);
-    for round in 0..SHARED_ROUNDS {
+    // Barriers met so far: a task that fails still meets every barrier
+    // the others will wait at.
+    let mut met = 0;
+    let meet = |met: &mut usize| {
         BARRIER.wait();
+        *met += 1;
+    };
+    for round in 0..SHARED_ROUNDS {
+        meet(&mut met);
         let were_enabled = cpu::disable_interrupts();
         let outcome = (|| -> Outcome {
             let _outer = lazy().section();
@@ -364,14 +387,14 @@ fn shared_task(cpu: usize) {
                 };
                 cache_region(owner, holds_before(round), what)?;
             }
-            BARRIER.wait();
+            meet(&mut met);
             {
                 let _inner = lazy().section();
                 shared_operation(cpu, round)?;
             }
             // The inner section is closed: every CPU's change is flushed
             // everywhere once all are here.
-            BARRIER.wait();
+            meet(&mut met);
             let mut owners = others(cpus, cpu).cycle().skip(round);
             for _ in 1..cpus {
                 let owner = owners.next().unwrap_or(cpu);
@@ -399,10 +422,8 @@ fn shared_task(cpu: usize) {
         if outcome.is_err() {
             record(outcome);
             // Keep meeting the others so that nobody waits for this task.
-            for _ in round..SHARED_ROUNDS {
-                BARRIER.wait();
-                BARRIER.wait();
-                BARRIER.wait();
+            while met < 3 * SHARED_ROUNDS {
+                meet(&mut met);
             }
             return;
         }
