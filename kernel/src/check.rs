@@ -1,7 +1,7 @@
 //! A small test harness for the guest: named checks whose failure carries a
-//! formatted message, without an allocator. Nothing here is specific to
-//! x86; the `test NAME ... ok` / `FAIL NAME: why` / `N passed, N failed`
-//! lines are what `lazymmu boot` reads.
+//! formatted message, without an allocator, for both kernels. The
+//! `test NAME ... ok` / `FAIL NAME: why` / `N passed, N failed` lines are
+//! what `lazymmu boot` reads.
 
 use core::fmt::{self, Write};
 
