@@ -148,3 +148,31 @@ impl<const WORDS: usize> FramePool<WORDS> {
         Ok(())
     }
 }
+
+/// Gives the first frames of `region` to `tables` (as many as its bitmap
+/// holds) and the rest to `data`: page-table frames and data frames come
+/// from disjoint ranges, so that a kernel can map the two differently (the
+/// x86-64 kernel tags the page-table range with a protection key).
+///
+/// # Errors
+/// A message when `region` does not hold twice the page-table pool.
+pub fn split_pools<const TABLES: usize, const DATA: usize>(
+    region: Region,
+    tables: &FramePool<TABLES>,
+    data: &FramePool<DATA>,
+) -> Result<(), &'static str> {
+    let table_frames = TABLES * 64;
+    if region.frames() < table_frames * 2 {
+        return Err("not enough RAM for the frame pools");
+    }
+    let split = region.start + table_frames as u64 * FRAME;
+    tables.init(Region {
+        start: region.start,
+        end: split,
+    });
+    data.init(Region {
+        start: split,
+        end: region.end,
+    });
+    Ok(())
+}

@@ -8,11 +8,12 @@
 //!   arm64 backend with real barriers and TLB maintenance.
 //!
 //! What both kernels share is written once here: the test harness and its
-//! report ([`check`]), the measurement tables ([`table`]), the frame pools
-//! ([`frames`]), the console ([`console`]) and the locks ([`sync`]). Each
-//! architecture's module provides what these name through the crate root:
-//! `cpu::{disable_interrupts, enable_interrupts}` and
-//! `serial::write_byte`.
+//! report ([`check`]), the test data frames ([`testdata`]), the measurement
+//! tables ([`table`]), the frame pools ([`frames`]), the console
+//! ([`console`]) and the locks ([`sync`]). Each architecture's module
+//! provides what these name through the crate root:
+//! `cpu::{disable_interrupts, enable_interrupts}`, `serial::write_byte`,
+//! `memory::{phys_to_virt, DATA_FRAMES}`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -27,8 +28,14 @@ mod console;
 mod frames;
 mod sync;
 mod table;
+mod testdata;
 
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 #[cfg(target_arch = "x86_64")]
 use x86_64::*;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64::*;

@@ -121,18 +121,5 @@ pub static DATA_FRAMES: FramePool<{ MAX_DATA_FRAMES / 64 }> = FramePool::new();
 /// # Errors
 /// A message when the region is too small.
 pub fn init_pools(map: &MemoryMap) -> Result<(), &'static str> {
-    let largest = map.largest();
-    if largest.frames() < PAGE_TABLE_POOL_FRAMES * 2 {
-        return Err("not enough RAM for the frame pools");
-    }
-    let split = largest.start + PAGE_TABLE_POOL_FRAMES as u64 * FRAME;
-    PAGE_TABLE_FRAMES.init(Region {
-        start: largest.start,
-        end: split,
-    });
-    DATA_FRAMES.init(Region {
-        start: split,
-        end: largest.end,
-    });
-    Ok(())
+    crate::frames::split_pools(map.largest(), &PAGE_TABLE_FRAMES, &DATA_FRAMES)
 }

@@ -34,35 +34,7 @@ pub fn area(n: u64) -> u64 {
 
 use paging::USER_BASE;
 
-/// The value the tests store in the first word of a data frame.
-pub fn pattern(frame: PhysAddr) -> u64 {
-    0x5a5a_0000_0000_0000 ^ frame.0
-}
-
-/// `n` physically contiguous data frames, each holding its [`pattern`].
-pub fn data_run(n: usize) -> Result<PhysAddr, crate::check::Message> {
-    let first = crate::memory::DATA_FRAMES
-        .allocate_run(n)
-        .ok_or(message!("no run of {n} free data frames"))?;
-    for i in 0..n as u64 {
-        let frame = first.add(i * FRAME);
-        let page = memory::phys_to_virt(frame) as *mut u64;
-        // SAFETY: the frames were just allocated and are direct-mapped with
-        // key 0 (writable); nothing else uses them.
-        unsafe {
-            core::ptr::write_bytes(page, 0, 512);
-            page.write_volatile(pattern(frame));
-        }
-    }
-    Ok(first)
-}
-
-/// Returns a run from [`data_run`].
-pub fn free_run(first: PhysAddr, n: usize) {
-    for i in 0..n as u64 {
-        paging::free_data_frame(first.add(i * FRAME));
-    }
-}
+pub use crate::testdata::{data_run, free_run, pattern};
 
 /// A gather for the kernel's address space: its flushes reach every CPU,
 /// since kernel mappings are shared (Linux's `flush_tlb_kernel_range`,

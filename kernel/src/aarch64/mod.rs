@@ -1,0 +1,118 @@
+//! The arm64 kernel: the lazymmu library's AArch64 format and arm64 backend
+//! on QEMU's virt machine (`-cpu max`, one CPU), reporting on the PL011.
+//!
+//! Boot: EL1 entry with the MMU off ([`boot`]) → first tables by hand, MMU
+//! on, jump to the linked addresses → device tree ([`fdt`]): RAM and GIC →
+//! frame pools ([`memory`]) → the library builds the kernel's tables
+//! (TTBR1: image, direct map, devices) and loads them ([`paging`]) → GIC
+//! and virtual timer ([`irq`]) → the tests ([`tests`]) and measurements
+//! ([`bench`]) → `N passed, N failed` → semihosting exit ([`exit`]).
+//!
+//! The crate root re-exports these modules, so that they name each other
+//! `crate::paging` and so on.
+
+pub(crate) mod bbm;
+pub(crate) mod boot;
+pub(crate) mod cpu;
+pub(crate) mod env;
+pub(crate) mod exceptions;
+pub(crate) mod exit;
+pub(crate) mod fdt;
+pub(crate) mod irq;
+pub(crate) mod memory;
+pub(crate) mod paging;
+pub(crate) mod serial;
+
+use core::panic::PanicInfo;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{console, println};
+
+extern "C" {
+    static __kernel_end: u8;
+}
+
+/// Timer interrupts per second: frequent enough that they land inside
+/// sections.
+pub const TIMER_HZ: u64 = 1000;
+
+/// Entered from [`boot`] at the linked address, on the boot stack, with the
+/// physical address of the device tree.
+#[no_mangle]
+extern "C" fn kernel_main(dtb: u64) -> ! {
+    println!("lazymmu kernel: booted at EL1 (device tree at {dtb:#x})");
+    if let Err(error) = setup(dtb) {
+        println!("FATAL: {error}");
+        println!("0 passed, 1 failed");
+        exit::exit(exit::FAILURE);
+    }
+    println!("0 passed, 0 failed");
+    exit::exit(exit::SUCCESS)
+}
+
+fn setup(dtb: u64) -> Result<(), &'static str> {
+    // SAFETY: the boot tables map the first gigabyte of RAM, where QEMU put
+    // the device tree, at KERNEL_BASE + physical.
+    let machine = unsafe { fdt::read(memory::KERNEL_BASE + dtb)? };
+    println!(
+        "device tree: RAM {:#x}..{:#x}, GIC{} at {:#x}/{:#x}",
+        machine.memory.base,
+        machine.memory.base + machine.memory.size,
+        if machine.gic_v3 { "v3" } else { "v2" },
+        machine.gic[0].base,
+        machine.gic[1].base
+    );
+    if machine.gic_v3 {
+        return Err("the kernel drives a GICv2; start QEMU without gic-version=3");
+    }
+    let ram = memory::Region {
+        start: machine.memory.base,
+        end: machine.memory.base + machine.memory.size,
+    };
+    let kernel_end = memory::image_phys(&raw const __kernel_end as u64);
+    let pools = memory::init_pools(ram, kernel_end)?;
+    paging::init_backend();
+    paging::init(ram, machine.gic)?;
+    let tables = memory::PAGE_TABLE_FRAMES.region();
+    let data = memory::DATA_FRAMES.region();
+    println!(
+        "memory: frames {:#x}..{:#x}: page-table pool {:#x}..{:#x} ({} frames, {} used by the kernel's tables), data {:#x}..{:#x}",
+        pools.start,
+        pools.end,
+        tables.start,
+        tables.end,
+        tables.frames(),
+        memory::PAGE_TABLE_FRAMES.used(),
+        data.start,
+        data.end
+    );
+    println!(
+        "paging: the library's tables are loaded (TTBR1 {:#x}: image, direct map, devices; TTBR0 empty); range TLBI {}",
+        cpu::read_ttbr1(),
+        if paging::tlb_range() { "yes (FEAT_TLBIRANGE)" } else { "no" }
+    );
+    irq::init_gic(machine.gic);
+    irq::start_timer(TIMER_HZ);
+    cpu::enable_interrupts();
+    irq::wait_ticks(3);
+    println!(
+        "timer: EL1 virtual timer at {TIMER_HZ} Hz through the GICv2 (counter {} Hz)",
+        cpu::counter_frequency()
+    );
+    Ok(())
+}
+
+static PANICKING: AtomicBool = AtomicBool::new(false);
+
+#[panic_handler]
+fn panic(info: &PanicInfo<'_>) -> ! {
+    cpu::disable_interrupts();
+    if PANICKING.swap(true, Ordering::Relaxed) {
+        // A panic while ending the run: stop here.
+        loop {
+            cpu::wait_for_interrupt();
+        }
+    }
+    console::print_fmt_dying(format_args!("PANIC: {info}\n0 passed, 1 failed\n"));
+    exit::exit(exit::FAILURE)
+}
