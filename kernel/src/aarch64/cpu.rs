@@ -14,7 +14,7 @@ macro_rules! read_sysreg {
         let value: u64;
         // SAFETY: reading an ID, counter or status register has no side
         // effect.
-        unsafe { asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
+        unsafe { core::arch::asm!(concat!("mrs {}, ", $name), out(reg) value, options(nomem, nostack, preserves_flags)) };
         value
     }};
 }
@@ -39,12 +39,6 @@ pub fn enable_interrupts() {
     unsafe { asm!("msr daifclr, #2", options(nomem, nostack, preserves_flags)) };
 }
 
-/// Whether IRQs are unmasked.
-#[inline]
-pub fn interrupts_enabled() -> bool {
-    read_sysreg!("daif") & DAIF_IRQ == 0
-}
-
 /// Waits for an interrupt (`wfi`).
 #[inline]
 pub fn wait_for_interrupt() {
@@ -56,8 +50,8 @@ pub fn wait_for_interrupt() {
 /// not read early (Arm ARM D12.1.2 "The virtual counter").
 #[inline]
 pub fn counter() -> u64 {
-    // SAFETY: an `isb` and a counter read have no side effect on memory.
     let value: u64;
+    // SAFETY: an `isb` and a counter read have no side effect on memory.
     unsafe {
         asm!("isb", "mrs {}, cntvct_el0", out(reg) value, options(nomem, nostack, preserves_flags))
     };
@@ -91,12 +85,6 @@ pub unsafe fn write_ttbr0(value: u64) {
 pub unsafe fn write_ttbr1(value: u64) {
     // SAFETY: the caller vouches for the tables.
     unsafe { asm!("msr ttbr1_el1, {}", "isb", in(reg) value, options(nostack, preserves_flags)) };
-}
-
-/// TTBR0_EL1.
-#[inline]
-pub fn read_ttbr0() -> u64 {
-    read_sysreg!("ttbr0_el1")
 }
 
 /// TTBR1_EL1.

@@ -12,6 +12,7 @@
 //! `crate::paging` and so on.
 
 pub(crate) mod bbm;
+pub(crate) mod bench;
 pub(crate) mod boot;
 pub(crate) mod cpu;
 pub(crate) mod env;
@@ -22,6 +23,7 @@ pub(crate) mod irq;
 pub(crate) mod memory;
 pub(crate) mod paging;
 pub(crate) mod serial;
+pub(crate) mod tests;
 
 use core::panic::PanicInfo;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -46,8 +48,18 @@ extern "C" fn kernel_main(dtb: u64) -> ! {
         println!("0 passed, 1 failed");
         exit::exit(exit::FAILURE);
     }
-    println!("0 passed, 0 failed");
-    exit::exit(exit::SUCCESS)
+    let mut report = tests::run_all();
+    bench::run(&mut report);
+    report.run(
+        "no misuse, no break-before-make violation, after the measurements",
+        tests::accounting_test,
+    );
+    println!("{} passed, {} failed", report.passed, report.failed);
+    exit::exit(if report.failed == 0 {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
 }
 
 fn setup(dtb: u64) -> Result<(), &'static str> {
@@ -55,7 +67,8 @@ fn setup(dtb: u64) -> Result<(), &'static str> {
     // the device tree, at KERNEL_BASE + physical.
     let machine = unsafe { fdt::read(memory::KERNEL_BASE + dtb)? };
     println!(
-        "device tree: RAM {:#x}..{:#x}, GIC{} at {:#x}/{:#x}",
+        "device tree: {} bytes; RAM {:#x}..{:#x}, GIC{} at {:#x}/{:#x}",
+        machine.total_size,
         machine.memory.base,
         machine.memory.base + machine.memory.size,
         if machine.gic_v3 { "v3" } else { "v2" },
@@ -90,6 +103,17 @@ fn setup(dtb: u64) -> Result<(), &'static str> {
         "paging: the library's tables are loaded (TTBR1 {:#x}: image, direct map, devices; TTBR0 empty); range TLBI {}",
         cpu::read_ttbr1(),
         if paging::tlb_range() { "yes (FEAT_TLBIRANGE)" } else { "no" }
+    );
+    // ID_AA64MMFR3_EL1 (S3_0_C0_C7_3), S1POE in bits 19:16: FEAT_S1POE,
+    // the permission overlays that protect page tables with POE.
+    let s1poe = (cpu::read_sysreg!("s3_0_c0_c7_3") >> 16) & 0xf;
+    println!(
+        "cpu: ID_AA64MMFR3_EL1.S1POE = {s1poe} ({})",
+        if s1poe == 0 {
+            "no FEAT_S1POE: POE-protected page tables run in the simulator only"
+        } else {
+            "FEAT_S1POE present"
+        }
     );
     irq::init_gic(machine.gic);
     irq::start_timer(TIMER_HZ);

@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::arm64::{Arm64, Arm64Primitives, Dsb};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
-use lazymmu::backend::{Backend, FlushScope};
+use lazymmu::backend::FlushScope;
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
 use lazymmu::pgtable::allocator::FrameAllocator;
@@ -335,9 +335,10 @@ impl Arm64Primitives for KernelPrimitives {
     }
 }
 
-/// The arm64 backend over the kernel's primitives, checked for
-/// break-before-make.
-pub type KernelBackend = BreakBeforeMake<Arm64<&'static KernelPrimitives>>;
+/// The arm64 backend over the kernel's primitives.
+pub type Arm64Backend = Arm64<&'static KernelPrimitives>;
+/// The arm64 backend, checked for break-before-make.
+pub type KernelBackend = BreakBeforeMake<Arm64Backend>;
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
@@ -391,6 +392,29 @@ pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
 /// The tables at `root` (address space `space`) with any lazy mode.
 pub fn tables_with<L: LazyMode>(lazy: &L, root: PhysAddr, space: SpaceId) -> KernelTables<'_, L> {
     PageTables::new(root, space, &MEMORY, backend(), lazy, &TABLE_FRAMES)
+}
+
+/// The kernel's tables over the arm64 backend without the
+/// break-before-make checker, with any lazy mode: what the measurements
+/// run, so that the checker's bookkeeping is not counted as the library's
+/// work. The lazy mode's hooks reach the same backend either way.
+pub fn unchecked_kernel_tables<L: LazyMode>(
+    lazy: &L,
+) -> PageTables<'_, Aarch64, KernelMemory, Arm64Backend, L, PageTableFrames> {
+    PageTables::new(
+        kernel_root(),
+        SpaceId::KERNEL,
+        &MEMORY,
+        backend().inner(),
+        lazy,
+        &TABLE_FRAMES,
+    )
+}
+
+/// A gather for `space` over the unchecked backend (see
+/// [`unchecked_kernel_tables`]).
+pub fn unchecked_gather(space: SpaceId) -> Gather<'static, Arm64Backend, PageTableFrames> {
+    Gather::new(backend().inner(), &TABLE_FRAMES, space, FlushScope::Local)
 }
 
 /// A gather for `space` (broadcast TLB maintenance: one CPU or many, the
@@ -517,10 +541,4 @@ pub fn new_user_root() -> Option<PhysAddr> {
 /// The direct-map address of physical `phys`.
 pub fn direct(phys: PhysAddr) -> u64 {
     DIRECT_MAP_BASE + phys.0
-}
-
-/// Whether `tables` is the kernel half ([`Backend`] name check for the
-/// report).
-pub fn backend_name() -> &'static str {
-    backend().name()
 }
