@@ -231,8 +231,8 @@ pub fn run(report: &mut Report) {
         }
     }
     println!(
-        "CNTVCT at {} MHz under QEMU TCG, which charges a barrier like any other instruction:",
-        cpu::counter_frequency() / 1_000_000
+        "CNTVCT at {:.1} MHz under QEMU TCG, which charges a barrier like any other instruction:",
+        cpu::counter_frequency() as f64 / 1e6
     );
     println!("the counts are exact, the ticks show this emulator's work only. Fastest of {REPEATS} runs.");
     for (&pages, pair) in SIZES.iter().zip(&rows) {

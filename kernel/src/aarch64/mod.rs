@@ -75,6 +75,12 @@ fn setup(dtb: u64) -> Result<(), &'static str> {
         machine.gic[0].base,
         machine.gic[1].base
     );
+    // The boot code set MAIR_EL1 by hand: it must be what the format's
+    // attribute indices assume.
+    let mair = cpu::read_sysreg!("mair_el1");
+    if mair != lazymmu::pgtable::format::AARCH64_MAIR {
+        return Err("MAIR_EL1 differs from the AArch64 format's attribute indices");
+    }
     if machine.gic_v3 {
         return Err("the kernel drives a GICv2; start QEMU without gic-version=3");
     }
