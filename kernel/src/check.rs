@@ -103,6 +103,18 @@ impl Report {
         println!("skip {name}: {why}");
     }
 
+    /// Prints the `N passed, N failed` line and ends the run through the
+    /// architecture's exit, with its success status only when nothing
+    /// failed.
+    pub fn conclude(&self) -> ! {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        crate::exit::exit(if self.failed == 0 {
+            crate::exit::SUCCESS
+        } else {
+            crate::exit::FAILURE
+        })
+    }
+
     /// Runs one named check and prints its result.
     pub fn run(&mut self, name: impl fmt::Display, check: impl FnOnce() -> Outcome) {
         match check() {

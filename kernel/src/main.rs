@@ -8,7 +8,8 @@
 //!   arm64 backend with real barriers and TLB maintenance.
 //!
 //! What both kernels share is written once here: the test harness and its
-//! report ([`check`]), the test data frames ([`testdata`]), the measurement
+//! report ([`check`]), the range-operation tests over a kernel's MMU
+//! ([`range_tests`]), the test data frames ([`testdata`]), the measurement
 //! tables ([`table`]), the frame pools ([`frames`]), the console
 //! ([`console`]) and the locks ([`sync`]). Each architecture's module
 //! provides what these name through the crate root:
@@ -26,6 +27,7 @@
 mod check;
 mod console;
 mod frames;
+mod range_tests;
 mod sync;
 mod table;
 mod testdata;

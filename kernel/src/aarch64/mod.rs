@@ -54,12 +54,7 @@ extern "C" fn kernel_main(dtb: u64) -> ! {
         "no misuse, no break-before-make violation, after the measurements",
         tests::accounting_test,
     );
-    println!("{} passed, {} failed", report.passed, report.failed);
-    exit::exit(if report.failed == 0 {
-        exit::SUCCESS
-    } else {
-        exit::FAILURE
-    })
+    report.conclude()
 }
 
 fn setup(dtb: u64) -> Result<(), &'static str> {

@@ -537,8 +537,3 @@ pub fn switch_user(user: Option<(PhysAddr, SpaceId)>) {
 pub fn new_user_root() -> Option<PhysAddr> {
     allocate_root(&MEMORY, &TABLE_FRAMES)
 }
-
-/// The direct-map address of physical `phys`.
-pub fn direct(phys: PhysAddr) -> u64 {
-    DIRECT_MAP_BASE + phys.0
-}

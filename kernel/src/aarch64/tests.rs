@@ -16,16 +16,21 @@ use lazymmu::mode::{LazyMode, LazyState};
 use lazymmu::pgtable::format::aarch64::{ACCESS_FLAG, ADDRESS_4K};
 use lazymmu::pgtable::format::{Aarch64, Attributes};
 use lazymmu::pgtable::memory::PageTableMemory;
-use lazymmu::pgtable::ops::{ApplyMode, CopyKind, MapError};
+use lazymmu::pgtable::ops::{ApplyMode, CopyKind};
 use lazymmu::pgtable::walk::translate;
 
 use crate::check::{Message, Outcome, Report};
 use crate::env::{self, KernelEnv};
 use crate::exceptions::{self, Fault, FaultKind};
 use crate::memory::{FRAME, VMALLOC_BASE};
-use crate::paging::{self, backend, counts, kernel_root, kernel_tables, lazy, Counts};
+use crate::paging::{
+    self, backend, counts, kernel_root, kernel_tables, lazy, Counts, KernelBackend, KernelLazy,
+    KernelMemory, KernelTables, PageTableFrames,
+};
+use crate::range_tests::{self, Guest};
 use crate::testdata::{aligned_run, data_run, free_run, pattern};
 use crate::{ensure, ensure_eq, irq, message};
+use lazymmu::pgtable::gather::Gather;
 
 /// Test area `n`: its own gigabyte of the kernel half, so that the tests'
 /// tables do not interfere.
@@ -39,37 +44,11 @@ pub const USER_BASE: u64 = 0x40_0000_0000;
 const PAGES: usize = 8;
 
 fn map_kernel(va: u64, phys: PhysAddr, pages: usize, attrs: Attributes) -> Outcome {
-    kernel_tables()
-        .map(
-            VirtAddr(va),
-            phys,
-            pages as u64 * FRAME,
-            attrs,
-            PageSize::Size4K,
-        )
-        .map(|_| ())
-        .map_err(|e| message!("map {va:#x}: {e:?}"))
+    range_tests::map_checked::<Arm64Guest>(va, phys, pages as u64, attrs)
 }
 
 fn zap_kernel(va: u64, pages: usize) -> Outcome {
-    let mut gather = paging::gather(SpaceId::KERNEL);
-    kernel_tables()
-        .zap(VirtAddr(va), pages as u64 * FRAME, &mut gather)
-        .map(|_| ())
-        .map_err(|e| message!("zap {va:#x}: {e:?}"))
-}
-
-/// Checks that the `n` pages at `va` read the patterns of the run at
-/// `first`.
-fn expect_run(va: u64, first: PhysAddr, n: usize) -> Outcome {
-    for i in 0..n as u64 {
-        let address = va + i * FRAME;
-        match exceptions::read(address) {
-            Ok(value) => ensure_eq!(value, pattern(first.add(i * FRAME)), "page {address:#x}"),
-            Err(fault) => return Err(message!("read {address:#x}: {fault:?}")),
-        }
-    }
-    Ok(())
+    range_tests::zap::<Arm64Guest>(va, pages as u64)
 }
 
 /// Checks that `access` at `va` aborted with `kind`, on a write or not.
@@ -117,6 +96,81 @@ fn write(va: u64, value: u64) -> Outcome {
         .map_err(|fault| message!("write {va:#x}: {fault:?}"))
 }
 
+/// This kernel's MMU for the tests both kernels run
+/// ([`crate::range_tests`]).
+pub struct Arm64Guest;
+
+impl Guest for Arm64Guest {
+    type Format = Aarch64;
+    type Memory = KernelMemory;
+    type Backend = KernelBackend;
+    type Lazy = KernelLazy;
+    type Frames = PageTableFrames;
+
+    fn area(n: u64) -> u64 {
+        area(n)
+    }
+
+    fn tables() -> KernelTables<'static, KernelLazy> {
+        kernel_tables()
+    }
+
+    fn gather() -> Gather<'static, KernelBackend, PageTableFrames> {
+        paging::gather(SpaceId::KERNEL)
+    }
+
+    /// TLB maintenance is broadcast: the same gather.
+    fn gather_here() -> Gather<'static, KernelBackend, PageTableFrames> {
+        paging::gather(SpaceId::KERNEL)
+    }
+
+    fn read(va: u64) -> Result<u64, Message> {
+        exceptions::read(va).map_err(|fault| message!("read {va:#x}: {fault:?}"))
+    }
+
+    fn write(va: u64, value: u64) -> Outcome {
+        write(va, value)
+    }
+
+    fn expect_absent(va: u64) -> Outcome {
+        expect_absent(va)
+    }
+
+    fn expect_read_only(va: u64) -> Outcome {
+        expect_read_only(va)
+    }
+
+    fn ticks() -> u64 {
+        irq::ticks()
+    }
+
+    fn set_timer_hook(hook: Option<fn()>) {
+        irq::set_timer_hook(hook);
+    }
+
+    fn after_sections() -> Outcome {
+        ensure!(
+            !env::barriers_pending(),
+            "barriers pending after the sections"
+        );
+        Ok(())
+    }
+}
+
+/// The update of the kernel PTE at `entry` (mapping `va`) to `value`.
+fn kernel_pte(entry: PhysAddr, va: u64, value: u64) -> EntryUpdate {
+    EntryUpdate {
+        entry,
+        va: VirtAddr(va),
+        space: SpaceId::KERNEL,
+        level: 1,
+        value,
+        kernel: true,
+        valid: value & 1 != 0,
+        leaf: true,
+    }
+}
+
 /// The leaf entry of `va` in the tables at `root`.
 fn leaf(root: PhysAddr, va: u64) -> Result<lazymmu::pgtable::walk::Translation, Message> {
     translate::<Aarch64, _>(&paging::MEMORY, root, VirtAddr(va))
@@ -145,7 +199,7 @@ fn stale_translation_is_observable_test() -> Outcome {
     let va = area(10);
     let run = data_run(2)?;
     map_kernel(va, run, 1, Attributes::kernel_data())?;
-    expect_run(va, run, 1)?;
+    range_tests::expect_run::<Arm64Guest>(va, run, 1)?;
     let pte = leaf(kernel_root(), va)?;
     let retarget = |frame: PhysAddr| {
         // Straight to memory: neither the backend nor its checker sees it.
@@ -172,32 +226,13 @@ fn stale_translation_is_observable_test() -> Outcome {
     Ok(())
 }
 
-fn map_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(0);
-    let run = data_run(PAGES)?;
-    let len = PAGES as u64 * FRAME;
-    map_kernel(va, run, PAGES, Attributes::kernel_data())?;
-    expect_run(va, run, PAGES)?;
-    // A store through the new mapping lands in the frame.
-    write(va + 8, 0x1234)?;
-    // SAFETY: reading our own frame through the direct map.
-    let stored = unsafe { ((paging::direct(run) + 8) as *const u64).read_volatile() };
-    ensure_eq!(stored, 0x1234, "store through the mapping");
-    expect_absent(va + len)?;
-    ensure_eq!(
-        tables.map(
-            VirtAddr(va),
-            run,
-            FRAME,
-            Attributes::kernel_data(),
-            PageSize::Size4K
-        ),
-        Err(MapError::AlreadyMapped { at: VirtAddr(va) }),
-        "mapping over a present entry"
-    );
-    // EL0 may not touch a kernel page: permission faults for `ldtr` and
-    // `sttr`.
+/// The faults the shared map test does not cover: EL0 may not touch a
+/// kernel page (permission faults for `ldtr` and `sttr`), and a leaf with
+/// the access flag clear (TCR_EL1.HA = 0) takes an access flag fault.
+fn el0_and_old_pages_test() -> Outcome {
+    let va = area(14);
+    let run = data_run(1)?;
+    map_kernel(va, run, 1, Attributes::kernel_data())?;
     expect_fault(
         exceptions::read_as_user(va),
         va,
@@ -205,14 +240,7 @@ fn map_test() -> Outcome {
         false,
     )?;
     expect_fault(store_as_user(va, 0), va, FaultKind::Permission(3), true)?;
-    // A read-only alias: loads work, stores get a permission fault.
-    let ro = va + (1 << 21);
-    map_kernel(ro, run, PAGES, Attributes::kernel_data().read_only())?;
-    expect_run(ro, run, PAGES)?;
-    expect_read_only(ro)?;
-    // A leaf with the access flag clear (TCR_EL1.HA = 0): an access flag
-    // fault on the first load.
-    let old = ro + (1 << 21);
+    let old = va + (1 << 21);
     map_kernel(
         old,
         run,
@@ -223,11 +251,10 @@ fn map_test() -> Outcome {
         },
     )?;
     expect_fault(exceptions::read(old), old, FaultKind::AccessFlag(3), false)?;
-    zap_kernel(va, PAGES)?;
-    zap_kernel(ro, PAGES)?;
+    zap_kernel(va, 1)?;
     zap_kernel(old, 1)?;
     expect_absent(va)?;
-    free_run(run, PAGES);
+    free_run(run, 1);
     Ok(())
 }
 
@@ -266,7 +293,7 @@ fn zap_test() -> Outcome {
     let run = data_run(64)?;
     map_kernel(va, run, 64, Attributes::kernel_data())?;
     // Warm the TLB so that a missing invalidation would be visible.
-    expect_run(va, run, 64)?;
+    range_tests::expect_run::<Arm64Guest>(va, run, 64)?;
     let mut done = 0u64;
     // 8 pages (even), 7 (odd: a range and a page), the remaining 49.
     for pages in [8u64, 7, 49] {
@@ -288,105 +315,13 @@ fn zap_test() -> Outcome {
             expect_absent(at + i * FRAME)?;
         }
         done += pages;
-        expect_run(va + done * FRAME, run.add(done * FRAME), 64 - done as usize)?;
+        range_tests::expect_run::<Arm64Guest>(
+            va + done * FRAME,
+            run.add(done * FRAME),
+            64 - done as usize,
+        )?;
     }
     free_run(run, 64);
-    Ok(())
-}
-
-fn protect_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(2);
-    let len = PAGES as u64 * FRAME;
-    let run = data_run(PAGES)?;
-    map_kernel(va, run, PAGES, Attributes::kernel_data())?;
-    // Writable, and cached as writable in the TLB.
-    for i in 0..PAGES as u64 {
-        write(va + i * FRAME + 16, i)?;
-    }
-    let mut gather = paging::gather(SpaceId::KERNEL);
-    tables
-        .protect(
-            VirtAddr(va),
-            len,
-            Attributes::kernel_data().read_only(),
-            &mut gather,
-        )
-        .map_err(|e| message!("protect: {e:?}"))?;
-    drop(gather);
-    for i in 0..PAGES as u64 {
-        expect_read_only(va + i * FRAME)?;
-    }
-    expect_run(va, run, PAGES)?;
-    let mut gather = paging::gather(SpaceId::KERNEL);
-    tables
-        .protect(VirtAddr(va), len, Attributes::kernel_data(), &mut gather)
-        .map_err(|e| message!("protect: {e:?}"))?;
-    drop(gather);
-    write(va + 16, 77)?;
-    zap_kernel(va, PAGES)?;
-    free_run(run, PAGES);
-    Ok(())
-}
-
-fn move_test() -> Outcome {
-    let from = area(3);
-    let to = area(3) + (4 << 21);
-    let len = PAGES as u64 * FRAME;
-    let run = data_run(PAGES)?;
-    map_kernel(from, run, PAGES, Attributes::kernel_data())?;
-    expect_run(from, run, PAGES)?;
-    let mut gather = paging::gather(SpaceId::KERNEL);
-    let summary = kernel_tables()
-        .move_range(VirtAddr(from), VirtAddr(to), len, &mut gather)
-        .map_err(|e| message!("move: {e:?}"))?;
-    drop(gather);
-    ensure_eq!(summary.moved[0], PAGES as u64, "leaves moved");
-    for i in 0..PAGES as u64 {
-        expect_absent(from + i * FRAME)?;
-    }
-    expect_run(to, run, PAGES)?;
-    zap_kernel(to, PAGES)?;
-    free_run(run, PAGES);
-    Ok(())
-}
-
-fn apply_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(4);
-    let len = PAGES as u64 * FRAME;
-    let run = data_run(PAGES)?;
-    // vmalloc-style: create the tables and fill each PTE from the callback.
-    let mut gather = paging::gather(SpaceId::KERNEL);
-    let summary = tables
-        .apply::<(), _, _, _, _>(VirtAddr(va), len, ApplyMode::Create, &mut gather, |slot| {
-            let page = (slot.va().0 - va) / FRAME;
-            slot.set(run.add(page * FRAME), Attributes::kernel_data());
-            Ok(())
-        })
-        .map_err(|e| message!("apply create: {e:?}"))?;
-    drop(gather);
-    ensure_eq!(summary.visited, PAGES as u64, "PTEs visited");
-    expect_run(va, run, PAGES)?;
-    // Clear every PTE from the callback: the invalidations are gathered.
-    let mut gather = paging::gather(SpaceId::KERNEL);
-    tables
-        .apply::<(), _, _, _, _>(
-            VirtAddr(va),
-            len,
-            ApplyMode::Existing,
-            &mut gather,
-            |slot| {
-                slot.clear();
-                Ok(())
-            },
-        )
-        .map_err(|e| message!("apply clear: {e:?}"))?;
-    drop(gather);
-    for i in 0..PAGES as u64 {
-        expect_absent(va + i * FRAME)?;
-    }
-    free_run(run, PAGES);
     Ok(())
 }
 
@@ -498,7 +433,7 @@ fn copy_test() -> Outcome {
 /// the rest is zapped and the table freed, a block again.
 fn block_test() -> Outcome {
     let tables = kernel_tables();
-    let va = area(5);
+    let va = area(9);
     let run = aligned_run(512, 2 << 20)?;
     let violations = backend().violations().0;
     let map_block = || -> Outcome {
@@ -513,13 +448,13 @@ fn block_test() -> Outcome {
             .map_err(|e| message!("map block: {e:?}"))?;
         ensure_eq!(summary.leaves, [0, 1, 0], "leaves mapped");
         ensure_eq!(leaf(kernel_root(), va)?.size, PageSize::Size2M, "leaf size");
-        expect_run(va, run, 512)
+        range_tests::expect_run::<Arm64Guest>(va, run, 512)
     };
     map_block()?;
     let hole = va + 100 * FRAME;
     // Cached right before the zap (QEMU's TLB is direct-mapped: reading
     // 512 pages evicts some of them again).
-    expect_run(hole, run.add(100 * FRAME), 1)?;
+    range_tests::expect_run::<Arm64Guest>(hole, run.add(100 * FRAME), 1)?;
     let mut gather = paging::gather(SpaceId::KERNEL);
     let summary = tables
         .zap(VirtAddr(hole), FRAME, &mut gather)
@@ -532,14 +467,14 @@ fn block_test() -> Outcome {
     );
     ensure_eq!(leaf(kernel_root(), va)?.size, PageSize::Size4K, "leaf size");
     expect_absent(hole)?;
-    expect_run(va, run, 100)?;
-    expect_run(hole + FRAME, run.add(101 * FRAME), 411)?;
+    range_tests::expect_run::<Arm64Guest>(va, run, 100)?;
+    range_tests::expect_run::<Arm64Guest>(hole + FRAME, run.add(101 * FRAME), 411)?;
     // The whole 2 MiB: the table goes (invalidated with walk caches) and
     // a block can take its place. The page checked is not the first: in
     // QEMU's direct-mapped TLB every 1 MiB-aligned page (the image's first,
     // the other test areas') shares a slot with it.
     let probe = va + 77 * FRAME;
-    expect_run(probe, run.add(77 * FRAME), 1)?;
+    range_tests::expect_run::<Arm64Guest>(probe, run.add(77 * FRAME), 1)?;
     let mut gather = paging::gather(SpaceId::KERNEL);
     let summary = tables
         .zap(VirtAddr(va), 2 << 20, &mut gather)
@@ -570,20 +505,11 @@ fn block_test() -> Outcome {
 /// are both reported; the same changes with the invalidation in between
 /// are not.
 fn break_before_make_check_test() -> Outcome {
-    let va = area(6);
+    let va = area(8);
     let run = data_run(2)?;
     map_kernel(va, run, 1, Attributes::kernel_data())?;
     let pte = leaf(kernel_root(), va)?;
-    let update = |value: u64| EntryUpdate {
-        entry: pte.entry,
-        va: VirtAddr(va),
-        space: SpaceId::KERNEL,
-        level: 1,
-        value,
-        kernel: true,
-        valid: value & 1 != 0,
-        leaf: true,
-    };
+    let update = |value: u64| kernel_pte(pte.entry, va, value);
     let other = (pte.raw & !ADDRESS_4K) | run.add(FRAME).0;
     let start = backend().violations().0;
     // Valid to valid, another frame: no break at all.
@@ -604,51 +530,6 @@ fn break_before_make_check_test() -> Outcome {
     invalidate_kernel_page(va);
     zap_kernel(va, 1)?;
     free_run(run, 2);
-    Ok(())
-}
-
-/// Remaps one page inside a section (zap, then map another frame), closes
-/// the section and reads through the mapping: after the disable no stale
-/// translation may remain. Nested: the inner disable alone must suffice.
-fn stale_translation_test() -> Outcome {
-    let va = area(7);
-    let run = data_run(3)?;
-    let remap = |frame: PhysAddr| -> Outcome {
-        zap_kernel(va, 1)?;
-        map_kernel(va, frame, 1, Attributes::kernel_data())
-    };
-    map_kernel(va, run, 1, Attributes::kernel_data())?;
-    expect_run(va, run, 1)?;
-    {
-        let _section = lazy().section();
-        remap(run.add(FRAME))?;
-    }
-    expect_run(va, run.add(FRAME), 1)?;
-    {
-        let _outer = lazy().section();
-        {
-            let _inner = lazy().section();
-            remap(run.add(2 * FRAME))?;
-        }
-        // Only the inner section has closed.
-        expect_run(va, run.add(2 * FRAME), 1)?;
-        {
-            let _inner = lazy().section();
-            let mut gather = paging::gather(SpaceId::KERNEL);
-            kernel_tables()
-                .protect(
-                    VirtAddr(va),
-                    FRAME,
-                    Attributes::kernel_data().read_only(),
-                    &mut gather,
-                )
-                .map_err(|e| message!("protect: {e:?}"))?;
-        }
-        expect_read_only(va)?;
-    }
-    zap_kernel(va, 1)?;
-    expect_absent(va)?;
-    free_run(run, 3);
     Ok(())
 }
 
@@ -701,12 +582,12 @@ fn timer_remap() {
 /// and it reads the new frame; the task's pending flag is left for the
 /// section's end, which emits exactly one `dsb ishst; isb`.
 fn timer_in_section_test() -> Outcome {
-    let va = area(8);
+    let va = area(6);
     let other = va + FRAME;
     let run = data_run(3)?;
     map_kernel(va, run, 1, Attributes::kernel_data())?;
     map_kernel(other, run.add(2 * FRAME), 1, Attributes::kernel_data())?;
-    expect_run(va, run, 1)?;
+    range_tests::expect_run::<Arm64Guest>(va, run, 1)?;
     let other_pte = leaf(kernel_root(), other)?;
     TIMER_VA.store(va, Relaxed);
     TIMER_FRAME.store(run.add(FRAME).0, Relaxed);
@@ -716,16 +597,7 @@ fn timer_in_section_test() -> Outcome {
         let before = counts();
         // A valid kernel entry written in the section: its barriers are
         // owed, not emitted.
-        backend().write_entry(EntryUpdate {
-            entry: other_pte.entry,
-            va: VirtAddr(other),
-            space: SpaceId::KERNEL,
-            level: 1,
-            value: other_pte.raw,
-            kernel: true,
-            valid: true,
-            leaf: true,
-        });
+        backend().write_entry(kernel_pte(other_pte.entry, other, other_pte.raw));
         ensure_eq!(
             counts() - before,
             Counts {
@@ -779,7 +651,7 @@ fn timer_in_section_test() -> Outcome {
             "the handler consumed the task's pending barriers"
         );
         // The task sees the handler's mapping at once, still in its section.
-        expect_run(va, run.add(FRAME), 1)?;
+        range_tests::expect_run::<Arm64Guest>(va, run.add(FRAME), 1)?;
         let before = counts();
         drop(section);
         ensure_eq!(
@@ -798,110 +670,17 @@ fn timer_in_section_test() -> Outcome {
     Ok(())
 }
 
-// State of the hook that remaps a page on every tick.
-static REMAP_RUNS: AtomicU64 = AtomicU64::new(0);
-static REMAP_IN_SECTION: AtomicU64 = AtomicU64::new(0);
-static REMAP_FAILURES: AtomicU64 = AtomicU64::new(0);
-
-/// Runs on every tick while the task is rewriting its own range inside a
-/// section: flips a kernel page between two frames and reads it at once.
-fn timer_flip() {
-    let va = TIMER_VA.load(Relaxed);
-    let first = PhysAddr(TIMER_FRAME.load(Relaxed));
-    let runs = REMAP_RUNS.load(Relaxed);
-    let new = first.add(((runs + 1) % 2) * FRAME);
-    // The task's state says whether this interrupt landed in its section.
-    if lazy().state().enable_count > 0 {
-        REMAP_IN_SECTION.fetch_add(1, Relaxed);
-    }
-    let zapped = zap_kernel(va, 1).is_ok();
-    let mapped = map_kernel(va, new, 1, Attributes::kernel_data()).is_ok();
-    if !zapped || !mapped || exceptions::read(va) != Ok(pattern(new)) {
-        REMAP_FAILURES.fetch_add(1, Relaxed);
-    }
-    REMAP_RUNS.fetch_add(1, Relaxed);
-}
-
-/// Timer interrupts land while the task is in the middle of writing its
-/// own entries inside a section: the handler's changes take effect at once,
-/// and the task's batch is intact when it resumes.
-fn timer_during_operations_test() -> Outcome {
-    const TASK_PAGES: usize = 512;
-    let flip_va = area(11);
-    let task_va = area(12);
-    let flip = data_run(2)?;
-    let run = data_run(TASK_PAGES)?;
-    map_kernel(flip_va, flip, 1, Attributes::kernel_data())?;
-    TIMER_VA.store(flip_va, Relaxed);
-    TIMER_FRAME.store(flip.0, Relaxed);
-    REMAP_RUNS.store(0, Relaxed);
-    REMAP_IN_SECTION.store(0, Relaxed);
-    REMAP_FAILURES.store(0, Relaxed);
-    let start = irq::ticks();
-    let mut rounds = 0u64;
-    irq::set_timer_hook(Some(timer_flip));
-    let outcome = (|| -> Outcome {
-        while irq::ticks() < start + 50 {
-            let _section = lazy().section();
-            map_kernel(task_va, run, TASK_PAGES, Attributes::kernel_data())?;
-            expect_run(task_va, run, TASK_PAGES)?;
-            zap_kernel(task_va, TASK_PAGES)?;
-            rounds += 1;
-        }
-        Ok(())
-    })();
-    irq::set_timer_hook(None);
-    outcome?;
-    ensure_eq!(
-        REMAP_FAILURES.load(Relaxed),
-        0,
-        "handler remaps that did not read back"
-    );
-    ensure!(
-        REMAP_IN_SECTION.load(Relaxed) >= 10,
-        "only {} of {} ticks landed in the task's section ({rounds} rounds)",
-        REMAP_IN_SECTION.load(Relaxed),
-        REMAP_RUNS.load(Relaxed)
-    );
-    ensure!(
-        !env::barriers_pending(),
-        "barriers pending after the sections"
-    );
-    crate::println!(
-        "  ({} of {} ticks landed in the task's section; {rounds} rounds of {TASK_PAGES} pages)",
-        REMAP_IN_SECTION.load(Relaxed),
-        REMAP_RUNS.load(Relaxed)
-    );
-    let expected = flip.add((REMAP_RUNS.load(Relaxed) % 2) * FRAME);
-    expect_run(flip_va, expected, 1)?;
-    zap_kernel(flip_va, 1)?;
-    free_run(flip, 2);
-    free_run(run, TASK_PAGES);
-    Ok(())
-}
-
 /// The lazy state and the barriers owed and emitted after each step of
 /// nested sections with a pause: a nested close emits what is owed (the
 /// flush), a pause leaves (emits), a write while paused gets its barriers
 /// at once, and the outermost close emits the rest.
 fn nesting_and_pause_test() -> Outcome {
-    let va = area(9);
+    let va = area(7);
     let run = data_run(1)?;
     map_kernel(va, run, 1, Attributes::kernel_data())?;
     let pte = leaf(kernel_root(), va)?;
     // Rewrites the (valid, kernel) entry with its own value.
-    let touch = || {
-        backend().write_entry(EntryUpdate {
-            entry: pte.entry,
-            va: VirtAddr(va),
-            space: SpaceId::KERNEL,
-            level: 1,
-            value: pte.raw,
-            kernel: true,
-            valid: true,
-            leaf: true,
-        })
-    };
+    let touch = || backend().write_entry(kernel_pte(pte.entry, va, pte.raw));
     let state = |enable_count, pause_count| LazyState {
         enable_count,
         pause_count,
@@ -974,7 +753,7 @@ fn barrier_count_test() -> Outcome {
         (N as u64, N as u64, N as u64, 0),
         "{N} entries without lazy mode"
     );
-    expect_run(va, run, N)?;
+    range_tests::expect_run::<Arm64Guest>(va, run, N)?;
     zap_kernel(va, N)?;
     let before = counts();
     map_kernel(va, run, N, Attributes::kernel_data())?;
@@ -984,7 +763,7 @@ fn barrier_count_test() -> Outcome {
         (N as u64, 1, 1, 0),
         "{N} entries in one section"
     );
-    expect_run(va, run, N)?;
+    range_tests::expect_run::<Arm64Guest>(va, run, N)?;
     zap_kernel(va, N)?;
     free_run(run, N);
     Ok(())
@@ -1019,14 +798,15 @@ pub fn run_all() -> Report {
         "QEMU keeps a stale translation until tlbi",
         stale_translation_is_observable_test,
     );
+    report.run("map", range_tests::map_test::<Arm64Guest>);
     report.run(
-        "map, and the faults of absent, read-only, EL0 and old pages",
-        map_test,
+        "EL0 access to a kernel page, and an old page, fault",
+        el0_and_old_pages_test,
     );
     report.run("zap: exact tlbi and barriers", zap_test);
-    report.run("protect", protect_test);
-    report.run("move", move_test);
-    report.run("apply", apply_test);
+    report.run("protect", range_tests::protect_test::<Arm64Guest>);
+    report.run("move", range_tests::move_test::<Arm64Guest>);
+    report.run("apply", range_tests::apply_test::<Arm64Guest>);
     report.run("copy (fork, copy-on-write) in TTBR0 with ASIDs", copy_test);
     report.run(
         "2 MiB block split by a partial zap, and made again",
@@ -1036,14 +816,17 @@ pub fn run_all() -> Report {
         "break-before-make violations are reported",
         break_before_make_check_test,
     );
-    report.run("no stale translation after disable", stale_translation_test);
+    report.run(
+        "no stale translation after disable",
+        range_tests::stale_translation_test::<Arm64Guest>,
+    );
     report.run(
         "timer interrupt remaps inside a section",
         timer_in_section_test,
     );
     report.run(
         "timer remaps while the task writes entries in a section",
-        timer_during_operations_test,
+        range_tests::timer_during_operations_test::<Arm64Guest>,
     );
     report.run("nested sections and pause/resume", nesting_and_pause_test);
     report.run(

@@ -76,12 +76,7 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     smp_bench::print_context_switches();
     smp_tests::run_accounting(&mut report);
-    println!("{} passed, {} failed", report.passed, report.failed);
-    exit::exit(if report.failed == 0 {
-        exit::SUCCESS
-    } else {
-        exit::FAILURE
-    })
+    report.conclude()
 }
 
 fn setup(start_info: u64) -> Result<(), &'static str> {
