@@ -15,8 +15,8 @@
 //!   the leaf level for a page or block, and with walk caches (a
 //!   non-last-level `tlbi`, or by ASID, or all) for a table entry.
 //!
-//! Source: Arm ARM (DDI 0487) D8.16.1 "Using break-before-make when
-//! updating translation table entries"; Linux's `pgattr_change_is_safe`.
+//! Source: Arm ARM (DDI 0487), "Using break-before-make when updating
+//! translation table entries"; Linux's `pgattr_change_is_safe`.
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};

@@ -18,8 +18,9 @@
 //! Everything after that runs on tables the library builds
 //! ([`super::paging::init`]).
 //!
-//! Sources: Arm ARM (DDI 0487) D8.3 (descriptor formats), the register
-//! descriptions of MAIR_EL1, TCR_EL1, SCTLR_EL1 and CPACR_EL1; Linux's
+//! Sources: Arm ARM (DDI 0487), the translation table descriptor formats
+//! and the register descriptions of MAIR_EL1, TCR_EL1, SCTLR_EL1 and
+//! CPACR_EL1; Linux's
 //! `Documentation/arch/arm64/booting.rst` for what the entry state is.
 
 use core::arch::global_asm;

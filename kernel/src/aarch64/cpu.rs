@@ -47,7 +47,8 @@ pub fn wait_for_interrupt() {
 }
 
 /// The virtual counter (`CNTVCT_EL0`), read after an `isb` so that it is
-/// not read early (Arm ARM D12.1.2 "The virtual counter").
+/// not read early (Arm ARM, the CNTVCT_EL0 description: reads may be
+/// speculated otherwise).
 #[inline]
 pub fn counter() -> u64 {
     let value: u64;

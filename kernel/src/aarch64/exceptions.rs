@@ -9,16 +9,14 @@
 //! the fault's address and syndrome instead of the value, so tests can
 //! expect exact faults (translation, permission, access flag) and carry on.
 //!
-//! Sources: Arm ARM (DDI 0487) D1.10 "Exception entry" (vector offsets:
+//! Sources: Arm ARM (DDI 0487), the exception vector table (offsets:
 //! 0x200 current EL with SP_ELx, 0x400 lower EL using AArch64; sync at +0,
 //! IRQ at +0x80), the ESR_EL1 description (EC 0x24/0x25 data abort from a
 //! lower/the current EL, 0x20/0x21 instruction abort; DFSC/IFSC in bits
 //! 5:0, WnR in bit 6).
 
-use core::arch::global_asm;
-use core::sync::atomic::{AtomicU32, Ordering};
-
 use super::{cpu, irq};
+use core::arch::global_asm;
 
 /// Bytes of a saved frame: x0–x30, ELR, SPSR (and a pad), q0–q31, FPSR,
 /// FPCR.
@@ -341,9 +339,6 @@ pub unsafe fn write_as_user(va: u64, value: u64) -> Result<(), Fault> {
     Fault::from_probe(unsafe { probe_store_user(va, value) }).map(|_| ())
 }
 
-/// Data aborts the probes absorbed (tests compare it to what they expect).
-pub static PROBE_FAULTS: AtomicU32 = AtomicU32::new(0);
-
 /// ESR_EL1.EC values this handler knows.
 const EC_DATA_ABORT_LOWER: u64 = 0x24;
 const EC_DATA_ABORT_CURRENT: u64 = 0x25;
@@ -358,7 +353,6 @@ extern "C" fn exception_entry(frame: &mut Frame, kind: u64) {
             let class = esr >> 26;
             if matches!(class, EC_DATA_ABORT_CURRENT | EC_DATA_ABORT_LOWER) {
                 if let Some(resume) = probe_resume(frame.elr) {
-                    PROBE_FAULTS.fetch_add(1, Ordering::Relaxed);
                     frame.x[0] = cpu::far();
                     frame.x[1] = esr;
                     frame.elr = resume;

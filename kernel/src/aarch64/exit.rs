@@ -2,8 +2,8 @@
 //! with `hlt #0xf000` on AArch64, its parameter block holding the reason
 //! `ADP_Stopped_ApplicationExit` (0x20026) and the exit status, which QEMU
 //! (started with `-semihosting`) returns to the host as its own status.
-//! Source: Arm "Semihosting for AArch32 and AArch64", version 2.0, §§ 5.6
-//! and 5.17. PSCI `SYSTEM_OFF` and a crash both end QEMU with 0, so neither
+//! Source: Arm "Semihosting for AArch32 and AArch64" (the semihosting trap
+//! instruction, `SYS_EXIT` and its AArch64 parameter block). PSCI `SYSTEM_OFF` and a crash both end QEMU with 0, so neither
 //! status here is 0; they are the x86-64 kernel's `isa-debug-exit`
 //! statuses, so that `lazymmu boot` judges both kernels alike.
 

@@ -5,8 +5,8 @@
 //! Sources: Arm GIC Architecture Specification v2 (IHI 0048B): distributor
 //! GICD_CTLR 0x000, GICD_ISENABLER<n> 0x100, GICD_IPRIORITYR<n> 0x400;
 //! CPU interface GICC_CTLR 0x00, GICC_PMR 0x04, GICC_IAR 0x0C, GICC_EOIR
-//! 0x10; INTID 1023 is spurious. Arm ARM (DDI 0487) D12 "The Generic
-//! Timer": CNTV_TVAL_EL0, CNTV_CTL_EL0 (ENABLE bit 0, IMASK bit 1); the
+//! 0x10; INTID 1023 is spurious. Arm ARM (DDI 0487), "The Generic Timer"
+//! and the register descriptions of CNTV_TVAL_EL0 and CNTV_CTL_EL0 (ENABLE bit 0, IMASK bit 1); the
 //! virtual timer is PPI 11, INTID 27 (the `timer` node of QEMU's device
 //! tree, `hw/arm/virt.c` `ARCH_TIMER_VIRT_IRQ`).
 
