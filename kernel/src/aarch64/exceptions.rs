@@ -15,8 +15,9 @@
 //! lower/the current EL, 0x20/0x21 instruction abort; DFSC/IFSC in bits
 //! 5:0, WnR in bit 6).
 
-use super::{cpu, irq};
 use core::arch::global_asm;
+
+use super::{cpu, irq};
 
 /// Bytes of a saved frame: x0–x30, ELR, SPSR (and a pad), q0–q31, FPSR,
 /// FPCR.
