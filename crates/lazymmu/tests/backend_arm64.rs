@@ -176,7 +176,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(8 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(0b11),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8);
     assert_eq!(machine.calls(Call::DsbIshSt), 1);
@@ -187,7 +187,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(1024 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(0b11),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8);
     assert_eq!(machine.count(Primitive::FullFlush), 1);

@@ -390,7 +390,5 @@ impl<P: S390Primitives> ContextSwitch for S390<P> {
 }
 
 impl<P: S390Primitives> Backend for S390<P> {
-    fn name(&self) -> &'static str {
-        "s390"
-    }
+    type Format = crate::pgtable::format::X86_64;
 }

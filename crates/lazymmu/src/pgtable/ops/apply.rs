@@ -166,7 +166,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {

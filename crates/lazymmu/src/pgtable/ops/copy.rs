@@ -69,7 +69,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -87,7 +87,11 @@ where
     ///   child root is the parent's.
     /// - [`CopyError::OutOfFrames`], [`CopyError::ChildOccupied`]: see the
     ///   variants for what was done.
-    pub fn copy_to<G, GA, O>(
+    ///
+    /// # Safety
+    /// `child` is a root as [`PageTables::new`] requires, over this tree's
+    /// memory and allocator.
+    pub unsafe fn copy_to<G, GA, O>(
         &self,
         child: PhysAddr,
         child_space: SpaceId,
@@ -150,7 +154,8 @@ where
 
     /// The child's table at `level` for `va`, created as needed.
     fn child_table(&self, va: u64, level: u8, job: &mut Job) -> Result<PhysAddr, Stop> {
-        let child = self.with_root(job.child, job.child_space);
+        // SAFETY: `copy_to`'s caller vouched for the child root.
+        let child = unsafe { self.with_root(job.child, job.child_space) };
         let table = child.ensure_table(job.child, va, job.high, level);
         job.summary.tables_allocated += child.tables_allocated.get();
         table

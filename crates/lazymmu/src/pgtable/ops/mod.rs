@@ -37,8 +37,13 @@
 //! let frames = HostFrameAllocator::new(PhysAddr(0x100_0000), 64);
 //! let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
 //! let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-//! let root = allocate_root(&memory, &frames).unwrap();
-//! let tables = PageTables::<X86_64, _, _, _, _>::new(root, SpaceId(1), &memory, &backend, &lazy, &frames);
+//! // SAFETY: the allocator hands out the frames of `memory`, which holds
+//! // nothing but page tables.
+//! let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
+//! // SAFETY: as above; `root` was just allocated from it.
+//! let tables = unsafe {
+//!     PageTables::<X86_64, _, _, _, _>::new(root, SpaceId(1), &memory, &backend, &lazy, &frames)
+//! };
 //! tables.map(VirtAddr(0x40_0000), PhysAddr(0x8000_0000), 0x40_0000,
 //!            Attributes::user_data(), PageSize::Size2M).unwrap();
 //! let t = translate::<X86_64, _>(&memory, root, VirtAddr(0x40_1234)).unwrap();
@@ -125,7 +130,11 @@ where
 
 /// Allocates and zeroes a root table for a new tree; `None` when the
 /// allocator is exhausted.
-pub fn allocate_root<M, A>(memory: &M, allocator: &A) -> Option<PhysAddr>
+///
+/// # Safety
+/// Every frame `allocator` hands out is a page-table frame of `memory`
+/// that nothing else uses (the zeroing writes it).
+pub unsafe fn allocate_root<M, A>(memory: &M, allocator: &A) -> Option<PhysAddr>
 where
     M: PageTableMemory + ?Sized,
     A: FrameAllocator + ?Sized,
@@ -187,12 +196,22 @@ impl<'a, F, M, B, L, A> PageTables<'a, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
     /// The tables rooted at `root` for address space `space`.
-    pub fn new(
+    ///
+    /// # Safety
+    /// `root` is a page-table frame of `memory` in format `F` (zeroed, or a
+    /// consistent tree whose tables are all frames of `memory`), every frame
+    /// `allocator` hands out is a page-table frame of `memory`, and while
+    /// these tables are used nothing but the library changes those frames
+    /// (the walker and the hardware's accessed and dirty bits excepted).
+    /// `backend` writes the same memory. The range operations then write
+    /// only entries of those frames, which is what the
+    /// [`PageTableMemory`] implementation relies on.
+    pub unsafe fn new(
         root: PhysAddr,
         space: SpaceId,
         memory: &'a M,
@@ -232,17 +251,24 @@ where
         self.lazy
     }
 
-    /// The same tables seen from another root and space (a child for
-    /// [`PageTables::copy_to`]).
-    pub fn with_root(&self, root: PhysAddr, space: SpaceId) -> Self {
-        PageTables::new(
-            root,
-            space,
-            self.memory,
-            self.backend,
-            self.lazy,
-            self.allocator,
-        )
+    /// The same memory, backend, lazy mode and allocator over another root
+    /// and space (a child for [`PageTables::copy_to`]).
+    ///
+    /// # Safety
+    /// As [`PageTables::new`] for `root`.
+    pub unsafe fn with_root(&self, root: PhysAddr, space: SpaceId) -> Self {
+        // SAFETY: the memory and allocator are this tree's, which its
+        // constructor vouched for; the caller vouches for `root`.
+        unsafe {
+            PageTables::new(
+                root,
+                space,
+                self.memory,
+                self.backend,
+                self.lazy,
+                self.allocator,
+            )
+        }
     }
 
     /// Tears the tree down: zaps everything it translates (every leaf and
