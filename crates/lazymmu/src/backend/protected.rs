@@ -436,6 +436,9 @@ pub struct KeyedState {
 /// and restores it only when the outermost section closes.
 pub struct StatefulProtected<B, K, F> {
     adapter: FromHooks<Protected<B, K, F>>,
+    /// Known-bad: every section saves the value it found in the task's one
+    /// [`KeySlot::Section`] slot instead of its own state.
+    single_slot: bool,
 }
 
 impl<B: fmt::Debug, K: fmt::Debug, F> fmt::Debug for StatefulProtected<B, K, F> {
@@ -451,6 +454,19 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> StatefulProtected<B, K, F> {
     pub fn new(protected: Protected<B, K, F>) -> Self {
         Self {
             adapter: FromHooks::new(protected),
+            single_slot: false,
+        }
+    }
+
+    /// **Known-bad, for checkers only** (the `testing` feature): nested
+    /// sections that save the key register in one per-task slot, so an
+    /// inner section overwrites what the outer one saved and the outer
+    /// close leaves the register open.
+    #[cfg(feature = "testing")]
+    pub fn single_slot(protected: Protected<B, K, F>) -> Self {
+        Self {
+            adapter: FromHooks::new(protected),
+            single_slot: true,
         }
     }
 
@@ -487,6 +503,9 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> StatefulArch for StatefulProtected<
                 self.keys().write_key(open);
             }
         }
+        if self.single_slot && step.token != HooksState::Ignored {
+            self.keys().set_task_key(KeySlot::Section, found);
+        }
         Step {
             token: KeyedState {
                 hooks: step.token,
@@ -498,8 +517,13 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> StatefulArch for StatefulProtected<
 
     fn leave<E: Environment>(&self, env: &E, state: KeyedState) -> Result<Option<Hook>, Misuse> {
         let hook = self.adapter.leave(env, state.hooks)?;
-        if hook.is_some() && self.keys().read_key() != state.found {
-            self.keys().write_key(state.found);
+        let restore = if self.single_slot {
+            self.keys().task_key(KeySlot::Section).unwrap_or(F::DEFAULT)
+        } else {
+            state.found
+        };
+        if hook.is_some() && self.keys().read_key() != restore {
+            self.keys().write_key(restore);
         }
         Ok(hook)
     }

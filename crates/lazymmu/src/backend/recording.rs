@@ -91,7 +91,7 @@ pub enum Call {
     IpteRange,
     /// [`S390Primitives::flush_space`].
     FlushSpace,
-    /// [`KeyRegister::write_key`] or [`X86Primitives::write_pkrs`].
+    /// [`KeyRegister::write_key`].
     WriteKey,
     /// [`X86Primitives::invlpg`].
     Invlpg,
