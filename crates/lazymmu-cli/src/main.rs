@@ -10,9 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod boot;
+mod calibrate;
 mod check;
 mod compare;
 mod neighbours;
+mod record;
 mod replay;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
@@ -36,6 +38,12 @@ enum Command {
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.
     Check(check::CheckArgs),
+    /// Time mmap, touch, fork, exit, munmap, mprotect, mremap and vmalloc on
+    /// this Linux kernel and fit each call's per-call and per-page cost.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Run a program under strace and perf and write its trace of
+    /// memory-management calls and page faults.
+    Record(record::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
+        Command::Calibrate(args) => calibrate::run(args),
+        Command::Record(args) => record::run(args),
     };
     match result {
         Ok(code) => code,

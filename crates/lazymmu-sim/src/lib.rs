@@ -22,11 +22,18 @@
 //!   library's backend and lazy mode;
 //! - [`world`], [`scenario`], [`run`]: the page-table workloads, run
 //!   configurations and results, the design comparison;
+//! - [`calibration`]: the kernel's own work around the MMU, measured on a
+//!   real Linux kernel by `lazymmu calibrate`, and its loader;
+//! - [`published`]: published figures of lazy-MMU batching and its
+//!   neighbours, with their sources, to print next to the model's;
 //! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
 //!   top-level sync, protection-key windows) on the same machine;
 //! - [`script`]: scripted contract scenarios;
 //! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
-//!   and what `lazymmu check` explores, with its known-bad variants.
+//!   and what `lazymmu check` explores, with its known-bad variants;
+//! - [`program_trace`]: real programs as workloads: the trace format
+//!   `lazymmu record` writes, its parser, and the per-process
+//!   address-space history a replay follows.
 //!
 //! ```
 //! use lazymmu_sim::run::run;
@@ -44,6 +51,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod calibration;
 pub mod choice;
 pub mod cost;
 pub mod events;
@@ -53,6 +61,8 @@ pub mod machine;
 pub mod memory;
 pub mod neighbours;
 pub mod observed;
+pub mod program_trace;
+pub mod published;
 pub mod rng;
 pub mod run;
 pub mod scenario;
