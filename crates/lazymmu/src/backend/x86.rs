@@ -403,7 +403,7 @@ mod bare_metal {
 
     use super::{RemoteFlush, X86Primitives, IA32_PKRS};
     use crate::addr::{SpaceId, VirtAddr};
-    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
+    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister, MAX_CPUS};
 
     /// How many of each instruction [`BareMetal`] has executed.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -414,8 +414,11 @@ mod bare_metal {
         pub cr3_reloads: u64,
         /// CR4.PGE toggles (full flushes including global entries).
         pub global_flushes: u64,
-        /// IA32_PKRS writes.
+        /// IA32_PKRS writes in task context.
         pub pkrs_writes: u64,
+        /// IA32_PKRS writes in interrupt context (exception entry and
+        /// return, handlers' own windows).
+        pub irq_pkrs_writes: u64,
     }
 
     impl core::ops::Sub for BareMetalCounts {
@@ -426,14 +429,16 @@ mod bare_metal {
                 cr3_reloads: self.cr3_reloads - before.cr3_reloads,
                 global_flushes: self.global_flushes - before.global_flushes,
                 pkrs_writes: self.pkrs_writes - before.pkrs_writes,
+                irq_pkrs_writes: self.irq_pkrs_writes - before.irq_pkrs_writes,
             }
         }
     }
 
-    /// The real instructions, for a kernel running at CPL 0, counted. The
-    /// kernel supplies what the instructions cannot know: the executing
-    /// CPU, interrupt context, the loaded address space, the shootdown IPI
-    /// and preemption control (which belongs to its scheduler).
+    /// The real instructions, for a kernel running at CPL 0, counted per
+    /// CPU. The kernel supplies what the instructions cannot know: the
+    /// executing CPU, interrupt context, the loaded address space, the
+    /// shootdown IPI and preemption control (which belongs to its
+    /// scheduler).
     #[derive(Debug)]
     pub struct BareMetal {
         /// Returns the executing CPU.
@@ -452,44 +457,92 @@ mod bare_metal {
         /// Re-enables preemption (`put_cpu()`); does nothing wherever
         /// `preempt_disable` does nothing.
         pub preempt_enable: fn(),
-        /// Instructions executed so far.
+        /// Instructions executed so far, per CPU.
         pub counts: BareMetalCounters,
     }
 
-    /// The counters of a [`BareMetal`] (atomics, so it can live in a
-    /// `static`).
-    #[derive(Debug, Default)]
+    /// One count per CPU.
+    struct PerCpuCount([AtomicU64; MAX_CPUS]);
+
+    impl PerCpuCount {
+        const fn new() -> Self {
+            PerCpuCount([const { AtomicU64::new(0) }; MAX_CPUS])
+        }
+
+        /// Relaxed: a reader wants a count, not an ordering; a task that
+        /// migrates between reading its CPU and adding still adds once.
+        fn bump(&self, cpu: CpuId) {
+            self.0[cpu.index()].fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn on(&self, cpu: CpuId) -> u64 {
+            self.0[cpu.index()].load(Ordering::Relaxed)
+        }
+
+        fn total(&self) -> u64 {
+            self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        }
+    }
+
+    impl core::fmt::Debug for PerCpuCount {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "{}", self.total())
+        }
+    }
+
+    /// The counters of a [`BareMetal`], one per CPU (atomics, so it can
+    /// live in a `static`).
+    #[derive(Debug)]
     pub struct BareMetalCounters {
-        invlpg: AtomicU64,
-        cr3_reloads: AtomicU64,
-        global_flushes: AtomicU64,
-        pkrs_writes: AtomicU64,
+        invlpg: PerCpuCount,
+        cr3_reloads: PerCpuCount,
+        global_flushes: PerCpuCount,
+        pkrs_writes: PerCpuCount,
+        irq_pkrs_writes: PerCpuCount,
+    }
+
+    impl Default for BareMetalCounters {
+        fn default() -> Self {
+            Self::new()
+        }
     }
 
     impl BareMetalCounters {
         /// All zero.
         pub const fn new() -> Self {
             BareMetalCounters {
-                invlpg: AtomicU64::new(0),
-                cr3_reloads: AtomicU64::new(0),
-                global_flushes: AtomicU64::new(0),
-                pkrs_writes: AtomicU64::new(0),
+                invlpg: PerCpuCount::new(),
+                cr3_reloads: PerCpuCount::new(),
+                global_flushes: PerCpuCount::new(),
+                pkrs_writes: PerCpuCount::new(),
+                irq_pkrs_writes: PerCpuCount::new(),
             }
         }
 
-        /// The counts so far.
-        pub fn get(&self) -> BareMetalCounts {
+        /// The counts of `cpu` so far.
+        ///
+        /// # Panics
+        /// When `cpu` is not below [`MAX_CPUS`].
+        pub fn on(&self, cpu: CpuId) -> BareMetalCounts {
             BareMetalCounts {
-                invlpg: self.invlpg.load(Ordering::Relaxed),
-                cr3_reloads: self.cr3_reloads.load(Ordering::Relaxed),
-                global_flushes: self.global_flushes.load(Ordering::Relaxed),
-                pkrs_writes: self.pkrs_writes.load(Ordering::Relaxed),
+                invlpg: self.invlpg.on(cpu),
+                cr3_reloads: self.cr3_reloads.on(cpu),
+                global_flushes: self.global_flushes.on(cpu),
+                pkrs_writes: self.pkrs_writes.on(cpu),
+                irq_pkrs_writes: self.irq_pkrs_writes.on(cpu),
             }
         }
-    }
 
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        /// Every CPU's counts so far, summed.
+        pub fn total(&self) -> BareMetalCounts {
+            BareMetalCounts {
+                invlpg: self.invlpg.total(),
+                cr3_reloads: self.cr3_reloads.total(),
+                global_flushes: self.global_flushes.total(),
+                pkrs_writes: self.pkrs_writes.total(),
+                irq_pkrs_writes: self.irq_pkrs_writes.total(),
+            }
+        }
     }
 
     impl Cpu for BareMetal {
@@ -520,7 +573,12 @@ mod bare_metal {
         }
 
         fn write_key(&self, value: u64) {
-            bump(&self.counts.pkrs_writes);
+            let cpu = (self.cpu_id)();
+            if (self.in_interrupt)() {
+                self.counts.irq_pkrs_writes.bump(cpu);
+            } else {
+                self.counts.pkrs_writes.bump(cpu);
+            }
             // SAFETY: IA32_PKRS only restricts supervisor data accesses to
             // pages with a key; a wrong value causes page faults, never
             // memory unsafety. PKS support is the embedder's contract.
@@ -535,7 +593,7 @@ mod bare_metal {
 
     impl X86Primitives for BareMetal {
         fn invlpg(&self, va: VirtAddr) {
-            bump(&self.counts.invlpg);
+            self.counts.invlpg.bump((self.cpu_id)());
             // SAFETY: invlpg only drops cached translations; the page tables
             // in memory stay authoritative. Requires CPL 0, which is this
             // type's contract.
@@ -543,7 +601,7 @@ mod bare_metal {
         }
 
         fn reload_cr3(&self) {
-            bump(&self.counts.cr3_reloads);
+            self.counts.cr3_reloads.bump((self.cpu_id)());
             // SAFETY: writing CR3 back with its own value keeps the same
             // address space and only flushes non-global translations.
             unsafe {
@@ -557,7 +615,7 @@ mod bare_metal {
         }
 
         fn flush_global(&self) {
-            bump(&self.counts.global_flushes);
+            self.counts.global_flushes.bump((self.cpu_id)());
             // SAFETY: clearing and restoring CR4.PGE (bit 7) flushes every
             // translation and leaves CR4 as it was; interrupts in between
             // only see a TLB without global entries, which is always valid.
