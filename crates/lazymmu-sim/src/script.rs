@@ -694,7 +694,7 @@ fn build<F: Format>(
     let mut table = root;
     let mut link = root;
     for level in (2..=F::LEVELS).rev() {
-        let entry = table.add(8 * lazymmu::pgtable::format::index(va, level) as u64);
+        let entry = table.add(8 * lazymmu::pgtable::format::index::<F>(va, level) as u64);
         let next = match F::decode(memory.read(entry), level) {
             lazymmu::pgtable::format::Entry::Table(next) => next,
             _ => {
@@ -711,7 +711,7 @@ fn build<F: Format>(
     }
     for page in 0..pages {
         let pva = va + (page << 12);
-        let entry = table.add(8 * lazymmu::pgtable::format::index(pva, 1) as u64);
+        let entry = table.add(8 * lazymmu::pgtable::format::index::<F>(pva, 1) as u64);
         memory.write(
             entry,
             F::encode_leaf(PhysAddr(DATA - ((page + 1) << 12)), PageSize::Size4K, attrs),

@@ -95,10 +95,12 @@ fn xen_33rd_entry_issues_the_multicall() {
 }
 
 /// Fills the table with valid entries so that rewriting them needs an
-/// invalidation.
+/// invalidation: bit 63 is `_PAGE_PRESENT` of the book3s64 hash PTE and
+/// `_PAGE_VALID` of the sparc64 TTE.
 fn prefill(m: &Machine, table: PhysAddr, n: u64) {
     for i in 0..n {
-        m.memory().write(table.add(8 * i), (0x1000 * (i + 1)) | 1);
+        m.memory()
+            .write(table.add(8 * i), (0x1000 * (i + 1)) | 1 << 63);
     }
 }
 

@@ -27,9 +27,6 @@ use lazymmu_sim::run::hardware;
 use lazymmu_sim::scenario::BackendKind;
 use lazymmu_sim::world::Shared;
 
-/// A user leaf (x86 present | writable | user).
-const LEAF: u64 = 0b111;
-
 /// The page the tests map and unmap.
 const VA: u64 = 0x40_0000;
 
@@ -129,10 +126,14 @@ impl Chooser for MigrateAfter {
 }
 
 /// Two CPUs running `kind`'s hardware model; task 0 (space 1) current on
-/// CPU 0 with `pages` pages mapped from `VA` through one 4-level x86 tree,
-/// all cached in CPU 0's TLB. Returns the machine, the task and the first
-/// PTE's address.
-fn tree(kind: BackendKind, platform: Platform, pages: u64) -> (Rc<Machine>, usize, PhysAddr) {
+/// CPU 0 with `pages` pages mapped from `VA` through one 4-level tree of
+/// format `F`, all cached in CPU 0's TLB. Returns the machine, the task and
+/// the first PTE's address.
+fn tree<F: Format>(
+    kind: BackendKind,
+    platform: Platform,
+    pages: u64,
+) -> (Rc<Machine>, usize, PhysAddr) {
     let hw = hardware(kind);
     let mut cfg = MachineConfig::new(2, platform);
     cfg.hardware = hw;
@@ -142,17 +143,24 @@ fn tree(kind: BackendKind, platform: Platform, pages: u64) -> (Rc<Machine>, usiz
     let frames: Vec<PhysAddr> = (0..4)
         .map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap())
         .collect();
-    for (level, pair) in frames.windows(2).enumerate() {
-        let shift = 39 - 9 * level as u32;
-        let index = (VA >> shift) & 511;
-        mem.write(pair[0].add(index * 8), pair[1].0 | LEAF);
+    for (i, pair) in frames.windows(2).enumerate() {
+        let level = 4 - i as u8;
+        let index = lazymmu::pgtable::format::index::<F>(VA, level) as u64;
+        mem.write(pair[0].add(index * 8), F::encode_table(pair[1], level));
     }
-    let pte = frames[3].add(((VA >> 12) & 511) * 8);
+    let pte = frames[3].add(lazymmu::pgtable::format::index::<F>(VA, 1) as u64 * 8);
     for page in 0..pages {
-        mem.write(pte.add(page * 8), (0x8000_0000 + page * 4096) | LEAF);
+        mem.write(
+            pte.add(page * 8),
+            F::encode_leaf(
+                PhysAddr(0x8000_0000 + page * 4096),
+                PageSize::Size4K,
+                Attributes::user_data(),
+            ),
+        );
     }
     let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
-    m.set_walker(walk::<X86_64>, kernel_root, |va| va >> 63 != 0);
+    m.set_walker(walk::<F>, kernel_root, |va| va >> 63 != 0);
     m.set_space_root(SpaceId(1), frames[0]);
     let task = m.add_task("t0", SpaceId(1), CpuId(0), true);
     m.switch(CpuId(0), task);
@@ -187,7 +195,7 @@ fn clear(pte: PhysAddr, page: u64) -> EntryUpdate {
 /// CPUs until both flushes are done, as in Linux's `flush_tlb_mm_range`.
 #[test]
 fn x86_flush_cannot_migrate_between_shootdown_and_local_flush() {
-    let (m, task, pte) = tree(BackendKind::X86, Platform::X86, 1);
+    let (m, task, pte) = tree::<X86_64>(BackendKind::X86, Platform::X86, 1);
     let x86 = Rc::new(Observed::new(
         X86Backend::new(SimMemory::new(m.clone()), SimCpu::new(m.clone())),
         m.clone(),
@@ -370,7 +378,7 @@ fn clear_while_a_thread_flushes<B: Backend + 'static>(
     platform: Platform,
     backend: impl FnOnce(SimCpu) -> B,
 ) {
-    let (m, thread0, pte) = tree(kind, platform, 1);
+    let (m, thread0, pte) = tree::<B::Format>(kind, platform, 1);
     let thread1 = m.add_task("t1", SpaceId(1), CpuId(1), true);
     let observed = Rc::new(Observed::new(backend(SimCpu::new(m.clone())), m.clone()));
     let (b0, b1) = (observed.clone(), observed.clone());
@@ -412,7 +420,7 @@ fn a_hash_or_sparc_update_is_not_preempted_before_its_invalidation() {
 /// with interrupts off, arch/x86/mm/tlb.c).
 #[test]
 fn xen_local_flush_cannot_migrate_half_way() {
-    let (m, task, pte) = tree(BackendKind::XenPv, Platform::XenPv, 2);
+    let (m, task, pte) = tree::<X86_64>(BackendKind::XenPv, Platform::XenPv, 2);
     let xen = Rc::new(Observed::new(XenPv::new(SimCpu::new(m.clone())), m.clone()));
     let backend = xen.clone();
     let unit: Unit = Box::new(move || {

@@ -12,15 +12,31 @@ use lazymmu::backend::s390::S390;
 use lazymmu::backend::sparc64::Sparc64;
 use lazymmu::backend::x86::X86Backend;
 use lazymmu::backend::xen_pv::XenPv;
-use lazymmu::backend::{EntryUpdate, PteAccess};
+use lazymmu::backend::{Backend, EntryUpdate, PteAccess};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
+use lazymmu::pgtable::format::{Attributes, Format};
 
 const ENTRIES: u64 = 512;
 const TABLE: u64 = 0x60_0000;
 
-fn update(index: u64, kernel: bool) -> EntryUpdate {
-    let value = (0x4000_0000 + (index << 12)) | 0x1; // read-only now
+/// Entry `index` of the table in `B`'s format: writable before, read-only
+/// after the update.
+fn leaf<B: Backend>(index: u64, kernel: bool, writable: bool) -> u64 {
+    let attrs = if kernel {
+        Attributes::kernel_data()
+    } else {
+        Attributes::user_data()
+    };
+    let attrs = Attributes { writable, ..attrs };
+    B::Format::encode_leaf(
+        PhysAddr(0x4000_0000 + (index << 12)),
+        lazymmu::addr::PageSize::Size4K,
+        attrs,
+    )
+}
+
+fn update<B: Backend>(_backend: &B, index: u64, kernel: bool) -> EntryUpdate {
     EntryUpdate {
         entry: PhysAddr(TABLE + index * 8),
         va: VirtAddr(
@@ -32,10 +48,17 @@ fn update(index: u64, kernel: bool) -> EntryUpdate {
         ),
         space: if kernel { SpaceId::KERNEL } else { SpaceId(1) },
         level: 1,
-        value,
+        value: leaf::<B>(index, kernel, false),
         kernel,
         valid: true,
         leaf: true,
+    }
+}
+
+/// Fills the table with valid, writable entries in `B`'s format.
+fn fill<B: Backend>(machine: &Recording, _backend: &B, kernel: bool) {
+    for i in 0..ENTRIES {
+        machine.set_memory(PhysAddr(TABLE + i * 8), leaf::<B>(i, kernel, true));
     }
 }
 
@@ -45,9 +68,6 @@ type Protection = Option<(u64, fn(u64) -> bool)>;
 
 fn fresh(protect: Protection) -> Recording {
     let machine = Recording::new();
-    for i in 0..ENTRIES {
-        machine.set_memory(update(i, false).entry, (0x4000_0000 + (i << 12)) | 0x3);
-    }
     if let Some((initial, allows)) = protect {
         machine.protect(initial, allows);
     }
@@ -82,11 +102,12 @@ macro_rules! both {
             for lazy in [false, true] {
                 let machine = fresh($protect);
                 let backend = $build(&machine);
+                fill(&machine, &backend, $kernel);
                 let mode = Counters::new(&machine, &backend, MisusePolicy::Panic);
                 {
                     let _section = lazy.then(|| mode.section());
                     for i in 0..ENTRIES {
-                        backend.write_entry(update(i, $kernel));
+                        backend.write_entry(update(&backend, i, $kernel));
                     }
                 }
                 assert_eq!(machine.faults(), 0);

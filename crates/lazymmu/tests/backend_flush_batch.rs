@@ -23,8 +23,10 @@ fn pte(space: u32, index: u64, value: u64) -> EntryUpdate {
     }
 }
 
+/// A valid entry mapping page `index`: bit 63 is `_PAGE_PRESENT` of the
+/// book3s64 hash PTE and `_PAGE_VALID` of the sparc64 TTE.
 fn page(index: u64) -> u64 {
-    (0x4000_0000 + (index << 12)) | 0x3
+    (0x4000_0000 + (index << 12)) | 0x3 | 1 << 63
 }
 
 /// Maps `count` pages of `space` (memory set up directly), so that

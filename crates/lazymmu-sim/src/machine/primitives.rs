@@ -26,7 +26,7 @@ use lazymmu::mm::{LineAccess, SharedLine};
 use lazymmu::mode::percpu::PerCpuEnvironment;
 use lazymmu::mode::{Environment, LazyState};
 use lazymmu::pgtable::allocator::FrameAllocator;
-use lazymmu::pgtable::format::{Entry, Format};
+use lazymmu::pgtable::format::{s390, Entry, Format};
 use lazymmu::pgtable::memory::PageTableMemory;
 use lazymmu::pgtable::walk::translate;
 
@@ -411,11 +411,15 @@ impl S390Primitives for SimCpu {
         self.done("write_pte");
     }
 
+    /// Sets the entry's invalid bit: `_PAGE_INVALID` for a PTE (IPTE),
+    /// `_SEGMENT_ENTRY_INVALID`/`_REGION_ENTRY_INVALID` for a table entry
+    /// (IDTE, which this stands for); each bit means nothing, or only a
+    /// software permission of a dead entry, at the other kind.
     fn ipte(&self, entry: PhysAddr, space: SpaceId, va: VirtAddr) {
         let m = &self.machine;
         m.charge(Primitive::Ipte, 1);
         let old = m.read_entry(entry);
-        m.apply_store(entry, old & !1);
+        m.apply_store(entry, old | s390::INVALID | s390::TABLE_INVALID);
         self.invalidate_on(m.all_cpus(), space, va.0, va.0 + 1);
         self.done("ipte");
     }
@@ -426,7 +430,7 @@ impl S390Primitives for SimCpu {
         for i in 0..count as u64 {
             let entry = first.add(i * 8);
             let old = m.read_entry(entry);
-            m.apply_store(entry, old & !1);
+            m.apply_store(entry, old | s390::INVALID);
         }
         self.invalidate_on(m.all_cpus(), space, va.0, va.0 + count as u64 * 4096);
         self.done("ipte_range");
@@ -761,12 +765,13 @@ pub fn tables_under<F: Format>(
                     return;
                 }
                 // The kernel half of a top-level table is the kernel's.
+                let all = lazymmu::pgtable::format::entries::<F>(level);
                 let entries = if level == F::LEVELS && F::SHARED_ROOT {
-                    256
+                    all / 2
                 } else {
-                    512
+                    all
                 };
-                for i in 0..entries {
+                for i in 0..entries as u64 {
                     let entry = table.add(8 * i);
                     if let Entry::Table(next) = F::decode(memory.read(entry), level) {
                         visit::<F>(memory, next, level - 1, out);
@@ -780,7 +785,7 @@ pub fn tables_under<F: Format>(
             let mut table = root;
             let mut level = F::LEVELS;
             while level > 1 {
-                let index = lazymmu::pgtable::format::index(start.0, level);
+                let index = lazymmu::pgtable::format::index::<F>(start.0, level);
                 let entry = table.add(8 * index as u64);
                 match F::decode(memory.read(entry), level) {
                     Entry::Table(next) if level == 2 => {

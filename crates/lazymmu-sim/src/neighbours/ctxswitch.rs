@@ -225,13 +225,13 @@ impl Storm {
         let m = &self.machine;
         let mut table = m.space_root(space);
         for level in (2..=X86_64::LEVELS).rev() {
-            let entry = table.add(8 * index(PAGE, level) as u64);
+            let entry = table.add(8 * index::<X86_64>(PAGE, level) as u64);
             match X86_64::decode(m.memory().read(entry), level) {
                 Entry::Table(next) => table = next,
                 _ => return None,
             }
         }
-        Some(table.add(8 * index(PAGE, 1) as u64))
+        Some(table.add(8 * index::<X86_64>(PAGE, 1) as u64))
     }
 
     /// Builds `space`'s tables down to [`PAGE`]'s PTE table (the page-fault
@@ -241,7 +241,7 @@ impl Storm {
         let memory = m.memory();
         let mut table = m.space_root(space);
         for level in (2..=X86_64::LEVELS).rev() {
-            let entry = table.add(8 * index(PAGE, level) as u64);
+            let entry = table.add(8 * index::<X86_64>(PAGE, level) as u64);
             table = match X86_64::decode(memory.read(entry), level) {
                 Entry::Table(next) => next,
                 _ => {
@@ -254,7 +254,7 @@ impl Storm {
                 }
             };
         }
-        table.add(8 * index(PAGE, 1) as u64)
+        table.add(8 * index::<X86_64>(PAGE, 1) as u64)
     }
 
     /// The current CPU uses the page of `space`: faulted in if unmapped,

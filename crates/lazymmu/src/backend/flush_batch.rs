@@ -18,10 +18,11 @@
 use core::cell::RefCell;
 use core::marker::PhantomData;
 
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, LazyFlag, PageBatch, PerCpu};
+use super::machine::{BackendBug, CpuPrimitives, LazyFlag, PageBatch, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
+use crate::pgtable::format::Format;
 
 /// What an architecture that batches page invalidations supplies to
 /// [`FlushBatching`]: its primitives `P` and how the policy maps onto them.
@@ -157,7 +158,7 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
         let _not_preemptible = self.primitives.preempt_guard();
         let old = self.primitives.read_pte(update.entry);
         A::write_pte(&self.primitives, update.entry, value);
-        if A::batches(update) && entry_is_valid(old) && old != value {
+        if A::batches(update) && A::Format::is_valid(old) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
         old

@@ -370,14 +370,6 @@ impl<const N: usize> PageBatch<N> {
     }
 }
 
-/// Bit 0 is the valid bit of every entry format the library writes (x86-64
-/// `P`, AArch64 descriptor `valid`): whether `value` is a valid entry that a
-/// TLB or hash table may hold a translation for.
-#[inline]
-pub const fn entry_is_valid(value: u64) -> bool {
-    value & 1 != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,7 +33,7 @@
 use core::cell::{Cell, RefCell};
 
 use super::arm64::{Arm64Primitives, Dsb};
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, Primitive};
+use super::machine::{BackendBug, CpuPrimitives, Primitive};
 use super::ppc_hash::PpcHashPrimitives;
 use super::protected::{KeySlot, KeySlots};
 use super::s390::S390Primitives;
@@ -43,6 +43,7 @@ use super::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use crate::mode::{Environment, LazyState};
+use crate::pgtable::format::{s390, Format, S390};
 use crate::pgtable::memory::{PageTableMemory, FRAME_SIZE};
 
 /// Entries the store can hold.
@@ -554,8 +555,8 @@ impl S390Primitives for Recording {
         self.record(Call::Ipte, 1);
         self.charge(Primitive::Ipte, 1);
         let old = self.read_memory(entry);
-        if entry_is_valid(old) {
-            self.set_memory(entry, old & !1);
+        if S390::is_valid(old) {
+            self.set_memory(entry, old | s390::INVALID);
         }
     }
     fn ipte_range(&self, first: PhysAddr, count: usize, _space: SpaceId, _va: VirtAddr) {
@@ -564,8 +565,8 @@ impl S390Primitives for Recording {
         for n in 0..count as u64 {
             let entry = first.add(n * 8);
             let old = self.read_memory(entry);
-            if entry_is_valid(old) {
-                self.set_memory(entry, old & !1);
+            if S390::is_valid(old) {
+                self.set_memory(entry, old | s390::INVALID);
             }
         }
     }

@@ -212,7 +212,13 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         if self.frame_count == FRAME_BATCH {
             self.flush();
         }
-        let covered = crate::pgtable::format::size_at(level.min(3)).unwrap_or(PageSize::Size1G);
+        // An entry at level 2 covers at most 2 MiB, at level 3 at most
+        // 1 GiB, on every format of this crate.
+        let covered = match level {
+            0 | 1 => PageSize::Size4K,
+            2 => PageSize::Size2M,
+            _ => PageSize::Size1G,
+        };
         self.add_page(va, covered);
         self.frames[self.frame_count] = frame;
         self.frame_count += 1;

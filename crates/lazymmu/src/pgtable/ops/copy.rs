@@ -125,7 +125,7 @@ where
             }
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
                     let child_table = self.child_table(va, level, &mut job)?;
                     let child_entry = Self::entry(child_table, va, level);
                     if F::is_valid(self.read(child_entry)) {
@@ -230,13 +230,13 @@ where
     {
         // Allocate the child's table before any change, and only if the
         // parent's has something to copy.
-        let any = ptes(table, start, end).any(|(_, _, entry)| F::is_valid(self.read(entry)));
+        let any = ptes::<F>(table, start, end).any(|(_, _, entry)| F::is_valid(self.read(entry)));
         if !any {
             return Ok(());
         }
         let child_table = self.child_table(start, 1, job)?;
         let _section = self.lazy.section();
-        for (_, va, entry) in ptes(table, start, end) {
+        for (_, va, entry) in ptes::<F>(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }

@@ -79,7 +79,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, size_at, Entry, Format, ENTRIES};
+use crate::pgtable::format::{entries, entry_shift, index, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::walk::canonical;
@@ -307,7 +307,7 @@ where
 
     #[inline]
     pub(crate) fn entry(table: PhysAddr, va: u64, level: u8) -> PhysAddr {
-        table.add(8 * index(va, level) as u64)
+        table.add(8 * index::<F>(va, level) as u64)
     }
 
     #[inline]
@@ -320,7 +320,7 @@ where
         value: u64,
         leaf: bool,
     ) -> EntryUpdate {
-        let va = canonical::<F>(va & !((1u64 << entry_shift(level)) - 1), high);
+        let va = canonical::<F>(va & !((1u64 << entry_shift::<F>(level)) - 1), high);
         let valid = F::is_valid(value);
         EntryUpdate {
             entry,
@@ -459,14 +459,14 @@ where
             unreachable!("split of a non-leaf entry");
         };
         gather.flush_page_now(Self::canonical(va, high), size);
-        let small = size_at(level - 1).expect("split below 4 KiB");
+        let small = F::leaf_size(level - 1).expect("split below 4 KiB");
         // The link goes inside the PTE table's section, so that its close
         // applies it with the entries (a flush when nested).
         let _section = (level - 1 == 1).then(|| self.lazy.section());
         let value = F::leaf_template(small, attrs) | phys.0;
         self.backend.write_entries(
             self.update(table, va, high, level - 1, value, true),
-            ENTRIES,
+            entries::<F>(level - 1),
             small.bytes(),
         );
         self.write_table(entry, va, high, level, table);
@@ -572,22 +572,22 @@ where
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (Slot, Entry)> + '_ {
-        Slots::new(table, level, start, end)
+        Slots::new::<F>(table, level, start, end)
             .map(move |slot| (slot, F::decode(self.read(slot.entry), level)))
     }
 }
 
 /// The end of the entry at `level` that holds `va`, clipped to `end`.
 #[inline]
-pub(crate) fn entry_end(va: u64, level: u8, end: u64) -> u64 {
-    let span = 1u64 << entry_shift(level);
+pub(crate) fn entry_end<F: Format>(va: u64, level: u8, end: u64) -> u64 {
+    let span = 1u64 << entry_shift::<F>(level);
     ((va | (span - 1)) + 1).min(end)
 }
 
 /// Whether `[va, next)` is the whole span of the entry at `level`.
 #[inline]
-pub(crate) fn covers_entry(va: u64, next: u64, level: u8) -> bool {
-    let span = 1u64 << entry_shift(level);
+pub(crate) fn covers_entry<F: Format>(va: u64, next: u64, level: u8) -> bool {
+    let span = 1u64 << entry_shift::<F>(level);
     va % span == 0 && next - va == span
 }
 
