@@ -103,6 +103,34 @@ pub enum RangeError {
 /// holding the tables (for zeroing new ones), the backend every entry goes
 /// through, the lazy mode that brackets PTE loops, and the frame
 /// allocator.
+///
+/// The backend names the format it writes ([`Backend::Format`]), and the
+/// tables must be in that format: an x86-64 backend over AArch64 tables
+/// does not compile.
+///
+/// ```compile_fail
+/// use lazymmu::addr::{PhysAddr, SpaceId};
+/// use lazymmu::backend::Backend;
+/// use lazymmu::mode::LazyMode;
+/// use lazymmu::pgtable::allocator::FrameAllocator;
+/// use lazymmu::pgtable::format::{Aarch64, X86_64};
+/// use lazymmu::pgtable::memory::PageTableMemory;
+/// use lazymmu::pgtable::ops::PageTables;
+///
+/// fn aarch64_tables<'a, M, B, L, A>(m: &'a M, b: &'a B, l: &'a L, a: &'a A)
+///     -> PageTables<'a, Aarch64, M, B, L, A>
+/// where
+///     M: PageTableMemory,
+///     B: Backend<Format = X86_64>,
+///     L: LazyMode,
+///     A: FrameAllocator,
+/// {
+///     // SAFETY: not reached; the pairing is refused at compile time.
+///     unsafe { PageTables::new(PhysAddr(0x1000), SpaceId(1), m, b, l, a) }
+/// }
+/// ```
+///
+/// With `Aarch64` replaced by `X86_64` the same function compiles.
 pub struct PageTables<'a, F, M: ?Sized, B: ?Sized, L, A: ?Sized> {
     root: PhysAddr,
     space: SpaceId,
