@@ -114,7 +114,7 @@ impl EventRing {
     }
 
     /// Appends an event, dropping the oldest when full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, event: Event) {
         if self.events.len() < self.capacity {
             self.events.push(event);

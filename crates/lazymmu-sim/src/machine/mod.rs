@@ -327,8 +327,8 @@ pub(crate) struct CpuState {
     /// until an `isb`.
     pub(crate) stale_invalid: RefCell<Vec<(SpaceId, u64)>>,
     /// Invalidations this CPU made per address space (what a paging-
-    /// structure cache could still hold).
-    pub(crate) invalidations: RefCell<HashMap<SpaceId, u64>>,
+    /// structure cache could still hold), indexed by space id.
+    pub(crate) invalidations: RefCell<Vec<u64>>,
     /// Cycles of work done on this CPU.
     pub(crate) work: Cell<u64>,
 }
@@ -425,7 +425,7 @@ impl Machine {
                 tlb: RefCell::new(Tlb::new(config.tlb_entries)),
                 pending: RefCell::new(Vec::new()),
                 stale_invalid: RefCell::new(Vec::new()),
-                invalidations: RefCell::new(HashMap::new()),
+                invalidations: RefCell::new(Vec::new()),
                 work: Cell::new(0),
             })
             .collect();
@@ -994,7 +994,7 @@ impl Machine {
     }
 
     /// Logs an event.
-    #[inline]
+    #[inline(always)]
     pub fn log(&self, kind: EventKind) {
         let event = Event {
             step: self.sched.step(),
@@ -1340,11 +1340,12 @@ impl Machine {
     // ----- TLB maintenance ------------------------------------------------
 
     fn invalidated(&self, cpu: CpuId, space: SpaceId) {
-        *self.cpus[cpu.index()]
-            .invalidations
-            .borrow_mut()
-            .entry(space)
-            .or_insert(0) += 1;
+        let mut counts = self.cpus[cpu.index()].invalidations.borrow_mut();
+        let i = space.0 as usize;
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += 1;
     }
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
@@ -1379,7 +1380,7 @@ impl Machine {
         self.cpus[cpu.index()]
             .invalidations
             .borrow()
-            .get(&space)
+            .get(space.0 as usize)
             .copied()
             .unwrap_or(0)
     }
