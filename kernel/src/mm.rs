@@ -37,6 +37,7 @@ use lazymmu::mm::active_mm::{
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::gather::Gather;
 
+use crate::env::KernelEnv;
 use crate::percpu::{self, MAX_CPUS};
 use crate::sched::{self, Task};
 use crate::sync::{Global, SpinLock};
@@ -317,18 +318,19 @@ impl KernelMachine {
     }
 }
 
+/// The executing CPU, as the lazy mode's environment sees it.
 impl Cpu for KernelMachine {
     fn cpu_id(&self) -> CpuId {
-        CpuId::new(percpu::cpu_index())
+        KernelEnv.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
-        interrupts::in_interrupt()
+        KernelEnv.in_interrupt()
     }
     fn preempt_disable(&self) {
-        percpu::preempt_disable();
+        KernelEnv.preempt_disable();
     }
     fn preempt_enable(&self) {
-        percpu::preempt_enable();
+        KernelEnv.preempt_enable();
     }
 }
 

@@ -28,7 +28,7 @@ use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
 use lazymmu::cpu::{CpuId, CpuMask};
 use lazymmu::mm::active_mm::{AddressSpace, CpuTlbState, TaskMm};
 use lazymmu::mm::pkey_window::{CpuKeyState, TaskKeyState};
-use lazymmu::mm::{LineAccess, SharedLine};
+use lazymmu::mm::{LineAccess, LineState, SharedLine};
 use lazymmu::mode::LazyState;
 
 pub use primitives::{tables_under, walk, SimCpu, SimEnv, SimFrames, SimMemory};
@@ -355,12 +355,6 @@ pub enum Access {
     Hit(Leaf),
     /// No valid translation: a page fault.
     Fault,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LineState {
-    Modified(CpuId),
-    Shared(CpuMask),
 }
 
 /// The simulated machine.
@@ -1044,25 +1038,7 @@ impl Machine {
         let cpu = self.current.get();
         let transfer = {
             let mut lines = self.lines.borrow_mut();
-            let (transfer, next) = match (lines.get(&line).copied(), access) {
-                (None, LineAccess::Read) => (false, LineState::Shared(CpuMask::single(cpu))),
-                (None, LineAccess::Write) => (false, LineState::Modified(cpu)),
-                (Some(LineState::Modified(owner)), LineAccess::Read) if owner == cpu => {
-                    (false, LineState::Modified(cpu))
-                }
-                (Some(LineState::Modified(owner)), LineAccess::Read) => {
-                    (true, LineState::Shared(CpuMask::single(owner).with(cpu)))
-                }
-                (Some(LineState::Modified(owner)), LineAccess::Write) => {
-                    (owner != cpu, LineState::Modified(cpu))
-                }
-                (Some(LineState::Shared(mask)), LineAccess::Read) => {
-                    (!mask.contains(cpu), LineState::Shared(mask.with(cpu)))
-                }
-                (Some(LineState::Shared(mask)), LineAccess::Write) => {
-                    (!mask.without(cpu).is_empty(), LineState::Modified(cpu))
-                }
-            };
+            let (transfer, next) = LineState::after(lines.get(&line).copied(), cpu, access);
             lines.insert(line, next);
             transfer
         };

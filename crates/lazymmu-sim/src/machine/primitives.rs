@@ -55,6 +55,35 @@ impl SimEnv {
     }
 }
 
+impl Machine {
+    /// Interrupt context as the library is told it (the `hide_interrupts`
+    /// fault hides it).
+    #[inline]
+    fn told_in_interrupt(&self) -> bool {
+        self.in_interrupt() && !self.config().faults.hide_interrupts
+    }
+
+    /// `preempt_disable()` of a library layer whose preemption control a
+    /// fault may switch off.
+    #[inline]
+    fn layer_preempt_disable(&self, switched_off: bool) {
+        if !switched_off {
+            self.preempt_disable();
+        }
+    }
+
+    /// `preempt_enable()` of such a layer: a choice point at `site`.
+    #[inline]
+    fn layer_preempt_enable(&self, switched_off: bool, site: Site) {
+        if !switched_off {
+            self.preempt_enable();
+        }
+        self.choice_point(site);
+    }
+}
+
+/// The lazy mode's preemption control: the `preemptible_transitions` fault
+/// (Linux 7.0's ordering) switches it off.
 impl Cpu for SimEnv {
     #[inline]
     fn cpu_id(&self) -> CpuId {
@@ -63,23 +92,20 @@ impl Cpu for SimEnv {
 
     #[inline]
     fn in_interrupt(&self) -> bool {
-        self.machine.in_interrupt() && !self.machine.config().faults.hide_interrupts
+        self.machine.told_in_interrupt()
     }
 
     #[inline]
     fn preempt_disable(&self) {
-        if !self.machine.config().faults.preemptible_transitions {
-            self.machine.preempt_disable();
-        }
+        let off = self.machine.config().faults.preemptible_transitions;
+        self.machine.layer_preempt_disable(off);
     }
 
     #[inline]
     fn preempt_enable(&self) {
-        if !self.machine.config().faults.preemptible_transitions {
-            self.machine.preempt_enable();
-        }
+        let off = self.machine.config().faults.preemptible_transitions;
         self.machine
-            .choice_point(Site::Environment("preempt_enable"));
+            .layer_preempt_enable(off, Site::Environment("preempt_enable"));
     }
 }
 
@@ -211,6 +237,8 @@ impl SimCpu {
     }
 }
 
+/// The primitives' preemption control: the `preemptible_windows` fault (a
+/// protection-key window that can be preempted) switches it off.
 impl Cpu for SimCpu {
     #[inline]
     fn cpu_id(&self) -> CpuId {
@@ -219,22 +247,20 @@ impl Cpu for SimCpu {
 
     #[inline]
     fn in_interrupt(&self) -> bool {
-        self.machine.in_interrupt() && !self.machine.config().faults.hide_interrupts
+        self.machine.told_in_interrupt()
     }
 
     #[inline]
     fn preempt_disable(&self) {
-        if !self.machine.config().faults.preemptible_windows {
-            self.machine.preempt_disable();
-        }
+        let off = self.machine.config().faults.preemptible_windows;
+        self.machine.layer_preempt_disable(off);
     }
 
     #[inline]
     fn preempt_enable(&self) {
-        if !self.machine.config().faults.preemptible_windows {
-            self.machine.preempt_enable();
-        }
-        self.done("preempt_enable");
+        let off = self.machine.config().faults.preemptible_windows;
+        self.machine
+            .layer_preempt_enable(off, Site::Primitive("preempt_enable"));
     }
 }
 

@@ -23,7 +23,7 @@ pub mod pkey_window;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use crate::cpu::CpuId;
+use crate::cpu::{CpuId, CpuMask};
 
 /// A cache line that several CPUs write, named by what it holds. The
 /// simulator keeps an owner per line and counts a transfer whenever a CPU
@@ -48,4 +48,42 @@ pub enum LineAccess {
     Read,
     /// Store or atomic read-modify-write: needs the line exclusive.
     Write,
+}
+
+/// Where a [`SharedLine`] is, for an embedder that counts its transfers
+/// between CPUs (a MESI-style protocol reduced to what a transfer needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LineState {
+    /// One CPU holds it exclusive (modified or about to be).
+    Modified(CpuId),
+    /// These CPUs hold it shared.
+    Shared(CpuMask),
+}
+
+impl LineState {
+    /// The state after `cpu` makes `access` to a line in `state` (`None`:
+    /// no cache holds it), and whether the line had to come from another
+    /// CPU's cache (a read of a line another CPU modified, or a write to a
+    /// line another CPU holds).
+    pub fn after(state: Option<LineState>, cpu: CpuId, access: LineAccess) -> (bool, LineState) {
+        match (state, access) {
+            (None, LineAccess::Read) => (false, LineState::Shared(CpuMask::single(cpu))),
+            (None, LineAccess::Write) => (false, LineState::Modified(cpu)),
+            (Some(LineState::Modified(owner)), LineAccess::Read) if owner == cpu => {
+                (false, LineState::Modified(cpu))
+            }
+            (Some(LineState::Modified(owner)), LineAccess::Read) => {
+                (true, LineState::Shared(CpuMask::single(owner).with(cpu)))
+            }
+            (Some(LineState::Modified(owner)), LineAccess::Write) => {
+                (owner != cpu, LineState::Modified(cpu))
+            }
+            (Some(LineState::Shared(mask)), LineAccess::Read) => {
+                (!mask.contains(cpu), LineState::Shared(mask.with(cpu)))
+            }
+            (Some(LineState::Shared(mask)), LineAccess::Write) => {
+                (!mask.without(cpu).is_empty(), LineState::Modified(cpu))
+            }
+        }
+    }
 }

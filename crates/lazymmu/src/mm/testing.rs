@@ -12,7 +12,7 @@ use super::active_mm::{
 };
 use super::kernel_sync::{TopLevelTables, TOP_LEVEL_ENTRIES};
 use super::pkey_window::{CpuKeyState, PkeyMachine, PkeyWindows, Pkrs, TaskKeyState, WindowError};
-use super::{LineAccess, SharedLine};
+use super::{LineAccess, LineState, SharedLine};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
@@ -26,12 +26,6 @@ pub const TEST_SPACES: usize = 32;
 /// Tasks a test machine can hold (the first [`TEST_CPUS`] are idle tasks).
 pub const TEST_TASKS: usize = 32;
 const TEST_LINES: usize = 64;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LineState {
-    Modified(CpuId),
-    Shared(CpuMask),
-}
 
 /// A machine for lazy-TLB tests: CPUs with a root register, per-space
 /// invalidation counts, IPIs that can be deliberately lost, page-table
@@ -318,27 +312,7 @@ impl MmMachine for TestMachine {
         let cpu = self.cpu_id();
         let slot = &self.lines[self.line_slot(line)];
         let state = slot.get().map(|(_, state)| state);
-        let (transfer, next) = match (state, access) {
-            (None, LineAccess::Read) => (false, LineState::Shared(CpuMask::single(cpu))),
-            (None, LineAccess::Write) => (false, LineState::Modified(cpu)),
-            (Some(LineState::Modified(owner)), LineAccess::Read) => (
-                owner != cpu,
-                if owner == cpu {
-                    LineState::Modified(cpu)
-                } else {
-                    LineState::Shared(CpuMask::single(owner).with(cpu))
-                },
-            ),
-            (Some(LineState::Modified(owner)), LineAccess::Write) => {
-                (owner != cpu, LineState::Modified(cpu))
-            }
-            (Some(LineState::Shared(mask)), LineAccess::Read) => {
-                (!mask.contains(cpu), LineState::Shared(mask.with(cpu)))
-            }
-            (Some(LineState::Shared(mask)), LineAccess::Write) => {
-                (!mask.without(cpu).is_empty(), LineState::Modified(cpu))
-            }
-        };
+        let (transfer, next) = LineState::after(state, cpu, access);
         if transfer {
             self.transfers.set(self.transfers.get() + 1);
         }

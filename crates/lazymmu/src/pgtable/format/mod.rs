@@ -240,15 +240,19 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
     /// tells valid entries from the value alone.
     fn is_valid(raw: u64) -> bool;
 
+    /// Whether entries above the PTE level may be leaves (2 MiB and 1 GiB
+    /// pages where an entry covers that much).
+    const LARGE_LEAVES: bool = true;
+
     /// The page size a leaf at `level` maps, `None` where the format has no
-    /// leaves. The default: 4 KiB at level 1, and 2 MiB and 1 GiB at the
-    /// levels whose entries cover those sizes.
+    /// leaves: 4 KiB at level 1, and with [`Format::LARGE_LEAVES`] 2 MiB
+    /// and 1 GiB at the levels whose entries cover those sizes.
     #[inline]
     fn leaf_size(level: u8) -> Option<PageSize> {
         match (level, entry_shift::<Self>(level)) {
             (1, _) => Some(PageSize::Size4K),
-            (2 | 3, 21) => Some(PageSize::Size2M),
-            (2 | 3, 30) => Some(PageSize::Size1G),
+            (2 | 3, 21) if Self::LARGE_LEAVES => Some(PageSize::Size2M),
+            (2 | 3, 30) if Self::LARGE_LEAVES => Some(PageSize::Size1G),
             _ => None,
         }
     }
@@ -265,8 +269,21 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
         (1u64 << Self::VA_BITS) - 1
     }
 
-    /// Whether `va` is a canonical address this format can translate.
-    fn is_canonical(va: u64) -> bool;
+    /// Whether `va` is a canonical address this format can translate: with
+    /// a shared root, sign-extended from the top translated bit (x86-64);
+    /// with one root per half, the bits above [`Format::VA_BITS`] all clear
+    /// or all set (AArch64 TTBR0/TTBR1 without tagging, TCR_ELx.TnSZ =
+    /// 64 - `VA_BITS`).
+    #[inline]
+    fn is_canonical(va: u64) -> bool {
+        let shift = 64 - Self::VA_BITS;
+        if Self::SHARED_ROOT {
+            (((va << shift) as i64) >> shift) as u64 == va
+        } else {
+            let top = va >> Self::VA_BITS;
+            top == 0 || top == u64::MAX >> Self::VA_BITS
+        }
+    }
 }
 
 #[cfg(test)]

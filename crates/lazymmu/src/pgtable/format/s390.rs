@@ -78,6 +78,7 @@ impl Format for S390 {
     const VA_BITS: u32 = 56;
     const TABLE_ADDRESS_MASK: u64 = REGION_ORIGIN;
     const SHARED_ROOT: bool = true;
+    const LARGE_LEAVES: bool = false;
     const DIRTY_BIT: u64 = DIRTY;
     const ACCESSED_BIT: u64 = YOUNG;
 
@@ -158,15 +159,6 @@ impl Format for S390 {
     /// sets).
     fn is_valid(raw: u64) -> bool {
         raw & PRESENT != 0 && raw & INVALID == 0
-    }
-
-    fn leaf_size(level: u8) -> Option<PageSize> {
-        (level == 1).then_some(PageSize::Size4K)
-    }
-
-    fn is_canonical(va: u64) -> bool {
-        let shift = 64 - Self::VA_BITS;
-        (((va << shift) as i64) >> shift) as u64 == va
     }
 }
 

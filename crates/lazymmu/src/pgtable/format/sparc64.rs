@@ -63,6 +63,7 @@ impl Format for Sparc64Sun4v {
     const VA_BITS: u32 = 48;
     const TABLE_ADDRESS_MASK: u64 = PADDR;
     const SHARED_ROOT: bool = true;
+    const LARGE_LEAVES: bool = false;
     const DIRTY_BIT: u64 = MODIFIED;
     const ACCESSED_BIT: u64 = ACCESSED;
 
@@ -136,15 +137,6 @@ impl Format for Sparc64Sun4v {
 
     fn is_valid(raw: u64) -> bool {
         raw & VALID != 0
-    }
-
-    fn leaf_size(level: u8) -> Option<PageSize> {
-        (level == 1).then_some(PageSize::Size4K)
-    }
-
-    fn is_canonical(va: u64) -> bool {
-        let shift = 64 - Self::VA_BITS;
-        (((va << shift) as i64) >> shift) as u64 == va
     }
 }
 
