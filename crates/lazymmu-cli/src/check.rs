@@ -17,7 +17,8 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::{json, Value};
 
-use lazymmu_sim::explore::{Bounds, Found, Trace};
+use lazymmu_sim::choice::Trace;
+use lazymmu_sim::explore::{Bounds, Found};
 use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant, SIM_PREEMPTIONS};
 
 /// Options of `lazymmu check`.
@@ -191,7 +192,7 @@ fn replay(args: &CheckArgs, text: &str) -> Result<i32> {
     let Some(scenario) = scenarios::find(&trace.scenario) else {
         return usage(unknown_scenario(&trace.scenario));
     };
-    let Some(outcome) = scenarios::replay_trace(&scenario, args.variant, &trace.choices) else {
+    let Some(outcome) = scenarios::replay_trace(&scenario, args.variant, &trace.picks) else {
         return usage(format!(
             "variant {} does not apply to scenario {}",
             args.variant,
@@ -212,7 +213,9 @@ fn replay(args: &CheckArgs, text: &str) -> Result<i32> {
             "trace": trace.to_string(),
             "choice_points": outcome.choice_points,
             "violation": outcome.violation.as_ref().map(|v| json!({
-                "invariant": v.invariant, "detail": v.detail, "events": v.events,
+                "invariant": v.invariant.to_string(),
+                "detail": v.detail,
+                "events": v.events.iter().map(ToString::to_string).collect::<Vec<_>>(),
             })),
         });
         serde_json::to_writer_pretty(&mut out, &doc)?;
@@ -263,7 +266,7 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> std::io::Result<(
             s.bound.map_or("none".to_owned(), |b| b.to_string()),
             s.report.schedules,
             s.report.pruned,
-            if s.report.complete { "yes" } else { "no" },
+            if s.report.complete() { "yes" } else { "no" },
             s.report.violations.len()
         )?;
     }
@@ -332,17 +335,17 @@ fn report_json(report: &CheckReport) -> Value {
             "schedules": s.report.schedules,
             "pruned": s.report.pruned,
             "choice_points": s.report.choice_points,
-            "complete": s.report.complete,
+            "complete": s.report.complete(),
             "violations": s.report.violations.len(),
         })).collect::<Vec<_>>(),
         "violations": report.violations().map(|(scenario, f)| json!({
             "scenario": scenario,
-            "invariant": f.violation.invariant,
+            "invariant": f.violation.invariant.to_string(),
             "detail": f.violation.detail,
             "trace": f.trace.to_string(),
             "schedules": f.schedules,
             "replay": replay_command(report.variant, &f.trace),
-            "events": f.violation.events,
+            "events": f.violation.events.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use lazymmu_sim::cost::{parse_override, Primitive};
+use lazymmu_sim::cost::{parse_override, Cost};
 use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
 use lazymmu_sim::scenario::{
     BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind,
@@ -122,7 +122,7 @@ struct JsonDoc {
     designs: Vec<JsonDesign>,
 }
 
-fn counts_map(counts: &[(Primitive, u64)]) -> serde_json::Map<String, serde_json::Value> {
+fn counts_map(counts: &[(Cost, u64)]) -> serde_json::Map<String, serde_json::Value> {
     counts
         .iter()
         .map(|(p, n)| (p.name().to_string(), serde_json::Value::from(*n)))
@@ -150,13 +150,9 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     };
     let mut costs = Vec::new();
     for c in &args.cost {
-        match parse_override(c) {
-            Ok(o) => costs.push(o),
-            Err(_) if crate::neighbours::accepts_cost(c) => {}
-            Err(e) => return Err(UsageError(e).into()),
-        }
+        costs.push(parse_override(c).map_err(UsageError)?);
     }
-    let neighbour_rows = crate::neighbours::run(args, &neighbour_workloads)?;
+    let neighbour_rows = crate::neighbours::run(args, &neighbour_workloads, &costs)?;
 
     let mut configs = Vec::new();
     for &design in &designs {

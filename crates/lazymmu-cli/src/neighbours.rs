@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use lazymmu_sim::neighbours::cost::NeighbourCosts;
+use lazymmu_sim::cost::Cost;
 use lazymmu_sim::neighbours::{format_table, run_named, NeighbourRow, NeighbourWorkload};
 
 use crate::compare::{CompareArgs, UsageError};
@@ -28,33 +28,16 @@ pub fn split(workloads: &[String]) -> (Vec<NeighbourWorkload>, Vec<String>) {
     (neighbours, rest)
 }
 
-/// Whether `--cost NAME=CYCLES` names a neighbour cost.
-pub fn accepts_cost(text: &str) -> bool {
-    text.split_once('=').is_some_and(|(name, cycles)| {
-        NeighbourCosts::NAMES.contains(&name.trim()) && cycles.trim().parse::<u64>().is_ok()
-    })
-}
-
-/// Runs the selected neighbour workloads under the selected policies.
+/// Runs the selected neighbour workloads under the selected policies, with
+/// the cost overrides `costs` (the one cost table's).
 ///
 /// # Errors
-/// [`UsageError`] for a policy no selected workload knows, a bad size or
-/// a bad cost.
+/// [`UsageError`] for a policy no selected workload knows or a bad size.
 pub fn run(
     args: &CompareArgs,
     workloads: &[NeighbourWorkload],
+    costs: &[(Cost, u64)],
 ) -> Result<Vec<NeighbourRow>, UsageError> {
-    let mut costs = NeighbourCosts::default();
-    for text in &args.cost {
-        if let Some((name, cycles)) = text.split_once('=') {
-            if let (true, Ok(cycles)) = (
-                NeighbourCosts::NAMES.contains(&name.trim()),
-                cycles.trim().parse::<u64>(),
-            ) {
-                costs.set(name.trim(), cycles).map_err(UsageError)?;
-            }
-        }
-    }
     let all = args.policy.iter().any(|p| p == "all");
     for policy in args.policy.iter().filter(|p| *p != "all") {
         let known = workloads.iter().any(|w| {
@@ -96,9 +79,7 @@ pub fn run(
         };
         for size in sizes {
             for policy in &policies {
-                rows.push(
-                    run_named(workload, policy, size, args.seed, &costs).map_err(UsageError)?,
-                );
+                rows.push(run_named(workload, policy, size, args.seed, costs).map_err(UsageError)?);
             }
         }
     }

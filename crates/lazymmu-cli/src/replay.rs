@@ -272,7 +272,7 @@ impl<M: Replayable> Replayer<M> {
     }
 
     fn apply(&mut self, op: TraceOp) -> Done {
-        let in_irq = lazymmu::mode::Environment::in_interrupt(self.mode.test_env());
+        let in_irq = lazymmu::cpu::Cpu::in_interrupt(self.mode.test_env());
         let outcome: Result<Option<Hook>, Misuse> = match op {
             TraceOp::IrqEnter => {
                 self.mode.test_env().irq_enter();

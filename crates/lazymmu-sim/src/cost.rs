@@ -1,5 +1,16 @@
-//! The cost model: what each machine primitive costs, in cycles, on each
-//! platform, and the counters the machine keeps of how often each ran.
+//! The one cost table: what each machine primitive and each piece of the
+//! kernel's own work costs, in cycles, on each platform; the counters the
+//! machine keeps of how often each ran; and the names `--cost NAME=CYCLES`
+//! and the reports use.
+//!
+//! The table has two kinds of rows: the library's machine
+//! [`Primitive`]s (a hypercall, a barrier, a TLB invalidation, a root load,
+//! a cache-line transfer...), which the machine counts as the library calls
+//! them, and [`Software`] operations, the kernel work around the MMU that a
+//! workload does itself (the scheduler's part of a context switch, a page
+//! fault's entry and exit, ...). New software operations — the kernel work
+//! measured on a real kernel — are new [`Software`] rows with their costs;
+//! nothing else changes.
 //!
 //! Every constant is cited where it is defined. Where a source gives
 //! nanoseconds the figure is converted at the clock stated next to it.
@@ -7,24 +18,136 @@
 //! machine's timings; `--cost NAME=CYCLES` overrides any of them.
 
 use core::cell::Cell;
+use core::fmt;
 
 pub use lazymmu::backend::machine::Primitive;
 
-/// Parses a primitive's name.
-///
-/// # Errors
-/// A message listing the known names.
-pub fn parse_primitive(name: &str) -> Result<Primitive, String> {
-    Primitive::from_name(name).ok_or_else(|| {
-        let names: Vec<_> = Primitive::ALL.iter().map(|p| p.name()).collect();
-        format!(
-            "unknown primitive `{name}` (expected one of {})",
-            names.join(", ")
-        )
-    })
+/// Kernel work around the MMU that a workload charges itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Software {
+    /// The scheduler's own part of a context switch (picking the next task,
+    /// saving and restoring registers), without the address-space work
+    /// counted as primitives.
+    ContextSwitch,
+    /// A kernel page fault that only fixes up a top-level entry and
+    /// returns (exception entry, `vmalloc_fault()`, `iret`).
+    Fault,
+    /// A generation compare in `switch_mm()`: two loads.
+    GenerationCheck,
+    /// Allocating and zeroing a page-table page.
+    TableAlloc,
+    /// The cache miss of a store into another process's top-level table
+    /// (each one is its own page): what copying a kernel top-level entry
+    /// costs beyond the store itself.
+    EntryCopy,
 }
 
-const N: usize = Primitive::ALL.len();
+impl Software {
+    /// Every software operation, in table order.
+    pub const ALL: [Software; 5] = [
+        Software::ContextSwitch,
+        Software::Fault,
+        Software::GenerationCheck,
+        Software::TableAlloc,
+        Software::EntryCopy,
+    ];
+}
+
+/// One row of the cost table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cost {
+    /// A machine primitive the library calls.
+    Primitive(Primitive),
+    /// Kernel work a workload does.
+    Software(Software),
+}
+
+impl From<Primitive> for Cost {
+    fn from(p: Primitive) -> Self {
+        Cost::Primitive(p)
+    }
+}
+
+impl From<Software> for Cost {
+    fn from(s: Software) -> Self {
+        Cost::Software(s)
+    }
+}
+
+/// Rows in the table.
+pub const ROWS: usize = Primitive::ALL.len() + Software::ALL.len();
+
+impl Cost {
+    /// Every row, primitives first, in table order.
+    pub fn all() -> impl Iterator<Item = Cost> {
+        Primitive::ALL
+            .into_iter()
+            .map(Cost::Primitive)
+            .chain(Software::ALL.into_iter().map(Cost::Software))
+    }
+
+    /// The row's position in the table.
+    pub const fn index(self) -> usize {
+        match self {
+            Cost::Primitive(p) => p.index(),
+            Cost::Software(s) => Primitive::ALL.len() + s as usize,
+        }
+    }
+
+    /// The row's name in reports, JSON and `--cost NAME=CYCLES`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cost::Primitive(p) => match p {
+                Primitive::Hypercall => "hypercall",
+                Primitive::MulticallEntry => "multicall_entry",
+                Primitive::Dsb => "dsb",
+                Primitive::Isb => "isb",
+                Primitive::HashInvalidate => "hash_invalidate",
+                Primitive::Ipte => "ipte",
+                Primitive::Tlbi => "tlbi",
+                Primitive::Invlpg => "invlpg",
+                Primitive::FullFlush => "full_flush",
+                Primitive::Ipi => "ipi",
+                Primitive::KeyWrite => "key_write",
+                Primitive::PteWrite => "pte_write",
+                Primitive::RootLoad => "root_load",
+                Primitive::LineTransfer => "line_transfer",
+            },
+            Cost::Software(s) => match s {
+                Software::ContextSwitch => "switch",
+                Software::Fault => "fault",
+                Software::GenerationCheck => "generation_check",
+                Software::TableAlloc => "table_alloc",
+                Software::EntryCopy => "entry_copy",
+            },
+        }
+    }
+
+    /// The row called `name`.
+    ///
+    /// # Errors
+    /// A message listing the known names.
+    pub fn parse(name: &str) -> Result<Cost, String> {
+        Cost::all().find(|c| c.name() == name).ok_or_else(|| {
+            let names: Vec<_> = Cost::all().map(Cost::name).collect();
+            format!(
+                "unknown primitive or software cost `{name}` (expected one of {})",
+                names.join(", ")
+            )
+        })
+    }
+}
+
+impl fmt::Display for Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The name of a primitive in reports.
+pub const fn primitive_name(p: Primitive) -> &'static str {
+    Cost::Primitive(p).name()
+}
 
 /// The machine families the cost model distinguishes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -43,18 +166,20 @@ pub enum Platform {
     S390,
 }
 
-/// Cycle costs of every primitive on one platform, with overrides.
+/// Cycle costs of every row on one platform, with overrides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CostModel {
     platform: Platform,
-    cycles: [u64; N],
+    cycles: [u64; ROWS],
 }
 
 impl CostModel {
     /// The built-in costs of `platform`.
     pub fn new(platform: Platform) -> Self {
-        let mut cycles = [0u64; N];
-        let mut set = |p: Primitive, c: u64| cycles[p.index()] = c;
+        let mut cycles = [0u64; ROWS];
+        let mut set = |c: Cost, n: u64| cycles[c.index()] = n;
+        let p = |p: Primitive| Cost::Primitive(p);
+        let s = |s: Software| Cost::Software(s);
 
         // A PTE store that hits L1: one store-port slot. Agner Fog,
         // "Instruction tables" (Skylake: MOV m64,r64 throughput 1/clock);
@@ -62,37 +187,72 @@ impl CostModel {
         // Guide §3.4: STR throughput 2/cycle). We charge 1 cycle
         // everywhere; the walker-visible cost of a PTE store is the side
         // effects modelled separately.
-        set(Primitive::PteWrite, 1);
-        // A remote-flush IPI: Linux's flush_tlb_multi() sends the IPI and
-        // waits for every target to acknowledge. Amit, Tai and Wei, "Don't
-        // shoot down TLB shootdowns!" (EuroSys 2020) measure remote
-        // shootdowns on x86 servers in the microseconds; estimate 4,600
-        // cycles (about 2 µs at 2.3 GHz) per target CPU. Used wherever a
-        // backend sends IPIs (x86 native and PV, sparc64 cross-calls);
-        // arm64, powerpc and s390 broadcast invalidations in hardware.
-        set(Primitive::Ipi, 4_600);
+        set(p(Primitive::PteWrite), 1);
+        // A remote IPI round trip, the sender waiting for the
+        // acknowledgement (Linux's flush_tlb_multi()): ~2.2 µs measured on
+        // Skylake at 2.1 GHz (Amit, Tai and Wei, "Don't shoot down TLB
+        // shootdowns!", EuroSys 2020, §2) ≈ 4,600 cycles per target CPU.
+        // Used wherever the kernel sends IPIs (x86 native and PV, sparc64
+        // cross-calls, lazy TLB); arm64, powerpc and s390 broadcast
+        // invalidations in hardware.
+        set(p(Primitive::Ipi), 4_600);
         // Full flush of one CPU's TLB: writing CR3 / INVPCID "all"; Andy
         // Lutomirski measured INVPCID type 2 at ~376 ns on Skylake
         // (linux-mm, 2016-01-08, "x86/mm: If INVPCID is available, use it
         // to flush global mappings") ≈ 1,000 cycles at 2.7 GHz, before the
         // refill cost the Linux TLB documentation warns about
         // (Documentation/arch/x86/tlb.rst, "collateral damage").
-        set(Primitive::FullFlush, 1_000);
+        set(p(Primitive::FullFlush), 1_000);
         // INVLPG of one page: Intel SDM Vol. 3A §4.10.4.1 (semantics);
         // Linux Documentation/arch/x86/tlb.rst picks a ceiling of 33
         // single-page flushes before a full flush is cheaper, which puts one
         // INVLPG at roughly 1/33 of a full flush plus its refill
         // (estimate, consistent with that ceiling and a ~1,000-cycle full
         // flush): 200.
-        set(Primitive::Invlpg, 200);
+        set(p(Primitive::Invlpg), 200);
+        // Loading a page-table root (MOV to CR3), the write itself: a
+        // serialising instruction (Intel SDM Vol. 3A, "Serializing
+        // Instructions"); estimate 250 cycles. The TLB flush that may come
+        // with it is counted separately as a full flush.
+        set(p(Primitive::RootLoad), 250);
+        // A cache line moving between cores because another core modified
+        // or shares it: ~100 ns for a modified line in another core's cache
+        // across a two-socket Xeon (Molka et al., "Memory Performance and
+        // Cache Coherency Effects on an Intel Nehalem Multiprocessor
+        // System", PACT 2009, Fig. 4; same order on later parts) ≈ 250
+        // cycles. Contention queueing on a hot line is not modelled, so
+        // this is a lower bound for large machines.
+        set(p(Primitive::LineTransfer), 250);
+        // WRMSR to IA32_PKRS (0x6E1) is explicitly not serialising (Intel
+        // SDM Vol. 3A §4.6.2), unlike most WRMSRs; it still goes through the
+        // microcode MSR path. No published latency found: estimate 50
+        // cycles. (Arm64 overrides it below.)
+        set(p(Primitive::KeyWrite), 50);
+
+        // The scheduler's own part of a context switch: Li, Ding and Shen
+        // ("Quantifying the cost of context switch", ExpCS 2007) measured
+        // direct costs of a few microseconds on 2007 hardware; estimate
+        // 2,000 cycles (~0.8 µs) on a current core.
+        set(s(Software::ContextSwitch), 2_000);
+        // A kernel page fault that only copies a top-level entry and
+        // returns: Soares and Stumm ("FlexSC", OSDI 2010, §2) show a trap's
+        // direct cost is small next to the pipeline flush and cache/TLB
+        // pollution it causes; estimate 1,200 cycles (≈ 0.5 µs) for the
+        // round trip including that pollution.
+        set(s(Software::Fault), 1_200);
+        // Two loads that hit L1 (Agner Fog, instruction tables: load
+        // latency 4–5 cycles): 5.
+        set(s(Software::GenerationCheck), 5);
+        // Clearing 4 KiB at ~16 bytes/cycle (REP STOSB fast strings, Intel
+        // Optimization Reference Manual §3.7.6) plus allocator work ≈ 400.
+        set(s(Software::TableAlloc), 400);
+        // One memory access, ~80 ns (Intel 64 and IA-32 Architectures
+        // Optimization Reference Manual, Skylake server memory latency) ≈
+        // 200 cycles.
+        set(s(Software::EntryCopy), 200);
 
         match platform {
-            Platform::X86 => {
-                // WRMSR to IA32_PKRS (0x6E1) is explicitly not serialising
-                // (Intel SDM Vol. 3A §4.6.2), unlike most WRMSRs; it still
-                // goes through the microcode MSR path. Estimate 50 cycles.
-                set(Primitive::KeyWrite, 50);
-            }
+            Platform::X86 => {}
             Platform::XenPv => {
                 // A PV hypercall is a guest-kernel→hypervisor transition
                 // (SYSCALL into Xen, argument copy and validation, return);
@@ -100,12 +260,12 @@ impl CostModel {
                 // Virtualization" (SOSP 2003) §3.1 and Xen's
                 // xen/arch/x86/x86_64/entry.S. Estimate 1,000 cycles for
                 // the round trip without the per-entry work.
-                set(Primitive::Hypercall, 1_000);
+                set(p(Primitive::Hypercall), 1_000);
                 // Per entry Xen validates the new PTE (get_page_type on the
                 // target frame, mod_l1_entry in xen/arch/x86/mm.c,
                 // do_mmu_update loop): estimate 150 cycles beyond the
                 // transition.
-                set(Primitive::MulticallEntry, 150);
+                set(p(Primitive::MulticallEntry), 150);
                 // Guest TLB flushes are themselves MMUEXT hypercall entries;
                 // the flush work inside Xen is the native cost.
             }
@@ -114,36 +274,34 @@ impl CostModel {
                 // the inner shareable domain (Arm ARM DDI 0487, B2.3.12);
                 // the Neoverse N1 Software Optimization Guide lists barriers
                 // as serialising without a fixed latency. Estimate 100
-                // cycles; the Linux 6.16 series "arm64/mm: Batch barriers
-                // when updating kernel mappings" reports up to ~30% on
-                // vmalloc from removing them, which this reproduces.
-                set(Primitive::Dsb, 100);
+                // cycles.
+                set(p(Primitive::Dsb), 100);
                 // ISB flushes the pipeline: roughly the pipeline depth,
                 // estimate 30 cycles (same guide, pipeline description).
-                set(Primitive::Isb, 30);
+                set(p(Primitive::Isb), 30);
                 // TLBI VAE1IS: broadcast invalidation (Arm ARM DDI 0487
                 // D8.13 for semantics); estimate 300 cycles including its
                 // share of the completing DSB.
-                set(Primitive::Tlbi, 300);
+                set(p(Primitive::Tlbi), 300);
                 // TLBI VMALLE1IS (whole TLB).
-                set(Primitive::FullFlush, 1_500);
+                set(p(Primitive::FullFlush), 1_500);
                 // MSR POR_EL1 is self-synchronising only after an ISB
                 // (Arm ARM DDI 0487 K.a, D8.4 "Permission Overlay"); the
                 // kpkeys series charges one ISB per switch. MSR itself ~10.
-                set(Primitive::KeyWrite, 10);
+                set(p(Primitive::KeyWrite), 10);
             }
             Platform::PpcHash => {
                 // Invalidating one hash PTE: clear the HPTE and issue its
                 // tlbie (POWER ISA v3.0B Book III §5.10; Linux
                 // arch/powerpc/mm/book3s64/hash_native.c,
                 // native_flush_hash_range): estimate 200 cycles.
-                set(Primitive::HashInvalidate, 200);
+                set(p(Primitive::HashInvalidate), 200);
                 // The `ptesync; tlbsync; ptesync` that completes a flush
                 // waits for every processor to finish the invalidations
                 // (same ISA section): estimate 800 cycles. Charged once per
                 // flush_hash_page and once per flush_hash_range batch.
-                set(Primitive::Dsb, 800);
-                set(Primitive::FullFlush, 5_000);
+                set(p(Primitive::Dsb), 800);
+                set(p(Primitive::FullFlush), 5_000);
             }
             Platform::Sparc64 => {
                 // One TSB entry write + demap-page hypervisor fast trap
@@ -151,19 +309,19 @@ impl CostModel {
                 // arch/sparc/mm/tsb.c and tlb.c; a fast trap costs a few
                 // hundred cycles on T-series cores (UltraSPARC Virtual
                 // Machine Specification, fast-trap interface); estimate 400.
-                set(Primitive::Tlbi, 400);
-                set(Primitive::FullFlush, 3_000);
+                set(p(Primitive::Tlbi), 400);
+                set(p(Primitive::FullFlush), 3_000);
             }
             Platform::S390 => {
                 // IPTE quiesces every CPU of the configuration: z/Arch
                 // Principles of Operation SA22-7832, "INVALIDATE PAGE TABLE
                 // ENTRY" (the operation is performed with all CPUs
                 // quiesced); estimate 2,000 cycles on a large LPAR.
-                set(Primitive::Ipte, 2_000);
+                set(p(Primitive::Ipte), 2_000);
                 // The range form (IPTE with a count in R3, same PoP
                 // section) invalidates up to 256 entries of one table in a
                 // single quiesce, so it is charged as one IPTE.
-                set(Primitive::FullFlush, 3_000);
+                set(p(Primitive::FullFlush), 3_000);
             }
         }
         Self { platform, cycles }
@@ -174,21 +332,20 @@ impl CostModel {
         self.platform
     }
 
-    /// Cycles of one `primitive`.
-    pub fn cycles(&self, primitive: Primitive) -> u64 {
-        self.cycles[primitive.index()]
+    /// Cycles of one `row`.
+    pub fn cycles(&self, row: impl Into<Cost>) -> u64 {
+        self.cycles[row.into().index()]
     }
 
-    /// Overrides one primitive's cost.
-    pub fn set(&mut self, primitive: Primitive, cycles: u64) {
-        self.cycles[primitive.index()] = cycles;
+    /// Overrides one row's cost.
+    pub fn set(&mut self, row: impl Into<Cost>, cycles: u64) {
+        self.cycles[row.into().index()] = cycles;
     }
 
     /// Modelled cycles of a set of counts.
     pub fn total(&self, counts: &Counts) -> u64 {
-        Primitive::ALL
-            .iter()
-            .map(|&p| counts.get(p).saturating_mul(self.cycles(p)))
+        Cost::all()
+            .map(|c| counts.get(c).saturating_mul(self.cycles(c)))
             .fold(0u64, u64::saturating_add)
     }
 }
@@ -198,43 +355,42 @@ impl CostModel {
 /// # Errors
 /// A message naming the problem when the name is unknown or the number
 /// does not parse.
-pub fn parse_override(text: &str) -> Result<(Primitive, u64), String> {
+pub fn parse_override(text: &str) -> Result<(Cost, u64), String> {
     let (name, cycles) = text
         .split_once('=')
         .ok_or_else(|| format!("`{text}`: expected NAME=CYCLES"))?;
-    let primitive = parse_primitive(name.trim())?;
+    let row = Cost::parse(name.trim())?;
     let cycles = cycles
         .trim()
         .parse::<u64>()
         .map_err(|e| format!("`{text}`: bad cycle count: {e}"))?;
-    Ok((primitive, cycles))
+    Ok((row, cycles))
 }
 
-/// How many times each primitive ran.
+/// How many times each row ran.
 #[derive(Default, Debug, Clone)]
 pub struct Counts {
-    counts: [Cell<u64>; N],
+    counts: [Cell<u64>; ROWS],
 }
 
 impl Counts {
-    /// Adds `n` to a primitive's count.
+    /// Adds `n` to a row's count.
     #[inline]
-    pub fn add(&self, primitive: Primitive, n: u64) {
-        let c = &self.counts[primitive.index()];
+    pub fn add(&self, row: impl Into<Cost>, n: u64) {
+        let c = &self.counts[row.into().index()];
         c.set(c.get() + n);
     }
 
-    /// A primitive's count.
+    /// A row's count.
     #[inline]
-    pub fn get(&self, primitive: Primitive) -> u64 {
-        self.counts[primitive.index()].get()
+    pub fn get(&self, row: impl Into<Cost>) -> u64 {
+        self.counts[row.into().index()].get()
     }
 
     /// Every non-zero count, in table order.
-    pub fn nonzero(&self) -> Vec<(Primitive, u64)> {
-        Primitive::ALL
-            .iter()
-            .map(|&p| (p, self.get(p)))
+    pub fn nonzero(&self) -> Vec<(Cost, u64)> {
+        Cost::all()
+            .map(|c| (c, self.get(c)))
             .filter(|&(_, n)| n > 0)
             .collect()
     }
@@ -252,23 +408,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_round_trip() {
-        for p in Primitive::ALL {
-            assert_eq!(parse_primitive(p.name()).unwrap(), p);
+    fn names_round_trip_and_index_the_table() {
+        for (n, c) in Cost::all().enumerate() {
+            assert_eq!(c.index(), n);
+            assert_eq!(Cost::parse(c.name()).unwrap(), c);
         }
-        assert!(parse_primitive("nope").is_err());
+        assert_eq!(Cost::all().count(), ROWS);
+        assert!(Cost::parse("nope").is_err());
     }
 
     #[test]
     fn override_parses_and_applies() {
-        let (p, c) = parse_override("dsb=7").unwrap();
-        assert_eq!((p, c), (Primitive::Dsb, 7));
+        let (c, n) = parse_override("dsb=7").unwrap();
+        assert_eq!((c, n), (Cost::Primitive(Primitive::Dsb), 7));
         let mut model = CostModel::new(Platform::Arm64);
-        model.set(p, c);
+        model.set(c, n);
         let counts = Counts::default();
         counts.add(Primitive::Dsb, 3);
-        assert_eq!(model.total(&counts), 21);
+        counts.add(Software::ContextSwitch, 1);
+        assert_eq!(model.total(&counts), 21 + 2_000);
         assert!(parse_override("dsb").is_err());
         assert!(parse_override("dsb=x").is_err());
+        assert_eq!(
+            parse_override("switch=5").unwrap().0,
+            Cost::Software(Software::ContextSwitch)
+        );
+    }
+
+    #[test]
+    fn one_key_register_write_cost_per_platform() {
+        // The PKRS write is one figure for the whole x86 model (page-table
+        // windows and device-memory windows alike).
+        assert_eq!(
+            CostModel::new(Platform::X86).cycles(Primitive::KeyWrite),
+            50
+        );
+        assert_eq!(
+            CostModel::new(Platform::Arm64).cycles(Primitive::KeyWrite),
+            10
+        );
     }
 }

@@ -4,7 +4,8 @@
 use core::fmt;
 
 use lazymmu::addr::{PhysAddr, SpaceId};
-use lazymmu::mode::Hook;
+use lazymmu::cpu::CpuId;
+use lazymmu::mode::{Hook, LazyState};
 
 use crate::choice::Choice;
 
@@ -43,6 +44,12 @@ pub enum EventKind {
     },
     /// A task started a unit of work.
     Unit(&'static str),
+    /// A scripted task took a step (its action and the entry it names).
+    Step(&'static str, u8),
+    /// A task's lazy state was stored.
+    LazyState(LazyState),
+    /// A task finished its work.
+    Done(usize),
     /// Something else worth a line.
     Note(&'static str),
 }
@@ -53,7 +60,7 @@ pub struct Event {
     /// Choice-point step at which it happened.
     pub step: u64,
     /// CPU.
-    pub cpu: usize,
+    pub cpu: CpuId,
     /// Task running on that CPU.
     pub task: usize,
     /// What.
@@ -62,7 +69,7 @@ pub struct Event {
 
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "step {:>6} cpu{} t{}: ", self.step, self.cpu, self.task)?;
+        write!(f, "step {:>6} {} t{}: ", self.step, self.cpu, self.task)?;
         match self.kind {
             EventKind::Choice(c) => write!(f, "choice {c}"),
             EventKind::Primitive(p) => write!(f, "{p}"),
@@ -76,6 +83,13 @@ impl fmt::Display for Event {
                 write!(f, "flush request space {} [{start:#x}, {end:#x})", space.0)
             }
             EventKind::Unit(name) => write!(f, "unit {name}"),
+            EventKind::Step(action, entry) => write!(f, "{action} {entry}"),
+            EventKind::LazyState(s) => write!(
+                f,
+                "lazy state stored (enable {}, pause {})",
+                s.enable_count, s.pause_count
+            ),
+            EventKind::Done(t) => write!(f, "t{t} done"),
             EventKind::Note(n) => f.write_str(n),
         }
     }
@@ -100,7 +114,7 @@ impl EventRing {
     }
 
     /// Appends an event, dropping the oldest when full.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, event: Event) {
         if self.events.len() < self.capacity {
             self.events.push(event);
@@ -132,7 +146,7 @@ mod tests {
         for step in 0..5 {
             r.push(Event {
                 step,
-                cpu: 0,
+                cpu: CpuId(0),
                 task: 0,
                 kind: EventKind::Note("x"),
             });

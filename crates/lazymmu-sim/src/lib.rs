@@ -6,29 +6,31 @@
 //! the lazy MMU contracts after every step (DESIGN.md §6), and counts what
 //! each design and backend costs.
 //!
-//! - [`machine`]: CPUs (TLB, interrupt depth, preemption count, key
-//!   register, arm64 store visibility), tasks, physical memory and the
-//!   scheduler that resolves choice points;
-//! - [`choice`]: choice points and the choosers that resolve them (seeded
-//!   random, replay, sequential), and printable traces;
-//! - [`env`](mod@env), [`platform`], [`hw`]: the library's environment, every
-//!   backend's machine primitives, page-table memory, frame allocator and
-//!   hardware walker, implemented over the machine;
+//! - [`machine`]: the one machine — CPUs (TLB, interrupt depth,
+//!   preemption count, key register, root register, lazy-TLB and key-window
+//!   state, arm64 store visibility), tasks on stackful coroutines, address
+//!   spaces with their CPU masks, physical memory — its scheduler, and the
+//!   library's machine traits implemented over it;
+//! - [`choice`]: choice points, the one [`choice::Chooser`] that resolves
+//!   them (seeded random, replay, the explorer's) and the one
+//!   [`choice::Trace`];
+//! - [`invariant`], [`events`]: the one typed invariant, violations and the
+//!   event log printed with them;
+//! - [`cost`]: the one cost table (machine primitives and the kernel's own
+//!   work) and the counts;
 //! - [`observed`]: the contract checks of DESIGN.md §6 around the
-//!   library's backend and lazy mode, and the eager baseline;
-//! - [`world`], [`scenario`], [`run`]: workloads, run configurations and
-//!   results, the design comparison;
-//! - [`cost`]: primitive counts and the per-platform cycle model;
+//!   library's backend and lazy mode;
+//! - [`world`], [`scenario`], [`run`]: the page-table workloads, run
+//!   configurations and results, the design comparison;
 //! - [`calibration`]: the kernel's own work around the MMU, measured on a
 //!   real Linux kernel by `lazymmu calibrate`, and its loader;
 //! - [`published`]: published figures of lazy-MMU batching and its
 //!   neighbours, with their sources, to print next to the model's;
-//! - [`invariant`], [`events`]: violations and the event ring printed with
-//!   them;
+//! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
+//!   top-level sync, protection-key windows) on the same machine;
+//! - [`script`]: scripted contract scenarios;
 //! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
 //!   and what `lazymmu check` explores, with its known-bad variants;
-//! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
-//!   top-level sync, protection-key windows);
 //! - [`program_trace`]: real programs as workloads: the trace format
 //!   `lazymmu record` writes, its parser, and the per-process
 //!   address-space history a replay follows.
@@ -52,21 +54,19 @@
 pub mod calibration;
 pub mod choice;
 pub mod cost;
-pub mod env;
 pub mod events;
 pub mod explore;
-pub mod hw;
 pub mod invariant;
 pub mod machine;
 pub mod memory;
 pub mod neighbours;
 pub mod observed;
-pub mod platform;
 pub mod program_trace;
 pub mod published;
 pub mod rng;
 pub mod run;
 pub mod scenario;
 pub mod scenarios;
+pub mod script;
 pub mod tlb;
 pub mod world;

@@ -26,6 +26,39 @@ pub struct PhysMemory {
     next: Cell<u32>,
     allocated: Cell<u32>,
     frames: u32,
+    /// Whether `digest_sum` is kept up to date (only while a chooser
+    /// prunes by state).
+    tracking: Cell<bool>,
+    /// The sum of a hash of every non-zero word and every allocated
+    /// frame's owner and key: updated at each change, so that a digest of
+    /// the memory costs nothing however much of it is in use.
+    digest_sum: Cell<u64>,
+}
+
+/// A 64-bit mixer (the SplitMix64 finaliser).
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[inline]
+fn word_term(index: usize, value: u64) -> u64 {
+    if value == 0 {
+        0
+    } else {
+        mix(mix(value) ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+}
+
+#[inline]
+fn frame_term(frame: usize, owner: u32, key: u8) -> u64 {
+    if owner == FREE {
+        0
+    } else {
+        mix((frame as u64) << 40 ^ u64::from(owner) << 8 ^ u64::from(key) ^ 1 << 63)
+    }
 }
 
 impl PhysMemory {
@@ -40,6 +73,8 @@ impl PhysMemory {
             next: Cell::new(0),
             allocated: Cell::new(0),
             frames,
+            tracking: Cell::new(false),
+            digest_sum: Cell::new(0),
         }
     }
 
@@ -87,7 +122,30 @@ impl PhysMemory {
     /// When `pa` is not memory.
     #[inline]
     pub fn write(&self, pa: PhysAddr, value: u64) {
-        self.word(pa).set(value)
+        let cell = self.word(pa);
+        if self.tracking.get() {
+            let index = ((pa.0 - MEMORY_BASE) / 8) as usize;
+            let sum = self.digest_sum.get();
+            self.digest_sum.set(
+                sum.wrapping_sub(word_term(index, cell.get()))
+                    .wrapping_add(word_term(index, value)),
+            );
+        }
+        cell.set(value)
+    }
+
+    fn set_frame(&self, frame: usize, owner: u32, key: u8) {
+        if self.tracking.get() {
+            let sum = self.digest_sum.get().wrapping_sub(frame_term(
+                frame,
+                self.owner[frame].get(),
+                self.key[frame].get(),
+            ));
+            self.digest_sum
+                .set(sum.wrapping_add(frame_term(frame, owner, key)));
+        }
+        self.owner[frame].set(owner);
+        self.key[frame].set(key);
     }
 
     /// Zeroes the frame holding `pa`.
@@ -111,8 +169,7 @@ impl PhysMemory {
                 f
             }
         };
-        self.owner[frame as usize].set(owner.0);
-        self.key[frame as usize].set(key);
+        self.set_frame(frame as usize, owner.0, key);
         self.allocated.set(self.allocated.get() + 1);
         Some(PhysAddr(MEMORY_BASE + frame as u64 * FRAME_BYTES))
     }
@@ -126,8 +183,7 @@ impl PhysMemory {
         if self.owner[frame].get() == FREE {
             return false;
         }
-        self.owner[frame].set(FREE);
-        self.key[frame].set(0);
+        self.set_frame(frame, FREE, 0);
         self.free.borrow_mut().push(frame as u32);
         self.allocated.set(self.allocated.get() - 1);
         true
@@ -147,19 +203,34 @@ impl PhysMemory {
         self.frame_of(pa).map_or(0, |f| self.key[f].get())
     }
 
-    /// Feeds every allocated frame's owner, key and contents to `h`.
+    /// Keeps a digest of the memory from now on (the first call sums what
+    /// is there; later writes update the sum).
+    pub fn track_digest(&self) {
+        if self.tracking.get() {
+            return;
+        }
+        // Frames never handed out are zero and free: they add nothing.
+        let used = self.next.get() as usize;
+        let mut sum = 0u64;
+        for (i, w) in self.words[..used * WORDS].iter().enumerate() {
+            sum = sum.wrapping_add(word_term(i, w.get()));
+        }
+        for f in 0..used {
+            sum = sum.wrapping_add(frame_term(f, self.owner[f].get(), self.key[f].get()));
+        }
+        self.digest_sum.set(sum);
+        self.tracking.set(true);
+    }
+
+    /// Feeds a digest of the memory to `h`: every frame's owner and key,
+    /// every word's contents (free frames' too: a frame allocated again
+    /// keeps them), and the allocator's state.
     pub fn digest(&self, h: &mut impl core::hash::Hasher) {
-        for (f, owner) in self.owner.iter().enumerate() {
-            let o = owner.get();
-            if o == FREE {
-                continue;
-            }
-            h.write_usize(f);
-            h.write_u32(o);
-            h.write_u8(self.key[f].get());
-            for w in &self.words[f * WORDS..(f + 1) * WORDS] {
-                h.write_u64(w.get());
-            }
+        self.track_digest();
+        h.write_u64(self.digest_sum.get());
+        h.write_u32(self.next.get());
+        for &f in self.free.borrow().iter() {
+            h.write_u32(f);
         }
     }
 }

@@ -124,10 +124,34 @@ impl<B: Backend> Observed<B> {
         }
     }
 
+    /// Checks that task `task`, which has done all its work, left nothing
+    /// deferred that never took effect (§6.4: batched state is never lost).
+    pub fn check_finished(&self, task: usize) {
+        let pending = {
+            let logs = self.logs.borrow();
+            logs.get(task).and_then(|log| {
+                log.writes
+                    .iter()
+                    .find(|(&entry, w)| self.machine.walker_read(entry) != w.value)
+                    .map(|(&entry, w)| (entry, w.value))
+            })
+        };
+        if let Some((entry, value)) = pending {
+            self.machine.violation(
+                Invariant::BatchOwnership,
+                format!(
+                    "t{task} finished with its write of {value:#x} to {:#x} never applied (the walker sees {:#x})",
+                    entry.0,
+                    self.machine.walker_read(entry)
+                ),
+            );
+        }
+    }
+
     /// Whether the backend is deferring on the running CPU (between
     /// `enter` and `leave`, not in interrupt context).
     fn deferring(&self) -> bool {
-        !self.machine.in_interrupt() && self.entered.borrow()[self.machine.cpu()]
+        !self.machine.in_interrupt() && self.entered.borrow()[self.machine.cpu().index()]
     }
 
     fn with_log<R>(&self, f: impl FnOnce(&mut TaskLog) -> R) -> R {
@@ -154,7 +178,7 @@ impl<B: Backend> Observed<B> {
             m.violation(
                 invariant,
                 format!(
-                    "{why}: cpu{} may still use a stale invalid translation of {:#x} (no isb)",
+                    "{why}: {} may still use a stale invalid translation of {:#x} (no isb)",
                     m.cpu(),
                     w.va
                 ),
@@ -234,13 +258,13 @@ impl<B: Backend> Observed<B> {
 impl<B: Backend> ArchHooks for Observed<B> {
     fn enter(&self) {
         let cpu = self.machine.cpu();
-        if self.entered.borrow()[cpu] {
+        if self.entered.borrow()[cpu.index()] {
             self.machine.violation(
                 Invariant::EnterLeave,
-                format!("enter on cpu{cpu}, which is already in lazy mode"),
+                format!("double-enter: enter on {cpu}, which is already in lazy mode"),
             );
         }
-        self.entered.borrow_mut()[cpu] = true;
+        self.entered.borrow_mut()[cpu.index()] = true;
         self.machine
             .log(crate::events::EventKind::Hook(Hook::Enter));
         self.inner.enter();
@@ -248,26 +272,26 @@ impl<B: Backend> ArchHooks for Observed<B> {
 
     fn leave(&self) {
         let cpu = self.machine.cpu();
-        if !self.entered.borrow()[cpu] {
+        if !self.entered.borrow()[cpu.index()] {
             self.machine.violation(
                 Invariant::EnterLeave,
-                format!("leave on cpu{cpu}, which is not in lazy mode"),
+                format!("leave-outside: leave on {cpu}, which is not in lazy mode"),
             );
         }
         self.machine
             .log(crate::events::EventKind::Hook(Hook::Leave));
         self.inner.leave();
         let cpu = self.machine.cpu();
-        self.entered.borrow_mut()[cpu] = false;
+        self.entered.borrow_mut()[cpu.index()] = false;
         self.settle("after leave");
     }
 
     fn flush(&self) {
         let cpu = self.machine.cpu();
-        if !self.entered.borrow()[cpu] {
+        if !self.entered.borrow()[cpu.index()] {
             self.machine.violation(
                 Invariant::EnterLeave,
-                format!("flush on cpu{cpu}, which is not in lazy mode"),
+                format!("flush on {cpu}, which is not in lazy mode"),
             );
         }
         self.machine
@@ -361,22 +385,20 @@ impl<B: Backend> ContextSwitch for Observed<B> {
     fn switch_out(&self, prev: LazyState) {
         self.inner.switch_out(prev);
         let cpu = self.machine.cpu();
-        self.entered.borrow_mut()[cpu] = false;
+        self.entered.borrow_mut()[cpu.index()] = false;
     }
 
     fn switch_in(&self, next: LazyState) {
         let cpu = self.machine.cpu();
         // The backend re-enters for a task in a section; our view of the CPU
         // follows it.
-        self.entered.borrow_mut()[cpu] = next.is_active();
+        self.entered.borrow_mut()[cpu.index()] = next.is_active();
         self.inner.switch_in(next);
     }
 }
 
 impl<B: Backend> Backend for Observed<B> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
+    type Format = B::Format;
 }
 
 /// A lazy mode with the caller-side contract checked: misuse is a
@@ -472,5 +494,44 @@ impl<M: LazyMode> LazyMode for Checked<M> {
     }
 }
 
-/// The eager baseline, re-exported from the library.
-pub use lazymmu::mode::eager::Eager;
+/// What the world asks of the checks inside a backend stack, wherever the
+/// [`Observed`] layer sits in it (under a protected backend's key window,
+/// for instance).
+pub trait Checks {
+    /// Entry updates the library made.
+    fn updates(&self) -> u64;
+    /// Feeds what the checks track to `h`.
+    fn digest(&self, h: &mut std::collections::hash_map::DefaultHasher);
+    /// See [`Observed::check_finished`].
+    fn check_finished(&self, task: usize);
+}
+
+impl<B: Backend> Checks for Observed<B> {
+    fn updates(&self) -> u64 {
+        Observed::updates(self)
+    }
+    fn digest(&self, h: &mut std::collections::hash_map::DefaultHasher) {
+        Observed::digest(self, h)
+    }
+    fn check_finished(&self, task: usize) {
+        Observed::check_finished(self, task)
+    }
+}
+
+/// A protected backend's checks are its inner backend's.
+impl<B, K, F> Checks for lazymmu::backend::protected::Protected<B, K, F>
+where
+    B: Backend + Checks,
+    K: lazymmu::backend::protected::KeySlots,
+    F: lazymmu::backend::protected::KeyFlavour,
+{
+    fn updates(&self) -> u64 {
+        self.inner().updates()
+    }
+    fn digest(&self, h: &mut std::collections::hash_map::DefaultHasher) {
+        self.inner().digest(h)
+    }
+    fn check_finished(&self, task: usize) {
+        self.inner().check_finished(task)
+    }
+}

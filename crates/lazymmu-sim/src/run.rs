@@ -1,7 +1,7 @@
 //! Running a configuration: build the machine for the backend, the
-//! backend over the machine's primitives, the lazy mode of the chosen
-//! design, the world and its workloads; run; collect counts, cycles and
-//! violations.
+//! backend over the machine's primitives (with the checks under any key
+//! window), the lazy mode of the chosen design, the world and its
+//! workloads; run; collect counts, cycles and violations.
 
 use std::rc::Rc;
 
@@ -14,19 +14,14 @@ use lazymmu::backend::x86::X86Backend;
 use lazymmu::backend::xen_pv::XenPv;
 use lazymmu::backend::Backend;
 use lazymmu::mode::counters::Counters;
+use lazymmu::mode::eager::Eager;
 use lazymmu::mode::percpu::PerCpu;
 use lazymmu::mode::stateful::{FromHooks, Stateful};
 use lazymmu::mode::{LazyMode, MisusePolicy};
-use lazymmu::pgtable::format::{Aarch64, Format, X86_64};
 
-use std::sync::{Arc, Mutex};
-
-use crate::choice::{Choice, ChoicePoint, Chooser, RandomChooser, Sequential};
-use crate::env::SimEnv;
-use crate::hw::SimMemory;
-use crate::machine::{HardwareModel, KeyModel, Machine, MachineConfig};
-use crate::observed::{Checked, Eager, Observed};
-use crate::platform::SimCpu;
+use crate::choice::{ChoicePoint, Chooser, RandomChooser, Sequential};
+use crate::machine::{HardwareModel, KeyModel, Machine, MachineConfig, SimCpu, SimEnv, SimMemory};
+use crate::observed::{Checked, Checks, Observed};
 use crate::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult};
 use crate::world::{Exceptions, Shared, World, CHUNK_PAGES};
 
@@ -36,122 +31,6 @@ impl<P> Exceptions for Arm64<P> {}
 impl<P> Exceptions for PpcHash<P> {}
 impl<P> Exceptions for Sparc64<P> {}
 impl<P> Exceptions for S390<P> {}
-
-/// A protected backend's exception entry and return, with the frames kept
-/// on a stack (one per nested exception).
-pub struct ProtectedExceptions<B, K, F> {
-    backend: Protected<B, K, F>,
-    frames: core::cell::RefCell<Vec<lazymmu::backend::protected::KeyFrame>>,
-}
-
-impl<B, K, F> core::fmt::Debug for ProtectedExceptions<B, K, F>
-where
-    Protected<B, K, F>: core::fmt::Debug,
-{
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        self.backend.fmt(f)
-    }
-}
-
-mod protected_impls {
-    use super::ProtectedExceptions;
-    use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-    use lazymmu::backend::protected::{KeyFlavour, KeyRegister, Protected};
-    use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
-    use lazymmu::mode::{ArchHooks, LazyState};
-
-    use crate::world::Exceptions;
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> ProtectedExceptions<B, K, F> {
-        /// Wraps a protected backend.
-        pub fn new(backend: Protected<B, K, F>) -> Self {
-            Self {
-                backend,
-                frames: core::cell::RefCell::new(Vec::new()),
-            }
-        }
-    }
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> Exceptions for ProtectedExceptions<B, K, F> {
-        fn exception_enter(&self) {
-            let frame = self.backend.exception_enter();
-            self.frames.borrow_mut().push(frame);
-        }
-        fn exception_exit(&self) {
-            let frame = self.frames.borrow_mut().pop();
-            if let Some(frame) = frame {
-                self.backend.exception_exit(frame);
-            }
-        }
-    }
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> ArchHooks for ProtectedExceptions<B, K, F> {
-        fn enter(&self) {
-            self.backend.enter()
-        }
-        fn leave(&self) {
-            self.backend.leave()
-        }
-        fn flush(&self) {
-            self.backend.flush()
-        }
-    }
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> PteAccess for ProtectedExceptions<B, K, F> {
-        fn read_entry(&self, entry: PhysAddr) -> u64 {
-            self.backend.read_entry(entry)
-        }
-        fn write_entry(&self, update: EntryUpdate) {
-            self.backend.write_entry(update)
-        }
-        fn get_and_clear(&self, update: EntryUpdate) -> u64 {
-            self.backend.get_and_clear(update)
-        }
-        fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
-            self.backend.write_entries(first, count, step)
-        }
-        fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
-            self.backend.modify_prot_start(update)
-        }
-        fn modify_prot_commit(&self, update: EntryUpdate) {
-            self.backend.modify_prot_commit(update)
-        }
-    }
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for ProtectedExceptions<B, K, F> {
-        fn flush_range(
-            &self,
-            space: SpaceId,
-            start: VirtAddr,
-            end: VirtAddr,
-            stride: PageSize,
-            scope: FlushScope,
-        ) {
-            self.backend.flush_range(space, start, end, stride, scope)
-        }
-        fn flush_all(&self, space: SpaceId, scope: FlushScope) {
-            self.backend.flush_all(space, scope)
-        }
-        fn single_page_ceiling(&self) -> usize {
-            self.backend.single_page_ceiling()
-        }
-    }
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> ContextSwitch for ProtectedExceptions<B, K, F> {
-        fn switch_out(&self, prev: LazyState) {
-            self.backend.switch_out(prev)
-        }
-        fn switch_in(&self, next: LazyState) {
-            self.backend.switch_in(next)
-        }
-    }
-
-    impl<B: Backend, K: KeyRegister, F: KeyFlavour> Backend for ProtectedExceptions<B, K, F> {
-        fn name(&self) -> &'static str {
-            self.backend.name()
-        }
-    }
-}
 
 /// The hardware model of a backend's platform.
 pub fn hardware(backend: BackendKind) -> HardwareModel {
@@ -192,20 +71,25 @@ pub fn hardware(backend: BackendKind) -> HardwareModel {
 pub fn machine_config(cfg: &RunConfig) -> MachineConfig {
     let mut mc = MachineConfig::new(cfg.cpus, cfg.backend.platform());
     mc.hardware = hardware(cfg.backend);
-    for &(p, c) in &cfg.costs {
-        mc.cost.set(p, c);
+    for &(row, cycles) in &cfg.costs {
+        mc.cost.set(row, cycles);
     }
+    let tasks = cfg.tasks.max(1);
+    mc.tasks = tasks;
+    // A space per task and one per fork child, and the kernel's.
+    mc.spaces = 1 + 2 * tasks;
+    mc.offers = cfg.offers;
     // Tables per task: the range (one PTE table per chunk, twice for
     // mremap/fork targets) plus upper levels; generous slack.
     let chunks = cfg.pages.div_ceil(CHUNK_PAGES);
     let per_task = 3 * chunks + 32;
-    mc.frames = ((cfg.tasks.max(1) as u64) * per_task * 2 + 256).min(1 << 20) as u32;
+    mc.frames = ((tasks as u64) * per_task * 2 + 256).min(1 << 20) as u32;
     mc
 }
 
-/// Stack of the thread a run executes on: preemption nests whole units of
-/// work on the host stack, and some backends keep large per-CPU arrays.
-const RUN_STACK: usize = 256 << 20;
+/// Stack of the thread [`run`] executes on: some backends keep large
+/// per-CPU arrays, built on the stack before they move into place.
+const RUN_STACK: usize = 64 << 20;
 
 /// Runs one configuration, on a thread of its own with a large stack.
 pub fn run(cfg: &RunConfig) -> RunResult {
@@ -219,107 +103,115 @@ pub fn run(cfg: &RunConfig) -> RunResult {
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Runs one configuration with `chooser` resolving every choice point of
-/// the measured stage (instead of the seeded random chooser), on a thread
-/// with a large stack, and hands the chooser back: the entry point of an
-/// explorer that drives the simulator choice by choice.
-pub fn run_with_chooser<C: Chooser + Send + 'static>(
-    cfg: &RunConfig,
-    chooser: C,
-) -> (RunResult, C) {
-    let cfg = cfg.clone();
-    let shared = Arc::new(Mutex::new(chooser));
-    let inner = shared.clone();
-    let result = std::thread::Builder::new()
-        .name("lazymmu-sim".into())
-        .stack_size(RUN_STACK)
-        .spawn(move || run_inner(&cfg, Some(Box::new(Locked(inner)))))
-        .expect("spawning the simulation thread")
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-    let chooser = match Arc::try_unwrap(shared) {
-        Ok(m) => m.into_inner().unwrap_or_else(|e| e.into_inner()),
-        Err(_) => unreachable!("the simulation thread has ended and dropped its handle"),
-    };
-    (result, chooser)
-}
-
-/// A chooser shared with the simulation thread.
-struct Locked<C>(Arc<Mutex<C>>);
-
-impl<C: Chooser> Chooser for Locked<C> {
-    fn is_passive(&self) -> bool {
-        self.0.lock().map(|c| c.is_passive()).unwrap_or(true)
-    }
-    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> usize {
-        self.0
-            .lock()
-            .map(|mut c| c.choose(point, options))
-            .unwrap_or(0)
-    }
-}
-
-/// Runs one configuration on the calling thread (which needs a large
-/// stack for some backends; see [`run`]).
+/// Runs one configuration on the calling thread.
 pub fn run_here(cfg: &RunConfig) -> RunResult {
-    run_inner(cfg, None)
+    let mut chooser: Box<dyn Chooser> = match cfg.rates {
+        Some(rates) => Box::new(RandomChooser::new(cfg.seed, rates)),
+        None => Box::new(Sequential),
+    };
+    run_with(cfg, &mut *chooser)
 }
 
-fn run_inner(cfg: &RunConfig, chooser: Option<Box<dyn Chooser>>) -> RunResult {
+/// Runs one configuration with `chooser` resolving every choice point of
+/// the measured stage (the setup stage runs sequentially): the entry point
+/// of the explorer and of replays. `cfg.rates` and `cfg.seed` are not used.
+pub fn run_with(cfg: &RunConfig, chooser: &mut dyn Chooser) -> RunResult {
     let machine = Rc::new(Machine::new(machine_config(cfg)));
+    let result = build(cfg, chooser, machine.clone());
+    machine.shut_down();
+    result
+}
+
+/// A chooser the caller lends for one run.
+struct Lent(*mut (dyn Chooser + 'static));
+
+impl Chooser for Lent {
+    fn is_passive(&self) -> bool {
+        // SAFETY: see `lend`: the pointee outlives every use.
+        unsafe { (*self.0).is_passive() }
+    }
+    fn wants_digest(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.0).wants_digest() }
+    }
+    fn choose(&mut self, point: &ChoicePoint, options: &[crate::choice::Choice]) -> Option<usize> {
+        // SAFETY: as above; the machine calls its chooser from one thread,
+        // never re-entrantly.
+        unsafe { (*self.0).choose(point, options) }
+    }
+}
+
+/// Installs `chooser` in `machine` for the duration of `f`.
+pub(crate) fn lend_to<R>(machine: &Machine, chooser: &mut dyn Chooser, f: impl FnOnce() -> R) -> R {
+    let ptr: *mut (dyn Chooser + '_) = chooser;
+    // SAFETY: only the lifetime bound changes. The machine gets the
+    // pointer for the duration of `f` and loses it before `lend` returns
+    // (`take_chooser`), while `chooser` is still borrowed; the machine is
+    // driven from this thread only.
+    let ptr: *mut (dyn Chooser + 'static) = unsafe { core::mem::transmute(ptr) };
+    machine.set_chooser(Box::new(Lent(ptr)));
+    let result = f();
+    drop(machine.take_chooser());
+    result
+}
+
+fn build(cfg: &RunConfig, chooser: &mut dyn Chooser, machine: Rc<Machine>) -> RunResult {
     let cpu = SimCpu::new(machine.clone());
+    let memory = || SimMemory::new(machine.clone());
+    let observed = |b| Observed::new(b, machine.clone());
+    macro_rules! go {
+        ($backend:expr) => {
+            with_backend(cfg, chooser, machine.clone(), $backend)
+        };
+    }
     match cfg.backend {
-        BackendKind::X86 => with_backend::<X86_64, _>(
-            cfg,
-            chooser,
-            machine.clone(),
-            X86Backend::new(SimMemory::new(machine), cpu),
-        ),
-        BackendKind::XenPv => with_backend::<X86_64, _>(cfg, chooser, machine, XenPv::new(cpu)),
-        BackendKind::Arm64 => with_backend::<Aarch64, _>(cfg, chooser, machine, Arm64::new(cpu)),
-        BackendKind::PpcHash => with_backend::<X86_64, _>(cfg, chooser, machine, PpcHash::new(cpu)),
-        BackendKind::Sparc64 => with_backend::<X86_64, _>(cfg, chooser, machine, Sparc64::new(cpu)),
-        BackendKind::S390 => with_backend::<X86_64, _>(cfg, chooser, machine, S390::new(cpu)),
-        BackendKind::X86Pks if cfg.forget_key_open => with_backend::<X86_64, _>(
-            cfg,
-            chooser,
-            machine.clone(),
-            X86Backend::new(SimMemory::new(machine), cpu),
-        ),
+        BackendKind::X86 => go!(observed(X86Backend::new(memory(), cpu))),
+        BackendKind::XenPv => go!(Observed::new(XenPv::new(cpu), machine.clone())),
+        BackendKind::Arm64 => go!(Observed::new(Arm64::new(cpu), machine.clone())),
+        BackendKind::PpcHash => go!(Observed::new(PpcHash::new(cpu), machine.clone())),
+        BackendKind::Sparc64 => go!(Observed::new(Sparc64::new(cpu), machine.clone())),
+        BackendKind::S390 => go!(Observed::new(S390::new(cpu), machine.clone())),
+        // A kernel whose eager path forgets to open the key register: the
+        // plain backend on protected hardware.
+        BackendKind::X86Pks if cfg.forget_key_open => {
+            go!(observed(X86Backend::new(memory(), cpu)))
+        }
         BackendKind::X86Pks => {
-            let inner = X86Backend::new(SimMemory::new(machine.clone()), cpu.clone());
-            let b: Protected<_, _, Pks> = Protected::new(inner, cpu);
-            with_backend::<X86_64, _>(cfg, chooser, machine, ProtectedExceptions::new(b))
+            let inner = observed(X86Backend::new(memory(), cpu.clone()));
+            go!(Protected::<_, _, Pks>::new(inner, cpu))
         }
         BackendKind::Arm64Poe if cfg.forget_key_open => {
-            with_backend::<Aarch64, _>(cfg, chooser, machine, Arm64::new(cpu))
+            go!(Observed::new(Arm64::new(cpu), machine.clone()))
         }
         BackendKind::Arm64Poe => {
-            let b: Protected<_, _, Poe> = Protected::new(Arm64::new(cpu.clone()), cpu);
-            with_backend::<Aarch64, _>(cfg, chooser, machine, ProtectedExceptions::new(b))
+            let inner = Observed::new(Arm64::new(cpu.clone()), machine.clone());
+            go!(Protected::<_, _, Poe>::new(inner, cpu))
         }
     }
 }
 
-fn with_backend<F: Format, B: Backend + Exceptions + 'static>(
+fn with_backend<B>(
     cfg: &RunConfig,
-    chooser: Option<Box<dyn Chooser>>,
+    chooser: &mut dyn Chooser,
     machine: Rc<Machine>,
     backend: B,
-) -> RunResult {
-    let observed = Rc::new(Observed::new(backend, machine.clone()));
+) -> RunResult
+where
+    B: Backend + Exceptions + Checks + 'static,
+{
+    let backend = Rc::new(backend);
     let env = SimEnv::new(machine.clone());
-    let hooks = Shared(observed.clone());
+    let hooks = Shared(backend.clone());
     let policy = MisusePolicy::Count;
     // One run per mode type: the modes differ in type, so a macro rather
     // than a closure.
     macro_rules! run {
         ($mode:expr) => {
-            with_mode::<F, B, _>(
+            with_mode(
                 cfg,
                 chooser,
                 machine.clone(),
-                observed,
+                backend,
                 Checked::new($mode, machine),
             )
         };
@@ -334,29 +226,28 @@ fn with_backend<F: Format, B: Backend + Exceptions + 'static>(
     }
 }
 
-fn with_mode<F, B, M>(
+fn with_mode<B, M>(
     cfg: &RunConfig,
-    chooser: Option<Box<dyn Chooser>>,
+    chooser: &mut dyn Chooser,
     machine: Rc<Machine>,
-    observed: Rc<Observed<B>>,
+    backend: Rc<B>,
     lazy: Checked<M>,
 ) -> RunResult
 where
-    F: Format,
-    B: Backend + Exceptions + 'static,
+    B: Backend + Exceptions + Checks + 'static,
     M: LazyMode + 'static,
 {
     let bytes_per_task = lazy.bytes_per_task();
-    let world = World::<F, B, Checked<M>>::new(cfg, machine.clone(), observed, lazy);
-    machine.set_chooser(Box::new(Sequential));
+    let world = World::<B::Format, B, Checked<M>>::new(
+        cfg,
+        machine.clone(),
+        backend,
+        lazy,
+        cfg.backend.lazy_tlb(),
+    );
     world.setup();
-    if let Some(chooser) = chooser {
-        machine.set_chooser(chooser);
-    } else if let Some(rates) = cfg.rates {
-        machine.set_chooser(Box::new(RandomChooser::new(cfg.seed, rates)));
-    }
-    machine.run();
-    let result = RunResult {
+    lend_to(&machine, chooser, || machine.run());
+    RunResult {
         backend: cfg.backend,
         workload: cfg.workload,
         mode: cfg.mode,
@@ -368,15 +259,16 @@ where
         violation_count: machine.violation_count(),
         violations: machine.violations(),
         steps: machine.steps(),
-        trace: machine.trace(),
+        trace: crate::choice::Trace::new(
+            format!("{}-{}-{}", cfg.backend, cfg.workload, cfg.mode),
+            machine.trace().picks,
+        ),
         bytes_per_task,
         preemptions: machine.preemptions(),
         preempted_in_section: machine.preempted_in_section(),
         interrupts: world.interrupts(),
         digest: machine.digest(),
-    };
-    machine.clear_kernel();
-    result
+    }
 }
 
 /// How one lazy-mode design fares: state size, cost, and behaviour under
@@ -388,7 +280,7 @@ pub struct DesignReport {
     /// Bytes of lazy state it keeps per task.
     pub bytes_per_task: usize,
     /// Primitive counts of xen-pv fork under preemption and migration.
-    pub counts: Vec<(crate::cost::Primitive, u64)>,
+    pub counts: Vec<(crate::cost::Cost, u64)>,
     /// Modelled cycles of that run.
     pub cycles: u64,
     /// Preemptions or migrations that hit a task inside a section (0 for
@@ -421,6 +313,7 @@ pub fn compare_designs(seed: u64, cpus: usize) -> Vec<DesignReport> {
         preempt: 20,
         migrate: 10,
         remote_flush: 2,
+        run_other: 0,
     };
     DesignKind::ALL
         .iter()

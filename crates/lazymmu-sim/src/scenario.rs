@@ -4,8 +4,10 @@
 use core::fmt;
 use core::str::FromStr;
 
+use lazymmu::mm::active_mm::LazyTlbPolicy;
+
 use crate::choice::{Rates, Trace};
-use crate::cost::{Platform, Primitive};
+use crate::cost::{Cost, Platform};
 use crate::invariant::Violation;
 
 macro_rules! named_enum {
@@ -81,6 +83,23 @@ impl BackendKind {
     pub const fn is_aarch64(self) -> bool {
         matches!(self, BackendKind::Arm64 | BackendKind::Arm64Poe)
     }
+
+    /// The lazy-TLB policy the architecture's kernel uses: x86's own (lazy
+    /// CPUs skipped by flush IPIs, arch/x86/mm/tlb.c `should_flush_tlb()`)
+    /// on x86 and Xen PV; the shootdown on powerpc, the one architecture
+    /// that selects `MMU_LAZY_TLB_SHOOTDOWN` (arch/powerpc/Kconfig, `select
+    /// MMU_LAZY_TLB_SHOOTDOWN if PPC_BOOK3S_64`); reference counting
+    /// everywhere else (kernel/fork.c, `mmgrab_lazy_tlb()`).
+    pub const fn lazy_tlb(self) -> LazyTlbPolicy {
+        match self {
+            BackendKind::X86 | BackendKind::X86Pks | BackendKind::XenPv => LazyTlbPolicy::X86,
+            BackendKind::PpcHash => LazyTlbPolicy::Shootdown,
+            BackendKind::Arm64
+            | BackendKind::Arm64Poe
+            | BackendKind::Sparc64
+            | BackendKind::S390 => LazyTlbPolicy::Refcount,
+        }
+    }
 }
 
 named_enum! {
@@ -151,7 +170,7 @@ pub struct RunConfig {
     /// How often the chooser disturbs the run; `None` runs sequentially.
     pub rates: Option<Rates>,
     /// Cost overrides.
-    pub costs: Vec<(Primitive, u64)>,
+    pub costs: Vec<(Cost, u64)>,
     /// KASAN: read back without pausing (the hazard pause exists for).
     pub read_back_without_pause: bool,
     /// debug-pagealloc: the allocation inside the outer section sleeps
@@ -160,6 +179,8 @@ pub struct RunConfig {
     /// Break the eager path of protected backends: write page tables
     /// without opening the key register (a bug the simulator must catch).
     pub forget_key_open: bool,
+    /// What the scheduler offers at a choice point.
+    pub offers: crate::machine::Offers,
 }
 
 impl RunConfig {
@@ -179,6 +200,7 @@ impl RunConfig {
             read_back_without_pause: false,
             sleep_in_section: false,
             forget_key_open: false,
+            offers: crate::machine::Offers::COMPARE,
         }
     }
 }
@@ -194,8 +216,8 @@ pub struct RunResult {
     pub mode: ModeKind,
     /// Design.
     pub design: DesignKind,
-    /// Non-zero primitive counts, in table order.
-    pub counts: Vec<(Primitive, u64)>,
+    /// Non-zero counts, in table order.
+    pub counts: Vec<(Cost, u64)>,
     /// Modelled cycles.
     pub cycles: u64,
     /// PTE updates the workload made through the library (measured stage).
@@ -231,11 +253,12 @@ impl RunResult {
             .count()
     }
 
-    /// The count of one primitive.
-    pub fn count(&self, primitive: Primitive) -> u64 {
+    /// The count of one row of the cost table.
+    pub fn count(&self, row: impl Into<Cost>) -> u64 {
+        let row = row.into();
         self.counts
             .iter()
-            .find(|(p, _)| *p == primitive)
+            .find(|(p, _)| *p == row)
             .map_or(0, |&(_, n)| n)
     }
 }

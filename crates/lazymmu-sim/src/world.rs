@@ -1,23 +1,33 @@
-//! A run: the library's objects (backend, lazy mode, page tables) on a
-//! machine, the workloads' programs, and the interrupt handler.
+//! A run of a page-table workload: the library's objects (backend, lazy
+//! mode, page tables, lazy TLB) on the machine, the workloads' programs,
+//! the interrupt handler and the context-switch path.
+//!
+//! Context switches go the way Linux's `context_switch()` goes: the
+//! backend's switch-out hook (`arch_start_context_switch`), lazy TLB's
+//! `switch_mm` through the library's [`LazyTlb`] (a CPU left to its idle
+//! task borrows the address space it had), the backend's switch-in hook.
 
 use core::cell::{Cell, RefCell};
 use core::marker::PhantomData;
 use std::rc::Rc;
 
+use std::collections::hash_map::DefaultHasher;
+
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use lazymmu::backend::{Backend, FlushScope, PteAccess};
-use lazymmu::mode::{ArchHooks, LazyMode, LazyState};
+use lazymmu::backend::{Backend, FlushScope};
+use lazymmu::cpu::CpuId;
+use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
+use lazymmu::mode::{ArchHooks, LazyMode};
 use lazymmu::pgtable::format::{Attributes, Format};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, PageTables};
 
 use crate::events::EventKind;
-use crate::hw::{SimFrames, SimMemory};
 use crate::invariant::Invariant;
-use crate::machine::{Access, Kernel, Machine};
-use crate::observed::Observed;
+use crate::machine::{tables_under, walk, Access, Kernel, Machine, SimCpu, SimFrames, SimMemory};
+use crate::observed::{Checks, Observed};
 use crate::scenario::{RunConfig, WorkloadKind};
+use lazymmu::backend::protected::{KeyFlavour, KeyFrame, KeySlots, Protected};
 
 /// Pages per unit of work: one PTE table's worth, as Linux's walkers take
 /// one lazy section per PTE table.
@@ -43,12 +53,37 @@ pub const IRQ_VA: u64 = 0xffff_c880_0000_0000;
 pub const DATA_BASE: u64 = 0x0000_0100_0000_0000;
 
 /// Exception entry and return of a backend: protected backends load the
-/// default key value and restore the interrupted one; others do nothing.
+/// default key value and hand back the interrupted one for the return;
+/// others do nothing.
 pub trait Exceptions {
-    /// Exception entry.
-    fn exception_enter(&self) {}
+    /// Exception entry: the frame to hand to the return.
+    fn exception_enter(&self) -> Option<KeyFrame> {
+        None
+    }
     /// Exception return.
-    fn exception_exit(&self) {}
+    fn exception_exit(&self, frame: Option<KeyFrame>) {
+        let _ = frame;
+    }
+}
+
+impl<B: Backend, K: KeySlots, F: KeyFlavour> Exceptions for Protected<B, K, F> {
+    fn exception_enter(&self) -> Option<KeyFrame> {
+        Some(Protected::exception_enter(self))
+    }
+    fn exception_exit(&self, frame: Option<KeyFrame>) {
+        if let Some(frame) = frame {
+            Protected::exception_exit(self, frame);
+        }
+    }
+}
+
+impl<B: Backend + Exceptions> Exceptions for Observed<B> {
+    fn exception_enter(&self) -> Option<KeyFrame> {
+        self.inner().exception_enter()
+    }
+    fn exception_exit(&self, frame: Option<KeyFrame>) {
+        self.inner().exception_exit(frame)
+    }
 }
 
 /// An `Rc`'d backend as the lazy mode's arch hooks.
@@ -76,6 +111,7 @@ enum Stage {
 /// One task's workload: what it has done so far.
 #[derive(Debug)]
 struct Program {
+    task: usize,
     index: u64,
     space: SpaceId,
     root: PhysAddr,
@@ -89,11 +125,16 @@ struct Program {
 pub struct World<F, B, L> {
     machine: Rc<Machine>,
     memory: SimMemory,
-    backend: Rc<Observed<B>>,
+    backend: Rc<B>,
     lazy: L,
+    lazy_tlb: LazyTlb<SimCpu>,
+    frames: RefCell<Vec<Option<KeyFrame>>>,
     kernel_frames: SimFrames,
     kernel_root: PhysAddr,
     programs: RefCell<Vec<Option<Program>>>,
+    /// Each program's unit and whether it destroyed its tables, also while
+    /// the program runs (for the digest).
+    progress: RefCell<Vec<(u64, bool)>>,
     config: RunConfig,
     stage: Cell<Stage>,
     irq_mapped: Cell<bool>,
@@ -105,30 +146,38 @@ pub struct World<F, B, L> {
 impl<F, B, L> World<F, B, L>
 where
     F: Format,
-    B: Backend + Exceptions + 'static,
+    B: Backend<Format = F> + Exceptions + Checks + 'static,
     L: LazyMode + 'static,
 {
     /// Builds the world: kernel root, one task per `config.tasks` with its
-    /// address space, the interrupt page.
+    /// address space (homed on CPU `i`), the interrupt page; every CPU
+    /// boots on its idle task under the lazy-TLB policy `policy`.
     pub fn new(
         config: &RunConfig,
         machine: Rc<Machine>,
-        backend: Rc<Observed<B>>,
+        backend: Rc<B>,
         lazy: L,
+        policy: LazyTlbPolicy,
     ) -> Rc<Self> {
         let memory = SimMemory::new(machine.clone());
         let kernel_frames = SimFrames::new(machine.clone(), SpaceId::KERNEL);
-        let kernel_root = allocate_root(&memory, &kernel_frames)
+        // SAFETY: the machine's frames are its page-table memory.
+        let kernel_root = unsafe { allocate_root(&memory, &kernel_frames) }
             .expect("physical memory holds at least the kernel root");
-        machine.set_walker(crate::hw::walk::<F>, kernel_root, F::is_kernel);
+        machine.set_walker(walk::<F>, kernel_root, F::is_kernel);
+        machine.set_table_finder(tables_under::<F>);
+        let lazy_tlb = LazyTlb::new(SimCpu::new(machine.clone()), policy);
         let world = Rc::new(Self {
             machine: machine.clone(),
             memory,
             backend,
             lazy,
+            lazy_tlb,
+            frames: RefCell::new(Vec::new()),
             kernel_frames,
             kernel_root,
             programs: RefCell::new(Vec::new()),
+            progress: RefCell::new(Vec::new()),
             config: config.clone(),
             stage: Cell::new(Stage::Setup),
             irq_mapped: Cell::new(false),
@@ -136,21 +185,29 @@ where
             base_updates: Cell::new(0),
             _format: PhantomData,
         });
-        for i in 0..config.tasks.max(1) {
+        let tasks = config.tasks.max(1);
+        for i in 0..tasks {
             let space = SpaceId(i as u32 + 1);
             let frames = SimFrames::new(machine.clone(), space);
-            let root = allocate_root(&world.memory, &frames)
+            // SAFETY: the machine's frames are its page-table memory.
+            let root = unsafe { allocate_root(&world.memory, &frames) }
                 .expect("physical memory holds every task's root");
-            let task = machine.add_task(space, root, i);
+            machine.set_space_root(space, root);
+            let task = machine.add_task(&format!("t{i}"), space, CpuId::new(i), true);
+            let _ = machine.task_mm(task).reuse_as_user(space);
             let child = (config.workload == WorkloadKind::Fork).then(|| {
-                let child_space = SpaceId(1000 + i as u32);
+                let child_space = SpaceId((tasks + i) as u32 + 1);
                 let child_frames = SimFrames::new(machine.clone(), child_space);
-                let child_root = allocate_root(&world.memory, &child_frames)
+                // SAFETY: as above.
+                let child_root = unsafe { allocate_root(&world.memory, &child_frames) }
                     .expect("physical memory holds every child's root");
+                machine.set_space_root(child_space, child_root);
                 machine.set_task_writes_to(task, Some(child_space));
                 (child_space, child_root, child_frames)
             });
+            world.progress.borrow_mut().push((0, false));
             world.programs.borrow_mut().push(Some(Program {
+                task,
                 index: i as u64,
                 space,
                 root,
@@ -161,7 +218,24 @@ where
             }));
         }
         machine.set_kernel(world.clone());
+        // Every CPU comes up on its idle task, then each task is switched
+        // in on its CPU.
+        for cpu in (0..machine.cpu_count()).map(CpuId::new) {
+            machine.set_cpu(cpu);
+            world
+                .lazy_tlb
+                .boot_cpu(machine.task_mm(machine.idle_task(cpu)));
+        }
+        for p in world.programs.borrow().iter().flatten() {
+            let cpu = machine.task(p.task).cpu;
+            machine.switch(cpu, p.task);
+        }
         world
+    }
+
+    /// Lazy TLB.
+    pub fn lazy_tlb(&self) -> &LazyTlb<SimCpu> {
+        &self.lazy_tlb
     }
 
     /// The machine.
@@ -169,8 +243,8 @@ where
         &self.machine
     }
 
-    /// The observed backend.
-    pub fn backend(&self) -> &Observed<B> {
+    /// The backend (with its checks inside).
+    pub fn backend(&self) -> &B {
         &self.backend
     }
 
@@ -189,7 +263,7 @@ where
     pub fn setup(&self) {
         // The interrupt page's tables exist from boot, so the handler never
         // allocates.
-        self.machine.set_cpu(0);
+        self.machine.set_cpu(CpuId(0));
         let ok = self.kernel_tables().map(
             VirtAddr(IRQ_VA),
             PhysAddr(DATA_BASE - PAGE),
@@ -203,6 +277,9 @@ where
         self.machine.run();
         for p in self.programs.borrow_mut().iter_mut().flatten() {
             p.unit = 0;
+        }
+        for progress in self.progress.borrow_mut().iter_mut() {
+            progress.0 = 0;
         }
         self.machine.restart_tasks();
         self.machine.clear_counts();
@@ -219,20 +296,23 @@ where
         self.backend.updates() - self.base_updates.get()
     }
 
-    fn kernel_tables(&self) -> PageTables<'_, F, SimMemory, Observed<B>, L, SimFrames> {
-        PageTables::new(
-            self.kernel_root,
-            SpaceId::KERNEL,
-            &self.memory,
-            &*self.backend,
-            &self.lazy,
-            &self.kernel_frames,
-        )
+    fn kernel_tables(&self) -> PageTables<'_, F, SimMemory, B, L, SimFrames> {
+        // SAFETY: the kernel root and frames are the machine's page-table
+        // memory, which the library alone changes.
+        unsafe {
+            PageTables::new(
+                self.kernel_root,
+                SpaceId::KERNEL,
+                &self.memory,
+                &*self.backend,
+                &self.lazy,
+                &self.kernel_frames,
+            )
+        }
     }
 
     fn all_cpus(&self) -> FlushScope {
-        let n = self.machine.cpu_count();
-        FlushScope::Cpus(if n >= 64 { u64::MAX } else { (1u64 << n) - 1 })
+        FlushScope::Cpus(self.machine.all_cpus())
     }
 
     fn check<E: core::fmt::Debug>(&self, r: Result<(), E>, what: &str) {
@@ -269,15 +349,20 @@ where
         let units = self.units();
         let unit = p.unit;
         p.unit += 1;
+        self.progress.borrow_mut()[p.index as usize] = (p.unit, p.destroyed);
         let frames = p.frames.clone();
-        let tables = PageTables::<F, _, _, _, _>::new(
-            p.root,
-            p.space,
-            &self.memory,
-            &*self.backend,
-            &self.lazy,
-            &frames,
-        );
+        // SAFETY: the task's root and frames are the machine's page-table
+        // memory, which the library alone changes.
+        let tables = unsafe {
+            PageTables::<F, _, _, _, _>::new(
+                p.root,
+                p.space,
+                &self.memory,
+                &*self.backend,
+                &self.lazy,
+                &frames,
+            )
+        };
         let base = self.user_base(p);
         let user = matches!(
             self.config.workload,
@@ -347,14 +432,18 @@ where
                 };
                 self.touch(p.space, va, 8);
                 let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.copy_to(
-                    *child_root,
-                    *child_space,
-                    VirtAddr(va),
-                    len,
-                    CopyKind::Private,
-                    &mut gather,
-                );
+                // SAFETY: the child root is a frame of the machine's
+                // page-table memory, like the parent's.
+                let r = unsafe {
+                    tables.copy_to(
+                        *child_root,
+                        *child_space,
+                        VirtAddr(va),
+                        len,
+                        CopyKind::Private,
+                        &mut gather,
+                    )
+                };
                 self.check(r.map(|_| ()), "fork copy");
                 drop(gather);
                 unit + 1 < units
@@ -378,6 +467,7 @@ where
                 } else {
                     if !p.destroyed {
                         p.destroyed = true;
+                        self.progress.borrow_mut()[p.index as usize].1 = true;
                         let mut gather =
                             Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
                         let r = tables.destroy(false, &mut gather);
@@ -504,7 +594,7 @@ where
     /// `__kernel_map_pages`), uses the page, and unmaps it again.
     fn debug_pagealloc_unit(
         &self,
-        tables: &PageTables<'_, F, SimMemory, Observed<B>, L, SimFrames>,
+        tables: &PageTables<'_, F, SimMemory, B, L, SimFrames>,
         frames: &SimFrames,
         p: &Program,
         va: u64,
@@ -584,23 +674,45 @@ where
 impl<F, B, L> Kernel for World<F, B, L>
 where
     F: Format,
-    B: Backend + Exceptions + 'static,
+    B: Backend<Format = F> + Exceptions + Checks + 'static,
     L: LazyMode + 'static,
 {
-    fn switch_out(&self, prev: LazyState) {
-        lazymmu::backend::ContextSwitch::switch_out(&*self.backend, prev);
+    fn switch_out(&self, _cpu: CpuId, prev: usize) {
+        self.backend.switch_out(self.machine.task(prev).lazy);
     }
 
-    fn switch_in(&self, next: LazyState) {
-        lazymmu::backend::ContextSwitch::switch_in(&*self.backend, next);
+    /// `switch_mm_irqs_off()` through lazy TLB: a kernel thread borrows
+    /// what is loaded, a user task gets its own root.
+    fn switch_mm(&self, _cpu: CpuId, prev: usize, next: usize) -> bool {
+        let m = &self.machine;
+        if let Err(e) = self
+            .lazy_tlb
+            .context_switch(m.task_mm(prev), m.task_mm(next))
+        {
+            m.violation(
+                Invariant::OperationFailed,
+                format!("context switch t{prev} -> t{next}: {e:?}"),
+            );
+        }
+        true
+    }
+
+    fn switch_in(&self, _cpu: CpuId, next: usize) {
+        self.backend.switch_in(self.machine.task(next).lazy);
+    }
+
+    fn task_done(&self, task: usize) {
+        self.backend.check_finished(task);
     }
 
     fn exception_entry(&self) {
-        self.backend.inner().exception_enter();
+        let frame = self.backend.exception_enter();
+        self.frames.borrow_mut().push(frame);
     }
 
     fn exception_exit(&self) {
-        self.backend.inner().exception_exit();
+        let frame = self.frames.borrow_mut().pop().flatten();
+        self.backend.exception_exit(frame);
     }
 
     /// KFENCE-style: toggle the guard page's kernel mapping through the
@@ -639,30 +751,31 @@ where
         }
     }
 
-    fn digest(&self) -> u64 {
+    fn digest(&self, h: &mut DefaultHasher) {
         use core::hash::Hasher;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for p in self.programs.borrow().iter().flatten() {
-            h.write_u64(p.unit);
-            h.write_u8(p.destroyed as u8);
+        for &(unit, destroyed) in self.progress.borrow().iter() {
+            h.write_u64(unit);
+            h.write_u8(destroyed as u8);
         }
         h.write_u8(self.irq_mapped.get() as u8);
         h.write_u8(self.stage.get() as u8);
-        self.backend.digest(&mut h);
-        h.finish()
+        self.backend.digest(h);
     }
 
     fn run_unit(&self, task: usize) -> bool {
-        let Some(mut program) = self
+        let index = self
             .programs
-            .borrow_mut()
-            .get_mut(task)
-            .and_then(Option::take)
-        else {
+            .borrow()
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.task == task));
+        let Some(index) = index else {
+            return false;
+        };
+        let Some(mut program) = self.programs.borrow_mut()[index].take() else {
             return false;
         };
         let more = self.step(&mut program);
-        self.programs.borrow_mut()[task] = Some(program);
+        self.programs.borrow_mut()[index] = Some(program);
         more
     }
 }

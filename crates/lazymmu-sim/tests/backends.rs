@@ -8,18 +8,17 @@ use lazymmu::backend::ppc_hash::PpcHash;
 use lazymmu::backend::sparc64::Sparc64;
 use lazymmu::backend::xen_pv::XenPv;
 use lazymmu::backend::{EntryUpdate, PteAccess};
+use lazymmu::cpu::CpuId;
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
 use lazymmu_sim::cost::{Platform, Primitive};
-use lazymmu_sim::env::SimEnv;
 use lazymmu_sim::invariant::Invariant;
-use lazymmu_sim::machine::{HardwareModel, Machine, MachineConfig};
-use lazymmu_sim::platform::SimCpu;
+use lazymmu_sim::machine::{HardwareModel, Machine, MachineConfig, SimCpu, SimEnv};
 use lazymmu_sim::run::{hardware, run};
 use lazymmu_sim::scenario::{BackendKind, ModeKind, RunConfig, WorkloadKind};
 
 /// A machine with one task per space in `spaces`, each with one PTE table
-/// frame (returned), on CPU 0.
+/// frame (returned), on CPU 0 (the first one current).
 fn machine(platform: Platform, hw: HardwareModel, spaces: &[u32]) -> (Rc<Machine>, Vec<PhysAddr>) {
     let mut cfg = MachineConfig::new(2, platform);
     cfg.hardware = hw;
@@ -29,7 +28,11 @@ fn machine(platform: Platform, hw: HardwareModel, spaces: &[u32]) -> (Rc<Machine
         .iter()
         .map(|&s| {
             let t = m.memory().allocate(SpaceId(s), 0).unwrap();
-            m.add_task(SpaceId(s), t, 0);
+            m.set_space_root(SpaceId(s), t);
+            let task = m.add_task(&format!("t{s}"), SpaceId(s), CpuId(0), false);
+            if m.current_task() == m.idle_task(CpuId(0)) {
+                m.switch(CpuId(0), task);
+            }
             t
         })
         .collect();
@@ -92,10 +95,12 @@ fn xen_33rd_entry_issues_the_multicall() {
 }
 
 /// Fills the table with valid entries so that rewriting them needs an
-/// invalidation.
+/// invalidation: bit 63 is `_PAGE_PRESENT` of the book3s64 hash PTE and
+/// `_PAGE_VALID` of the sparc64 TTE.
 fn prefill(m: &Machine, table: PhysAddr, n: u64) {
     for i in 0..n {
-        m.memory().write(table.add(8 * i), (0x1000 * (i + 1)) | 1);
+        m.memory()
+            .write(table.add(8 * i), (0x1000 * (i + 1)) | 1 << 63);
     }
 }
 
@@ -158,7 +163,7 @@ fn a_change_of_address_space_flushes_the_batch() {
         };
         let check = |write: &dyn Fn(EntryUpdate), enter: &dyn Fn() -> Box<dyn FnOnce()>| {
             let close = enter();
-            m.set_task_writes_to(0, Some(SpaceId(2)));
+            m.set_task_writes_to(m.current_task(), Some(SpaceId(2)));
             for i in 0..3 {
                 write(update(t[0], 1, i, 0));
             }
@@ -281,7 +286,7 @@ fn lazy_sections_batch_where_the_backend_batches() {
         );
         assert!(
             lazy.count(primitive) * 2 < eager.count(primitive),
-            "{backend} {workload}: {primitive} lazy {} eager {}",
+            "{backend} {workload}: {primitive:?} lazy {} eager {}",
             lazy.count(primitive),
             eager.count(primitive)
         );

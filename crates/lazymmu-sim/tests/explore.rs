@@ -2,7 +2,9 @@
 //! scenario, the shipped designs pass every scenario at preemption bound 2,
 //! every known-bad variant is caught with a replayable trace.
 
-use lazymmu_sim::explore::{Bounds, Explorer, Trace};
+use lazymmu_sim::choice::Trace;
+use lazymmu_sim::explore::{Bounds, Completion, Explorer};
+use lazymmu_sim::invariant::Invariant;
 use lazymmu_sim::scenarios::{
     self, check, find, replay_trace, tiny, Entry, Variant, SIM_PREEMPTIONS,
 };
@@ -17,21 +19,41 @@ fn bounds(preemptions: Option<u32>, prune: bool) -> Bounds {
 
 #[test]
 fn tiny_scenario_has_the_hand_computed_number_of_schedules() {
-    // One CPU, tasks a = [w, w] and b = [w, w], a running first. A task may
-    // be preempted before any step once it has run a step since it was
-    // switched in (before its first step for a at the start). The
-    // interleavings and the preemptions they take:
-    //   aabb 0 | bbaa 1 | abba 1 | abab 2 | baab 2 | baba 3
+    // One CPU, tasks a = [w, w] and b = [w, w], a running first, each
+    // task's script one unit of work. A running task offers a preemption
+    // at four points: before each write and once inside it (where the
+    // write reaches the machine), never before it has done anything since
+    // it got the CPU. So each task runs as five segments, and a schedule
+    // is an interleaving of a1..a5 and b1..b5 starting with a. With r runs
+    // of segments, a's five segments fall into ceil(r/2) runs and b's into
+    // floor(r/2): C(4, ceil(r/2) - 1) × C(4, floor(r/2) - 1) schedules.
+    // Every switch is a preemption but the one after the first task to
+    // finish, so r runs cost r - 2 preemptions (aaaaabbbbb costs none):
+    //   r            2  3   4   5   6   7   8  9  10
+    //   schedules    1  4  16  24  36  24  16  4   1   (126 = C(9, 4))
+    //   preemptions  0  1   2   3   4   5   6  7   8
     let scenario = tiny();
-    for (bound, expected) in [(Some(0), 1), (Some(1), 3), (Some(2), 5), (None, 6)] {
+    for (bound, expected) in [
+        (Some(0), 1),
+        (Some(1), 5),
+        (Some(2), 21),
+        (Some(3), 45),
+        (None, 126),
+    ] {
         let report = Explorer::new(bounds(bound, false)).explore("tiny", &scenario.spec);
-        assert!(report.complete);
+        assert!(report.complete());
+        assert_eq!(report.completion, Completion::Complete);
         assert_eq!(report.schedules, expected, "bound {bound:?}");
         assert!(report.violations.is_empty());
     }
-    // Pruning never loses a schedule here: every state differs.
+    // Pruning never loses a schedule within two preemptions: no two
+    // prefixes reach the same state with the same budget left.
+    let pruned = Explorer::new(bounds(Some(2), true)).explore("tiny", &scenario.spec);
+    assert_eq!(pruned.schedules, 21);
+    // Unbounded, segments that commute reach states already visited.
     let pruned = Explorer::new(bounds(None, true)).explore("tiny", &scenario.spec);
-    assert_eq!(pruned.schedules, 6);
+    assert!(pruned.pruned > 0 && pruned.schedules < 126, "{pruned:?}");
+    assert!(pruned.complete());
 }
 
 #[test]
@@ -45,7 +67,7 @@ fn shipped_designs_pass_every_machine_scenario_at_bound_two() {
         assert_eq!(report.scenarios.len(), machine.len());
         for s in &report.scenarios {
             assert_eq!(s.bound, Some(2));
-            assert!(s.report.complete, "{} incomplete", s.scenario);
+            assert!(s.report.complete(), "{} incomplete", s.scenario);
             assert!(s.report.schedules > 1, "{} explored nothing", s.scenario);
         }
         let violations: Vec<_> = report
@@ -71,7 +93,7 @@ fn default_design_passes_every_simulator_workload() {
     assert_eq!(report.scenarios.len(), sim.len());
     for s in &report.scenarios {
         assert_eq!(s.bound, Some(SIM_PREEMPTIONS));
-        assert!(s.report.complete, "{} incomplete", s.scenario);
+        assert!(s.report.complete(), "{} incomplete", s.scenario);
         assert!(s.report.schedules > 10, "{} explored nothing", s.scenario);
     }
     let violations: Vec<_> = report
@@ -113,7 +135,7 @@ fn every_known_bad_variant_is_caught_and_its_trace_replays() {
         );
         let (scenario, found) = report
             .violations()
-            .min_by_key(|(_, f)| (f.trace.departures(), f.trace.choices.len()))
+            .min_by_key(|(_, f)| (f.trace.departures(), f.trace.picks.len()))
             .unwrap_or_else(|| panic!("{variant} not caught"));
         assert!(
             found.trace.departures() <= 3,
@@ -123,7 +145,7 @@ fn every_known_bad_variant_is_caught_and_its_trace_replays() {
         let printed = found.trace.to_string();
         let trace: Trace = printed.parse().unwrap();
         assert_eq!(trace.scenario, scenario);
-        let again = replay_trace(&find(scenario).unwrap(), variant, &trace.choices).unwrap();
+        let again = replay_trace(&find(scenario).unwrap(), variant, &trace.picks).unwrap();
         assert!(!again.diverged);
         assert_eq!(
             again.violation.as_ref(),
@@ -131,8 +153,7 @@ fn every_known_bad_variant_is_caught_and_its_trace_replays() {
             "{printed}"
         );
         // The same schedule is fine on the default design.
-        let fixed =
-            replay_trace(&find(scenario).unwrap(), Variant::Default, &trace.choices).unwrap();
+        let fixed = replay_trace(&find(scenario).unwrap(), Variant::Default, &trace.picks).unwrap();
         assert_eq!(
             fixed.violation, None,
             "{printed} fails on the default design"
@@ -149,7 +170,12 @@ fn linux70_ordering_double_enters_on_xen() {
         SIM_PREEMPTIONS,
     );
     let (_, found) = report.violations().next().expect("caught");
-    assert!(found.violation.invariant.starts_with("3:"), "{found:?}");
+    assert_eq!(
+        found.violation.invariant,
+        Invariant::EnterLeave,
+        "{found:?}"
+    );
+    assert!(found.violation.invariant.to_string().starts_with("3:"));
     assert!(found.violation.detail.contains("double-enter"), "{found:?}");
 }
 
@@ -163,7 +189,12 @@ fn single_slot_stateful_sections_leave_the_key_register_open() {
         SIM_PREEMPTIONS,
     );
     let (_, found) = report.violations().next().expect("caught");
-    assert!(found.violation.invariant.starts_with("5:"), "{found:?}");
+    assert_eq!(
+        found.violation.invariant,
+        Invariant::KeyRestore,
+        "{found:?}"
+    );
+    assert!(found.violation.invariant.to_string().starts_with("5:"));
     // Nested sections alone show it: no preemption needed.
     assert_eq!(found.trace.departures(), 0, "{}", found.trace);
     // Each section carrying its own saved value restores it exactly.
@@ -181,7 +212,12 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
         SIM_PREEMPTIONS,
     );
     let (_, found) = report.violations().next().expect("caught");
-    assert!(found.violation.invariant.starts_with("7:"), "{found:?}");
+    assert_eq!(
+        found.violation.invariant,
+        Invariant::FreedInUse,
+        "{found:?}"
+    );
+    assert!(found.violation.invariant.to_string().starts_with("7:"));
     assert!(
         found.violation.detail.contains("paging-structure cache"),
         "{}",
@@ -193,21 +229,24 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
 #[test]
 fn a_broken_simulator_run_is_reported_with_a_replayable_trace() {
     use lazymmu_sim::explore::replay;
-    use lazymmu_sim::explore::sim::SimWorkload;
     use lazymmu_sim::scenarios::simulator_scenarios;
 
     // KASAN reading back without pausing sees the stale batched value
-    // (invariant 6): the relay must carry the simulator's violations out.
-    let mut config = simulator_scenarios()
+    // (invariant 6): the simulator's violations come out of the explorer
+    // like any other.
+    let mut scenario = simulator_scenarios()
         .into_iter()
         .find(|s| s.name == "sim-kasan")
-        .unwrap()
-        .config;
-    config.read_back_without_pause = true;
-    let system = SimWorkload { config };
-    let report = Explorer::new(bounds(Some(1), false)).explore("sim-kasan", &system);
+        .unwrap();
+    scenario.config.read_back_without_pause = true;
+    let report = Explorer::new(bounds(Some(1), false)).explore("sim-kasan", &scenario);
     let found = report.violations.first().expect("stale read-back caught");
-    assert!(found.violation.invariant.starts_with("6 "), "{found:?}");
-    let again = replay(&system, &found.trace.choices);
+    assert_eq!(
+        found.violation.invariant,
+        Invariant::StaleReadBack,
+        "{found:?}"
+    );
+    assert!(found.violation.invariant.to_string().starts_with("6:"));
+    let again = replay(&scenario, &found.trace.picks);
     assert_eq!(again.violation.as_ref(), Some(&found.violation));
 }

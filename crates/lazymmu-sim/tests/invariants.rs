@@ -7,17 +7,17 @@ use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::X86Backend;
 use lazymmu::backend::xen_pv::{MmuUpdate, XenPrimitives};
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use lazymmu::cpu::CpuId;
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::PerCpu;
 use lazymmu::mode::{ArchHooks, LazyMode, MisusePolicy};
 use lazymmu_sim::choice::Rates;
 use lazymmu_sim::cost::Platform;
-use lazymmu_sim::env::SimEnv;
-use lazymmu_sim::hw::SimMemory;
 use lazymmu_sim::invariant::Invariant;
-use lazymmu_sim::machine::{Access, HardwareModel, KeyModel, Machine, MachineConfig};
+use lazymmu_sim::machine::{
+    Access, HardwareModel, KeyModel, Machine, MachineConfig, SimCpu, SimEnv, SimMemory,
+};
 use lazymmu_sim::observed::{Checked, Observed};
-use lazymmu_sim::platform::SimCpu;
 use lazymmu_sim::run::{hardware, run};
 use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, WorkloadKind};
 use lazymmu_sim::world::Shared;
@@ -47,11 +47,13 @@ fn machine(hw: HardwareModel) -> (Rc<Machine>, PhysAddr) {
     mem.write(pte, 0x8000_0000 | LEAF);
     let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
     m.set_walker(
-        lazymmu_sim::hw::walk::<lazymmu::pgtable::format::X86_64>,
+        lazymmu_sim::machine::walk::<lazymmu::pgtable::format::X86_64>,
         kernel_root,
         |va| va >> 63 != 0,
     );
-    m.add_task(SpaceId(1), frames[0], 0);
+    m.set_space_root(SpaceId(1), frames[0]);
+    let task = m.add_task("t0", SpaceId(1), CpuId(0), false);
+    m.switch(CpuId(0), task);
     (m, pte)
 }
 
@@ -99,9 +101,7 @@ impl<B: Backend> TlbFlush for NoFlush<B> {
 }
 impl<B: Backend> ContextSwitch for NoFlush<B> {}
 impl<B: Backend> Backend for NoFlush<B> {
-    fn name(&self) -> &'static str {
-        "no-flush"
-    }
+    type Format = B::Format;
 }
 
 /// A backend that drops every write.
@@ -137,9 +137,7 @@ impl<B: Backend> TlbFlush for DropsWrites<B> {
 }
 impl<B: Backend> ContextSwitch for DropsWrites<B> {}
 impl<B: Backend> Backend for DropsWrites<B> {
-    fn name(&self) -> &'static str {
-        "drops-writes"
-    }
+    type Format = B::Format;
 }
 
 fn x86(m: &Rc<Machine>) -> X86Backend<SimMemory, SimCpu> {
@@ -273,9 +271,11 @@ fn a_batch_applied_in_another_tasks_context_is_caught() {
     // Task 1 (space 2) takes CPU 0's place... by running on CPU 1 and
     // applying space 1's queued update there.
     let other = m.memory().allocate(SpaceId(2), 0).unwrap();
-    let t1 = m.add_task(SpaceId(2), other, 1);
-    assert_eq!(t1, 1);
-    m.set_cpu(1);
+    m.set_space_root(SpaceId(2), other);
+    let t1 = m.add_task("t1", SpaceId(2), CpuId(1), false);
+    assert_eq!(t1, m.cpu_count() + 1, "after the idle tasks and task 0");
+    m.switch(CpuId(1), t1);
+    m.set_cpu(CpuId(1));
     SimCpu::new(m.clone()).mmu_update(MmuUpdate {
         entry: pte,
         value: 0,
@@ -342,6 +342,7 @@ fn runs_are_reproducible_from_the_seed() {
         preempt: 20,
         migrate: 10,
         remote_flush: 5,
+        run_other: 0,
     });
     let a = run(&cfg);
     let b = run(&cfg);
@@ -380,6 +381,7 @@ fn every_design_keeps_the_contracts_under_preemption_and_interrupts() {
                 preempt: 20,
                 migrate: 10,
                 remote_flush: 5,
+                run_other: 0,
             });
             let r = run(&cfg);
             assert_eq!(
@@ -437,9 +439,7 @@ impl<B: Backend> TlbFlush for DefersInIrq<B> {
 }
 impl<B: Backend> ContextSwitch for DefersInIrq<B> {}
 impl<B: Backend> Backend for DefersInIrq<B> {
-    fn name(&self) -> &'static str {
-        "defers-in-irq"
-    }
+    type Format = B::Format;
 }
 
 struct IrqWriter<B> {
@@ -448,8 +448,6 @@ struct IrqWriter<B> {
 }
 
 impl<B: Backend> lazymmu_sim::machine::Kernel for IrqWriter<B> {
-    fn switch_out(&self, _: lazymmu::mode::LazyState) {}
-    fn switch_in(&self, _: lazymmu::mode::LazyState) {}
     fn interrupt(&self) {
         self.backend.write_entry(update(self.pte, 0));
     }
@@ -481,13 +479,13 @@ fn an_interrupt_update_that_is_deferred_is_caught() {
     m.interrupt();
     assert_eq!(m.violations()[0].invariant, Invariant::IrqImmediate);
     drop(s);
-    m.clear_kernel();
+    m.shut_down();
 }
 
 #[test]
 fn a_recorded_schedule_replays_exactly() {
-    use lazymmu_sim::choice::{Chooser, RandomChooser, Replay};
-    use lazymmu_sim::run::run_with_chooser;
+    use lazymmu_sim::choice::{Chooser, RandomChooser, Replay, Trace};
+    use lazymmu_sim::run::run_with;
     let mut cfg = RunConfig::new(BackendKind::XenPv, WorkloadKind::Mprotect, ModeKind::Lazy);
     cfg.pages = 1024;
     cfg.tasks = 3;
@@ -496,12 +494,14 @@ fn a_recorded_schedule_replays_exactly() {
         preempt: 20,
         migrate: 10,
         remote_flush: 5,
+        run_other: 0,
     };
-    let (recorded, _) = run_with_chooser(&cfg, RandomChooser::new(7, rates));
+    let recorded = run_with(&cfg, &mut RandomChooser::new(7, rates));
     assert!(recorded.trace.picks.iter().any(|&p| p != 0));
     let text = recorded.trace.to_string();
-    let trace = lazymmu_sim::choice::Trace::parse(&text).unwrap();
-    let (replayed, replay) = run_with_chooser(&cfg, Replay::new(trace.picks));
+    let trace: Trace = text.parse().unwrap();
+    let mut replay = Replay::new(trace.picks);
+    let replayed = run_with(&cfg, &mut replay);
     assert_eq!(replay.mismatches(), 0);
     assert_eq!(replayed.trace, recorded.trace);
     assert_eq!(replayed.counts, recorded.counts);
@@ -511,11 +511,11 @@ fn a_recorded_schedule_replays_exactly() {
 
 #[test]
 fn freeing_page_tables_before_the_flush_is_caught() {
+    use lazymmu::mode::eager::Eager;
     use lazymmu::pgtable::format::{Attributes, X86_64};
     use lazymmu::pgtable::gather::Gather;
     use lazymmu::pgtable::ops::{allocate_root, PageTables};
-    use lazymmu_sim::hw::SimFrames;
-    use lazymmu_sim::observed::Eager;
+    use lazymmu_sim::machine::SimFrames;
 
     for free_first in [false, true] {
         let mut cfg = MachineConfig::new(2, Platform::X86);
@@ -525,20 +525,27 @@ fn freeing_page_tables_before_the_flush_is_caught() {
         let memory = SimMemory::new(m.clone());
         let frames = SimFrames::new(m.clone(), SpaceId(1));
         let kernel_root = m.memory().allocate(SpaceId::KERNEL, 0).unwrap();
-        m.set_walker(lazymmu_sim::hw::walk::<X86_64>, kernel_root, |va| {
+        m.set_walker(lazymmu_sim::machine::walk::<X86_64>, kernel_root, |va| {
             va >> 63 != 0
         });
-        let root = allocate_root(&memory, &frames).unwrap();
-        m.add_task(SpaceId(1), root, 0);
+        // SAFETY: the machine's frames are its page-table memory.
+        let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
+        m.set_space_root(SpaceId(1), root);
+        let task = m.add_task("t0", SpaceId(1), CpuId(0), false);
+        m.switch(CpuId(0), task);
         let backend = Observed::new(x86(&m), m.clone());
-        let tables = PageTables::<X86_64, _, _, _, _>::new(
-            root,
-            SpaceId(1),
-            &memory,
-            &backend,
-            &Eager,
-            &frames,
-        );
+        // SAFETY: the root and frames are the machine's page-table memory,
+        // which the library alone changes.
+        let tables = unsafe {
+            PageTables::<X86_64, _, _, _, _>::new(
+                root,
+                SpaceId(1),
+                &memory,
+                &backend,
+                &Eager,
+                &frames,
+            )
+        };
         tables
             .map(
                 VirtAddr(VA),

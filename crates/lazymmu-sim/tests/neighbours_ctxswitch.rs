@@ -2,8 +2,9 @@
 //! caught, and the policies differ the way they should.
 
 use lazymmu::mm::active_mm::LazyTlbPolicy;
+use lazymmu_sim::invariant::Invariant;
 use lazymmu_sim::neighbours::ctxswitch::{run, CtxSwitchConfig};
-use lazymmu_sim::neighbours::{NeighbourInvariant, NeighbourRow};
+use lazymmu_sim::neighbours::NeighbourRow;
 
 fn small(policy: LazyTlbPolicy, cpus: usize) -> CtxSwitchConfig {
     let mut config = CtxSwitchConfig::new(policy, cpus);
@@ -52,8 +53,7 @@ fn lost_ipis_are_caught_as_use_after_free_or_stale_translations() {
         assert!(row.violations > 0, "{policy:?}");
         let kinds: Vec<_> = row.first_violations.iter().map(|v| v.invariant).collect();
         assert!(
-            kinds.contains(&NeighbourInvariant::UseAfterFree)
-                || kinds.contains(&NeighbourInvariant::StaleTranslation),
+            kinds.contains(&Invariant::FreedInUse) || kinds.contains(&Invariant::StaleTranslation),
             "{policy:?}: {kinds:?}"
         );
     }
@@ -63,7 +63,7 @@ fn lost_ipis_are_caught_as_use_after_free_or_stale_translations() {
     assert!(row
         .first_violations
         .iter()
-        .any(|v| v.invariant == NeighbourInvariant::UseAfterFree));
+        .any(|v| v.invariant == Invariant::FreedInUse));
 }
 
 #[test]

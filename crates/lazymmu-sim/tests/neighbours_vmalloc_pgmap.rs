@@ -4,9 +4,10 @@
 
 use lazymmu::mm::kernel_sync::SyncPolicy;
 use lazymmu::mm::pkey_window::WindowPolicy;
+use lazymmu_sim::invariant::Invariant;
 use lazymmu_sim::neighbours::pgmap::{self, PgmapConfig};
 use lazymmu_sim::neighbours::vmalloc_grow::{self, VmallocGrowConfig};
-use lazymmu_sim::neighbours::{NeighbourInvariant, NeighbourRow};
+use lazymmu_sim::neighbours::NeighbourRow;
 
 fn count(row: &NeighbourRow, name: &str) -> u64 {
     row.counts[name]
@@ -96,10 +97,7 @@ fn pgmap_percpu_preemptible_is_caught() {
     assert_eq!(row.policy, "percpu-preemptible");
     assert!(row.violations > 0);
     let kinds: Vec<_> = row.first_violations.iter().map(|v| v.invariant).collect();
-    assert!(
-        kinds.contains(&NeighbourInvariant::PreemptedInWindow),
-        "{kinds:?}"
-    );
+    assert!(kinds.contains(&Invariant::PreemptedInWindow), "{kinds:?}");
     assert!(PgmapConfig::variant("pgmap-nonsense").is_none());
 }
 

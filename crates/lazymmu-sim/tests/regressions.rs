@@ -1,6 +1,7 @@
 //! Regression tests for bugs `lazymmu compare` found in the library, each
 //! driven to the exact schedule that exposed it.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
@@ -11,42 +12,81 @@ use lazymmu::backend::sparc64::Sparc64;
 use lazymmu::backend::x86::X86Backend;
 use lazymmu::backend::xen_pv::XenPv;
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use lazymmu::cpu::{CpuId, CpuMask};
 use lazymmu::mode::counters::Counters;
-use lazymmu::mode::{LazyMode, LazyState, MisusePolicy};
+use lazymmu::mode::{LazyMode, MisusePolicy};
 use lazymmu::pgtable::format::{Aarch64, Attributes, Entry, Format, X86_64};
 use lazymmu::pgtable::ops::{allocate_root, PageTables};
 use lazymmu_sim::choice::{Choice, ChoicePoint, Chooser, Site};
 use lazymmu_sim::cost::Platform;
-use lazymmu_sim::env::SimEnv;
-use lazymmu_sim::hw::{walk, SimFrames, SimMemory};
-use lazymmu_sim::machine::{Access, Kernel, Machine, MachineConfig};
+use lazymmu_sim::machine::{
+    walk, Access, Kernel, Machine, MachineConfig, SimCpu, SimEnv, SimFrames, SimMemory,
+};
 use lazymmu_sim::observed::Observed;
-use lazymmu_sim::platform::SimCpu;
 use lazymmu_sim::run::hardware;
 use lazymmu_sim::scenario::BackendKind;
 use lazymmu_sim::world::Shared;
 
-/// A user leaf (x86 present | writable | user).
-const LEAF: u64 = 0b111;
-
 /// The page the tests map and unmap.
 const VA: u64 = 0x40_0000;
 
-/// The context-switch side of the kernel: the backend's hooks, no
-/// interrupts, no other work.
-struct Switches<B: Backend>(Rc<Observed<B>>);
+/// A unit of work of one task.
+type Unit = Box<dyn FnOnce()>;
 
-impl<B: Backend> Kernel for Switches<B> {
-    fn switch_out(&self, prev: LazyState) {
-        self.0.switch_out(prev)
+/// The kernel of these tests: the backend's context-switch hooks, no
+/// interrupts, and for each task one unit of work (a closure run on the
+/// task's coroutine, where the chooser can preempt or migrate it).
+struct Units<B: Backend> {
+    machine: Rc<Machine>,
+    backend: Rc<Observed<B>>,
+    units: RefCell<Vec<Option<Unit>>>,
+}
+
+impl<B: Backend> Kernel for Units<B> {
+    fn switch_out(&self, _cpu: CpuId, prev: usize) {
+        self.backend.switch_out(self.machine.task(prev).lazy)
     }
-    fn switch_in(&self, next: LazyState) {
-        self.0.switch_in(next)
+    fn switch_in(&self, _cpu: CpuId, next: usize) {
+        self.backend.switch_in(self.machine.task(next).lazy)
     }
-    fn interrupt(&self) {}
-    fn run_unit(&self, _task: usize) -> bool {
+    fn run_unit(&self, task: usize) -> bool {
+        let unit = self.units.borrow_mut().get_mut(task).and_then(Option::take);
+        if let Some(unit) = unit {
+            unit();
+        }
         false
     }
+}
+
+/// Runs each task's unit on `m` (tasks in order, each on its CPU) under
+/// `chooser`, with `backend`'s switch hooks.
+fn run_units<B: Backend + 'static>(
+    m: &Rc<Machine>,
+    backend: &Rc<Observed<B>>,
+    units: Vec<(usize, Unit)>,
+    chooser: Box<dyn Chooser>,
+) {
+    let mut slots: Vec<Option<Unit>> = (0..m.task_count()).map(|_| None).collect();
+    for (task, unit) in units {
+        slots[task] = Some(unit);
+    }
+    m.set_kernel(Rc::new(Units {
+        machine: m.clone(),
+        backend: backend.clone(),
+        units: RefCell::new(slots),
+    }));
+    m.set_chooser(chooser);
+    m.run();
+    m.shut_down();
+}
+
+fn no_violations(m: &Machine) {
+    assert_eq!(
+        m.violation_count(),
+        0,
+        "{:?}",
+        m.violations().first().map(|v| v.to_string())
+    );
 }
 
 /// Migrates the task to another CPU at the first point where that is
@@ -68,7 +108,7 @@ impl MigrateAfter {
 }
 
 impl Chooser for MigrateAfter {
-    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> usize {
+    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
         if point.site == Site::Primitive(self.site) {
             self.armed = true;
         }
@@ -78,17 +118,22 @@ impl Chooser for MigrateAfter {
                 .position(|c| matches!(c, Choice::Migrate { .. }))
             {
                 self.done = true;
-                return i;
+                return Some(i);
             }
         }
-        0
+        Some(0)
     }
 }
 
-/// Two CPUs running `kind`'s hardware model; task 0 (space 1) on CPU 0
-/// with `pages` pages mapped from `VA` through one 4-level x86 tree, all
-/// cached in CPU 0's TLB; the first PTE's address.
-fn tree(kind: BackendKind, platform: Platform, pages: u64) -> (Rc<Machine>, PhysAddr) {
+/// Two CPUs running `kind`'s hardware model; task 0 (space 1) current on
+/// CPU 0 with `pages` pages mapped from `VA` through one 4-level tree of
+/// format `F`, all cached in CPU 0's TLB. Returns the machine, the task and
+/// the first PTE's address.
+fn tree<F: Format>(
+    kind: BackendKind,
+    platform: Platform,
+    pages: u64,
+) -> (Rc<Machine>, usize, PhysAddr) {
     let hw = hardware(kind);
     let mut cfg = MachineConfig::new(2, platform);
     cfg.hardware = hw;
@@ -98,25 +143,34 @@ fn tree(kind: BackendKind, platform: Platform, pages: u64) -> (Rc<Machine>, Phys
     let frames: Vec<PhysAddr> = (0..4)
         .map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap())
         .collect();
-    for (level, pair) in frames.windows(2).enumerate() {
-        let shift = 39 - 9 * level as u32;
-        let index = (VA >> shift) & 511;
-        mem.write(pair[0].add(index * 8), pair[1].0 | LEAF);
+    for (i, pair) in frames.windows(2).enumerate() {
+        let level = 4 - i as u8;
+        let index = lazymmu::pgtable::format::index::<F>(VA, level) as u64;
+        mem.write(pair[0].add(index * 8), F::encode_table(pair[1], level));
     }
-    let pte = frames[3].add(((VA >> 12) & 511) * 8);
+    let pte = frames[3].add(lazymmu::pgtable::format::index::<F>(VA, 1) as u64 * 8);
     for page in 0..pages {
-        mem.write(pte.add(page * 8), (0x8000_0000 + page * 4096) | LEAF);
+        mem.write(
+            pte.add(page * 8),
+            F::encode_leaf(
+                PhysAddr(0x8000_0000 + page * 4096),
+                PageSize::Size4K,
+                Attributes::user_data(),
+            ),
+        );
     }
     let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
-    m.set_walker(walk::<X86_64>, kernel_root, |va| va >> 63 != 0);
-    m.add_task(SpaceId(1), frames[0], 0);
+    m.set_walker(walk::<F>, kernel_root, |va| va >> 63 != 0);
+    m.set_space_root(SpaceId(1), frames[0]);
+    let task = m.add_task("t0", SpaceId(1), CpuId(0), true);
+    m.switch(CpuId(0), task);
     for page in 0..pages {
         assert!(
             matches!(m.access(VirtAddr(VA + page * 4096)), Access::Hit(_)),
             "CPU 0 caches page {page}"
         );
     }
-    (m, pte)
+    (m, task, pte)
 }
 
 /// The entry update clearing page `page` of the tree.
@@ -141,43 +195,44 @@ fn clear(pte: PhysAddr, page: u64) -> EntryUpdate {
 /// CPUs until both flushes are done, as in Linux's `flush_tlb_mm_range`.
 #[test]
 fn x86_flush_cannot_migrate_between_shootdown_and_local_flush() {
-    let (m, pte) = tree(BackendKind::X86, Platform::X86, 1);
+    let (m, task, pte) = tree::<X86_64>(BackendKind::X86, Platform::X86, 1);
     let x86 = Rc::new(Observed::new(
         X86Backend::new(SimMemory::new(m.clone()), SimCpu::new(m.clone())),
         m.clone(),
     ));
-    m.set_kernel(Rc::new(Switches(x86.clone())));
-    m.set_chooser(Box::new(MigrateAfter::new("shootdown")));
-    x86.write_entry(clear(pte, 0));
-    x86.flush_range(
-        SpaceId(1),
-        VirtAddr(VA),
-        VirtAddr(VA + 4096),
-        PageSize::Size4K,
-        FlushScope::Cpus(0b11),
+    let backend = x86.clone();
+    let unit: Unit = Box::new(move || {
+        backend.write_entry(clear(pte, 0));
+        backend.flush_range(
+            SpaceId(1),
+            VirtAddr(VA),
+            VirtAddr(VA + 4096),
+            PageSize::Size4K,
+            FlushScope::Cpus(CpuMask::from_bits(0b11)),
+        );
+    });
+    run_units(
+        &m,
+        &x86,
+        vec![(task, unit)],
+        Box::new(MigrateAfter::new("shootdown")),
     );
     assert_eq!(m.preemptions(), 1, "the task migrated during the flush");
-    assert_eq!(m.cpu(), 1, "and now runs on CPU 1");
-    assert_eq!(
-        m.violation_count(),
-        0,
-        "{:?}",
-        m.violations().first().map(|v| v.to_string())
-    );
-    for cpu in 0..2 {
+    assert_eq!(m.task(task).cpu, CpuId(1), "and now runs on CPU 1");
+    no_violations(&m);
+    for cpu in [CpuId(0), CpuId(1)] {
         assert!(
             m.tlb_entries(cpu).iter().all(|e| e.base != VA),
-            "cpu{cpu} still caches VA"
+            "{cpu} still caches VA"
         );
     }
-    m.clear_kernel();
 }
 
 /// Maps two pages at `va` into an empty tree of `space` (so every table
 /// down to a new PTE table is allocated) from inside a caller's section,
 /// and checks that the hardware walker translates them as soon as `map`
 /// returns, with the caller's section still open.
-fn map_in_outer_section<F: Format, B: Backend>(
+fn map_in_outer_section<F: Format, B: Backend<Format = F>>(
     kind: BackendKind,
     platform: Platform,
     space: SpaceId,
@@ -191,7 +246,8 @@ fn map_in_outer_section<F: Format, B: Backend>(
     let m = Rc::new(Machine::new(cfg));
     let memory = SimMemory::new(m.clone());
     let frames = SimFrames::new(m.clone(), space);
-    let root = allocate_root(&memory, &frames).unwrap();
+    // SAFETY: the machine's frames are its page-table memory.
+    let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
     let kernel_root = if space == SpaceId::KERNEL {
         root
     } else {
@@ -208,14 +264,20 @@ fn map_in_outer_section<F: Format, B: Backend>(
     } else {
         space
     };
-    m.add_task(task_space, task_root, 0);
+    m.set_space_root(task_space, task_root);
+    let task = m.add_task("t0", task_space, CpuId(0), false);
+    m.switch(CpuId(0), task);
     let observed = Rc::new(Observed::new(backend(SimCpu::new(m.clone())), m.clone()));
     let mode = Counters::new(
         SimEnv::new(m.clone()),
         Shared(observed.clone()),
         MisusePolicy::Count,
     );
-    let tables = PageTables::<F, _, _, _, _>::new(root, space, &memory, &*observed, &mode, &frames);
+    // SAFETY: the root and frames are the machine's page-table memory,
+    // which the library alone changes.
+    let tables = unsafe {
+        PageTables::<F, _, _, _, _>::new(root, space, &memory, &*observed, &mode, &frames)
+    };
     let phys = 0x4000_0000;
     {
         let _outer = mode.section();
@@ -248,12 +310,7 @@ fn map_in_outer_section<F: Format, B: Backend>(
             }
         }
     }
-    assert_eq!(
-        m.violation_count(),
-        0,
-        "{:?}",
-        m.violations().first().map(|v| v.to_string())
-    );
+    no_violations(&m);
 }
 
 /// A new PTE table used to be linked after its section closed: nested in a
@@ -286,26 +343,6 @@ fn map_links_its_pte_table_before_returning_inside_a_section() {
     );
 }
 
-/// Two threads of one address space: the kernel side of switches for any
-/// backend, and a unit of work for the second thread that flushes the
-/// whole address space's TLB (what a gather does when it frees a table or
-/// passes the single-page ceiling).
-struct FlushingThread<B: Backend>(Rc<Observed<B>>);
-
-impl<B: Backend> Kernel for FlushingThread<B> {
-    fn switch_out(&self, prev: LazyState) {
-        self.0.switch_out(prev)
-    }
-    fn switch_in(&self, next: LazyState) {
-        self.0.switch_in(next)
-    }
-    fn interrupt(&self) {}
-    fn run_unit(&self, _task: usize) -> bool {
-        self.0.flush_all(SpaceId(1), FlushScope::Cpus(0b11));
-        false
-    }
-}
-
 /// Preempts the running task (for the other thread) at the first point
 /// where that is possible once the entry has been stored.
 #[derive(Default)]
@@ -315,7 +352,7 @@ struct PreemptAfterStore {
 }
 
 impl Chooser for PreemptAfterStore {
-    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> usize {
+    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
         if point.site == Site::Primitive("write_pte") {
             self.armed = true;
         }
@@ -325,35 +362,40 @@ impl Chooser for PreemptAfterStore {
                 .position(|c| matches!(c, Choice::Preempt { .. }))
             {
                 self.done = true;
-                return i;
+                return Some(i);
             }
         }
-        0
+        Some(0)
     }
 }
 
 /// Thread 0 on CPU 0 clears its cached entry outside any section while the
-/// chooser preempts it for thread 1, which flushes the address space.
+/// chooser preempts it for thread 1, which flushes the whole address
+/// space's TLB (what a gather does when it frees a table or passes the
+/// single-page ceiling).
 fn clear_while_a_thread_flushes<B: Backend + 'static>(
     kind: BackendKind,
     platform: Platform,
     backend: impl FnOnce(SimCpu) -> B,
 ) {
-    let (m, pte) = tree(kind, platform, 1);
-    let root = m.root_for(SpaceId(1), VA).unwrap();
-    m.add_task(SpaceId(1), root, 1);
+    let (m, thread0, pte) = tree::<B::Format>(kind, platform, 1);
+    let thread1 = m.add_task("t1", SpaceId(1), CpuId(1), true);
     let observed = Rc::new(Observed::new(backend(SimCpu::new(m.clone())), m.clone()));
-    m.set_kernel(Rc::new(FlushingThread(observed.clone())));
-    m.set_chooser(Box::<PreemptAfterStore>::default());
-    observed.get_and_clear(clear(pte, 0));
-    assert_eq!(m.preemptions(), 1, "{}: thread 1 ran", kind.name());
-    assert_eq!(
-        m.violation_count(),
-        0,
-        "{:?}",
-        m.violations().first().map(|v| v.to_string())
+    let (b0, b1) = (observed.clone(), observed.clone());
+    let clear_unit: Unit = Box::new(move || {
+        b0.get_and_clear(clear(pte, 0));
+    });
+    let flush_unit: Unit = Box::new(move || {
+        b1.flush_all(SpaceId(1), FlushScope::Cpus(CpuMask::from_bits(0b11)));
+    });
+    run_units(
+        &m,
+        &observed,
+        vec![(thread0, clear_unit), (thread1, flush_unit)],
+        Box::<PreemptAfterStore>::default(),
     );
-    m.clear_kernel();
+    assert_eq!(m.preemptions(), 1, "{}: thread 1 ran", kind.name());
+    no_violations(&m);
 }
 
 /// powerpc hash and sparc64 store an entry, then invalidate it (or batch
@@ -378,25 +420,26 @@ fn a_hash_or_sparc_update_is_not_preempted_before_its_invalidation() {
 /// with interrupts off, arch/x86/mm/tlb.c).
 #[test]
 fn xen_local_flush_cannot_migrate_half_way() {
-    let (m, pte) = tree(BackendKind::XenPv, Platform::XenPv, 2);
+    let (m, task, pte) = tree::<X86_64>(BackendKind::XenPv, Platform::XenPv, 2);
     let xen = Rc::new(Observed::new(XenPv::new(SimCpu::new(m.clone())), m.clone()));
-    m.set_kernel(Rc::new(Switches(xen.clone())));
-    xen.write_entry(clear(pte, 0));
-    xen.write_entry(clear(pte, 1));
-    m.set_chooser(Box::new(MigrateAfter::new("mmuext_op")));
-    xen.flush_range(
-        SpaceId(1),
-        VirtAddr(VA),
-        VirtAddr(VA + 2 * 4096),
-        PageSize::Size4K,
-        FlushScope::Local,
+    let backend = xen.clone();
+    let unit: Unit = Box::new(move || {
+        backend.write_entry(clear(pte, 0));
+        backend.write_entry(clear(pte, 1));
+        backend.flush_range(
+            SpaceId(1),
+            VirtAddr(VA),
+            VirtAddr(VA + 2 * 4096),
+            PageSize::Size4K,
+            FlushScope::Local,
+        );
+    });
+    run_units(
+        &m,
+        &xen,
+        vec![(task, unit)],
+        Box::new(MigrateAfter::new("mmuext_op")),
     );
     assert_eq!(m.preemptions(), 1, "the task migrated during the flush");
-    assert_eq!(
-        m.violation_count(),
-        0,
-        "{:?}",
-        m.violations().first().map(|v| v.to_string())
-    );
-    m.clear_kernel();
+    no_violations(&m);
 }

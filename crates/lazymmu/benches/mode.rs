@@ -51,14 +51,10 @@ impl Cpu {
     }
 }
 
-impl Environment for Cpu {
+impl lazymmu::cpu::Cpu for Cpu {
     #[inline]
-    fn lazy_state(&self) -> LazyState {
-        self.current.get().lazy.get()
-    }
-    #[inline]
-    fn set_lazy_state(&self, state: LazyState) {
-        self.current.get().lazy.set(state);
+    fn cpu_id(&self) -> lazymmu::cpu::CpuId {
+        lazymmu::cpu::CpuId(0)
     }
     #[inline]
     fn in_interrupt(&self) -> bool {
@@ -71,6 +67,17 @@ impl Environment for Cpu {
     #[inline]
     fn preempt_enable(&self) {
         self.preempt_count.set(self.preempt_count.get() - 1);
+    }
+}
+
+impl Environment for Cpu {
+    #[inline]
+    fn lazy_state(&self) -> LazyState {
+        self.current.get().lazy.get()
+    }
+    #[inline]
+    fn set_lazy_state(&self, state: LazyState) {
+        self.current.get().lazy.set(state);
     }
 }
 

@@ -60,15 +60,19 @@ impl Host {
 fn lazymmu_map(host: &Host) -> (PhysAddr, usize) {
     let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
-    let root = allocate_root(&host.memory, &host.frames).unwrap();
-    let tables = PageTables::<X86_64, _, _, _, _>::new(
-        root,
-        SPACE,
-        &host.memory,
-        &backend,
-        &lazy,
-        &host.frames,
-    );
+    // SAFETY: the host allocator hands out frames of this host memory.
+    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables = unsafe {
+        PageTables::<X86_64, _, _, _, _>::new(
+            root,
+            SPACE,
+            &host.memory,
+            &backend,
+            &lazy,
+            &host.frames,
+        )
+    };
     tables
         .map(
             VirtAddr(VA),
@@ -191,14 +195,17 @@ fn with_tables<R>(
     let host = &mapped.host;
     let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
-    let tables = PageTables::new(
-        mapped.root,
-        SPACE,
-        &host.memory,
-        &backend,
-        &lazy,
-        &host.frames,
-    );
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables = unsafe {
+        PageTables::new(
+            mapped.root,
+            SPACE,
+            &host.memory,
+            &backend,
+            &lazy,
+            &host.frames,
+        )
+    };
     let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
     let result = op(&tables, &mut gather);
     drop(gather);

@@ -23,8 +23,10 @@ fn pte(space: u32, index: u64, value: u64) -> EntryUpdate {
     }
 }
 
+/// A valid entry mapping page `index`: bit 63 is `_PAGE_PRESENT` of the
+/// book3s64 hash PTE and `_PAGE_VALID` of the sparc64 TTE.
 fn page(index: u64) -> u64 {
-    (0x4000_0000 + (index << 12)) | 0x3
+    (0x4000_0000 + (index << 12)) | 0x3 | 1 << 63
 }
 
 /// Maps `count` pages of `space` (memory set up directly), so that
@@ -209,7 +211,7 @@ fn sparc_eager_and_kernel_writes_flush_per_page_or_through_the_gather() {
         VirtAddr(10 << 12),
         VirtAddr(11 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(0b1111),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b1111)),
     );
     assert_eq!(machine.calls(Call::FlushKernelRange), 1);
 }
@@ -247,7 +249,10 @@ fn interrupt_context_writes_are_immediate_on_ppc_and_sparc() {
 fn sparc_a_full_kernel_flush_is_one_cross_call() {
     let machine = Recording::new();
     let sparc = Sparc64::new(&machine);
-    sparc.flush_all(SpaceId::KERNEL, FlushScope::Cpus(0b1111));
+    sparc.flush_all(
+        SpaceId::KERNEL,
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b1111)),
+    );
     assert_eq!(machine.calls(Call::FlushKernelAll), 1);
     assert_eq!(machine.count(Primitive::FullFlush), 4);
     assert_eq!(machine.count(Primitive::Ipi), 3);

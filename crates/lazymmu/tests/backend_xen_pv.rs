@@ -191,7 +191,7 @@ fn tlb_operations_are_queued_in_a_section() {
         VirtAddr(0),
         VirtAddr(0x1000),
         PageSize::Size4K,
-        FlushScope::Cpus(0b1111),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b1111)),
     );
     xen.flush_range(
         SpaceId(1),
@@ -210,7 +210,10 @@ fn tlb_operations_are_queued_in_a_section() {
     assert_eq!(machine.count(Primitive::Ipi), 3);
 
     // Outside a section each operation is its own hypercall.
-    xen.flush_all(SpaceId(1), FlushScope::Cpus(0b11));
+    xen.flush_all(
+        SpaceId(1),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+    );
     assert_eq!(machine.calls(Call::MmuExtOp), 1);
     assert_eq!(machine.count(Primitive::FullFlush), 2);
 }

@@ -12,8 +12,8 @@ use std::sync::atomic::Ordering;
 
 const LAYOUT: KernelLayout = KernelLayout::X86_64_4LEVEL;
 
-fn sync(tables: &TestTables, policy: SyncPolicy) -> KernelSync<&TestTables> {
-    let sync = KernelSync::new(tables, tables.reference(), policy, LAYOUT);
+fn sync(tables: &TestTables, policy: SyncPolicy) -> KernelSync<&TestTables, &TestTables> {
+    let sync = KernelSync::new(tables, tables, tables.reference(), policy, LAYOUT);
     sync.boot().unwrap();
     sync
 }
@@ -39,7 +39,7 @@ fn layout_matches_the_x86_64_memory_map() {
 #[test]
 fn at_most_256_top_level_additions_per_boot_under_every_policy() {
     for policy in SyncPolicy::ALL {
-        let tables = TestTables::new(1);
+        let tables: TestTables = TestTables::new(1);
         let sync = sync(&tables, policy);
         for _pass in 0..2 {
             for slot in KERNEL_FIRST_SLOT..TOP_LEVEL_ENTRIES {
@@ -62,7 +62,7 @@ fn at_most_256_top_level_additions_per_boot_under_every_policy() {
 
 #[test]
 fn push_writes_every_process_table_at_once() {
-    let tables = TestTables::new(2);
+    let tables: TestTables = TestTables::new(2);
     let sync = sync(&tables, SyncPolicy::Push);
     let pgds: Vec<_> = (0..5).map(|_| tables.new_process()).collect();
     for &pgd in &pgds {
@@ -77,7 +77,7 @@ fn push_writes_every_process_table_at_once() {
 
 #[test]
 fn fault_fills_the_entry_on_first_access() {
-    let tables = TestTables::new(1);
+    let tables: TestTables = TestTables::new(1);
     let sync = sync(&tables, SyncPolicy::Fault);
     let pgd = tables.new_process();
     sync.init_process_table(pgd);
@@ -97,7 +97,7 @@ fn fault_fills_the_entry_on_first_access() {
 
 #[test]
 fn generation_syncs_loaded_tables_now_and_others_at_switch() {
-    let tables = TestTables::new(2);
+    let tables: TestTables = TestTables::new(2);
     let sync = sync(&tables, SyncPolicy::Generation);
     let running = tables.new_process();
     let sleeping = tables.new_process();
@@ -138,7 +138,7 @@ fn generation_syncs_loaded_tables_now_and_others_at_switch() {
 
 #[test]
 fn prealloc_never_adds_a_vmalloc_entry_after_boot() {
-    let tables = TestTables::new(1);
+    let tables: TestTables = TestTables::new(1);
     let sync = sync(&tables, SyncPolicy::Prealloc);
     assert_eq!(sync.stats().preallocated.load(Ordering::Relaxed), 64);
     let pgd = tables.new_process();
@@ -157,7 +157,7 @@ fn prealloc_never_adds_a_vmalloc_entry_after_boot() {
 
 #[test]
 fn the_check_fires_on_a_table_that_skipped_its_constructor() {
-    let tables = TestTables::new(1);
+    let tables: TestTables = TestTables::new(1);
     let sync = sync(&tables, SyncPolicy::Prealloc);
     let forgotten = tables.new_process();
     assert_eq!(
@@ -172,8 +172,14 @@ fn the_check_fires_on_a_table_that_skipped_its_constructor() {
 
 #[test]
 fn allocation_failure_changes_nothing_and_boot_can_resume() {
-    let tables = TestTables::new(1);
-    let push = KernelSync::new(&tables, tables.reference(), SyncPolicy::Push, LAYOUT);
+    let tables: TestTables = TestTables::new(1);
+    let push = KernelSync::new(
+        &tables,
+        &tables,
+        tables.reference(),
+        SyncPolicy::Push,
+        LAYOUT,
+    );
     tables.set_budget(Some(0));
     assert_eq!(
         push.ensure_slot(va(402)),
@@ -182,8 +188,14 @@ fn allocation_failure_changes_nothing_and_boot_can_resume() {
     assert_eq!(push.generation(), 0);
     assert!(!entry_present(tables.read_slot(tables.reference(), 402)));
 
-    let tables = TestTables::new(1);
-    let prealloc = KernelSync::new(&tables, tables.reference(), SyncPolicy::Prealloc, LAYOUT);
+    let tables: TestTables = TestTables::new(1);
+    let prealloc = KernelSync::new(
+        &tables,
+        &tables,
+        tables.reference(),
+        SyncPolicy::Prealloc,
+        LAYOUT,
+    );
     tables.set_budget(Some(10));
     assert_eq!(prealloc.boot(), Err(SyncError::OutOfMemory { added: 10 }));
     assert_eq!(prealloc.generation(), 10);
@@ -224,7 +236,7 @@ proptest! {
     #[test]
     fn loaded_tables_never_miss_a_sync(steps in prop::collection::vec(step(), 0..80)) {
         for policy in SyncPolicy::ALL {
-            let tables = TestTables::new(4);
+            let tables: TestTables = TestTables::new(4);
             let sync = sync(&tables, policy);
             let mut pgds = Vec::new();
             for step in &steps {
@@ -245,7 +257,7 @@ proptest! {
                         }
                     }
                     Step::Access { cpu, slot } => {
-                        let table = tables.loaded_table(cpu);
+                        let table = tables.loaded_table(lazymmu::cpu::CpuId::new(cpu));
                         let mapped = entry_present(tables.read_slot(tables.reference(), slot));
                         match sync.kernel_access(table, va(slot)) {
                             Ok(AccessOutcome::FaultFixed) => prop_assert_eq!(policy, SyncPolicy::Fault),
@@ -263,20 +275,17 @@ proptest! {
 }
 
 #[test]
-fn policy_names_round_trip() {
-    for policy in SyncPolicy::ALL {
-        assert_eq!(SyncPolicy::from_name(policy.name()), Some(policy));
-    }
-    assert_eq!(SyncPolicy::from_name("eager"), None);
-}
-
-#[test]
 fn five_level_paging_uses_its_own_format_and_layout() {
     use lazymmu::pgtable::format::{Entry, Format, X86_64_5Level};
-    let tables = TestTables::new(1);
+    let tables: TestTables<X86_64_5Level> = TestTables::new(1);
     let five = KernelLayout::X86_64_5LEVEL;
-    let sync: KernelSync<&TestTables, X86_64_5Level> =
-        KernelSync::with_format(&tables, tables.reference(), SyncPolicy::Prealloc, five);
+    let sync = KernelSync::new(
+        &tables,
+        &tables,
+        tables.reference(),
+        SyncPolicy::Prealloc,
+        five,
+    );
     sync.boot().unwrap();
     assert_eq!(sync.stats().preallocated.load(Ordering::Relaxed), 50);
     for slot in five.vmalloc_range() {
@@ -295,8 +304,9 @@ fn five_level_paging_uses_its_own_format_and_layout() {
 #[test]
 #[should_panic(expected = "layout and format disagree")]
 fn a_layout_of_the_wrong_depth_is_refused() {
-    let tables = TestTables::new(1);
+    let tables: TestTables = TestTables::new(1);
     let _ = KernelSync::new(
+        &tables,
         &tables,
         tables.reference(),
         SyncPolicy::Push,

@@ -2,9 +2,9 @@
 //! after nesting, exceptions and migration, and the per-CPU policy's
 //! preemption rule.
 
+use lazymmu::cpu::KeyRegister;
 use lazymmu::mm::pkey_window::{
-    KeyRights, PkeyMachine, PkeyWindows, Pkrs, WindowError, WindowPolicy, WindowStats,
-    WindowViolation,
+    KeyRights, PkeyWindows, Pkrs, WindowError, WindowPolicy, WindowStats, WindowViolation,
 };
 use lazymmu::mm::testing::TestKeys;
 
@@ -31,7 +31,7 @@ fn access_faults_outside_and_succeeds_inside_nested_windows() {
         let machine = TestKeys::new(1, 1);
         let windows = PkeyWindows::new(&machine, policy, KEY);
         // Another key's rights are part of what must come back exactly.
-        machine.write_key_register(Pkrs::INIT.with(7, KeyRights::ReadOnly));
+        machine.write_key(u64::from(Pkrs::INIT.with(7, KeyRights::ReadOnly).0));
         let before = machine.register(0);
         let fault = windows.access(false).unwrap_err();
         assert_eq!((fault.key, fault.write), (KEY, false));

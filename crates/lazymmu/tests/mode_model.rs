@@ -4,8 +4,9 @@
 
 mod mode_common;
 
+use lazymmu::cpu::Cpu;
 use lazymmu::mode::testing::TestArch;
-use lazymmu::mode::{Environment, LazyState, MisusePolicy};
+use lazymmu::mode::{LazyState, MisusePolicy};
 use mode_common::{AnyCaller, Design, Model, Six, ALL_DESIGNS, ALL_SIX};
 use proptest::prelude::*;
 

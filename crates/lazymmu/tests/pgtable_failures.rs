@@ -18,14 +18,15 @@ use lazymmu::pgtable::ops::{
     allocate_root, ApplyError, ApplyMode, CopyError, CopyKind, MapError, MoveError, PageTables,
     ProtectError, ZapError,
 };
-use pgtable_support::{assert_no_leak, clip_runs, normalize, runs_of, Host, Run as Span};
+use pgtable_support::{assert_no_leak, clip_runs, normalize, runs_of, Host, Native, Run as Span};
 
 type Pages = Vec<Span>;
 
-type Backend<'a> = X86Backend<&'a HostMemory, RecordingPrimitives>;
-type Lazy<'a> = Counters<TestEnv, &'a Backend<'a>>;
-type Tables<'a, F> = PageTables<'a, F, HostMemory, Backend<'a>, Lazy<'a>, HostFrameAllocator>;
-type Gatherer<'a> = Gather<'a, Backend<'a>, HostFrameAllocator>;
+/// Flushes go to the native backend's TLB side, whatever the format.
+type Flusher<'a> = X86Backend<&'a HostMemory, RecordingPrimitives>;
+type Lazy<'a, F> = Counters<TestEnv, &'a Native<'a, F>>;
+type Tables<'a, F> = PageTables<'a, F, HostMemory, Native<'a, F>, Lazy<'a, F>, HostFrameAllocator>;
+type Gatherer<'a> = Gather<'a, Flusher<'a>, HostFrameAllocator>;
 
 const SPACE: SpaceId = SpaceId(1);
 const CHILD: SpaceId = SpaceId(2);
@@ -62,18 +63,21 @@ fn run<F: Format>(scenario: &Scenario<F>, fail_at: Option<u64>, skip_op: bool) -
     let host = Host::new(512);
     let backend = host.backend(SPACE);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    let root = allocate_root(&host.memory, &host.frames).unwrap();
+    // SAFETY: the host allocator hands out frames of this host memory.
+    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
     let tables: Tables<'_, F> =
-        PageTables::new(root, SPACE, &host.memory, &backend, &lazy, &host.frames);
+        unsafe { PageTables::new(root, SPACE, &host.memory, &backend, &lazy, &host.frames) };
     (scenario.setup)(&tables);
-    let child = allocate_root(&host.memory, &host.frames).unwrap();
+    // SAFETY: the host allocator hands out frames of this host memory.
+    let child = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
     let before = host.frames.allocations();
     let mut at = None;
     if !skip_op {
         if let Some(n) = fail_at {
             host.frames.fail_at(n);
         }
-        let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
+        let mut gather = Gather::new(&backend.inner, &host.frames, SPACE, FlushScope::Local);
         at = (scenario.op)(&tables, child, &mut gather).err();
         drop(gather);
         host.frames.fail_at(0);
@@ -89,15 +93,15 @@ fn run<F: Format>(scenario: &Scenario<F>, fail_at: Option<u64>, skip_op: bool) -
     let parent_pages = runs_of::<F>(&host.memory, root, false);
     let child_pages = runs_of::<F>(&host.memory, child, false);
     // Tear both trees down: every frame must come back.
-    let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
-    tables
-        .with_root(root, SPACE)
+    let mut gather = Gather::new(&backend.inner, &host.frames, SPACE, FlushScope::Local);
+    // SAFETY: the child root is a frame of the same host memory.
+    unsafe { tables.with_root(root, SPACE) }
         .destroy(false, &mut gather)
         .unwrap();
     drop(gather);
-    let mut gather = Gather::new(&backend, &host.frames, CHILD, FlushScope::Local);
-    tables
-        .with_root(child, CHILD)
+    let mut gather = Gather::new(&backend.inner, &host.frames, CHILD, FlushScope::Local);
+    // SAFETY: the child root is a frame of the same host memory.
+    unsafe { tables.with_root(child, CHILD) }
         .destroy(false, &mut gather)
         .unwrap();
     drop(gather);
@@ -225,14 +229,17 @@ fn protect_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, g: &mut Gatherer<'_>) -
 fn copy_op<F: Format>(t: &Tables<'_, F>, child: PhysAddr, g: &mut Gatherer<'_>) -> Outcome {
     let start = B - G + 5 * M2 + 3 * K4;
     let end = B + 4 * M2 + 300 * K4;
-    match t.copy_to(
-        child,
-        CHILD,
-        VirtAddr(start),
-        end - start,
-        CopyKind::Private,
-        g,
-    ) {
+    // SAFETY: the child root is a frame of the same host memory.
+    match unsafe {
+        t.copy_to(
+            child,
+            CHILD,
+            VirtAddr(start),
+            end - start,
+            CopyKind::Private,
+            g,
+        )
+    } {
         Ok(_) => Ok(()),
         Err(CopyError::OutOfFrames { at }) => Err(at.0),
         Err(e) => panic!("{e:?}"),

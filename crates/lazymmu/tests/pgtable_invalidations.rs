@@ -171,9 +171,7 @@ impl<F: Format> ArchHooks for Checker<'_, F> {
 impl<F: Format> ContextSwitch for Checker<'_, F> {}
 
 impl<F: Format> Backend for Checker<'_, F> {
-    fn name(&self) -> &'static str {
-        "checker"
-    }
+    type Format = F;
 }
 
 /// Frees are checked against the stale walks still possible.
@@ -187,7 +185,8 @@ impl<F: Format> CheckedFrames<'_, '_, F> {
     /// A root table: reachable as soon as it exists (it is what CR3/TTBR
     /// will hold).
     fn root(&self, memory: &HostMemory) -> PhysAddr {
-        let root = allocate_root(memory, self).unwrap();
+        // SAFETY: the host allocator hands out frames of this host memory.
+        let root = unsafe { allocate_root(memory, self) }.unwrap();
         self.checker.unlinked.borrow_mut().remove(&root.0);
         root
     }
@@ -230,11 +229,18 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
     };
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
     let root = frames.root(&memory);
-    let tables = PageTables::<F, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames);
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables =
+        unsafe { PageTables::<F, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames) };
     let base = 4 * G;
 
     let step = |name: &str, f: &dyn Fn(&mut CheckedGather<'_, F>)| {
-        let mut gather = Gather::new(&checker, &frames, SPACE, FlushScope::Cpus(0b11));
+        let mut gather = Gather::new(
+            &checker,
+            &frames,
+            SPACE,
+            FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+        );
         f(&mut gather);
         drop(gather);
         assert_eq!(
@@ -305,8 +311,9 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
             .protect(VirtAddr(base + G + 8 * M2), 20 * K4, user(), g)
             .unwrap();
         g.flush();
-        let summary = tables
-            .copy_to(
+        // SAFETY: the child root is a frame of the same host memory.
+        let summary = unsafe {
+            tables.copy_to(
                 child,
                 CHILD,
                 VirtAddr(base + G + 8 * M2),
@@ -314,14 +321,15 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
                 CopyKind::Private,
                 g,
             )
-            .unwrap();
+        }
+        .unwrap();
         assert_eq!(summary.write_protected, 20);
         g.flush();
         // The child's own entries were new: nothing stale in its space.
         assert!(checker.stale.borrow().iter().all(|s| s.space == SPACE));
         let mut child_gather = Gather::new(&checker, &frames, CHILD, FlushScope::Local);
-        tables
-            .with_root(child, CHILD)
+        // SAFETY: the child root is a frame of the same host memory.
+        unsafe { tables.with_root(child, CHILD) }
             .destroy(false, &mut child_gather)
             .unwrap();
     });
@@ -355,7 +363,10 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
             .unwrap();
     });
     step("destroy", &|g| {
-        tables.with_root(root, SPACE).destroy(false, g).unwrap();
+        // SAFETY: the child root is a frame of the same host memory.
+        unsafe { tables.with_root(root, SPACE) }
+            .destroy(false, g)
+            .unwrap();
     });
     assert_eq!(frames.inner.outstanding(), 0);
     assert!(checker.sections.get() > 0);
@@ -382,8 +393,10 @@ fn the_checker_catches_a_forgotten_flush_and_free_before_flush() {
     };
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
     let root = frames.root(&memory);
-    let tables =
-        PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames);
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables = unsafe {
+        PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames)
+    };
     tables
         .map(VirtAddr(G), PhysAddr(G), 4 * K4, user(), PageSize::Size4K)
         .unwrap();
@@ -413,9 +426,12 @@ fn one_lazy_section_per_pte_table() {
     let checker = Checker::<X86_64>::new(&memory);
     let frames = HostFrameAllocator::new(PhysAddr(TABLE_BASE), 1024);
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
-    let root = allocate_root(&memory, &frames).unwrap();
-    let tables =
-        PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames);
+    // SAFETY: the host allocator hands out frames of this host memory.
+    let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables = unsafe {
+        PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames)
+    };
     // From 4 KiB below 4 MiB to 4 KiB past 7 MiB: PTE tables for three
     // 2 MiB regions, one section each.
     tables
@@ -444,7 +460,12 @@ fn gather_flushes_page_by_page_up_to_the_ceiling_then_fully() {
     let backend = X86Backend::new(&memory, RecordingPrimitives::new(1, SPACE));
 
     // 33 pages: 33 invlpg on the local CPU, one shootdown to CPU 0 and 2.
-    let mut gather = Gather::new(&backend, &frames, SPACE, FlushScope::Cpus(0b111));
+    let mut gather = Gather::new(
+        &backend,
+        &frames,
+        SPACE,
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b111)),
+    );
     for i in 0..33 {
         gather.add_page(VirtAddr(G + i * K4), PageSize::Size4K);
     }
@@ -453,7 +474,7 @@ fn gather_flushes_page_by_page_up_to_the_ceiling_then_fully() {
     assert_eq!(
         calls[0],
         PrimitiveCall::Shootdown(
-            0b101,
+            lazymmu::cpu::CpuMask::from_bits(0b101),
             RemoteFlush::Range {
                 space: SPACE,
                 start: VirtAddr(G),

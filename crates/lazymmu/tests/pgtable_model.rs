@@ -127,9 +127,12 @@ fn run<F: Format>(ops: &[Op], high: bool) {
     let host = Host::new(4096);
     let backend = host.backend(PARENT);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    let root = allocate_root(&host.memory, &host.frames).unwrap();
-    let tables =
-        PageTables::<F, _, _, _, _>::new(root, PARENT, &host.memory, &backend, &lazy, &host.frames);
+    // SAFETY: the host allocator hands out frames of this host memory.
+    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables = unsafe {
+        PageTables::<F, _, _, _, _>::new(root, PARENT, &host.memory, &backend, &lazy, &host.frames)
+    };
     let base = window_base::<F>(high);
     let at = |page: u64| base + page * 4096;
     let mut model = Pages::new();
@@ -282,14 +285,16 @@ fn run<F: Format>(ops: &[Op], high: bool) {
             } => {
                 let pages = clip(page, pages);
                 let start = at(page);
-                let child = allocate_root(&host.memory, &host.frames).unwrap();
+                // SAFETY: the host allocator hands out frames of this host memory.
+                let child = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
                 let kind = if private {
                     CopyKind::Private
                 } else {
                     CopyKind::Shared
                 };
-                tables
-                    .copy_to(
+                // SAFETY: the child root is a frame of the same host memory.
+                unsafe {
+                    tables.copy_to(
                         child,
                         CHILD,
                         VirtAddr(start),
@@ -297,7 +302,8 @@ fn run<F: Format>(ops: &[Op], high: bool) {
                         kind,
                         &mut gather,
                     )
-                    .unwrap();
+                }
+                .unwrap();
                 let mut child_model = Pages::new();
                 for i in 0..pages {
                     let va = start + i * 4096;
@@ -319,7 +325,8 @@ fn run<F: Format>(ops: &[Op], high: bool) {
                     "child after {op:?}"
                 );
                 drop(gather);
-                let child_tables = tables.with_root(child, CHILD);
+                // SAFETY: the child root is a frame of the same host memory.
+                let child_tables = unsafe { tables.with_root(child, CHILD) };
                 let mut child_gather =
                     Gather::new(&backend, &host.frames, CHILD, FlushScope::Local);
                 child_tables.destroy(high, &mut child_gather).unwrap();

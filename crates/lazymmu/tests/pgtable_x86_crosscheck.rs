@@ -228,15 +228,19 @@ fn encodings_match_the_x86_64_crate() {
     let host = Host::new(8192);
     let backend = host.backend(SpaceId(1));
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    let root = allocate_root(&host.memory, &host.frames).unwrap();
-    let tables = PageTables::<X86_64, _, _, _, _>::new(
-        root,
-        SpaceId(1),
-        &host.memory,
-        &backend,
-        &lazy,
-        &host.frames,
-    );
+    // SAFETY: the host allocator hands out frames of this host memory.
+    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
+    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
+    let tables = unsafe {
+        PageTables::<X86_64, _, _, _, _>::new(
+            root,
+            SpaceId(1),
+            &host.memory,
+            &backend,
+            &lazy,
+            &host.frames,
+        )
+    };
 
     let mut mappings = random_mappings(&mut rng, 400);
     for m in &mappings {

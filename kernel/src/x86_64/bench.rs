@@ -13,16 +13,18 @@
 //! tables ([`crate::smp_bench`]).
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::x86::BareMetalCounts;
 use lazymmu::backend::{Backend, FlushScope};
+use lazymmu::mode::eager::Eager;
 use lazymmu::mode::LazyMode;
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::Attributes;
+use lazymmu::pgtable::format::X86_64;
 use lazymmu::pgtable::gather::Gather;
 
 use crate::check::{Message, Outcome, Report};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables_with, lazy, native_backend, KernelLazy, NoLazy,
-    PrimitiveCounts, TABLE_FRAMES, USER_BASE,
+    self, backend, kernel_root, lazy, native_backend, KernelLazy, TABLE_FRAMES, USER_BASE,
 };
 use crate::pks::{DEFAULT_PKRS, OPEN_PKRS};
 use crate::table::{Column, Table};
@@ -120,7 +122,7 @@ pub struct Row {
     /// TSC cycles on the measuring CPU.
     pub cycles: u64,
     /// Primitives executed, summed over every CPU.
-    pub counts: PrimitiveCounts,
+    pub counts: BareMetalCounts,
     /// Cross-call IPIs sent.
     pub ipis: u64,
 }
@@ -129,7 +131,7 @@ pub struct Row {
 /// `None` for a mode not measured.
 pub type Rows = [[Option<Row>; 3]; 4];
 
-fn perform<B: Backend, L: LazyMode>(
+fn perform<B: Backend<Format = X86_64>, L: LazyMode>(
     backend: &B,
     lazy_mode: &L,
     target: &Target,
@@ -170,13 +172,13 @@ fn measure(
     let ipis = xcall::IPIS_SENT.total();
     let start = cpu::rdtsc();
     let result = match mode {
-        Mode::Unprotected => perform(native_backend(), &NoLazy, target, operation, run),
+        Mode::Unprotected => perform(native_backend(), &Eager, target, operation, run),
         Mode::OneSection => {
             let _section = lazy().section();
             perform::<_, KernelLazy>(backend(), lazy(), target, operation, run)
         }
         Mode::PerTable => perform::<_, KernelLazy>(backend(), lazy(), target, operation, run),
-        Mode::NoLazy => perform(backend(), &NoLazy, target, operation, run),
+        Mode::NoLazy => perform(backend(), &Eager, target, operation, run),
     };
     let cycles = cpu::rdtsc() - start;
     let counts = paging::all_counts() - before;
@@ -460,7 +462,7 @@ pub fn run(report: &mut Report) {
     );
 
     // The user space's tables: its slot wholly, then the root.
-    let user_tables = kernel_tables_with(&NoLazy).with_root(user_root, SpaceId(1));
+    let user_tables = paging::tables_on(backend(), &Eager, user_root, SpaceId(1));
     let mut gather = Gather::new(backend(), &TABLE_FRAMES, SpaceId(1), FlushScope::Local);
     let _ = user_tables.zap(VirtAddr(USER_BASE), 1 << 39, &mut gather);
     drop(gather);

@@ -2,6 +2,7 @@
 //! the running task, interrupt context and preemption are the executing
 //! CPU's.
 
+use lazymmu::cpu::{Cpu, CpuId};
 use lazymmu::mode::{Environment, LazyState};
 
 use crate::{interrupts, percpu, sched};
@@ -18,12 +19,9 @@ impl KernelEnv {
     }
 }
 
-impl Environment for KernelEnv {
-    fn lazy_state(&self) -> LazyState {
-        sched::current().lazy_state()
-    }
-    fn set_lazy_state(&self, state: LazyState) {
-        sched::current().set_lazy_state(state);
+impl Cpu for KernelEnv {
+    fn cpu_id(&self) -> CpuId {
+        CpuId::new(percpu::cpu_index())
     }
     fn in_interrupt(&self) -> bool {
         interrupts::in_interrupt()
@@ -33,6 +31,15 @@ impl Environment for KernelEnv {
     }
     fn preempt_enable(&self) {
         percpu::preempt_enable();
+    }
+}
+
+impl Environment for KernelEnv {
+    fn lazy_state(&self) -> LazyState {
+        sched::current().lazy_state()
+    }
+    fn set_lazy_state(&self, state: LazyState) {
+        sched::current().set_lazy_state(state);
     }
     /// Linux's `might_sleep()` check: sleeping with preemption off or in an
     /// interrupt ("sleeping function called from invalid context") is

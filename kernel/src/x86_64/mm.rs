@@ -29,18 +29,28 @@ use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{flush_locally, RemoteFlush};
 use lazymmu::backend::FlushScope;
 use lazymmu::backend::TlbFlush;
+use lazymmu::cpu::{Cpu, CpuId, CpuMask};
 use lazymmu::mm::active_mm::{
     check_space_free, check_tables_free, AddressSpace, CpuTlbState, FlushRange, HardwareView,
     LazyTlb, LazyTlbPolicy, MmError, MmMachine, TaskMm,
 };
-use lazymmu::mm::{CpuId, CpuMask};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::gather::Gather;
 
+use crate::env::KernelEnv;
 use crate::percpu::{self, MAX_CPUS};
 use crate::sched::{self, Task};
 use crate::sync::{Global, SpinLock};
 use crate::{cpu, interrupts, memory, paging, pks, println, xcall};
+
+/// The name the guest's report gives `policy`.
+pub const fn policy_name(policy: LazyTlbPolicy) -> &'static str {
+    match policy {
+        LazyTlbPolicy::Refcount => "refcount",
+        LazyTlbPolicy::Shootdown => "shootdown",
+        LazyTlbPolicy::X86 => "x86",
+    }
+}
 
 /// The three policies, one world each, in activation order: x86 first
 /// (Linux's own policy on this architecture).
@@ -308,17 +318,29 @@ impl KernelMachine {
     }
 }
 
-impl MmMachine for KernelMachine {
-    fn cpu(&self) -> CpuId {
-        percpu::cpu_index()
+/// The executing CPU, as the lazy mode's environment sees it.
+impl Cpu for KernelMachine {
+    fn cpu_id(&self) -> CpuId {
+        KernelEnv.cpu_id()
     }
+    fn in_interrupt(&self) -> bool {
+        KernelEnv.in_interrupt()
+    }
+    fn preempt_disable(&self) {
+        KernelEnv.preempt_disable();
+    }
+    fn preempt_enable(&self) {
+        KernelEnv.preempt_enable();
+    }
+}
 
+impl MmMachine for KernelMachine {
     fn space(&self, id: SpaceId) -> &AddressSpace {
         self.space_static(id)
     }
 
     fn cpu_state(&self, cpu: CpuId) -> &CpuTlbState {
-        &CPU_STATES[self.world][cpu]
+        &CPU_STATES[self.world][cpu.index()]
     }
 
     fn current_task(&self) -> &TaskMm {
@@ -348,14 +370,14 @@ impl MmMachine for KernelMachine {
         if percpu::this_cpu().loaded_space.load(Ordering::Acquire) == space.0 {
             INVALIDATIONS[percpu::cpu_index()].fetch_add(1, Ordering::Relaxed);
         }
-        flush_locally(&paging::KernelPrimitives, request);
+        flush_locally(&paging::BARE_METAL, request);
     }
 
     fn on_each_cpu(&self, targets: CpuMask, func: &dyn Fn(CpuId)) {
         let shared = SharedFunc(func);
-        let me = percpu::cpu_index();
-        let run = |cpu: usize| shared.call(cpu);
-        tlb_cross_call(targets.0, &run, || {
+        let me = self.cpu_id();
+        let run = |cpu: usize| shared.call(CpuId::new(cpu));
+        tlb_cross_call(targets.bits(), &run, || {
             if targets.contains(me) {
                 let were_enabled = cpu::disable_interrupts();
                 func(me);
@@ -428,7 +450,7 @@ impl HardwareView for Hardware {
     }
 
     fn root(&self, cpu: CpuId) -> SpaceId {
-        let record = percpu::cpu(cpu);
+        let record = percpu::cpu(cpu.index());
         if !record.online.load(Ordering::Acquire) {
             return SpaceId::KERNEL;
         }
@@ -436,7 +458,7 @@ impl HardwareView for Hardware {
     }
 
     fn invalidations(&self, cpu: CpuId, _space: SpaceId) -> u64 {
-        INVALIDATIONS[cpu].load(Ordering::Acquire)
+        INVALIDATIONS[cpu.index()].load(Ordering::Acquire)
     }
 }
 

@@ -1,18 +1,21 @@
 //! The kernel's page tables, built and changed only by the library: the
 //! memory they live in, the frame allocator they come from, the x86-64
-//! backend with real instructions, wrapped so that entries are written only
-//! through a PKS window (and, for several CPUs, in [`SmpBackend`]), and the
-//! lazy mode (the counter design) on top.
+//! backend over the library's real instructions ([`BareMetal`]), wrapped so
+//! that entries are written only through a PKS window (and, for several
+//! CPUs, in [`SmpBackend`]), and the lazy mode (the counter design) on top.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
-use lazymmu::backend::protected::{KeyRegister, KeySlot, X86Pks};
-use lazymmu::backend::x86::{RemoteFlush, X86Backend, X86Primitives};
+use lazymmu::backend::protected::{KeySlot, KeySlots, X86Pks};
+use lazymmu::backend::x86::{
+    flush_locally, BareMetal, BareMetalCounters, BareMetalCounts, RemoteFlush, X86Backend,
+};
 use lazymmu::backend::{Backend, EntryUpdate, PteAccess};
+use lazymmu::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use lazymmu::mode::counters::Counters;
-use lazymmu::mode::{LazyMode, LazyState, Misuse, MisusePolicy, Step};
+use lazymmu::mode::{LazyMode, MisusePolicy};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::memory::PageTableMemory;
@@ -21,7 +24,7 @@ use lazymmu::pgtable::ops::{allocate_root, PageTables};
 use crate::cpu;
 use crate::env::KernelEnv;
 use crate::memory::{self, MemoryMap, Region, DATA_FRAMES, PAGE_TABLE_FRAMES};
-use crate::percpu::{self, PerCpuCounter};
+use crate::percpu;
 use crate::pks::{self, PAGE_TABLE_KEY};
 use crate::smp_backend::{self, SmpBackend};
 use crate::sync::Global;
@@ -37,7 +40,12 @@ impl KernelMemory {
     }
 }
 
-impl PageTableMemory for KernelMemory {
+// SAFETY: every address the library passes is an entry of a table it
+// allocated from the page-table pool (`PageTableFrames`), which the direct
+// map (the boot identity map before it) covers, 8-byte aligned; the
+// library alone changes those tables, and the hardware walker only sets
+// accessed and dirty bits, which `swap` exchanges atomically.
+unsafe impl PageTableMemory for KernelMemory {
     fn read(&self, entry: PhysAddr) -> u64 {
         // SAFETY: the library only passes addresses of entries in tables it
         // allocated from the page-table pool, which is mapped (read access
@@ -87,113 +95,44 @@ impl FrameAllocator for PageTableFrames {
     }
 }
 
-/// Counts of the TLB primitives executed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PrimitiveCounts {
-    /// `invlpg` instructions.
-    pub invlpg: u64,
-    /// CR3 reloads.
-    pub cr3_reloads: u64,
-    /// CR4.PGE toggles (full flushes including global entries).
-    pub global_flushes: u64,
-    /// IA32_PKRS writes by page-table windows.
-    pub pkrs_writes: u64,
+/// The executing CPU (the library's name for it).
+fn cpu_id() -> CpuId {
+    CpuId::new(percpu::cpu_index())
 }
 
-impl core::ops::Sub for PrimitiveCounts {
-    type Output = PrimitiveCounts;
-    fn sub(self, before: PrimitiveCounts) -> PrimitiveCounts {
-        PrimitiveCounts {
-            invlpg: self.invlpg - before.invlpg,
-            cr3_reloads: self.cr3_reloads - before.cr3_reloads,
-            global_flushes: self.global_flushes - before.global_flushes,
-            pkrs_writes: self.pkrs_writes - before.pkrs_writes,
-        }
-    }
+fn loaded_space() -> SpaceId {
+    SpaceId(percpu::this_cpu().loaded_space.load(Ordering::Acquire))
 }
 
-static INVLPG: PerCpuCounter = PerCpuCounter::new();
-static CR3_RELOADS: PerCpuCounter = PerCpuCounter::new();
-static GLOBAL_FLUSHES: PerCpuCounter = PerCpuCounter::new();
-
-/// The executing CPU's counters so far (the caller stays on it).
-pub fn counts() -> PrimitiveCounts {
-    PrimitiveCounts {
-        invlpg: INVLPG.here(),
-        cr3_reloads: CR3_RELOADS.here(),
-        global_flushes: GLOBAL_FLUSHES.here(),
-        pkrs_writes: pks::writes(),
-    }
+/// `native_flush_tlb_multi`: a cross-call running the flush on every CPU of
+/// the mask, waiting for all.
+fn shootdown(cpus: CpuMask, request: RemoteFlush) {
+    let flush = move |_cpu: usize| flush_locally(&BARE_METAL, request);
+    crate::mm::tlb_cross_call(cpus.bits(), &flush, || {});
 }
 
-/// Every CPU's counters so far, summed.
-pub fn all_counts() -> PrimitiveCounts {
-    PrimitiveCounts {
-        invlpg: INVLPG.total(),
-        cr3_reloads: CR3_RELOADS.total(),
-        global_flushes: GLOBAL_FLUSHES.total(),
-        pkrs_writes: pks::total_writes(),
-    }
+/// The library's x86 instructions (`invlpg`, CR3 reload, CR4.PGE toggle,
+/// IA32_PKRS), counted per CPU, with this kernel's CPU numbering,
+/// interrupt context, loaded address space, shootdown cross-call and
+/// preemption control.
+pub static BARE_METAL: BareMetal = BareMetal {
+    cpu_id,
+    in_interrupt: crate::interrupts::in_interrupt,
+    loaded_space,
+    shootdown,
+    preempt_disable: percpu::preempt_disable,
+    preempt_enable: percpu::preempt_enable,
+    counts: BareMetalCounters::new(),
+};
+
+/// The executing CPU's instruction counts so far (the caller stays on it).
+pub fn counts() -> BareMetalCounts {
+    BARE_METAL.counts.on(cpu_id())
 }
 
-/// The x86 primitives with real instructions, counted.
-#[derive(Debug)]
-pub struct KernelPrimitives;
-
-impl X86Primitives for KernelPrimitives {
-    fn invlpg(&self, va: VirtAddr) {
-        INVLPG.increment();
-        cpu::invlpg(va.0);
-    }
-
-    fn reload_cr3(&self) {
-        CR3_RELOADS.increment();
-        // SAFETY: reloading the current value keeps the same tables.
-        unsafe { cpu::write_cr3(cpu::read_cr3()) };
-    }
-
-    fn flush_global(&self) {
-        GLOBAL_FLUSHES.increment();
-        let cr4 = cpu::read_cr4();
-        // SAFETY: toggling CR4.PGE flushes every translation and restores
-        // CR4 (SDM Vol. 3A §5.10.4.1, "Operations that Invalidate TLBs and
-        // Paging-Structure Caches"); the tables stay the same.
-        unsafe {
-            cpu::write_cr4(cr4 ^ cpu::CR4_PGE);
-            cpu::write_cr4(cr4);
-        }
-    }
-
-    fn read_pkrs(&self) -> u32 {
-        pks::read() as u32
-    }
-
-    fn write_pkrs(&self, value: u32) {
-        pks::write_window(u64::from(value));
-    }
-
-    fn current_cpu(&self) -> u32 {
-        percpu::cpu_index() as u32
-    }
-
-    fn loaded_space(&self) -> SpaceId {
-        SpaceId(percpu::this_cpu().loaded_space.load(Ordering::Acquire))
-    }
-
-    /// `native_flush_tlb_multi`: a cross-call running the flush on every
-    /// CPU of the mask, waiting for all.
-    fn shootdown(&self, cpus: u64, request: RemoteFlush) {
-        let flush =
-            move |_cpu: usize| lazymmu::backend::x86::flush_locally(&KernelPrimitives, request);
-        crate::mm::tlb_cross_call(cpus, &flush, || {});
-    }
-
-    fn preempt_disable(&self) {
-        percpu::preempt_disable();
-    }
-    fn preempt_enable(&self) {
-        percpu::preempt_enable();
-    }
+/// Every CPU's instruction counts so far, summed.
+pub fn all_counts() -> BareMetalCounts {
+    BARE_METAL.counts.total()
 }
 
 /// The key register and the machine state the protected wrapper consults.
@@ -206,19 +145,22 @@ pub fn backend_bugs() -> u64 {
     smp_backend::UNEXPECTED_BUGS.load(Ordering::Relaxed)
 }
 
-impl CpuPrimitives for KernelKeys {
-    fn cpu_id(&self) -> usize {
-        percpu::cpu_index()
+impl Cpu for KernelKeys {
+    fn cpu_id(&self) -> CpuId {
+        BARE_METAL.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
-        crate::interrupts::in_interrupt()
+        BARE_METAL.in_interrupt()
     }
     fn preempt_disable(&self) {
-        percpu::preempt_disable();
+        BARE_METAL.preempt_disable();
     }
     fn preempt_enable(&self) {
-        percpu::preempt_enable();
+        BARE_METAL.preempt_enable();
     }
+}
+
+impl CpuPrimitives for KernelKeys {
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         MEMORY.read(entry)
     }
@@ -227,6 +169,7 @@ impl CpuPrimitives for KernelKeys {
     }
 }
 
+/// IA32_PKRS through [`pks`], which leaves it alone until PKS is on.
 impl KeyRegister for KernelKeys {
     fn read_key(&self) -> u64 {
         pks::read()
@@ -234,7 +177,10 @@ impl KeyRegister for KernelKeys {
     fn write_key(&self, value: u64) {
         pks::write_window(value);
     }
-    // The running task's saved copies.
+}
+
+/// The running task's saved copies of the register.
+impl KeySlots for KernelKeys {
     fn task_key(&self, slot: KeySlot) -> Option<u64> {
         crate::sched::current().key(slot == KeySlot::Live)
     }
@@ -245,7 +191,7 @@ impl KeyRegister for KernelKeys {
 
 /// The native backend with page tables protected by PKS (`x86-pks`), for
 /// several CPUs.
-pub type KernelBackend = SmpBackend<X86Pks<KernelMemory, KernelPrimitives, KernelKeys>>;
+pub type KernelBackend = SmpBackend<X86Pks<KernelMemory, &'static BareMetal, KernelKeys>>;
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
@@ -273,11 +219,11 @@ pub fn lazy() -> &'static KernelLazy {
 pub fn init_backend() {
     BACKEND.init(SmpBackend::new(X86Pks::x86_pks(
         KernelMemory,
-        KernelPrimitives,
+        &BARE_METAL,
         KernelKeys,
     )));
     LAZY.init(Counters::new(KernelEnv, BACKEND.get(), MisusePolicy::Count));
-    NATIVE.init(X86Backend::new(KernelMemory, KernelPrimitives));
+    NATIVE.init(X86Backend::new(KernelMemory, &BARE_METAL));
 }
 
 /// Exception entry: the default key register value (see
@@ -305,20 +251,13 @@ pub fn kernel_root() -> PhysAddr {
 
 /// The kernel's tables with lazy sections.
 pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
-    PageTables::new(
-        kernel_root(),
-        SpaceId::KERNEL,
-        &MEMORY,
-        backend(),
-        lazy(),
-        &TABLE_FRAMES,
-    )
+    kernel_tables_with(lazy())
 }
 
 /// The native x86-64 backend without the PKS wrapper: for measuring what
 /// the protection costs. Its entry writes fault unless the caller has
 /// opened IA32_PKRS itself.
-pub type NativeBackend = X86Backend<KernelMemory, KernelPrimitives>;
+pub type NativeBackend = X86Backend<KernelMemory, &'static BareMetal>;
 
 static NATIVE: Global<NativeBackend> = Global::new();
 
@@ -329,58 +268,22 @@ pub fn native_backend() -> &'static NativeBackend {
 
 /// The tables at `root` (address space `space`) over any backend and lazy
 /// mode.
-pub fn tables_on<'a, B: Backend, L: LazyMode>(
+pub fn tables_on<'a, B: Backend<Format = X86_64>, L: LazyMode>(
     backend: &'a B,
     lazy: &'a L,
     root: PhysAddr,
     space: SpaceId,
 ) -> PageTables<'a, X86_64, KernelMemory, B, L, PageTableFrames> {
-    PageTables::new(root, space, &MEMORY, backend, lazy, &TABLE_FRAMES)
+    // SAFETY: every root the kernel hands out was allocated from the
+    // page-table pool and is reached through `MEMORY`; the library alone
+    // changes these tables.
+    unsafe { PageTables::new(root, space, &MEMORY, backend, lazy, &TABLE_FRAMES) }
 }
 
-/// The kernel's tables with any lazy mode (for [`NoLazy`]).
+/// The kernel's tables with any lazy mode (for
+/// [`Eager`](lazymmu::mode::eager::Eager), a kernel without batching).
 pub fn kernel_tables_with<L: LazyMode>(lazy: &L) -> KernelTables<'_, L> {
-    PageTables::new(
-        kernel_root(),
-        SpaceId::KERNEL,
-        &MEMORY,
-        backend(),
-        lazy,
-        &TABLE_FRAMES,
-    )
-}
-
-/// A lazy mode that never enters: what a kernel without lazy MMU batching
-/// does. Every entry write then opens and closes its own window.
-#[derive(Debug, Default)]
-pub struct NoLazy;
-
-impl LazyMode for NoLazy {
-    type Token = ();
-    fn enable(&self) -> Result<Step<()>, Misuse> {
-        Ok(Step {
-            token: (),
-            hook: None,
-        })
-    }
-    fn disable(&self, _token: ()) -> Result<Step<()>, Misuse> {
-        self.enable()
-    }
-    fn pause_raw(&self) -> Result<Step<()>, Misuse> {
-        self.enable()
-    }
-    fn resume(&self, _token: ()) -> Result<Step<()>, Misuse> {
-        self.enable()
-    }
-    fn is_active(&self) -> bool {
-        false
-    }
-    fn state(&self) -> LazyState {
-        LazyState::IDLE
-    }
-    fn bytes_per_task(&self) -> usize {
-        0
-    }
+    tables_on(backend(), lazy, kernel_root(), SpaceId::KERNEL)
 }
 
 extern "C" {
@@ -404,7 +307,10 @@ fn symbol(s: *const u8) -> u64 {
 /// # Errors
 /// A message when a frame or a mapping cannot be had.
 pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
-    let root = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the root table")?;
+    // SAFETY: `TABLE_FRAMES` hands out frames of the page-table pool, which
+    // `MEMORY` reaches.
+    let root =
+        unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }.ok_or("no frame for the root table")?;
     KERNEL_ROOT.store(root.0, Ordering::Release);
     let tables = kernel_tables();
 
@@ -507,7 +413,8 @@ pub const USER_BASE: u64 = 0x80_0000_0000;
 /// entries (slot 0: the image; 256–511: the upper half) linked in through
 /// the backend, so that it can be loaded while the kernel runs.
 pub fn new_user_root() -> Option<PhysAddr> {
-    let root = allocate_root(&MEMORY, &TABLE_FRAMES)?;
+    // SAFETY: as in `init`.
+    let root = unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }?;
     let kernel = kernel_root();
     for slot in (0..1).chain(256..512u64) {
         let value = MEMORY.read(kernel.add(8 * slot));

@@ -282,16 +282,6 @@ impl PerCpuCounter {
         self.0[cpu_index()].fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The count of CPU `cpu`.
-    pub fn on(&self, cpu: usize) -> u64 {
-        self.0[cpu].load(Ordering::Relaxed)
-    }
-
-    /// The count of the executing CPU.
-    pub fn here(&self) -> u64 {
-        self.on(cpu_index())
-    }
-
     /// The sum over all CPUs.
     pub fn total(&self) -> u64 {
         self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()

@@ -19,8 +19,10 @@
 
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use lazymmu::cpu::KeyRegister;
+
 use crate::cpu::{self, MSR_IA32_PKRS};
-use crate::percpu::PerCpuCounter;
+use crate::paging::{self, BARE_METAL};
 
 /// The key every page-table page carries in the direct map.
 pub const PAGE_TABLE_KEY: u8 = 1;
@@ -39,8 +41,6 @@ pub const fn write_disable(key: u8) -> u64 {
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static PKRS_WRITES: PerCpuCounter = PerCpuCounter::new();
-static IRQ_PKRS_WRITES: PerCpuCounter = PerCpuCounter::new();
 
 /// Whether the CPU supports PKS.
 pub fn supported() -> bool {
@@ -80,41 +80,27 @@ pub fn read() -> u64 {
     if !ENABLED.load(Ordering::Acquire) {
         return DEFAULT_PKRS;
     }
-    // SAFETY: PKS is enabled, so the MSR exists.
-    unsafe { cpu::rdmsr(MSR_IA32_PKRS) }
+    BARE_METAL.read_key()
 }
 
-/// Writes IA32_PKRS and counts it (windows, and exception entry and
-/// return).
+/// Writes IA32_PKRS with the library's instruction, which counts it
+/// (windows, and exception entry and return); nothing before PKS is on.
 pub fn write_window(value: u64) {
     if !ENABLED.load(Ordering::Acquire) {
         return;
     }
-    if crate::interrupts::in_interrupt() {
-        IRQ_PKRS_WRITES.increment();
-    } else {
-        PKRS_WRITES.increment();
-    }
-    // SAFETY: PKS is enabled, so the MSR exists; the values written are
-    // DEFAULT_PKRS or OPEN_PKRS, which only change the rights on page-table
-    // pages.
-    unsafe { cpu::wrmsr(MSR_IA32_PKRS, value) };
+    BARE_METAL.write_key(value);
 }
 
 /// IA32_PKRS writes in task context on the executing CPU since boot.
 pub fn writes() -> u64 {
-    PKRS_WRITES.here()
-}
-
-/// IA32_PKRS writes in task context on every CPU since boot.
-pub fn total_writes() -> u64 {
-    PKRS_WRITES.total()
+    paging::counts().pkrs_writes
 }
 
 /// IA32_PKRS writes in interrupt context (exception entry and return,
 /// handlers' own windows) on the executing CPU since boot.
 pub fn irq_writes() -> u64 {
-    IRQ_PKRS_WRITES.here()
+    paging::counts().irq_pkrs_writes
 }
 
 /// Runs `f` with page-table pages writable: inside a section's window as

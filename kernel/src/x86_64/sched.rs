@@ -23,8 +23,8 @@ use core::sync::atomic::{
     AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
 };
 
+use lazymmu::cpu::{CpuId, CpuMask};
 use lazymmu::mm::active_mm::TaskMm;
-use lazymmu::mm::CpuMask;
 use lazymmu::mode::LazyState;
 
 use crate::percpu::{self, MAX_CPUS};
@@ -458,8 +458,9 @@ fn pick_cpu(task: &Task, from: usize) -> usize {
     if allowed & (1 << from) != 0 {
         return from;
     }
-    CpuMask(allowed)
+    CpuMask::from_bits(allowed)
         .iter()
+        .map(CpuId::index)
         .min_by_key(|&cpu| RUN_QUEUES[cpu].lock().len)
         .unwrap_or(from)
 }
@@ -657,7 +658,11 @@ pub fn tick() {
         return;
     }
     let pick = (random(me) % u64::from(others.count_ones())) as usize;
-    if let Some(target) = CpuMask(others).iter().nth(pick) {
+    if let Some(target) = CpuMask::from_bits(others)
+        .iter()
+        .map(CpuId::index)
+        .nth(pick)
+    {
         task.migrate_to.store(target, Ordering::Release);
         this.need_resched.store(true, Ordering::Release);
     }
@@ -718,10 +723,16 @@ fn forced_preemption_point(task: &Task) {
     }
     let me = percpu::cpu_index();
     let online = percpu::online_mask();
-    let next = CpuMask(online & !((2u64 << me) - 1))
+    let next = CpuMask::from_bits(online & !((2u64 << me) - 1))
         .iter()
+        .map(CpuId::index)
         .next()
-        .or_else(|| CpuMask(online & !(1 << me)).iter().next());
+        .or_else(|| {
+            CpuMask::from_bits(online & !(1 << me))
+                .iter()
+                .map(CpuId::index)
+                .next()
+        });
     if let Some(target) = next {
         task.migrate_to.store(target, Ordering::Release);
     }

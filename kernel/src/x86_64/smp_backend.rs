@@ -71,7 +71,7 @@ impl<B: Backend> SmpBackend<B> {
     }
 
     fn flag(&self) -> &LazyFlag {
-        self.lazy.get(percpu::cpu_index())
+        self.lazy.get(lazymmu::cpu::CpuId::new(percpu::cpu_index()))
     }
 
     /// Notes a table unlink in the running task (see the module
@@ -209,9 +209,7 @@ impl<B: Backend> ContextSwitch for SmpBackend<B> {
 }
 
 impl<B: Backend> Backend for SmpBackend<B> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
+    type Format = B::Format;
 }
 
 /// `arch_start_context_switch(prev)` (interrupts off).

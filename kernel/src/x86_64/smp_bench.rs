@@ -190,7 +190,7 @@ pub fn run_range_operations(report: &mut Report) {
     let table = Table::start(
         format_args!(
             "In-guest SMP measurements: {PAGES} pages of 4 KiB in one address space loaded on N CPUs, {} policy",
-            mm::policy().name()
+            mm::policy_name(mm::policy())
         ),
         &RANGE_COLUMNS,
     );
@@ -288,7 +288,7 @@ const SWITCH_REPEATS: usize = 3;
 /// policy has run ([`print_context_switches`]).
 pub fn run_context_switches(report: &mut Report, world: usize) {
     let cpus = percpu::online_count();
-    let policy = mm::policy().name();
+    let policy = mm::policy_name(mm::policy());
     let outcome = (|| -> Outcome {
         for _ in 0..SWITCH_REPEATS {
             switch_run(world, cpus, policy)?;

@@ -895,12 +895,9 @@ struct CpuStateEnv;
 
 static CPU_LAZY: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 
-impl Environment for CpuStateEnv {
-    fn lazy_state(&self) -> LazyState {
-        self.cpu_lazy_state()
-    }
-    fn set_lazy_state(&self, state: LazyState) {
-        self.set_cpu_lazy_state(state)
+impl lazymmu::cpu::Cpu for CpuStateEnv {
+    fn cpu_id(&self) -> lazymmu::cpu::CpuId {
+        crate::env::KernelEnv.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
         crate::env::KernelEnv.in_interrupt()
@@ -910,6 +907,15 @@ impl Environment for CpuStateEnv {
     }
     fn preempt_enable(&self) {
         percpu::preempt_enable()
+    }
+}
+
+impl Environment for CpuStateEnv {
+    fn lazy_state(&self) -> LazyState {
+        self.cpu_lazy_state()
+    }
+    fn set_lazy_state(&self, state: LazyState) {
+        self.set_cpu_lazy_state(state)
     }
     fn might_sleep(&self) {
         crate::env::KernelEnv.might_sleep()
@@ -1081,7 +1087,10 @@ fn active_mm_test(cpus: usize) -> Outcome {
     let world = mm::tlb();
     let lazy_on_x = (1..cpus)
         .filter(|&c| {
-            let state = lazymmu::mm::active_mm::MmMachine::cpu_state(world.machine(), c);
+            let state = lazymmu::mm::active_mm::MmMachine::cpu_state(
+                world.machine(),
+                lazymmu::cpu::CpuId::new(c),
+            );
             state.is_lazy() && state.loaded() == x
         })
         .count();
@@ -1166,7 +1175,7 @@ fn active_mm_test(cpus: usize) -> Outcome {
     println!(
         "  ({}: {freed} freed, {refs} ref updates, {shootdowns} shootdowns, {skipped} lazy CPUs \
          skipped, {switched_away} switched away, {} walks)",
-        policy.name(),
+        mm::policy_name(policy),
         mm::CANARY_WALKS.load(Ordering::Relaxed)
     );
     Ok(())
@@ -1484,7 +1493,7 @@ pub fn run_active_mm(report: &mut Report) {
     report.run(
         format_args!(
             "active_mm, {} policy: lazy borrowers and a freed address space",
-            mm::policy().name()
+            mm::policy_name(mm::policy())
         ),
         || active_mm_test(cpus),
     );

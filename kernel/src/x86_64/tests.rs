@@ -7,6 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::{EntryUpdate, FlushScope, PteAccess};
+use lazymmu::mode::eager::Eager;
 use lazymmu::mode::{LazyMode, LazyState};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
@@ -17,8 +18,8 @@ use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
 use crate::memory::{DIRECT_MAP_BASE, FRAME};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy,
-    KernelMemory, KernelTables, NoLazy, PageTableFrames, TABLE_FRAMES,
+    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend,
+    PageTableFrames, TABLE_FRAMES,
 };
 use crate::pks::{self, DEFAULT_PKRS, OPEN_PKRS};
 use crate::range_tests::{self, Guest};
@@ -45,7 +46,9 @@ pub fn kernel_gather() -> Gather<'static, KernelBackend, PageTableFrames> {
         backend(),
         &TABLE_FRAMES,
         SpaceId::KERNEL,
-        FlushScope::Cpus(crate::percpu::online_mask()),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(
+            crate::percpu::online_mask(),
+        )),
     )
 }
 
@@ -212,8 +215,14 @@ fn copy_test() -> Outcome {
     let kernel = kernel_tables();
     let parent_root = paging::new_user_root().ok_or(message!("no root"))?;
     let child_root = paging::new_user_root().ok_or(message!("no root"))?;
-    let parent = kernel.with_root(parent_root, SpaceId(1));
-    let child = kernel.with_root(child_root, SpaceId(2));
+    // SAFETY: both roots were allocated from the page-table pool, which
+    // the kernel's tables reach.
+    let (parent, child) = unsafe {
+        (
+            kernel.with_root(parent_root, SpaceId(1)),
+            kernel.with_root(child_root, SpaceId(2)),
+        )
+    };
     let len = PAGES as u64 * FRAME;
     let run = data_run(PAGES)?;
     parent
@@ -230,8 +239,10 @@ fn copy_test() -> Outcome {
         // Writable in the parent, and cached so.
         write(USER_BASE + 16, 1)?;
         let mut gather = Gather::new(backend(), &TABLE_FRAMES, SpaceId(1), FlushScope::Local);
-        let summary = parent
-            .copy_to(
+        // SAFETY: the child root is a page-table pool frame, like the
+        // parent's.
+        let summary = unsafe {
+            parent.copy_to(
                 child_root,
                 SpaceId(2),
                 VirtAddr(USER_BASE),
@@ -239,7 +250,8 @@ fn copy_test() -> Outcome {
                 CopyKind::Private,
                 &mut gather,
             )
-            .map_err(|e| message!("copy: {e:?}"))?;
+        }
+        .map_err(|e| message!("copy: {e:?}"))?;
         drop(gather);
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
         // Copy-on-write: the parent lost write access at once.
@@ -533,7 +545,7 @@ fn pkrs_count_test() -> Outcome {
         "PKRS writes for a zap of {N} in one section"
     );
 
-    let plain = kernel_tables_with(&NoLazy);
+    let plain = kernel_tables_with(&Eager);
     let start = pks::writes();
     map(&|| {
         plain

@@ -26,7 +26,7 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use lazymmu::mm::CpuMask;
+use lazymmu::cpu::{CpuId, CpuMask};
 
 use crate::percpu::{self, PerCpuCounter, MAX_CPUS};
 use crate::{apic, cpu};
@@ -96,7 +96,7 @@ pub fn call_many(targets: u64, func: &(dyn Fn(usize) + Sync), local: impl FnOnce
             >(func));
         }
         request.pending.store(targets, Ordering::Release);
-        for target in CpuMask(targets).iter() {
+        for target in CpuMask::from_bits(targets).iter().map(CpuId::index) {
             INCOMING[target].fetch_or(1 << me, Ordering::AcqRel);
             apic::send_ipi(
                 percpu::cpu(target).apic_id.load(Ordering::Acquire),
@@ -161,7 +161,7 @@ pub fn poll() {
 pub fn handle_pending() {
     let me = percpu::cpu_index();
     let senders = INCOMING[me].swap(0, Ordering::AcqRel);
-    for sender in CpuMask(senders).iter() {
+    for sender in CpuMask::from_bits(senders).iter().map(CpuId::index) {
         let request = &REQUESTS[sender];
         // SAFETY: the sender published `func` before setting our bit, and
         // keeps it valid until we clear our `pending` bit below.

@@ -1,164 +1,32 @@
-//! The MM neighbours on the simulator: a context-switch storm for lazy TLB
-//! ([`ctxswitch`]), vmalloc growing across top-level slots ([`vmalloc_grow`])
-//! and protection-key windows over device memory ([`pgmap`]).
+//! The MM neighbours on the machine: a context-switch storm for lazy TLB
+//! ([`ctxswitch`]), vmalloc growing across top-level slots
+//! ([`vmalloc_grow`]) and protection-key windows over device memory
+//! ([`pgmap`]).
 //!
 //! Each workload runs the library's policy code unmodified
-//! (`lazymmu::mm`) on a machine model that implements the library's machine
-//! traits, checks the neighbours' contracts after every step, counts what
-//! each policy costs and turns the counts into modelled cycles
-//! ([`cost`]). A run is a function of its configuration and seed; the
-//! random decisions go through a [`Chooser`] so that an explorer can drive
-//! them instead: [`Dfs`] and [`Replay`] here, and the simulator's explorer
-//! through [`explore`], which also holds the known-bad configurations
-//! (`pgmap-percpu-preemptible`, `ctxswitch-lost-ipi`).
+//! (`lazymmu::mm`) on the one [`Machine`](crate::machine::Machine), through
+//! the same machine traits and with the same cost table as the page-table
+//! workloads; the workload's own decisions (which CPU acts, what it does)
+//! are weighted choice points, so the same run is drawn at random by
+//! `compare` and enumerated by `check`. The known-bad configurations
+//! (`pgmap-percpu-preemptible`, `ctxswitch-lost-ipi`) are the machine's
+//! fault switches.
 
-pub mod cost;
 pub mod ctxswitch;
-pub mod explore;
 pub mod pgmap;
 pub mod vmalloc_grow;
 
 use std::collections::BTreeMap;
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 
-use serde::Serialize;
+use lazymmu::mm::active_mm::LazyTlbPolicy;
+use lazymmu::mm::kernel_sync::SyncPolicy;
+use lazymmu::mm::pkey_window::WindowPolicy;
 
-/// Where a workload's decisions come from.
-pub trait Chooser {
-    /// Picks one of `options` (at least 1) alternatives: `0..options`.
-    fn choose(&mut self, options: usize) -> usize;
-
-    /// Picks an index of `weights` with probability proportional to its
-    /// weight. An explorer overrides this to branch once per index with a
-    /// non-zero weight; the default draws from [`Chooser::choose`].
-    fn choose_weighted(&mut self, weights: &[u32]) -> usize {
-        let total: u32 = weights.iter().sum();
-        let mut draw = self.choose(total.max(1) as usize) as u32;
-        for (index, &weight) in weights.iter().enumerate() {
-            if draw < weight {
-                return index;
-            }
-            draw -= weight;
-        }
-        weights.len() - 1
-    }
-}
-
-/// Depth-first enumeration of every decision sequence of a run: call
-/// [`Dfs::next_schedule`] between runs until it returns false. Weighted
-/// choices branch once per index with a non-zero weight, so a run's
-/// schedules are its distinct behaviours, not its random draws.
-#[derive(Clone, Debug, Default)]
-pub struct Dfs {
-    /// The picks of the current schedule and how many options each had.
-    picks: Vec<(usize, usize)>,
-    position: usize,
-}
-
-impl Dfs {
-    /// An enumeration starting at the all-zero schedule.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The picks of the schedule just run (replayable with [`Replay`]).
-    pub fn schedule(&self) -> Vec<usize> {
-        self.picks[..self.position]
-            .iter()
-            .map(|&(pick, _)| pick)
-            .collect()
-    }
-
-    /// Moves to the next schedule; false when every one has been run.
-    pub fn next_schedule(&mut self) -> bool {
-        self.picks.truncate(self.position);
-        self.position = 0;
-        while let Some((pick, options)) = self.picks.pop() {
-            if pick + 1 < options {
-                self.picks.push((pick + 1, options));
-                return true;
-            }
-        }
-        false
-    }
-}
-
-impl Chooser for Dfs {
-    fn choose(&mut self, options: usize) -> usize {
-        assert!(options > 0, "a choice needs an option");
-        let pick = match self.picks.get(self.position) {
-            Some(&(pick, recorded)) if recorded == options => pick,
-            _ => {
-                self.picks.truncate(self.position);
-                self.picks.push((0, options));
-                0
-            }
-        };
-        self.position += 1;
-        pick
-    }
-
-    fn choose_weighted(&mut self, weights: &[u32]) -> usize {
-        let live: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
-        live[self.choose(live.len())]
-    }
-}
-
-/// Replays recorded picks (from [`Dfs::schedule`]); past the end, picks 0.
-/// Weighted choices pick among the indices with a non-zero weight, as
-/// [`Dfs`] does.
-#[derive(Clone, Debug)]
-pub struct Replay {
-    picks: Vec<usize>,
-    position: usize,
-}
-
-impl Replay {
-    /// A replay of `picks`.
-    pub fn new(picks: Vec<usize>) -> Self {
-        Self { picks, position: 0 }
-    }
-}
-
-impl Chooser for Replay {
-    fn choose(&mut self, options: usize) -> usize {
-        let pick = self.picks.get(self.position).copied().unwrap_or(0);
-        self.position += 1;
-        pick.min(options - 1)
-    }
-
-    fn choose_weighted(&mut self, weights: &[u32]) -> usize {
-        let live: Vec<usize> = (0..weights.len()).filter(|&i| weights[i] > 0).collect();
-        live[self.choose(live.len())]
-    }
-}
-
-/// Decisions from a seeded SplitMix64 stream (Steele, Lea and Flood, "Fast
-/// splittable pseudorandom number generators", OOPSLA 2014).
-#[derive(Clone, Debug)]
-pub struct Seeded(u64);
-
-impl Seeded {
-    /// A stream from `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
-impl Chooser for Seeded {
-    fn choose(&mut self, options: usize) -> usize {
-        assert!(options > 0, "a choice needs an option");
-        (self.next() % options as u64) as usize
-    }
-}
+use crate::choice::{Chooser, RandomChooser, Rates};
+use crate::cost::Cost;
+use crate::explore::{catching, RunOutcome, System};
+use crate::invariant::Violation;
 
 /// One of the neighbours' workloads, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,124 +78,54 @@ impl NeighbourWorkload {
     }
 }
 
-/// A contract a neighbour workload checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NeighbourInvariant {
-    /// DESIGN.md §6.7: an address space or page-table page freed while a
-    /// CPU may still use it.
-    UseAfterFree,
-    /// §6.1: a CPU used a translation a flush promised to remove.
-    StaleTranslation,
-    /// A kernel access failed for lack of a synced top-level entry.
-    MissingSync,
-    /// §6.5: an access to device memory inside a window faulted.
-    FaultInsideWindow,
-    /// §6.5: an access to device memory outside any window succeeded.
-    AccessOutsideWindow,
-    /// §6.5: the key register disagrees with the windows open, or was not
-    /// restored exactly after an exception or a window.
-    KeyRestore,
-    /// A per-CPU window was preempted or migrated.
-    PreemptedInWindow,
-    /// A library call refused an operation the workload expected to work.
-    OperationFailed,
-}
-
-impl NeighbourInvariant {
-    /// The simulator's contract this one is an instance of, where the
-    /// simulator names it (§6.1 stale translations, §6.5 key faults and
-    /// restores, failed operations); `None` for the contracts only the
-    /// neighbours check (§6.7 use-after-free, missing kernel syncs,
-    /// preemption inside a per-CPU window).
-    pub const fn sim_invariant(self) -> Option<crate::invariant::Invariant> {
-        use crate::invariant::Invariant;
-        match self {
-            NeighbourInvariant::StaleTranslation => Some(Invariant::StaleTranslation),
-            NeighbourInvariant::FaultInsideWindow | NeighbourInvariant::AccessOutsideWindow => {
-                Some(Invariant::KeyFault)
-            }
-            NeighbourInvariant::KeyRestore => Some(Invariant::KeyRestore),
-            NeighbourInvariant::OperationFailed => Some(Invariant::OperationFailed),
-            NeighbourInvariant::UseAfterFree
-            | NeighbourInvariant::MissingSync
-            | NeighbourInvariant::PreemptedInWindow => None,
-        }
-    }
-
-    /// The name in reports.
-    pub const fn name(self) -> &'static str {
-        match self {
-            NeighbourInvariant::UseAfterFree => "use-after-free",
-            NeighbourInvariant::StaleTranslation => "stale-translation",
-            NeighbourInvariant::MissingSync => "missing-sync",
-            NeighbourInvariant::FaultInsideWindow => "fault-inside-window",
-            NeighbourInvariant::AccessOutsideWindow => "access-outside-window",
-            NeighbourInvariant::KeyRestore => "key-restore",
-            NeighbourInvariant::PreemptedInWindow => "preempted-in-window",
-            NeighbourInvariant::OperationFailed => "operation-failed",
-        }
+/// The command-line name of a lazy-TLB policy.
+pub const fn lazy_tlb_name(policy: LazyTlbPolicy) -> &'static str {
+    match policy {
+        LazyTlbPolicy::Refcount => "refcount",
+        LazyTlbPolicy::Shootdown => "shootdown",
+        LazyTlbPolicy::X86 => "x86",
     }
 }
 
-/// A violated contract and where.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct NeighbourViolation {
-    /// Which contract.
-    pub invariant: NeighbourInvariant,
-    /// Step of the run.
-    pub step: u64,
-    /// CPU.
-    pub cpu: usize,
-    /// What went wrong.
-    pub detail: String,
+/// The lazy-TLB policy named `name`.
+pub fn parse_lazy_tlb(name: &str) -> Option<LazyTlbPolicy> {
+    LazyTlbPolicy::ALL
+        .into_iter()
+        .find(|&p| lazy_tlb_name(p) == name)
 }
 
-impl fmt::Display for NeighbourViolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invariant violated: {} at step {} on cpu{}: {}",
-            self.invariant.name(),
-            self.step,
-            self.cpu,
-            self.detail
-        )
+/// The command-line name of a kernel top-level sync policy.
+pub const fn sync_name(policy: SyncPolicy) -> &'static str {
+    match policy {
+        SyncPolicy::Fault => "fault",
+        SyncPolicy::Push => "push",
+        SyncPolicy::Generation => "generation",
+        SyncPolicy::Prealloc => "prealloc",
     }
 }
 
-/// Collects violations: the count and the first few in full.
-#[derive(Clone, Debug, Default)]
-pub struct Violations {
-    count: u64,
-    first: Vec<NeighbourViolation>,
+/// The sync policy named `name`.
+pub fn parse_sync(name: &str) -> Option<SyncPolicy> {
+    SyncPolicy::ALL.into_iter().find(|&p| sync_name(p) == name)
 }
 
-impl Violations {
-    /// How many are kept in full.
-    pub const KEPT: usize = 8;
-
-    /// Records one.
-    pub fn push(&mut self, violation: NeighbourViolation) {
-        self.count += 1;
-        if self.first.len() < Self::KEPT {
-            self.first.push(violation);
-        }
+/// The command-line name of a protection-key window policy.
+pub const fn window_name(policy: WindowPolicy) -> &'static str {
+    match policy {
+        WindowPolicy::Task => "task",
+        WindowPolicy::PerCpu => "percpu",
     }
+}
 
-    /// The total.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// The first ones.
-    pub fn first(&self) -> &[NeighbourViolation] {
-        &self.first
-    }
+/// The window policy named `name`.
+pub fn parse_window(name: &str) -> Option<WindowPolicy> {
+    WindowPolicy::ALL
+        .into_iter()
+        .find(|&p| window_name(p) == name)
 }
 
 /// One row of a comparison: a workload under one policy.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct NeighbourRow {
     /// Workload name.
     pub workload: &'static str,
@@ -337,15 +135,44 @@ pub struct NeighbourRow {
     pub cpus: usize,
     /// Processes (vmalloc-grow) or tasks (ctxswitch, pgmap).
     pub processes: usize,
-    /// What happened, by name.
+    /// What happened, by name: the machine's counts and the policy's own
+    /// statistics.
     pub counts: BTreeMap<&'static str, u64>,
-    /// Modelled cycles.
+    /// Modelled cycles (the machine's one cost table).
     pub cycles: u64,
     /// Invariant violations.
     pub violations: u64,
     /// The first violations in full.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub first_violations: Vec<NeighbourViolation>,
+    pub first_violations: Vec<Violation>,
+}
+
+/// The machine's non-zero counts, under the names the neighbour tables
+/// have always used for them (`ipis`, `root_loads`, …) where they had one,
+/// else under their cost-table names.
+pub(crate) fn machine_counts(
+    machine: &crate::machine::Machine,
+    counts: &mut BTreeMap<&'static str, u64>,
+) {
+    for (row, n) in machine.counts().nonzero() {
+        counts.insert(count_name(row), n);
+    }
+}
+
+fn count_name(row: Cost) -> &'static str {
+    use crate::cost::{Primitive as P, Software as S};
+    match row {
+        Cost::Primitive(P::Ipi) => "ipis",
+        Cost::Primitive(P::FullFlush) => "full_flushes",
+        Cost::Primitive(P::RootLoad) => "root_loads",
+        Cost::Primitive(P::LineTransfer) => "line_transfers",
+        Cost::Primitive(P::KeyWrite) => "key_writes",
+        Cost::Software(S::ContextSwitch) => "switches",
+        Cost::Software(S::Fault) => "faults",
+        Cost::Software(S::EntryCopy) => "entries_copied",
+        Cost::Software(S::GenerationCheck) => "generation_checks",
+        Cost::Software(S::TableAlloc) => "boot_tables",
+        other => Cost::name(other),
+    }
 }
 
 /// Formats rows as a text table: one line per row, the counts as columns
@@ -428,9 +255,15 @@ pub fn default_sizes(workload: NeighbourWorkload) -> &'static [usize] {
     }
 }
 
+/// The seeded chooser a `compare` row draws its decisions from.
+pub(crate) fn seeded(seed: u64) -> RandomChooser {
+    RandomChooser::new(seed, Rates::default())
+}
+
 /// Runs `workload` under the policy named `policy` at `size` (CPUs for
-/// `ctxswitch` and `pgmap`, processes for `vmalloc-grow`). `pgmap` also
-/// accepts the known-bad `percpu-preemptible`.
+/// `ctxswitch` and `pgmap`, processes for `vmalloc-grow`), with the cost
+/// overrides `costs`. `pgmap` also accepts the known-bad
+/// `percpu-preemptible`.
 ///
 /// # Errors
 /// A message naming the accepted policies when `policy` is unknown, or the
@@ -440,7 +273,7 @@ pub fn run_named(
     policy: &str,
     size: usize,
     seed: u64,
-    costs: &cost::NeighbourCosts,
+    costs: &[(Cost, u64)],
 ) -> Result<NeighbourRow, String> {
     let unknown = || {
         let mut names = workload.policies().to_vec();
@@ -455,18 +288,17 @@ pub fn run_named(
     };
     match workload {
         NeighbourWorkload::Ctxswitch | NeighbourWorkload::CtxswitchBench => {
-            if !(1..=lazymmu::mm::MAX_CPUS).contains(&size) {
+            if !(1..=lazymmu::cpu::MAX_CPUS).contains(&size) {
                 return Err(format!("{} needs 1..=64 CPUs, not {size}", workload.name()));
             }
-            let policy =
-                lazymmu::mm::active_mm::LazyTlbPolicy::from_name(policy).ok_or_else(unknown)?;
+            let policy = parse_lazy_tlb(policy).ok_or_else(unknown)?;
             let mut config = if workload == NeighbourWorkload::Ctxswitch {
                 ctxswitch::CtxSwitchConfig::new(policy, size)
             } else {
                 ctxswitch::CtxSwitchConfig::switch_benchmark(policy, size)
             };
             config.seed = seed;
-            config.costs = costs.clone();
+            config.costs = costs.to_vec();
             Ok(ctxswitch::run(&config))
         }
         NeighbourWorkload::VmallocGrow => {
@@ -475,15 +307,14 @@ pub fn run_named(
                     "vmalloc-grow needs 1..=100000 processes, not {size}"
                 ));
             }
-            let policy =
-                lazymmu::mm::kernel_sync::SyncPolicy::from_name(policy).ok_or_else(unknown)?;
+            let policy = parse_sync(policy).ok_or_else(unknown)?;
             let mut config = vmalloc_grow::VmallocGrowConfig::new(policy, size);
             config.seed = seed;
-            config.costs = costs.clone();
+            config.costs = costs.to_vec();
             Ok(vmalloc_grow::run(&config))
         }
         NeighbourWorkload::Pgmap => {
-            if !(1..=lazymmu::mm::MAX_CPUS).contains(&size) {
+            if !(1..=lazymmu::cpu::MAX_CPUS).contains(&size) {
                 return Err(format!("pgmap needs 1..=64 CPUs, not {size}"));
             }
             let mut config =
@@ -491,8 +322,128 @@ pub fn run_named(
             config.cpus = size;
             config.tasks = config.tasks.max(2 * size);
             config.seed = seed;
-            config.costs = costs.clone();
+            config.costs = costs.to_vec();
             Ok(pgmap::run(&config))
         }
+    }
+}
+
+/// Steps of the tiny `ctxswitch` and `pgmap` scenarios.
+const TINY_STEPS: u64 = 3;
+
+#[derive(Clone, Debug)]
+enum Config {
+    Ctxswitch(ctxswitch::CtxSwitchConfig),
+    VmallocGrow(vmalloc_grow::VmallocGrowConfig),
+    Pgmap(pgmap::PgmapConfig),
+}
+
+/// A neighbour workload in a configuration small enough to explore.
+#[derive(Clone, Debug)]
+pub struct NeighbourSystem {
+    /// Scenario name (`ctxswitch-shootdown`, `pgmap-percpu`, ...).
+    pub name: String,
+    /// What it exercises.
+    pub about: &'static str,
+    config: Config,
+}
+
+impl NeighbourSystem {
+    /// Runs once with `chooser`, returning the workload's row.
+    pub fn run_row(&self, chooser: &mut dyn Chooser) -> NeighbourRow {
+        match &self.config {
+            Config::Ctxswitch(config) => ctxswitch::run_with(config, chooser),
+            Config::VmallocGrow(config) => vmalloc_grow::run_with(config, chooser),
+            Config::Pgmap(config) => pgmap::run_with(config, chooser),
+        }
+    }
+}
+
+impl System for NeighbourSystem {
+    fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
+        catching(|| {
+            let row = self.run_row(chooser);
+            RunOutcome {
+                violation: row.first_violations.into_iter().next(),
+                stopped: false,
+            }
+        })
+    }
+}
+
+/// The tiny scenario of every neighbour policy, in table order.
+pub fn scenarios() -> Vec<NeighbourSystem> {
+    let mut all = Vec::new();
+    for policy in LazyTlbPolicy::ALL {
+        all.push(NeighbourSystem {
+            name: format!("ctxswitch-{}", lazy_tlb_name(policy)),
+            about: "lazy TLB: switches, unmaps, table frees and an exit on 2 CPUs",
+            config: Config::Ctxswitch(ctxswitch::CtxSwitchConfig::tiny(policy, TINY_STEPS)),
+        });
+    }
+    for policy in SyncPolicy::ALL {
+        all.push(NeighbourSystem {
+            name: format!("vmalloc-grow-{}", sync_name(policy)),
+            about: "kernel top-level sync: vmalloc across 2 slots, switches, accesses",
+            config: Config::VmallocGrow(vmalloc_grow::VmallocGrowConfig::tiny(policy)),
+        });
+    }
+    for policy in WindowPolicy::ALL {
+        all.push(NeighbourSystem {
+            name: format!("pgmap-{}", window_name(policy)),
+            about: "protection-key windows: nesting, interrupts, preemption, migration",
+            config: Config::Pgmap(pgmap::PgmapConfig::tiny(policy, TINY_STEPS)),
+        });
+    }
+    all
+}
+
+/// The known-bad neighbour configurations, by variant name:
+/// `pgmap-percpu-preemptible` (per-CPU windows that leave preemption on)
+/// and `ctxswitch-lost-ipi` (a machine whose IPIs to other CPUs vanish,
+/// under the shootdown policy).
+pub fn variant(name: &str) -> Option<NeighbourSystem> {
+    match name {
+        "pgmap-percpu-preemptible" => Some(NeighbourSystem {
+            name: name.to_string(),
+            about: "per-CPU window count with preemption left on inside windows",
+            config: Config::Pgmap(pgmap::PgmapConfig {
+                preemptible_windows: true,
+                ..pgmap::PgmapConfig::tiny(WindowPolicy::PerCpu, TINY_STEPS)
+            }),
+        }),
+        "ctxswitch-lost-ipi" => Some(NeighbourSystem {
+            name: name.to_string(),
+            about: "shootdown IPIs and flush IPIs that never arrive",
+            config: Config::Ctxswitch(ctxswitch::CtxSwitchConfig {
+                lose_ipis: true,
+                ..ctxswitch::CtxSwitchConfig::tiny(LazyTlbPolicy::Shootdown, 4)
+            }),
+        }),
+        _ => None,
+    }
+}
+
+/// Names of the known-bad neighbour variants.
+pub const KNOWN_BAD: [&str; 2] = ["pgmap-percpu-preemptible", "ctxswitch-lost-ipi"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_round_trip() {
+        for policy in LazyTlbPolicy::ALL {
+            assert_eq!(parse_lazy_tlb(lazy_tlb_name(policy)), Some(policy));
+        }
+        assert_eq!(parse_lazy_tlb("lazy"), None);
+        for policy in SyncPolicy::ALL {
+            assert_eq!(parse_sync(sync_name(policy)), Some(policy));
+        }
+        assert_eq!(parse_sync("eager"), None);
+        for policy in WindowPolicy::ALL {
+            assert_eq!(parse_window(window_name(policy)), Some(policy));
+        }
+        assert_eq!(parse_window("global"), None);
     }
 }

@@ -1,29 +1,35 @@
 //! `pgmap`: tasks opening nested protection-key windows over device memory
 //! while the scheduler preempts and migrates them and interrupts arrive,
-//! under one window policy (`task` or `percpu`).
+//! under one window policy (`task` or `percpu`), on the machine.
 //!
 //! Each step one CPU's task opens or closes a window, writes device memory,
 //! takes an interrupt whose handler uses its own window (sometimes with a
 //! nested exception inside), or is preempted — possibly resuming later on
-//! another CPU. Checked after every step: a device-memory access inside a
-//! window succeeds and one outside faults, the register agrees with the
-//! windows the running context has open, the register is restored exactly
-//! after every exception, and a per-CPU window is never preempted.
+//! another CPU. The key register is the machine CPU's (written through the
+//! library's `KeyRegister`, charged from the one cost table), the context
+//! switches the machine's. Checked after every step: a device-memory
+//! access inside a window succeeds and one outside faults, the register
+//! agrees with the windows the running context has open, the register is
+//! restored exactly after every exception, and a per-CPU window is never
+//! preempted.
 //!
 //! The known-bad variant `pgmap-percpu-preemptible`
-//! ([`PgmapConfig::percpu_preemptible`]) is the per-CPU policy on a kernel
-//! whose windows do not disable preemption: the checks must catch it.
+//! ([`PgmapConfig::percpu_preemptible`]) is the per-CPU policy on a machine
+//! whose preemption control does nothing: the checks must catch it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-use lazymmu::mm::pkey_window::{
-    CpuKeyState, PkeyMachine, PkeyWindows, Pkrs, TaskKeyState, WindowPolicy, WindowStats,
-    WindowViolation,
-};
+use lazymmu::addr::SpaceId;
+use lazymmu::cpu::CpuId;
+use lazymmu::mm::pkey_window::{PkeyWindows, Pkrs, WindowPolicy, WindowStats, WindowViolation};
 
-use super::cost::NeighbourCosts;
-use super::{Chooser, NeighbourInvariant, NeighbourRow, NeighbourViolation, Seeded, Violations};
+use super::{machine_counts, seeded, window_name, NeighbourRow};
+use crate::choice::{Chooser, Site};
+use crate::cost::{Cost, Platform, Primitive};
+use crate::invariant::Invariant;
+use crate::machine::{HardwareModel, Kernel, Machine, MachineConfig, Offers, SimCpu};
 
 /// The protection key device memory is tagged with.
 pub const PGMAP_KEY: u8 = 1;
@@ -47,8 +53,8 @@ pub struct PgmapConfig {
     /// Known-bad: windows do not disable preemption (meaningful with the
     /// per-CPU policy; the variant `pgmap-percpu-preemptible`).
     pub preemptible_windows: bool,
-    /// Cycle costs.
-    pub costs: NeighbourCosts,
+    /// Cost overrides.
+    pub costs: Vec<(Cost, u64)>,
 }
 
 impl PgmapConfig {
@@ -61,7 +67,7 @@ impl PgmapConfig {
             steps: 20_000,
             seed: 1,
             preemptible_windows: false,
-            costs: NeighbourCosts::default(),
+            costs: Vec::new(),
         }
     }
 
@@ -99,109 +105,64 @@ impl PgmapConfig {
     /// The name of this configuration as a policy column.
     pub fn policy_name(&self) -> &'static str {
         match (self.policy, self.preemptible_windows) {
-            (WindowPolicy::Task, _) => "task",
-            (WindowPolicy::PerCpu, false) => "percpu",
             (WindowPolicy::PerCpu, true) => "percpu-preemptible",
+            (policy, _) => window_name(policy),
         }
     }
 }
 
-/// CPUs with key registers and preemption counts; tasks with their saved
-/// register and count.
-struct Model {
-    current: Cell<usize>,
-    registers: Vec<Cell<Pkrs>>,
-    cpu_keys: Vec<CpuKeyState>,
-    preempt: Vec<Cell<u32>>,
-    tasks: Vec<TaskKeyState>,
-    running: Vec<Cell<usize>>,
-    honour_preempt_disable: bool,
-    key_writes: Cell<u64>,
+/// The kernel: context switches save and load the register through the
+/// windows; the interrupt handler opens a window of its own.
+struct WindowKernel {
+    machine: Rc<Machine>,
+    windows: PkeyWindows<SimCpu>,
+    /// The windows each task believes it has open.
+    expected: RefCell<Vec<u8>>,
+    exceptions: Cell<u64>,
+    /// The task a switch in progress takes off its CPU.
+    outgoing: Cell<usize>,
 }
 
-impl PkeyMachine for Model {
-    fn task_keys(&self) -> &TaskKeyState {
-        &self.tasks[self.running[self.current.get()].get()]
+impl WindowKernel {
+    fn fail(&self, invariant: Invariant, detail: String) {
+        self.machine.violation(invariant, detail);
     }
-    fn cpu_keys(&self) -> &CpuKeyState {
-        &self.cpu_keys[self.current.get()]
-    }
-    fn read_key_register(&self) -> Pkrs {
-        self.registers[self.current.get()].get()
-    }
-    fn write_key_register(&self, value: Pkrs) {
-        self.key_writes.set(self.key_writes.get() + 1);
-        self.registers[self.current.get()].set(value);
-    }
-    fn preempt_disable(&self) {
-        if self.honour_preempt_disable {
-            let count = &self.preempt[self.current.get()];
-            count.set(count.get() + 1);
-        }
-    }
-    fn preempt_enable(&self) {
-        if self.honour_preempt_disable {
-            let count = &self.preempt[self.current.get()];
-            count.set(count.get().saturating_sub(1));
-        }
-    }
-}
 
-struct Checker {
-    violations: Violations,
-    step: u64,
-}
-
-impl Checker {
-    fn fail(&mut self, invariant: NeighbourInvariant, cpu: usize, detail: String) {
-        self.violations.push(NeighbourViolation {
-            invariant,
-            step: self.step,
-            cpu,
-            detail,
-        });
+    fn register(&self) -> Pkrs {
+        Pkrs(self.machine.key() as u32)
     }
 
     /// A write to device memory, expected to succeed iff `inside`.
-    fn access<M: PkeyMachine>(
-        &mut self,
-        windows: &PkeyWindows<M>,
-        cpu: usize,
-        inside: bool,
-        what: &str,
-    ) {
-        match (windows.access(true), inside) {
+    fn access(&self, inside: bool, what: &str) {
+        let cpu = self.machine.cpu();
+        match (self.windows.access(true), inside) {
             (Ok(()), true) | (Err(_), false) => {}
             (Err(fault), true) => self.fail(
-                NeighbourInvariant::FaultInsideWindow,
-                cpu,
+                Invariant::KeyFault,
                 format!(
-                    "{what}: write faulted inside a window (register {:#x})",
+                    "{what} on {cpu}: write faulted inside a window (register {:#x})",
                     fault.register.0
                 ),
             ),
             (Ok(()), false) => self.fail(
-                NeighbourInvariant::AccessOutsideWindow,
-                cpu,
-                format!("{what}: write outside any window reached device memory"),
+                Invariant::KeyFault,
+                format!("{what} on {cpu}: write outside any window reached device memory"),
             ),
         }
     }
 
-    fn agree<M: PkeyMachine>(&mut self, windows: &PkeyWindows<M>, cpu: usize, what: &str) {
-        match windows.check() {
+    fn agree(&self, what: &str) {
+        match self.windows.check() {
             Ok(()) => {}
             Err(WindowViolation::ClosedInsideWindow { depth, register }) => self.fail(
-                NeighbourInvariant::FaultInsideWindow,
-                cpu,
+                Invariant::KeyFault,
                 format!(
                     "{what}: {depth} windows open, register {:#x} closed",
                     register.0
                 ),
             ),
             Err(WindowViolation::OpenOutsideWindow { register }) => self.fail(
-                NeighbourInvariant::AccessOutsideWindow,
-                cpu,
+                Invariant::KeyFault,
                 format!(
                     "{what}: no window open, register {:#x} grants the key",
                     register.0
@@ -211,187 +172,229 @@ impl Checker {
     }
 }
 
-/// Runs `pgmap` with decisions from `chooser`.
-pub fn run_with(config: &PgmapConfig, chooser: &mut dyn Chooser) -> NeighbourRow {
-    assert!(config.cpus > 0 && config.tasks >= config.cpus);
-    let model = Model {
-        current: Cell::new(0),
-        registers: (0..config.cpus).map(|_| Cell::new(Pkrs::INIT)).collect(),
-        cpu_keys: (0..config.cpus).map(|_| CpuKeyState::new()).collect(),
-        preempt: (0..config.cpus).map(|_| Cell::new(0)).collect(),
-        tasks: (0..config.tasks).map(|_| TaskKeyState::new()).collect(),
-        running: (0..config.cpus).map(Cell::new).collect(),
-        honour_preempt_disable: !config.preemptible_windows,
-        key_writes: Cell::new(0),
-    };
-    let windows = PkeyWindows::new(&model, config.policy, PGMAP_KEY);
-    // The windows each task believes it has open.
-    let mut expected = vec![0u8; config.tasks];
-    let mut last_cpu: Vec<usize> = (0..config.tasks).map(|t| t.min(config.cpus - 1)).collect();
-    let mut checker = Checker {
-        violations: Violations::default(),
-        step: 0,
-    };
-    let (mut switches, mut migrations, mut deferred, mut exceptions) = (0u64, 0u64, 0u64, 0u64);
+impl Kernel for WindowKernel {
+    fn switch_out(&self, _cpu: CpuId, prev: usize) {
+        self.outgoing.set(prev);
+    }
 
-    for step in 0..config.steps {
-        checker.step = step;
-        let cpu = chooser.choose(config.cpus);
-        model.current.set(cpu);
-        let task = model.running[cpu].get();
-        // Open, close, access, interrupt, preempt.
-        match chooser.choose_weighted(&[25, 20, 25, 10, 20]) {
-            0 => {
-                if expected[task] < MAX_NESTING {
-                    match windows.open_raw() {
-                        Ok(()) => expected[task] += 1,
-                        Err(e) => checker.fail(
-                            NeighbourInvariant::OperationFailed,
-                            cpu,
-                            format!("t{task} open: {e:?}"),
-                        ),
-                    }
-                }
-            }
-            1 => {
-                if expected[task] > 0 {
-                    expected[task] -= 1;
-                    if let Err(e) = windows.close_raw() {
-                        checker.fail(
-                            NeighbourInvariant::KeyRestore,
-                            cpu,
-                            format!("t{task} close: {e:?} (the window's count is gone)"),
-                        );
-                    }
-                }
-            }
-            2 => checker.access(&windows, cpu, expected[task] > 0, "task"),
-            3 => {
-                exceptions += 1;
-                let before = model.read_key_register();
-                let frame = windows.exception_entry();
-                checker.access(&windows, cpu, false, "handler before its window");
-                match windows.open_raw() {
-                    Ok(()) => {
-                        checker.access(&windows, cpu, true, "handler in its window");
-                        if chooser.choose(2) == 0 {
-                            exceptions += 1;
-                            let inner_before = model.read_key_register();
-                            let inner = windows.exception_entry();
-                            checker.access(&windows, cpu, false, "nested exception");
-                            windows.exception_exit(inner);
-                            if model.read_key_register() != inner_before {
-                                checker.fail(
-                                    NeighbourInvariant::KeyRestore,
-                                    cpu,
-                                    "nested exception did not restore the register".into(),
-                                );
-                            }
-                            checker.access(&windows, cpu, true, "handler after nested exception");
-                        }
-                        if let Err(e) = windows.close_raw() {
-                            checker.fail(
-                                NeighbourInvariant::KeyRestore,
-                                cpu,
-                                format!("handler close: {e:?}"),
-                            );
-                        }
-                    }
-                    Err(e) => checker.fail(
-                        NeighbourInvariant::OperationFailed,
-                        cpu,
-                        format!("handler open: {e:?}"),
-                    ),
-                }
-                windows.exception_exit(frame);
-                let after = model.read_key_register();
-                if after != before {
-                    checker.fail(
-                        NeighbourInvariant::KeyRestore,
-                        cpu,
-                        format!(
-                            "exception return left {:#x}, interrupted {:#x}",
-                            after.0, before.0
-                        ),
-                    );
-                }
-            }
-            _ => {
-                if model.preempt[cpu].get() > 0 {
-                    deferred += 1;
-                } else {
-                    let idle: Vec<usize> = (0..config.tasks)
-                        .filter(|&t| (0..config.cpus).all(|c| model.running[c].get() != t))
-                        .collect();
-                    if !idle.is_empty() {
-                        let next = idle[chooser.choose(idle.len())];
-                        model.running[cpu].set(next);
-                        if let Err(e) =
-                            windows.context_switch(&model.tasks[task], &model.tasks[next])
-                        {
-                            checker.fail(
-                                NeighbourInvariant::PreemptedInWindow,
-                                cpu,
-                                format!(
-                                    "t{task} preempted with {} windows open: {e:?}",
-                                    expected[task]
-                                ),
-                            );
-                        }
-                        switches += 1;
-                        if last_cpu[next] != cpu {
-                            migrations += 1;
-                        }
-                        last_cpu[next] = cpu;
-                    }
-                }
-            }
-        }
-        // The running context's windows and the register must agree, and
-        // the design's count must be the running task's.
-        let task = model.running[cpu].get();
-        checker.agree(&windows, cpu, "after step");
-        if windows.depth() != expected[task] {
-            checker.fail(
-                NeighbourInvariant::KeyRestore,
-                cpu,
+    /// The register is switched in `__switch_to()`, the architecture's part
+    /// of the switch (PKRS travels with the task), not with the address
+    /// space.
+    fn switch_in(&self, cpu: CpuId, next: usize) {
+        let prev = self.outgoing.get();
+        let m = &self.machine;
+        if let Err(e) = self
+            .windows
+            .context_switch(m.task_key_state(prev), m.task_key_state(next))
+        {
+            self.fail(
+                Invariant::PreemptedInWindow,
                 format!(
-                    "t{task} has {} windows open, the {} count says {}",
-                    expected[task],
-                    config.policy.name(),
-                    windows.depth()
+                    "t{prev} preempted on {cpu} with {} windows open: {e:?}",
+                    self.expected.borrow()[prev]
                 ),
             );
         }
     }
 
+    /// A handler that opens its own window, sometimes with a nested
+    /// exception inside, between exception entry and return.
+    fn interrupt(&self) {
+        let m = &self.machine;
+        self.exceptions.set(self.exceptions.get() + 1);
+        let before = self.register();
+        let frame = self.windows.exception_entry();
+        self.access(false, "handler before its window");
+        match self.windows.open_raw() {
+            Ok(()) => {
+                self.access(true, "handler in its window");
+                if m.pick_one_of(Site::Decision("nested exception"), 2) == 0 {
+                    self.exceptions.set(self.exceptions.get() + 1);
+                    let inner_before = self.register();
+                    let inner = self.windows.exception_entry();
+                    self.access(false, "nested exception");
+                    self.windows.exception_exit(inner);
+                    if self.register() != inner_before {
+                        self.fail(
+                            Invariant::KeyRestore,
+                            "nested exception did not restore the register".into(),
+                        );
+                    }
+                    self.access(true, "handler after nested exception");
+                }
+                if let Err(e) = self.windows.close_raw() {
+                    self.fail(Invariant::KeyRestore, format!("handler close: {e:?}"));
+                }
+            }
+            Err(e) => self.fail(Invariant::OperationFailed, format!("handler open: {e:?}")),
+        }
+        self.windows.exception_exit(frame);
+        let after = self.register();
+        if after != before {
+            self.fail(
+                Invariant::KeyRestore,
+                format!(
+                    "exception return left {:#x}, interrupted {:#x}",
+                    after.0, before.0
+                ),
+            );
+        }
+    }
+
+    fn run_unit(&self, _task: usize) -> bool {
+        false
+    }
+}
+
+/// Runs `pgmap` with decisions from `chooser`.
+///
+/// # Panics
+/// Without CPUs or with fewer tasks than CPUs.
+pub fn run_with(config: &PgmapConfig, chooser: &mut dyn Chooser) -> NeighbourRow {
+    assert!(config.cpus > 0 && config.tasks >= config.cpus);
+    let mut mc = MachineConfig::new(config.cpus, Platform::X86);
+    mc.hardware = HardwareModel {
+        default_key: u64::from(Pkrs::INIT.0),
+        ..HardwareModel::PLAIN
+    };
+    mc.spaces = 1;
+    mc.tasks = config.tasks;
+    mc.frames = 8;
+    mc.offers = Offers::NONE;
+    mc.faults.preemptible_windows = config.preemptible_windows;
+    for &(row, cycles) in &config.costs {
+        mc.cost.set(row, cycles);
+    }
+    let machine = Rc::new(Machine::new(mc));
+    let kernel = Rc::new(WindowKernel {
+        machine: machine.clone(),
+        windows: PkeyWindows::new(SimCpu::new(machine.clone()), config.policy, PGMAP_KEY),
+        expected: RefCell::new(vec![0; machine.cpu_count() + config.tasks]),
+        exceptions: Cell::new(0),
+        outgoing: Cell::new(0),
+    });
+    machine.set_kernel(kernel.clone());
+    let first = machine.task_count();
+    for t in 0..config.tasks {
+        let cpu = CpuId::new(t.min(config.cpus - 1));
+        let id = machine.add_task(&format!("t{t}"), SpaceId::KERNEL, cpu, false);
+        if t < config.cpus {
+            machine.switch(cpu, id);
+        }
+    }
+    machine.clear_counts();
+    let tasks: Vec<usize> = (first..first + config.tasks).collect();
+    let mut last_cpu: Vec<CpuId> = (0..machine.task_count())
+        .map(|t| machine.task(t).cpu)
+        .collect();
+    let (mut switches, mut migrations, mut deferred) = (0u64, 0u64, 0u64);
+    let windows = &kernel.windows;
+    crate::run::lend_to(&machine, chooser, || {
+        for _ in 0..config.steps {
+            if machine.stopping() {
+                break;
+            }
+            let cpu = CpuId::new(machine.pick_one_of(Site::Decision("cpu"), config.cpus));
+            machine.set_cpu(cpu);
+            let task = machine.task_on(cpu);
+            // Open, close, access, interrupt, preempt.
+            match machine.pick(Site::Decision("action"), &[25, 20, 25, 10, 20]) {
+                0 => {
+                    if kernel.expected.borrow()[task] < MAX_NESTING {
+                        match windows.open_raw() {
+                            Ok(()) => kernel.expected.borrow_mut()[task] += 1,
+                            Err(e) => kernel
+                                .fail(Invariant::OperationFailed, format!("t{task} open: {e:?}")),
+                        }
+                    }
+                }
+                1 => {
+                    if kernel.expected.borrow()[task] > 0 {
+                        kernel.expected.borrow_mut()[task] -= 1;
+                        if let Err(e) = windows.close_raw() {
+                            kernel.fail(
+                                Invariant::KeyRestore,
+                                format!("t{task} close: {e:?} (the window's count is gone)"),
+                            );
+                        }
+                    }
+                }
+                2 => kernel.access(kernel.expected.borrow()[task] > 0, "task"),
+                3 => machine.interrupt(),
+                _ => {
+                    if machine.preempt_count_of(cpu) > 0 {
+                        deferred += 1;
+                    } else {
+                        let idle: Vec<usize> = tasks
+                            .iter()
+                            .copied()
+                            .filter(|&t| {
+                                (0..config.cpus).all(|c| machine.task_on(CpuId::new(c)) != t)
+                            })
+                            .collect();
+                        if !idle.is_empty() {
+                            let next =
+                                idle[machine.pick_one_of(Site::Decision("task"), idle.len())];
+                            // A preemption: the scheduler's decision, so
+                            // the switch itself is not the policy's work;
+                            // the register's save and load are.
+                            machine.schedule(cpu, next);
+                            switches += 1;
+                            if last_cpu[next] != cpu {
+                                migrations += 1;
+                            }
+                            last_cpu[next] = cpu;
+                        }
+                    }
+                }
+            }
+            // The running context's windows and the register must agree,
+            // and the design's count must be the running task's.
+            machine.set_cpu(cpu);
+            let task = machine.task_on(cpu);
+            kernel.agree(&format!("after step on {cpu}"));
+            let expected = kernel.expected.borrow()[task];
+            if windows.depth() != expected {
+                kernel.fail(
+                    Invariant::KeyRestore,
+                    format!(
+                        "t{task} has {expected} windows open, the {} count says {}",
+                        window_name(config.policy),
+                        windows.depth()
+                    ),
+                );
+            }
+        }
+    });
+
     let stats = windows.stats();
     let get = WindowStats::get;
-    let cycles = model.key_writes.get() * config.costs.key_write;
-    let counts: BTreeMap<&'static str, u64> = [
+    let mut counts = BTreeMap::new();
+    machine_counts(&machine, &mut counts);
+    counts.extend([
         ("opens", get(&stats.opens)),
         ("closes", get(&stats.closes)),
-        ("key_writes", model.key_writes.get()),
+        ("key_writes", machine.counts().get(Primitive::KeyWrite)),
         ("switches", switches),
         ("migrations", migrations),
-        ("exceptions", exceptions),
+        ("exceptions", kernel.exceptions.get()),
         ("preemptions_deferred", deferred),
-    ]
-    .into_iter()
-    .collect();
-    NeighbourRow {
+    ]);
+    let row = NeighbourRow {
         workload: "pgmap",
         policy: config.policy_name(),
         cpus: config.cpus,
         processes: config.tasks,
         counts,
-        cycles,
-        violations: checker.violations.count(),
-        first_violations: checker.violations.first().to_vec(),
-    }
+        cycles: machine.cycles(),
+        violations: machine.violation_count(),
+        first_violations: machine.violations(),
+    };
+    machine.shut_down();
+    row
 }
 
 /// Runs `pgmap` with the configuration's seed.
 pub fn run(config: &PgmapConfig) -> NeighbourRow {
-    run_with(config, &mut Seeded::new(config.seed))
+    run_with(config, &mut seeded(config.seed))
 }

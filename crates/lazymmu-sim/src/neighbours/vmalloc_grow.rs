@@ -1,26 +1,36 @@
 //! `vmalloc-grow`: vmalloc growing across top-level slots while many
-//! processes run, under one kernel top-level sync policy.
+//! processes run, under one kernel top-level sync policy, on the machine.
 //!
 //! The kernel allocates vmalloc areas in address order, crossing into a new
 //! top-level slot every so often (512 GiB per slot on 4-level x86-64; the
 //! workload spreads its areas so that they cover `slots` slots). Between
-//! allocations, CPUs switch between processes and the running processes
-//! touch vmalloc areas already allocated. Checked at every access: no
-//! kernel access fails for lack of a synced top-level entry (under `fault`
-//! the fault handler fixes it, and that is counted as work), and no boot
-//! adds more than 256 top-level entries.
+//! allocations, CPUs switch between processes (loading their roots) and
+//! the running processes touch vmalloc areas already allocated. Every
+//! process has its own top-level table in the machine's memory, and every
+//! top-level entry the library copies goes through the x86 backend like
+//! any other page-table write. Checked at every access: no kernel access
+//! fails for lack of a synced top-level entry (under `fault` the fault
+//! handler fixes it, and that is counted as work), and no boot adds more
+//! than 256 top-level entries.
 
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
 
-use lazymmu::addr::{PhysAddr, VirtAddr};
+use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::x86::X86Backend;
+use lazymmu::cpu::CpuId;
 use lazymmu::mm::kernel_sync::{
     AccessOutcome, KernelAccessError, KernelLayout, KernelSync, SyncPolicy, SyncStats,
     TopLevelTables, KERNEL_FIRST_SLOT, KERNEL_SLOTS,
 };
 
-use super::cost::NeighbourCosts;
-use super::{Chooser, NeighbourInvariant, NeighbourRow, NeighbourViolation, Seeded, Violations};
+use super::{machine_counts, seeded, sync_name, NeighbourRow};
+use crate::choice::{Chooser, Site};
+use crate::cost::{Cost, Platform, Software};
+use crate::invariant::Invariant;
+use crate::machine::{Kernel, Machine, MachineConfig, Offers, SimCpu, SimMemory};
 
 /// Parameters of a `vmalloc-grow` run.
 #[derive(Clone, Debug)]
@@ -38,12 +48,12 @@ pub struct VmallocGrowConfig {
     pub slots: usize,
     /// Switches and accesses between two allocations.
     pub events_per_allocation: usize,
-    /// Kernel layout (4- or 5-level x86-64).
+    /// Kernel layout (4-level x86-64).
     pub layout: KernelLayout,
     /// Seed of the decisions.
     pub seed: u64,
-    /// Cycle costs.
-    pub costs: NeighbourCosts,
+    /// Cost overrides.
+    pub costs: Vec<(Cost, u64)>,
 }
 
 impl VmallocGrowConfig {
@@ -60,12 +70,10 @@ impl VmallocGrowConfig {
             events_per_allocation: 8,
             layout: KernelLayout::X86_64_4LEVEL,
             seed: 1,
-            costs: NeighbourCosts::default(),
+            costs: Vec::new(),
         }
     }
-}
 
-impl VmallocGrowConfig {
     /// A scenario small enough to explore: 3 processes on 2 CPUs, 2
     /// allocations in 2 slots, 2 events after each.
     pub fn tiny(policy: SyncPolicy) -> Self {
@@ -80,111 +88,112 @@ impl VmallocGrowConfig {
     }
 }
 
-/// Top-level table memory: the kernel half of the reference table and of
-/// every process table, per-table generations, per-CPU loaded tables.
+/// The process tables as kernel top-level sync sees them: the machine's
+/// roots of spaces 1..=N (`pgd_list`), the root each CPU has loaded, the
+/// generation of each table (page metadata).
 struct Tables {
-    /// Kernel halves, table after table (index 0 is the reference).
-    entries: RefCell<Vec<u64>>,
-    generations: RefCell<Vec<u32>>,
+    machine: Rc<Machine>,
     processes: usize,
-    loaded: Vec<Cell<PhysAddr>>,
-    next_frame: Cell<u64>,
-}
-
-const FRAME_BASE: u64 = 0x1_0000_0000;
-
-impl Tables {
-    fn new(processes: usize, cpus: usize) -> Self {
-        Self {
-            entries: RefCell::new(vec![0; (processes + 1) * KERNEL_SLOTS]),
-            generations: RefCell::new(vec![0; processes + 1]),
-            processes,
-            loaded: (0..cpus).map(|_| Cell::new(Self::address(0))).collect(),
-            next_frame: Cell::new(FRAME_BASE),
-        }
-    }
-
-    fn address(index: usize) -> PhysAddr {
-        PhysAddr(((index as u64) + 1) << 12)
-    }
-
-    fn index(table: PhysAddr) -> usize {
-        (table.0 >> 12) as usize - 1
-    }
-
-    fn cell(table: PhysAddr, slot: usize) -> usize {
-        assert!(slot >= KERNEL_FIRST_SLOT, "only kernel slots are modelled");
-        Self::index(table) * KERNEL_SLOTS + (slot - KERNEL_FIRST_SLOT)
-    }
+    generations: RefCell<HashMap<u64, u32>>,
 }
 
 impl TopLevelTables for Tables {
-    fn read_slot(&self, table: PhysAddr, slot: usize) -> u64 {
-        self.entries.borrow()[Self::cell(table, slot)]
-    }
-    fn write_slot(&self, table: PhysAddr, slot: usize, value: u64) {
-        self.entries.borrow_mut()[Self::cell(table, slot)] = value;
-    }
     fn alloc_table(&self) -> Option<PhysAddr> {
-        let frame = self.next_frame.get();
-        self.next_frame.set(frame + 0x1000);
-        Some(PhysAddr(frame))
+        let m = &self.machine;
+        let frame = m.memory().allocate(SpaceId::KERNEL, 0)?;
+        m.memory().zero_frame(frame);
+        Some(frame)
     }
     fn process_count(&self) -> usize {
         self.processes
     }
     fn process_table(&self, index: usize) -> PhysAddr {
-        Self::address(index + 1)
+        self.machine.space_root(SpaceId(index as u32 + 1))
     }
     fn cpu_count(&self) -> usize {
-        self.loaded.len()
+        self.machine.cpu_count()
     }
-    fn loaded_table(&self, cpu: usize) -> PhysAddr {
-        self.loaded[cpu].get()
+    fn loaded_table(&self, cpu: CpuId) -> PhysAddr {
+        self.machine.space_root(self.machine.loaded_space(cpu))
     }
     fn table_generation(&self, table: PhysAddr) -> u32 {
-        self.generations.borrow()[Self::index(table)]
+        self.generations
+            .borrow()
+            .get(&table.0)
+            .copied()
+            .unwrap_or(0)
     }
     fn set_table_generation(&self, table: PhysAddr, generation: u32) {
-        self.generations.borrow_mut()[Self::index(table)] = generation;
+        self.generations.borrow_mut().insert(table.0, generation);
+    }
+}
+
+struct NoWork;
+
+impl Kernel for NoWork {
+    fn run_unit(&self, _task: usize) -> bool {
+        false
     }
 }
 
 /// Runs `vmalloc-grow` with decisions from `chooser`.
+///
+/// # Panics
+/// Without processes, CPUs or allocations.
 pub fn run_with(config: &VmallocGrowConfig, chooser: &mut dyn Chooser) -> NeighbourRow {
     assert!(config.processes > 0 && config.cpus > 0 && config.allocations > 0);
     let layout = config.layout;
-    let tables = Tables::new(config.processes, config.cpus);
-    let sync = KernelSync::new(&tables, Tables::address(0), config.policy, layout);
-    let mut violations = Violations::default();
-    let mut step = 0u64;
-    let mut violation = |invariant, cpu, detail: String, step: u64| {
-        violations.push(NeighbourViolation {
-            invariant,
-            step,
-            cpu,
-            detail,
-        })
-    };
-    if let Err(e) = sync.boot() {
-        violation(
-            NeighbourInvariant::OperationFailed,
-            0,
-            format!("boot: {e:?}"),
-            0,
-        );
+    let mut mc = MachineConfig::new(config.cpus, Platform::X86);
+    mc.hardware = crate::run::hardware(crate::scenario::BackendKind::X86);
+    mc.spaces = config.processes + 1;
+    mc.tasks = 0;
+    mc.frames = (config.processes + KERNEL_SLOTS + 64) as u32;
+    mc.offers = Offers::NONE;
+    for &(row, cycles) in &config.costs {
+        mc.cost.set(row, cycles);
     }
-    let boot_tables = u64::from(
-        sync.stats()
-            .preallocated
-            .load(std::sync::atomic::Ordering::Relaxed),
+    let machine = Rc::new(Machine::new(mc));
+    machine.set_kernel(Rc::new(NoWork));
+    let reference = machine
+        .memory()
+        .allocate(SpaceId::KERNEL, 0)
+        .expect("a frame for the kernel's top-level table");
+    machine.set_walker(
+        crate::machine::walk::<lazymmu::pgtable::format::X86_64>,
+        reference,
+        |va| va >> 63 != 0,
     );
+    machine.mark_top_level(reference);
+    for index in 0..config.processes {
+        let space = SpaceId(index as u32 + 1);
+        let root = machine
+            .memory()
+            .allocate(space, 0)
+            .expect("a frame for every process's top-level table");
+        machine.set_space_root(space, root);
+    }
+    let tables = Tables {
+        machine: machine.clone(),
+        processes: config.processes,
+        generations: RefCell::new(HashMap::new()),
+    };
+    let backend = X86Backend::new(
+        SimMemory::new(machine.clone()),
+        SimCpu::new(machine.clone()),
+    );
+    let sync = KernelSync::new(&tables, &backend, reference, config.policy, layout);
+    let violation = |invariant, detail: String| machine.violation(invariant, detail);
+    if let Err(e) = sync.boot() {
+        violation(Invariant::OperationFailed, format!("boot: {e:?}"));
+    }
+    let boot_tables = u64::from(sync.stats().preallocated.load(Ordering::Relaxed));
     // Process creation copies the kernel half whatever the policy (Linux's
     // pgd_ctor copies all of it): not part of the comparison.
     for index in 0..config.processes {
         sync.init_process_table(tables.process_table(index));
     }
     let setup_copies = SyncStats::get(&sync.stats().entries_copied);
+    machine.clear_counts();
 
     let slots = config.slots.clamp(1, KERNEL_SLOTS);
     let first_slot = layout
@@ -192,69 +201,66 @@ pub fn run_with(config: &VmallocGrowConfig, chooser: &mut dyn Chooser) -> Neighb
         .min(KERNEL_FIRST_SLOT + KERNEL_SLOTS - slots);
     let mut areas: Vec<VirtAddr> = Vec::with_capacity(config.allocations);
     let mut accesses = 0u64;
-    for allocation in 0..config.allocations {
-        let slot = first_slot + allocation * slots / config.allocations;
-        let va = layout.slot_base(slot).add((allocation as u64 % 64) << 22);
-        if let Err(e) = sync.ensure_slot(va) {
-            violation(
-                NeighbourInvariant::OperationFailed,
-                0,
-                format!("vmalloc at {va:?}: {e:?}"),
-                step,
-            );
-            continue;
-        }
-        areas.push(va);
-        for _ in 0..config.events_per_allocation {
-            step += 1;
-            let cpu = chooser.choose(config.cpus);
-            if chooser.choose(2) == 0 {
-                let table = tables.process_table(chooser.choose(config.processes));
-                sync.switch_to(table);
-                tables.loaded[cpu].set(table);
-            } else {
-                let va = areas[chooser.choose(areas.len())];
-                accesses += 1;
-                match sync.kernel_access(tables.loaded[cpu].get(), va) {
-                    Ok(AccessOutcome::Hit) | Ok(AccessOutcome::FaultFixed) => {}
-                    Err(KernelAccessError::MissingSync { table, slot }) => violation(
-                        NeighbourInvariant::MissingSync,
-                        cpu,
-                        format!("table {table:?} lacks kernel slot {slot}"),
-                        step,
-                    ),
-                    Err(other) => violation(
-                        NeighbourInvariant::OperationFailed,
-                        cpu,
-                        format!("access {va:?}: {other:?}"),
-                        step,
-                    ),
+    crate::run::lend_to(&machine, chooser, || {
+        for allocation in 0..config.allocations {
+            let slot = first_slot + allocation * slots / config.allocations;
+            let va = layout.slot_base(slot).add((allocation as u64 % 64) << 22);
+            machine.set_cpu(CpuId(0));
+            if let Err(e) = sync.ensure_slot(va) {
+                violation(
+                    Invariant::OperationFailed,
+                    format!("vmalloc at {va:?}: {e:?}"),
+                );
+                continue;
+            }
+            areas.push(va);
+            for _ in 0..config.events_per_allocation {
+                let cpu = CpuId::new(machine.pick_one_of(Site::Decision("cpu"), config.cpus));
+                machine.set_cpu(cpu);
+                if machine.pick_one_of(Site::Decision("switch or access"), 2) == 0 {
+                    let index = machine.pick_one_of(Site::Decision("process"), config.processes);
+                    let table = tables.process_table(index);
+                    sync.switch_to(table);
+                    // The process switches are the same under every
+                    // policy: loading the root is not the policy's work.
+                    machine.disturbing(|| machine.load_root(SpaceId(index as u32 + 1)));
+                } else {
+                    let va = areas[machine.pick_one_of(Site::Decision("area"), areas.len())];
+                    accesses += 1;
+                    match sync.kernel_access(tables.loaded_table(cpu), va) {
+                        Ok(AccessOutcome::Hit) | Ok(AccessOutcome::FaultFixed) => {}
+                        Err(KernelAccessError::MissingSync { table, slot }) => violation(
+                            Invariant::MissingSync,
+                            format!("table {table:?} lacks kernel slot {slot}"),
+                        ),
+                        Err(other) => violation(
+                            Invariant::OperationFailed,
+                            format!("access {va:?}: {other:?}"),
+                        ),
+                    }
                 }
             }
         }
-    }
-    let adds = sync
-        .stats()
-        .top_level_adds
-        .load(std::sync::atomic::Ordering::Relaxed);
+    });
+    let stats = sync.stats();
+    let adds = stats.top_level_adds.load(Ordering::Relaxed);
     if adds as usize > KERNEL_SLOTS {
         violation(
-            NeighbourInvariant::OperationFailed,
-            0,
+            Invariant::OperationFailed,
             format!("{adds} top-level additions in one boot (at most {KERNEL_SLOTS})"),
-            step,
         );
     }
-
-    let stats = sync.stats();
     let get = SyncStats::get;
     let copies = get(&stats.entries_copied) - setup_copies;
-    let costs = &config.costs;
-    let cycles = copies * costs.entry_copy
-        + get(&stats.faults_fixed) * costs.fault
-        + get(&stats.generation_checks) * costs.generation_check
-        + boot_tables * costs.table_alloc;
-    let counts: BTreeMap<&'static str, u64> = [
+    // The kernel's work besides the entry stores the backend counted.
+    machine.set_cpu(CpuId(0));
+    machine.charge(Software::EntryCopy, copies);
+    machine.charge(Software::Fault, get(&stats.faults_fixed));
+    machine.charge(Software::GenerationCheck, get(&stats.generation_checks));
+    machine.charge(Software::TableAlloc, boot_tables);
+    let mut counts = BTreeMap::new();
+    machine_counts(&machine, &mut counts);
+    counts.extend([
         ("top_level_syncs", u64::from(adds)),
         ("boot_tables", boot_tables),
         ("entries_copied", copies),
@@ -263,22 +269,22 @@ pub fn run_with(config: &VmallocGrowConfig, chooser: &mut dyn Chooser) -> Neighb
         ("generation_checks", get(&stats.generation_checks)),
         ("generation_syncs", get(&stats.generation_syncs)),
         ("accesses", accesses),
-    ]
-    .into_iter()
-    .collect();
-    NeighbourRow {
+    ]);
+    let row = NeighbourRow {
         workload: "vmalloc-grow",
-        policy: config.policy.name(),
+        policy: sync_name(config.policy),
         cpus: config.cpus,
         processes: config.processes,
         counts,
-        cycles,
-        violations: violations.count(),
-        first_violations: violations.first().to_vec(),
-    }
+        cycles: machine.cycles(),
+        violations: machine.violation_count(),
+        first_violations: machine.violations(),
+    };
+    machine.shut_down();
+    row
 }
 
 /// Runs `vmalloc-grow` with the configuration's seed.
 pub fn run(config: &VmallocGrowConfig) -> NeighbourRow {
-    run_with(config, &mut Seeded::new(config.seed))
+    run_with(config, &mut seeded(config.seed))
 }

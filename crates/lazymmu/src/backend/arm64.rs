@@ -17,6 +17,7 @@ use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
+use crate::pgtable::format::Aarch64;
 
 /// The data synchronisation barriers the backend issues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -446,7 +447,5 @@ impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
 }
 
 impl<P: Arm64Primitives> Backend for Arm64<P> {
-    fn name(&self) -> &'static str {
-        "arm64"
-    }
+    type Format = Aarch64;
 }

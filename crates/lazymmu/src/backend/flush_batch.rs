@@ -18,16 +18,17 @@
 use core::cell::RefCell;
 use core::marker::PhantomData;
 
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, LazyFlag, PageBatch, PerCpu};
+use super::machine::{BackendBug, CpuPrimitives, LazyFlag, PageBatch, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
+use crate::pgtable::format::Format;
 
 /// What an architecture that batches page invalidations supplies to
 /// [`FlushBatching`]: its primitives `P` and how the policy maps onto them.
 pub trait AddressFlush<P: CpuPrimitives> {
-    /// The backend's name ([`Backend::name`]).
-    const NAME: &'static str;
+    /// The page-table format of the architecture ([`Backend::Format`]).
+    type Format: crate::pgtable::format::Format;
 
     /// Stores one entry.
     fn write_pte(primitives: &P, entry: PhysAddr, value: u64);
@@ -154,13 +155,12 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
     /// (which only issue their own CPU's batch, the invalidations being
     /// made at update time) would not cover it.
     fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
-        self.primitives.preempt_disable();
+        let _not_preemptible = self.primitives.preempt_guard();
         let old = self.primitives.read_pte(update.entry);
         A::write_pte(&self.primitives, update.entry, value);
-        if A::batches(update) && entry_is_valid(old) && old != value {
+        if A::batches(update) && A::Format::is_valid(old) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
-        self.primitives.preempt_enable();
         old
     }
 }
@@ -246,7 +246,5 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> ContextSwitch
 }
 
 impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> Backend for FlushBatching<P, A, N> {
-    fn name(&self) -> &'static str {
-        A::NAME
-    }
+    type Format = A::Format;
 }

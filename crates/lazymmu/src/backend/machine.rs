@@ -1,9 +1,9 @@
-//! What every backend's machine primitives have in common: the CPU a call
-//! runs on, interrupt context, preemption, plain page-table loads, and a
-//! way to report a bug the policy detects.
+//! What every backend's machine primitives have in common: on top of the
+//! CPU itself ([`Cpu`]: its id, interrupt context, preemption), plain
+//! page-table loads and a way to report a bug the policy detects.
 //!
 //! Backends are shared by all CPUs of a machine, so they keep per-CPU state
-//! in a [`PerCpu`] array indexed by [`CpuPrimitives::cpu_id`]. The cells in
+//! in a [`PerCpu`] array indexed by [`Cpu::cpu_id`]. The cells in
 //! it are borrowed only for the duration of a small update and never across
 //! a primitive call: a primitive may run an interrupt handler or a context
 //! switch in the simulator, and those re-enter the backend.
@@ -11,15 +11,13 @@
 use core::fmt;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-
-/// The largest number of CPUs a backend keeps per-CPU state for.
-pub const MAX_CPUS: usize = 64;
+pub use crate::cpu::MAX_CPUS;
+use crate::cpu::{Cpu, CpuId};
 
 /// The machine operations whose counts and costs a backend determines.
 ///
 /// Each primitive trait documents which of these every method should be
-/// counted and charged as; the simulator's cost model and the recording
-/// primitives use these names.
+/// counted and charged as; a cost model (the simulator's) prices them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Primitive {
     /// A trap into the hypervisor (Xen `mmu_update`, `mmuext_op`,
@@ -51,11 +49,17 @@ pub enum Primitive {
     KeyWrite,
     /// A store of one page-table entry to memory.
     PteWrite,
+    /// Loading a page-table root (x86 `mov cr3`, arm64 `msr ttbr0_el1`):
+    /// the register write, without the TLB flush that may go with it.
+    RootLoad,
+    /// A cache line moving between CPUs because another CPU modified or
+    /// shares it (a shared counter, a CPU mask).
+    LineTransfer,
 }
 
 impl Primitive {
     /// Every primitive, in a fixed order (for tables and count arrays).
-    pub const ALL: [Primitive; 12] = [
+    pub const ALL: [Primitive; 14] = [
         Primitive::Hypercall,
         Primitive::MulticallEntry,
         Primitive::Dsb,
@@ -68,40 +72,13 @@ impl Primitive {
         Primitive::Ipi,
         Primitive::KeyWrite,
         Primitive::PteWrite,
+        Primitive::RootLoad,
+        Primitive::LineTransfer,
     ];
-
-    /// The primitive's name in reports, JSON and `--cost NAME=CYCLES`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Primitive::Hypercall => "hypercall",
-            Primitive::MulticallEntry => "multicall_entry",
-            Primitive::Dsb => "dsb",
-            Primitive::Isb => "isb",
-            Primitive::HashInvalidate => "hash_invalidate",
-            Primitive::Ipte => "ipte",
-            Primitive::Tlbi => "tlbi",
-            Primitive::Invlpg => "invlpg",
-            Primitive::FullFlush => "full_flush",
-            Primitive::Ipi => "ipi",
-            Primitive::KeyWrite => "key_write",
-            Primitive::PteWrite => "pte_write",
-        }
-    }
 
     /// The primitive's position in [`Primitive::ALL`].
     pub const fn index(self) -> usize {
         self as usize
-    }
-
-    /// The primitive called `name`, if any.
-    pub fn from_name(name: &str) -> Option<Primitive> {
-        Primitive::ALL.into_iter().find(|p| p.name() == name)
-    }
-}
-
-impl fmt::Display for Primitive {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -144,30 +121,16 @@ impl fmt::Display for BackendBug {
     }
 }
 
-/// The machine state every backend consults. Implemented by the simulator
-/// (per modelled CPU) and by a kernel (per real CPU).
+/// The machine state every backend consults, on top of the CPU itself.
+/// Implemented by the simulator (per modelled CPU) and by a kernel (per
+/// real CPU).
 ///
 /// None of these methods is a costed primitive except [`read_pte`], which a
 /// model may charge as a plain memory load (it is not one of the
 /// [`Primitive`]s).
 ///
 /// [`read_pte`]: CpuPrimitives::read_pte
-pub trait CpuPrimitives {
-    /// The CPU this call runs on, below [`MAX_CPUS`].
-    fn cpu_id(&self) -> usize;
-
-    /// Whether the CPU is in interrupt context (hard or soft irq, NMI).
-    /// Updates made there take effect immediately, even when the
-    /// interrupted task is inside a section.
-    fn in_interrupt(&self) -> bool;
-
-    /// Disables preemption (nests). Backends whose sections must not be
-    /// preempted (powerpc, sparc64) call it in `enter`.
-    fn preempt_disable(&self);
-
-    /// Re-enables preemption.
-    fn preempt_enable(&self);
-
+pub trait CpuPrimitives: Cpu {
     /// Loads the 8-byte entry at `entry` from memory, as the walker would
     /// see it.
     fn read_pte(&self, entry: PhysAddr) -> u64;
@@ -177,18 +140,6 @@ pub trait CpuPrimitives {
 }
 
 impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
-    fn cpu_id(&self) -> usize {
-        (**self).cpu_id()
-    }
-    fn in_interrupt(&self) -> bool {
-        (**self).in_interrupt()
-    }
-    fn preempt_disable(&self) {
-        (**self).preempt_disable()
-    }
-    fn preempt_enable(&self) {
-        (**self).preempt_enable()
-    }
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         (**self).read_pte(entry)
     }
@@ -198,7 +149,7 @@ impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
 }
 
 /// Per-CPU state of a backend: one `T` per CPU, indexed by
-/// [`CpuPrimitives::cpu_id`].
+/// [`Cpu::cpu_id`].
 ///
 /// `T` is normally built from `Cell`s and `RefCell`s; the whole backend is
 /// then `!Sync`, which matches how the simulator (one host thread) and a
@@ -209,9 +160,9 @@ pub struct PerCpu<T> {
 
 impl<T> PerCpu<T> {
     /// One slot per CPU, each built by `init(cpu)`.
-    pub fn new(init: impl FnMut(usize) -> T) -> Self {
+    pub fn new(mut init: impl FnMut(CpuId) -> T) -> Self {
         Self {
-            slots: core::array::from_fn(init),
+            slots: core::array::from_fn(|i| init(CpuId::new(i))),
         }
     }
 
@@ -222,10 +173,10 @@ impl<T> PerCpu<T> {
     /// not built for.
     #[inline]
     #[track_caller]
-    pub fn get(&self, cpu: usize) -> &T {
-        match self.slots.get(cpu) {
+    pub fn get(&self, cpu: CpuId) -> &T {
+        match self.slots.get(cpu.index()) {
             Some(slot) => slot,
-            None => panic!("CPU id {cpu} is not below MAX_CPUS ({MAX_CPUS})"),
+            None => panic!("CPU id {} is not below MAX_CPUS ({MAX_CPUS})", cpu.0),
         }
     }
 
@@ -235,7 +186,7 @@ impl<T> PerCpu<T> {
     /// As [`PerCpu::get`].
     #[inline]
     #[track_caller]
-    pub fn current(&self, primitives: &impl CpuPrimitives) -> &T {
+    pub fn current(&self, primitives: &impl Cpu) -> &T {
         self.get(primitives.cpu_id())
     }
 
@@ -419,25 +370,15 @@ impl<const N: usize> PageBatch<N> {
     }
 }
 
-/// Bit 0 is the valid bit of every entry format the library writes (x86-64
-/// `P`, AArch64 descriptor `valid`): whether `value` is a valid entry that a
-/// TLB or hash table may hold a translation for.
-#[inline]
-pub const fn entry_is_valid(value: u64) -> bool {
-    value & 1 != 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn primitive_names_round_trip() {
+    fn primitives_are_numbered_in_table_order() {
         for (n, p) in Primitive::ALL.into_iter().enumerate() {
             assert_eq!(p.index(), n);
-            assert_eq!(Primitive::from_name(p.name()), Some(p));
         }
-        assert_eq!(Primitive::from_name("tlb"), None);
     }
 
     #[test]
@@ -483,6 +424,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "testing")]
     fn lazy_flag_enter_and_leave_report_through_the_primitives() {
         let machine = crate::backend::recording::Recording::new();
         let flag = LazyFlag::default();
@@ -502,6 +444,6 @@ mod tests {
     #[should_panic(expected = "not below MAX_CPUS")]
     fn per_cpu_rejects_an_unknown_cpu() {
         let cpus: PerCpu<u8> = PerCpu::default();
-        let _ = cpus.get(MAX_CPUS);
+        let _ = cpus.get(CpuId::new(MAX_CPUS));
     }
 }

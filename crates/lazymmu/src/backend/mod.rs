@@ -9,7 +9,7 @@
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
 //!
-//! | name | backend | primitives |
+//! | arch | backend | primitives |
 //! |---|---|---|
 //! | `x86` | [`x86::X86Backend`] | [`x86::X86Primitives`] |
 //! | `xen-pv` | [`xen_pv::XenPv`] | [`xen_pv::XenPrimitives`] |
@@ -17,23 +17,29 @@
 //! | `ppc-hash` | [`ppc_hash::PpcHash`] | [`ppc_hash::PpcHashPrimitives`] |
 //! | `sparc64` | [`sparc64::Sparc64`] | [`sparc64::Sparc64Primitives`] |
 //! | `s390` | [`s390::S390`] | [`s390::S390Primitives`] |
-//! | `x86-pks` | [`protected::X86Pks`] | [`protected::KeyRegister`] over `x86` |
-//! | `arm64-poe` | [`protected::Arm64Poe`] | [`protected::KeyRegister`] over `arm64` |
+//! | `x86-pks` | [`protected::X86Pks`] | [`crate::cpu::KeyRegister`] over `x86` |
+//! | `arm64-poe` | [`protected::Arm64Poe`] | [`crate::cpu::KeyRegister`] over `arm64` |
 //!
 //! `ppc-hash` and `sparc64` are one policy, [`flush_batch::FlushBatching`],
 //! over different primitives.
 //!
-//! The primitive traits other than x86's extend
-//! [`machine::CpuPrimitives`] (CPU id, interrupt context, preemption, entry
-//! loads, bug reports) and document which [`machine::Primitive`] each
-//! method counts as; [`recording::Recording`] implements them all, and
-//! x86's, for host tests.
+//! Every primitive trait builds on [`crate::cpu::Cpu`] (CPU id, interrupt
+//! context, preemption); the ones other than x86's extend
+//! [`machine::CpuPrimitives`] (entry loads, bug reports), and each documents
+//! which [`machine::Primitive`] every method counts as. With the `testing`
+//! feature, `recording::Recording` implements them all, and x86's, for host
+//! tests.
+//!
+//! A backend names the page-table format it writes
+//! ([`Backend::Format`]), so page tables of another format cannot be handed
+//! to it.
 
 pub mod arm64;
 pub mod flush_batch;
 pub mod machine;
 pub mod ppc_hash;
 pub mod protected;
+#[cfg(feature = "testing")]
 pub mod recording;
 pub mod s390;
 pub mod sparc64;
@@ -41,7 +47,9 @@ pub mod x86;
 pub mod xen_pv;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::cpu::CpuMask;
 use crate::mode::{ArchHooks, LazyState};
+use crate::pgtable::format::Format;
 
 /// One page-table entry update as the backend sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,8 +148,8 @@ pub trait PteAccess {
 pub enum FlushScope {
     /// Only the CPU doing the update.
     Local,
-    /// Every CPU in the mask (bit n = CPU n) that uses the address space.
-    Cpus(u64),
+    /// Every CPU in the mask that uses the address space.
+    Cpus(CpuMask),
 }
 
 /// TLB invalidation, as the gather asks for it.
@@ -184,6 +192,73 @@ pub trait ContextSwitch {
 
 /// Everything a range operation and the lazy mode need from an arch.
 pub trait Backend: ArchHooks + PteAccess + TlbFlush + ContextSwitch {
-    /// The backend's name on the command line (`x86`, `xen-pv`, ...).
-    fn name(&self) -> &'static str;
+    /// The page-table format whose entries this backend writes: page tables
+    /// of another format do not take it
+    /// ([`PageTables`](crate::pgtable::ops::PageTables) requires
+    /// `B: Backend<Format = F>`).
+    type Format: Format;
+}
+
+impl<B: PteAccess + ?Sized> PteAccess for &B {
+    #[inline]
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        (**self).read_entry(entry)
+    }
+    #[inline]
+    fn write_entry(&self, update: EntryUpdate) {
+        (**self).write_entry(update)
+    }
+    #[inline]
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        (**self).get_and_clear(update)
+    }
+    #[inline]
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        (**self).write_entries(first, count, step)
+    }
+    #[inline]
+    fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        (**self).modify_prot_start(update)
+    }
+    #[inline]
+    fn modify_prot_commit(&self, update: EntryUpdate) {
+        (**self).modify_prot_commit(update)
+    }
+}
+
+impl<B: TlbFlush + ?Sized> TlbFlush for &B {
+    #[inline]
+    fn flush_range(
+        &self,
+        space: SpaceId,
+        start: VirtAddr,
+        end: VirtAddr,
+        stride: PageSize,
+        scope: FlushScope,
+    ) {
+        (**self).flush_range(space, start, end, stride, scope)
+    }
+    #[inline]
+    fn flush_all(&self, space: SpaceId, scope: FlushScope) {
+        (**self).flush_all(space, scope)
+    }
+    #[inline]
+    fn single_page_ceiling(&self) -> usize {
+        (**self).single_page_ceiling()
+    }
+}
+
+impl<B: ContextSwitch + ?Sized> ContextSwitch for &B {
+    #[inline]
+    fn switch_out(&self, prev: LazyState) {
+        (**self).switch_out(prev)
+    }
+    #[inline]
+    fn switch_in(&self, next: LazyState) {
+        (**self).switch_in(next)
+    }
+}
+
+impl<B: Backend + ?Sized> Backend for &B {
+    type Format = B::Format;
 }

@@ -83,7 +83,7 @@ pub type PpcHash<P> = FlushBatching<P, HashFlush, PPC64_TLB_BATCH_NR>;
 pub struct HashFlush;
 
 impl<P: PpcHashPrimitives> AddressFlush<P> for HashFlush {
-    const NAME: &'static str = "ppc-hash";
+    type Format = crate::pgtable::format::PpcHash4K;
 
     fn write_pte(primitives: &P, entry: PhysAddr, value: u64) {
         primitives.write_pte(entry, value);

@@ -21,14 +21,13 @@ use core::marker::PhantomData;
 use super::machine::{BackendBug, CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::cpu::KeyRegister;
 use crate::mode::stateful::{FromHooks, HooksState, StatefulArch};
 use crate::mode::{ArchHooks, Environment, Hook, LazyState, Misuse, Step};
 
 /// A protection-key register flavour: how the page-table key is opened and
 /// what the kernel's default value is.
 pub trait KeyFlavour {
-    /// The backend's name on the command line.
-    const NAME: &'static str;
     /// The register value the kernel runs with, and exceptions load: the
     /// page-table key is read-only.
     const DEFAULT: u64;
@@ -57,7 +56,6 @@ impl Pks {
 }
 
 impl KeyFlavour for Pks {
-    const NAME: &'static str = "x86-pks";
     const DEFAULT: u64 = Self::WD;
     fn open(value: u64) -> u64 {
         value & !(Self::WD | Self::AD)
@@ -86,7 +84,6 @@ impl Poe {
 }
 
 impl KeyFlavour for Poe {
-    const NAME: &'static str = "arm64-poe";
     /// Index 0 (ordinary kernel memory) RWX, index 1 read-only.
     const DEFAULT: u64 = Self::RWX | (Self::READ << Self::SHIFT);
     fn open(value: u64) -> u64 {
@@ -108,7 +105,9 @@ pub enum KeySlot {
     Section,
 }
 
-/// The protection-key register of a CPU, and the task's saved copies.
+/// The task's saved copies of the protection-key register ([`KeySlot`]),
+/// on top of the register itself ([`KeyRegister`]) and the backend's
+/// machine state ([`CpuPrimitives`]).
 ///
 /// What to count and charge (see [`super::machine::Primitive`]):
 ///
@@ -121,24 +120,14 @@ pub enum KeySlot {
 /// the register does not allow page-table writes. The wrapper saves and
 /// restores the register itself at context switch (through
 /// [`KeySlot::Live`]); the model's context switch must not.
-pub trait KeyRegister: CpuPrimitives {
-    /// The register's current value on this CPU.
-    fn read_key(&self) -> u64;
-    /// Writes the register (`wrmsr IA32_PKRS` / `msr POR_EL1; isb`).
-    fn write_key(&self, value: u64);
+pub trait KeySlots: KeyRegister + CpuPrimitives {
     /// The current task's copy, `None` if never stored.
     fn task_key(&self, slot: KeySlot) -> Option<u64>;
     /// Stores the current task's copy.
     fn set_task_key(&self, slot: KeySlot, value: u64);
 }
 
-impl<P: KeyRegister + ?Sized> KeyRegister for &P {
-    fn read_key(&self) -> u64 {
-        (**self).read_key()
-    }
-    fn write_key(&self, value: u64) {
-        (**self).write_key(value)
-    }
+impl<P: KeySlots + ?Sized> KeySlots for &P {
     fn task_key(&self, slot: KeySlot) -> Option<u64> {
         (**self).task_key(slot)
     }
@@ -225,7 +214,7 @@ impl<B: fmt::Debug, K: fmt::Debug, F> fmt::Debug for Protected<B, K, F> {
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> Protected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> Protected<B, K, F> {
     /// Wraps `inner`, using `keys` for the register.
     pub fn new(inner: B, keys: K) -> Self {
         Self {
@@ -247,7 +236,7 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> Protected<B, K, F> {
     }
 
     fn lazy(&self) -> &LazyFlag {
-        self.cpus.get(self.keys.cpu_id())
+        self.cpus.current(&self.keys)
     }
 
     /// Whether the register is open for the whole section on this CPU.
@@ -298,7 +287,7 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> Protected<B, K, F> {
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
     /// Opens the register, then lets the inner backend enter (which
     /// reports a double entry itself). A second `enter` keeps the value
     /// the first one saved, so `leave` still restores what the section
@@ -333,7 +322,7 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> ArchHooks for Protected<B, K, F>
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> PteAccess for Protected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> PteAccess for Protected<B, K, F> {
     fn read_entry(&self, entry: PhysAddr) -> u64 {
         self.inner.read_entry(entry)
     }
@@ -355,7 +344,7 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> PteAccess for Protected<B, K, F>
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for Protected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> TlbFlush for Protected<B, K, F> {
     /// Forwarded. A flush writes no entries except where a backend applies
     /// deferred writes (s390, Xen), which happens inside the section's
     /// window, or in interrupt context, where the flush gets a window of its
@@ -388,7 +377,7 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> TlbFlush for Protected<B, K, F> 
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> ContextSwitch for Protected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> ContextSwitch for Protected<B, K, F> {
     /// The inner backend first (it may still write with the register
     /// open), then the outgoing task's register value is saved with it.
     fn switch_out(&self, prev: LazyState) {
@@ -412,10 +401,8 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> ContextSwitch for Protected<B, K
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> Backend for Protected<B, K, F> {
-    fn name(&self) -> &'static str {
-        F::NAME
-    }
+impl<B: Backend, K: KeySlots, F: KeyFlavour> Backend for Protected<B, K, F> {
+    type Format = B::Format;
 }
 
 /// `arm64-poe`: arm64 with page tables protected by POE.
@@ -423,7 +410,7 @@ pub type Arm64Poe<P> = Protected<super::arm64::Arm64<P>, P, Poe>;
 
 impl<P> Arm64Poe<P>
 where
-    P: super::arm64::Arm64Primitives + KeyRegister + Clone,
+    P: super::arm64::Arm64Primitives + KeySlots + Clone,
 {
     /// The `arm64-poe` backend over one set of primitives.
     pub fn arm64_poe(primitives: P) -> Self {
@@ -449,6 +436,9 @@ pub struct KeyedState {
 /// and restores it only when the outermost section closes.
 pub struct StatefulProtected<B, K, F> {
     adapter: FromHooks<Protected<B, K, F>>,
+    /// Known-bad: every section saves the value it found in the task's one
+    /// [`KeySlot::Section`] slot instead of its own state.
+    single_slot: bool,
 }
 
 impl<B: fmt::Debug, K: fmt::Debug, F> fmt::Debug for StatefulProtected<B, K, F> {
@@ -459,11 +449,24 @@ impl<B: fmt::Debug, K: fmt::Debug, F> fmt::Debug for StatefulProtected<B, K, F> 
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulProtected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> StatefulProtected<B, K, F> {
     /// Drives `protected` through the stateful design.
     pub fn new(protected: Protected<B, K, F>) -> Self {
         Self {
             adapter: FromHooks::new(protected),
+            single_slot: false,
+        }
+    }
+
+    /// **Known-bad, for checkers only** (the `testing` feature): nested
+    /// sections that save the key register in one per-task slot, so an
+    /// inner section overwrites what the outer one saved and the outer
+    /// close leaves the register open.
+    #[cfg(feature = "testing")]
+    pub fn single_slot(protected: Protected<B, K, F>) -> Self {
+        Self {
+            adapter: FromHooks::new(protected),
+            single_slot: true,
         }
     }
 
@@ -478,7 +481,7 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulProtected<B, K, F> {
     }
 }
 
-impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulArch for StatefulProtected<B, K, F> {
+impl<B: Backend, K: KeySlots, F: KeyFlavour> StatefulArch for StatefulProtected<B, K, F> {
     type State = KeyedState;
 
     fn ignored(&self) -> KeyedState {
@@ -500,6 +503,9 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulArch for StatefulProtect
                 self.keys().write_key(open);
             }
         }
+        if self.single_slot && step.token != HooksState::Ignored {
+            self.keys().set_task_key(KeySlot::Section, found);
+        }
         Step {
             token: KeyedState {
                 hooks: step.token,
@@ -511,8 +517,13 @@ impl<B: Backend, K: KeyRegister, F: KeyFlavour> StatefulArch for StatefulProtect
 
     fn leave<E: Environment>(&self, env: &E, state: KeyedState) -> Result<Option<Hook>, Misuse> {
         let hook = self.adapter.leave(env, state.hooks)?;
-        if hook.is_some() && self.keys().read_key() != state.found {
-            self.keys().write_key(state.found);
+        let restore = if self.single_slot {
+            self.keys().task_key(KeySlot::Section).unwrap_or(F::DEFAULT)
+        } else {
+            state.found
+        };
+        if hook.is_some() && self.keys().read_key() != restore {
+            self.keys().write_key(restore);
         }
         Ok(hook)
     }
@@ -553,7 +564,7 @@ impl<M, P, K> X86Pks<M, P, K>
 where
     M: crate::pgtable::memory::PageTableMemory,
     P: super::x86::X86Primitives,
-    K: KeyRegister,
+    K: KeySlots,
 {
     /// The `x86-pks` backend: entries in `memory`, TLB flushes through
     /// `primitives`, IA32_PKRS through `keys`.

@@ -1,5 +1,6 @@
 //! Host implementations of every backend's primitive trait (and of
-//! [`PageTableMemory`] and [`X86Primitives`]) that apply the
+//! [`PageTableMemory`], [`X86Primitives`] and the CPU vocabulary,
+//! [`Cpu`] and [`KeyRegister`]) that apply the
 //! writes to a small in-memory store and record every call, for tests.
 //!
 //! One [`Recording`] plays one machine: a current CPU, interrupt depth,
@@ -32,15 +33,17 @@
 use core::cell::{Cell, RefCell};
 
 use super::arm64::{Arm64Primitives, Dsb};
-use super::machine::{entry_is_valid, BackendBug, CpuPrimitives, Primitive};
+use super::machine::{BackendBug, CpuPrimitives, Primitive};
 use super::ppc_hash::PpcHashPrimitives;
-use super::protected::{KeyRegister, KeySlot};
+use super::protected::{KeySlot, KeySlots};
 use super::s390::S390Primitives;
 use super::sparc64::Sparc64Primitives;
 use super::x86::{RemoteFlush, X86Primitives};
 use super::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use crate::mode::{Environment, LazyState};
+use crate::pgtable::format::{s390, Format, S390};
 use crate::pgtable::memory::{PageTableMemory, FRAME_SIZE};
 
 /// Entries the store can hold.
@@ -89,7 +92,7 @@ pub enum Call {
     IpteRange,
     /// [`S390Primitives::flush_space`].
     FlushSpace,
-    /// [`KeyRegister::write_key`] or [`X86Primitives::write_pkrs`].
+    /// [`KeyRegister::write_key`].
     WriteKey,
     /// [`X86Primitives::invlpg`].
     Invlpg,
@@ -363,15 +366,10 @@ impl Recording {
     }
 
     /// CPUs of `mask` that exist on this machine, and how many are remote.
-    fn targets(&self, mask: u64) -> (u64, u64) {
-        let all = if self.cpus.get() >= 64 {
-            u64::MAX
-        } else {
-            (1u64 << self.cpus.get()) - 1
-        };
-        let mask = mask & all;
-        let local = mask & (1 << self.cpu.get()) != 0;
-        let targets = u64::from(mask.count_ones());
+    fn targets(&self, mask: CpuMask) -> (u64, u64) {
+        let mask = mask.and(CpuMask::first(self.cpus.get()));
+        let local = mask.contains(CpuId::new(self.cpu.get()));
+        let targets = u64::from(mask.count());
         (targets, targets - u64::from(local))
     }
 
@@ -407,9 +405,9 @@ fn bug_index(bug: BackendBug) -> usize {
     }
 }
 
-impl CpuPrimitives for Recording {
-    fn cpu_id(&self) -> usize {
-        self.cpu.get()
+impl Cpu for Recording {
+    fn cpu_id(&self) -> CpuId {
+        CpuId::new(self.cpu.get())
     }
     fn in_interrupt(&self) -> bool {
         self.irq_depth.get() > 0
@@ -422,6 +420,9 @@ impl CpuPrimitives for Recording {
         assert!(count > 0, "preempt_enable without preempt_disable");
         self.preempt_count.set(count - 1);
     }
+}
+
+impl CpuPrimitives for Recording {
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         self.read_memory(entry)
     }
@@ -437,15 +438,6 @@ impl Environment for Recording {
     }
     fn set_lazy_state(&self, state: LazyState) {
         self.tasks.borrow_mut()[self.task.get()].lazy = state;
-    }
-    fn in_interrupt(&self) -> bool {
-        self.irq_depth.get() > 0
-    }
-    fn preempt_disable(&self) {
-        CpuPrimitives::preempt_disable(self);
-    }
-    fn preempt_enable(&self) {
-        CpuPrimitives::preempt_enable(self);
     }
 }
 
@@ -563,8 +555,8 @@ impl S390Primitives for Recording {
         self.record(Call::Ipte, 1);
         self.charge(Primitive::Ipte, 1);
         let old = self.read_memory(entry);
-        if entry_is_valid(old) {
-            self.set_memory(entry, old & !1);
+        if S390::is_valid(old) {
+            self.set_memory(entry, old | s390::INVALID);
         }
     }
     fn ipte_range(&self, first: PhysAddr, count: usize, _space: SpaceId, _va: VirtAddr) {
@@ -573,8 +565,8 @@ impl S390Primitives for Recording {
         for n in 0..count as u64 {
             let entry = first.add(n * 8);
             let old = self.read_memory(entry);
-            if entry_is_valid(old) {
-                self.set_memory(entry, old & !1);
+            if S390::is_valid(old) {
+                self.set_memory(entry, old | s390::INVALID);
             }
         }
     }
@@ -596,6 +588,9 @@ impl KeyRegister for Recording {
         }
         self.key.set(value);
     }
+}
+
+impl KeySlots for Recording {
     fn task_key(&self, slot: KeySlot) -> Option<u64> {
         let task = self.tasks.borrow()[self.task.get()];
         match slot {
@@ -613,7 +608,9 @@ impl KeyRegister for Recording {
     }
 }
 
-impl PageTableMemory for Recording {
+// SAFETY: the store is an array owned by `self`; every address maps to a
+// slot of it (or panics when the store is full), none is dereferenced.
+unsafe impl PageTableMemory for Recording {
     fn read(&self, entry: PhysAddr) -> u64 {
         self.read_memory(entry)
     }
@@ -656,22 +653,13 @@ impl X86Primitives for Recording {
         self.record(Call::FlushGlobal, 1);
         self.charge(Primitive::FullFlush, 1);
     }
-    fn read_pkrs(&self) -> u32 {
-        self.key.get() as u32
-    }
-    fn write_pkrs(&self, value: u32) {
-        self.write_key(u64::from(value));
-    }
-    fn current_cpu(&self) -> u32 {
-        self.cpu.get() as u32
-    }
     fn loaded_space(&self) -> SpaceId {
         self.loaded_space.get()
     }
     /// One IPI per CPU reached, and the flush each performs (the recording
     /// machine assumes every remote CPU has `space` loaded).
-    fn shootdown(&self, cpus: u64, request: RemoteFlush) {
-        let (targets, _) = self.targets(cpus & !(1 << self.cpu.get()));
+    fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
+        let (targets, _) = self.targets(cpus.without(CpuId::new(self.cpu.get())));
         self.record(Call::Shootdown, targets as usize);
         self.charge(Primitive::Ipi, targets);
         match request {
@@ -683,13 +671,5 @@ impl X86Primitives for Recording {
             }
             RemoteFlush::All { .. } => self.charge(Primitive::FullFlush, targets),
         }
-    }
-    /// The machine's one preemption count (see
-    /// [`Recording::preempt_count`]).
-    fn preempt_disable(&self) {
-        CpuPrimitives::preempt_disable(self);
-    }
-    fn preempt_enable(&self) {
-        CpuPrimitives::preempt_enable(self);
     }
 }

@@ -13,19 +13,20 @@
 
 use core::cell::RefCell;
 
-use super::machine::{entry_is_valid, CpuPrimitives, LazyFlag, PerCpu};
+use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
+use crate::pgtable::format::{s390, Format, S390 as S390Format};
 
 /// Entries one IPTE may invalidate: the instruction's range covers up to
 /// 256 entries and must not cross a page table (an s390 page table has 256
 /// entries, PoP SA22-7832 "INVALIDATE PAGE TABLE ENTRY").
 pub const IPTE_RANGE_MAX: usize = 256;
 
-/// Entries in one PTE table of the formats the library writes (4 KiB
-/// tables of 8-byte entries); the cache holds one table.
-pub const ENTRIES_PER_TABLE: usize = 512;
+/// Entries in one page table ([`s390::PAGE_ENTRIES`], `_PAGE_ENTRIES`);
+/// the cache holds one table.
+pub const ENTRIES_PER_TABLE: usize = s390::PAGE_ENTRIES;
 
 const TABLE_BYTES: u64 = (ENTRIES_PER_TABLE * 8) as u64;
 
@@ -40,9 +41,9 @@ const TABLE_BYTES: u64 = (ENTRIES_PER_TABLE * 8) as u64;
 /// | [`ipte_range`](S390Primitives::ipte_range) | 1 `ipte` (whatever the count: the quiesce is per instruction) |
 /// | [`flush_space`](S390Primitives::flush_space) | 1 `full_flush` |
 ///
-/// Model: an IPTE clears the valid bit (bit 0) of each entry it covers and
-/// purges the translations of those pages from every CPU's TLB; the backend
-/// then stores the new values with `write_pte`.
+/// Model: an IPTE sets the invalid bit ([`s390::INVALID`]) of each entry
+/// it covers and purges the translations of those pages from every CPU's
+/// TLB; the backend then stores the new values with `write_pte`.
 pub trait S390Primitives: CpuPrimitives {
     /// Stores one entry.
     fn write_pte(&self, entry: PhysAddr, value: u64);
@@ -254,7 +255,7 @@ impl<P: S390Primitives> S390<P> {
                 && index - start < IPTE_RANGE_MAX
             {
                 let entry = cache.table.add(index as u64 * 8);
-                any_valid |= entry_is_valid(self.primitives.read_pte(entry));
+                any_valid |= S390Format::is_valid(self.primitives.read_pte(entry));
                 index += 1;
             }
             if any_valid {
@@ -279,7 +280,7 @@ impl<P: S390Primitives> S390<P> {
 
     /// The write done now: IPTE first when the entry is valid.
     fn write_now(&self, update: &EntryUpdate, value: u64) {
-        if entry_is_valid(self.primitives.read_pte(update.entry)) {
+        if S390Format::is_valid(self.primitives.read_pte(update.entry)) {
             self.primitives.ipte(update.entry, update.space, update.va);
         }
         self.primitives.write_pte(update.entry, value);
@@ -300,7 +301,7 @@ impl<P: S390Primitives> S390<P> {
             // Another table. An entry that is invalid now needs no IPTE:
             // a plain store, and the cached table stays cached (the
             // destination of mremap, the child of fork).
-            if !entry_is_valid(self.primitives.read_pte(update.entry)) {
+            if !S390Format::is_valid(self.primitives.read_pte(update.entry)) {
                 self.primitives.write_pte(update.entry, value);
                 return;
             }
@@ -390,7 +391,5 @@ impl<P: S390Primitives> ContextSwitch for S390<P> {
 }
 
 impl<P: S390Primitives> Backend for S390<P> {
-    fn name(&self) -> &'static str {
-        "s390"
-    }
+    type Format = S390Format;
 }

@@ -106,7 +106,7 @@ pub type Sparc64<P> = FlushBatching<P, TsbFlush, TLB_BATCH_NR>;
 pub struct TsbFlush;
 
 impl<P: Sparc64Primitives> AddressFlush<P> for TsbFlush {
-    const NAME: &'static str = "sparc64";
+    type Format = crate::pgtable::format::Sparc64Sun4v;
 
     fn write_pte(primitives: &P, entry: PhysAddr, value: u64) {
         primitives.write_pte(entry, value);

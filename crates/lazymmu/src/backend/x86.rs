@@ -10,12 +10,14 @@
 //!
 //! The machine operations sit behind [`X86Primitives`]:
 //! `BareMetal` executes the real instructions (compiled only for
-//! `x86_64-unknown-none`), and [`RecordingPrimitives`] records the calls on
-//! the host for tests.
+//! `x86_64-unknown-none`), and, with the `testing` feature,
+//! `RecordingPrimitives` records the calls on the host for tests.
 
 use crate::addr::{PageSize, SpaceId, VirtAddr};
 use crate::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use crate::cpu::{Cpu, CpuMask};
 use crate::mode::ArchHooks;
+use crate::pgtable::format::X86_64;
 use crate::pgtable::memory::PageTableMemory;
 
 /// IA32_PKRS, the supervisor protection-key rights register (Intel SDM
@@ -48,13 +50,18 @@ pub enum RemoteFlush {
     },
 }
 
-/// The machine operations the x86-64 backend and protected page tables
-/// need.
+/// The machine operations the x86-64 backend needs, on top of the CPU
+/// itself ([`Cpu`]: its id, interrupt context, preemption).
 ///
 /// All take `&self`: an implementation may be re-entered from an interrupt
-/// handler. The simulator implements them with its model; the kernel uses
-/// `BareMetal` (bare metal only).
-pub trait X86Primitives {
+/// handler. The simulator implements them with its model; a kernel uses
+/// `BareMetal` (bare metal only). The key register (IA32_PKRS) is
+/// [`crate::cpu::KeyRegister`].
+///
+/// What to count and charge (see [`super::machine::Primitive`]): `invlpg`
+/// 1 `invlpg`; `reload_cr3` and `flush_global` 1 `full_flush`; `shootdown`
+/// 1 `ipi` per target plus the target's flush.
+pub trait X86Primitives: Cpu {
     /// `invlpg va`: invalidates the TLB entries of the page holding `va`
     /// (any size, global included) in the current PCID, and all
     /// paging-structure cache entries (SDM Vol. 3A §4.10.4.1).
@@ -68,15 +75,6 @@ pub trait X86Primitives {
     /// included (SDM Vol. 3A §4.10.4.1).
     fn flush_global(&self);
 
-    /// `rdmsr` of IA32_PKRS.
-    fn read_pkrs(&self) -> u32;
-
-    /// `wrmsr` of IA32_PKRS (not serialising).
-    fn write_pkrs(&self, value: u32);
-
-    /// The CPU executing (bit index in [`FlushScope::Cpus`]).
-    fn current_cpu(&self) -> u32;
-
     /// The address space whose root is in CR3 on this CPU. Without PCIDs a
     /// CR3 switch flushes all non-global entries, so a space that is not
     /// loaded has nothing of its own cached here.
@@ -84,17 +82,7 @@ pub trait X86Primitives {
 
     /// Sends `request` to every CPU in `cpus` (never the current one) and
     /// waits for them to perform it (a TLB-shootdown IPI).
-    fn shootdown(&self, cpus: u64, request: RemoteFlush);
-
-    /// Disables preemption (nests): until the matching
-    /// [`preempt_enable`](X86Primitives::preempt_enable) the task stays on
-    /// this CPU, so [`current_cpu`](X86Primitives::current_cpu) and
-    /// [`loaded_space`](X86Primitives::loaded_space) keep their answers.
-    /// Linux's `get_cpu()`.
-    fn preempt_disable(&self);
-
-    /// Re-enables preemption. Linux's `put_cpu()`.
-    fn preempt_enable(&self);
+    fn shootdown(&self, cpus: CpuMask, request: RemoteFlush);
 }
 
 impl<P: X86Primitives + ?Sized> X86Primitives for &P {
@@ -107,26 +95,11 @@ impl<P: X86Primitives + ?Sized> X86Primitives for &P {
     fn flush_global(&self) {
         (**self).flush_global()
     }
-    fn read_pkrs(&self) -> u32 {
-        (**self).read_pkrs()
-    }
-    fn write_pkrs(&self, value: u32) {
-        (**self).write_pkrs(value)
-    }
-    fn current_cpu(&self) -> u32 {
-        (**self).current_cpu()
-    }
     fn loaded_space(&self) -> SpaceId {
         (**self).loaded_space()
     }
-    fn shootdown(&self, cpus: u64, request: RemoteFlush) {
+    fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
         (**self).shootdown(cpus, request)
-    }
-    fn preempt_disable(&self) {
-        (**self).preempt_disable()
-    }
-    fn preempt_enable(&self) {
-        (**self).preempt_enable()
     }
 }
 
@@ -197,24 +170,23 @@ impl<M: PageTableMemory, P: X86Primitives> X86Backend<M, P> {
     /// it arrives on in the shootdown mask, flush that CPU locally instead
     /// of the one it left, and leave stale translations behind.
     fn dispatch(&self, scope: FlushScope, request: RemoteFlush) {
-        self.primitives.preempt_disable();
+        let on_this_cpu = self.primitives.preempt_guard();
         match scope {
             FlushScope::Local => flush_locally(&self.primitives, request),
             FlushScope::Cpus(mask) => {
-                let me = 1u64 << self.primitives.current_cpu();
-                let others = mask & !me;
+                let me = on_this_cpu.cpu_id();
+                let others = mask.without(me);
                 // Issue the remote requests first so the other CPUs work
                 // while this one flushes (Linux's native_flush_tlb_multi
                 // then flush_tlb_func local).
-                if others != 0 {
+                if !others.is_empty() {
                     self.primitives.shootdown(others, request);
                 }
-                if mask & me != 0 {
+                if mask.contains(me) {
                     flush_locally(&self.primitives, request);
                 }
             }
         }
-        self.primitives.preempt_enable();
     }
 }
 
@@ -278,21 +250,20 @@ impl<M: PageTableMemory, P: X86Primitives> ArchHooks for X86Backend<M, P> {
 impl<M: PageTableMemory, P: X86Primitives> ContextSwitch for X86Backend<M, P> {}
 
 impl<M: PageTableMemory, P: X86Primitives> Backend for X86Backend<M, P> {
-    fn name(&self) -> &'static str {
-        "x86"
-    }
+    type Format = X86_64;
 }
 
-#[cfg(feature = "alloc")]
+#[cfg(all(feature = "testing", feature = "alloc"))]
 pub use recording::{PrimitiveCall, RecordingPrimitives};
 
-#[cfg(feature = "alloc")]
+#[cfg(all(feature = "testing", feature = "alloc"))]
 mod recording {
     use alloc::vec::Vec;
     use core::cell::{Cell, RefCell};
 
     use super::{RemoteFlush, X86Primitives};
     use crate::addr::{SpaceId, VirtAddr};
+    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 
     /// One recorded primitive call.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,7 +279,7 @@ mod recording {
         /// `wrmsr IA32_PKRS`.
         WritePkrs(u32),
         /// A shootdown IPI to a CPU mask.
-        Shootdown(u64, RemoteFlush),
+        Shootdown(CpuMask, RemoteFlush),
     }
 
     /// Host primitives that record every call, keep IA32_PKRS in a cell,
@@ -375,32 +346,12 @@ mod recording {
         }
     }
 
-    impl X86Primitives for RecordingPrimitives {
-        fn invlpg(&self, va: VirtAddr) {
-            self.record(PrimitiveCall::Invlpg(va));
+    impl Cpu for RecordingPrimitives {
+        fn cpu_id(&self) -> CpuId {
+            CpuId(self.cpu)
         }
-        fn reload_cr3(&self) {
-            self.record(PrimitiveCall::ReloadCr3);
-        }
-        fn flush_global(&self) {
-            self.record(PrimitiveCall::FlushGlobal);
-        }
-        fn read_pkrs(&self) -> u32 {
-            self.record(PrimitiveCall::ReadPkrs);
-            self.pkrs.get()
-        }
-        fn write_pkrs(&self, value: u32) {
-            self.record(PrimitiveCall::WritePkrs(value));
-            self.pkrs.set(value);
-        }
-        fn current_cpu(&self) -> u32 {
-            self.cpu
-        }
-        fn loaded_space(&self) -> SpaceId {
-            self.loaded.get()
-        }
-        fn shootdown(&self, cpus: u64, request: RemoteFlush) {
-            self.record(PrimitiveCall::Shootdown(cpus, request));
+        fn in_interrupt(&self) -> bool {
+            false
         }
         fn preempt_disable(&self) {
             self.preempt.set(self.preempt.get() + 1);
@@ -411,30 +362,93 @@ mod recording {
             self.preempt.set(depth - 1);
         }
     }
+
+    impl KeyRegister for RecordingPrimitives {
+        fn read_key(&self) -> u64 {
+            self.record(PrimitiveCall::ReadPkrs);
+            u64::from(self.pkrs.get())
+        }
+        fn write_key(&self, value: u64) {
+            self.record(PrimitiveCall::WritePkrs(value as u32));
+            self.pkrs.set(value as u32);
+        }
+    }
+
+    impl X86Primitives for RecordingPrimitives {
+        fn invlpg(&self, va: VirtAddr) {
+            self.record(PrimitiveCall::Invlpg(va));
+        }
+        fn reload_cr3(&self) {
+            self.record(PrimitiveCall::ReloadCr3);
+        }
+        fn flush_global(&self) {
+            self.record(PrimitiveCall::FlushGlobal);
+        }
+        fn loaded_space(&self) -> SpaceId {
+            self.loaded.get()
+        }
+        fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
+            self.record(PrimitiveCall::Shootdown(cpus, request));
+        }
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
-pub use bare_metal::BareMetal;
+pub use bare_metal::{BareMetal, BareMetalCounters, BareMetalCounts};
 
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 mod bare_metal {
     use core::arch::asm;
+    use core::sync::atomic::{AtomicU64, Ordering};
 
     use super::{RemoteFlush, X86Primitives, IA32_PKRS};
     use crate::addr::{SpaceId, VirtAddr};
+    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister, MAX_CPUS};
 
-    /// The real instructions, for a kernel running at CPL 0. The kernel
-    /// supplies what the instructions cannot know: the executing CPU, the
-    /// loaded address space, the shootdown IPI and preemption control
-    /// (which belongs to its scheduler).
+    /// How many of each instruction [`BareMetal`] has executed.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct BareMetalCounts {
+        /// `invlpg` instructions.
+        pub invlpg: u64,
+        /// CR3 reloads.
+        pub cr3_reloads: u64,
+        /// CR4.PGE toggles (full flushes including global entries).
+        pub global_flushes: u64,
+        /// IA32_PKRS writes in task context.
+        pub pkrs_writes: u64,
+        /// IA32_PKRS writes in interrupt context (exception entry and
+        /// return, handlers' own windows).
+        pub irq_pkrs_writes: u64,
+    }
+
+    impl core::ops::Sub for BareMetalCounts {
+        type Output = BareMetalCounts;
+        fn sub(self, before: BareMetalCounts) -> BareMetalCounts {
+            BareMetalCounts {
+                invlpg: self.invlpg - before.invlpg,
+                cr3_reloads: self.cr3_reloads - before.cr3_reloads,
+                global_flushes: self.global_flushes - before.global_flushes,
+                pkrs_writes: self.pkrs_writes - before.pkrs_writes,
+                irq_pkrs_writes: self.irq_pkrs_writes - before.irq_pkrs_writes,
+            }
+        }
+    }
+
+    /// The real instructions, for a kernel running at CPL 0, counted per
+    /// CPU. The kernel supplies what the instructions cannot know: the
+    /// executing CPU, interrupt context, the loaded address space, the
+    /// shootdown IPI and preemption control (which belongs to its
+    /// scheduler).
     #[derive(Debug)]
     pub struct BareMetal {
-        /// Returns the executing CPU's index.
-        pub current_cpu: fn() -> u32,
+        /// Returns the executing CPU.
+        pub cpu_id: fn() -> CpuId,
+        /// Whether the CPU is in interrupt context.
+        pub in_interrupt: fn() -> bool,
         /// Returns the address space loaded in CR3.
         pub loaded_space: fn() -> SpaceId,
         /// Sends a flush IPI to the CPUs of a mask and waits for them.
-        pub shootdown: fn(u64, RemoteFlush),
+        pub shootdown: fn(CpuMask, RemoteFlush),
         /// Disables preemption (nests; `get_cpu()`). A kernel that runs on
         /// one CPU without a preemptive scheduler has nothing to disable
         /// and passes a function that does nothing: no task can move
@@ -443,10 +457,143 @@ mod bare_metal {
         /// Re-enables preemption (`put_cpu()`); does nothing wherever
         /// `preempt_disable` does nothing.
         pub preempt_enable: fn(),
+        /// Instructions executed so far, per CPU.
+        pub counts: BareMetalCounters,
+    }
+
+    /// One count per CPU.
+    struct PerCpuCount([AtomicU64; MAX_CPUS]);
+
+    impl PerCpuCount {
+        const fn new() -> Self {
+            PerCpuCount([const { AtomicU64::new(0) }; MAX_CPUS])
+        }
+
+        /// Relaxed: a reader wants a count, not an ordering; a task that
+        /// migrates between reading its CPU and adding still adds once.
+        fn bump(&self, cpu: CpuId) {
+            self.0[cpu.index()].fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn on(&self, cpu: CpuId) -> u64 {
+            self.0[cpu.index()].load(Ordering::Relaxed)
+        }
+
+        fn total(&self) -> u64 {
+            self.0.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        }
+    }
+
+    impl core::fmt::Debug for PerCpuCount {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "{}", self.total())
+        }
+    }
+
+    /// The counters of a [`BareMetal`], one per CPU (atomics, so it can
+    /// live in a `static`).
+    #[derive(Debug)]
+    pub struct BareMetalCounters {
+        invlpg: PerCpuCount,
+        cr3_reloads: PerCpuCount,
+        global_flushes: PerCpuCount,
+        pkrs_writes: PerCpuCount,
+        irq_pkrs_writes: PerCpuCount,
+    }
+
+    impl Default for BareMetalCounters {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl BareMetalCounters {
+        /// All zero.
+        pub const fn new() -> Self {
+            BareMetalCounters {
+                invlpg: PerCpuCount::new(),
+                cr3_reloads: PerCpuCount::new(),
+                global_flushes: PerCpuCount::new(),
+                pkrs_writes: PerCpuCount::new(),
+                irq_pkrs_writes: PerCpuCount::new(),
+            }
+        }
+
+        /// The counts of `cpu` so far.
+        ///
+        /// # Panics
+        /// When `cpu` is not below [`MAX_CPUS`].
+        pub fn on(&self, cpu: CpuId) -> BareMetalCounts {
+            BareMetalCounts {
+                invlpg: self.invlpg.on(cpu),
+                cr3_reloads: self.cr3_reloads.on(cpu),
+                global_flushes: self.global_flushes.on(cpu),
+                pkrs_writes: self.pkrs_writes.on(cpu),
+                irq_pkrs_writes: self.irq_pkrs_writes.on(cpu),
+            }
+        }
+
+        /// Every CPU's counts so far, summed.
+        pub fn total(&self) -> BareMetalCounts {
+            BareMetalCounts {
+                invlpg: self.invlpg.total(),
+                cr3_reloads: self.cr3_reloads.total(),
+                global_flushes: self.global_flushes.total(),
+                pkrs_writes: self.pkrs_writes.total(),
+                irq_pkrs_writes: self.irq_pkrs_writes.total(),
+            }
+        }
+    }
+
+    impl Cpu for BareMetal {
+        fn cpu_id(&self) -> CpuId {
+            (self.cpu_id)()
+        }
+        fn in_interrupt(&self) -> bool {
+            (self.in_interrupt)()
+        }
+        fn preempt_disable(&self) {
+            (self.preempt_disable)()
+        }
+        fn preempt_enable(&self) {
+            (self.preempt_enable)()
+        }
+    }
+
+    impl KeyRegister for BareMetal {
+        fn read_key(&self) -> u64 {
+            let (low, _high): (u32, u32);
+            // SAFETY: reading IA32_PKRS has no side effect; the CPU supports
+            // PKS (the embedder checked CPUID.(EAX=7,ECX=0):ECX[31]).
+            unsafe {
+                asm!("rdmsr", in("ecx") IA32_PKRS, out("eax") low, out("edx") _high,
+                     options(nostack, nomem, preserves_flags))
+            };
+            u64::from(low)
+        }
+
+        fn write_key(&self, value: u64) {
+            let cpu = (self.cpu_id)();
+            if (self.in_interrupt)() {
+                self.counts.irq_pkrs_writes.bump(cpu);
+            } else {
+                self.counts.pkrs_writes.bump(cpu);
+            }
+            // SAFETY: IA32_PKRS only restricts supervisor data accesses to
+            // pages with a key; a wrong value causes page faults, never
+            // memory unsafety. PKS support is the embedder's contract.
+            // No `nomem`: accesses to key-protected memory must stay on the
+            // side of the write where the program put them.
+            unsafe {
+                asm!("wrmsr", in("ecx") IA32_PKRS, in("eax") value as u32, in("edx") 0u32,
+                     options(nostack, preserves_flags))
+            };
+        }
     }
 
     impl X86Primitives for BareMetal {
         fn invlpg(&self, va: VirtAddr) {
+            self.counts.invlpg.bump((self.cpu_id)());
             // SAFETY: invlpg only drops cached translations; the page tables
             // in memory stay authoritative. Requires CPL 0, which is this
             // type's contract.
@@ -454,6 +601,7 @@ mod bare_metal {
         }
 
         fn reload_cr3(&self) {
+            self.counts.cr3_reloads.bump((self.cpu_id)());
             // SAFETY: writing CR3 back with its own value keeps the same
             // address space and only flushes non-global translations.
             unsafe {
@@ -467,6 +615,7 @@ mod bare_metal {
         }
 
         fn flush_global(&self) {
+            self.counts.global_flushes.bump((self.cpu_id)());
             // SAFETY: clearing and restoring CR4.PGE (bit 7) flushes every
             // translation and leaves CR4 as it was; interrupts in between
             // only see a TLB without global entries, which is always valid.
@@ -486,52 +635,17 @@ mod bare_metal {
             };
         }
 
-        fn read_pkrs(&self) -> u32 {
-            let (low, _high): (u32, u32);
-            // SAFETY: reading IA32_PKRS has no side effect; the CPU supports
-            // PKS (the embedder checked CPUID.(EAX=7,ECX=0):ECX[31]).
-            unsafe {
-                asm!("rdmsr", in("ecx") IA32_PKRS, out("eax") low, out("edx") _high,
-                     options(nostack, nomem, preserves_flags))
-            };
-            low
-        }
-
-        fn write_pkrs(&self, value: u32) {
-            // SAFETY: IA32_PKRS only restricts supervisor data accesses to
-            // pages with a key; a wrong value causes page faults, never
-            // memory unsafety. PKS support is the embedder's contract.
-            // No `nomem`: accesses to key-protected memory must stay on the
-            // side of the write where the program put them.
-            unsafe {
-                asm!("wrmsr", in("ecx") IA32_PKRS, in("eax") value, in("edx") 0u32,
-                     options(nostack, preserves_flags))
-            };
-        }
-
-        fn current_cpu(&self) -> u32 {
-            (self.current_cpu)()
-        }
-
         fn loaded_space(&self) -> SpaceId {
             (self.loaded_space)()
         }
 
-        fn shootdown(&self, cpus: u64, request: RemoteFlush) {
+        fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
             (self.shootdown)(cpus, request)
-        }
-
-        fn preempt_disable(&self) {
-            (self.preempt_disable)()
-        }
-
-        fn preempt_enable(&self) {
-            (self.preempt_enable)()
         }
     }
 }
 
-#[cfg(all(test, feature = "alloc"))]
+#[cfg(all(test, feature = "testing", feature = "alloc"))]
 mod tests {
     use super::*;
     use crate::addr::PhysAddr;
@@ -540,7 +654,8 @@ mod tests {
     /// Page-table memory that is never touched by a flush.
     struct NoMemory;
 
-    impl PageTableMemory for NoMemory {
+    // SAFETY: it touches no memory at all.
+    unsafe impl PageTableMemory for NoMemory {
         fn read(&self, _entry: PhysAddr) -> u64 {
             0
         }
@@ -560,17 +675,17 @@ mod tests {
             start,
             end,
             PageSize::Size4K,
-            FlushScope::Cpus(0b111),
+            FlushScope::Cpus(CpuMask::first(3)),
         );
         backend.flush_range(SpaceId(1), start, end, PageSize::Size4K, FlushScope::Local);
-        backend.flush_all(SpaceId(1), FlushScope::Cpus(0b11));
+        backend.flush_all(SpaceId(1), FlushScope::Cpus(CpuMask::first(2)));
         backend.flush_all(SpaceId::KERNEL, FlushScope::Local);
         let p = backend.primitives();
         assert_eq!(
             p.calls(),
             [
                 PrimitiveCall::Shootdown(
-                    0b101,
+                    CpuMask::from_bits(0b101),
                     RemoteFlush::Range {
                         space: SpaceId(1),
                         start,
@@ -582,7 +697,10 @@ mod tests {
                 PrimitiveCall::Invlpg(VirtAddr(0x40_1000)),
                 PrimitiveCall::Invlpg(start),
                 PrimitiveCall::Invlpg(VirtAddr(0x40_1000)),
-                PrimitiveCall::Shootdown(0b01, RemoteFlush::All { space: SpaceId(1) }),
+                PrimitiveCall::Shootdown(
+                    CpuMask::from_bits(0b01),
+                    RemoteFlush::All { space: SpaceId(1) }
+                ),
                 PrimitiveCall::ReloadCr3,
                 PrimitiveCall::FlushGlobal,
             ]

@@ -12,7 +12,9 @@ use core::cell::RefCell;
 use super::machine::{Batch, CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::cpu::CpuMask;
 use crate::mode::{ArchHooks, LazyState};
+use crate::pgtable::format::X86_64;
 
 /// Entries in one per-CPU multicall buffer: `#define MC_BATCH 32` in
 /// arch/x86/xen/multicalls.c. (Linux also bounds the argument space at
@@ -49,8 +51,8 @@ pub enum MmuExtOp {
         space: SpaceId,
         /// The page.
         va: VirtAddr,
-        /// Bit n = CPU n.
-        cpus: u64,
+        /// The CPUs.
+        cpus: CpuMask,
     },
     /// `MMUEXT_TLB_FLUSH_LOCAL`: every non-global translation on this CPU.
     TlbFlushLocal {
@@ -62,8 +64,8 @@ pub enum MmuExtOp {
     TlbFlushMulti {
         /// Address space.
         space: SpaceId,
-        /// Bit n = CPU n.
-        cpus: u64,
+        /// The CPUs.
+        cpus: CpuMask,
     },
 }
 
@@ -328,7 +330,7 @@ impl<P: XenPrimitives> TlbFlush for XenPv<P> {
                 // leave it in the CPU it came from (Linux's local flushes
                 // run under get_cpu() or with interrupts off,
                 // arch/x86/mm/tlb.c).
-                self.primitives.preempt_disable();
+                let _on_this_cpu = self.primitives.preempt_guard();
                 if pages as usize > self.single_page_ceiling() {
                     self.tlb_op(MmuExtOp::TlbFlushLocal { space });
                 } else {
@@ -337,7 +339,6 @@ impl<P: XenPrimitives> TlbFlush for XenPv<P> {
                         self.tlb_op(MmuExtOp::InvlpgLocal { space, va });
                     }
                 }
-                self.primitives.preempt_enable();
             }
             FlushScope::Cpus(cpus) => {
                 if pages == 1 {
@@ -380,8 +381,7 @@ impl<P: XenPrimitives> ContextSwitch for XenPv<P> {
     }
 }
 
+/// Xen PV guests run on x86-64 4-level tables (PV does not support LA57).
 impl<P: XenPrimitives> Backend for XenPv<P> {
-    fn name(&self) -> &'static str {
-        "xen-pv"
-    }
+    type Format = X86_64;
 }

@@ -35,11 +35,12 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use super::{CpuId, CpuMask, LineAccess, SharedLine};
+use super::{LineAccess, SharedLine};
 use crate::addr::{PageSize, SpaceId, VirtAddr};
+use crate::cpu::{Cpu, CpuId, CpuMask};
 
 /// Which policy keeps lazily borrowed address spaces alive and decides who
-/// receives flush IPIs. Selected with `--policy` in the simulator.
+/// receives flush IPIs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LazyTlbPolicy {
     /// Every borrow takes a reference on the shared counter and every end of
@@ -55,26 +56,12 @@ pub enum LazyTlbPolicy {
 }
 
 impl LazyTlbPolicy {
-    /// Every policy, in the order tables print them.
+    /// Every policy.
     pub const ALL: [LazyTlbPolicy; 3] = [
         LazyTlbPolicy::Refcount,
         LazyTlbPolicy::Shootdown,
         LazyTlbPolicy::X86,
     ];
-
-    /// The name on the command line.
-    pub const fn name(self) -> &'static str {
-        match self {
-            LazyTlbPolicy::Refcount => "refcount",
-            LazyTlbPolicy::Shootdown => "shootdown",
-            LazyTlbPolicy::X86 => "x86",
-        }
-    }
-
-    /// Parses a command-line name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
 
     /// Whether a borrow takes a reference on the address space.
     pub const fn borrow_takes_reference(self) -> bool {
@@ -154,7 +141,7 @@ impl AddressSpace {
 
     /// `mm_cpumask`.
     pub fn cpumask(&self) -> CpuMask {
-        CpuMask(self.cpumask.load(Ordering::Acquire))
+        CpuMask::from_bits(self.cpumask.load(Ordering::Acquire))
     }
 
     /// The flush generation.
@@ -290,14 +277,12 @@ pub enum FlushRange {
     },
 }
 
-/// The machine operations lazy TLB needs. All take `&self`: the machine is
+/// The machine operations lazy TLB needs, on top of the CPU itself
+/// ([`Cpu`]; inside [`MmMachine::on_each_cpu`]'s function, [`Cpu::cpu_id`]
+/// is the CPU that function runs on). All take `&self`: the machine is
 /// ambient, and [`MmMachine::on_each_cpu`] re-enters the library on other
 /// CPUs.
-pub trait MmMachine {
-    /// The CPU the caller runs on. Inside [`MmMachine::on_each_cpu`]'s
-    /// function, the CPU that function runs on.
-    fn cpu(&self) -> CpuId;
-
+pub trait MmMachine: Cpu {
     /// The address space named `id`. Freed spaces stay reachable as
     /// tombstones ([`AddressSpace::is_freed`]).
     fn space(&self, id: SpaceId) -> &AddressSpace;
@@ -340,9 +325,6 @@ pub trait MmMachine {
 }
 
 impl<M: MmMachine + ?Sized> MmMachine for &M {
-    fn cpu(&self) -> CpuId {
-        (**self).cpu()
-    }
     fn space(&self, id: SpaceId) -> &AddressSpace {
         (**self).space(id)
     }
@@ -480,7 +462,7 @@ impl<M: MmMachine> LazyTlb<M> {
     /// a CPU comes up (Linux grabs `init_mm` for each idle task the same
     /// way), taking the borrow reference the policy asks for.
     pub fn boot_cpu(&self, idle: &TaskMm) {
-        let cpu = self.machine.cpu();
+        let cpu = self.machine.cpu_id();
         idle.set_mm(None);
         idle.set_active_mm(Some(SpaceId::KERNEL));
         self.grab_lazy(SpaceId::KERNEL);
@@ -580,7 +562,7 @@ impl<M: MmMachine> LazyTlb<M> {
     pub fn exit_mm(&self, task: &TaskMm) -> Result<(), MmError> {
         let space = task.mm().ok_or(MmError::NoMm)?;
         self.live(space)?;
-        let cpu = self.machine.cpu();
+        let cpu = self.machine.cpu_id();
         self.grab_lazy(space);
         task.set_mm(None);
         self.set_lazy(cpu, true);
@@ -598,7 +580,7 @@ impl<M: MmMachine> LazyTlb<M> {
     /// CPU is unchanged), or the error of dropping the ended borrow when
     /// the counts were already wrong (the switch itself is done).
     pub fn context_switch(&self, prev: &TaskMm, next: &TaskMm) -> Result<(), MmError> {
-        let cpu = self.machine.cpu();
+        let cpu = self.machine.cpu_id();
         let prev_active = prev.active_mm().ok_or(MmError::NotRunning)?;
         let mut drop_after = None;
         match next.mm() {
@@ -635,7 +617,7 @@ impl<M: MmMachine> LazyTlb<M> {
     /// page-table pages under the range are about to be freed: lazy CPUs
     /// must then be reached as well.
     pub fn flush_tlb_mm_range(&self, space: SpaceId, range: FlushRange, freed_tables: bool) {
-        let cpu = self.machine.cpu();
+        let cpu = self.machine.cpu_id();
         let mm = self.machine.space(space);
         self.machine
             .line_access(SharedLine::SpaceCpumask(space), LineAccess::Write);
@@ -743,7 +725,7 @@ impl<M: MmMachine> LazyTlb<M> {
         if mm.cpumask().contains(cpu) != present {
             self.machine
                 .line_access(SharedLine::SpaceCpumask(space), LineAccess::Write);
-            let bit = CpuMask::single(cpu).0;
+            let bit = CpuMask::single(cpu).bits();
             if present {
                 mm.cpumask.fetch_or(bit, Ordering::AcqRel);
             } else {
@@ -849,7 +831,7 @@ impl<M: MmMachine> LazyTlb<M> {
     /// being a superset of the CPUs that have the space loaded, which
     /// [`Self::switch_mm`] keeps.
     fn cleanup_lazy_tlbs(&self, space: SpaceId) {
-        let cpu = self.machine.cpu();
+        let cpu = self.machine.cpu_id();
         self.machine
             .line_access(SharedLine::SpaceCpumask(space), LineAccess::Read);
         let targets = self.machine.space(space).cpumask();
@@ -931,7 +913,10 @@ pub fn check_space_free<H: HardwareView + ?Sized>(
     hw: &H,
     space: SpaceId,
 ) -> Result<(), UseAfterFree> {
-    match (0..hw.cpu_count()).find(|&cpu| hw.root(cpu) == space) {
+    match (0..hw.cpu_count())
+        .map(CpuId::new)
+        .find(|&cpu| hw.root(cpu) == space)
+    {
         Some(cpu) => Err(UseAfterFree::SpaceLoaded { space, cpu }),
         None => Ok(()),
     }
@@ -949,8 +934,8 @@ pub fn check_tables_free<H: HardwareView + ?Sized>(
     space: SpaceId,
     at_unlink: &[u64],
 ) -> Result<(), UseAfterFree> {
-    for cpu in 0..hw.cpu_count() {
-        let before = at_unlink.get(cpu).copied().unwrap_or(0);
+    for cpu in (0..hw.cpu_count()).map(CpuId::new) {
+        let before = at_unlink.get(cpu.index()).copied().unwrap_or(0);
         if hw.root(cpu) == space && hw.invalidations(cpu, space) <= before {
             return Err(UseAfterFree::TablesCached { space, cpu });
         }

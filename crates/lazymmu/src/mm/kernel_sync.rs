@@ -32,10 +32,11 @@
 //! violation, except under [`SyncPolicy::Fault`], where it is the expected
 //! fault and gets fixed.
 
-use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 
-use crate::addr::{PhysAddr, VirtAddr};
+use crate::addr::{PhysAddr, SpaceId, VirtAddr};
+use crate::backend::{Backend, EntryUpdate};
+use crate::cpu::CpuId;
 use crate::pgtable::format::{Format, X86_64};
 
 /// Entries in a top-level table (4 KiB of 8-byte entries).
@@ -121,8 +122,7 @@ impl KernelLayout {
     }
 }
 
-/// How process tables learn about new kernel top-level entries. Selected
-/// with `--policy` in the simulator.
+/// How process tables learn about new kernel top-level entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SyncPolicy {
     /// Filled in by the fault handler on first use.
@@ -136,41 +136,24 @@ pub enum SyncPolicy {
 }
 
 impl SyncPolicy {
-    /// Every policy, in table order.
+    /// Every policy.
     pub const ALL: [SyncPolicy; 4] = [
         SyncPolicy::Fault,
         SyncPolicy::Push,
         SyncPolicy::Generation,
         SyncPolicy::Prealloc,
     ];
-
-    /// The name on the command line.
-    pub const fn name(self) -> &'static str {
-        match self {
-            SyncPolicy::Fault => "fault",
-            SyncPolicy::Push => "push",
-            SyncPolicy::Generation => "generation",
-            SyncPolicy::Prealloc => "prealloc",
-        }
-    }
-
-    /// Parses a command-line name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
 }
 
-/// The memory operations kernel top-level sync needs. Tables are named by
-/// their physical address.
+/// What kernel top-level sync needs to know about the process tables
+/// besides their entries (which it reads and writes through the backend,
+/// like every page-table access). Tables are named by their physical
+/// address.
 ///
 /// Process tables are enumerated by index rather than by callback so that
 /// the library can write a table while enumerating without re-entering the
 /// embedder's iteration.
 pub trait TopLevelTables {
-    /// Reads entry `slot` of the top-level table at `table`.
-    fn read_slot(&self, table: PhysAddr, slot: usize) -> u64;
-    /// Writes entry `slot` of the top-level table at `table`.
-    fn write_slot(&self, table: PhysAddr, slot: usize, value: u64);
     /// Allocates a zeroed second-level table; `None` when out of memory.
     fn alloc_table(&self) -> Option<PhysAddr>;
     /// Number of live process top-level tables (`pgd_list`).
@@ -180,7 +163,7 @@ pub trait TopLevelTables {
     /// Number of CPUs.
     fn cpu_count(&self) -> usize;
     /// The top-level table `cpu` has loaded.
-    fn loaded_table(&self, cpu: usize) -> PhysAddr;
+    fn loaded_table(&self, cpu: CpuId) -> PhysAddr;
     /// The generation recorded for a process table (page metadata).
     fn table_generation(&self, table: PhysAddr) -> u32;
     /// Records the generation of a process table.
@@ -188,12 +171,6 @@ pub trait TopLevelTables {
 }
 
 impl<T: TopLevelTables + ?Sized> TopLevelTables for &T {
-    fn read_slot(&self, table: PhysAddr, slot: usize) -> u64 {
-        (**self).read_slot(table, slot)
-    }
-    fn write_slot(&self, table: PhysAddr, slot: usize, value: u64) {
-        (**self).write_slot(table, slot, value)
-    }
     fn alloc_table(&self) -> Option<PhysAddr> {
         (**self).alloc_table()
     }
@@ -206,7 +183,7 @@ impl<T: TopLevelTables + ?Sized> TopLevelTables for &T {
     fn cpu_count(&self) -> usize {
         (**self).cpu_count()
     }
-    fn loaded_table(&self, cpu: usize) -> PhysAddr {
+    fn loaded_table(&self, cpu: CpuId) -> PhysAddr {
         (**self).loaded_table(cpu)
     }
     fn table_generation(&self, table: PhysAddr) -> u32 {
@@ -285,14 +262,17 @@ impl SyncStats {
     }
 }
 
-/// Kernel top-level sync under one [`SyncPolicy`].
+/// Kernel top-level sync under one [`SyncPolicy`], reading and writing
+/// top-level entries through the backend `B` (so that on Xen PV they are
+/// hypercalls, under protected page tables they open the key register),
+/// in `B`'s format.
 ///
 /// ```
 /// use lazymmu::addr::VirtAddr;
 /// use lazymmu::mm::kernel_sync::{KernelLayout, KernelSync, SyncPolicy, AccessOutcome};
 /// use lazymmu::mm::testing::TestTables;
-/// let tables = TestTables::new(1);
-/// let sync = KernelSync::new(&tables, tables.reference(), SyncPolicy::Fault, KernelLayout::X86_64_4LEVEL);
+/// let tables: TestTables = TestTables::new(1);
+/// let sync = KernelSync::new(&tables, &tables, tables.reference(), SyncPolicy::Fault, KernelLayout::X86_64_4LEVEL);
 /// sync.boot().unwrap();
 /// let pgd = tables.new_process();
 /// sync.init_process_table(pgd);
@@ -301,9 +281,9 @@ impl SyncStats {
 /// assert_eq!(sync.kernel_access(pgd, va), Ok(AccessOutcome::FaultFixed));
 /// assert_eq!(sync.kernel_access(pgd, va), Ok(AccessOutcome::Hit));
 /// ```
-pub struct KernelSync<T, F = X86_64> {
+pub struct KernelSync<T, B> {
     tables: T,
-    format: PhantomData<F>,
+    backend: B,
     reference: PhysAddr,
     policy: SyncPolicy,
     layout: KernelLayout,
@@ -314,37 +294,28 @@ pub struct KernelSync<T, F = X86_64> {
     stats: SyncStats,
 }
 
-impl<T: TopLevelTables> KernelSync<T, X86_64> {
-    /// Sync over `tables` in the x86-64 4-level format, with `reference`
-    /// the kernel's own top-level table.
+impl<T: TopLevelTables, B: Backend> KernelSync<T, B> {
+    /// Sync over the process tables `tables`, whose entries `backend`
+    /// reads and writes in its format, with `reference` the kernel's own
+    /// top-level table.
     ///
     /// # Panics
-    /// If `layout` is not a 4-level layout.
-    pub fn new(tables: T, reference: PhysAddr, policy: SyncPolicy, layout: KernelLayout) -> Self {
-        Self::with_format(tables, reference, policy, layout)
-    }
-}
-
-impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
-    /// Sync over `tables` with entries in format `F` (for example
-    /// `X86_64_5Level` with [`KernelLayout::X86_64_5LEVEL`]).
-    ///
-    /// # Panics
-    /// If `layout.levels` differs from `F::LEVELS`.
-    pub fn with_format(
+    /// If `layout.levels` differs from the format's levels.
+    pub fn new(
         tables: T,
+        backend: B,
         reference: PhysAddr,
         policy: SyncPolicy,
         layout: KernelLayout,
     ) -> Self {
         assert_eq!(
             layout.levels,
-            F::LEVELS,
+            B::Format::LEVELS,
             "layout and format disagree on levels"
         );
         Self {
             tables,
-            format: PhantomData,
+            backend,
             reference,
             policy,
             layout,
@@ -352,6 +323,11 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
             generation: AtomicU32::new(0),
             stats: SyncStats::default(),
         }
+    }
+
+    /// The backend entries go through.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     /// The policy in force.
@@ -391,7 +367,7 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
         }
         let mut added = 0;
         for slot in self.layout.vmalloc_range() {
-            if F::is_valid(self.tables.read_slot(self.reference, slot)) {
+            if B::Format::is_valid(self.read_slot(self.reference, slot)) {
                 continue;
             }
             let table = self
@@ -409,9 +385,9 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
     /// current with the generation.
     pub fn init_process_table(&self, table: PhysAddr) {
         for slot in KERNEL_FIRST_SLOT..TOP_LEVEL_ENTRIES {
-            let entry = self.tables.read_slot(self.reference, slot);
-            if F::is_valid(entry) {
-                self.tables.write_slot(table, slot, entry);
+            let entry = self.read_slot(self.reference, slot);
+            if B::Format::is_valid(entry) {
+                self.write_slot(table, slot, entry);
                 self.stats.entries_copied.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -429,9 +405,9 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
     /// allocated (nothing changed).
     pub fn ensure_slot(&self, va: VirtAddr) -> Result<PhysAddr, SyncError> {
         let slot = self.kernel_slot(va).ok_or(SyncError::NotKernel(va))?;
-        let entry = self.tables.read_slot(self.reference, slot);
-        if F::is_valid(entry) {
-            return Ok(PhysAddr(entry & F::TABLE_ADDRESS_MASK));
+        let entry = self.read_slot(self.reference, slot);
+        if B::Format::is_valid(entry) {
+            return Ok(PhysAddr(entry & B::Format::TABLE_ADDRESS_MASK));
         }
         let table = self
             .tables
@@ -478,11 +454,11 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
         let slot = self
             .kernel_slot(va)
             .ok_or(KernelAccessError::NotKernel(va))?;
-        if F::is_valid(self.tables.read_slot(table, slot)) {
+        if B::Format::is_valid(self.read_slot(table, slot)) {
             return Ok(AccessOutcome::Hit);
         }
-        let reference = self.tables.read_slot(self.reference, slot);
-        if !F::is_valid(reference) {
+        let reference = self.read_slot(self.reference, slot);
+        if !B::Format::is_valid(reference) {
             return Err(KernelAccessError::Unmapped(va));
         }
         if self.policy == SyncPolicy::Fault {
@@ -496,14 +472,32 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
 
     // ---- internals -------------------------------------------------------
 
+    fn read_slot(&self, table: PhysAddr, slot: usize) -> u64 {
+        self.backend.read_entry(table.add(8 * slot as u64))
+    }
+
+    /// A kernel top-level entry, written like every other page-table entry.
+    fn write_slot(&self, table: PhysAddr, slot: usize, value: u64) {
+        self.backend.write_entry(EntryUpdate {
+            entry: table.add(8 * slot as u64),
+            va: self.layout.slot_base(slot),
+            space: SpaceId::KERNEL,
+            level: B::Format::LEVELS,
+            value,
+            kernel: true,
+            valid: B::Format::is_valid(value),
+            leaf: false,
+        });
+    }
+
     fn kernel_slot(&self, va: VirtAddr) -> Option<usize> {
         let slot = self.layout.slot(va);
         (slot >= KERNEL_FIRST_SLOT).then_some(slot)
     }
 
     fn add_to_reference(&self, slot: usize, table: PhysAddr) {
-        self.tables
-            .write_slot(self.reference, slot, F::encode_table(table, F::LEVELS));
+        let entry = B::Format::encode_table(table, B::Format::LEVELS);
+        self.write_slot(self.reference, slot, entry);
         let index = self.generation.load(Ordering::Acquire);
         // Entries are only added and each slot once: the log cannot
         // overflow.
@@ -513,8 +507,8 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
     }
 
     fn copy_slot(&self, table: PhysAddr, slot: usize) {
-        let entry = self.tables.read_slot(self.reference, slot);
-        self.tables.write_slot(table, slot, entry);
+        let entry = self.read_slot(self.reference, slot);
+        self.write_slot(table, slot, entry);
         self.stats.entries_copied.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -542,7 +536,7 @@ impl<T: TopLevelTables, F: Format> KernelSync<T, F> {
     /// else it missed).
     fn sync_loaded(&self) {
         let current = self.generation.load(Ordering::Acquire);
-        for cpu in 0..self.tables.cpu_count() {
+        for cpu in (0..self.tables.cpu_count()).map(CpuId::new) {
             let table = self.tables.loaded_table(cpu);
             if table == self.reference {
                 continue;

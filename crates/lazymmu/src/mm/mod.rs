@@ -11,96 +11,19 @@
 //!
 //! Each mechanism is portable policy over a small trait of machine
 //! operations (send an IPI, load a page-table root, free memory, write the
-//! key register, account a shared cache-line access). The simulator
-//! implements those traits with a model and counts what they cost; a kernel
-//! implements them with real instructions. [`testing`] has a small machine
-//! for unit tests and examples.
+//! key register, account a shared cache-line access), each built on the
+//! CPU vocabulary of [`crate::cpu`]. The simulator implements those traits
+//! with a model and counts what they cost; a kernel implements them with
+//! real instructions. With the `testing` feature, `testing` has a small
+//! machine for unit tests and examples.
 
 pub mod active_mm;
 pub mod kernel_sync;
 pub mod pkey_window;
+#[cfg(feature = "testing")]
 pub mod testing;
 
-use core::fmt;
-
-/// Index of a CPU. The model supports up to [`MAX_CPUS`] CPUs, the width of
-/// a [`CpuMask`].
-pub type CpuId = usize;
-
-/// The number of CPUs a [`CpuMask`] can name.
-pub const MAX_CPUS: usize = 64;
-
-/// A set of CPUs, bit `n` for CPU `n` (Linux's `struct cpumask`, limited to
-/// 64 CPUs, the largest machine the simulator models).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct CpuMask(pub u64);
-
-impl CpuMask {
-    /// No CPU.
-    pub const EMPTY: CpuMask = CpuMask(0);
-
-    /// The mask holding only `cpu`.
-    ///
-    /// # Panics
-    /// If `cpu >= MAX_CPUS`.
-    pub const fn single(cpu: CpuId) -> CpuMask {
-        assert!(cpu < MAX_CPUS, "CPU index beyond the mask");
-        CpuMask(1 << cpu)
-    }
-
-    /// CPUs `0..n`.
-    pub const fn first(n: usize) -> CpuMask {
-        if n >= MAX_CPUS {
-            CpuMask(u64::MAX)
-        } else {
-            CpuMask((1u64 << n) - 1)
-        }
-    }
-
-    /// Whether `cpu` is in the set.
-    pub const fn contains(self, cpu: CpuId) -> bool {
-        cpu < MAX_CPUS && self.0 & (1 << cpu) != 0
-    }
-
-    /// The set with `cpu` added.
-    pub const fn with(self, cpu: CpuId) -> CpuMask {
-        CpuMask(self.0 | CpuMask::single(cpu).0)
-    }
-
-    /// The set with `cpu` removed.
-    pub const fn without(self, cpu: CpuId) -> CpuMask {
-        CpuMask(self.0 & !CpuMask::single(cpu).0)
-    }
-
-    /// Whether the set is empty.
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Number of CPUs in the set.
-    pub const fn count(self) -> u32 {
-        self.0.count_ones()
-    }
-
-    /// The CPUs in the set, lowest first.
-    pub fn iter(self) -> impl Iterator<Item = CpuId> {
-        let mut bits = self.0;
-        core::iter::from_fn(move || {
-            if bits == 0 {
-                return None;
-            }
-            let cpu = bits.trailing_zeros() as CpuId;
-            bits &= bits - 1;
-            Some(cpu)
-        })
-    }
-}
-
-impl fmt::Debug for CpuMask {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.iter()).finish()
-    }
-}
+use crate::cpu::{CpuId, CpuMask};
 
 /// A cache line that several CPUs write, named by what it holds. The
 /// simulator keeps an owner per line and counts a transfer whenever a CPU
@@ -127,19 +50,40 @@ pub enum LineAccess {
     Write,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Where a [`SharedLine`] is, for an embedder that counts its transfers
+/// between CPUs (a MESI-style protocol reduced to what a transfer needs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LineState {
+    /// One CPU holds it exclusive (modified or about to be).
+    Modified(CpuId),
+    /// These CPUs hold it shared.
+    Shared(CpuMask),
+}
 
-    #[test]
-    fn masks_name_their_cpus() {
-        let mask = CpuMask::EMPTY.with(0).with(5).with(63);
-        assert_eq!(mask.iter().collect::<Vec<_>>(), [0, 5, 63]);
-        assert_eq!(mask.count(), 3);
-        assert!(mask.contains(63) && !mask.contains(64) && !mask.contains(1));
-        assert_eq!(mask.without(5).without(5), CpuMask::EMPTY.with(0).with(63));
-        assert_eq!(CpuMask::first(3), CpuMask(0b111));
-        assert_eq!(CpuMask::first(64), CpuMask(u64::MAX));
-        assert!(CpuMask::first(0).is_empty());
+impl LineState {
+    /// The state after `cpu` makes `access` to a line in `state` (`None`:
+    /// no cache holds it), and whether the line had to come from another
+    /// CPU's cache (a read of a line another CPU modified, or a write to a
+    /// line another CPU holds).
+    pub fn after(state: Option<LineState>, cpu: CpuId, access: LineAccess) -> (bool, LineState) {
+        match (state, access) {
+            (None, LineAccess::Read) => (false, LineState::Shared(CpuMask::single(cpu))),
+            (None, LineAccess::Write) => (false, LineState::Modified(cpu)),
+            (Some(LineState::Modified(owner)), LineAccess::Read) if owner == cpu => {
+                (false, LineState::Modified(cpu))
+            }
+            (Some(LineState::Modified(owner)), LineAccess::Read) => {
+                (true, LineState::Shared(CpuMask::single(owner).with(cpu)))
+            }
+            (Some(LineState::Modified(owner)), LineAccess::Write) => {
+                (owner != cpu, LineState::Modified(cpu))
+            }
+            (Some(LineState::Shared(mask)), LineAccess::Read) => {
+                (!mask.contains(cpu), LineState::Shared(mask.with(cpu)))
+            }
+            (Some(LineState::Shared(mask)), LineAccess::Write) => {
+                (!mask.without(cpu).is_empty(), LineState::Modified(cpu))
+            }
+        }
     }
 }

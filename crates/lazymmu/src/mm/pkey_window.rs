@@ -34,6 +34,8 @@
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::cpu::KeyRegister;
+
 /// Number of protection keys.
 pub const KEYS: u8 = 16;
 
@@ -99,7 +101,7 @@ impl Pkrs {
     }
 }
 
-/// Where the nesting count lives. Selected with `--policy task|percpu`.
+/// Where the nesting count lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WindowPolicy {
     /// In the task: windows survive preemption and migration.
@@ -111,19 +113,6 @@ pub enum WindowPolicy {
 impl WindowPolicy {
     /// Both policies.
     pub const ALL: [WindowPolicy; 2] = [WindowPolicy::Task, WindowPolicy::PerCpu];
-
-    /// The name on the command line.
-    pub const fn name(self) -> &'static str {
-        match self {
-            WindowPolicy::Task => "task",
-            WindowPolicy::PerCpu => "percpu",
-        }
-    }
-
-    /// Parses a command-line name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.name() == name)
-    }
 }
 
 /// Window state kept in a task (`thread_struct.pkrs` plus the nesting
@@ -190,20 +179,14 @@ impl Default for CpuKeyState {
     }
 }
 
-/// What protection-key windows need from the machine.
-pub trait PkeyMachine {
+/// What protection-key windows need from the machine, on top of the key
+/// register ([`KeyRegister`], holding an IA32_PKRS value) and preemption
+/// control ([`crate::cpu::Cpu`]).
+pub trait PkeyMachine: KeyRegister {
     /// The window state of the task running on this CPU.
     fn task_keys(&self) -> &TaskKeyState;
     /// The window state of this CPU.
     fn cpu_keys(&self) -> &CpuKeyState;
-    /// Reads this CPU's key register.
-    fn read_key_register(&self) -> Pkrs;
-    /// Writes this CPU's key register.
-    fn write_key_register(&self, value: Pkrs);
-    /// Disables preemption (nests).
-    fn preempt_disable(&self);
-    /// Re-enables preemption.
-    fn preempt_enable(&self);
 }
 
 impl<M: PkeyMachine + ?Sized> PkeyMachine for &M {
@@ -212,18 +195,6 @@ impl<M: PkeyMachine + ?Sized> PkeyMachine for &M {
     }
     fn cpu_keys(&self) -> &CpuKeyState {
         (**self).cpu_keys()
-    }
-    fn read_key_register(&self) -> Pkrs {
-        (**self).read_key_register()
-    }
-    fn write_key_register(&self, value: Pkrs) {
-        (**self).write_key_register(value)
-    }
-    fn preempt_disable(&self) {
-        (**self).preempt_disable()
-    }
-    fn preempt_enable(&self) {
-        (**self).preempt_enable()
     }
 }
 
@@ -409,7 +380,7 @@ impl<M: PkeyMachine> PkeyWindows<M> {
             return Err(WindowError::Overflow);
         }
         if current == 0 {
-            let register = self.machine.read_key_register();
+            let register = self.register();
             before_open.store(register.0, Ordering::Release);
             self.write_register(register.with(self.key, KeyRights::ReadWrite));
         }
@@ -455,7 +426,7 @@ impl<M: PkeyMachine> PkeyWindows<M> {
         next: &TaskKeyState,
     ) -> Result<(), WindowError> {
         self.stats.switches.fetch_add(1, Ordering::Relaxed);
-        let register = self.machine.read_key_register();
+        let register = self.register();
         prev.saved.store(register.0, Ordering::Release);
         let wanted = next.saved();
         if wanted != register {
@@ -476,7 +447,7 @@ impl<M: PkeyMachine> PkeyWindows<M> {
         self.stats.exceptions.fetch_add(1, Ordering::Relaxed);
         let (depth, _) = self.slots();
         let frame = ExceptionFrame {
-            register: self.machine.read_key_register(),
+            register: self.register(),
             depth: depth.load(Ordering::Acquire),
         };
         depth.store(0, Ordering::Release);
@@ -492,7 +463,7 @@ impl<M: PkeyMachine> PkeyWindows<M> {
     pub fn exception_exit(&self, frame: ExceptionFrame) {
         let (depth, _) = self.slots();
         depth.store(frame.depth, Ordering::Release);
-        if self.machine.read_key_register() != frame.register {
+        if self.register() != frame.register {
             self.write_register(frame.register);
         }
     }
@@ -503,7 +474,7 @@ impl<M: PkeyMachine> PkeyWindows<M> {
     /// # Errors
     /// [`KeyFault`] when the register refuses it.
     pub fn access(&self, write: bool) -> Result<(), KeyFault> {
-        let register = self.machine.read_key_register();
+        let register = self.register();
         if register.allows(self.key, write) {
             Ok(())
         } else {
@@ -521,7 +492,7 @@ impl<M: PkeyMachine> PkeyWindows<M> {
     /// # Errors
     /// The [`WindowViolation`] found.
     pub fn check(&self) -> Result<(), WindowViolation> {
-        let register = self.machine.read_key_register();
+        let register = self.register();
         let depth = self.depth();
         match (depth > 0, register.rights(self.key)) {
             (true, KeyRights::ReadWrite) | (false, KeyRights::NoAccess) => Ok(()),
@@ -543,9 +514,13 @@ impl<M: PkeyMachine> PkeyWindows<M> {
         }
     }
 
+    fn register(&self) -> Pkrs {
+        Pkrs(self.machine.read_key() as u32)
+    }
+
     fn write_register(&self, value: Pkrs) {
         self.stats.register_writes.fetch_add(1, Ordering::Relaxed);
-        self.machine.write_key_register(value);
+        self.machine.write_key(u64::from(value.0));
     }
 }
 

@@ -4,6 +4,7 @@
 //! the hardware would hold.
 
 use core::cell::Cell;
+use core::marker::PhantomData;
 
 use super::active_mm::{
     check_space_free, check_tables_free, AddressSpace, CpuTlbState, FlushRange, HardwareView,
@@ -11,8 +12,12 @@ use super::active_mm::{
 };
 use super::kernel_sync::{TopLevelTables, TOP_LEVEL_ENTRIES};
 use super::pkey_window::{CpuKeyState, PkeyMachine, PkeyWindows, Pkrs, TaskKeyState, WindowError};
-use super::{CpuId, CpuMask, LineAccess, SharedLine};
-use crate::addr::{PhysAddr, SpaceId};
+use super::{LineAccess, LineState, SharedLine};
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
+use crate::mode::ArchHooks;
+use crate::pgtable::format::{Format, X86_64};
 
 /// CPUs a test machine can have.
 pub const TEST_CPUS: usize = 8;
@@ -22,12 +27,6 @@ pub const TEST_SPACES: usize = 32;
 pub const TEST_TASKS: usize = 32;
 const TEST_LINES: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum LineState {
-    Modified(CpuId),
-    Shared(CpuMask),
-}
-
 /// A machine for lazy-TLB tests: CPUs with a root register, per-space
 /// invalidation counts, IPIs that can be deliberately lost, page-table
 /// pages per space, and a cache-coherence model that counts transfers of
@@ -35,7 +34,7 @@ enum LineState {
 /// [`check_space_free`] / [`check_tables_free`].
 pub struct TestMachine {
     cpus: usize,
-    current: Cell<CpuId>,
+    current: Cell<usize>,
     spaces: [AddressSpace; TEST_SPACES],
     next_space: Cell<u32>,
     cpu_states: [CpuTlbState; TEST_CPUS],
@@ -98,8 +97,8 @@ impl TestMachine {
         }
     }
 
-    /// Runs `f` as if on `cpu`.
-    pub fn run_on<R>(&self, cpu: CpuId, f: impl FnOnce(&Self) -> R) -> R {
+    /// Runs `f` as if on CPU `cpu`.
+    pub fn run_on<R>(&self, cpu: usize, f: impl FnOnce(&Self) -> R) -> R {
         let saved = self.current.replace(cpu);
         let result = f(self);
         self.current.set(saved);
@@ -150,13 +149,13 @@ impl TestMachine {
         &self.tasks[index]
     }
 
-    /// The idle task of `cpu`.
-    pub fn idle(&self, cpu: CpuId) -> &TaskMm {
+    /// The idle task of CPU `cpu`.
+    pub fn idle(&self, cpu: usize) -> &TaskMm {
         &self.tasks[cpu]
     }
 
-    /// The index of the task running on `cpu`.
-    pub fn running(&self, cpu: CpuId) -> usize {
+    /// The index of the task running on CPU `cpu`.
+    pub fn running(&self, cpu: usize) -> usize {
         self.running[cpu].get()
     }
 
@@ -167,7 +166,7 @@ impl TestMachine {
     pub fn switch_to<M: MmMachine>(
         &self,
         tlb: &LazyTlb<M>,
-        cpu: CpuId,
+        cpu: usize,
         next: usize,
     ) -> Result<(), super::active_mm::MmError> {
         self.run_on(cpu, |m| {
@@ -187,8 +186,8 @@ impl TestMachine {
         self.lose_ipis.set(lose);
     }
 
-    /// The lazy-TLB state of `cpu`.
-    pub fn cpu_state_of(&self, cpu: CpuId) -> &CpuTlbState {
+    /// The lazy-TLB state of CPU `cpu`.
+    pub fn cpu_state_of(&self, cpu: usize) -> &CpuTlbState {
         &self.cpu_states[cpu]
     }
 
@@ -242,15 +241,24 @@ impl TestMachine {
     }
 }
 
-impl MmMachine for TestMachine {
-    fn cpu(&self) -> CpuId {
-        self.current.get()
+impl Cpu for TestMachine {
+    fn cpu_id(&self) -> CpuId {
+        CpuId::new(self.current.get())
     }
+    fn in_interrupt(&self) -> bool {
+        false
+    }
+    // Lazy TLB runs its switches with interrupts off; nothing preempts it.
+    fn preempt_disable(&self) {}
+    fn preempt_enable(&self) {}
+}
+
+impl MmMachine for TestMachine {
     fn space(&self, id: SpaceId) -> &AddressSpace {
         &self.spaces[id.0 as usize]
     }
     fn cpu_state(&self, cpu: CpuId) -> &CpuTlbState {
-        &self.cpu_states[cpu]
+        &self.cpu_states[cpu.index()]
     }
     fn current_task(&self) -> &TaskMm {
         &self.tasks[self.running[self.current.get()].get()]
@@ -264,14 +272,14 @@ impl MmMachine for TestMachine {
     }
     fn on_each_cpu(&self, targets: CpuMask, func: &dyn Fn(CpuId)) {
         let here = self.current.get();
-        for cpu in targets.iter().filter(|&cpu| cpu < self.cpus) {
-            if cpu != here {
+        for cpu in targets.iter().filter(|cpu| cpu.index() < self.cpus) {
+            if cpu.index() != here {
                 self.ipis.set(self.ipis.get() + 1);
                 if self.lose_ipis.get() {
                     continue;
                 }
             }
-            self.run_on(cpu, |_| func(cpu));
+            self.run_on(cpu.index(), |_| func(cpu));
         }
     }
     fn unlink_tables(&self, space: SpaceId, range: FlushRange) -> usize {
@@ -301,30 +309,10 @@ impl MmMachine for TestMachine {
         self.spaces_freed.set(self.spaces_freed.get() + 1);
     }
     fn line_access(&self, line: SharedLine, access: LineAccess) {
-        let cpu = self.current.get();
+        let cpu = self.cpu_id();
         let slot = &self.lines[self.line_slot(line)];
         let state = slot.get().map(|(_, state)| state);
-        let (transfer, next) = match (state, access) {
-            (None, LineAccess::Read) => (false, LineState::Shared(CpuMask::single(cpu))),
-            (None, LineAccess::Write) => (false, LineState::Modified(cpu)),
-            (Some(LineState::Modified(owner)), LineAccess::Read) => (
-                owner != cpu,
-                if owner == cpu {
-                    LineState::Modified(cpu)
-                } else {
-                    LineState::Shared(CpuMask::single(owner).with(cpu))
-                },
-            ),
-            (Some(LineState::Modified(owner)), LineAccess::Write) => {
-                (owner != cpu, LineState::Modified(cpu))
-            }
-            (Some(LineState::Shared(mask)), LineAccess::Read) => {
-                (!mask.contains(cpu), LineState::Shared(mask.with(cpu)))
-            }
-            (Some(LineState::Shared(mask)), LineAccess::Write) => {
-                (!mask.without(cpu).is_empty(), LineState::Modified(cpu))
-            }
-        };
+        let (transfer, next) = LineState::after(state, cpu, access);
         if transfer {
             self.transfers.set(self.transfers.get() + 1);
         }
@@ -337,10 +325,10 @@ impl HardwareView for TestMachine {
         self.cpus
     }
     fn root(&self, cpu: CpuId) -> SpaceId {
-        self.roots[cpu].get()
+        self.roots[cpu.index()].get()
     }
     fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
-        self.invalidations[cpu][space.0 as usize].get()
+        self.invalidations[cpu.index()][space.0 as usize].get()
     }
 }
 
@@ -349,8 +337,10 @@ pub const TEST_TABLES: usize = 16;
 
 /// Top-level table memory for kernel-sync tests: a reference table, up to
 /// [`TEST_TABLES`] process tables, per-CPU loaded tables, and a budget of
-/// second-level tables to make allocation fail on purpose.
-pub struct TestTables {
+/// second-level tables to make allocation fail on purpose. It is also the
+/// backend their entries go through, in format `F` (plain stores, nothing
+/// batched, no TLB), counting the writes.
+pub struct TestTables<F = X86_64> {
     cpus: usize,
     entries: [[Cell<u64>; TOP_LEVEL_ENTRIES]; TEST_TABLES + 1],
     generations: [Cell<u32>; TEST_TABLES + 1],
@@ -358,13 +348,15 @@ pub struct TestTables {
     loaded: [Cell<PhysAddr>; TEST_CPUS],
     next_frame: Cell<u64>,
     budget: Cell<Option<u32>>,
+    writes: Cell<u64>,
+    format: PhantomData<F>,
 }
 
 /// Physical address of the first second-level table a [`TestTables`]
 /// hands out.
 const SECOND_LEVEL_BASE: u64 = 0x100_0000;
 
-impl TestTables {
+impl<F: Format> TestTables<F> {
     /// Table memory for `cpus` CPUs, each with the reference table loaded.
     ///
     /// # Panics
@@ -379,7 +371,24 @@ impl TestTables {
             loaded: core::array::from_fn(|_| Cell::new(Self::address(0))),
             next_frame: Cell::new(SECOND_LEVEL_BASE),
             budget: Cell::new(None),
+            writes: Cell::new(0),
+            format: PhantomData,
         }
+    }
+
+    /// Entry writes made through the backend.
+    pub fn writes(&self) -> u64 {
+        self.writes.get()
+    }
+
+    /// Reads entry `slot` of table `table` directly (what the walker sees).
+    pub fn read_slot(&self, table: PhysAddr, slot: usize) -> u64 {
+        self.entries[Self::index(table)][slot].get()
+    }
+
+    fn cell(&self, entry: PhysAddr) -> &Cell<u64> {
+        let table = PhysAddr(entry.0 & !0xfff);
+        &self.entries[Self::index(table)][((entry.0 & 0xfff) / 8) as usize]
     }
 
     const fn address(index: usize) -> PhysAddr {
@@ -424,13 +433,7 @@ impl TestTables {
     }
 }
 
-impl TopLevelTables for TestTables {
-    fn read_slot(&self, table: PhysAddr, slot: usize) -> u64 {
-        self.entries[Self::index(table)][slot].get()
-    }
-    fn write_slot(&self, table: PhysAddr, slot: usize, value: u64) {
-        self.entries[Self::index(table)][slot].set(value);
-    }
+impl<F: Format> TopLevelTables for TestTables<F> {
     fn alloc_table(&self) -> Option<PhysAddr> {
         match self.budget.get() {
             Some(0) => return None,
@@ -450,8 +453,8 @@ impl TopLevelTables for TestTables {
     fn cpu_count(&self) -> usize {
         self.cpus
     }
-    fn loaded_table(&self, cpu: usize) -> PhysAddr {
-        self.loaded[cpu].get()
+    fn loaded_table(&self, cpu: CpuId) -> PhysAddr {
+        self.loaded[cpu.index()].get()
     }
     fn table_generation(&self, table: PhysAddr) -> u32 {
         self.generations[Self::index(table)].get()
@@ -461,12 +464,44 @@ impl TopLevelTables for TestTables {
     }
 }
 
+impl<F> ArchHooks for TestTables<F> {
+    fn enter(&self) {}
+    fn leave(&self) {}
+    fn flush(&self) {}
+}
+
+impl<F: Format> PteAccess for TestTables<F> {
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        self.cell(entry).get()
+    }
+    fn write_entry(&self, update: EntryUpdate) {
+        self.writes.set(self.writes.get() + 1);
+        self.cell(update.entry).set(update.value);
+    }
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        self.writes.set(self.writes.get() + 1);
+        self.cell(update.entry).replace(0)
+    }
+}
+
+/// Top-level tables hold no translations of their own: nothing to flush.
+impl<F> TlbFlush for TestTables<F> {
+    fn flush_range(&self, _: SpaceId, _: VirtAddr, _: VirtAddr, _: PageSize, _: FlushScope) {}
+    fn flush_all(&self, _: SpaceId, _: FlushScope) {}
+}
+
+impl<F> ContextSwitch for TestTables<F> {}
+
+impl<F: Format> Backend for TestTables<F> {
+    type Format = F;
+}
+
 /// A machine for protection-key window tests: per-CPU key registers and
 /// preemption counts, tasks with their window state, and a scheduler the
 /// test drives (it can switch even where preemption is disabled, to model
 /// a broken kernel).
 pub struct TestKeys {
-    current: Cell<CpuId>,
+    current: Cell<usize>,
     registers: [Cell<Pkrs>; TEST_CPUS],
     register_writes: Cell<u64>,
     cpu_keys: [CpuKeyState; TEST_CPUS],
@@ -500,8 +535,8 @@ impl TestKeys {
         }
     }
 
-    /// Runs `f` as if on `cpu`.
-    pub fn run_on<R>(&self, cpu: CpuId, f: impl FnOnce(&Self) -> R) -> R {
+    /// Runs `f` as if on CPU `cpu`.
+    pub fn run_on<R>(&self, cpu: usize, f: impl FnOnce(&Self) -> R) -> R {
         let saved = self.current.replace(cpu);
         let result = f(self);
         self.current.set(saved);
@@ -516,7 +551,7 @@ impl TestKeys {
     pub fn switch_to<M: PkeyMachine>(
         &self,
         windows: &PkeyWindows<M>,
-        cpu: CpuId,
+        cpu: usize,
         next: usize,
     ) -> Result<(), WindowError> {
         assert!(next < self.tasks_used, "no such task");
@@ -527,12 +562,12 @@ impl TestKeys {
     }
 
     /// Whether `cpu` could be preempted now.
-    pub fn preemptible(&self, cpu: CpuId) -> bool {
+    pub fn preemptible(&self, cpu: usize) -> bool {
         self.preempt[cpu].get() == 0
     }
 
     /// The register of `cpu`.
-    pub fn register(&self, cpu: CpuId) -> Pkrs {
+    pub fn register(&self, cpu: usize) -> Pkrs {
         self.registers[cpu].get()
     }
 
@@ -554,12 +589,24 @@ impl PkeyMachine for TestKeys {
     fn cpu_keys(&self) -> &CpuKeyState {
         &self.cpu_keys[self.current.get()]
     }
-    fn read_key_register(&self) -> Pkrs {
-        self.registers[self.current.get()].get()
+}
+
+impl KeyRegister for TestKeys {
+    fn read_key(&self) -> u64 {
+        u64::from(self.registers[self.current.get()].get().0)
     }
-    fn write_key_register(&self, value: Pkrs) {
+    fn write_key(&self, value: u64) {
         self.register_writes.set(self.register_writes.get() + 1);
-        self.registers[self.current.get()].set(value);
+        self.registers[self.current.get()].set(Pkrs(value as u32));
+    }
+}
+
+impl Cpu for TestKeys {
+    fn cpu_id(&self) -> CpuId {
+        CpuId::new(self.current.get())
+    }
+    fn in_interrupt(&self) -> bool {
+        false
     }
     fn preempt_disable(&self) {
         let count = &self.preempt[self.current.get()];

@@ -31,11 +31,14 @@ pub mod counters;
 pub mod eager;
 pub mod percpu;
 pub mod stateful;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use core::fmt;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::cpu::Cpu;
 
 /// Per-task lazy MMU state: exactly two bytes, as in Linux's
 /// `struct lazy_mmu_state`.
@@ -242,21 +245,16 @@ impl<A: ArchHooks + ?Sized> ArchHooks for &A {
 }
 
 /// What the generic mode needs from the kernel it runs in: the current
-/// task's state, whether we are in interrupt context, and preemption control.
+/// task's state, on top of what every layer asks of the CPU ([`Cpu`]:
+/// interrupt context and preemption control).
 ///
 /// All methods take `&self`: the environment is ambient (per-CPU and
 /// per-task data), and interrupt handlers re-enter it.
-pub trait Environment {
+pub trait Environment: Cpu {
     /// The current task's lazy state.
     fn lazy_state(&self) -> LazyState;
     /// Stores the current task's lazy state.
     fn set_lazy_state(&self, state: LazyState);
-    /// Whether the CPU is in interrupt context (hard or soft irq, NMI).
-    fn in_interrupt(&self) -> bool;
-    /// Disables preemption (nests).
-    fn preempt_disable(&self);
-    /// Re-enables preemption; the point where a pending reschedule happens.
-    fn preempt_enable(&self);
     /// Declares that the caller may sleep here. The per-CPU design checks
     /// that no section is open; an environment that tracks atomic context
     /// reports a violation. The default does nothing.
@@ -271,18 +269,6 @@ impl<E: Environment + ?Sized> Environment for &E {
     #[inline]
     fn set_lazy_state(&self, state: LazyState) {
         (**self).set_lazy_state(state)
-    }
-    #[inline]
-    fn in_interrupt(&self) -> bool {
-        (**self).in_interrupt()
-    }
-    #[inline]
-    fn preempt_disable(&self) {
-        (**self).preempt_disable()
-    }
-    #[inline]
-    fn preempt_enable(&self) {
-        (**self).preempt_enable()
     }
     #[inline]
     fn might_sleep(&self) {

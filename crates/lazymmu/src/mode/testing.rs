@@ -5,6 +5,7 @@ use core::cell::Cell;
 
 use super::percpu::PerCpuEnvironment;
 use super::{ArchHooks, Environment, Hook, LazyState};
+use crate::cpu::{Cpu, CpuId};
 
 /// One task on one CPU. Interrupt context and preemption are plain flags
 /// the test sets.
@@ -47,12 +48,9 @@ impl TestEnv {
     }
 }
 
-impl Environment for TestEnv {
-    fn lazy_state(&self) -> LazyState {
-        self.state.get()
-    }
-    fn set_lazy_state(&self, state: LazyState) {
-        self.state.set(state);
+impl Cpu for TestEnv {
+    fn cpu_id(&self) -> CpuId {
+        CpuId(0)
     }
     fn in_interrupt(&self) -> bool {
         self.irq_depth.get() > 0
@@ -64,6 +62,15 @@ impl Environment for TestEnv {
         let count = self.preempt_count.get();
         assert!(count > 0, "preempt_enable without preempt_disable");
         self.preempt_count.set(count - 1);
+    }
+}
+
+impl Environment for TestEnv {
+    fn lazy_state(&self) -> LazyState {
+        self.state.get()
+    }
+    fn set_lazy_state(&self, state: LazyState) {
+        self.state.set(state);
     }
     fn might_sleep(&self) {
         if self.preempt_count.get() > 0 {

@@ -45,17 +45,19 @@ pub trait FreeOrder: sealed::Sealed {
 #[derive(Debug)]
 pub enum FlushThenFree {}
 
-/// **Known-bad ordering, for checkers only.** Frees page-table frames
+/// **Known-bad ordering, for checkers only** (the `testing` feature). Frees page-table frames
 /// *before* the flush that covers them, so another CPU's walker (or a
 /// paging-structure cache) can still use a frame that has been reused: the
 /// use-after-free Linux's `tlb_remove_table` exists to prevent. The
 /// simulator selects it to show that its checker catches the bug.
+#[cfg(feature = "testing")]
 #[derive(Debug)]
 pub enum FreeBeforeFlush {}
 
 impl FreeOrder for FlushThenFree {
     const FREE_BEFORE_FLUSH: bool = false;
 }
+#[cfg(feature = "testing")]
 impl FreeOrder for FreeBeforeFlush {
     const FREE_BEFORE_FLUSH: bool = true;
 }
@@ -63,6 +65,7 @@ impl FreeOrder for FreeBeforeFlush {
 mod sealed {
     pub trait Sealed {}
     impl Sealed for super::FlushThenFree {}
+    #[cfg(feature = "testing")]
     impl Sealed for super::FreeBeforeFlush {}
 }
 
@@ -99,8 +102,8 @@ pub struct GatherStats {
 
 /// Collects TLB invalidations and page-table frames to free; flushes on
 /// drop. Generic over [`FreeOrder`] only so that a checker can select the
-/// known-bad [`FreeBeforeFlush`]; ordinary code uses [`Gather::new`] and
-/// gets [`FlushThenFree`].
+/// known-bad `FreeBeforeFlush` (the `testing` feature); ordinary code uses
+/// [`Gather::new`] and gets [`FlushThenFree`].
 #[must_use = "a gather flushes when dropped; dropping it at once flushes nothing useful"]
 pub struct Gather<
     'a,
@@ -140,6 +143,7 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized> Gather<'a, B, A, Flus
     }
 }
 
+#[cfg(feature = "testing")]
 impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized> Gather<'a, B, A, FreeBeforeFlush> {
     /// **Known-bad**: a gather that frees page-table frames before the
     /// flush that covers them. Only for checkers demonstrating the bug.
@@ -208,7 +212,13 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         if self.frame_count == FRAME_BATCH {
             self.flush();
         }
-        let covered = crate::pgtable::format::size_at(level.min(3)).unwrap_or(PageSize::Size1G);
+        // An entry at level 2 covers at most 2 MiB, at level 3 at most
+        // 1 GiB, on every format of this crate.
+        let covered = match level {
+            0 | 1 => PageSize::Size4K,
+            2 => PageSize::Size2M,
+            _ => PageSize::Size1G,
+        };
         self.add_page(va, covered);
         self.frames[self.frame_count] = frame;
         self.frame_count += 1;

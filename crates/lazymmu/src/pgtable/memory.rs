@@ -19,7 +19,18 @@ pub const FRAME_SIZE: u64 = 4096;
 /// Range operations never call this directly for entry updates: they go
 /// through the backend's [`PteAccess`](crate::backend::PteAccess), and only
 /// zero new frames and walk (the hardware walker) here.
-pub trait PageTableMemory {
+///
+/// # Safety
+///
+/// An implementation promises that each method is sound for every address
+/// the library passes it, given what the constructor of the page tables
+/// promised ([`PageTables::new`](crate::pgtable::ops::PageTables::new)):
+/// the library only passes addresses inside the root and the frames of the
+/// allocator it was given, and the tables' entries. An implementation over
+/// raw memory (a kernel's direct map) dereferences those addresses; one
+/// that checks every address itself (host memory, a model) may panic on a
+/// foreign one instead.
+pub unsafe trait PageTableMemory {
     /// Reads the 8-byte entry at `entry` (8-byte aligned).
     ///
     /// # Panics
@@ -59,7 +70,8 @@ pub trait PageTableMemory {
     }
 }
 
-impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
+// SAFETY: forwards to `T`, which made the promise.
+unsafe impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
     #[inline]
     fn read(&self, entry: PhysAddr) -> u64 {
         (**self).read(entry)
@@ -181,7 +193,10 @@ mod host {
         }
     }
 
-    impl PageTableMemory for HostMemory {
+    // SAFETY: every access goes through `cell`, which checks that the
+    // address is an aligned entry of this memory and panics otherwise; the
+    // cells are owned by `self`.
+    unsafe impl PageTableMemory for HostMemory {
         #[inline]
         fn read(&self, entry: PhysAddr) -> u64 {
             self.cell(entry).get()

@@ -6,7 +6,7 @@
 //! against a model with it.
 
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
-use crate::pgtable::format::{entry_shift, index, Attributes, Entry, Format, ENTRIES};
+use crate::pgtable::format::{entries, entry_shift, index, Attributes, Entry, Format};
 use crate::pgtable::memory::PageTableMemory;
 
 /// A successful translation.
@@ -55,7 +55,7 @@ pub fn translate<F: Format, M: PageTableMemory + ?Sized>(
     let mut table = root;
     let mut level = F::LEVELS;
     loop {
-        let entry = table.add(8 * index(va.0, level) as u64);
+        let entry = table.add(8 * index::<F>(va.0, level) as u64);
         let raw = memory.read(entry);
         match F::decode(raw, level) {
             Entry::Absent => return Err(TranslateError::NotMapped { level }),
@@ -111,8 +111,8 @@ pub fn for_each_leaf<F: Format, M: PageTableMemory + ?Sized>(
         high: bool,
         f: &mut dyn FnMut(Leaf),
     ) {
-        for i in 0..ENTRIES {
-            let va = base | ((i as u64) << entry_shift(level));
+        for i in 0..entries::<F>(level) {
+            let va = base | ((i as u64) << entry_shift::<F>(level));
             match F::decode(memory.read(table.add(8 * i as u64)), level) {
                 Entry::Absent => {}
                 Entry::Table(next) if level > 1 => {

@@ -1,10 +1,14 @@
 //! Shared scaffolding for the page-table tests: host memory, a host
-//! allocator, the x86 backend over recording primitives (it only stores
-//! entries and records flushes, so it serves every format on the host),
-//! and helpers to read a tree back.
+//! allocator, a native backend for any format (the x86 backend's plain
+//! stores and recorded flushes, which suit every format on the host), and
+//! helpers to read a tree back.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
+
+use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use lazymmu::mode::ArchHooks;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
@@ -30,9 +34,65 @@ impl Host {
         }
     }
 
-    pub fn backend(&self, space: SpaceId) -> X86Backend<&HostMemory, RecordingPrimitives> {
-        X86Backend::new(&self.memory, RecordingPrimitives::new(0, space))
+    pub fn backend<F: Format>(&self, space: SpaceId) -> Native<'_, F> {
+        Native {
+            inner: X86Backend::new(&self.memory, RecordingPrimitives::new(0, space)),
+            format: PhantomData,
+        }
     }
+}
+
+/// Plain stores to host memory and recorded flushes, for tables of format
+/// `F`: the x86 native backend's behaviour, which has nothing
+/// format-specific, under another format's name.
+pub struct Native<'m, F> {
+    pub inner: X86Backend<&'m HostMemory, RecordingPrimitives>,
+    format: PhantomData<F>,
+}
+
+impl<F> Native<'_, F> {
+    pub fn primitives(&self) -> &RecordingPrimitives {
+        self.inner.primitives()
+    }
+}
+
+impl<F> ArchHooks for Native<'_, F> {
+    fn enter(&self) {}
+    fn leave(&self) {}
+    fn flush(&self) {}
+}
+
+impl<F> PteAccess for Native<'_, F> {
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        self.inner.read_entry(entry)
+    }
+    fn write_entry(&self, update: EntryUpdate) {
+        self.inner.write_entry(update)
+    }
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        self.inner.get_and_clear(update)
+    }
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        self.inner.write_entries(first, count, step)
+    }
+}
+
+impl<F> TlbFlush for Native<'_, F> {
+    fn flush_range(&self, s: SpaceId, a: VirtAddr, b: VirtAddr, p: PageSize, f: FlushScope) {
+        self.inner.flush_range(s, a, b, p, f)
+    }
+    fn flush_all(&self, s: SpaceId, f: FlushScope) {
+        self.inner.flush_all(s, f)
+    }
+    fn single_page_ceiling(&self) -> usize {
+        self.inner.single_page_ceiling()
+    }
+}
+
+impl<F> ContextSwitch for Native<'_, F> {}
+
+impl<F: Format> Backend for Native<'_, F> {
+    type Format = F;
 }
 
 /// One 4 KiB page of a mapping, as a model stores it.

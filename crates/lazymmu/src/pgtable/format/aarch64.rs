@@ -193,14 +193,6 @@ impl Format for Aarch64 {
     fn is_kernel(va: u64) -> bool {
         (va >> 63) != 0
     }
-
-    /// TTBR0 addresses have bits 63:48 clear, TTBR1 addresses have them set
-    /// (no tagging, TCR_ELx.TnSZ = 16).
-    #[inline]
-    fn is_canonical(va: u64) -> bool {
-        let top = va >> 48;
-        top == 0 || top == 0xFFFF
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,14 @@
 //! Page-table formats as zero-sized types, and the arch-neutral view of an
 //! entry that lets walkers be written once.
 //!
-//! A format knows how many levels its tree has, how many virtual-address
-//! bits it translates, and how to encode and decode one 8-byte entry. Levels
-//! are numbered from the bottom, as in [`EntryUpdate::level`]: level 1 holds
-//! 4 KiB leaves (PTE table), level 2 holds 2 MiB blocks (PMD), level 3 holds
-//! 1 GiB blocks (PUD), level 4 is the top of a 4-level tree and level 5 the
-//! top of a 5-level tree.
+//! A format knows how many levels its tree has, how many index bits each
+//! level's tables take, how many virtual-address bits it translates, and
+//! how to encode and decode one 8-byte entry. Levels are numbered from the
+//! bottom, as in [`EntryUpdate::level`]: level 1 holds 4 KiB leaves (PTE
+//! table); on x86-64 and AArch64 (9 index bits a level) level 2 holds 2 MiB
+//! blocks (PMD), level 3 holds 1 GiB blocks (PUD), level 4 is the top of a
+//! 4-level tree and level 5 the top of a 5-level tree. s390's page tables
+//! have 256 entries ([`S390`]), so there level 2 covers 1 MiB.
 //!
 //! ```
 //! use lazymmu::addr::{PageSize, PhysAddr};
@@ -23,9 +25,15 @@
 //! [`EntryUpdate::level`]: crate::backend::EntryUpdate::level
 
 pub mod aarch64;
+pub mod ppc_hash;
+pub mod s390;
+pub mod sparc64;
 pub mod x86;
 
 pub use aarch64::{Aarch64, AARCH64_MAIR};
+pub use ppc_hash::PpcHash4K;
+pub use s390::S390;
+pub use sparc64::Sparc64Sun4v;
 pub use x86::{X86_64_5Level, X86_64};
 
 use crate::addr::{PageSize, PhysAddr};
@@ -132,53 +140,65 @@ pub enum Entry {
     },
 }
 
-/// The level whose entries are leaves of `size`.
+/// log2 of the bytes one entry at `level` covers in format `F`: 12 plus
+/// the index bits of the levels below.
 #[inline]
-pub const fn level_of(size: PageSize) -> u8 {
-    match size {
-        PageSize::Size4K => 1,
-        PageSize::Size2M => 2,
-        PageSize::Size1G => 3,
+pub fn entry_shift<F: Format>(level: u8) -> u32 {
+    F::ENTRY_SHIFTS[level as usize]
+}
+
+/// Index of `va`'s entry in the table at `level` of format `F`.
+#[inline]
+pub fn index<F: Format>(va: u64, level: u8) -> usize {
+    ((va >> entry_shift::<F>(level)) & ((1u64 << F::INDEX_BITS[level as usize - 1]) - 1)) as usize
+}
+
+/// Entries in a table at `level` of format `F`.
+#[inline]
+pub fn entries<F: Format>(level: u8) -> usize {
+    1 << F::INDEX_BITS[level as usize - 1]
+}
+
+/// The level whose entries are leaves of `size` in format `F`, if it has
+/// leaves of that size.
+#[inline]
+pub fn level_of<F: Format>(size: PageSize) -> Option<u8> {
+    (1..=F::LEVELS).find(|&level| F::leaf_size(level) == Some(size))
+}
+
+/// The shift of an entry at each level for tables of `index_bits` (index 0
+/// unused; level `n` at index `n`; one past the top: the bits a root
+/// translates).
+pub const fn entry_shifts(index_bits: [u32; 5]) -> [u32; 7] {
+    let mut shifts = [0; 7];
+    let mut level = 1;
+    shifts[1] = 12;
+    while level < 6 {
+        shifts[level + 1] = shifts[level] + index_bits[level - 1];
+        level += 1;
     }
+    shifts
 }
-
-/// The page size a leaf at `level` maps, if leaves are allowed there.
-#[inline]
-pub const fn size_at(level: u8) -> Option<PageSize> {
-    match level {
-        1 => Some(PageSize::Size4K),
-        2 => Some(PageSize::Size2M),
-        3 => Some(PageSize::Size1G),
-        _ => None,
-    }
-}
-
-/// log2 of the bytes one entry at `level` covers.
-#[inline]
-pub const fn entry_shift(level: u8) -> u32 {
-    12 + 9 * (level as u32 - 1)
-}
-
-/// Index of `va`'s entry in the table at `level` (the same 9-bit slices on
-/// every format of this crate).
-#[inline]
-pub const fn index(va: u64, level: u8) -> usize {
-    ((va >> entry_shift(level)) & 511) as usize
-}
-
-/// Entries per table (4 KiB tables of 8-byte entries on every format here).
-pub const ENTRIES: usize = 512;
 
 /// A page-table format: a zero-sized type with its constants and its
 /// entry encoding.
 ///
 /// Implementations must match the hardware bit for bit; the encodings are
-/// cross-checked against the `x86_64` crate in the tests.
+/// cross-checked against the `x86_64` crate and the Linux headers named in
+/// each format's module in the tests.
 pub trait Format: Copy + Default + core::fmt::Debug + 'static {
-    /// Short name (`x86-64`, `x86-64-la57`, `aarch64`).
+    /// Short name (`x86-64`, `x86-64-la57`, `aarch64`, `ppc64-hash-4k`,
+    /// `s390`, `sparc64-sun4v`).
     const NAME: &'static str;
     /// Levels in the tree (4 or 5).
     const LEVELS: u8;
+    /// Index bits of the tables at each level, level 1 (the PTE table)
+    /// first; entries past [`Format::LEVELS`] are unused. 9 everywhere
+    /// with 4 KiB tables of 8-byte entries.
+    const INDEX_BITS: [u32; 5] = [9; 5];
+    /// What [`entry_shift`] returns, computed from
+    /// [`Format::INDEX_BITS`] (not to be overridden).
+    const ENTRY_SHIFTS: [u32; 7] = entry_shifts(Self::INDEX_BITS);
     /// Virtual-address bits one root translates (48 or 57). On x86-64 the
     /// two canonical halves share the root; on AArch64 each of TTBR0 and
     /// TTBR1 has its own root translating `VA_BITS` bits.
@@ -216,8 +236,26 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
     /// `level`. Table entries grant everything; leaves decide permissions.
     fn encode_table(table: PhysAddr, level: u8) -> u64;
 
-    /// Whether `raw` is a valid (present) entry.
+    /// Whether `raw` is a valid (present) entry, at any level: the library
+    /// tells valid entries from the value alone.
     fn is_valid(raw: u64) -> bool;
+
+    /// Whether entries above the PTE level may be leaves (2 MiB and 1 GiB
+    /// pages where an entry covers that much).
+    const LARGE_LEAVES: bool = true;
+
+    /// The page size a leaf at `level` maps, `None` where the format has no
+    /// leaves: 4 KiB at level 1, and with [`Format::LARGE_LEAVES`] 2 MiB
+    /// and 1 GiB at the levels whose entries cover those sizes.
+    #[inline]
+    fn leaf_size(level: u8) -> Option<PageSize> {
+        match (level, entry_shift::<Self>(level)) {
+            (1, _) => Some(PageSize::Size4K),
+            (2 | 3, 21) if Self::LARGE_LEAVES => Some(PageSize::Size2M),
+            (2 | 3, 30) if Self::LARGE_LEAVES => Some(PageSize::Size1G),
+            _ => None,
+        }
+    }
 
     /// Whether `va` (canonical) lies in the upper, kernel half.
     #[inline]
@@ -231,6 +269,55 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
         (1u64 << Self::VA_BITS) - 1
     }
 
-    /// Whether `va` is a canonical address this format can translate.
-    fn is_canonical(va: u64) -> bool;
+    /// Whether `va` is a canonical address this format can translate: with
+    /// a shared root, sign-extended from the top translated bit (x86-64);
+    /// with one root per half, the bits above [`Format::VA_BITS`] all clear
+    /// or all set (AArch64 TTBR0/TTBR1 without tagging, TCR_ELx.TnSZ =
+    /// 64 - `VA_BITS`).
+    #[inline]
+    fn is_canonical(va: u64) -> bool {
+        let shift = 64 - Self::VA_BITS;
+        if Self::SHARED_ROOT {
+            (((va << shift) as i64) >> shift) as u64 == va
+        } else {
+            let top = va >> Self::VA_BITS;
+            top == 0 || top == u64::MAX >> Self::VA_BITS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry<F: Format>() {
+        assert_eq!(
+            entry_shift::<F>(F::LEVELS + 1),
+            F::VA_BITS,
+            "{}: the root translates VA_BITS",
+            F::NAME
+        );
+        assert_eq!(entry_shift::<F>(1), 12, "{}: 4 KiB pages", F::NAME);
+        assert_eq!(level_of::<F>(PageSize::Size4K), Some(1), "{}", F::NAME);
+        for level in 1..=F::LEVELS {
+            assert!(
+                entries::<F>(level) * 8 <= 4096,
+                "{}: tables fit a frame",
+                F::NAME
+            );
+        }
+    }
+
+    #[test]
+    fn every_format_translates_what_its_levels_index() {
+        geometry::<X86_64>();
+        geometry::<X86_64_5Level>();
+        geometry::<Aarch64>();
+        geometry::<PpcHash4K>();
+        geometry::<S390>();
+        geometry::<Sparc64Sun4v>();
+        assert_eq!(level_of::<X86_64>(PageSize::Size1G), Some(3));
+        assert_eq!(level_of::<S390>(PageSize::Size2M), None);
+        assert_eq!(index::<X86_64>(0x0000_7fff_ffff_f000, 4), 255);
+    }
 }

@@ -125,11 +125,6 @@ fn decode(raw: u64, level: u8) -> Entry {
     }
 }
 
-fn is_canonical(va: u64, bits: u32) -> bool {
-    let shift = 64 - bits;
-    (((va << shift) as i64) >> shift) as u64 == va
-}
-
 /// x86-64 4-level paging: PML4 → PDPT → PD → PT, 48-bit virtual addresses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct X86_64;
@@ -169,10 +164,6 @@ macro_rules! x86_format {
             #[inline]
             fn is_valid(raw: u64) -> bool {
                 raw & PRESENT != 0
-            }
-            #[inline]
-            fn is_canonical(va: u64) -> bool {
-                is_canonical(va, $bits)
             }
         }
     };

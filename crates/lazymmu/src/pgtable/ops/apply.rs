@@ -166,7 +166,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -250,7 +250,7 @@ where
         Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
     {
         let _section = self.lazy.section();
-        for (_, va, entry) in ptes(table, start, end) {
+        for (_, va, entry) in ptes::<F>(table, start, end) {
             let mut slot = PteSlot::<F, B> {
                 backend: self.backend,
                 update: self.update(entry, va, job.high, 1, 0, true),

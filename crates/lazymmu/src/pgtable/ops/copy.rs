@@ -69,7 +69,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -87,7 +87,11 @@ where
     ///   child root is the parent's.
     /// - [`CopyError::OutOfFrames`], [`CopyError::ChildOccupied`]: see the
     ///   variants for what was done.
-    pub fn copy_to<G, GA, O>(
+    ///
+    /// # Safety
+    /// `child` is a root as [`PageTables::new`] requires, over this tree's
+    /// memory and allocator.
+    pub unsafe fn copy_to<G, GA, O>(
         &self,
         child: PhysAddr,
         child_space: SpaceId,
@@ -121,7 +125,7 @@ where
             }
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
                     let child_table = self.child_table(va, level, &mut job)?;
                     let child_entry = Self::entry(child_table, va, level);
                     if F::is_valid(self.read(child_entry)) {
@@ -150,7 +154,8 @@ where
 
     /// The child's table at `level` for `va`, created as needed.
     fn child_table(&self, va: u64, level: u8, job: &mut Job) -> Result<PhysAddr, Stop> {
-        let child = self.with_root(job.child, job.child_space);
+        // SAFETY: `copy_to`'s caller vouched for the child root.
+        let child = unsafe { self.with_root(job.child, job.child_space) };
         let table = child.ensure_table(job.child, va, job.high, level);
         job.summary.tables_allocated += child.tables_allocated.get();
         table
@@ -225,13 +230,13 @@ where
     {
         // Allocate the child's table before any change, and only if the
         // parent's has something to copy.
-        let any = ptes(table, start, end).any(|(_, _, entry)| F::is_valid(self.read(entry)));
+        let any = ptes::<F>(table, start, end).any(|(_, _, entry)| F::is_valid(self.read(entry)));
         if !any {
             return Ok(());
         }
         let child_table = self.child_table(start, 1, job)?;
         let _section = self.lazy.section();
-        for (_, va, entry) in ptes(table, start, end) {
+        for (_, va, entry) in ptes::<F>(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }

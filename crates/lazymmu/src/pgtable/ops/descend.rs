@@ -9,11 +9,10 @@
 //! ([`PageTables::descend`](super::PageTables::descend)) in the parent
 //! module.
 
-use super::entry_end;
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::TlbFlush;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{index, Entry, Format};
+use crate::pgtable::format::{entry_shift, index, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::walk::canonical;
 
@@ -49,16 +48,21 @@ pub(crate) enum Visit {
 #[derive(Clone, Debug)]
 pub(crate) struct Slots {
     table: PhysAddr,
-    level: u8,
+    /// log2 of an entry's span at this level.
+    shift: u32,
+    /// Index bits of a table at this level.
+    bits: u32,
     va: u64,
     end: u64,
 }
 
 impl Slots {
-    pub(crate) fn new(table: PhysAddr, level: u8, start: u64, end: u64) -> Self {
+    pub(crate) fn new<F: Format>(table: PhysAddr, level: u8, start: u64, end: u64) -> Self {
+        let shift = entry_shift::<F>(level);
         Slots {
             table,
-            level,
+            shift,
+            bits: entry_shift::<F>(level + 1) - shift,
             va: start,
             end,
         }
@@ -74,12 +78,14 @@ impl Iterator for Slots {
             return None;
         }
         let va = self.va;
-        let next = entry_end(va, self.level, self.end);
+        let span = 1u64 << self.shift;
+        let next = ((va | (span - 1)) + 1).min(self.end);
         self.va = next;
+        let slot = (va >> self.shift) & ((1u64 << self.bits) - 1);
         Some(Slot {
             va,
             next,
-            entry: self.table.add(8 * index(va, self.level) as u64),
+            entry: self.table.add(8 * slot),
         })
     }
 }
@@ -87,12 +93,12 @@ impl Iterator for Slots {
 /// The 4 KiB entries of the PTE table `table` that `[start, end)` covers,
 /// as `(position in the run, va, entry address)`.
 #[inline]
-pub(crate) fn ptes(
+pub(crate) fn ptes<F: Format>(
     table: PhysAddr,
     start: u64,
     end: u64,
 ) -> impl Iterator<Item = (usize, u64, PhysAddr)> {
-    let first = index(start, 1);
+    let first = index::<F>(start, 1);
     let count = ((end - start) >> 12) as usize;
     (0..count).map(move |i| {
         (

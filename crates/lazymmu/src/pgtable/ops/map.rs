@@ -6,7 +6,7 @@ use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::Backend;
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, level_of, size_at, Attributes, Entry, Format};
+use crate::pgtable::format::{entry_shift, index, Attributes, Entry, Format};
 use crate::pgtable::memory::PageTableMemory;
 
 /// What a map did.
@@ -53,7 +53,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -96,7 +96,11 @@ where
                 F::leaf_template(PageSize::Size2M, attrs),
                 F::leaf_template(PageSize::Size1G, attrs),
             ],
-            largest: level_of(largest),
+            // The largest leaf the format has that is not above `largest`.
+            largest: (1..=F::LEVELS)
+                .filter(|&level| F::leaf_size(level).is_some_and(|s| s.bytes() <= largest.bytes()))
+                .max()
+                .unwrap_or(1),
             high: span.high,
             summary: MapSummary::default(),
         };
@@ -124,21 +128,22 @@ where
         if level == 1 {
             return self.map_ptes(table, start, end, fresh, None, run);
         }
-        let span = 1u64 << entry_shift(level);
-        for Slot { va, next, entry } in Slots::new(table, level, start, end) {
+        let span = 1u64 << entry_shift::<F>(level);
+        for Slot { va, next, entry } in Slots::new::<F>(table, level, start, end) {
             let pa = va.wrapping_add(run.delta);
             // Where a table already exists (perhaps emptied by a zap), map
             // into it rather than replace it.
             let current = if fresh { 0 } else { self.read(entry) };
             if level <= run.largest
-                && covers_entry(va, next, level)
+                && F::leaf_size(level).is_some()
+                && covers_entry::<F>(va, next, level)
                 && pa % span == 0
                 && !matches!(F::decode(current, level), Entry::Table(_))
             {
                 if F::is_valid(current) {
                     return Err(Stop::Occupied(va));
                 }
-                let size = size_at(level).expect("leaf level");
+                let size = F::leaf_size(level).expect("leaf level");
                 self.write_leaf(
                     entry,
                     va,
@@ -161,7 +166,7 @@ where
                         // table's section, so that the section's close
                         // applies it with the entries (nested in a
                         // caller's section, that close is a flush).
-                        let below = if covers_entry(va, next, level) {
+                        let below = if covers_entry::<F>(va, next, level) {
                             self.new_frame_to_fill()
                         } else {
                             self.new_table()
@@ -198,7 +203,7 @@ where
     ) -> Result<(), Stop> {
         let _section = self.lazy.section();
         let template = run.templates[0];
-        let first = index(start, 1);
+        let first = index::<F>(start, 1);
         let count = ((end - start) >> 12) as usize;
         if fresh {
             // Known empty: one run (Linux's `set_ptes`).
@@ -215,7 +220,7 @@ where
             }
             return Ok(());
         }
-        for (i, va, entry) in ptes(table, start, end) {
+        for (i, va, entry) in ptes::<F>(table, start, end) {
             if !fresh && F::is_valid(self.read(entry)) {
                 run.summary.leaves[0] += i as u64;
                 return Err(Stop::Occupied(va));

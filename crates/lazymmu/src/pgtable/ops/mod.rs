@@ -37,8 +37,13 @@
 //! let frames = HostFrameAllocator::new(PhysAddr(0x100_0000), 64);
 //! let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
 //! let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-//! let root = allocate_root(&memory, &frames).unwrap();
-//! let tables = PageTables::<X86_64, _, _, _, _>::new(root, SpaceId(1), &memory, &backend, &lazy, &frames);
+//! // SAFETY: the allocator hands out the frames of `memory`, which holds
+//! // nothing but page tables.
+//! let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
+//! // SAFETY: as above; `root` was just allocated from it.
+//! let tables = unsafe {
+//!     PageTables::<X86_64, _, _, _, _>::new(root, SpaceId(1), &memory, &backend, &lazy, &frames)
+//! };
 //! tables.map(VirtAddr(0x40_0000), PhysAddr(0x8000_0000), 0x40_0000,
 //!            Attributes::user_data(), PageSize::Size2M).unwrap();
 //! let t = translate::<X86_64, _>(&memory, root, VirtAddr(0x40_1234)).unwrap();
@@ -74,7 +79,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{entry_shift, index, size_at, Entry, Format, ENTRIES};
+use crate::pgtable::format::{entries, entry_shift, index, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
 use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::walk::canonical;
@@ -98,6 +103,34 @@ pub enum RangeError {
 /// holding the tables (for zeroing new ones), the backend every entry goes
 /// through, the lazy mode that brackets PTE loops, and the frame
 /// allocator.
+///
+/// The backend names the format it writes ([`Backend::Format`]), and the
+/// tables must be in that format: an x86-64 backend over AArch64 tables
+/// does not compile.
+///
+/// ```compile_fail
+/// use lazymmu::addr::{PhysAddr, SpaceId};
+/// use lazymmu::backend::Backend;
+/// use lazymmu::mode::LazyMode;
+/// use lazymmu::pgtable::allocator::FrameAllocator;
+/// use lazymmu::pgtable::format::{Aarch64, X86_64};
+/// use lazymmu::pgtable::memory::PageTableMemory;
+/// use lazymmu::pgtable::ops::PageTables;
+///
+/// fn aarch64_tables<'a, M, B, L, A>(m: &'a M, b: &'a B, l: &'a L, a: &'a A)
+///     -> PageTables<'a, Aarch64, M, B, L, A>
+/// where
+///     M: PageTableMemory,
+///     B: Backend<Format = X86_64>,
+///     L: LazyMode,
+///     A: FrameAllocator,
+/// {
+///     // SAFETY: not reached; the pairing is refused at compile time.
+///     unsafe { PageTables::new(PhysAddr(0x1000), SpaceId(1), m, b, l, a) }
+/// }
+/// ```
+///
+/// With `Aarch64` replaced by `X86_64` the same function compiles.
 pub struct PageTables<'a, F, M: ?Sized, B: ?Sized, L, A: ?Sized> {
     root: PhysAddr,
     space: SpaceId,
@@ -125,7 +158,11 @@ where
 
 /// Allocates and zeroes a root table for a new tree; `None` when the
 /// allocator is exhausted.
-pub fn allocate_root<M, A>(memory: &M, allocator: &A) -> Option<PhysAddr>
+///
+/// # Safety
+/// Every frame `allocator` hands out is a page-table frame of `memory`
+/// that nothing else uses (the zeroing writes it).
+pub unsafe fn allocate_root<M, A>(memory: &M, allocator: &A) -> Option<PhysAddr>
 where
     M: PageTableMemory + ?Sized,
     A: FrameAllocator + ?Sized,
@@ -187,12 +224,22 @@ impl<'a, F, M, B, L, A> PageTables<'a, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
     /// The tables rooted at `root` for address space `space`.
-    pub fn new(
+    ///
+    /// # Safety
+    /// `root` is a page-table frame of `memory` in format `F` (zeroed, or a
+    /// consistent tree whose tables are all frames of `memory`), every frame
+    /// `allocator` hands out is a page-table frame of `memory`, and while
+    /// these tables are used nothing but the library changes those frames
+    /// (the walker and the hardware's accessed and dirty bits excepted).
+    /// `backend` writes the same memory. The range operations then write
+    /// only entries of those frames, which is what the
+    /// [`PageTableMemory`] implementation relies on.
+    pub unsafe fn new(
         root: PhysAddr,
         space: SpaceId,
         memory: &'a M,
@@ -232,17 +279,24 @@ where
         self.lazy
     }
 
-    /// The same tables seen from another root and space (a child for
-    /// [`PageTables::copy_to`]).
-    pub fn with_root(&self, root: PhysAddr, space: SpaceId) -> Self {
-        PageTables::new(
-            root,
-            space,
-            self.memory,
-            self.backend,
-            self.lazy,
-            self.allocator,
-        )
+    /// The same memory, backend, lazy mode and allocator over another root
+    /// and space (a child for [`PageTables::copy_to`]).
+    ///
+    /// # Safety
+    /// As [`PageTables::new`] for `root`.
+    pub unsafe fn with_root(&self, root: PhysAddr, space: SpaceId) -> Self {
+        // SAFETY: the memory and allocator are this tree's, which its
+        // constructor vouched for; the caller vouches for `root`.
+        unsafe {
+            PageTables::new(
+                root,
+                space,
+                self.memory,
+                self.backend,
+                self.lazy,
+                self.allocator,
+            )
+        }
     }
 
     /// Tears the tree down: zaps everything it translates (every leaf and
@@ -281,7 +335,7 @@ where
 
     #[inline]
     pub(crate) fn entry(table: PhysAddr, va: u64, level: u8) -> PhysAddr {
-        table.add(8 * index(va, level) as u64)
+        table.add(8 * index::<F>(va, level) as u64)
     }
 
     #[inline]
@@ -294,7 +348,7 @@ where
         value: u64,
         leaf: bool,
     ) -> EntryUpdate {
-        let va = canonical::<F>(va & !((1u64 << entry_shift(level)) - 1), high);
+        let va = canonical::<F>(va & !((1u64 << entry_shift::<F>(level)) - 1), high);
         let valid = F::is_valid(value);
         EntryUpdate {
             entry,
@@ -433,14 +487,14 @@ where
             unreachable!("split of a non-leaf entry");
         };
         gather.flush_page_now(Self::canonical(va, high), size);
-        let small = size_at(level - 1).expect("split below 4 KiB");
+        let small = F::leaf_size(level - 1).expect("split below 4 KiB");
         // The link goes inside the PTE table's section, so that its close
         // applies it with the entries (a flush when nested).
         let _section = (level - 1 == 1).then(|| self.lazy.section());
         let value = F::leaf_template(small, attrs) | phys.0;
         self.backend.write_entries(
             self.update(table, va, high, level - 1, value, true),
-            ENTRIES,
+            entries::<F>(level - 1),
             small.bytes(),
         );
         self.write_table(entry, va, high, level, table);
@@ -546,22 +600,22 @@ where
         start: u64,
         end: u64,
     ) -> impl Iterator<Item = (Slot, Entry)> + '_ {
-        Slots::new(table, level, start, end)
+        Slots::new::<F>(table, level, start, end)
             .map(move |slot| (slot, F::decode(self.read(slot.entry), level)))
     }
 }
 
 /// The end of the entry at `level` that holds `va`, clipped to `end`.
 #[inline]
-pub(crate) fn entry_end(va: u64, level: u8, end: u64) -> u64 {
-    let span = 1u64 << entry_shift(level);
+pub(crate) fn entry_end<F: Format>(va: u64, level: u8, end: u64) -> u64 {
+    let span = 1u64 << entry_shift::<F>(level);
     ((va | (span - 1)) + 1).min(end)
 }
 
 /// Whether `[va, next)` is the whole span of the entry at `level`.
 #[inline]
-pub(crate) fn covers_entry(va: u64, next: u64, level: u8) -> bool {
-    let span = 1u64 << entry_shift(level);
+pub(crate) fn covers_entry<F: Format>(va: u64, next: u64, level: u8) -> bool {
+    let span = 1u64 << entry_shift::<F>(level);
     va % span == 0 && next - va == span
 }
 

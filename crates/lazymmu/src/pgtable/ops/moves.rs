@@ -54,7 +54,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -106,8 +106,8 @@ where
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. }
-                    if covers_entry(va, next, level)
-                        && va.wrapping_add(job.delta) % (1u64 << entry_shift(level)) == 0 =>
+                    if covers_entry::<F>(va, next, level)
+                        && va.wrapping_add(job.delta) % (1u64 << entry_shift::<F>(level)) == 0 =>
                 {
                     if let Some(target) = self.destination(va, level, &job)? {
                         let old = self.clear(entry, va, high, level);
@@ -178,7 +178,7 @@ where
         let mut extent = start;
         while extent < end {
             let dst = extent.wrapping_add(job.delta);
-            let extent_end = (extent + (entry_end(dst, 2, u64::MAX) - dst)).min(end);
+            let extent_end = (extent + (entry_end::<F>(dst, 2, u64::MAX) - dst)).min(end);
             self.move_extent(table, extent, extent_end, job, gather)?;
             extent = extent_end;
         }
@@ -199,7 +199,7 @@ where
         O: FreeOrder,
     {
         let Some((first_valid, first_va, _)) =
-            ptes(table, start, end).find(|&(_, _, entry)| F::is_valid(self.read(entry)))
+            ptes::<F>(table, start, end).find(|&(_, _, entry)| F::is_valid(self.read(entry)))
         else {
             return Ok(());
         };
@@ -213,7 +213,7 @@ where
         let mut result = Ok(());
         {
             let _section = self.lazy.section();
-            for (_, va, entry) in ptes(table, start, end).skip(first_valid) {
+            for (_, va, entry) in ptes::<F>(table, start, end).skip(first_valid) {
                 if !F::is_valid(self.read(entry)) {
                     continue;
                 }

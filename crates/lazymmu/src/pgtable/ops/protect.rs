@@ -37,7 +37,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -76,7 +76,7 @@ where
             }
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
                     if self.protect_entry(entry, va, level, size, &mut job) {
                         gather.add_page(Self::canonical(va, high), size);
                     }
@@ -139,7 +139,7 @@ where
     {
         let _section = self.lazy.section();
         let mut range = Invalidated::default();
-        for (_, va, entry) in ptes(table, start, end) {
+        for (_, va, entry) in ptes::<F>(table, start, end) {
             if self.protect_entry(entry, va, 1, PageSize::Size4K, job) {
                 range.add(va);
             }

@@ -43,7 +43,7 @@ impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
 where
     F: Format,
     M: PageTableMemory + ?Sized,
-    B: Backend + ?Sized,
+    B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
 {
@@ -91,7 +91,7 @@ where
             }
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
-                Entry::Leaf { size, .. } if covers_entry(va, next, level) => {
+                Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
                     let old = self.clear(entry, va, high, level);
                     if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
                         summary.dirty += u64::from(attrs.dirty);
@@ -106,7 +106,7 @@ where
                 Entry::Table(below) if level == 2 => {
                     // The PMD entry is cleared inside the PTE table's
                     // section, so the section's close applies it too.
-                    let whole = covers_entry(va, next, level);
+                    let whole = covers_entry::<F>(va, next, level);
                     let unlink = whole.then_some(entry);
                     self.zap_ptes(below, va, next, high, unlink, gather, &mut summary);
                     if whole {
@@ -120,7 +120,7 @@ where
             // A split leaf never covers its entry, so only a table the
             // range wholly covers is unlinked here.
             Visit::Ascend(level, Slot { va, next, entry }, below) => {
-                if covers_entry(va, next, level) {
+                if covers_entry::<F>(va, next, level) {
                     // Its own short section: the close applies the
                     // unlink before the gather can free the table,
                     // even when a caller's section is open.
@@ -163,7 +163,7 @@ where
         let _section = self.lazy.section();
         let mut cleared = 0;
         let mut range = Invalidated::default();
-        for (_, va, entry) in ptes(table, start, end) {
+        for (_, va, entry) in ptes::<F>(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }

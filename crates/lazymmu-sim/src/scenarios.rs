@@ -1,27 +1,32 @@
 //! The scenarios `lazymmu check` explores, the known-bad variants it must
-//! catch, and the check itself.
+//! catch, and the check itself. Every scenario runs on the one machine.
 //!
-//! Each scenario is a small [`machine::Spec`]: two CPUs, two or three tasks,
-//! a few page-table entries, optionally an interrupt handler that changes
-//! kernel mappings. Workload scenarios give each simulator workload's
-//! lazy-section shape in small size; contract scenarios aim at one clause of
-//! DESIGN.md §2 and §6 each.
+//! - Scripted scenarios ([`Spec`]): two CPUs, two or three tasks, a few
+//!   page-table entries, optionally an interrupt handler that changes
+//!   kernel mappings. Workload-shaped ones give each page-table workload's
+//!   lazy-section shape in small size; contract ones aim at one clause of
+//!   DESIGN.md §2 and §6 each.
+//! - The page-table workloads themselves in small size ([`SimScenario`]).
+//! - The neighbours' workloads in tiny size ([`NeighbourSystem`]).
 //!
-//! A [`Variant`] changes the configuration to a known-bad one by wrapping
-//! the library's environment or arch (see [`machine::Faults`]) or by
-//! picking another design; the library code is the same.
-
-pub mod machine;
+//! A [`Variant`] changes the configuration to a known-bad one by breaking
+//! the library's environment or arch through the machine's fault switches,
+//! or by picking another design or one of the library's known-bad
+//! variants; the library code is the same.
 
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use crate::explore::sim::SimWorkload;
-use crate::explore::{replay, Bounds, Explorer, Found, ReplayOutcome, Report, System};
-use crate::neighbours::explore::{self as neighbour_explore, NeighbourSystem};
+use crate::choice::Chooser;
+use crate::explore::{
+    catching, replay, Bounds, Explorer, Found, Progress, ReplayOutcome, Report, RunOutcome, System,
+};
+use crate::machine::Offers;
+use crate::neighbours::{self, NeighbourSystem};
+use crate::run::run_with;
 use crate::scenario::{DesignKind, RunConfig};
-use machine::{Action, Arch, Design, Faults, Spec, TaskSpec};
+use crate::script::{Action, Arch, Design, Faults, Spec, TaskSpec};
 
 /// A named scenario.
 #[derive(Clone, Debug)]
@@ -80,8 +85,8 @@ fn spec(arch: Arch, tasks: Vec<TaskSpec>, handler: &[Action], migrate: bool) -> 
     }
 }
 
-/// The contract and workload-shaped scenarios on the scenario machine, in
-/// the order `lazymmu check` runs them.
+/// The scripted contract and workload-shaped scenarios, in the order
+/// `lazymmu check` runs them.
 pub fn machine_scenarios() -> Vec<Scenario> {
     use Arch::{Arm64, Arm64Poe, XenPv};
     vec![
@@ -330,11 +335,22 @@ pub struct SimScenario {
     pub config: RunConfig,
 }
 
-/// Preemption bound for simulator workloads unless raised: each of their
-/// runs costs about a millisecond and offers an interrupt and a remote
-/// flush at nearly every choice point, so bound 2 takes tens of seconds
-/// per workload.
+/// Preemption bound for the page-table workloads unless raised: their runs
+/// pass hundreds of choice points, each offering an interrupt, a remote
+/// flush and the other CPU, so bound 2 takes tens of seconds per workload.
 pub const SIM_PREEMPTIONS: u32 = 1;
+
+impl System for SimScenario {
+    fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
+        catching(|| {
+            let result = run_with(&self.config, chooser);
+            RunOutcome {
+                violation: result.violations.into_iter().next(),
+                stopped: false,
+            }
+        })
+    }
+}
 
 /// Every simulator workload in small size: 2 CPUs, 2 tasks, 2 pages each
 /// (one PTE table per task and range), on the backend whose lazy
@@ -348,6 +364,7 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
         config.cpus = 2;
         config.tasks = 2;
         config.rates = None;
+        config.offers = Offers::ALL;
         SimScenario {
             name,
             about,
@@ -406,12 +423,12 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
     ]
 }
 
-/// A scenario of either kind.
+/// A scenario of any kind.
 #[derive(Clone, Debug)]
 pub enum Entry {
-    /// On the scenario machine.
+    /// A scripted scenario.
     Machine(Scenario),
-    /// On the simulator.
+    /// A page-table workload in small size.
     Simulator(SimScenario),
     /// A neighbour workload (lazy TLB, kernel top-level sync,
     /// protection-key windows) in its tiny size.
@@ -438,8 +455,8 @@ impl Entry {
     }
 
     /// The system to explore under `variant`; `None` when the variant does
-    /// not apply (the known-bad wrappers exist on the scenario machine
-    /// only).
+    /// not apply (the known-bad switches of the lazy mode are exercised by
+    /// the scripted scenarios, the neighbours' by their own workloads).
     pub fn system(&self, variant: Variant) -> Option<Box<dyn System>> {
         match self {
             Entry::Machine(_) if variant.is_neighbour() => None,
@@ -453,7 +470,10 @@ impl Entry {
                 };
                 let mut config = s.config.clone();
                 config.design = design;
-                Some(Box::new(SimWorkload { config }))
+                Some(Box::new(SimScenario {
+                    config,
+                    ..s.clone()
+                }))
             }
             // The neighbours do not depend on the lazy-mode design; their
             // known-bad variants replace one policy's scenario.
@@ -467,7 +487,7 @@ impl Entry {
                 if s.name != bad.0 {
                     return None;
                 }
-                let system = neighbour_explore::variant(bad.1)?;
+                let system = neighbours::variant(bad.1)?;
                 Some(Box::new(system))
             }
         }
@@ -496,11 +516,7 @@ pub fn all() -> Vec<Entry> {
         .into_iter()
         .map(Entry::Machine)
         .chain(simulator_scenarios().into_iter().map(Entry::Simulator))
-        .chain(
-            neighbour_explore::scenarios()
-                .into_iter()
-                .map(Entry::Neighbour),
-        )
+        .chain(neighbours::scenarios().into_iter().map(Entry::Neighbour))
         .collect()
 }
 
@@ -626,7 +642,7 @@ impl Variant {
     }
 
     /// Whether the variant belongs to the neighbours' workloads (and
-    /// applies to none of the machine's or the simulator's scenarios).
+    /// applies to none of the scripted or page-table scenarios).
     pub const fn is_neighbour(self) -> bool {
         matches!(
             self,
@@ -639,7 +655,7 @@ impl Variant {
         !matches!(self, Variant::Default | Variant::PerCpu | Variant::Stateful)
     }
 
-    /// The scenario's machine under this variant.
+    /// The scripted scenario under this variant.
     pub fn apply(self, spec: &Spec) -> Spec {
         let mut spec = spec.clone();
         match self {
@@ -767,6 +783,18 @@ pub fn check(
     bounds: Bounds,
     sim_preemptions: u32,
 ) -> CheckReport {
+    check_with(scenarios, variant, bounds, sim_preemptions, &mut |_| {})
+}
+
+/// As [`check`], telling `progress` the scenario being explored and how
+/// many of its schedules are done after every schedule.
+pub fn check_with(
+    scenarios: &[Entry],
+    variant: Variant,
+    bounds: Bounds,
+    sim_preemptions: u32,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> CheckReport {
     let start = Instant::now();
     let reports = scenarios
         .iter()
@@ -776,7 +804,7 @@ pub fn check(
             Some(ScenarioReport {
                 scenario: s.name().to_owned(),
                 bound: bounds.preemptions,
-                report: Explorer::new(bounds).explore(s.name(), &*system),
+                report: Explorer::new(bounds).explore_with(s.name(), &*system, progress),
             })
         })
         .collect();
@@ -788,12 +816,8 @@ pub fn check(
     }
 }
 
-/// Replays `choices` on `scenario` under `variant`; `None` when the
-/// variant does not apply to the scenario.
-pub fn replay_trace(
-    scenario: &Entry,
-    variant: Variant,
-    choices: &[usize],
-) -> Option<ReplayOutcome> {
-    Some(replay(&*scenario.system(variant)?, choices))
+/// Replays `picks` on `scenario` under `variant`; `None` when the variant
+/// does not apply to the scenario.
+pub fn replay_trace(scenario: &Entry, variant: Variant, picks: &[u32]) -> Option<ReplayOutcome> {
+    Some(replay(&*scenario.system(variant)?, picks))
 }

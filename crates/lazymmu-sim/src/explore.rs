@@ -1,88 +1,34 @@
 //! Exhaustive, preemption-bounded exploration of a system's choice points.
 //!
 //! A *system* is anything that can run once from its initial state while
-//! asking a [`Chooser`] at every scheduling decision (continue, take an
-//! interrupt, preempt and switch, migrate, ...) which of the offered options
-//! to take, and that reports the [`Violation`] that stopped it, if any.
+//! asking the [`Chooser`] at every choice point which option to take, and
+//! that reports the [`Violation`] that stopped it, if any: the machine
+//! running a workload, a scripted scenario or a neighbour workload.
 //!
 //! The [`Explorer`] enumerates the runs depth first, as CHESS does
 //! (Musuvathi et al., "Finding and Reproducing Heisenbugs in Concurrent
-//! Programs", OSDI 2008): a run is identified by the sequence of option
-//! indices chosen at its choice points; after each run the deepest choice
-//! point with an untried option is advanced and the system is run again from
-//! its initial state with that prefix. Option 0 is always "carry on as
-//! before" and costs nothing; the options from [`ChoicePoint::free`] onward
-//! are *preemptive* and each costs one unit of the preemption bound, so that
-//! bound `k` covers every schedule with at most `k` preemptions.
+//! Programs", OSDI 2008): a run is identified by the options chosen at its
+//! choice points; after each run the deepest point with an untried option
+//! is advanced and the system is run again from its initial state with that
+//! prefix. Options below [`ChoicePoint::free`] cost nothing (carrying on, a
+//! workload's own decision); the others depart from the schedule and each
+//! costs one unit of the preemption bound, so that bound `k` covers every
+//! schedule with at most `k` departures.
 //!
-//! When a choice point carries a digest of the whole system state, states
-//! already reached with at least as much preemption budget left are pruned:
-//! everything reachable from them has been (or is being) explored.
+//! States already reached with at least as much preemption budget left are
+//! pruned, by the digest the machine gives each point: everything reachable
+//! from them has been (or is being) explored. Each choice point records
+//! the options it offered (they say which CPU and task a choice concerns),
+//! which a partial-order reduction can use to tell commuting choices apart.
 //!
-//! A schedule is printed as a [`Trace`] (`scenario:0.0.2.0.1`, trailing
-//! zeros dropped since missing choices default to 0) and replayed with
-//! [`replay`].
-
-pub mod sim;
+//! A schedule is printed as a [`Trace`] (`scenario:0.0.2.0.1`) and replayed
+//! with [`replay`].
 
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-/// One scheduling decision offered to the chooser.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChoicePoint {
-    /// Number of options; at least 1. Option 0 continues as before.
-    pub options: usize,
-    /// Options `0..free` cost nothing; options `free..options` are
-    /// preemptive and cost one unit of the preemption bound each.
-    pub free: usize,
-    /// A digest of the complete state of the system at this point (including
-    /// everything that determines the rest of the run), or `None` when the
-    /// system cannot tell; only points with a digest are pruned.
-    pub digest: Option<u64>,
-}
-
-impl ChoicePoint {
-    /// Whether choosing `option` costs a preemption.
-    pub fn is_preemptive(&self, option: usize) -> bool {
-        option >= self.free
-    }
-}
-
-/// What a system asks at every choice point. `Send`, because a system may
-/// run its simulated tasks on threads of their own (one at a time).
-pub trait Chooser: Send {
-    /// The option to take at `point`, or `None` to stop the run here (the
-    /// rest of it has already been explored).
-    fn choose(&mut self, point: &ChoicePoint) -> Option<usize>;
-
-    /// The options this chooser is going to take, in order (0 after the
-    /// end), when they do not depend on the points it is shown; `None`
-    /// when they do (pruning). A system may then run ahead with them and
-    /// show the points afterwards.
-    fn plan(&self) -> Option<&[usize]> {
-        None
-    }
-}
-
-/// A broken contract, as the system reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Violation {
-    /// Which invariant, e.g. `3: arch enter/leave alternate per CPU`.
-    pub invariant: String,
-    /// What happened, with the CPU, task and step.
-    pub detail: String,
-    /// The last events before the violation, oldest first.
-    pub events: Vec<String>,
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invariant {}: {}", self.invariant, self.detail)
-    }
-}
+use crate::choice::{Choice, ChoicePoint, Chooser, Replay, Trace};
+use crate::invariant::{Invariant, Violation};
 
 /// How a run ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,155 +47,40 @@ pub trait System {
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome;
 }
 
-/// A schedule: the scenario it belongs to and the option chosen at each
-/// choice point. Missing trailing choices are 0.
-///
-/// Printed and parsed as `NAME:C0.C1.C2...` (`NAME:` alone for the schedule
-/// that always continues), for example `xen-switch-windows:0.0.2.0.1`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Trace {
-    /// The scenario's name.
-    pub scenario: String,
-    /// Option index at each choice point, trailing zeros dropped.
-    pub choices: Vec<usize>,
-}
-
-impl Trace {
-    /// A trace with trailing zeros dropped.
-    pub fn new(scenario: impl Into<String>, mut choices: Vec<usize>) -> Self {
-        while choices.last() == Some(&0) {
-            choices.pop();
-        }
-        Self {
-            scenario: scenario.into(),
-            choices,
-        }
-    }
-
-    /// Number of non-zero choices: an upper bound on the preemptions the
-    /// schedule takes.
-    pub fn departures(&self) -> usize {
-        self.choices.iter().filter(|&&c| c != 0).count()
-    }
-
-    /// Whether `self` is a shorter counterexample than `other`: fewer
-    /// departures from the default, then fewer choice points.
-    pub fn is_shorter_than(&self, other: &Trace) -> bool {
-        (self.departures(), self.choices.len(), &self.choices)
-            < (other.departures(), other.choices.len(), &other.choices)
+/// Runs `f`, turning a panic into a [`Invariant::Panic`] violation.
+pub fn catching(f: impl FnOnce() -> RunOutcome) -> RunOutcome {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(outcome) => outcome,
+        Err(panic) => RunOutcome {
+            violation: Some(Violation {
+                invariant: Invariant::Panic,
+                step: 0,
+                cpu: lazymmu::cpu::CpuId(0),
+                task: 0,
+                detail: panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "the run panicked".into()),
+                events: Vec::new(),
+            }),
+            stopped: false,
+        },
     }
 }
 
-impl fmt::Display for Trace {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:", self.scenario)?;
-        for (i, c) in self.choices.iter().enumerate() {
-            if i > 0 {
-                f.write_str(".")?;
-            }
-            write!(f, "{c}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Why a trace string could not be parsed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TraceError {
-    /// No `:` separates the scenario name from the choices.
-    MissingColon,
-    /// The scenario name is empty.
-    EmptyScenario,
-    /// A choice is not a non-negative integer.
-    BadChoice(String),
-}
-
-impl fmt::Display for TraceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TraceError::MissingColon => f.write_str("a trace is SCENARIO:C0.C1... (no ':' found)"),
-            TraceError::EmptyScenario => f.write_str("the trace names no scenario"),
-            TraceError::BadChoice(c) => write!(f, "choice {c:?} is not a number"),
-        }
-    }
-}
-
-impl std::error::Error for TraceError {}
-
-impl FromStr for Trace {
-    type Err = TraceError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let (scenario, rest) = s.split_once(':').ok_or(TraceError::MissingColon)?;
-        if scenario.is_empty() {
-            return Err(TraceError::EmptyScenario);
-        }
-        let choices = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.split('.')
-                .map(|c| {
-                    c.parse::<usize>()
-                        .map_err(|_| TraceError::BadChoice(c.to_owned()))
-                })
-                .collect::<Result<_, _>>()?
-        };
-        Ok(Trace::new(scenario, choices))
-    }
-}
-
-/// Plays a fixed sequence of choices, then 0 at every further point;
-/// records every point it was asked.
-#[derive(Debug, Default)]
-pub struct ReplayChooser {
-    choices: Vec<usize>,
-    /// Every point asked, with the option taken.
-    pub taken: Vec<(ChoicePoint, usize)>,
-    /// Whether a recorded choice was out of range (and 0 was taken instead).
-    pub diverged: bool,
-}
-
-impl ReplayChooser {
-    /// A chooser that plays `choices`.
-    pub fn new(choices: Vec<usize>) -> Self {
-        Self {
-            choices,
-            taken: Vec::new(),
-            diverged: false,
-        }
-    }
-}
-
-impl Chooser for ReplayChooser {
-    fn choose(&mut self, point: &ChoicePoint) -> Option<usize> {
-        let k = self.taken.len();
-        let mut choice = self.choices.get(k).copied().unwrap_or(0);
-        if choice >= point.options {
-            self.diverged = true;
-            choice = 0;
-        }
-        self.taken.push((point.clone(), choice));
-        Some(choice)
-    }
-
-    fn plan(&self) -> Option<&[usize]> {
-        self.taken.is_empty().then_some(&self.choices[..])
-    }
-}
-
-/// Runs `system` with the choices of `trace`.
+/// Runs `system` with the picks of a trace.
 ///
 /// The outcome is `diverged` when the trace asks for an option a choice
 /// point does not offer (the trace was made for another scenario or
 /// variant).
-pub fn replay(system: &dyn System, choices: &[usize]) -> ReplayOutcome {
-    let mut chooser = ReplayChooser::new(choices.to_vec());
+pub fn replay(system: &dyn System, picks: &[u32]) -> ReplayOutcome {
+    let mut chooser = Replay::new(picks.to_vec());
     let outcome = system.run(&mut chooser);
     ReplayOutcome {
         violation: outcome.violation,
-        choice_points: chooser.taken.len(),
-        diverged: chooser.diverged,
+        choice_points: chooser.points(),
+        diverged: chooser.mismatches() > 0,
     }
 }
 
@@ -267,13 +98,12 @@ pub struct ReplayOutcome {
 /// Limits of one exploration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
-    /// At most this many preemptive choices per schedule; `None` for no
-    /// bound (the system must then be finite by itself).
+    /// At most this many departures per schedule; `None` for no bound (the
+    /// system must then be finite by itself).
     pub preemptions: Option<u32>,
     /// Whether to prune states already visited with as much budget left.
     pub prune: bool,
-    /// Give up after this many schedules (the report says it is
-    /// incomplete).
+    /// Give up after this many schedules.
     pub max_schedules: Option<u64>,
     /// Stop at the first violation rather than keep looking for shorter
     /// ones.
@@ -303,6 +133,20 @@ pub struct Found {
     pub schedules: u64,
 }
 
+/// Whether an exploration covered everything within its bounds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Completion {
+    /// Every schedule within the bounds was covered.
+    #[default]
+    Complete,
+    /// Stopped at [`Bounds::max_schedules`].
+    ScheduleLimit,
+    /// Stopped at the first violation ([`Bounds::stop_at_first`]).
+    FirstViolation,
+    /// No schedule was explored at all (a limit of zero).
+    NothingExplored,
+}
+
 /// What one exploration covered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -312,8 +156,8 @@ pub struct Report {
     pub pruned: u64,
     /// Choice points passed, over all runs.
     pub choice_points: u64,
-    /// Whether every schedule within the bound was covered.
-    pub complete: bool,
+    /// Whether, and why not, every schedule within the bounds was covered.
+    pub completion: Completion,
     /// One entry per invariant broken, with its shortest trace.
     pub violations: Vec<Found>,
     /// Wall time of the exploration.
@@ -321,6 +165,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Whether every schedule within the bounds was covered.
+    pub fn complete(&self) -> bool {
+        self.completion == Completion::Complete
+    }
+
     /// Schedules explored per second of wall time.
     pub fn schedules_per_second(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
@@ -332,13 +181,22 @@ impl Report {
     }
 }
 
+/// Where an exploration is, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress<'a> {
+    /// The scenario being explored.
+    pub scenario: &'a str,
+    /// Schedules explored so far in it.
+    pub schedules: u64,
+}
+
 /// One choice point of the current run, as the search stack keeps it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Frame {
     options: usize,
     free: usize,
     chosen: usize,
-    /// Preemptions spent before this point.
+    /// Departures spent before this point.
     spent: u32,
 }
 
@@ -354,13 +212,18 @@ struct SearchChooser<'a> {
 }
 
 impl Chooser for SearchChooser<'_> {
-    fn choose(&mut self, point: &ChoicePoint) -> Option<usize> {
+    fn wants_digest(&self) -> bool {
+        self.prune
+    }
+
+    fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
         let k = self.frames.len();
-        let spent = self.frames.last().map_or(0, |f| {
-            f.spent + u32::from(f.chosen >= f.free && f.chosen > 0)
-        });
+        let spent = self
+            .frames
+            .last()
+            .map_or(0, |f| f.spent + u32::from(f.chosen >= f.free));
         let chosen = if k < self.prefix.len() {
-            self.prefix[k].min(point.options.saturating_sub(1))
+            self.prefix[k].min(options.len().saturating_sub(1))
         } else {
             if self.prune {
                 if let Some(digest) = point.digest {
@@ -380,16 +243,12 @@ impl Chooser for SearchChooser<'_> {
             0
         };
         self.frames.push(Frame {
-            options: point.options.max(1),
+            options: options.len().max(1),
             free: point.free.max(1),
             chosen,
             spent,
         });
         Some(chosen)
-    }
-
-    fn plan(&self) -> Option<&[usize]> {
-        (!self.prune && self.frames.is_empty()).then_some(self.prefix)
     }
 }
 
@@ -410,6 +269,16 @@ impl Explorer {
     /// are keyed by invariant and carry the shortest trace found, named
     /// after `scenario`.
     pub fn explore(&self, scenario: &str, system: &dyn System) -> Report {
+        self.explore_with(scenario, system, &mut |_| {})
+    }
+
+    /// As [`Explorer::explore`], telling `progress` after every schedule.
+    pub fn explore_with(
+        &self,
+        scenario: &str,
+        system: &dyn System,
+        progress: &mut dyn FnMut(Progress<'_>),
+    ) -> Report {
         let start = Instant::now();
         let mut report = Report::default();
         let mut visited = HashMap::new();
@@ -420,7 +289,11 @@ impl Explorer {
                 .max_schedules
                 .is_some_and(|max| report.schedules >= max)
             {
-                report.complete = false;
+                report.completion = if report.schedules == 0 {
+                    Completion::NothingExplored
+                } else {
+                    Completion::ScheduleLimit
+                };
                 break;
             }
             let mut chooser = SearchChooser {
@@ -438,18 +311,22 @@ impl Explorer {
             if chooser.pruned {
                 report.pruned += 1;
             }
+            progress(Progress {
+                scenario,
+                schedules: report.schedules,
+            });
             if let Some(violation) = outcome.violation {
-                let trace = Trace::new(scenario, frames.iter().map(|f| f.chosen).collect());
+                let trace = Trace::new(scenario, frames.iter().map(|f| f.chosen as u32).collect());
                 record(&mut report.violations, violation, trace);
                 if self.bounds.stop_at_first {
-                    report.complete = false;
+                    report.completion = Completion::FirstViolation;
                     break;
                 }
             }
             match self.next_prefix(&frames) {
                 Some(next) => prefix = next,
                 None => {
-                    report.complete = true;
+                    report.completion = Completion::Complete;
                     break;
                 }
             }
@@ -462,7 +339,7 @@ impl Explorer {
     /// point with an untried option the budget allows.
     fn next_prefix(&self, frames: &[Frame]) -> Option<Vec<usize>> {
         for k in (0..frames.len()).rev() {
-            let f = frames[k];
+            let f = &frames[k];
             let next = f.chosen + 1;
             if next >= f.options {
                 continue;
@@ -506,11 +383,13 @@ fn record(found: &mut Vec<Found>, violation: Violation, trace: Trace) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::choice::Site;
+    use lazymmu::cpu::CpuId;
     use std::cell::RefCell;
 
     /// Two threads on one processor, `a` and `b` steps long. Before every
     /// step the running thread may be preempted in favour of the other
-    /// (option 1, preemptive); a finished thread hands over for free. The
+    /// (option 1, a departure); a finished thread hands over for free. The
     /// first thread to run is a free choice. Records the step order.
     struct TwoThreads {
         a: usize,
@@ -518,16 +397,26 @@ mod tests {
         runs: RefCell<Vec<String>>,
     }
 
+    fn point(free: usize, digest: Option<u64>) -> ChoicePoint {
+        ChoicePoint {
+            step: 0,
+            cpu: CpuId(0),
+            task: 0,
+            site: Site::Step,
+            preemptible: true,
+            preemptions: 0,
+            free,
+            digest,
+        }
+    }
+
+    const TWO: [Choice; 2] = [Choice::Continue, Choice::Preempt { task: 1 }];
+
     impl System for TwoThreads {
         fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
             let mut left = [self.a, self.b];
             let mut order = String::new();
-            let first = ChoicePoint {
-                options: 2,
-                free: 2,
-                digest: None,
-            };
-            let Some(mut current) = chooser.choose(&first) else {
+            let Some(mut current) = chooser.choose(&point(2, None), &TWO) else {
                 return RunOutcome {
                     violation: None,
                     stopped: true,
@@ -538,14 +427,9 @@ mod tests {
                 if left[current] == 0 {
                     current = 1 - current;
                 } else if started && left[1 - current] > 0 {
-                    let point = ChoicePoint {
-                        options: 2,
-                        free: 1,
-                        digest: Some(
-                            (left[0] as u64) << 32 | (left[1] as u64) << 1 | current as u64,
-                        ),
-                    };
-                    match chooser.choose(&point) {
+                    let digest =
+                        Some((left[0] as u64) << 32 | (left[1] as u64) << 1 | current as u64);
+                    match chooser.choose(&point(1, digest), &TWO) {
                         Some(0) => {}
                         Some(_) => current = 1 - current,
                         None => {
@@ -586,7 +470,7 @@ mod tests {
         for (bound, expected) in [(0, 2), (1, 4), (2, 6), (3, 6)] {
             let (report, mut runs) = explore(2, 2, Some(bound), false);
             assert_eq!(report.schedules, expected, "bound {bound}");
-            assert!(report.complete);
+            assert!(report.complete());
             runs.sort();
             runs.dedup();
             assert_eq!(runs.len() as u64, expected, "distinct orders at {bound}");
@@ -617,20 +501,33 @@ mod tests {
     }
 
     #[test]
-    fn traces_print_and_parse() {
-        let t = Trace::new("xen", vec![0, 2, 0, 1, 0, 0]);
-        assert_eq!(t.to_string(), "xen:0.2.0.1");
-        assert_eq!("xen:0.2.0.1".parse::<Trace>().unwrap(), t);
-        assert_eq!(
-            "xen:".parse::<Trace>().unwrap().choices,
-            Vec::<usize>::new()
-        );
-        assert_eq!("xen".parse::<Trace>(), Err(TraceError::MissingColon));
-        assert_eq!(":1".parse::<Trace>(), Err(TraceError::EmptyScenario));
-        assert_eq!(
-            "x:1.y".parse::<Trace>(),
-            Err(TraceError::BadChoice("y".into()))
-        );
+    fn limits_say_why_the_exploration_stopped() {
+        let system = TwoThreads {
+            a: 2,
+            b: 2,
+            runs: RefCell::new(Vec::new()),
+        };
+        let limited = |max| {
+            Explorer::new(Bounds {
+                max_schedules: Some(max),
+                prune: false,
+                ..Bounds::default()
+            })
+            .explore("two", &system)
+        };
+        assert_eq!(limited(0).completion, Completion::NothingExplored);
+        assert_eq!(limited(0).schedules, 0);
+        let three = limited(3);
+        assert_eq!(three.completion, Completion::ScheduleLimit);
+        assert_eq!(three.schedules, 3);
+        assert!(!three.complete());
+        let mut seen = Vec::new();
+        let report = Explorer::default().explore_with("two", &system, &mut |p| {
+            seen.push((p.scenario.to_owned(), p.schedules));
+        });
+        assert!(report.complete());
+        assert_eq!(seen.len() as u64, report.schedules);
+        assert_eq!(seen.last(), Some(&("two".to_owned(), report.schedules)));
     }
 
     /// Fails when B's first step runs between A's two steps.
@@ -647,7 +544,10 @@ mod tests {
             if order.starts_with("AB") {
                 return RunOutcome {
                     violation: Some(Violation {
-                        invariant: "race".into(),
+                        invariant: Invariant::BatchOwnership,
+                        step: 0,
+                        cpu: CpuId(0),
+                        task: 0,
                         detail: order,
                         events: Vec::new(),
                     }),
@@ -670,9 +570,17 @@ mod tests {
         // ABAB and ABBA both break it; ABBA needs one preemption.
         assert_eq!(found.schedules, 2);
         assert_eq!(found.violation.detail, "ABBA");
-        let again = replay(&Racy, &found.trace.choices);
+        let again = replay(&Racy, &found.trace.picks);
         assert_eq!(again.violation.unwrap().detail, "ABBA");
         assert!(!again.diverged);
         assert!(replay(&Racy, &[7]).diverged);
+    }
+
+    #[test]
+    fn a_panicking_run_is_a_violation() {
+        let outcome = catching(|| panic!("boom"));
+        let v = outcome.violation.unwrap();
+        assert_eq!(v.invariant, Invariant::Panic);
+        assert_eq!(v.detail, "boom");
     }
 }

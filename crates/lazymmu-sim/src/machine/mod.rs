@@ -1,0 +1,1469 @@
+//! The machine: CPUs with TLBs, interrupt depth, preemption count, key
+//! register, lazy-TLB and key-window state and a root register; tasks with
+//! their lazy state, `mm` and key state; the address spaces with their CPU
+//! masks; physical memory; one cost table and one event log; and the one
+//! scheduler that resolves choice points.
+//!
+//! Every task with work runs on a stackful coroutine of its own
+//! ([`sched`]), so a preemption can suspend it at any choice point inside a
+//! library call, and a plain run pays for a switch only when one happens.
+//! What the kernel does at a context switch, an interrupt or a unit of work
+//! is the library's business, reached through the [`Kernel`] trait; the
+//! library reaches the machine through [`SimCpu`] and [`SimEnv`]
+//! ([`primitives`]), which implement every machine trait it declares.
+//!
+//! Both `lazymmu compare` (seeded random choices) and `lazymmu check` (the
+//! explorer) run this machine.
+
+pub mod primitives;
+pub mod sched;
+
+use core::cell::{Cell, RefCell};
+use core::hash::Hasher;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
+use lazymmu::cpu::{CpuId, CpuMask};
+use lazymmu::mm::active_mm::{AddressSpace, CpuTlbState, TaskMm};
+use lazymmu::mm::pkey_window::{CpuKeyState, TaskKeyState};
+use lazymmu::mm::{LineAccess, LineState, SharedLine};
+use lazymmu::mode::LazyState;
+
+pub use primitives::{tables_under, walk, SimCpu, SimEnv, SimFrames, SimMemory};
+
+use crate::choice::{Chooser, Sequential};
+use crate::cost::{Cost, CostModel, Counts, Platform, Primitive};
+use crate::events::{Event, EventKind, EventRing};
+use crate::invariant::{Invariant, Violation};
+use crate::memory::PhysMemory;
+use crate::tlb::{Tlb, TlbEntry};
+
+/// How the key register decides whether a page-table page may be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KeyModel {
+    /// No protection keys: page tables are always writable.
+    None,
+    /// x86 PKS: IA32_PKRS holds an access-disable and a write-disable bit
+    /// per key, bits `2k` and `2k+1` (Intel SDM Vol. 3A §4.6.2
+    /// "Protection Keys").
+    Pks,
+    /// arm64 POE: POR_EL1 holds a 4-bit permission field per overlay
+    /// index, `R = bit 0`, `X = bit 1`, `W = bit 2` (Arm ARM DDI 0487 K.a,
+    /// D8.4.1.2 "Permission overlay encoding").
+    Poe,
+}
+
+impl KeyModel {
+    /// Whether register value `reg` lets the CPU write a page carrying
+    /// `key`.
+    #[inline]
+    pub fn allows_write(self, reg: u64, key: u8) -> bool {
+        match self {
+            KeyModel::None => true,
+            KeyModel::Pks => (reg >> (2 * key as u32)) & 0b11 == 0,
+            KeyModel::Poe => (reg >> (4 * key as u32)) & 0b0100 != 0,
+        }
+    }
+}
+
+/// Features of the modelled hardware that change what a primitive does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HardwareModel {
+    /// Page tables are read-only to the guest: a direct store is a fault
+    /// (Xen PV; updates go through hypercalls).
+    pub read_only_tables: bool,
+    /// arm64 ordering: a store of a valid kernel entry is invisible to the
+    /// walker until a `dsb`, and a walk that found it invalid may be reused
+    /// until an `isb`.
+    pub arm64_barriers: bool,
+    /// How the key register guards page-table pages.
+    pub keys: KeyModel,
+    /// Loading another root flushes the CPU's non-global translations (x86
+    /// CR3 write without PCID; Xen PV guests).
+    pub flush_on_switch: bool,
+    /// The key page-table pages carry when protected.
+    pub table_key: u8,
+    /// The key register value each CPU starts with and exceptions load.
+    pub default_key: u64,
+}
+
+impl HardwareModel {
+    /// Plain hardware: writable tables, no barrier model, no keys.
+    pub const PLAIN: HardwareModel = HardwareModel {
+        read_only_tables: false,
+        arm64_barriers: false,
+        keys: KeyModel::None,
+        flush_on_switch: false,
+        table_key: 0,
+        default_key: 0,
+    };
+}
+
+/// Which disturbances the scheduler offers at a choice point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Offers {
+    /// Interrupts per run at most (`None`: no limit).
+    pub interrupts: Option<u32>,
+    /// Preemption to another task with work.
+    pub preempt: bool,
+    /// Migration to another CPU.
+    pub migrate: bool,
+    /// Migration also to a CPU whose task has work (the task then waits
+    /// there until that task's unit is done); otherwise only to idle CPUs.
+    pub migrate_to_busy: bool,
+    /// Letting another CPU's task run (the CPUs interleave inside units of
+    /// work, not only between them).
+    pub run_other: bool,
+    /// A remote CPU's TLB shootdown arriving.
+    pub remote_flush: bool,
+}
+
+impl Offers {
+    /// Everything: what `lazymmu check` explores.
+    pub const ALL: Offers = Offers {
+        interrupts: None,
+        preempt: true,
+        migrate: true,
+        migrate_to_busy: true,
+        run_other: true,
+        remote_flush: true,
+    };
+
+    /// Nothing: a workload that makes every decision itself.
+    pub const NONE: Offers = Offers {
+        interrupts: Some(0),
+        preempt: false,
+        migrate: false,
+        migrate_to_busy: false,
+        run_other: false,
+        remote_flush: false,
+    };
+
+    /// What a `lazymmu compare` run is disturbed with: interrupts,
+    /// preemption, migration to idle CPUs, remote flushes.
+    pub const COMPARE: Offers = Offers {
+        interrupts: None,
+        preempt: true,
+        migrate: true,
+        migrate_to_busy: false,
+        run_other: false,
+        remote_flush: true,
+    };
+}
+
+/// Known-bad machines and kernels, for showing that the checks catch them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Faults {
+    /// The lazy mode's environment ignores `preempt_disable`: the counter
+    /// update and the arch hook are no longer atomic with respect to
+    /// context switches (Linux 7.0's ordering).
+    pub preemptible_transitions: bool,
+    /// The environment and the primitives tell the library it is never in
+    /// interrupt context, so handlers' updates are batched.
+    pub hide_interrupts: bool,
+    /// IPIs to other CPUs vanish.
+    pub lose_ipis: bool,
+    /// Protection-key windows ignore `preempt_disable` (a per-CPU window
+    /// that can be preempted).
+    pub preemptible_windows: bool,
+}
+
+/// The machine's configuration.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// Number of CPUs.
+    pub cpus: usize,
+    /// Frames of physical memory for page tables.
+    pub frames: u32,
+    /// Address spaces the machine can hold (`SpaceId` 0 is the kernel's).
+    pub spaces: usize,
+    /// Tasks the machine can hold besides the idle task of each CPU.
+    pub tasks: usize,
+    /// TLB entries per CPU.
+    pub tlb_entries: usize,
+    /// What the hardware does.
+    pub hardware: HardwareModel,
+    /// Cycle costs.
+    pub cost: CostModel,
+    /// Events kept for violation reports.
+    pub event_ring: usize,
+    /// Stop the run after the first violation: no more choices, no new
+    /// unit of work (the units in progress finish).
+    pub stop_on_violation: bool,
+    /// What the scheduler offers at a choice point.
+    pub offers: Offers,
+    /// Known-bad switches.
+    pub faults: Faults,
+    /// Bytes of each task's coroutine stack.
+    pub stack_bytes: usize,
+}
+
+impl MachineConfig {
+    /// A configuration for `cpus` CPUs on `platform` with plain hardware.
+    pub fn new(cpus: usize, platform: Platform) -> Self {
+        Self {
+            cpus: cpus.clamp(1, lazymmu::cpu::MAX_CPUS),
+            frames: 4096,
+            spaces: 16,
+            tasks: 16,
+            tlb_entries: 64,
+            hardware: HardwareModel::PLAIN,
+            cost: CostModel::new(platform),
+            event_ring: 50,
+            stop_on_violation: true,
+            offers: Offers::COMPARE,
+            faults: Faults::default(),
+            stack_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What the kernel running on the machine does at a context switch, an
+/// interrupt, or a unit of a task's work. Every method runs on the
+/// machine's current CPU.
+pub trait Kernel {
+    /// `arch_start_context_switch(prev)` and what goes before the switch:
+    /// `prev` is still current on `cpu`.
+    fn switch_out(&self, cpu: CpuId, prev: usize) {
+        let _ = (cpu, prev);
+    }
+    /// `switch_mm_irqs_off()`: the address-space part of the switch, with
+    /// `prev` still current. Returns false when the kernel leaves it to
+    /// the machine, which then loads `next`'s root itself (a kernel thread
+    /// keeps what is loaded).
+    fn switch_mm(&self, cpu: CpuId, prev: usize, next: usize) -> bool {
+        let _ = (cpu, prev, next);
+        false
+    }
+    /// `arch_end_context_switch(next)` and what follows the switch: `next`
+    /// is current on `cpu`.
+    fn switch_in(&self, cpu: CpuId, next: usize) {
+        let _ = (cpu, next);
+    }
+    /// Exception entry (before the handler runs, in interrupt context).
+    fn exception_entry(&self) {}
+    /// Exception return (after the handler, still in interrupt context).
+    fn exception_exit(&self) {}
+    /// The interrupt handler.
+    fn interrupt(&self) {}
+    /// Runs `task`'s next unit of work; false when it has none left.
+    fn run_unit(&self, task: usize) -> bool;
+    /// `task` has done all its work (checks that nothing it deferred was
+    /// lost).
+    fn task_done(&self, task: usize) {
+        let _ = task;
+    }
+    /// Feeds the kernel's own state (workload progress, what the library
+    /// has deferred) to `h`, for [`Machine::digest`].
+    fn digest(&self, h: &mut DefaultHasher) {
+        let _ = h;
+    }
+}
+
+/// Where a task is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    /// Has work, between units.
+    Ready,
+    /// In the middle of a unit of work (running, or suspended).
+    Busy,
+    /// No more work.
+    Done,
+    /// Runs no work of its own (an idle task, a kernel thread or a task a
+    /// workload drives directly).
+    Idle,
+}
+
+/// A task.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Task {
+    /// Its name in reports.
+    pub name: String,
+    /// Its lazy MMU state.
+    pub lazy: LazyState,
+    /// Its address space ([`SpaceId::KERNEL`] for a kernel thread).
+    pub space: SpaceId,
+    /// The CPU it last ran on.
+    pub cpu: CpuId,
+    /// The task's copies of the key register: the value while switched out
+    /// and the value its outermost section found.
+    pub keys: [Option<u64>; 2],
+    /// Another address space whose page tables this task may write (a
+    /// fork child under construction).
+    pub writes_to: Option<SpaceId>,
+    /// Arch state a backend keeps per task (arm64's pending-barrier flag).
+    pub arch: u64,
+    /// Where it is.
+    pub state: TaskState,
+    /// Whether it took a step since it was last given the CPU (a
+    /// preemption or a switch of CPUs is offered only then, so that two
+    /// tasks cannot hand the CPU back and forth without doing anything).
+    pub progressed: bool,
+    /// A hash of the choice points the task passed since its current unit
+    /// began: where inside the unit (and inside the library) it is.
+    pub position: u64,
+}
+
+/// One CPU's hardware and kernel state.
+#[derive(Debug)]
+pub(crate) struct CpuState {
+    pub(crate) current: Cell<usize>,
+    /// Tasks preempted here (or waiting to migrate here) in the middle of
+    /// a unit, resumed when the running one finishes its unit.
+    pub(crate) preempted: RefCell<Vec<usize>>,
+    /// The address space whose root is loaded.
+    pub(crate) loaded: Cell<SpaceId>,
+    pub(crate) lazy: Cell<LazyState>,
+    pub(crate) irq_depth: Cell<u32>,
+    pub(crate) preempt: Cell<u32>,
+    pub(crate) key: Cell<u64>,
+    pub(crate) tlb: RefCell<Tlb>,
+    /// arm64: stores of valid kernel entries not yet made visible by a
+    /// `dsb`, with the value the walker still sees.
+    pub(crate) pending: RefCell<Vec<(PhysAddr, u64)>>,
+    /// arm64: (space, page) walks that found an invalid entry, reusable
+    /// until an `isb`.
+    pub(crate) stale_invalid: RefCell<Vec<(SpaceId, u64)>>,
+    /// Invalidations this CPU made per address space (what a paging-
+    /// structure cache could still hold), indexed by space id.
+    pub(crate) invalidations: RefCell<Vec<u64>>,
+    /// Cycles of work done on this CPU.
+    pub(crate) work: Cell<u64>,
+}
+
+/// A translation the walker found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Leaf {
+    /// The leaf entry.
+    pub entry: u64,
+    /// log2 of the page size.
+    pub shift: u32,
+    /// Global (not tagged with an address space).
+    pub global: bool,
+}
+
+/// The hardware page walker: given a way to read table memory as the
+/// walker sees it, a root and an address, the leaf or `None`.
+pub type WalkFn = fn(read: &dyn Fn(PhysAddr) -> u64, root: PhysAddr, va: u64) -> Option<Leaf>;
+
+/// What an access found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Translated (from the TLB or by a walk).
+    Hit(Leaf),
+    /// No valid translation: a page fault.
+    Fault,
+}
+
+/// The simulated machine.
+pub struct Machine {
+    config: MachineConfig,
+    memory: PhysMemory,
+    cpus: Box<[CpuState]>,
+    cpu_tlb: Box<[CpuTlbState]>,
+    cpu_keys: Box<[CpuKeyState]>,
+    tasks: RefCell<Vec<Task>>,
+    task_mm: Box<[TaskMm]>,
+    task_keys: Box<[TaskKeyState]>,
+    spaces: Box<[AddressSpace]>,
+    space_roots: Box<[Cell<PhysAddr>]>,
+    top_level_tables: RefCell<HashSet<u64>>,
+    current: Cell<CpuId>,
+    counts: Counts,
+    disturbance_counts: Counts,
+    disturbing: Cell<u32>,
+    events: RefCell<EventRing>,
+    violations: RefCell<Vec<Violation>>,
+    violation_count: Cell<u64>,
+    kernel: RefCell<Option<Rc<dyn Kernel>>>,
+    walker: Cell<Option<WalkFn>>,
+    kernel_root: Cell<PhysAddr>,
+    is_kernel_va: Cell<fn(u64) -> bool>,
+    pending_stores: Cell<usize>,
+    lines: RefCell<HashMap<SharedLine, LineState>>,
+    line_transfers: RefCell<HashMap<SharedLine, u64>>,
+    table_finder: Cell<Option<TableFinder>>,
+    unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
+    sched: sched::Scheduler,
+}
+
+/// Page-table frames detached from a space and not yet freed, and each
+/// CPU's invalidation count of the space when they were detached.
+#[derive(Debug, Default)]
+struct Unlinked {
+    frames: Vec<PhysAddr>,
+    invalidations: Vec<u64>,
+}
+
+/// Finds the page-table frames of a tree that an unmap of a range detaches
+/// (see [`primitives::tables_under`]): the entries linking them and the
+/// frames.
+pub type TableFinder =
+    fn(&PhysMemory, PhysAddr, lazymmu::mm::active_mm::FlushRange) -> Vec<(PhysAddr, PhysAddr)>;
+
+impl Machine {
+    /// A machine with every CPU running its idle task and no other task.
+    pub fn new(config: MachineConfig) -> Self {
+        let cpus = config.cpus;
+        let cpu_states = (0..cpus)
+            .map(|cpu| CpuState {
+                current: Cell::new(cpu),
+                preempted: RefCell::new(Vec::new()),
+                loaded: Cell::new(SpaceId::KERNEL),
+                lazy: Cell::new(LazyState::IDLE),
+                irq_depth: Cell::new(0),
+                preempt: Cell::new(0),
+                key: Cell::new(config.hardware.default_key),
+                tlb: RefCell::new(Tlb::new(config.tlb_entries)),
+                pending: RefCell::new(Vec::new()),
+                stale_invalid: RefCell::new(Vec::new()),
+                invalidations: RefCell::new(Vec::new()),
+                work: Cell::new(0),
+            })
+            .collect();
+        let task_slots = cpus + config.tasks;
+        let idle = (0..cpus)
+            .map(|cpu| Task {
+                name: format!("idle{cpu}"),
+                lazy: LazyState::IDLE,
+                space: SpaceId::KERNEL,
+                cpu: CpuId::new(cpu),
+                keys: [None, None],
+                writes_to: None,
+                arch: 0,
+                state: TaskState::Idle,
+                progressed: true,
+                position: 0,
+            })
+            .collect();
+        let spaces = config.spaces.max(1);
+        Self {
+            memory: PhysMemory::new(config.frames),
+            cpus: cpu_states,
+            cpu_tlb: (0..cpus).map(|_| CpuTlbState::new()).collect(),
+            cpu_keys: (0..cpus).map(|_| CpuKeyState::new()).collect(),
+            tasks: RefCell::new(idle),
+            task_mm: (0..task_slots).map(|_| TaskMm::kernel_thread()).collect(),
+            task_keys: (0..task_slots).map(|_| TaskKeyState::new()).collect(),
+            spaces: (0..spaces)
+                .map(|i| {
+                    if i == 0 {
+                        AddressSpace::kernel()
+                    } else {
+                        AddressSpace::new(SpaceId(i as u32))
+                    }
+                })
+                .collect(),
+            space_roots: (0..spaces).map(|_| Cell::new(PhysAddr(0))).collect(),
+            top_level_tables: RefCell::new(HashSet::new()),
+            current: Cell::new(CpuId(0)),
+            counts: Counts::default(),
+            disturbance_counts: Counts::default(),
+            disturbing: Cell::new(0),
+            events: RefCell::new(EventRing::new(config.event_ring)),
+            violations: RefCell::new(Vec::new()),
+            violation_count: Cell::new(0),
+            kernel: RefCell::new(None),
+            walker: Cell::new(None),
+            kernel_root: Cell::new(PhysAddr(0)),
+            is_kernel_va: Cell::new(|va| va >> 63 != 0),
+            pending_stores: Cell::new(0),
+            lines: RefCell::new(HashMap::new()),
+            line_transfers: RefCell::new(HashMap::new()),
+            table_finder: Cell::new(None),
+            unlinked: RefCell::new(HashMap::new()),
+            sched: sched::Scheduler::new(task_slots),
+            config,
+        }
+    }
+
+    // ----- configuration -------------------------------------------------
+
+    /// The configuration.
+    pub fn config(&self) -> &MachineConfig {
+        &self.config
+    }
+
+    /// Installs the chooser that resolves choice points.
+    pub fn set_chooser(&self, chooser: Box<dyn Chooser>) {
+        if chooser.wants_digest() {
+            self.memory.track_digest();
+        }
+        self.sched.set_chooser(chooser);
+    }
+
+    /// Takes the chooser back (a [`Sequential`] one takes its place).
+    pub fn take_chooser(&self) -> Box<dyn Chooser> {
+        self.sched.take_chooser(Box::new(Sequential))
+    }
+
+    /// Installs the kernel (the library side of switches, interrupts and
+    /// units of work).
+    pub fn set_kernel(&self, kernel: Rc<dyn Kernel>) {
+        *self.kernel.borrow_mut() = Some(kernel);
+    }
+
+    /// Drops the kernel and the tasks' coroutines (breaking the reference
+    /// cycles at the end of a run).
+    pub fn shut_down(&self) {
+        self.sched.drop_coroutines();
+        self.kernel.borrow_mut().take();
+    }
+
+    pub(crate) fn kernel(&self) -> Option<Rc<dyn Kernel>> {
+        self.kernel.borrow().clone()
+    }
+
+    /// Installs the hardware walker, the kernel's root and the test for
+    /// kernel addresses (which translate through the kernel root).
+    pub fn set_walker(&self, walker: WalkFn, kernel_root: PhysAddr, is_kernel: fn(u64) -> bool) {
+        self.walker.set(Some(walker));
+        self.kernel_root.set(kernel_root);
+        self.space_roots[0].set(kernel_root);
+        self.is_kernel_va.set(is_kernel);
+    }
+
+    /// Installs how lazy TLB's table frees find a tree's page-table frames
+    /// (the tree's format: [`primitives::tables_under`]).
+    pub fn set_table_finder(&self, finder: TableFinder) {
+        self.table_finder.set(Some(finder));
+    }
+
+    /// Makes `cpu` the running CPU (the driver's own code between units).
+    pub fn set_cpu(&self, cpu: CpuId) {
+        self.current.set(CpuId::new(cpu.index() % self.cpus.len()));
+    }
+
+    /// Physical memory.
+    pub fn memory(&self) -> &PhysMemory {
+        &self.memory
+    }
+
+    /// Counts of the running kernel's own work so far: the disturbances
+    /// the scheduler injects are counted apart
+    /// ([`disturbance_counts`](Self::disturbance_counts)).
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Counts of the disturbances the scheduler injects: the interrupts
+    /// and remote flushes the chooser picks, and the context switches of
+    /// its own scheduling ([`Machine::schedule`]) except the kernel's
+    /// switch-out and switch-in work.
+    pub fn disturbance_counts(&self) -> &Counts {
+        &self.disturbance_counts
+    }
+
+    /// Runs `f` as a disturbance the scheduler injects: what it charges
+    /// goes to [`disturbance_counts`](Self::disturbance_counts).
+    pub(crate) fn disturbing<R>(&self, f: impl FnOnce() -> R) -> R {
+        let d = &self.disturbing;
+        d.set(d.get() + 1);
+        let r = f();
+        d.set(d.get() - 1);
+        r
+    }
+
+    /// Modelled cycles so far.
+    pub fn cycles(&self) -> u64 {
+        self.config.cost.total(&self.counts)
+    }
+
+    /// Cycles of work each CPU did (interrupt work included).
+    pub fn cpu_work(&self) -> Vec<u64> {
+        self.cpus.iter().map(|c| c.work.get()).collect()
+    }
+
+    /// The most transfers any one shared line made.
+    pub fn hottest_line_transfers(&self) -> u64 {
+        self.line_transfers
+            .borrow()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Transfers of lines of one kind: address-space counts, CPU masks,
+    /// lazy flags.
+    pub fn line_transfers_by_kind(&self) -> [u64; 3] {
+        let mut kinds = [0; 3];
+        for (line, n) in self.line_transfers.borrow().iter() {
+            kinds[match line {
+                SharedLine::SpaceCount(_) => 0,
+                SharedLine::SpaceCpumask(_) => 1,
+                SharedLine::CpuLazy(_) => 2,
+            }] += n;
+        }
+        kinds
+    }
+
+    /// Resets the counts (after a setup stage).
+    pub fn clear_counts(&self) {
+        self.counts.clear();
+        self.disturbance_counts.clear();
+        for c in self.cpus.iter() {
+            c.work.set(0);
+        }
+        self.line_transfers.borrow_mut().clear();
+    }
+
+    // ----- tasks, spaces and CPUs -----------------------------------------
+
+    /// The idle task of `cpu`.
+    pub fn idle_task(&self, cpu: CpuId) -> usize {
+        cpu.index()
+    }
+
+    /// Adds a task named `name` in `space`, homed on `cpu`. With `work` it
+    /// runs units of work ([`Kernel::run_unit`]) from [`Machine::run`];
+    /// otherwise it runs only when a workload switches to it. It is not
+    /// running anywhere until switched in ([`Machine::switch`], or the
+    /// scheduler for a task with work whose CPU is idle). Returns its id.
+    ///
+    /// # Panics
+    /// When the machine's task slots are used up.
+    pub fn add_task(&self, name: &str, space: SpaceId, cpu: CpuId, work: bool) -> usize {
+        let cpu = CpuId::new(cpu.index() % self.cpus.len());
+        let mut tasks = self.tasks.borrow_mut();
+        let id = tasks.len();
+        assert!(
+            id < self.task_mm.len(),
+            "the machine's task slots are used up"
+        );
+        tasks.push(Task {
+            name: name.to_owned(),
+            lazy: LazyState::IDLE,
+            space,
+            cpu,
+            keys: [None, None],
+            writes_to: None,
+            arch: 0,
+            state: if work {
+                TaskState::Ready
+            } else {
+                TaskState::Idle
+            },
+            progressed: true,
+            position: 0,
+        });
+        id
+    }
+
+    /// Number of tasks, idle tasks included.
+    pub fn task_count(&self) -> usize {
+        self.tasks.borrow().len()
+    }
+
+    /// A copy of a task.
+    pub fn task(&self, id: usize) -> Task {
+        self.tasks.borrow()[id].clone()
+    }
+
+    /// Changes a task's address space (exec, or a task structure reused).
+    pub fn set_task_space(&self, id: usize, space: SpaceId) {
+        self.tasks.borrow_mut()[id].space = space;
+    }
+
+    /// Lets task `id` write the page tables of `space` too (a fork child).
+    pub fn set_task_writes_to(&self, id: usize, space: Option<SpaceId>) {
+        self.tasks.borrow_mut()[id].writes_to = space;
+    }
+
+    /// Makes every finished task ready again (for the next stage of a
+    /// run).
+    pub fn restart_tasks(&self) {
+        for t in self.tasks.borrow_mut().iter_mut() {
+            if t.state == TaskState::Done {
+                t.state = TaskState::Ready;
+            }
+        }
+    }
+
+    pub(crate) fn set_task_state(&self, id: usize, state: TaskState) {
+        self.tasks.borrow_mut()[id].state = state;
+    }
+
+    /// The task's `mm` and `active_mm` (lazy TLB).
+    pub fn task_mm(&self, id: usize) -> &TaskMm {
+        &self.task_mm[id]
+    }
+
+    /// The task's protection-key window state.
+    pub fn task_key_state(&self, id: usize) -> &TaskKeyState {
+        &self.task_keys[id]
+    }
+
+    /// The address space `id` (its counts and CPU mask).
+    ///
+    /// # Panics
+    /// When `id` is beyond the machine's spaces.
+    pub fn space(&self, id: SpaceId) -> &AddressSpace {
+        &self.spaces[id.0 as usize]
+    }
+
+    /// Number of address spaces the machine holds.
+    pub fn space_count(&self) -> usize {
+        self.spaces.len()
+    }
+
+    /// Sets the page-table root of `space` (the walker starts there for
+    /// user addresses) and marks it a top-level table.
+    pub fn set_space_root(&self, space: SpaceId, root: PhysAddr) {
+        self.space_roots[space.0 as usize].set(root);
+        self.mark_top_level(root);
+    }
+
+    /// The page-table root of `space`.
+    pub fn space_root(&self, space: SpaceId) -> PhysAddr {
+        self.space_roots[space.0 as usize].get()
+    }
+
+    /// Marks `table` a top-level table: its kernel half is the kernel's,
+    /// whoever's table it is (kernel top-level sync writes it from any
+    /// context).
+    pub fn mark_top_level(&self, table: PhysAddr) {
+        self.top_level_tables.borrow_mut().insert(table.0);
+    }
+
+    /// The CPU running now.
+    #[inline]
+    pub fn cpu(&self) -> CpuId {
+        self.current.get()
+    }
+
+    #[inline]
+    pub(crate) fn cpu_state(&self, cpu: CpuId) -> &CpuState {
+        &self.cpus[cpu.index()]
+    }
+
+    #[inline]
+    fn here(&self) -> &CpuState {
+        &self.cpus[self.current.get().index()]
+    }
+
+    /// Number of CPUs.
+    pub fn cpu_count(&self) -> usize {
+        self.cpus.len()
+    }
+
+    /// Every CPU.
+    pub fn all_cpus(&self) -> CpuMask {
+        CpuMask::first(self.cpus.len())
+    }
+
+    /// The lazy-TLB state of `cpu`.
+    pub fn cpu_tlb_state(&self, cpu: CpuId) -> &CpuTlbState {
+        &self.cpu_tlb[cpu.index()]
+    }
+
+    /// The protection-key window state of `cpu`.
+    pub fn cpu_key_state(&self, cpu: CpuId) -> &CpuKeyState {
+        &self.cpu_keys[cpu.index()]
+    }
+
+    /// The task running on the current CPU.
+    #[inline]
+    pub fn current_task(&self) -> usize {
+        self.here().current.get()
+    }
+
+    /// The task running on `cpu`.
+    pub fn task_on(&self, cpu: CpuId) -> usize {
+        self.cpus[cpu.index()].current.get()
+    }
+
+    /// The current task's address space (the kernel's for a kernel
+    /// thread).
+    pub fn current_space(&self) -> SpaceId {
+        let t = self.current_task();
+        self.tasks.borrow()[t].space
+    }
+
+    /// The address space whose root `cpu` has loaded.
+    pub fn loaded_space(&self, cpu: CpuId) -> SpaceId {
+        self.cpus[cpu.index()].loaded.get()
+    }
+
+    /// The current task's lazy state.
+    #[inline]
+    pub fn lazy_state(&self) -> LazyState {
+        let t = self.current_task();
+        self.tasks.borrow()[t].lazy
+    }
+
+    /// Stores the current task's lazy state.
+    #[inline]
+    pub fn set_lazy_state(&self, state: LazyState) {
+        let t = self.current_task();
+        self.tasks.borrow_mut()[t].lazy = state;
+        self.log(EventKind::LazyState(state));
+    }
+
+    /// The running CPU's lazy state (the per-CPU design).
+    #[inline]
+    pub fn cpu_lazy_state(&self) -> LazyState {
+        self.here().lazy.get()
+    }
+
+    /// Stores the running CPU's lazy state (the per-CPU design).
+    #[inline]
+    pub fn set_cpu_lazy_state(&self, state: LazyState) {
+        self.here().lazy.set(state);
+        self.log(EventKind::LazyState(state));
+    }
+
+    /// The current task's copy `slot` of the key register.
+    pub fn task_key(&self, slot: usize) -> Option<u64> {
+        let t = self.current_task();
+        self.tasks.borrow()[t].keys[slot]
+    }
+
+    /// Stores the current task's copy `slot` of the key register.
+    pub fn set_task_key(&self, slot: usize, value: u64) {
+        let t = self.current_task();
+        self.tasks.borrow_mut()[t].keys[slot] = Some(value);
+    }
+
+    /// The current task's arch slot.
+    pub fn task_arch(&self) -> u64 {
+        let t = self.current_task();
+        self.tasks.borrow()[t].arch
+    }
+
+    /// Sets the current task's arch slot.
+    pub fn set_task_arch(&self, value: u64) {
+        let t = self.current_task();
+        self.tasks.borrow_mut()[t].arch = value;
+    }
+
+    /// Whether the running CPU is in interrupt context.
+    #[inline]
+    pub fn in_interrupt(&self) -> bool {
+        self.here().irq_depth.get() > 0
+    }
+
+    /// The running CPU's preemption count.
+    #[inline]
+    pub fn preempt_count(&self) -> u32 {
+        self.here().preempt.get()
+    }
+
+    /// The preemption count of `cpu`.
+    pub fn preempt_count_of(&self, cpu: CpuId) -> u32 {
+        self.cpus[cpu.index()].preempt.get()
+    }
+
+    /// Disables preemption on the running CPU.
+    #[inline]
+    pub fn preempt_disable(&self) {
+        let c = &self.here().preempt;
+        c.set(c.get() + 1);
+    }
+
+    /// Re-enables preemption on the running CPU. An unbalanced enable is
+    /// ignored and reported as misuse.
+    #[inline]
+    pub fn preempt_enable(&self) {
+        let c = &self.here().preempt;
+        match c.get().checked_sub(1) {
+            Some(n) => c.set(n),
+            None => self.violation(
+                Invariant::Misuse,
+                "preempt_enable without preempt_disable".into(),
+            ),
+        }
+    }
+
+    /// The running CPU's key register.
+    #[inline]
+    pub fn key(&self) -> u64 {
+        self.here().key.get()
+    }
+
+    /// The key register of `cpu`.
+    pub fn key_of(&self, cpu: CpuId) -> u64 {
+        self.cpus[cpu.index()].key.get()
+    }
+
+    /// Writes the running CPU's key register (costed).
+    pub fn key_write(&self, value: u64) {
+        self.here().key.set(value);
+        self.charge(Primitive::KeyWrite, 1);
+    }
+
+    /// Checks that applying a write to `entry` now belongs to the current
+    /// context: the table is the kernel's, the current task's, one it is
+    /// building, or the kernel half of a top-level table (the kernel's in
+    /// every table); otherwise batched state is being applied in another
+    /// task's context (§6.4).
+    #[inline]
+    pub fn check_owner(&self, entry: PhysAddr) {
+        let Some(owner) = self.memory.owner(entry) else {
+            self.violation(
+                Invariant::BatchOwnership,
+                format!(
+                    "write to {:#x}, which is not an allocated page-table frame",
+                    entry.0
+                ),
+            );
+            return;
+        };
+        if owner == SpaceId::KERNEL || self.in_interrupt() {
+            return;
+        }
+        let t = self.current_task();
+        let ok = {
+            let tasks = self.tasks.borrow();
+            tasks[t].space == owner || tasks[t].writes_to == Some(owner)
+        };
+        if ok {
+            return;
+        }
+        let frame = entry.0 & !(crate::memory::FRAME_BYTES - 1);
+        let kernel_slot = (entry.0 - frame) / 8 >= 256;
+        if kernel_slot && self.top_level_tables.borrow().contains(&frame) {
+            return;
+        }
+        self.violation(
+            Invariant::BatchOwnership,
+            format!(
+                "write to a page table of space {} applied while task t{t} (space {}) runs",
+                owner.0,
+                self.current_space().0
+            ),
+        );
+    }
+
+    /// CPUs that may cache translations of `space`: those running a task
+    /// of it and those whose TLB holds one of its entries (every CPU for
+    /// the kernel's space). A CPU that only borrows the space (lazy TLB)
+    /// and caches none of its entries is not among them: this is the set
+    /// the sparc64 cross-calls reach, not the space's `mm_cpumask`
+    /// ([`AddressSpace::cpumask`](lazymmu::mm::active_mm::AddressSpace::cpumask)), which lazy
+    /// TLB keeps.
+    pub fn cpus_using(&self, space: SpaceId) -> CpuMask {
+        let mut mask = CpuMask::EMPTY;
+        let tasks = self.tasks.borrow();
+        for (i, c) in self.cpus.iter().enumerate() {
+            let loaded = tasks[c.current.get()].space == space;
+            let caches = c
+                .tlb
+                .borrow()
+                .entries()
+                .iter()
+                .any(|e| e.space == space || e.global);
+            if space == SpaceId::KERNEL || loaded || caches {
+                mask = mask.with(CpuId::new(i));
+            }
+        }
+        mask
+    }
+
+    // ----- accounting, events, violations --------------------------------
+
+    /// Counts `n` of a row of the cost table and charges it to the running
+    /// CPU. Work done for the disturbances the scheduler injects
+    /// (interrupts and remote flushes the chooser picks, the scheduler's
+    /// own context switches) is counted apart, so that eager and lazy
+    /// runs, which offer the scheduler different numbers of choice points,
+    /// are charged for their own work only. An interrupt a workload raises
+    /// itself ([`Machine::interrupt`]) is its own work.
+    #[inline]
+    pub fn charge(&self, row: impl Into<Cost>, n: u64) {
+        let row = row.into();
+        if self.disturbing.get() > 0 {
+            self.disturbance_counts.add(row, n);
+        } else {
+            self.counts.add(row, n);
+        }
+        let cycles = self.config.cost.cycles(row).saturating_mul(n);
+        let work = &self.here().work;
+        work.set(work.get().saturating_add(cycles));
+        if let Cost::Primitive(p) = row {
+            self.log(EventKind::Primitive(crate::cost::primitive_name(p)));
+        }
+    }
+
+    /// Logs an event.
+    #[inline(always)]
+    pub fn log(&self, kind: EventKind) {
+        let event = Event {
+            step: self.sched.step(),
+            cpu: self.current.get(),
+            task: self.current_task(),
+            kind,
+        };
+        self.events.borrow_mut().push(event);
+    }
+
+    /// Records a violation of `invariant` (the first 16 in full; the rest
+    /// are counted). While the run is stopping, nothing more is recorded.
+    #[cold]
+    pub fn violation(&self, invariant: Invariant, detail: String) {
+        if self.sched.stopping() {
+            return;
+        }
+        self.violation_count.set(self.violation_count.get() + 1);
+        let v = Violation {
+            invariant,
+            step: self.sched.step(),
+            cpu: self.current.get(),
+            task: self.current_task(),
+            detail,
+            events: self.events.borrow().to_vec(),
+        };
+        let mut all = self.violations.borrow_mut();
+        if all.len() < 16 {
+            all.push(v);
+        }
+    }
+
+    /// The violations recorded (the first 16 in full).
+    pub fn violations(&self) -> Vec<Violation> {
+        self.violations.borrow().clone()
+    }
+
+    /// How many violations were recorded in all.
+    pub fn violation_count(&self) -> u64 {
+        self.violation_count.get()
+    }
+
+    /// Accounts an access to a line other CPUs share: a transfer (and its
+    /// cost) whenever the running CPU touches a line another CPU has
+    /// modified, or writes one others share.
+    pub fn line_access(&self, line: SharedLine, access: LineAccess) {
+        let cpu = self.current.get();
+        let transfer = {
+            let mut lines = self.lines.borrow_mut();
+            let (transfer, next) = LineState::after(lines.get(&line).copied(), cpu, access);
+            lines.insert(line, next);
+            transfer
+        };
+        if transfer {
+            *self.line_transfers.borrow_mut().entry(line).or_insert(0) += 1;
+            self.charge(Primitive::LineTransfer, 1);
+        }
+    }
+
+    // ----- memory and the walker -----------------------------------------
+
+    /// Reads a page-table entry as the CPU sees it (its own stores
+    /// included). A read that observes another CPU's store not yet made
+    /// visible by a `dsb` makes it visible to every walker: arm64 is
+    /// other-multi-copy atomic (Arm ARM B2.3), so a store one other
+    /// observer has seen is seen by all, table walks included.
+    #[inline]
+    pub fn read_entry(&self, entry: PhysAddr) -> u64 {
+        if self.pending_stores.get() > 0 {
+            self.publish_remote_store(entry);
+        }
+        self.memory.read(entry)
+    }
+
+    #[cold]
+    fn publish_remote_store(&self, entry: PhysAddr) {
+        let here = self.current.get().index();
+        for (i, cpu) in self.cpus.iter().enumerate() {
+            if i == here {
+                continue;
+            }
+            let mut pending = cpu.pending.borrow_mut();
+            let before = pending.len();
+            pending.retain(|(pa, _)| *pa != entry);
+            let published = before - pending.len();
+            self.pending_stores
+                .set(self.pending_stores.get() - published);
+        }
+    }
+
+    /// Reads an entry as the hardware walker sees it: an arm64 store not
+    /// yet made visible by a `dsb` still shows its old value.
+    #[inline]
+    pub fn walker_read(&self, entry: PhysAddr) -> u64 {
+        if self.pending_stores.get() > 0 {
+            for cpu in self.cpus.iter() {
+                // The oldest pending store's "before" value is what the
+                // walker still sees.
+                if let Some(&(_, old)) = cpu.pending.borrow().iter().find(|(pa, _)| *pa == entry) {
+                    return old;
+                }
+            }
+        }
+        self.memory.read(entry)
+    }
+
+    /// Stores a page-table entry with a plain CPU store (costed as
+    /// `pte_write`), applying the hardware's rules: read-only tables fault,
+    /// the key register must allow the write, and on arm64 a valid kernel
+    /// entry stays invisible to the walker until a `dsb`.
+    pub fn store_entry(&self, entry: PhysAddr, value: u64) {
+        let hw = self.config.hardware;
+        if hw.read_only_tables {
+            self.violation(
+                Invariant::ForbiddenStore,
+                format!("direct store to read-only page table at {:#x}", entry.0),
+            );
+            return;
+        }
+        self.check_owner(entry);
+        self.check_key_allows(entry);
+        self.apply_store(entry, value);
+        self.charge(Primitive::PteWrite, 1);
+    }
+
+    /// Fails when the key register denies writes to `entry`'s page.
+    #[inline]
+    pub fn check_key_allows(&self, entry: PhysAddr) {
+        let hw = self.config.hardware;
+        if hw.keys != KeyModel::None {
+            let key = self.memory.key(entry);
+            let reg = self.key();
+            if !hw.keys.allows_write(reg, key) {
+                self.violation(
+                    Invariant::KeyFault,
+                    format!(
+                        "write to page-table entry {:#x} (key {key}) with key register {reg:#x}",
+                        entry.0
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Applies a store to memory with the arm64 visibility rule, without
+    /// counting it (hypervisor-applied updates are counted by the caller).
+    #[inline]
+    pub fn apply_store(&self, entry: PhysAddr, value: u64) {
+        self.log(EventKind::Store { entry, value });
+        let hw = self.config.hardware;
+        if hw.arm64_barriers && value & 1 != 0 && self.memory.owner(entry) == Some(SpaceId::KERNEL)
+        {
+            let old = self.memory.read(entry);
+            self.here().pending.borrow_mut().push((entry, old));
+            self.pending_stores.set(self.pending_stores.get() + 1);
+        }
+        self.memory.write(entry, value);
+    }
+
+    /// `dsb`: the running CPU's stores become visible to every walker.
+    pub fn dsb(&self) {
+        self.drain_stores(self.current.get());
+        self.charge(Primitive::Dsb, 1);
+    }
+
+    fn drain_stores(&self, cpu: CpuId) {
+        let drained = core::mem::take(&mut *self.cpus[cpu.index()].pending.borrow_mut());
+        self.pending_stores
+            .set(self.pending_stores.get() - drained.len());
+    }
+
+    /// `isb`: the running CPU stops reusing stale "invalid" walks.
+    pub fn isb(&self) {
+        self.here().stale_invalid.borrow_mut().clear();
+        self.charge(Primitive::Isb, 1);
+    }
+
+    /// Stores of the running CPU not yet made visible by a `dsb`.
+    pub fn pending_stores(&self) -> usize {
+        self.here().pending.borrow().len()
+    }
+
+    /// The root a walk of `va` in `space` starts from.
+    pub fn root_for(&self, space: SpaceId, va: u64) -> Option<PhysAddr> {
+        if (self.is_kernel_va.get())(va) || space == SpaceId::KERNEL {
+            return Some(self.kernel_root.get());
+        }
+        let root = self.space_roots.get(space.0 as usize)?.get();
+        (root.0 != 0).then_some(root)
+    }
+
+    /// Walks `va` in `space` as the hardware would now (no TLB).
+    pub fn walk(&self, space: SpaceId, va: u64) -> Option<Leaf> {
+        self.walk_tables(space, va).map(|(leaf, _)| leaf)
+    }
+
+    /// Walks `va` in `space` and also returns the page-table frames the
+    /// walk went through (root first; zero past the last level), which a
+    /// TLB entry depends on.
+    pub fn walk_tables(&self, space: SpaceId, va: u64) -> Option<(Leaf, [u64; 5])> {
+        let walker = self.walker.get()?;
+        let root = self.root_for(space, va)?;
+        let tables = Cell::new([0u64; 5]);
+        let level = Cell::new(0usize);
+        let read = |pa: PhysAddr| {
+            let mut t = tables.get();
+            if let Some(slot) = t.get_mut(level.get()) {
+                *slot = pa.0 & !(crate::memory::FRAME_BYTES - 1);
+            }
+            tables.set(t);
+            level.set(level.get() + 1);
+            self.walker_read(pa)
+        };
+        walker(&read, root, va).map(|leaf| (leaf, tables.get()))
+    }
+
+    /// Checks that no CPU may still use the page-table frame `frame`, which
+    /// is being freed: no cached translation was walked through it (§6.7).
+    pub fn check_table_free(&self, frame: PhysAddr) {
+        let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
+        for (i, c) in self.cpus.iter().enumerate() {
+            let hit = c
+                .tlb
+                .borrow()
+                .entries()
+                .iter()
+                .find(|e| e.tables.contains(&frame))
+                .copied();
+            if let Some(e) = hit {
+                self.violation(
+                    Invariant::FreedInUse,
+                    format!(
+                        "page-table frame {frame:#x} freed while cpu{i}'s paging-structure cache still holds the walk of {:#x} (space {}) through it",
+                        e.base, e.space.0
+                    ),
+                );
+                return;
+            }
+        }
+    }
+
+    /// A memory access by the running CPU in the current task's space:
+    /// TLB first, then a walk that fills it.
+    pub fn access(&self, va: VirtAddr) -> Access {
+        let space = self.current_space();
+        self.access_in(space, va)
+    }
+
+    /// A memory access by the running CPU in `space`.
+    pub fn access_in(&self, space: SpaceId, va: VirtAddr) -> Access {
+        let cpu = self.here();
+        if let Some(e) = cpu.tlb.borrow().lookup(space, va) {
+            return Access::Hit(Leaf {
+                entry: e.leaf,
+                shift: e.shift,
+                global: e.global,
+            });
+        }
+        let page = va.0 >> 12;
+        if self.config.hardware.arm64_barriers
+            && cpu
+                .stale_invalid
+                .borrow()
+                .iter()
+                .any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
+        {
+            return Access::Fault;
+        }
+        match self.walk_tables(space, va.0) {
+            Some((leaf, tables)) => {
+                let base = va.0 & !((1u64 << leaf.shift) - 1);
+                cpu.tlb.borrow_mut().fill(TlbEntry {
+                    space,
+                    base,
+                    shift: leaf.shift,
+                    leaf: leaf.entry,
+                    global: leaf.global,
+                    tables,
+                });
+                Access::Hit(leaf)
+            }
+            None => {
+                if self.config.hardware.arm64_barriers {
+                    cpu.stale_invalid.borrow_mut().push((space, page));
+                }
+                Access::Fault
+            }
+        }
+    }
+
+    /// A use of `va` in `space` by the running CPU, checked: a translation
+    /// it still caches must be what the walker sees now (§6.1).
+    pub fn use_page(&self, space: SpaceId, va: VirtAddr) -> Access {
+        let got = self.access_in(space, va);
+        if let Access::Hit(leaf) = got {
+            let now = self.walk(space, va.0);
+            if now.map(|l| l.entry) != Some(leaf.entry) {
+                self.violation(
+                    Invariant::StaleTranslation,
+                    format!(
+                        "{} used a stale translation of {:#x} in space {}: cached {:#x}, the walker sees {:?}",
+                        self.cpu(),
+                        va.0,
+                        space.0,
+                        leaf.entry,
+                        now.map(|l| l.entry)
+                    ),
+                );
+            }
+        }
+        got
+    }
+
+    /// Whether the running CPU would fault on `va` because of a stale
+    /// invalid walk it may still reuse (arm64, until `isb`).
+    pub fn stale_invalid(&self, space: SpaceId, va: u64) -> bool {
+        let page = va >> 12;
+        self.here()
+            .stale_invalid
+            .borrow()
+            .iter()
+            .any(|&(s, p)| (s == space || s == SpaceId::KERNEL) && p == page)
+    }
+
+    // ----- TLB maintenance ------------------------------------------------
+
+    fn invalidated(&self, cpu: CpuId, space: SpaceId) {
+        let mut counts = self.cpus[cpu.index()].invalidations.borrow_mut();
+        let i = space.0 as usize;
+        if counts.len() <= i {
+            counts.resize(i + 1, 0);
+        }
+        counts[i] += 1;
+    }
+
+    /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
+    pub fn tlb_invalidate_range(&self, cpu: CpuId, space: SpaceId, start: u64, end: u64) {
+        self.cpus[cpu.index()]
+            .tlb
+            .borrow_mut()
+            .invalidate_range(space, start, end);
+        self.invalidated(cpu, space);
+    }
+
+    /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
+    pub fn tlb_invalidate_space(&self, cpu: CpuId, space: SpaceId) {
+        self.cpus[cpu.index()]
+            .tlb
+            .borrow_mut()
+            .invalidate_space(space);
+        self.invalidated(cpu, space);
+    }
+
+    /// Invalidates all of CPU `cpu`'s TLB.
+    pub fn tlb_invalidate_all(&self, cpu: CpuId) {
+        self.cpus[cpu.index()].tlb.borrow_mut().invalidate_all();
+        let spaces: Vec<SpaceId> = (0..self.spaces.len()).map(|i| SpaceId(i as u32)).collect();
+        for space in spaces {
+            self.invalidated(cpu, space);
+        }
+    }
+
+    /// How many invalidations of `space`'s translations `cpu` has made.
+    pub fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
+        self.cpus[cpu.index()]
+            .invalidations
+            .borrow()
+            .get(space.0 as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The cached translations of CPU `cpu`.
+    pub fn tlb_entries(&self, cpu: CpuId) -> Vec<TlbEntry> {
+        self.cpus[cpu.index()].tlb.borrow().entries().to_vec()
+    }
+
+    /// Loads `space`'s root on the running CPU (costed), flushing the
+    /// CPU's non-global translations where the hardware does so on a root
+    /// change.
+    pub fn load_root(&self, space: SpaceId) {
+        let cpu = self.current.get();
+        let before = self.here().loaded.replace(space);
+        self.charge(Primitive::RootLoad, 1);
+        if self.config.hardware.flush_on_switch && before != space {
+            self.tlb_invalidate_space(cpu, before);
+        }
+    }
+
+    /// Checks that no CPU caches a translation of `[start, end)` in `space`
+    /// that differs from what the walker sees now.
+    pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
+        for cpu in 0..self.cpus.len() {
+            let stale: Vec<TlbEntry> = self.cpus[cpu]
+                .tlb
+                .borrow()
+                .entries()
+                .iter()
+                // A flush of a user space promises nothing about global
+                // (kernel) translations; a flush of the kernel's space
+                // covers them.
+                .filter(|e| {
+                    let covered = if space == SpaceId::KERNEL {
+                        e.global || e.space == space
+                    } else {
+                        !e.global && e.space == space
+                    };
+                    covered && e.overlaps(start, end)
+                })
+                .copied()
+                .collect();
+            for e in stale {
+                let now = self.walk(e.space, e.base.max(start));
+                if now.map(|l| l.entry) != Some(e.leaf) {
+                    self.violation(
+                        Invariant::StaleTranslation,
+                        format!(
+                            "{why}: cpu{cpu} still caches {:#x} -> {:#x} in space {}; the walker sees {:?}",
+                            e.base, e.leaf, e.space.0, now.map(|l| l.entry)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    // ----- the digest -----------------------------------------------------
+
+    /// A digest of the machine state (CPUs, tasks, spaces, memory, TLBs,
+    /// and the kernel's own digest): two points with the same digest have
+    /// the same future.
+    pub fn digest(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        for (i, c) in self.cpus.iter().enumerate() {
+            h.write_usize(i);
+            h.write_usize(c.current.get());
+            for &t in c.preempted.borrow().iter() {
+                h.write_usize(t);
+            }
+            h.write_u32(c.irq_depth.get());
+            h.write_u32(c.preempt.get());
+            h.write_u64(c.key.get());
+            h.write_u32(c.loaded.get().0);
+            core::hash::Hash::hash(&c.lazy.get(), &mut h);
+            for e in c.tlb.borrow().entries() {
+                core::hash::Hash::hash(e, &mut h);
+            }
+            for (pa, v) in c.pending.borrow().iter() {
+                h.write_u64(pa.0);
+                h.write_u64(*v);
+            }
+            for (s, p) in c.stale_invalid.borrow().iter() {
+                h.write_u32(s.0);
+                h.write_u64(*p);
+            }
+        }
+        for t in self.tasks.borrow().iter() {
+            core::hash::Hash::hash(t, &mut h);
+        }
+        self.memory.digest(&mut h);
+        self.sched.digest(&mut h);
+        if let Some(kernel) = self.kernel() {
+            kernel.digest(&mut h);
+        }
+        h.finish()
+    }
+}
+
+impl core::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Machine")
+            .field("cpus", &self.cpus.len())
+            .field("tasks", &self.tasks.borrow().len())
+            .field("step", &self.sched.step())
+            .field("violations", &self.violation_count.get())
+            .finish()
+    }
+}
