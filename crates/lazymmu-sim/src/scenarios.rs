@@ -288,6 +288,19 @@ pub fn machine_scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            name: "pkeys-window-migrate",
+            about: "arm64 with POE: a task writing outside any section migrates after reading its CPU's id, and the CPU it left takes a task preempted inside a section",
+            spec: spec(
+                Arm64Poe,
+                vec![
+                    task("section", 0, &[E, k(0), k(1), D]),
+                    task("writer", 0, &[k(4), k(5)]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
             name: "xen-multicall-switch",
             about: "a Xen PV context switch with a partly filled multicall buffer",
             spec: spec(

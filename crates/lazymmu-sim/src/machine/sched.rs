@@ -381,7 +381,7 @@ impl Machine {
                     self.tasks.borrow()[there].state,
                     TaskState::Ready | TaskState::Busy
                 );
-                self.schedule(cpu, self.idle_task(cpu));
+                self.leave_cpu(cpu);
                 if idle {
                     self.schedule(to, task);
                     self.current.set(to);
@@ -390,6 +390,21 @@ impl Machine {
                     self.suspend(Yield::Wait(to));
                 }
             }
+        }
+    }
+
+    /// The running task leaves `cpu` (it migrates): the CPU switches to a
+    /// task preempted there, which waits for its turn as Linux's
+    /// `schedule()` would pick the next runnable task, or else to its idle
+    /// task.
+    fn leave_cpu(&self, cpu: CpuId) {
+        let waiting = self.cpu_state(cpu).preempted.borrow_mut().pop();
+        match waiting {
+            Some(next) => {
+                self.schedule(cpu, next);
+                self.sched.waiters.borrow_mut().push(next);
+            }
+            None => self.schedule(cpu, self.idle_task(cpu)),
         }
     }
 
