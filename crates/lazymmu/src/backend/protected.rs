@@ -240,7 +240,12 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> Protected<B, K, F> {
     }
 
     /// Whether the register is open for the whole section on this CPU.
+    /// The flag is read with preemption disabled: a task that migrated
+    /// between looking up its CPU and reading the flag would read the flag
+    /// of the CPU it left, which may be in another task's section, and
+    /// write with its own register closed.
     fn in_window(&self) -> bool {
+        let _on_this_cpu = self.keys.preempt_guard();
         !self.keys.in_interrupt() && self.lazy().get()
     }
 

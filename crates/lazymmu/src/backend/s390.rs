@@ -230,6 +230,7 @@ impl<P: S390Primitives> S390<P> {
 
     /// Applies the calling CPU's cache.
     fn apply(&self) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         let cache = {
             let mut cache = self.cpu().cache.borrow_mut();
             if cache.count == 0 {
@@ -286,7 +287,11 @@ impl<P: S390Primitives> S390<P> {
         self.primitives.write_pte(update.entry, value);
     }
 
+    /// The CPU's mode and cache are used with preemption disabled: a task
+    /// that migrated between looking up its CPU and using it would read
+    /// another CPU's mode and cache its write where nobody applies it.
     fn update(&self, update: &EntryUpdate, value: u64) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         loop {
             if !self.batching() || update.level != 1 {
                 // Whatever is cached was written before this: apply it
@@ -329,6 +334,7 @@ impl<P: S390Primitives> PteAccess for S390<P> {
     /// The cached value when the entry is cached on this CPU, memory
     /// otherwise.
     fn read_entry(&self, entry: PhysAddr) -> u64 {
+        let _on_this_cpu = self.primitives.preempt_guard();
         let cached = self.cpu().cache.borrow().get(entry);
         match cached {
             Some(value) => value,

@@ -185,10 +185,12 @@ impl<P: XenPrimitives> XenPv<P> {
     /// batching, where a full buffer is issued first (so the 33rd entry
     /// forces a flush of the 32 before it); otherwise issued now.
     ///
-    /// Every primitive call may run an interrupt handler or a context
-    /// switch (even a migration), so the CPU and its mode are looked up
-    /// again after each one.
+    /// The CPU's mode and buffer are used with preemption disabled, as
+    /// `xen_mc_batch` does with interrupts off: a task that migrated
+    /// between looking up its CPU and using it would read another CPU's
+    /// mode and queue on a CPU that never issues its buffer.
     fn submit(&self, entry: MulticallEntry) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         loop {
             if !self.batching() {
                 // An interrupt handler's update must not overtake what the
@@ -256,6 +258,7 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
     /// guest's own queued write to the entry, if any, is the value to
     /// start from.
     fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        let _on_this_cpu = self.primitives.preempt_guard();
         match self.queued_value(update.entry) {
             Some(value) => value,
             None => self.primitives.read_pte(update.entry),
@@ -274,6 +277,7 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
     /// the same entry still queued is issued first so the two stay in
     /// order.
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        let _on_this_cpu = self.primitives.preempt_guard();
         if self.has_queued_write(update.entry) {
             self.issue();
         }
