@@ -64,6 +64,25 @@ type EntryMap<V> = HashMap<PhysAddr, V, core::hash::BuildHasherDefault<EntryHash
 struct TaskLog {
     writes: EntryMap<LoggedWrite>,
     promises: Vec<(SpaceId, u64, u64)>,
+    /// Pages whose translation the task changed (leaf entries), which no
+    /// CPU may still cache differently once the task is done.
+    changed: Vec<(SpaceId, u64)>,
+}
+
+/// Bytes of the smallest page.
+const PAGE_BYTES: u64 = 4096;
+
+impl TaskLog {
+    /// Notes the page a leaf-level update changes.
+    fn changed_page(&mut self, update: &EntryUpdate) {
+        if update.level != 1 && !update.leaf {
+            return;
+        }
+        let page = (update.space, update.va.0 & !(PAGE_BYTES - 1));
+        if !self.changed.contains(&page) {
+            self.changed.push(page);
+        }
+    }
 }
 
 /// A backend with its contract checked against the machine.
@@ -121,12 +140,31 @@ impl<B: Backend> Observed<B> {
                 h.write_u64(start);
                 h.write_u64(end);
             }
+            for &(space, page) in &log.changed {
+                h.write_u32(space.0);
+                h.write_u64(page);
+            }
         }
     }
 
     /// Checks that task `task`, which has done all its work, left nothing
-    /// deferred that never took effect (§6.4: batched state is never lost).
+    /// deferred that never took effect (§6.4: batched state is never lost),
+    /// and that no CPU still caches a translation of a page whose entry
+    /// it changed other than what the walker sees (§6.1: an operation that
+    /// invalidated too little, or nothing, leaves a CPU using the old
+    /// page).
     pub fn check_finished(&self, task: usize) {
+        let changed = {
+            let mut logs = self.logs.borrow_mut();
+            logs.get_mut(task)
+                .map(|log| core::mem::take(&mut log.changed))
+                .unwrap_or_default()
+        };
+        let why = format!("t{task} finished");
+        for (space, page) in changed {
+            self.machine
+                .check_no_stale(space, page, page + PAGE_BYTES, &why);
+        }
         let pending = {
             let logs = self.logs.borrow();
             logs.get(task).and_then(|log| {
@@ -191,7 +229,11 @@ impl<B: Backend> Observed<B> {
         // Swap the task's log with an empty one that keeps its capacity, so
         // that no borrow is held while checking.
         let mut pending = self.spare.take();
-        self.with_log(|log| core::mem::swap(log, &mut pending));
+        self.with_log(|log| {
+            core::mem::swap(log, &mut pending);
+            // What the task changed stays with it until it is done.
+            core::mem::swap(&mut log.changed, &mut pending.changed);
+        });
         self.machine.atomically(|| {
             for (&entry, &w) in &pending.writes {
                 self.check_write(entry, w, Invariant::WritesVisible, why);
@@ -225,8 +267,10 @@ impl<B: Backend> Observed<B> {
         } else if self.deferring() {
             self.with_log(|log| {
                 log.writes.insert(update.entry, w);
+                log.changed_page(update);
             });
         } else {
+            self.with_log(|log| log.changed_page(update));
             self.machine.atomically(|| {
                 self.check_write(
                     update.entry,

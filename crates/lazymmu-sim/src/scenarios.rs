@@ -61,6 +61,38 @@ const fn ft(table: u8) -> Action {
     Action::FreeTable { table }
 }
 
+/// Touches user pages `[first, first + count)` on the running CPU.
+const fn touch(first: u8, count: u8) -> Action {
+    Action::Touch {
+        first,
+        count,
+        kernel: false,
+    }
+}
+
+/// Touches kernel pages `[first, first + count)` on the running CPU.
+const fn ktouch(first: u8, count: u8) -> Action {
+    Action::Touch {
+        first,
+        count,
+        kernel: true,
+    }
+}
+
+const fn zap(first: u8, count: u8) -> Action {
+    Action::Zap { first, count }
+}
+
+const fn protect(first: u8, count: u8) -> Action {
+    Action::Protect { first, count }
+}
+
+const fn zap_tables(first: u8, count: u8) -> Action {
+    Action::ZapTables { first, count }
+}
+
+use Action::{DeviceWindow as DW, Query as Q};
+
 use Action::{Disable as D, Enable as E, Pause as P, Resume as R};
 
 fn task(name: &'static str, cpu: usize, actions: &[Action]) -> TaskSpec {
@@ -234,14 +266,14 @@ pub fn machine_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "irq-kernel-mapping",
-            about: "an interrupt handler updates a kernel mapping in the middle of a section",
+            about: "an interrupt handler updates a kernel mapping in the middle of a section, and asks whether lazy mode is active",
             spec: spec(
                 XenPv,
                 vec![
                     task("section", 0, &[E, w(0), E, w(1), D, w(2), D]),
                     task("cpu1", 1, &[E, w(4), D]),
                 ],
-                &[k(10)],
+                &[k(10), Q],
                 false,
             ),
         },
@@ -311,6 +343,148 @@ pub fn machine_scenarios() -> Vec<Scenario> {
                     task("c", 1, &[w(6)]),
                 ],
                 &[],
+                true,
+            ),
+        },
+    ]
+}
+
+/// The scenarios that drive each backend's range operations, flushes and
+/// hooks to where a contract of DESIGN.md §6 can break: a CPU caching the
+/// pages a zap or mprotect changes (the last page of the range included),
+/// another CPU's walk cache holding tables a zap frees, a switch or
+/// migration while arm64 owes barriers, a key register a section finds at
+/// a value of the task's own, a read-back inside an s390 section.
+pub fn backend_scenarios() -> Vec<Scenario> {
+    use Arch::{Arm64, Arm64Poe, PpcHash, Sparc64, X86Pks, XenPv, S390, X86};
+    let user = |arch, name, about, op: Action, handler: &[Action]| Scenario {
+        name,
+        about,
+        spec: spec(
+            arch,
+            vec![
+                task("mm", 0, &[touch(0, 4), op]),
+                task("user", 1, &[touch(0, 4)]),
+            ],
+            handler,
+            false,
+        ),
+    };
+    vec![
+        user(
+            X86,
+            "x86-munmap",
+            "x86: zap of four pages both CPUs cache, flushed locally and by shootdown",
+            zap(0, 4),
+            &[],
+        ),
+        user(
+            X86,
+            "x86-mprotect",
+            "x86: four cached pages made read-only, every downgrade invalidated",
+            protect(0, 4),
+            &[],
+        ),
+        Scenario {
+            name: "x86-free-tables",
+            about: "x86: a zap frees two emptied PTE tables through a one-frame gather batch while both CPUs' walk caches hold them",
+            spec: Spec {
+                cached_tables: vec![0, 1],
+                ..spec(
+                    X86,
+                    vec![
+                        task("exit", 0, &[zap_tables(0, 2)]),
+                        task("user", 1, &[touch(0, 2)]),
+                    ],
+                    &[],
+                    false,
+                )
+            },
+        },
+        Scenario {
+            name: "x86-pks-window",
+            about: "x86 with PKS: nested sections inside a device-memory key window of the task's own, an interrupt (exception entry and return), migration",
+            spec: spec(
+                X86Pks,
+                vec![
+                    task("a", 0, &[DW, E, k(0), E, k(1), D, D, DW]),
+                    task("b", 0, &[k(4), E, k(5), D]),
+                ],
+                &[k(10)],
+                true,
+            ),
+        },
+        Scenario {
+            name: "poe-window",
+            about: "arm64 with POE: a section inside a device-memory key window of the task's own, preemption and migration",
+            spec: spec(
+                Arm64Poe,
+                vec![
+                    task("a", 0, &[DW, E, k(0), k(1), D, DW]),
+                    task("b", 0, &[E, k(4), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        user(
+            XenPv,
+            "xen-munmap",
+            "Xen PV: zap of four cached pages, the flush queued as multicall entries",
+            zap(0, 4),
+            &[],
+        ),
+        user(
+            Arm64,
+            "arm64-munmap",
+            "arm64: zap of four cached pages by tlbi",
+            zap(0, 4),
+            &[],
+        ),
+        Scenario {
+            name: "arm64-barriers-migrate",
+            about: "arm64: a section maps kernel pages another CPU just found absent, and migrates there with its barriers owed",
+            spec: spec(
+                Arm64,
+                vec![
+                    task("vmap", 0, &[E, k(12), k(13), D]),
+                    task("reader", 1, &[ktouch(12, 2)]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        user(
+            PpcHash,
+            "ppc-hash-mprotect",
+            "powerpc hash: four cached pages made read-only, hash invalidations batched per CPU, an interrupt mapping kernel memory",
+            protect(0, 4),
+            &[k(10)],
+        ),
+        user(
+            Sparc64,
+            "sparc64-munmap",
+            "sparc64: zap of four cached pages, TSB/TLB flushes batched per CPU, an interrupt mapping kernel memory",
+            zap(0, 4),
+            &[k(10)],
+        ),
+        user(
+            S390,
+            "s390-munmap",
+            "s390: zap of four cached pages, the entries cached and applied with one IPTE",
+            zap(0, 4),
+            &[],
+        ),
+        Scenario {
+            name: "s390-read-back",
+            about: "s390: entries written and read back inside a section (served from the CPU's cache), preemption, migration, a kernel-mapping interrupt",
+            spec: spec(
+                S390,
+                vec![
+                    task("a", 0, &[E, w(0), rb(0), w(1), rb(1), D]),
+                    task("b", 0, &[E, w(4), rb(4), D]),
+                ],
+                &[k(10)],
                 true,
             ),
         },
@@ -527,6 +701,7 @@ impl Entry {
 pub fn all() -> Vec<Entry> {
     machine_scenarios()
         .into_iter()
+        .chain(backend_scenarios())
         .map(Entry::Machine)
         .chain(simulator_scenarios().into_iter().map(Entry::Simulator))
         .chain(neighbours::scenarios().into_iter().map(Entry::Neighbour))
