@@ -341,6 +341,7 @@ fn report_json(report: &CheckReport) -> Value {
         "violations": report.violations().map(|(scenario, f)| json!({
             "scenario": scenario,
             "invariant": f.violation.invariant.to_string(),
+            "invariant_name": f.violation.invariant.name(),
             "detail": f.violation.detail,
             "trace": f.trace.to_string(),
             "schedules": f.schedules,
