@@ -12,7 +12,7 @@ use lazymmu::addr::{PageSize, PhysAddr, VirtAddr};
 use lazymmu::backend::Backend;
 use lazymmu::mode::LazyMode;
 use lazymmu::pgtable::allocator::FrameAllocator;
-use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::format::Attributes;
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::PageTableMemory;
 use lazymmu::pgtable::ops::{ApplyMode, MapError, PageTables};
@@ -26,7 +26,7 @@ use crate::{ensure, ensure_eq, message, println};
 /// The kernel tables of guest `G`.
 pub type Tables<G> = PageTables<
     'static,
-    <G as Guest>::Format,
+    <<G as Guest>::Backend as Backend>::Format,
     <G as Guest>::Memory,
     <G as Guest>::Backend,
     <G as Guest>::Lazy,
@@ -37,11 +37,9 @@ pub type Tables<G> = PageTables<
 /// mode) and gathers, from which this module makes the operations, and
 /// what differs between kernels.
 pub trait Guest {
-    /// The tables' format.
-    type Format: Format;
     /// The memory the tables live in.
     type Memory: PageTableMemory + 'static;
-    /// The backend every entry goes through.
+    /// The backend every entry goes through (its format is the tables').
     type Backend: Backend + 'static;
     /// The lazy mode.
     type Lazy: LazyMode + 'static;

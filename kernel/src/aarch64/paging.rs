@@ -16,6 +16,7 @@ use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::arm64::{Arm64, Arm64Primitives, Dsb};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
 use lazymmu::backend::FlushScope;
+use lazymmu::cpu::{Cpu, CpuId};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
 use lazymmu::pgtable::allocator::FrameAllocator;
@@ -29,7 +30,7 @@ use crate::env::{self, KernelEnv};
 use crate::fdt::Range;
 use crate::memory::{self, Region, DIRECT_MAP_BASE, PAGE_TABLE_FRAMES};
 use crate::sync::{Global, SpinLock};
-use crate::{cpu, irq, serial};
+use crate::{cpu, serial};
 
 /// Page-table memory: entries are reached through the direct map (the boot
 /// tables' alias before it exists).
@@ -42,7 +43,12 @@ impl KernelMemory {
     }
 }
 
-impl PageTableMemory for KernelMemory {
+// SAFETY: every address the library passes is an entry of a table it
+// allocated from the page-table pool (`PageTableFrames`), which the direct
+// map (the boot tables' alias before it) covers, 8-byte aligned; the
+// library alone changes those tables, and the walker never writes them
+// (no hardware access-flag or dirty updates, TCR_EL1.HA = HD = 0).
+unsafe impl PageTableMemory for KernelMemory {
     fn read(&self, entry: PhysAddr) -> u64 {
         // SAFETY: the library only passes addresses of entries in tables it
         // allocated from the page-table pool, which is mapped.
@@ -205,19 +211,23 @@ pub struct KernelPrimitives {
     range: bool,
 }
 
-impl CpuPrimitives for KernelPrimitives {
-    fn cpu_id(&self) -> usize {
-        0
+/// The one CPU, as the environment sees it.
+impl Cpu for KernelPrimitives {
+    fn cpu_id(&self) -> CpuId {
+        KernelEnv.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
-        irq::in_interrupt()
+        KernelEnv.in_interrupt()
     }
     fn preempt_disable(&self) {
-        lazymmu::mode::Environment::preempt_disable(&KernelEnv);
+        KernelEnv.preempt_disable();
     }
     fn preempt_enable(&self) {
-        lazymmu::mode::Environment::preempt_enable(&KernelEnv);
+        KernelEnv.preempt_enable();
     }
+}
+
+impl CpuPrimitives for KernelPrimitives {
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         KernelMemory.read(entry)
     }
@@ -391,7 +401,10 @@ pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
 
 /// The tables at `root` (address space `space`) with any lazy mode.
 pub fn tables_with<L: LazyMode>(lazy: &L, root: PhysAddr, space: SpaceId) -> KernelTables<'_, L> {
-    PageTables::new(root, space, &MEMORY, backend(), lazy, &TABLE_FRAMES)
+    // SAFETY: every root the kernel hands out was allocated from the
+    // page-table pool and is reached through `MEMORY`; the library alone
+    // changes these tables.
+    unsafe { PageTables::new(root, space, &MEMORY, backend(), lazy, &TABLE_FRAMES) }
 }
 
 /// The kernel's tables over the arm64 backend without the
@@ -401,14 +414,17 @@ pub fn tables_with<L: LazyMode>(lazy: &L, root: PhysAddr, space: SpaceId) -> Ker
 pub fn unchecked_kernel_tables<L: LazyMode>(
     lazy: &L,
 ) -> PageTables<'_, Aarch64, KernelMemory, Arm64Backend, L, PageTableFrames> {
-    PageTables::new(
-        kernel_root(),
-        SpaceId::KERNEL,
-        &MEMORY,
-        backend().inner(),
-        lazy,
-        &TABLE_FRAMES,
-    )
+    // SAFETY: as in `tables_with`.
+    unsafe {
+        PageTables::new(
+            kernel_root(),
+            SpaceId::KERNEL,
+            &MEMORY,
+            backend().inner(),
+            lazy,
+            &TABLE_FRAMES,
+        )
+    }
 }
 
 /// A gather for `space` over the unchecked backend (see
@@ -450,7 +466,10 @@ fn devices(gic: [Range; 2]) -> [(u64, u64); 3] {
 /// # Errors
 /// A message when a frame or a mapping cannot be had.
 pub fn init(ram: Region, gic: [Range; 2]) -> Result<(), &'static str> {
-    let root = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the root table")?;
+    // SAFETY: `TABLE_FRAMES` hands out frames of the page-table pool, which
+    // `MEMORY` reaches.
+    let root =
+        unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }.ok_or("no frame for the root table")?;
     KERNEL_ROOT.store(root.0, Ordering::Release);
     let tables = kernel_tables();
 
@@ -502,7 +521,9 @@ pub fn init(ram: Region, gic: [Range; 2]) -> Result<(), &'static str> {
             )
             .map_err(|_| "mapping the devices failed")?;
     }
-    let empty = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the user root")?;
+    // SAFETY: as for the root above.
+    let empty =
+        unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }.ok_or("no frame for the user root")?;
     EMPTY_USER_ROOT.store(empty.0, Ordering::Release);
 
     // SAFETY: the new tables map the image (code, stack, data), the UART
@@ -535,5 +556,6 @@ pub fn switch_user(user: Option<(PhysAddr, SpaceId)>) {
 
 /// A new, empty top-level table for a user-like address space.
 pub fn new_user_root() -> Option<PhysAddr> {
-    allocate_root(&MEMORY, &TABLE_FRAMES)
+    // SAFETY: as in `init`.
+    unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }
 }

@@ -101,7 +101,6 @@ fn write(va: u64, value: u64) -> Outcome {
 pub struct Arm64Guest;
 
 impl Guest for Arm64Guest {
-    type Format = Aarch64;
     type Memory = KernelMemory;
     type Backend = KernelBackend;
     type Lazy = KernelLazy;
@@ -352,8 +351,10 @@ fn copy_test() -> Outcome {
         // Writable by EL0 in the parent, and cached so.
         store_as_user(USER_BASE + 16, 1).map_err(|f| message!("user store: {f:?}"))?;
         let mut gather = paging::gather(parent_space);
-        let summary = parent
-            .copy_to(
+        // SAFETY: the child root is a page-table pool frame, like the
+        // parent's.
+        let summary = unsafe {
+            parent.copy_to(
                 child_root,
                 child_space,
                 VirtAddr(USER_BASE),
@@ -361,7 +362,8 @@ fn copy_test() -> Outcome {
                 CopyKind::Private,
                 &mut gather,
             )
-            .map_err(|e| message!("copy: {e:?}"))?;
+        }
+        .map_err(|e| message!("copy: {e:?}"))?;
         drop(gather);
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
         expect_fault(

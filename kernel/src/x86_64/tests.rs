@@ -18,8 +18,8 @@ use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
 use crate::memory::{DIRECT_MAP_BASE, FRAME};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend,
-    PageTableFrames, TABLE_FRAMES,
+    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy,
+    KernelMemory, KernelTables, PageTableFrames, TABLE_FRAMES,
 };
 use crate::pks::{self, DEFAULT_PKRS, OPEN_PKRS};
 use crate::range_tests::{self, Guest};
@@ -106,7 +106,6 @@ fn write(va: u64, value: u64) -> Outcome {
 pub struct X86Guest;
 
 impl Guest for X86Guest {
-    type Format = X86_64;
     type Memory = KernelMemory;
     type Backend = KernelBackend;
     type Lazy = KernelLazy;
