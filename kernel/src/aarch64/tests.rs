@@ -23,9 +23,9 @@ use crate::check::{Message, Outcome, Report};
 use crate::env::{self, KernelEnv};
 use crate::exceptions::{self, Fault, FaultKind};
 use crate::memory::{FRAME, VMALLOC_BASE};
+use crate::page_tables::{self, kernel_root, KernelMemory, PageTableFrames, MEMORY};
 use crate::paging::{
-    self, backend, counts, kernel_root, kernel_tables, lazy, Counts, KernelBackend, KernelLazy,
-    KernelMemory, KernelTables, PageTableFrames,
+    self, backend, counts, kernel_tables, lazy, Counts, KernelBackend, KernelLazy, KernelTables,
 };
 use crate::range_tests::{self, Guest};
 use crate::testdata::{aligned_run, data_run, free_run, pattern};
@@ -172,7 +172,7 @@ fn kernel_pte(entry: PhysAddr, va: u64, value: u64) -> EntryUpdate {
 
 /// The leaf entry of `va` in the tables at `root`.
 fn leaf(root: PhysAddr, va: u64) -> Result<lazymmu::pgtable::walk::Translation, Message> {
-    translate::<Aarch64, _>(&paging::MEMORY, root, VirtAddr(va))
+    translate::<Aarch64, _>(&MEMORY, root, VirtAddr(va))
         .map_err(|e| message!("translate {va:#x}: {e:?}"))
 }
 
@@ -202,7 +202,7 @@ fn stale_translation_is_observable_test() -> Outcome {
     let pte = leaf(kernel_root(), va)?;
     let retarget = |frame: PhysAddr| {
         // Straight to memory: neither the backend nor its checker sees it.
-        paging::MEMORY.write(pte.entry, (pte.raw & !ADDRESS_4K) | frame.0);
+        MEMORY.write(pte.entry, (pte.raw & !ADDRESS_4K) | frame.0);
         // SAFETY: a barrier only orders memory accesses.
         unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
     };
@@ -331,8 +331,8 @@ fn zap_test() -> Outcome {
 /// fault until the entry is made young.
 fn copy_test() -> Outcome {
     let (parent_space, child_space) = (SpaceId(1), SpaceId(2));
-    let parent_root = paging::new_user_root().ok_or(message!("no root"))?;
-    let child_root = paging::new_user_root().ok_or(message!("no root"))?;
+    let parent_root = page_tables::new_root().ok_or(message!("no root"))?;
+    let child_root = page_tables::new_root().ok_or(message!("no root"))?;
     let parent = paging::tables_with(lazy(), parent_root, parent_space);
     let child = paging::tables_with(lazy(), child_root, child_space);
     let len = PAGES as u64 * FRAME;

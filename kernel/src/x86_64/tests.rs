@@ -17,9 +17,9 @@ use lazymmu::pgtable::ops::{CopyKind, MapError};
 use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
 use crate::memory::{DIRECT_MAP_BASE, FRAME};
+use crate::page_tables::{self, kernel_root, KernelMemory, PageTableFrames, TABLE_FRAMES};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy,
-    KernelMemory, KernelTables, PageTableFrames, TABLE_FRAMES,
+    self, backend, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy, KernelTables,
 };
 use crate::pks::{self, DEFAULT_PKRS, OPEN_PKRS};
 use crate::range_tests::{self, Guest};
@@ -467,9 +467,10 @@ fn protection_key_test() -> Outcome {
             PageSize::Size4K,
         )
         .map_err(|e| message!("map: {e:?}"))?;
-    let pte = lazymmu::pgtable::walk::translate::<X86_64, _>(&paging::MEMORY, root, VirtAddr(va))
-        .map_err(|e| message!("translate: {e:?}"))?
-        .entry;
+    let pte =
+        lazymmu::pgtable::walk::translate::<X86_64, _>(&page_tables::MEMORY, root, VirtAddr(va))
+            .map_err(|e| message!("translate: {e:?}"))?
+            .entry;
     expect_write_fault(
         DIRECT_MAP_BASE + pte.0,
         PF_PRESENT | PF_WRITE | PF_PROTECTION_KEY,
@@ -640,7 +641,7 @@ fn stale_translation_is_observable_test() -> Outcome {
         )
         .map_err(|e| message!("map: {e:?}"))?;
     let pte = lazymmu::pgtable::walk::translate::<X86_64, _>(
-        &paging::MEMORY,
+        &page_tables::MEMORY,
         kernel_root(),
         VirtAddr(va),
     )
