@@ -23,7 +23,7 @@ use crate::check::{Message, Outcome, Report};
 use crate::env::{self, KernelEnv};
 use crate::exceptions::{self, Fault, FaultKind};
 use crate::memory::{FRAME, VMALLOC_BASE};
-use crate::page_tables::{self, kernel_root, KernelMemory, PageTableFrames, MEMORY};
+use crate::page_tables::{self, kernel_root, PageTableFrames, MEMORY};
 use crate::paging::{
     self, backend, counts, kernel_tables, lazy, Counts, KernelBackend, KernelLazy, KernelTables,
 };
@@ -101,10 +101,8 @@ fn write(va: u64, value: u64) -> Outcome {
 pub struct Arm64Guest;
 
 impl Guest for Arm64Guest {
-    type Memory = KernelMemory;
     type Backend = KernelBackend;
     type Lazy = KernelLazy;
-    type Frames = PageTableFrames;
 
     fn area(n: u64) -> u64 {
         area(n)

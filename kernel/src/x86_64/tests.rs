@@ -17,7 +17,7 @@ use lazymmu::pgtable::ops::{CopyKind, MapError};
 use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
 use crate::memory::{DIRECT_MAP_BASE, FRAME};
-use crate::page_tables::{self, kernel_root, KernelMemory, PageTableFrames, TABLE_FRAMES};
+use crate::page_tables::{self, kernel_root, PageTableFrames, TABLE_FRAMES};
 use crate::paging::{
     self, backend, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy, KernelTables,
 };
@@ -106,10 +106,8 @@ fn write(va: u64, value: u64) -> Outcome {
 pub struct X86Guest;
 
 impl Guest for X86Guest {
-    type Memory = KernelMemory;
     type Backend = KernelBackend;
     type Lazy = KernelLazy;
-    type Frames = PageTableFrames;
 
     fn area(n: u64) -> u64 {
         area(n)
