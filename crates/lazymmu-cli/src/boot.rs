@@ -3,7 +3,7 @@
 //! reported success both through `isa-debug-exit` and with a
 //! `N passed, 0 failed` line.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -35,17 +35,53 @@ pub struct Args {
     /// Boot this kernel image instead of building `kernel/`.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// The kernel's source directory (its Cargo package).
-    #[arg(long, default_value_os_t = default_kernel_dir())]
-    pub kernel_dir: PathBuf,
+    /// The kernel's source directory (its Cargo package) [default:
+    /// `kernel/` of the current directory, else of the lazymmu sources
+    /// this binary was built from].
+    #[arg(long, value_name = "DIR")]
+    pub kernel_dir: Option<PathBuf>,
     /// Print the firmware's output and every guest line, not only the
     /// kernel's.
     #[arg(long)]
     pub verbose: bool,
 }
 
-fn default_kernel_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel")
+/// The package name in the kernel's `Cargo.toml`.
+const KERNEL_PACKAGE: &str = "name = \"lazymmu-kernel\"";
+
+/// Whether `dir` holds the kernel's sources.
+fn is_kernel_dir(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|m| m.contains(KERNEL_PACKAGE))
+}
+
+/// The kernel's sources: `--kernel-dir`, else `kernel/` of the current
+/// directory, else of the source tree this binary was built from.
+///
+/// # Errors
+/// A usage error when the directory given, or every default, holds no
+/// kernel sources.
+fn kernel_dir(args: &Args) -> Result<PathBuf> {
+    if let Some(dir) = &args.kernel_dir {
+        return if is_kernel_dir(dir) {
+            Ok(dir.clone())
+        } else {
+            Err(crate::exit::usage(format!(
+                "{} holds no kernel sources (no Cargo.toml of the lazymmu-kernel package): \
+                 pass the kernel/ directory of the lazymmu repository",
+                dir.display()
+            )))
+        };
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel");
+    [PathBuf::from("kernel"), built_from]
+        .into_iter()
+        .find(|dir| is_kernel_dir(dir))
+        .ok_or_else(|| {
+            crate::exit::usage(
+                "no kernel sources found: run lazymmu boot from the lazymmu repository, or \
+                 pass --kernel-dir DIR (its kernel/ directory), or --kernel IMAGE",
+            )
+        })
 }
 
 /// What the guest reported.
@@ -96,12 +132,15 @@ pub fn parse_summary(line: &str) -> Option<(u32, u32)> {
 /// failed, timed out or crashed.
 ///
 /// # Errors
-/// When the kernel cannot be built or QEMU cannot be started (the caller
-/// exits with 2).
+/// When there are no kernel sources (a usage error), the kernel cannot be
+/// built or QEMU cannot be started.
 pub fn run(args: &Args) -> Result<ExitCode> {
     let report = boot_guest(args)?;
     if report.success() {
-        println!("boot: guest passed (QEMU exit status {SUCCESS_STATUS})");
+        writeln!(
+            std::io::stdout(),
+            "boot: guest passed (QEMU exit status {SUCCESS_STATUS})"
+        )?;
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!("boot: FAILED: {}", explain(&report, args.timeout));
@@ -140,7 +179,7 @@ fn explain(report: &GuestReport, timeout: u64) -> String {
 pub fn boot_guest(args: &Args) -> Result<GuestReport> {
     let kernel = match &args.kernel {
         Some(kernel) => kernel.clone(),
-        None => build_kernel(&args.kernel_dir)?,
+        None => build_kernel(&kernel_dir(args)?)?,
     };
     let mut child = Command::new(&args.qemu)
         .args(qemu_args(&kernel))
@@ -195,7 +234,7 @@ fn build_kernel(dir: &Path) -> Result<PathBuf> {
     eprintln!("boot: building the kernel in {}", dir.display());
     // Run from the kernel's directory so its .cargo/config.toml (target,
     // relocation model) applies; flags meant for the host must not leak in.
-    let status = Command::new(cargo)
+    let build = Command::new(cargo)
         .current_dir(&dir)
         .args([
             "build",
@@ -211,18 +250,31 @@ fn build_kernel(dir: &Path) -> Result<PathBuf> {
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
         .stdin(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
         .context("cannot run cargo to build the kernel")?;
-    if !status.success() {
+    let messages = String::from_utf8_lossy(&build.stderr);
+    eprint!("{messages}");
+    if !build.status.success() {
+        // rustc says so when the target's `core` is missing.
+        if messages.contains("target may not be installed") {
+            bail!(
+                "building the kernel failed ({}): the target is missing: rustup target add \
+                 x86_64-unknown-none",
+                build.status
+            );
+        }
         bail!(
-            "building the kernel failed ({status}); it needs the target: \
-             rustup target add x86_64-unknown-none"
+            "building the kernel in {} failed ({}); cargo's messages are above",
+            dir.display(),
+            build.status
         );
     }
     Ok(target_dir.join("x86_64-unknown-none/release/lazymmu-kernel"))
 }
 
-/// Streams QEMU's output, kills it at the deadline and collects the report.
+/// Streams QEMU's output, kills it at the deadline (or when standard
+/// output is closed) and collects the report.
 fn watch(child: &mut Child, timeout: Duration, verbose: bool) -> Result<GuestReport> {
     let stdout = child.stdout.take().context("QEMU stdout")?;
     let mut stderr = child.stderr.take().context("QEMU stderr")?;
@@ -260,7 +312,11 @@ fn watch(child: &mut Child, timeout: Duration, verbose: bool) -> Result<GuestRep
                     }
                 }
                 if in_kernel {
-                    println!("{line}");
+                    if let Err(error) = writeln!(std::io::stdout(), "{line}") {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(error.into());
+                    }
                     report.observe(&line);
                 }
             }
