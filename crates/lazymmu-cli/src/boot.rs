@@ -25,6 +25,7 @@ const BOOT_MARKER: &str = "lazymmu kernel:";
 
 /// Options of `lazymmu boot`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = crate::exit::STATUSES)]
 pub struct Args {
     /// Seconds to let the guest run before QEMU is killed and the boot fails.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]

@@ -10,7 +10,7 @@ const WORKED_EXAMPLE: &str = concat!(
     "/../../examples/worked-example.trace"
 );
 
-/// DESIGN.md §2's worked example as the counter design replays it.
+/// The worked example of docs/design.md §2 as the counter design replays it.
 const WORKED_EXAMPLE_OUTPUT: &str = "\
 2 enable enable=1 pause=0 active=true hook=enter
 3 enable enable=2 pause=0 active=true hook=-

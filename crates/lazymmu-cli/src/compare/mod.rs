@@ -387,10 +387,33 @@ struct Screen<'a> {
 }
 
 impl Screen<'_> {
-    /// The matrix (one per design) with its legend, then every run when
+    /// The screen, section by section: the headline, the runs in full when
     /// asked, the MM neighbours, the designs, and last the violations with
-    /// the commands that reproduce them.
+    /// the commands that reproduce them. A table comparing the model with
+    /// published measurements belongs right under the headline, before the
+    /// detail.
     fn write(&self, out: &mut impl Write) -> Result<()> {
+        self.write_headline(out)?;
+        if self.args.detail {
+            self.write_runs(out)?;
+            neighbours::write_detail(out, self.neighbours, self.width)?;
+        } else {
+            neighbours::write_summary(out, self.neighbours, self.width)?;
+        }
+        self.write_designs(out)?;
+        if !self.args.detail && !self.results.is_empty() {
+            writeln!(
+                out,
+                "\n--detail: cycles and primitive counts of every run; --help: what the names mean"
+            )?;
+        }
+        self.write_violations(out)?;
+        neighbours::write_violations(out, self.neighbours, self.reproduce)?;
+        Ok(())
+    }
+
+    /// The matrix (one per design) and its one-line legend.
+    fn write_headline(&self, out: &mut impl Write) -> Result<()> {
         let matrices = matrix::matrices(self.results);
         let machine = self.reproduce.describe();
         for (index, m) in matrices.iter().enumerate() {
@@ -419,21 +442,6 @@ impl Screen<'_> {
                 matrix::BROKEN
             )?;
         }
-        if self.args.detail {
-            self.write_runs(out)?;
-            neighbours::write_detail(out, self.neighbours, self.width)?;
-        } else {
-            neighbours::write_summary(out, self.neighbours, self.width)?;
-        }
-        self.write_designs(out)?;
-        if !self.args.detail && !self.results.is_empty() {
-            writeln!(
-                out,
-                "\n--detail: cycles and primitive counts of every run; --help: what the names mean"
-            )?;
-        }
-        self.write_violations(out)?;
-        neighbours::write_violations(out, self.neighbours, self.reproduce)?;
         Ok(())
     }
 
