@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod boot;
+mod calibrate;
 mod check;
 mod compare;
 mod exit;
@@ -41,6 +42,9 @@ enum Command {
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.
     Check(check::CheckArgs),
+    /// Time mmap, touch, fork, exit, munmap, mprotect, mremap and vmalloc on
+    /// this Linux kernel and fit each call's per-call and per-page cost.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -19,6 +19,10 @@
 //! - [`world`], [`scenario`], [`run`]: workloads, run configurations and
 //!   results, the design comparison;
 //! - [`cost`]: primitive counts and the per-platform cycle model;
+//! - [`calibration`]: the kernel's own work around the MMU, measured on a
+//!   real Linux kernel by `lazymmu calibrate`, and its loader;
+//! - [`published`]: published figures of lazy-MMU batching and its
+//!   neighbours, with their sources, to print next to the model's;
 //! - [`invariant`], [`events`]: violations and the event ring printed with
 //!   them;
 //! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
@@ -42,6 +46,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod calibration;
 pub mod choice;
 pub mod cost;
 pub mod env;
@@ -54,6 +59,7 @@ pub mod memory;
 pub mod neighbours;
 pub mod observed;
 pub mod platform;
+pub mod published;
 pub mod rng;
 pub mod run;
 pub mod scenario;
