@@ -48,7 +48,7 @@ const DEFAULT_DESIGN: DesignKind = DesignKind::Counters;
 pub struct CompareArgs {
     /// Backends to run (comma-separated).
     #[arg(long, value_name = "NAME", value_delimiter = ',', default_value = ALL,
-          value_parser = names::backend_values(), hide_possible_values = false)]
+          value_parser = names::backend_values())]
     pub backend: Vec<String>,
     /// Workloads to run (comma-separated): those of the backend × workload
     /// matrix and those of the MM neighbours.
@@ -71,9 +71,8 @@ pub struct CompareArgs {
     #[arg(long, value_name = "NAME", default_value = DEFAULT_DESIGN.name(),
           value_parser = names::design_values())]
     pub design: String,
-    /// Override a cost: NAME=CYCLES, NAME a primitive (see below) or a cost
-    /// of the neighbour models (switch, line_transfer, root_load,
-    /// entry_copy, fault, generation_check, table_alloc); repeatable.
+    /// Override a cost: NAME=CYCLES, NAME a primitive or a cost of the
+    /// neighbour models (both listed below); repeatable.
     #[arg(long = "cost", value_name = "NAME=CYCLES", value_parser = costs::parse)]
     pub cost: Vec<Cost>,
     /// Policies of the MM-neighbour workloads (comma-separated).
@@ -110,11 +109,21 @@ pub struct CompareArgs {
 }
 
 fn long_help() -> String {
+    let primitives: Vec<&str> = lazymmu_sim::cost::Primitive::ALL
+        .iter()
+        .map(|p| p.name())
+        .collect();
+    let neighbour_costs: Vec<&str> = costs::names()
+        .into_iter()
+        .filter(|n| !primitives.contains(n))
+        .collect();
     format!(
         "Primitives counted in the tables (--detail, --json) and priced by --cost:\n{}\n\
+         Costs of the neighbour models --cost also sets: {}.\n\n\
          The matrix shows lazy/eager modelled cycles: below 1 lazy sections save, above 1 they \
          cost more.\n\n{STATUSES}",
-        names::glossary()
+        names::glossary(),
+        neighbour_costs.join(", ")
     )
 }
 
