@@ -24,7 +24,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::matrix::Matrix;
+use super::matrix::{Matrix, BROKEN};
 use crate::text::{ratio, thousands};
 
 /// The file format of a chart.
@@ -510,6 +510,15 @@ pub fn heatmap(matrices: &[Matrix], caption: &str) -> Scene {
         12,
     );
     y += SCALE_H;
+    if matrices.iter().any(Matrix::broken) {
+        scene.text(
+            format!("{BROKEN} a run broke an invariant: lazymmu compare prints the violations"),
+            (MARGIN, y),
+            (HPos::Left, VPos::Top),
+            13,
+        );
+        y += 24;
+    }
 
     let width = left + columns * column_w + MARGIN;
     let title_w = MARGIN + text_width(title, 18) + MARGIN;

@@ -68,6 +68,11 @@ impl Matrix {
         self.cells[row * self.workloads.len() + column]
     }
 
+    /// Whether a run of the matrix broke an invariant.
+    pub fn broken(&self) -> bool {
+        self.cells.iter().flatten().any(|c| c.violations > 0)
+    }
+
     /// Every cell's ratio, row by row, for scales.
     pub fn ratios(&self) -> impl Iterator<Item = f64> + '_ {
         self.cells.iter().filter_map(|c| c.and_then(|c| c.ratio()))
