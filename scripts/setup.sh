@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what lazymmu needs beyond a Rust toolchain, when it is missing:
-# QEMU (Debian's qemu-system-x86) for the bare-metal kernel, and the
-# x86_64-unknown-none Rust target it builds for. Sourced by test.sh and
-# boot.sh; safe to run again.
+# QEMU (Debian's qemu-system-x86) for the bare-metal kernel, the
+# x86_64-unknown-none Rust target it builds for, and strace and perf
+# (Debian's strace and linux-perf) for `lazymmu record`. Sourced by test.sh
+# and boot.sh; safe to run again.
 set -euo pipefail
 
 as_root() {
@@ -36,4 +37,17 @@ if command -v rustup >/dev/null 2>&1 &&
     ! rustup target list --installed | grep -qx x86_64-unknown-none; then
     echo "setup.sh: adding the x86_64-unknown-none target" >&2
     rustup target add x86_64-unknown-none
+fi
+
+record_tools=()
+command -v strace >/dev/null 2>&1 || record_tools+=(strace)
+command -v perf >/dev/null 2>&1 || record_tools+=(linux-perf)
+if [ "${#record_tools[@]}" -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "setup.sh: installing ${record_tools[*]} for lazymmu record" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${record_tools[@]}" >/dev/null
+    else
+        echo "setup.sh: lazymmu record needs ${record_tools[*]}; install them" >&2
+    fi
 fi

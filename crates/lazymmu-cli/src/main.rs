@@ -16,6 +16,7 @@ mod compare;
 mod exit;
 mod input;
 mod progress;
+mod record;
 mod replay;
 mod text;
 
@@ -45,6 +46,9 @@ enum Command {
     /// Time mmap, touch, fork, exit, munmap, mprotect, mremap and vmalloc on
     /// this Linux kernel and fit each call's per-call and per-page cost.
     Calibrate(calibrate::CalibrateArgs),
+    /// Run a program under strace and perf and write its trace of
+    /// memory-management calls and page faults.
+    Record(record::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Boot(args) => boot::run(args),
         Command::Check(args) => check::run(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Record(args) => record::run(args),
     };
     match result {
         Ok(code) => code,

@@ -28,7 +28,10 @@
 //! - [`explore`], [`scenarios`]: the preemption-bounded exhaustive explorer
 //!   and what `lazymmu check` explores, with its known-bad variants;
 //! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
-//!   top-level sync, protection-key windows).
+//!   top-level sync, protection-key windows);
+//! - [`program_trace`]: real programs as workloads: the trace format
+//!   `lazymmu record` writes, its parser, and the per-process
+//!   address-space history a replay follows.
 //!
 //! ```
 //! use lazymmu_sim::run::run;
@@ -59,6 +62,7 @@ pub mod memory;
 pub mod neighbours;
 pub mod observed;
 pub mod platform;
+pub mod program_trace;
 pub mod published;
 pub mod rng;
 pub mod run;
