@@ -5,9 +5,12 @@
 //! address space loaded in CR3 (a full flush reloads CR3).
 //!
 //! Interrupts are off while an operation runs, so the counts are exactly
-//! the operation's. Cycles are QEMU TCG's TSC (host time): they show the
-//! ratio between the modes on this emulator, where a PKRS write flushes
-//! QEMU's whole software TLB, not what silicon would take.
+//! the operation's (summed over every CPU: the other CPUs are idle here,
+//! and only the shootdowns an operation sends make them count anything).
+//! Cycles are QEMU TCG's TSC (host time): they show the ratio between the
+//! modes on this emulator, where a PKRS write flushes QEMU's whole software
+//! TLB, not what silicon would take. The same measurement runs the SMP
+//! tables ([`crate::smp_bench`]).
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::{Backend, FlushScope};
@@ -22,8 +25,9 @@ use crate::paging::{
     PrimitiveCounts, TABLE_FRAMES, USER_BASE,
 };
 use crate::pks::{DEFAULT_PKRS, OPEN_PKRS};
+use crate::table::{Column, Table};
 use crate::tests::{area, data_run, free_run};
-use crate::{cpu, ensure_eq, message, pks, println};
+use crate::{cpu, ensure_eq, message, pks, println, xcall};
 
 /// Pages per operation.
 pub const PAGES: u64 = 4096;
@@ -33,7 +37,7 @@ const FRAME: u64 = 4096;
 
 /// How the operation is bracketed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+pub enum Mode {
     /// The baseline: the native backend without the PKS wrapper, with
     /// IA32_PKRS opened once outside the measurement (what an unprotected
     /// kernel pays), and no lazy mode.
@@ -48,14 +52,16 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
+    /// Every mode, in table order.
+    pub const ALL: [Mode; 4] = [
         Mode::Unprotected,
         Mode::OneSection,
         Mode::PerTable,
         Mode::NoLazy,
     ];
 
-    fn name(self) -> &'static str {
+    /// The mode's name in tables.
+    pub fn name(self) -> &'static str {
         match self {
             Mode::Unprotected => "unprotected",
             Mode::OneSection => "lazy, one section",
@@ -65,17 +71,23 @@ impl Mode {
     }
 }
 
+/// A range operation over [`PAGES`] pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Operation {
+pub enum Operation {
+    /// `map` of a run of frames.
     Map,
+    /// `protect` to read-only.
     Protect,
+    /// `zap`.
     Zap,
 }
 
 impl Operation {
-    const ALL: [Operation; 3] = [Operation::Map, Operation::Protect, Operation::Zap];
+    /// Every operation, in the order they run.
+    pub const ALL: [Operation; 3] = [Operation::Map, Operation::Protect, Operation::Zap];
 
-    fn name(self) -> &'static str {
+    /// The operation's name in tables.
+    pub fn name(self) -> &'static str {
         match self {
             Operation::Map => "map",
             Operation::Protect => "protect",
@@ -86,19 +98,36 @@ impl Operation {
 
 /// The address space an operation works on.
 #[derive(Clone, Copy, Debug)]
-struct Target {
-    name: &'static str,
-    root: PhysAddr,
-    space: SpaceId,
-    base: u64,
-    attrs: Attributes,
+pub struct Target {
+    /// Its name in tables.
+    pub name: &'static str,
+    /// Its root.
+    pub root: PhysAddr,
+    /// Its id.
+    pub space: SpaceId,
+    /// Where the pages go.
+    pub base: u64,
+    /// The mapping's attributes.
+    pub attrs: Attributes,
+    /// The gathers' scope (ignored for a registered address space, whose
+    /// lazy-TLB policy picks the CPUs).
+    pub scope: FlushScope,
 }
 
+/// What one operation cost.
 #[derive(Clone, Copy, Debug)]
-struct Row {
-    cycles: u64,
-    counts: PrimitiveCounts,
+pub struct Row {
+    /// TSC cycles on the measuring CPU.
+    pub cycles: u64,
+    /// Primitives executed, summed over every CPU.
+    pub counts: PrimitiveCounts,
+    /// Cross-call IPIs sent.
+    pub ipis: u64,
 }
+
+/// Rows by mode and operation (as in [`Mode::ALL`], [`Operation::ALL`]);
+/// `None` for a mode not measured.
+pub type Rows = [[Option<Row>; 3]; 4];
 
 fn perform<B: Backend, L: LazyMode>(
     backend: &B,
@@ -110,7 +139,7 @@ fn perform<B: Backend, L: LazyMode>(
     let tables = paging::tables_on(backend, lazy_mode, target.root, target.space);
     let va = VirtAddr(target.base);
     let len = PAGES * FRAME;
-    let mut gather = Gather::new(backend, &TABLE_FRAMES, target.space, FlushScope::Local);
+    let mut gather = Gather::new(backend, &TABLE_FRAMES, target.space, target.scope);
     match operation {
         Operation::Map => tables
             .map(va, run, len, target.attrs, PageSize::Size4K)
@@ -137,7 +166,8 @@ fn measure(
     if mode == Mode::Unprotected {
         pks::write_window(OPEN_PKRS);
     }
-    let before = paging::counts();
+    let before = paging::all_counts();
+    let ipis = xcall::IPIS_SENT.total();
     let start = cpu::rdtsc();
     let result = match mode {
         Mode::Unprotected => perform(native_backend(), &NoLazy, target, operation, run),
@@ -149,7 +179,8 @@ fn measure(
         Mode::NoLazy => perform(backend(), &NoLazy, target, operation, run),
     };
     let cycles = cpu::rdtsc() - start;
-    let counts = paging::counts() - before;
+    let counts = paging::all_counts() - before;
+    let ipis = xcall::IPIS_SENT.total() - ipis;
     if mode == Mode::Unprotected {
         pks::write_window(DEFAULT_PKRS);
     }
@@ -157,20 +188,31 @@ fn measure(
         cpu::enable_interrupts();
     }
     result?;
-    Ok(Row { cycles, counts })
+    Ok(Row {
+        cycles,
+        counts,
+        ipis,
+    })
 }
 
-/// Every mode × operation on `target`, `REPEATS` rounds; the cycles are
-/// the minimum over the rounds (the TCG TSC follows host time, so the
-/// host's other work only ever adds), and the counts must not vary.
-fn measure_all(target: &Target, run: PhysAddr, report: &mut Report) -> [[Option<Row>; 3]; 4] {
-    let mut rows: [[Option<Row>; 3]; 4] = [[None; 3]; 4];
+/// Every mode of `modes` × operation on `target`, `repeats` rounds; the
+/// cycles are the minimum over the rounds (the TCG TSC follows host time,
+/// so the host's other work only ever adds), and the counts must not vary.
+pub fn measure_all(
+    target: &Target,
+    run: PhysAddr,
+    modes: &[Mode],
+    repeats: usize,
+    report: &mut Report,
+) -> Rows {
+    let mut rows: Rows = [[None; 3]; 4];
     let mut unstable = None;
     let mut failure = None;
     // Repeats outermost: QEMU sizes its software TLB by recent use, so each
     // mode should see the others' aftermath alike.
-    for _ in 0..REPEATS {
-        for (m, &mode) in Mode::ALL.iter().enumerate() {
+    for _ in 0..repeats {
+        for &mode in modes {
+            let m = mode as usize;
             for (o, &operation) in Operation::ALL.iter().enumerate() {
                 let row = match measure(mode, target, operation, run) {
                     Ok(row) => row,
@@ -182,12 +224,12 @@ fn measure_all(target: &Target, run: PhysAddr, report: &mut Report) -> [[Option<
                 rows[m][o] = Some(match rows[m][o] {
                     None => row,
                     Some(best) => {
-                        if best.counts != row.counts {
+                        if best.counts != row.counts || best.ipis != row.ipis {
                             unstable = Some((operation, mode));
                         }
                         Row {
                             cycles: best.cycles.min(row.cycles),
-                            counts: best.counts,
+                            ..best
                         }
                     }
                 });
@@ -216,43 +258,57 @@ fn measure_all(target: &Target, run: PhysAddr, report: &mut Report) -> [[Option<
     rows
 }
 
-fn print_rows(target: &Target, rows: &[[Option<Row>; 3]; 4]) {
+const COLUMNS: [Column; 8] = [
+    Column::label("space", 7),
+    Column::label("op", 8),
+    Column::label("mode", 20),
+    Column::number("TSC cycles", 11),
+    Column::number("PKRS writes", 11),
+    Column::number("invlpg", 7),
+    Column::number("CR3", 5),
+    Column::number("CR4.PGE", 7),
+];
+
+fn print_rows(table: &Table<'_>, target: &Target, rows: &Rows) {
     for (o, &operation) in Operation::ALL.iter().enumerate() {
         for (m, &mode) in Mode::ALL.iter().enumerate() {
             if let Some(row) = rows[m][o] {
-                println!(
-                    "{:<7} {:<8} {:<20} {:>11} {:>11} {:>7} {:>5} {:>7}",
-                    target.name,
-                    operation.name(),
-                    mode.name(),
-                    row.cycles,
-                    row.counts.pkrs_writes,
-                    row.counts.invlpg,
-                    row.counts.cr3_reloads,
-                    row.counts.global_flushes
-                );
+                table.row(&[
+                    &target.name,
+                    &operation.name(),
+                    &mode.name(),
+                    &row.cycles,
+                    &row.counts.pkrs_writes,
+                    &row.counts.invlpg,
+                    &row.counts.cr3_reloads,
+                    &row.counts.global_flushes,
+                ]);
             }
         }
     }
 }
 
-/// The PKRS writes the design implies, checked against what was counted.
-fn check_pkrs(rows: &[[Option<Row>; 3]; 4]) -> Outcome {
+/// The PKRS writes the design implies, checked against what was counted
+/// (for the modes measured).
+pub fn check_pkrs(rows: &Rows) -> Outcome {
     let pte_tables = PAGES / 512;
     let pkrs = |mode: Mode, operation: Operation| {
         rows[mode as usize][operation as usize].map(|r| r.counts.pkrs_writes)
     };
+    // A mode not measured has no row at all.
+    let measured = |mode: Mode| rows[mode as usize].iter().any(Option::is_some);
+    let expect = |mode: Mode, value: u64| measured(mode).then_some(value);
     use Operation::{Map, Protect, Zap};
     for operation in Operation::ALL {
         ensure_eq!(
             pkrs(Mode::Unprotected, operation),
-            Some(0),
+            expect(Mode::Unprotected, 0),
             "{} unprotected",
             operation.name()
         );
         ensure_eq!(
             pkrs(Mode::OneSection, operation),
-            Some(2),
+            expect(Mode::OneSection, 2),
             "{} in one section",
             operation.name()
         );
@@ -263,7 +319,7 @@ fn check_pkrs(rows: &[[Option<Row>; 3]; 4]) -> Outcome {
     for operation in Operation::ALL {
         ensure_eq!(
             pkrs(Mode::PerTable, operation),
-            Some(2 * pte_tables),
+            expect(Mode::PerTable, 2 * pte_tables),
             "{}, a section per PTE table",
             operation.name()
         );
@@ -272,17 +328,17 @@ fn check_pkrs(rows: &[[Option<Row>; 3]; 4]) -> Outcome {
     // links).
     ensure_eq!(
         pkrs(Mode::NoLazy, Map),
-        Some(2 * (PAGES + pte_tables)),
+        expect(Mode::NoLazy, 2 * (PAGES + pte_tables)),
         "map without lazy mode"
     );
     ensure_eq!(
         pkrs(Mode::NoLazy, Protect),
-        Some(2 * 2 * PAGES),
+        expect(Mode::NoLazy, 2 * 2 * PAGES),
         "protect without lazy mode (get-and-clear, then write)"
     );
     ensure_eq!(
         pkrs(Mode::NoLazy, Zap),
-        Some(2 * (PAGES + pte_tables)),
+        expect(Mode::NoLazy, 2 * (PAGES + pte_tables)),
         "zap without lazy mode (PTEs, table unlinks)"
     );
     Ok(())
@@ -308,6 +364,8 @@ pub fn run(report: &mut Report) {
         space: SpaceId::KERNEL,
         base: area(16),
         attrs: Attributes::kernel_data(),
+        // The other CPUs are idle and never touch these pages.
+        scope: FlushScope::Local,
     };
     let user = Target {
         name: "user",
@@ -315,26 +373,27 @@ pub fn run(report: &mut Report) {
         space: SpaceId(1),
         base: USER_BASE,
         attrs: Attributes::user_data(),
+        scope: FlushScope::Local,
     };
 
     let irq_writes_before = pks::irq_writes();
-    let kernel_rows = measure_all(&kernel, run, report);
+    let kernel_rows = measure_all(&kernel, run, &Mode::ALL, REPEATS, report);
     paging::switch_to(user_root, SpaceId(1));
-    let user_rows = measure_all(&user, run, report);
+    let user_rows = measure_all(&user, run, &Mode::ALL, REPEATS, report);
     paging::switch_to(kernel_root(), SpaceId::KERNEL);
     let irq_writes = pks::irq_writes() - irq_writes_before;
 
-    println!();
-    println!("In-guest measurements: {PAGES} pages of 4 KiB, QEMU TCG, PKS-protected page tables");
-    println!(
-        "{:<7} {:<8} {:<20} {:>11} {:>11} {:>7} {:>5} {:>7}",
-        "space", "op", "mode", "TSC cycles", "PKRS writes", "invlpg", "CR3", "CR4.PGE"
+    let table = Table::start(
+        format_args!(
+            "In-guest measurements, one CPU (others idle): {PAGES} pages of 4 KiB, QEMU TCG, PKS"
+        ),
+        &COLUMNS,
     );
-    print_rows(&kernel, &kernel_rows);
-    print_rows(&user, &user_rows);
+    print_rows(&table, &kernel, &kernel_rows);
+    print_rows(&table, &user, &user_rows);
+    println!("cycles: minimum of {REPEATS} runs; counts: exact, identical in every run;");
     println!(
-        "cycles: minimum of {REPEATS} runs; counts: exact, identical in every run; \
-         interrupts off while measuring ({irq_writes} PKRS writes by interrupt entry/exit meanwhile)"
+        "interrupts off while measuring ({irq_writes} PKRS writes by interrupt entry/exit meanwhile)"
     );
     for (target, rows) in [(&kernel, &kernel_rows), (&user, &user_rows)] {
         for (o, &operation) in Operation::ALL.iter().enumerate() {

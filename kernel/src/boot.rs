@@ -6,7 +6,9 @@
 //! The entry code builds throw-away identity page tables (4 GiB in 2 MiB
 //! pages), enables PAE, long mode, NX, write protection and SSE, loads a
 //! flat 64-bit GDT and calls [`crate::kernel_main`]. Everything after that
-//! runs on page tables built by the library.
+//! runs on page tables built by the library. The application processors
+//! go through the same `enter_long_mode` from their trampoline
+//! ([`crate::smp`]).
 //!
 //! Sources: Xen's `xen/include/public/elfnote.h` (`XEN_ELFNOTE_PHYS32_ENTRY`
 //! = 18) and `arch-x86/hvm/start_info.h`; Intel SDM Vol. 3A §10.8.5
@@ -104,6 +106,14 @@ pvh_start:
     cmp $2048, %ecx
     jb 2b
 
+    mov $long_mode_entry, %esi
+    /* Falls through. */
+
+    /* From 32-bit protected mode with flat segments and paging off (the
+       boot CPU here, application processors from their trampoline):
+       long mode on the boot identity tables, then a jump to %esi. */
+    .global enter_long_mode
+enter_long_mode:
     mov $boot_pml4, %eax
     mov %eax, %cr3
     mov %cr4, %eax
@@ -118,10 +128,10 @@ pvh_start:
     or $((1 << 31) | (1 << 16) | (1 << 1)), %eax   /* PG, WP, MP */
     mov %eax, %cr0
     lgdt boot_gdt_pointer
-    ljmp $0x08, $long_mode_entry
+    ljmp $0x08, $in_long_mode
 
     .code64
-long_mode_entry:
+in_long_mode:
     mov $0x10, %ax
     mov %ax, %ds
     mov %ax, %es
@@ -129,8 +139,12 @@ long_mode_entry:
     xor %ax, %ax
     mov %ax, %fs
     mov %ax, %gs
+    mov %esi, %esi                  /* upper halves are undefined after the switch */
+    jmp *%rsi
+
+long_mode_entry:
     mov $boot_stack_top, %rsp
-    mov %edi, %edi                  /* upper halves are undefined after the switch */
+    mov %edi, %edi
     call kernel_main
 3:  hlt
     jmp 3b
@@ -148,6 +162,8 @@ boot_gdt_pointer:
 
     .section .bss
     .p2align 12
+    /* Also what application processors enable paging with (smp.rs). */
+    .global boot_pml4
 boot_pml4:
     .skip 4096
 boot_pdpt:

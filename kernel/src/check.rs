@@ -1,11 +1,14 @@
 //! A small test harness for the guest: named checks whose failure carries a
-//! formatted message, without an allocator.
+//! formatted message, without an allocator. Nothing here is specific to
+//! x86; the `test NAME ... ok` / `FAIL NAME: why` / `N passed, N failed`
+//! lines are what `lazymmu boot` reads.
 
 use core::fmt::{self, Write};
 
 use crate::println;
 
-/// A failure message, truncated to a fixed buffer.
+/// A short text (a failure message, a table row), formatted into a fixed
+/// buffer and truncated to it.
 pub struct Message {
     buf: [u8; 240],
     len: usize,
@@ -90,6 +93,12 @@ pub struct Report {
 }
 
 impl Report {
+    /// Prints a check that cannot run on this machine (too few CPUs); it
+    /// counts neither way.
+    pub fn skip(&mut self, name: impl fmt::Display, why: impl fmt::Display) {
+        println!("skip {name}: {why}");
+    }
+
     /// Runs one named check and prints its result.
     pub fn run(&mut self, name: impl fmt::Display, check: impl FnOnce() -> Outcome) {
         match check() {

@@ -181,3 +181,21 @@ pub fn halt() {
     // Not `nomem`: interrupt handlers run and change memory while halted.
     unsafe { asm!("hlt", options(nostack, preserves_flags)) };
 }
+
+/// Whether interrupts are enabled (RFLAGS.IF).
+#[inline]
+pub fn interrupts_enabled() -> bool {
+    let flags: u64;
+    // SAFETY: reading RFLAGS has no side effect.
+    unsafe { asm!("pushfq", "pop {}", out(reg) flags, options(nomem, preserves_flags)) };
+    flags & (1 << 9) != 0
+}
+
+/// Enables interrupts and halts until the next one, with no window between
+/// the two for an interrupt to slip through unnoticed (the instruction
+/// after STI runs before any interrupt is taken, SDM Vol. 2B "STI").
+#[inline]
+pub fn enable_and_halt() {
+    // SAFETY: as `enable_interrupts` and `halt`.
+    unsafe { asm!("sti", "hlt", options(nostack, preserves_flags)) };
+}

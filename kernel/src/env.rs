@@ -1,42 +1,47 @@
-//! The library's [`Environment`] for this kernel: one CPU, one task, no
-//! preemption. The lazy state lives in the (only) task; interrupt context is
-//! what the interrupt dispatcher says it is.
+//! The library's [`Environment`] for this kernel: the lazy state lives in
+//! the running task, interrupt context and preemption are the executing
+//! CPU's.
 
 use lazymmu::mode::{Environment, LazyState};
 
-use crate::interrupts;
-use crate::local::Local;
+use crate::{interrupts, percpu, sched};
 
-/// The kernel's only task and CPU.
+/// The running task on the executing CPU.
 #[derive(Debug, Default)]
 pub struct KernelEnv;
 
-static TASK_LAZY_STATE: Local<LazyState> = Local::new(LazyState::IDLE);
-static PREEMPT_COUNT: Local<u32> = Local::new(0);
-
 impl KernelEnv {
-    /// The preemption-disable depth (0 outside the mode's transitions).
+    /// The executing CPU's preemption-disable depth (0 outside the mode's
+    /// transitions).
     pub fn preempt_count(&self) -> u32 {
-        PREEMPT_COUNT.get()
+        percpu::preempt_count()
     }
 }
 
 impl Environment for KernelEnv {
     fn lazy_state(&self) -> LazyState {
-        TASK_LAZY_STATE.get()
+        sched::current().lazy_state()
     }
     fn set_lazy_state(&self, state: LazyState) {
-        TASK_LAZY_STATE.set(state);
+        sched::current().set_lazy_state(state);
     }
     fn in_interrupt(&self) -> bool {
         interrupts::in_interrupt()
     }
-    // There is no scheduler, so nothing can preempt; the count only checks
-    // that the mode pairs its calls.
     fn preempt_disable(&self) {
-        PREEMPT_COUNT.set(PREEMPT_COUNT.get() + 1);
+        percpu::preempt_disable();
     }
     fn preempt_enable(&self) {
-        PREEMPT_COUNT.set(PREEMPT_COUNT.get() - 1);
+        percpu::preempt_enable();
+    }
+    /// Linux's `might_sleep()` check: sleeping with preemption off or in an
+    /// interrupt ("sleeping function called from invalid context") is
+    /// counted against the running task.
+    fn might_sleep(&self) {
+        if percpu::preempt_count() != 0 || interrupts::in_interrupt() {
+            sched::current()
+                .atomic_sleeps
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
     }
 }

@@ -1,25 +1,27 @@
-//! GDT, TSS, IDT, interrupt entry, the page-fault probe and the PIT timer.
+//! GDT, TSS, IDT, interrupt entry, the page-fault probe and the timers.
 //!
-//! Every one of the 256 vectors runs on an IST stack (Intel SDM Vol. 3A
-//! §7.14.5, "Interrupt Stack Table"): exceptions on one, device interrupts
-//! on another, NMI/#DF/#MC on a third, so a fault taken inside the timer
-//! handler does not overwrite the timer's frame. The entry stub saves every
+//! Interrupts and exceptions run on the stack of whatever they interrupt,
+//! so that the timer can switch tasks from inside its handler (the frame
+//! stays on the preempted task's stack until it runs again); only NMI,
+//! #DF and #MC get an IST stack of their own (Intel SDM Vol. 3A §7.14.5,
+//! "Interrupt Stack Table"), one per CPU. The entry stub saves every
 //! general-purpose register and the SSE state (FXSAVE), and the dispatcher
 //! loads the default IA32_PKRS on entry and restores the interrupted value
 //! on return (the library's `Protected::exception_enter`/`exception_exit`,
-//! through [`crate::paging::exception_enter`]).
+//! through [`crate::paging::exception_enter`]). Every CPU has its own GDT
+//! and TSS; the IDT is shared.
 //!
-//! Each IST stack is reused by every interrupt of its class, so a page fault
-//! inside the page-fault handler would overwrite the first one's frame; the
-//! handler itself never faults, and the timer (IST 2) may take expected page
-//! faults (IST 1).
+//! The 8259s are remapped and masked; every CPU runs its own local APIC
+//! timer.
 
 use core::arch::{asm, global_asm};
 use core::ptr::addr_of;
 
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
 use crate::cpu::{self, outb};
-use crate::local::Local;
-use crate::{paging, println};
+use crate::percpu::{self, MAX_CPUS};
+use crate::{apic, paging, sched, xcall};
 
 /// Registers saved by the entry stub, lowest address first.
 #[repr(C)]
@@ -73,9 +75,10 @@ pub struct InterruptFrame {
 
 /// Vector of the page fault.
 pub const PAGE_FAULT: u64 = 14;
-/// Vector the PIT (IRQ 0) is remapped to.
-pub const TIMER_VECTOR: u64 = 32;
+/// Where the 8259s' vectors are remapped (away from the exceptions).
 const PIC_BASE: u8 = 32;
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
 
 // Page-fault error code bits (SDM Vol. 3A §5.7, "Page-Fault Exceptions").
 /// The fault was a protection violation on a present page.
@@ -145,7 +148,9 @@ interrupt_common:
     add $16, %rsp
     iretq
 
-    /* Probes: one access the page-fault handler may resume after. */
+    /* Probes: one access the page-fault handler may resume after. The
+       handler puts FAULTED | error code in %rdx and CR2 in %rcx; the
+       resume code stores CR2 through the out pointer. */
     .global probe_read
 probe_read:
     xor %edx, %edx
@@ -154,17 +159,24 @@ probe_read_access:
     mov (%rdi), %rax
     .global probe_read_resume
 probe_read_resume:
-    ret
+    test %rdx, %rdx
+    jz 1f
+    mov %rcx, (%rsi)
+1:  ret
 
     .global probe_write
 probe_write:
+    mov %rdx, %r8
     xor %edx, %edx
     .global probe_write_access
 probe_write_access:
     mov %rsi, (%rdi)
     .global probe_write_resume
 probe_write_resume:
-    xor %eax, %eax
+    test %rdx, %rdx
+    jz 1f
+    mov %rcx, (%r8)
+1:  xor %eax, %eax
     ret
 "#,
     options(att_syntax)
@@ -181,8 +193,8 @@ const FAULTED: u64 = 1 << 63;
 
 extern "C" {
     static interrupt_stubs: u8;
-    fn probe_read(address: u64) -> ProbeResult;
-    fn probe_write(address: u64, value: u64) -> ProbeResult;
+    fn probe_read(address: u64, fault_address: *mut u64) -> ProbeResult;
+    fn probe_write(address: u64, value: u64, fault_address: *mut u64) -> ProbeResult;
     static probe_read_access: u8;
     static probe_read_resume: u8;
     static probe_write_access: u8;
@@ -198,16 +210,16 @@ pub struct PageFault {
     pub error_code: u64,
 }
 
-static LAST_FAULT_ADDRESS: Local<u64> = Local::new(0);
-
 /// Reads the 8 bytes at `address`, returning the page fault instead of the
 /// value if the access faults.
 pub fn read(address: u64) -> Result<u64, PageFault> {
+    let mut fault_address = 0;
     // SAFETY: the access is either allowed by the page tables (then it reads
     // 8 bytes the caller chose to inspect: the kernel never relies on them
-    // not changing) or faults, and the fault handler resumes after it.
-    let result = unsafe { probe_read(address) };
-    probe_result(result)
+    // not changing) or faults, and the fault handler resumes after it; the
+    // out pointer is a live local.
+    let result = unsafe { probe_read(address, &mut fault_address) };
+    probe_result(result, fault_address)
 }
 
 /// Writes `value` to the 8 bytes at `address`, returning the page fault if
@@ -216,15 +228,17 @@ pub fn read(address: u64) -> Result<u64, PageFault> {
 /// # Safety
 /// If the write succeeds it changes memory: the caller must own it.
 pub unsafe fn write(address: u64, value: u64) -> Result<(), PageFault> {
-    // SAFETY: the caller owns the memory; a fault is resumed by the handler.
-    let result = unsafe { probe_write(address, value) };
-    probe_result(result).map(|_| ())
+    let mut fault_address = 0;
+    // SAFETY: the caller owns the memory; a fault is resumed by the handler;
+    // the out pointer is a live local.
+    let result = unsafe { probe_write(address, value, &mut fault_address) };
+    probe_result(result, fault_address).map(|_| ())
 }
 
-fn probe_result(result: ProbeResult) -> Result<u64, PageFault> {
+fn probe_result(result: ProbeResult, fault_address: u64) -> Result<u64, PageFault> {
     if result.fault & FAULTED != 0 {
         Err(PageFault {
-            address: LAST_FAULT_ADDRESS.get(),
+            address: fault_address,
             error_code: result.fault & !FAULTED,
         })
     } else {
@@ -246,34 +260,33 @@ struct TaskStateSegment {
 }
 
 #[repr(C, align(16))]
-struct Stack([u8; 32 * 1024]);
+struct Stack([u8; 16 * 1024]);
 
-static mut EXCEPTION_STACK: Stack = Stack([0; 32 * 1024]);
-static mut IRQ_STACK: Stack = Stack([0; 32 * 1024]);
-static mut CRITICAL_STACK: Stack = Stack([0; 32 * 1024]);
+/// One IST stack per CPU for NMI, #DF and #MC.
+static mut CRITICAL_STACKS: [Stack; MAX_CPUS] = [const { Stack([0; 16 * 1024]) }; MAX_CPUS];
 
-/// IST indices (1-based, as the IDT encodes them).
-const IST_EXCEPTION: u8 = 1;
-const IST_IRQ: u8 = 2;
-const IST_CRITICAL: u8 = 3;
+/// IST index (1-based, as the IDT encodes it).
+const IST_CRITICAL: u8 = 1;
 
-static mut TSS: TaskStateSegment = TaskStateSegment {
-    reserved0: 0,
-    privilege_stacks: [0; 3],
-    reserved1: 0,
-    interrupt_stacks: [0; 7],
-    reserved2: 0,
-    reserved3: 0,
-    io_map_base: size_of::<TaskStateSegment>() as u16,
-};
+static mut TSS: [TaskStateSegment; MAX_CPUS] = [const {
+    TaskStateSegment {
+        reserved0: 0,
+        privilege_stacks: [0; 3],
+        reserved1: 0,
+        interrupt_stacks: [0; 7],
+        reserved2: 0,
+        reserved3: 0,
+        io_map_base: size_of::<TaskStateSegment>() as u16,
+    }
+}; MAX_CPUS];
 
-static mut GDT: [u64; 5] = [
+static mut GDT: [[u64; 5]; MAX_CPUS] = [[
     0,
     0x00af_9a00_0000_ffff, // 0x08: 64-bit kernel code
     0x00cf_9200_0000_ffff, // 0x10: kernel data
     0,                     // 0x18: TSS (two slots)
     0,
-];
+]; MAX_CPUS];
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -303,27 +316,46 @@ struct DescriptorPointer {
     base: u64,
 }
 
-fn stack_top(stack: *const Stack) -> u64 {
-    stack as u64 + size_of::<Stack>() as u64
+/// Fills the shared IDT. Once, on the boot CPU, before [`init_this_cpu`].
+pub fn init_idt() {
+    // SAFETY: runs once on the boot CPU before any other CPU is started and
+    // before interrupts are enabled, so nothing reads the IDT meanwhile.
+    unsafe {
+        let stubs = addr_of!(interrupt_stubs) as u64;
+        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        for (vector, entry) in idt.iter_mut().enumerate() {
+            let handler = stubs + 16 * vector as u64;
+            let ist = match vector {
+                2 | 8 | 18 => IST_CRITICAL,
+                _ => 0,
+            };
+            *entry = IdtEntry {
+                offset_low: handler as u16,
+                selector: 0x08,
+                ist,
+                attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
+                offset_mid: (handler >> 16) as u16,
+                offset_high: (handler >> 32) as u32,
+                reserved: 0,
+            };
+        }
+    }
 }
 
-/// Loads the GDT with a TSS carrying the IST stacks, and the IDT. Must run
-/// once, before interrupts are enabled.
-pub fn init() {
-    // SAFETY: runs once on the boot CPU before any interrupt can arrive, so
-    // nothing else accesses the tables while they are built; the tables are
-    // statics and live forever, as the CPU requires.
+/// Loads CPU `index`'s GDT (with its TSS and IST stack) and the IDT. Runs
+/// once per CPU, on that CPU, before it enables interrupts.
+pub fn init_this_cpu(index: usize) {
+    // SAFETY: CPU `index`'s GDT, TSS and stack are touched only here, by
+    // that CPU, once; the tables are statics and live forever, as the CPU
+    // requires. The IDT was filled before any CPU loads it.
     unsafe {
-        let tss = &mut *core::ptr::addr_of_mut!(TSS);
-        tss.interrupt_stacks[usize::from(IST_EXCEPTION - 1)] =
-            stack_top(core::ptr::addr_of!(EXCEPTION_STACK));
-        tss.interrupt_stacks[usize::from(IST_IRQ - 1)] = stack_top(core::ptr::addr_of!(IRQ_STACK));
+        let tss = &mut (*core::ptr::addr_of_mut!(TSS))[index];
         tss.interrupt_stacks[usize::from(IST_CRITICAL - 1)] =
-            stack_top(core::ptr::addr_of!(CRITICAL_STACK));
+            stack_top(&(*core::ptr::addr_of!(CRITICAL_STACKS))[index]);
 
-        let base = core::ptr::addr_of!(TSS) as u64;
+        let base = tss as *const TaskStateSegment as u64;
         let limit = (size_of::<TaskStateSegment>() - 1) as u64;
-        let gdt = &mut *core::ptr::addr_of_mut!(GDT);
+        let gdt = &mut (*core::ptr::addr_of_mut!(GDT))[index];
         // Available 64-bit TSS, present (SDM Vol. 3A §8.2.3, Figure 8-4).
         gdt[3] = (limit & 0xffff)
             | ((base & 0xff_ffff) << 16)
@@ -351,26 +383,7 @@ pub fn init() {
             pointer = in(reg) &gdt_pointer,
             tmp = out(reg) _,
         );
-
-        let stubs = addr_of!(interrupt_stubs) as u64;
-        let idt = &mut *core::ptr::addr_of_mut!(IDT);
-        for (vector, entry) in idt.iter_mut().enumerate() {
-            let handler = stubs + 16 * vector as u64;
-            let ist = match vector {
-                2 | 8 | 18 => IST_CRITICAL,
-                0..=31 => IST_EXCEPTION,
-                _ => IST_IRQ,
-            };
-            *entry = IdtEntry {
-                offset_low: handler as u16,
-                selector: 0x08,
-                ist,
-                attributes: 0x8e, // present, DPL 0, 64-bit interrupt gate
-                offset_mid: (handler >> 16) as u16,
-                offset_high: (handler >> 32) as u32,
-                reserved: 0,
-            };
-        }
+        let idt = &*core::ptr::addr_of!(IDT);
         let idt_pointer = DescriptorPointer {
             limit: (size_of::<[IdtEntry; 256]>() - 1) as u16,
             base: idt.as_ptr() as u64,
@@ -379,50 +392,104 @@ pub fn init() {
     }
 }
 
+fn stack_top(stack: *const Stack) -> u64 {
+    stack as u64 + size_of::<Stack>() as u64
+}
+
 // ---- interrupt context and handlers ----
 
-static IRQ_DEPTH: Local<u32> = Local::new(0);
-static TICKS: Local<u64> = Local::new(0);
-static TIMER_HOOK: Local<Option<fn()>> = Local::new(None);
+/// Timer ticks since boot: the boot CPU's (Linux's `jiffies`, advanced by
+/// one CPU).
+static TICKS: AtomicU64 = AtomicU64::new(0);
+/// A function per CPU that its timer handler calls on every tick (0: none).
+static TIMER_HOOKS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
 
-/// Whether the CPU is running an interrupt or exception handler.
+/// Whether the executing CPU is running an interrupt or exception handler.
 pub fn in_interrupt() -> bool {
-    IRQ_DEPTH.get() > 0
+    percpu::irq_depth() > 0
 }
 
-/// Timer interrupts taken since boot.
+/// Timer ticks since boot (the boot CPU's).
 pub fn ticks() -> u64 {
-    TICKS.get()
+    TICKS.load(Ordering::Acquire)
 }
 
-/// Installs (or with `None` removes) a function the timer handler calls on
-/// every tick, in interrupt context.
+/// Installs (or with `None` removes) a function CPU `cpu`'s timer handler
+/// calls on every tick, in interrupt context.
+pub fn set_timer_hook_on(cpu: usize, hook: Option<fn()>) {
+    TIMER_HOOKS[cpu].store(hook.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// Installs (or removes) the timer hook of the executing CPU; the caller
+/// stays on it (a pinned task).
 pub fn set_timer_hook(hook: Option<fn()>) {
-    TIMER_HOOK.set(hook);
+    set_timer_hook_on(percpu::cpu_index(), hook);
+}
+
+fn run_timer_hook() {
+    let hook = TIMER_HOOKS[percpu::cpu_index()].load(Ordering::Acquire);
+    if hook != 0 {
+        // SAFETY: the slot only ever holds 0 or a `fn()` stored by
+        // `set_timer_hook_on`.
+        let hook: fn() = unsafe { core::mem::transmute::<usize, fn()>(hook) };
+        hook();
+    }
 }
 
 #[no_mangle]
 extern "C" fn interrupt_dispatch(frame: &mut InterruptFrame) {
     // In interrupt context first, so the key-register writes of the entry
     // are counted as interrupt work.
-    IRQ_DEPTH.set(IRQ_DEPTH.get() + 1);
+    percpu::irq_enter();
     let key_frame = paging::exception_enter();
-    match frame.vector {
-        PAGE_FAULT => page_fault(frame),
-        TIMER_VECTOR => {
-            TICKS.increment();
-            if let Some(hook) = TIMER_HOOK.get() {
-                hook();
-            }
-            // SAFETY: end of interrupt to the master PIC, which we drive.
-            unsafe { outb(0x20, 0x20) };
+    let asynchronous = match frame.vector {
+        PAGE_FAULT => {
+            page_fault(frame);
+            false
         }
         // Spurious IRQ 7 / 15 from the 8259: no EOI to the master.
-        39 | 47 => {}
+        39 | 47 => false,
+        v if v == u64::from(apic::TIMER_VECTOR) => {
+            let cpu = percpu::this_cpu();
+            cpu.ticks.fetch_add(1, Ordering::Relaxed);
+            if cpu.index() == 0 {
+                TICKS.fetch_add(1, Ordering::AcqRel);
+            }
+            run_timer_hook();
+            sched::tick();
+            apic::eoi();
+            true
+        }
+        v if v == u64::from(apic::CALL_FUNCTION_VECTOR) => {
+            xcall::handle_pending();
+            apic::eoi();
+            true
+        }
+        v if v == u64::from(apic::RESCHEDULE_VECTOR) => {
+            percpu::this_cpu()
+                .need_resched
+                .store(true, Ordering::Release);
+            apic::eoi();
+            true
+        }
+        // The spurious vector needs no EOI (SDM Vol. 3A §11.9).
+        v if v == u64::from(apic::SPURIOUS_VECTOR) => false,
+        v if v == u64::from(apic::ERROR_VECTOR) => fatal(frame, "local APIC error (see its ESR)"),
         _ => fatal(frame, "unexpected exception"),
-    }
+    };
     paging::exception_exit(key_frame);
-    IRQ_DEPTH.set(IRQ_DEPTH.get() - 1);
+    percpu::irq_exit();
+    // Preempt on the way out of an interrupt that arrived in preemptible
+    // task context (Linux's irqentry_exit_cond_resched): the EOI is sent,
+    // the key register is the task's again, and this frame stays on the
+    // task's stack until it runs next.
+    if asynchronous
+        && frame.rflags & RFLAGS_IF != 0
+        && percpu::irq_depth() == 0
+        && percpu::preempt_count() == 0
+    {
+        sched::preempt_from_interrupt();
+    }
 }
 
 fn page_fault(frame: &mut InterruptFrame) {
@@ -430,7 +497,7 @@ fn page_fault(frame: &mut InterruptFrame) {
     let read_access = addr_of!(probe_read_access) as u64;
     let write_access = addr_of!(probe_write_access) as u64;
     if frame.rip == read_access || frame.rip == write_access {
-        LAST_FAULT_ADDRESS.set(address);
+        frame.rcx = address;
         frame.rdx = FAULTED | frame.error_code;
         frame.rax = 0;
         frame.rip = if frame.rip == read_access {
@@ -440,31 +507,28 @@ fn page_fault(frame: &mut InterruptFrame) {
         };
         return;
     }
-    println!("page fault at {address:#x}");
     fatal(frame, "unexpected page fault");
 }
 
 fn fatal(frame: &InterruptFrame, what: &str) -> ! {
-    println!(
-        "FATAL: {what}: vector {} error {:#x} rip {:#x} rsp {:#x} cr2 {:#x}",
+    crate::serial::print_fmt_dying(format_args!(
+        "FATAL: {what} on CPU {}: vector {} error {:#x} rip {:#x} rsp {:#x} cr2 {:#x}\n",
+        percpu::cpu_index(),
         frame.vector,
         frame.error_code,
         frame.rip,
         frame.rsp,
         cpu::read_cr2()
-    );
+    ));
     crate::exit::exit(crate::exit::FAILURE)
 }
 
-/// Remaps the 8259 PICs to vectors 32–47, unmasks only IRQ 0 and programs
-/// PIT channel 0 as a rate generator at `hz` (Intel 8254 datasheet; the
-/// PIT input clock is 1.193182 MHz).
-pub fn start_timer(hz: u32) {
-    let divisor = (1_193_182 / hz).clamp(1, 0xffff) as u16;
-    // SAFETY: the PICs and the PIT are the kernel's; the IDT has entries for
-    // vectors 32–47 before this is called.
+/// Remaps the 8259 PICs to vectors 32–47 and masks every line (ICW1–ICW4,
+/// Intel 8259A datasheet): the local APICs take all interrupts, and a
+/// stray 8259 interrupt cannot land on an exception vector.
+pub fn mask_pic() {
+    // SAFETY: the PICs are the kernel's; the sequence only remaps and masks.
     unsafe {
-        // ICW1..ICW4 for both PICs.
         outb(0x20, 0x11);
         outb(0xa0, 0x11);
         outb(0x21, PIC_BASE);
@@ -473,11 +537,7 @@ pub fn start_timer(hz: u32) {
         outb(0xa1, 0x02);
         outb(0x21, 0x01);
         outb(0xa1, 0x01);
-        outb(0x21, 0xfe); // only IRQ 0
+        outb(0x21, 0xff);
         outb(0xa1, 0xff);
-        // Channel 0, lobyte/hibyte, mode 2.
-        outb(0x43, 0x34);
-        outb(0x40, divisor as u8);
-        outb(0x40, (divisor >> 8) as u8);
     }
 }

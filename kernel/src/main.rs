@@ -2,10 +2,14 @@
 //! paging hardware, with its page tables protected by PKS, and reports the
 //! results of its tests and measurements on COM1.
 //!
-//! Boot: PVH entry ([`boot`]) → long mode on identity tables → IDT, PKS,
-//! frame pools → the library builds the kernel's real tables (image, direct
-//! map) → timer → tests ([`tests`]) → measurements ([`bench`]) →
-//! `N passed, N failed` → `isa-debug-exit`.
+//! Boot: PVH entry ([`boot`]) → long mode on identity tables → per-CPU
+//! data, IDT, PKS, frame pools → the library builds the kernel's real
+//! tables (image, direct map) → local APIC, its timer calibrated against
+//! PIT channel 2 → the other CPUs through INIT-SIPI-SIPI ([`smp`]) → the
+//! one-CPU tests ([`tests`]) and measurements ([`bench`]) → the tests on
+//! every CPU ([`smp_tests`]) and their measurements ([`smp_bench`]), the
+//! `active_mm` ones once per lazy-TLB policy → `N passed, N failed` →
+//! `isa-debug-exit`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -15,6 +19,8 @@
 // allocator); the size of that `Err` is irrelevant off the hot paths.
 #![allow(clippy::result_large_err)]
 
+mod acpi;
+mod apic;
 mod bench;
 mod boot;
 mod check;
@@ -22,17 +28,28 @@ mod cpu;
 mod env;
 mod exit;
 mod interrupts;
-mod local;
+mod linux70;
 mod memory;
+mod mm;
 mod paging;
+mod percpu;
 mod pks;
+mod sched;
 mod serial;
+mod smp;
+mod smp_backend;
+mod smp_bench;
+mod smp_tests;
+mod sync;
+mod table;
 mod tests;
+mod xcall;
 
 use core::panic::PanicInfo;
 
-/// Timer frequency: frequent enough that interrupts land inside sections.
-const TIMER_HZ: u32 = 1000;
+/// Timer frequency on every CPU: frequent enough that interrupts land
+/// inside sections.
+pub const TIMER_HZ: u32 = 1000;
 
 extern "C" {
     static __kernel_end: u8;
@@ -42,9 +59,12 @@ extern "C" {
 /// physical address of `hvm_start_info`.
 #[no_mangle]
 extern "C" fn kernel_main(start_info: u64) -> ! {
+    percpu::init(0);
+    sched::init_boot();
     serial::init();
     println!("lazymmu kernel: booted (PVH start_info at {start_info:#x})");
-    interrupts::init();
+    interrupts::init_idt();
+    interrupts::init_this_cpu(0);
     if let Err(error) = setup(start_info) {
         println!("FATAL: {error}");
         println!("0 passed, 1 failed");
@@ -52,6 +72,17 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
     }
     let mut report = tests::run_all();
     bench::run(&mut report);
+    smp_tests::run_all(&mut report);
+    smp_bench::run_range_operations(&mut report);
+    for world in 0..mm::WORLDS {
+        if world > 0 {
+            mm::activate_next_world();
+        }
+        smp_tests::run_active_mm(&mut report);
+        smp_bench::run_context_switches(&mut report, world);
+    }
+    smp_bench::print_context_switches();
+    smp_tests::run_accounting(&mut report);
     println!("{} passed, {} failed", report.passed, report.failed);
     exit::exit(if report.failed == 0 {
         exit::SUCCESS
@@ -61,6 +92,11 @@ extern "C" fn kernel_main(start_info: u64) -> ! {
 }
 
 fn setup(start_info: u64) -> Result<(), &'static str> {
+    let kernel_end = &raw const __kernel_end as u64;
+    let map = memory::MemoryMap::from_start_info(start_info, kernel_end)?;
+    let cpus = acpi::cpus(acpi::rsdp_from_start_info(start_info))?;
+    // Low memory is free once the PVH structures have been read.
+    smp::install_trampoline();
     pks::enable()?;
     println!(
         "PKS: on (CR4.PKS), page tables carry key {}, IA32_PKRS default {:#x}",
@@ -68,8 +104,6 @@ fn setup(start_info: u64) -> Result<(), &'static str> {
         pks::DEFAULT_PKRS
     );
     paging::init_backend();
-    let kernel_end = &raw const __kernel_end as u64;
-    let map = memory::MemoryMap::from_start_info(start_info, kernel_end)?;
     memory::init_pools(&map)?;
     paging::init(&map)?;
     let tables = memory::PAGE_TABLE_FRAMES.region();
@@ -87,20 +121,53 @@ fn setup(start_info: u64) -> Result<(), &'static str> {
         "paging: the library's tables are loaded (CR3 {:#x})",
         cpu::read_cr3()
     );
-    interrupts::start_timer(TIMER_HZ);
+    apic::map()?;
+    let boot_apic = apic::init_this_cpu()?;
+    mm::init()?;
+    mm::boot_cpu();
+    sched::create_idle(0);
+    interrupts::mask_pic();
+    apic::calibrate(20);
+    apic::start_timer(TIMER_HZ);
     cpu::enable_interrupts();
+    percpu::set_online();
     let start = interrupts::ticks();
     while interrupts::ticks() < start + 2 {
         cpu::halt();
     }
-    println!("timer: PIT at {TIMER_HZ} Hz, interrupts on IST stacks");
+    println!(
+        "timer: local APIC at {TIMER_HZ} Hz on every CPU ({} counts/ms, TSC {} kHz, against PIT channel 2)",
+        apic::timer_counts_per_ms(),
+        apic::tsc_per_ms()
+    );
+    let online = smp::start_application_processors(&cpus)?;
+    print!("smp: {online} CPUs online (xAPIC ids");
+    for cpu in 0..online {
+        print!(
+            " {}",
+            percpu::cpu(cpu)
+                .apic_id
+                .load(core::sync::atomic::Ordering::Acquire)
+        );
+    }
+    println!(
+        "; boot CPU {boot_apic}), INIT-SIPI-SIPI with the trampoline at {:#x}{}",
+        smp::TRAMPOLINE,
+        if cpus.ignored > 0 {
+            ", more CPUs than the kernel supports left parked"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 
 #[panic_handler]
 fn panic(info: &PanicInfo<'_>) -> ! {
     cpu::disable_interrupts();
-    println!("PANIC: {info}");
-    println!("0 passed, 1 failed");
+    serial::print_fmt_dying(format_args!(
+        "PANIC on CPU {}: {info}\n0 passed, 1 failed\n",
+        percpu::cpu_index()
+    ));
     exit::exit(exit::FAILURE)
 }

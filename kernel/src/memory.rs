@@ -2,13 +2,12 @@
 //! which the direct map tags with the page-table protection key, and data
 //! frames), and the direct map's physical-to-virtual translation.
 
-use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use lazymmu::addr::PhysAddr;
 
 use crate::boot::{MemmapEntry, StartInfo, MEMMAP_RAM, START_INFO_MAGIC};
-use crate::cpu;
-use crate::local::Local;
+use crate::sync::SpinLock;
 
 /// Bytes in a frame.
 pub const FRAME: u64 = 4096;
@@ -25,13 +24,13 @@ pub const PAGE_TABLE_POOL_FRAMES: usize = 2048;
 /// The most data frames the kernel manages (bitmap capacity: 512 MiB).
 const MAX_DATA_FRAMES: usize = 128 * 1024;
 
-static DIRECT_MAP_ON: Local<bool> = Local::new(false);
+static DIRECT_MAP_ON: AtomicBool = AtomicBool::new(false);
 
 /// The virtual address through which the kernel reaches `phys`: the boot
 /// identity map until the library's tables are loaded, the direct map after.
 #[inline]
 pub fn phys_to_virt(phys: PhysAddr) -> u64 {
-    if DIRECT_MAP_ON.get() {
+    if DIRECT_MAP_ON.load(Ordering::Relaxed) {
         DIRECT_MAP_BASE + phys.0
     } else {
         phys.0
@@ -41,7 +40,7 @@ pub fn phys_to_virt(phys: PhysAddr) -> u64 {
 /// Switches [`phys_to_virt`] to the direct map (after CR3 is loaded with
 /// tables that have one).
 pub fn use_direct_map() {
-    DIRECT_MAP_ON.set(true);
+    DIRECT_MAP_ON.store(true, Ordering::Release);
 }
 
 /// A usable physical range.
@@ -129,19 +128,19 @@ impl MemoryMap {
 }
 
 /// A pool of frames over one contiguous physical range, tracked by a
-/// bitmap. Interrupts are disabled while it is updated, since interrupt
-/// handlers may allocate.
+/// bitmap under a spinlock (interrupt handlers may allocate too).
+/// Arch-neutral: nothing here depends on x86.
 pub struct FramePool<const WORDS: usize> {
-    base: Local<u64>,
-    frames: Local<usize>,
-    used: Local<usize>,
-    hint: Local<usize>,
-    bitmap: UnsafeCell<[u64; WORDS]>,
+    state: SpinLock<PoolState<WORDS>>,
 }
 
-// SAFETY: one CPU, and every access to the bitmap runs with interrupts
-// disabled, so no two accesses overlap.
-unsafe impl<const WORDS: usize> Sync for FramePool<WORDS> {}
+struct PoolState<const WORDS: usize> {
+    base: u64,
+    frames: usize,
+    used: usize,
+    hint: usize,
+    bitmap: [u64; WORDS],
+}
 
 /// Why a frame cannot be freed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,70 +155,78 @@ impl<const WORDS: usize> FramePool<WORDS> {
     /// An empty pool; [`FramePool::init`] gives it its range.
     pub const fn new() -> Self {
         Self {
-            base: Local::new(0),
-            frames: Local::new(0),
-            used: Local::new(0),
-            hint: Local::new(0),
-            bitmap: UnsafeCell::new([0; WORDS]),
+            state: SpinLock::new(PoolState {
+                base: 0,
+                frames: 0,
+                used: 0,
+                hint: 0,
+                bitmap: [0; WORDS],
+            }),
         }
     }
 
     /// Manages `region` (clipped to the bitmap's capacity).
     pub fn init(&self, region: Region) {
-        self.base.set(region.start);
-        self.frames.set(region.frames().min(WORDS * 64));
-        self.used.set(0);
-        self.hint.set(0);
+        let mut state = self.state.lock();
+        state.base = region.start;
+        state.frames = region.frames().min(WORDS * 64);
+        state.used = 0;
+        state.hint = 0;
+        state.bitmap = [0; WORDS];
     }
 
     /// The range managed.
     pub fn region(&self) -> Region {
+        let state = self.state.lock();
         Region {
-            start: self.base.get(),
-            end: self.base.get() + self.frames.get() as u64 * FRAME,
+            start: state.base,
+            end: state.base + state.frames as u64 * FRAME,
         }
-    }
-
-    /// Whether `frame` lies in the pool.
-    pub fn contains(&self, frame: PhysAddr) -> bool {
-        let region = self.region();
-        (region.start..region.end).contains(&frame.0)
     }
 
     /// Frames currently allocated.
     pub fn used(&self) -> usize {
-        self.used.get()
-    }
-
-    fn with_bitmap<R>(&self, f: impl FnOnce(&mut [u64; WORDS]) -> R) -> R {
-        let were_enabled = cpu::disable_interrupts();
-        // SAFETY: interrupts are off and `f` does not call back into the
-        // pool, so this is the only reference to the bitmap.
-        let result = f(unsafe { &mut *self.bitmap.get() });
-        if were_enabled {
-            cpu::enable_interrupts();
-        }
-        result
+        self.state.lock().used
     }
 
     /// A free frame, or `None` when the pool is exhausted.
     pub fn allocate(&self) -> Option<PhysAddr> {
-        let frames = self.frames.get();
-        let start = self.hint.get();
-        let found = self.with_bitmap(|bitmap| {
-            for step in 0..frames {
-                let index = (start + step) % frames;
-                let (word, bit) = (index / 64, index % 64);
-                if bitmap[word] & (1 << bit) == 0 {
-                    bitmap[word] |= 1 << bit;
-                    return Some(index);
+        self.allocate_run(1)
+    }
+
+    /// `n` physically contiguous free frames (the first is returned), or
+    /// `None` when no such run is free. One search under the lock, so runs
+    /// allocated by several CPUs at once do not interleave.
+    pub fn allocate_run(&self, n: usize) -> Option<PhysAddr> {
+        let mut state = self.state.lock();
+        let frames = state.frames;
+        if n == 0 || n > frames {
+            return None;
+        }
+        let is_free =
+            |state: &PoolState<WORDS>, i: usize| state.bitmap[i / 64] & (1 << (i % 64)) == 0;
+        let start = state.hint % frames;
+        let mut step = 0;
+        while step < frames {
+            let first = (start + step) % frames;
+            if first + n > frames {
+                // A run does not wrap around the end of the pool.
+                step += frames - first;
+                continue;
+            }
+            match (first..first + n).find(|&i| !is_free(&state, i)) {
+                Some(taken) => step += taken - first + 1,
+                None => {
+                    for i in first..first + n {
+                        state.bitmap[i / 64] |= 1 << (i % 64);
+                    }
+                    state.hint = first + n;
+                    state.used += n;
+                    return Some(PhysAddr(state.base + first as u64 * FRAME));
                 }
             }
-            None
-        })?;
-        self.hint.set(found + 1);
-        self.used.set(self.used.get() + 1);
-        Some(PhysAddr(self.base.get() + found as u64 * FRAME))
+        }
+        None
     }
 
     /// Returns `frame` to the pool.
@@ -228,20 +235,18 @@ impl<const WORDS: usize> FramePool<WORDS> {
     /// [`FreeError`] for a frame outside the pool or one already free
     /// (nothing changes).
     pub fn free(&self, frame: PhysAddr) -> Result<(), FreeError> {
-        if !self.contains(frame) || !frame.0.is_multiple_of(FRAME) {
+        let mut state = self.state.lock();
+        let end = state.base + state.frames as u64 * FRAME;
+        if !(state.base..end).contains(&frame.0) || !frame.0.is_multiple_of(FRAME) {
             return Err(FreeError::Foreign(frame));
         }
-        let index = ((frame.0 - self.base.get()) / FRAME) as usize;
+        let index = ((frame.0 - state.base) / FRAME) as usize;
         let (word, bit) = (index / 64, index % 64);
-        let was_used = self.with_bitmap(|bitmap| {
-            let was_used = bitmap[word] & (1 << bit) != 0;
-            bitmap[word] &= !(1 << bit);
-            was_used
-        });
-        if !was_used {
+        if state.bitmap[word] & (1 << bit) == 0 {
             return Err(FreeError::DoubleFree(frame));
         }
-        self.used.set(self.used.get() - 1);
+        state.bitmap[word] &= !(1 << bit);
+        state.used -= 1;
         Ok(())
     }
 }

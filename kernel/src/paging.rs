@@ -1,7 +1,8 @@
 //! The kernel's page tables, built and changed only by the library: the
 //! memory they live in, the frame allocator they come from, the x86-64
 //! backend with real instructions, wrapped so that entries are written only
-//! through a PKS window, and the lazy mode (the counter design) on top.
+//! through a PKS window (and, for several CPUs, in [`SmpBackend`]), and the
+//! lazy mode (the counter design) on top.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,9 +20,11 @@ use lazymmu::pgtable::ops::{allocate_root, PageTables};
 
 use crate::cpu;
 use crate::env::KernelEnv;
-use crate::local::{Global, Local};
 use crate::memory::{self, MemoryMap, Region, DATA_FRAMES, PAGE_TABLE_FRAMES};
+use crate::percpu::{self, PerCpuCounter};
 use crate::pks::{self, PAGE_TABLE_KEY};
+use crate::smp_backend::{self, SmpBackend};
+use crate::sync::Global;
 
 /// Page-table memory: entries are reached through the direct map (the boot
 /// identity map before it exists).
@@ -109,18 +112,27 @@ impl core::ops::Sub for PrimitiveCounts {
     }
 }
 
-static INVLPG: Local<u64> = Local::new(0);
-static CR3_RELOADS: Local<u64> = Local::new(0);
-static GLOBAL_FLUSHES: Local<u64> = Local::new(0);
-static LOADED_SPACE: Local<SpaceId> = Local::new(SpaceId::KERNEL);
+static INVLPG: PerCpuCounter = PerCpuCounter::new();
+static CR3_RELOADS: PerCpuCounter = PerCpuCounter::new();
+static GLOBAL_FLUSHES: PerCpuCounter = PerCpuCounter::new();
 
-/// The counters so far.
+/// The executing CPU's counters so far (the caller stays on it).
 pub fn counts() -> PrimitiveCounts {
     PrimitiveCounts {
-        invlpg: INVLPG.get(),
-        cr3_reloads: CR3_RELOADS.get(),
-        global_flushes: GLOBAL_FLUSHES.get(),
+        invlpg: INVLPG.here(),
+        cr3_reloads: CR3_RELOADS.here(),
+        global_flushes: GLOBAL_FLUSHES.here(),
         pkrs_writes: pks::writes(),
+    }
+}
+
+/// Every CPU's counters so far, summed.
+pub fn all_counts() -> PrimitiveCounts {
+    PrimitiveCounts {
+        invlpg: INVLPG.total(),
+        cr3_reloads: CR3_RELOADS.total(),
+        global_flushes: GLOBAL_FLUSHES.total(),
+        pkrs_writes: pks::total_writes(),
     }
 }
 
@@ -161,52 +173,57 @@ impl X86Primitives for KernelPrimitives {
     }
 
     fn current_cpu(&self) -> u32 {
-        0
+        percpu::cpu_index() as u32
     }
 
     fn loaded_space(&self) -> SpaceId {
-        LOADED_SPACE.get()
+        SpaceId(percpu::this_cpu().loaded_space.load(Ordering::Acquire))
     }
 
+    /// `native_flush_tlb_multi`: a cross-call running the flush on every
+    /// CPU of the mask, waiting for all.
     fn shootdown(&self, cpus: u64, request: RemoteFlush) {
-        panic!("shootdown to CPUs {cpus:#x} ({request:?}) on a one-CPU kernel");
+        let flush =
+            move |_cpu: usize| lazymmu::backend::x86::flush_locally(&KernelPrimitives, request);
+        crate::mm::tlb_cross_call(cpus, &flush, || {});
     }
 
-    // One CPU and no scheduler: no task can move between a local flush and
-    // a shootdown, so there is nothing to disable.
-    fn preempt_disable(&self) {}
-    fn preempt_enable(&self) {}
+    fn preempt_disable(&self) {
+        percpu::preempt_disable();
+    }
+    fn preempt_enable(&self) {
+        percpu::preempt_enable();
+    }
 }
 
 /// The key register and the machine state the protected wrapper consults.
 #[derive(Debug)]
 pub struct KernelKeys;
 
-static SECTION_KEY: Local<Option<u64>> = Local::new(None);
-static LIVE_KEY: Local<Option<u64>> = Local::new(None);
-static BACKEND_BUGS: Local<u64> = Local::new(0);
-
-/// Misuse the protected wrapper reported (double enter, key-frame mismatch).
+/// Misuse the backend reported (double enter, key-frame mismatch) that no
+/// test provoked on purpose.
 pub fn backend_bugs() -> u64 {
-    BACKEND_BUGS.get()
+    smp_backend::UNEXPECTED_BUGS.load(Ordering::Relaxed)
 }
 
 impl CpuPrimitives for KernelKeys {
     fn cpu_id(&self) -> usize {
-        0
+        percpu::cpu_index()
     }
     fn in_interrupt(&self) -> bool {
         crate::interrupts::in_interrupt()
     }
-    // No scheduler: nothing to disable.
-    fn preempt_disable(&self) {}
-    fn preempt_enable(&self) {}
+    fn preempt_disable(&self) {
+        percpu::preempt_disable();
+    }
+    fn preempt_enable(&self) {
+        percpu::preempt_enable();
+    }
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         MEMORY.read(entry)
     }
     fn report(&self, bug: BackendBug) {
-        BACKEND_BUGS.increment();
-        crate::println!("FAIL backend bug: {bug}");
+        smp_backend::report(bug);
     }
 }
 
@@ -217,23 +234,18 @@ impl KeyRegister for KernelKeys {
     fn write_key(&self, value: u64) {
         pks::write_window(value);
     }
-    // One task: its saved copies are plain globals.
+    // The running task's saved copies.
     fn task_key(&self, slot: KeySlot) -> Option<u64> {
-        match slot {
-            KeySlot::Live => LIVE_KEY.get(),
-            KeySlot::Section => SECTION_KEY.get(),
-        }
+        crate::sched::current().key(slot == KeySlot::Live)
     }
     fn set_task_key(&self, slot: KeySlot, value: u64) {
-        match slot {
-            KeySlot::Live => LIVE_KEY.set(Some(value)),
-            KeySlot::Section => SECTION_KEY.set(Some(value)),
-        }
+        crate::sched::current().set_key(slot == KeySlot::Live, value);
     }
 }
 
-/// The native backend with page tables protected by PKS (`x86-pks`).
-pub type KernelBackend = X86Pks<KernelMemory, KernelPrimitives, KernelKeys>;
+/// The native backend with page tables protected by PKS (`x86-pks`), for
+/// several CPUs.
+pub type KernelBackend = SmpBackend<X86Pks<KernelMemory, KernelPrimitives, KernelKeys>>;
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
@@ -259,7 +271,11 @@ pub fn lazy() -> &'static KernelLazy {
 
 /// Builds the backend and the lazy mode. Before interrupts are enabled.
 pub fn init_backend() {
-    BACKEND.init(X86Pks::x86_pks(KernelMemory, KernelPrimitives, KernelKeys));
+    BACKEND.init(SmpBackend::new(X86Pks::x86_pks(
+        KernelMemory,
+        KernelPrimitives,
+        KernelKeys,
+    )));
     LAZY.init(Counters::new(KernelEnv, BACKEND.get(), MisusePolicy::Count));
     NATIVE.init(X86Backend::new(KernelMemory, KernelPrimitives));
 }
@@ -268,21 +284,23 @@ pub fn init_backend() {
 /// [`lazymmu::backend::protected::Protected::exception_enter`]); `None`
 /// before the backend exists.
 pub fn exception_enter() -> Option<lazymmu::backend::protected::KeyFrame> {
-    BACKEND.is_ready().then(|| BACKEND.get().exception_enter())
+    BACKEND
+        .is_ready()
+        .then(|| BACKEND.get().inner().exception_enter())
 }
 
 /// Exception return: restores the interrupted key register value.
 pub fn exception_exit(frame: Option<lazymmu::backend::protected::KeyFrame>) {
     if let Some(frame) = frame {
-        BACKEND.get().exception_exit(frame);
+        BACKEND.get().inner().exception_exit(frame);
     }
 }
 
-static KERNEL_ROOT: Local<PhysAddr> = Local::new(PhysAddr(0));
+static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
 
 /// The kernel's top-level table.
 pub fn kernel_root() -> PhysAddr {
-    KERNEL_ROOT.get()
+    PhysAddr(KERNEL_ROOT.load(Ordering::Acquire))
 }
 
 /// The kernel's tables with lazy sections.
@@ -387,7 +405,7 @@ fn symbol(s: *const u8) -> u64 {
 /// A message when a frame or a mapping cannot be had.
 pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
     let root = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the root table")?;
-    KERNEL_ROOT.set(root);
+    KERNEL_ROOT.store(root.0, Ordering::Release);
     let tables = kernel_tables();
 
     let text = Attributes {
@@ -466,6 +484,7 @@ pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
         memory::use_direct_map();
         cpu::write_cr4(cpu::read_cr4() | cpu::CR4_PGE);
     }
+    percpu::record_cr3(root.0, SpaceId::KERNEL.0);
     Ok(())
 }
 
@@ -477,7 +496,7 @@ pub fn switch_to(root: PhysAddr, space: SpaceId) {
     // SAFETY: see above; the caller passes a root with the kernel's
     // entries linked.
     unsafe { cpu::write_cr3(root.0) };
-    LOADED_SPACE.set(space);
+    percpu::record_cr3(root.0, space.0);
 }
 
 /// Where user address spaces map their memory: top-level slot 1, which

@@ -17,8 +17,10 @@
 //!   (`helper_wrmsr` in QEMU's `target/i386/tcg/sysemu/misc_helper.c`;
 //!   shown by the guest's tests), so here it costs about a CR3 reload.
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use crate::cpu::{self, MSR_IA32_PKRS};
-use crate::local::Local;
+use crate::percpu::PerCpuCounter;
 
 /// The key every page-table page carries in the direct map.
 pub const PAGE_TABLE_KEY: u8 = 1;
@@ -36,16 +38,16 @@ pub const fn write_disable(key: u8) -> u64 {
     1 << (2 * key as u32 + 1)
 }
 
-static ENABLED: Local<bool> = Local::new(false);
-static PKRS_WRITES: Local<u64> = Local::new(0);
-static IRQ_PKRS_WRITES: Local<u64> = Local::new(0);
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static PKRS_WRITES: PerCpuCounter = PerCpuCounter::new();
+static IRQ_PKRS_WRITES: PerCpuCounter = PerCpuCounter::new();
 
 /// Whether the CPU supports PKS.
 pub fn supported() -> bool {
     cpu::cpuid(0, 0).eax >= 7 && cpu::cpuid(7, 0).ecx & (1 << 31) != 0
 }
 
-/// Sets CR4.PKS and loads [`DEFAULT_PKRS`].
+/// Sets CR4.PKS and loads [`DEFAULT_PKRS`] on the boot CPU.
 ///
 /// # Errors
 /// `Err` with a message when the CPU lacks PKS.
@@ -53,7 +55,16 @@ pub fn enable() -> Result<(), &'static str> {
     if !supported() {
         return Err("CPU lacks PKS: CPUID.(EAX=7,ECX=0):ECX[31] is clear");
     }
-    // SAFETY: PKS is supported (checked above), so IA32_PKRS exists and
+    enable_this_cpu();
+    ENABLED.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Sets CR4.PKS and loads [`DEFAULT_PKRS`] on the executing CPU (every
+/// application processor, after the boot CPU checked support).
+pub fn enable_this_cpu() {
+    // SAFETY: the boot CPU checked PKS support (every CPU of the machine
+    // is the same model), so IA32_PKRS exists and
     // CR4.PKS may be set; no supervisor page carries a write-disabled key
     // that running code writes through except the page tables, which are
     // only written through a window (`lazymmu::backend::protected`).
@@ -61,14 +72,12 @@ pub fn enable() -> Result<(), &'static str> {
         cpu::wrmsr(MSR_IA32_PKRS, DEFAULT_PKRS);
         cpu::write_cr4(cpu::read_cr4() | cpu::CR4_PKS);
     }
-    ENABLED.set(true);
-    Ok(())
 }
 
 /// The current IA32_PKRS ([`DEFAULT_PKRS`] before PKS is on, so that
 /// window bookkeeping is the same either way).
 pub fn read() -> u64 {
-    if !ENABLED.get() {
+    if !ENABLED.load(Ordering::Acquire) {
         return DEFAULT_PKRS;
     }
     // SAFETY: PKS is enabled, so the MSR exists.
@@ -78,7 +87,7 @@ pub fn read() -> u64 {
 /// Writes IA32_PKRS and counts it (windows, and exception entry and
 /// return).
 pub fn write_window(value: u64) {
-    if !ENABLED.get() {
+    if !ENABLED.load(Ordering::Acquire) {
         return;
     }
     if crate::interrupts::in_interrupt() {
@@ -92,15 +101,20 @@ pub fn write_window(value: u64) {
     unsafe { cpu::wrmsr(MSR_IA32_PKRS, value) };
 }
 
-/// IA32_PKRS writes in task context since boot.
+/// IA32_PKRS writes in task context on the executing CPU since boot.
 pub fn writes() -> u64 {
-    PKRS_WRITES.get()
+    PKRS_WRITES.here()
+}
+
+/// IA32_PKRS writes in task context on every CPU since boot.
+pub fn total_writes() -> u64 {
+    PKRS_WRITES.total()
 }
 
 /// IA32_PKRS writes in interrupt context (exception entry and return,
-/// handlers' own windows) since boot.
+/// handlers' own windows) on the executing CPU since boot.
 pub fn irq_writes() -> u64 {
-    IRQ_PKRS_WRITES.get()
+    IRQ_PKRS_WRITES.here()
 }
 
 /// Runs `f` with page-table pages writable: inside a section's window as

@@ -4,6 +4,7 @@
 use core::fmt;
 
 use crate::cpu::{inb, outb};
+use crate::sync::SpinLock;
 
 const COM1: u16 = 0x3f8;
 const LINE_STATUS: u16 = COM1 + 5;
@@ -31,7 +32,8 @@ fn write_byte(byte: u8) {
     }
 }
 
-/// The console as a `fmt::Write`.
+/// The console as a `fmt::Write`; [`print_fmt`] serialises whole
+/// messages across CPUs.
 pub struct Serial;
 
 impl fmt::Write for Serial {
@@ -46,21 +48,44 @@ impl fmt::Write for Serial {
     }
 }
 
+/// Held while a CPU prints a message, so lines from several CPUs do not
+/// interleave.
+static CONSOLE: SpinLock<Serial> = SpinLock::new(Serial);
+
+/// Prints `args` as one piece.
+pub fn print_fmt(args: fmt::Arguments<'_>) {
+    use fmt::Write as _;
+    let _ = CONSOLE.lock().write_fmt(args);
+}
+
+/// Prints `args` from a CPU that is going down: waits a bounded time for
+/// the console (the CPU holding it may be the one that died) and prints
+/// regardless.
+pub fn print_fmt_dying(args: fmt::Arguments<'_>) {
+    use fmt::Write as _;
+    match CONSOLE.try_lock_for(10_000_000) {
+        Some(mut console) => {
+            let _ = console.write_fmt(args);
+        }
+        None => {
+            let _ = Serial.write_fmt(args);
+        }
+    }
+}
+
 /// Prints to the serial console.
 #[macro_export]
 macro_rules! print {
-    ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let _ = write!($crate::serial::Serial, $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::serial::print_fmt(format_args!($($arg)*))
+    };
 }
 
 /// Prints a line to the serial console.
 #[macro_export]
 macro_rules! println {
     () => { $crate::print!("\n") };
-    ($($arg:tt)*) => {{
-        use core::fmt::Write as _;
-        let _ = writeln!($crate::serial::Serial, $($arg)*);
-    }};
+    ($($arg:tt)*) => {
+        $crate::serial::print_fmt(format_args!("{}\n", format_args!($($arg)*)))
+    };
 }

@@ -3,6 +3,8 @@
 //! translations, an interrupt handler changing a mapping inside a section,
 //! nesting and pause, the PKS security property, and PKRS write counts.
 
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::{EntryUpdate, FlushScope, PteAccess};
 use lazymmu::mode::{LazyMode, LazyState};
@@ -13,7 +15,6 @@ use lazymmu::pgtable::ops::{ApplyMode, CopyKind, MapError};
 
 use crate::check::{Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
-use crate::local::Local;
 use crate::memory::{self, DIRECT_MAP_BASE, FRAME};
 use crate::paging::{
     self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend, NoLazy,
@@ -40,18 +41,18 @@ pub fn pattern(frame: PhysAddr) -> u64 {
 
 /// `n` physically contiguous data frames, each holding its [`pattern`].
 pub fn data_run(n: usize) -> Result<PhysAddr, crate::check::Message> {
-    let first = paging::data_frame();
-    for i in 1..n as u64 {
-        let next = paging::data_frame();
-        if next.0 != first.0 + i * FRAME {
-            return Err(message!("data frames not contiguous at {i}"));
-        }
-    }
+    let first = crate::memory::DATA_FRAMES
+        .allocate_run(n)
+        .ok_or(message!("no run of {n} free data frames"))?;
     for i in 0..n as u64 {
         let frame = first.add(i * FRAME);
+        let page = memory::phys_to_virt(frame) as *mut u64;
         // SAFETY: the frames were just allocated and are direct-mapped with
-        // key 0 (writable).
-        unsafe { (memory::phys_to_virt(frame) as *mut u64).write_volatile(pattern(frame)) };
+        // key 0 (writable); nothing else uses them.
+        unsafe {
+            core::ptr::write_bytes(page, 0, 512);
+            page.write_volatile(pattern(frame));
+        }
     }
     Ok(first)
 }
@@ -63,8 +64,22 @@ pub fn free_run(first: PhysAddr, n: usize) {
     }
 }
 
-/// A gather for the kernel's address space on this CPU.
+/// A gather for the kernel's address space: its flushes reach every CPU,
+/// since kernel mappings are shared (Linux's `flush_tlb_kernel_range`,
+/// an `on_each_cpu` of the flush).
 pub fn kernel_gather() -> Gather<'static, KernelBackend, PageTableFrames> {
+    Gather::new(
+        backend(),
+        &TABLE_FRAMES,
+        SpaceId::KERNEL,
+        FlushScope::Cpus(crate::percpu::online_mask()),
+    )
+}
+
+/// A gather for a kernel page only the executing CPU uses (a per-CPU
+/// mapping, as `kmap_local` has): its flush stays on this CPU, which is
+/// what an interrupt handler may do.
+pub fn cpu_local_gather() -> Gather<'static, KernelBackend, PageTableFrames> {
     Gather::new(backend(), &TABLE_FRAMES, SpaceId::KERNEL, FlushScope::Local)
 }
 
@@ -486,25 +501,25 @@ fn stale_translation_test() -> Outcome {
 }
 
 // State shared with the timer hook.
-static TIMER_VA: Local<u64> = Local::new(0);
-static TIMER_FRAME: Local<PhysAddr> = Local::new(PhysAddr(0));
+static TIMER_VA: AtomicU64 = AtomicU64::new(0);
+static TIMER_FRAME: AtomicU64 = AtomicU64::new(0);
 /// 0: not run; 1: passed; 2+: which check failed.
-static TIMER_RESULT: Local<u64> = Local::new(0);
-static TIMER_PKRS_SEEN: Local<u64> = Local::new(0);
-static TIMER_READ: Local<u64> = Local::new(0);
+static TIMER_RESULT: AtomicU64 = AtomicU64::new(0);
+static TIMER_PKRS_SEEN: AtomicU64 = AtomicU64::new(0);
+static TIMER_READ: AtomicU64 = AtomicU64::new(0);
 
 /// Runs in the timer interrupt, in the middle of the task's section: remaps
 /// a kernel page and uses it at once.
 fn timer_remap() {
-    if TIMER_RESULT.get() != 0 {
+    if TIMER_RESULT.load(Relaxed) != 0 {
         return;
     }
-    let va = TIMER_VA.get();
-    let frame = TIMER_FRAME.get();
+    let va = TIMER_VA.load(Relaxed);
+    let frame = PhysAddr(TIMER_FRAME.load(Relaxed));
     // The exception entry closed the section's window.
-    TIMER_PKRS_SEEN.set(pks::read());
+    TIMER_PKRS_SEEN.store(pks::read(), Relaxed);
     let tables = kernel_tables();
-    let mut gather = kernel_gather();
+    let mut gather = cpu_local_gather();
     let zapped = tables.zap(VirtAddr(va), FRAME, &mut gather).is_ok();
     drop(gather);
     let mapped = tables
@@ -517,13 +532,14 @@ fn timer_remap() {
         )
         .is_ok();
     let read = interrupts::read(va).unwrap_or(0);
-    TIMER_READ.set(read);
-    TIMER_RESULT.set(match (zapped, mapped, read == pattern(frame)) {
+    TIMER_READ.store(read, Relaxed);
+    let result = match (zapped, mapped, read == pattern(frame)) {
         (true, true, true) => 1,
         (false, _, _) => 2,
         (_, false, _) => 3,
         _ => 4,
-    });
+    };
+    TIMER_RESULT.store(result, Relaxed);
 }
 
 fn timer_in_section_test() -> Outcome {
@@ -540,26 +556,30 @@ fn timer_in_section_test() -> Outcome {
         )
         .map_err(|e| message!("map: {e:?}"))?;
     expect_run(va, run, 1)?;
-    TIMER_VA.set(va);
-    TIMER_FRAME.set(run.add(FRAME));
-    TIMER_RESULT.set(0);
+    TIMER_VA.store(va, Relaxed);
+    TIMER_FRAME.store(run.add(FRAME).0, Relaxed);
+    TIMER_RESULT.store(0, Relaxed);
     {
         let _section = lazy().section();
         ensure_eq!(pks::read(), OPEN_PKRS, "PKRS inside the section");
         interrupts::set_timer_hook(Some(timer_remap));
         let start = interrupts::ticks();
-        while TIMER_RESULT.get() == 0 && interrupts::ticks() < start + 100 {
+        while TIMER_RESULT.load(Relaxed) == 0 && interrupts::ticks() < start + 100 {
             cpu::halt();
         }
         interrupts::set_timer_hook(None);
-        ensure!(TIMER_RESULT.get() != 0, "the timer hook never ran");
+        ensure!(TIMER_RESULT.load(Relaxed) != 0, "the timer hook never ran");
         ensure_eq!(
-            TIMER_RESULT.get(),
+            TIMER_RESULT.load(Relaxed),
             1,
             "timer hook outcome (read {:#x})",
-            TIMER_READ.get()
+            TIMER_READ.load(Relaxed)
         );
-        ensure_eq!(TIMER_PKRS_SEEN.get(), DEFAULT_PKRS, "PKRS in the handler");
+        ensure_eq!(
+            TIMER_PKRS_SEEN.load(Relaxed),
+            DEFAULT_PKRS,
+            "PKRS in the handler"
+        );
         // The exception return restored the section's window.
         ensure_eq!(pks::read(), OPEN_PKRS, "PKRS after the interrupt");
         // The task sees the handler's mapping at once, still in its section.
@@ -576,26 +596,29 @@ fn timer_in_section_test() -> Outcome {
 }
 
 // State of the hook that remaps a page on every tick.
-static REMAP_RUNS: Local<u64> = Local::new(0);
-static REMAP_IN_SECTION: Local<u64> = Local::new(0);
-static REMAP_FAILURES: Local<u64> = Local::new(0);
+static REMAP_RUNS: AtomicU64 = AtomicU64::new(0);
+static REMAP_IN_SECTION: AtomicU64 = AtomicU64::new(0);
+static REMAP_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Runs on every tick while the task is rewriting its own range inside a
 /// section: flips a kernel page between two frames and reads it at once.
 fn timer_flip() {
-    let va = TIMER_VA.get();
-    let frames = [TIMER_FRAME.get(), TIMER_FRAME.get().add(FRAME)];
-    let runs = REMAP_RUNS.get();
+    let va = TIMER_VA.load(Relaxed);
+    let frames = [
+        PhysAddr(TIMER_FRAME.load(Relaxed)),
+        PhysAddr(TIMER_FRAME.load(Relaxed)).add(FRAME),
+    ];
+    let runs = REMAP_RUNS.load(Relaxed);
     let (old, new) = (
         frames[(runs % 2) as usize],
         frames[(runs % 2 + 1) as usize % 2],
     );
     // The task's state says whether this interrupt landed in its section.
     if lazy().state().enable_count > 0 {
-        REMAP_IN_SECTION.increment();
+        REMAP_IN_SECTION.fetch_add(1, Relaxed);
     }
     let tables = kernel_tables();
-    let mut gather = kernel_gather();
+    let mut gather = cpu_local_gather();
     let zapped = tables.zap(VirtAddr(va), FRAME, &mut gather).is_ok();
     drop(gather);
     let mapped = tables
@@ -608,9 +631,9 @@ fn timer_flip() {
         )
         .is_ok();
     if !zapped || !mapped || interrupts::read(va) != Ok(pattern(new)) || old == new {
-        REMAP_FAILURES.increment();
+        REMAP_FAILURES.fetch_add(1, Relaxed);
     }
-    REMAP_RUNS.increment();
+    REMAP_RUNS.fetch_add(1, Relaxed);
 }
 
 /// Timer interrupts land while the task is in the middle of writing its
@@ -633,11 +656,11 @@ fn timer_during_operations_test() -> Outcome {
             PageSize::Size4K,
         )
         .map_err(|e| message!("map: {e:?}"))?;
-    TIMER_VA.set(flip_va);
-    TIMER_FRAME.set(flip);
-    REMAP_RUNS.set(0);
-    REMAP_IN_SECTION.set(0);
-    REMAP_FAILURES.set(0);
+    TIMER_VA.store(flip_va, Relaxed);
+    TIMER_FRAME.store(flip.0, Relaxed);
+    REMAP_RUNS.store(0, Relaxed);
+    REMAP_IN_SECTION.store(0, Relaxed);
+    REMAP_FAILURES.store(0, Relaxed);
     let len = TASK_PAGES as u64 * FRAME;
     let start = interrupts::ticks();
     let mut rounds = 0u64;
@@ -666,23 +689,23 @@ fn timer_during_operations_test() -> Outcome {
     interrupts::set_timer_hook(None);
     outcome?;
     ensure_eq!(
-        REMAP_FAILURES.get(),
+        REMAP_FAILURES.load(Relaxed),
         0,
         "handler remaps that did not read back"
     );
     ensure!(
-        REMAP_IN_SECTION.get() >= 10,
+        REMAP_IN_SECTION.load(Relaxed) >= 10,
         "only {} of {} ticks landed in the task's section ({rounds} rounds)",
-        REMAP_IN_SECTION.get(),
-        REMAP_RUNS.get()
+        REMAP_IN_SECTION.load(Relaxed),
+        REMAP_RUNS.load(Relaxed)
     );
     ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the sections");
     crate::println!(
         "  ({} of {} ticks landed in the task's section; {rounds} rounds of {TASK_PAGES} pages)",
-        REMAP_IN_SECTION.get(),
-        REMAP_RUNS.get()
+        REMAP_IN_SECTION.load(Relaxed),
+        REMAP_RUNS.load(Relaxed)
     );
-    let expected = flip.add((REMAP_RUNS.get() % 2) * FRAME);
+    let expected = flip.add((REMAP_RUNS.load(Relaxed) % 2) * FRAME);
     expect_run(flip_va, expected, 1)?;
     let mut gather = kernel_gather();
     tables

@@ -45,6 +45,9 @@ pub struct Args {
     /// kernel's.
     #[arg(long)]
     pub verbose: bool,
+    /// CPUs the guest gets (QEMU `-smp`); the kernel starts all of them.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub cpus: u8,
 }
 
 /// The package name in the kernel's `Cargo.toml`.
@@ -183,7 +186,7 @@ pub fn boot_guest(args: &Args) -> Result<GuestReport> {
         None => build_kernel(&kernel_dir(args)?)?,
     };
     let mut child = Command::new(&args.qemu)
-        .args(qemu_args(&kernel))
+        .args(qemu_args(&kernel, args.cpus))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -197,8 +200,8 @@ pub fn boot_guest(args: &Args) -> Result<GuestReport> {
     watch(&mut child, Duration::from_secs(args.timeout), args.verbose)
 }
 
-/// The QEMU command line for `kernel`.
-pub fn qemu_args(kernel: &Path) -> Vec<std::ffi::OsString> {
+/// The QEMU command line for `kernel` on `cpus` CPUs.
+pub fn qemu_args(kernel: &Path, cpus: u8) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = [
         "-machine",
         "pc",
@@ -222,6 +225,8 @@ pub fn qemu_args(kernel: &Path) -> Vec<std::ffi::OsString> {
     .map(Into::into)
     .collect();
     args.push(kernel.as_os_str().to_owned());
+    args.push("-smp".into());
+    args.push(cpus.to_string().into());
     args
 }
 

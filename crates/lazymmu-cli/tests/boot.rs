@@ -79,6 +79,31 @@ fn the_kernel_boots_and_every_guest_test_passes() {
             );
         }
     }
+    // Four CPUs by default, and the SMP tables.
+    assert!(stdout.contains("smp: 4 CPUs online"), "{stdout}");
+    assert!(stdout.contains("In-guest SMP measurements"), "{stdout}");
+    for cpus in ["1", "2", "4"] {
+        for operation in ["map", "protect", "zap"] {
+            assert!(
+                stdout.lines().any(|l| {
+                    let mut words = l.split_whitespace();
+                    words.next() == Some(cpus)
+                        && words.next() == Some(operation)
+                        && l.contains("no lazy mode")
+                }),
+                "no SMP {operation} row at {cpus} CPUs:\n{stdout}"
+            );
+        }
+    }
+    assert!(stdout.contains("In-guest context switches"), "{stdout}");
+    for policy in ["x86", "refcount", "shootdown"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(policy)),
+            "no context-switch row for {policy}:\n{stdout}"
+        );
+    }
 }
 
 /// A stand-in for QEMU: prints `lines` and exits with `status`, after
@@ -198,6 +223,9 @@ fn bad_options_exit_with_2() {
         &["boot", "--timeout", "0"][..],
         &["boot", "--timeout", "soon"],
         &["boot", "--no-such-option"],
+        &["boot", "--cpus", "0"],
+        &["boot", "--cpus", "9"],
+        &["boot", "--cpus", "four"],
     ] {
         let output = lazymmu().args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
