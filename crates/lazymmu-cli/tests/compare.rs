@@ -285,7 +285,8 @@ fn bad_usage_exits_2_naming_the_accepted_values() {
         .args(["compare", "--cost", "warp=3"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown cost `warp`"));
+        .stderr(predicate::str::contains("unknown"))
+        .stderr(predicate::str::contains("`warp`"));
     lazymmu()
         .args(["compare", "--cost", "dsb=lots"])
         .assert()
@@ -308,7 +309,7 @@ fn a_cost_that_would_overflow_the_totals_is_refused() {
         .assert()
         .code(2)
         .stdout("")
-        .stderr(predicate::str::contains("from 0 to 1,000,000,000"));
+        .stderr(predicate::str::contains("1,000,000,000"));
 }
 
 #[test]
