@@ -1,7 +1,9 @@
-//! Passes the linker script to the final link.
+//! Passes the target architecture's linker script to the final link.
 
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
-    println!("cargo:rerun-if-changed=linker.ld");
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
+    let script = format!("{dir}/src/{arch}/linker.ld");
+    println!("cargo:rustc-link-arg-bins=-T{script}");
+    println!("cargo:rerun-if-changed={script}");
 }

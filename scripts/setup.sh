@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what lazymmu needs beyond a Rust toolchain, when it is missing:
-# QEMU (Debian's qemu-system-x86) for the bare-metal kernel, the
-# x86_64-unknown-none Rust target it builds for, and strace and perf
-# (Debian's strace and linux-perf) for `lazymmu record`. Sourced by test.sh
-# and boot.sh; safe to run again.
+# QEMU for the bare-metal kernels (Debian's qemu-system-x86 and
+# qemu-system-arm), the x86_64-unknown-none and aarch64-unknown-none Rust
+# targets they build for, and strace and perf (Debian's strace and
+# linux-perf) for `lazymmu record`. Run by test.sh and boot.sh; safe to run
+# again.
 set -euo pipefail
 
 as_root() {
@@ -22,21 +23,27 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+qemu_packages=()
+command -v qemu-system-x86_64 >/dev/null 2>&1 || qemu_packages+=(qemu-system-x86)
+command -v qemu-system-aarch64 >/dev/null 2>&1 || qemu_packages+=(qemu-system-arm)
+if [ "${#qemu_packages[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
-        echo "setup.sh: installing QEMU (qemu-system-x86)" >&2
+        echo "setup.sh: installing QEMU (${qemu_packages[*]})" >&2
         as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${qemu_packages[@]}" >/dev/null
     else
-        echo "setup.sh: qemu-system-x86_64 not found and no apt-get; install QEMU" >&2
+        echo "setup.sh: ${qemu_packages[*]} missing and no apt-get; install QEMU" >&2
         exit 1
     fi
 fi
 
-if command -v rustup >/dev/null 2>&1 &&
-    ! rustup target list --installed | grep -qx x86_64-unknown-none; then
-    echo "setup.sh: adding the x86_64-unknown-none target" >&2
-    rustup target add x86_64-unknown-none
+if command -v rustup >/dev/null 2>&1; then
+    for target in x86_64-unknown-none aarch64-unknown-none; do
+        if ! rustup target list --installed | grep -qx "$target"; then
+            echo "setup.sh: adding the $target target" >&2
+            rustup target add "$target"
+        fi
+    done
 fi
 
 record_tools=()

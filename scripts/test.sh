@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tests: installs what is missing (scripts/setup.sh), then runs every
-# test of the workspace, the QEMU boot of the kernel included.
+# test of the workspace, the QEMU boots of both kernels included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

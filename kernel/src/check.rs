@@ -1,7 +1,7 @@
 //! A small test harness for the guest: named checks whose failure carries a
-//! formatted message, without an allocator. Nothing here is specific to
-//! x86; the `test NAME ... ok` / `FAIL NAME: why` / `N passed, N failed`
-//! lines are what `lazymmu boot` reads.
+//! formatted message, without an allocator, for both kernels. The
+//! `test NAME ... ok` / `FAIL NAME: why` / `N passed, N failed` lines are
+//! what `lazymmu boot` reads.
 
 use core::fmt::{self, Write};
 
@@ -95,8 +95,24 @@ pub struct Report {
 impl Report {
     /// Prints a check that cannot run on this machine (too few CPUs); it
     /// counts neither way.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "only the x86-64 kernel runs on several CPUs")
+    )]
     pub fn skip(&mut self, name: impl fmt::Display, why: impl fmt::Display) {
         println!("skip {name}: {why}");
+    }
+
+    /// Prints the `N passed, N failed` line and ends the run through the
+    /// architecture's exit, with its success status only when nothing
+    /// failed.
+    pub fn conclude(&self) -> ! {
+        println!("{} passed, {} failed", self.passed, self.failed);
+        crate::exit::exit(if self.failed == 0 {
+            crate::exit::SUCCESS
+        } else {
+            crate::exit::FAILURE
+        })
     }
 
     /// Runs one named check and prints its result.

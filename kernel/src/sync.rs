@@ -1,8 +1,7 @@
 //! Locks and one-time initialisation shared by the kernel's CPUs.
 //!
-//! Nothing here is specific to x86 except how interrupts are masked
-//! ([`crate::cpu::disable_interrupts`]), so the arm64 kernel can reuse the
-//! module with its own `cpu`.
+//! Both kernels use this module; how interrupts are masked is the
+//! architecture's (`cpu::disable_interrupts` and `cpu::enable_interrupts`).
 
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;

@@ -1,7 +1,7 @@
 //! Measurement tables on the console: a title, a header and rows of
 //! right-aligned numbers after left-aligned labels, each line printed whole
-//! so that nothing another CPU prints can land inside it. Nothing here is
-//! specific to x86.
+//! so that nothing another CPU prints can land inside it. Both kernels print
+//! their tables with it.
 
 use core::fmt::{self, Write};
 

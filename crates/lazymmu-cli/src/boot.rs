@@ -1,6 +1,7 @@
-//! `lazymmu boot`: builds the bare-metal kernel in `kernel/`, boots it under
-//! QEMU (TCG), streams its serial console, and passes only when the guest
-//! reported success both through `isa-debug-exit` and with a
+//! `lazymmu boot`: builds a bare-metal kernel in `kernel/` (x86-64, arm64 or
+//! both), boots it under QEMU (TCG), streams its serial console, and passes
+//! only when the guest reported success both through its exit status
+//! (`isa-debug-exit` on x86-64, semihosting `SYS_EXIT` on arm64) and with a
 //! `N passed, 0 failed` line.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -12,13 +13,56 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-/// The value the kernel writes to `isa-debug-exit` when every test passed
-/// (`kernel/src/exit.rs`); QEMU exits with `(value << 1) | 1`
+/// The value the x86-64 kernel writes to `isa-debug-exit` when every test
+/// passed (`kernel/src/x86_64/exit.rs`); QEMU exits with `(value << 1) | 1`
 /// (QEMU `hw/misc/debugexit.c`).
 const GUEST_SUCCESS: u32 = 0x10;
 
-/// QEMU's exit status when the guest reported success.
+/// QEMU's exit status when the guest reported success: the x86-64 kernel's
+/// through `isa-debug-exit`, and the status the arm64 kernel passes to
+/// semihosting `SYS_EXIT` (`kernel/src/aarch64/exit.rs`), which QEMU
+/// returns as is.
 pub const SUCCESS_STATUS: i32 = ((GUEST_SUCCESS << 1) | 1) as i32;
+
+/// Which kernel to boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// The x86-64 kernel on QEMU's `pc` machine, on `--cpus` CPUs.
+    #[value(name = "x86_64")]
+    X86_64,
+    /// The arm64 kernel on QEMU's `virt` machine, on one CPU.
+    #[value(name = "aarch64")]
+    Aarch64,
+    /// Both, one after the other.
+    #[value(name = "all")]
+    All,
+}
+
+impl Arch {
+    /// The Rust target the kernel builds for.
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::Aarch64 => "aarch64-unknown-none",
+            _ => "x86_64-unknown-none",
+        }
+    }
+
+    /// The QEMU binary, and the Debian package that has it.
+    fn qemu(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::Aarch64 => ("qemu-system-aarch64", "qemu-system-arm"),
+            _ => ("qemu-system-x86_64", "qemu-system-x86"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+            Arch::All => "all",
+        }
+    }
+}
 
 /// The marker the kernel prints first; everything before it is firmware.
 const BOOT_MARKER: &str = "lazymmu kernel:";
@@ -30,9 +74,13 @@ pub struct Args {
     /// Seconds to let the guest run before QEMU is killed and the boot fails.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub timeout: u64,
-    /// The QEMU binary.
-    #[arg(long, default_value = "qemu-system-x86_64")]
-    pub qemu: PathBuf,
+    /// Which kernel: `x86_64`, `aarch64` or `all` (both in turn).
+    #[arg(long, value_enum, default_value_t = Arch::X86_64)]
+    pub arch: Arch,
+    /// The QEMU binary [default: qemu-system-x86_64 or qemu-system-aarch64,
+    /// after --arch].
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
     /// Boot this kernel image instead of building `kernel/`.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
@@ -45,10 +93,14 @@ pub struct Args {
     /// kernel's.
     #[arg(long)]
     pub verbose: bool,
-    /// CPUs the guest gets (QEMU `-smp`); the kernel starts all of them.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=8))]
-    pub cpus: u8,
+    /// CPUs the x86-64 guest gets (QEMU `-smp`); the kernel starts all of
+    /// them [default: 4; the arm64 kernel runs on one].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub cpus: Option<u8>,
 }
+
+/// CPUs the x86-64 kernel gets unless `--cpus` says otherwise.
+const DEFAULT_CPUS: u8 = 4;
 
 /// The package name in the kernel's `Cargo.toml`.
 const KERNEL_PACKAGE: &str = "name = \"lazymmu-kernel\"";
@@ -132,24 +184,54 @@ pub fn parse_summary(line: &str) -> Option<(u32, u32)> {
     Some((passed.trim().parse().ok()?, failed.trim().parse().ok()?))
 }
 
-/// Runs `lazymmu boot`: exit status 0 when the guest passed, 1 when it
-/// failed, timed out or crashed.
+/// Runs `lazymmu boot`: exit status 0 when the guest (or, with `--arch
+/// all`, every guest) passed, 1 when one failed, timed out or crashed.
 ///
 /// # Errors
-/// When there are no kernel sources (a usage error), the kernel cannot be
-/// built or QEMU cannot be started.
+/// When the options do not fit the architecture or there are no kernel
+/// sources (usage errors), a kernel cannot be built or QEMU cannot be
+/// started.
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let report = boot_guest(args)?;
-    if report.success() {
-        writeln!(
-            std::io::stdout(),
-            "boot: guest passed (QEMU exit status {SUCCESS_STATUS})"
-        )?;
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("boot: FAILED: {}", explain(&report, args.timeout));
-        Ok(ExitCode::FAILURE)
+    let arches: &[Arch] = match args.arch {
+        Arch::All => {
+            if args.qemu.is_some() || args.kernel.is_some() {
+                return Err(crate::exit::usage(
+                    "--qemu and --kernel name one kernel's files; give --arch x86_64 or aarch64",
+                ));
+            }
+            &[Arch::X86_64, Arch::Aarch64]
+        }
+        Arch::X86_64 => &[Arch::X86_64],
+        Arch::Aarch64 => &[Arch::Aarch64],
+    };
+    if arches.contains(&Arch::Aarch64) && args.cpus.is_some_and(|cpus| cpus != 1) {
+        return Err(crate::exit::usage(
+            "the arm64 kernel runs on one CPU; --cpus applies to --arch x86_64",
+        ));
     }
+    let mut passed = true;
+    for &arch in arches {
+        let report = boot_guest(args, arch)?;
+        if report.success() {
+            writeln!(
+                std::io::stdout(),
+                "boot: {} guest passed (QEMU exit status {SUCCESS_STATUS})",
+                arch.name()
+            )?;
+        } else {
+            eprintln!(
+                "boot: {} FAILED: {}",
+                arch.name(),
+                explain(&report, args.timeout)
+            );
+            passed = false;
+        }
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn explain(report: &GuestReport, timeout: u64) -> String {
@@ -159,7 +241,11 @@ fn explain(report: &GuestReport, timeout: u64) -> String {
     }
     match report.status {
         Some(SUCCESS_STATUS) => {}
-        Some(0) => reasons.push("QEMU exited with 0: the guest triple-faulted".into()),
+        Some(0) => reasons.push(
+            "QEMU exited with 0: the guest triple-faulted (x86-64) or powered off without \
+             reporting (arm64)"
+                .into(),
+        ),
         Some(status) => reasons.push(format!("QEMU exit status {status}, not {SUCCESS_STATUS}")),
         None if !report.timed_out => reasons.push("QEMU was killed by a signal".into()),
         None => {}
@@ -176,68 +262,87 @@ fn explain(report: &GuestReport, timeout: u64) -> String {
     reasons.join("; ")
 }
 
-/// Builds (unless given an image), boots and watches the guest.
+/// Builds (unless given an image), boots and watches the guest of `arch`
+/// (`X86_64` or `Aarch64`).
 ///
 /// # Errors
 /// When the kernel cannot be built or QEMU cannot be started.
-pub fn boot_guest(args: &Args) -> Result<GuestReport> {
+pub fn boot_guest(args: &Args, arch: Arch) -> Result<GuestReport> {
     let kernel = match &args.kernel {
         Some(kernel) => kernel.clone(),
-        None => build_kernel(&kernel_dir(args)?)?,
+        None => build_kernel(&kernel_dir(args)?, arch.target())?,
     };
-    let mut child = Command::new(&args.qemu)
-        .args(qemu_args(&kernel, args.cpus))
+    let (default_qemu, package) = arch.qemu();
+    let qemu = args
+        .qemu
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(default_qemu));
+    let cpus = args.cpus.unwrap_or(DEFAULT_CPUS);
+    let mut child = Command::new(&qemu)
+        .args(qemu_args(arch, &kernel, cpus))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| {
             format!(
-                "cannot start {} (install QEMU: apt-get install -y qemu-system-x86)",
-                args.qemu.display()
+                "cannot start {} (install QEMU: apt-get install -y {package})",
+                qemu.display()
             )
         })?;
     watch(&mut child, Duration::from_secs(args.timeout), args.verbose)
 }
 
-/// The QEMU command line for `kernel` on `cpus` CPUs.
-pub fn qemu_args(kernel: &Path, cpus: u8) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<std::ffi::OsString> = [
-        "-machine",
-        "pc",
-        "-cpu",
-        "max",
-        "-accel",
-        "tcg",
-        "-m",
-        "256M",
-        "-nographic",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-serial",
-        "stdio",
-        "-device",
-        "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        "-kernel",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+/// The QEMU command line for `kernel` of `arch`: the x86-64 kernel on
+/// `cpus` CPUs with `isa-debug-exit`, the arm64 kernel on the `virt`
+/// machine's one CPU with semihosting.
+pub fn qemu_args(arch: Arch, kernel: &Path, cpus: u8) -> Vec<std::ffi::OsString> {
+    let machine: &[&str] = match arch {
+        Arch::Aarch64 => &["-machine", "virt", "-cpu", "max", "-semihosting"],
+        _ => &[
+            "-machine",
+            "pc",
+            "-cpu",
+            "max",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ],
+    };
+    let mut args: Vec<std::ffi::OsString> = machine
+        .iter()
+        .chain(&[
+            "-accel",
+            "tcg",
+            "-m",
+            "256M",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-kernel",
+        ])
+        .map(Into::into)
+        .collect();
     args.push(kernel.as_os_str().to_owned());
     args.push("-smp".into());
+    let cpus = if arch == Arch::Aarch64 { 1 } else { cpus };
     args.push(cpus.to_string().into());
     args
 }
 
-/// Builds the kernel with cargo and returns the image's path.
-fn build_kernel(dir: &Path) -> Result<PathBuf> {
+/// Builds the kernel for `target` with cargo and returns the image's path.
+fn build_kernel(dir: &Path, target: &str) -> Result<PathBuf> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("kernel sources not found at {}", dir.display()))?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let target_dir = dir.join("target");
-    eprintln!("boot: building the kernel in {}", dir.display());
+    eprintln!(
+        "boot: building the kernel in {} for {target}",
+        dir.display()
+    );
     // Run from the kernel's directory so its .cargo/config.toml (target,
     // relocation model) applies; flags meant for the host must not leak in.
     let build = Command::new(cargo)
@@ -247,7 +352,7 @@ fn build_kernel(dir: &Path) -> Result<PathBuf> {
             "--quiet",
             "--release",
             "--target",
-            "x86_64-unknown-none",
+            target,
             "--target-dir",
         ])
         .arg(&target_dir)
@@ -266,7 +371,7 @@ fn build_kernel(dir: &Path) -> Result<PathBuf> {
         if messages.contains("target may not be installed") {
             bail!(
                 "building the kernel failed ({}): the target is missing: rustup target add \
-                 x86_64-unknown-none",
+                 {target}",
                 build.status
             );
         }
@@ -276,7 +381,7 @@ fn build_kernel(dir: &Path) -> Result<PathBuf> {
             build.status
         );
     }
-    Ok(target_dir.join("x86_64-unknown-none/release/lazymmu-kernel"))
+    Ok(target_dir.join(target).join("release/lazymmu-kernel"))
 }
 
 /// Streams QEMU's output, kills it at the deadline (or when standard

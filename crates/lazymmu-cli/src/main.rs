@@ -37,8 +37,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
-    /// Build the bare-metal kernel, boot it under QEMU (TCG) and show its
-    /// tests and measurements; exit 0 only when the guest passed.
+    /// Build a bare-metal kernel (x86-64, arm64 or both), boot it under QEMU
+    /// (TCG) and show its tests and measurements; exit 0 only when the guest
+    /// passed.
     Boot(boot::Args),
     /// Exhaustive, preemption-bounded exploration of the scenarios'
     /// interleavings, with replayable counterexamples.

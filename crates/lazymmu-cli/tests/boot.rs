@@ -1,21 +1,27 @@
-//! `lazymmu boot`: the bare-metal kernel under QEMU, and how the command
+//! `lazymmu boot`: the bare-metal kernels under QEMU, and how the command
 //! judges a guest's report.
 //!
-//! The first test boots the real kernel; it needs `qemu-system-x86_64`
-//! (`apt-get install -y qemu-system-x86`; scripts/test.sh installs it) and
-//! the `x86_64-unknown-none` target (`rustup target add
-//! x86_64-unknown-none`). The others stand a shell script in for QEMU.
+//! The first two tests boot the real kernels, one at a time; they need
+//! `qemu-system-x86_64` and `qemu-system-aarch64` (`apt-get install -y
+//! qemu-system-x86 qemu-system-arm`; scripts/test.sh installs them) and the
+//! `x86_64-unknown-none` and `aarch64-unknown-none` targets (`rustup target
+//! add ...`). The others stand a shell script in for QEMU.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// Held while a real kernel boots: two guests at once on a small machine
+/// would slow each other towards the timeout.
+static REAL_BOOT: Mutex<()> = Mutex::new(());
 
 fn lazymmu() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lazymmu"))
 }
 
-fn qemu_available() -> bool {
-    Command::new("qemu-system-x86_64")
+fn qemu_available(qemu: &str) -> bool {
+    Command::new(qemu)
         .arg("--version")
         .output()
         .map(|output| output.status.success())
@@ -42,10 +48,11 @@ fn summary(stdout: &str) -> Option<(u32, u32)> {
 #[test]
 fn the_kernel_boots_and_every_guest_test_passes() {
     assert!(
-        qemu_available(),
+        qemu_available("qemu-system-x86_64"),
         "qemu-system-x86_64 is not installed: `apt-get install -y qemu-system-x86` \
          (scripts/test.sh installs it when missing)"
     );
+    let _one_at_a_time = REAL_BOOT.lock().unwrap_or_else(|e| e.into_inner());
     // The command kills QEMU after 60 s and then fails.
     let output = lazymmu()
         .args(["boot", "--timeout", "60"])
@@ -62,7 +69,7 @@ fn the_kernel_boots_and_every_guest_test_passes() {
     assert!(passed >= 10, "only {passed} guest tests ran:\n{stdout}");
     assert!(!stdout.contains("\nFAIL"), "{stdout}");
     assert!(
-        stdout.contains("guest passed (QEMU exit status 33)"),
+        stdout.contains("x86_64 guest passed (QEMU exit status 33)"),
         "{stdout}"
     );
     assert!(stdout.contains("In-guest measurements"), "{stdout}");
@@ -103,6 +110,48 @@ fn the_kernel_boots_and_every_guest_test_passes() {
                 .any(|l| l.split_whitespace().next() == Some(policy)),
             "no context-switch row for {policy}:\n{stdout}"
         );
+    }
+}
+
+#[test]
+fn the_arm64_kernel_boots_and_every_guest_test_passes() {
+    assert!(
+        qemu_available("qemu-system-aarch64"),
+        "qemu-system-aarch64 is not installed: `apt-get install -y qemu-system-arm` \
+         (scripts/test.sh installs it when missing)"
+    );
+    let _one_at_a_time = REAL_BOOT.lock().unwrap_or_else(|e| e.into_inner());
+    let output = lazymmu()
+        .args(["boot", "--arch", "aarch64", "--timeout", "60"])
+        .output()
+        .expect("lazymmu boot runs");
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "lazymmu boot --arch aarch64 failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    let (passed, failed) = summary(&stdout).expect("an `N passed, N failed` line");
+    assert_eq!(failed, 0, "guest failures:\n{stdout}");
+    assert!(passed >= 15, "only {passed} guest tests ran:\n{stdout}");
+    assert!(
+        stdout.contains("aarch64 guest passed (QEMU exit status 33)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("booted at EL1"), "{stdout}");
+    assert!(stdout.contains("In-guest measurements (arm64)"), "{stdout}");
+    for pages in ["1", "16", "64", "512", "4096"] {
+        for operation in ["map", "unmap"] {
+            for mode in ["eager", "lazy"] {
+                assert!(
+                    stdout.lines().any(|l| {
+                        let words: Vec<&str> = l.split_whitespace().collect();
+                        words.len() == 9 && words[..3] == [pages, operation, mode]
+                    }),
+                    "no {pages} {operation} {mode} row:\n{stdout}"
+                );
+            }
+        }
     }
 }
 
@@ -215,6 +264,36 @@ fn a_missing_qemu_is_reported() {
     assert!(text(&output)
         .1
         .contains("apt-get install -y qemu-system-x86"));
+    let output = lazymmu()
+        .args(["boot", "--arch", "aarch64", "--kernel", "/dev/null"])
+        .args(["--qemu", "/nonexistent/qemu-system-aarch64"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output)
+        .1
+        .contains("apt-get install -y qemu-system-arm"));
+}
+
+#[test]
+fn the_arm64_guest_passes_through_semihosting_and_never_with_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let arm = |status| {
+        let qemu = fake_qemu(dir.path(), &[MARKER, "2 passed, 0 failed"], status, 0);
+        lazymmu()
+            .args(["boot", "--arch", "aarch64", "--kernel", "/dev/null"])
+            .arg("--qemu")
+            .arg(qemu)
+            .output()
+            .unwrap()
+    };
+    let good = arm(33);
+    assert!(good.status.success(), "{:?}", text(&good));
+    assert!(text(&good).0.contains("aarch64 guest passed"));
+    // PSCI SYSTEM_OFF, or any stop without semihosting, ends QEMU with 0.
+    let off = arm(0);
+    assert_eq!(off.status.code(), Some(1));
+    assert!(text(&off).1.contains("exited with 0"), "{:?}", text(&off));
 }
 
 #[test]
@@ -226,6 +305,10 @@ fn bad_options_exit_with_2() {
         &["boot", "--cpus", "0"],
         &["boot", "--cpus", "9"],
         &["boot", "--cpus", "four"],
+        &["boot", "--arch", "mips"],
+        &["boot", "--arch", "aarch64", "--cpus", "4"],
+        &["boot", "--arch", "all", "--kernel", "/dev/null"],
+        &["boot", "--arch", "all", "--qemu", "/bin/true"],
     ] {
         let output = lazymmu().args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");

@@ -7,7 +7,11 @@
 //! Modelled on arch/arm64/include/asm/pgtable.h (`__set_pte_complete`,
 //! `queue_pte_barriers`, `emit_pte_barriers`, `arch_flush_lazy_mmu_mode`,
 //! the `TIF_LAZY_MMU_PENDING` thread flag, Linux 6.16) and
-//! arch/arm64/include/asm/tlbflush.h (`__flush_tlb_range`, `MAX_DVM_OPS`).
+//! arch/arm64/include/asm/tlbflush.h (`__flush_tlb_range_nosync`,
+//! `flush_tlb_kernel_range`, `flush_tlb_mm`, `flush_tlb_all`,
+//! `__flush_tlb_range_limit_excess`, `__flush_tlb_range_op` with the range
+//! operations of FEAT_TLBIRANGE, `MAX_DVM_OPS`, `MAX_TLBI_RANGE_PAGES`,
+//! Linux 6.13–6.16).
 
 use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
@@ -25,10 +29,80 @@ pub enum Dsb {
     Ish,
 }
 
-/// Number of single-page `tlbi` above which a range is flushed by ASID:
-/// `MAX_DVM_OPS` = `PTRS_PER_PTE` (512 with 4K pages),
-/// arch/arm64/include/asm/tlbflush.h.
+/// Pages (at the flush's stride) from which a CPU without range
+/// operations flushes the whole address space instead of page by page:
+/// `MAX_DVM_OPS` (called `MAX_TLBI_OPS` before Linux 6.10) =
+/// `PTRS_PER_PTE`, 512 with 4K pages, arch/arm64/include/asm/tlbflush.h.
 pub const MAX_DVM_OPS: usize = 512;
+
+/// Pages one range operation covers: `(num + 1) << (5 * scale + 1)`
+/// (`__TLBI_RANGE_PAGES`; Arm ARM, `TLBI RVAE1IS` and friends: the range
+/// is `(NUM + 1) * 2^(5 * SCALE + 1)` pages).
+pub const fn tlbi_range_pages(num: u8, scale: u8) -> u64 {
+    (num as u64 + 1) << (5 * scale as u32 + 1)
+}
+
+/// The most pages range operations cover before a full flush is cheaper:
+/// `MAX_TLBI_RANGE_PAGES` = `__TLBI_RANGE_PAGES(31, 3)`, 2,097,152.
+pub const MAX_TLBI_RANGE_PAGES: u64 = tlbi_range_pages(31, 3);
+
+/// One TLB invalidation instruction of a range flush.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlbiOp {
+    /// `tlbi vale1is` (or `vae1is`, `vaale1is`, `vaae1is`) of the page at
+    /// this address.
+    Page(VirtAddr),
+    /// `tlbi rvale1is` (or `rvae1is`, `rvaale1is`, `rvaae1is`): the
+    /// [`tlbi_range_pages`]`(num, scale)` pages from this address.
+    Range {
+        /// First address.
+        va: VirtAddr,
+        /// SCALE, 0–3.
+        scale: u8,
+        /// NUM, 0–31.
+        num: u8,
+    },
+}
+
+/// The instructions `__flush_tlb_range_op` issues for `pages` 4K pages
+/// from `start` at `stride`: one per stride step without range
+/// operations; with them, range operations from the largest scale down and
+/// a single-page operation for a last odd page (no LPA2, so no 64K
+/// alignment step). `pages` must not exceed [`MAX_TLBI_RANGE_PAGES`].
+pub fn tlbi_ops(
+    start: VirtAddr,
+    pages: u64,
+    stride: PageSize,
+    range: bool,
+    mut op: impl FnMut(TlbiOp),
+) {
+    let mut va = start.0;
+    let mut left = pages;
+    let mut scale: i32 = 3;
+    while left > 0 {
+        if !range || left == 1 {
+            op(TlbiOp::Page(VirtAddr(va)));
+            va = va.wrapping_add(stride.bytes());
+            left = left.saturating_sub(stride.bytes() >> 12);
+            continue;
+        }
+        // `__TLBI_RANGE_NUM`: -1 when this scale covers nothing.
+        let scale_u = scale as u8;
+        let num = (left.min(tlbi_range_pages(31, scale_u)) >> (5 * scale as u32 + 1)) as i64 - 1;
+        if num >= 0 {
+            let num = num as u8;
+            op(TlbiOp::Range {
+                va: VirtAddr(va),
+                scale: scale_u,
+                num,
+            });
+            let covered = tlbi_range_pages(num, scale_u);
+            va = va.wrapping_add(covered << 12);
+            left -= covered;
+        }
+        scale -= 1;
+    }
+}
 
 /// The machine operations of an arm64 CPU.
 ///
@@ -40,6 +114,7 @@ pub const MAX_DVM_OPS: usize = 512;
 /// | [`dsb`](Arm64Primitives::dsb) | 1 `dsb` |
 /// | [`isb`](Arm64Primitives::isb) | 1 `isb` |
 /// | [`tlbi_va`](Arm64Primitives::tlbi_va) | 1 `tlbi` |
+/// | [`tlbi_range`](Arm64Primitives::tlbi_range) | 1 `tlbi` |
 /// | [`tlbi_asid`](Arm64Primitives::tlbi_asid) | 1 `full_flush` |
 ///
 /// Model of visibility: a written entry reaches the walker of every CPU at
@@ -68,6 +143,23 @@ pub trait Arm64Primitives: CpuPrimitives {
     /// kernel's: broadcast invalidation of a whole address space.
     fn tlbi_asid(&self, space: SpaceId);
 
+    /// Whether the CPU has the range operations of FEAT_TLBIRANGE
+    /// (`system_supports_tlb_range()`). The default is a CPU without them.
+    fn tlb_range(&self) -> bool {
+        false
+    }
+
+    /// `tlbi rvale1is` (`last_level`) or `rvae1is` for user pages,
+    /// `rvaale1is` / `rvaae1is` for kernel pages: broadcast invalidation of
+    /// [`tlbi_range_pages`]`(num, scale)` pages from `va`. Only called when
+    /// [`tlb_range`](Arm64Primitives::tlb_range) is true; the default
+    /// invalidates the same pages one by one.
+    fn tlbi_range(&self, space: SpaceId, va: VirtAddr, scale: u8, num: u8, last_level: bool) {
+        for page in 0..tlbi_range_pages(num, scale) {
+            self.tlbi_va(space, va.add(page << 12), last_level);
+        }
+    }
+
     /// The current task's `TIF_LAZY_MMU_PENDING` flag: barriers are owed
     /// for entries it wrote in lazy MMU mode. Kept with the task, so it
     /// follows the task across context switches and migration.
@@ -92,6 +184,12 @@ impl<P: Arm64Primitives + ?Sized> Arm64Primitives for &P {
     }
     fn tlbi_asid(&self, space: SpaceId) {
         (**self).tlbi_asid(space)
+    }
+    fn tlb_range(&self) -> bool {
+        (**self).tlb_range()
+    }
+    fn tlbi_range(&self, space: SpaceId, va: VirtAddr, scale: u8, num: u8, last_level: bool) {
+        (**self).tlbi_range(space, va, scale, num, last_level)
     }
     fn task_barriers_pending(&self) -> bool {
         (**self).task_barriers_pending()
@@ -243,44 +341,86 @@ impl<P: Arm64Primitives> PteAccess for Arm64<P> {
     }
 }
 
+impl<P: Arm64Primitives> Arm64<P> {
+    /// `__flush_tlb_range_limit_excess`: whether a flush of `pages` 4K
+    /// pages at `stride` is rather done for the whole address space: from
+    /// [`MAX_DVM_OPS`] stride steps without range operations, above
+    /// [`MAX_TLBI_RANGE_PAGES`] with them.
+    fn limit_excess(&self, pages: u64, stride: PageSize) -> bool {
+        if self.primitives.tlb_range() {
+            pages > MAX_TLBI_RANGE_PAGES
+        } else {
+            pages * 4096 >= MAX_DVM_OPS as u64 * stride.bytes()
+        }
+    }
+}
+
 impl<P: Arm64Primitives> TlbFlush for Arm64<P> {
-    /// `__flush_tlb_range`: `dsb ishst` so the walker sees the cleared
-    /// entries, one `tlbi` per page (or one by ASID above
-    /// [`MAX_DVM_OPS`]), then `dsb ish`. The `is` forms broadcast, so the
-    /// scope does not change the instructions.
+    /// `__flush_tlb_range_nosync` + `dsb ish` for a user address space,
+    /// `flush_tlb_kernel_range` for the kernel's: `dsb ishst` so the walker
+    /// sees the cleared entries, the instructions of `__flush_tlb_range_op`
+    /// (page by page, or range operations where the CPU has them), `dsb
+    /// ish`, and for kernel mappings an `isb`. Past the limit
+    /// (`__flush_tlb_range_limit_excess`) the whole space goes instead
+    /// ([`TlbFlush::flush_all`]). The `is` forms broadcast, so the scope
+    /// does not change the instructions.
     fn flush_range(
         &self,
         space: SpaceId,
         start: VirtAddr,
         end: VirtAddr,
         stride: PageSize,
-        _scope: FlushScope,
+        scope: FlushScope,
     ) {
-        let pages = end.0.saturating_sub(start.0).div_ceil(stride.bytes());
+        let pages = end.0.saturating_sub(start.0).div_ceil(stride.bytes()) * (stride.bytes() >> 12);
         if pages == 0 {
             return;
         }
-        self.primitives.dsb(Dsb::IshSt);
-        if pages as usize > self.single_page_ceiling() {
-            self.primitives.tlbi_asid(space);
-        } else {
-            let last_level = stride == PageSize::Size4K;
-            for page in 0..pages {
-                self.primitives
-                    .tlbi_va(space, start.add(page * stride.bytes()), last_level);
-            }
+        if self.limit_excess(pages, stride) {
+            self.flush_all(space, scope);
+            return;
         }
+        let kernel = space == SpaceId::KERNEL;
+        let last_level = stride == PageSize::Size4K;
+        self.primitives.dsb(Dsb::IshSt);
+        tlbi_ops(
+            start,
+            pages,
+            stride,
+            self.primitives.tlb_range(),
+            |op| match op {
+                TlbiOp::Page(va) => self.primitives.tlbi_va(space, va, last_level),
+                TlbiOp::Range { va, scale, num } => self
+                    .primitives
+                    .tlbi_range(space, va, scale, num, last_level),
+            },
+        );
         self.primitives.dsb(Dsb::Ish);
+        if kernel {
+            self.primitives.isb();
+        }
     }
 
+    /// `flush_tlb_mm` for a user address space (`dsb ishst; tlbi aside1is;
+    /// dsb ish`), `flush_tlb_all` for the kernel's (`dsb ishst; tlbi
+    /// vmalle1is; dsb ish; isb`).
     fn flush_all(&self, space: SpaceId, _scope: FlushScope) {
         self.primitives.dsb(Dsb::IshSt);
         self.primitives.tlbi_asid(space);
         self.primitives.dsb(Dsb::Ish);
+        if space == SpaceId::KERNEL {
+            self.primitives.isb();
+        }
     }
 
+    /// Linux decides in `__flush_tlb_range` itself; the gather asks for
+    /// ranges up to the limit above which that would flush everything.
     fn single_page_ceiling(&self) -> usize {
-        MAX_DVM_OPS
+        if self.primitives.tlb_range() {
+            MAX_TLBI_RANGE_PAGES as usize
+        } else {
+            MAX_DVM_OPS
+        }
     }
 }
 

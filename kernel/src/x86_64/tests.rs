@@ -11,16 +11,17 @@ use lazymmu::mode::{LazyMode, LazyState};
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::ops::{ApplyMode, CopyKind, MapError};
+use lazymmu::pgtable::ops::{CopyKind, MapError};
 
-use crate::check::{Outcome, Report};
+use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
-use crate::memory::{self, DIRECT_MAP_BASE, FRAME};
+use crate::memory::{DIRECT_MAP_BASE, FRAME};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend, NoLazy,
-    PageTableFrames, TABLE_FRAMES,
+    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy,
+    KernelMemory, KernelTables, NoLazy, PageTableFrames, TABLE_FRAMES,
 };
 use crate::pks::{self, DEFAULT_PKRS, OPEN_PKRS};
+use crate::range_tests::{self, Guest};
 use crate::{cpu, ensure, ensure_eq, message};
 
 /// Kernel virtual addresses the tests map (Linux's vmalloc area); each test
@@ -34,35 +35,7 @@ pub fn area(n: u64) -> u64 {
 
 use paging::USER_BASE;
 
-/// The value the tests store in the first word of a data frame.
-pub fn pattern(frame: PhysAddr) -> u64 {
-    0x5a5a_0000_0000_0000 ^ frame.0
-}
-
-/// `n` physically contiguous data frames, each holding its [`pattern`].
-pub fn data_run(n: usize) -> Result<PhysAddr, crate::check::Message> {
-    let first = crate::memory::DATA_FRAMES
-        .allocate_run(n)
-        .ok_or(message!("no run of {n} free data frames"))?;
-    for i in 0..n as u64 {
-        let frame = first.add(i * FRAME);
-        let page = memory::phys_to_virt(frame) as *mut u64;
-        // SAFETY: the frames were just allocated and are direct-mapped with
-        // key 0 (writable); nothing else uses them.
-        unsafe {
-            core::ptr::write_bytes(page, 0, 512);
-            page.write_volatile(pattern(frame));
-        }
-    }
-    Ok(first)
-}
-
-/// Returns a run from [`data_run`].
-pub fn free_run(first: PhysAddr, n: usize) {
-    for i in 0..n as u64 {
-        paging::free_data_frame(first.add(i * FRAME));
-    }
-}
+pub use crate::testdata::{data_run, free_run, pattern};
 
 /// A gather for the kernel's address space: its flushes reach every CPU,
 /// since kernel mappings are shared (Linux's `flush_tlb_kernel_range`,
@@ -81,19 +54,6 @@ pub fn kernel_gather() -> Gather<'static, KernelBackend, PageTableFrames> {
 /// what an interrupt handler may do.
 pub fn cpu_local_gather() -> Gather<'static, KernelBackend, PageTableFrames> {
     Gather::new(backend(), &TABLE_FRAMES, SpaceId::KERNEL, FlushScope::Local)
-}
-
-/// Checks that the `n` pages at `va` read the patterns of the run at
-/// `first`.
-fn expect_run(va: u64, first: PhysAddr, n: usize) -> Outcome {
-    for i in 0..n as u64 {
-        let address = va + i * FRAME;
-        match interrupts::read(address) {
-            Ok(value) => ensure_eq!(value, pattern(first.add(i * FRAME)), "page {address:#x}"),
-            Err(fault) => return Err(message!("read {address:#x}: {fault:?}")),
-        }
-    }
-    Ok(())
 }
 
 /// Checks that reading `va` faults as not present.
@@ -137,68 +97,65 @@ fn write(va: u64, value: u64) -> Outcome {
     unsafe { interrupts::write(va, value) }.map_err(|fault| message!("write {va:#x}: {fault:?}"))
 }
 
-const PAGES: usize = 8;
+/// This kernel's MMU for the tests both kernels run
+/// ([`crate::range_tests`]): kernel mappings through the PKS-protected
+/// backend, flushed on every online CPU.
+pub struct X86Guest;
 
-fn map_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(0);
-    let run = data_run(PAGES)?;
-    let len = (PAGES as u64) * FRAME;
-    tables
-        .map(
-            VirtAddr(va),
-            run,
-            len,
-            Attributes::kernel_data(),
-            PageSize::Size4K,
-        )
-        .map_err(|e| message!("map: {e:?}"))?;
-    expect_run(va, run, PAGES)?;
-    // A store through the new mapping lands in the frame.
-    write(va + 8, 0x1234)?;
-    // SAFETY: reading our own frame through the direct map.
-    let stored = unsafe { ((memory::phys_to_virt(run) + 8) as *const u64).read_volatile() };
-    ensure_eq!(stored, 0x1234, "store through the mapping");
-    expect_absent(va + len)?;
-    ensure_eq!(
-        tables.map(
-            VirtAddr(va),
-            run,
-            FRAME,
-            Attributes::kernel_data(),
-            PageSize::Size4K
-        ),
-        Err(MapError::AlreadyMapped { at: VirtAddr(va) }),
-        "mapping over a present entry"
-    );
-    // A read-only mapping: loads work, stores fault with P|W.
-    let ro = va + (1 << 21);
-    tables
-        .map(
-            VirtAddr(ro),
-            run,
-            len,
-            Attributes::kernel_data().read_only(),
-            PageSize::Size4K,
-        )
-        .map_err(|e| message!("map ro: {e:?}"))?;
-    ensure_eq!(
-        interrupts::read(ro).ok(),
-        Some(pattern(run)),
-        "read-only alias"
-    );
-    expect_write_fault(ro, PF_PRESENT | PF_WRITE)?;
-    let mut gather = kernel_gather();
-    tables
-        .zap(VirtAddr(va), len, &mut gather)
-        .map_err(|e| message!("{e:?}"))?;
-    tables
-        .zap(VirtAddr(ro), len, &mut gather)
-        .map_err(|e| message!("{e:?}"))?;
-    drop(gather);
-    free_run(run, PAGES);
-    Ok(())
+impl Guest for X86Guest {
+    type Format = X86_64;
+    type Memory = KernelMemory;
+    type Backend = KernelBackend;
+    type Lazy = KernelLazy;
+    type Frames = PageTableFrames;
+
+    fn area(n: u64) -> u64 {
+        area(n)
+    }
+
+    fn tables() -> KernelTables<'static, KernelLazy> {
+        kernel_tables()
+    }
+
+    fn gather() -> Gather<'static, KernelBackend, PageTableFrames> {
+        kernel_gather()
+    }
+
+    fn gather_here() -> Gather<'static, KernelBackend, PageTableFrames> {
+        cpu_local_gather()
+    }
+
+    fn read(va: u64) -> Result<u64, Message> {
+        interrupts::read(va).map_err(|fault| message!("read {va:#x}: {fault:?}"))
+    }
+
+    fn write(va: u64, value: u64) -> Outcome {
+        write(va, value)
+    }
+
+    fn expect_absent(va: u64) -> Outcome {
+        expect_absent(va)
+    }
+
+    fn expect_read_only(va: u64) -> Outcome {
+        expect_write_fault(va, PF_PRESENT | PF_WRITE)
+    }
+
+    fn ticks() -> u64 {
+        interrupts::ticks()
+    }
+
+    fn set_timer_hook(hook: Option<fn()>) {
+        interrupts::set_timer_hook(hook);
+    }
+
+    fn after_sections() -> Outcome {
+        ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the sections");
+        Ok(())
+    }
 }
+
+const PAGES: usize = 8;
 
 fn zap_test() -> Outcome {
     let tables = kernel_tables();
@@ -214,7 +171,7 @@ fn zap_test() -> Outcome {
         )
         .map_err(|e| message!("map: {e:?}"))?;
     // Warm the TLB so that a missing invalidation would be visible.
-    expect_run(va, run, 64)?;
+    range_tests::expect_run::<X86Guest>(va, run, 64)?;
     // Few pages: one invlpg each.
     let before = paging::counts();
     let mut gather = kernel_gather();
@@ -228,7 +185,7 @@ fn zap_test() -> Outcome {
     for i in 0..PAGES as u64 {
         expect_absent(va + i * FRAME)?;
     }
-    expect_run(
+    range_tests::expect_run::<X86Guest>(
         va + PAGES as u64 * FRAME,
         run.add(PAGES as u64 * FRAME),
         64 - PAGES,
@@ -248,127 +205,6 @@ fn zap_test() -> Outcome {
         expect_absent(rest + i * FRAME)?;
     }
     free_run(run, 64);
-    Ok(())
-}
-
-fn protect_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(2);
-    let len = PAGES as u64 * FRAME;
-    let run = data_run(PAGES)?;
-    tables
-        .map(
-            VirtAddr(va),
-            run,
-            len,
-            Attributes::kernel_data(),
-            PageSize::Size4K,
-        )
-        .map_err(|e| message!("map: {e:?}"))?;
-    // Writable and cached as writable in the TLB.
-    for i in 0..PAGES as u64 {
-        write(va + i * FRAME + 16, i)?;
-    }
-    let mut gather = kernel_gather();
-    tables
-        .protect(
-            VirtAddr(va),
-            len,
-            Attributes::kernel_data().read_only(),
-            &mut gather,
-        )
-        .map_err(|e| message!("protect: {e:?}"))?;
-    drop(gather);
-    for i in 0..PAGES as u64 {
-        expect_write_fault(va + i * FRAME, PF_PRESENT | PF_WRITE)?;
-    }
-    expect_run(va, run, PAGES)?;
-    let mut gather = kernel_gather();
-    tables
-        .protect(VirtAddr(va), len, Attributes::kernel_data(), &mut gather)
-        .map_err(|e| message!("protect: {e:?}"))?;
-    drop(gather);
-    write(va + 16, 77)?;
-    let mut gather = kernel_gather();
-    tables
-        .zap(VirtAddr(va), len, &mut gather)
-        .map_err(|e| message!("{e:?}"))?;
-    drop(gather);
-    free_run(run, PAGES);
-    Ok(())
-}
-
-fn move_test() -> Outcome {
-    let tables = kernel_tables();
-    let from = area(3);
-    let to = area(3) + (4 << 21);
-    let len = PAGES as u64 * FRAME;
-    let run = data_run(PAGES)?;
-    tables
-        .map(
-            VirtAddr(from),
-            run,
-            len,
-            Attributes::kernel_data(),
-            PageSize::Size4K,
-        )
-        .map_err(|e| message!("map: {e:?}"))?;
-    expect_run(from, run, PAGES)?;
-    let mut gather = kernel_gather();
-    let summary = tables
-        .move_range(VirtAddr(from), VirtAddr(to), len, &mut gather)
-        .map_err(|e| message!("move: {e:?}"))?;
-    drop(gather);
-    ensure_eq!(summary.moved[0], PAGES as u64, "leaves moved");
-    for i in 0..PAGES as u64 {
-        expect_absent(from + i * FRAME)?;
-    }
-    expect_run(to, run, PAGES)?;
-    let mut gather = kernel_gather();
-    tables
-        .zap(VirtAddr(to), len, &mut gather)
-        .map_err(|e| message!("{e:?}"))?;
-    drop(gather);
-    free_run(run, PAGES);
-    Ok(())
-}
-
-fn apply_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(4);
-    let len = PAGES as u64 * FRAME;
-    let run = data_run(PAGES)?;
-    // vmalloc-style: create the tables and fill each PTE from the callback.
-    let mut gather = kernel_gather();
-    let summary = tables
-        .apply::<(), _, _, _, _>(VirtAddr(va), len, ApplyMode::Create, &mut gather, |slot| {
-            let page = (slot.va().0 - va) / FRAME;
-            slot.set(run.add(page * FRAME), Attributes::kernel_data());
-            Ok(())
-        })
-        .map_err(|e| message!("apply create: {e:?}"))?;
-    drop(gather);
-    ensure_eq!(summary.visited, PAGES as u64, "PTEs visited");
-    expect_run(va, run, PAGES)?;
-    // Clear every PTE from the callback: the invalidations are gathered.
-    let mut gather = kernel_gather();
-    tables
-        .apply::<(), _, _, _, _>(
-            VirtAddr(va),
-            len,
-            ApplyMode::Existing,
-            &mut gather,
-            |slot| {
-                slot.clear();
-                Ok(())
-            },
-        )
-        .map_err(|e| message!("apply clear: {e:?}"))?;
-    drop(gather);
-    for i in 0..PAGES as u64 {
-        expect_absent(va + i * FRAME)?;
-    }
-    free_run(run, PAGES);
     Ok(())
 }
 
@@ -408,9 +244,9 @@ fn copy_test() -> Outcome {
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
         // Copy-on-write: the parent lost write access at once.
         expect_write_fault(USER_BASE, PF_PRESENT | PF_WRITE)?;
-        expect_run(USER_BASE, run, PAGES)?;
+        range_tests::expect_run::<X86Guest>(USER_BASE, run, PAGES)?;
         paging::switch_to(child_root, SpaceId(2));
-        expect_run(USER_BASE, run, PAGES)?;
+        range_tests::expect_run::<X86Guest>(USER_BASE, run, PAGES)?;
         expect_write_fault(USER_BASE, PF_PRESENT | PF_WRITE)?;
         Ok(())
     })();
@@ -426,77 +262,6 @@ fn copy_test() -> Outcome {
     TABLE_FRAMES.free(parent_root);
     TABLE_FRAMES.free(child_root);
     free_run(run, PAGES);
-    Ok(())
-}
-
-/// Remaps one page inside a section (zap, then map another frame), closes
-/// the section and reads through the mapping: after the disable no stale
-/// translation may remain. Nested: the inner disable alone must suffice.
-fn stale_translation_test() -> Outcome {
-    let tables = kernel_tables();
-    let va = area(5);
-    let run = data_run(3)?;
-    let remap = |frame: PhysAddr| -> Outcome {
-        let mut gather = kernel_gather();
-        tables
-            .zap(VirtAddr(va), FRAME, &mut gather)
-            .map_err(|e| message!("zap: {e:?}"))?;
-        drop(gather);
-        tables
-            .map(
-                VirtAddr(va),
-                frame,
-                FRAME,
-                Attributes::kernel_data(),
-                PageSize::Size4K,
-            )
-            .map_err(|e| message!("map: {e:?}"))?;
-        Ok(())
-    };
-    tables
-        .map(
-            VirtAddr(va),
-            run,
-            FRAME,
-            Attributes::kernel_data(),
-            PageSize::Size4K,
-        )
-        .map_err(|e| message!("map: {e:?}"))?;
-    expect_run(va, run, 1)?;
-    {
-        let _section = lazy().section();
-        remap(run.add(FRAME))?;
-    }
-    expect_run(va, run.add(FRAME), 1)?;
-    {
-        let _outer = lazy().section();
-        {
-            let _inner = lazy().section();
-            remap(run.add(2 * FRAME))?;
-        }
-        // Only the inner section has closed.
-        expect_run(va, run.add(2 * FRAME), 1)?;
-        {
-            let _inner = lazy().section();
-            let mut gather = kernel_gather();
-            tables
-                .protect(
-                    VirtAddr(va),
-                    FRAME,
-                    Attributes::kernel_data().read_only(),
-                    &mut gather,
-                )
-                .map_err(|e| message!("protect: {e:?}"))?;
-        }
-        expect_write_fault(va, PF_PRESENT | PF_WRITE)?;
-    }
-    let mut gather = kernel_gather();
-    tables
-        .zap(VirtAddr(va), FRAME, &mut gather)
-        .map_err(|e| message!("{e:?}"))?;
-    drop(gather);
-    expect_absent(va)?;
-    free_run(run, 3);
     Ok(())
 }
 
@@ -555,7 +320,7 @@ fn timer_in_section_test() -> Outcome {
             PageSize::Size4K,
         )
         .map_err(|e| message!("map: {e:?}"))?;
-    expect_run(va, run, 1)?;
+    range_tests::expect_run::<X86Guest>(va, run, 1)?;
     TIMER_VA.store(va, Relaxed);
     TIMER_FRAME.store(run.add(FRAME).0, Relaxed);
     TIMER_RESULT.store(0, Relaxed);
@@ -583,7 +348,7 @@ fn timer_in_section_test() -> Outcome {
         // The exception return restored the section's window.
         ensure_eq!(pks::read(), OPEN_PKRS, "PKRS after the interrupt");
         // The task sees the handler's mapping at once, still in its section.
-        expect_run(va, run.add(FRAME), 1)?;
+        range_tests::expect_run::<X86Guest>(va, run.add(FRAME), 1)?;
     }
     ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the section");
     let mut gather = kernel_gather();
@@ -592,128 +357,6 @@ fn timer_in_section_test() -> Outcome {
         .map_err(|e| message!("{e:?}"))?;
     drop(gather);
     free_run(run, 2);
-    Ok(())
-}
-
-// State of the hook that remaps a page on every tick.
-static REMAP_RUNS: AtomicU64 = AtomicU64::new(0);
-static REMAP_IN_SECTION: AtomicU64 = AtomicU64::new(0);
-static REMAP_FAILURES: AtomicU64 = AtomicU64::new(0);
-
-/// Runs on every tick while the task is rewriting its own range inside a
-/// section: flips a kernel page between two frames and reads it at once.
-fn timer_flip() {
-    let va = TIMER_VA.load(Relaxed);
-    let frames = [
-        PhysAddr(TIMER_FRAME.load(Relaxed)),
-        PhysAddr(TIMER_FRAME.load(Relaxed)).add(FRAME),
-    ];
-    let runs = REMAP_RUNS.load(Relaxed);
-    let (old, new) = (
-        frames[(runs % 2) as usize],
-        frames[(runs % 2 + 1) as usize % 2],
-    );
-    // The task's state says whether this interrupt landed in its section.
-    if lazy().state().enable_count > 0 {
-        REMAP_IN_SECTION.fetch_add(1, Relaxed);
-    }
-    let tables = kernel_tables();
-    let mut gather = cpu_local_gather();
-    let zapped = tables.zap(VirtAddr(va), FRAME, &mut gather).is_ok();
-    drop(gather);
-    let mapped = tables
-        .map(
-            VirtAddr(va),
-            new,
-            FRAME,
-            Attributes::kernel_data(),
-            PageSize::Size4K,
-        )
-        .is_ok();
-    if !zapped || !mapped || interrupts::read(va) != Ok(pattern(new)) || old == new {
-        REMAP_FAILURES.fetch_add(1, Relaxed);
-    }
-    REMAP_RUNS.fetch_add(1, Relaxed);
-}
-
-/// Timer interrupts land while the task is in the middle of writing its
-/// own entries inside a section: the handler's changes take effect at once,
-/// and the task's window is back when it resumes (else its next entry
-/// write would fault with PK).
-fn timer_during_operations_test() -> Outcome {
-    const TASK_PAGES: usize = 512;
-    let tables = kernel_tables();
-    let flip_va = area(11);
-    let task_va = area(12);
-    let flip = data_run(2)?;
-    let run = data_run(TASK_PAGES)?;
-    tables
-        .map(
-            VirtAddr(flip_va),
-            flip,
-            FRAME,
-            Attributes::kernel_data(),
-            PageSize::Size4K,
-        )
-        .map_err(|e| message!("map: {e:?}"))?;
-    TIMER_VA.store(flip_va, Relaxed);
-    TIMER_FRAME.store(flip.0, Relaxed);
-    REMAP_RUNS.store(0, Relaxed);
-    REMAP_IN_SECTION.store(0, Relaxed);
-    REMAP_FAILURES.store(0, Relaxed);
-    let len = TASK_PAGES as u64 * FRAME;
-    let start = interrupts::ticks();
-    let mut rounds = 0u64;
-    interrupts::set_timer_hook(Some(timer_flip));
-    let outcome = (|| -> Outcome {
-        while interrupts::ticks() < start + 50 {
-            let _section = lazy().section();
-            tables
-                .map(
-                    VirtAddr(task_va),
-                    run,
-                    len,
-                    Attributes::kernel_data(),
-                    PageSize::Size4K,
-                )
-                .map_err(|e| message!("task map: {e:?}"))?;
-            expect_run(task_va, run, TASK_PAGES)?;
-            let mut gather = kernel_gather();
-            tables
-                .zap(VirtAddr(task_va), len, &mut gather)
-                .map_err(|e| message!("task zap: {e:?}"))?;
-            rounds += 1;
-        }
-        Ok(())
-    })();
-    interrupts::set_timer_hook(None);
-    outcome?;
-    ensure_eq!(
-        REMAP_FAILURES.load(Relaxed),
-        0,
-        "handler remaps that did not read back"
-    );
-    ensure!(
-        REMAP_IN_SECTION.load(Relaxed) >= 10,
-        "only {} of {} ticks landed in the task's section ({rounds} rounds)",
-        REMAP_IN_SECTION.load(Relaxed),
-        REMAP_RUNS.load(Relaxed)
-    );
-    ensure_eq!(pks::read(), DEFAULT_PKRS, "PKRS after the sections");
-    crate::println!(
-        "  ({} of {} ticks landed in the task's section; {rounds} rounds of {TASK_PAGES} pages)",
-        REMAP_IN_SECTION.load(Relaxed),
-        REMAP_RUNS.load(Relaxed)
-    );
-    let expected = flip.add((REMAP_RUNS.load(Relaxed) % 2) * FRAME);
-    expect_run(flip_va, expected, 1)?;
-    let mut gather = kernel_gather();
-    tables
-        .zap(VirtAddr(flip_va), FRAME, &mut gather)
-        .map_err(|e| message!("{e:?}"))?;
-    drop(gather);
-    free_run(flip, 2);
-    free_run(run, TASK_PAGES);
     Ok(())
 }
 
@@ -770,7 +413,7 @@ fn nesting_and_pause_test() -> Outcome {
             4,
             "PKRS writes after a write while paused"
         );
-        expect_run(va + FRAME, run.add(FRAME), 1)?;
+        range_tests::expect_run::<X86Guest>(va + FRAME, run.add(FRAME), 1)?;
     }
     ensure_eq!(lazy().state(), state(2, 0), "resumed");
     ensure_eq!(pks::read(), OPEN_PKRS, "PKRS after resume");
@@ -878,7 +521,7 @@ fn pkrs_count_test() -> Outcome {
         2,
         "PKRS writes for {N} entries in one section"
     );
-    expect_run(va, run, N as usize)?;
+    range_tests::expect_run::<X86Guest>(va, run, N as usize)?;
     let start = pks::writes();
     {
         let _section = lazy().section();
@@ -902,7 +545,7 @@ fn pkrs_count_test() -> Outcome {
         2 * N,
         "PKRS writes for {N} entries without lazy mode"
     );
-    expect_run(va, run, N as usize)?;
+    range_tests::expect_run::<X86Guest>(va, run, N as usize)?;
     let start = pks::writes();
     let mut gather = kernel_gather();
     plain
@@ -1003,7 +646,7 @@ fn stale_translation_is_observable_test() -> Outcome {
     };
     {
         let _section = lazy().section();
-        expect_run(va, run, 1)?;
+        range_tests::expect_run::<X86Guest>(va, run, 1)?;
         // Retarget the PTE without invalidating: the TLB still has the old
         // frame.
         backend().write_entry(update(run.add(FRAME)));
@@ -1021,7 +664,7 @@ fn stale_translation_is_observable_test() -> Outcome {
     }
     // Outside a section the write opens and closes the register, and each
     // PKRS write flushes QEMU's TLB: no stale read even without invlpg.
-    expect_run(va, run.add(FRAME), 1)?;
+    range_tests::expect_run::<X86Guest>(va, run.add(FRAME), 1)?;
     backend().write_entry(update(run));
     ensure_eq!(
         interrupts::read(va).ok(),
@@ -1044,20 +687,20 @@ pub fn run_all() -> Report {
         "QEMU keeps a stale translation until invlpg",
         interrupts_off(stale_translation_is_observable_test),
     );
-    report.run("map", in_section(map_test));
+    report.run("map", in_section(range_tests::map_test::<X86Guest>));
     report.run("zap", in_section(zap_test));
-    report.run("protect", in_section(protect_test));
-    report.run("move", in_section(move_test));
+    report.run("protect", in_section(range_tests::protect_test::<X86Guest>));
+    report.run("move", in_section(range_tests::move_test::<X86Guest>));
     report.run("copy (fork, copy-on-write)", in_section(copy_test));
-    report.run("apply", in_section(apply_test));
+    report.run("apply", in_section(range_tests::apply_test::<X86Guest>));
     report.run("map, zap, protect outside any section", || {
-        map_test()?;
+        range_tests::map_test::<X86Guest>()?;
         zap_test()?;
-        protect_test()
+        range_tests::protect_test::<X86Guest>()
     });
     report.run(
         "no stale translation after disable",
-        interrupts_off(stale_translation_test),
+        interrupts_off(range_tests::stale_translation_test::<X86Guest>),
     );
     report.run(
         "timer interrupt remaps inside a section",
@@ -1065,7 +708,7 @@ pub fn run_all() -> Report {
     );
     report.run(
         "timer remaps while the task writes entries in a section",
-        timer_during_operations_test,
+        range_tests::timer_during_operations_test::<X86Guest>,
     );
     report.run("nested sections and pause/resume", nesting_and_pause_test);
     report.run(

@@ -1,40 +1,14 @@
-//! COM1 (8250/16550 UART at 0x3F8), polled, for the console `lazymmu boot`
-//! reads. Register layout: the National Semiconductor PC16550D datasheet.
+//! The console `lazymmu boot` reads: whole messages printed under one lock
+//! through the architecture's UART (`serial::write_byte`: COM1 on x86-64,
+//! the PL011 on arm64), and the `print!`/`println!` macros.
 
 use core::fmt;
 
-use crate::cpu::{inb, outb};
+use crate::serial::write_byte;
 use crate::sync::SpinLock;
 
-const COM1: u16 = 0x3f8;
-const LINE_STATUS: u16 = COM1 + 5;
-const TRANSMIT_EMPTY: u8 = 1 << 5;
-
-/// Programs COM1 for 115200 baud, 8N1, FIFOs on, interrupts off.
-pub fn init() {
-    // SAFETY: COM1 is the kernel's console and nothing else drives it.
-    unsafe {
-        outb(COM1 + 1, 0x00); // no UART interrupts
-        outb(COM1 + 3, 0x80); // DLAB on
-        outb(COM1, 0x01); // divisor 1: 115200 baud
-        outb(COM1 + 1, 0x00);
-        outb(COM1 + 3, 0x03); // 8 bits, no parity, one stop bit
-        outb(COM1 + 2, 0xc7); // FIFOs on and cleared
-        outb(COM1 + 4, 0x03); // DTR, RTS
-    }
-}
-
-fn write_byte(byte: u8) {
-    // SAFETY: COM1 is the kernel's console and nothing else drives it.
-    unsafe {
-        while inb(LINE_STATUS) & TRANSMIT_EMPTY == 0 {}
-        outb(COM1, byte);
-    }
-}
-
-/// The console as a `fmt::Write`; [`print_fmt`] serialises whole
-/// messages across CPUs.
-pub struct Serial;
+/// The UART as a `fmt::Write`, with `\n` sent as `\r\n`.
+struct Serial;
 
 impl fmt::Write for Serial {
     fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -77,7 +51,7 @@ pub fn print_fmt_dying(args: fmt::Arguments<'_>) {
 #[macro_export]
 macro_rules! print {
     ($($arg:tt)*) => {
-        $crate::serial::print_fmt(format_args!($($arg)*))
+        $crate::console::print_fmt(format_args!($($arg)*))
     };
 }
 
@@ -86,6 +60,6 @@ macro_rules! print {
 macro_rules! println {
     () => { $crate::print!("\n") };
     ($($arg:tt)*) => {
-        $crate::serial::print_fmt(format_args!("{}\n", format_args!($($arg)*)))
+        $crate::console::print_fmt(format_args!("{}\n", format_args!($($arg)*)))
     };
 }

@@ -511,7 +511,7 @@ fn page_fault(frame: &mut InterruptFrame) {
 }
 
 fn fatal(frame: &InterruptFrame, what: &str) -> ! {
-    crate::serial::print_fmt_dying(format_args!(
+    crate::console::print_fmt_dying(format_args!(
         "FATAL: {what} on CPU {}: vector {} error {:#x} rip {:#x} rsp {:#x} cr2 {:#x}\n",
         percpu::cpu_index(),
         frame.vector,
