@@ -6,11 +6,10 @@
 //! invariant or a failed guest); an error is turned into a status by
 //! [`report`]:
 //!
-//! - a [`Usage`] error (a bad option value, a selection that cannot run)
-//!   is printed as clap prints its own usage errors, with the usage line,
-//!   and exits with [`USAGE`]; so does a [`BadInput`] error (a file the
-//!   command refuses: an unknown operation, an overlong line), without the
-//!   usage line;
+//! - a [`Refused`] error exits with [`USAGE`]: a bad option value or a
+//!   selection that cannot run ([`usage`]) is printed as clap prints its
+//!   own usage errors, with the usage line; input the command refuses (an
+//!   unknown operation, an overlong line: [`bad_input`]) without it;
 //! - writing to a closed pipe (`lazymmu compare | head`) ends quietly with
 //!   status 0, as other Unix tools do;
 //! - anything else (an I/O error, which names its path through
@@ -40,40 +39,35 @@ Exit status: 0 success; 1 the run found a problem (an invariant violated, the \
 guest failed) or an I/O error (the message names the path); 2 bad usage or \
 input refused. Output to a closed pipe ends quietly with 0.";
 
-/// An error in how the command was called, or input it refuses: exit
-/// status [`USAGE`], printed like clap's own usage errors.
+/// Why a command refused to run: exit status [`USAGE`].
 #[derive(Debug)]
-pub struct Usage(pub String);
+pub enum Refused {
+    /// An option value or a selection that cannot run: printed like clap's
+    /// own usage errors, with the usage line.
+    Usage(String),
+    /// Input the command refuses (a line of a file, a trace); the message
+    /// names where the bad input is.
+    BadInput(String),
+}
 
-impl fmt::Display for Usage {
+impl fmt::Display for Refused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Refused::Usage(message) | Refused::BadInput(message) => f.write_str(message),
+        }
     }
 }
 
-impl std::error::Error for Usage {}
+impl std::error::Error for Refused {}
 
-/// A [`Usage`] error as an `anyhow::Error`.
+/// A [`Refused::Usage`] error as an `anyhow::Error`.
 pub fn usage(message: impl fmt::Display) -> anyhow::Error {
-    Usage(message.to_string()).into()
+    Refused::Usage(message.to_string()).into()
 }
 
-/// Input the command refuses (a line of a file, a trace): exit status
-/// [`USAGE`]; the message names where the bad input is.
-#[derive(Debug)]
-pub struct BadInput(pub String);
-
-impl fmt::Display for BadInput {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BadInput {}
-
-/// A [`BadInput`] error as an `anyhow::Error`.
+/// A [`Refused::BadInput`] error as an `anyhow::Error`.
 pub fn bad_input(message: impl fmt::Display) -> anyhow::Error {
-    BadInput(message.to_string()).into()
+    Refused::BadInput(message.to_string()).into()
 }
 
 /// Prints `error` in the one error style and returns the exit status it
@@ -82,19 +76,15 @@ pub fn report(error: &anyhow::Error, command: &mut clap::Command) -> ExitCode {
     if closed_pipe(error) {
         return ExitCode::SUCCESS;
     }
-    if let Some(Usage(message)) = error.downcast_ref::<Usage>() {
+    let refused = error.downcast_ref::<Refused>();
+    if let Some(Refused::Usage(message)) = refused {
         // Clap formats it: the same `error:` prefix, colour and hint as
         // its own usage errors.
         let _ = command.error(ErrorKind::ValueValidation, message).print();
         return ExitCode::from(USAGE);
     }
-    let status = if error.downcast_ref::<BadInput>().is_some() {
-        USAGE
-    } else {
-        FAILURE
-    };
     let _ = clap::Error::raw(ErrorKind::Io, format!("{error:#}\n")).print();
-    ExitCode::from(status)
+    ExitCode::from(if refused.is_some() { USAGE } else { FAILURE })
 }
 
 /// Whether `error` is a write to a pipe whose reader has gone.
@@ -121,8 +111,16 @@ mod tests {
     }
 
     #[test]
-    fn usage_errors_are_found_by_downcasting() {
+    fn refusals_are_found_by_downcasting() {
         let error = usage("unknown thing");
-        assert_eq!(error.downcast_ref::<Usage>().unwrap().0, "unknown thing");
+        assert!(matches!(
+            error.downcast_ref::<Refused>(),
+            Some(Refused::Usage(m)) if m == "unknown thing"
+        ));
+        let error = bad_input("line 3");
+        assert!(matches!(
+            error.downcast_ref::<Refused>(),
+            Some(Refused::BadInput(m)) if m == "line 3"
+        ));
     }
 }

@@ -86,7 +86,7 @@ impl<R: BufRead> Lines<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exit::BadInput;
+    use crate::exit::Refused;
 
     #[test]
     fn lines_are_numbered_without_their_ends() {
@@ -103,7 +103,7 @@ mod tests {
         let mut lines = Lines::new(&b"0123456789\n01234567890\n"[..], "t", 10);
         assert_eq!(lines.next_line().unwrap().unwrap().1, "0123456789");
         let error = lines.next_line().unwrap_err();
-        let message = error.downcast_ref::<BadInput>().unwrap().to_string();
+        let message = error.downcast_ref::<Refused>().unwrap().to_string();
         assert!(message.starts_with("t:2: line longer than the limit of 10 bytes"));
     }
 
