@@ -5,6 +5,8 @@ use core::cell::Cell;
 
 use lazymmu::addr::{PhysAddr, SpaceId};
 
+use crate::footprint::{FootprintLog, Location};
+
 /// Bytes per frame.
 pub const FRAME_BYTES: u64 = 4096;
 const WORDS: usize = 512;
@@ -33,6 +35,9 @@ pub struct PhysMemory {
     /// frame's owner and key: updated at each change, so that a digest of
     /// the memory costs nothing however much of it is in use.
     digest_sum: Cell<u64>,
+    /// What the running stretch of execution touches (the machine's whole
+    /// footprint log lives here, next to what most of it is about).
+    footprints: FootprintLog,
 }
 
 /// A 64-bit mixer (the SplitMix64 finaliser).
@@ -75,7 +80,14 @@ impl PhysMemory {
             frames,
             tracking: Cell::new(false),
             digest_sum: Cell::new(0),
+            footprints: FootprintLog::default(),
         }
+    }
+
+    /// The footprint log of the machine.
+    #[inline]
+    pub fn footprints(&self) -> &FootprintLog {
+        &self.footprints
     }
 
     /// Number of frames.
@@ -113,6 +125,7 @@ impl PhysMemory {
     /// When `pa` is not memory.
     #[inline]
     pub fn read(&self, pa: PhysAddr) -> u64 {
+        self.footprints.read(Location::Entry(pa));
         self.word(pa).get()
     }
 
@@ -122,6 +135,7 @@ impl PhysMemory {
     /// When `pa` is not memory.
     #[inline]
     pub fn write(&self, pa: PhysAddr, value: u64) {
+        self.footprints.write(Location::Entry(pa));
         let cell = self.word(pa);
         if self.tracking.get() {
             let index = ((pa.0 - MEMORY_BASE) / 8) as usize;
@@ -158,6 +172,7 @@ impl PhysMemory {
 
     /// Allocates a frame for `owner` carrying protection key `key`.
     pub fn allocate(&self, owner: SpaceId, key: u8) -> Option<PhysAddr> {
+        self.footprints.write(Location::Allocator);
         let frame = match self.free.borrow_mut().pop() {
             Some(f) => f,
             None => {
@@ -177,6 +192,7 @@ impl PhysMemory {
     /// Frees a frame. Returns false (and changes nothing) when it was not
     /// allocated.
     pub fn free(&self, pa: PhysAddr) -> bool {
+        self.footprints.write(Location::Allocator);
         let Some(frame) = self.frame_of(pa) else {
             return false;
         };
@@ -193,6 +209,7 @@ impl PhysMemory {
     /// when free or not memory.
     #[inline]
     pub fn owner(&self, pa: PhysAddr) -> Option<SpaceId> {
+        self.footprints.read(Location::Allocator);
         let o = self.owner.get(self.frame_of(pa)?)?.get();
         (o != FREE).then_some(SpaceId(o))
     }
@@ -200,6 +217,7 @@ impl PhysMemory {
     /// The protection key of the frame holding `pa` (0 when not memory).
     #[inline]
     pub fn key(&self, pa: PhysAddr) -> u8 {
+        self.footprints.read(Location::Allocator);
         self.frame_of(pa).map_or(0, |f| self.key[f].get())
     }
 

@@ -24,6 +24,7 @@ use crate::explore::{
 };
 use crate::machine::Offers;
 use crate::neighbours::{self, NeighbourSystem};
+use crate::pct::RandomSearch;
 use crate::run::run_with;
 use crate::scenario::{DesignKind, RunConfig};
 use crate::script::{Action, Arch, Design, Faults, Spec, TaskSpec};
@@ -522,10 +523,12 @@ pub struct SimScenario {
     pub config: RunConfig,
 }
 
-/// Preemption bound for the page-table workloads unless raised: their runs
-/// pass hundreds of choice points, each offering an interrupt, a remote
-/// flush and the other CPU, so bound 2 takes tens of seconds per workload.
-pub const SIM_PREEMPTIONS: u32 = 1;
+/// Preemption bound for the page-table workloads unless changed: their
+/// runs pass hundreds of choice points, each offering an interrupt, a
+/// remote flush and the other CPU. Bound 2, as for every other scenario,
+/// now that pruning, sleep sets and one thread per core keep the whole
+/// default check near a minute of CPU time in a release build.
+pub const SIM_PREEMPTIONS: u32 = 2;
 
 impl System for SimScenario {
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
@@ -536,6 +539,13 @@ impl System for SimScenario {
                 stopped: false,
             }
         })
+    }
+
+    /// A workload's programs are per task; everything they share (page
+    /// tables, frames, TLBs, lazy TLB's CPU and address-space state) is
+    /// the machine's.
+    fn partial_order(&self) -> bool {
+        true
     }
 }
 
@@ -604,6 +614,74 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
         small(
             "sim-mprotect-poe",
             "simulator mprotect on arm64-poe (key-register windows)",
+            B::Arm64Poe,
+            W::Mprotect,
+        ),
+    ]
+}
+
+/// Task names of the big scenarios.
+const BIG_TASKS: [&str; 16] = [
+    "t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14",
+    "t15",
+];
+
+/// CPUs of the big scenarios.
+pub const BIG_CPUS: usize = 8;
+
+/// Scenarios too big for exhaustive search, for `check --random`: 8 CPUs
+/// and 16 tasks, two per CPU. Not in the default check ([`all`]); found by
+/// name ([`find`]) so that their traces replay.
+pub fn random_scenarios() -> Vec<Entry> {
+    use crate::scenario::{BackendKind as B, ModeKind, WorkloadKind as W};
+    // Each task maps its own entry in a section; the odd ones nest a
+    // second section and read the entry back paused in it; an interrupt
+    // maps kernel memory on any CPU; tasks migrate.
+    let tasks = BIG_TASKS
+        .iter()
+        .enumerate()
+        .map(|(i, &name)| {
+            let e = i as u8;
+            let actions: &[Action] = if i % 2 == 0 {
+                &[E, w(e), D]
+            } else {
+                &[E, w(e), E, P, rb(e), R, D, D]
+            };
+            task(name, i % BIG_CPUS, actions)
+        })
+        .collect();
+    let script = Scenario {
+        name: "big-sections",
+        about: "8 CPUs, 16 tasks: sections (some nested, with paused read-backs), a kernel-mapping interrupt, migration",
+        spec: Spec {
+            cpus: BIG_CPUS,
+            ..spec(Arch::XenPv, tasks, &[k(10)], true)
+        },
+    };
+    let big = |name, about, backend, workload| {
+        let mut config = RunConfig::new(backend, workload, ModeKind::Lazy);
+        config.pages = 2;
+        config.cpus = BIG_CPUS;
+        config.tasks = 2 * BIG_CPUS;
+        config.rates = None;
+        config.offers = Offers::ALL;
+        Entry::Simulator(SimScenario {
+            name,
+            about,
+            config,
+        })
+    };
+    vec![
+        Entry::Machine(script),
+        big(
+            "big-sim-munmap",
+            "simulator munmap on xen-pv, 8 CPUs, 16 tasks",
+            B::XenPv,
+            W::Munmap,
+        ),
+        big(
+            "big-sim-mprotect-poe",
+            "simulator mprotect on arm64-poe, 8 CPUs, 16 tasks",
             B::Arm64Poe,
             W::Mprotect,
         ),
@@ -708,10 +786,12 @@ pub fn all() -> Vec<Entry> {
         .collect()
 }
 
-/// Finds a scenario by name (including `tiny`).
+/// Finds a scenario by name (including `tiny` and the big ones of
+/// [`random_scenarios`]).
 pub fn find(name: &str) -> Option<Entry> {
     all()
         .into_iter()
+        .chain(random_scenarios())
         .chain(std::iter::once(Entry::Machine(tiny())))
         .find(|s| s.name() == name)
 }
@@ -919,6 +999,8 @@ pub struct CheckReport {
     pub variant: Variant,
     /// The limits used.
     pub bounds: Bounds,
+    /// The randomised search made instead of an exhaustive one, if so.
+    pub random: Option<RandomSearch>,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioReport>,
     /// Wall time of the whole check.
@@ -934,6 +1016,11 @@ impl CheckReport {
     /// Runs cut short at a visited state.
     pub fn pruned(&self) -> u64 {
         self.scenarios.iter().map(|s| s.report.pruned).sum()
+    }
+
+    /// Options left untried by sleep sets.
+    pub fn slept(&self) -> u64 {
+        self.scenarios.iter().map(|s| s.report.slept).sum()
     }
 
     /// Schedules per second of wall time.
@@ -975,7 +1062,10 @@ pub fn check(
 }
 
 /// As [`check`], telling `progress` the scenario being explored and how
-/// many of its schedules are done after every schedule.
+/// many of its schedules are done after every schedule. Scenarios are
+/// explored on as many threads as the machine has cores, each scenario on
+/// one thread (every run builds its own machine); the report lists them
+/// in the order given.
 pub fn check_with(
     scenarios: &[Entry],
     variant: Variant,
@@ -984,21 +1074,105 @@ pub fn check_with(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> CheckReport {
     let start = Instant::now();
-    let reports = scenarios
-        .iter()
-        .filter_map(|s| {
-            let system = s.system(variant)?;
-            let bounds = s.bounds(bounds, sim_preemptions);
-            Some(ScenarioReport {
-                scenario: s.name().to_owned(),
-                bound: bounds.preemptions,
-                report: Explorer::new(bounds).explore_with(s.name(), &*system, progress),
-            })
+    let reports = on_every_core(scenarios, progress, |s, progress| {
+        let system = s.system(variant)?;
+        let bounds = s.bounds(bounds, sim_preemptions);
+        Some(ScenarioReport {
+            scenario: s.name().to_owned(),
+            bound: bounds.preemptions,
+            report: Explorer::new(bounds).explore_with(s.name(), &*system, progress),
         })
-        .collect();
+    });
     CheckReport {
         variant,
         bounds,
+        random: None,
+        scenarios: reports,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Runs `search` on every scenario, spread over the machine's cores, and
+/// returns what it gives in the scenarios' order. `progress` is told, on
+/// the calling thread, how far each scenario is.
+fn on_every_core<F>(
+    scenarios: &[Entry],
+    progress: &mut dyn FnMut(Progress<'_>),
+    search: F,
+) -> Vec<ScenarioReport>
+where
+    F: Fn(&Entry, &mut dyn FnMut(Progress<'_>)) -> Option<ScenarioReport> + Sync,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(scenarios.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<ScenarioReport>> = vec![None; scenarios.len()];
+    let (tell, told) = mpsc::channel::<(usize, u64)>();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let tell = tell.clone();
+                let (next, search) = (&next, &search);
+                scope.spawn(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(s) = scenarios.get(i) else { break };
+                        let report = search(s, &mut |at| {
+                            let _ = tell.send((i, at.schedules));
+                        });
+                        done.push((i, report));
+                    }
+                    done
+                })
+            })
+            .collect();
+        drop(tell);
+        for (i, schedules) in told {
+            progress(Progress {
+                scenario: scenarios[i].name(),
+                schedules,
+            });
+        }
+        for handle in handles {
+            let done = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (i, report) in done {
+                results[i] = report;
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
+/// Samples the schedules of `scenarios` under `variant` by PCT
+/// ([`crate::pct`]). Scenarios the variant does not apply to are left out
+/// of the report.
+pub fn sample(
+    scenarios: &[Entry],
+    variant: Variant,
+    search: RandomSearch,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> CheckReport {
+    let start = Instant::now();
+    let reports = on_every_core(scenarios, progress, |s, progress| {
+        let system = s.system(variant)?;
+        Some(ScenarioReport {
+            scenario: s.name().to_owned(),
+            bound: None,
+            report: crate::pct::sample(s.name(), &*system, search, progress),
+        })
+    });
+    CheckReport {
+        variant,
+        bounds: Bounds::default(),
+        random: Some(search),
         scenarios: reports,
         elapsed: start.elapsed(),
     }

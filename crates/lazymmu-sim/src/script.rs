@@ -16,7 +16,7 @@
 //! (the gather that frees before it flushes, single-slot stateful
 //! sections).
 
-use core::cell::{Cell, RefCell};
+use core::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::rc::Rc;
 
@@ -44,6 +44,7 @@ use lazymmu::pgtable::ops::PageTables;
 use crate::choice::Chooser;
 use crate::events::EventKind;
 use crate::explore::{catching, RunOutcome, System};
+use crate::footprint::Location;
 use crate::invariant::Invariant;
 use crate::machine::{
     walk, Kernel, KeyModel, Machine, MachineConfig, Offers, SimCpu, SimEnv, SimFrames, SimMemory,
@@ -677,7 +678,8 @@ struct ScriptWorld {
     extra_tables: Vec<(PhysAddr, PhysAddr)>,
     /// Which table each entry index was last written in (for read-backs).
     last_kernel: RefCell<[bool; ENTRIES]>,
-    writes: Cell<u64>,
+    /// Writes each task made so far.
+    writes: RefCell<Vec<u64>>,
     frames: RefCell<Vec<Option<KeyFrame>>>,
     format: ScriptFormat,
     /// The user tables' root, for range operations.
@@ -736,8 +738,27 @@ impl ScriptWorld {
     }
 
     fn write(&self, entry: u8, kernel: bool) {
-        let n = self.writes.get() + 1;
-        self.writes.set(n);
+        // Each task numbers its own writes, so that the values two tasks
+        // write do not depend on the order they run in; a script writes
+        // far fewer than 256 entries per task, and the frames stay within
+        // the few megabytes every format (and Xen's physical-to-machine
+        // map) can name.
+        let task = self.machine.current_task();
+        let n = {
+            let mut writes = self.writes.borrow_mut();
+            if writes.len() <= task {
+                writes.resize(task + 1, 0);
+            }
+            writes[task] += 1;
+            assert!(
+                writes[task] < 256,
+                "a task of a script writes at most 255 entries"
+            );
+            (task as u64) << 8 | writes[task]
+        };
+        self.machine
+            .footprints()
+            .write(Location::Object(u64::from(entry)));
         let attrs = if kernel {
             Attributes::kernel_data()
         } else {
@@ -759,6 +780,9 @@ impl ScriptWorld {
     }
 
     fn read_back(&self, entry: u8) {
+        self.machine
+            .footprints()
+            .read(Location::Object(u64::from(entry)));
         let kernel = self.last_kernel.borrow()[usize::from(entry) % ENTRIES];
         let (address, _) = self.entry_address(entry, kernel);
         let _ = self.library.backend().read_entry(address);
@@ -970,7 +994,9 @@ impl Kernel for ScriptWorld {
 
     fn digest(&self, h: &mut DefaultHasher) {
         use core::hash::Hasher;
-        h.write_u64(self.writes.get());
+        for &n in self.writes.borrow().iter() {
+            h.write_u64(n);
+        }
         h.write_usize(self.library.open_states());
         for &k in self.last_kernel.borrow().iter() {
             h.write_u8(k as u8);
@@ -1118,7 +1144,7 @@ impl Spec {
             kernel_table,
             extra_tables,
             last_kernel: RefCell::new([false; ENTRIES]),
-            writes: Cell::new(0),
+            writes: RefCell::new(Vec::new()),
             frames: RefCell::new(Vec::new()),
             format: ScriptFormat::of::<F>(),
             user_root,
@@ -1169,5 +1195,12 @@ impl Spec {
 impl System for Spec {
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
         self.run_once(chooser)
+    }
+
+    /// What the scripts share across CPUs is the machine's, or recorded
+    /// (which entry each index was last written in); the library's lazy
+    /// modes and backends keep their state per task or per CPU.
+    fn partial_order(&self) -> bool {
+        true
     }
 }

@@ -36,6 +36,7 @@ pub use primitives::{tables_under, walk, SimCpu, SimEnv, SimFrames, SimMemory};
 use crate::choice::{Chooser, Sequential};
 use crate::cost::{Cost, CostModel, Counts, Platform, Primitive};
 use crate::events::{Event, EventKind, EventRing};
+use crate::footprint::{FootprintLog, Location};
 use crate::invariant::{Invariant, Violation};
 use crate::memory::PhysMemory;
 use crate::tlb::{Tlb, TlbEntry};
@@ -486,16 +487,26 @@ impl Machine {
         &self.config
     }
 
+    /// What the running stretch of execution touches
+    /// ([`crate::footprint`]); kernels record their own shared objects in
+    /// it.
+    #[inline]
+    pub fn footprints(&self) -> &FootprintLog {
+        self.memory.footprints()
+    }
+
     /// Installs the chooser that resolves choice points.
     pub fn set_chooser(&self, chooser: Box<dyn Chooser>) {
         if chooser.wants_digest() {
             self.memory.track_digest();
         }
+        self.footprints().set_recording(chooser.wants_footprints());
         self.sched.set_chooser(chooser);
     }
 
     /// Takes the chooser back (a [`Sequential`] one takes its place).
     pub fn take_chooser(&self) -> Box<dyn Chooser> {
+        self.footprints().set_recording(false);
         self.sched.take_chooser(Box::new(Sequential))
     }
 
@@ -659,6 +670,7 @@ impl Machine {
 
     /// A copy of a task.
     pub fn task(&self, id: usize) -> Task {
+        self.footprints().read(Location::Task(id));
         self.tasks.borrow()[id].clone()
     }
 
@@ -688,11 +700,13 @@ impl Machine {
 
     /// The task's `mm` and `active_mm` (lazy TLB).
     pub fn task_mm(&self, id: usize) -> &TaskMm {
+        self.footprints().write(Location::Task(id));
         &self.task_mm[id]
     }
 
     /// The task's protection-key window state.
     pub fn task_key_state(&self, id: usize) -> &TaskKeyState {
+        self.footprints().write(Location::Task(id));
         &self.task_keys[id]
     }
 
@@ -701,6 +715,7 @@ impl Machine {
     /// # Panics
     /// When `id` is beyond the machine's spaces.
     pub fn space(&self, id: SpaceId) -> &AddressSpace {
+        self.footprints().write(Location::Space(id));
         &self.spaces[id.0 as usize]
     }
 
@@ -756,11 +771,13 @@ impl Machine {
 
     /// The lazy-TLB state of `cpu`.
     pub fn cpu_tlb_state(&self, cpu: CpuId) -> &CpuTlbState {
+        self.footprints().write(Location::Cpu(cpu));
         &self.cpu_tlb[cpu.index()]
     }
 
     /// The protection-key window state of `cpu`.
     pub fn cpu_key_state(&self, cpu: CpuId) -> &CpuKeyState {
+        self.footprints().write(Location::Cpu(cpu));
         &self.cpu_keys[cpu.index()]
     }
 
@@ -772,6 +789,7 @@ impl Machine {
 
     /// The task running on `cpu`.
     pub fn task_on(&self, cpu: CpuId) -> usize {
+        self.footprints().read(Location::Cpu(cpu));
         self.cpus[cpu.index()].current.get()
     }
 
@@ -784,6 +802,7 @@ impl Machine {
 
     /// The address space whose root `cpu` has loaded.
     pub fn loaded_space(&self, cpu: CpuId) -> SpaceId {
+        self.footprints().read(Location::Cpu(cpu));
         self.cpus[cpu.index()].loaded.get()
     }
 
@@ -791,6 +810,7 @@ impl Machine {
     #[inline]
     pub fn lazy_state(&self) -> LazyState {
         let t = self.current_task();
+        self.footprints().read(Location::Task(t));
         self.tasks.borrow()[t].lazy
     }
 
@@ -798,6 +818,7 @@ impl Machine {
     #[inline]
     pub fn set_lazy_state(&self, state: LazyState) {
         let t = self.current_task();
+        self.footprints().write(Location::Task(t));
         self.tasks.borrow_mut()[t].lazy = state;
         self.log(EventKind::LazyState(state));
     }
@@ -805,12 +826,14 @@ impl Machine {
     /// The running CPU's lazy state (the per-CPU design).
     #[inline]
     pub fn cpu_lazy_state(&self) -> LazyState {
+        self.footprints().read(Location::Cpu(self.cpu()));
         self.here().lazy.get()
     }
 
     /// Stores the running CPU's lazy state (the per-CPU design).
     #[inline]
     pub fn set_cpu_lazy_state(&self, state: LazyState) {
+        self.footprints().write(Location::Cpu(self.cpu()));
         self.here().lazy.set(state);
         self.log(EventKind::LazyState(state));
     }
@@ -818,24 +841,28 @@ impl Machine {
     /// The current task's copy `slot` of the key register.
     pub fn task_key(&self, slot: usize) -> Option<u64> {
         let t = self.current_task();
+        self.footprints().read(Location::Task(t));
         self.tasks.borrow()[t].keys[slot]
     }
 
     /// Stores the current task's copy `slot` of the key register.
     pub fn set_task_key(&self, slot: usize, value: u64) {
         let t = self.current_task();
+        self.footprints().write(Location::Task(t));
         self.tasks.borrow_mut()[t].keys[slot] = Some(value);
     }
 
     /// The current task's arch slot.
     pub fn task_arch(&self) -> u64 {
         let t = self.current_task();
+        self.footprints().read(Location::Task(t));
         self.tasks.borrow()[t].arch
     }
 
     /// Sets the current task's arch slot.
     pub fn set_task_arch(&self, value: u64) {
         let t = self.current_task();
+        self.footprints().write(Location::Task(t));
         self.tasks.borrow_mut()[t].arch = value;
     }
 
@@ -880,16 +907,19 @@ impl Machine {
     /// The running CPU's key register.
     #[inline]
     pub fn key(&self) -> u64 {
+        self.footprints().read(Location::Cpu(self.cpu()));
         self.here().key.get()
     }
 
     /// The key register of `cpu`.
     pub fn key_of(&self, cpu: CpuId) -> u64 {
+        self.footprints().read(Location::Cpu(cpu));
         self.cpus[cpu.index()].key.get()
     }
 
     /// Writes the running CPU's key register (costed).
     pub fn key_write(&self, value: u64) {
+        self.footprints().write(Location::Cpu(self.cpu()));
         self.here().key.set(value);
         self.charge(Primitive::KeyWrite, 1);
     }
@@ -945,6 +975,13 @@ impl Machine {
     /// ([`AddressSpace::cpumask`](lazymmu::mm::active_mm::AddressSpace::cpumask)), which lazy
     /// TLB keeps.
     pub fn cpus_using(&self, space: SpaceId) -> CpuMask {
+        for cpu in (0..self.cpus.len()).map(CpuId::new) {
+            self.footprints().read(Location::Tlb(cpu));
+            self.footprints().read(Location::Cpu(cpu));
+        }
+        for t in 0..self.tasks.borrow().len() {
+            self.footprints().read(Location::Task(t));
+        }
         let mut mask = CpuMask::EMPTY;
         let tasks = self.tasks.borrow();
         for (i, c) in self.cpus.iter().enumerate() {
@@ -1065,6 +1102,7 @@ impl Machine {
 
     #[cold]
     fn publish_remote_store(&self, entry: PhysAddr) {
+        self.footprints().write(Location::Entry(entry));
         let here = self.current.get().index();
         for (i, cpu) in self.cpus.iter().enumerate() {
             if i == here {
@@ -1084,6 +1122,7 @@ impl Machine {
     #[inline]
     pub fn walker_read(&self, entry: PhysAddr) -> u64 {
         if self.pending_stores.get() > 0 {
+            self.footprints().read(Location::Entry(entry));
             for cpu in self.cpus.iter() {
                 // The oldest pending store's "before" value is what the
                 // walker still sees.
@@ -1156,12 +1195,16 @@ impl Machine {
 
     fn drain_stores(&self, cpu: CpuId) {
         let drained = core::mem::take(&mut *self.cpus[cpu.index()].pending.borrow_mut());
+        for (entry, _) in &drained {
+            self.footprints().write(Location::Entry(*entry));
+        }
         self.pending_stores
             .set(self.pending_stores.get() - drained.len());
     }
 
     /// `isb`: the running CPU stops reusing stale "invalid" walks.
     pub fn isb(&self) {
+        self.footprints().write(Location::Cpu(self.cpu()));
         self.here().stale_invalid.borrow_mut().clear();
         self.charge(Primitive::Isb, 1);
     }
@@ -1208,6 +1251,7 @@ impl Machine {
     /// Checks that no CPU may still use the page-table frame `frame`, which
     /// is being freed: no cached translation was walked through it (§6.7).
     pub fn check_table_free(&self, frame: PhysAddr) {
+        self.read_every_tlb();
         let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
         for (i, c) in self.cpus.iter().enumerate() {
             let hit = c
@@ -1239,6 +1283,8 @@ impl Machine {
 
     /// A memory access by the running CPU in `space`.
     pub fn access_in(&self, space: SpaceId, va: VirtAddr) -> Access {
+        self.footprints().write(Location::Tlb(self.cpu()));
+        self.footprints().write(Location::Cpu(self.cpu()));
         let cpu = self.here();
         if let Some(e) = cpu.tlb.borrow().lookup(space, va) {
             return Access::Hit(Leaf {
@@ -1305,6 +1351,7 @@ impl Machine {
     /// Whether the running CPU would fault on `va` because of a stale
     /// invalid walk it may still reuse (arm64, until `isb`).
     pub fn stale_invalid(&self, space: SpaceId, va: u64) -> bool {
+        self.footprints().read(Location::Cpu(self.cpu()));
         let page = va >> 12;
         self.here()
             .stale_invalid
@@ -1316,6 +1363,7 @@ impl Machine {
     // ----- TLB maintenance ------------------------------------------------
 
     fn invalidated(&self, cpu: CpuId, space: SpaceId) {
+        self.footprints().write(Location::Tlb(cpu));
         let mut counts = self.cpus[cpu.index()].invalidations.borrow_mut();
         let i = space.0 as usize;
         if counts.len() <= i {
@@ -1353,6 +1401,7 @@ impl Machine {
 
     /// How many invalidations of `space`'s translations `cpu` has made.
     pub fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
+        self.footprints().read(Location::Tlb(cpu));
         self.cpus[cpu.index()]
             .invalidations
             .borrow()
@@ -1363,6 +1412,7 @@ impl Machine {
 
     /// The cached translations of CPU `cpu`.
     pub fn tlb_entries(&self, cpu: CpuId) -> Vec<TlbEntry> {
+        self.footprints().read(Location::Tlb(cpu));
         self.cpus[cpu.index()].tlb.borrow().entries().to_vec()
     }
 
@@ -1371,6 +1421,7 @@ impl Machine {
     /// change.
     pub fn load_root(&self, space: SpaceId) {
         let cpu = self.current.get();
+        self.footprints().write(Location::Cpu(cpu));
         let before = self.here().loaded.replace(space);
         self.charge(Primitive::RootLoad, 1);
         if self.config.hardware.flush_on_switch && before != space {
@@ -1381,6 +1432,7 @@ impl Machine {
     /// Checks that no CPU caches a translation of `[start, end)` in `space`
     /// that differs from what the walker sees now.
     pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
+        self.read_every_tlb();
         for cpu in 0..self.cpus.len() {
             let stale: Vec<TlbEntry> = self.cpus[cpu]
                 .tlb
@@ -1412,6 +1464,12 @@ impl Machine {
                     );
                 }
             }
+        }
+    }
+
+    fn read_every_tlb(&self) {
+        for cpu in (0..self.cpus.len()).map(CpuId::new) {
+            self.footprints().read(Location::Tlb(cpu));
         }
     }
 
