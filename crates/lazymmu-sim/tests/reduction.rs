@@ -96,7 +96,12 @@ fn pct(runs: u64, seed: u64) -> RandomSearch {
 #[test]
 fn pct_finds_a_double_enter_on_eight_cpus_and_its_trace_replays() {
     let big = find("big-sections").expect("the big scripted scenario");
-    let report = scenarios::sample(&[big.clone()], Variant::Linux70Xen, pct(40, 1), &mut |_| {});
+    let report = scenarios::sample(
+        std::slice::from_ref(&big),
+        Variant::Linux70Xen,
+        pct(40, 1),
+        &mut |_| {},
+    );
     let found: Vec<_> = report.violations().collect();
     assert!(
         found
