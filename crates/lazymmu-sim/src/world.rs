@@ -112,7 +112,11 @@ fn preallocate_kernel_areas<F: Format>(machine: &Machine, root: PhysAddr, tasks:
                 memory.zero_frame(table);
                 memory.write(entry, F::encode_table(table, top));
             }
-            va += span;
+            // The last top-level entry of the address space ends at 2^64.
+            let Some(next) = va.checked_add(span) else {
+                break;
+            };
+            va = next;
         }
     }
 }
