@@ -448,4 +448,8 @@ impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
 
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

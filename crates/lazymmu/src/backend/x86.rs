@@ -250,6 +250,10 @@ impl<M: PageTableMemory, P: X86Primitives> ArchHooks for X86Backend<M, P> {
 impl<M: PageTableMemory, P: X86Primitives> ContextSwitch for X86Backend<M, P> {}
 
 impl<M: PageTableMemory, P: X86Primitives> Backend for X86Backend<M, P> {
+    type Memory = M;
+    fn memory(&self) -> &M {
+        &self.memory
+    }
     type Format = X86_64;
 }
 
