@@ -397,10 +397,10 @@ mod recording {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", doc)))]
 pub use bare_metal::{BareMetal, BareMetalCounters, BareMetalCounts};
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", doc)))]
 mod bare_metal {
     use core::arch::asm;
     use core::sync::atomic::{AtomicU64, Ordering};
