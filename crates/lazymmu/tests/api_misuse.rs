@@ -314,6 +314,18 @@ fn every_error_says_what_address_and_level() {
             &["0x103000", "level-2", "0x400000"],
         ),
         (message(&OutOfFrames), &["frame"]),
+        (
+            message(&lazymmu::mm::kernel_sync::SyncError::NotKernel(va)),
+            &["0x400000"],
+        ),
+        (
+            message(&lazymmu::mm::active_mm::MmError::SpaceFreed(SpaceId(3))),
+            &["address space 3"],
+        ),
+        (
+            message(&lazymmu::mm::pkey_window::WindowError::Underflow),
+            &["without an open"],
+        ),
     ];
     for (text, needles) in cases {
         for needle in needles {

@@ -162,6 +162,8 @@ impl fmt::Display for Misuse {
     }
 }
 
+impl core::error::Error for Misuse {}
+
 /// How misuse of the raw API is reported. The embedder picks one.
 #[derive(Clone, Copy, Debug)]
 pub enum MisusePolicy {

@@ -86,10 +86,13 @@ use crate::pgtable::walk::{
 /// half is the top half of the same tree): its trees may serve
 /// [`VaRange::Both`] or be restricted to one half. AArch64 has one root per
 /// half: a tree loaded in TTBR0_EL1 serves [`VaRange::Lower`] and one in
-/// TTBR1_EL1 [`VaRange::Upper`] (the kernel's, whose
-/// [`SpaceId`] is [`SpaceId::KERNEL`]: its leaves are global, and its
-/// flushes use the all-ASID `tlbi` forms). An address of a half the tree
-/// does not serve is refused with [`RangeError::WrongHalf`].
+/// TTBR1_EL1 [`VaRange::Upper`]. The TTBR1 tree is the kernel's and takes
+/// [`SpaceId::KERNEL`]: the arm64 backend then flushes it with the
+/// all-ASID forms (`tlbi vaale1is`, `vmalle1is`, then `isb`), as Linux's
+/// `flush_tlb_kernel_range` and `flush_tlb_all`, and its leaves should be global
+/// ([`Attributes::kernel_data`](crate::pgtable::format::Attributes::kernel_data)).
+/// An address of a half the tree does not serve is refused with
+/// [`RangeError::WrongHalf`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum VaRange {
     /// The lower canonical half: user space (AArch64 TTBR0_EL1).
@@ -351,7 +354,10 @@ where
     /// `root` is a page-table frame of the backend's memory in the
     /// backend's format, either zeroed or a consistent tree whose tables
     /// are all frames of this allocator (as [`Mmu::new`] requires), and it
-    /// stays so (nothing frees or destroys it) while the value lives.
+    /// stays so (nothing frees or destroys it) while the value lives. If
+    /// the borrowed tree is destroyed ([`PageTables::destroy`] frees the
+    /// root too), nothing uses or frees that root afterwards: the borrow
+    /// stood for its owner.
     ///
     /// # Panics
     /// As [`Mmu::new_tables`] for `range`.
