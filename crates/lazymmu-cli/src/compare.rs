@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Args;
+use lazymmu::backend::machine::MAX_BACKEND_CPUS;
 use lazymmu_sim::cost::{parse_override, Cost};
 use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
 use lazymmu_sim::scenario::{
@@ -27,9 +28,17 @@ pub struct CompareArgs {
     /// Pages each task's workload touches.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub pages: u64,
-    /// Simulated CPUs.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// Simulated CPUs: up to 64 for the page-table workloads, ctxswitch
+    /// and pgmap, up to 2048 for ctxswitch-bench (one socket of that many
+    /// cores on the x86 cost table; see --topology).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=2048))]
     pub cpus: u64,
+    /// The machine ctxswitch-bench runs on instead of --cpus:
+    /// SOCKETSxCORESxTHREADS on the x86 cost table (e.g. 8x28x2), or
+    /// power8-e880 (16x12x8, 1536 CPUs, the POWER8 of Linux 6.4's lazy-TLB
+    /// shootdown figures, on the powerpc cost table) or xeon-8176 (8x28x2).
+    #[arg(long, value_name = "SHAPE")]
+    pub topology: Option<String>,
     /// Seed of the scheduler's random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -152,6 +161,13 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
     for c in &args.cost {
         costs.push(parse_override(c).map_err(UsageError)?);
     }
+    if !workloads.is_empty() && args.cpus as usize > MAX_BACKEND_CPUS {
+        return Err(UsageError(format!(
+            "--cpus {}: the page-table workloads run on at most {MAX_BACKEND_CPUS} CPUs",
+            args.cpus
+        ))
+        .into());
+    }
     let neighbour_rows = crate::neighbours::run(args, &neighbour_workloads, &costs)?;
 
     let mut configs = Vec::new();
@@ -233,7 +249,12 @@ pub fn run(args: &CompareArgs) -> Result<std::process::ExitCode> {
         if !results.is_empty() {
             write_table(&mut out, &results)?;
         }
-        crate::neighbours::write(&mut out, &neighbour_rows, args.seed)?;
+        crate::neighbours::write(
+            &mut out,
+            &neighbour_rows,
+            args.seed,
+            args.topology.as_deref(),
+        )?;
         if !design_reports.is_empty() {
             write_designs(&mut out, &design_reports)?;
         }

@@ -6,7 +6,10 @@
 use std::io::Write;
 
 use lazymmu_sim::cost::Cost;
-use lazymmu_sim::neighbours::{format_table, run_named, NeighbourRow, NeighbourWorkload};
+use lazymmu_sim::machine::topology::parse_machine;
+use lazymmu_sim::neighbours::{
+    format_table, run_named, run_switch_benchmark, NeighbourRow, NeighbourWorkload,
+};
 
 use crate::compare::{CompareArgs, UsageError};
 
@@ -32,7 +35,8 @@ pub fn split(workloads: &[String]) -> (Vec<NeighbourWorkload>, Vec<String>) {
 /// the cost overrides `costs` (the one cost table's).
 ///
 /// # Errors
-/// [`UsageError`] for a policy no selected workload knows or a bad size.
+/// [`UsageError`] for a policy no selected workload knows, a bad size or a
+/// bad `--topology`.
 pub fn run(
     args: &CompareArgs,
     workloads: &[NeighbourWorkload],
@@ -59,6 +63,10 @@ pub fn run(
             )));
         }
     }
+    let machine = match &args.topology {
+        Some(text) => Some(parse_machine(text).map_err(|e| UsageError(format!("--topology {e}")))?),
+        None => None,
+    };
     let mut rows = Vec::new();
     for &workload in workloads {
         let policies: Vec<&str> = if all {
@@ -79,7 +87,13 @@ pub fn run(
         };
         for size in sizes {
             for policy in &policies {
-                rows.push(run_named(workload, policy, size, args.seed, costs).map_err(UsageError)?);
+                let row = match machine {
+                    Some((topology, platform)) if workload == NeighbourWorkload::CtxswitchBench => {
+                        run_switch_benchmark(policy, topology, platform, args.seed, costs)
+                    }
+                    _ => run_named(workload, policy, size, args.seed, costs),
+                };
+                rows.push(row.map_err(UsageError)?);
             }
         }
     }
@@ -112,7 +126,12 @@ pub fn json_rows(rows: &[NeighbourRow]) -> Vec<serde_json::Value> {
 ///
 /// # Errors
 /// I/O errors.
-pub fn write(out: &mut impl Write, rows: &[NeighbourRow], seed: u64) -> std::io::Result<()> {
+pub fn write(
+    out: &mut impl Write,
+    rows: &[NeighbourRow],
+    seed: u64,
+    topology: Option<&str>,
+) -> std::io::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -133,6 +152,8 @@ pub fn write(out: &mut impl Write, rows: &[NeighbourRow], seed: u64) -> std::io:
     for row in rows.iter().filter(|r| r.violations > 0) {
         let size = if row.workload == "vmalloc-grow" {
             format!("--processes {}", row.processes)
+        } else if let (Some(topology), "ctxswitch-bench") = (topology, row.workload) {
+            format!("--topology {topology}")
         } else {
             format!("--cpus {}", row.cpus)
         };

@@ -203,7 +203,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(511 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(0b11),
+        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8 + 511);
 }
@@ -309,8 +309,8 @@ struct WithRange<'a> {
     ranges: RefCell<Vec<(u64, u8, u8, bool)>>,
 }
 
-impl CpuPrimitives for WithRange<'_> {
-    fn cpu_id(&self) -> usize {
+impl lazymmu::cpu::Cpu for WithRange<'_> {
+    fn cpu_id(&self) -> lazymmu::cpu::CpuId {
         self.machine.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
@@ -322,6 +322,9 @@ impl CpuPrimitives for WithRange<'_> {
     fn preempt_enable(&self) {
         self.machine.preempt_enable()
     }
+}
+
+impl CpuPrimitives for WithRange<'_> {
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         CpuPrimitives::read_pte(self.machine, entry)
     }

@@ -17,9 +17,11 @@
 
 pub mod primitives;
 pub mod sched;
+pub mod timeline;
+pub mod topology;
 
 use core::cell::{Cell, RefCell};
-use core::hash::Hasher;
+use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -32,6 +34,7 @@ use lazymmu::mm::{LineAccess, LineState, SharedLine};
 use lazymmu::mode::LazyState;
 
 pub use primitives::{tables_under, walk, SimCpu, SimEnv, SimFrames, SimMemory};
+pub use topology::{Distance, Topology};
 
 use crate::choice::{Chooser, Sequential};
 use crate::cost::{Cost, CostModel, Counts, Platform, Primitive};
@@ -175,6 +178,9 @@ pub struct Faults {
 pub struct MachineConfig {
     /// Number of CPUs.
     pub cpus: usize,
+    /// How the CPUs sit (threads, cores, sockets): what a cache-line
+    /// transfer between two of them costs. Holds `cpus` CPUs.
+    pub topology: Topology,
     /// Frames of physical memory for page tables.
     pub frames: u32,
     /// Address spaces the machine can hold (`SpaceId` 0 is the kernel's).
@@ -203,8 +209,10 @@ pub struct MachineConfig {
 impl MachineConfig {
     /// A configuration for `cpus` CPUs on `platform` with plain hardware.
     pub fn new(cpus: usize, platform: Platform) -> Self {
+        let cpus = cpus.clamp(1, lazymmu::cpu::MAX_CPUS);
         Self {
-            cpus: cpus.clamp(1, lazymmu::cpu::MAX_CPUS),
+            cpus,
+            topology: Topology::flat(cpus),
             frames: 4096,
             spaces: 16,
             tasks: 16,
@@ -216,6 +224,14 @@ impl MachineConfig {
             offers: Offers::COMPARE,
             faults: Faults::default(),
             stack_bytes: 1 << 20,
+        }
+    }
+
+    /// A configuration for the CPUs of `topology` on `platform`.
+    pub fn with_topology(topology: Topology, platform: Platform) -> Self {
+        Self {
+            topology,
+            ..Self::new(topology.cpus(), platform)
         }
     }
 }
@@ -331,6 +347,9 @@ pub(crate) struct CpuState {
     pub(crate) invalidations: RefCell<Vec<u64>>,
     /// Cycles of work done on this CPU.
     pub(crate) work: Cell<u64>,
+    /// This CPU's time: its work, plus the cycles it waited for a cache
+    /// line or for another CPU to wake it.
+    pub(crate) clock: Cell<u64>,
 }
 
 /// A translation the walker found.
@@ -382,11 +401,61 @@ pub struct Machine {
     kernel_root: Cell<PhysAddr>,
     is_kernel_va: Cell<fn(u64) -> bool>,
     pending_stores: Cell<usize>,
-    lines: RefCell<HashMap<SharedLine, LineState>>,
-    line_transfers: RefCell<HashMap<SharedLine, u64>>,
+    lines: RefCell<HashMap<SharedLine, Line, BuildHasherDefault<LineHasher>>>,
+    line_waits: Cell<u64>,
+    stcx_failures: Cell<u64>,
+    timeline: timeline::Timeline,
     table_finder: Cell<Option<TableFinder>>,
     unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
     sched: sched::Scheduler,
+}
+
+/// A cache line other CPUs share, as the coherence fabric sees it.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    /// Who holds it (`None`: no cache yet).
+    state: Option<LineState>,
+    /// When the last exclusive transfer of the line completes: a later
+    /// read or write waits for it (the line's queue).
+    busy_until: u64,
+    /// Stores to the line so far: a store-conditional fails when this moved
+    /// since its load-reserve.
+    version: u64,
+    /// Transfers of the line so far.
+    transfers: u64,
+}
+
+/// A fast hash for the few shared lines a run touches (the multiply-rotate
+/// of rustc's FxHasher): every line access looks one up.
+#[derive(Default)]
+struct LineHasher(u64);
+
+impl Hasher for LineHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
 }
 
 /// Page-table frames detached from a space and not yet freed, and each
@@ -421,6 +490,7 @@ impl Machine {
                 stale_invalid: RefCell::new(Vec::new()),
                 invalidations: RefCell::new(Vec::new()),
                 work: Cell::new(0),
+                clock: Cell::new(0),
             })
             .collect();
         let task_slots = cpus + config.tasks;
@@ -470,8 +540,10 @@ impl Machine {
             kernel_root: Cell::new(PhysAddr(0)),
             is_kernel_va: Cell::new(|va| va >> 63 != 0),
             pending_stores: Cell::new(0),
-            lines: RefCell::new(HashMap::new()),
-            line_transfers: RefCell::new(HashMap::new()),
+            lines: RefCell::new(HashMap::default()),
+            line_waits: Cell::new(0),
+            stcx_failures: Cell::new(0),
+            timeline: timeline::Timeline::new(),
             table_finder: Cell::new(None),
             unlinked: RefCell::new(HashMap::new()),
             sched: sched::Scheduler::new(task_slots),
@@ -576,12 +648,33 @@ impl Machine {
         self.cpus.iter().map(|c| c.work.get()).collect()
     }
 
+    /// The time of `cpu`: its work plus its waits for lines and wake-ups.
+    pub fn clock_of(&self, cpu: CpuId) -> u64 {
+        self.cpus[cpu.index()].clock.get()
+    }
+
+    /// The time the machine has run: the latest CPU clock.
+    pub fn elapsed(&self) -> u64 {
+        self.cpus.iter().map(|c| c.clock.get()).max().unwrap_or(0)
+    }
+
+    /// Cycles CPUs spent waiting for a line another CPU's transfer held.
+    pub fn line_wait_cycles(&self) -> u64 {
+        self.line_waits.get()
+    }
+
+    /// Store-conditionals that failed because another CPU stored to the
+    /// line after the load-reserve (platforms whose atomics retry).
+    pub fn stcx_failures(&self) -> u64 {
+        self.stcx_failures.get()
+    }
+
     /// The most transfers any one shared line made.
     pub fn hottest_line_transfers(&self) -> u64 {
-        self.line_transfers
+        self.lines
             .borrow()
             .values()
-            .copied()
+            .map(|l| l.transfers)
             .max()
             .unwrap_or(0)
     }
@@ -590,24 +683,31 @@ impl Machine {
     /// lazy flags.
     pub fn line_transfers_by_kind(&self) -> [u64; 3] {
         let mut kinds = [0; 3];
-        for (line, n) in self.line_transfers.borrow().iter() {
+        for (line, l) in self.lines.borrow().iter() {
             kinds[match line {
                 SharedLine::SpaceCount(_) => 0,
                 SharedLine::SpaceCpumask(_) => 1,
                 SharedLine::CpuLazy(_) => 2,
-            }] += n;
+            }] += l.transfers;
         }
         kinds
     }
 
-    /// Resets the counts (after a setup stage).
+    /// Resets the counts and the clocks (after a setup stage); where the
+    /// lines are stays.
     pub fn clear_counts(&self) {
         self.counts.clear();
         self.disturbance_counts.clear();
         for c in self.cpus.iter() {
             c.work.set(0);
+            c.clock.set(0);
         }
-        self.line_transfers.borrow_mut().clear();
+        for line in self.lines.borrow_mut().values_mut() {
+            line.transfers = 0;
+            line.busy_until = 0;
+        }
+        self.line_waits.set(0);
+        self.stcx_failures.set(0);
     }
 
     // ----- tasks, spaces and CPUs -----------------------------------------
@@ -980,8 +1080,9 @@ impl Machine {
             self.counts.add(row, n);
         }
         let cycles = self.config.cost.cycles(row).saturating_mul(n);
-        let work = &self.here().work;
-        work.set(work.get().saturating_add(cycles));
+        let here = self.here();
+        here.work.set(here.work.get().saturating_add(cycles));
+        here.clock.set(here.clock.get().saturating_add(cycles));
         if let Cost::Primitive(p) = row {
             self.log(EventKind::Primitive(crate::cost::primitive_name(p)));
         }
@@ -1031,20 +1132,130 @@ impl Machine {
         self.violation_count.get()
     }
 
-    /// Accounts an access to a line other CPUs share: a transfer (and its
-    /// cost) whenever the running CPU touches a line another CPU has
-    /// modified, or writes one others share.
+    /// Accounts an access by the running CPU to a line other CPUs share:
+    /// the transfer it needs (if another CPU modified the line, or holds it
+    /// when this is a write), costed by the distance in the topology the
+    /// line travels, after waiting for the transfer before it (the line's
+    /// queue). An atomic read-modify-write on a platform whose atomics
+    /// retry ([`Platform::atomics_retry`]) is a load-reserve (a read) and a
+    /// store-conditional (a write) that fails, and starts over, when
+    /// another CPU stored to the line in between.
+    ///
+    /// Under [`Machine::run_timed`] every access happens in time order:
+    /// the CPU waits until no other CPU is behind it. Elsewhere accesses
+    /// happen in the order the run makes them, each CPU on its own clock.
     pub fn line_access(&self, line: SharedLine, access: LineAccess) {
+        match access {
+            LineAccess::Read => {
+                self.line_read(line);
+            }
+            LineAccess::Write => self.line_write(line),
+            LineAccess::Atomic if self.config.cost.platform().atomics_retry() => loop {
+                let reserved = self.line_read(line);
+                if self.line_store_conditional(line, reserved) {
+                    break;
+                }
+                self.stcx_failures.set(self.stcx_failures.get() + 1);
+                // The retry's load-reserve waits for the winner's transfer
+                // in any case: wait for it before queueing.
+                let busy = self.lines.borrow().get(&line).map_or(0, |l| l.busy_until);
+                self.wait_for_line(busy);
+            },
+            LineAccess::Atomic => self.line_write(line),
+        }
+    }
+
+    /// A load of `line` (or a load-reserve); returns the line's version.
+    fn line_read(&self, line: SharedLine) -> u64 {
+        self.timeline.wait_turn(self);
+        self.line_move(line, false)
+    }
+
+    /// A store (or a `lock`-prefixed read-modify-write) to `line`.
+    fn line_write(&self, line: SharedLine) {
+        self.timeline.wait_turn(self);
+        self.line_move(line, true);
+    }
+
+    /// A store-conditional to `line` after a load-reserve that saw
+    /// `reserved`: whether it stored. It fails without a transfer when
+    /// another CPU stored since (the reservation was lost when that store
+    /// invalidated the line here).
+    fn line_store_conditional(&self, line: SharedLine, reserved: u64) -> bool {
+        let version = || self.lines.borrow().get(&line).map_or(0, |l| l.version);
+        // A store already seen fails it whenever it runs.
+        if version() != reserved {
+            return false;
+        }
+        self.timeline.wait_turn(self);
+        if version() != reserved {
+            return false;
+        }
+        self.line_move(line, true);
+        true
+    }
+
+    /// Brings `line` to the running CPU, shared, or `exclusive` for a
+    /// store; returns its version after. A read that needs a transfer gets
+    /// the data from the CPU that modified the line or the nearest that
+    /// shares it; a store takes it from the one that modified it or
+    /// invalidates every other copy (costed by the farthest). Either waits
+    /// for the exclusive transfer in flight; reads do not queue behind one
+    /// another (each gets a shared copy), stores do.
+    fn line_move(&self, line: SharedLine, exclusive: bool) -> u64 {
         let cpu = self.current.get();
-        let transfer = {
-            let mut lines = self.lines.borrow_mut();
-            let (transfer, next) = LineState::after(lines.get(&line).copied(), cpu, access);
-            lines.insert(line, next);
-            transfer
+        let access = if exclusive {
+            LineAccess::Write
+        } else {
+            LineAccess::Read
         };
-        if transfer {
-            *self.line_transfers.borrow_mut().entry(line).or_insert(0) += 1;
-            self.charge(Primitive::LineTransfer, 1);
+        let topology = &self.config.topology;
+        let clock = self.here().clock.get();
+        let (distance, wait_until, version) = {
+            let mut lines = self.lines.borrow_mut();
+            let l = lines.entry(line).or_insert(Line {
+                state: None,
+                busy_until: 0,
+                version: 0,
+                transfers: 0,
+            });
+            // Where the line comes from, before the state moves on.
+            let distance = match &l.state {
+                None => None,
+                Some(LineState::Modified(owner)) => topology.distance(*owner, cpu),
+                Some(LineState::Shared(holders)) if exclusive => topology.farthest(holders, cpu),
+                Some(LineState::Shared(holders)) if holders.contains(cpu) => None,
+                Some(LineState::Shared(holders)) => topology.nearest(holders, cpu),
+            };
+            let transfer = LineState::access(&mut l.state, cpu, access);
+            let distance = distance.filter(|_| transfer);
+            let wait_until = l.busy_until;
+            if let Some(d) = distance {
+                l.transfers += 1;
+                if exclusive {
+                    l.busy_until = clock.max(wait_until) + self.config.cost.cycles(Cost::Line(d));
+                }
+            }
+            if exclusive {
+                l.version += 1;
+            }
+            (distance, wait_until, l.version)
+        };
+        if let Some(d) = distance {
+            self.wait_for_line(wait_until);
+            self.charge(Cost::Line(d), 1);
+        }
+        version
+    }
+
+    /// The running CPU waits until `until` for a line another transfer
+    /// holds.
+    fn wait_for_line(&self, until: u64) {
+        let clock = &self.here().clock;
+        if until > clock.get() {
+            self.line_waits
+                .set(self.line_waits.get() + (until - clock.get()));
+            clock.set(until);
         }
     }
 
