@@ -124,3 +124,61 @@ fn bad_policies_and_costs_are_usage_errors() {
         .assert()
         .success();
 }
+
+#[test]
+fn the_switch_benchmark_runs_on_a_topology() {
+    let output = lazymmu()
+        .args([
+            "compare",
+            "--workload",
+            "ctxswitch-bench",
+            "--topology",
+            "2x4x2",
+            "--policy",
+            "refcount,shootdown",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for row in rows {
+        assert_eq!(row["cpus"], 16);
+        assert_eq!(row["violations"], 0);
+        let counts = &row["counts"];
+        assert!(counts["switches_per_second"].as_u64().unwrap() > 0);
+        // 2 sockets of 4 cores of 2 threads: the count's line travels at
+        // every distance under refcount.
+        if row["policy"] == "refcount" {
+            for name in ["line_smt", "line_socket", "line_remote"] {
+                assert!(counts[name].as_u64().unwrap() > 0, "{name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_topologies_and_cpu_counts_are_usage_errors() {
+    for shape in ["16x12", "0x1x1", "32x16x8", "power9"] {
+        lazymmu()
+            .args(["compare", "--workload", "ctxswitch-bench", "--topology", shape])
+            .assert()
+            .code(2)
+            .stderr(contains("--topology"));
+    }
+    lazymmu()
+        .args(["compare", "--workload", "fork", "--cpus", "100"])
+        .assert()
+        .code(2)
+        .stderr(contains("at most 64 CPUs"));
+    lazymmu()
+        .args(["compare", "--workload", "ctxswitch", "--cpus", "100"])
+        .assert()
+        .code(2);
+    lazymmu()
+        .args(["compare", "--workload", "ctxswitch-bench", "--cpus", "2049"])
+        .assert()
+        .code(2);
+}
