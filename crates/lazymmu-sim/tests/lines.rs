@@ -14,7 +14,9 @@ use lazymmu_sim::machine::{Machine, MachineConfig, Topology};
 const LINE: SharedLine = SharedLine::SpaceCount(SpaceId(1));
 
 fn machine(topology: Topology, platform: Platform) -> Rc<Machine> {
-    Rc::new(Machine::new(MachineConfig::with_topology(topology, platform)))
+    Rc::new(Machine::new(MachineConfig::with_topology(
+        topology, platform,
+    )))
 }
 
 fn cost(m: &Machine, d: Distance) -> u64 {
@@ -117,7 +119,11 @@ fn store_conditionals_retry_when_another_cpu_stores_first() {
         m.run_timed(&[CpuId(0), CpuId(1)], move |_| {
             driver.line_access(LINE, LineAccess::Atomic)
         });
-        (m.elapsed(), m.stcx_failures(), cost(&m, Distance::OtherSocket))
+        (
+            m.elapsed(),
+            m.stcx_failures(),
+            cost(&m, Distance::OtherSocket),
+        )
     };
     // x86: CPU 0 takes the line from CPU 2, CPU 1 from CPU 0 after it.
     let (elapsed, failures, remote) = run(Platform::X86);

@@ -169,7 +169,10 @@ fn the_policies_keep_their_order_from_four_cpus_to_the_power8() {
             let x86 = bench_rate(X86, topology, platform, rounds);
             assert_eq!(x86, refcount, "{topology}");
         }
-        assert!(shootdown >= refcount, "{topology}: {shootdown} < {refcount}");
+        assert!(
+            shootdown >= refcount,
+            "{topology}: {shootdown} < {refcount}"
+        );
         if topology.cpus() >= 64 {
             // The shared count serialises refcount; shootdown does not
             // touch it.

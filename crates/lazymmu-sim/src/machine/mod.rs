@@ -15,6 +15,7 @@
 //! Both `lazymmu compare` (seeded random choices) and `lazymmu check` (the
 //! explorer) run this machine.
 
+pub(crate) mod online;
 pub mod primitives;
 pub mod sched;
 pub mod timeline;
@@ -42,6 +43,7 @@ use crate::events::{Event, EventKind, EventRing};
 use crate::invariant::{Invariant, Violation};
 use crate::memory::PhysMemory;
 use crate::tlb::{Tlb, TlbEntry};
+use online::OnlineCpus;
 
 /// How the key register decides whether a page-table page may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -350,6 +352,35 @@ pub(crate) struct CpuState {
     /// This CPU's time: its work, plus the cycles it waited for a cache
     /// line or for another CPU to wake it.
     pub(crate) clock: Cell<u64>,
+    /// The lazy-TLB state of the CPU (`cpu_tlbstate`).
+    pub(crate) lazy_tlb: CpuTlbState,
+    /// The protection-key window state of the CPU.
+    pub(crate) keys: CpuKeyState,
+}
+
+impl CpuState {
+    /// CPU `cpu` as it boots: its idle task (task `cpu`) current, the
+    /// kernel's space loaded, an empty TLB of `tlb_entries`, the key
+    /// register at `default_key`.
+    pub(crate) fn boot(cpu: usize, tlb_entries: usize, default_key: u64) -> Self {
+        Self {
+            current: Cell::new(cpu),
+            preempted: RefCell::new(Vec::new()),
+            loaded: Cell::new(SpaceId::KERNEL),
+            lazy: Cell::new(LazyState::IDLE),
+            irq_depth: Cell::new(0),
+            preempt: Cell::new(0),
+            key: Cell::new(default_key),
+            tlb: RefCell::new(Tlb::new(tlb_entries)),
+            pending: RefCell::new(Vec::new()),
+            stale_invalid: RefCell::new(Vec::new()),
+            invalidations: RefCell::new(Vec::new()),
+            work: Cell::new(0),
+            clock: Cell::new(0),
+            lazy_tlb: CpuTlbState::new(),
+            keys: CpuKeyState::new(),
+        }
+    }
 }
 
 /// A translation the walker found.
@@ -380,9 +411,7 @@ pub enum Access {
 pub struct Machine {
     config: MachineConfig,
     memory: PhysMemory,
-    cpus: Box<[CpuState]>,
-    cpu_tlb: Box<[CpuTlbState]>,
-    cpu_keys: Box<[CpuKeyState]>,
+    cpus: OnlineCpus,
     tasks: RefCell<Vec<Task>>,
     task_mm: Box<[TaskMm]>,
     task_keys: Box<[TaskKeyState]>,
@@ -476,23 +505,7 @@ impl Machine {
     /// A machine with every CPU running its idle task and no other task.
     pub fn new(config: MachineConfig) -> Self {
         let cpus = config.cpus;
-        let cpu_states = (0..cpus)
-            .map(|cpu| CpuState {
-                current: Cell::new(cpu),
-                preempted: RefCell::new(Vec::new()),
-                loaded: Cell::new(SpaceId::KERNEL),
-                lazy: Cell::new(LazyState::IDLE),
-                irq_depth: Cell::new(0),
-                preempt: Cell::new(0),
-                key: Cell::new(config.hardware.default_key),
-                tlb: RefCell::new(Tlb::new(config.tlb_entries)),
-                pending: RefCell::new(Vec::new()),
-                stale_invalid: RefCell::new(Vec::new()),
-                invalidations: RefCell::new(Vec::new()),
-                work: Cell::new(0),
-                clock: Cell::new(0),
-            })
-            .collect();
+        let cpu_states = OnlineCpus::new(cpus, config.tlb_entries, config.hardware.default_key);
         let task_slots = cpus + config.tasks;
         let idle = (0..cpus)
             .map(|cpu| Task {
@@ -512,8 +525,6 @@ impl Machine {
         Self {
             memory: PhysMemory::new(config.frames),
             cpus: cpu_states,
-            cpu_tlb: (0..cpus).map(|_| CpuTlbState::new()).collect(),
-            cpu_keys: (0..cpus).map(|_| CpuKeyState::new()).collect(),
             tasks: RefCell::new(idle),
             task_mm: (0..task_slots).map(|_| TaskMm::kernel_thread()).collect(),
             task_keys: (0..task_slots).map(|_| TaskKeyState::new()).collect(),
@@ -605,7 +616,8 @@ impl Machine {
 
     /// Makes `cpu` the running CPU (the driver's own code between units).
     pub fn set_cpu(&self, cpu: CpuId) {
-        self.current.set(CpuId::new(cpu.index() % self.cpus.len()));
+        self.current
+            .set(CpuId::new(cpu.index() % self.cpus.possible()));
     }
 
     /// Physical memory.
@@ -645,17 +657,23 @@ impl Machine {
 
     /// Cycles of work each CPU did (interrupt work included).
     pub fn cpu_work(&self) -> Vec<u64> {
-        self.cpus.iter().map(|c| c.work.get()).collect()
+        (0..self.cpus.possible())
+            .map(|i| self.cpus.peek(i).map_or(0, |c| c.work.get()))
+            .collect()
     }
 
     /// The time of `cpu`: its work plus its waits for lines and wake-ups.
     pub fn clock_of(&self, cpu: CpuId) -> u64 {
-        self.cpus[cpu.index()].clock.get()
+        self.cpus.peek(cpu.index()).map_or(0, |c| c.clock.get())
     }
 
     /// The time the machine has run: the latest CPU clock.
     pub fn elapsed(&self) -> u64 {
-        self.cpus.iter().map(|c| c.clock.get()).max().unwrap_or(0)
+        self.cpus
+            .iter()
+            .map(|(_, c)| c.clock.get())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Cycles CPUs spent waiting for a line another CPU's transfer held.
@@ -698,7 +716,7 @@ impl Machine {
     pub fn clear_counts(&self) {
         self.counts.clear();
         self.disturbance_counts.clear();
-        for c in self.cpus.iter() {
+        for (_, c) in self.cpus.iter() {
             c.work.set(0);
             c.clock.set(0);
         }
@@ -726,7 +744,7 @@ impl Machine {
     /// # Panics
     /// When the machine's task slots are used up.
     pub fn add_task(&self, name: &str, space: SpaceId, cpu: CpuId, work: bool) -> usize {
-        let cpu = CpuId::new(cpu.index() % self.cpus.len());
+        let cpu = CpuId::new(cpu.index() % self.cpus.possible());
         let mut tasks = self.tasks.borrow_mut();
         let id = tasks.len();
         assert!(
@@ -836,32 +854,38 @@ impl Machine {
 
     #[inline]
     pub(crate) fn cpu_state(&self, cpu: CpuId) -> &CpuState {
-        &self.cpus[cpu.index()]
+        self.cpus.get(cpu.index())
     }
 
     #[inline]
     fn here(&self) -> &CpuState {
-        &self.cpus[self.current.get().index()]
+        self.cpus.get(self.current.get().index())
     }
 
-    /// Number of CPUs.
+    /// Number of CPUs (the possible CPUs: the topology's).
     pub fn cpu_count(&self) -> usize {
-        self.cpus.len()
+        self.cpus.possible()
+    }
+
+    /// CPUs that have run (come online): the ones whose state the machine
+    /// holds. A possible CPU that never ran costs an empty slot.
+    pub fn online_cpus(&self) -> usize {
+        self.cpus.online()
     }
 
     /// Every CPU.
     pub fn all_cpus(&self) -> CpuMask {
-        CpuMask::first(self.cpus.len())
+        CpuMask::first(self.cpus.possible())
     }
 
-    /// The lazy-TLB state of `cpu`.
+    /// The lazy-TLB state of `cpu` (bringing it online).
     pub fn cpu_tlb_state(&self, cpu: CpuId) -> &CpuTlbState {
-        &self.cpu_tlb[cpu.index()]
+        &self.cpus.get(cpu.index()).lazy_tlb
     }
 
-    /// The protection-key window state of `cpu`.
+    /// The protection-key window state of `cpu` (bringing it online).
     pub fn cpu_key_state(&self, cpu: CpuId) -> &CpuKeyState {
-        &self.cpu_keys[cpu.index()]
+        &self.cpus.get(cpu.index()).keys
     }
 
     /// The task running on the current CPU.
@@ -872,7 +896,9 @@ impl Machine {
 
     /// The task running on `cpu`.
     pub fn task_on(&self, cpu: CpuId) -> usize {
-        self.cpus[cpu.index()].current.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(cpu.index(), |c| c.current.get())
     }
 
     /// The current task's address space (the kernel's for a kernel
@@ -884,7 +910,9 @@ impl Machine {
 
     /// The address space whose root `cpu` has loaded.
     pub fn loaded_space(&self, cpu: CpuId) -> SpaceId {
-        self.cpus[cpu.index()].loaded.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(SpaceId::KERNEL, |c| c.loaded.get())
     }
 
     /// The current task's lazy state.
@@ -953,7 +981,7 @@ impl Machine {
 
     /// The preemption count of `cpu`.
     pub fn preempt_count_of(&self, cpu: CpuId) -> u32 {
-        self.cpus[cpu.index()].preempt.get()
+        self.cpus.peek(cpu.index()).map_or(0, |c| c.preempt.get())
     }
 
     /// Disables preemption on the running CPU.
@@ -985,7 +1013,9 @@ impl Machine {
 
     /// The key register of `cpu`.
     pub fn key_of(&self, cpu: CpuId) -> u64 {
-        self.cpus[cpu.index()].key.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(self.config.hardware.default_key, |c| c.key.get())
     }
 
     /// Writes the running CPU's key register (costed).
@@ -1045,9 +1075,12 @@ impl Machine {
     /// ([`AddressSpace::cpumask`](lazymmu::mm::active_mm::AddressSpace::cpumask)), which lazy
     /// TLB keeps.
     pub fn cpus_using(&self, space: SpaceId) -> CpuMask {
+        if space == SpaceId::KERNEL {
+            return self.all_cpus();
+        }
         let mut mask = CpuMask::EMPTY;
         let tasks = self.tasks.borrow();
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             let loaded = tasks[c.current.get()].space == space;
             let caches = c
                 .tlb
@@ -1055,7 +1088,7 @@ impl Machine {
                 .entries()
                 .iter()
                 .any(|e| e.space == space || e.global);
-            if space == SpaceId::KERNEL || loaded || caches {
+            if loaded || caches {
                 mask = mask.with(CpuId::new(i));
             }
         }
@@ -1277,7 +1310,7 @@ impl Machine {
     #[cold]
     fn publish_remote_store(&self, entry: PhysAddr) {
         let here = self.current.get().index();
-        for (i, cpu) in self.cpus.iter().enumerate() {
+        for (i, cpu) in self.cpus.iter() {
             if i == here {
                 continue;
             }
@@ -1295,7 +1328,7 @@ impl Machine {
     #[inline]
     pub fn walker_read(&self, entry: PhysAddr) -> u64 {
         if self.pending_stores.get() > 0 {
-            for cpu in self.cpus.iter() {
+            for (_, cpu) in self.cpus.iter() {
                 // The oldest pending store's "before" value is what the
                 // walker still sees.
                 if let Some(&(_, old)) = cpu.pending.borrow().iter().find(|(pa, _)| *pa == entry) {
@@ -1366,7 +1399,7 @@ impl Machine {
     }
 
     fn drain_stores(&self, cpu: CpuId) {
-        let drained = core::mem::take(&mut *self.cpus[cpu.index()].pending.borrow_mut());
+        let drained = core::mem::take(&mut *self.cpu_state(cpu).pending.borrow_mut());
         self.pending_stores
             .set(self.pending_stores.get() - drained.len());
     }
@@ -1420,7 +1453,7 @@ impl Machine {
     /// is being freed: no cached translation was walked through it (§6.7).
     pub fn check_table_free(&self, frame: PhysAddr) {
         let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             let hit = c
                 .tlb
                 .borrow()
@@ -1527,7 +1560,7 @@ impl Machine {
     // ----- TLB maintenance ------------------------------------------------
 
     fn invalidated(&self, cpu: CpuId, space: SpaceId) {
-        let mut counts = self.cpus[cpu.index()].invalidations.borrow_mut();
+        let mut counts = self.cpu_state(cpu).invalidations.borrow_mut();
         let i = space.0 as usize;
         if counts.len() <= i {
             counts.resize(i + 1, 0);
@@ -1537,7 +1570,7 @@ impl Machine {
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_range(&self, cpu: CpuId, space: SpaceId, start: u64, end: u64) {
-        self.cpus[cpu.index()]
+        self.cpu_state(cpu)
             .tlb
             .borrow_mut()
             .invalidate_range(space, start, end);
@@ -1546,16 +1579,13 @@ impl Machine {
 
     /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_space(&self, cpu: CpuId, space: SpaceId) {
-        self.cpus[cpu.index()]
-            .tlb
-            .borrow_mut()
-            .invalidate_space(space);
+        self.cpu_state(cpu).tlb.borrow_mut().invalidate_space(space);
         self.invalidated(cpu, space);
     }
 
     /// Invalidates all of CPU `cpu`'s TLB.
     pub fn tlb_invalidate_all(&self, cpu: CpuId) {
-        self.cpus[cpu.index()].tlb.borrow_mut().invalidate_all();
+        self.cpu_state(cpu).tlb.borrow_mut().invalidate_all();
         let spaces: Vec<SpaceId> = (0..self.spaces.len()).map(|i| SpaceId(i as u32)).collect();
         for space in spaces {
             self.invalidated(cpu, space);
@@ -1564,17 +1594,20 @@ impl Machine {
 
     /// How many invalidations of `space`'s translations `cpu` has made.
     pub fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
-        self.cpus[cpu.index()]
-            .invalidations
-            .borrow()
-            .get(space.0 as usize)
-            .copied()
-            .unwrap_or(0)
+        self.cpus.peek(cpu.index()).map_or(0, |c| {
+            c.invalidations
+                .borrow()
+                .get(space.0 as usize)
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     /// The cached translations of CPU `cpu`.
     pub fn tlb_entries(&self, cpu: CpuId) -> Vec<TlbEntry> {
-        self.cpus[cpu.index()].tlb.borrow().entries().to_vec()
+        self.cpus
+            .peek(cpu.index())
+            .map_or_else(Vec::new, |c| c.tlb.borrow().entries().to_vec())
     }
 
     /// Loads `space`'s root on the running CPU (costed), flushing the
@@ -1592,8 +1625,8 @@ impl Machine {
     /// Checks that no CPU caches a translation of `[start, end)` in `space`
     /// that differs from what the walker sees now.
     pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
-        for cpu in 0..self.cpus.len() {
-            let stale: Vec<TlbEntry> = self.cpus[cpu]
+        for (cpu, c) in self.cpus.iter() {
+            let stale: Vec<TlbEntry> = c
                 .tlb
                 .borrow()
                 .entries()
@@ -1633,7 +1666,7 @@ impl Machine {
     /// the same future.
     pub fn digest(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             h.write_usize(i);
             h.write_usize(c.current.get());
             for &t in c.preempted.borrow().iter() {
@@ -1671,7 +1704,7 @@ impl Machine {
 impl core::fmt::Debug for Machine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Machine")
-            .field("cpus", &self.cpus.len())
+            .field("cpus", &self.cpus.possible())
             .field("tasks", &self.tasks.borrow().len())
             .field("step", &self.sched.step())
             .field("violations", &self.violation_count.get())

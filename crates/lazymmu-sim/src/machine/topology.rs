@@ -248,6 +248,10 @@ pub struct NamedMachine {
     pub topology: Topology,
     /// Its cost table.
     pub platform: Platform,
+    /// The machine as the published figures name it
+    /// ([`PublishedFigure::machine`](crate::published::PublishedFigure::machine)),
+    /// when figures were published for it.
+    pub published_as: Option<&'static str>,
 }
 
 /// The machine of Linux 6.4's lazy-TLB shootdown figures: "a 16-socket
@@ -266,6 +270,7 @@ pub const POWER8_E880: NamedMachine = NamedMachine {
         threads_per_core: 8,
     },
     platform: Platform::PpcHash,
+    published_as: Some("16-socket 192-core POWER8"),
 };
 
 /// The 8-socket, 448-thread Intel Xeon Platinum 8176 (Skylake-SP, 28 cores
@@ -282,10 +287,16 @@ pub const XEON_8176: NamedMachine = NamedMachine {
         threads_per_core: 2,
     },
     platform: Platform::X86,
+    published_as: None,
 };
 
 /// Every named machine.
 pub const NAMED_MACHINES: [NamedMachine; 2] = [POWER8_E880, XEON_8176];
+
+/// The named machine called `name`.
+pub fn named_machine(name: &str) -> Option<&'static NamedMachine> {
+    NAMED_MACHINES.iter().find(|m| m.name == name.trim())
+}
 
 /// A machine for `--topology`: a named one, or `SOCKETSxCORESxTHREADS` on
 /// the x86 cost table.
@@ -293,7 +304,7 @@ pub const NAMED_MACHINES: [NamedMachine; 2] = [POWER8_E880, XEON_8176];
 /// # Errors
 /// A message listing the forms accepted.
 pub fn parse_machine(text: &str) -> Result<(Topology, Platform), String> {
-    if let Some(m) = NAMED_MACHINES.iter().find(|m| m.name == text.trim()) {
+    if let Some(m) = named_machine(text) {
         return Ok((m.topology, m.platform));
     }
     Topology::parse(text)

@@ -42,9 +42,11 @@ use super::{lazy_tlb_name, machine_counts, seeded, NeighbourRow};
 use crate::choice::{Chooser, Site};
 use crate::cost::{Cost, Platform, Software};
 use crate::invariant::Invariant;
+use crate::machine::topology::NamedMachine;
 use crate::machine::{
     tables_under, walk, Kernel, Machine, MachineConfig, Offers, SimCpu, SimMemory, Topology,
 };
+use crate::published::{PublishedFigure, Topic, PUBLISHED};
 
 /// Parameters of a `ctxswitch` run.
 #[derive(Clone, Debug)]
@@ -70,7 +72,9 @@ pub struct CtxSwitchConfig {
     pub ping_pong: bool,
     /// User processes alive at any time.
     pub processes: usize,
-    /// Threads per process.
+    /// Threads per process. The ping-pong benchmark runs one thread on
+    /// each of the CPUs `0..threads` (as many as CPUs by default), and
+    /// only those CPUs come online.
     pub threads: usize,
     /// Kernel threads besides the idle tasks.
     pub kthreads: usize,
@@ -532,7 +536,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
     mc.spaces = max_spaces;
     mc.tasks = config.kthreads + user_slots;
     mc.frames = (max_spaces * 6 + 64) as u32;
-    let (machine, kernel) = boot(mc, config.policy);
+    let (machine, kernel) = boot(mc, config.policy, cpus);
     let first_kthread = machine.task_count();
     for k in 0..config.kthreads {
         machine.add_task(&format!("k{k}"), SpaceId::KERNEL, CpuId(0), false);
@@ -607,8 +611,9 @@ fn machine_config(config: &CtxSwitchConfig) -> MachineConfig {
 }
 
 /// The machine with its kernel address space, walker and lazy-TLB kernel,
-/// every CPU's idle task booted on the kernel's address space.
-fn boot(mc: MachineConfig, policy: LazyTlbPolicy) -> (Rc<Machine>, Rc<StormKernel>) {
+/// the idle tasks of CPUs `0..online` booted on the kernel's address space
+/// (the CPUs that run; the others never come online).
+fn boot(mc: MachineConfig, policy: LazyTlbPolicy, online: usize) -> (Rc<Machine>, Rc<StormKernel>) {
     let machine = Rc::new(Machine::new(mc));
     let kernel_root = machine
         .memory()
@@ -621,7 +626,7 @@ fn boot(mc: MachineConfig, policy: LazyTlbPolicy) -> (Rc<Machine>, Rc<StormKerne
         tlb: LazyTlb::new(SimCpu::new(machine.clone()), policy),
     });
     machine.set_kernel(kernel.clone());
-    for cpu in (0..machine.cpu_count()).map(CpuId::new) {
+    for cpu in (0..online).map(CpuId::new) {
         machine.set_cpu(cpu);
         kernel.tlb.boot_cpu(machine.task_mm(machine.idle_task(cpu)));
     }
@@ -702,7 +707,12 @@ fn finish(
 /// space must have been freed with no CPU still on it.
 fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
     let topology = config.topology;
-    let cpus = topology.cpus();
+    let cpus = config.threads;
+    assert!(
+        (1..=topology.cpus()).contains(&cpus),
+        "the benchmark runs 1..={} threads, one a CPU",
+        topology.cpus()
+    );
     let mut mc = machine_config(config);
     mc.spaces = 3;
     mc.tasks = 2 * cpus;
@@ -710,9 +720,9 @@ fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
     // The library's context-switch path is shallow: a small stack per CPU
     // keeps 2,048 coroutines cheap.
     mc.stack_bytes = 256 << 10;
-    let (machine, kernel) = boot(mc, config.policy);
+    let (machine, kernel) = boot(mc, config.policy, cpus);
     let space = SpaceId(1);
-    let threads = process(&machine, &kernel, space);
+    let threads = process(&machine, &kernel, space, cpus);
     // Every thread starts on its CPU; then the measured part.
     for (cpu, &task) in threads.iter().enumerate() {
         machine.switch(CpuId::new(cpu), task);
@@ -724,7 +734,10 @@ fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
         let threads = threads.clone();
         move |cpu: CpuId| {
             let m = &machine;
-            let partner = topology.partner(cpu).unwrap_or(cpu);
+            let partner = topology
+                .partner(cpu)
+                .filter(|p| p.index() < cpus)
+                .unwrap_or(cpu);
             // The thread that writes first; the other replies.
             let leader = cpu.index() % 2 == 0 || partner == cpu;
             for _ in 0..rounds {
@@ -744,10 +757,10 @@ fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
     };
     let all: Vec<CpuId> = (0..cpus).map(CpuId::new).collect();
     machine.run_timed(&all, body);
-    let (counts, cycles) = measured(&machine);
+    let (mut counts, cycles) = measured(&machine);
     // Every thread exits; the last one tears the space down. The next
     // process's threads end the idle tasks' borrows.
-    let next = process(&machine, &kernel, SpaceId(2));
+    let next = process(&machine, &kernel, SpaceId(2), cpus);
     for (cpu, &task) in threads.iter().enumerate() {
         let cpu = CpuId::new(cpu);
         machine.set_cpu(cpu);
@@ -765,19 +778,20 @@ fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
             "the process's space leaked".into(),
         );
     }
+    counts.insert("cpus_online", machine.online_cpus() as u64);
     finish(config, &machine, &kernel, counts, cycles)
 }
 
-/// A process in `space` with one thread per CPU, each homed on its CPU and
-/// not yet running: the task ids, CPU 0's first.
-fn process(machine: &Machine, kernel: &StormKernel, space: SpaceId) -> Vec<usize> {
+/// A process in `space` with one thread on each of the CPUs `0..cpus`,
+/// each homed on its CPU and not yet running: the task ids, CPU 0's first.
+fn process(machine: &Machine, kernel: &StormKernel, space: SpaceId, cpus: usize) -> Vec<usize> {
     let root = machine
         .memory()
         .allocate(space, 0)
         .expect("a frame for the process's root");
     machine.memory().zero_frame(root);
     machine.set_space_root(space, root);
-    (0..machine.cpu_count())
+    (0..cpus)
         .map(|cpu| {
             let task = machine.add_task(
                 &format!("u{}.{cpu}", space.0),
@@ -801,4 +815,60 @@ fn process(machine: &Machine, kernel: &StormKernel, space: SpaceId) -> Vec<usize
 /// Runs `ctxswitch` with the configuration's seed.
 pub fn run(config: &CtxSwitchConfig) -> NeighbourRow {
     run_with(config, &mut seeded(config.seed))
+}
+
+/// The published rates of will-it-scale's `context_switch1_threads` on
+/// `machine`, by lazy-TLB policy: on [`POWER8_E880`], Linux 6.4's
+/// refcounting and shootdown figures
+/// ([`LAZY_TLB_SHOOTDOWN_POWERPC`](crate::published::LAZY_TLB_SHOOTDOWN_POWERPC)).
+/// Empty for a machine nobody published the benchmark on.
+///
+/// [`POWER8_E880`]: crate::machine::topology::POWER8_E880
+pub fn published_rates(machine: &NamedMachine) -> Vec<(LazyTlbPolicy, &'static PublishedFigure)> {
+    let Some(name) = machine.published_as else {
+        return Vec::new();
+    };
+    PUBLISHED
+        .iter()
+        .filter(|f| {
+            f.topic == Topic::LazyTlbShootdown
+                && f.machine == name
+                && f.workload
+                    .starts_with("will-it-scale context_switch1_threads")
+        })
+        .filter_map(|f| {
+            // The figures name what they measured: upstream's refcounting,
+            // or the shootdown option.
+            let policy = if f.compared.contains("SHOOTDOWN") {
+                LazyTlbPolicy::Shootdown
+            } else if f.compared.contains("refcount") {
+                LazyTlbPolicy::Refcount
+            } else {
+                return None;
+            };
+            Some((policy, f))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::topology::{POWER8_E880, XEON_8176};
+
+    #[test]
+    fn the_power8_has_a_published_rate_for_each_policy_it_ran() {
+        let rates = published_rates(&POWER8_E880);
+        let policies: Vec<LazyTlbPolicy> = rates.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            policies,
+            [LazyTlbPolicy::Refcount, LazyTlbPolicy::Shootdown]
+        );
+        let values: Vec<f64> = rates
+            .iter()
+            .map(|(_, f)| f.parse().unwrap().value)
+            .collect();
+        assert_eq!(values, [1e6, 118e6]);
+        assert!(published_rates(&XEON_8176).is_empty());
+    }
 }
