@@ -70,7 +70,8 @@ pub struct CompareArgs {
     /// The machine ctxswitch-bench runs on instead of --cpus:
     /// SOCKETSxCORESxTHREADS on the x86 cost table (e.g. 8x28x2), or
     /// power8-e880 (16x12x8, 1536 CPUs, the POWER8 of Linux 6.4's lazy-TLB
-    /// shootdown figures, on the powerpc cost table) or xeon-8176 (8x28x2).
+    /// shootdown figures, on the powerpc cost table, printed next to those
+    /// figures) or xeon-8176 (8x28x2).
     #[arg(long, value_name = "SHAPE")]
     pub topology: Option<String>,
     /// Seed of the scheduler's random choices.
@@ -202,8 +203,6 @@ pub struct Reproduce {
     seed: u64,
     kasan_read_back: bool,
     costs: Vec<Override>,
-    /// `--topology`, which ctxswitch-bench runs on instead of `--cpus`.
-    topology: Option<String>,
 }
 
 impl Reproduce {
@@ -214,7 +213,6 @@ impl Reproduce {
             seed: args.seed,
             kasan_read_back: args.kasan_read_back,
             costs: args.cost.clone(),
-            topology: args.topology.clone(),
         }
     }
 
@@ -422,6 +420,7 @@ impl Screen<'_> {
         } else {
             neighbours::write_summary(out, self.neighbours, self.width)?;
         }
+        neighbours::write_published(out, self.neighbours, self.width)?;
         self.write_designs(out)?;
         if !self.args.detail && !self.results.is_empty() {
             writeln!(

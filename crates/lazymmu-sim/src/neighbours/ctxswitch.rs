@@ -688,6 +688,7 @@ fn finish(
     ]);
     let row = NeighbourRow {
         workload: config.name,
+        machine: None,
         policy: lazy_tlb_name(config.policy),
         cpus: config.cpus,
         processes: config.processes,

@@ -132,6 +132,10 @@ pub struct NeighbourRow {
     pub workload: &'static str,
     /// Policy name.
     pub policy: &'static str,
+    /// The machine it ran on as the caller named it (`--topology
+    /// power8-e880`), or `None` for `cpus` CPUs of one socket. The
+    /// workloads leave it `None`; the caller names the machine it chose.
+    pub machine: Option<String>,
     /// Simulated CPUs.
     pub cpus: usize,
     /// Processes (vmalloc-grow) or tasks (ctxswitch, pgmap).
