@@ -1,8 +1,11 @@
 //! The MM neighbours in `lazymmu compare`: `--workload
 //! ctxswitch|ctxswitch-bench|vmalloc-grow|pgmap` under `--policy`, run on
 //! the simulator's neighbour models. On the screen each mechanism gets one
-//! compact table of cycles relative to its first policy; `--detail` adds
-//! every row's cycles and counts; JSON rows say which policy ran.
+//! compact table of cycles relative to its first policy, and
+//! `ctxswitch-bench` on a machine with published figures (`--topology
+//! power8-e880`) its switch rates next to them; `--detail` adds every
+//! row's cycles and counts; JSON rows say which policy ran on which
+//! machine.
 
 use std::io::Write;
 
@@ -374,8 +377,7 @@ pub fn write_published(out: &mut impl Write, rows: &[NeighbourRow], width: usize
     if on_cpus {
         writeln!(
             out,
-            "\n{bench} against the published POWER8 figures: --topology {} (seconds, not \
-             milliseconds)",
+            "\n{bench} against the published POWER8 rates: --topology {}",
             POWER8_E880.name
         )?;
     }
