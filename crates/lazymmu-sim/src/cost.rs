@@ -3,12 +3,14 @@
 //! machine keeps of how often each ran; and the names `--cost NAME=CYCLES`
 //! and the reports use.
 //!
-//! The table has two kinds of rows: the library's machine
-//! [`Primitive`]s (a hypercall, a barrier, a TLB invalidation, a root load,
-//! a cache-line transfer...), which the machine counts as the library calls
-//! them, and [`Software`] operations, the kernel work around the MMU that a
-//! workload does itself (the scheduler's part of a context switch, a page
-//! fault's entry and exit, ...). New software operations — the kernel work
+//! The table has three kinds of rows: the library's machine
+//! [`Primitive`]s (a hypercall, a barrier, a TLB invalidation, a root
+//! load...), which the machine counts as the library calls them;
+//! [`Software`] operations, the kernel work around the MMU that a workload
+//! does itself (the scheduler's part of a context switch, a page fault's
+//! entry and exit, ...); and cache-line transfers between CPUs by their
+//! [`Distance`] in the machine's topology, which the machine counts as the
+//! library touches shared lines. New software operations — the kernel work
 //! measured on a real kernel — are new [`Software`] rows with their costs;
 //! nothing else changes.
 //!
@@ -21,6 +23,8 @@ use core::cell::Cell;
 use core::fmt;
 
 pub use lazymmu::backend::machine::Primitive;
+
+pub use crate::machine::topology::Distance;
 
 /// Kernel work around the MMU that a workload charges itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -60,6 +64,16 @@ pub enum Cost {
     Primitive(Primitive),
     /// Kernel work a workload does.
     Software(Software),
+    /// A cache line coming to a CPU from another at this distance (the
+    /// data of a read, or ownership for a write with the invalidations it
+    /// takes).
+    Line(Distance),
+}
+
+impl From<Distance> for Cost {
+    fn from(d: Distance) -> Self {
+        Cost::Line(d)
+    }
 }
 
 impl From<Primitive> for Cost {
@@ -75,7 +89,7 @@ impl From<Software> for Cost {
 }
 
 /// Rows in the table.
-pub const ROWS: usize = Primitive::ALL.len() + Software::ALL.len();
+pub const ROWS: usize = Primitive::ALL.len() + Software::ALL.len() + Distance::ALL.len();
 
 impl Cost {
     /// Every row, primitives first, in table order.
@@ -84,6 +98,7 @@ impl Cost {
             .into_iter()
             .map(Cost::Primitive)
             .chain(Software::ALL.into_iter().map(Cost::Software))
+            .chain(Distance::ALL.into_iter().map(Cost::Line))
     }
 
     /// The row's position in the table.
@@ -91,6 +106,7 @@ impl Cost {
         match self {
             Cost::Primitive(p) => p.index(),
             Cost::Software(s) => Primitive::ALL.len() + s as usize,
+            Cost::Line(d) => Primitive::ALL.len() + Software::ALL.len() + d as usize,
         }
     }
 
@@ -111,7 +127,6 @@ impl Cost {
                 Primitive::KeyWrite => "key_write",
                 Primitive::PteWrite => "pte_write",
                 Primitive::RootLoad => "root_load",
-                Primitive::LineTransfer => "line_transfer",
             },
             Cost::Software(s) => match s {
                 Software::ContextSwitch => "switch",
@@ -119,6 +134,11 @@ impl Cost {
                 Software::GenerationCheck => "generation_check",
                 Software::TableAlloc => "table_alloc",
                 Software::EntryCopy => "entry_copy",
+            },
+            Cost::Line(d) => match d {
+                Distance::SmtSibling => "line_smt",
+                Distance::SameSocket => "line_socket",
+                Distance::OtherSocket => "line_remote",
             },
         }
     }
@@ -164,6 +184,19 @@ pub enum Platform {
     Sparc64,
     /// s390x (z14 and later).
     S390,
+}
+
+impl Platform {
+    /// Whether an atomic read-modify-write is a load-reserve /
+    /// store-conditional loop that fails when another CPU stores to the
+    /// line in between (powerpc `lwarx`/`stwcx.`: Power ISA Book II,
+    /// "Atomic Update": a reservation is lost when another processor
+    /// stores to its granule, and the store-conditional then fails; Linux
+    /// arch/powerpc/include/asm/atomic.h builds every atomic that way),
+    /// rather than one instruction that holds the line (x86 `lock`).
+    pub const fn atomics_retry(self) -> bool {
+        matches!(self, Platform::PpcHash)
+    }
 }
 
 /// Cycle costs of every row on one platform, with overrides.
@@ -215,14 +248,23 @@ impl CostModel {
         // Instructions"); estimate 250 cycles. The TLB flush that may come
         // with it is counted separately as a full flush.
         set(p(Primitive::RootLoad), 250);
-        // A cache line moving between cores because another core modified
-        // or shares it: ~100 ns for a modified line in another core's cache
-        // across a two-socket Xeon (Molka et al., "Memory Performance and
-        // Cache Coherency Effects on an Intel Nehalem Multiprocessor
-        // System", PACT 2009, Fig. 4; same order on later parts) ≈ 250
-        // cycles. Contention queueing on a hot line is not modelled, so
-        // this is a lower bound for large machines.
-        set(p(Primitive::LineTransfer), 250);
+        // A cache line moving between CPUs, by distance: Paul E.
+        // McKenney, "Is Parallel Programming Hard, And, If So, What Can
+        // You Do About It?" (perfbook, §"Overheads", table "CPU 0 View of
+        // Synchronization Mechanisms on 8-Socket System With Intel Xeon
+        // Platinum 8176 CPUs @ 2.10GHz"): a blind CAS, one exclusive
+        // transfer of the line as a `lock`-prefixed increment needs, takes
+        // 7.2 ns between the hyperthreads of a core, 47.5 ns between cores
+        // of a socket and 148.8 ns between sockets: 15, 100 and 312 cycles
+        // at the 2.1 GHz the table normalises to. (His fourth level, 336.6
+        // ns across the interconnect joining two four-socket halves, is
+        // beyond the three levels modelled.) A hot line's queue is the
+        // machine's: each transfer waits for the one before. These stand
+        // for every platform without a measurement of its own.
+        let line = |d: Distance| Cost::Line(d);
+        set(line(Distance::SmtSibling), 15);
+        set(line(Distance::SameSocket), 100);
+        set(line(Distance::OtherSocket), 312);
         // WRMSR to IA32_PKRS (0x6E1) is explicitly not serialising (Intel
         // SDM Vol. 3A §4.6.2), unlike most WRMSRs; it still goes through the
         // microcode MSR path. No published latency found: estimate 50
@@ -302,6 +344,25 @@ impl CostModel {
                 // flush_hash_page and once per flush_hash_range batch.
                 set(p(Primitive::Dsb), 800);
                 set(p(Primitive::FullFlush), 5_000);
+                // Line transfers on POWER: half the round trip of a
+                // compare-and-swap ping-pong between two CPUs (each swap a
+                // `lwarx`/`stwcx.` loop between barriers) on two 8-core
+                // POWER7 sockets at 3.3 GHz under PowerVM: 70 ns between
+                // SMT threads of a core, 173 ns across a socket, 443 ns
+                // across sockets (Nicolas Viennot, core-to-core-latency,
+                // README results "IBM Power7, 3.3GHz, 8 Cores, 2010-Q1",
+                // from github.com/nviennot/core-to-core-latency issue #14).
+                // No per-distance POWER8 measurement was found; POWER7 is
+                // the nearest generation measured this way (AnandTech,
+                // "Assessing IBM's POWER8, Part 1", 2016, gives only
+                // load-to-use latencies: 13 cycles for the L2 the eight
+                // threads of a POWER8 core share). Converted at the POWER8
+                // E880's 4.02 GHz (the clock below): 281, 695 and 1,781
+                // cycles.
+                let line = |d: Distance| Cost::Line(d);
+                set(line(Distance::SmtSibling), 281);
+                set(line(Distance::SameSocket), 695);
+                set(line(Distance::OtherSocket), 1_781);
             }
             Platform::Sparc64 => {
                 // One TSB entry write + demap-page hypervisor fast trap
@@ -330,6 +391,20 @@ impl CostModel {
     /// The platform.
     pub fn platform(&self) -> Platform {
         self.platform
+    }
+
+    /// The clock the cycle costs are counted at, in MHz, where one machine
+    /// gives the platform its figures: x86 2,100 (the Xeon Platinum 8176
+    /// of the line-transfer costs, and the 2.1 GHz Skylake of the IPI
+    /// cost), powerpc 4,020 (the POWER8 E880's 12-core modules, IBM
+    /// Redpaper REDP-5137). `None` elsewhere: rates per second are then
+    /// not reported.
+    pub fn clock_mhz(&self) -> Option<u64> {
+        match self.platform {
+            Platform::X86 | Platform::XenPv => Some(2_100),
+            Platform::PpcHash => Some(4_020),
+            Platform::Arm64 | Platform::Sparc64 | Platform::S390 => None,
+        }
     }
 
     /// Cycles of one `row`.

@@ -18,6 +18,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use lazymmu::backend::machine::MAX_BACKEND_CPUS;
+use lazymmu::cpu::MAX_CPUS;
 use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
 use lazymmu_sim::scenario::{
     BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind,
@@ -59,10 +61,19 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = DEFAULT_PAGES,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub pages: u64,
-    /// Simulated CPUs.
+    /// Simulated CPUs: up to 64 for the page-table workloads, ctxswitch
+    /// and pgmap, up to 2048 for ctxswitch-bench (one socket of that many
+    /// cores on the x86 cost table; see --topology).
     #[arg(long, default_value_t = DEFAULT_CPUS,
-          value_parser = clap::value_parser!(u64).range(1..=64))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CPUS as u64))]
     pub cpus: u64,
+    /// The machine ctxswitch-bench runs on instead of --cpus:
+    /// SOCKETSxCORESxTHREADS on the x86 cost table (e.g. 8x28x2), or
+    /// power8-e880 (16x12x8, 1536 CPUs, the POWER8 of Linux 6.4's lazy-TLB
+    /// shootdown figures, on the powerpc cost table, printed next to those
+    /// figures) or xeon-8176 (8x28x2).
+    #[arg(long, value_name = "SHAPE")]
+    pub topology: Option<String>,
     /// Seed of the scheduler's random choices.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -133,7 +144,7 @@ impl Selection {
             .copied()
             .filter(|b| picked(&args.backend, b.name()))
             .collect();
-        let workloads = WorkloadKind::ALL
+        let workloads: Vec<WorkloadKind> = WorkloadKind::ALL
             .iter()
             .copied()
             .filter(|w| picked(&args.workload, w.name()))
@@ -143,11 +154,21 @@ impl Selection {
             .copied()
             .filter(|d| args.design == ALL || args.design == d.name())
             .collect();
+        if !workloads.is_empty() && args.cpus as usize > MAX_BACKEND_CPUS {
+            return Err(usage(format!(
+                "--cpus {}: the page-table workloads run on at most {MAX_BACKEND_CPUS} CPUs",
+                args.cpus
+            )));
+        }
         Ok(Self {
             backends,
             workloads,
             designs,
-            neighbours: neighbours::Selection::new(&args.workload, &args.policy)?,
+            neighbours: neighbours::Selection::new(
+                &args.workload,
+                &args.policy,
+                args.topology.as_deref(),
+            )?,
         })
     }
 
@@ -399,6 +420,7 @@ impl Screen<'_> {
         } else {
             neighbours::write_summary(out, self.neighbours, self.width)?;
         }
+        neighbours::write_published(out, self.neighbours, self.width)?;
         self.write_designs(out)?;
         if !self.args.detail && !self.results.is_empty() {
             writeln!(

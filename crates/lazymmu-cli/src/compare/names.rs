@@ -7,7 +7,7 @@
 //! (the tests check every one).
 
 use clap::builder::{PossibleValue, PossibleValuesParser};
-use lazymmu_sim::cost::{Cost, Primitive, Software};
+use lazymmu_sim::cost::{Cost, Distance, Primitive, Software};
 use lazymmu_sim::neighbours::NeighbourWorkload;
 use lazymmu_sim::scenario::{BackendKind, DesignKind, WorkloadKind};
 
@@ -121,7 +121,6 @@ pub fn cost_about(cost: Cost) -> &'static str {
             Primitive::KeyWrite => "a write of the protection-key register (PKRS, POR_EL1)",
             Primitive::PteWrite => "a store of one page-table entry",
             Primitive::RootLoad => "a load of a page-table root (mov cr3, msr ttbr0_el1)",
-            Primitive::LineTransfer => "a cache line moving between CPUs",
         },
         Cost::Software(s) => match s {
             Software::ContextSwitch => "the scheduler's own part of a context switch",
@@ -129,6 +128,11 @@ pub fn cost_about(cost: Cost) -> &'static str {
             Software::GenerationCheck => "a generation compare at context switch",
             Software::TableAlloc => "allocating and zeroing a page-table page",
             Software::EntryCopy => "the cache miss of copying a kernel top-level entry",
+        },
+        Cost::Line(d) => match d {
+            Distance::SmtSibling => "a cache line moving between SMT siblings of one core",
+            Distance::SameSocket => "a cache line moving between cores of one socket",
+            Distance::OtherSocket => "a cache line moving between sockets",
         },
     }
 }

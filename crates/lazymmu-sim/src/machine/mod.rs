@@ -15,11 +15,14 @@
 //! Both `lazymmu compare` (seeded random choices) and `lazymmu check` (the
 //! explorer) run this machine.
 
+pub(crate) mod online;
 pub mod primitives;
 pub mod sched;
+pub mod timeline;
+pub mod topology;
 
 use core::cell::{Cell, RefCell};
-use core::hash::Hasher;
+use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -32,6 +35,7 @@ use lazymmu::mm::{LineAccess, LineState, SharedLine};
 use lazymmu::mode::LazyState;
 
 pub use primitives::{tables_under, walk, SimCpu, SimEnv, SimFrames, SimMemory};
+pub use topology::{Distance, Topology};
 
 use crate::choice::{Chooser, Sequential};
 use crate::cost::{Cost, CostModel, Counts, Platform, Primitive};
@@ -39,6 +43,7 @@ use crate::events::{Event, EventKind, EventRing};
 use crate::invariant::{Invariant, Violation};
 use crate::memory::PhysMemory;
 use crate::tlb::{Tlb, TlbEntry};
+use online::OnlineCpus;
 
 /// How the key register decides whether a page-table page may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -175,6 +180,9 @@ pub struct Faults {
 pub struct MachineConfig {
     /// Number of CPUs.
     pub cpus: usize,
+    /// How the CPUs sit (threads, cores, sockets): what a cache-line
+    /// transfer between two of them costs. Holds `cpus` CPUs.
+    pub topology: Topology,
     /// Frames of physical memory for page tables.
     pub frames: u32,
     /// Address spaces the machine can hold (`SpaceId` 0 is the kernel's).
@@ -203,8 +211,10 @@ pub struct MachineConfig {
 impl MachineConfig {
     /// A configuration for `cpus` CPUs on `platform` with plain hardware.
     pub fn new(cpus: usize, platform: Platform) -> Self {
+        let cpus = cpus.clamp(1, lazymmu::cpu::MAX_CPUS);
         Self {
-            cpus: cpus.clamp(1, lazymmu::cpu::MAX_CPUS),
+            cpus,
+            topology: Topology::flat(cpus),
             frames: 4096,
             spaces: 16,
             tasks: 16,
@@ -216,6 +226,14 @@ impl MachineConfig {
             offers: Offers::COMPARE,
             faults: Faults::default(),
             stack_bytes: 1 << 20,
+        }
+    }
+
+    /// A configuration for the CPUs of `topology` on `platform`.
+    pub fn with_topology(topology: Topology, platform: Platform) -> Self {
+        Self {
+            topology,
+            ..Self::new(topology.cpus(), platform)
         }
     }
 }
@@ -331,6 +349,38 @@ pub(crate) struct CpuState {
     pub(crate) invalidations: RefCell<Vec<u64>>,
     /// Cycles of work done on this CPU.
     pub(crate) work: Cell<u64>,
+    /// This CPU's time: its work, plus the cycles it waited for a cache
+    /// line or for another CPU to wake it.
+    pub(crate) clock: Cell<u64>,
+    /// The lazy-TLB state of the CPU (`cpu_tlbstate`).
+    pub(crate) lazy_tlb: CpuTlbState,
+    /// The protection-key window state of the CPU.
+    pub(crate) keys: CpuKeyState,
+}
+
+impl CpuState {
+    /// CPU `cpu` as it boots: its idle task (task `cpu`) current, the
+    /// kernel's space loaded, an empty TLB of `tlb_entries`, the key
+    /// register at `default_key`.
+    pub(crate) fn boot(cpu: usize, tlb_entries: usize, default_key: u64) -> Self {
+        Self {
+            current: Cell::new(cpu),
+            preempted: RefCell::new(Vec::new()),
+            loaded: Cell::new(SpaceId::KERNEL),
+            lazy: Cell::new(LazyState::IDLE),
+            irq_depth: Cell::new(0),
+            preempt: Cell::new(0),
+            key: Cell::new(default_key),
+            tlb: RefCell::new(Tlb::new(tlb_entries)),
+            pending: RefCell::new(Vec::new()),
+            stale_invalid: RefCell::new(Vec::new()),
+            invalidations: RefCell::new(Vec::new()),
+            work: Cell::new(0),
+            clock: Cell::new(0),
+            lazy_tlb: CpuTlbState::new(),
+            keys: CpuKeyState::new(),
+        }
+    }
 }
 
 /// A translation the walker found.
@@ -361,9 +411,7 @@ pub enum Access {
 pub struct Machine {
     config: MachineConfig,
     memory: PhysMemory,
-    cpus: Box<[CpuState]>,
-    cpu_tlb: Box<[CpuTlbState]>,
-    cpu_keys: Box<[CpuKeyState]>,
+    cpus: OnlineCpus,
     tasks: RefCell<Vec<Task>>,
     task_mm: Box<[TaskMm]>,
     task_keys: Box<[TaskKeyState]>,
@@ -382,11 +430,61 @@ pub struct Machine {
     kernel_root: Cell<PhysAddr>,
     is_kernel_va: Cell<fn(u64) -> bool>,
     pending_stores: Cell<usize>,
-    lines: RefCell<HashMap<SharedLine, LineState>>,
-    line_transfers: RefCell<HashMap<SharedLine, u64>>,
+    lines: RefCell<HashMap<SharedLine, Line, BuildHasherDefault<LineHasher>>>,
+    line_waits: Cell<u64>,
+    stcx_failures: Cell<u64>,
+    timeline: timeline::Timeline,
     table_finder: Cell<Option<TableFinder>>,
     unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
     sched: sched::Scheduler,
+}
+
+/// A cache line other CPUs share, as the coherence fabric sees it.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    /// Who holds it (`None`: no cache yet).
+    state: Option<LineState>,
+    /// When the last exclusive transfer of the line completes: a later
+    /// read or write waits for it (the line's queue).
+    busy_until: u64,
+    /// Stores to the line so far: a store-conditional fails when this moved
+    /// since its load-reserve.
+    version: u64,
+    /// Transfers of the line so far.
+    transfers: u64,
+}
+
+/// A fast hash for the few shared lines a run touches (the multiply-rotate
+/// of rustc's FxHasher): every line access looks one up.
+#[derive(Default)]
+struct LineHasher(u64);
+
+impl Hasher for LineHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
 }
 
 /// Page-table frames detached from a space and not yet freed, and each
@@ -407,22 +505,7 @@ impl Machine {
     /// A machine with every CPU running its idle task and no other task.
     pub fn new(config: MachineConfig) -> Self {
         let cpus = config.cpus;
-        let cpu_states = (0..cpus)
-            .map(|cpu| CpuState {
-                current: Cell::new(cpu),
-                preempted: RefCell::new(Vec::new()),
-                loaded: Cell::new(SpaceId::KERNEL),
-                lazy: Cell::new(LazyState::IDLE),
-                irq_depth: Cell::new(0),
-                preempt: Cell::new(0),
-                key: Cell::new(config.hardware.default_key),
-                tlb: RefCell::new(Tlb::new(config.tlb_entries)),
-                pending: RefCell::new(Vec::new()),
-                stale_invalid: RefCell::new(Vec::new()),
-                invalidations: RefCell::new(Vec::new()),
-                work: Cell::new(0),
-            })
-            .collect();
+        let cpu_states = OnlineCpus::new(cpus, config.tlb_entries, config.hardware.default_key);
         let task_slots = cpus + config.tasks;
         let idle = (0..cpus)
             .map(|cpu| Task {
@@ -442,8 +525,6 @@ impl Machine {
         Self {
             memory: PhysMemory::new(config.frames),
             cpus: cpu_states,
-            cpu_tlb: (0..cpus).map(|_| CpuTlbState::new()).collect(),
-            cpu_keys: (0..cpus).map(|_| CpuKeyState::new()).collect(),
             tasks: RefCell::new(idle),
             task_mm: (0..task_slots).map(|_| TaskMm::kernel_thread()).collect(),
             task_keys: (0..task_slots).map(|_| TaskKeyState::new()).collect(),
@@ -470,8 +551,10 @@ impl Machine {
             kernel_root: Cell::new(PhysAddr(0)),
             is_kernel_va: Cell::new(|va| va >> 63 != 0),
             pending_stores: Cell::new(0),
-            lines: RefCell::new(HashMap::new()),
-            line_transfers: RefCell::new(HashMap::new()),
+            lines: RefCell::new(HashMap::default()),
+            line_waits: Cell::new(0),
+            stcx_failures: Cell::new(0),
+            timeline: timeline::Timeline::new(),
             table_finder: Cell::new(None),
             unlinked: RefCell::new(HashMap::new()),
             sched: sched::Scheduler::new(task_slots),
@@ -533,7 +616,8 @@ impl Machine {
 
     /// Makes `cpu` the running CPU (the driver's own code between units).
     pub fn set_cpu(&self, cpu: CpuId) {
-        self.current.set(CpuId::new(cpu.index() % self.cpus.len()));
+        self.current
+            .set(CpuId::new(cpu.index() % self.cpus.possible()));
     }
 
     /// Physical memory.
@@ -573,15 +657,42 @@ impl Machine {
 
     /// Cycles of work each CPU did (interrupt work included).
     pub fn cpu_work(&self) -> Vec<u64> {
-        self.cpus.iter().map(|c| c.work.get()).collect()
+        (0..self.cpus.possible())
+            .map(|i| self.cpus.peek(i).map_or(0, |c| c.work.get()))
+            .collect()
+    }
+
+    /// The time of `cpu`: its work plus its waits for lines and wake-ups.
+    pub fn clock_of(&self, cpu: CpuId) -> u64 {
+        self.cpus.peek(cpu.index()).map_or(0, |c| c.clock.get())
+    }
+
+    /// The time the machine has run: the latest CPU clock.
+    pub fn elapsed(&self) -> u64 {
+        self.cpus
+            .iter()
+            .map(|(_, c)| c.clock.get())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Cycles CPUs spent waiting for a line another CPU's transfer held.
+    pub fn line_wait_cycles(&self) -> u64 {
+        self.line_waits.get()
+    }
+
+    /// Store-conditionals that failed because another CPU stored to the
+    /// line after the load-reserve (platforms whose atomics retry).
+    pub fn stcx_failures(&self) -> u64 {
+        self.stcx_failures.get()
     }
 
     /// The most transfers any one shared line made.
     pub fn hottest_line_transfers(&self) -> u64 {
-        self.line_transfers
+        self.lines
             .borrow()
             .values()
-            .copied()
+            .map(|l| l.transfers)
             .max()
             .unwrap_or(0)
     }
@@ -590,24 +701,31 @@ impl Machine {
     /// lazy flags.
     pub fn line_transfers_by_kind(&self) -> [u64; 3] {
         let mut kinds = [0; 3];
-        for (line, n) in self.line_transfers.borrow().iter() {
+        for (line, l) in self.lines.borrow().iter() {
             kinds[match line {
                 SharedLine::SpaceCount(_) => 0,
                 SharedLine::SpaceCpumask(_) => 1,
                 SharedLine::CpuLazy(_) => 2,
-            }] += n;
+            }] += l.transfers;
         }
         kinds
     }
 
-    /// Resets the counts (after a setup stage).
+    /// Resets the counts and the clocks (after a setup stage); where the
+    /// lines are stays.
     pub fn clear_counts(&self) {
         self.counts.clear();
         self.disturbance_counts.clear();
-        for c in self.cpus.iter() {
+        for (_, c) in self.cpus.iter() {
             c.work.set(0);
+            c.clock.set(0);
         }
-        self.line_transfers.borrow_mut().clear();
+        for line in self.lines.borrow_mut().values_mut() {
+            line.transfers = 0;
+            line.busy_until = 0;
+        }
+        self.line_waits.set(0);
+        self.stcx_failures.set(0);
     }
 
     // ----- tasks, spaces and CPUs -----------------------------------------
@@ -626,7 +744,7 @@ impl Machine {
     /// # Panics
     /// When the machine's task slots are used up.
     pub fn add_task(&self, name: &str, space: SpaceId, cpu: CpuId, work: bool) -> usize {
-        let cpu = CpuId::new(cpu.index() % self.cpus.len());
+        let cpu = CpuId::new(cpu.index() % self.cpus.possible());
         let mut tasks = self.tasks.borrow_mut();
         let id = tasks.len();
         assert!(
@@ -736,32 +854,38 @@ impl Machine {
 
     #[inline]
     pub(crate) fn cpu_state(&self, cpu: CpuId) -> &CpuState {
-        &self.cpus[cpu.index()]
+        self.cpus.get(cpu.index())
     }
 
     #[inline]
     fn here(&self) -> &CpuState {
-        &self.cpus[self.current.get().index()]
+        self.cpus.get(self.current.get().index())
     }
 
-    /// Number of CPUs.
+    /// Number of CPUs (the possible CPUs: the topology's).
     pub fn cpu_count(&self) -> usize {
-        self.cpus.len()
+        self.cpus.possible()
+    }
+
+    /// CPUs that have run (come online): the ones whose state the machine
+    /// holds. A possible CPU that never ran costs an empty slot.
+    pub fn online_cpus(&self) -> usize {
+        self.cpus.online()
     }
 
     /// Every CPU.
     pub fn all_cpus(&self) -> CpuMask {
-        CpuMask::first(self.cpus.len())
+        CpuMask::first(self.cpus.possible())
     }
 
-    /// The lazy-TLB state of `cpu`.
+    /// The lazy-TLB state of `cpu` (bringing it online).
     pub fn cpu_tlb_state(&self, cpu: CpuId) -> &CpuTlbState {
-        &self.cpu_tlb[cpu.index()]
+        &self.cpus.get(cpu.index()).lazy_tlb
     }
 
-    /// The protection-key window state of `cpu`.
+    /// The protection-key window state of `cpu` (bringing it online).
     pub fn cpu_key_state(&self, cpu: CpuId) -> &CpuKeyState {
-        &self.cpu_keys[cpu.index()]
+        &self.cpus.get(cpu.index()).keys
     }
 
     /// The task running on the current CPU.
@@ -772,7 +896,9 @@ impl Machine {
 
     /// The task running on `cpu`.
     pub fn task_on(&self, cpu: CpuId) -> usize {
-        self.cpus[cpu.index()].current.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(cpu.index(), |c| c.current.get())
     }
 
     /// The current task's address space (the kernel's for a kernel
@@ -784,7 +910,9 @@ impl Machine {
 
     /// The address space whose root `cpu` has loaded.
     pub fn loaded_space(&self, cpu: CpuId) -> SpaceId {
-        self.cpus[cpu.index()].loaded.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(SpaceId::KERNEL, |c| c.loaded.get())
     }
 
     /// The current task's lazy state.
@@ -853,7 +981,7 @@ impl Machine {
 
     /// The preemption count of `cpu`.
     pub fn preempt_count_of(&self, cpu: CpuId) -> u32 {
-        self.cpus[cpu.index()].preempt.get()
+        self.cpus.peek(cpu.index()).map_or(0, |c| c.preempt.get())
     }
 
     /// Disables preemption on the running CPU.
@@ -885,7 +1013,9 @@ impl Machine {
 
     /// The key register of `cpu`.
     pub fn key_of(&self, cpu: CpuId) -> u64 {
-        self.cpus[cpu.index()].key.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(self.config.hardware.default_key, |c| c.key.get())
     }
 
     /// Writes the running CPU's key register (costed).
@@ -945,9 +1075,12 @@ impl Machine {
     /// ([`AddressSpace::cpumask`](lazymmu::mm::active_mm::AddressSpace::cpumask)), which lazy
     /// TLB keeps.
     pub fn cpus_using(&self, space: SpaceId) -> CpuMask {
+        if space == SpaceId::KERNEL {
+            return self.all_cpus();
+        }
         let mut mask = CpuMask::EMPTY;
         let tasks = self.tasks.borrow();
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             let loaded = tasks[c.current.get()].space == space;
             let caches = c
                 .tlb
@@ -955,7 +1088,7 @@ impl Machine {
                 .entries()
                 .iter()
                 .any(|e| e.space == space || e.global);
-            if space == SpaceId::KERNEL || loaded || caches {
+            if loaded || caches {
                 mask = mask.with(CpuId::new(i));
             }
         }
@@ -980,8 +1113,9 @@ impl Machine {
             self.counts.add(row, n);
         }
         let cycles = self.config.cost.cycles(row).saturating_mul(n);
-        let work = &self.here().work;
-        work.set(work.get().saturating_add(cycles));
+        let here = self.here();
+        here.work.set(here.work.get().saturating_add(cycles));
+        here.clock.set(here.clock.get().saturating_add(cycles));
         if let Cost::Primitive(p) = row {
             self.log(EventKind::Primitive(crate::cost::primitive_name(p)));
         }
@@ -1031,20 +1165,130 @@ impl Machine {
         self.violation_count.get()
     }
 
-    /// Accounts an access to a line other CPUs share: a transfer (and its
-    /// cost) whenever the running CPU touches a line another CPU has
-    /// modified, or writes one others share.
+    /// Accounts an access by the running CPU to a line other CPUs share:
+    /// the transfer it needs (if another CPU modified the line, or holds it
+    /// when this is a write), costed by the distance in the topology the
+    /// line travels, after waiting for the transfer before it (the line's
+    /// queue). An atomic read-modify-write on a platform whose atomics
+    /// retry ([`Platform::atomics_retry`]) is a load-reserve (a read) and a
+    /// store-conditional (a write) that fails, and starts over, when
+    /// another CPU stored to the line in between.
+    ///
+    /// Under [`Machine::run_timed`] every access happens in time order:
+    /// the CPU waits until no other CPU is behind it. Elsewhere accesses
+    /// happen in the order the run makes them, each CPU on its own clock.
     pub fn line_access(&self, line: SharedLine, access: LineAccess) {
+        match access {
+            LineAccess::Read => {
+                self.line_read(line);
+            }
+            LineAccess::Write => self.line_write(line),
+            LineAccess::Atomic if self.config.cost.platform().atomics_retry() => loop {
+                let reserved = self.line_read(line);
+                if self.line_store_conditional(line, reserved) {
+                    break;
+                }
+                self.stcx_failures.set(self.stcx_failures.get() + 1);
+                // The retry's load-reserve waits for the winner's transfer
+                // in any case: wait for it before queueing.
+                let busy = self.lines.borrow().get(&line).map_or(0, |l| l.busy_until);
+                self.wait_for_line(busy);
+            },
+            LineAccess::Atomic => self.line_write(line),
+        }
+    }
+
+    /// A load of `line` (or a load-reserve); returns the line's version.
+    fn line_read(&self, line: SharedLine) -> u64 {
+        self.timeline.wait_turn(self);
+        self.line_move(line, false)
+    }
+
+    /// A store (or a `lock`-prefixed read-modify-write) to `line`.
+    fn line_write(&self, line: SharedLine) {
+        self.timeline.wait_turn(self);
+        self.line_move(line, true);
+    }
+
+    /// A store-conditional to `line` after a load-reserve that saw
+    /// `reserved`: whether it stored. It fails without a transfer when
+    /// another CPU stored since (the reservation was lost when that store
+    /// invalidated the line here).
+    fn line_store_conditional(&self, line: SharedLine, reserved: u64) -> bool {
+        let version = || self.lines.borrow().get(&line).map_or(0, |l| l.version);
+        // A store already seen fails it whenever it runs.
+        if version() != reserved {
+            return false;
+        }
+        self.timeline.wait_turn(self);
+        if version() != reserved {
+            return false;
+        }
+        self.line_move(line, true);
+        true
+    }
+
+    /// Brings `line` to the running CPU, shared, or `exclusive` for a
+    /// store; returns its version after. A read that needs a transfer gets
+    /// the data from the CPU that modified the line or the nearest that
+    /// shares it; a store takes it from the one that modified it or
+    /// invalidates every other copy (costed by the farthest). Either waits
+    /// for the exclusive transfer in flight; reads do not queue behind one
+    /// another (each gets a shared copy), stores do.
+    fn line_move(&self, line: SharedLine, exclusive: bool) -> u64 {
         let cpu = self.current.get();
-        let transfer = {
-            let mut lines = self.lines.borrow_mut();
-            let (transfer, next) = LineState::after(lines.get(&line).copied(), cpu, access);
-            lines.insert(line, next);
-            transfer
+        let access = if exclusive {
+            LineAccess::Write
+        } else {
+            LineAccess::Read
         };
-        if transfer {
-            *self.line_transfers.borrow_mut().entry(line).or_insert(0) += 1;
-            self.charge(Primitive::LineTransfer, 1);
+        let topology = &self.config.topology;
+        let clock = self.here().clock.get();
+        let (distance, wait_until, version) = {
+            let mut lines = self.lines.borrow_mut();
+            let l = lines.entry(line).or_insert(Line {
+                state: None,
+                busy_until: 0,
+                version: 0,
+                transfers: 0,
+            });
+            // Where the line comes from, before the state moves on.
+            let distance = match &l.state {
+                None => None,
+                Some(LineState::Modified(owner)) => topology.distance(*owner, cpu),
+                Some(LineState::Shared(holders)) if exclusive => topology.farthest(holders, cpu),
+                Some(LineState::Shared(holders)) if holders.contains(cpu) => None,
+                Some(LineState::Shared(holders)) => topology.nearest(holders, cpu),
+            };
+            let transfer = LineState::access(&mut l.state, cpu, access);
+            let distance = distance.filter(|_| transfer);
+            let wait_until = l.busy_until;
+            if let Some(d) = distance {
+                l.transfers += 1;
+                if exclusive {
+                    l.busy_until = clock.max(wait_until) + self.config.cost.cycles(Cost::Line(d));
+                }
+            }
+            if exclusive {
+                l.version += 1;
+            }
+            (distance, wait_until, l.version)
+        };
+        if let Some(d) = distance {
+            self.wait_for_line(wait_until);
+            self.charge(Cost::Line(d), 1);
+        }
+        version
+    }
+
+    /// The running CPU waits until `until` for a line another transfer
+    /// holds.
+    fn wait_for_line(&self, until: u64) {
+        let clock = &self.here().clock;
+        if until > clock.get() {
+            self.line_waits
+                .set(self.line_waits.get() + (until - clock.get()));
+            clock.set(until);
         }
     }
 
@@ -1066,7 +1310,7 @@ impl Machine {
     #[cold]
     fn publish_remote_store(&self, entry: PhysAddr) {
         let here = self.current.get().index();
-        for (i, cpu) in self.cpus.iter().enumerate() {
+        for (i, cpu) in self.cpus.iter() {
             if i == here {
                 continue;
             }
@@ -1084,7 +1328,7 @@ impl Machine {
     #[inline]
     pub fn walker_read(&self, entry: PhysAddr) -> u64 {
         if self.pending_stores.get() > 0 {
-            for cpu in self.cpus.iter() {
+            for (_, cpu) in self.cpus.iter() {
                 // The oldest pending store's "before" value is what the
                 // walker still sees.
                 if let Some(&(_, old)) = cpu.pending.borrow().iter().find(|(pa, _)| *pa == entry) {
@@ -1155,7 +1399,7 @@ impl Machine {
     }
 
     fn drain_stores(&self, cpu: CpuId) {
-        let drained = core::mem::take(&mut *self.cpus[cpu.index()].pending.borrow_mut());
+        let drained = core::mem::take(&mut *self.cpu_state(cpu).pending.borrow_mut());
         self.pending_stores
             .set(self.pending_stores.get() - drained.len());
     }
@@ -1209,7 +1453,7 @@ impl Machine {
     /// is being freed: no cached translation was walked through it (§6.7).
     pub fn check_table_free(&self, frame: PhysAddr) {
         let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             let hit = c
                 .tlb
                 .borrow()
@@ -1316,7 +1560,7 @@ impl Machine {
     // ----- TLB maintenance ------------------------------------------------
 
     fn invalidated(&self, cpu: CpuId, space: SpaceId) {
-        let mut counts = self.cpus[cpu.index()].invalidations.borrow_mut();
+        let mut counts = self.cpu_state(cpu).invalidations.borrow_mut();
         let i = space.0 as usize;
         if counts.len() <= i {
             counts.resize(i + 1, 0);
@@ -1326,7 +1570,7 @@ impl Machine {
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_range(&self, cpu: CpuId, space: SpaceId, start: u64, end: u64) {
-        self.cpus[cpu.index()]
+        self.cpu_state(cpu)
             .tlb
             .borrow_mut()
             .invalidate_range(space, start, end);
@@ -1335,16 +1579,13 @@ impl Machine {
 
     /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_space(&self, cpu: CpuId, space: SpaceId) {
-        self.cpus[cpu.index()]
-            .tlb
-            .borrow_mut()
-            .invalidate_space(space);
+        self.cpu_state(cpu).tlb.borrow_mut().invalidate_space(space);
         self.invalidated(cpu, space);
     }
 
     /// Invalidates all of CPU `cpu`'s TLB.
     pub fn tlb_invalidate_all(&self, cpu: CpuId) {
-        self.cpus[cpu.index()].tlb.borrow_mut().invalidate_all();
+        self.cpu_state(cpu).tlb.borrow_mut().invalidate_all();
         let spaces: Vec<SpaceId> = (0..self.spaces.len()).map(|i| SpaceId(i as u32)).collect();
         for space in spaces {
             self.invalidated(cpu, space);
@@ -1353,17 +1594,20 @@ impl Machine {
 
     /// How many invalidations of `space`'s translations `cpu` has made.
     pub fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
-        self.cpus[cpu.index()]
-            .invalidations
-            .borrow()
-            .get(space.0 as usize)
-            .copied()
-            .unwrap_or(0)
+        self.cpus.peek(cpu.index()).map_or(0, |c| {
+            c.invalidations
+                .borrow()
+                .get(space.0 as usize)
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     /// The cached translations of CPU `cpu`.
     pub fn tlb_entries(&self, cpu: CpuId) -> Vec<TlbEntry> {
-        self.cpus[cpu.index()].tlb.borrow().entries().to_vec()
+        self.cpus
+            .peek(cpu.index())
+            .map_or_else(Vec::new, |c| c.tlb.borrow().entries().to_vec())
     }
 
     /// Loads `space`'s root on the running CPU (costed), flushing the
@@ -1381,8 +1625,8 @@ impl Machine {
     /// Checks that no CPU caches a translation of `[start, end)` in `space`
     /// that differs from what the walker sees now.
     pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
-        for cpu in 0..self.cpus.len() {
-            let stale: Vec<TlbEntry> = self.cpus[cpu]
+        for (cpu, c) in self.cpus.iter() {
+            let stale: Vec<TlbEntry> = c
                 .tlb
                 .borrow()
                 .entries()
@@ -1422,7 +1666,7 @@ impl Machine {
     /// the same future.
     pub fn digest(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             h.write_usize(i);
             h.write_usize(c.current.get());
             for &t in c.preempted.borrow().iter() {
@@ -1460,7 +1704,7 @@ impl Machine {
 impl core::fmt::Debug for Machine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Machine")
-            .field("cpus", &self.cpus.len())
+            .field("cpus", &self.cpus.possible())
             .field("tasks", &self.tasks.borrow().len())
             .field("step", &self.sched.step())
             .field("violations", &self.violation_count.get())

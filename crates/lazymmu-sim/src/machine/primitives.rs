@@ -221,7 +221,7 @@ impl SimCpu {
                 self.invalidate_on(me, space, va.0, va.0 + 1);
             }
             MmuExtOp::InvlpgMulti { space, va, cpus } => {
-                let mask = cpus.and(m.all_cpus());
+                let mask = cpus.cpus().and(m.all_cpus());
                 m.charge(Primitive::Invlpg, u64::from(mask.count()));
                 self.ipis(mask);
                 self.invalidate_on(mask, space, va.0, va.0 + 1);
@@ -231,7 +231,7 @@ impl SimCpu {
                 m.tlb_invalidate_space(m.cpu(), space);
             }
             MmuExtOp::TlbFlushMulti { space, cpus } => {
-                let mask = cpus.and(m.all_cpus());
+                let mask = cpus.cpus().and(m.all_cpus());
                 m.charge(Primitive::FullFlush, u64::from(mask.count()));
                 self.ipis(mask);
                 for cpu in mask.iter() {

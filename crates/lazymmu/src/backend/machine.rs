@@ -11,9 +11,17 @@
 use core::fmt;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-pub use crate::cpu::MAX_CPUS;
 use crate::cpu::{Cpu, CpuId};
 use crate::pgtable::memory::PageTableMemory;
+
+/// The largest number of CPUs a backend keeps per-CPU state for
+/// ([`PerCpu`]; CPU ids below it). The page-table paths a backend serves
+/// run on at most this many CPUs; the CPU vocabulary itself
+/// ([`CpuMask`](crate::cpu::CpuMask)) and lazy TLB reach
+/// [`MAX_CPUS`](crate::cpu::MAX_CPUS), and a per-CPU batch of every
+/// backend for every one of those would cost memory for CPUs no backend
+/// runs on.
+pub const MAX_BACKEND_CPUS: usize = 64;
 
 /// The machine operations whose counts and costs a backend determines.
 ///
@@ -53,14 +61,11 @@ pub enum Primitive {
     /// Loading a page-table root (x86 `mov cr3`, arm64 `msr ttbr0_el1`):
     /// the register write, without the TLB flush that may go with it.
     RootLoad,
-    /// A cache line moving between CPUs because another CPU modified or
-    /// shares it (a shared counter, a CPU mask).
-    LineTransfer,
 }
 
 impl Primitive {
     /// Every primitive, in a fixed order (for tables and count arrays).
-    pub const ALL: [Primitive; 14] = [
+    pub const ALL: [Primitive; 13] = [
         Primitive::Hypercall,
         Primitive::MulticallEntry,
         Primitive::Dsb,
@@ -74,7 +79,6 @@ impl Primitive {
         Primitive::KeyWrite,
         Primitive::PteWrite,
         Primitive::RootLoad,
-        Primitive::LineTransfer,
     ];
 
     /// The primitive's position in [`Primitive::ALL`].
@@ -172,7 +176,7 @@ impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
 /// then `!Sync`, which matches how the simulator (one host thread) and a
 /// kernel with interrupts as the only re-entry use it.
 pub struct PerCpu<T> {
-    slots: [T; MAX_CPUS],
+    slots: [T; MAX_BACKEND_CPUS],
 }
 
 impl<T> PerCpu<T> {
@@ -186,14 +190,17 @@ impl<T> PerCpu<T> {
     /// The slot of CPU `cpu`.
     ///
     /// # Panics
-    /// If `cpu >= MAX_CPUS`: the primitives reported a CPU the backend was
+    /// If `cpu >= MAX_BACKEND_CPUS`: the primitives reported a CPU the backend was
     /// not built for.
     #[inline]
     #[track_caller]
     pub fn get(&self, cpu: CpuId) -> &T {
         match self.slots.get(cpu.index()) {
             Some(slot) => slot,
-            None => panic!("CPU id {} is not below MAX_CPUS ({MAX_CPUS})", cpu.0),
+            None => panic!(
+                "CPU id {} is not below MAX_BACKEND_CPUS ({MAX_BACKEND_CPUS})",
+                cpu.0
+            ),
         }
     }
 
@@ -458,9 +465,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "not below MAX_CPUS")]
+    #[should_panic(expected = "not below MAX_BACKEND_CPUS")]
     fn per_cpu_rejects_an_unknown_cpu() {
         let cpus: PerCpu<u8> = PerCpu::default();
-        let _ = cpus.get(CpuId::new(MAX_CPUS));
+        let _ = cpus.get(CpuId::new(MAX_BACKEND_CPUS));
     }
 }

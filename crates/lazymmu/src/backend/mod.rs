@@ -148,6 +148,10 @@ pub trait PteAccess {
 
 /// Which CPUs a TLB invalidation must reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a CPU mask is MAX_CPUS bits by design, passed once per flush; there is no allocator to box it"
+)]
 pub enum FlushScope {
     /// Only the CPU doing the update.
     Local,

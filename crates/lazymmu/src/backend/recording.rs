@@ -383,12 +383,12 @@ impl Recording {
             MmuExtOp::InvlpgLocal { .. } => self.charge(Primitive::Invlpg, 1),
             MmuExtOp::TlbFlushLocal { .. } => self.charge(Primitive::FullFlush, 1),
             MmuExtOp::InvlpgMulti { cpus, .. } => {
-                let (targets, remote) = self.targets(cpus);
+                let (targets, remote) = self.targets(cpus.cpus());
                 self.charge(Primitive::Invlpg, targets);
                 self.charge(Primitive::Ipi, remote);
             }
             MmuExtOp::TlbFlushMulti { cpus, .. } => {
-                let (targets, remote) = self.targets(cpus);
+                let (targets, remote) = self.targets(cpus.cpus());
                 self.charge(Primitive::FullFlush, targets);
                 self.charge(Primitive::Ipi, remote);
             }

@@ -271,6 +271,10 @@ mod recording {
 
     /// One recorded primitive call.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[allow(
+        clippy::large_enum_variant,
+        reason = "a CPU mask is MAX_CPUS bits by design; a recording double keeps calls as values"
+    )]
     pub enum PrimitiveCall {
         /// `invlpg`.
         Invlpg(VirtAddr),
@@ -407,7 +411,8 @@ mod bare_metal {
 
     use super::{RemoteFlush, X86Primitives, IA32_PKRS};
     use crate::addr::{SpaceId, VirtAddr};
-    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister, MAX_CPUS};
+    use crate::backend::machine::MAX_BACKEND_CPUS;
+    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 
     /// How many of each instruction [`BareMetal`] has executed.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -466,11 +471,11 @@ mod bare_metal {
     }
 
     /// One count per CPU.
-    struct PerCpuCount([AtomicU64; MAX_CPUS]);
+    struct PerCpuCount([AtomicU64; MAX_BACKEND_CPUS]);
 
     impl PerCpuCount {
         const fn new() -> Self {
-            PerCpuCount([const { AtomicU64::new(0) }; MAX_CPUS])
+            PerCpuCount([const { AtomicU64::new(0) }; MAX_BACKEND_CPUS])
         }
 
         /// Relaxed: a reader wants a count, not an ordering; a task that
@@ -526,7 +531,7 @@ mod bare_metal {
         /// The counts of `cpu` so far.
         ///
         /// # Panics
-        /// When `cpu` is not below [`MAX_CPUS`].
+        /// When `cpu` is not below [`MAX_BACKEND_CPUS`].
         pub fn on(&self, cpu: CpuId) -> BareMetalCounts {
             BareMetalCounts {
                 invlpg: self.invlpg.on(cpu),

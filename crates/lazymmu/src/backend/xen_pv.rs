@@ -52,7 +52,7 @@ pub enum MmuExtOp {
         /// The page.
         va: VirtAddr,
         /// The CPUs.
-        cpus: CpuMask,
+        cpus: VcpuMask,
     },
     /// `MMUEXT_TLB_FLUSH_LOCAL`: every non-global translation on this CPU.
     TlbFlushLocal {
@@ -65,8 +65,35 @@ pub enum MmuExtOp {
         /// Address space.
         space: SpaceId,
         /// The CPUs.
-        cpus: CpuMask,
+        cpus: VcpuMask,
     },
+}
+
+/// The vCPUs a multi-CPU MMUEXT op reaches: Xen's `vcpumask` bitmap, one
+/// word, as the guest's vCPUs are below
+/// [`MAX_BACKEND_CPUS`](super::machine::MAX_BACKEND_CPUS) (the backend's
+/// per-CPU buffers stop there). A word keeps a multicall buffer of 32 ops
+/// small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuMask(u64);
+
+impl VcpuMask {
+    /// The bitmap of `cpus`.
+    ///
+    /// # Panics
+    /// If `cpus` names a CPU at or beyond `MAX_BACKEND_CPUS`: the
+    /// primitives reported a CPU the backend was not built for.
+    pub fn new(cpus: CpuMask) -> Self {
+        VcpuMask(
+            cpus.to_bits()
+                .expect("a vCPU mask names CPUs below MAX_BACKEND_CPUS only"),
+        )
+    }
+
+    /// The vCPUs.
+    pub const fn cpus(self) -> CpuMask {
+        CpuMask::from_bits(self.0)
+    }
 }
 
 /// One entry of a multicall batch.
@@ -345,10 +372,13 @@ impl<P: XenPrimitives> TlbFlush for XenPv<P> {
                     self.tlb_op(MmuExtOp::InvlpgMulti {
                         space,
                         va: start,
-                        cpus,
+                        cpus: VcpuMask::new(cpus),
                     });
                 } else {
-                    self.tlb_op(MmuExtOp::TlbFlushMulti { space, cpus });
+                    self.tlb_op(MmuExtOp::TlbFlushMulti {
+                        space,
+                        cpus: VcpuMask::new(cpus),
+                    });
                 }
             }
         }
@@ -357,7 +387,10 @@ impl<P: XenPrimitives> TlbFlush for XenPv<P> {
     fn flush_all(&self, space: SpaceId, scope: FlushScope) {
         match scope {
             FlushScope::Local => self.tlb_op(MmuExtOp::TlbFlushLocal { space }),
-            FlushScope::Cpus(cpus) => self.tlb_op(MmuExtOp::TlbFlushMulti { space, cpus }),
+            FlushScope::Cpus(cpus) => self.tlb_op(MmuExtOp::TlbFlushMulti {
+                space,
+                cpus: VcpuMask::new(cpus),
+            }),
         }
     }
 }
