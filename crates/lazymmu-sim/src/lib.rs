@@ -24,6 +24,8 @@
 //!   configurations and results, the design comparison;
 //! - [`calibration`]: the kernel's own work around the MMU, measured on a
 //!   real Linux kernel by `lazymmu calibrate`, and its loader;
+//! - [`kernel_work`]: the share of that work the model charges per system
+//!   call (measured cost less the model's own MMU charges);
 //! - [`published`]: published figures of lazy-MMU batching and its
 //!   neighbours, with their sources, to print next to the model's;
 //! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
@@ -57,6 +59,7 @@ pub mod cost;
 pub mod events;
 pub mod explore;
 pub mod invariant;
+pub mod kernel_work;
 pub mod machine;
 pub mod memory;
 pub mod neighbours;

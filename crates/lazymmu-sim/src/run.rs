@@ -20,10 +20,13 @@ use lazymmu::mode::stateful::{FromHooks, Stateful};
 use lazymmu::mode::{LazyMode, MisusePolicy};
 
 use crate::choice::{ChoicePoint, Chooser, RandomChooser, Sequential};
+use crate::kernel_work::KernelWork;
 use crate::machine::{HardwareModel, KeyModel, Machine, MachineConfig, SimCpu, SimEnv, SimMemory};
 use crate::observed::{Checked, Checks, Observed};
-use crate::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult};
-use crate::world::{Exceptions, Shared, World, CHUNK_PAGES};
+use crate::scenario::{
+    BackendKind, DesignKind, KernelWorkSource, ModeKind, RunConfig, RunResult, WorkloadKind,
+};
+use crate::world::{lazy_max_pages, Exceptions, Shared, World, TABLE_PAGES};
 
 impl<M, P> Exceptions for X86Backend<M, P> {}
 impl<P> Exceptions for XenPv<P> {}
@@ -49,7 +52,16 @@ pub fn hardware(backend: BackendKind) -> HardwareModel {
             arm64_barriers: true,
             ..plain
         },
-        BackendKind::PpcHash | BackendKind::Sparc64 | BackendKind::S390 => plain,
+        BackendKind::PpcHash => HardwareModel {
+            hash_ptes: true,
+            walk_caches: false,
+            ..plain
+        },
+        BackendKind::Sparc64 => HardwareModel {
+            walk_caches: false,
+            ..plain
+        },
+        BackendKind::S390 => plain,
         BackendKind::X86Pks => HardwareModel {
             flush_on_switch: true,
             keys: KeyModel::Pks,
@@ -71,6 +83,17 @@ pub fn hardware(backend: BackendKind) -> HardwareModel {
 pub fn machine_config(cfg: &RunConfig) -> MachineConfig {
     let mut mc = MachineConfig::new(cfg.cpus, cfg.backend.platform());
     mc.hardware = hardware(cfg.backend);
+    mc.hardware.tlb_range = cfg.tlb_range && cfg.backend.is_aarch64();
+    let work = match &cfg.kernel_work {
+        KernelWorkSource::None => None,
+        KernelWorkSource::Builtin => Some(KernelWork::builtin()),
+        KernelWorkSource::Given(work) => Some(&**work),
+    };
+    if let Some(work) = work {
+        for &(row, cycles) in &work.rows {
+            mc.cost.set(row, cycles);
+        }
+    }
     for &(row, cycles) in &cfg.costs {
         mc.cost.set(row, cycles);
     }
@@ -79,11 +102,20 @@ pub fn machine_config(cfg: &RunConfig) -> MachineConfig {
     // A space per task and one per fork child, and the kernel's.
     mc.spaces = 1 + 2 * tasks;
     mc.offers = cfg.offers;
-    // Tables per task: the range (one PTE table per chunk, twice for
-    // mremap/fork targets) plus upper levels; generous slack.
-    let chunks = cfg.pages.div_ceil(CHUNK_PAGES);
-    let per_task = 3 * chunks + 32;
-    mc.frames = ((tasks as u64) * per_task * 2 + 256).min(1 << 20) as u32;
+    // Tables per task: the range (one PTE table per 512 pages, twice for
+    // mremap and fork targets), the vmalloc ring, plus upper levels;
+    // generous slack. The linear map of kpkeys covers them all.
+    let tables = cfg.pages.div_ceil(TABLE_PAGES);
+    let ring = (lazy_max_pages(mc.cpus) + 2 * (cfg.pages + 1)).div_ceil(TABLE_PAGES);
+    let per_task = 3 * tables
+        + 32
+        + if cfg.workload == WorkloadKind::Vmalloc {
+            ring
+        } else {
+            0
+        };
+    let frames = (tasks as u64) * per_task * 2 + 256;
+    mc.frames = (frames + frames.div_ceil(TABLE_PAGES) + 8).min(1 << 20) as u32;
     mc
 }
 
@@ -176,12 +208,20 @@ fn build(cfg: &RunConfig, chooser: &mut dyn Chooser, machine: Rc<Machine>) -> Ru
         BackendKind::X86Pks if cfg.forget_key_open => {
             go!(observed(X86Backend::new(memory(), cpu)))
         }
+        BackendKind::X86Pks if !cfg.key_batching => {
+            let inner = observed(X86Backend::new(memory(), cpu.clone()));
+            go!(Protected::<_, _, Pks>::unbatched(inner, cpu))
+        }
         BackendKind::X86Pks => {
             let inner = observed(X86Backend::new(memory(), cpu.clone()));
             go!(Protected::<_, _, Pks>::new(inner, cpu))
         }
         BackendKind::Arm64Poe if cfg.forget_key_open => {
             go!(Observed::new(Arm64::new(cpu), machine.clone()))
+        }
+        BackendKind::Arm64Poe if !cfg.key_batching => {
+            let inner = Observed::new(Arm64::new(cpu.clone()), machine.clone());
+            go!(Protected::<_, _, Poe>::unbatched(inner, cpu))
         }
         BackendKind::Arm64Poe => {
             let inner = Observed::new(Arm64::new(cpu.clone()), machine.clone());
@@ -254,6 +294,9 @@ where
         design: cfg.design,
         counts: machine.counts().nonzero(),
         cycles: machine.cycles(),
+        disturbance_cycles: machine.disturbance_cycles(),
+        disturbance_counts: machine.disturbance_counts().nonzero(),
+        calls: cfg.calls * cfg.tasks.max(1) as u64,
         pte_updates: world.measured_updates(),
         pte_updates_total: world.backend().updates(),
         violation_count: machine.violation_count(),

@@ -516,6 +516,10 @@ impl XenPrimitives for Recording {
         old
     }
 
+    fn table_pinned(&self, _entry: PhysAddr) -> bool {
+        !self.unpinned.get()
+    }
+
     fn pin_tables(&self, _space: SpaceId) {
         self.record(Call::Pin, 1);
         self.unpinned.set(false);

@@ -329,6 +329,19 @@ impl<P: S390Primitives> S390<P> {
     }
 
     fn update(&self, update: &EntryUpdate, value: u64, full: bool) {
+        if !update.leaf && update.level > 1 {
+            // A table entry (`pmd_clear`, `pmd_populate`): a plain store
+            // once what is cached is applied; unlinking a table sets
+            // `flush_mm` (`pte_free_tlb`), and the gather's flush does the
+            // IDTE.
+            self.apply();
+            let old = self.primitives.read_pte(update.entry);
+            self.primitives.write_pte(update.entry, value);
+            if S390Format::is_valid(old) {
+                self.primitives.set_flush_mm(update.space);
+            }
+            return;
+        }
         loop {
             if !self.batching() || update.level != 1 {
                 // Whatever is cached was written before this: apply it

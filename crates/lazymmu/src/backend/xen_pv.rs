@@ -175,6 +175,10 @@ pub trait XenPrimitives: CpuPrimitives {
     /// value.
     fn native_update(&self, entry: PhysAddr, value: u64) -> u64;
 
+    /// Whether the page-table page holding `entry` is pinned
+    /// (`xen_page_pinned`): read-only to the guest.
+    fn table_pinned(&self, entry: PhysAddr) -> bool;
+
     /// `xen_pgd_pin`: makes every page-table page of `space` read-only
     /// (`update_va_mapping` per page) and pins the tree
     /// (`MMUEXT_PIN_L4_TABLE`), in multicalls.
@@ -198,6 +202,9 @@ impl<P: XenPrimitives + ?Sized> XenPrimitives for &P {
     }
     fn native_update(&self, entry: PhysAddr, value: u64) -> u64 {
         (**self).native_update(entry, value)
+    }
+    fn table_pinned(&self, entry: PhysAddr) -> bool {
+        (**self).table_pinned(entry)
     }
     fn pin_tables(&self, space: SpaceId) {
         (**self).pin_tables(space)
@@ -445,8 +452,14 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
     }
 
     /// `xen_set_pte`: an `mmu_update` request, queued in lazy MMU mode
-    /// (`xen_batched_set_pte`).
+    /// (`xen_batched_set_pte`). An upper-level entry of an unpinned table
+    /// is stored directly (`xen_set_pmd`, `xen_set_pud`: "If page is not
+    /// pinned, we can just update the entry directly").
     fn write_entry(&self, update: EntryUpdate) {
+        if update.level > 1 && !self.primitives.table_pinned(update.entry) {
+            self.native(&update, update.value);
+            return;
+        }
         self.submit(Submission::Update(MmuUpdate {
             entry: update.entry,
             value: update.value,

@@ -306,6 +306,17 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         self.free_frames();
     }
 
+    /// Takes the pending 4 KiB range out of the gather without flushing it,
+    /// for a caller that flushes it itself later: vmalloc's lazy purge
+    /// (`vunmap_range_noflush` clears the entries; `purge_vmap_area_lazy`
+    /// flushes the union of the freed areas once `lazy_max_pages` worth
+    /// have accumulated). The caller must not let the range be mapped
+    /// again before that flush. Ranges of other page sizes stay pending.
+    pub fn defer_range(&mut self) -> Option<(VirtAddr, VirtAddr)> {
+        let range = core::mem::take(&mut self.ranges[0]);
+        (!range.is_empty()).then_some((VirtAddr(range.start), VirtAddr(range.end)))
+    }
+
     /// Flushes, frees and returns the statistics.
     pub fn finish(mut self) -> GatherStats {
         self.flush();
