@@ -10,7 +10,7 @@ use lazymmu::backend::arm64::{
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives, Primitive};
 use lazymmu::backend::recording::{Call, Event, Recording};
 use lazymmu::backend::{ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
-use lazymmu::cpu::{Cpu, CpuId};
+use lazymmu::cpu::{Cpu, CpuId, CpuMask};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
 
@@ -181,7 +181,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(8 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+        FlushScope::Cpus(CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8);
     assert_eq!(machine.calls(Call::DsbIshSt), 1);
@@ -194,7 +194,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(512 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+        FlushScope::Cpus(CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8);
     assert_eq!(machine.count(Primitive::FullFlush), 1);
@@ -204,7 +204,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(511 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+        FlushScope::Cpus(CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8 + 511);
 }
