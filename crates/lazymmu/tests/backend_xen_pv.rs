@@ -263,19 +263,42 @@ fn interrupt_context_writes_are_immediate() {
     assert!(!mode.is_active());
     xen.write_entry(pte(2, frame(2)));
     assert_eq!(machine.read_memory(PhysAddr(TABLE + 16)), frame(2));
-    // The interrupted section's writes went first, in order: its buffer
-    // (one `mmu_update` of 2 requests), then the handler's own.
-    assert_eq!(machine.read_memory(PhysAddr(TABLE)), frame(0));
-    assert_eq!(machine.calls(Call::MmuUpdate), 2);
+    // `xen_get_lazy_mode` is `XEN_LAZY_NONE` in interrupt context, so
+    // `__xen_set_pte` makes the handler's write one `mmu_update` of its
+    // own and leaves the interrupted section's buffer queued.
+    assert_eq!(machine.calls(Call::MmuUpdate), 1);
+    assert_eq!(machine.read_memory(PhysAddr(TABLE)), 0);
+    assert_eq!((xen.queued(), xen.queued_entries()), (2, 1));
     machine.irq_exit();
     xen.write_entry(pte(3, frame(3)));
     assert_eq!(
-        xen.queued(),
-        1,
-        "the section batches again after the interrupt"
+        (xen.queued(), xen.queued_entries()),
+        (3, 1),
+        "the section's next write joins its buffer's last mmu_update"
     );
     drop(section);
+    assert_eq!(machine.calls(Call::MmuUpdate), 2);
+    assert_eq!(machine.read_memory(PhysAddr(TABLE)), frame(0));
     assert_eq!(machine.read_memory(PhysAddr(TABLE + 24)), frame(3));
+}
+
+#[test]
+fn interrupt_write_to_a_queued_entry_issues_the_buffer_first() {
+    // The one case the handler's write cannot overtake the buffer: the
+    // section queued a write to the same entry, which must land first.
+    let machine = Recording::new();
+    let xen = XenPv::new(&machine);
+    let mode = Counters::new(&machine, &xen, MisusePolicy::Panic);
+    let section = mode.section();
+    xen.write_entry(pte(0, frame(0)));
+    machine.irq_enter();
+    xen.write_entry(pte(0, frame(5)));
+    assert_eq!(machine.calls(Call::MmuUpdate), 2);
+    assert_eq!(machine.read_memory(PhysAddr(TABLE)), frame(5));
+    assert_eq!(xen.queued(), 0);
+    machine.irq_exit();
+    drop(section);
+    assert_eq!(machine.read_memory(PhysAddr(TABLE)), frame(5));
 }
 
 #[test]

@@ -202,7 +202,9 @@ impl SimCpu {
     /// `xen_pgd_pin` / `xen_pgd_unpin`: one `update_va_mapping` multicall
     /// entry per page-table page of `space` and the (un)pin operation, in
     /// multicalls of at most [`MC_BATCH`](lazymmu::backend::xen_pv::MC_BATCH)
-    /// entries; each page's new mapping is validated like an update.
+    /// entries. Pinning validates each page as Xen validates an update
+    /// (charged as one per page); unpinning only drops the page types
+    /// and validates nothing.
     fn repin(&self, space: SpaceId, pinned: bool) {
         let m = &self.machine;
         let pages = m.table_frames(space);
@@ -210,7 +212,9 @@ impl SimCpu {
         let batch = lazymmu::backend::xen_pv::MC_BATCH as u64;
         m.charge(Primitive::Hypercall, entries.div_ceil(batch));
         m.charge(Primitive::MulticallEntry, entries);
-        m.charge(Primitive::MmuUpdate, pages);
+        if pinned {
+            m.charge(Primitive::MmuUpdate, pages);
+        }
         m.set_pinned(space, pinned);
     }
 

@@ -369,7 +369,7 @@ where
         }
     }
 
-    fn kernel_gather(&self) -> Gather<'_, B, SimFrames> {
+    pub(crate) fn kernel_gather(&self) -> Gather<'_, B, SimFrames> {
         Gather::new(
             &*self.backend,
             &self.kernel_frames,

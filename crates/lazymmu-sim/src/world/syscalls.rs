@@ -262,13 +262,10 @@ where
             ..
         }) = due
         {
-            self.backend.flush_range(
-                SpaceId::KERNEL,
-                VirtAddr(start),
-                VirtAddr(end),
-                PageSize::Size4K,
-                FlushScope::MM,
-            );
+            // `flush_tlb_kernel_range` of the union, with the same choice
+            // between page by page and everything as a gather's.
+            let mut purge = self.kernel_gather();
+            purge.add_range(VirtAddr(start), VirtAddr(end), PageSize::Size4K);
         }
     }
 

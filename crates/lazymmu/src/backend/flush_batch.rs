@@ -48,10 +48,15 @@ pub trait AddressFlush<P: CpuPrimitives> {
         true
     }
 
-    /// Whether the old value `old` of an entry may be cached where an
-    /// invalidation must reach it. The default: any valid entry.
-    fn cached(old: u64) -> bool {
-        <Self::Format as Format>::is_valid(old)
+    /// Whether the old value `old` of an entry at `level` may be cached
+    /// where an invalidation must reach it. The default: a leaf (a table
+    /// pointer is not translated by the TLB or the TSB: `pmd_clear` queues
+    /// nothing).
+    fn cached(old: u64, level: u8) -> bool {
+        matches!(
+            <Self::Format as Format>::decode(old, level),
+            crate::pgtable::format::Entry::Leaf { .. }
+        )
     }
 
     /// Bits of the old value a write-protect keeps (`pte_update` changes
@@ -151,6 +156,20 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
         }
     }
 
+    /// Issues the calling CPU's batch when it holds addresses of `space`:
+    /// a flush of one space owes nothing of another's batch (an interrupt
+    /// handler's kernel flush leaves the interrupted task's batch alone,
+    /// as `flush_tlb_kernel_range` does on both architectures).
+    fn flush_pending_of(&self, space: SpaceId) {
+        let pending = {
+            let batch = self.cpu().batch.borrow();
+            !batch.pages.is_empty() && batch.space == space
+        };
+        if pending {
+            self.flush_pending();
+        }
+    }
+
     /// `hpte_need_flush`, `tlb_batch_add_one`.
     fn need_flush(&self, space: SpaceId, va: VirtAddr, size: PageSize) {
         loop {
@@ -186,7 +205,7 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
         let _not_preemptible = self.primitives.preempt_guard();
         let old = self.primitives.read_pte(update.entry);
         A::write_pte(&self.primitives, update.entry, value);
-        if owes && A::batches(update) && A::cached(old) && old != value {
+        if owes && A::batches(update) && A::cached(old, update.level) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
         old
@@ -250,13 +269,13 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> TlbFlush for FlushBat
         _stride: PageSize,
         _scope: FlushScope,
     ) {
-        self.flush_pending();
+        self.flush_pending_of(space);
         A::flush_range(&self.primitives, space, start, end);
     }
 
     /// Issues the pending batch, then [`AddressFlush::flush_all`].
     fn flush_all(&self, space: SpaceId, _scope: FlushScope) {
-        self.flush_pending();
+        self.flush_pending_of(space);
         A::flush_all(&self.primitives, space);
     }
 }

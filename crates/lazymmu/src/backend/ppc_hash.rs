@@ -97,7 +97,7 @@ impl<P: PpcHashPrimitives> AddressFlush<P> for HashFlush {
 
     /// `H_PAGE_HASHPTE`: the hash-fault handler inserted a hash entry
     /// (`hash__pte_update`).
-    fn cached(old: u64) -> bool {
+    fn cached(old: u64, _level: u8) -> bool {
         old & crate::pgtable::format::ppc_hash::HASHPTE != 0
     }
 

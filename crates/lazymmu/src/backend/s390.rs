@@ -132,6 +132,11 @@ impl PteCache {
         self.pending[index / 64] & (1 << (index % 64)) != 0
     }
 
+    /// Whether the cache holds entries of the table `entry` is in.
+    fn holds_table_of(&self, entry: PhysAddr) -> bool {
+        self.count > 0 && entry.0 & !(TABLE_BYTES - 1) == self.table.0
+    }
+
     fn get(&self, entry: PhysAddr) -> Option<u64> {
         let index = self.index_of(entry)?;
         self.is_pending(index).then(|| self.values[index])
@@ -344,9 +349,14 @@ impl<P: S390Primitives> S390<P> {
         }
         loop {
             if !self.batching() || update.level != 1 {
-                // Whatever is cached was written before this: apply it
-                // first (it may be a table this write is about to free).
-                self.apply();
+                // What is cached for this entry's table was written before
+                // this: apply it first. An interrupt handler's write to
+                // another table leaves the interrupted task's cache alone
+                // (`this_ipte_range` finds it outside the cached range and
+                // the write goes straight to the table).
+                if update.level != 1 || self.cpu().cache.borrow().holds_table_of(update.entry) {
+                    self.apply();
+                }
                 self.write_now(update, value, full);
                 return;
             }

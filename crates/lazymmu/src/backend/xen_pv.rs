@@ -385,15 +385,32 @@ impl<P: XenPrimitives> XenPv<P> {
     fn submit(&self, item: Submission) {
         loop {
             if !self.batching() {
-                // An interrupt handler's update must not overtake what the
-                // interrupted section queued: Linux's `xen_mc_issue` outside
-                // lazy mode issues the whole buffer.
-                self.issue();
                 match item {
-                    Submission::Update(update) => self.primitives.mmu_update(&[update]),
-                    Submission::Op(op) => self.primitives.mmuext_op(op),
+                    // `__xen_set_pte` outside lazy MMU mode (an interrupt
+                    // handler's, or with no section open): one
+                    // `HYPERVISOR_mmu_update` of its own, past whatever
+                    // the interrupted section queued — unless that holds a
+                    // write to the same entry, which must go first.
+                    Submission::Update(update) => {
+                        if self.has_queued_write(update.entry) {
+                            self.issue();
+                        }
+                        self.primitives.mmu_update(&[update]);
+                        return;
+                    }
+                    // A TLB operation (`xen_mc_entry` … `xen_mc_issue`)
+                    // joins the buffer, and outside lazy MMU mode the
+                    // whole buffer is issued with it.
+                    Submission::Op(op) => {
+                        let queued = self.cpu().buffer.borrow_mut().push_op(op).is_ok();
+                        if !queued {
+                            self.issue();
+                            let _ = self.cpu().buffer.borrow_mut().push_op(op);
+                        }
+                        self.issue();
+                        return;
+                    }
                 }
-                return;
             }
             let queued = {
                 let mut buffer = self.cpu().buffer.borrow_mut();
