@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
 cargo test --workspace
+# The largest shipped trace on every backend takes minutes unoptimised.
+cargo test --release -p lazymmu-sim --test trace_replay -- --ignored

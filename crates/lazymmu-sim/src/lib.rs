@@ -35,7 +35,9 @@
 //!   and what `lazymmu check` explores, with its known-bad variants;
 //! - [`program_trace`]: real programs as workloads: the trace format
 //!   `lazymmu record` writes, its parser, and the per-process
-//!   address-space history a replay follows.
+//!   address-space history a replay follows;
+//! - [`trace_replay`]: a recorded program replayed on the simulator, its
+//!   calls through the built-in workloads' system-call paths.
 //!
 //! ```
 //! use lazymmu_sim::run::run;
@@ -72,4 +74,5 @@ pub mod scenario;
 pub mod scenarios;
 pub mod script;
 pub mod tlb;
+pub mod trace_replay;
 pub mod world;

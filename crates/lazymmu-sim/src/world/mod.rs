@@ -28,7 +28,7 @@ use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
 use lazymmu::mode::{ArchHooks, LazyMode};
 use lazymmu::pgtable::format::{Attributes, Format};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::ops::{allocate_root, ApplyMode, PageTables};
+use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, PageTables};
 
 pub mod syscalls;
 
@@ -250,7 +250,7 @@ where
     /// A new address space `space` with an empty root; a space id used
     /// before gets a clean TLB (a new ASID or context, as Linux's
     /// allocators give a new address space).
-    fn new_mm(&self, space: SpaceId) -> Mm {
+    pub(crate) fn new_mm(&self, space: SpaceId) -> Mm {
         let m = &self.machine;
         let frames = SimFrames::new(m.clone(), space);
         // SAFETY: the machine's frames are its page-table memory.
@@ -532,7 +532,7 @@ where
             WorkloadKind::Fork => {
                 self.touch(p.mm.space, base, pages);
                 if let Some(child) = &p.child {
-                    self.fork(&p.mm, child, &[base..base + len]);
+                    self.fork(&p.mm, child, &[(base..base + len, CopyKind::Private)]);
                 }
             }
             WorkloadKind::Munmap => {

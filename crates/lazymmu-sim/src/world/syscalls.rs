@@ -13,7 +13,7 @@ use core::ops::Range;
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::mode::LazyMode;
-use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::format::{Attributes, Entry, Format};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::ops::{ApplyMode, CopyKind, PageTables};
 
@@ -84,12 +84,21 @@ where
     /// (`copy_pte_range`), each writable entry write-protected in the
     /// parent (`copy_present_ptes` → `ptep_set_wrprotect`) and nothing
     /// flushed meanwhile — then `arch_dup_mmap` and one `flush_tlb_mm` of
-    /// the parent. Returns the pages copied.
-    pub fn fork(&self, parent: &Mm, child: &Mm, ranges: &[Range<u64>]) -> u64 {
-        let tables = self.tables(parent);
+    /// the parent. Each range is copied as its VMA asks: private writable
+    /// memory copy-on-write, shared memory as it is (`copy_present_pte`).
+    /// Returns the pages copied.
+    pub fn fork(&self, parent: &Mm, child: &Mm, ranges: &[(Range<u64>, CopyKind)]) -> u64 {
+        // The parent's tables, allocating from the child's frames: every
+        // table the copy allocates is the child's (`pte_alloc` on
+        // `dst_mm`), and the parent's side only changes entries.
+        let with_child_frames = Mm {
+            frames: child.frames.clone(),
+            ..parent.clone()
+        };
+        let tables = self.tables(&with_child_frames);
         let mut gather = self.gather(parent);
         let mut copied = 0;
-        for range in ranges {
+        for (range, kind) in ranges {
             // SAFETY: the child's root is a frame of the machine's
             // page-table memory, like the parent's.
             let r = unsafe {
@@ -98,7 +107,7 @@ where
                     child.space,
                     VirtAddr(range.start),
                     range.end - range.start,
-                    CopyKind::Private,
+                    *kind,
                     &mut gather,
                 )
             };
@@ -200,6 +209,66 @@ where
         };
         self.charge_call(Software::MremapCall, Software::MremapPage, pages);
         pages
+    }
+
+    /// `madvise(MADV_DONTNEED)` over one VMA's part
+    /// (`madvise_dontneed_single_vma` → `zap_page_range_single`): one
+    /// gather, the entries cleared one lazy section per PTE table
+    /// (`zap_pte_range`), the page tables kept, one flush at
+    /// `tlb_finish_mmu`. `lazymmu calibrate` measures no madvise, so no
+    /// kernel work is charged around it. Returns the pages cleared.
+    pub fn madvise_dontneed(&self, mm: &Mm, range: Range<u64>) -> u64 {
+        let mut gather = self.gather(mm);
+        let mut cleared = 0;
+        let r = self.tables(mm).apply(
+            VirtAddr(range.start),
+            range.end - range.start,
+            ApplyMode::Existing,
+            &mut gather,
+            |slot| {
+                if slot.clear() != 0 {
+                    cleared += 1;
+                }
+                Ok::<(), ()>(())
+            },
+        );
+        drop(gather);
+        self.check(r.map(|_| ()), "madvise dontneed");
+        cleared
+    }
+
+    /// `madvise(MADV_FREE)` over one VMA's part (`madvise_free_single_vma`
+    /// → `madvise_free_pte_range`): one gather, each present entry
+    /// rewritten old and clean inside one lazy section per PTE table, one
+    /// flush at `tlb_finish_mmu`. No kernel work is charged, as for
+    /// [`Self::madvise_dontneed`]. Returns the pages rewritten.
+    pub fn madvise_free(&self, mm: &Mm, range: Range<u64>) -> u64 {
+        let mut gather = self.gather(mm);
+        let mut cleaned = 0;
+        let r = self.tables(mm).apply(
+            VirtAddr(range.start),
+            range.end - range.start,
+            ApplyMode::Existing,
+            &mut gather,
+            |slot| {
+                if let Entry::Leaf { phys, attrs, .. } = slot.get() {
+                    slot.clear();
+                    slot.set(
+                        phys,
+                        Attributes {
+                            dirty: false,
+                            accessed: false,
+                            ..attrs
+                        },
+                    );
+                    cleaned += 1;
+                }
+                Ok::<(), ()>(())
+            },
+        );
+        drop(gather);
+        self.check(r.map(|_| ()), "madvise free");
+        cleaned
     }
 
     /// `vmalloc` (`__vmalloc_node_range` → `vmap_pages_range` →
