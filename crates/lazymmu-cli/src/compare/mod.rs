@@ -10,6 +10,7 @@ mod costs;
 mod matrix;
 mod names;
 mod neighbours;
+mod trace;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -101,6 +102,14 @@ pub struct CompareArgs {
     /// Draw the chart to FILE as PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Replay a program trace written by `lazymmu record` instead of the
+    /// built-in workloads: its calls, grouped by kind, are the matrix's
+    /// columns. Takes --backend, --design, --cpus and --cost.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "workload", "pages", "policy", "processes", "kasan_read_back",
+        "detail", "json", "svg", "png", "max_memory", "seed",
+    ])]
+    pub trace: Option<PathBuf>,
     /// Refuse a run estimated to need more memory than SIZE (bytes, or
     /// with K, M or G). Default: half the memory available when the run
     /// starts.
@@ -287,6 +296,9 @@ impl Output {
 /// Usage errors (a selection that cannot run, a run over the memory
 /// limit); I/O errors writing the outputs, naming the path.
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.trace {
+        return trace::run(args, path);
+    }
     let selection = Selection::new(args)?;
     let charts = args.svg.is_some() || args.png.is_some();
     if charts && selection.workloads.is_empty() {
@@ -426,11 +438,7 @@ impl Screen<'_> {
             matrix::write(out, m, &title, self.width)?;
         }
         if !matrices.is_empty() {
-            writeln!(
-                out,
-                "below 1.000 lazy sections save (0.250: a quarter of the eager cycles); \
-                 above, they cost more"
-            )?;
+            writeln!(out, "{}", matrix::LEGEND)?;
         }
         let broken = self.results.iter().any(|r| r.violation_count > 0)
             || self.neighbours.iter().any(|r| r.violations > 0);
