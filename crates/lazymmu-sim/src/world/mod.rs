@@ -532,7 +532,9 @@ where
             WorkloadKind::Fork => {
                 self.touch(p.mm.space, base, pages);
                 if let Some(child) = &p.child {
-                    self.fork(&p.mm, child, &[base..base + len]);
+                    // One VMA: the task's range.
+                    let vma = base..base + len;
+                    self.fork(&p.mm, child, core::slice::from_ref(&vma));
                 }
             }
             WorkloadKind::Munmap => {

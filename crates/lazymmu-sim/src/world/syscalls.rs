@@ -3,7 +3,7 @@
 //! sections open and close (one per PTE table, inside the library's range
 //! operations), which gather or flush the call makes and how large it is,
 //! and the kernel's own work around the MMU, charged at the costs
-//! `lazymmu calibrate` measured ([`crate::calibration::KernelWork`]).
+//! `lazymmu calibrate` measured ([`crate::kernel_work::KernelWork`]).
 //!
 //! The workloads of `lazymmu compare` call these once per measured call;
 //! a replay of a recorded program can call them for its operations.
