@@ -28,6 +28,8 @@
 //!   call (measured cost less the model's own MMU charges);
 //! - [`published`]: published figures of lazy-MMU batching and its
 //!   neighbours, with their sources, to print next to the model's;
+//! - [`side_by_side`]: each published figure next to the model's figure
+//!   for the same configuration, and the factor between them;
 //! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
 //!   top-level sync, protection-key windows) on the same machine;
 //! - [`script`]: scripted contract scenarios;
@@ -73,6 +75,7 @@ pub mod run;
 pub mod scenario;
 pub mod scenarios;
 pub mod script;
+pub mod side_by_side;
 pub mod tlb;
 pub mod trace_replay;
 pub mod world;

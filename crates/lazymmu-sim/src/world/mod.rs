@@ -532,7 +532,9 @@ where
             WorkloadKind::Fork => {
                 self.touch(p.mm.space, base, pages);
                 if let Some(child) = &p.child {
-                    self.fork(&p.mm, child, &[(base..base + len, CopyKind::Private)]);
+                    // One VMA: the task's range, private and writable.
+                    let vma = (base..base + len, CopyKind::Private);
+                    self.fork(&p.mm, child, core::slice::from_ref(&vma));
                 }
             }
             WorkloadKind::Munmap => {

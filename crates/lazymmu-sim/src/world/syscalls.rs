@@ -3,7 +3,7 @@
 //! sections open and close (one per PTE table, inside the library's range
 //! operations), which gather or flush the call makes and how large it is,
 //! and the kernel's own work around the MMU, charged at the costs
-//! `lazymmu calibrate` measured ([`crate::calibration::KernelWork`]).
+//! `lazymmu calibrate` measured ([`crate::kernel_work::KernelWork`]).
 //!
 //! The workloads of `lazymmu compare` call these once per measured call;
 //! a replay of a recorded program can call them for its operations.
@@ -134,13 +134,7 @@ where
             .tables(mm)
             .zap(VirtAddr(range.start), range.end - range.start, &mut gather);
         drop(gather);
-        let pages = match r {
-            Ok(summary) => summary.leaves[0],
-            Err(e) => {
-                self.check(Err::<(), _>(e), "munmap zap");
-                0
-            }
-        };
+        let pages = self.check_pages(r, "munmap zap", |summary| summary.leaves[0]);
         self.charge_call(Software::MunmapCall, Software::MunmapPage, pages);
         pages
     }
@@ -156,13 +150,7 @@ where
         let mut gather = Gather::full_mm(&*self.backend, &mm.frames, mm.space, FlushScope::MM);
         let r = self.tables(mm).destroy(false, &mut gather);
         drop(gather);
-        let pages = match r {
-            Ok(summary) => summary.leaves[0],
-            Err(e) => {
-                self.check(Err::<(), _>(e), "exit teardown");
-                0
-            }
-        };
+        let pages = self.check_pages(r, "exit teardown", |summary| summary.leaves[0]);
         self.charge_call(Software::ExitCall, Software::ExitPage, pages);
         pages
     }
@@ -180,13 +168,7 @@ where
             &mut gather,
         );
         drop(gather);
-        let pages = match r {
-            Ok(summary) => summary.changed[0],
-            Err(e) => {
-                self.check(Err::<(), _>(e), "mprotect");
-                0
-            }
-        };
+        let pages = self.check_pages(r, "mprotect", |summary| summary.changed[0]);
         self.charge_call(Software::MprotectCall, Software::MprotectPage, pages);
         pages
     }
@@ -200,13 +182,7 @@ where
             .tables(mm)
             .move_range(VirtAddr(from), VirtAddr(to), len, &mut gather);
         drop(gather);
-        let pages = match r {
-            Ok(summary) => summary.moved[0],
-            Err(e) => {
-                self.check(Err::<(), _>(e), "mremap move");
-                0
-            }
-        };
+        let pages = self.check_pages(r, "mremap move", |summary| summary.moved[0]);
         self.charge_call(Software::MremapCall, Software::MremapPage, pages);
         pages
     }
@@ -371,6 +347,23 @@ where
     }
 
     /// Charges a call's own work: one `per_call` and `pages` of `per_page`.
+    /// The pages an operation's summary counts, or 0 with a violation
+    /// naming `what` when it failed.
+    fn check_pages<S, E: core::fmt::Debug>(
+        &self,
+        r: Result<S, E>,
+        what: &str,
+        pages: impl FnOnce(&S) -> u64,
+    ) -> u64 {
+        match r {
+            Ok(summary) => pages(&summary),
+            Err(e) => {
+                self.check(Err::<(), _>(e), what);
+                0
+            }
+        }
+    }
+
     fn charge_call(&self, per_call: Software, per_page: Software, pages: u64) {
         self.machine.charge(per_call, 1);
         if pages > 0 {

@@ -400,8 +400,14 @@ impl<P: XenPrimitives> XenPv<P> {
                     }
                     // A TLB operation (`xen_mc_entry` … `xen_mc_issue`)
                     // joins the buffer, and outside lazy MMU mode the
-                    // whole buffer is issued with it.
+                    // whole buffer is issued with it; alone in it, it is
+                    // that hypercall (`xen_mc_flush`'s singleton case) and
+                    // the caller's own work.
                     Submission::Op(op) => {
+                        if self.cpu().buffer.borrow().entries.is_empty() {
+                            self.primitives.mmuext_op(op);
+                            return;
+                        }
                         let queued = self.cpu().buffer.borrow_mut().push_op(op).is_ok();
                         if !queued {
                             self.issue();
