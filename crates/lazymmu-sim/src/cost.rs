@@ -44,17 +44,77 @@ pub enum Software {
     /// (each one is its own page): what copying a kernel top-level entry
     /// costs beyond the store itself.
     EntryCopy,
+    /// `fork`'s own work per call, beyond the MMU work the model charges
+    /// itself (`copy_process`, `dup_mmap`'s VMA copies): measured.
+    ForkCall,
+    /// `fork`'s own work per page copied (a reference and a mapcount per
+    /// page, `copy_present_ptes`): measured.
+    ForkPage,
+    /// `exit`'s own work per call (`do_exit`, `exit_mmap`'s VMA and
+    /// table teardown, waking the parent): measured.
+    ExitCall,
+    /// `exit`'s own work per page unmapped (rmap, page counts, freeing
+    /// the last reference): measured.
+    ExitPage,
+    /// `munmap`'s own work per call (VMA split and removal): measured.
+    MunmapCall,
+    /// `munmap`'s own work per page unmapped (rmap, freeing the page):
+    /// measured.
+    MunmapPage,
+    /// `mprotect`'s own work per call (`mprotect_fixup`, VMA splits and
+    /// merges): measured.
+    MprotectCall,
+    /// `mprotect`'s own work per page changed: measured.
+    MprotectPage,
+    /// `mremap`'s own work per call (`move_vma`, VMA copy and unmap):
+    /// measured.
+    MremapCall,
+    /// `mremap`'s own work per page moved (`move_ptes`' rmap locking):
+    /// measured.
+    MremapPage,
+    /// `vmalloc`'s own work per call (`vmap_area` allocation), derived from
+    /// a measured call.
+    VmallocCall,
+    /// `vmalloc`'s own work per page (allocating and accounting the page),
+    /// derived from a measured call.
+    VmallocPage,
+    /// `vfree`'s own work per call (freeing the `vmap_area`), derived from
+    /// a measured call.
+    VfreeCall,
+    /// `vfree`'s own work per page (freeing the page), derived from a
+    /// measured call.
+    VfreePage,
 }
 
 impl Software {
     /// Every software operation, in table order.
-    pub const ALL: [Software; 5] = [
+    pub const ALL: [Software; 19] = [
         Software::ContextSwitch,
         Software::Fault,
         Software::GenerationCheck,
         Software::TableAlloc,
         Software::EntryCopy,
+        Software::ForkCall,
+        Software::ForkPage,
+        Software::ExitCall,
+        Software::ExitPage,
+        Software::MunmapCall,
+        Software::MunmapPage,
+        Software::MprotectCall,
+        Software::MprotectPage,
+        Software::MremapCall,
+        Software::MremapPage,
+        Software::VmallocCall,
+        Software::VmallocPage,
+        Software::VfreeCall,
+        Software::VfreePage,
     ];
+
+    /// Whether the row is the kernel's own work around a system call,
+    /// measured on a real kernel (`lazymmu calibrate`) rather than cited.
+    pub const fn is_measured(self) -> bool {
+        (self as usize) >= (Software::ForkCall as usize)
+    }
 }
 
 /// One row of the cost table.
@@ -116,10 +176,13 @@ impl Cost {
             Cost::Primitive(p) => match p {
                 Primitive::Hypercall => "hypercall",
                 Primitive::MulticallEntry => "multicall_entry",
+                Primitive::MmuUpdate => "mmu_update",
+                Primitive::EmulatedWrite => "emulated_write",
                 Primitive::Dsb => "dsb",
                 Primitive::Isb => "isb",
                 Primitive::HashInvalidate => "hash_invalidate",
                 Primitive::Ipte => "ipte",
+                Primitive::IpteLocal => "ipte_local",
                 Primitive::Tlbi => "tlbi",
                 Primitive::Invlpg => "invlpg",
                 Primitive::FullFlush => "full_flush",
@@ -134,6 +197,20 @@ impl Cost {
                 Software::GenerationCheck => "generation_check",
                 Software::TableAlloc => "table_alloc",
                 Software::EntryCopy => "entry_copy",
+                Software::ForkCall => "fork_call",
+                Software::ForkPage => "fork_page",
+                Software::ExitCall => "exit_call",
+                Software::ExitPage => "exit_page",
+                Software::MunmapCall => "munmap_call",
+                Software::MunmapPage => "munmap_page",
+                Software::MprotectCall => "mprotect_call",
+                Software::MprotectPage => "mprotect_page",
+                Software::MremapCall => "mremap_call",
+                Software::MremapPage => "mremap_page",
+                Software::VmallocCall => "vmalloc_call",
+                Software::VmallocPage => "vmalloc_page",
+                Software::VfreeCall => "vfree_call",
+                Software::VfreePage => "vfree_page",
             },
             Cost::Line(d) => match d {
                 Distance::SmtSibling => "line_smt",
@@ -224,10 +301,13 @@ impl CostModel {
         // A remote IPI round trip, the sender waiting for the
         // acknowledgement (Linux's flush_tlb_multi()): ~2.2 µs measured on
         // Skylake at 2.1 GHz (Amit, Tai and Wei, "Don't shoot down TLB
-        // shootdowns!", EuroSys 2020, §2) ≈ 4,600 cycles per target CPU.
-        // Used wherever the kernel sends IPIs (x86 native and PV, sparc64
-        // cross-calls, lazy TLB); arm64, powerpc and s390 broadcast
-        // invalidations in hardware.
+        // shootdowns!", EuroSys 2020, §2) ≈ 4,600 cycles. Charged once per
+        // send: the kernel interrupts every target before it waits
+        // (`smp_call_function_many_cond`), so the targets' handlers run
+        // together; how the wait grows with the number of targets is not
+        // modelled. Used wherever the kernel sends IPIs (x86 native and
+        // PV, sparc64 cross-calls, lazy TLB); arm64, powerpc and s390
+        // broadcast invalidations in hardware.
         set(p(Primitive::Ipi), 4_600);
         // Full flush of one CPU's TLB: writing CR3 / INVPCID "all"; Andy
         // Lutomirski measured INVPCID type 2 at ~376 ns on Skylake
@@ -236,12 +316,10 @@ impl CostModel {
         // refill cost the Linux TLB documentation warns about
         // (Documentation/arch/x86/tlb.rst, "collateral damage").
         set(p(Primitive::FullFlush), 1_000);
-        // INVLPG of one page: Intel SDM Vol. 3A §4.10.4.1 (semantics);
-        // Linux Documentation/arch/x86/tlb.rst picks a ceiling of 33
-        // single-page flushes before a full flush is cheaper, which puts one
-        // INVLPG at roughly 1/33 of a full flush plus its refill
-        // (estimate, consistent with that ceiling and a ~1,000-cycle full
-        // flush): 200.
+        // INVLPG of one page: "Each single flush is about 100 ns", the
+        // comment on `tlb_single_page_flush_ceiling` in arch/x86/mm/tlb.c
+        // (Linux 4.x and later), ≈ 200 cycles at 2 GHz. Semantics: Intel
+        // SDM Vol. 3A §4.10.4.1.
         set(p(Primitive::Invlpg), 200);
         // Loading a page-table root (MOV to CR3), the write itself: a
         // serialising instruction (Intel SDM Vol. 3A, "Serializing
@@ -303,11 +381,24 @@ impl CostModel {
                 // xen/arch/x86/x86_64/entry.S. Estimate 1,000 cycles for
                 // the round trip without the per-entry work.
                 set(p(Primitive::Hypercall), 1_000);
-                // Per entry Xen validates the new PTE (get_page_type on the
-                // target frame, mod_l1_entry in xen/arch/x86/mm.c,
-                // do_mmu_update loop): estimate 150 cycles beyond the
-                // transition.
-                set(p(Primitive::MulticallEntry), 150);
+                // Per multicall entry Xen copies the entry in and dispatches
+                // it through the hypercall table (do_multicall,
+                // xen/common/multicall.c): estimate 100 cycles.
+                set(p(Primitive::MulticallEntry), 100);
+                // Per mmu_update request Xen validates the new PTE
+                // (get_page_type on the target frame, mod_l1_entry in
+                // xen/arch/x86/mm.c, the do_mmu_update loop): estimate 150
+                // cycles beyond the transition.
+                set(p(Primitive::MmuUpdate), 150);
+                // A native write to a pinned table faults into Xen, which
+                // decodes and emulates the instruction (ptwr_emulated_update,
+                // xen/arch/x86/pv/ro-page-fault.c) before validating it like
+                // an mmu_update (charged apart): a trap like a hypercall's
+                // plus the decoding, estimate 2,000 cycles. Jeremy
+                // Fitzhardinge calls these "expensive trap-and-emulate
+                // faults" (commit e57778a1e304, "xen: implement
+                // ptep_modify_prot_start/commit") without a figure.
+                set(p(Primitive::EmulatedWrite), 2_000);
                 // Guest TLB flushes are themselves MMUEXT hypercall entries;
                 // the flush work inside Xen is the native cost.
             }
@@ -382,6 +473,11 @@ impl CostModel {
                 // The range form (IPTE with a count in R3, same PoP
                 // section) invalidates up to 256 entries of one table in a
                 // single quiesce, so it is charged as one IPTE.
+                // IPTE with the local-clearing control purges this CPU's
+                // TLB without a quiesce: estimate 200 cycles.
+                set(p(Primitive::IpteLocal), 200);
+                // IDTE of an address space (__tlb_flush_idte), a quiesce
+                // like IPTE's plus the purge: estimate 3,000 cycles.
                 set(p(Primitive::FullFlush), 3_000);
             }
         }
@@ -443,9 +539,17 @@ pub fn parse_override(text: &str) -> Result<(Cost, u64), String> {
 }
 
 /// How many times each row ran.
-#[derive(Default, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct Counts {
     counts: [Cell<u64>; ROWS],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            counts: core::array::from_fn(|_| Cell::new(0)),
+        }
+    }
 }
 
 impl Counts {

@@ -252,6 +252,14 @@ impl AtomicCpuMask {
         self.0[i / 64].fetch_or(1 << (i % 64), order);
     }
 
+    /// Replaces the mask with `mask` word by word (`cpumask_copy()`: not
+    /// one atomic step, as in Linux).
+    pub fn store(&self, mask: CpuMask, order: Ordering) {
+        for (word, value) in self.0.iter().zip(mask.words()) {
+            word.store(*value, order);
+        }
+    }
+
     /// Removes `cpu` (`cpumask_clear_cpu()`: an atomic AND of its word).
     pub fn remove(&self, cpu: CpuId, order: Ordering) {
         let i = cpu.index();

@@ -92,6 +92,17 @@ pub struct HardwareModel {
     pub table_key: u8,
     /// The key register value each CPU starts with and exceptions load.
     pub default_key: u64,
+    /// arm64 FEAT_TLBIRANGE: `tlbi rvae1is` and friends invalidate a range
+    /// of pages in one instruction (`system_supports_tlb_range()`).
+    pub tlb_range: bool,
+    /// powerpc hash MMU: the first access to a page inserts a hash-table
+    /// entry and sets `H_PAGE_HASHPTE` in its PTE (`__hash_page_4K`).
+    pub hash_ptes: bool,
+    /// The hardware walks the page tables and its walk caches depend on
+    /// the table pages (x86, arm64, s390); sparc64's TLB is filled by
+    /// software from the TSB and powerpc's from the hash table, so their
+    /// cached translations do not keep table pages in use.
+    pub walk_caches: bool,
 }
 
 impl HardwareModel {
@@ -103,6 +114,9 @@ impl HardwareModel {
         flush_on_switch: false,
         table_key: 0,
         default_key: 0,
+        tlb_range: false,
+        hash_ptes: false,
+        walk_caches: true,
     };
 }
 
@@ -266,6 +280,11 @@ pub trait Kernel {
     fn exception_exit(&self) {}
     /// The interrupt handler.
     fn interrupt(&self) {}
+    /// A page-table page was just allocated (`allocated`) or is about to
+    /// be freed (`pagetable_alloc`, `pagetable_free`).
+    fn page_table_page(&self, frame: PhysAddr, allocated: bool) {
+        let _ = (frame, allocated);
+    }
     /// Runs `task`'s next unit of work; false when it has none left.
     fn run_unit(&self, task: usize) -> bool;
     /// `task` has done all its work (checks that nothing it deferred was
@@ -388,6 +407,8 @@ impl CpuState {
 pub struct Leaf {
     /// The leaf entry.
     pub entry: u64,
+    /// Where the leaf entry is.
+    pub at: PhysAddr,
     /// log2 of the page size.
     pub shift: u32,
     /// Global (not tagged with an address space).
@@ -422,6 +443,10 @@ pub struct Machine {
     counts: Counts,
     disturbance_counts: Counts,
     disturbing: Cell<u32>,
+    /// Per task: nesting depth of work that is not charged at all (a
+    /// workload's preparation between measured calls). Per task, since a
+    /// task preempted in the middle of it must not take it to another.
+    uncounted: Box<[Cell<u32>]>,
     events: RefCell<EventRing>,
     violations: RefCell<Vec<Violation>>,
     violation_count: Cell<u64>,
@@ -436,6 +461,12 @@ pub struct Machine {
     timeline: timeline::Timeline,
     table_finder: Cell<Option<TableFinder>>,
     unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
+    /// Per space: s390's `mm->context.flush_mm`.
+    flush_mm: Box<[Cell<bool>]>,
+    /// Per space: Xen PV page tables unpinned (writable to the guest).
+    unpinned: Box<[Cell<bool>]>,
+    /// The disturbance depth saved by each open `deferred_begin`.
+    deferred: RefCell<Vec<u32>>,
     sched: sched::Scheduler,
 }
 
@@ -543,6 +574,7 @@ impl Machine {
             counts: Counts::default(),
             disturbance_counts: Counts::default(),
             disturbing: Cell::new(0),
+            uncounted: (0..task_slots).map(|_| Cell::new(0)).collect(),
             events: RefCell::new(EventRing::new(config.event_ring)),
             violations: RefCell::new(Vec::new()),
             violation_count: Cell::new(0),
@@ -557,6 +589,9 @@ impl Machine {
             timeline: timeline::Timeline::new(),
             table_finder: Cell::new(None),
             unlinked: RefCell::new(HashMap::new()),
+            flush_mm: (0..spaces).map(|_| Cell::new(false)).collect(),
+            unpinned: (0..spaces).map(|_| Cell::new(false)).collect(),
+            deferred: RefCell::new(Vec::new()),
             sched: sched::Scheduler::new(task_slots),
             config,
         }
@@ -650,9 +685,27 @@ impl Machine {
         r
     }
 
+    /// Runs `f` without charging anything it does: a workload's
+    /// preparation between the calls it measures (mapping the pages a
+    /// call will unmap, tearing a fork's child down).
+    pub fn uncounted<R>(&self, f: impl FnOnce() -> R) -> R {
+        let task = self.current_task();
+        let u = &self.uncounted[task];
+        u.set(u.get() + 1);
+        let r = f();
+        let u = &self.uncounted[task];
+        u.set(u.get() - 1);
+        r
+    }
+
     /// Modelled cycles so far.
     pub fn cycles(&self) -> u64 {
         self.config.cost.total(&self.counts)
+    }
+
+    /// Modelled cycles of the disturbances the scheduler injected.
+    pub fn disturbance_cycles(&self) -> u64 {
+        self.config.cost.total(&self.disturbance_counts)
     }
 
     /// Cycles of work each CPU did (interrupt work included).
@@ -1067,32 +1120,96 @@ impl Machine {
         );
     }
 
-    /// CPUs that may cache translations of `space`: those running a task
-    /// of it and those whose TLB holds one of its entries (every CPU for
-    /// the kernel's space). A CPU that only borrows the space (lazy TLB)
-    /// and caches none of its entries is not among them: this is the set
-    /// the sparc64 cross-calls reach, not the space's `mm_cpumask`
-    /// ([`AddressSpace::cpumask`](lazymmu::mm::active_mm::AddressSpace::cpumask)), which lazy
-    /// TLB keeps.
-    pub fn cpus_using(&self, space: SpaceId) -> CpuMask {
+    /// `mm_cpumask(space)`: the CPUs lazy TLB keeps in the space's mask
+    /// (those that loaded it and have not loaded another since, borrowers
+    /// included); every CPU for the kernel's space.
+    pub fn mm_cpumask(&self, space: SpaceId) -> CpuMask {
         if space == SpaceId::KERNEL {
             return self.all_cpus();
         }
-        let mut mask = CpuMask::EMPTY;
-        let tasks = self.tasks.borrow();
-        for (i, c) in self.cpus.iter() {
-            let loaded = tasks[c.current.get()].space == space;
-            let caches = c
-                .tlb
-                .borrow()
-                .entries()
-                .iter()
-                .any(|e| e.space == space || e.global);
-            if loaded || caches {
-                mask = mask.with(CpuId::new(i));
+        self.space(space).cpumask().and(self.all_cpus())
+    }
+
+    /// The CPUs an x86 flush of `space` reaches (`flush_tlb_mm_range`):
+    /// its `mm_cpumask` without the CPUs that only borrow it lazily, unless
+    /// page tables are freed (`should_flush_tlb`); every CPU for the
+    /// kernel's space (`flush_tlb_kernel_range`).
+    pub fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        let mask = self.mm_cpumask(space);
+        if space == SpaceId::KERNEL || freed_tables {
+            return mask;
+        }
+        let mut targets = mask;
+        for cpu in mask.iter() {
+            if self.cpu_tlb_state(cpu).is_lazy() {
+                targets = targets.without(cpu);
             }
         }
-        mask
+        targets
+    }
+
+    /// An IPI round trip from the running CPU to the remote CPUs of
+    /// `targets`: the sender interrupts them together and waits for all
+    /// (`smp_call_function_many_cond`), charged once when there is any.
+    /// Returns how many remote CPUs it reaches.
+    pub fn ipi(&self, targets: CpuMask) -> u32 {
+        let remote = targets.and(self.all_cpus()).without(self.cpu()).count();
+        if remote > 0 {
+            self.charge(Primitive::Ipi, 1);
+        }
+        remote
+    }
+
+    /// Sets s390's `flush_mm` flag of `space`.
+    pub fn set_flush_mm(&self, space: SpaceId) {
+        if let Some(flag) = self.flush_mm.get(space.0 as usize) {
+            flag.set(true);
+        }
+    }
+
+    /// Clears s390's `flush_mm` flag of `space`; returns whether it was set.
+    pub fn take_flush_mm(&self, space: SpaceId) -> bool {
+        self.flush_mm
+            .get(space.0 as usize)
+            .is_some_and(|flag| flag.replace(false))
+    }
+
+    /// Pins (`true`) or unpins `space`'s page tables on a Xen PV guest: an
+    /// unpinned table is writable to the guest.
+    pub fn set_pinned(&self, space: SpaceId, pinned: bool) {
+        if let Some(flag) = self.unpinned.get(space.0 as usize) {
+            flag.set(!pinned);
+        }
+    }
+
+    /// Whether the page-table frame holding `entry` belongs to a space
+    /// whose tables are pinned (read-only to a Xen PV guest).
+    pub fn pinned(&self, entry: PhysAddr) -> bool {
+        match self.memory.owner(entry) {
+            Some(owner) => !self.unpinned.get(owner.0 as usize).is_some_and(Cell::get),
+            None => true,
+        }
+    }
+
+    /// Page-table frames `space` owns.
+    pub fn table_frames(&self, space: SpaceId) -> u64 {
+        self.memory.frames_owned_by(space)
+    }
+
+    /// Work the backend deferred earlier starts being issued
+    /// (`CpuPrimitives::deferred_begin`): until the matching
+    /// [`deferred_end`](Self::deferred_end) it is charged to the task that
+    /// queued it, even from an injected interrupt.
+    pub fn deferred_begin(&self) {
+        let saved = self.disturbing.replace(0);
+        self.deferred.borrow_mut().push(saved);
+    }
+
+    /// The deferred work is issued: charging goes back to what it was.
+    pub fn deferred_end(&self) {
+        if let Some(saved) = self.deferred.borrow_mut().pop() {
+            self.disturbing.set(saved);
+        }
     }
 
     // ----- accounting, events, violations --------------------------------
@@ -1107,6 +1224,9 @@ impl Machine {
     #[inline]
     pub fn charge(&self, row: impl Into<Cost>, n: u64) {
         let row = row.into();
+        if self.uncounted[self.here().current.get()].get() > 0 {
+            return;
+        }
         if self.disturbing.get() > 0 {
             self.disturbance_counts.add(row, n);
         } else {
@@ -1345,7 +1465,7 @@ impl Machine {
     /// entry stays invisible to the walker until a `dsb`.
     pub fn store_entry(&self, entry: PhysAddr, value: u64) {
         let hw = self.config.hardware;
-        if hw.read_only_tables {
+        if hw.read_only_tables && self.pinned(entry) {
             self.violation(
                 Invariant::ForbiddenStore,
                 format!("direct store to read-only page table at {:#x}", entry.0),
@@ -1487,6 +1607,7 @@ impl Machine {
         if let Some(e) = cpu.tlb.borrow().lookup(space, va) {
             return Access::Hit(Leaf {
                 entry: e.leaf,
+                at: PhysAddr(0),
                 shift: e.shift,
                 global: e.global,
             });
@@ -1502,7 +1623,20 @@ impl Machine {
             return Access::Fault;
         }
         match self.walk_tables(space, va.0) {
-            Some((leaf, tables)) => {
+            Some((mut leaf, mut tables)) => {
+                let hw = self.config.hardware;
+                if hw.hash_ptes {
+                    // The hash fault inserts a hash-table entry and marks
+                    // the PTE (`__hash_page_4K` sets `H_PAGE_HASHPTE`).
+                    let marked = leaf.entry | lazymmu::pgtable::format::ppc_hash::HASHPTE;
+                    if marked != leaf.entry {
+                        self.memory.write(leaf.at, marked);
+                        leaf.entry = marked;
+                    }
+                }
+                if !hw.walk_caches {
+                    tables = [0; 5];
+                }
                 let base = va.0 & !((1u64 << leaf.shift) - 1);
                 cpu.tlb.borrow_mut().fill(TlbEntry {
                     space,
@@ -1624,8 +1758,20 @@ impl Machine {
 
     /// Checks that no CPU caches a translation of `[start, end)` in `space`
     /// that differs from what the walker sees now.
+    ///
+    /// For a user space only the CPUs running a task of it count: a CPU
+    /// that loaded another space, or only borrows this one (lazy TLB),
+    /// uses none of its translations until it loads it again, which starts
+    /// it clean or catches up with the flushes it missed
+    /// (`switch_mm_irqs_off`).
     pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
         for (cpu, c) in self.cpus.iter() {
+            if space != SpaceId::KERNEL {
+                let running = self.tasks.borrow()[c.current.get()].space == space;
+                if !running || self.cpu_tlb_state(CpuId::new(cpu)).is_lazy() {
+                    continue;
+                }
+            }
             let stale: Vec<TlbEntry> = c
                 .tlb
                 .borrow()

@@ -32,17 +32,29 @@ pub enum Primitive {
     /// A trap into the hypervisor (Xen `mmu_update`, `mmuext_op`,
     /// `multicall`).
     Hypercall,
-    /// One entry of a Xen multicall batch.
+    /// One entry of a Xen multicall batch (an operation the hypervisor
+    /// dispatches: an `mmu_update` with its requests, an `mmuext_op`).
     MulticallEntry,
+    /// One `mmu_update` request the hypervisor validates and applies (a
+    /// page-table entry write on a Xen PV guest's read-only tables), alone
+    /// or among the requests of one call or multicall entry.
+    MmuUpdate,
+    /// A native write to a read-only page-table page that the hypervisor
+    /// traps and emulates (Xen PV's writable page tables: an atomic
+    /// exchange or bit clear the guest executes on a pinned table).
+    EmulatedWrite,
     /// An arm64 `dsb` (`ishst` or `ish`).
     Dsb,
     /// An arm64 `isb`.
     Isb,
     /// One powerpc hash-page-table entry invalidation (`tlbie` of the HPTE).
     HashInvalidate,
-    /// One s390 IPTE instruction (single or multi-entry): a machine-wide
-    /// quiesce.
+    /// One s390 IPTE instruction (single or multi-entry) with global
+    /// scope: a machine-wide quiesce.
     Ipte,
+    /// One s390 IPTE instruction with local scope (the local-clearing
+    /// control, `IPTE_LOCAL`): purges this CPU's TLB only, no quiesce.
+    IpteLocal,
     /// One TLB invalidation by address or ASID broadcast by the hardware
     /// (arm64 `tlbi`, sparc64 demap).
     Tlbi,
@@ -51,7 +63,10 @@ pub enum Primitive {
     /// A full TLB flush of an address space (CR3 reload, `tlbi aside1is`,
     /// `MMUEXT_TLB_FLUSH_*`).
     FullFlush,
-    /// An inter-processor interrupt (cross-call) to one remote CPU.
+    /// An inter-processor interrupt round trip: the sender interrupts
+    /// its targets together and waits for them all (Linux's
+    /// `smp_call_function_many_cond`, sparc64's cross-calls), so one send
+    /// to any number of remote CPUs counts once.
     Ipi,
     /// A write of the protection-key register (`wrmsr IA32_PKRS`,
     /// `msr POR_EL1` + `isb`).
@@ -65,13 +80,16 @@ pub enum Primitive {
 
 impl Primitive {
     /// Every primitive, in a fixed order (for tables and count arrays).
-    pub const ALL: [Primitive; 13] = [
+    pub const ALL: [Primitive; 16] = [
         Primitive::Hypercall,
         Primitive::MulticallEntry,
+        Primitive::MmuUpdate,
+        Primitive::EmulatedWrite,
         Primitive::Dsb,
         Primitive::Isb,
         Primitive::HashInvalidate,
         Primitive::Ipte,
+        Primitive::IpteLocal,
         Primitive::Tlbi,
         Primitive::Invlpg,
         Primitive::FullFlush,
@@ -154,6 +172,29 @@ pub trait CpuPrimitives: Cpu {
 
     /// Reports a bug in how the backend is driven (see [`BackendBug`]).
     fn report(&self, bug: BackendBug);
+
+    /// `mm_cpumask(mm)`: the CPUs that may hold translations of `space`,
+    /// as the kernel tracks them (set when a CPU loads the space, kept
+    /// while it only borrows it). Backends whose flushes or invalidations
+    /// depend on it ask here (s390's single-CPU path, sparc64's
+    /// cross-calls, Xen's flush targets). The default is every CPU.
+    fn mm_cpumask(&self, space: SpaceId) -> crate::cpu::CpuMask {
+        let _ = space;
+        crate::cpu::CpuMask::first(crate::cpu::MAX_CPUS)
+    }
+
+    /// The backend is about to issue work it deferred earlier: a batch the
+    /// task running then queued (Xen's multicall buffer, a powerpc or
+    /// sparc64 invalidation batch, s390's cached entries). Issued from an
+    /// interrupt handler, that work is still the interrupted task's, and a
+    /// model charges it to the task. Paired with
+    /// [`deferred_end`](CpuPrimitives::deferred_end); the default does
+    /// nothing.
+    fn deferred_begin(&self) {}
+
+    /// The deferred work announced by
+    /// [`deferred_begin`](CpuPrimitives::deferred_begin) is issued.
+    fn deferred_end(&self) {}
 }
 
 impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
@@ -166,6 +207,15 @@ impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
     }
     fn report(&self, bug: BackendBug) {
         (**self).report(bug)
+    }
+    fn mm_cpumask(&self, space: SpaceId) -> crate::cpu::CpuMask {
+        (**self).mm_cpumask(space)
+    }
+    fn deferred_begin(&self) {
+        (**self).deferred_begin()
+    }
+    fn deferred_end(&self) {
+        (**self).deferred_end()
     }
 }
 
@@ -258,6 +308,11 @@ impl<T: Copy, const N: usize> Batch<T, N> {
     /// The pending items, oldest first.
     pub fn as_slice(&self) -> &[T] {
         &self.items[..self.len]
+    }
+
+    /// The pending items, oldest first, to change in place.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.items[..self.len]
     }
 
     /// Number of pending items.

@@ -83,6 +83,17 @@ pub trait X86Primitives: Cpu {
     /// Sends `request` to every CPU in `cpus` (never the current one) and
     /// waits for them to perform it (a TLB-shootdown IPI).
     fn shootdown(&self, cpus: CpuMask, request: RemoteFlush);
+
+    /// The CPUs a flush of `space` must reach ([`FlushScope::Mm`]): the
+    /// CPUs in its `mm_cpumask`, without those that only borrow it lazily
+    /// unless page tables are freed (`freed_tables`; Linux's
+    /// `flush_tlb_mm_range` and `should_flush_tlb`, arch/x86/mm/tlb.c);
+    /// every CPU for the kernel's space (`flush_tlb_kernel_range`). The
+    /// default is every CPU.
+    fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        let _ = (space, freed_tables);
+        CpuMask::first(crate::cpu::MAX_CPUS)
+    }
 }
 
 impl<P: X86Primitives + ?Sized> X86Primitives for &P {
@@ -100,6 +111,9 @@ impl<P: X86Primitives + ?Sized> X86Primitives for &P {
     }
     fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
         (**self).shootdown(cpus, request)
+    }
+    fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        (**self).flush_targets(space, freed_tables)
     }
 }
 
@@ -171,8 +185,17 @@ impl<M: PageTableMemory, P: X86Primitives> X86Backend<M, P> {
     /// of the one it left, and leave stale translations behind.
     fn dispatch(&self, scope: FlushScope, request: RemoteFlush) {
         let on_this_cpu = self.primitives.preempt_guard();
+        let space = match request {
+            RemoteFlush::Range { space, .. } | RemoteFlush::All { space } => space,
+        };
+        let scope = match scope {
+            FlushScope::Mm { freed_tables } => {
+                FlushScope::Cpus(self.primitives.flush_targets(space, freed_tables))
+            }
+            other => other,
+        };
         match scope {
-            FlushScope::Local => flush_locally(&self.primitives, request),
+            FlushScope::Local | FlushScope::Mm { .. } => flush_locally(&self.primitives, request),
             FlushScope::Cpus(mask) => {
                 let me = on_this_cpu.cpu_id();
                 let others = mask.without(me);

@@ -144,6 +144,16 @@ impl AddressSpace {
         self.cpumask.load(Ordering::Acquire)
     }
 
+    /// Leaves only `cpu` in `mm_cpumask`: sparc64's
+    /// `smp_flush_tlb_pending` and `smp_flush_tlb_page` do this instead of
+    /// a cross-call when the space has one user and it is running here
+    /// (arch/sparc/kernel/smp_64.c). A CPU dropped from the mask flushes
+    /// the space when it loads it again
+    /// ([`LazyTlb::context_switch`]).
+    pub fn trim_cpumask_to(&self, cpu: CpuId) {
+        self.cpumask.store(CpuMask::single(cpu), Ordering::Release);
+    }
+
     /// The flush generation.
     pub fn tlb_gen(&self) -> u64 {
         self.tlb_gen.load(Ordering::Acquire)
@@ -774,7 +784,10 @@ impl<M: MmMachine> LazyTlb<M> {
             self.machine
                 .line_access(SharedLine::SpaceCpumask(next), LineAccess::Read);
             let gen = next_mm.tlb_gen();
-            if gen > st.loaded_gen() {
+            // A CPU dropped from the mask meanwhile (sparc64's trimming)
+            // flushes as it rejoins (sparc64's `switch_mm`).
+            let rejoins = !next_mm.cpumask().contains(cpu);
+            if gen > st.loaded_gen() || rejoins {
                 Self::bump(&self.stats.catchup_flushes);
                 self.machine.flush_local(next, FlushRange::All);
                 st.loaded_gen.store(gen, Ordering::Release);

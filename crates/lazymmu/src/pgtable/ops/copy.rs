@@ -108,8 +108,8 @@ where
     /// own [`Mmu`](super::Mmu) and writing its entries through its
     /// backend. For a
     /// [`CopyKind::Private`] range every writable leaf is write-protected in
-    /// the parent (get-and-clear, then write, as `ptep_set_wrprotect`
-    /// must be atomic against hardware dirty-bit updates) and copied
+    /// the parent (one [`set_wrprotect`](crate::backend::PteAccess::set_wrprotect),
+    /// Linux's atomic `ptep_set_wrprotect`) and copied
     /// read-only; the parent's downgrades go into `gather`, which must be
     /// the parent's (the child's entries are new and need no flush). A huge
     /// leaf the range cuts is split in the parent first.
@@ -222,12 +222,22 @@ where
         let mut value = current;
         let mut downgraded = false;
         if job.kind == CopyKind::Private && attrs.writable {
-            let old = self.clear(entry, va, job.high, level);
-            let Entry::Leaf { phys, attrs, .. } = F::decode(old, level) else {
+            // `ptep_set_wrprotect`: one atomic update of the parent's entry
+            // (`copy_present_pte`, mm/memory.c).
+            let Entry::Leaf { phys, attrs, .. } = F::decode(current, level) else {
                 return false;
             };
-            value = F::encode_leaf(phys, size, attrs.read_only());
-            self.write_leaf(entry, va, job.high, level, value);
+            let protected = F::encode_leaf(phys, size, attrs.read_only());
+            let old = self
+                .mmu
+                .backend
+                .set_wrprotect(self.update(entry, va, job.high, level, protected, true));
+            // The hardware may have set the dirty bit since the read: the
+            // child gets what the exchange returned, write-protected.
+            value = match F::decode(old, level) {
+                Entry::Leaf { phys, attrs, .. } => F::encode_leaf(phys, size, attrs.read_only()),
+                _ => protected,
+            };
             job.summary.write_protected += 1;
             downgraded = true;
         }

@@ -116,7 +116,7 @@ where
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
-                    let old = self.clear(entry, va, high, level);
+                    let old = self.clear_full(entry, va, high, level, gather.is_full_mm());
                     if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
                         summary.dirty += u64::from(attrs.dirty);
                     }
@@ -168,8 +168,14 @@ where
         }
     }
 
-    /// The PTE loop: one lazy section for the table. `unlink` is the PMD
-    /// entry to clear once the table is empty.
+    /// The PTE loop (`zap_pte_range`): one lazy section for the table.
+    /// Every page it unmaps is queued in the gather
+    /// ([`Gather::remove_page`]); when the gather's batch is full the loop
+    /// does what Linux's `force_flush` does: it leaves the section, flushes
+    /// the gather (TLB, then the pages) and goes on in a new section.
+    /// Entries are cleared with `full` set under a full-mm gather
+    /// (`ptep_get_and_clear_full(mm, addr, pte, tlb->fullmm)`). `unlink` is
+    /// the PMD entry to clear once the table is empty.
     #[allow(clippy::too_many_arguments)]
     fn zap_ptes<G, GA, O>(
         &self,
@@ -185,22 +191,31 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let _section = self.mmu.lazy.section();
+        let full = gather.is_full_mm();
+        let mut section = Some(self.mmu.lazy.section());
         let mut cleared = 0;
         let mut range = Invalidated::default();
         for (_, va, entry) in ptes::<F>(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }
-            let old = self.clear(entry, va, high, 1);
+            let old = self.clear_full(entry, va, high, 1, full);
             summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
             cleared += 1;
             range.add(va);
+            if gather.remove_page() {
+                range.gather::<F, _, _, _>(high, gather);
+                range = Invalidated::default();
+                drop(section.take());
+                gather.flush();
+                section = Some(self.mmu.lazy.section());
+            }
         }
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
         range.gather::<F, _, _, _>(high, gather);
+        drop(section);
         summary.leaves[0] += cleared;
     }
 }
