@@ -36,10 +36,10 @@ use lazymmu::mode::percpu::PerCpu;
 use lazymmu::mode::stateful::{FromHooks, Stateful, StatefulArch};
 use lazymmu::mode::{ArchHooks, LazyMode, LazyState, Misuse, MisusePolicy};
 use lazymmu::pgtable::format::{
-    Aarch64, Attributes, Format, PpcHash4K, Sparc64Sun4v, S390 as S390Format, X86_64,
+    Aarch64, Attributes, Format, PpcHash4K, Protection, Sparc64Sun4v, S390 as S390Format, X86_64,
 };
 use lazymmu::pgtable::gather::{Gather, FRAME_BATCH};
-use lazymmu::pgtable::ops::PageTables;
+use lazymmu::pgtable::ops::{Mmu, VaRange};
 
 use crate::choice::Chooser;
 use crate::events::EventKind;
@@ -336,22 +336,20 @@ where
     L: LazyMode,
 {
     let machine = &target.machine;
-    let memory = SimMemory::new(machine.clone());
     let frames = SimFrames::new(machine.clone(), SPACE);
+    let scope = FlushScope::Cpus(machine.all_cpus());
     // SAFETY: the root and every frame the allocator hands out are the
-    // machine's page-table memory, built in the backend's format, which
-    // only the library changes.
+    // machine's page-table memory (the backend's: its CPU primitives store
+    // to the machine), built in the backend's format, which only the
+    // library changes; `lazy` drives the backend's hooks. The root is the
+    // target's and outlives the borrow.
     let tables = unsafe {
-        PageTables::<B::Format, _, _, _, _>::new(
+        Mmu::new(backend, lazy, &frames, scope).tables_at(
             target.root,
             SPACE,
-            &memory,
-            backend,
-            lazy,
-            &frames,
+            VaRange::for_format::<B::Format>(false),
         )
     };
-    let scope = FlushScope::Cpus(machine.all_cpus());
     macro_rules! with_gather {
         ($gather:expr, $batch:expr) => {{
             let mut gather = $gather.with_frame_batch($batch);
@@ -361,7 +359,7 @@ where
                     .map(|_| ())
                     .map_err(|e| format!("zap: {e:?}")),
                 RangeOp::Protect(va, len) => tables
-                    .protect(va, len, Attributes::user_data().read_only(), &mut gather)
+                    .protect(va, len, Protection::read_only(), &mut gather)
                     .map(|_| ())
                     .map_err(|e| format!("protect: {e:?}")),
             };
@@ -455,6 +453,10 @@ impl<B: ContextSwitch> ContextSwitch for FlushFault<B> {
 
 impl<B: Backend> Backend for FlushFault<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }
 
 impl<B> Exceptions for FlushFault<B> {}
