@@ -31,6 +31,7 @@ use lazymmu::backend::xen_pv::XenPv;
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use lazymmu::cpu::CpuId;
 use lazymmu::cpu::KeyRegister;
+use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::PerCpu;
 use lazymmu::mode::stateful::{FromHooks, Stateful, StatefulArch};
@@ -1136,6 +1137,24 @@ impl Spec {
         let first_task = machine.task_count();
         for t in &self.tasks {
             machine.add_task(t.name, SPACE, CpuId::new(t.cpu), true);
+        }
+        // The tasks are threads of one process that has run on every CPU
+        // (each CPU's TLB and walk caches may hold its translations). Each
+        // thread after the first took a user reference when it was cloned
+        // (`copy_mm` with `CLONE_VM` calls `mmget`, kernel/fork.c) and none
+        // gives it up, so `mm_users` counts them all; every CPU is in the
+        // space's `mm_cpumask` (`switch_mm` put it there). sparc64's
+        // flushes read both: `smp_flush_tlb_pending` cross-calls the mask,
+        // or nobody when the space has one user running here
+        // (arch/sparc/kernel/smp_64.c).
+        let threads = LazyTlb::new(SimCpu::new(machine.clone()), LazyTlbPolicy::Refcount);
+        for _ in self.tasks.iter().skip(1) {
+            threads
+                .mmget(SPACE)
+                .expect("the scenario's space is live while it is set up");
+        }
+        for cpu in machine.all_cpus().iter() {
+            machine.space(SPACE).join_cpumask(cpu);
         }
         let world = Rc::new(ScriptWorld {
             machine: machine.clone(),

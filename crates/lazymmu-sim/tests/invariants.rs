@@ -593,3 +593,51 @@ fn freeing_page_tables_before_the_flush_is_caught() {
         }
     }
 }
+
+/// vmalloc's lazily freed areas (`free_vmap_area_noflush`,
+/// mm/vmalloc.c): CPUs may go on caching a freed area's old translations
+/// until `__purge_vmap_area_lazy` flushes it, since nobody uses a freed area
+/// and its addresses are handed out again only after that flush. A task
+/// that finishes with such a page cached is no violation; the same page
+/// cleared without the deferral is, and so is mapping the address again
+/// before the purge.
+#[test]
+fn a_lazily_freed_area_may_stay_cached_until_the_purge_but_not_be_reused() {
+    let cleared_and_finished = |deferred: bool| {
+        let (m, pte) = machine(hardware(BackendKind::X86));
+        assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)));
+        let backend = Observed::new(x86(&m), m.clone());
+        backend.write_entry(update(pte, 0));
+        if deferred {
+            backend.lazily_freed(SpaceId(1), VA, VA + 4096);
+        }
+        backend.check_finished(m.current_task());
+        (m, pte, backend)
+    };
+    let (m, _, _) = cleared_and_finished(false);
+    let v = m.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].invariant, Invariant::StaleTranslation);
+    assert!(v[0].detail.contains("finished"), "{}", v[0].detail);
+
+    let (m, pte, backend) = cleared_and_finished(true);
+    assert_eq!(m.violation_count(), 0, "{:?}", m.violations());
+    backend.write_entry(update(pte, 0x8000_0000 | LEAF));
+    let v = m.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].invariant, Invariant::StaleTranslation);
+    assert!(v[0].detail.contains("lazily freed"), "{}", v[0].detail);
+
+    // After the purge the address may be mapped again.
+    let (m, pte, backend) = cleared_and_finished(true);
+    backend.flush_range(
+        SpaceId(1),
+        VirtAddr(VA),
+        VirtAddr(VA + 4096),
+        PageSize::Size4K,
+        FlushScope::Local,
+    );
+    backend.purged();
+    backend.write_entry(update(pte, 0x8000_0000 | LEAF));
+    assert_eq!(m.violation_count(), 0, "{:?}", m.violations());
+}
