@@ -1093,6 +1093,10 @@ pub fn check_with(
     }
 }
 
+/// The stack of each explorer worker thread: 8 MiB, a Linux main
+/// thread's default (`ulimit -s`).
+const WORKER_STACK_BYTES: usize = 8 << 20;
+
 /// Runs `search` on every scenario, spread over the machine's cores, and
 /// returns what it gives in the scenarios' order. `progress` is told, on
 /// the calling thread, how far each scenario is.
@@ -1119,18 +1123,24 @@ where
             .map(|_| {
                 let tell = tell.clone();
                 let (next, search) = (&next, &search);
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(s) = scenarios.get(i) else { break };
-                        let report = search(s, &mut |at| {
-                            let _ = tell.send((i, at.schedules));
-                        });
-                        done.push((i, report));
-                    }
-                    done
-                })
+                // The main thread's stack size: a backend's per-CPU state
+                // is built on the stack (s390's 64 CPU caches), too big
+                // for a spawned thread's default 2 MiB in a debug build.
+                std::thread::Builder::new()
+                    .stack_size(WORKER_STACK_BYTES)
+                    .spawn_scoped(scope, move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(s) = scenarios.get(i) else { break };
+                            let report = search(s, &mut |at| {
+                                let _ = tell.send((i, at.schedules));
+                            });
+                            done.push((i, report));
+                        }
+                        done
+                    })
+                    .expect("a worker thread for the explorer")
             })
             .collect();
         drop(tell);
