@@ -462,6 +462,23 @@ pub fn backend_scenarios() -> Vec<Scenario> {
             protect(0, 4),
             &[k(10)],
         ),
+        Scenario {
+            name: "ppc-hash-remap",
+            about: "powerpc hash: two cached pages remapped inside a section, their invalidations batched until leave and no flush after it",
+            // The other CPU uses pages of its own: its hash fault on a
+            // remapped page would set `H_PAGE_HASHPTE` in the new entry,
+            // which the check of the task's writes does not tell from a
+            // lost write.
+            spec: spec(
+                PpcHash,
+                vec![
+                    task("remap", 0, &[touch(0, 2), E, w(0), w(1), D]),
+                    task("user", 1, &[touch(2, 2)]),
+                ],
+                &[],
+                false,
+            ),
+        },
         user(
             Sparc64,
             "sparc64-munmap",
