@@ -18,7 +18,7 @@
 //!   before the matching `enable` (§6.5).
 
 use core::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
@@ -69,8 +69,9 @@ struct TaskLog {
     writes: EntryMap<LoggedWrite>,
     promises: Vec<(SpaceId, u64, u64)>,
     /// Pages whose translation the task changed (leaf entries), which no
-    /// CPU may still cache differently once the task is done.
-    changed: Vec<(SpaceId, u64)>,
+    /// CPU may still cache differently once the task is done. A set: a
+    /// fork or an munmap changes thousands of pages in one task.
+    changed: BTreeSet<(SpaceId, u64)>,
 }
 
 /// Bytes of the smallest page.
@@ -83,9 +84,7 @@ impl TaskLog {
             return;
         }
         let page = (update.space, update.va.0 & !(PAGE_BYTES - 1));
-        if !self.changed.contains(&page) {
-            self.changed.push(page);
-        }
+        self.changed.insert(page);
     }
 }
 
@@ -99,8 +98,12 @@ pub struct Observed<B> {
     entered: RefCell<Vec<bool>>,
     updates: Cell<u64>,
     /// Ranges whose entries were cleared and whose flush is deferred to a
-    /// lazy purge ([`Checks::lazily_freed`]), not yet purged.
-    lazily_freed: RefCell<Vec<(SpaceId, u64, u64)>>,
+    /// lazy purge ([`Checks::lazily_freed`]), not yet purged: the end of
+    /// each range, keyed by its space and start. The ranges never overlap
+    /// (overlapping frees are merged), so the range holding an address is
+    /// the last one starting at or below it. Every leaf write looks here,
+    /// and thousands of areas can wait for one purge.
+    lazily_freed: RefCell<BTreeMap<(SpaceId, u64), u64>>,
 }
 
 impl<B: Backend> Observed<B> {
@@ -114,7 +117,7 @@ impl<B: Backend> Observed<B> {
             spare: RefCell::new(TaskLog::default()),
             entered: RefCell::new(vec![false; cpus]),
             updates: Cell::new(0),
-            lazily_freed: RefCell::new(Vec::new()),
+            lazily_freed: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -134,7 +137,7 @@ impl<B: Backend> Observed<B> {
         for &e in self.entered.borrow().iter() {
             h.write_u8(e as u8);
         }
-        for &(space, start, end) in self.lazily_freed.borrow().iter() {
+        for (&(space, start), &end) in self.lazily_freed.borrow().iter() {
             h.write_u32(space.0);
             h.write_u64(start);
             h.write_u64(end);
@@ -203,7 +206,25 @@ impl<B: Backend> Observed<B> {
 
     /// See [`Checks::lazily_freed`].
     pub fn lazily_freed(&self, space: SpaceId, start: u64, end: u64) {
-        self.lazily_freed.borrow_mut().push((space, start, end));
+        if start >= end {
+            return;
+        }
+        let mut freed = self.lazily_freed.borrow_mut();
+        let (mut start, mut end) = (start, end);
+        // Merge with every range it touches, so that the ranges stay
+        // disjoint and the lookup below stays one step.
+        let touching: Vec<(u64, u64)> = freed
+            .range((space, 0)..=(space, end))
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&(_, s), &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            freed.remove(&(space, s));
+            start = start.min(s);
+            end = end.max(e);
+        }
+        freed.insert((space, start), end);
     }
 
     /// See [`Checks::purged`].
@@ -215,9 +236,10 @@ impl<B: Backend> Observed<B> {
     fn lazily_freed_at(&self, space: SpaceId, va: u64) -> Option<(u64, u64)> {
         self.lazily_freed
             .borrow()
-            .iter()
-            .find(|&&(s, start, end)| s == space && (start..end).contains(&va))
-            .map(|&(_, start, end)| (start, end))
+            .range((space, 0)..=(space, va))
+            .next_back()
+            .filter(|(_, &end)| va < end)
+            .map(|(&(_, start), &end)| (start, end))
     }
 
     /// Whether the backend is deferring on the running CPU (between
