@@ -14,10 +14,12 @@
 //! Linux 6.13–6.16).
 
 use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
+use super::runs::{self, NewProtection, PteRun, RunChanges};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
 use crate::pgtable::format::Aarch64;
+use crate::pgtable::ops::CopyKind;
 
 /// The data synchronisation barriers the backend issues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -332,6 +334,20 @@ impl<P: Arm64Primitives> PteAccess for Arm64<P> {
         }
     }
 
+    /// `__set_ptes_anysz`: see [`Arm64::run_of_stores`].
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        let stores = self.run_of_stores(
+            |stores| {
+                stores.write_entries(first, count, step);
+                RunChanges::default()
+            },
+            |_| count > 0 && Self::needs_barriers(&first),
+        );
+        if stores.is_none() {
+            runs::write_entries_each(self, first, count, step);
+        }
+    }
+
     /// `__ptep_get_and_clear`: an atomic exchange with an invalid value;
     /// clearing never needs the barriers (the TLB flush that follows has
     /// its own).
@@ -446,6 +462,97 @@ impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
     }
 }
 
+/// The entry stores of an arm64 CPU with no barrier decision after each:
+/// what a run writes before its one decision.
+struct Stores<'a, P>(&'a P);
+
+impl<P: Arm64Primitives> PteAccess for Stores<'_, P> {
+    #[inline]
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        self.0.read_pte(entry)
+    }
+    #[inline]
+    fn write_entry(&self, update: EntryUpdate) {
+        self.0.write_pte(update.entry, update.value);
+    }
+    #[inline]
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        let old = self.0.read_pte(update.entry);
+        self.0.write_pte(update.entry, 0);
+        old
+    }
+}
+
+impl<P: Arm64Primitives> Arm64<P> {
+    /// A run as `__set_ptes_anysz` (arch/arm64/include/asm/pgtable.h)
+    /// writes one: every entry stored, then one `__set_pte_complete` for
+    /// the run. While barriers are queued (lazy MMU mode), `op` runs over
+    /// plain stores and the barriers are queued once if `needs` says a
+    /// store wanted them, which leaves the same stores, flags and
+    /// barriers as deciding after each store. Outside lazy mode, where
+    /// each store is followed by its own barriers, `None`: the caller takes
+    /// the per-entry path.
+    #[inline]
+    fn run_of_stores(
+        &self,
+        op: impl FnOnce(&Stores<'_, P>) -> RunChanges,
+        needs: impl FnOnce(&RunChanges) -> bool,
+    ) -> Option<RunChanges> {
+        if !self.batching() {
+            return None;
+        }
+        let changes = op(&Stores(&self.primitives));
+        if needs(&changes) {
+            self.queue_barriers();
+        }
+        Some(changes)
+    }
+
+    /// Whether a valid leaf stored in `run` needs the barriers
+    /// ([`Arm64::needs_barriers`] for the run's entries).
+    fn run_needs_barriers(run: &PteRun) -> bool {
+        run.level != 1 || run.kernel
+    }
+}
+
+/// Runs of entries inside a lazy section are plain stores with one barrier
+/// decision ([`Arm64::run_of_stores`]).
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
+
+    fn clear_ptes(&self, run: PteRun) -> RunChanges {
+        // Clearing never needs the barriers.
+        self.run_of_stores(
+            |stores| runs::clear_ptes_each::<Aarch64, _>(stores, run),
+            |_| false,
+        )
+        .unwrap_or_else(|| runs::clear_ptes_each::<Aarch64, _>(self, run))
+    }
+
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        self.run_of_stores(
+            |stores| runs::protect_ptes_each::<Aarch64, _>(stores, run, protection),
+            |changes| changes.count() > 0 && Self::run_needs_barriers(&run),
+        )
+        .unwrap_or_else(|| runs::protect_ptes_each::<Aarch64, _>(self, run, protection))
+    }
+
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        self.run_of_stores(
+            |stores| runs::copy_ptes_each::<Aarch64, _>(stores, parent, child, kind),
+            |changes| {
+                (changes.count() > 0 && Self::run_needs_barriers(&parent))
+                    || (changes.copied > 0 && Self::run_needs_barriers(&child))
+            },
+        )
+        .unwrap_or_else(|| runs::copy_ptes_each::<Aarch64, _>(self, parent, child, kind))
+    }
+
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        self.run_of_stores(
+            |stores| runs::move_ptes_each::<Aarch64, _>(stores, from, to),
+            |changes| changes.count() > 0 && Self::run_needs_barriers(&to),
+        )
+        .unwrap_or_else(|| runs::move_ptes_each::<Aarch64, _>(self, from, to))
+    }
 }

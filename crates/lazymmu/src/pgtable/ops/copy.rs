@@ -1,8 +1,9 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
-use super::descend::{ptes, Slot, Visit};
+use super::descend::{one_entry, pte_run, ptes, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::backend::runs;
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
@@ -161,7 +162,9 @@ where
         table
     }
 
-    /// Copies one present parent leaf into an empty child entry.
+    /// Copies one present parent leaf into an empty child entry
+    /// ([`runs::copy_entry`]); returns whether the parent's was
+    /// write-protected.
     #[allow(clippy::too_many_arguments)]
     fn copy_entry<G, GA, O>(
         &self,
@@ -178,43 +181,21 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let current = self.read(entry);
-        let Entry::Leaf { attrs, .. } = F::decode(current, level) else {
-            return false;
-        };
-        let mut value = current;
-        let mut downgraded = false;
-        if job.kind == CopyKind::Private && attrs.writable {
-            let old = self.clear(entry, va, job.high, level);
-            let Entry::Leaf { phys, attrs, .. } = F::decode(old, level) else {
-                return false;
-            };
-            value = F::encode_leaf(phys, size, attrs.read_only());
-            self.write_leaf(entry, va, job.high, level, value);
-            job.summary.write_protected += 1;
-            downgraded = true;
-        }
-        if let Entry::Leaf { phys, attrs, .. } = F::decode(value, level) {
-            let mut child_attrs = attrs;
-            child_attrs.accessed = false;
-            if job.kind == CopyKind::Shared {
-                child_attrs.dirty = false;
-            }
-            let child_value = F::encode_leaf(phys, size, child_attrs);
-            self.backend.write_entry(crate::backend::EntryUpdate {
-                space: job.child_space,
-                ..self.update(child_entry, va, job.high, level, child_value, true)
-            });
-            job.summary.copied[size_slot(size)] += 1;
-        }
+        let parent = one_entry::<F>(entry, va, job.high, level, self.space);
+        let child = one_entry::<F>(child_entry, va, job.high, level, job.child_space);
+        let (copied, downgraded) =
+            runs::copy_entry::<F, _>(self.backend, &parent, &child, 0, job.kind);
+        job.summary.copied[size_slot(size)] += u64::from(copied);
         if downgraded {
+            job.summary.write_protected += 1;
             gather.add_page(Self::canonical(va, job.high), size);
         }
         downgraded
     }
 
     /// The PTE loop: one lazy section for the parent's table and the
-    /// child's.
+    /// child's, the run handed to the backend whole
+    /// ([`Backend::copy_ptes`]).
     fn copy_ptes<G, GA, O>(
         &self,
         table: PhysAddr,
@@ -235,17 +216,21 @@ where
             return Ok(());
         }
         let child_table = self.child_table(start, 1, job)?;
-        let _section = self.lazy.section();
-        for (_, va, entry) in ptes::<F>(table, start, end) {
-            if !F::is_valid(self.read(entry)) {
-                continue;
-            }
-            let child_entry = Self::entry(child_table, va, 1);
-            if F::is_valid(self.read(child_entry)) {
-                return Err(Stop::Occupied(va));
-            }
-            self.copy_entry(entry, child_entry, va, 1, PageSize::Size4K, job, gather);
+        let changes = {
+            let _section = self.lazy.section();
+            let parent = pte_run::<F>(table, start, end, job.high, self.space);
+            let child = pte_run::<F>(child_table, start, end, job.high, job.child_space);
+            self.backend.copy_ptes(parent, child, job.kind)
+        };
+        job.summary.copied[0] += changes.copied;
+        job.summary.write_protected += changes.count();
+        for i in changes.marked() {
+            let va = start + ((i as u64) << 12);
+            gather.add_page(Self::canonical(va, job.high), PageSize::Size4K);
         }
-        Ok(())
+        match changes.stopped {
+            Some(i) => Err(Stop::Occupied(start + ((i as u64) << 12))),
+            None => Ok(()),
+        }
     }
 }

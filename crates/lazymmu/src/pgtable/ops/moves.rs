@@ -1,7 +1,7 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{pte_run, ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -198,7 +198,7 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let Some((first_valid, first_va, _)) =
+        let Some((_, first_va, _)) =
             ptes::<F>(table, start, end).find(|&(_, _, entry)| F::is_valid(self.read(entry)))
         else {
             return Ok(());
@@ -209,27 +209,18 @@ where
                 Stop::OutOfFrames(_) => Stop::OutOfFrames(first_va),
                 _ => Stop::Occupied(first_va),
             })?;
-        let mut range = Invalidated::default();
-        let mut result = Ok(());
-        {
+        let changes = {
             let _section = self.lazy.section();
-            for (_, va, entry) in ptes::<F>(table, start, end).skip(first_valid) {
-                if !F::is_valid(self.read(entry)) {
-                    continue;
-                }
-                let dst = va.wrapping_add(job.delta);
-                let target = Self::entry(dst_table, dst, 1);
-                if F::is_valid(self.read(target)) {
-                    result = Err(Stop::Occupied(va));
-                    break;
-                }
-                let old = self.clear(entry, va, job.high, 1);
-                self.write_leaf(target, dst, job.high, 1, old);
-                job.summary.moved[0] += 1;
-                range.add(va);
-            }
+            let from = pte_run::<F>(table, first_va, end, job.high, self.space);
+            let dst = first_va.wrapping_add(job.delta);
+            let to = pte_run::<F>(dst_table, dst, dst + (end - first_va), job.high, self.space);
+            self.backend.move_ptes(from, to)
+        };
+        job.summary.moved[0] += changes.count();
+        Invalidated::of_run(first_va, &changes).gather::<F, _, _, _>(job.high, gather);
+        match changes.stopped {
+            Some(i) => Err(Stop::Occupied(first_va + ((i as u64) << 12))),
+            None => Ok(()),
         }
-        range.gather::<F, _, _, _>(job.high, gather);
-        result
     }
 }

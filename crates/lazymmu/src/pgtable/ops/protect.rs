@@ -1,8 +1,9 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{one_entry, pte_run, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::backend::runs::{self, NewProtection};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
@@ -107,24 +108,15 @@ where
         size: PageSize,
         job: &mut Job<'_>,
     ) -> bool {
-        let current = self.read(entry);
-        if !F::is_valid(current) || job.target(size, current) == current {
-            return false;
-        }
-        let old = self
-            .backend
-            .modify_prot_start(self.update(entry, va, job.high, level, 0, true));
-        if !F::is_valid(old) {
-            return false;
-        }
-        let new = job.target(size, old);
-        self.backend
-            .modify_prot_commit(self.update(entry, va, job.high, level, new, true));
-        job.summary.changed[size_slot(size)] += 1;
-        true
+        let run = one_entry::<F>(entry, va, job.high, level, self.space);
+        let slot = size_slot(size);
+        let changed = runs::protect_entry::<F, _>(self.backend, &run, 0, &job.protections[slot]);
+        job.summary.changed[slot] += u64::from(changed);
+        changed
     }
 
-    /// The PTE loop: one lazy section for the table.
+    /// The PTE loop: one lazy section for the table, the run handed to the
+    /// backend whole ([`Backend::protect_ptes`]).
     fn protect_ptes<G, GA, O>(
         &self,
         table: PhysAddr,
@@ -138,60 +130,27 @@ where
         O: FreeOrder,
     {
         let _section = self.lazy.section();
-        let mut range = Invalidated::default();
-        for (_, va, entry) in ptes::<F>(table, start, end) {
-            if self.protect_entry(entry, va, 1, PageSize::Size4K, job) {
-                range.add(va);
-            }
-        }
-        range.gather::<F, _, _, _>(job.high, gather);
+        let run = pte_run::<F>(table, start, end, job.high, self.space);
+        let changes = self.backend.protect_ptes(run, &job.protections[0]);
+        job.summary.changed[0] += changes.count();
+        Invalidated::of_run(start, &changes).gather::<F, _, _, _>(job.high, gather);
     }
 }
 
 struct Job<'s> {
-    /// Leaf templates by size (4K, 2M, 1G) and by the old entry's dirty
-    /// and accessed bits (index `dirty * 2 + accessed`), computed once.
-    templates: [[u64; 4]; 3],
-    /// Address bits by size.
-    address: [u64; 3],
-    dirty_bit: u64,
-    accessed_bit: u64,
+    /// The new leaf values by size (4K, 2M, 1G), computed once.
+    protections: [NewProtection; 3],
     high: bool,
     summary: &'s mut ProtectSummary,
 }
 
 impl Job<'_> {
     fn new<F: Format>(attrs: Attributes, high: bool, summary: &mut ProtectSummary) -> Job<'_> {
-        let sizes = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
-        let templates = sizes.map(|size| {
-            [(false, false), (false, true), (true, false), (true, true)].map(|(dirty, accessed)| {
-                F::leaf_template(
-                    size,
-                    Attributes {
-                        dirty,
-                        accessed,
-                        ..attrs
-                    },
-                )
-            })
-        });
         Job {
-            templates,
-            address: sizes.map(F::leaf_address_mask),
-            dirty_bit: F::DIRTY_BIT,
-            accessed_bit: F::ACCESSED_BIT,
+            protections: [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G]
+                .map(|size| NewProtection::new::<F>(size, attrs)),
             high,
             summary,
         }
-    }
-
-    /// The leaf `old` with the new attributes and its own dirty and
-    /// accessed bits.
-    #[inline]
-    fn target(&self, size: PageSize, old: u64) -> u64 {
-        let slot = size_slot(size);
-        let status =
-            usize::from(old & self.dirty_bit != 0) * 2 + usize::from(old & self.accessed_bit != 0);
-        self.templates[slot][status] | (old & self.address[slot])
     }
 }

@@ -1,7 +1,7 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{pte_run, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -143,8 +143,9 @@ where
         }
     }
 
-    /// The PTE loop: one lazy section for the table. `unlink` is the PMD
-    /// entry to clear once the table is empty.
+    /// The PTE loop: one lazy section for the table, the run handed to the
+    /// backend whole ([`Backend::clear_ptes`]). `unlink` is the PMD entry to
+    /// clear once the table is empty.
     #[allow(clippy::too_many_arguments)]
     fn zap_ptes<G, GA, O>(
         &self,
@@ -161,21 +162,14 @@ where
         O: FreeOrder,
     {
         let _section = self.lazy.section();
-        let mut cleared = 0;
-        let mut range = Invalidated::default();
-        for (_, va, entry) in ptes::<F>(table, start, end) {
-            if !F::is_valid(self.read(entry)) {
-                continue;
-            }
-            let old = self.clear(entry, va, high, 1);
-            summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
-            cleared += 1;
-            range.add(va);
-        }
+        let changes = self
+            .backend
+            .clear_ptes(pte_run::<F>(table, start, end, high, self.space));
+        summary.dirty += changes.dirty;
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
-        range.gather::<F, _, _, _>(high, gather);
-        summary.leaves[0] += cleared;
+        Invalidated::of_run(start, &changes).gather::<F, _, _, _>(high, gather);
+        summary.leaves[0] += changes.count();
     }
 }

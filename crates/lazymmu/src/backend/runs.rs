@@ -1,0 +1,458 @@
+//! Run-level entry operations: a run of consecutive entries of one PTE
+//! table handed to the backend in one call, as Linux's batch entry points
+//! do (include/linux/pgtable.h, 2024–2025: `set_ptes`,
+//! `get_and_clear_full_ptes`/`clear_full_ptes`, `wrprotect_ptes`,
+//! `modify_prot_start_ptes`/`modify_prot_commit_ptes`; arm64 overrides them
+//! for contiguous ranges in arch/arm64/mm/contpte.c).
+//!
+//! Linux's generic versions are loops over the per-entry functions, and so
+//! are the defaults of [`Backend`](crate::backend::Backend)'s run methods: the functions here named
+//! `*_each` ([`clear_ptes_each`], [`protect_ptes_each`], [`copy_ptes_each`],
+//! [`move_ptes_each`]) call the backend's [`PteAccess`] entry by entry, in
+//! the order the range operations always did, so a backend that batches or
+//! decorates single writes (Xen PV, s390, powerpc hash, sparc64, the
+//! protected backends) keeps its exact behaviour and primitive counts. A
+//! backend whose stores have nothing to batch overrides the run methods
+//! with a loop over the entries themselves: the x86 native backend over
+//! memory that lends a run of entries ([`PageTableMemory::run_cells`]),
+//! with the loops in [`cells`]; arm64 with plain stores and one barrier
+//! decision per run.
+//!
+//! Every run method reports what it changed as [`RunChanges`]; the range
+//! operation turns that into its summary and its TLB invalidations.
+//!
+//! [`PageTableMemory::run_cells`]: crate::pgtable::memory::PageTableMemory::run_cells
+
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::backend::{EntryUpdate, PteAccess};
+use crate::pgtable::format::{entry_shift, Attributes, Entry, Format};
+use crate::pgtable::ops::CopyKind;
+
+/// The longest run: a PTE table of 4 KiB entries has 512 (s390's has 256).
+pub const MAX_RUN: usize = 512;
+
+/// A run of consecutive entries of one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PteRun {
+    /// Physical address of the first entry.
+    pub entry: PhysAddr,
+    /// Canonical virtual address the first entry covers.
+    pub va: VirtAddr,
+    /// Address space the entries belong to.
+    pub space: SpaceId,
+    /// Level of the table (1 for a PTE table; a run above it has one
+    /// entry).
+    pub level: u8,
+    /// Whether the entries belong to the kernel's half.
+    pub kernel: bool,
+    /// Number of entries, at most [`MAX_RUN`], all in one table.
+    pub count: usize,
+}
+
+impl PteRun {
+    /// The same start with `count` entries.
+    #[inline]
+    pub const fn with_count(self, count: usize) -> Self {
+        PteRun { count, ..self }
+    }
+
+    /// The address of entry `i`.
+    #[inline]
+    pub fn entry_at(&self, i: usize) -> PhysAddr {
+        self.entry.add(8 * i as u64)
+    }
+
+    /// The update that stores `value` in entry `i` (a leaf when valid), as
+    /// the per-entry path describes it to the backend.
+    #[inline]
+    pub fn update<F: Format>(&self, i: usize, value: u64) -> EntryUpdate {
+        let valid = F::is_valid(value);
+        EntryUpdate {
+            entry: self.entry_at(i),
+            va: VirtAddr(
+                self.va
+                    .0
+                    .wrapping_add((i as u64) << entry_shift::<F>(self.level)),
+            ),
+            space: self.space,
+            level: self.level,
+            value,
+            kernel: self.kernel,
+            valid,
+            leaf: valid,
+        }
+    }
+}
+
+/// What a run operation changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunChanges {
+    /// One bit per entry of the run whose old translation must be
+    /// invalidated: cleared (zap, move), rewritten (protect), or
+    /// write-protected in the parent (copy).
+    pub mask: [u64; MAX_RUN / 64],
+    /// Entries cleared whose old value was dirty (zap).
+    pub dirty: u64,
+    /// Entries written into the child (copy).
+    pub copied: u64,
+    /// The entry at which the run stopped because its destination (the
+    /// child's entry, the move's target) was already present; nothing from
+    /// it on was changed.
+    pub stopped: Option<usize>,
+}
+
+impl RunChanges {
+    /// Marks entry `i` as changed.
+    #[inline]
+    pub fn mark(&mut self, i: usize) {
+        self.mask[i / 64] |= 1 << (i % 64);
+    }
+
+    /// Entries marked.
+    pub fn count(&self) -> u64 {
+        self.mask
+            .iter()
+            .map(|word| u64::from(word.count_ones()))
+            .sum()
+    }
+
+    /// The first and last entries marked, if any.
+    pub fn bounds(&self) -> Option<(usize, usize)> {
+        let first = self.mask.iter().position(|&word| word != 0)?;
+        let last = self.mask.iter().rposition(|&word| word != 0)?;
+        Some((
+            first * 64 + self.mask[first].trailing_zeros() as usize,
+            last * 64 + 63 - self.mask[last].leading_zeros() as usize,
+        ))
+    }
+
+    /// The entries marked, in order.
+    pub fn marked(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_RUN).filter(|&i| self.mask[i / 64] & (1 << (i % 64)) != 0)
+    }
+}
+
+/// The leaf values of a protection change (`change_pte_range`'s
+/// `pte_modify`): the new attributes, keeping each entry's address and its
+/// own dirty and accessed bits. Computed once per operation and size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewProtection {
+    /// Templates by the old entry's dirty and accessed bits (index
+    /// `dirty * 2 + accessed`).
+    templates: [u64; 4],
+    address: u64,
+    dirty_bit: u64,
+    accessed_bit: u64,
+}
+
+impl NewProtection {
+    /// Leaves of `size` in format `F` get `attrs`.
+    pub fn new<F: Format>(size: PageSize, attrs: Attributes) -> Self {
+        NewProtection {
+            templates: [(false, false), (false, true), (true, false), (true, true)].map(
+                |(dirty, accessed)| {
+                    F::leaf_template(
+                        size,
+                        Attributes {
+                            dirty,
+                            accessed,
+                            ..attrs
+                        },
+                    )
+                },
+            ),
+            address: F::leaf_address_mask(size),
+            dirty_bit: F::DIRTY_BIT,
+            accessed_bit: F::ACCESSED_BIT,
+        }
+    }
+
+    /// The leaf `old` with the new attributes and its own dirty and
+    /// accessed bits.
+    #[inline]
+    pub fn apply(&self, old: u64) -> u64 {
+        let status =
+            usize::from(old & self.dirty_bit != 0) * 2 + usize::from(old & self.accessed_bit != 0);
+        self.templates[status] | (old & self.address)
+    }
+}
+
+/// `set_ptes` (include/linux/pgtable.h) entry by entry: entry `i` of the
+/// run from `first` gets `first.value + i * step` through
+/// [`PteAccess::write_entry`] (see [`PteAccess::write_entries`]).
+pub fn write_entries_each<B: PteAccess + ?Sized>(
+    backend: &B,
+    first: EntryUpdate,
+    count: usize,
+    step: u64,
+) {
+    let page = first.page_size().bytes();
+    for i in 0..count as u64 {
+        backend.write_entry(EntryUpdate {
+            entry: first.entry.add(8 * i),
+            va: VirtAddr(first.va.0.wrapping_add(i * page)),
+            value: first.value + i * step,
+            ..first
+        });
+    }
+}
+
+/// `get_and_clear_full_ptes` (include/linux/pgtable.h) over the present
+/// entries of `run`, entry by entry: each present entry is read, then
+/// cleared with [`PteAccess::get_and_clear`] (`ptep_get_and_clear_full`),
+/// and counted dirty when its old value was.
+pub fn clear_ptes_each<F: Format, B: PteAccess + ?Sized>(backend: &B, run: PteRun) -> RunChanges {
+    let mut changes = RunChanges::default();
+    for i in 0..run.count {
+        if !F::is_valid(backend.read_entry(run.entry_at(i))) {
+            continue;
+        }
+        let old = backend.get_and_clear(run.update::<F>(i, 0));
+        changes.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
+        changes.mark(i);
+    }
+    changes
+}
+
+/// `modify_prot_start_ptes` + `modify_prot_commit_ptes`
+/// (include/linux/pgtable.h) over `run`, entry by entry: see
+/// [`protect_entry`].
+pub fn protect_ptes_each<F: Format, B: PteAccess + ?Sized>(
+    backend: &B,
+    run: PteRun,
+    protection: &NewProtection,
+) -> RunChanges {
+    let mut changes = RunChanges::default();
+    for i in 0..run.count {
+        if protect_entry::<F, B>(backend, &run, i, protection) {
+            changes.mark(i);
+        }
+    }
+    changes
+}
+
+/// Rewrites entry `i` of `run` with the new protection as
+/// `change_pte_range` does (mm/mprotect.c): a present entry that would
+/// change is taken with [`PteAccess::modify_prot_start`] (so a dirty bit
+/// the hardware sets meanwhile is not lost), and its new value, computed
+/// from what that returned, is stored with
+/// [`PteAccess::modify_prot_commit`]. Returns whether it changed.
+pub fn protect_entry<F: Format, B: PteAccess + ?Sized>(
+    backend: &B,
+    run: &PteRun,
+    i: usize,
+    protection: &NewProtection,
+) -> bool {
+    let current = backend.read_entry(run.entry_at(i));
+    if !F::is_valid(current) || protection.apply(current) == current {
+        return false;
+    }
+    let old = backend.modify_prot_start(run.update::<F>(i, 0));
+    if !F::is_valid(old) {
+        return false;
+    }
+    backend.modify_prot_commit(run.update::<F>(i, protection.apply(old)));
+    true
+}
+
+/// `copy_present_ptes` (mm/memory.c: `wrprotect_ptes` on the parent, then
+/// `set_ptes` on the child) over the present entries of `parent`, entry by
+/// entry: an entry whose child entry is present stops the run there;
+/// otherwise see [`copy_entry`].
+pub fn copy_ptes_each<F: Format, B: PteAccess + ?Sized>(
+    backend: &B,
+    parent: PteRun,
+    child: PteRun,
+    kind: CopyKind,
+) -> RunChanges {
+    let mut changes = RunChanges::default();
+    for i in 0..parent.count {
+        if !F::is_valid(backend.read_entry(parent.entry_at(i))) {
+            continue;
+        }
+        if F::is_valid(backend.read_entry(child.entry_at(i))) {
+            changes.stopped = Some(i);
+            break;
+        }
+        let (copied, downgraded) = copy_entry::<F, B>(backend, &parent, &child, i, kind);
+        changes.copied += u64::from(copied);
+        if downgraded {
+            changes.mark(i);
+        }
+    }
+    changes
+}
+
+/// Copies present entry `i` of `parent` into the empty entry `i` of
+/// `child` (`copy_present_pte`, mm/memory.c). For [`CopyKind::Private`] a
+/// writable parent entry is write-protected first (get-and-clear, then
+/// write, as `ptep_set_wrprotect` must be atomic against hardware
+/// dirty-bit updates); the child's copy is old, and clean too for
+/// [`CopyKind::Shared`]. Returns whether the child got an entry and
+/// whether the parent's was write-protected (and so must be flushed).
+pub fn copy_entry<F: Format, B: PteAccess + ?Sized>(
+    backend: &B,
+    parent: &PteRun,
+    child: &PteRun,
+    i: usize,
+    kind: CopyKind,
+) -> (bool, bool) {
+    let level = parent.level;
+    let current = backend.read_entry(parent.entry_at(i));
+    let Entry::Leaf { attrs, .. } = F::decode(current, level) else {
+        return (false, false);
+    };
+    let mut value = current;
+    let mut downgraded = false;
+    if kind == CopyKind::Private && attrs.writable {
+        let old = backend.get_and_clear(parent.update::<F>(i, 0));
+        let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
+            return (false, false);
+        };
+        value = F::encode_leaf(phys, size, attrs.read_only());
+        backend.write_entry(parent.update::<F>(i, value));
+        downgraded = true;
+    }
+    let mut copied = false;
+    if let Entry::Leaf { phys, size, attrs } = F::decode(value, level) {
+        let child_attrs = Attributes {
+            accessed: false,
+            dirty: attrs.dirty && kind == CopyKind::Private,
+            ..attrs
+        };
+        backend.write_entry(child.update::<F>(i, F::encode_leaf(phys, size, child_attrs)));
+        copied = true;
+    }
+    (copied, downgraded)
+}
+
+/// `move_ptes` (mm/mremap.c: `get_and_clear_ptes` on the source, then
+/// `set_ptes` at the destination) over the present entries of `from`,
+/// entry by entry: a present destination entry stops the run there;
+/// otherwise the source entry is cleared with
+/// [`PteAccess::get_and_clear`] (keeping the dirty bit the hardware set)
+/// and its old value written at the destination.
+pub fn move_ptes_each<F: Format, B: PteAccess + ?Sized>(
+    backend: &B,
+    from: PteRun,
+    to: PteRun,
+) -> RunChanges {
+    let mut changes = RunChanges::default();
+    for i in 0..from.count {
+        if !F::is_valid(backend.read_entry(from.entry_at(i))) {
+            continue;
+        }
+        if F::is_valid(backend.read_entry(to.entry_at(i))) {
+            changes.stopped = Some(i);
+            break;
+        }
+        let old = backend.get_and_clear(from.update::<F>(i, 0));
+        backend.write_entry(to.update::<F>(i, old));
+        changes.mark(i);
+    }
+    changes
+}
+
+/// The run operations as loops over the entries themselves, for a backend
+/// whose entry stores have no side effect (x86 native): the same reads,
+/// tests and stores as the `*_each` functions over plain memory, with
+/// nothing between one entry and the next.
+pub mod cells {
+    use core::cell::Cell;
+
+    use super::{NewProtection, RunChanges};
+    use crate::pgtable::format::{Attributes, Entry, Format};
+    use crate::pgtable::ops::CopyKind;
+
+    /// [`clear_ptes_each`](super::clear_ptes_each) over `run`.
+    #[inline]
+    pub fn clear<F: Format>(run: &[Cell<u64>]) -> RunChanges {
+        let mut changes = RunChanges::default();
+        for (i, cell) in run.iter().enumerate() {
+            let old = cell.get();
+            if F::is_valid(old) {
+                cell.set(0);
+                changes.dirty += u64::from(old & F::DIRTY_BIT != 0);
+                changes.mark(i);
+            }
+        }
+        changes
+    }
+
+    /// [`protect_ptes_each`](super::protect_ptes_each) over `run`.
+    #[inline]
+    pub fn protect<F: Format>(run: &[Cell<u64>], protection: &NewProtection) -> RunChanges {
+        let mut changes = RunChanges::default();
+        for (i, cell) in run.iter().enumerate() {
+            let old = cell.get();
+            let new = protection.apply(old);
+            if F::is_valid(old) && new != old {
+                cell.set(new);
+                changes.mark(i);
+            }
+        }
+        changes
+    }
+
+    /// [`copy_ptes_each`](super::copy_ptes_each) from `parent` into
+    /// `child` (two runs of the same length).
+    #[inline]
+    pub fn copy<F: Format>(
+        parent: &[Cell<u64>],
+        child: &[Cell<u64>],
+        level: u8,
+        kind: CopyKind,
+    ) -> RunChanges {
+        let mut changes = RunChanges::default();
+        for (i, (from, to)) in parent.iter().zip(child).enumerate() {
+            let current = from.get();
+            if !F::is_valid(current) {
+                continue;
+            }
+            if F::is_valid(to.get()) {
+                changes.stopped = Some(i);
+                break;
+            }
+            let Entry::Leaf { phys, size, attrs } = F::decode(current, level) else {
+                continue;
+            };
+            let attrs = if kind == CopyKind::Private && attrs.writable {
+                let attrs = attrs.read_only();
+                from.set(F::encode_leaf(phys, size, attrs));
+                changes.mark(i);
+                attrs
+            } else {
+                attrs
+            };
+            let child_attrs = Attributes {
+                accessed: false,
+                dirty: attrs.dirty && kind == CopyKind::Private,
+                ..attrs
+            };
+            to.set(F::encode_leaf(phys, size, child_attrs));
+            changes.copied += 1;
+        }
+        changes
+    }
+
+    /// [`move_ptes_each`](super::move_ptes_each) from `from` to `to` (two
+    /// runs of the same length).
+    #[inline]
+    pub fn moves<F: Format>(from: &[Cell<u64>], to: &[Cell<u64>]) -> RunChanges {
+        let mut changes = RunChanges::default();
+        for (i, (source, target)) in from.iter().zip(to).enumerate() {
+            let old = source.get();
+            if !F::is_valid(old) {
+                continue;
+            }
+            if F::is_valid(target.get()) {
+                changes.stopped = Some(i);
+                break;
+            }
+            source.set(0);
+            target.set(old);
+            changes.mark(i);
+        }
+        changes
+    }
+}

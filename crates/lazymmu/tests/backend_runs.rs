@@ -1,0 +1,296 @@
+//! Every backend's run-level entry operations against the per-entry path
+//! they stand for: the same run of one PTE table (present and absent,
+//! writable and read-only, dirty and clean, accessed and old entries; a
+//! destination with one entry already present) goes through the backend's
+//! run method on one machine and through the per-entry functions of
+//! `backend::runs` on another, eagerly and inside a lazy section. Both
+//! machines must end with the same tables, the same primitive counts, the
+//! same number of recorded calls, and the same report of what changed.
+
+use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use lazymmu::backend::arm64::Arm64;
+use lazymmu::backend::machine::Primitive;
+use lazymmu::backend::ppc_hash::PpcHash;
+use lazymmu::backend::protected::{Arm64Poe, KeyFlavour, Pks, Poe, X86Pks};
+use lazymmu::backend::recording::Recording;
+use lazymmu::backend::runs::{self, NewProtection, PteRun, RunChanges};
+use lazymmu::backend::s390::S390;
+use lazymmu::backend::sparc64::Sparc64;
+use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
+use lazymmu::backend::xen_pv::XenPv;
+use lazymmu::backend::Backend;
+use lazymmu::mode::counters::Counters;
+use lazymmu::mode::{LazyMode, MisusePolicy};
+use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::memory::{HostMemory, PageTableMemory};
+use lazymmu::pgtable::ops::CopyKind;
+
+/// Entries per run: s390's PTE tables have 256, the others 512.
+const COUNT: usize = 256;
+/// The run's table, and the child's (copy) or the destination's (move).
+const TABLE: u64 = 0x60_0000;
+const OTHER: u64 = 0x61_0000;
+/// The destination entry already present (copy and move stop there).
+const OCCUPIED: usize = 201;
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Clear,
+    Protect,
+    Copy(CopyKind),
+    Move { occupied: bool },
+}
+
+const OPS: [Op; 6] = [
+    Op::Clear,
+    Op::Protect,
+    Op::Copy(CopyKind::Private),
+    Op::Copy(CopyKind::Shared),
+    Op::Move { occupied: false },
+    Op::Move { occupied: true },
+];
+
+/// Entry `i` of the source table: absent every fifth, otherwise a leaf
+/// whose writability, dirty and accessed bits vary with `i`.
+fn source<F: Format>(i: usize, kernel: bool) -> u64 {
+    if i % 5 == 0 {
+        return 0;
+    }
+    let base = if kernel {
+        Attributes::kernel_data()
+    } else {
+        Attributes::user_data()
+    };
+    F::encode_leaf(
+        PhysAddr(0x4000_0000 + ((i as u64) << 12)),
+        PageSize::Size4K,
+        Attributes {
+            writable: i % 3 != 0,
+            dirty: i % 7 == 0,
+            accessed: i % 2 == 0,
+            ..base
+        },
+    )
+}
+
+fn run(table: u64, kernel: bool) -> PteRun {
+    PteRun {
+        entry: PhysAddr(table),
+        va: VirtAddr(if kernel {
+            0xffff_9000_0000_0000
+        } else {
+            0x7000_0000
+        }),
+        space: if kernel { SpaceId::KERNEL } else { SpaceId(1) },
+        level: 1,
+        kernel,
+        count: COUNT,
+    }
+}
+
+/// Fills the source table, and the destination's one present entry.
+fn fill<F: Format>(memory: &dyn Fn(PhysAddr, u64), op: Op, kernel: bool) {
+    for i in 0..COUNT {
+        memory(PhysAddr(TABLE + 8 * i as u64), source::<F>(i, kernel));
+    }
+    if matches!(op, Op::Copy(_) | Op::Move { occupied: true }) {
+        memory(
+            PhysAddr(OTHER + 8 * OCCUPIED as u64),
+            source::<F>(OCCUPIED + 1, kernel),
+        );
+    }
+}
+
+/// [`fill`] in the format of `backend` on `machine`.
+fn fill_for<B: Backend>(_: &B, machine: &Recording, op: Op, kernel: bool) {
+    fill::<B::Format>(&|entry, value| machine.set_memory(entry, value), op, kernel);
+}
+
+/// `op` on the run through the backend's run method (`run_path`) or the
+/// per-entry functions.
+fn apply<B: Backend>(backend: &B, op: Op, kernel: bool, run_path: bool) -> RunChanges {
+    let from = run(TABLE, kernel);
+    // The other table covers other addresses in a move, the same ones in a
+    // copy (another address space).
+    let to = match op {
+        Op::Copy(_) => PteRun {
+            entry: PhysAddr(OTHER),
+            space: SpaceId(2),
+            ..from
+        },
+        _ => PteRun {
+            entry: PhysAddr(OTHER),
+            va: from.va.add(2 << 20),
+            ..from
+        },
+    };
+    let protection =
+        NewProtection::new::<B::Format>(PageSize::Size4K, Attributes::user_data().read_only());
+    match (op, run_path) {
+        (Op::Clear, true) => backend.clear_ptes(from),
+        (Op::Clear, false) => runs::clear_ptes_each::<B::Format, _>(backend, from),
+        (Op::Protect, true) => backend.protect_ptes(from, &protection),
+        (Op::Protect, false) => runs::protect_ptes_each::<B::Format, _>(backend, from, &protection),
+        (Op::Copy(kind), true) => backend.copy_ptes(from, to, kind),
+        (Op::Copy(kind), false) => runs::copy_ptes_each::<B::Format, _>(backend, from, to, kind),
+        (Op::Move { .. }, true) => backend.move_ptes(from, to),
+        (Op::Move { .. }, false) => runs::move_ptes_each::<B::Format, _>(backend, from, to),
+    }
+}
+
+/// What a machine ended with: both tables, every primitive's count and the
+/// number of recorded calls, and the run's report.
+#[derive(Debug, PartialEq, Eq)]
+struct Outcome {
+    tables: Vec<u64>,
+    counts: Vec<u64>,
+    changes: RunChanges,
+}
+
+fn tables(read: &dyn Fn(PhysAddr) -> u64) -> Vec<u64> {
+    (0..COUNT as u64)
+        .flat_map(|i| [read(PhysAddr(TABLE + 8 * i)), read(PhysAddr(OTHER + 8 * i))])
+        .collect()
+}
+
+type Protection = Option<(u64, fn(u64) -> bool)>;
+
+/// Runs `op` through both paths on fresh machines with the backend `$build`
+/// makes, eagerly and in a section, and compares the outcomes.
+macro_rules! same_on_both_paths {
+    ($name:literal, $protect:expr, $build:expr) => {{
+        #[inline(never)]
+        fn one_backend() -> usize {
+            let mut checked = 0;
+            for kernel in [false, true] {
+                for lazy in [false, true] {
+                    for op in OPS {
+                        let outcomes = [true, false].map(|run_path| {
+                            let machine = Recording::new();
+                            let protect: Protection = $protect;
+                            if let Some((initial, allows)) = protect {
+                                machine.protect(initial, allows);
+                            }
+                            let backend = $build(&machine);
+                            fill_for(&backend, &machine, op, kernel);
+                            let mode = Counters::new(&machine, &backend, MisusePolicy::Panic);
+                            let changes = {
+                                let _section = lazy.then(|| mode.section());
+                                apply(&backend, op, kernel, run_path)
+                            };
+                            assert_eq!(machine.faults(), 0, "{}", $name);
+                            let mut counts: Vec<u64> =
+                                Primitive::ALL.iter().map(|&p| machine.count(p)).collect();
+                            counts.push(machine.total_calls());
+                            Outcome {
+                                tables: tables(&|entry| machine.read_memory(entry)),
+                                counts,
+                                changes,
+                            }
+                        });
+                        assert_eq!(
+                            outcomes[0], outcomes[1],
+                            "{}: {op:?}, kernel {kernel}, lazy {lazy}: run path, then per-entry path",
+                            $name
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+            checked
+        }
+        one_backend()
+    }};
+}
+
+#[test]
+fn every_backend_runs_as_it_writes_entry_by_entry() {
+    let checked = [
+        same_on_both_paths!("x86 over recorded memory", None, |m| X86Backend::new(m, m)),
+        same_on_both_paths!("xen-pv", None, XenPv::new),
+        same_on_both_paths!("arm64", None, Arm64::new),
+        same_on_both_paths!("ppc-hash", None, PpcHash::new),
+        same_on_both_paths!("sparc64", None, Sparc64::new),
+        same_on_both_paths!("s390", None, S390::new),
+        same_on_both_paths!(
+            "x86-pks",
+            Some((
+                Pks::DEFAULT,
+                Pks::allows_page_table_writes as fn(u64) -> bool
+            )),
+            |m| X86Pks::x86_pks(m, m, m)
+        ),
+        same_on_both_paths!(
+            "arm64-poe",
+            Some((
+                Poe::DEFAULT,
+                Poe::allows_page_table_writes as fn(u64) -> bool
+            )),
+            |m| {
+                Recording::key_write_needs_isb(m);
+                Arm64Poe::arm64_poe(m)
+            }
+        ),
+    ];
+    assert_eq!(checked, [OPS.len() * 4; 8]);
+}
+
+/// The x86 backend over host memory, which lends runs of entries: its run
+/// methods are loops over the cells (`runs::cells`), and must leave the
+/// tables, the report and the recorded primitive calls (none: entry
+/// operations flush nothing) as the per-entry path does.
+#[test]
+fn x86_over_host_memory_runs_as_it_writes_entry_by_entry() {
+    for kernel in [false, true] {
+        for op in OPS {
+            let outcomes = [true, false].map(|run_path| {
+                let memory = HostMemory::new(PhysAddr(TABLE), 17);
+                let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
+                fill::<lazymmu::pgtable::format::X86_64>(
+                    &|entry, value| memory.write(entry, value),
+                    op,
+                    kernel,
+                );
+                let changes = apply(&backend, op, kernel, run_path);
+                assert!(backend.primitives().calls().is_empty());
+                Outcome {
+                    tables: tables(&|entry| memory.read(entry)),
+                    counts: Vec::new(),
+                    changes,
+                }
+            });
+            assert_eq!(outcomes[0], outcomes[1], "{op:?}, kernel {kernel}");
+            // The run did something worth comparing.
+            assert!(outcomes[0].changes.count() > 0 || outcomes[0].changes.copied > 0);
+        }
+    }
+}
+
+/// What the runs report, on the x86 backend: the entries changed, the
+/// dirty ones cleared, where a copy or move stopped.
+#[test]
+fn runs_report_what_they_changed() {
+    let memory = HostMemory::new(PhysAddr(TABLE), 17);
+    let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
+    let present = (0..COUNT).filter(|i| i % 5 != 0).count() as u64;
+    let fill_for = |op| {
+        fill::<lazymmu::pgtable::format::X86_64>(&|e, v| memory.write(e, v), op, false);
+    };
+
+    fill_for(Op::Clear);
+    let cleared = apply(&backend, Op::Clear, false, true);
+    assert_eq!(cleared.count(), present);
+    let dirty = (0..COUNT).filter(|i| i % 5 != 0 && i % 7 == 0).count() as u64;
+    assert_eq!(cleared.dirty, dirty);
+    let last = (0..COUNT).rev().find(|i| i % 5 != 0).unwrap();
+    assert_eq!(cleared.bounds(), Some((1, last)));
+
+    memory.zero_frame(PhysAddr(OTHER));
+    fill_for(Op::Copy(CopyKind::Private));
+    let copied = apply(&backend, Op::Copy(CopyKind::Private), false, true);
+    let before = |pred: fn(usize) -> bool| (0..OCCUPIED).filter(|&i| pred(i)).count() as u64;
+    assert_eq!(copied.stopped, Some(OCCUPIED));
+    assert_eq!(copied.copied, before(|i| i % 5 != 0));
+    assert_eq!(copied.count(), before(|i| i % 5 != 0 && i % 3 != 0));
+    assert!(copied.marked().all(|i| i < OCCUPIED && i % 3 != 0));
+}
