@@ -294,3 +294,50 @@ fn runs_report_what_they_changed() {
     assert_eq!(copied.count(), before(|i| i % 5 != 0 && i % 3 != 0));
     assert!(copied.marked().all(|i| i < OCCUPIED && i % 3 != 0));
 }
+
+/// The arm64 backend over host memory, which its CPU lends: inside a lazy
+/// section its run methods are loops over the cells with one barrier
+/// decision, and must leave the tables, the barriers owed and issued and
+/// the report as the per-entry path does; outside one they are the
+/// per-entry path.
+#[test]
+fn arm64_over_host_memory_runs_as_it_writes_entry_by_entry() {
+    use lazymmu::backend::arm64::HostArm64;
+    use lazymmu::mode::testing::TestEnv;
+    for kernel in [false, true] {
+        for lazy in [false, true] {
+            for op in OPS {
+                let outcomes = [true, false].map(|run_path| {
+                    let memory = HostMemory::new(PhysAddr(TABLE), 17);
+                    let backend = Arm64::new(HostArm64::new(&memory));
+                    fill::<lazymmu::pgtable::format::Aarch64>(
+                        &|entry, value| memory.write(entry, value),
+                        op,
+                        kernel,
+                    );
+                    let mode = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
+                    let (changes, pending) = {
+                        let _section = lazy.then(|| mode.section());
+                        let changes = apply(&backend, op, kernel, run_path);
+                        let cpu = backend.primitives();
+                        (
+                            changes,
+                            lazymmu::backend::arm64::Arm64Primitives::task_barriers_pending(cpu),
+                        )
+                    };
+                    let cpu = backend.primitives();
+                    assert_eq!(cpu.bugs(), 0);
+                    Outcome {
+                        tables: tables(&|entry| memory.read(entry)),
+                        counts: vec![cpu.barriers(), cpu.invalidations(), u64::from(pending)],
+                        changes,
+                    }
+                });
+                assert_eq!(
+                    outcomes[0], outcomes[1],
+                    "{op:?}, kernel {kernel}, lazy {lazy}"
+                );
+            }
+        }
+    }
+}

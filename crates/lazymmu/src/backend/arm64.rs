@@ -13,6 +13,8 @@
 //! operations of FEAT_TLBIRANGE, `MAX_DVM_OPS`, `MAX_TLBI_RANGE_PAGES`,
 //! Linux 6.13–6.16).
 
+use core::cell::Cell;
+
 use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
 use super::runs::{self, NewProtection, PteRun, RunChanges};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
@@ -170,6 +172,17 @@ pub trait Arm64Primitives: CpuPrimitives {
 
     /// Sets or clears the current task's pending flag.
     fn set_task_barriers_pending(&self, pending: bool);
+
+    /// Lends the `count` consecutive entries from `first` (inside one
+    /// table) as cells, so that a run inside a lazy section is one loop of
+    /// plain loads and stores. `None`, the default, when every store must
+    /// go through [`write_pte`](Arm64Primitives::write_pte): to be counted
+    /// (a model, a recording), or because a hardware walker updates the
+    /// memory concurrently.
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        let _ = (first, count);
+        None
+    }
 }
 
 impl<P: Arm64Primitives + ?Sized> Arm64Primitives for &P {
@@ -199,6 +212,9 @@ impl<P: Arm64Primitives + ?Sized> Arm64Primitives for &P {
     }
     fn set_task_barriers_pending(&self, pending: bool) {
         (**self).set_task_barriers_pending(pending)
+    }
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        (**self).run_cells(first, count)
     }
 }
 
@@ -338,7 +354,10 @@ impl<P: Arm64Primitives> PteAccess for Arm64<P> {
     fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
         let stores = self.run_of_stores(
             |stores| {
-                stores.write_entries(first, count, step);
+                match stores.0.run_cells(first.entry, count) {
+                    Some(cells) => runs::cells::fill(cells, first.value, step),
+                    None => runs::write_entries_each(stores, first, count, step),
+                }
                 RunChanges::default()
             },
             |_| count > 0 && Self::needs_barriers(&first),
@@ -466,6 +485,13 @@ impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
 /// what a run writes before its one decision.
 struct Stores<'a, P>(&'a P);
 
+impl<P: Arm64Primitives> Stores<'_, P> {
+    #[inline]
+    fn cells(&self, run: &PteRun) -> Option<&[Cell<u64>]> {
+        self.0.run_cells(run.entry, run.count)
+    }
+}
+
 impl<P: Arm64Primitives> PteAccess for Stores<'_, P> {
     #[inline]
     fn read_entry(&self, entry: PhysAddr) -> u64 {
@@ -516,14 +542,19 @@ impl<P: Arm64Primitives> Arm64<P> {
 }
 
 /// Runs of entries inside a lazy section are plain stores with one barrier
-/// decision ([`Arm64::run_of_stores`]).
+/// decision ([`Arm64::run_of_stores`]): one loop over the entries where
+/// the primitives lend them ([`Arm64Primitives::run_cells`],
+/// [`runs::cells`]), the per-entry functions over plain stores otherwise.
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
 
     fn clear_ptes(&self, run: PteRun) -> RunChanges {
         // Clearing never needs the barriers.
         self.run_of_stores(
-            |stores| runs::clear_ptes_each::<Aarch64, _>(stores, run),
+            |stores| match stores.cells(&run) {
+                Some(cells) => runs::cells::clear::<Aarch64>(cells),
+                None => runs::clear_ptes_each::<Aarch64, _>(stores, run),
+            },
             |_| false,
         )
         .unwrap_or_else(|| runs::clear_ptes_each::<Aarch64, _>(self, run))
@@ -531,7 +562,10 @@ impl<P: Arm64Primitives> Backend for Arm64<P> {
 
     fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
         self.run_of_stores(
-            |stores| runs::protect_ptes_each::<Aarch64, _>(stores, run, protection),
+            |stores| match stores.cells(&run) {
+                Some(cells) => runs::cells::protect::<Aarch64>(cells, protection),
+                None => runs::protect_ptes_each::<Aarch64, _>(stores, run, protection),
+            },
             |changes| changes.count() > 0 && Self::run_needs_barriers(&run),
         )
         .unwrap_or_else(|| runs::protect_ptes_each::<Aarch64, _>(self, run, protection))
@@ -539,7 +573,12 @@ impl<P: Arm64Primitives> Backend for Arm64<P> {
 
     fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
         self.run_of_stores(
-            |stores| runs::copy_ptes_each::<Aarch64, _>(stores, parent, child, kind),
+            |stores| match (stores.cells(&parent), stores.cells(&child)) {
+                (Some(from), Some(to)) => {
+                    runs::cells::copy::<Aarch64>(from, to, parent.level, kind)
+                }
+                _ => runs::copy_ptes_each::<Aarch64, _>(stores, parent, child, kind),
+            },
             |changes| {
                 (changes.count() > 0 && Self::run_needs_barriers(&parent))
                     || (changes.copied > 0 && Self::run_needs_barriers(&child))
@@ -550,9 +589,126 @@ impl<P: Arm64Primitives> Backend for Arm64<P> {
 
     fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
         self.run_of_stores(
-            |stores| runs::move_ptes_each::<Aarch64, _>(stores, from, to),
+            |stores| match (stores.cells(&from), stores.cells(&to)) {
+                (Some(source), Some(target)) => runs::cells::moves::<Aarch64>(source, target),
+                _ => runs::move_ptes_each::<Aarch64, _>(stores, from, to),
+            },
             |changes| changes.count() > 0 && Self::run_needs_barriers(&to),
         )
         .unwrap_or_else(|| runs::move_ptes_each::<Aarch64, _>(self, from, to))
+    }
+}
+
+#[cfg(all(feature = "testing", feature = "alloc"))]
+pub use host::HostArm64;
+
+#[cfg(all(feature = "testing", feature = "alloc"))]
+mod host {
+    use core::cell::Cell;
+
+    use super::{Arm64Primitives, Dsb};
+    use crate::addr::{PhysAddr, SpaceId, VirtAddr};
+    use crate::backend::machine::{BackendBug, CpuPrimitives};
+    use crate::cpu::{Cpu, CpuId};
+    use crate::pgtable::memory::PageTableMemory;
+
+    /// One arm64 CPU over host page-table memory `M`, for host tests and
+    /// benchmarks of the AArch64 format: entries are stored to `M` (and
+    /// runs of them lent from it), barriers and TLB invalidations only
+    /// counted, one task's pending-barrier flag kept, backend bugs
+    /// counted.
+    #[derive(Debug)]
+    pub struct HostArm64<M> {
+        memory: M,
+        pending: Cell<bool>,
+        preempt: Cell<u32>,
+        barriers: Cell<u64>,
+        invalidations: Cell<u64>,
+        bugs: Cell<u64>,
+    }
+
+    impl<M: PageTableMemory> HostArm64<M> {
+        /// A CPU storing entries to `memory`.
+        pub fn new(memory: M) -> Self {
+            HostArm64 {
+                memory,
+                pending: Cell::new(false),
+                preempt: Cell::new(0),
+                barriers: Cell::new(0),
+                invalidations: Cell::new(0),
+                bugs: Cell::new(0),
+            }
+        }
+
+        /// `dsb` and `isb` issued so far.
+        pub fn barriers(&self) -> u64 {
+            self.barriers.get()
+        }
+
+        /// `tlbi` operations issued so far.
+        pub fn invalidations(&self) -> u64 {
+            self.invalidations.get()
+        }
+
+        /// Backend bugs reported so far.
+        pub fn bugs(&self) -> u64 {
+            self.bugs.get()
+        }
+    }
+
+    impl<M: PageTableMemory> Cpu for HostArm64<M> {
+        fn cpu_id(&self) -> CpuId {
+            CpuId::new(0)
+        }
+        fn in_interrupt(&self) -> bool {
+            false
+        }
+        fn preempt_disable(&self) {
+            self.preempt.set(self.preempt.get() + 1);
+        }
+        fn preempt_enable(&self) {
+            let depth = self.preempt.get();
+            assert!(depth > 0, "preempt_enable without preempt_disable");
+            self.preempt.set(depth - 1);
+        }
+    }
+
+    impl<M: PageTableMemory> CpuPrimitives for HostArm64<M> {
+        #[inline]
+        fn read_pte(&self, entry: PhysAddr) -> u64 {
+            self.memory.read(entry)
+        }
+        fn report(&self, _: BackendBug) {
+            self.bugs.set(self.bugs.get() + 1);
+        }
+    }
+
+    impl<M: PageTableMemory> Arm64Primitives for HostArm64<M> {
+        #[inline]
+        fn write_pte(&self, entry: PhysAddr, value: u64) {
+            self.memory.write(entry, value);
+        }
+        fn dsb(&self, _: Dsb) {
+            self.barriers.set(self.barriers.get() + 1);
+        }
+        fn isb(&self) {
+            self.barriers.set(self.barriers.get() + 1);
+        }
+        fn tlbi_va(&self, _: SpaceId, _: VirtAddr, _: bool) {
+            self.invalidations.set(self.invalidations.get() + 1);
+        }
+        fn tlbi_asid(&self, _: SpaceId) {
+            self.invalidations.set(self.invalidations.get() + 1);
+        }
+        fn task_barriers_pending(&self) -> bool {
+            self.pending.get()
+        }
+        fn set_task_barriers_pending(&self, pending: bool) {
+            self.pending.set(pending);
+        }
+        #[inline]
+        fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+            self.memory.run_cells(first, count)
+        }
     }
 }

@@ -364,6 +364,17 @@ pub mod cells {
     use crate::pgtable::format::{Attributes, Entry, Format};
     use crate::pgtable::ops::CopyKind;
 
+    /// [`write_entries_each`](super::write_entries_each) over `run`: entry
+    /// `i` gets `value + i * step` (`set_ptes`).
+    #[inline]
+    pub fn fill(run: &[Cell<u64>], value: u64, step: u64) {
+        let mut next = value;
+        for cell in run {
+            cell.set(next);
+            next = next.wrapping_add(step);
+        }
+    }
+
     /// [`clear_ptes_each`](super::clear_ptes_each) over `run`.
     #[inline]
     pub fn clear<F: Format>(run: &[Cell<u64>]) -> RunChanges {

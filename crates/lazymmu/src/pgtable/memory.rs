@@ -231,13 +231,8 @@ mod host {
             self.cell(entry).replace(value)
         }
         fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
-            let Some(run) = self.run_cells(first, count) else {
-                return;
-            };
-            let mut next = value;
-            for cell in run {
-                cell.set(next);
-                next = next.wrapping_add(step);
+            if let Some(run) = self.run_cells(first, count) {
+                crate::backend::runs::cells::fill(run, value, step);
             }
         }
 
