@@ -375,38 +375,73 @@ pub mod cells {
         }
     }
 
+    /// Calls `each` on the positions `0..len` in order and marks those it
+    /// returns `Some(true)` for, until it returns `None` (the run stops
+    /// there). The marks of 64 positions gather in a register before they
+    /// are stored, so that no entry waits on the previous one's mark.
+    #[inline(always)]
+    fn mark_each(len: usize, mut each: impl FnMut(usize) -> Option<bool>) -> RunChanges {
+        let mut changes = RunChanges::default();
+        for (w, marks) in changes.mask.iter_mut().enumerate() {
+            let base = w * 64;
+            if base >= len {
+                break;
+            }
+            let mut word = 0u64;
+            for j in 0..(len - base).min(64) {
+                match each(base + j) {
+                    Some(changed) => word |= u64::from(changed) << j,
+                    None => {
+                        *marks = word;
+                        changes.stopped = Some(base + j);
+                        return changes;
+                    }
+                }
+            }
+            *marks = word;
+        }
+        changes
+    }
+
     /// [`clear_ptes_each`](super::clear_ptes_each) over `run`.
     #[inline]
     pub fn clear<F: Format>(run: &[Cell<u64>]) -> RunChanges {
-        let mut changes = RunChanges::default();
-        for (i, cell) in run.iter().enumerate() {
-            let old = cell.get();
-            if F::is_valid(old) {
-                cell.set(0);
-                changes.dirty += u64::from(old & F::DIRTY_BIT != 0);
-                changes.mark(i);
+        let mut dirty = 0;
+        let mut changes = mark_each(run.len(), |i| {
+            let old = run[i].get();
+            let valid = F::is_valid(old);
+            if valid {
+                run[i].set(0);
+                dirty += u64::from(old & F::DIRTY_BIT != 0);
             }
-        }
+            Some(valid)
+        });
+        changes.dirty = dirty;
         changes
     }
 
     /// [`protect_ptes_each`](super::protect_ptes_each) over `run`.
     #[inline]
     pub fn protect<F: Format>(run: &[Cell<u64>], protection: &NewProtection) -> RunChanges {
-        let mut changes = RunChanges::default();
-        for (i, cell) in run.iter().enumerate() {
-            let old = cell.get();
+        mark_each(run.len(), |i| {
+            let old = run[i].get();
             let new = protection.apply(old);
-            if F::is_valid(old) && new != old {
-                cell.set(new);
-                changes.mark(i);
+            let changed = F::is_valid(old) && new != old;
+            if changed {
+                run[i].set(new);
             }
-        }
-        changes
+            Some(changed)
+        })
     }
 
     /// [`copy_ptes_each`](super::copy_ptes_each) from `parent` into
     /// `child` (two runs of the same length).
+    ///
+    /// What [`copy_entry`](super::copy_entry) stores is a function of the
+    /// entry's bits outside its address (decoding and encoding keep the
+    /// address bits as they are), so the values are worked out once per
+    /// distinct attribute bits in the run ([`CopyValues`]), which in a run
+    /// of one mapping is once.
     #[inline]
     pub fn copy<F: Format>(
         parent: &[Cell<u64>],
@@ -414,56 +449,98 @@ pub mod cells {
         level: u8,
         kind: CopyKind,
     ) -> RunChanges {
-        let mut changes = RunChanges::default();
-        for (i, (from, to)) in parent.iter().zip(child).enumerate() {
-            let current = from.get();
+        let child = &child[..parent.len()];
+        let mut copied = 0;
+        let mut values: Option<CopyValues> = None;
+        let mut changes = mark_each(parent.len(), |i| {
+            let current = parent[i].get();
             if !F::is_valid(current) {
-                continue;
+                return Some(false);
             }
-            if F::is_valid(to.get()) {
-                changes.stopped = Some(i);
-                break;
+            if F::is_valid(child[i].get()) {
+                return None;
             }
-            let Entry::Leaf { phys, size, attrs } = F::decode(current, level) else {
-                continue;
+            let copy = match values {
+                Some(copy) if copy.key == current & !copy.address => copy,
+                _ => *values.insert(CopyValues::of::<F>(current, level, kind)),
             };
-            let attrs = if kind == CopyKind::Private && attrs.writable {
-                let attrs = attrs.read_only();
-                from.set(F::encode_leaf(phys, size, attrs));
-                changes.mark(i);
-                attrs
-            } else {
-                attrs
+            let Some((child_bits, parent_bits)) = copy.values else {
+                return Some(false);
             };
-            let child_attrs = Attributes {
-                accessed: false,
-                dirty: attrs.dirty && kind == CopyKind::Private,
-                ..attrs
-            };
-            to.set(F::encode_leaf(phys, size, child_attrs));
-            changes.copied += 1;
-        }
+            let address = current & copy.address;
+            if let Some(parent_bits) = parent_bits {
+                parent[i].set(parent_bits | address);
+            }
+            child[i].set(child_bits | address);
+            copied += 1;
+            Some(parent_bits.is_some())
+        });
+        changes.copied = copied;
         changes
+    }
+
+    /// What a copy stores for entries whose bits outside the address are
+    /// `key`.
+    #[derive(Clone, Copy, Debug)]
+    struct CopyValues {
+        key: u64,
+        /// The leaf's address bits.
+        address: u64,
+        /// The child's bits and, when the parent is write-protected, the
+        /// parent's (both without the address); `None` for an entry that is
+        /// not a leaf.
+        values: Option<(u64, Option<u64>)>,
+    }
+
+    impl CopyValues {
+        /// Worked out as [`copy_entry`](super::copy_entry) does, for the
+        /// present entry `current`.
+        fn of<F: Format>(current: u64, level: u8, kind: CopyKind) -> Self {
+            let Entry::Leaf { size, attrs, .. } = F::decode(current, level) else {
+                // Not a leaf: nothing copied, whatever its bits; compared
+                // on all of them.
+                return CopyValues {
+                    key: current,
+                    address: 0,
+                    values: None,
+                };
+            };
+            let address = F::leaf_address_mask(size);
+            let downgrade = kind == CopyKind::Private && attrs.writable;
+            let attrs = if downgrade { attrs.read_only() } else { attrs };
+            let parent = downgrade.then(|| F::leaf_template(size, attrs));
+            let child = F::leaf_template(
+                size,
+                Attributes {
+                    accessed: false,
+                    dirty: attrs.dirty && kind == CopyKind::Private,
+                    ..attrs
+                },
+            );
+            CopyValues {
+                key: current & !address,
+                address,
+                values: Some((child, parent)),
+            }
+        }
     }
 
     /// [`move_ptes_each`](super::move_ptes_each) from `from` to `to` (two
     /// runs of the same length).
     #[inline]
     pub fn moves<F: Format>(from: &[Cell<u64>], to: &[Cell<u64>]) -> RunChanges {
-        let mut changes = RunChanges::default();
-        for (i, (source, target)) in from.iter().zip(to).enumerate() {
-            let old = source.get();
+        let to = &to[..from.len()];
+        mark_each(from.len(), |i| {
+            let old = from[i].get();
             if !F::is_valid(old) {
-                continue;
+                return Some(false);
             }
-            if F::is_valid(target.get()) {
-                changes.stopped = Some(i);
-                break;
+            if F::is_valid(to[i].get()) {
+                return None;
             }
-            source.set(0);
-            target.set(old);
-            changes.mark(i);
-        }
-        changes
+            from[i].set(0);
+            to[i].set(old);
+            Some(true)
+        })
     }
 }
