@@ -167,6 +167,11 @@ impl NewProtection {
         }
     }
 
+    /// The address bits the protection keeps.
+    pub fn address(&self) -> u64 {
+        self.address
+    }
+
     /// The leaf `old` with the new attributes and its own dirty and
     /// accessed bits.
     #[inline]
@@ -403,9 +408,75 @@ pub mod cells {
         changes
     }
 
+    /// Every entry of a run of `len` marked.
+    fn all_marked(len: usize) -> RunChanges {
+        let mut changes = RunChanges::default();
+        for (w, marks) in changes.mask.iter_mut().enumerate() {
+            *marks = match len.saturating_sub(w * 64) {
+                0 => 0,
+                n if n >= 64 => u64::MAX,
+                n => (1 << n) - 1,
+            };
+        }
+        changes
+    }
+
+    /// The bits outside `address` that every entry of `run` has, when
+    /// every entry is valid and they all have the same: a run of one
+    /// mapping, as a map leaves it. The check and the loops that then do
+    /// the same to every entry have no branch per entry, so the compiler
+    /// makes vector code of them; other runs take the loops with a test
+    /// per entry.
+    #[inline]
+    fn uniform<F: Format>(run: &[Cell<u64>], address: u64) -> Option<u64> {
+        let key = run.first()?.get() & !address;
+        let (differ, valid) = run.iter().fold((0, true), |(differ, valid), cell| {
+            let value = cell.get();
+            (
+                differ | ((value & !address) ^ key),
+                valid & F::is_valid(value),
+            )
+        });
+        (differ == 0 && valid).then_some(key)
+    }
+
+    /// Whether no entry of `run` is valid (a destination that takes a
+    /// whole run).
+    #[inline]
+    fn all_invalid<F: Format>(run: &[Cell<u64>]) -> bool {
+        run.iter()
+            .fold(true, |none, cell| none & !F::is_valid(cell.get()))
+    }
+
+    /// Whether every entry of `run` is valid.
+    #[inline]
+    fn all_valid<F: Format>(run: &[Cell<u64>]) -> bool {
+        run.iter()
+            .fold(true, |all, cell| all & F::is_valid(cell.get()))
+    }
+
+    /// The address bits of a 4 KiB leaf of `F` that hold none of the
+    /// bits a run operation tests (validity excepted, which is tested on
+    /// every entry): only then is a uniform run's outcome a function of
+    /// its shared bits.
+    fn leaf_address<F: Format>(tested: u64) -> Option<u64> {
+        let address = F::leaf_address_mask(crate::addr::PageSize::Size4K);
+        (address & tested == 0).then_some(address)
+    }
+
     /// [`clear_ptes_each`](super::clear_ptes_each) over `run`.
     #[inline]
     pub fn clear<F: Format>(run: &[Cell<u64>]) -> RunChanges {
+        if let Some(key) = leaf_address::<F>(F::DIRTY_BIT).and_then(|a| uniform::<F>(run, a)) {
+            fill(run, 0, 0);
+            let mut changes = all_marked(run.len());
+            changes.dirty = if key & F::DIRTY_BIT != 0 {
+                run.len() as u64
+            } else {
+                0
+            };
+            return changes;
+        }
         let mut dirty = 0;
         let mut changes = mark_each(run.len(), |i| {
             let old = run[i].get();
@@ -423,6 +494,21 @@ pub mod cells {
     /// [`protect_ptes_each`](super::protect_ptes_each) over `run`.
     #[inline]
     pub fn protect<F: Format>(run: &[Cell<u64>], protection: &NewProtection) -> RunChanges {
+        let tested = protection.dirty_bit | protection.accessed_bit;
+        let address = protection.address();
+        if let Some(key) = leaf_address::<F>(tested)
+            .filter(|&leaf| leaf == address)
+            .and_then(|a| uniform::<F>(run, a))
+        {
+            let new = protection.apply(key);
+            if new == key {
+                return RunChanges::default();
+            }
+            for cell in run {
+                cell.set(new | (cell.get() & address));
+            }
+            return all_marked(run.len());
+        }
         mark_each(run.len(), |i| {
             let old = run[i].get();
             let new = protection.apply(old);
@@ -450,6 +536,34 @@ pub mod cells {
         kind: CopyKind,
     ) -> RunChanges {
         let child = &child[..parent.len()];
+        let uniform = leaf_address::<F>(0)
+            .filter(|_| level == 1)
+            .and_then(|a| uniform::<F>(parent, a));
+        if let (Some(_), true) = (uniform, all_invalid::<F>(child)) {
+            let copy = CopyValues::of::<F>(parent[0].get(), level, kind);
+            let Some((child_bits, parent_bits)) = copy.values else {
+                return RunChanges::default();
+            };
+            let address = copy.address;
+            let mut changes = match parent_bits {
+                Some(parent_bits) => {
+                    for (from, to) in parent.iter().zip(child) {
+                        let value = from.get() & address;
+                        from.set(parent_bits | value);
+                        to.set(child_bits | value);
+                    }
+                    all_marked(parent.len())
+                }
+                None => {
+                    for (from, to) in parent.iter().zip(child) {
+                        to.set(child_bits | (from.get() & address));
+                    }
+                    RunChanges::default()
+                }
+            };
+            changes.copied = parent.len() as u64;
+            return changes;
+        }
         let mut copied = 0;
         let mut values: Option<CopyValues> = None;
         let mut changes = mark_each(parent.len(), |i| {
@@ -530,6 +644,13 @@ pub mod cells {
     #[inline]
     pub fn moves<F: Format>(from: &[Cell<u64>], to: &[Cell<u64>]) -> RunChanges {
         let to = &to[..from.len()];
+        if all_valid::<F>(from) && all_invalid::<F>(to) {
+            for (source, target) in from.iter().zip(to) {
+                target.set(source.get());
+                source.set(0);
+            }
+            return all_marked(from.len());
+        }
         mark_each(from.len(), |i| {
             let old = from[i].get();
             if !F::is_valid(old) {

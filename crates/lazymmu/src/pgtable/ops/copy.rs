@@ -1,6 +1,6 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
-use super::descend::{one_entry, pte_run, ptes, Slot, Visit};
+use super::descend::{one_entry, pte_run, ptes, Invalidated, Slot, Visit};
 use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::runs;
@@ -224,10 +224,9 @@ where
         };
         job.summary.copied[0] += changes.copied;
         job.summary.write_protected += changes.count();
-        for i in changes.marked() {
-            let va = start + ((i as u64) << 12);
-            gather.add_page(Self::canonical(va, job.high), PageSize::Size4K);
-        }
+        // The gather keeps one extent per page size, so the pages
+        // write-protected add as the range from the first to the last.
+        Invalidated::of_run(start, &changes).gather::<F, _, _, _>(job.high, gather);
         match changes.stopped {
             Some(i) => Err(Stop::Occupied(start + ((i as u64) << 12))),
             None => Ok(()),
