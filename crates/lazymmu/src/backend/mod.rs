@@ -5,7 +5,10 @@
 //! write goes through [`PteAccess`], so a backend can batch the write (Xen
 //! PV multicalls, s390 IPTE), attach a side effect to it (arm64 barriers,
 //! powerpc hash invalidations) or wrap it in a key-register window
-//! (protected page tables). TLB invalidations go through [`TlbFlush`].
+//! (protected page tables). A run of consecutive entries of one PTE table
+//! goes to [`Backend`]'s run methods in one call ([`runs`]), which loop
+//! over the per-entry path unless the backend has a better loop. TLB
+//! invalidations go through [`TlbFlush`].
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
 //!
