@@ -350,7 +350,9 @@ impl<P: Arm64Primitives> PteAccess for Arm64<P> {
         }
     }
 
-    /// `__set_ptes_anysz`: see [`Arm64::run_of_stores`].
+    /// `__set_ptes_anysz` (arch/arm64/include/asm/pgtable.h): inside a lazy
+    /// section the run is stored and its barriers decided once;
+    /// elsewhere entry by entry.
     fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
         let stores = self.run_of_stores(
             |stores| {
@@ -542,9 +544,10 @@ impl<P: Arm64Primitives> Arm64<P> {
 }
 
 /// Runs of entries inside a lazy section are plain stores with one barrier
-/// decision ([`Arm64::run_of_stores`]): one loop over the entries where
-/// the primitives lend them ([`Arm64Primitives::run_cells`],
-/// [`runs::cells`]), the per-entry functions over plain stores otherwise.
+/// decision (`__set_ptes_anysz`'s one `__set_pte_complete`): one loop over
+/// the entries where the primitives lend them
+/// ([`Arm64Primitives::run_cells`], [`runs::cells`]), the per-entry
+/// functions over plain stores otherwise.
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
 

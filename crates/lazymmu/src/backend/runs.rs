@@ -526,7 +526,7 @@ pub mod cells {
     /// What [`copy_entry`](super::copy_entry) stores is a function of the
     /// entry's bits outside its address (decoding and encoding keep the
     /// address bits as they are), so the values are worked out once per
-    /// distinct attribute bits in the run ([`CopyValues`]), which in a run
+    /// distinct attribute bits in the run, which in a run
     /// of one mapping is once.
     #[inline]
     pub fn copy<F: Format>(
