@@ -399,6 +399,10 @@ impl<B: Backend> ContextSwitch for Observed<B> {
 
 impl<B: Backend> Backend for Observed<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }
 
 /// A lazy mode with the caller-side contract checked: misuse is a

@@ -18,13 +18,13 @@ use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::cpu::CpuId;
 use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
 use lazymmu::mode::{ArchHooks, LazyMode};
-use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::format::{Attributes, Format, Protection};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, PageTables};
+use lazymmu::pgtable::ops::{ApplyMode, CopyKind, Mmu, PageTables, VaRange};
 
 use crate::events::EventKind;
 use crate::invariant::Invariant;
-use crate::machine::{tables_under, walk, Access, Kernel, Machine, SimCpu, SimFrames, SimMemory};
+use crate::machine::{tables_under, walk, Access, Kernel, Machine, SimCpu, SimFrames};
 use crate::observed::{Checks, Observed};
 use crate::scenario::{RunConfig, WorkloadKind};
 use lazymmu::backend::protected::{KeyFlavour, KeyFrame, KeySlots, Protected};
@@ -124,7 +124,6 @@ struct Program {
 /// The run's world: machine, library objects and programs.
 pub struct World<F, B, L> {
     machine: Rc<Machine>,
-    memory: SimMemory,
     backend: Rc<B>,
     lazy: L,
     lazy_tlb: LazyTlb<SimCpu>,
@@ -159,17 +158,14 @@ where
         lazy: L,
         policy: LazyTlbPolicy,
     ) -> Rc<Self> {
-        let memory = SimMemory::new(machine.clone());
         let kernel_frames = SimFrames::new(machine.clone(), SpaceId::KERNEL);
-        // SAFETY: the machine's frames are its page-table memory.
-        let kernel_root = unsafe { allocate_root(&memory, &kernel_frames) }
+        let kernel_root = Self::new_root(&backend, &lazy, &kernel_frames, SpaceId::KERNEL, true)
             .expect("physical memory holds at least the kernel root");
         machine.set_walker(walk::<F>, kernel_root, F::is_kernel);
         machine.set_table_finder(tables_under::<F>);
         let lazy_tlb = LazyTlb::new(SimCpu::new(machine.clone()), policy);
         let world = Rc::new(Self {
             machine: machine.clone(),
-            memory,
             backend,
             lazy,
             lazy_tlb,
@@ -189,8 +185,7 @@ where
         for i in 0..tasks {
             let space = SpaceId(i as u32 + 1);
             let frames = SimFrames::new(machine.clone(), space);
-            // SAFETY: the machine's frames are its page-table memory.
-            let root = unsafe { allocate_root(&world.memory, &frames) }
+            let root = Self::new_root(&world.backend, &world.lazy, &frames, space, false)
                 .expect("physical memory holds every task's root");
             machine.set_space_root(space, root);
             let task = machine.add_task(&format!("t{i}"), space, CpuId::new(i), true);
@@ -198,9 +193,14 @@ where
             let child = (config.workload == WorkloadKind::Fork).then(|| {
                 let child_space = SpaceId((tasks + i) as u32 + 1);
                 let child_frames = SimFrames::new(machine.clone(), child_space);
-                // SAFETY: as above.
-                let child_root = unsafe { allocate_root(&world.memory, &child_frames) }
-                    .expect("physical memory holds every child's root");
+                let child_root = Self::new_root(
+                    &world.backend,
+                    &world.lazy,
+                    &child_frames,
+                    child_space,
+                    false,
+                )
+                .expect("physical memory holds every child's root");
                 machine.set_space_root(child_space, child_root);
                 machine.set_task_writes_to(task, Some(child_space));
                 (child_space, child_root, child_frames)
@@ -296,19 +296,53 @@ where
         self.backend.updates() - self.base_updates.get()
     }
 
-    fn kernel_tables(&self) -> PageTables<'_, F, SimMemory, B, L, SimFrames> {
-        // SAFETY: the kernel root and frames are the machine's page-table
-        // memory, which the library alone changes.
+    /// The MMU whose tables come from `frames`.
+    fn mmu<'a>(backend: &'a B, lazy: &'a L, frames: &'a SimFrames) -> Mmu<'a, B, L, SimFrames> {
+        // SAFETY: the frames are the machine's page-table memory, which is
+        // the backend's (its CPU primitives store to the machine), and
+        // which the library alone changes; `lazy` drives the backend's
+        // hooks.
+        unsafe { Mmu::new(backend, lazy, frames, FlushScope::Local) }
+    }
+
+    /// A new, empty root for `space` from `frames`, for the upper half's
+    /// tree (`upper`) or the lower's; the world keeps it (programs and the
+    /// kernel borrow it per step).
+    fn new_root(
+        backend: &B,
+        lazy: &L,
+        frames: &SimFrames,
+        space: SpaceId,
+        upper: bool,
+    ) -> Option<PhysAddr> {
+        let tables = Self::mmu(backend, lazy, frames)
+            .new_tables(space, VaRange::for_format::<F>(upper))
+            .ok()?;
+        Some(tables.into_root())
+    }
+
+    /// The tree at `root`, borrowed: the world owns every root.
+    fn tables<'a>(
+        &'a self,
+        root: PhysAddr,
+        space: SpaceId,
+        frames: &'a SimFrames,
+        upper: bool,
+    ) -> PageTables<'a, B, L, SimFrames> {
+        // SAFETY: `root` is one of the world's roots, made by `new_root`
+        // from these frames, and stays allocated while the world lives
+        // (only an exit destroys a program's, and it never uses it again).
         unsafe {
-            PageTables::new(
-                self.kernel_root,
-                SpaceId::KERNEL,
-                &self.memory,
-                &*self.backend,
-                &self.lazy,
-                &self.kernel_frames,
+            Self::mmu(&self.backend, &self.lazy, frames).tables_at(
+                root,
+                space,
+                VaRange::for_format::<F>(upper),
             )
         }
+    }
+
+    fn kernel_tables(&self) -> PageTables<'_, B, L, SimFrames> {
+        self.tables(self.kernel_root, SpaceId::KERNEL, &self.kernel_frames, true)
     }
 
     fn all_cpus(&self) -> FlushScope {
@@ -351,18 +385,7 @@ where
         p.unit += 1;
         self.progress.borrow_mut()[p.index as usize] = (p.unit, p.destroyed);
         let frames = p.frames.clone();
-        // SAFETY: the task's root and frames are the machine's page-table
-        // memory, which the library alone changes.
-        let tables = unsafe {
-            PageTables::<F, _, _, _, _>::new(
-                p.root,
-                p.space,
-                &self.memory,
-                &*self.backend,
-                &self.lazy,
-                &frames,
-            )
-        };
+        let tables = self.tables(p.root, p.space, &frames, false);
         let base = self.user_base(p);
         let user = matches!(
             self.config.workload,
@@ -427,23 +450,13 @@ where
             .log(EventKind::Unit(self.config.workload.name()));
         match self.config.workload {
             WorkloadKind::Fork => {
-                let Some((child_space, child_root, _)) = &p.child else {
+                let Some((child_space, child_root, child_frames)) = &p.child else {
                     return false;
                 };
+                let child = self.tables(*child_root, *child_space, child_frames, false);
                 self.touch(p.space, va, 8);
                 let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                // SAFETY: the child root is a frame of the machine's
-                // page-table memory, like the parent's.
-                let r = unsafe {
-                    tables.copy_to(
-                        *child_root,
-                        *child_space,
-                        VirtAddr(va),
-                        len,
-                        CopyKind::Private,
-                        &mut gather,
-                    )
-                };
+                let r = tables.copy_to(&child, VirtAddr(va), len, CopyKind::Private, &mut gather);
                 self.check(r.map(|_| ()), "fork copy");
                 drop(gather);
                 unit + 1 < units
@@ -470,7 +483,7 @@ where
                         self.progress.borrow_mut()[p.index as usize].1 = true;
                         let mut gather =
                             Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                        let r = tables.destroy(false, &mut gather);
+                        let r = tables.destroy(&mut gather);
                         self.check(r.map(|_| ()), "exit free tables");
                         drop(gather);
                     }
@@ -479,14 +492,14 @@ where
             }
             WorkloadKind::Mprotect => {
                 // Two passes: read-only, then writable again.
-                let attrs = if unit < units {
-                    Attributes::user_data().read_only()
+                let protection = if unit < units {
+                    Protection::read_only()
                 } else {
-                    Attributes::user_data()
+                    Protection::writable()
                 };
                 self.touch(p.space, va, 8);
                 let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.protect(VirtAddr(va), len, attrs, &mut gather);
+                let r = tables.protect(VirtAddr(va), len, protection, &mut gather);
                 self.check(r.map(|_| ()), "mprotect");
                 drop(gather);
                 unit + 1 < 2 * units
@@ -594,7 +607,7 @@ where
     /// `__kernel_map_pages`), uses the page, and unmaps it again.
     fn debug_pagealloc_unit(
         &self,
-        tables: &PageTables<'_, F, SimMemory, B, L, SimFrames>,
+        tables: &PageTables<'_, B, L, SimFrames>,
         frames: &SimFrames,
         p: &Program,
         va: u64,

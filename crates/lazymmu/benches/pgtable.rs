@@ -33,10 +33,10 @@ use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::mode::{counters::Counters, testing::TestEnv, MisusePolicy};
 use lazymmu::pgtable::allocator::{FrameAllocator, HostFrameAllocator};
 use lazymmu::pgtable::format::x86::{ACCESSED, DIRTY, WRITABLE};
-use lazymmu::pgtable::format::{Aarch64, Attributes, Format, X86_64};
+use lazymmu::pgtable::format::{Aarch64, Attributes, Format, Protection, X86_64};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::{HostMemory, PageTableMemory};
-use lazymmu::pgtable::ops::{allocate_root, CopyKind, PageTables};
+use lazymmu::pgtable::ops::{CopyKind, Mmu, PageTables, VaRange};
 use x86_64::structures::paging::{
     Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
 };
@@ -85,7 +85,7 @@ fn with_tables<F, B, R>(
     backend: &B,
     root: PhysAddr,
     op: impl FnOnce(
-        &PageTables<'_, F, HostMemory, B, Counters<TestEnv, &B>, HostFrameAllocator>,
+        &PageTables<'_, B, Counters<TestEnv, &B>, HostFrameAllocator>,
         &mut Gather<'_, B, HostFrameAllocator>,
     ) -> R,
 ) -> R
@@ -94,10 +94,12 @@ where
     B: Backend<Format = F>,
 {
     let lazy = Counters::new(TestEnv::default(), backend, MisusePolicy::Count);
-    // SAFETY: the root and the allocator's frames are frames of this host
-    // memory, used by nothing else.
-    let tables =
-        unsafe { PageTables::new(root, SPACE, &host.memory, backend, &lazy, &host.frames) };
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(backend, &lazy, &host.frames, FlushScope::Local) };
+    // SAFETY: `root` is a root `lazymmu_map` built in this memory with
+    // this allocator; the caller keeps it while this borrows it.
+    let tables = unsafe { mmu.tables_at(root, SPACE, VaRange::Lower) };
     let mut gather = Gather::new(backend, &host.frames, SPACE, FlushScope::Local);
     let result = op(&tables, &mut gather);
     drop(gather);
@@ -112,27 +114,29 @@ fn arm64_backend(host: &Host) -> Arm64<HostArm64<&HostMemory>> {
     Arm64::new(HostArm64::new(&host.memory))
 }
 
-/// Maps the 1 GiB at `va` with `backend` in a new tree and returns its
-/// root.
+/// Maps the 1 GiB at `va` with `backend` in a new tree (of the lower half,
+/// where the 1 GiB is) and returns its root.
 fn lazymmu_map<F, B>(host: &Host, backend: &B, va: u64) -> PhysAddr
 where
     F: Format,
     B: Backend<Format = F>,
 {
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    with_tables::<F, B, _>(host, backend, root, |tables, _| {
-        tables
-            .map(
-                VirtAddr(va),
-                PhysAddr(PHYS),
-                GIB,
-                Attributes::user_data(),
-                PageSize::Size4K,
-            )
-            .unwrap()
-    });
-    root
+    let lazy = Counters::new(TestEnv::default(), backend, MisusePolicy::Count);
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(backend, &lazy, &host.frames, FlushScope::Local) };
+    let tables = mmu.new_tables(SPACE, VaRange::Lower).unwrap();
+    tables
+        .map(
+            VirtAddr(va),
+            PhysAddr(PHYS),
+            GIB,
+            Attributes::user_data(),
+            PageSize::Size4K,
+        )
+        .unwrap();
+    // The caller keeps the tree: it outlives this backend.
+    tables.into_root()
 }
 
 /// A host with the 1 GiB mapped by lazymmu, x86-64.
@@ -153,8 +157,6 @@ fn on_mapped<R>(
     op: impl FnOnce(
         &PageTables<
             '_,
-            X86_64,
-            HostMemory,
             X86Backend<&HostMemory, RecordingPrimitives>,
             Counters<TestEnv, &X86Backend<&HostMemory, RecordingPrimitives>>,
             HostFrameAllocator,
@@ -359,7 +361,7 @@ fn bench_protect(c: &mut Criterion) {
             timed(iters, mapped, |m| {
                 on_mapped(m, |tables, gather| {
                     tables
-                        .protect(VirtAddr(VA), GIB, read_only, gather)
+                        .protect(VirtAddr(VA), GIB, Protection::read_only(), gather)
                         .unwrap()
                 })
             })
@@ -422,15 +424,14 @@ fn bench_copy(c: &mut Criterion) {
         b.iter_custom(|iters| {
             timed(iters, mapped, |m| {
                 on_mapped(m, |tables, gather| {
-                    // SAFETY: the host allocator hands out frames of this
-                    // host memory.
-                    let child = unsafe { allocate_root(&m.host.memory, &m.host.frames) }.unwrap();
-                    // SAFETY: `child` was just allocated from the tree's
-                    // allocator over its memory.
-                    unsafe {
-                        tables.copy_to(child, CHILD, VirtAddr(VA), GIB, CopyKind::Private, gather)
-                    }
-                    .unwrap()
+                    let child = tables.mmu().new_tables(CHILD, VaRange::Lower).unwrap();
+                    let summary = tables
+                        .copy_to(&child, VirtAddr(VA), GIB, CopyKind::Private, gather)
+                        .unwrap();
+                    // The child stays in the host memory, freed with it
+                    // after the timing.
+                    black_box(child.into_root());
+                    summary
                 })
             })
         })
@@ -523,7 +524,7 @@ fn bench_aarch64_protect(c: &mut Criterion) {
                 |(host, root)| {
                     with_tables(host, &arm64_backend(host), *root, |tables, gather| {
                         tables
-                            .protect(VirtAddr(PHYS), GIB, read_only, gather)
+                            .protect(VirtAddr(PHYS), GIB, Protection::read_only(), gather)
                             .unwrap()
                     })
                 },
@@ -576,17 +577,24 @@ fn report_tables(_: &mut Criterion) {
         .unwrap();
     let ours = Aarch64::encode_leaf(PhysAddr(PHYS), PageSize::Size4K, Attributes::user_data());
     eprintln!("aarch64 leaf: lazymmu {ours:#x}, aarch64-paging {theirs:#x}");
-    // The protect floors compute what lazymmu's protection change does.
+    // The protect floors compute what lazymmu's protection change
+    // (`Protection::read_only()` of the mapped `user_data` leaves) does.
     let read_only = Attributes::user_data().read_only();
     let (x86, aarch64) = (
-        NewProtection::new::<X86_64>(PageSize::Size4K, read_only),
-        NewProtection::new::<Aarch64>(PageSize::Size4K, read_only),
+        NewProtection::new::<X86_64>(1, Protection::read_only()),
+        NewProtection::new::<Aarch64>(1, Protection::read_only()),
     );
     for i in [0, PAGES - 1] {
         let old = mapped_entry::<X86_64>(i);
-        assert_eq!(plain_protect::<X86_64>(read_only)(old), x86.apply(old));
+        assert_eq!(
+            plain_protect::<X86_64>(read_only)(old),
+            x86.apply::<X86_64>(old)
+        );
         let old = mapped_entry::<Aarch64>(i);
-        assert_eq!(plain_protect::<Aarch64>(read_only)(old), aarch64.apply(old));
+        assert_eq!(
+            plain_protect::<Aarch64>(read_only)(old),
+            aarch64.apply::<Aarch64>(old)
+        );
     }
 }
 

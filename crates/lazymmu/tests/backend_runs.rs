@@ -21,7 +21,7 @@ use lazymmu::backend::xen_pv::XenPv;
 use lazymmu::backend::Backend;
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
-use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::format::{self, Attributes, Format};
 use lazymmu::pgtable::memory::{HostMemory, PageTableMemory};
 use lazymmu::pgtable::ops::CopyKind;
 
@@ -145,8 +145,12 @@ fn apply<B: Backend>(backend: &B, op: Op, kernel: bool, run_path: bool) -> RunCh
             ..from
         },
     };
-    let protection =
-        NewProtection::new::<B::Format>(PageSize::Size4K, Attributes::user_data().read_only());
+    // Read-only user data, never executable: what `user_data().read_only()`
+    // maps, as a change of permissions.
+    let protection = NewProtection::new::<B::Format>(
+        1,
+        format::Protection::read_only().user(true).execute(false),
+    );
     match (op, run_path) {
         (Op::Clear, true) => backend.clear_ptes(from),
         (Op::Clear, false) => runs::clear_ptes_each::<B::Format, _>(backend, from),

@@ -159,12 +159,17 @@ impl PerCpuEnvironment for SimEnv {
 #[derive(Clone, Debug)]
 pub struct SimCpu {
     machine: Rc<Machine>,
+    /// The machine's memory as this CPU stores to it.
+    memory: SimMemory,
 }
 
 impl SimCpu {
     /// The primitives of `machine`.
     pub fn new(machine: Rc<Machine>) -> Self {
-        Self { machine }
+        Self {
+            memory: SimMemory::new(machine.clone()),
+            machine,
+        }
     }
 
     /// The machine.
@@ -265,6 +270,12 @@ impl Cpu for SimCpu {
 }
 
 impl CpuPrimitives for SimCpu {
+    type Memory = SimMemory;
+
+    fn memory(&self) -> &SimMemory {
+        &self.memory
+    }
+
     #[inline]
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         let v = self.machine.read_entry(entry);

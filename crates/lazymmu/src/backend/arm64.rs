@@ -550,6 +550,10 @@ impl<P: Arm64Primitives> Arm64<P> {
 /// functions over plain stores otherwise.
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 
     fn clear_ptes(&self, run: PteRun) -> RunChanges {
         // Clearing never needs the barriers.
@@ -677,6 +681,11 @@ mod host {
     }
 
     impl<M: PageTableMemory> CpuPrimitives for HostArm64<M> {
+        type Memory = M;
+        #[inline]
+        fn memory(&self) -> &M {
+            &self.memory
+        }
         #[inline]
         fn read_pte(&self, entry: PhysAddr) -> u64 {
             self.memory.read(entry)

@@ -247,4 +247,8 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> ContextSwitch
 
 impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> Backend for FlushBatching<P, A, N> {
     type Format = A::Format;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

@@ -13,6 +13,7 @@ use core::fmt;
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 pub use crate::cpu::MAX_CPUS;
 use crate::cpu::{Cpu, CpuId};
+use crate::pgtable::memory::PageTableMemory;
 
 /// The machine operations whose counts and costs a backend determines.
 ///
@@ -131,15 +132,31 @@ impl fmt::Display for BackendBug {
 ///
 /// [`read_pte`]: CpuPrimitives::read_pte
 pub trait CpuPrimitives: Cpu {
+    /// The page-table memory the CPU's entry stores go to.
+    type Memory: PageTableMemory + ?Sized;
+
+    /// The memory the CPU's entry loads and stores reach: what a backend
+    /// over these primitives reports as [`Backend::memory`], so that page
+    /// tables zero new tables, and walk, where the primitives write.
+    ///
+    /// [`Backend::memory`]: crate::backend::Backend::memory
+    fn memory(&self) -> &Self::Memory;
+
     /// Loads the 8-byte entry at `entry` from memory, as the walker would
-    /// see it.
-    fn read_pte(&self, entry: PhysAddr) -> u64;
+    /// see it. The default reads [`CpuPrimitives::memory`].
+    fn read_pte(&self, entry: PhysAddr) -> u64 {
+        self.memory().read(entry)
+    }
 
     /// Reports a bug in how the backend is driven (see [`BackendBug`]).
     fn report(&self, bug: BackendBug);
 }
 
 impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
+    type Memory = P::Memory;
+    fn memory(&self) -> &Self::Memory {
+        (**self).memory()
+    }
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         (**self).read_pte(entry)
     }

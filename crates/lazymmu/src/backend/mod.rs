@@ -35,7 +35,9 @@
 //!
 //! A backend names the page-table format it writes
 //! ([`Backend::Format`]), so page tables of another format cannot be handed
-//! to it.
+//! to it, and the memory its entries live in ([`Backend::memory`]), which is
+//! where page tables zero their new tables and the walker reads: the tables
+//! and the backend cannot disagree about where entries are.
 
 pub mod arm64;
 pub mod flush_batch;
@@ -54,6 +56,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::cpu::CpuMask;
 use crate::mode::{ArchHooks, LazyState};
 use crate::pgtable::format::Format;
+use crate::pgtable::memory::PageTableMemory;
 use crate::pgtable::ops::CopyKind;
 use runs::{NewProtection, PteRun, RunChanges};
 
@@ -196,6 +199,15 @@ pub trait Backend: ArchHooks + PteAccess + TlbFlush + ContextSwitch {
     /// `B: Backend<Format = F>`).
     type Format: Format;
 
+    /// The page-table memory whose entries this backend reads and writes.
+    type Memory: PageTableMemory + ?Sized;
+
+    /// The memory the backend's entries live in: page tables zero new
+    /// tables in it, and their walker
+    /// ([`PageTables::translate`](crate::pgtable::ops::PageTables::translate))
+    /// reads it.
+    fn memory(&self) -> &Self::Memory;
+
     /// Clears the present entries of `run` (zap), as Linux's
     /// `get_and_clear_full_ptes`. The default is
     /// [`runs::clear_ptes_each`], the per-entry path.
@@ -292,6 +304,11 @@ impl<B: ContextSwitch + ?Sized> ContextSwitch for &B {
 
 impl<B: Backend + ?Sized> Backend for &B {
     type Format = B::Format;
+    type Memory = B::Memory;
+    #[inline]
+    fn memory(&self) -> &Self::Memory {
+        (**self).memory()
+    }
     #[inline]
     fn clear_ptes(&self, run: PteRun) -> RunChanges {
         (**self).clear_ptes(run)

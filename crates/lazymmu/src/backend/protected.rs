@@ -403,6 +403,10 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> ContextSwitch for Protected<B, K, F
 
 impl<B: Backend, K: KeySlots, F: KeyFlavour> Backend for Protected<B, K, F> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }
 
 /// `arm64-poe`: arm64 with page tables protected by POE.

@@ -423,8 +423,11 @@ impl Cpu for Recording {
 }
 
 impl CpuPrimitives for Recording {
-    fn read_pte(&self, entry: PhysAddr) -> u64 {
-        self.read_memory(entry)
+    type Memory = Recording;
+    /// The recording's own store: page tables over a backend on these
+    /// primitives live in it.
+    fn memory(&self) -> &Recording {
+        self
     }
     fn report(&self, bug: BackendBug) {
         let count = &self.bugs[bug_index(bug)];

@@ -23,9 +23,9 @@
 //!
 //! [`PageTableMemory::run_cells`]: crate::pgtable::memory::PageTableMemory::run_cells
 
-use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::addr::{PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{EntryUpdate, PteAccess};
-use crate::pgtable::format::{entry_shift, Attributes, Entry, Format};
+use crate::pgtable::format::{entry_shift, Attributes, Entry, Format, Protection};
 use crate::pgtable::ops::CopyKind;
 
 /// The longest run: a PTE table of 4 KiB entries has 512 (s390's has 256).
@@ -132,53 +132,39 @@ impl RunChanges {
     }
 }
 
-/// The leaf values of a protection change (`change_pte_range`'s
-/// `pte_modify`): the new attributes, keeping each entry's address and its
-/// own dirty and accessed bits. Computed once per operation and size.
+/// A protection change as a run applies it (`change_pte_range`'s
+/// `pte_modify`, mm/mprotect.c): the permissions [`Protection`] sets, every
+/// other bit of each entry (its address, cacheability, dirty and accessed
+/// bits) kept, as [`Format::protect_leaf`] does, for leaves of one level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NewProtection {
-    /// Templates by the old entry's dirty and accessed bits (index
-    /// `dirty * 2 + accessed`).
-    templates: [u64; 4],
+    protection: Protection,
+    level: u8,
     address: u64,
-    dirty_bit: u64,
-    accessed_bit: u64,
 }
 
 impl NewProtection {
-    /// Leaves of `size` in format `F` get `attrs`.
-    pub fn new<F: Format>(size: PageSize, attrs: Attributes) -> Self {
+    /// Leaves at `level` of format `F` get the permissions `protection`
+    /// sets.
+    pub fn new<F: Format>(level: u8, protection: Protection) -> Self {
         NewProtection {
-            templates: [(false, false), (false, true), (true, false), (true, true)].map(
-                |(dirty, accessed)| {
-                    F::leaf_template(
-                        size,
-                        Attributes {
-                            dirty,
-                            accessed,
-                            ..attrs
-                        },
-                    )
-                },
-            ),
-            address: F::leaf_address_mask(size),
-            dirty_bit: F::DIRTY_BIT,
-            accessed_bit: F::ACCESSED_BIT,
+            protection,
+            level,
+            address: F::leaf_size(level).map_or(0, F::leaf_address_mask),
         }
     }
 
-    /// The address bits the protection keeps.
+    /// The address bits of a leaf at the protection's level, which it
+    /// keeps.
     pub fn address(&self) -> u64 {
         self.address
     }
 
-    /// The leaf `old` with the new attributes and its own dirty and
-    /// accessed bits.
+    /// The entry `old` with the new permissions ([`Format::protect_leaf`]);
+    /// `old` unchanged when it is not a leaf.
     #[inline]
-    pub fn apply(&self, old: u64) -> u64 {
-        let status =
-            usize::from(old & self.dirty_bit != 0) * 2 + usize::from(old & self.accessed_bit != 0);
-        self.templates[status] | (old & self.address)
+    pub fn apply<F: Format>(&self, old: u64) -> u64 {
+        F::protect_leaf(old, self.level, self.protection)
     }
 }
 
@@ -249,14 +235,14 @@ pub fn protect_entry<F: Format, B: PteAccess + ?Sized>(
     protection: &NewProtection,
 ) -> bool {
     let current = backend.read_entry(run.entry_at(i));
-    if !F::is_valid(current) || protection.apply(current) == current {
+    if !F::is_valid(current) || protection.apply::<F>(current) == current {
         return false;
     }
     let old = backend.modify_prot_start(run.update::<F>(i, 0));
     if !F::is_valid(old) {
         return false;
     }
-    backend.modify_prot_commit(run.update::<F>(i, protection.apply(old)));
+    backend.modify_prot_commit(run.update::<F>(i, protection.apply::<F>(old)));
     true
 }
 
@@ -270,16 +256,28 @@ pub fn copy_ptes_each<F: Format, B: PteAccess + ?Sized>(
     child: PteRun,
     kind: CopyKind,
 ) -> RunChanges {
+    copy_ptes_across::<F, B, B>(backend, backend, parent, child, kind)
+}
+
+/// [`copy_ptes_each`] with the child's entries read and written through
+/// `to`, the backend of the child's tree, and the parent's through `from`.
+pub fn copy_ptes_across<F: Format, P: PteAccess + ?Sized, C: PteAccess + ?Sized>(
+    from: &P,
+    to: &C,
+    parent: PteRun,
+    child: PteRun,
+    kind: CopyKind,
+) -> RunChanges {
     let mut changes = RunChanges::default();
     for i in 0..parent.count {
-        if !F::is_valid(backend.read_entry(parent.entry_at(i))) {
+        if !F::is_valid(from.read_entry(parent.entry_at(i))) {
             continue;
         }
-        if F::is_valid(backend.read_entry(child.entry_at(i))) {
+        if F::is_valid(to.read_entry(child.entry_at(i))) {
             changes.stopped = Some(i);
             break;
         }
-        let (copied, downgraded) = copy_entry::<F, B>(backend, &parent, &child, i, kind);
+        let (copied, downgraded) = copy_entry::<F, P, C>(from, to, &parent, &child, i, kind);
         changes.copied += u64::from(copied);
         if downgraded {
             changes.mark(i);
@@ -289,33 +287,35 @@ pub fn copy_ptes_each<F: Format, B: PteAccess + ?Sized>(
 }
 
 /// Copies present entry `i` of `parent` into the empty entry `i` of
-/// `child` (`copy_present_pte`, mm/memory.c). For [`CopyKind::Private`] a
+/// `child` (`copy_present_pte`, mm/memory.c), the parent's entry through
+/// `from` and the child's through `to`. For [`CopyKind::Private`] a
 /// writable parent entry is write-protected first (get-and-clear, then
 /// write, as `ptep_set_wrprotect` must be atomic against hardware
 /// dirty-bit updates); the child's copy is old, and clean too for
 /// [`CopyKind::Shared`]. Returns whether the child got an entry and
 /// whether the parent's was write-protected (and so must be flushed).
-pub fn copy_entry<F: Format, B: PteAccess + ?Sized>(
-    backend: &B,
+pub fn copy_entry<F: Format, P: PteAccess + ?Sized, C: PteAccess + ?Sized>(
+    from: &P,
+    to: &C,
     parent: &PteRun,
     child: &PteRun,
     i: usize,
     kind: CopyKind,
 ) -> (bool, bool) {
     let level = parent.level;
-    let current = backend.read_entry(parent.entry_at(i));
+    let current = from.read_entry(parent.entry_at(i));
     let Entry::Leaf { attrs, .. } = F::decode(current, level) else {
         return (false, false);
     };
     let mut value = current;
     let mut downgraded = false;
     if kind == CopyKind::Private && attrs.writable {
-        let old = backend.get_and_clear(parent.update::<F>(i, 0));
+        let old = from.get_and_clear(parent.update::<F>(i, 0));
         let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
             return (false, false);
         };
         value = F::encode_leaf(phys, size, attrs.read_only());
-        backend.write_entry(parent.update::<F>(i, value));
+        from.write_entry(parent.update::<F>(i, value));
         downgraded = true;
     }
     let mut copied = false;
@@ -325,7 +325,7 @@ pub fn copy_entry<F: Format, B: PteAccess + ?Sized>(
             dirty: attrs.dirty && kind == CopyKind::Private,
             ..attrs
         };
-        backend.write_entry(child.update::<F>(i, F::encode_leaf(phys, size, child_attrs)));
+        to.write_entry(child.update::<F>(i, F::encode_leaf(phys, size, child_attrs)));
         copied = true;
     }
     (copied, downgraded)
@@ -492,15 +492,28 @@ pub mod cells {
     }
 
     /// [`protect_ptes_each`](super::protect_ptes_each) over `run`.
+    ///
+    /// The new value of a leaf is a function of its bits outside its
+    /// address ([`Format::protect_leaf`] keeps the address bits as they
+    /// are), so it is worked out once per distinct bits in the run, which
+    /// in a run of one mapping is once.
     #[inline]
     pub fn protect<F: Format>(run: &[Cell<u64>], protection: &NewProtection) -> RunChanges {
-        let tested = protection.dirty_bit | protection.accessed_bit;
         let address = protection.address();
-        if let Some(key) = leaf_address::<F>(tested)
-            .filter(|&leaf| leaf == address)
-            .and_then(|a| uniform::<F>(run, a))
-        {
-            let new = protection.apply(key);
+        if address & F::PERMISSION_BITS != 0 {
+            // The permissions share bits with the address: entry by entry.
+            return mark_each(run.len(), |i| {
+                let old = run[i].get();
+                let new = protection.apply::<F>(old);
+                let changed = F::is_valid(old) && new != old;
+                if changed {
+                    run[i].set(new);
+                }
+                Some(changed)
+            });
+        }
+        if let Some(key) = uniform::<F>(run, address) {
+            let new = protection.apply::<F>(key);
             if new == key {
                 return RunChanges::default();
             }
@@ -509,12 +522,20 @@ pub mod cells {
             }
             return all_marked(run.len());
         }
+        let mut last: Option<(u64, u64)> = None;
         mark_each(run.len(), |i| {
             let old = run[i].get();
-            let new = protection.apply(old);
-            let changed = F::is_valid(old) && new != old;
+            if !F::is_valid(old) {
+                return Some(false);
+            }
+            let key = old & !address;
+            let new_key = match last {
+                Some((seen, new_key)) if seen == key => new_key,
+                _ => last.insert((key, protection.apply::<F>(key))).1,
+            };
+            let changed = new_key != key;
             if changed {
-                run[i].set(new);
+                run[i].set(new_key | (old & address));
             }
             Some(changed)
         })

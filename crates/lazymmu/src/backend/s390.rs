@@ -392,4 +392,8 @@ impl<P: S390Primitives> ContextSwitch for S390<P> {
 
 impl<P: S390Primitives> Backend for S390<P> {
     type Format = S390Format;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

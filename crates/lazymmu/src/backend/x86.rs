@@ -256,6 +256,10 @@ impl<M: PageTableMemory, P: X86Primitives> ContextSwitch for X86Backend<M, P> {}
 /// ([`runs::cells`]); elsewhere (a kernel's direct map, whose swaps must be
 /// atomic) the per-entry path.
 impl<M: PageTableMemory, P: X86Primitives> Backend for X86Backend<M, P> {
+    type Memory = M;
+    fn memory(&self) -> &M {
+        &self.memory
+    }
     type Format = X86_64;
 
     #[inline]
@@ -433,10 +437,10 @@ mod recording {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", doc)))]
 pub use bare_metal::{BareMetal, BareMetalCounters, BareMetalCounts};
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", doc)))]
 mod bare_metal {
     use core::arch::asm;
     use core::sync::atomic::{AtomicU64, Ordering};

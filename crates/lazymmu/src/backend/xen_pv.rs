@@ -384,4 +384,8 @@ impl<P: XenPrimitives> ContextSwitch for XenPv<P> {
 /// Xen PV guests run on x86-64 4-level tables (PV does not support LA57).
 impl<P: XenPrimitives> Backend for XenPv<P> {
     type Format = X86_64;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

@@ -375,6 +375,33 @@ pub enum MmError {
     TaskInUse,
 }
 
+impl core::fmt::Display for MmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            MmError::SpaceFreed(space) => write!(f, "address space {} has been freed", space.0),
+            MmError::CountUnderflow(space) => {
+                write!(
+                    f,
+                    "a count of address space {} would go below zero",
+                    space.0
+                )
+            }
+            MmError::KernelSpace => {
+                f.write_str("the kernel's address space cannot be dropped or exited")
+            }
+            MmError::NoMm => f.write_str("the task has no address space of its own"),
+            MmError::NotRunning => {
+                f.write_str("the switch is not from the task running on this CPU")
+            }
+            MmError::TaskInUse => {
+                f.write_str("a task structure still in use was about to be reused")
+            }
+        }
+    }
+}
+
+impl core::error::Error for MmError {}
+
 /// What the policy did, for reports and tests.
 #[derive(Debug, Default)]
 pub struct LazyTlbStats {

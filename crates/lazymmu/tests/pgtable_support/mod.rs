@@ -99,6 +99,10 @@ impl<F> ContextSwitch for Native<'_, F> {}
 /// every format.
 impl<F: Format> Backend for Native<'_, F> {
     type Format = F;
+    type Memory = HostMemory;
+    fn memory(&self) -> &HostMemory {
+        self.inner.memory()
+    }
 
     fn clear_ptes(&self, run: PteRun) -> RunChanges {
         runs::cells::clear::<F>(self.cells(&run))

@@ -1,15 +1,16 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
+use core::fmt;
+
 use super::descend::{one_entry, pte_run, ptes, Invalidated, Slot, Visit};
-use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
-use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use crate::backend::runs;
+use super::{covers_entry, size_slot, PageTables, RangeError, Stop};
+use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::backend::runs::{self, PteRun, RunChanges};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// How the range being copied is shared (Linux decides per VMA with
 /// `is_cow_mapping`).
@@ -48,6 +49,8 @@ pub enum CopyError {
     OutOfFrames {
         /// First address not copied.
         at: VirtAddr,
+        /// Level of the table that could not be allocated.
+        level: u8,
     },
     /// The child already had an entry where the copy had to write one (a
     /// leaf, or a table where a block is to go). `[va, at)` is copied;
@@ -55,27 +58,56 @@ pub enum CopyError {
     ChildOccupied {
         /// First address not copied.
         at: VirtAddr,
+        /// Level of the child's entry in the way.
+        level: u8,
     },
 }
 
-struct Job {
-    child: PhysAddr,
-    child_space: SpaceId,
+impl fmt::Display for CopyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CopyError::Range(error) => write!(f, "copy refused: {error}"),
+            CopyError::OutOfFrames { at, level } => write!(
+                f,
+                "copy stopped at {:#x}: no frame for a level-{level} table",
+                at.0
+            ),
+            CopyError::ChildOccupied { at, level } => write!(
+                f,
+                "copy stopped at {:#x}: the child's level-{level} entry is in the way",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for CopyError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            CopyError::Range(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+struct Job<'c, C> {
+    child: &'c C,
     kind: CopyKind,
     high: bool,
     summary: CopySummary,
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
-    /// Copies the leaves of `[va, va + len)` into the tree at `child`
-    /// (address space `child_space`), allocating the child's tables. For a
+    /// Copies the leaves of `[va, va + len)` into `child` (another tree,
+    /// of another address space), allocating the child's tables from its
+    /// own [`Mmu`](super::Mmu) and writing its entries through its
+    /// backend. For a
     /// [`CopyKind::Private`] range every writable leaf is write-protected in
     /// the parent (get-and-clear, then write, as `ptep_set_wrprotect`
     /// must be atomic against hardware dirty-bit updates) and copied
@@ -84,36 +116,35 @@ where
     /// leaf the range cuts is split in the parent first.
     ///
     /// # Errors
-    /// - [`CopyError::Range`]: bad range, `gather` not the parent's, or the
-    ///   child root is the parent's.
+    /// - [`CopyError::Range`]: bad range (for the parent or, by its half,
+    ///   for the child), `gather` not the parent's, or the child of the
+    ///   parent's root or address space.
     /// - [`CopyError::OutOfFrames`], [`CopyError::ChildOccupied`]: see the
     ///   variants for what was done.
-    ///
-    /// # Safety
-    /// `child` is a root as [`PageTables::new`] requires, over this tree's
-    /// memory and allocator.
-    pub unsafe fn copy_to<G, GA, O>(
+    pub fn copy_to<CA, G, GA, O>(
         &self,
-        child: PhysAddr,
-        child_space: SpaceId,
+        child: &PageTables<'_, B, L, CA, F>,
         va: VirtAddr,
         len: u64,
         kind: CopyKind,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> Result<CopySummary, CopyError>
     where
+        CA: FrameAllocator + ?Sized,
         G: TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let span = check_range::<F>(va, len).map_err(CopyError::Range)?;
+        let span = self.span(va, len).map_err(CopyError::Range)?;
+        child.span(va, len).map_err(CopyError::Range)?;
         self.check_gather(gather).map_err(CopyError::Range)?;
-        if child == self.root || child_space == self.space {
-            return Err(CopyError::Range(RangeError::WrongSpace));
+        if child.root == self.root || child.space == self.space {
+            return Err(CopyError::Range(RangeError::ChildIsParent {
+                space: child.space,
+            }));
         }
         let mut job = Job {
             child,
-            child_space,
             kind,
             high: span.high,
             summary: CopySummary::default(),
@@ -127,10 +158,10 @@ where
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
-                    let child_table = self.child_table(va, level, &mut job)?;
+                    let child_table = Self::child_table(va, level, &mut job)?;
                     let child_entry = Self::entry(child_table, va, level);
-                    if F::is_valid(self.read(child_entry)) {
-                        return Err(Stop::Occupied(va));
+                    if F::is_valid(job.child.read(child_entry)) {
+                        return Err(Stop::Occupied { at: va, level });
                     }
                     self.copy_entry(entry, child_entry, va, level, size, &mut job, gather);
                     Ok(None)
@@ -144,47 +175,59 @@ where
         });
         match result {
             Ok(()) => Ok(job.summary),
-            Err(Stop::OutOfFrames(at)) => Err(CopyError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(CopyError::OutOfFrames {
                 at: Self::canonical(at, span.high),
+                level,
             }),
-            Err(Stop::Occupied(at) | Stop::Huge(at)) => Err(CopyError::ChildOccupied {
-                at: Self::canonical(at, span.high),
-            }),
+            Err(Stop::Occupied { at, level } | Stop::Huge { at, level }) => {
+                Err(CopyError::ChildOccupied {
+                    at: Self::canonical(at, span.high),
+                    level,
+                })
+            }
         }
     }
 
     /// The child's table at `level` for `va`, created as needed.
-    fn child_table(&self, va: u64, level: u8, job: &mut Job) -> Result<PhysAddr, Stop> {
-        // SAFETY: `copy_to`'s caller vouched for the child root.
-        let child = unsafe { self.with_root(job.child, job.child_space) };
-        let table = child.ensure_table(job.child, va, job.high, level);
-        job.summary.tables_allocated += child.tables_allocated.get();
-        table
+    fn child_table<CA: FrameAllocator + ?Sized>(
+        va: u64,
+        level: u8,
+        job: &mut Job<'_, PageTables<'_, B, L, CA, F>>,
+    ) -> Result<PhysAddr, Stop> {
+        job.child
+            .ensure_table(va, job.high, level, &mut job.summary.tables_allocated)
     }
 
     /// Copies one present parent leaf into an empty child entry
     /// ([`runs::copy_entry`]); returns whether the parent's was
     /// write-protected.
     #[allow(clippy::too_many_arguments)]
-    fn copy_entry<G, GA, O>(
+    fn copy_entry<CA, G, GA, O>(
         &self,
         entry: PhysAddr,
         child_entry: PhysAddr,
         va: u64,
         level: u8,
         size: PageSize,
-        job: &mut Job,
+        job: &mut Job<'_, PageTables<'_, B, L, CA, F>>,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> bool
     where
+        CA: FrameAllocator + ?Sized,
         G: TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
         let parent = one_entry::<F>(entry, va, job.high, level, self.space);
-        let child = one_entry::<F>(child_entry, va, job.high, level, job.child_space);
-        let (copied, downgraded) =
-            runs::copy_entry::<F, _>(self.backend, &parent, &child, 0, job.kind);
+        let child = one_entry::<F>(child_entry, va, job.high, level, job.child.space);
+        let (copied, downgraded) = runs::copy_entry::<F, _, _>(
+            self.mmu.backend,
+            job.child.mmu.backend,
+            &parent,
+            &child,
+            0,
+            job.kind,
+        );
         job.summary.copied[size_slot(size)] += u64::from(copied);
         if downgraded {
             job.summary.write_protected += 1;
@@ -196,15 +239,16 @@ where
     /// The PTE loop: one lazy section for the parent's table and the
     /// child's, the run handed to the backend whole
     /// ([`Backend::copy_ptes`]).
-    fn copy_ptes<G, GA, O>(
+    fn copy_ptes<CA, G, GA, O>(
         &self,
         table: PhysAddr,
         start: u64,
         end: u64,
-        job: &mut Job,
+        job: &mut Job<'_, PageTables<'_, B, L, CA, F>>,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> Result<(), Stop>
     where
+        CA: FrameAllocator + ?Sized,
         G: TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
@@ -215,12 +259,12 @@ where
         if !any {
             return Ok(());
         }
-        let child_table = self.child_table(start, 1, job)?;
+        let child_table = Self::child_table(start, 1, job)?;
         let changes = {
-            let _section = self.lazy.section();
+            let _section = self.mmu.lazy.section();
             let parent = pte_run::<F>(table, start, end, job.high, self.space);
-            let child = pte_run::<F>(child_table, start, end, job.high, job.child_space);
-            self.backend.copy_ptes(parent, child, job.kind)
+            let child = pte_run::<F>(child_table, start, end, job.high, job.child.space);
+            self.copy_run(parent, child, job)
         };
         job.summary.copied[0] += changes.copied;
         job.summary.write_protected += changes.count();
@@ -228,8 +272,36 @@ where
         // write-protected add as the range from the first to the last.
         Invalidated::of_run(start, &changes).gather::<F, _, _, _>(job.high, gather);
         match changes.stopped {
-            Some(i) => Err(Stop::Occupied(start + ((i as u64) << 12))),
+            Some(i) => Err(Stop::Occupied {
+                at: start + ((i as u64) << 12),
+                level: 1,
+            }),
             None => Ok(()),
+        }
+    }
+
+    /// Copies the run `parent` into `child` through the backend's run
+    /// path ([`Backend::copy_ptes`]) when both trees are on one backend,
+    /// as Linux's fork is on one machine; otherwise entry by entry, the
+    /// child's entries through the child's backend
+    /// ([`runs::copy_ptes_across`]).
+    fn copy_run<CA: FrameAllocator + ?Sized>(
+        &self,
+        parent: PteRun,
+        child: PteRun,
+        job: &Job<'_, PageTables<'_, B, L, CA, F>>,
+    ) -> RunChanges {
+        let child_backend = job.child.mmu.backend;
+        if core::ptr::addr_eq(self.mmu.backend, child_backend) {
+            self.mmu.backend.copy_ptes(parent, child, job.kind)
+        } else {
+            runs::copy_ptes_across::<F, _, _>(
+                self.mmu.backend,
+                child_backend,
+                parent,
+                child,
+                job.kind,
+            )
         }
     }
 }

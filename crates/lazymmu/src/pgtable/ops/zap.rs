@@ -1,15 +1,16 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
+use core::fmt;
+
 use super::descend::{pte_run, Invalidated, Slot, Visit};
-use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
+use super::{covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// What a zap did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,16 +37,39 @@ pub enum ZapError {
     OutOfFrames {
         /// First address not unmapped.
         at: VirtAddr,
+        /// Level of the table the split needed.
+        level: u8,
     },
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl fmt::Display for ZapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZapError::Range(error) => write!(f, "zap refused: {error}"),
+            ZapError::OutOfFrames { at, level } => write!(
+                f,
+                "zap stopped at {:#x}: no frame for the level-{level} table of a split",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ZapError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ZapError::Range(error) => Some(error),
+            ZapError::OutOfFrames { .. } => None,
+        }
+    }
+}
+
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
     /// Unmaps `[va, va + len)`: clears every leaf (splitting a huge leaf
     /// the range cuts), adds its invalidation to `gather`, and unlinks every
@@ -67,7 +91,7 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let span = check_range::<F>(va, len).map_err(ZapError::Range)?;
+        let span = self.span(va, len).map_err(ZapError::Range)?;
         self.check_gather(gather).map_err(ZapError::Range)?;
         self.zap_span(span, gather)
     }
@@ -125,7 +149,7 @@ where
                     // unlink before the gather can free the table,
                     // even when a caller's section is open.
                     {
-                        let _section = self.lazy.section();
+                        let _section = self.mmu.lazy.section();
                         self.clear_table(entry, va, high, level);
                     }
                     gather.remove_table(below, Self::canonical(va, high), level);
@@ -136,8 +160,9 @@ where
         });
         match result {
             Ok(()) => Ok(summary),
-            Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(ZapError::OutOfFrames {
                 at: Self::canonical(at, span.high),
+                level,
             }),
             Err(other) => unreachable!("zap stopped with {other:?}"),
         }
@@ -161,8 +186,9 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let _section = self.lazy.section();
+        let _section = self.mmu.lazy.section();
         let changes = self
+            .mmu
             .backend
             .clear_ptes(pte_run::<F>(table, start, end, high, self.space));
         summary.dirty += changes.dirty;
