@@ -371,3 +371,60 @@ fn arm64_over_host_memory_runs_as_it_writes_entry_by_entry() {
         }
     }
 }
+
+/// A fork onto a tree of another backend (over other memory) takes the
+/// per-entry path with the child's entries read and written through the
+/// child's backend, the parent's through the parent's: the run method of
+/// one backend would write the child's tables in the wrong memory.
+#[test]
+fn a_copy_to_a_tree_of_another_backend_writes_the_child_there() {
+    use lazymmu::host::Host;
+    use lazymmu::pgtable::format::X86_64;
+    use lazymmu::pgtable::ops::VaRange;
+    let parent_host = Host::<X86_64>::new(PhysAddr(0x10_0000), 8);
+    let child_host = Host::<X86_64>::new(PhysAddr(0x100_0000), 8);
+    let parent = parent_host.new_tables(SpaceId(1), VaRange::Lower).unwrap();
+    let child = child_host.new_tables(SpaceId(2), VaRange::Lower).unwrap();
+    let (pages, block) = (VirtAddr(0x40_0000), VirtAddr(0x60_0000));
+    let attrs = Attributes::user_data();
+    parent
+        .map(
+            pages,
+            PhysAddr(0x8000_0000),
+            16 << 12,
+            attrs,
+            PageSize::Size4K,
+        )
+        .unwrap();
+    parent
+        .map(
+            block,
+            PhysAddr(0x8020_0000),
+            2 << 20,
+            attrs,
+            PageSize::Size2M,
+        )
+        .unwrap();
+    let parent_frames = parent_host.frames().outstanding();
+    let mut gather = parent.gather();
+    let summary = parent
+        .copy_to(&child, pages, 4 << 20, CopyKind::Private, &mut gather)
+        .unwrap();
+    drop(gather);
+    assert_eq!(summary.copied, [16, 1, 0]);
+    assert_eq!(summary.write_protected, 17);
+    assert_eq!(parent_host.frames().outstanding(), parent_frames);
+    for (va, phys, size) in [
+        (pages, 0x8000_0000, PageSize::Size4K),
+        (pages.add(15 << 12), 0x8000_f000, PageSize::Size4K),
+        (block, 0x8020_0000, PageSize::Size2M),
+    ] {
+        for tree in [&parent, &child] {
+            let t = tree.translate(va).unwrap();
+            assert_eq!((t.phys, t.size), (PhysAddr(phys), size));
+            assert!(!t.attrs.writable);
+        }
+    }
+    assert_eq!(child.verify().unwrap().leaves, [16, 1, 0]);
+    assert_eq!(parent.verify().unwrap().leaves, [16, 1, 0]);
+}
