@@ -10,3 +10,5 @@ cargo test --workspace
 for example in x86_64_4level x86_64_5level aarch64; do
     cargo run -q -p lazymmu --example "$example" > /dev/null
 done
+# The largest shipped trace on every backend takes minutes unoptimised.
+cargo test --release -p lazymmu-sim --test trace_replay -- --ignored

@@ -284,10 +284,10 @@ fn a_batch_applied_in_another_tasks_context_is_caught() {
     assert_eq!(t1, m.cpu_count() + 1, "after the idle tasks and task 0");
     m.switch(CpuId(1), t1);
     m.set_cpu(CpuId(1));
-    SimCpu::new(m.clone()).mmu_update(MmuUpdate {
+    SimCpu::new(m.clone()).mmu_update(&[MmuUpdate {
         entry: pte,
         value: 0,
-    });
+    }]);
     assert_eq!(m.violations()[0].invariant, Invariant::BatchOwnership);
 }
 

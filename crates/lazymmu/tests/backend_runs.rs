@@ -35,14 +35,20 @@ const OCCUPIED: usize = 201;
 
 #[derive(Clone, Copy, Debug)]
 enum Op {
-    Clear,
+    /// Zap; `full` under a full-mm gather (exit, execve).
+    Clear {
+        full: bool,
+    },
     Protect,
     Copy(CopyKind),
-    Move { occupied: bool },
+    Move {
+        occupied: bool,
+    },
 }
 
-const OPS: [Op; 6] = [
-    Op::Clear,
+const OPS: [Op; 7] = [
+    Op::Clear { full: false },
+    Op::Clear { full: true },
     Op::Protect,
     Op::Copy(CopyKind::Private),
     Op::Copy(CopyKind::Shared),
@@ -152,8 +158,8 @@ fn apply<B: Backend>(backend: &B, op: Op, kernel: bool, run_path: bool) -> RunCh
         format::Protection::read_only().user(true).execute(false),
     );
     match (op, run_path) {
-        (Op::Clear, true) => backend.clear_ptes(from),
-        (Op::Clear, false) => runs::clear_ptes_each::<B::Format, _>(backend, from),
+        (Op::Clear { full }, true) => backend.clear_ptes(from, full),
+        (Op::Clear { full }, false) => runs::clear_ptes_each::<B::Format, _>(backend, from, full),
         (Op::Protect, true) => backend.protect_ptes(from, &protection),
         (Op::Protect, false) => runs::protect_ptes_each::<B::Format, _>(backend, from, &protection),
         (Op::Copy(kind), true) => backend.copy_ptes(from, to, kind),
@@ -306,8 +312,8 @@ fn runs_report_what_they_changed() {
         fill::<lazymmu::pgtable::format::X86_64>(&|e, v| memory.write(e, v), op, false, false);
     };
 
-    fill_for(Op::Clear);
-    let cleared = apply(&backend, Op::Clear, false, true);
+    fill_for(Op::Clear { full: false });
+    let cleared = apply(&backend, Op::Clear { full: false }, false, true);
     assert_eq!(cleared.count(), present);
     let dirty = (0..COUNT).filter(|i| i % 5 != 0 && i % 7 == 0).count() as u64;
     assert_eq!(cleared.dirty, dirty);

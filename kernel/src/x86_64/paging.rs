@@ -50,7 +50,7 @@ fn loaded_space() -> SpaceId {
 /// the mask, waiting for all.
 fn shootdown(cpus: CpuMask, request: RemoteFlush) {
     let flush = move |_cpu: usize| flush_locally(&BARE_METAL, request);
-    crate::mm::tlb_cross_call(cpus.bits(), &flush, || {});
+    crate::mm::tlb_cross_call(crate::mm::one_word(cpus), &flush, || {});
 }
 
 /// The library's x86 instructions (`invlpg`, CR3 reload, CR4.PGE toggle,

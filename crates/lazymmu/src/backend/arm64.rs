@@ -451,6 +451,16 @@ impl<P: Arm64Primitives> TlbFlush for Arm64<P> {
         }
     }
 
+    /// `tlb_flush` with `tlb->fullmm` (arch/arm64/include/asm/tlb.h): the
+    /// ASID allocator never hands the ASID out again without invalidating
+    /// it, so a teardown flushes (`flush_tlb_mm`) only when page tables
+    /// were freed, for the walk caches.
+    fn flush_full_mm(&self, space: SpaceId, scope: FlushScope) {
+        if matches!(scope, FlushScope::Mm { freed_tables: true }) || space == SpaceId::KERNEL {
+            self.flush_all(space, scope);
+        }
+    }
+
     /// Linux decides in `__flush_tlb_range` itself; the gather asks for
     /// ranges up to the limit above which that would flush everything.
     fn single_page_ceiling(&self) -> usize {
@@ -555,16 +565,16 @@ impl<P: Arm64Primitives> Backend for Arm64<P> {
         self.primitives.memory()
     }
 
-    fn clear_ptes(&self, run: PteRun) -> RunChanges {
+    fn clear_ptes(&self, run: PteRun, full: bool) -> RunChanges {
         // Clearing never needs the barriers.
         self.run_of_stores(
             |stores| match stores.cells(&run) {
                 Some(cells) => runs::cells::clear::<Aarch64>(cells),
-                None => runs::clear_ptes_each::<Aarch64, _>(stores, run),
+                None => runs::clear_ptes_each::<Aarch64, _>(stores, run, full),
             },
             |_| false,
         )
-        .unwrap_or_else(|| runs::clear_ptes_each::<Aarch64, _>(self, run))
+        .unwrap_or_else(|| runs::clear_ptes_each::<Aarch64, _>(self, run, full))
     }
 
     fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {

@@ -25,7 +25,7 @@
 
 use crate::addr::{PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{EntryUpdate, PteAccess};
-use crate::pgtable::format::{entry_shift, Attributes, Entry, Format, Protection};
+use crate::pgtable::format::{Attributes, Entry, Format, Protection};
 use crate::pgtable::ops::CopyKind;
 
 /// The longest run: a PTE table of 4 KiB entries has 512 (s390's has 256).
@@ -56,10 +56,30 @@ impl PteRun {
         PteRun { count, ..self }
     }
 
+    /// The entries of the run from entry `n` on (none when `n` is past
+    /// its end).
+    #[inline]
+    pub fn tail(self, n: usize) -> Self {
+        let n = n.min(self.count);
+        PteRun {
+            entry: self.entry_at(n),
+            va: self.va_at(n),
+            count: self.count - n,
+            ..self
+        }
+    }
+
     /// The address of entry `i`.
     #[inline]
     pub fn entry_at(&self, i: usize) -> PhysAddr {
         self.entry.add(8 * i as u64)
+    }
+
+    /// The virtual address entry `i` covers (4 KiB apart in a PTE table;
+    /// a run above it has one entry).
+    #[inline]
+    pub fn va_at(&self, i: usize) -> VirtAddr {
+        VirtAddr(self.va.0.wrapping_add((i as u64) << 12))
     }
 
     /// The update that stores `value` in entry `i` (a leaf when valid), as
@@ -69,11 +89,7 @@ impl PteRun {
         let valid = F::is_valid(value);
         EntryUpdate {
             entry: self.entry_at(i),
-            va: VirtAddr(
-                self.va
-                    .0
-                    .wrapping_add((i as u64) << entry_shift::<F>(self.level)),
-            ),
+            va: self.va_at(i),
             space: self.space,
             level: self.level,
             value,
@@ -190,15 +206,20 @@ pub fn write_entries_each<B: PteAccess + ?Sized>(
 
 /// `get_and_clear_full_ptes` (include/linux/pgtable.h) over the present
 /// entries of `run`, entry by entry: each present entry is read, then
-/// cleared with [`PteAccess::get_and_clear`] (`ptep_get_and_clear_full`),
-/// and counted dirty when its old value was.
-pub fn clear_ptes_each<F: Format, B: PteAccess + ?Sized>(backend: &B, run: PteRun) -> RunChanges {
+/// cleared with [`PteAccess::get_and_clear_full`]
+/// (`ptep_get_and_clear_full`, `full` when the whole address space is torn
+/// down), and counted dirty when its old value was.
+pub fn clear_ptes_each<F: Format, B: PteAccess + ?Sized>(
+    backend: &B,
+    run: PteRun,
+    full: bool,
+) -> RunChanges {
     let mut changes = RunChanges::default();
     for i in 0..run.count {
         if !F::is_valid(backend.read_entry(run.entry_at(i))) {
             continue;
         }
-        let old = backend.get_and_clear(run.update::<F>(i, 0));
+        let old = backend.get_and_clear_full(run.update::<F>(i, 0), full);
         changes.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
         changes.mark(i);
     }
@@ -289,11 +310,13 @@ pub fn copy_ptes_across<F: Format, P: PteAccess + ?Sized, C: PteAccess + ?Sized>
 /// Copies present entry `i` of `parent` into the empty entry `i` of
 /// `child` (`copy_present_pte`, mm/memory.c), the parent's entry through
 /// `from` and the child's through `to`. For [`CopyKind::Private`] a
-/// writable parent entry is write-protected first (get-and-clear, then
-/// write, as `ptep_set_wrprotect` must be atomic against hardware
-/// dirty-bit updates); the child's copy is old, and clean too for
-/// [`CopyKind::Shared`]. Returns whether the child got an entry and
-/// whether the parent's was write-protected (and so must be flushed).
+/// writable parent entry is write-protected first, in one
+/// [`PteAccess::set_wrprotect`] (Linux's atomic `ptep_set_wrprotect`), and
+/// the child gets what that returned, write-protected: the hardware may
+/// have set the dirty bit since the read. The child's copy is old, and
+/// clean too for [`CopyKind::Shared`]. Returns whether the child got an
+/// entry and whether the parent's was write-protected (and so must be
+/// flushed).
 pub fn copy_entry<F: Format, P: PteAccess + ?Sized, C: PteAccess + ?Sized>(
     from: &P,
     to: &C,
@@ -304,18 +327,18 @@ pub fn copy_entry<F: Format, P: PteAccess + ?Sized, C: PteAccess + ?Sized>(
 ) -> (bool, bool) {
     let level = parent.level;
     let current = from.read_entry(parent.entry_at(i));
-    let Entry::Leaf { attrs, .. } = F::decode(current, level) else {
+    let Entry::Leaf { phys, size, attrs } = F::decode(current, level) else {
         return (false, false);
     };
     let mut value = current;
     let mut downgraded = false;
     if kind == CopyKind::Private && attrs.writable {
-        let old = from.get_and_clear(parent.update::<F>(i, 0));
-        let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
-            return (false, false);
+        let protected = F::encode_leaf(phys, size, attrs.read_only());
+        let old = from.set_wrprotect(parent.update::<F>(i, protected));
+        value = match F::decode(old, level) {
+            Entry::Leaf { phys, size, attrs } => F::encode_leaf(phys, size, attrs.read_only()),
+            _ => protected,
         };
-        value = F::encode_leaf(phys, size, attrs.read_only());
-        from.write_entry(parent.update::<F>(i, value));
         downgraded = true;
     }
     let mut copied = false;

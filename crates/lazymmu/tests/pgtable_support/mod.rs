@@ -104,7 +104,7 @@ impl<F: Format> Backend for Native<'_, F> {
         self.inner.memory()
     }
 
-    fn clear_ptes(&self, run: PteRun) -> RunChanges {
+    fn clear_ptes(&self, run: PteRun, _full: bool) -> RunChanges {
         runs::cells::clear::<F>(self.cells(&run))
     }
     fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {

@@ -109,8 +109,8 @@ where
     /// own [`Mmu`](super::Mmu) and writing its entries through its
     /// backend. For a
     /// [`CopyKind::Private`] range every writable leaf is write-protected in
-    /// the parent (get-and-clear, then write, as `ptep_set_wrprotect`
-    /// must be atomic against hardware dirty-bit updates) and copied
+    /// the parent (one [`set_wrprotect`](crate::backend::PteAccess::set_wrprotect),
+    /// Linux's atomic `ptep_set_wrprotect`) and copied
     /// read-only; the parent's downgrades go into `gather`, which must be
     /// the parent's (the child's entries are new and need no flush). A huge
     /// leaf the range cuts is split in the parent first.

@@ -825,6 +825,22 @@ where
             .get_and_clear(self.update(entry, va, high, level, 0, true))
     }
 
+    /// `ptep_get_and_clear_full` through the backend: `full` when the whole
+    /// address space is being torn down.
+    #[inline]
+    pub(crate) fn clear_full(
+        &self,
+        entry: PhysAddr,
+        va: u64,
+        high: bool,
+        level: u8,
+        full: bool,
+    ) -> u64 {
+        self.mmu
+            .backend
+            .get_and_clear_full(self.update(entry, va, high, level, 0, true), full)
+    }
+
     /// A zeroed frame for a new table, not linked anywhere yet.
     pub(crate) fn new_table(&self) -> Option<PhysAddr> {
         let frame = self.new_frame_to_fill()?;

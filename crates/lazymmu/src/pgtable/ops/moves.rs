@@ -196,7 +196,10 @@ where
     /// destination's PTE-table boundary, as Linux's `move_page_tables`):
     /// the destination table is made to exist first, outside the section
     /// (a backend that batches writes may not show a just-linked table to a
-    /// read inside it), then one lazy section moves the extent.
+    /// read inside it), then one lazy section moves the extent, and the
+    /// old addresses are flushed before the next extent, as `move_ptes`
+    /// does (`flush_tlb_range(vma, old_end - len, old_end)` when it moved a
+    /// present entry, mm/mremap.c).
     fn move_ptes<G, GA, O>(
         &self,
         table: PhysAddr,
@@ -255,6 +258,7 @@ where
         };
         job.summary.moved[0] += changes.count();
         Invalidated::of_run(first_va, &changes).gather::<F, _, _, _>(job.high, gather);
+        gather.flush();
         match changes.stopped {
             Some(i) => Err(Stop::Occupied {
                 at: first_va + ((i as u64) << 12),

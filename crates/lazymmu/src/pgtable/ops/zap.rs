@@ -116,7 +116,7 @@ where
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
-                    let old = self.clear(entry, va, high, level);
+                    let old = self.clear_full(entry, va, high, level, gather.is_full_mm());
                     if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
                         summary.dirty += u64::from(attrs.dirty);
                     }
@@ -168,9 +168,17 @@ where
         }
     }
 
-    /// The PTE loop: one lazy section for the table, the run handed to the
-    /// backend whole ([`Backend::clear_ptes`]). `unlink` is the PMD entry to
-    /// clear once the table is empty.
+    /// The PTE loop (`zap_pte_range`): one lazy section for the table, the
+    /// run handed to the backend whole ([`Backend::clear_ptes`]), with
+    /// `full` set under a full-mm gather (`ptep_get_and_clear_full(mm,
+    /// addr, pte, tlb->fullmm)`). Every page it unmaps is queued in the
+    /// gather ([`Gather::remove_pages`]); when the gather's batch is full
+    /// the loop does what Linux's `force_flush` does: it leaves the
+    /// section, flushes the gather (TLB, then the pages) and goes on in a
+    /// new section. So that the flush comes right after the page that
+    /// fills the batch, a run is never longer than the room left in it
+    /// ([`Gather::page_room`]). `unlink` is the PMD entry to clear once the
+    /// table is empty.
     #[allow(clippy::too_many_arguments)]
     fn zap_ptes<G, GA, O>(
         &self,
@@ -186,16 +194,27 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let _section = self.mmu.lazy.section();
-        let changes = self
-            .mmu
-            .backend
-            .clear_ptes(pte_run::<F>(table, start, end, high, self.space));
-        summary.dirty += changes.dirty;
+        let full = gather.is_full_mm();
+        let mut section = Some(self.mmu.lazy.section());
+        let mut run = pte_run::<F>(table, start, end, high, self.space);
+        let mut first = start;
+        while run.count > 0 {
+            let part = run.with_count(run.count.min(gather.page_room()));
+            let changes = self.mmu.backend.clear_ptes(part, full);
+            summary.dirty += changes.dirty;
+            summary.leaves[0] += changes.count();
+            Invalidated::of_run(first, &changes).gather::<F, _, _, _>(high, gather);
+            if gather.remove_pages(changes.count() as usize) {
+                drop(section.take());
+                gather.flush();
+                section = Some(self.mmu.lazy.section());
+            }
+            run = run.tail(part.count);
+            first += (part.count as u64) << 12;
+        }
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
-        Invalidated::of_run(start, &changes).gather::<F, _, _, _>(high, gather);
-        summary.leaves[0] += changes.count();
+        drop(section);
     }
 }

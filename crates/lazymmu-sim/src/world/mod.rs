@@ -2,6 +2,14 @@
 //! mode, page tables, lazy TLB) on the machine, the workloads' programs,
 //! the interrupt handler and the context-switch path.
 //!
+//! A workload is a number of calls of one Linux system call
+//! ([`syscalls`]) per task, each over `pages` pages. What a call needs
+//! that the call itself does not do — mapping the pages a `munmap` will
+//! unmap, tearing down the child of the previous `fork` — is prepared
+//! between calls without being charged ([`Machine::uncounted`]). Before
+//! each call the task touches 8 pages of every 512, so that TLBs (and
+//! powerpc's hash table) hold translations the call must invalidate.
+//!
 //! Context switches go the way Linux's `context_switch()` goes: the
 //! backend's switch-out hook (`arch_start_context_switch`), lazy TLB's
 //! `switch_mm` through the library's [`LazyTlb`] (a CPU left to its idle
@@ -22,16 +30,23 @@ use lazymmu::pgtable::format::{Attributes, Format, Protection};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::ops::{ApplyMode, CopyKind, Mmu, PageTables, VaRange};
 
+pub mod syscalls;
+
+use syscalls::LazyPurge;
+pub use syscalls::{lazy_max_pages, Mm};
+
 use crate::events::EventKind;
 use crate::invariant::Invariant;
 use crate::machine::{tables_under, walk, Access, Kernel, Machine, SimCpu, SimFrames};
 use crate::observed::{Checks, Observed};
-use crate::scenario::{RunConfig, WorkloadKind};
+use crate::scenario::{BackendKind, RunConfig, WorkloadKind};
 use lazymmu::backend::protected::{KeyFlavour, KeyFrame, KeySlots, Protected};
 
-/// Pages per unit of work: one PTE table's worth, as Linux's walkers take
-/// one lazy section per PTE table.
-pub const CHUNK_PAGES: u64 = 512;
+/// Pages of one PTE table: Linux's walkers take one lazy section per PTE
+/// table, and the workloads touch 8 pages of every 512 before a call.
+pub const TABLE_PAGES: u64 = 512;
+/// Pages touched per [`TABLE_PAGES`] before each call.
+pub const TOUCHED_PER_TABLE: u64 = 8;
 const PAGE: u64 = 4096;
 
 /// Where each task's user range starts.
@@ -51,6 +66,9 @@ pub const DIRECT_MAP_BASE: u64 = 0xffff_8880_0000_0000;
 pub const IRQ_VA: u64 = 0xffff_c880_0000_0000;
 /// Physical pages the workloads map (outside page-table memory).
 pub const DATA_BASE: u64 = 0x0000_0100_0000_0000;
+/// The linear map of page-table pages whose key kpkeys changes
+/// (`set_memory_pkey`).
+pub const LINEAR_BASE: u64 = 0xffff_a000_0000_0000;
 
 /// Exception entry and return of a backend: protected backends load the
 /// default key value and hand back the interrupted one for the return;
@@ -108,17 +126,18 @@ enum Stage {
     Measure,
 }
 
-/// One task's workload: what it has done so far.
+/// One task's workload: its address space and what it has done so far.
 #[derive(Debug)]
 struct Program {
     task: usize,
     index: u64,
-    space: SpaceId,
-    root: PhysAddr,
-    frames: SimFrames,
-    child: Option<(SpaceId, PhysAddr, SimFrames)>,
-    unit: u64,
-    destroyed: bool,
+    mm: Mm,
+    /// A fork's child.
+    child: Option<Mm>,
+    /// Calls done in the measured stage.
+    calls: u64,
+    /// Where this task's next vmalloc area starts, in pages from its base.
+    vmap_next: u64,
 }
 
 /// The run's world: machine, library objects and programs.
@@ -131,14 +150,18 @@ pub struct World<F, B, L> {
     kernel_frames: SimFrames,
     kernel_root: PhysAddr,
     programs: RefCell<Vec<Option<Program>>>,
-    /// Each program's unit and whether it destroyed its tables, also while
-    /// the program runs (for the digest).
-    progress: RefCell<Vec<(u64, bool)>>,
+    /// Each program's calls done, also while the program runs (for the
+    /// digest).
+    progress: RefCell<Vec<u64>>,
     config: RunConfig,
     stage: Cell<Stage>,
     irq_mapped: Cell<bool>,
     irqs: Cell<u64>,
     base_updates: Cell<u64>,
+    purge: RefCell<LazyPurge>,
+    /// Page-table pages change their linear-map key when allocated and
+    /// freed (kpkeys_hardened_pgtables).
+    keyed_tables: Cell<bool>,
     _format: PhantomData<F>,
 }
 
@@ -179,42 +202,29 @@ where
             irq_mapped: Cell::new(false),
             irqs: Cell::new(0),
             base_updates: Cell::new(0),
+            purge: RefCell::new(LazyPurge::default()),
+            keyed_tables: Cell::new(false),
             _format: PhantomData,
         });
         let tasks = config.tasks.max(1);
         for i in 0..tasks {
             let space = SpaceId(i as u32 + 1);
-            let frames = SimFrames::new(machine.clone(), space);
-            let root = Self::new_root(&world.backend, &world.lazy, &frames, space, false)
-                .expect("physical memory holds every task's root");
-            machine.set_space_root(space, root);
+            let mm = world.new_mm(space);
             let task = machine.add_task(&format!("t{i}"), space, CpuId::new(i), true);
             let _ = machine.task_mm(task).reuse_as_user(space);
             let child = (config.workload == WorkloadKind::Fork).then(|| {
-                let child_space = SpaceId((tasks + i) as u32 + 1);
-                let child_frames = SimFrames::new(machine.clone(), child_space);
-                let child_root = Self::new_root(
-                    &world.backend,
-                    &world.lazy,
-                    &child_frames,
-                    child_space,
-                    false,
-                )
-                .expect("physical memory holds every child's root");
-                machine.set_space_root(child_space, child_root);
-                machine.set_task_writes_to(task, Some(child_space));
-                (child_space, child_root, child_frames)
+                let child = world.new_mm(SpaceId((tasks + i) as u32 + 1));
+                machine.set_task_writes_to(task, Some(child.space));
+                child
             });
-            world.progress.borrow_mut().push((0, false));
+            world.progress.borrow_mut().push(0);
             world.programs.borrow_mut().push(Some(Program {
                 task,
                 index: i as u64,
-                space,
-                root,
-                frames,
+                mm,
                 child,
-                unit: 0,
-                destroyed: false,
+                calls: 0,
+                vmap_next: 0,
             }));
         }
         machine.set_kernel(world.clone());
@@ -231,6 +241,26 @@ where
             machine.switch(cpu, p.task);
         }
         world
+    }
+
+    /// A new address space `space` with an empty root; a space id used
+    /// before gets a clean TLB (a new ASID or context, as Linux's
+    /// allocators give a new address space).
+    pub(crate) fn new_mm(&self, space: SpaceId) -> Mm {
+        let m = &self.machine;
+        let frames = SimFrames::new(m.clone(), space);
+        let root = Self::new_root(&self.backend, &self.lazy, &frames, space, false)
+            .expect("physical memory holds every address space's root");
+        m.set_space_root(space, root);
+        m.set_pinned(space, true);
+        for cpu in (0..m.cpu_count()).map(CpuId::new) {
+            m.tlb_invalidate_space(cpu, space);
+        }
+        Mm {
+            space,
+            root,
+            frames,
+        }
     }
 
     /// Lazy TLB.
@@ -273,18 +303,41 @@ where
         );
         self.check(ok.map(|_| ()), "map the interrupt page");
         self.irq_mapped.set(true);
+        let keyed = self.config.backend == BackendKind::Arm64Poe && !self.config.forget_key_open;
+        if keyed {
+            self.map_linear();
+        }
         self.stage.set(Stage::Setup);
         self.machine.run();
-        for p in self.programs.borrow_mut().iter_mut().flatten() {
-            p.unit = 0;
-        }
-        for progress in self.progress.borrow_mut().iter_mut() {
-            progress.0 = 0;
+        if self.config.spread {
+            // Every task has run on the next CPU too: its space is in two
+            // CPUs' masks (the one it left borrows it lazily).
+            let cpus = self.machine.cpu_count();
+            for p in self.programs.borrow().iter().flatten() {
+                let home = self.machine.task(p.task).cpu;
+                let other = CpuId::new((home.index() + 1) % cpus);
+                self.machine.switch(other, p.task);
+            }
         }
         self.machine.restart_tasks();
         self.machine.clear_counts();
         self.backend_updates_reset();
+        self.keyed_tables.set(keyed);
         self.stage.set(Stage::Measure);
+    }
+
+    /// The linear map of every page-table frame, 4 KiB pages, so that
+    /// `set_memory_pkey` can rewrite a frame's entry.
+    fn map_linear(&self) {
+        let frames = u64::from(self.machine.memory().frames());
+        let r = self.kernel_tables().map(
+            VirtAddr(LINEAR_BASE),
+            PhysAddr(crate::memory::MEMORY_BASE),
+            frames * PAGE,
+            Attributes::kernel_data(),
+            PageSize::Size4K,
+        );
+        self.check(r.map(|_| ()), "map the linear map of page-table pages");
     }
 
     fn backend_updates_reset(&self) {
@@ -322,7 +375,7 @@ where
     }
 
     /// The tree at `root`, borrowed: the world owns every root.
-    fn tables<'a>(
+    pub(crate) fn tables_at<'a>(
         &'a self,
         root: PhysAddr,
         space: SpaceId,
@@ -331,7 +384,8 @@ where
     ) -> PageTables<'a, B, L, SimFrames> {
         // SAFETY: `root` is one of the world's roots, made by `new_root`
         // from these frames, and stays allocated while the world lives
-        // (only an exit destroys a program's, and it never uses it again).
+        // (only an exit destroys an address space's, and it never uses it
+        // again).
         unsafe {
             Self::mmu(&self.backend, &self.lazy, frames).tables_at(
                 root,
@@ -341,26 +395,36 @@ where
         }
     }
 
-    fn kernel_tables(&self) -> PageTables<'_, B, L, SimFrames> {
-        self.tables(self.kernel_root, SpaceId::KERNEL, &self.kernel_frames, true)
+    /// The kernel's tree (the upper half).
+    pub(crate) fn kernel_tables(&self) -> PageTables<'_, B, L, SimFrames> {
+        self.tables_at(self.kernel_root, SpaceId::KERNEL, &self.kernel_frames, true)
     }
 
-    fn all_cpus(&self) -> FlushScope {
-        FlushScope::Cpus(self.machine.all_cpus())
+    pub(crate) fn kernel_gather(&self) -> Gather<'_, B, SimFrames> {
+        Gather::new(
+            &*self.backend,
+            &self.kernel_frames,
+            SpaceId::KERNEL,
+            FlushScope::MM,
+        )
     }
 
-    fn check<E: core::fmt::Debug>(&self, r: Result<(), E>, what: &str) {
+    pub(crate) fn check<E: core::fmt::Debug>(&self, r: Result<(), E>, what: &str) {
         if let Err(e) = r {
             self.machine
                 .violation(Invariant::OperationFailed, format!("{what}: {e:?}"));
         }
     }
 
-    /// Touches `pages` pages from `va` on the running CPU, so that TLBs
-    /// hold translations the workload will have to invalidate.
+    /// Touches 8 pages of every 512 of `[va, va + pages)` on the running
+    /// CPU, so that TLBs hold translations the call will have to
+    /// invalidate.
     fn touch(&self, space: SpaceId, va: u64, pages: u64) {
-        for i in 0..pages {
-            let _ = self.machine.access_in(space, VirtAddr(va + i * PAGE));
+        for table in 0..pages.div_ceil(TABLE_PAGES) {
+            let first = table * TABLE_PAGES;
+            for i in first..(first + TOUCHED_PER_TABLE).min(pages) {
+                let _ = self.machine.access_in(space, VirtAddr(va + i * PAGE));
+            }
         }
     }
 
@@ -368,260 +432,260 @@ where
         USER_BASE + p.index * TASK_STRIDE
     }
 
-    fn units(&self) -> u64 {
-        self.config.pages.div_ceil(CHUNK_PAGES)
+    fn len(&self) -> u64 {
+        self.config.pages * PAGE
     }
 
-    fn chunk_len(&self, unit: u64) -> u64 {
-        let pages = (self.config.pages - unit * CHUNK_PAGES).min(CHUNK_PAGES);
-        pages * PAGE
+    /// Maps the task's range (all pages present), touched.
+    fn populate(&self, p: &Program, va: u64) {
+        let phys = DATA_BASE + p.index * TASK_STRIDE;
+        let r = self.tables(&p.mm).map(
+            VirtAddr(va),
+            PhysAddr(phys),
+            self.len(),
+            Attributes::user_data(),
+            PageSize::Size4K,
+        );
+        self.check(r.map(|_| ()), "populate");
+    }
+
+    /// The setup stage of a program: what every call starts from.
+    fn setup_program(&self, p: &mut Program) {
+        let base = self.user_base(p);
+        match self.config.workload {
+            WorkloadKind::Fork
+            | WorkloadKind::Munmap
+            | WorkloadKind::Exit
+            | WorkloadKind::Mprotect
+            | WorkloadKind::Mremap
+            | WorkloadKind::DebugPagealloc => self.populate(p, base),
+            WorkloadKind::Vmalloc => {
+                // The vmalloc area's page tables exist (Linux never frees
+                // them): build this task's ring of areas.
+                let mut gather = self.kernel_gather();
+                let r = self.kernel_tables().apply(
+                    VirtAddr(self.vmalloc_base(p)),
+                    self.vmalloc_ring_pages() * PAGE,
+                    ApplyMode::Create,
+                    &mut gather,
+                    |_| Ok::<(), ()>(()),
+                );
+                self.check(r.map(|_| ()), "setup vmalloc tables");
+            }
+            WorkloadKind::Kasan => {}
+        }
+        if self.config.workload == WorkloadKind::DebugPagealloc {
+            // The direct map's page tables exist from boot (Linux maps the
+            // direct map at 4K granularity under DEBUG_PAGEALLOC): build
+            // them, and leave every page but the first unmapped (a zap of
+            // a whole table's range would free the table).
+            let kernel = self.kernel_tables();
+            let direct = VirtAddr(self.direct_map_base(p));
+            let r = kernel.map(
+                direct,
+                PhysAddr(self.direct_map_phys(p)),
+                512 * PAGE,
+                Attributes::kernel_data(),
+                PageSize::Size4K,
+            );
+            self.check(r.map(|_| ()), "setup direct map");
+            let mut gather = self.kernel_gather();
+            let r = kernel.zap(direct.add(PAGE), 511 * PAGE, &mut gather);
+            self.check(r.map(|_| ()), "setup direct map (unmap)");
+        }
+    }
+
+    /// Puts back what the previous call took away, uncharged.
+    fn rearm(&self, p: &mut Program) {
+        let base = self.user_base(p);
+        self.machine.uncounted(|| match self.config.workload {
+            WorkloadKind::Fork => {
+                // The previous child exits: its tables go; a new child.
+                // The parent writes its pages again, and with the child
+                // gone each write fault makes its page writable
+                // (`wp_page_reuse`).
+                let mut gather =
+                    Gather::new(&*self.backend, &p.mm.frames, p.mm.space, FlushScope::MM);
+                let r = self.tables(&p.mm).protect(
+                    VirtAddr(base),
+                    self.len(),
+                    Protection::writable(),
+                    &mut gather,
+                );
+                drop(gather);
+                self.check(r.map(|_| ()), "make the parent's pages writable again");
+                if let Some(child) = p.child.take() {
+                    let mut gather =
+                        Gather::full_mm(&*self.backend, &child.frames, child.space, FlushScope::MM);
+                    let r = self.tables(&child).destroy(&mut gather);
+                    drop(gather);
+                    self.check(r.map(|_| ()), "tear down the previous child");
+                    let child = self.new_mm(child.space);
+                    self.machine.set_task_writes_to(p.task, Some(child.space));
+                    p.child = Some(child);
+                }
+            }
+            WorkloadKind::Munmap | WorkloadKind::DebugPagealloc => self.populate(p, base),
+            WorkloadKind::Exit => {
+                p.mm = self.new_mm(p.mm.space);
+                self.populate(p, base);
+            }
+            _ => {}
+        });
     }
 
     /// Runs one unit of a program; false when its stage is done.
     fn step(&self, p: &mut Program) -> bool {
-        let stage = self.stage.get();
-        let units = self.units();
-        let unit = p.unit;
-        p.unit += 1;
-        self.progress.borrow_mut()[p.index as usize] = (p.unit, p.destroyed);
-        let frames = p.frames.clone();
-        let tables = self.tables(p.root, p.space, &frames, false);
-        let base = self.user_base(p);
-        let user = matches!(
-            self.config.workload,
-            WorkloadKind::Fork
-                | WorkloadKind::Munmap
-                | WorkloadKind::Exit
-                | WorkloadKind::Mprotect
-                | WorkloadKind::Mremap
-                | WorkloadKind::DebugPagealloc
-        );
-        if stage == Stage::Setup {
-            if !user || unit >= units {
-                return false;
-            }
-            let va = base + unit * CHUNK_PAGES * PAGE;
-            let len = self.chunk_len(unit);
-            let phys = DATA_BASE + p.index * TASK_STRIDE + unit * CHUNK_PAGES * PAGE;
-            let r = tables.map(
-                VirtAddr(va),
-                PhysAddr(phys),
-                len,
-                Attributes::user_data(),
-                PageSize::Size4K,
-            );
-            self.check(r.map(|_| ()), "setup map");
-            self.touch(p.space, va, 8);
-            if unit == 0 && self.config.workload == WorkloadKind::DebugPagealloc {
-                // The direct map's page tables exist from boot (Linux maps
-                // the direct map at 4K granularity under DEBUG_PAGEALLOC):
-                // build them, and leave every page but the first unmapped
-                // (a zap of a whole table's range would free the table).
-                let kernel = self.kernel_tables();
-                let direct = VirtAddr(self.direct_map_base(p));
-                let r = kernel.map(
-                    direct,
-                    PhysAddr(self.direct_map_phys(p)),
-                    512 * PAGE,
-                    Attributes::kernel_data(),
-                    PageSize::Size4K,
-                );
-                self.check(r.map(|_| ()), "setup direct map");
-                let mut gather = Gather::new(
-                    &*self.backend,
-                    &self.kernel_frames,
-                    SpaceId::KERNEL,
-                    self.all_cpus(),
-                );
-                let r = kernel.zap(direct.add(PAGE), 511 * PAGE, &mut gather);
-                self.check(r.map(|_| ()), "setup direct map (unmap)");
-                drop(gather);
-            }
-            return unit + 1 < units;
+        if self.stage.get() == Stage::Setup {
+            self.setup_program(p);
+            return false;
         }
-
-        let va = base + (unit % units.max(1)) * CHUNK_PAGES * PAGE;
-        let len = if units == 0 {
-            0
-        } else {
-            self.chunk_len(unit % units)
-        };
+        if p.calls >= self.config.calls {
+            return false;
+        }
+        if p.calls > 0 {
+            self.rearm(p);
+        }
         self.machine
             .log(EventKind::Unit(self.config.workload.name()));
+        self.call(p);
+        p.calls += 1;
+        self.progress.borrow_mut()[p.index as usize] = p.calls;
+        p.calls < self.config.calls
+    }
+
+    /// One measured call of the workload.
+    fn call(&self, p: &mut Program) {
+        let base = self.user_base(p);
+        let len = self.len();
+        let pages = self.config.pages;
         match self.config.workload {
             WorkloadKind::Fork => {
-                let Some((child_space, child_root, child_frames)) = &p.child else {
-                    return false;
-                };
-                let child = self.tables(*child_root, *child_space, child_frames, false);
-                self.touch(p.space, va, 8);
-                let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.copy_to(&child, VirtAddr(va), len, CopyKind::Private, &mut gather);
-                self.check(r.map(|_| ()), "fork copy");
-                drop(gather);
-                unit + 1 < units
-            }
-            WorkloadKind::Munmap => {
-                self.touch(p.space, va, 8);
-                let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.zap(VirtAddr(va), len, &mut gather);
-                self.check(r.map(|_| ()), "munmap zap");
-                drop(gather);
-                unit + 1 < units
-            }
-            WorkloadKind::Exit => {
-                if unit < units {
-                    self.touch(p.space, va, 8);
-                    let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                    let r = tables.zap(VirtAddr(va), len, &mut gather);
-                    self.check(r.map(|_| ()), "exit zap");
-                    drop(gather);
-                    true
-                } else {
-                    if !p.destroyed {
-                        p.destroyed = true;
-                        self.progress.borrow_mut()[p.index as usize].1 = true;
-                        let mut gather =
-                            Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                        let r = tables.destroy(&mut gather);
-                        self.check(r.map(|_| ()), "exit free tables");
-                        drop(gather);
-                    }
-                    false
+                self.touch(p.mm.space, base, pages);
+                if let Some(child) = &p.child {
+                    // One VMA: the task's range, private and writable.
+                    let vma = (base..base + len, CopyKind::Private);
+                    self.fork(&p.mm, child, core::slice::from_ref(&vma));
                 }
             }
+            WorkloadKind::Munmap => {
+                self.touch(p.mm.space, base, pages);
+                self.munmap(&p.mm, base..base + len);
+            }
+            WorkloadKind::Exit => {
+                self.touch(p.mm.space, base, pages);
+                self.exit_mmap(&p.mm);
+            }
             WorkloadKind::Mprotect => {
-                // Two passes: read-only, then writable again.
-                let protection = if unit < units {
+                // Read-only, then writable again.
+                let protection = if p.calls % 2 == 0 {
                     Protection::read_only()
                 } else {
                     Protection::writable()
                 };
-                self.touch(p.space, va, 8);
-                let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r = tables.protect(VirtAddr(va), len, protection, &mut gather);
-                self.check(r.map(|_| ()), "mprotect");
-                drop(gather);
-                unit + 1 < 2 * units
+                self.touch(p.mm.space, base, pages);
+                self.mprotect(&p.mm, base..base + len, protection);
             }
             WorkloadKind::Mremap => {
-                self.touch(p.space, va, 8);
-                let mut gather = Gather::new(&*self.backend, &frames, p.space, self.all_cpus());
-                let r =
-                    tables.move_range(VirtAddr(va), VirtAddr(va + MREMAP_OFFSET), len, &mut gather);
-                self.check(r.map(|_| ()), "mremap move");
-                drop(gather);
-                unit + 1 < units
+                // There, then back.
+                let (from, to) = if p.calls % 2 == 0 {
+                    (base, base + MREMAP_OFFSET)
+                } else {
+                    (base + MREMAP_OFFSET, base)
+                };
+                self.touch(p.mm.space, from, pages);
+                self.mremap(&p.mm, from, to, len);
             }
-            WorkloadKind::Vmalloc => self.vmalloc_unit(p, unit, units),
-            WorkloadKind::Kasan => self.kasan_unit(p, unit, units),
+            WorkloadKind::Vmalloc => self.vmalloc_call(p),
+            WorkloadKind::Kasan => self.kasan_call(p),
             WorkloadKind::DebugPagealloc => {
-                self.debug_pagealloc_unit(&tables, &frames, p, va, len);
-                unit + 1 < units
+                self.touch(p.mm.space, base, pages);
+                self.debug_pagealloc_call(p, base, len);
             }
         }
     }
 
-    fn vmalloc_unit(&self, p: &Program, unit: u64, units: u64) -> bool {
-        let kernel = self.kernel_tables();
-        let base = VMALLOC_BASE + p.index * TASK_STRIDE;
-        let u = unit % units;
-        let va = base + u * CHUNK_PAGES * PAGE;
-        let len = self.chunk_len(u);
-        if unit < units {
-            // vmap: map, then the caller touches the new mapping at once.
-            let phys = DATA_BASE + (p.index + 64) * TASK_STRIDE + u * CHUNK_PAGES * PAGE;
-            let r = kernel.map(
-                VirtAddr(va),
-                PhysAddr(phys),
-                len,
-                Attributes::kernel_data(),
-                PageSize::Size4K,
-            );
-            self.check(r.map(|_| ()), "vmalloc map");
-            self.expect_mapped(va, true, "vmalloc'd page after map");
-        } else {
-            // vfree: unmap and flush the range on every CPU.
-            self.touch(SpaceId::KERNEL, va, 8);
-            let mut gather = Gather::new(
-                &*self.backend,
-                &self.kernel_frames,
-                SpaceId::KERNEL,
-                self.all_cpus(),
-            );
-            let r = kernel.zap(VirtAddr(va), len, &mut gather);
-            self.check(r.map(|_| ()), "vfree zap");
-            drop(gather);
-        }
-        unit + 1 < 2 * units
+    /// Where a task's vmalloc areas are.
+    fn vmalloc_base(&self, p: &Program) -> u64 {
+        VMALLOC_BASE + p.index * TASK_STRIDE
     }
 
-    fn kasan_unit(&self, p: &Program, unit: u64, units: u64) -> bool {
+    /// Pages of a task's ring of vmalloc areas: enough that an area is
+    /// handed out again only after the lazy purge flushed it (Linux never
+    /// reuses a lazily freed area before).
+    fn vmalloc_ring_pages(&self) -> u64 {
+        lazy_max_pages(self.machine.cpu_count()) + 2 * (self.config.pages + 1)
+    }
+
+    /// `vmalloc` of `pages` pages (the area has a guard page after it),
+    /// the caller's use of the new mapping, and `vfree`.
+    fn vmalloc_call(&self, p: &mut Program) {
+        let pages = self.config.pages;
+        let area = pages + 1;
+        if p.vmap_next + area > self.vmalloc_ring_pages() {
+            p.vmap_next = 0;
+        }
+        let va = self.vmalloc_base(p) + p.vmap_next * PAGE;
+        p.vmap_next += area;
+        let phys = DATA_BASE + (p.index + 64) * TASK_STRIDE;
+        self.vmalloc(va, phys, pages);
+        self.expect_mapped(va, true, "vmalloc'd page after map");
+        self.touch(SpaceId::KERNEL, va, pages);
+        self.vfree(va, pages);
+    }
+
+    /// KASAN's shadow populate and depopulate of `pages` pages
+    /// (`kasan_populate_vmalloc_pte`, `kasan_depopulate_vmalloc_pte`
+    /// through `apply_to_page_range`), pausing lazy MMU mode around each
+    /// entry, which is read back right after it is written.
+    fn kasan_call(&self, p: &Program) {
         let kernel = self.kernel_tables();
-        let base = KASAN_BASE + p.index * TASK_STRIDE;
-        let u = unit % units;
-        let va = base + u * CHUNK_PAGES * PAGE;
-        let len = self.chunk_len(u);
-        let populate = unit < units;
+        let va = KASAN_BASE + p.index * TASK_STRIDE;
+        let len = self.len();
         let pause = !self.config.read_back_without_pause;
         let backend = &*self.backend;
         let lazy = &self.lazy;
-        let shadow = DATA_BASE + (p.index + 128) * TASK_STRIDE + u * CHUNK_PAGES * PAGE;
-        let mut gather = Gather::new(
-            backend,
-            &self.kernel_frames,
-            SpaceId::KERNEL,
-            self.all_cpus(),
-        );
-        let mode = if populate {
-            ApplyMode::Create
-        } else {
-            ApplyMode::Existing
-        };
-        let r = kernel.apply(VirtAddr(va), len, mode, &mut gather, |slot| {
-            // kasan_populate_vmalloc_pte / kasan_depopulate_vmalloc_pte:
-            // pause lazy MMU mode around each entry, because the entry is
-            // read back (pte_none) right after it is written.
-            let guard = pause.then(|| lazy.pause());
-            let entry = slot.entry_address();
-            if populate {
-                if backend.read_entry(entry) == 0 {
-                    let page = shadow + (slot.va().0 - va);
-                    slot.set(PhysAddr(page), Attributes::kernel_data());
-                }
+        let shadow = DATA_BASE + (p.index + 128) * TASK_STRIDE;
+        for populate in [true, false] {
+            let mut gather = self.kernel_gather();
+            let mode = if populate {
+                ApplyMode::Create
             } else {
-                slot.clear();
-            }
-            // The read-back.
-            let _ = backend.read_entry(entry);
-            drop(guard);
-            Ok::<(), ()>(())
-        });
-        self.check(r.map(|_| ()), "kasan apply");
-        drop(gather);
-        unit + 1 < 2 * units
+                ApplyMode::Existing
+            };
+            let r = kernel.apply(VirtAddr(va), len, mode, &mut gather, |slot| {
+                let guard = pause.then(|| lazy.pause());
+                let entry = slot.entry_address();
+                if populate {
+                    if backend.read_entry(entry) == 0 {
+                        let page = shadow + (slot.va().0 - va);
+                        slot.set(PhysAddr(page), Attributes::kernel_data());
+                    }
+                } else {
+                    slot.clear();
+                }
+                // The read-back.
+                let _ = backend.read_entry(entry);
+                drop(guard);
+                Ok::<(), ()>(())
+            });
+            self.check(r.map(|_| ()), "kasan apply");
+        }
     }
 
     /// A zap that, mid-section, allocates a page whose kernel mapping is
     /// made valid by a nested section (DEBUG_PAGEALLOC's
     /// `__kernel_map_pages`), uses the page, and unmaps it again.
-    fn debug_pagealloc_unit(
-        &self,
-        tables: &PageTables<'_, B, L, SimFrames>,
-        frames: &SimFrames,
-        p: &Program,
-        va: u64,
-        len: u64,
-    ) {
-        self.touch(p.space, va, 8);
+    fn debug_pagealloc_call(&self, p: &Program, va: u64, len: u64) {
+        let tables = self.tables(&p.mm);
         let section = self.lazy.section();
         let half = (len / 2) & !(PAGE - 1);
-        let mut gather = Gather::new(&*self.backend, frames, p.space, self.all_cpus());
+        let mut gather = Gather::new(&*self.backend, &p.mm.frames, p.mm.space, FlushScope::MM);
         let r = tables.zap(VirtAddr(va), half, &mut gather);
         self.check(r.map(|_| ()), "debug-pagealloc zap (first half)");
         // The allocation: map the page in the direct map (a nested section
         // inside the range operation), use it, free it (unmap).
-        let page = 1 + p.unit % 511;
+        let page = 1 + p.calls % 511;
         let page_va = self.direct_map_base(p) + page * PAGE;
         let kernel = self.kernel_tables();
         let r = kernel.map(
@@ -638,12 +702,7 @@ where
             // and back in with its section open.
             self.machine.sleep();
         }
-        let mut kgather = Gather::new(
-            &*self.backend,
-            &self.kernel_frames,
-            SpaceId::KERNEL,
-            self.all_cpus(),
-        );
+        let mut kgather = self.kernel_gather();
         let r = kernel.zap(VirtAddr(page_va), PAGE, &mut kgather);
         self.check(r.map(|_| ()), "debug-pagealloc unmap page");
         drop(kgather);
@@ -736,12 +795,7 @@ where
         let kernel = self.kernel_tables();
         if self.irq_mapped.get() {
             let _section = self.lazy.section();
-            let mut gather = Gather::new(
-                &*self.backend,
-                &self.kernel_frames,
-                SpaceId::KERNEL,
-                self.all_cpus(),
-            );
+            let mut gather = self.kernel_gather();
             let r = kernel.zap(VirtAddr(IRQ_VA), PAGE, &mut gather);
             self.check(r.map(|_| ()), "interrupt unmap");
             drop(gather);
@@ -766,13 +820,30 @@ where
 
     fn digest(&self, h: &mut DefaultHasher) {
         use core::hash::Hasher;
-        for &(unit, destroyed) in self.progress.borrow().iter() {
-            h.write_u64(unit);
-            h.write_u8(destroyed as u8);
+        for &calls in self.progress.borrow().iter() {
+            h.write_u64(calls);
         }
         h.write_u8(self.irq_mapped.get() as u8);
         h.write_u8(self.stage.get() as u8);
         self.backend.digest(h);
+    }
+
+    /// kpkeys_hardened_pgtables: a page-table page takes the page-table
+    /// key when allocated and the default key back when freed
+    /// (`set_memory_pkey` from `pagetable_alloc` and `pagetable_free`).
+    fn page_table_page(&self, frame: PhysAddr, allocated: bool) {
+        if !self.keyed_tables.get() {
+            return;
+        }
+        let Some(index) = self.machine.memory().frame_of(frame) else {
+            return;
+        };
+        let key = if allocated {
+            self.machine.config().hardware.table_key
+        } else {
+            0
+        };
+        self.set_memory_pkey(LINEAR_BASE + index as u64 * PAGE, frame, key);
     }
 
     fn run_unit(&self, task: usize) -> bool {
