@@ -3,9 +3,13 @@
 //! writable and read-only, dirty and clean, accessed and old entries; a
 //! destination with one entry already present) goes through the backend's
 //! run method on one machine and through the per-entry functions of
-//! `backend::runs` on another, eagerly and inside a lazy section. Both
-//! machines must end with the same tables, the same primitive counts, the
-//! same number of recorded calls, and the same report of what changed.
+//! `backend::runs` on another, eagerly and inside a lazy section, for a
+//! zap's clear (with and without the full-mm flag of an exit), mprotect's
+//! change, fork's copy (the parent write-protected with `set_wrprotect`)
+//! and mremap's move. Both machines must end with the same tables, the
+//! same primitive counts, the same number of recorded calls, and the same
+//! report of what changed. A zap past the gather's page batch flushes
+//! after the same page on both paths.
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::arm64::Arm64;
@@ -433,4 +437,148 @@ fn a_copy_to_a_tree_of_another_backend_writes_the_child_there() {
     }
     assert_eq!(child.verify().unwrap().leaves, [16, 1, 0]);
     assert_eq!(parent.verify().unwrap().leaves, [16, 1, 0]);
+}
+
+/// The x86 backend over host memory, its zaps through its run method
+/// (`runs`) or entry by entry, counting the entries cleared and noting
+/// that count at every TLB flush.
+struct CountedClears<'m> {
+    inner: X86Backend<&'m HostMemory, RecordingPrimitives>,
+    runs: bool,
+    cleared: std::cell::Cell<u64>,
+    flushed_at: std::cell::RefCell<Vec<u64>>,
+}
+
+impl CountedClears<'_> {
+    fn flushed(&self) {
+        self.flushed_at.borrow_mut().push(self.cleared.get());
+    }
+}
+
+impl lazymmu::backend::PteAccess for CountedClears<'_> {
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        self.inner.read_entry(entry)
+    }
+    fn write_entry(&self, update: lazymmu::backend::EntryUpdate) {
+        self.inner.write_entry(update)
+    }
+    fn get_and_clear(&self, update: lazymmu::backend::EntryUpdate) -> u64 {
+        let old = self.inner.get_and_clear(update);
+        if update.level == 1 && old != 0 {
+            self.cleared.set(self.cleared.get() + 1);
+        }
+        old
+    }
+}
+
+impl lazymmu::backend::TlbFlush for CountedClears<'_> {
+    fn flush_range(
+        &self,
+        space: SpaceId,
+        start: VirtAddr,
+        end: VirtAddr,
+        stride: PageSize,
+        scope: lazymmu::backend::FlushScope,
+    ) {
+        self.flushed();
+        self.inner.flush_range(space, start, end, stride, scope)
+    }
+    fn flush_all(&self, space: SpaceId, scope: lazymmu::backend::FlushScope) {
+        self.flushed();
+        self.inner.flush_all(space, scope)
+    }
+    fn flush_full_mm(&self, space: SpaceId, scope: lazymmu::backend::FlushScope) {
+        self.flushed();
+        self.inner.flush_full_mm(space, scope)
+    }
+    fn single_page_ceiling(&self) -> usize {
+        self.inner.single_page_ceiling()
+    }
+}
+
+impl lazymmu::mode::ArchHooks for CountedClears<'_> {
+    fn enter(&self) {}
+    fn leave(&self) {}
+    fn flush(&self) {}
+}
+
+impl lazymmu::backend::ContextSwitch for CountedClears<'_> {}
+
+impl Backend for CountedClears<'_> {
+    type Format = format::X86_64;
+    type Memory = HostMemory;
+    fn memory(&self) -> &HostMemory {
+        self.inner.memory()
+    }
+    fn clear_ptes(&self, run: PteRun, full: bool) -> RunChanges {
+        if !self.runs {
+            return runs::clear_ptes_each::<format::X86_64, _>(self, run, full);
+        }
+        let changes = self.inner.clear_ptes(run, full);
+        self.cleared.set(self.cleared.get() + changes.count());
+        changes
+    }
+}
+
+/// A zap of more pages than the gather's batch holds flushes right after
+/// the page that fills it (`zap_pte_range`'s `force_flush`), in the middle
+/// of a PTE table, whether its runs are cleared by the backend's loop or
+/// entry by entry, and under a full-mm gather as under an ordinary one.
+#[test]
+fn a_zap_flushes_right_after_the_page_that_fills_the_batch() {
+    use lazymmu::backend::FlushScope;
+    use lazymmu::pgtable::allocator::HostFrameAllocator;
+    use lazymmu::pgtable::gather::{Gather, PAGE_BATCH};
+    use lazymmu::pgtable::ops::{Mmu, VaRange};
+    const PAGES: u64 = 20 * 512 + 100;
+    // A start that is not the first entry of its table.
+    let start = VirtAddr(0x4000_0000 + (37 << 12));
+    let mut outcomes = Vec::new();
+    for full in [false, true] {
+        for runs in [true, false] {
+            let memory = HostMemory::new(PhysAddr(TABLE), 64);
+            let frames = HostFrameAllocator::new(PhysAddr(TABLE), 64);
+            let backend = CountedClears {
+                inner: X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1))),
+                runs,
+                cleared: std::cell::Cell::new(0),
+                flushed_at: std::cell::RefCell::new(Vec::new()),
+            };
+            let lazy = Counters::new(
+                lazymmu::mode::testing::TestEnv::default(),
+                &backend,
+                MisusePolicy::Panic,
+            );
+            // SAFETY: the allocator hands out frames of the backend's host
+            // memory, used by nothing else; `lazy` is over the backend.
+            let mmu = unsafe { Mmu::new(&backend, &lazy, &frames, FlushScope::Local) };
+            let tables = mmu.new_tables(SpaceId(1), VaRange::Lower).unwrap();
+            tables
+                .map(
+                    start,
+                    PhysAddr(0x1_0000_0000),
+                    PAGES << 12,
+                    Attributes::user_data(),
+                    PageSize::Size4K,
+                )
+                .unwrap();
+            let mut gather = if full {
+                Gather::full_mm(&backend, &frames, SpaceId(1), FlushScope::Local)
+            } else {
+                Gather::new(&backend, &frames, SpaceId(1), FlushScope::Local)
+            };
+            let summary = tables.zap(start, PAGES << 12, &mut gather).unwrap();
+            let stats = gather.finish();
+            assert_eq!(summary.leaves, [PAGES, 0, 0]);
+            let flushed_at = backend.flushed_at.take();
+            assert_eq!(
+                flushed_at,
+                [PAGE_BATCH as u64, PAGES],
+                "full {full}, runs {runs}"
+            );
+            outcomes.push((full, summary, stats.full_flushes, stats.range_flushes));
+        }
+    }
+    assert_eq!(outcomes[0], outcomes[1]);
+    assert_eq!(outcomes[2], outcomes[3]);
 }
