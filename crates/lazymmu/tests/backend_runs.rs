@@ -60,15 +60,36 @@ const OPS: [Op; 7] = [
     Op::Move { occupied: true },
 ];
 
-/// Entry `i` of the source table: absent every fifth, otherwise a leaf
-/// whose writability, dirty and accessed bits vary with `i`; or, for a
-/// uniform run (one mapping, as a map leaves it: the backends' loops
-/// without a test per entry), present and writable, dirty and accessed
-/// like entry 14.
-fn source<F: Format>(i: usize, kernel: bool, uniform: bool) -> u64 {
-    if uniform {
-        let shared = source::<F>(14, kernel, false);
-        return shared + ((i as u64) << 12) - (14 << 12);
+/// How the source run is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// Absent every fifth entry, otherwise leaves whose writability, dirty
+    /// and accessed bits vary with the entry.
+    Mixed,
+    /// One mapping, as a map leaves it (the backends' loops without a test
+    /// per entry): present and writable, dirty and accessed like entry 14
+    /// of a mixed run.
+    Uniform,
+    /// One mapping but for entry [`BREAK`], which is entry 3 of a mixed
+    /// run (read-only, clean, old): the loops go entry by entry from there.
+    UniformBut,
+}
+
+const SHAPES: [Shape; 3] = [Shape::Mixed, Shape::Uniform, Shape::UniformBut];
+
+/// The entry of a [`Shape::UniformBut`] run that is not like the others,
+/// inside a block of the loops.
+const BREAK: usize = 101;
+
+/// Entry `i` of the source table, of shape `shape`.
+fn source<F: Format>(i: usize, kernel: bool, shape: Shape) -> u64 {
+    match shape {
+        Shape::UniformBut if i == BREAK => return source::<F>(3, kernel, Shape::Mixed),
+        Shape::Uniform | Shape::UniformBut => {
+            let shared = source::<F>(14, kernel, Shape::Mixed);
+            return shared + ((i as u64) << 12) - (14 << 12);
+        }
+        Shape::Mixed => {}
     }
     if i % 5 == 0 {
         return 0;
@@ -106,23 +127,23 @@ fn run(table: u64, kernel: bool) -> PteRun {
 }
 
 /// Fills the source table, and the destination's one present entry
-/// (none for a uniform run of a move that is not to stop).
-fn fill<F: Format>(memory: &dyn Fn(PhysAddr, u64), op: Op, kernel: bool, uniform: bool) {
+/// (none for a run wholly of one mapping, or a move that is not to stop).
+fn fill<F: Format>(memory: &dyn Fn(PhysAddr, u64), op: Op, kernel: bool, shape: Shape) {
     for i in 0..COUNT {
         memory(
             PhysAddr(TABLE + 8 * i as u64),
-            source::<F>(i, kernel, uniform),
+            source::<F>(i, kernel, shape),
         );
     }
     let occupied = match op {
-        Op::Copy(_) => !uniform,
+        Op::Copy(_) => shape != Shape::Uniform,
         Op::Move { occupied } => occupied,
         _ => false,
     };
     if occupied {
         memory(
             PhysAddr(OTHER + 8 * OCCUPIED as u64),
-            source::<F>(OCCUPIED + 1, kernel, false),
+            source::<F>(OCCUPIED + 1, kernel, Shape::Mixed),
         );
     }
 }
@@ -133,7 +154,7 @@ fn fill_for<B: Backend>(_: &B, machine: &Recording, op: Op, kernel: bool) {
         &|entry, value| machine.set_memory(entry, value),
         op,
         kernel,
-        false,
+        Shape::Mixed,
     );
 }
 
@@ -276,7 +297,10 @@ fn every_backend_runs_as_it_writes_entry_by_entry() {
 /// operations flush nothing) as the per-entry path does.
 #[test]
 fn x86_over_host_memory_runs_as_it_writes_entry_by_entry() {
-    for (kernel, uniform) in [(false, false), (true, false), (false, true), (true, true)] {
+    for (kernel, shape) in [false, true]
+        .into_iter()
+        .flat_map(|k| SHAPES.map(|s| (k, s)))
+    {
         for op in OPS {
             let outcomes = [true, false].map(|run_path| {
                 let memory = HostMemory::new(PhysAddr(TABLE), 17);
@@ -285,7 +309,7 @@ fn x86_over_host_memory_runs_as_it_writes_entry_by_entry() {
                     &|entry, value| memory.write(entry, value),
                     op,
                     kernel,
-                    uniform,
+                    shape,
                 );
                 let changes = apply(&backend, op, kernel, run_path);
                 assert!(backend.primitives().calls().is_empty());
@@ -297,7 +321,7 @@ fn x86_over_host_memory_runs_as_it_writes_entry_by_entry() {
             });
             assert_eq!(
                 outcomes[0], outcomes[1],
-                "{op:?}, kernel {kernel}, uniform {uniform}"
+                "{op:?}, kernel {kernel}, {shape:?}"
             );
             // The run did something worth comparing.
             assert!(outcomes[0].changes.count() > 0 || outcomes[0].changes.copied > 0);
@@ -313,7 +337,12 @@ fn runs_report_what_they_changed() {
     let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
     let present = (0..COUNT).filter(|i| i % 5 != 0).count() as u64;
     let fill_for = |op| {
-        fill::<lazymmu::pgtable::format::X86_64>(&|e, v| memory.write(e, v), op, false, false);
+        fill::<lazymmu::pgtable::format::X86_64>(
+            &|e, v| memory.write(e, v),
+            op,
+            false,
+            Shape::Mixed,
+        );
     };
 
     fill_for(Op::Clear { full: false });
@@ -343,7 +372,10 @@ fn runs_report_what_they_changed() {
 fn arm64_over_host_memory_runs_as_it_writes_entry_by_entry() {
     use lazymmu::backend::arm64::HostArm64;
     use lazymmu::mode::testing::TestEnv;
-    for (kernel, uniform) in [(false, false), (true, false), (false, true), (true, true)] {
+    for (kernel, shape) in [false, true]
+        .into_iter()
+        .flat_map(|k| SHAPES.map(|s| (k, s)))
+    {
         for lazy in [false, true] {
             for op in OPS {
                 let outcomes = [true, false].map(|run_path| {
@@ -353,7 +385,7 @@ fn arm64_over_host_memory_runs_as_it_writes_entry_by_entry() {
                         &|entry, value| memory.write(entry, value),
                         op,
                         kernel,
-                        uniform,
+                        shape,
                     );
                     let mode = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
                     let (changes, pending) = {

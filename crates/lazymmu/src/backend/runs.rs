@@ -124,11 +124,16 @@ impl RunChanges {
         self.mask[i / 64] |= 1 << (i % 64);
     }
 
-    /// Entries marked.
+    /// Entries marked. A full word (a run of one mapping) is counted
+    /// without its bits: x86-64's baseline has no `popcnt`.
+    #[inline]
     pub fn count(&self) -> u64 {
         self.mask
             .iter()
-            .map(|word| u64::from(word.count_ones()))
+            .map(|&word| match word {
+                u64::MAX => 64,
+                word => u64::from(word.count_ones()),
+            })
             .sum()
     }
 
@@ -432,6 +437,7 @@ pub mod cells {
     }
 
     /// Every entry of a run of `len` marked.
+    #[inline]
     fn all_marked(len: usize) -> RunChanges {
         let mut changes = RunChanges::default();
         for (w, marks) in changes.mask.iter_mut().enumerate() {
@@ -463,19 +469,27 @@ pub mod cells {
         (differ == 0 && valid).then_some(key)
     }
 
-    /// Whether no entry of `run` is valid (a destination that takes a
-    /// whole run).
-    #[inline]
-    fn all_invalid<F: Format>(run: &[Cell<u64>]) -> bool {
-        run.iter()
-            .fold(true, |none, cell| none & !F::is_valid(cell.get()))
-    }
+    /// Entries of a chunk of the one-pass loops.
+    const CHUNK: usize = 64;
 
-    /// Whether every entry of `run` is valid.
-    #[inline]
-    fn all_valid<F: Format>(run: &[Cell<u64>]) -> bool {
-        run.iter()
-            .fold(true, |all, cell| all & F::is_valid(cell.get()))
+    /// Calls `take` on the chunks of [`CHUNK`] entries of a run of `len`
+    /// from its start, in order, for as long as it takes them; returns the entries
+    /// taken, a multiple of [`CHUNK`]. `take` does its work on the chunk in
+    /// one pass with no branch per entry, which the compiler makes vector
+    /// code of, and while it does it tests whether the chunk was what the
+    /// work assumes (one mapping, as a map leaves it); if not, it puts the
+    /// chunk back as it was and returns false, and what is left goes entry
+    /// by entry. The chunk's entries hold other values meanwhile: memory
+    /// that lends runs of cells is not walked by hardware
+    /// ([`PageTableMemory::run_cells`](crate::pgtable::memory::PageTableMemory::run_cells)),
+    /// and nothing else runs on it between the two passes.
+    #[inline(always)]
+    fn take_chunks(len: usize, mut take: impl FnMut(core::ops::Range<usize>) -> bool) -> usize {
+        let mut done = 0;
+        while done + CHUNK <= len && take(done..done + CHUNK) {
+            done += CHUNK;
+        }
+        done
     }
 
     /// The address bits of a 4 KiB leaf of `F` that hold none of the
@@ -535,18 +549,49 @@ pub mod cells {
                 Some(changed)
             });
         }
-        if let Some(key) = uniform::<F>(run, address) {
-            let new = protection.apply::<F>(key);
-            if new == key {
-                return RunChanges::default();
-            }
-            for cell in run {
-                cell.set(new | (cell.get() & address));
-            }
-            return all_marked(run.len());
+        // The chunks of the first entry's mapping, then entry by entry.
+        let Some(first) = run.first() else {
+            return RunChanges::default();
+        };
+        let key = first.get() & !address;
+        let new_key = protection.apply::<F>(key);
+        let changed = new_key != key;
+        // An entry of the mapping becomes itself with the bits that differ
+        // between the two keys flipped, which flipped again restores it.
+        let flip = key ^ new_key;
+        let done = if changed {
+            take_chunks(run.len(), |chunk| {
+                let chunk = &run[chunk];
+                let (mut differ, mut valid) = (0, true);
+                for cell in chunk {
+                    let value = cell.get();
+                    differ |= (value & !address) ^ key;
+                    valid &= F::is_valid(value);
+                    cell.set(value ^ flip);
+                }
+                let taken = differ == 0 && valid;
+                if !taken {
+                    for cell in chunk {
+                        cell.set(cell.get() ^ flip);
+                    }
+                }
+                taken
+            })
+        } else {
+            0
+        };
+        if done == run.len() {
+            return if changed {
+                all_marked(done)
+            } else {
+                RunChanges::default()
+            };
         }
-        let mut last: Option<(u64, u64)> = None;
+        let mut last = Some((key, new_key));
         mark_each(run.len(), |i| {
+            if i < done {
+                return Some(changed);
+            }
             let old = run[i].get();
             if !F::is_valid(old) {
                 return Some(false);
@@ -580,37 +625,64 @@ pub mod cells {
         kind: CopyKind,
     ) -> RunChanges {
         let child = &child[..parent.len()];
-        let uniform = leaf_address::<F>(0)
-            .filter(|_| level == 1)
-            .and_then(|a| uniform::<F>(parent, a));
-        if let (Some(_), true) = (uniform, all_invalid::<F>(child)) {
-            let copy = CopyValues::of::<F>(parent[0].get(), level, kind);
-            let Some((child_bits, parent_bits)) = copy.values else {
-                return RunChanges::default();
-            };
-            let address = copy.address;
-            let mut changes = match parent_bits {
-                Some(parent_bits) => {
-                    for (from, to) in parent.iter().zip(child) {
-                        let value = from.get() & address;
-                        from.set(parent_bits | value);
-                        to.set(child_bits | value);
+        // The chunks of the first entry's mapping into empty child
+        // entries, then entry by entry.
+        let mut values = (level == 1)
+            .then(|| parent.first())
+            .flatten()
+            .map(|first| CopyValues::of::<F>(first.get(), level, kind));
+        let (done, downgraded) = match values {
+            Some(CopyValues {
+                key,
+                address,
+                values: Some((child_bits, parent_bits)),
+            }) => {
+                // Entries of the mapping become themselves with these bits
+                // flipped, in the parent and in the child's copy; flipped
+                // again they are restored. A child entry takes the copy
+                // flipped into it, which restores it too.
+                let parent_flip = parent_bits.map_or(0, |bits| key ^ bits);
+                let child_flip = key ^ child_bits;
+                let done = take_chunks(parent.len(), |chunk| {
+                    let (from, to) = (&parent[chunk.clone()], &child[chunk]);
+                    let (mut differ, mut valid, mut occupied) = (0, true, 0);
+                    for (source, target) in from.iter().zip(to) {
+                        let value = source.get();
+                        let old = target.get();
+                        differ |= (value & !address) ^ key;
+                        valid &= F::is_valid(value);
+                        occupied |= old;
+                        source.set(value ^ parent_flip);
+                        target.set(old ^ value ^ child_flip);
                     }
-                    all_marked(parent.len())
-                }
-                None => {
-                    for (from, to) in parent.iter().zip(child) {
-                        to.set(child_bits | (from.get() & address));
+                    let taken = differ == 0 && valid && occupied == 0;
+                    if !taken {
+                        for (source, target) in from.iter().zip(to) {
+                            let value = source.get() ^ parent_flip;
+                            source.set(value);
+                            target.set(target.get() ^ value ^ child_flip);
+                        }
                     }
-                    RunChanges::default()
-                }
+                    taken
+                });
+                (done, parent_bits.is_some())
+            }
+            _ => (0, false),
+        };
+        if done == parent.len() && done > 0 {
+            let mut changes = if downgraded {
+                all_marked(done)
+            } else {
+                RunChanges::default()
             };
-            changes.copied = parent.len() as u64;
+            changes.copied = done as u64;
             return changes;
         }
-        let mut copied = 0;
-        let mut values: Option<CopyValues> = None;
+        let mut copied = done as u64;
         let mut changes = mark_each(parent.len(), |i| {
+            if i < done {
+                return Some(downgraded);
+            }
             let current = parent[i].get();
             if !F::is_valid(current) {
                 return Some(false);
@@ -688,14 +760,46 @@ pub mod cells {
     #[inline]
     pub fn moves<F: Format>(from: &[Cell<u64>], to: &[Cell<u64>]) -> RunChanges {
         let to = &to[..from.len()];
-        if all_valid::<F>(from) && all_invalid::<F>(to) {
-            for (source, target) in from.iter().zip(to) {
-                target.set(source.get());
-                source.set(0);
-            }
-            return all_marked(from.len());
+        // Chunks of present entries into empty ones, then entry by entry;
+        // a move within one chunk's reach goes entry by entry.
+        let apart =
+            from.as_ptr_range().end <= to.as_ptr() || to.as_ptr_range().end <= from.as_ptr();
+        let done = if apart {
+            take_chunks(from.len(), |chunk| {
+                let (from, to) = (&from[chunk.clone()], &to[chunk]);
+                let (mut valid, mut occupied) = (true, 0);
+                // The target takes both values flipped into each other and
+                // the source the target's: the source's value and an empty
+                // source when the target was empty, and invertible
+                // whatever they were.
+                for (source, target) in from.iter().zip(to) {
+                    let value = source.get();
+                    let old = target.get();
+                    valid &= F::is_valid(value);
+                    occupied |= old;
+                    target.set(value ^ old);
+                    source.set(old);
+                }
+                let taken = valid && occupied == 0;
+                if !taken {
+                    for (source, target) in from.iter().zip(to) {
+                        let old = source.get();
+                        source.set(target.get() ^ old);
+                        target.set(old);
+                    }
+                }
+                taken
+            })
+        } else {
+            0
+        };
+        if done == from.len() {
+            return all_marked(done);
         }
         mark_each(from.len(), |i| {
+            if i < done {
+                return Some(true);
+            }
             let old = from[i].get();
             if !F::is_valid(old) {
                 return Some(false);
