@@ -387,9 +387,12 @@ pub fn move_ptes_each<F: Format, B: PteAccess + ?Sized>(
 }
 
 /// The run operations as loops over the entries themselves, for a backend
-/// whose entry stores have no side effect (x86 native): the same reads,
-/// tests and stores as the `*_each` functions over plain memory, with
-/// nothing between one entry and the next.
+/// whose entry stores have no side effect (x86 native): the same tables
+/// and the same report as the `*_each` functions over plain memory leave,
+/// with nothing between one entry and the next. Some loops store values
+/// they take back before they return (see `take_chunks`), which only
+/// memory that no hardware walker reads may see
+/// ([`PageTableMemory::run_cells`](crate::pgtable::memory::PageTableMemory::run_cells)).
 pub mod cells {
     use core::cell::Cell;
 

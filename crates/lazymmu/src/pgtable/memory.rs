@@ -77,7 +77,10 @@ pub unsafe trait PageTableMemory {
     /// through [`read`](PageTableMemory::read),
     /// [`write`](PageTableMemory::write) and
     /// [`swap`](PageTableMemory::swap): memory a hardware walker updates
-    /// concurrently needs its swaps atomic, which a cell's are not.
+    /// concurrently needs its swaps atomic, which a cell's are not. A run
+    /// lent as cells may hold values that the loop over it takes back
+    /// before it returns ([`runs::cells`](crate::backend::runs::cells)), so
+    /// no walker may read it meanwhile either.
     ///
     /// # Panics
     /// As [`PageTableMemory::write_run`].
