@@ -627,6 +627,7 @@ mod host {
     use crate::addr::{PhysAddr, SpaceId, VirtAddr};
     use crate::backend::machine::{BackendBug, CpuPrimitives};
     use crate::cpu::{Cpu, CpuId};
+    use crate::mode::testing::TestEnv;
     use crate::pgtable::memory::PageTableMemory;
 
     /// One arm64 CPU over host page-table memory `M`, for host tests and
@@ -638,7 +639,8 @@ mod host {
     pub struct HostArm64<M> {
         memory: M,
         pending: Cell<bool>,
-        preempt: Cell<u32>,
+        /// The CPU's number, interrupt flag and preemption count.
+        cpu: TestEnv,
         barriers: Cell<u64>,
         invalidations: Cell<u64>,
         bugs: Cell<u64>,
@@ -650,7 +652,7 @@ mod host {
             HostArm64 {
                 memory,
                 pending: Cell::new(false),
-                preempt: Cell::new(0),
+                cpu: TestEnv::default(),
                 barriers: Cell::new(0),
                 invalidations: Cell::new(0),
                 bugs: Cell::new(0),
@@ -673,20 +675,20 @@ mod host {
         }
     }
 
+    /// CPU 0, never in interrupt context, its preemption count checked:
+    /// the test environment's.
     impl<M: PageTableMemory> Cpu for HostArm64<M> {
         fn cpu_id(&self) -> CpuId {
-            CpuId::new(0)
+            self.cpu.cpu_id()
         }
         fn in_interrupt(&self) -> bool {
-            false
+            self.cpu.in_interrupt()
         }
         fn preempt_disable(&self) {
-            self.preempt.set(self.preempt.get() + 1);
+            self.cpu.preempt_disable()
         }
         fn preempt_enable(&self) {
-            let depth = self.preempt.get();
-            assert!(depth > 0, "preempt_enable without preempt_disable");
-            self.preempt.set(depth - 1);
+            self.cpu.preempt_enable()
         }
     }
 
