@@ -5,6 +5,8 @@
 //! ([`HostMemory`]), on the simulator's physical memory, and on a kernel's
 //! direct map (the kernel implements [`PageTableMemory`] over it).
 
+use core::cell::Cell;
+
 use crate::addr::PhysAddr;
 
 /// Bytes in a page-table frame.
@@ -68,6 +70,24 @@ pub unsafe trait PageTableMemory {
             self.write(first.add(8 * i), value + i * step);
         }
     }
+
+    /// Lends the `count` consecutive entries from `first` (inside one
+    /// frame) as cells, for a backend to update a run in one loop of plain
+    /// loads and stores. `None`, the default, when every entry must go
+    /// through [`read`](PageTableMemory::read),
+    /// [`write`](PageTableMemory::write) and
+    /// [`swap`](PageTableMemory::swap): memory a hardware walker updates
+    /// concurrently needs its swaps atomic, which a cell's are not. A run
+    /// lent as cells may hold values that the loop over it takes back
+    /// before it returns ([`runs::cells`](crate::backend::runs::cells)), so
+    /// no walker may read it meanwhile either.
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::write_run`].
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        let _ = (first, count);
+        None
+    }
 }
 
 // SAFETY: forwards to `T`, which made the promise.
@@ -91,6 +111,10 @@ unsafe impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
     #[inline]
     fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
         (**self).write_run(first, count, value, step)
+    }
+    #[inline]
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        (**self).run_cells(first, count)
     }
 }
 
@@ -210,8 +234,17 @@ mod host {
             self.cell(entry).replace(value)
         }
         fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+            if let Some(run) = self.run_cells(first, count) {
+                crate::backend::runs::cells::fill(run, value, step);
+            }
+        }
+
+        /// Host memory is not walked by hardware: a run is a slice of its
+        /// cells. `None` only for an empty run.
+        #[inline]
+        fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
             if count == 0 {
-                return;
+                return None;
             }
             let _ = self.cell(first);
             let offset = first.0 - self.base;
@@ -220,11 +253,7 @@ mod host {
             let run = frame.get(index..index + count).unwrap_or_else(|| {
                 panic!("run of {count} entries from {first:?} leaves its frame")
             });
-            let mut next = value;
-            for cell in run {
-                cell.set(next);
-                next = next.wrapping_add(step);
-            }
+            Some(run)
         }
 
         fn zero_frame(&self, frame: PhysAddr) {

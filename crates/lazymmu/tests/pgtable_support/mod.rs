@@ -7,8 +7,11 @@
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
+use lazymmu::backend::runs::{self, NewProtection, PteRun, RunChanges};
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use lazymmu::mode::ArchHooks;
+use lazymmu::pgtable::memory::PageTableMemory;
+use lazymmu::pgtable::ops::CopyKind;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
@@ -91,11 +94,36 @@ impl<F> TlbFlush for Native<'_, F> {
 
 impl<F> ContextSwitch for Native<'_, F> {}
 
-impl<'m, F: Format> Backend for Native<'m, F> {
+/// Runs of entries are loops over the host memory's cells, as the x86
+/// backend's are, in `F`'s format: the model tests check those loops for
+/// every format.
+impl<F: Format> Backend for Native<'_, F> {
     type Format = F;
     type Memory = HostMemory;
     fn memory(&self) -> &HostMemory {
         self.inner.memory()
+    }
+
+    fn clear_ptes(&self, run: PteRun, _full: bool) -> RunChanges {
+        runs::cells::clear::<F>(self.cells(&run))
+    }
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        runs::cells::protect::<F>(self.cells(&run), protection)
+    }
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        runs::cells::copy::<F>(self.cells(&parent), self.cells(&child), parent.level, kind)
+    }
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        runs::cells::moves::<F>(self.cells(&from), self.cells(&to))
+    }
+}
+
+impl<F> Native<'_, F> {
+    fn cells(&self, run: &PteRun) -> &[std::cell::Cell<u64>] {
+        self.inner
+            .memory()
+            .run_cells(run.entry, run.count)
+            .expect("host memory lends every run")
     }
 }
 
