@@ -263,7 +263,7 @@ fn protected_page_tables_fault_on_an_eager_path_that_forgot_to_open_the_register
 
 #[test]
 fn lazy_sections_batch_where_the_backend_batches() {
-    // The direction of DESIGN.md §7: batching removes most hypercalls,
+    // The direction of docs/design.md §7: batching removes most hypercalls,
     // barriers, IPTEs and key writes. (sparc64 is not among them: a
     // single-threaded process's flushes cross-call nobody, batched or not,
     // `smp_flush_tlb_pending` cutting `mm_cpumask` to this CPU.)

@@ -1,4 +1,4 @@
-//! The Linux 7.0 Xen PV bug (DESIGN.md §2): with the counter updated and
+//! The Linux 7.0 Xen PV bug (docs/design.md §2): with the counter updated and
 //! the arch hook called with preemption allowed in between, a task
 //! preempted right after `enable_count` went 0→1 is re-entered by the
 //! context-switch hook and then entered a second time by the interrupted
