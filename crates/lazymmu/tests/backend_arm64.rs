@@ -10,6 +10,7 @@ use lazymmu::backend::arm64::{
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives, Primitive};
 use lazymmu::backend::recording::{Call, Event, Recording};
 use lazymmu::backend::{ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
+use lazymmu::cpu::{Cpu, CpuId, CpuMask};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
 
@@ -203,7 +204,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(511 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(0b11),
+        FlushScope::Cpus(CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8 + 511);
 }
@@ -309,8 +310,8 @@ struct WithRange<'a> {
     ranges: RefCell<Vec<(u64, u8, u8, bool)>>,
 }
 
-impl CpuPrimitives for WithRange<'_> {
-    fn cpu_id(&self) -> usize {
+impl Cpu for WithRange<'_> {
+    fn cpu_id(&self) -> CpuId {
         self.machine.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
@@ -322,6 +323,9 @@ impl CpuPrimitives for WithRange<'_> {
     fn preempt_enable(&self) {
         self.machine.preempt_enable()
     }
+}
+
+impl CpuPrimitives for WithRange<'_> {
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         CpuPrimitives::read_pte(self.machine, entry)
     }
