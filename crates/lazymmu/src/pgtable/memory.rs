@@ -70,6 +70,42 @@ pub unsafe trait PageTableMemory {
     }
 }
 
+/// What a poisoning allocator leaves in the entry at `entry` of a frame
+/// it hands out (see [`HostFrameAllocator::poisoning`]): garbage that
+/// every format reads as present at every level — x86-64's P bit,
+/// AArch64's valid-table/page bits `0b11`, book3s64's and sparc64's bit
+/// 63, s390's present bit with both of its invalid bits (0x20, 0x400)
+/// clear — with the other bits a hash of the entry's address, so that a
+/// table or leaf read from it points somewhere arbitrary. A range
+/// operation that reads an entry of a new table it did not clear sees a
+/// mapping that is not there.
+///
+/// [`HostFrameAllocator::poisoning`]: crate::pgtable::allocator::HostFrameAllocator::poisoning
+///
+/// ```
+/// use lazymmu::addr::PhysAddr;
+/// use lazymmu::pgtable::format::{Aarch64, Entry, Format, S390, X86_64};
+/// use lazymmu::pgtable::memory::poison;
+/// let garbage = poison(PhysAddr(0x10_0008));
+/// assert_ne!(X86_64::decode(garbage, 1), Entry::Absent);
+/// assert_ne!(Aarch64::decode(garbage, 2), Entry::Absent);
+/// assert_ne!(S390::decode(garbage, 1), Entry::Absent);
+/// ```
+pub const fn poison(entry: PhysAddr) -> u64 {
+    /// x86 P and RW; AArch64 valid and table/page; ppc64 hash `_PAGE_PRESENT`
+    /// and sparc64 `_PAGE_VALID` (bit 63); s390 `_PAGE_PRESENT`.
+    const SET: u64 = 1 << 63 | 0b11;
+    /// s390 `_PAGE_INVALID` (0x400) and `_SEGMENT_ENTRY_INVALID` /
+    /// `_REGION_ENTRY_INVALID` (0x20).
+    const CLEAR: u64 = 0x400 | 0x20;
+    // The SplitMix64 finaliser of the address.
+    let mut z = entry.0 ^ 0x9e37_79b9_7f4a_7c15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z | SET) & !CLEAR
+}
+
 // SAFETY: forwards to `T`, which made the promise.
 unsafe impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
     #[inline]
@@ -99,10 +135,10 @@ pub use host::{HostFrame, HostMemory};
 
 #[cfg(feature = "alloc")]
 mod host {
-    use alloc::vec::Vec;
+    use alloc::rc::Rc;
     use core::cell::Cell;
 
-    use super::{PageTableMemory, FRAME_SIZE};
+    use super::{poison, PageTableMemory, FRAME_SIZE};
     use crate::addr::PhysAddr;
 
     /// One 4 KiB frame of host memory, aligned like a real frame so that a
@@ -119,7 +155,11 @@ mod host {
     }
 
     /// Page-table memory on the host: a contiguous array of frames whose
-    /// physical addresses start at `base`.
+    /// physical addresses start at `base`. Its allocator,
+    /// [`HostFrameAllocator::poisoning`], shares the frames and fills each
+    /// one it hands out with [`poison`].
+    ///
+    /// [`HostFrameAllocator::poisoning`]: crate::pgtable::allocator::HostFrameAllocator::poisoning
     ///
     /// ```
     /// use lazymmu::addr::PhysAddr;
@@ -130,7 +170,7 @@ mod host {
     /// ```
     pub struct HostMemory {
         base: u64,
-        frames: Vec<HostFrame>,
+        frames: Rc<[HostFrame]>,
     }
 
     impl core::fmt::Debug for HostMemory {
@@ -156,8 +196,35 @@ mod host {
             );
             HostMemory {
                 base: base.0,
-                frames: alloc::vec![HostFrame::zeroed(); frames],
+                frames: (0..frames).map(|_| HostFrame::zeroed()).collect(),
             }
+        }
+
+        /// The same frames, for an allocator that poisons them.
+        pub(crate) fn share(&self) -> Self {
+            HostMemory {
+                base: self.base,
+                frames: Rc::clone(&self.frames),
+            }
+        }
+
+        /// Fills the frame at `frame` with [`poison`], as a poisoning
+        /// allocator hands it out.
+        ///
+        /// # Panics
+        /// If `frame` is not a frame of this memory.
+        pub fn poison_frame(&self, frame: PhysAddr) {
+            let cells = &self.frame(frame).0;
+            for (i, cell) in cells.iter().enumerate() {
+                cell.set(poison(frame.add(8 * i as u64)));
+            }
+        }
+
+        fn frame(&self, frame: PhysAddr) -> &HostFrame {
+            assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
+            // `cell` checks that the frame is ours.
+            let _ = self.cell(frame);
+            &self.frames[((frame.0 - self.base) / FRAME_SIZE) as usize]
         }
 
         /// Physical address of the first frame.
@@ -228,11 +295,7 @@ mod host {
         }
 
         fn zero_frame(&self, frame: PhysAddr) {
-            assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
-            // `cell` checks that the frame is ours.
-            let _ = self.cell(frame);
-            let index = ((frame.0 - self.base) / FRAME_SIZE) as usize;
-            for cell in &self.frames[index].0 {
+            for cell in &self.frame(frame).0 {
                 cell.set(0);
             }
         }

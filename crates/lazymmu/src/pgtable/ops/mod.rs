@@ -34,7 +34,7 @@
 //!     memory::HostMemory, ops::{allocate_root, PageTables}, walk::translate,
 //! };
 //! let memory = HostMemory::new(PhysAddr(0x100_0000), 64);
-//! let frames = HostFrameAllocator::new(PhysAddr(0x100_0000), 64);
+//! let frames = HostFrameAllocator::poisoning(&memory);
 //! let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
 //! let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
 //! // SAFETY: the allocator hands out the frames of `memory`, which holds
