@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh
-exec cargo run --quiet -p lazymmu-cli -- boot "$@"
+exec cargo run --release --quiet -p lazymmu-cli -- boot "$@"

@@ -10,11 +10,13 @@
 //! What both kernels share is written once here: the test harness and its
 //! report ([`check`]), the range-operation tests over a kernel's MMU
 //! ([`range_tests`]), the test data frames ([`testdata`]), the measurement
-//! tables ([`table`]), the frame pools ([`frames`]), the console
-//! ([`console`]) and the locks ([`sync`]). Each architecture's module
-//! provides what these name through the crate root:
-//! `cpu::{disable_interrupts, enable_interrupts}`, `serial::write_byte`,
-//! `memory::{phys_to_virt, DATA_FRAMES}`.
+//! tables ([`table`]), the frame pools ([`frames`]), the page-table memory
+//! and frames the library builds tables with, the kernel's root and image
+//! mapping ([`page_tables`]), the console ([`console`]) and the locks
+//! ([`sync`]). Each architecture's module provides what these name through
+//! the crate root: `cpu::{disable_interrupts, enable_interrupts}`,
+//! `serial::write_byte`, `memory::{phys_to_virt, DATA_FRAMES,
+//! PAGE_TABLE_FRAMES}`, `paging::with_page_table_window`.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -27,6 +29,7 @@
 mod check;
 mod console;
 mod frames;
+mod page_tables;
 mod range_tests;
 mod sync;
 mod table;

@@ -11,42 +11,36 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use lazymmu::addr::{PageSize, PhysAddr, VirtAddr};
 use lazymmu::backend::Backend;
 use lazymmu::mode::LazyMode;
-use lazymmu::pgtable::allocator::FrameAllocator;
-use lazymmu::pgtable::format::{Attributes, Format};
+use lazymmu::pgtable::format::Attributes;
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::memory::PageTableMemory;
 use lazymmu::pgtable::ops::{ApplyMode, MapError, PageTables};
 
 use crate::check::{Message, Outcome};
 use crate::frames::FRAME;
 use crate::memory::phys_to_virt;
+use crate::page_tables::{KernelMemory, PageTableFrames};
 use crate::testdata::{data_run, free_run, pattern};
 use crate::{ensure, ensure_eq, message, println};
 
-/// The kernel tables of guest `G`.
+/// The kernel tables of guest `G`, over the memory and frames both
+/// kernels share.
 pub type Tables<G> = PageTables<
     'static,
-    <G as Guest>::Format,
-    <G as Guest>::Memory,
+    <<G as Guest>::Backend as Backend>::Format,
+    KernelMemory,
     <G as Guest>::Backend,
     <G as Guest>::Lazy,
-    <G as Guest>::Frames,
+    PageTableFrames,
 >;
 
 /// A kernel's MMU as the tests see it: its kernel tables (with its lazy
 /// mode) and gathers, from which this module makes the operations, and
 /// what differs between kernels.
 pub trait Guest {
-    /// The tables' format.
-    type Format: Format;
-    /// The memory the tables live in.
-    type Memory: PageTableMemory + 'static;
-    /// The backend every entry goes through.
+    /// The backend every entry goes through (its format is the tables').
     type Backend: Backend + 'static;
     /// The lazy mode.
     type Lazy: LazyMode + 'static;
-    /// The page-table frame allocator.
-    type Frames: FrameAllocator + 'static;
 
     /// The first address of test area `n` (a gigabyte of kernel space).
     fn area(n: u64) -> u64;
@@ -55,10 +49,10 @@ pub trait Guest {
     fn tables() -> Tables<Self>;
 
     /// A gather for kernel mappings, flushing every CPU that may hold them.
-    fn gather() -> Gather<'static, Self::Backend, Self::Frames>;
+    fn gather() -> Gather<'static, Self::Backend, PageTableFrames>;
 
     /// A gather an interrupt handler uses for a page only its CPU maps.
-    fn gather_here() -> Gather<'static, Self::Backend, Self::Frames>;
+    fn gather_here() -> Gather<'static, Self::Backend, PageTableFrames>;
 
     /// Loads the 8 bytes at `va`.
     ///
@@ -116,7 +110,7 @@ pub fn map<G: Guest>(
 fn zap_with<G: Guest>(
     va: u64,
     pages: u64,
-    mut gather: Gather<'static, G::Backend, G::Frames>,
+    mut gather: Gather<'static, G::Backend, PageTableFrames>,
 ) -> Outcome {
     G::tables()
         .zap(VirtAddr(va), pages * FRAME, &mut gather)

@@ -4,7 +4,7 @@
 //! (`isa-debug-exit` on x86-64, semihosting `SYS_EXIT` on arm64) and with a
 //! `N passed, 0 failed` line.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc;
@@ -69,6 +69,7 @@ const BOOT_MARKER: &str = "lazymmu kernel:";
 
 /// Options of `lazymmu boot`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = crate::exit::STATUSES)]
 pub struct Args {
     /// Seconds to let the guest run before QEMU is killed and the boot fails.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -83,9 +84,11 @@ pub struct Args {
     /// Boot this kernel image instead of building `kernel/`.
     #[arg(long)]
     pub kernel: Option<PathBuf>,
-    /// The kernel's source directory (its Cargo package).
-    #[arg(long, default_value_os_t = default_kernel_dir())]
-    pub kernel_dir: PathBuf,
+    /// The kernel's source directory (its Cargo package) [default:
+    /// `kernel/` of the current directory, else of the lazymmu sources
+    /// this binary was built from].
+    #[arg(long, value_name = "DIR")]
+    pub kernel_dir: Option<PathBuf>,
     /// Print the firmware's output and every guest line, not only the
     /// kernel's.
     #[arg(long)]
@@ -99,8 +102,42 @@ pub struct Args {
 /// CPUs the x86-64 kernel gets unless `--cpus` says otherwise.
 const DEFAULT_CPUS: u8 = 4;
 
-fn default_kernel_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel")
+/// The package name in the kernel's `Cargo.toml`.
+const KERNEL_PACKAGE: &str = "name = \"lazymmu-kernel\"";
+
+/// Whether `dir` holds the kernel's sources.
+fn is_kernel_dir(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|m| m.contains(KERNEL_PACKAGE))
+}
+
+/// The kernel's sources: `--kernel-dir`, else `kernel/` of the current
+/// directory, else of the source tree this binary was built from.
+///
+/// # Errors
+/// A usage error when the directory given, or every default, holds no
+/// kernel sources.
+fn kernel_dir(args: &Args) -> Result<PathBuf> {
+    if let Some(dir) = &args.kernel_dir {
+        return if is_kernel_dir(dir) {
+            Ok(dir.clone())
+        } else {
+            Err(crate::exit::usage(format!(
+                "{} holds no kernel sources (no Cargo.toml of the lazymmu-kernel package): \
+                 pass the kernel/ directory of the lazymmu repository",
+                dir.display()
+            )))
+        };
+    }
+    let built_from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernel");
+    [PathBuf::from("kernel"), built_from]
+        .into_iter()
+        .find(|dir| is_kernel_dir(dir))
+        .ok_or_else(|| {
+            crate::exit::usage(
+                "no kernel sources found: run lazymmu boot from the lazymmu repository, or \
+                 pass --kernel-dir DIR (its kernel/ directory), or --kernel IMAGE",
+            )
+        })
 }
 
 /// What the guest reported.
@@ -151,13 +188,16 @@ pub fn parse_summary(line: &str) -> Option<(u32, u32)> {
 /// all`, every guest) passed, 1 when one failed, timed out or crashed.
 ///
 /// # Errors
-/// When the options do not fit the architecture, a kernel cannot be built
-/// or QEMU cannot be started (the caller exits with 2).
+/// When the options do not fit the architecture or there are no kernel
+/// sources (usage errors), a kernel cannot be built or QEMU cannot be
+/// started.
 pub fn run(args: &Args) -> Result<ExitCode> {
     let arches: &[Arch] = match args.arch {
         Arch::All => {
             if args.qemu.is_some() || args.kernel.is_some() {
-                bail!("--qemu and --kernel name one kernel's files; give --arch x86_64 or aarch64");
+                return Err(crate::exit::usage(
+                    "--qemu and --kernel name one kernel's files; give --arch x86_64 or aarch64",
+                ));
             }
             &[Arch::X86_64, Arch::Aarch64]
         }
@@ -165,16 +205,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         Arch::Aarch64 => &[Arch::Aarch64],
     };
     if arches.contains(&Arch::Aarch64) && args.cpus.is_some_and(|cpus| cpus != 1) {
-        bail!("the arm64 kernel runs on one CPU; --cpus applies to --arch x86_64");
+        return Err(crate::exit::usage(
+            "the arm64 kernel runs on one CPU; --cpus applies to --arch x86_64",
+        ));
     }
     let mut passed = true;
     for &arch in arches {
         let report = boot_guest(args, arch)?;
         if report.success() {
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "boot: {} guest passed (QEMU exit status {SUCCESS_STATUS})",
                 arch.name()
-            );
+            )?;
         } else {
             eprintln!(
                 "boot: {} FAILED: {}",
@@ -227,7 +270,7 @@ fn explain(report: &GuestReport, timeout: u64) -> String {
 pub fn boot_guest(args: &Args, arch: Arch) -> Result<GuestReport> {
     let kernel = match &args.kernel {
         Some(kernel) => kernel.clone(),
-        None => build_kernel(&args.kernel_dir, arch.target())?,
+        None => build_kernel(&kernel_dir(args)?, arch.target())?,
     };
     let (default_qemu, package) = arch.qemu();
     let qemu = args
@@ -302,7 +345,7 @@ fn build_kernel(dir: &Path, target: &str) -> Result<PathBuf> {
     );
     // Run from the kernel's directory so its .cargo/config.toml (target,
     // relocation model) applies; flags meant for the host must not leak in.
-    let status = Command::new(cargo)
+    let build = Command::new(cargo)
         .current_dir(&dir)
         .args([
             "build",
@@ -318,18 +361,31 @@ fn build_kernel(dir: &Path, target: &str) -> Result<PathBuf> {
         .env_remove("CARGO_BUILD_TARGET")
         .env_remove("CARGO_TARGET_DIR")
         .stdin(Stdio::null())
-        .status()
+        .stderr(Stdio::piped())
+        .output()
         .context("cannot run cargo to build the kernel")?;
-    if !status.success() {
+    let messages = String::from_utf8_lossy(&build.stderr);
+    eprint!("{messages}");
+    if !build.status.success() {
+        // rustc says so when the target's `core` is missing.
+        if messages.contains("target may not be installed") {
+            bail!(
+                "building the kernel failed ({}): the target is missing: rustup target add \
+                 {target}",
+                build.status
+            );
+        }
         bail!(
-            "building the kernel failed ({status}); it needs the target: \
-             rustup target add {target}"
+            "building the kernel in {} failed ({}); cargo's messages are above",
+            dir.display(),
+            build.status
         );
     }
     Ok(target_dir.join(target).join("release/lazymmu-kernel"))
 }
 
-/// Streams QEMU's output, kills it at the deadline and collects the report.
+/// Streams QEMU's output, kills it at the deadline (or when standard
+/// output is closed) and collects the report.
 fn watch(child: &mut Child, timeout: Duration, verbose: bool) -> Result<GuestReport> {
     let stdout = child.stdout.take().context("QEMU stdout")?;
     let mut stderr = child.stderr.take().context("QEMU stderr")?;
@@ -367,7 +423,11 @@ fn watch(child: &mut Child, timeout: Duration, verbose: bool) -> Result<GuestRep
                     }
                 }
                 if in_kernel {
-                    println!("{line}");
+                    if let Err(error) = writeln!(std::io::stdout(), "{line}") {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(error.into());
+                    }
                     report.observe(&line);
                 }
             }

@@ -39,12 +39,13 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use lazymmu_sim::calibration::{Calibration, Call, CallCost, Coefficient, Fit, SizeSamples};
 
 /// Options of `lazymmu calibrate`.
 #[derive(Args, Debug, Clone)]
+#[command(after_help = crate::exit::STATUSES)]
 pub struct CalibrateArgs {
     /// Pages per call (comma-separated, at least two distinct sizes).
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,512,4096,16384",
@@ -77,7 +78,9 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     sizes.sort_unstable();
     sizes.dedup();
     if sizes.len() < 2 {
-        bail!("--sizes needs at least two distinct sizes to fit a per-call and a per-page cost");
+        return Err(crate::exit::usage(
+            "--sizes needs at least two distinct sizes to fit a per-call and a per-page cost",
+        ));
     }
     // Refuse an output that cannot be written before measuring, not after;
     // opening for append leaves an existing file as it is until the end.
@@ -106,7 +109,7 @@ pub fn run(args: &CalibrateArgs) -> Result<ExitCode> {
     if let Some(path) = &args.output {
         fs::write(path, calibration.to_json())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        println!("wrote {}", path.display());
+        writeln!(io::stdout(), "wrote {}", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -889,7 +892,9 @@ mod measure {
             }
         };
         if cpu as usize >= libc::CPU_SETSIZE as usize {
-            bail!("--cpu {cpu}: beyond the CPUs this system can address");
+            return Err(crate::exit::usage(format!(
+                "--cpu {cpu}: beyond the CPUs this system can address"
+            )));
         }
         // SAFETY: `cpu_set_t` is a plain bit set; all zero is empty.
         let mut set: libc::cpu_set_t = unsafe { core::mem::zeroed() };
@@ -899,7 +904,9 @@ mod measure {
         // passed; pid 0 is this thread.
         let ret =
             unsafe { libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) };
-        check(ret, &format!("cannot pin to CPU {cpu}"))?;
+        // The kernel refuses a CPU that is not there: a bad --cpu.
+        check(ret, &format!("cannot pin to CPU {cpu}"))
+            .map_err(|e| crate::exit::usage(format!("{e:#}")))?;
         Ok(Some(cpu))
     }
 

@@ -7,13 +7,17 @@
 //! omitted). `--replay` takes such a string, or the path of a file holding
 //! one (blank lines and lines starting with `#` are skipped).
 //!
-//! Exit status: 0 when every invariant holds, 1 on a violation, 2 on bad
-//! usage.
+//! Exit status: 0 when every invariant holds over everything explored, 1
+//! on a violation, 2 on bad usage, 3 when no violation was found but the
+//! exploration stopped at `--max-schedules` (incomplete).
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
+use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -21,25 +25,28 @@ use lazymmu_sim::choice::Trace;
 use lazymmu_sim::explore::{Bounds, Found};
 use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant, SIM_PREEMPTIONS};
 
+use crate::exit::{usage, FINDING, INCOMPLETE, STATUSES};
+use crate::input::{Lines, QUOTE};
+use crate::progress::Progress;
+use crate::text::{count, excerpt, thousands, Table};
+
 /// Options of `lazymmu check`.
 #[derive(Args, Debug)]
-#[command(after_help = "\
+#[command(after_help = format!("\
 A trace is SCENARIO:C0.C1.C2... : the scenario, then the option taken at each \
 choice point in order (0 continues; trailing zeros may be left out), e.g. \
 switch-windows:0.2. Every violation is printed with its shortest trace and the \
-command that replays it. --replay also takes a file holding a trace (blank \
+command that replays it. --replay also takes a file holding one trace (blank \
 lines and lines starting with # are skipped).
 
-Exit status: 0 when every invariant holds, 1 on a violation, 2 on bad usage.")]
+{STATUSES} check exits with 3 when it found no violation but stopped at \
+--max-schedules before covering every schedule (incomplete)."))]
 pub struct CheckArgs {
-    /// Check another shipped design (percpu, stateful) or a known-bad
-    /// variant (linux70-xen, percpu-preemptible, nested-no-flush,
-    /// irq-batched, stateful-single-slot, gather-free-before-flush,
-    /// pgmap-percpu-preemptible, ctxswitch-lost-ipi); see --list.
-    #[arg(long, value_name = "NAME", default_value = "default")]
-    pub variant: Variant,
+    /// Check another shipped design or a known-bad variant.
+    #[arg(long, value_name = "NAME", default_value = "default", value_parser = variant_values())]
+    pub variant: String,
     /// Only these scenarios (repeatable); all by default.
-    #[arg(long = "scenario", value_name = "NAME")]
+    #[arg(long = "scenario", value_name = "NAME", value_parser = scenario_values())]
     pub scenarios: Vec<String>,
     /// At most this many preemptive choices per schedule (CHESS-style
     /// bound).
@@ -52,12 +59,12 @@ pub struct CheckArgs {
     /// Do not prune states already visited.
     #[arg(long)]
     pub no_prune: bool,
-    /// Stop each scenario after this many schedules (the report says it is
-    /// incomplete).
-    #[arg(long, value_name = "N")]
+    /// Stop each scenario after this many schedules; a scenario stopped
+    /// there is reported incomplete, and so is the check (exit status 3).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_schedules: Option<u64>,
     /// Replay one schedule, given as `SCENARIO:C0.C1...` or a file holding
-    /// it, and report what it ends in.
+    /// one, and report what it ends in.
     #[arg(long, value_name = "TRACE")]
     pub replay: Option<String>,
     /// List the scenarios and variants and exit.
@@ -68,35 +75,54 @@ pub struct CheckArgs {
     pub json: bool,
 }
 
-/// Bad usage detected after parsing: reported with exit status 2.
-fn usage(message: impl std::fmt::Display) -> Result<i32> {
-    eprintln!("lazymmu check: {message}");
-    Ok(2)
+/// The variants `--variant` accepts, each with what it checks.
+fn variant_values() -> PossibleValuesParser {
+    PossibleValuesParser::new(Variant::ALL.iter().map(|v| {
+        let about = if v.is_known_bad() {
+            format!("known bad: {}", v.about())
+        } else {
+            v.about().to_owned()
+        };
+        PossibleValue::new(v.name()).help(about)
+    }))
 }
 
-/// Runs `lazymmu check`; returns the exit status.
+/// The scenarios `--scenario` accepts (`tiny`, a two-task scenario for
+/// trying the checker out, is accepted but not listed).
+fn scenario_values() -> PossibleValuesParser {
+    let listed = scenarios::all()
+        .into_iter()
+        .map(|s| PossibleValue::new(s.name().to_owned()).help(s.about().to_owned()));
+    let tiny = scenarios::find("tiny").map(|s| PossibleValue::new(s.name().to_owned()).hide(true));
+    PossibleValuesParser::new(listed.chain(tiny))
+}
+
+/// Runs `lazymmu check`.
 ///
 /// # Errors
-/// Only when standard output cannot be written.
-pub fn check(args: &CheckArgs) -> Result<i32> {
+/// Usage errors (a variant that applies to no selected scenario, a trace
+/// that does not parse or fit); I/O errors reading a trace file or writing
+/// the report.
+pub fn run(args: &CheckArgs) -> Result<ExitCode> {
+    let variant: Variant = args
+        .variant
+        .parse()
+        .map_err(|_| usage(format!("unknown variant `{}`", args.variant)))?;
     if args.list {
         return list(args.json);
     }
     if let Some(text) = &args.replay {
-        return replay(args, text);
+        return replay(args, variant, text);
     }
-    let all = scenarios::all();
     let selected: Vec<Entry> = if args.scenarios.is_empty() {
-        all
+        scenarios::all()
     } else {
-        let mut selected = Vec::new();
-        for name in &args.scenarios {
-            match scenarios::find(name) {
-                Some(s) => selected.push(s),
-                None => return usage(unknown_scenario(name)),
-            }
-        }
-        selected
+        args.scenarios
+            .iter()
+            .map(|name| {
+                scenarios::find(name).ok_or_else(|| usage(format!("unknown scenario `{name}`")))
+            })
+            .collect::<Result<_>>()?
     };
     let bounds = Bounds {
         preemptions: Some(args.preemptions),
@@ -104,30 +130,65 @@ pub fn check(args: &CheckArgs) -> Result<i32> {
         max_schedules: args.max_schedules,
         stop_at_first: false,
     };
-    let report = scenarios::check(&selected, args.variant, bounds, args.sim_preemptions);
+    let report = explore(&selected, variant, bounds, args.sim_preemptions);
     if report.scenarios.is_empty() {
-        return usage(format!(
-            "variant {} applies to none of the selected scenarios (see --list: machine variants do not run on sim-*, neighbour variants only on their workload)",
-            args.variant
-        ));
+        return Err(usage(format!(
+            "variant {variant} applies to none of the selected scenarios (see --list: machine \
+             variants do not run on sim-*, neighbour variants only on their workload)"
+        )));
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = BufWriter::new(std::io::stdout().lock());
     if args.json {
         serde_json::to_writer_pretty(&mut out, &report_json(&report))?;
         writeln!(out)?;
     } else {
         write_report(&mut out, &report)?;
     }
-    Ok(if report.holds() { 0 } else { 1 })
+    out.flush()?;
+    Ok(ExitCode::from(verdict(&report)))
 }
 
-fn unknown_scenario(name: &str) -> String {
-    let all = scenarios::all();
-    let names: Vec<_> = all.iter().map(|s| s.name()).collect();
-    format!(
-        "unknown scenario {name:?}; known: {}, tiny",
-        names.join(", ")
-    )
+/// The exit status of a check: a violation, else incomplete coverage,
+/// else success.
+fn verdict(report: &CheckReport) -> u8 {
+    if !report.holds() {
+        FINDING
+    } else if incomplete(report) > 0 {
+        INCOMPLETE
+    } else {
+        0
+    }
+}
+
+/// Scenarios whose exploration stopped before covering every schedule.
+fn incomplete(report: &CheckReport) -> usize {
+    report
+        .scenarios
+        .iter()
+        .filter(|s| !s.report.complete())
+        .count()
+}
+
+/// Explores the scenarios, showing on a terminal which one and how many
+/// of its schedules are done.
+fn explore(
+    selected: &[Entry],
+    variant: Variant,
+    bounds: Bounds,
+    sim_preemptions: u32,
+) -> CheckReport {
+    let progress = Progress::new(selected.len() as u64, "scenarios");
+    let names: Vec<&str> = selected.iter().map(|s| s.name()).collect();
+    scenarios::check_with(selected, variant, bounds, sim_preemptions, &mut |at| {
+        if let Some(index) = names.iter().position(|&n| n == at.scenario) {
+            progress.set(index as u64);
+        }
+        progress.message(format!(
+            "{}: {}",
+            at.scenario,
+            count(at.schedules, "schedule")
+        ));
+    })
 }
 
 /// The command that replays `trace` under `variant`.
@@ -139,8 +200,8 @@ pub fn replay_command(variant: Variant, trace: &Trace) -> String {
     }
 }
 
-fn list(json: bool) -> Result<i32> {
-    let mut out = std::io::stdout().lock();
+fn list(json: bool) -> Result<ExitCode> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
     let all = scenarios::all();
     if json {
         let doc = json!({
@@ -151,65 +212,96 @@ fn list(json: bool) -> Result<i32> {
         });
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
-        return Ok(0);
+    } else {
+        writeln!(out, "scenarios:")?;
+        for s in &all {
+            writeln!(out, "  {:<24} {}", s.name(), s.about())?;
+        }
+        writeln!(out, "variants:")?;
+        for v in Variant::ALL {
+            let tag = if v.is_known_bad() { " (known bad)" } else { "" };
+            writeln!(out, "  {:<24} {}{tag}", v.name(), v.about())?;
+        }
     }
-    writeln!(out, "scenarios:")?;
-    for s in &all {
-        writeln!(out, "  {:<24} {}", s.name(), s.about())?;
-    }
-    writeln!(out, "variants:")?;
-    for v in Variant::ALL {
-        let tag = if v.is_known_bad() { " (known bad)" } else { "" };
-        writeln!(out, "  {:<24} {}{tag}", v.name(), v.about())?;
-    }
-    Ok(0)
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
 }
 
-/// Reads a trace from the argument, or from the file it names.
-fn read_trace(text: &str) -> std::result::Result<Trace, String> {
+/// The longest trace line `--replay` reads from a file, in bytes: the
+/// traces `check` prints are a few hundred bytes.
+const MAX_TRACE: usize = 1 << 20;
+
+/// Reads the trace the argument is, or the one trace of the file it
+/// names.
+///
+/// # Errors
+/// An I/O error naming the path when the argument is no trace and no
+/// readable file; a usage error for a file with no trace, more than one,
+/// or a line over the limit, and for a trace that does not parse.
+fn read_trace(text: &str) -> Result<Trace> {
     let path = Path::new(text);
     let line = if path.is_file() {
-        let contents = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read trace file {text}: {e}"))?;
-        contents
-            .lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
-            .ok_or_else(|| format!("trace file {text} holds no trace"))?
-    } else {
+        let file = File::open(path).with_context(|| format!("cannot read trace file {text}"))?;
+        let mut lines = Lines::new(BufReader::new(file), text, MAX_TRACE);
+        let mut found: Option<(usize, String)> = None;
+        while let Some((number, line)) = lines.next_line()? {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some((first, _)) = &found {
+                return Err(usage(format!(
+                    "{text}:{number}: a second trace (the first is on line {first}); \
+                     --replay replays one: keep one in the file"
+                )));
+            }
+            found = Some((number, line.to_owned()));
+        }
+        found
+            .map(|(_, line)| line)
+            .ok_or_else(|| usage(format!("trace file {text} holds no trace")))?
+    } else if text.contains(':') {
         text.to_owned()
+    } else {
+        // Neither a trace nor a file: say why the file could not be read.
+        let error = std::fs::metadata(path)
+            .err()
+            .map_or_else(|| "not a regular file".to_owned(), |e| e.to_string());
+        return Err(anyhow::anyhow!(
+            "cannot read trace file {text}: {error} (a trace is SCENARIO:C0.C1..., e.g. \
+             switch-windows:0.2)"
+        ));
     };
     line.parse::<Trace>()
-        .map_err(|e| format!("bad trace {line:?}: {e}"))
+        .map_err(|e| usage(format!("bad trace {}: {e}", excerpt(&line, QUOTE))))
 }
 
-fn replay(args: &CheckArgs, text: &str) -> Result<i32> {
-    let trace = match read_trace(text) {
-        Ok(trace) => trace,
-        Err(message) => return usage(message),
-    };
-    let Some(scenario) = scenarios::find(&trace.scenario) else {
-        return usage(unknown_scenario(&trace.scenario));
-    };
-    let Some(outcome) = scenarios::replay_trace(&scenario, args.variant, &trace.picks) else {
-        return usage(format!(
-            "variant {} does not apply to scenario {}",
-            args.variant,
+fn replay(args: &CheckArgs, variant: Variant, text: &str) -> Result<ExitCode> {
+    let trace = read_trace(text)?;
+    let scenario = scenarios::find(&trace.scenario).ok_or_else(|| {
+        usage(format!(
+            "unknown scenario `{}` in the trace",
+            trace.scenario
+        ))
+    })?;
+    let outcome = scenarios::replay_trace(&scenario, variant, &trace.picks).ok_or_else(|| {
+        usage(format!(
+            "variant {variant} does not apply to scenario {}",
             scenario.name()
-        ));
-    };
+        ))
+    })?;
     if outcome.diverged {
-        return usage(format!(
-            "trace {trace} does not fit scenario {} under variant {}: a choice names an option the scenario does not offer",
+        return Err(usage(format!(
+            "trace {} does not fit scenario {} under variant {variant}: a choice names an \
+             option the scenario does not offer",
+            excerpt(&trace.to_string(), QUOTE),
             scenario.name(),
-            args.variant
-        ));
+        )));
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = BufWriter::new(std::io::stdout().lock());
     if args.json {
         let doc = json!({
-            "variant": args.variant.name(),
+            "variant": variant.name(),
             "trace": trace.to_string(),
             "choice_points": outcome.choice_points,
             "violation": outcome.violation.as_ref().map(|v| json!({
@@ -223,8 +315,8 @@ fn replay(args: &CheckArgs, text: &str) -> Result<i32> {
     } else {
         writeln!(
             out,
-            "replayed {trace} (variant {}, {} choice points)",
-            args.variant, outcome.choice_points
+            "replayed {trace} (variant {variant}, {} choice points)",
+            thousands(outcome.choice_points as u64)
         )?;
         match &outcome.violation {
             Some(v) => {
@@ -234,14 +326,24 @@ fn replay(args: &CheckArgs, text: &str) -> Result<i32> {
                 for e in &v.events {
                     writeln!(out, "    {e}")?;
                 }
+                writeln!(
+                    out,
+                    "violation: invariant {} breaks on this schedule",
+                    v.invariant
+                )?;
             }
             None => writeln!(out, "every invariant holds on this schedule")?,
         }
     }
-    Ok(if outcome.violation.is_some() { 1 } else { 0 })
+    out.flush()?;
+    Ok(ExitCode::from(if outcome.violation.is_some() {
+        FINDING
+    } else {
+        0
+    }))
 }
 
-fn write_report(out: &mut impl Write, report: &CheckReport) -> std::io::Result<()> {
+fn write_report(out: &mut impl Write, report: &CheckReport) -> Result<()> {
     let bound = report
         .bounds
         .preemptions
@@ -253,39 +355,67 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> std::io::Result<(
         report.variant.about(),
         if report.bounds.prune { "on" } else { "off" }
     )?;
-    writeln!(
-        out,
-        "{:<24} {:>5} {:>10} {:>8} {:>9} {:>11}",
-        "scenario", "bound", "schedules", "pruned", "complete", "violations"
-    )?;
+    let mut table = Table::new(
+        [
+            "scenario",
+            "bound",
+            "schedules",
+            "pruned",
+            "complete",
+            "violations",
+        ],
+        1,
+    );
     for s in &report.scenarios {
-        writeln!(
-            out,
-            "{:<24} {:>5} {:>10} {:>8} {:>9} {:>11}",
-            s.scenario,
+        table.row([
+            s.scenario.clone(),
             s.bound.map_or("none".to_owned(), |b| b.to_string()),
-            s.report.schedules,
-            s.report.pruned,
-            if s.report.complete() { "yes" } else { "no" },
-            s.report.violations.len()
-        )?;
+            thousands(s.report.schedules),
+            thousands(s.report.pruned),
+            if s.report.complete() { "yes" } else { "NO" }.to_owned(),
+            s.report.violations.len().to_string(),
+        ]);
     }
-    writeln!(
-        out,
-        "{} scenarios run, {} schedules explored, {} states pruned, {:.2} s, {:.0} schedules/s",
-        report.scenarios.len(),
-        report.schedules(),
-        report.pruned(),
-        report.elapsed.as_secs_f64(),
-        report.schedules_per_second()
-    )?;
-    let mut any = false;
+    table.write(out, crate::text::output_width(), "")?;
     for (scenario, found) in report.violations() {
-        any = true;
         write_violation(out, report.variant, scenario, found)?;
     }
-    if !any {
-        writeln!(out, "every invariant holds")?;
+    // The verdict comes last, whatever came before it.
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{}, {} explored, {} pruned, {:.2} s, {} schedules/s",
+        count(report.scenarios.len() as u64, "scenario"),
+        count(report.schedules(), "schedule"),
+        count(report.pruned(), "state"),
+        report.elapsed.as_secs_f64(),
+        thousands(report.schedules_per_second().round() as u64)
+    )?;
+    let broken = report.violations().count();
+    let stopped = incomplete(report);
+    let limit = report.bounds.max_schedules.map_or(String::new(), |n| {
+        format!(" at --max-schedules {}", thousands(n))
+    });
+    match (broken, stopped) {
+        (0, 0) => writeln!(out, "every invariant holds")?,
+        (0, n) => writeln!(
+            out,
+            "incomplete: {n} of {} stopped{limit} before covering every schedule; \
+             no violation in what was explored",
+            count(report.scenarios.len() as u64, "scenario")
+        )?,
+        (v, n) => {
+            let cut = if n > 0 {
+                format!(" ({n} scenarios stopped{limit}, incomplete)")
+            } else {
+                String::new()
+            };
+            writeln!(
+                out,
+                "{} found, each with its replay command above{cut}",
+                count(v as u64, "violation")
+            )?
+        }
     }
     Ok(())
 }
@@ -295,7 +425,7 @@ fn write_violation(
     variant: Variant,
     scenario: &str,
     found: &Found,
-) -> std::io::Result<()> {
+) -> Result<()> {
     writeln!(out)?;
     writeln!(
         out,
@@ -308,7 +438,7 @@ fn write_violation(
         "  shortest trace: {} ({} non-default choices; {} schedules hit this invariant)",
         found.trace,
         found.trace.departures(),
-        found.schedules
+        thousands(found.schedules)
     )?;
     writeln!(out, "  replay: {}", replay_command(variant, &found.trace))?;
     writeln!(out, "  last events, oldest first:")?;
@@ -323,12 +453,14 @@ fn report_json(report: &CheckReport) -> Value {
         "variant": report.variant.name(),
         "preemption_bound": report.bounds.preemptions,
         "prune": report.bounds.prune,
+        "max_schedules": report.bounds.max_schedules,
         "scenarios_run": report.scenarios.len(),
         "schedules": report.schedules(),
         "pruned": report.pruned(),
         "elapsed_seconds": report.elapsed.as_secs_f64(),
         "schedules_per_second": report.schedules_per_second(),
         "holds": report.holds(),
+        "complete": incomplete(report) == 0,
         "scenarios": report.scenarios.iter().map(|s| json!({
             "name": s.scenario,
             "preemption_bound": s.bound,

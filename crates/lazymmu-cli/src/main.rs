@@ -1,25 +1,29 @@
 //! `lazymmu`: the command line over the lazymmu library and simulator.
 //!
 //! Each subcommand lives in its own module with an `Args` struct and a
-//! `run` function; this file only dispatches. Errors (bad input, missing
-//! files) are printed to standard error and exit with status 2, like clap's
-//! own usage errors.
+//! `run` function returning `anyhow::Result<ExitCode>`; this file only
+//! dispatches. How errors are printed and which exit status they give is
+//! the shared [`exit`] module's.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod boot;
 mod calibrate;
 mod check;
 mod compare;
-mod neighbours;
+mod exit;
+mod input;
+mod progress;
 mod record;
 mod replay;
+mod text;
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
 #[derive(Debug, Parser)]
-#[command(name = "lazymmu", version, about, propagate_version = true)]
+#[command(name = "lazymmu", version, about, propagate_version = true,
+          after_help = exit::STATUSES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,8 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Every backend × workload on the simulator, eager and lazy: primitive
-    /// counts and modelled cycles with the lazy/eager ratio.
+    /// Every backend × workload on the simulator, eager and lazy: the
+    /// matrix of lazy/eager modelled cycles, the MM neighbours' policies and
+    /// the lazy-mode designs.
     Compare(compare::CompareArgs),
     /// Replay a trace of lazy-mode operations and print what each one did.
     Replay(replay::Args),
@@ -48,20 +53,31 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let result = match &cli.command {
         Command::Compare(args) => compare::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Boot(args) => boot::run(args),
-        Command::Check(args) => check::check(args).map(|code| ExitCode::from(code as u8)),
+        Command::Check(args) => check::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Record(args) => record::run(args),
     };
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            // Usage errors print the subcommand's usage, as clap's do.
+            let mut command = Cli::command();
+            command.build();
+            let mut sub = matches
+                .subcommand_name()
+                .and_then(|name| command.find_subcommand(name))
+                .cloned()
+                .unwrap_or(command);
+            exit::report(&error, &mut sub)
         }
     }
 }

@@ -34,6 +34,7 @@ use strace::{Entry, Returned, Syscall};
 
 /// Arguments of `lazymmu record`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = crate::exit::STATUSES)]
 pub struct Args {
     /// Where to write the trace.
     #[arg(short, long, default_value = "lazymmu.trace")]

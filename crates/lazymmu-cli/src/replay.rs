@@ -32,15 +32,28 @@ use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::PerCpu;
 use lazymmu::mode::stateful::{FromHooks, HooksState, Stateful};
 use lazymmu::mode::testing::{TestArch, TestEnv};
 use lazymmu::mode::{Hook, LazyMode, Misuse, MisusePolicy, Op};
 
+use crate::exit::{bad_input, STATUSES};
+use crate::input::{Lines, QUOTE};
+use crate::text::excerpt;
+
+/// The longest trace line `replay` reads, in bytes: an operation is a word,
+/// and a comment needs no more.
+pub const MAX_LINE: usize = 4096;
+
 /// Arguments of `lazymmu replay`.
 #[derive(Debug, clap::Args)]
+#[command(after_help = format!("\
+A trace has one operation per line: enable, disable, pause, resume, irq_enter, \
+irq_exit; # starts a comment. Lines longer than {MAX_LINE} bytes are refused.
+
+{STATUSES}"))]
 pub struct Args {
     /// Trace file, one operation per line; `-` reads standard input.
     pub file: PathBuf,
@@ -102,26 +115,27 @@ fn parse_line(line: &str) -> Result<Option<TraceOp>, String> {
     }
     TraceOp::parse(word)
         .map(Some)
-        .ok_or_else(|| format!("unknown operation `{word}`"))
+        .ok_or_else(|| format!("unknown operation {}", excerpt(word, QUOTE)))
 }
 
 /// Runs `lazymmu replay`.
 ///
 /// # Errors
-/// The file cannot be opened or read, or a line holds an unknown operation.
+/// An I/O error naming the file when it cannot be opened or read; a
+/// bad-input error naming the line when it holds an unknown operation, is
+/// longer than [`MAX_LINE`] or is not UTF-8.
 pub fn run(args: &Args) -> Result<ExitCode> {
-    let input: Box<dyn BufRead> = if args.file.as_os_str() == "-" {
-        Box::new(io::stdin().lock())
+    let (input, name): (Box<dyn BufRead>, String) = if args.file.as_os_str() == "-" {
+        (Box::new(io::stdin().lock()), "<stdin>".to_owned())
     } else {
         let file = File::open(&args.file)
             .with_context(|| format!("cannot open trace {}", args.file.display()))?;
-        Box::new(BufReader::new(file))
+        (
+            Box::new(BufReader::new(file)),
+            args.file.display().to_string(),
+        )
     };
-    let name = if args.file.as_os_str() == "-" {
-        "<stdin>".to_owned()
-    } else {
-        args.file.display().to_string()
-    };
+    let input = Lines::new(input, name, MAX_LINE);
     let mut out = BufWriter::new(io::stdout().lock());
     let result = match args.design {
         Design::Counters => replay(
@@ -131,7 +145,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 MisusePolicy::Count,
             )),
             input,
-            &name,
             &mut out,
         ),
         Design::Stateful => replay(
@@ -141,7 +154,6 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 MisusePolicy::Count,
             )),
             input,
-            &name,
             &mut out,
         ),
         Design::Percpu => replay(
@@ -151,12 +163,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 MisusePolicy::Count,
             )),
             input,
-            &name,
             &mut out,
         ),
     };
     // Whatever was replayed before an error is still printed.
-    let flushed = out.flush().context("cannot write to standard output");
+    let flushed = out.flush();
     result?;
     flushed?;
     Ok(ExitCode::SUCCESS)
@@ -164,17 +175,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 
 fn replay<M: Replayable>(
     mut replayer: Replayer<M>,
-    input: Box<dyn BufRead>,
-    name: &str,
+    mut input: Lines<Box<dyn BufRead>>,
     out: &mut impl Write,
 ) -> Result<()> {
-    for (index, line) in input.lines().enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("{name}:{number}: cannot read line"))?;
+    while let Some((number, line)) = input.next_line()? {
         let op = match parse_line(&line) {
             Ok(Some(op)) => op,
             Ok(None) => continue,
-            Err(message) => bail!("{name}:{number}: {message}"),
+            Err(message) => return Err(bad_input(format!("{}: {message}", input.at()))),
         };
         let done = replayer.apply(op);
         let state = replayer.mode.state();

@@ -260,7 +260,7 @@ fn a_guest_running_past_the_timeout_is_killed() {
 #[test]
 fn a_missing_qemu_is_reported() {
     let output = boot_with(Path::new("/nonexistent/qemu-system-x86_64"), "10");
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(1));
     assert!(text(&output)
         .1
         .contains("apt-get install -y qemu-system-x86"));
@@ -269,7 +269,7 @@ fn a_missing_qemu_is_reported() {
         .args(["--qemu", "/nonexistent/qemu-system-aarch64"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(output.status.code(), Some(1));
     assert!(text(&output)
         .1
         .contains("apt-get install -y qemu-system-arm"));
@@ -313,4 +313,27 @@ fn bad_options_exit_with_2() {
         let output = lazymmu().args(args).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{args:?}");
     }
+}
+
+#[test]
+fn a_directory_without_the_kernel_is_refused_before_building() {
+    let output = lazymmu()
+        .args(["boot", "--kernel-dir", "/tmp"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let (_, stderr) = text(&output);
+    assert!(stderr.contains("/tmp holds no kernel sources"), "{stderr}");
+    assert!(!stderr.contains("rustup target add"), "{stderr}");
+}
+
+#[test]
+fn help_shows_no_path_of_the_build_machine() {
+    let output = lazymmu().args(["boot", "--help"]).output().unwrap();
+    let (stdout, _) = text(&output);
+    assert!(stdout.contains("--kernel-dir"));
+    assert!(
+        !stdout.contains(env!("CARGO_MANIFEST_DIR")),
+        "the default is described, not spelled out: {stdout}"
+    );
 }

@@ -111,7 +111,7 @@ fn an_output_that_cannot_be_written_is_refused_before_measuring() {
         .args(["calibrate", "--output", "/nonexistent/calibration.json"])
         .timeout(std::time::Duration::from_secs(10))
         .assert()
-        .code(2)
+        .code(1)
         .stdout("")
         .stderr(predicate::str::contains(
             "cannot write /nonexistent/calibration.json",

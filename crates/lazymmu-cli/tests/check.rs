@@ -13,16 +13,108 @@ fn json_of(output: &[u8]) -> Value {
     serde_json::from_slice(output).expect("stdout is one JSON document")
 }
 
+/// The last line of a text report.
+fn last_line(output: &[u8]) -> String {
+    String::from_utf8_lossy(output)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[test]
 fn default_design_holds_on_a_scenario_and_reports_coverage() {
-    lazymmu()
+    let out = lazymmu()
         .args(["check", "--scenario", "switch-windows"])
         .assert()
         .code(0)
+        .stdout(predicate::str::contains("1 scenario, "))
         .stdout(predicate::str::contains("schedules explored"))
         .stdout(predicate::str::contains("states pruned"))
         .stdout(predicate::str::contains("schedules/s"))
-        .stdout(predicate::str::contains("every invariant holds"));
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(last_line(&out), "every invariant holds");
+}
+
+#[test]
+fn a_limit_hit_makes_the_check_incomplete_and_exit_3() {
+    let out = lazymmu()
+        .args([
+            "check",
+            "--scenario",
+            "fork",
+            "--scenario",
+            "switch-windows",
+            "--max-schedules",
+            "5",
+        ])
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains(" NO "), "{text}");
+    assert!(
+        last_line(&out).starts_with("incomplete: 2 of 2 scenarios stopped at --max-schedules 5"),
+        "{text}"
+    );
+    let json = lazymmu()
+        .args([
+            "check",
+            "--scenario",
+            "fork",
+            "--max-schedules",
+            "5",
+            "--json",
+        ])
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&json);
+    assert_eq!(doc["complete"], false);
+    assert_eq!(doc["holds"], true);
+    // Exploring nothing is refused, not reported as holding.
+    lazymmu()
+        .args(["check", "--max-schedules", "0"])
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::contains("--max-schedules"));
+}
+
+#[test]
+fn a_report_with_violations_ends_with_its_summary() {
+    let out = lazymmu()
+        .args([
+            "check",
+            "--variant",
+            "linux70-xen",
+            "--scenario",
+            "switch-windows",
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .stdout
+        .clone();
+    let text = String::from_utf8_lossy(&out);
+    let summary = text
+        .lines()
+        .position(|l| l.starts_with("1 scenario, "))
+        .expect("the coverage line");
+    assert!(
+        summary
+            > text
+                .lines()
+                .position(|l| l.starts_with("VIOLATION"))
+                .unwrap()
+    );
+    assert!(last_line(&out).ends_with("found, each with its replay command above"));
 }
 
 #[test]
@@ -147,12 +239,18 @@ fn bad_usage_exits_2_with_a_message() {
         .args(["check", "--variant", "no-such"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown variant"));
+        .stderr(predicate::str::contains(
+            "invalid value 'no-such' for '--variant",
+        ))
+        .stderr(predicate::str::contains("linux70-xen"));
     lazymmu()
         .args(["check", "--scenario", "no-such"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown scenario"));
+        .stderr(predicate::str::contains(
+            "invalid value 'no-such' for '--scenario",
+        ))
+        .stderr(predicate::str::contains("switch-windows"));
     lazymmu()
         .args(["check", "--no-such-option"])
         .assert()
@@ -166,10 +264,14 @@ fn bad_usage_exits_2_with_a_message() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("bad trace"));
+    // Neither a trace nor a file: an I/O error naming the path.
     lazymmu()
-        .args(["check", "--replay", "no-colon"])
+        .args(["check", "--replay", "/nonexistent"])
         .assert()
-        .code(2);
+        .code(1)
+        .stderr(predicate::str::starts_with(
+            "error: cannot read trace file /nonexistent: No such file",
+        ));
     lazymmu()
         .args(["check", "--replay", "switch-windows:0.99"])
         .assert()
@@ -184,4 +286,27 @@ fn bad_usage_exits_2_with_a_message() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("holds no trace"));
+    let two = dir.path().join("two.txt");
+    std::fs::write(&two, "switch-windows:0.2\n# another\nswitch-windows:0.1\n").unwrap();
+    lazymmu()
+        .args(["check", "--replay"])
+        .arg(&two)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            ":3: a second trace (the first is on line 1)",
+        ));
+    let long = dir.path().join("long.txt");
+    std::fs::write(&long, format!("switch-windows:{}\n", "0.".repeat(1 << 20))).unwrap();
+    let out = lazymmu()
+        .args(["check", "--replay"])
+        .arg(&long)
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let message = String::from_utf8(out).unwrap();
+    assert!(message.contains("line longer than the limit"), "{message}");
+    assert!(message.len() < 400, "the error quotes a little: {message}");
 }

@@ -1,15 +1,143 @@
-//! `lazymmu compare` from the outside: output shape, exit status, bad
-//! options.
+//! `lazymmu compare` from the outside: the headline matrix, the detail,
+//! JSON, exit statuses, bad options, and commands that reproduce a
+//! violation.
 
 use assert_cmd::Command;
 use predicates::prelude::*;
 
 fn lazymmu() -> Command {
-    Command::cargo_bin("lazymmu").expect("the lazymmu binary is built")
+    let mut command = Command::cargo_bin("lazymmu").expect("the lazymmu binary is built");
+    command.env_remove("COLUMNS");
+    command
+}
+
+fn stdout_of(args: &[&str]) -> String {
+    let out = lazymmu().args(args).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const BACKENDS: [&str; 8] = [
+    "x86",
+    "xen-pv",
+    "arm64",
+    "ppc-hash",
+    "sparc64",
+    "s390",
+    "x86-pks",
+    "arm64-poe",
+];
+const WORKLOADS: [&str; 8] = [
+    "fork",
+    "munmap",
+    "exit",
+    "mprotect",
+    "mremap",
+    "vmalloc",
+    "kasan",
+    "debug-pagealloc",
+];
+
+#[test]
+fn the_screen_leads_with_the_matrix_and_fits_100_columns() {
+    let out = lazymmu()
+        .args(["compare", "--pages", "256"])
+        .env("COLUMNS", "100")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "no progress bar when stderr is not a terminal"
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for line in text.lines() {
+        assert!(line.chars().count() <= 100, "wider than 100: {line}");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("lazy/eager modelled cycles, design counters"));
+    // The header names every workload, then a row per backend with a
+    // ratio per workload.
+    let header: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(header[0], "backend");
+    assert_eq!(&header[1..], WORKLOADS);
+    for (row, backend) in lines[2..10].iter().zip(BACKENDS) {
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells[0], backend);
+        assert_eq!(cells.len(), 1 + WORKLOADS.len(), "{row}");
+        for cell in &cells[1..] {
+            let ratio: f64 = cell.parse().unwrap_or_else(|_| panic!("{row}"));
+            assert!(ratio > 0.0 && ratio < 10.0, "{row}");
+        }
+    }
+    assert!(lines[10].starts_with("below 1.000 lazy sections save"));
+    assert!(text.contains("MM neighbours"));
+    assert!(text.contains("lazy-mode designs"));
+    // Counts only with --detail.
+    assert!(!text.contains("pte_write="));
 }
 
 #[test]
-fn json_has_one_row_per_backend_workload_and_mode() {
+fn a_narrow_terminal_gets_the_matrix_in_blocks() {
+    let out = lazymmu()
+        .args([
+            "compare",
+            "--pages",
+            "64",
+            "--workload",
+            "fork,munmap,exit,mprotect,mremap,vmalloc,kasan,debug-pagealloc",
+        ])
+        .env("COLUMNS", "60")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let matrix: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("below"))
+        .collect();
+    assert!(
+        matrix[1..].iter().all(|l| l.chars().count() <= 60),
+        "{text}"
+    );
+    for workload in WORKLOADS {
+        assert!(matrix.iter().any(|l| l.contains(workload)), "{workload}");
+    }
+}
+
+#[test]
+fn detail_prints_every_run_with_counts_and_thousands_separators() {
+    let text = stdout_of(&[
+        "compare",
+        "--detail",
+        "--backend",
+        "xen-pv",
+        "--workload",
+        "fork",
+        "--pages",
+        "2048",
+    ]);
+    let eager = text
+        .lines()
+        .position(|l| l.starts_with("xen-pv") && l.contains(" eager "))
+        .expect("the eager run's row");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[eager + 1].trim_start().starts_with("hypercall="),
+        "{text}"
+    );
+    assert!(lines[eager + 1].contains("pte_write=12,"), "{text}");
+    let lazy = &lines[eager + 2];
+    assert!(lazy.contains(" lazy ") && lazy.contains("0.4"), "{lazy}");
+    assert!(text.contains("multicall_entry="));
+}
+
+#[test]
+fn json_has_a_row_per_run_with_lazy_eager_and_no_separators() {
     let out = lazymmu()
         .args([
             "compare",
@@ -19,7 +147,7 @@ fn json_has_one_row_per_backend_workload_and_mode() {
             "--workload",
             "fork,vmalloc",
             "--pages",
-            "512",
+            "2048",
         ])
         .output()
         .unwrap();
@@ -36,11 +164,25 @@ fn json_has_one_row_per_backend_workload_and_mode() {
         for key in ["backend", "workload", "mode", "design"] {
             assert!(row[key].is_string(), "{key} in {row}");
         }
-        assert!(["eager", "lazy"].contains(&row["mode"].as_str().unwrap()));
-        assert!(row["counts"].is_object());
-        assert!(row["counts"]["pte_write"].as_u64().unwrap() > 0);
+        assert!(row["counts"]["pte_write"].as_u64().unwrap() > 1000);
         assert!(row["cycles"].as_u64().unwrap() > 0);
         assert_eq!(row["violations"].as_u64(), Some(0));
+        match row["mode"].as_str().unwrap() {
+            "eager" => assert!(row.get("lazy_eager").is_none(), "{row}"),
+            "lazy" => {
+                let eager = rows
+                    .iter()
+                    .find(|e| {
+                        e["mode"] == "eager"
+                            && e["backend"] == row["backend"]
+                            && e["workload"] == row["workload"]
+                    })
+                    .unwrap();
+                let expected = row["cycles"].as_f64().unwrap() / eager["cycles"].as_f64().unwrap();
+                assert_eq!(row["lazy_eager"].as_f64(), Some(expected), "{row}");
+            }
+            mode => panic!("mode {mode}"),
+        }
     }
     let xen_lazy = rows
         .iter()
@@ -54,55 +196,8 @@ fn json_has_one_row_per_backend_workload_and_mode() {
 }
 
 #[test]
-fn the_table_lists_every_backend_and_workload() {
+fn a_violation_exits_1_with_a_command_that_reproduces_it() {
     let out = lazymmu()
-        .args(["compare", "--pages", "256"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    for backend in [
-        "x86",
-        "xen-pv",
-        "arm64",
-        "ppc-hash",
-        "sparc64",
-        "s390",
-        "x86-pks",
-        "arm64-poe",
-    ] {
-        assert!(
-            text.lines().any(|l| l.starts_with(&format!("{backend} "))),
-            "{backend}"
-        );
-    }
-    for workload in [
-        "fork",
-        "munmap",
-        "exit",
-        "mprotect",
-        "mremap",
-        "vmalloc",
-        "kasan",
-        "debug-pagealloc",
-    ] {
-        assert!(text.contains(&format!(" {workload} ")), "{workload}");
-    }
-    assert!(text.contains("lazy MMU designs"));
-    assert!(
-        out.stderr.is_empty(),
-        "no progress bar when stderr is not a terminal"
-    );
-}
-
-#[test]
-fn a_violation_exits_with_status_1() {
-    lazymmu()
         .args([
             "compare",
             "--backend",
@@ -111,15 +206,45 @@ fn a_violation_exits_with_status_1() {
             "kasan",
             "--pages",
             "512",
+            "--seed",
+            "7",
+            "--cost",
+            "hypercall=900",
             "--kasan-read-back",
         ])
-        .assert()
-        .code(1)
-        .stdout(predicate::str::contains("stale-read-back"));
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("stale-read-back"));
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("xen-pv kasan lazy (counters):"))
+        .expect("the violation's heading");
+    assert!(lines[at].ends_with("reproduce with:"));
+    let command = lines[at + 1].trim();
+    for option in [
+        "--backend xen-pv",
+        "--workload kasan",
+        "--pages 512",
+        "--seed 7",
+        "--cost hypercall=900",
+        "--kasan-read-back",
+    ] {
+        assert!(command.contains(option), "{option} in {command}");
+    }
+    // Run as printed, it finds the same violations.
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[0], "lazymmu");
+    let again = lazymmu().args(&words[1..]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let again = String::from_utf8(again.stdout).unwrap();
+    assert!(again.contains(lines[at]), "{again}");
 }
 
 #[test]
-fn bad_usage_exits_with_status_2() {
+fn bad_usage_exits_2_naming_the_accepted_values() {
     lazymmu()
         .args(["compare", "--no-such-option"])
         .assert()
@@ -128,28 +253,63 @@ fn bad_usage_exits_with_status_2() {
         .args(["compare", "--backend", "vax"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown backend"));
-    lazymmu()
+        .stderr(predicate::str::contains(
+            "invalid value 'vax' for '--backend",
+        ))
+        .stderr(predicate::str::contains("arm64-poe"));
+    // Every workload is listed, the neighbours' too.
+    let listed = lazymmu()
         .args(["compare", "--workload", "nope"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown workload"));
+        .get_output()
+        .stderr
+        .clone();
+    let listed = String::from_utf8(listed).unwrap();
+    for workload in
+        WORKLOADS
+            .iter()
+            .chain(&["ctxswitch", "ctxswitch-bench", "vmalloc-grow", "pgmap"])
+    {
+        assert!(listed.contains(workload), "{workload} in {listed}");
+    }
+    assert!(!listed.contains("workloadkind"));
     lazymmu()
         .args(["compare", "--design", "global"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown design"));
+        .stderr(predicate::str::contains(
+            "invalid value 'global' for '--design",
+        ));
     lazymmu()
         .args(["compare", "--cost", "warp=3"])
         .assert()
         .code(2)
-        .stderr(predicate::str::contains("unknown primitive"));
+        .stderr(predicate::str::contains("unknown"))
+        .stderr(predicate::str::contains("`warp`"));
     lazymmu()
         .args(["compare", "--cost", "dsb=lots"])
         .assert()
         .code(2);
     lazymmu().args(["compare", "--pages", "0"]).assert().code(2);
     lazymmu().args(["compare", "--cpus", "65"]).assert().code(2);
+    lazymmu()
+        .args(["compare", "--workload", "fork", "--policy", "refcount"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "policy `refcount` applies to none of the selected workloads",
+        ));
+}
+
+#[test]
+fn a_cost_that_would_overflow_the_totals_is_refused() {
+    lazymmu()
+        .args(["compare", "--cost", "hypercall=18446744073709551615"])
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::contains("1,000,000,000"));
 }
 
 #[test]
@@ -171,40 +331,34 @@ fn cost_overrides_change_the_cycles() {
         doc["rows"][0]["cycles"].as_u64().unwrap()
     };
     assert!(cycles(&["--cost", "dsb=10000"]) > cycles(&[]));
+    // The largest cost leaves the totals in range.
+    assert!(cycles(&["--cost", "dsb=1000000000"]) < u64::MAX);
 }
 
 #[test]
-fn svg_chart_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("chart.svg");
+fn a_run_over_the_memory_limit_is_refused_before_it_starts() {
     lazymmu()
-        .args([
-            "compare",
-            "--backend",
-            "s390",
-            "--workload",
-            "mprotect",
-            "--pages",
-            "512",
-            "--svg",
-        ])
-        .arg(&path)
+        .args(["compare", "--pages", "1048576", "--max-memory", "100M"])
         .assert()
-        .code(0);
-    let svg = std::fs::read_to_string(&path).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("s390 mprotect"));
-    lazymmu()
-        .args([
-            "compare",
-            "--backend",
-            "s390",
-            "--workload",
-            "fork",
-            "--pages",
-            "256",
-            "--svg",
-            "/nonexistent/dir/x.svg",
-        ])
-        .assert()
-        .code(2);
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::contains(
+            "over the limit of 100 MB (set by --max-memory)",
+        ))
+        .stderr(predicate::str::contains(
+            "raise the limit with --max-memory",
+        ));
+}
+
+#[test]
+fn help_explains_the_names_and_exit_statuses() {
+    let help = stdout_of(&["compare", "--help"]);
+    for name in ["ipte", "dsb", "tlbi", "multicall_entry", "hash_invalidate"] {
+        assert!(
+            help.lines().any(|l| l.trim_start().starts_with(name)),
+            "{name} in the glossary"
+        );
+    }
+    assert!(help.contains("Exit status: 0"));
+    assert!(help.contains("percpu-preemptible"));
 }

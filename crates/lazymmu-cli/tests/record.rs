@@ -65,7 +65,7 @@ fn missing_strace_names_the_package() {
         .env("PATH", empty.path())
         .args(["record", "--", "/bin/true"])
         .assert()
-        .code(2)
+        .code(1)
         .stderr(predicate::str::contains(
             "strace is not installed: install the Debian package `strace`",
         ));
@@ -83,7 +83,7 @@ fn missing_perf_names_the_package_and_the_way_around() {
         .env("PATH", dir.path())
         .args(["record", "--", "/bin/true"])
         .assert()
-        .code(2)
+        .code(1)
         .stderr(
             predicate::str::contains("install the Debian package `linux-perf`")
                 .and(predicate::str::contains("--no-perf")),

@@ -10,7 +10,7 @@ const WORKED_EXAMPLE: &str = concat!(
     "/../../examples/worked-example.trace"
 );
 
-/// DESIGN.md §2's worked example as the counter design replays it.
+/// The worked example of docs/design.md §2 as the counter design replays it.
 const WORKED_EXAMPLE_OUTPUT: &str = "\
 2 enable enable=1 pause=0 active=true hook=enter
 3 enable enable=2 pause=0 active=true hook=-
@@ -153,11 +153,11 @@ fn unknown_operation_on_standard_input() {
 }
 
 #[test]
-fn missing_file_is_an_error_not_a_panic() {
+fn missing_file_is_an_io_error_not_a_panic() {
     lazymmu()
         .args(["replay", "no/such/trace"])
         .assert()
-        .code(2)
+        .code(1)
         .stdout("")
         .stderr(
             predicate::str::starts_with("error: cannot open trace no/such/trace: ")
@@ -191,6 +191,58 @@ fn unreadable_line_names_its_line() {
         .code(2)
         .stdout("1 enable enable=1 pause=0 active=true hook=enter\n")
         .stderr(predicate::str::starts_with(
-            "error: <stdin>:2: cannot read line",
+            "error: <stdin>:2: not UTF-8 text",
         ));
+}
+
+#[test]
+fn an_endless_line_is_refused_at_the_limit() {
+    lazymmu()
+        .args(["replay", "/dev/zero"])
+        .assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicate::str::starts_with(
+            "error: /dev/zero:1: line longer than the limit of 4,096 bytes: `\\0",
+        ));
+}
+
+#[test]
+fn a_long_unknown_operation_is_quoted_in_80_characters() {
+    let word = "x".repeat(4_000);
+    let out = lazymmu()
+        .args(["replay", "-"])
+        .write_stdin(format!("enable\n{word}\n"))
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let message = String::from_utf8(out).unwrap();
+    assert_eq!(
+        message,
+        format!(
+            "error: <stdin>:2: unknown operation `{}`…\n",
+            "x".repeat(80)
+        )
+    );
+}
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    // Far more output than a pipe holds, to a reader that has gone.
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("long.trace");
+    std::fs::write(&trace, "enable\ndisable\n".repeat(200_000)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lazymmu"))
+        .arg("replay")
+        .arg(&trace)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
 }

@@ -181,7 +181,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(8 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+        FlushScope::Cpus(CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8);
     assert_eq!(machine.calls(Call::DsbIshSt), 1);
@@ -194,7 +194,7 @@ fn tlb_range_is_tlbi_per_page_between_barriers() {
         VirtAddr(0),
         VirtAddr(512 << 12),
         PageSize::Size4K,
-        FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
+        FlushScope::Cpus(CpuMask::from_bits(0b11)),
     );
     assert_eq!(machine.count(Primitive::Tlbi), 8);
     assert_eq!(machine.count(Primitive::FullFlush), 1);

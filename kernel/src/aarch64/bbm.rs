@@ -24,7 +24,7 @@ use lazymmu::mode::{ArchHooks, LazyState};
 use lazymmu::pgtable::format::aarch64::{
     ACCESS_FLAG, ADDRESS_4K, AP_READ_ONLY, CONTIGUOUS, DIRTY_BIT_MODIFIER, NOT_GLOBAL, PXN, VALID,
 };
-use lazymmu::pgtable::format::entry_shift;
+use lazymmu::pgtable::format::{entry_shift, Aarch64};
 
 use crate::sync::SpinLock;
 
@@ -75,7 +75,8 @@ impl Break {
     }
 
     fn end(&self) -> u64 {
-        self.va.wrapping_add(1 << entry_shift(self.level))
+        self.va
+            .wrapping_add(1 << entry_shift::<Aarch64>(self.level))
     }
 }
 
@@ -225,7 +226,7 @@ pub struct BreakBeforeMake<B: 'static> {
     state: &'static SpinLock<State>,
 }
 
-impl<B: Backend> BreakBeforeMake<B> {
+impl<B: Backend<Format = Aarch64>> BreakBeforeMake<B> {
     /// Checks what goes through `inner`, keeping the broken entries in
     /// `state` (a static: the table is too large for the stack).
     pub fn new(inner: B, state: &'static SpinLock<State>) -> Self {
@@ -295,7 +296,7 @@ impl<B: Backend> BreakBeforeMake<B> {
     }
 }
 
-impl<B: Backend> ArchHooks for BreakBeforeMake<B> {
+impl<B: Backend<Format = Aarch64>> ArchHooks for BreakBeforeMake<B> {
     fn enter(&self) {
         self.inner.enter();
     }
@@ -307,7 +308,7 @@ impl<B: Backend> ArchHooks for BreakBeforeMake<B> {
     }
 }
 
-impl<B: Backend> PteAccess for BreakBeforeMake<B> {
+impl<B: Backend<Format = Aarch64>> PteAccess for BreakBeforeMake<B> {
     fn read_entry(&self, entry: PhysAddr) -> u64 {
         self.inner.read_entry(entry)
     }
@@ -325,7 +326,7 @@ impl<B: Backend> PteAccess for BreakBeforeMake<B> {
     }
 }
 
-impl<B: Backend> TlbFlush for BreakBeforeMake<B> {
+impl<B: Backend<Format = Aarch64>> TlbFlush for BreakBeforeMake<B> {
     fn flush_range(
         &self,
         space: SpaceId,
@@ -357,7 +358,7 @@ impl<B: Backend> TlbFlush for BreakBeforeMake<B> {
     }
 }
 
-impl<B: Backend> ContextSwitch for BreakBeforeMake<B> {
+impl<B: Backend<Format = Aarch64>> ContextSwitch for BreakBeforeMake<B> {
     fn switch_out(&self, prev: LazyState) {
         self.inner.switch_out(prev);
     }
@@ -366,8 +367,6 @@ impl<B: Backend> ContextSwitch for BreakBeforeMake<B> {
     }
 }
 
-impl<B: Backend> Backend for BreakBeforeMake<B> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
+impl<B: Backend<Format = Aarch64>> Backend for BreakBeforeMake<B> {
+    type Format = Aarch64;
 }

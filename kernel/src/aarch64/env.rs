@@ -6,6 +6,7 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 
+use lazymmu::cpu::{Cpu, CpuId};
 use lazymmu::mode::{Environment, LazyState};
 
 use crate::irq;
@@ -46,6 +47,22 @@ impl KernelEnv {
     }
 }
 
+/// The one CPU, CPU 0.
+impl Cpu for KernelEnv {
+    fn cpu_id(&self) -> CpuId {
+        CpuId::new(0)
+    }
+    fn in_interrupt(&self) -> bool {
+        irq::in_interrupt()
+    }
+    fn preempt_disable(&self) {
+        PREEMPT_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
+    fn preempt_enable(&self) {
+        PREEMPT_COUNT.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Environment for KernelEnv {
     fn lazy_state(&self) -> LazyState {
         LazyState {
@@ -57,14 +74,5 @@ impl Environment for KernelEnv {
         TASK.enable_count
             .store(state.enable_count, Ordering::Relaxed);
         TASK.pause_count.store(state.pause_count, Ordering::Relaxed);
-    }
-    fn in_interrupt(&self) -> bool {
-        irq::in_interrupt()
-    }
-    fn preempt_disable(&self) {
-        PREEMPT_COUNT.fetch_add(1, Ordering::Relaxed);
-    }
-    fn preempt_enable(&self) {
-        PREEMPT_COUNT.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,5 +1,5 @@
-//! The kernel's page tables, built and changed only by the library: the
-//! memory they live in, the frames they come from, the arm64 backend over
+//! The kernel's page tables, built and changed only by the library over
+//! the memory and frames of [`crate::page_tables`]: the arm64 backend over
 //! primitives that execute the real barrier and TLB maintenance
 //! instructions (and count them), a break-before-make checker around it,
 //! and the lazy mode (the counter design) on top.
@@ -16,73 +16,24 @@ use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::arm64::{Arm64, Arm64Primitives, Dsb};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
 use lazymmu::backend::FlushScope;
+use lazymmu::cpu::{Cpu, CpuId};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
-use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Aarch64, Attributes, MemoryType};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::PageTableMemory;
-use lazymmu::pgtable::ops::{allocate_root, PageTables};
+use lazymmu::pgtable::ops::PageTables;
 
 use crate::bbm::{self, BreakBeforeMake};
 use crate::env::{self, KernelEnv};
 use crate::fdt::Range;
-use crate::memory::{self, Region, DIRECT_MAP_BASE, PAGE_TABLE_FRAMES};
+use crate::memory::{self, Region, DIRECT_MAP_BASE};
+use crate::page_tables::{
+    kernel_root, map_image, new_kernel_root, new_root, tables_on, KernelMemory, PageTableFrames,
+    TABLE_FRAMES,
+};
 use crate::sync::{Global, SpinLock};
-use crate::{cpu, irq, serial};
-
-/// Page-table memory: entries are reached through the direct map (the boot
-/// tables' alias before it exists).
-#[derive(Debug)]
-pub struct KernelMemory;
-
-impl KernelMemory {
-    fn pointer(entry: PhysAddr) -> *mut u64 {
-        memory::phys_to_virt(entry) as *mut u64
-    }
-}
-
-impl PageTableMemory for KernelMemory {
-    fn read(&self, entry: PhysAddr) -> u64 {
-        // SAFETY: the library only passes addresses of entries in tables it
-        // allocated from the page-table pool, which is mapped.
-        unsafe { Self::pointer(entry).read_volatile() }
-    }
-
-    fn write(&self, entry: PhysAddr, value: u64) {
-        // SAFETY: as `read`.
-        unsafe { Self::pointer(entry).write_volatile(value) }
-    }
-
-    fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
-        // SAFETY: as `read`; the entry is 8-byte aligned. (Hardware
-        // access-flag and dirty updates are off, TCR_EL1.HA = HD = 0, but
-        // the exchange is atomic anyway.)
-        unsafe { AtomicU64::from_ptr(Self::pointer(entry)).swap(value, Ordering::SeqCst) }
-    }
-
-    fn zero_frame(&self, frame: PhysAddr) {
-        // SAFETY: `frame` was just allocated from the page-table pool and is
-        // not linked anywhere, so nothing else uses it.
-        unsafe { core::ptr::write_bytes(Self::pointer(frame), 0, 512) }
-    }
-}
-
-/// Page-table frames.
-#[derive(Debug)]
-pub struct PageTableFrames;
-
-impl FrameAllocator for PageTableFrames {
-    fn allocate(&self) -> Option<PhysAddr> {
-        PAGE_TABLE_FRAMES.allocate()
-    }
-
-    fn free(&self, frame: PhysAddr) {
-        if let Err(error) = PAGE_TABLE_FRAMES.free(frame) {
-            panic!("page-table frame free: {error:?}");
-        }
-    }
-}
+use crate::{cpu, serial};
 
 /// Counts of the instructions the primitives executed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -205,19 +156,23 @@ pub struct KernelPrimitives {
     range: bool,
 }
 
-impl CpuPrimitives for KernelPrimitives {
-    fn cpu_id(&self) -> usize {
-        0
+/// The one CPU, as the environment sees it.
+impl Cpu for KernelPrimitives {
+    fn cpu_id(&self) -> CpuId {
+        KernelEnv.cpu_id()
     }
     fn in_interrupt(&self) -> bool {
-        irq::in_interrupt()
+        KernelEnv.in_interrupt()
     }
     fn preempt_disable(&self) {
-        lazymmu::mode::Environment::preempt_disable(&KernelEnv);
+        KernelEnv.preempt_disable();
     }
     fn preempt_enable(&self) {
-        lazymmu::mode::Environment::preempt_enable(&KernelEnv);
+        KernelEnv.preempt_enable();
     }
+}
+
+impl CpuPrimitives for KernelPrimitives {
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         KernelMemory.read(entry)
     }
@@ -345,10 +300,6 @@ pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 pub type KernelTables<'a, L> =
     PageTables<'a, Aarch64, KernelMemory, KernelBackend, L, PageTableFrames>;
 
-/// Page-table memory.
-pub static MEMORY: KernelMemory = KernelMemory;
-/// Page-table frames.
-pub static TABLE_FRAMES: PageTableFrames = PageTableFrames;
 static PRIMITIVES: Global<KernelPrimitives> = Global::new();
 static BBM_STATE: SpinLock<bbm::State> = SpinLock::new(bbm::State::new());
 static BACKEND: Global<KernelBackend> = Global::new();
@@ -376,13 +327,7 @@ pub fn init_backend() {
     LAZY.init(Counters::new(KernelEnv, BACKEND.get(), MisusePolicy::Count));
 }
 
-static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
 static EMPTY_USER_ROOT: AtomicU64 = AtomicU64::new(0);
-
-/// The kernel's top-level table (TTBR1).
-pub fn kernel_root() -> PhysAddr {
-    PhysAddr(KERNEL_ROOT.load(Ordering::Acquire))
-}
 
 /// The kernel's tables with lazy sections.
 pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
@@ -391,7 +336,7 @@ pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
 
 /// The tables at `root` (address space `space`) with any lazy mode.
 pub fn tables_with<L: LazyMode>(lazy: &L, root: PhysAddr, space: SpaceId) -> KernelTables<'_, L> {
-    PageTables::new(root, space, &MEMORY, backend(), lazy, &TABLE_FRAMES)
+    tables_on(backend(), lazy, root, space)
 }
 
 /// The kernel's tables over the arm64 backend without the
@@ -401,14 +346,7 @@ pub fn tables_with<L: LazyMode>(lazy: &L, root: PhysAddr, space: SpaceId) -> Ker
 pub fn unchecked_kernel_tables<L: LazyMode>(
     lazy: &L,
 ) -> PageTables<'_, Aarch64, KernelMemory, Arm64Backend, L, PageTableFrames> {
-    PageTables::new(
-        kernel_root(),
-        SpaceId::KERNEL,
-        &MEMORY,
-        backend().inner(),
-        lazy,
-        &TABLE_FRAMES,
-    )
+    tables_on(backend().inner(), lazy, kernel_root(), SpaceId::KERNEL)
 }
 
 /// A gather for `space` over the unchecked backend (see
@@ -421,15 +359,6 @@ pub fn unchecked_gather(space: SpaceId) -> Gather<'static, Arm64Backend, PageTab
 /// instructions are the same).
 pub fn gather(space: SpaceId) -> Gather<'static, KernelBackend, PageTableFrames> {
     Gather::new(backend(), &TABLE_FRAMES, space, FlushScope::Local)
-}
-
-extern "C" {
-    static __text_start: u8;
-    static __text_end: u8;
-    static __rodata_start: u8;
-    static __rodata_end: u8;
-    static __data_start: u8;
-    static __kernel_end: u8;
 }
 
 /// The device registers the kernel maps: the PL011's page and the GIC's
@@ -450,34 +379,10 @@ fn devices(gic: [Range; 2]) -> [(u64, u64); 3] {
 /// # Errors
 /// A message when a frame or a mapping cannot be had.
 pub fn init(ram: Region, gic: [Range; 2]) -> Result<(), &'static str> {
-    let root = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the root table")?;
-    KERNEL_ROOT.store(root.0, Ordering::Release);
+    let root = new_kernel_root()?;
     let tables = kernel_tables();
-
-    let text = Attributes {
-        writable: false,
-        executable: true,
-        ..Attributes::kernel_data()
-    };
-    let rodata = Attributes::kernel_data().read_only();
+    map_image(&tables, memory::image_phys)?;
     let data = Attributes::kernel_data();
-    let image = [
-        (&raw const __text_start, &raw const __text_end, text),
-        (&raw const __rodata_start, &raw const __rodata_end, rodata),
-        (&raw const __data_start, &raw const __kernel_end, data),
-    ];
-    for (start, end, attrs) in image {
-        let (start, end) = (start as u64, end as u64);
-        tables
-            .map(
-                VirtAddr(start),
-                PhysAddr(memory::image_phys(start)),
-                end - start,
-                attrs,
-                PageSize::Size4K,
-            )
-            .map_err(|_| "mapping the kernel image failed")?;
-    }
     tables
         .map(
             VirtAddr(DIRECT_MAP_BASE + ram.start),
@@ -502,7 +407,7 @@ pub fn init(ram: Region, gic: [Range; 2]) -> Result<(), &'static str> {
             )
             .map_err(|_| "mapping the devices failed")?;
     }
-    let empty = allocate_root(&MEMORY, &TABLE_FRAMES).ok_or("no frame for the user root")?;
+    let empty = new_root().ok_or("no frame for the user root")?;
     EMPTY_USER_ROOT.store(empty.0, Ordering::Release);
 
     // SAFETY: the new tables map the image (code, stack, data), the UART
@@ -533,7 +438,8 @@ pub fn switch_user(user: Option<(PhysAddr, SpaceId)>) {
     unsafe { cpu::write_ttbr0(value) };
 }
 
-/// A new, empty top-level table for a user-like address space.
-pub fn new_user_root() -> Option<PhysAddr> {
-    allocate_root(&MEMORY, &TABLE_FRAMES)
+/// Page-table pages are plain memory here: no FEAT_S1POE under QEMU, so
+/// nothing protects them and there is no window to open.
+pub fn with_page_table_window<R>(f: impl FnOnce() -> R) -> R {
+    f()
 }

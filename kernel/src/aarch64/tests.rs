@@ -23,9 +23,9 @@ use crate::check::{Message, Outcome, Report};
 use crate::env::{self, KernelEnv};
 use crate::exceptions::{self, Fault, FaultKind};
 use crate::memory::{FRAME, VMALLOC_BASE};
+use crate::page_tables::{self, kernel_root, PageTableFrames, MEMORY};
 use crate::paging::{
-    self, backend, counts, kernel_root, kernel_tables, lazy, Counts, KernelBackend, KernelLazy,
-    KernelMemory, KernelTables, PageTableFrames,
+    self, backend, counts, kernel_tables, lazy, Counts, KernelBackend, KernelLazy, KernelTables,
 };
 use crate::range_tests::{self, Guest};
 use crate::testdata::{aligned_run, data_run, free_run, pattern};
@@ -101,11 +101,8 @@ fn write(va: u64, value: u64) -> Outcome {
 pub struct Arm64Guest;
 
 impl Guest for Arm64Guest {
-    type Format = Aarch64;
-    type Memory = KernelMemory;
     type Backend = KernelBackend;
     type Lazy = KernelLazy;
-    type Frames = PageTableFrames;
 
     fn area(n: u64) -> u64 {
         area(n)
@@ -173,7 +170,7 @@ fn kernel_pte(entry: PhysAddr, va: u64, value: u64) -> EntryUpdate {
 
 /// The leaf entry of `va` in the tables at `root`.
 fn leaf(root: PhysAddr, va: u64) -> Result<lazymmu::pgtable::walk::Translation, Message> {
-    translate::<Aarch64, _>(&paging::MEMORY, root, VirtAddr(va))
+    translate::<Aarch64, _>(&MEMORY, root, VirtAddr(va))
         .map_err(|e| message!("translate {va:#x}: {e:?}"))
 }
 
@@ -203,7 +200,7 @@ fn stale_translation_is_observable_test() -> Outcome {
     let pte = leaf(kernel_root(), va)?;
     let retarget = |frame: PhysAddr| {
         // Straight to memory: neither the backend nor its checker sees it.
-        paging::MEMORY.write(pte.entry, (pte.raw & !ADDRESS_4K) | frame.0);
+        MEMORY.write(pte.entry, (pte.raw & !ADDRESS_4K) | frame.0);
         // SAFETY: a barrier only orders memory accesses.
         unsafe { asm!("dsb ishst", options(nostack, preserves_flags)) };
     };
@@ -332,8 +329,8 @@ fn zap_test() -> Outcome {
 /// fault until the entry is made young.
 fn copy_test() -> Outcome {
     let (parent_space, child_space) = (SpaceId(1), SpaceId(2));
-    let parent_root = paging::new_user_root().ok_or(message!("no root"))?;
-    let child_root = paging::new_user_root().ok_or(message!("no root"))?;
+    let parent_root = page_tables::new_root().ok_or(message!("no root"))?;
+    let child_root = page_tables::new_root().ok_or(message!("no root"))?;
     let parent = paging::tables_with(lazy(), parent_root, parent_space);
     let child = paging::tables_with(lazy(), child_root, child_space);
     let len = PAGES as u64 * FRAME;
@@ -352,8 +349,10 @@ fn copy_test() -> Outcome {
         // Writable by EL0 in the parent, and cached so.
         store_as_user(USER_BASE + 16, 1).map_err(|f| message!("user store: {f:?}"))?;
         let mut gather = paging::gather(parent_space);
-        let summary = parent
-            .copy_to(
+        // SAFETY: the child root is a page-table pool frame, like the
+        // parent's.
+        let summary = unsafe {
+            parent.copy_to(
                 child_root,
                 child_space,
                 VirtAddr(USER_BASE),
@@ -361,7 +360,8 @@ fn copy_test() -> Outcome {
                 CopyKind::Private,
                 &mut gather,
             )
-            .map_err(|e| message!("copy: {e:?}"))?;
+        }
+        .map_err(|e| message!("copy: {e:?}"))?;
         drop(gather);
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
         expect_fault(

@@ -23,9 +23,8 @@ use lazymmu::pgtable::format::X86_64;
 use lazymmu::pgtable::gather::Gather;
 
 use crate::check::{Message, Outcome, Report};
-use crate::paging::{
-    self, backend, kernel_root, lazy, native_backend, KernelLazy, TABLE_FRAMES, USER_BASE,
-};
+use crate::page_tables::{self, kernel_root, TABLE_FRAMES};
+use crate::paging::{self, backend, lazy, native_backend, KernelLazy, USER_BASE};
 use crate::pks::{DEFAULT_PKRS, OPEN_PKRS};
 use crate::table::{Column, Table};
 use crate::tests::{area, data_run, free_run};
@@ -138,7 +137,7 @@ fn perform<B: Backend<Format = X86_64>, L: LazyMode>(
     operation: Operation,
     run: PhysAddr,
 ) -> Result<(), Message> {
-    let tables = paging::tables_on(backend, lazy_mode, target.root, target.space);
+    let tables = page_tables::tables_on(backend, lazy_mode, target.root, target.space);
     let va = VirtAddr(target.base);
     let len = PAGES * FRAME;
     let mut gather = Gather::new(backend, &TABLE_FRAMES, target.space, target.scope);
@@ -462,7 +461,7 @@ pub fn run(report: &mut Report) {
     );
 
     // The user space's tables: its slot wholly, then the root.
-    let user_tables = paging::tables_on(backend(), &Eager, user_root, SpaceId(1));
+    let user_tables = page_tables::tables_on(backend(), &Eager, user_root, SpaceId(1));
     let mut gather = Gather::new(backend(), &TABLE_FRAMES, SpaceId(1), FlushScope::Local);
     let _ = user_tables.zap(VirtAddr(USER_BASE), 1 << 39, &mut gather);
     drop(gather);

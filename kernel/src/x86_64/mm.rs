@@ -41,7 +41,7 @@ use crate::env::KernelEnv;
 use crate::percpu::{self, MAX_CPUS};
 use crate::sched::{self, Task};
 use crate::sync::{Global, SpinLock};
-use crate::{cpu, interrupts, memory, paging, pks, println, xcall};
+use crate::{cpu, interrupts, memory, page_tables, paging, pks, println, xcall};
 
 /// The name the guest's report gives `policy`.
 pub const fn policy_name(policy: LazyTlbPolicy) -> &'static str {
@@ -192,7 +192,7 @@ pub fn is_registered(space: SpaceId) -> bool {
 /// The root of a registered space or of the kernel's.
 pub fn root_of(space: SpaceId) -> PhysAddr {
     if space == SpaceId::KERNEL {
-        return paging::kernel_root();
+        return page_tables::kernel_root();
     }
     let i = slot(space).expect("an address space the kernel created");
     PhysAddr(ROOTS[i].load(Ordering::Acquire))
@@ -394,7 +394,8 @@ impl MmMachine for KernelMachine {
             FlushRange::Range { start, end, .. } => (start.0, end.0),
         };
         let index = slot(space).expect("a registered space");
-        let tables = paging::tables_on(paging::backend(), paging::lazy(), root_of(space), space);
+        let tables =
+            page_tables::tables_on(paging::backend(), paging::lazy(), root_of(space), space);
         let pending = PendingFrames { space: index };
         let mut gather = Gather::new(&NoFlush, &pending, space, FlushScope::Local);
         let zapped = tables.zap(VirtAddr(start), end - start, &mut gather);
@@ -559,7 +560,7 @@ fn quarantine(frame: PhysAddr) {
     };
     if full {
         // Oldest first would be kinder; a full quarantine just frees.
-        paging::TABLE_FRAMES.free(frame);
+        page_tables::TABLE_FRAMES.free(frame);
     }
 }
 
@@ -621,7 +622,7 @@ pub fn drain_quarantine() {
         taken
     };
     for frame in &frames[..len] {
-        paging::TABLE_FRAMES.free(*frame);
+        page_tables::TABLE_FRAMES.free(*frame);
     }
 }
 
@@ -635,7 +636,7 @@ pub fn walk_poisoned_root() -> Result<u64, &'static str> {
     let root = paging::new_user_root().ok_or("no frame for a root")?;
     poison(root, 1..256);
     let were_enabled = cpu::disable_interrupts();
-    let kernel = paging::kernel_root();
+    let kernel = page_tables::kernel_root();
     // SAFETY: the root links the kernel's entries (slot 0 and the upper
     // half), untouched by the poison, so the running code stays mapped;
     // interrupts are off until the kernel's root is back.
@@ -646,7 +647,7 @@ pub fn walk_poisoned_root() -> Result<u64, &'static str> {
     if were_enabled {
         cpu::enable_interrupts();
     }
-    paging::TABLE_FRAMES.free(root);
+    page_tables::TABLE_FRAMES.free(root);
     match walked {
         Err(fault) => Ok(fault.error_code),
         Ok(_) => Err("a walk through a poisoned root did not fault"),

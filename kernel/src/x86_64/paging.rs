@@ -1,10 +1,12 @@
-//! The kernel's page tables, built and changed only by the library: the
-//! memory they live in, the frame allocator they come from, the x86-64
-//! backend over the library's real instructions ([`BareMetal`]), wrapped so
-//! that entries are written only through a PKS window (and, for several
-//! CPUs, in [`SmpBackend`]), and the lazy mode (the counter design) on top.
+//! The kernel's page tables, built and changed only by the library over
+//! the memory and frames of [`crate::page_tables`]: the x86-64 backend over
+//! the library's real instructions ([`BareMetal`]), wrapped so that entries
+//! are written only through a PKS window (and, for several CPUs, in
+//! [`SmpBackend`]), the lazy mode (the counter design) on top, and the
+//! kernel's tables: the image, the direct map with the page-table pool
+//! tagged with the page-table key, the user roots.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::Ordering;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::machine::{BackendBug, CpuPrimitives};
@@ -12,88 +14,28 @@ use lazymmu::backend::protected::{KeySlot, KeySlots, X86Pks};
 use lazymmu::backend::x86::{
     flush_locally, BareMetal, BareMetalCounters, BareMetalCounts, RemoteFlush, X86Backend,
 };
-use lazymmu::backend::{Backend, EntryUpdate, PteAccess};
+use lazymmu::backend::{EntryUpdate, PteAccess};
 use lazymmu::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
-use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Attributes, X86_64};
 use lazymmu::pgtable::memory::PageTableMemory;
-use lazymmu::pgtable::ops::{allocate_root, PageTables};
+use lazymmu::pgtable::ops::PageTables;
 
 use crate::cpu;
 use crate::env::KernelEnv;
 use crate::memory::{self, MemoryMap, Region, DATA_FRAMES, PAGE_TABLE_FRAMES};
+use crate::page_tables::{
+    kernel_root, map_image, new_kernel_root, new_root, tables_on, KernelMemory, PageTableFrames,
+    MEMORY,
+};
 use crate::percpu;
 use crate::pks::{self, PAGE_TABLE_KEY};
 use crate::smp_backend::{self, SmpBackend};
 use crate::sync::Global;
 
-/// Page-table memory: entries are reached through the direct map (the boot
-/// identity map before it exists).
-#[derive(Debug)]
-pub struct KernelMemory;
-
-impl KernelMemory {
-    fn pointer(entry: PhysAddr) -> *mut u64 {
-        memory::phys_to_virt(entry) as *mut u64
-    }
-}
-
-// SAFETY: every address the library passes is an entry of a table it
-// allocated from the page-table pool (`PageTableFrames`), which the direct
-// map (the boot identity map before it) covers, 8-byte aligned; the
-// library alone changes those tables, and the hardware walker only sets
-// accessed and dirty bits, which `swap` exchanges atomically.
-unsafe impl PageTableMemory for KernelMemory {
-    fn read(&self, entry: PhysAddr) -> u64 {
-        // SAFETY: the library only passes addresses of entries in tables it
-        // allocated from the page-table pool, which is mapped (read access
-        // is never key-restricted).
-        unsafe { Self::pointer(entry).read_volatile() }
-    }
-
-    fn write(&self, entry: PhysAddr, value: u64) {
-        // SAFETY: as `read`. Under PKS this faults unless a window is open:
-        // the backend wrapper opens it; anything else is the bug PKS exists
-        // to catch.
-        unsafe { Self::pointer(entry).write_volatile(value) }
-    }
-
-    fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
-        // SAFETY: as `write`; the entry is 8-byte aligned, and the hardware
-        // may set A/D bits concurrently, hence the atomic exchange.
-        unsafe { AtomicU64::from_ptr(Self::pointer(entry)).swap(value, Ordering::SeqCst) }
-    }
-
-    fn zero_frame(&self, frame: PhysAddr) {
-        // A new table is zeroed before it is linked; it is a page-table
-        // page, so this too needs the window (already open inside a
-        // section, opened and closed here otherwise).
-        pks::with_page_table_window(|| {
-            // SAFETY: `frame` was just allocated from the page-table pool and
-            // is not linked anywhere, so nothing else uses it.
-            unsafe { core::ptr::write_bytes(Self::pointer(frame), 0, 512) }
-        });
-    }
-}
-
-/// Page-table frames, from the pool the direct map tags with the
-/// page-table key.
-#[derive(Debug)]
-pub struct PageTableFrames;
-
-impl FrameAllocator for PageTableFrames {
-    fn allocate(&self) -> Option<PhysAddr> {
-        PAGE_TABLE_FRAMES.allocate()
-    }
-
-    fn free(&self, frame: PhysAddr) {
-        if let Err(error) = PAGE_TABLE_FRAMES.free(frame) {
-            panic!("page-table frame free: {error:?}");
-        }
-    }
-}
+/// Page-table pages are writable only inside a PKS window.
+pub use crate::pks::with_page_table_window;
 
 /// The executing CPU (the library's name for it).
 fn cpu_id() -> CpuId {
@@ -198,10 +140,6 @@ pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 pub type KernelTables<'a, L> =
     PageTables<'a, X86_64, KernelMemory, KernelBackend, L, PageTableFrames>;
 
-/// Page-table memory.
-pub static MEMORY: KernelMemory = KernelMemory;
-/// Page-table frames.
-pub static TABLE_FRAMES: PageTableFrames = PageTableFrames;
 static BACKEND: Global<KernelBackend> = Global::new();
 static LAZY: Global<KernelLazy> = Global::new();
 
@@ -242,13 +180,6 @@ pub fn exception_exit(frame: Option<lazymmu::backend::protected::KeyFrame>) {
     }
 }
 
-static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
-
-/// The kernel's top-level table.
-pub fn kernel_root() -> PhysAddr {
-    PhysAddr(KERNEL_ROOT.load(Ordering::Acquire))
-}
-
 /// The kernel's tables with lazy sections.
 pub fn kernel_tables() -> KernelTables<'static, KernelLazy> {
     kernel_tables_with(lazy())
@@ -266,37 +197,10 @@ pub fn native_backend() -> &'static NativeBackend {
     NATIVE.get()
 }
 
-/// The tables at `root` (address space `space`) over any backend and lazy
-/// mode.
-pub fn tables_on<'a, B: Backend<Format = X86_64>, L: LazyMode>(
-    backend: &'a B,
-    lazy: &'a L,
-    root: PhysAddr,
-    space: SpaceId,
-) -> PageTables<'a, X86_64, KernelMemory, B, L, PageTableFrames> {
-    // SAFETY: every root the kernel hands out was allocated from the
-    // page-table pool and is reached through `MEMORY`; the library alone
-    // changes these tables.
-    unsafe { PageTables::new(root, space, &MEMORY, backend, lazy, &TABLE_FRAMES) }
-}
-
 /// The kernel's tables with any lazy mode (for
 /// [`Eager`](lazymmu::mode::eager::Eager), a kernel without batching).
 pub fn kernel_tables_with<L: LazyMode>(lazy: &L) -> KernelTables<'_, L> {
     tables_on(backend(), lazy, kernel_root(), SpaceId::KERNEL)
-}
-
-extern "C" {
-    static __text_start: u8;
-    static __text_end: u8;
-    static __rodata_start: u8;
-    static __rodata_end: u8;
-    static __data_start: u8;
-    static __kernel_end: u8;
-}
-
-fn symbol(s: *const u8) -> u64 {
-    s as u64
 }
 
 /// Builds the kernel's tables with the library (the kernel image identity
@@ -307,50 +211,13 @@ fn symbol(s: *const u8) -> u64 {
 /// # Errors
 /// A message when a frame or a mapping cannot be had.
 pub fn init(map: &MemoryMap) -> Result<(), &'static str> {
-    // SAFETY: `TABLE_FRAMES` hands out frames of the page-table pool, which
-    // `MEMORY` reaches.
-    let root =
-        unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }.ok_or("no frame for the root table")?;
-    KERNEL_ROOT.store(root.0, Ordering::Release);
+    let root = new_kernel_root()?;
     let tables = kernel_tables();
-
-    let text = Attributes {
-        writable: false,
-        executable: true,
-        ..Attributes::kernel_data()
-    };
-    let rodata = Attributes::kernel_data().read_only();
-    let data = Attributes::kernel_data();
-    let image = [
-        (
-            symbol(&raw const __text_start),
-            symbol(&raw const __text_end),
-            text,
-        ),
-        (
-            symbol(&raw const __rodata_start),
-            symbol(&raw const __rodata_end),
-            rodata,
-        ),
-        (
-            symbol(&raw const __data_start),
-            symbol(&raw const __kernel_end),
-            data,
-        ),
-    ];
-    for (start, end, attrs) in image {
-        tables
-            .map(
-                VirtAddr(start),
-                PhysAddr(start),
-                end - start,
-                attrs,
-                PageSize::Size4K,
-            )
-            .map_err(|_| "mapping the kernel image failed")?;
-    }
+    // The image is linked at its physical addresses.
+    map_image(&tables, |va| va)?;
 
     let pool = PAGE_TABLE_FRAMES.region();
+    let data = Attributes::kernel_data();
     let table_attrs = Attributes {
         key: PAGE_TABLE_KEY,
         ..Attributes::kernel_data()
@@ -413,8 +280,7 @@ pub const USER_BASE: u64 = 0x80_0000_0000;
 /// entries (slot 0: the image; 256–511: the upper half) linked in through
 /// the backend, so that it can be loaded while the kernel runs.
 pub fn new_user_root() -> Option<PhysAddr> {
-    // SAFETY: as in `init`.
-    let root = unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }?;
+    let root = new_root()?;
     let kernel = kernel_root();
     for slot in (0..1).chain(256..512u64) {
         let value = MEMORY.read(kernel.add(8 * slot));

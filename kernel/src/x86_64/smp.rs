@@ -22,7 +22,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use lazymmu::addr::SpaceId;
 
 use crate::percpu::{self, MAX_CPUS};
-use crate::{acpi, apic, cpu, interrupts, mm, paging, pks, sched, TIMER_HZ};
+use crate::{acpi, apic, cpu, interrupts, mm, page_tables, pks, sched, TIMER_HZ};
 
 /// Where the trampoline is copied (page 8: STARTUP vector 0x08).
 pub const TRAMPOLINE: u64 = 0x8000;
@@ -154,7 +154,7 @@ pub fn start_application_processors(cpus: &acpi::Cpus) -> Result<usize, &'static
 extern "C" fn ap_main(index: u32) -> ! {
     let index = index as usize;
     percpu::init(index);
-    let root = paging::kernel_root();
+    let root = page_tables::kernel_root();
     // SAFETY: the library's kernel tables map the kernel image (code, this
     // stack, data) at the same addresses as the boot tables do; global
     // pages are what the boot CPU runs with too.

@@ -28,7 +28,8 @@ use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PF_PRESENT, PF_WRITE};
 use crate::linux70::Linux70;
 use crate::memory::FRAME;
-use crate::paging::{self, backend, lazy, TABLE_FRAMES, USER_BASE};
+use crate::page_tables::{self, TABLE_FRAMES};
+use crate::paging::{self, backend, lazy, USER_BASE};
 use crate::percpu::{self, MAX_CPUS};
 use crate::pks::{self, DEFAULT_PKRS, OPEN_PKRS};
 use crate::sched::{self, Task};
@@ -139,7 +140,7 @@ fn others(cpus: usize, me: usize) -> impl Iterator<Item = usize> + Clone {
 /// zap one page of each 2 MiB), so that tasks working on disjoint 2 MiB
 /// pieces never race to create a shared table.
 fn precreate_tables(root: PhysAddr, space: SpaceId, va: u64, len: u64, user: bool) -> Outcome {
-    let tables = paging::tables_on(backend(), lazy(), root, space);
+    let tables = page_tables::tables_on(backend(), lazy(), root, space);
     let frame = paging::data_frame();
     let attrs = if user {
         Attributes::user_data()
@@ -327,7 +328,7 @@ fn check_region(owner: usize, holds: Holds, first: u64, what: What) -> Outcome {
 /// This CPU's operation of `round` on its own region.
 fn shared_operation(cpu: usize, round: usize) -> Outcome {
     let space = SpaceId(SHARED_SPACE.load(Ordering::Acquire));
-    let tables = paging::tables_on(backend(), lazy(), mm::root_of(space), space);
+    let tables = page_tables::tables_on(backend(), lazy(), mm::root_of(space), space);
     let va = VirtAddr(shared_region(cpu));
     let len = SHARED_PAGES * FRAME;
     let run = |i: usize| PhysAddr(SHARED_RUNS[cpu][i].load(Ordering::Acquire));
@@ -442,7 +443,7 @@ fn shared_space_test(cpus: usize) -> Outcome {
     SHARED_CPUS.store(cpus, Ordering::Release);
     let root = mm::root_of(space);
     precreate_tables(root, space, USER_BASE, (cpus as u64) * (2 << 20), true)?;
-    let tables = paging::tables_on(backend(), lazy(), root, space);
+    let tables = page_tables::tables_on(backend(), lazy(), root, space);
     for (cpu, runs) in SHARED_RUNS.iter().enumerate().take(cpus) {
         for (i, run) in runs.iter().enumerate() {
             let frames = data_run(SHARED_PAGES as usize)?;
@@ -607,7 +608,7 @@ fn migration_task(_: usize) {
 fn migration_test() -> Outcome {
     let task_area = area(20);
     precreate_tables(
-        paging::kernel_root(),
+        page_tables::kernel_root(),
         SpaceId::KERNEL,
         task_area,
         2 << 20,
@@ -727,14 +728,14 @@ fn flip_task(cpu: usize) {
 /// back when it resumes (else its next entry write faults).
 fn timer_remap_test(cpus: usize) -> Outcome {
     precreate_tables(
-        paging::kernel_root(),
+        page_tables::kernel_root(),
         SpaceId::KERNEL,
         area(24),
         (cpus as u64) * (2 << 20),
         false,
     )?;
     precreate_tables(
-        paging::kernel_root(),
+        page_tables::kernel_root(),
         SpaceId::KERNEL,
         area(25),
         (cpus as u64) * (2 << 20),
@@ -1014,7 +1015,7 @@ fn lazy_kthread(_: usize) {
 fn lazy_user(cpu: usize) {
     record((|| -> Outcome {
         let space = SpaceId(LAZY_SPACE.load(Ordering::Acquire));
-        let tables = paging::tables_on(backend(), lazy(), mm::root_of(space), space);
+        let tables = page_tables::tables_on(backend(), lazy(), mm::root_of(space), space);
         let frame = paging::data_frame();
         let va = VirtAddr(shared_region(cpu));
         tables
@@ -1329,7 +1330,7 @@ fn stress_task(index: usize) {
 /// mode and the preemption depth; at the end, every count.
 fn stress_test() -> Outcome {
     precreate_tables(
-        paging::kernel_root(),
+        page_tables::kernel_root(),
         SpaceId::KERNEL,
         area(28),
         (STRESS_TASKS as u64) * (2 << 20),

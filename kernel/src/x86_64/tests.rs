@@ -17,9 +17,9 @@ use lazymmu::pgtable::ops::{CopyKind, MapError};
 use crate::check::{Message, Outcome, Report};
 use crate::interrupts::{self, PageFault, PF_PRESENT, PF_PROTECTION_KEY, PF_WRITE};
 use crate::memory::{DIRECT_MAP_BASE, FRAME};
+use crate::page_tables::{self, kernel_root, PageTableFrames, TABLE_FRAMES};
 use crate::paging::{
-    self, backend, kernel_root, kernel_tables, kernel_tables_with, lazy, KernelBackend,
-    PageTableFrames, TABLE_FRAMES,
+    self, backend, kernel_tables, kernel_tables_with, lazy, KernelBackend, KernelLazy, KernelTables,
 };
 use crate::pks::{self, DEFAULT_PKRS, OPEN_PKRS};
 use crate::range_tests::{self, Guest};
@@ -106,11 +106,8 @@ fn write(va: u64, value: u64) -> Outcome {
 pub struct X86Guest;
 
 impl Guest for X86Guest {
-    type Format = X86_64;
-    type Memory = KernelMemory;
     type Backend = KernelBackend;
     type Lazy = KernelLazy;
-    type Frames = PageTableFrames;
 
     fn area(n: u64) -> u64 {
         area(n)
@@ -468,9 +465,10 @@ fn protection_key_test() -> Outcome {
             PageSize::Size4K,
         )
         .map_err(|e| message!("map: {e:?}"))?;
-    let pte = lazymmu::pgtable::walk::translate::<X86_64, _>(&paging::MEMORY, root, VirtAddr(va))
-        .map_err(|e| message!("translate: {e:?}"))?
-        .entry;
+    let pte =
+        lazymmu::pgtable::walk::translate::<X86_64, _>(&page_tables::MEMORY, root, VirtAddr(va))
+            .map_err(|e| message!("translate: {e:?}"))?
+            .entry;
     expect_write_fault(
         DIRECT_MAP_BASE + pte.0,
         PF_PRESENT | PF_WRITE | PF_PROTECTION_KEY,
@@ -641,7 +639,7 @@ fn stale_translation_is_observable_test() -> Outcome {
         )
         .map_err(|e| message!("map: {e:?}"))?;
     let pte = lazymmu::pgtable::walk::translate::<X86_64, _>(
-        &paging::MEMORY,
+        &page_tables::MEMORY,
         kernel_root(),
         VirtAddr(va),
     )
