@@ -75,8 +75,9 @@ pub unsafe trait PageTableMemory {
 /// every format reads as present at every level — x86-64's P bit,
 /// AArch64's valid-table/page bits `0b11`, book3s64's and sparc64's bit
 /// 63, s390's present bit with both of its invalid bits (0x20, 0x400)
-/// clear — with the other bits a hash of the entry's address, so that a
-/// table or leaf read from it points somewhere arbitrary. A range
+/// clear — with the other bits a multiplicative hash of the entry's
+/// address (cheap enough to fill every frame handed out), so that a table
+/// or leaf read from it points somewhere arbitrary. A range
 /// operation that reads an entry of a new table it did not clear sees a
 /// mapping that is not there.
 ///
@@ -98,12 +99,9 @@ pub const fn poison(entry: PhysAddr) -> u64 {
     /// s390 `_PAGE_INVALID` (0x400) and `_SEGMENT_ENTRY_INVALID` /
     /// `_REGION_ENTRY_INVALID` (0x20).
     const CLEAR: u64 = 0x400 | 0x20;
-    // The SplitMix64 finaliser of the address.
-    let mut z = entry.0 ^ 0x9e37_79b9_7f4a_7c15;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    (z | SET) & !CLEAR
+    // Fibonacci hashing: an odd multiplier, so distinct addresses give
+    // distinct products.
+    (entry.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) | SET) & !CLEAR
 }
 
 // SAFETY: forwards to `T`, which made the promise.
