@@ -246,9 +246,8 @@ impl Storm {
                 Entry::Table(next) => next,
                 _ => {
                     let next = memory
-                        .allocate(space, 0)
+                        .allocate_table(space, 0)
                         .expect("the storm's machine has frames for every process");
-                    memory.zero_frame(next);
                     memory.write(entry, X86_64::encode_table(next, level));
                     next
                 }
@@ -332,8 +331,7 @@ impl Storm {
         }
         self.next_space += 1;
         let space = SpaceId(id);
-        let root = m.memory().allocate(space, 0)?;
-        m.memory().zero_frame(root);
+        let root = m.memory().allocate_table(space, 0)?;
         m.set_space_root(space, root);
         let process = self.processes.len();
         let mut members = Vec::new();
@@ -488,7 +486,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
     let machine = Rc::new(Machine::new(mc));
     let kernel_root = machine
         .memory()
-        .allocate(SpaceId::KERNEL, 0)
+        .allocate_table(SpaceId::KERNEL, 0)
         .expect("a frame for the kernel root");
     machine.set_walker(walk::<X86_64>, kernel_root, X86_64::is_kernel);
     machine.set_table_finder(tables_under::<X86_64>);
