@@ -4,6 +4,8 @@
 //! helpers to read a tree back.
 #![allow(dead_code)]
 
+pub mod model;
+
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
