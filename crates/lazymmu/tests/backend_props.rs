@@ -182,7 +182,7 @@ fn check<B: PteAccess + lazymmu::mode::ArchHooks>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 48 }))]
 
     #[test]
     fn xen_pv(ops in prop::collection::vec(op(), 1..300)) {
