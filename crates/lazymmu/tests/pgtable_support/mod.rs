@@ -6,7 +6,6 @@
 
 pub mod model;
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
@@ -17,7 +16,7 @@ use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
 use lazymmu::pgtable::allocator::HostFrameAllocator;
 use lazymmu::pgtable::format::{Attributes, Format};
-use lazymmu::pgtable::memory::{poison, HostMemory, PageTableMemory};
+use lazymmu::pgtable::memory::HostMemory;
 use lazymmu::pgtable::walk::for_each_leaf;
 
 /// Physical address of the first page-table frame.
@@ -41,8 +40,6 @@ impl Host {
     pub fn backend<F: Format>(&self, space: SpaceId) -> Native<'_, F> {
         Native {
             inner: X86Backend::new(&self.memory, RecordingPrimitives::new(0, space)),
-            memory: &self.memory,
-            garbage_overwrites: Cell::new(0),
             format: PhantomData,
         }
     }
@@ -50,35 +47,15 @@ impl Host {
 
 /// Plain stores to host memory and recorded flushes, for tables of format
 /// `F`: the x86 native backend's behaviour, which has nothing
-/// format-specific, under another format's name. It also looks at every
-/// entry before it is written, as backends that decide an invalidation
-/// from the old value do (s390, powerpc, sparc64), and counts the writes
-/// that find the allocator's poison there: a new table linked or filled
-/// without being cleared.
+/// format-specific, under another format's name.
 pub struct Native<'m, F> {
     pub inner: X86Backend<&'m HostMemory, RecordingPrimitives>,
-    memory: &'m HostMemory,
-    garbage_overwrites: Cell<u64>,
     format: PhantomData<F>,
 }
 
 impl<F> Native<'_, F> {
     pub fn primitives(&self) -> &RecordingPrimitives {
         self.inner.primitives()
-    }
-
-    /// Writes that found an entry still holding the allocator's poison.
-    pub fn garbage_overwrites(&self) -> u64 {
-        self.garbage_overwrites.get()
-    }
-
-    fn look(&self, first: PhysAddr, count: usize) {
-        for entry in (0..count as u64).map(|i| first.add(8 * i)) {
-            if self.memory.read(entry) == poison(entry) {
-                self.garbage_overwrites
-                    .set(self.garbage_overwrites.get() + 1);
-            }
-        }
     }
 }
 
@@ -93,15 +70,12 @@ impl<F> PteAccess for Native<'_, F> {
         self.inner.read_entry(entry)
     }
     fn write_entry(&self, update: EntryUpdate) {
-        self.look(update.entry, 1);
         self.inner.write_entry(update)
     }
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
-        self.look(update.entry, 1);
         self.inner.get_and_clear(update)
     }
     fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
-        self.look(first.entry, count);
         self.inner.write_entries(first, count, step)
     }
 }
@@ -141,6 +115,7 @@ pub fn pages_of<F: Format>(memory: &HostMemory, root: PhysAddr, high: bool) -> P
 /// Page-table frames reachable from `root` (root included).
 pub fn tables_of<F: Format>(memory: &HostMemory, root: PhysAddr) -> Vec<PhysAddr> {
     use lazymmu::pgtable::format::Entry;
+    use lazymmu::pgtable::memory::PageTableMemory;
     fn visit<F: Format>(memory: &HostMemory, table: PhysAddr, level: u8, out: &mut Vec<PhysAddr>) {
         out.push(table);
         if level == 1 {

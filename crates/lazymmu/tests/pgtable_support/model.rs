@@ -306,9 +306,4 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
     drop(gather);
     assert_eq!(host.frames.outstanding(), 0, "frames leaked after teardown");
     assert_eq!(lazy.state(), lazymmu::mode::LazyState::IDLE);
-    assert_eq!(
-        backend.garbage_overwrites(),
-        0,
-        "entries written over garbage"
-    );
 }

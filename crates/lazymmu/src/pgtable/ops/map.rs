@@ -160,18 +160,18 @@ where
                     }
                     Entry::Absent if level == 2 => {
                         // A new PTE table is filled before it is linked:
-                        // the fill cannot fail and no walker ever sees it
-                        // half-built. It is zeroed first even when the run
-                        // covers it, as Linux's page-table allocations are
-                        // (`GFP_PGTABLE_KERNEL` has `__GFP_ZERO`): a
-                        // backend may read what an entry held before it
-                        // writes it (s390's IPTE, the powerpc and sparc64
-                        // flush batches), and must not find garbage. The
-                        // link is written inside the table's section, so
-                        // that the section's close applies it with the
-                        // entries (nested in a caller's section, that close
-                        // is a flush).
-                        let below = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+                        // the fill cannot fail, no walker ever sees it
+                        // half-built, and a table the run covers entirely
+                        // needs no zeroing. The link is written inside the
+                        // table's section, so that the section's close
+                        // applies it with the entries (nested in a
+                        // caller's section, that close is a flush).
+                        let below = if covers_entry::<F>(va, next, level) {
+                            self.new_frame_to_fill()
+                        } else {
+                            self.new_table()
+                        }
+                        .ok_or(Stop::OutOfFrames(va))?;
                         run.summary.tables_allocated += 1;
                         self.map_ptes(below, va, next, true, Some(entry), run)?;
                     }

@@ -403,14 +403,18 @@ where
             .get_and_clear(self.update(entry, va, high, level, 0, true))
     }
 
-    /// A zeroed frame for a new table, not linked anywhere yet. Every new
-    /// table is zeroed, those about to be filled whole included: the
-    /// allocator's frames hold anything, and a backend may read an entry
-    /// before it overwrites it (to decide whether it needs invalidating).
+    /// A zeroed frame for a new table, not linked anywhere yet.
     pub(crate) fn new_table(&self) -> Option<PhysAddr> {
+        let frame = self.new_frame_to_fill()?;
+        self.memory.zero_frame(frame);
+        Some(frame)
+    }
+
+    /// A frame for a new table that the caller fills completely before
+    /// linking it, so it needs no zeroing.
+    pub(crate) fn new_frame_to_fill(&self) -> Option<PhysAddr> {
         let frame = self.allocator.allocate()?;
         self.tables_allocated.set(self.tables_allocated.get() + 1);
-        self.memory.zero_frame(frame);
         Some(frame)
     }
 
@@ -476,8 +480,8 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        // Zeroed although every entry is written below (see `new_table`).
-        let table = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+        // Every entry of the new table is written below: no zeroing.
+        let table = self.new_frame_to_fill().ok_or(Stop::OutOfFrames(va))?;
         let old = self.clear(entry, va, high, level);
         let Entry::Leaf { phys, size, attrs } = F::decode(old, level) else {
             unreachable!("split of a non-leaf entry");
