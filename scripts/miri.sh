@@ -4,14 +4,13 @@
 # Borrows), alignment, uninitialised and out-of-bounds reads, leaks. The
 # slow tests take Miri-sized inputs under cfg(miri). proptest reads the
 # working directory and the clock, so isolation is off. Installs the
-# nightly toolchain's miri and rust-src components when missing.
+# nightly toolchain's miri and rust-src components when missing
+# (`setup.sh miri`).
 # Usage: scripts/miri.sh [extra `cargo test` arguments, e.g. --test NAME]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^miri'; then
-    rustup toolchain install nightly --profile minimal --component miri,rust-src
-fi
+bash scripts/setup.sh miri
 cargo +nightly miri setup
 
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-disable-isolation}"

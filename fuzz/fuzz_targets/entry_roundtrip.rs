@@ -6,9 +6,9 @@
 
 use lazymmu::addr::PhysAddr;
 use lazymmu::pgtable::format::{
-    Aarch64, Attributes, Entry, Format, MemoryType, PpcHash4K, Sparc64Sun4v, X86_64_5Level, S390,
-    X86_64,
+    Aarch64, Attributes, Entry, Format, PpcHash4K, Sparc64Sun4v, X86_64_5Level, S390, X86_64,
 };
+use lazymmu_fuzz::attributes;
 use libfuzzer_sys::arbitrary::{Arbitrary, Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
@@ -22,26 +22,11 @@ struct Input {
 
 impl<'a> Arbitrary<'a> for Input {
     fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
-        let memory = *u.choose(&[
-            MemoryType::WriteBack,
-            MemoryType::WriteThrough,
-            MemoryType::Uncached,
-            MemoryType::Device,
-        ])?;
         Ok(Input {
             raw: u.arbitrary()?,
             phys: u.arbitrary()?,
             table: u.arbitrary()?,
-            attrs: Attributes {
-                writable: u.arbitrary()?,
-                user: u.arbitrary()?,
-                executable: u.arbitrary()?,
-                global: u.arbitrary()?,
-                dirty: u.arbitrary()?,
-                accessed: u.arbitrary()?,
-                key: u.arbitrary()?,
-                memory,
-            },
+            attrs: attributes(u, u8::MAX)?,
         })
     }
 }

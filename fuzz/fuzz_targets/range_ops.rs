@@ -9,7 +9,8 @@
 #[path = "../../crates/lazymmu/tests/pgtable_support/mod.rs"]
 mod pgtable_support;
 
-use lazymmu::pgtable::format::{Aarch64, Attributes, MemoryType, X86_64_5Level, X86_64};
+use lazymmu::pgtable::format::{Aarch64, X86_64_5Level, X86_64};
+use lazymmu_fuzz::attributes;
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use pgtable_support::model::{run, Op, WINDOW_PAGES};
@@ -36,25 +37,6 @@ fn pages(u: &mut Unstructured) -> Result<u64> {
     }
 }
 
-fn attrs(u: &mut Unstructured) -> Result<Attributes> {
-    let memory = *u.choose(&[
-        MemoryType::WriteBack,
-        MemoryType::WriteThrough,
-        MemoryType::Uncached,
-        MemoryType::Device,
-    ])?;
-    Ok(Attributes {
-        writable: u.arbitrary()?,
-        user: u.arbitrary()?,
-        executable: u.arbitrary()?,
-        global: u.arbitrary()?,
-        dirty: u.arbitrary()?,
-        accessed: u.arbitrary()?,
-        key: u.int_in_range(0..=7)?,
-        memory,
-    })
-}
-
 fn op(u: &mut Unstructured) -> Result<Op> {
     Ok(match u.int_in_range(0..=5u8)? {
         0 => Op::Map {
@@ -65,7 +47,7 @@ fn op(u: &mut Unstructured) -> Result<Op> {
             } else {
                 u.int_in_range(0..=2047u64)? * 512
             },
-            attrs: attrs(u)?,
+            attrs: attributes(u, 7)?,
             huge: u.arbitrary()?,
         },
         1 => Op::Zap {
@@ -75,7 +57,7 @@ fn op(u: &mut Unstructured) -> Result<Op> {
         2 => Op::Protect {
             page: page(u)?,
             pages: pages(u)?,
-            attrs: attrs(u)?,
+            attrs: attributes(u, 7)?,
         },
         3 => Op::Move {
             from: page(u)?,
