@@ -14,12 +14,12 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-use lazymmu::backend::Backend;
+use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::mode::LazyMode;
 use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::Attributes;
 use lazymmu::pgtable::memory::PageTableMemory;
-use lazymmu::pgtable::ops::{allocate_root, PageTables};
+use lazymmu::pgtable::ops::{Mmu, PageTables, VaRange};
 
 use crate::memory::{phys_to_virt, PAGE_TABLE_FRAMES};
 use crate::paging::with_page_table_window;
@@ -97,9 +97,9 @@ pub static TABLE_FRAMES: PageTableFrames = PageTableFrames;
 
 /// A new, empty top-level table; `None` when the pool is exhausted.
 pub fn new_root() -> Option<PhysAddr> {
-    // SAFETY: `TABLE_FRAMES` hands out frames of the page-table pool, which
-    // `MEMORY` reaches and nothing else uses.
-    unsafe { allocate_root(&MEMORY, &TABLE_FRAMES) }
+    let root = TABLE_FRAMES.allocate()?;
+    MEMORY.zero_frame(root);
+    Some(root)
 }
 
 static KERNEL_ROOT: AtomicU64 = AtomicU64::new(0);
@@ -119,18 +119,25 @@ pub fn kernel_root() -> PhysAddr {
     PhysAddr(KERNEL_ROOT.load(Ordering::Acquire))
 }
 
-/// The tables at `root` (address space `space`) over any backend and lazy
-/// mode; the backend's format is the tables'.
-pub fn tables_on<'a, B: Backend, L: LazyMode>(
+/// The tables at `root` (address space `space`) over any backend (whose
+/// memory is [`KernelMemory`]) and lazy mode, borrowed: the kernel keeps
+/// its roots. The backend's format is the tables'; the kernel's space
+/// ([`SpaceId::KERNEL`]) is the upper half's tree (TTBR1 on arm64, the
+/// whole root on x86-64), every other space the lower half's.
+pub fn tables_on<'a, B: Backend<Memory = KernelMemory>, L: LazyMode>(
     backend: &'a B,
     lazy: &'a L,
     root: PhysAddr,
     space: SpaceId,
-) -> PageTables<'a, B::Format, KernelMemory, B, L, PageTableFrames> {
+) -> PageTables<'a, B, L, PageTableFrames> {
+    let range = VaRange::for_format::<B::Format>(space == SpaceId::KERNEL);
     // SAFETY: every root the kernel hands out was allocated from the
-    // page-table pool ([`new_root`]) and is reached through `MEMORY`; the
-    // library alone changes these tables.
-    unsafe { PageTables::new(root, space, &MEMORY, backend, lazy, &TABLE_FRAMES) }
+    // page-table pool ([`new_root`]), whose frames `TABLE_FRAMES` hands out
+    // and the backend's `KernelMemory` reaches; the library alone changes
+    // these tables, and the roots stay allocated while the kernel runs.
+    unsafe {
+        Mmu::new(backend, lazy, &TABLE_FRAMES, FlushScope::Local).tables_at(root, space, range)
+    }
 }
 
 extern "C" {
@@ -149,8 +156,8 @@ extern "C" {
 ///
 /// # Errors
 /// A message when a mapping cannot be made.
-pub fn map_image<B: Backend, L: LazyMode>(
-    tables: &PageTables<'_, B::Format, KernelMemory, B, L, PageTableFrames>,
+pub fn map_image<B: Backend<Memory = KernelMemory>, L: LazyMode>(
+    tables: &PageTables<'_, B, L, PageTableFrames>,
     image_phys: fn(u64) -> u64,
 ) -> Result<(), &'static str> {
     let text = Attributes {

@@ -11,27 +11,21 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use lazymmu::addr::{PageSize, PhysAddr, VirtAddr};
 use lazymmu::backend::Backend;
 use lazymmu::mode::LazyMode;
-use lazymmu::pgtable::format::Attributes;
+use lazymmu::pgtable::format::{Attributes, Protection};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::ops::{ApplyMode, MapError, PageTables};
 
 use crate::check::{Message, Outcome};
 use crate::frames::FRAME;
 use crate::memory::phys_to_virt;
-use crate::page_tables::{KernelMemory, PageTableFrames};
+use crate::page_tables::PageTableFrames;
 use crate::testdata::{data_run, free_run, pattern};
 use crate::{ensure, ensure_eq, message, println};
 
 /// The kernel tables of guest `G`, over the memory and frames both
 /// kernels share.
-pub type Tables<G> = PageTables<
-    'static,
-    <<G as Guest>::Backend as Backend>::Format,
-    KernelMemory,
-    <G as Guest>::Backend,
-    <G as Guest>::Lazy,
-    PageTableFrames,
->;
+pub type Tables<G> =
+    PageTables<'static, <G as Guest>::Backend, <G as Guest>::Lazy, PageTableFrames>;
 
 /// A kernel's MMU as the tests see it: its kernel tables (with its lazy
 /// mode) and gathers, from which this module makes the operations, and
@@ -126,13 +120,13 @@ pub fn zap<G: Guest>(va: u64, pages: u64) -> Outcome {
     zap_with::<G>(va, pages, G::gather())
 }
 
-/// Changes the attributes of `pages` pages from `va`.
+/// Changes the permissions of `pages` pages from `va`.
 ///
 /// # Errors
 /// A message with what the library's `protect` returned.
-pub fn protect<G: Guest>(va: u64, pages: u64, attrs: Attributes) -> Outcome {
+pub fn protect<G: Guest>(va: u64, pages: u64, protection: Protection) -> Outcome {
     G::tables()
-        .protect(VirtAddr(va), pages * FRAME, attrs, &mut G::gather())
+        .protect(VirtAddr(va), pages * FRAME, protection, &mut G::gather())
         .map(|_| ())
         .map_err(|e| message!("protect {va:#x}: {e:?}"))
 }
@@ -187,7 +181,8 @@ pub fn map_test<G: Guest>() -> Outcome {
     ensure_eq!(
         map::<G>(va, run, 1, Attributes::kernel_data()),
         Err(MapError::AlreadyMapped {
-            at: lazymmu::addr::VirtAddr(va)
+            at: lazymmu::addr::VirtAddr(va),
+            level: 1,
         }),
         "mapping over a present entry"
     );
@@ -210,12 +205,12 @@ pub fn protect_test<G: Guest>() -> Outcome {
     for i in 0..PAGES {
         G::write(va + i * FRAME + 16, i)?;
     }
-    protect::<G>(va, PAGES, Attributes::kernel_data().read_only())?;
+    protect::<G>(va, PAGES, Protection::read_only())?;
     for i in 0..PAGES {
         G::expect_read_only(va + i * FRAME)?;
     }
     expect_run::<G>(va, run, PAGES as usize)?;
-    protect::<G>(va, PAGES, Attributes::kernel_data())?;
+    protect::<G>(va, PAGES, Protection::writable())?;
     G::write(va + 16, 77)?;
     zap::<G>(va, PAGES)?;
     free_run(run, PAGES as usize);
@@ -306,7 +301,7 @@ pub fn stale_translation_test<G: Guest>() -> Outcome {
         section::<G>(&mut || remap(run.add(2 * FRAME)))?;
         // Only the inner section has closed.
         expect_run::<G>(va, run.add(2 * FRAME), 1)?;
-        section::<G>(&mut || protect::<G>(va, 1, Attributes::kernel_data().read_only()))?;
+        section::<G>(&mut || protect::<G>(va, 1, Protection::read_only()))?;
         G::expect_read_only(va)
     })?;
     zap::<G>(va, 1)?;

@@ -319,7 +319,7 @@ mod measure {
     use std::time::Duration;
 
     use anyhow::{bail, Context, Result};
-    use lazymmu_sim::calibration::{Calibration, Call, Clock, Kernel, Machine, Method, FORMAT};
+    use lazymmu_sim::calibration::{Calibration, Call, Clock, Host, Kernel, Method, FORMAT};
     use lazymmu_sim::rng::SplitMix64;
 
     use super::{command_line, summarise, CalibrateArgs};
@@ -821,7 +821,7 @@ mod measure {
         fs::read_to_string("/proc/cpuinfo").context("cannot read /proc/cpuinfo")
     }
 
-    fn machine(cpuinfo: &str) -> Machine {
+    fn machine(cpuinfo: &str) -> Host {
         let field = |name: &str| {
             cpuinfo.lines().find_map(|line| {
                 let (key, value) = line.split_once(':')?;
@@ -829,7 +829,7 @@ mod measure {
             })
         };
         let flags = field("flags").unwrap_or_default();
-        Machine {
+        Host {
             cpu_model: field("model name").unwrap_or_else(|| "unknown".to_string()),
             logical_cpus: cpuinfo
                 .lines()

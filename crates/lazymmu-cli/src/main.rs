@@ -27,6 +27,9 @@ struct Cli {
     command: Command,
 }
 
+// One command is parsed per process: the size of its largest variant
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Every backend × workload on the simulator, eager and lazy: the

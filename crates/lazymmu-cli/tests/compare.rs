@@ -130,9 +130,14 @@ fn detail_prints_every_run_with_counts_and_thousands_separators() {
         lines[eager + 1].trim_start().starts_with("hypercall="),
         "{text}"
     );
-    assert!(lines[eager + 1].contains("pte_write=12,"), "{text}");
-    let lazy = &lines[eager + 2];
-    assert!(lazy.contains(" lazy ") && lazy.contains("0.4"), "{lazy}");
+    let counts = format!("{} {}", lines[eager + 1], lines[eager + 2]);
+    assert!(counts.contains("pte_write=16,"), "{text}");
+    let lazy = lines[eager + 1..]
+        .iter()
+        .find(|l| l.starts_with("xen-pv") && l.contains(" lazy "))
+        .expect("the lazy run's row");
+    let ratio: f64 = lazy.split_whitespace().nth(5).unwrap().parse().unwrap();
+    assert!(ratio > 0.0 && ratio < 1.0, "{lazy}");
     assert!(text.contains("multicall_entry="));
 }
 
@@ -361,4 +366,114 @@ fn help_explains_the_names_and_exit_statuses() {
     }
     assert!(help.contains("Exit status: 0"));
     assert!(help.contains("percpu-preemptible"));
+}
+
+#[test]
+fn published_prints_each_figure_with_its_source_and_the_model_next_to_it() {
+    let text = stdout_of(&[
+        "compare",
+        "--published",
+        "--backend",
+        "x86",
+        "--workload",
+        "fork",
+    ]);
+    // Only a source's address, which cannot be broken, may be wider.
+    for line in text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("https://"))
+    {
+        assert!(line.chars().count() <= 100, "wider than 100: {line}");
+    }
+    for source in [
+        "arm64/mm: Batch barriers when updating kernel mappings",
+        "pkeys-based page table hardening",
+        "s390/mm: Batch PTE updates in lazy MMU mode",
+        "powerpc/64s: enable MMU_LAZY_TLB_SHOOTDOWN",
+    ] {
+        assert!(text.contains(source), "{source} missing:\n{text}");
+    }
+    assert!(text.contains("https://lore.kernel.org/"));
+    // A figure the model runs has its figure and a factor; one it does not
+    // says why.
+    let mprotect = text
+        .lines()
+        .find(|l| l.contains("mprotect(), large range"))
+        .expect("the s390 mprotect row");
+    assert!(mprotect.contains("~15x"), "{mprotect}");
+    let factor: f64 = mprotect.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(factor > 0.0, "{mprotect}");
+    assert!(text.contains("not modelled: a kernel build is not a modelled workload"));
+    // Without --published there is no such table.
+    let plain = stdout_of(&["compare", "--backend", "x86", "--workload", "fork"]);
+    assert!(!plain.contains("Published figures"));
+}
+
+#[test]
+fn a_bad_calibration_file_is_refused_naming_it() {
+    let dir = std::env::temp_dir().join(format!("lazymmu-calibration-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"format\": 1, \"nonsense\": true}\n").unwrap();
+    let out = lazymmu()
+        .args(["compare", "--workload", "fork", "--calibration"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.json"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let missing = dir.join("missing.json");
+    let out = lazymmu()
+        .args(["compare", "--workload", "fork", "--calibration"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.json"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_shipped_calibration_given_as_a_file_changes_nothing() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../calibration/x86_64-amd-epyc-kvm-linux-6.18.json"
+    );
+    let args = [
+        "compare",
+        "--backend",
+        "arm64",
+        "--workload",
+        "munmap",
+        "--json",
+    ];
+    let builtin = stdout_of(&args);
+    let mut with_file: Vec<&str> = args.to_vec();
+    with_file.extend(["--calibration", file]);
+    let given = stdout_of(&with_file);
+    let rows =
+        |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap()["rows"].clone();
+    assert_eq!(rows(&builtin), rows(&given));
+}
+
+#[test]
+fn calls_sets_the_system_calls_of_each_task() {
+    let json = |calls: &str| {
+        let text = stdout_of(&[
+            "compare",
+            "--backend",
+            "x86",
+            "--workload",
+            "munmap",
+            "--calls",
+            calls,
+            "--json",
+        ]);
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(doc["calls"].as_u64(), calls.parse().ok());
+        doc["rows"][0]["cycles"].as_u64().unwrap()
+    };
+    assert!(json("4") > json("1"));
 }

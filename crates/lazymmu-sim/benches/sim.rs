@@ -1,6 +1,8 @@
 //! Simulator speed: simulated PTE updates per second for `fork` on one
 //! CPU, against a baseline of the same number of plain stores into a
-//! vector in the same run.
+//! vector in the same run; and what the random chooser costs: a run of
+//! `lazymmu compare` (its rates of interrupts, preemptions and
+//! migrations) against the same run in sequence (no chooser).
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -52,5 +54,28 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+fn chooser(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chooser");
+    group.sample_size(10);
+    for (backend, workload) in [
+        (BackendKind::X86, WorkloadKind::Fork),
+        (BackendKind::XenPv, WorkloadKind::Mprotect),
+    ] {
+        let compare = RunConfig::new(backend, workload, ModeKind::Lazy);
+        let sequential = RunConfig {
+            rates: None,
+            ..compare.clone()
+        };
+        for (name, cfg) in [("compare-rates", compare), ("sequential", sequential)] {
+            group.bench_with_input(
+                BenchmarkId::new(name, format!("{backend}-{workload}")),
+                &cfg,
+                |b, cfg| b.iter(|| black_box(run_here(cfg))),
+            );
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench, chooser);
 criterion_main!(benches);

@@ -157,7 +157,7 @@ pub struct Calibration {
     /// The file layout's version; [`FORMAT`] for files this module writes.
     pub format: u32,
     /// The machine the calls ran on.
-    pub machine: Machine,
+    pub machine: Host,
     /// The kernel they ran on.
     pub kernel: Kernel,
     /// When the measurement finished, UTC, `YYYY-MM-DDTHH:MM:SSZ`.
@@ -176,7 +176,7 @@ pub struct Calibration {
 /// The machine a calibration was measured on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Machine {
+pub struct Host {
     /// `model name` from `/proc/cpuinfo`.
     pub cpu_model: String,
     /// Logical CPUs listed in `/proc/cpuinfo`.
@@ -896,7 +896,7 @@ mod tests {
             .collect();
         Calibration {
             format: FORMAT,
-            machine: Machine {
+            machine: Host {
                 cpu_model: "Test CPU".into(),
                 logical_cpus: 2,
                 hypervisor: false,

@@ -3,12 +3,14 @@
 //! machine keeps of how often each ran; and the names `--cost NAME=CYCLES`
 //! and the reports use.
 //!
-//! The table has two kinds of rows: the library's machine
-//! [`Primitive`]s (a hypercall, a barrier, a TLB invalidation, a root load,
-//! a cache-line transfer...), which the machine counts as the library calls
-//! them, and [`Software`] operations, the kernel work around the MMU that a
-//! workload does itself (the scheduler's part of a context switch, a page
-//! fault's entry and exit, ...). New software operations — the kernel work
+//! The table has three kinds of rows: the library's machine
+//! [`Primitive`]s (a hypercall, a barrier, a TLB invalidation, a root
+//! load...), which the machine counts as the library calls them;
+//! [`Software`] operations, the kernel work around the MMU that a workload
+//! does itself (the scheduler's part of a context switch, a page fault's
+//! entry and exit, ...); and cache-line transfers between CPUs by their
+//! [`Distance`] in the machine's topology, which the machine counts as the
+//! library touches shared lines. New software operations — the kernel work
 //! measured on a real kernel — are new [`Software`] rows with their costs;
 //! nothing else changes.
 //!
@@ -21,6 +23,8 @@ use core::cell::Cell;
 use core::fmt;
 
 pub use lazymmu::backend::machine::Primitive;
+
+pub use crate::machine::topology::Distance;
 
 /// Kernel work around the MMU that a workload charges itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,17 +44,77 @@ pub enum Software {
     /// (each one is its own page): what copying a kernel top-level entry
     /// costs beyond the store itself.
     EntryCopy,
+    /// `fork`'s own work per call, beyond the MMU work the model charges
+    /// itself (`copy_process`, `dup_mmap`'s VMA copies): measured.
+    ForkCall,
+    /// `fork`'s own work per page copied (a reference and a mapcount per
+    /// page, `copy_present_ptes`): measured.
+    ForkPage,
+    /// `exit`'s own work per call (`do_exit`, `exit_mmap`'s VMA and
+    /// table teardown, waking the parent): measured.
+    ExitCall,
+    /// `exit`'s own work per page unmapped (rmap, page counts, freeing
+    /// the last reference): measured.
+    ExitPage,
+    /// `munmap`'s own work per call (VMA split and removal): measured.
+    MunmapCall,
+    /// `munmap`'s own work per page unmapped (rmap, freeing the page):
+    /// measured.
+    MunmapPage,
+    /// `mprotect`'s own work per call (`mprotect_fixup`, VMA splits and
+    /// merges): measured.
+    MprotectCall,
+    /// `mprotect`'s own work per page changed: measured.
+    MprotectPage,
+    /// `mremap`'s own work per call (`move_vma`, VMA copy and unmap):
+    /// measured.
+    MremapCall,
+    /// `mremap`'s own work per page moved (`move_ptes`' rmap locking):
+    /// measured.
+    MremapPage,
+    /// `vmalloc`'s own work per call (`vmap_area` allocation), derived from
+    /// a measured call.
+    VmallocCall,
+    /// `vmalloc`'s own work per page (allocating and accounting the page),
+    /// derived from a measured call.
+    VmallocPage,
+    /// `vfree`'s own work per call (freeing the `vmap_area`), derived from
+    /// a measured call.
+    VfreeCall,
+    /// `vfree`'s own work per page (freeing the page), derived from a
+    /// measured call.
+    VfreePage,
 }
 
 impl Software {
     /// Every software operation, in table order.
-    pub const ALL: [Software; 5] = [
+    pub const ALL: [Software; 19] = [
         Software::ContextSwitch,
         Software::Fault,
         Software::GenerationCheck,
         Software::TableAlloc,
         Software::EntryCopy,
+        Software::ForkCall,
+        Software::ForkPage,
+        Software::ExitCall,
+        Software::ExitPage,
+        Software::MunmapCall,
+        Software::MunmapPage,
+        Software::MprotectCall,
+        Software::MprotectPage,
+        Software::MremapCall,
+        Software::MremapPage,
+        Software::VmallocCall,
+        Software::VmallocPage,
+        Software::VfreeCall,
+        Software::VfreePage,
     ];
+
+    /// Whether the row is the kernel's own work around a system call,
+    /// measured on a real kernel (`lazymmu calibrate`) rather than cited.
+    pub const fn is_measured(self) -> bool {
+        (self as usize) >= (Software::ForkCall as usize)
+    }
 }
 
 /// One row of the cost table.
@@ -60,6 +124,16 @@ pub enum Cost {
     Primitive(Primitive),
     /// Kernel work a workload does.
     Software(Software),
+    /// A cache line coming to a CPU from another at this distance (the
+    /// data of a read, or ownership for a write with the invalidations it
+    /// takes).
+    Line(Distance),
+}
+
+impl From<Distance> for Cost {
+    fn from(d: Distance) -> Self {
+        Cost::Line(d)
+    }
 }
 
 impl From<Primitive> for Cost {
@@ -75,7 +149,7 @@ impl From<Software> for Cost {
 }
 
 /// Rows in the table.
-pub const ROWS: usize = Primitive::ALL.len() + Software::ALL.len();
+pub const ROWS: usize = Primitive::ALL.len() + Software::ALL.len() + Distance::ALL.len();
 
 impl Cost {
     /// Every row, primitives first, in table order.
@@ -84,6 +158,7 @@ impl Cost {
             .into_iter()
             .map(Cost::Primitive)
             .chain(Software::ALL.into_iter().map(Cost::Software))
+            .chain(Distance::ALL.into_iter().map(Cost::Line))
     }
 
     /// The row's position in the table.
@@ -91,6 +166,7 @@ impl Cost {
         match self {
             Cost::Primitive(p) => p.index(),
             Cost::Software(s) => Primitive::ALL.len() + s as usize,
+            Cost::Line(d) => Primitive::ALL.len() + Software::ALL.len() + d as usize,
         }
     }
 
@@ -100,10 +176,13 @@ impl Cost {
             Cost::Primitive(p) => match p {
                 Primitive::Hypercall => "hypercall",
                 Primitive::MulticallEntry => "multicall_entry",
+                Primitive::MmuUpdate => "mmu_update",
+                Primitive::EmulatedWrite => "emulated_write",
                 Primitive::Dsb => "dsb",
                 Primitive::Isb => "isb",
                 Primitive::HashInvalidate => "hash_invalidate",
                 Primitive::Ipte => "ipte",
+                Primitive::IpteLocal => "ipte_local",
                 Primitive::Tlbi => "tlbi",
                 Primitive::Invlpg => "invlpg",
                 Primitive::FullFlush => "full_flush",
@@ -111,7 +190,6 @@ impl Cost {
                 Primitive::KeyWrite => "key_write",
                 Primitive::PteWrite => "pte_write",
                 Primitive::RootLoad => "root_load",
-                Primitive::LineTransfer => "line_transfer",
             },
             Cost::Software(s) => match s {
                 Software::ContextSwitch => "switch",
@@ -119,6 +197,25 @@ impl Cost {
                 Software::GenerationCheck => "generation_check",
                 Software::TableAlloc => "table_alloc",
                 Software::EntryCopy => "entry_copy",
+                Software::ForkCall => "fork_call",
+                Software::ForkPage => "fork_page",
+                Software::ExitCall => "exit_call",
+                Software::ExitPage => "exit_page",
+                Software::MunmapCall => "munmap_call",
+                Software::MunmapPage => "munmap_page",
+                Software::MprotectCall => "mprotect_call",
+                Software::MprotectPage => "mprotect_page",
+                Software::MremapCall => "mremap_call",
+                Software::MremapPage => "mremap_page",
+                Software::VmallocCall => "vmalloc_call",
+                Software::VmallocPage => "vmalloc_page",
+                Software::VfreeCall => "vfree_call",
+                Software::VfreePage => "vfree_page",
+            },
+            Cost::Line(d) => match d {
+                Distance::SmtSibling => "line_smt",
+                Distance::SameSocket => "line_socket",
+                Distance::OtherSocket => "line_remote",
             },
         }
     }
@@ -166,6 +263,19 @@ pub enum Platform {
     S390,
 }
 
+impl Platform {
+    /// Whether an atomic read-modify-write is a load-reserve /
+    /// store-conditional loop that fails when another CPU stores to the
+    /// line in between (powerpc `lwarx`/`stwcx.`: Power ISA Book II,
+    /// "Atomic Update": a reservation is lost when another processor
+    /// stores to its granule, and the store-conditional then fails; Linux
+    /// arch/powerpc/include/asm/atomic.h builds every atomic that way),
+    /// rather than one instruction that holds the line (x86 `lock`).
+    pub const fn atomics_retry(self) -> bool {
+        matches!(self, Platform::PpcHash)
+    }
+}
+
 /// Cycle costs of every row on one platform, with overrides.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CostModel {
@@ -191,10 +301,13 @@ impl CostModel {
         // A remote IPI round trip, the sender waiting for the
         // acknowledgement (Linux's flush_tlb_multi()): ~2.2 µs measured on
         // Skylake at 2.1 GHz (Amit, Tai and Wei, "Don't shoot down TLB
-        // shootdowns!", EuroSys 2020, §2) ≈ 4,600 cycles per target CPU.
-        // Used wherever the kernel sends IPIs (x86 native and PV, sparc64
-        // cross-calls, lazy TLB); arm64, powerpc and s390 broadcast
-        // invalidations in hardware.
+        // shootdowns!", EuroSys 2020, §2) ≈ 4,600 cycles. Charged once per
+        // send: the kernel interrupts every target before it waits
+        // (`smp_call_function_many_cond`), so the targets' handlers run
+        // together; how the wait grows with the number of targets is not
+        // modelled. Used wherever the kernel sends IPIs (x86 native and
+        // PV, sparc64 cross-calls, lazy TLB); arm64, powerpc and s390
+        // broadcast invalidations in hardware.
         set(p(Primitive::Ipi), 4_600);
         // Full flush of one CPU's TLB: writing CR3 / INVPCID "all"; Andy
         // Lutomirski measured INVPCID type 2 at ~376 ns on Skylake
@@ -203,26 +316,33 @@ impl CostModel {
         // refill cost the Linux TLB documentation warns about
         // (Documentation/arch/x86/tlb.rst, "collateral damage").
         set(p(Primitive::FullFlush), 1_000);
-        // INVLPG of one page: Intel SDM Vol. 3A §4.10.4.1 (semantics);
-        // Linux Documentation/arch/x86/tlb.rst picks a ceiling of 33
-        // single-page flushes before a full flush is cheaper, which puts one
-        // INVLPG at roughly 1/33 of a full flush plus its refill
-        // (estimate, consistent with that ceiling and a ~1,000-cycle full
-        // flush): 200.
+        // INVLPG of one page: "Each single flush is about 100 ns", the
+        // comment on `tlb_single_page_flush_ceiling` in arch/x86/mm/tlb.c
+        // (Linux 4.x and later), ≈ 200 cycles at 2 GHz. Semantics: Intel
+        // SDM Vol. 3A §4.10.4.1.
         set(p(Primitive::Invlpg), 200);
         // Loading a page-table root (MOV to CR3), the write itself: a
         // serialising instruction (Intel SDM Vol. 3A, "Serializing
         // Instructions"); estimate 250 cycles. The TLB flush that may come
         // with it is counted separately as a full flush.
         set(p(Primitive::RootLoad), 250);
-        // A cache line moving between cores because another core modified
-        // or shares it: ~100 ns for a modified line in another core's cache
-        // across a two-socket Xeon (Molka et al., "Memory Performance and
-        // Cache Coherency Effects on an Intel Nehalem Multiprocessor
-        // System", PACT 2009, Fig. 4; same order on later parts) ≈ 250
-        // cycles. Contention queueing on a hot line is not modelled, so
-        // this is a lower bound for large machines.
-        set(p(Primitive::LineTransfer), 250);
+        // A cache line moving between CPUs, by distance: Paul E.
+        // McKenney, "Is Parallel Programming Hard, And, If So, What Can
+        // You Do About It?" (perfbook, §"Overheads", table "CPU 0 View of
+        // Synchronization Mechanisms on 8-Socket System With Intel Xeon
+        // Platinum 8176 CPUs @ 2.10GHz"): a blind CAS, one exclusive
+        // transfer of the line as a `lock`-prefixed increment needs, takes
+        // 7.2 ns between the hyperthreads of a core, 47.5 ns between cores
+        // of a socket and 148.8 ns between sockets: 15, 100 and 312 cycles
+        // at the 2.1 GHz the table normalises to. (His fourth level, 336.6
+        // ns across the interconnect joining two four-socket halves, is
+        // beyond the three levels modelled.) A hot line's queue is the
+        // machine's: each transfer waits for the one before. These stand
+        // for every platform without a measurement of its own.
+        let line = |d: Distance| Cost::Line(d);
+        set(line(Distance::SmtSibling), 15);
+        set(line(Distance::SameSocket), 100);
+        set(line(Distance::OtherSocket), 312);
         // WRMSR to IA32_PKRS (0x6E1) is explicitly not serialising (Intel
         // SDM Vol. 3A §4.6.2), unlike most WRMSRs; it still goes through the
         // microcode MSR path. No published latency found: estimate 50
@@ -261,11 +381,24 @@ impl CostModel {
                 // xen/arch/x86/x86_64/entry.S. Estimate 1,000 cycles for
                 // the round trip without the per-entry work.
                 set(p(Primitive::Hypercall), 1_000);
-                // Per entry Xen validates the new PTE (get_page_type on the
-                // target frame, mod_l1_entry in xen/arch/x86/mm.c,
-                // do_mmu_update loop): estimate 150 cycles beyond the
-                // transition.
-                set(p(Primitive::MulticallEntry), 150);
+                // Per multicall entry Xen copies the entry in and dispatches
+                // it through the hypercall table (do_multicall,
+                // xen/common/multicall.c): estimate 100 cycles.
+                set(p(Primitive::MulticallEntry), 100);
+                // Per mmu_update request Xen validates the new PTE
+                // (get_page_type on the target frame, mod_l1_entry in
+                // xen/arch/x86/mm.c, the do_mmu_update loop): estimate 150
+                // cycles beyond the transition.
+                set(p(Primitive::MmuUpdate), 150);
+                // A native write to a pinned table faults into Xen, which
+                // decodes and emulates the instruction (ptwr_emulated_update,
+                // xen/arch/x86/pv/ro-page-fault.c) before validating it like
+                // an mmu_update (charged apart): a trap like a hypercall's
+                // plus the decoding, estimate 2,000 cycles. Jeremy
+                // Fitzhardinge calls these "expensive trap-and-emulate
+                // faults" (commit e57778a1e304, "xen: implement
+                // ptep_modify_prot_start/commit") without a figure.
+                set(p(Primitive::EmulatedWrite), 2_000);
                 // Guest TLB flushes are themselves MMUEXT hypercall entries;
                 // the flush work inside Xen is the native cost.
             }
@@ -302,6 +435,25 @@ impl CostModel {
                 // flush_hash_page and once per flush_hash_range batch.
                 set(p(Primitive::Dsb), 800);
                 set(p(Primitive::FullFlush), 5_000);
+                // Line transfers on POWER: half the round trip of a
+                // compare-and-swap ping-pong between two CPUs (each swap a
+                // `lwarx`/`stwcx.` loop between barriers) on two 8-core
+                // POWER7 sockets at 3.3 GHz under PowerVM: 70 ns between
+                // SMT threads of a core, 173 ns across a socket, 443 ns
+                // across sockets (Nicolas Viennot, core-to-core-latency,
+                // README results "IBM Power7, 3.3GHz, 8 Cores, 2010-Q1",
+                // from github.com/nviennot/core-to-core-latency issue #14).
+                // No per-distance POWER8 measurement was found; POWER7 is
+                // the nearest generation measured this way (AnandTech,
+                // "Assessing IBM's POWER8, Part 1", 2016, gives only
+                // load-to-use latencies: 13 cycles for the L2 the eight
+                // threads of a POWER8 core share). Converted at the POWER8
+                // E880's 4.02 GHz (the clock below): 281, 695 and 1,781
+                // cycles.
+                let line = |d: Distance| Cost::Line(d);
+                set(line(Distance::SmtSibling), 281);
+                set(line(Distance::SameSocket), 695);
+                set(line(Distance::OtherSocket), 1_781);
             }
             Platform::Sparc64 => {
                 // One TSB entry write + demap-page hypervisor fast trap
@@ -321,6 +473,11 @@ impl CostModel {
                 // The range form (IPTE with a count in R3, same PoP
                 // section) invalidates up to 256 entries of one table in a
                 // single quiesce, so it is charged as one IPTE.
+                // IPTE with the local-clearing control purges this CPU's
+                // TLB without a quiesce: estimate 200 cycles.
+                set(p(Primitive::IpteLocal), 200);
+                // IDTE of an address space (__tlb_flush_idte), a quiesce
+                // like IPTE's plus the purge: estimate 3,000 cycles.
                 set(p(Primitive::FullFlush), 3_000);
             }
         }
@@ -330,6 +487,20 @@ impl CostModel {
     /// The platform.
     pub fn platform(&self) -> Platform {
         self.platform
+    }
+
+    /// The clock the cycle costs are counted at, in MHz, where one machine
+    /// gives the platform its figures: x86 2,100 (the Xeon Platinum 8176
+    /// of the line-transfer costs, and the 2.1 GHz Skylake of the IPI
+    /// cost), powerpc 4,020 (the POWER8 E880's 12-core modules, IBM
+    /// Redpaper REDP-5137). `None` elsewhere: rates per second are then
+    /// not reported.
+    pub fn clock_mhz(&self) -> Option<u64> {
+        match self.platform {
+            Platform::X86 | Platform::XenPv => Some(2_100),
+            Platform::PpcHash => Some(4_020),
+            Platform::Arm64 | Platform::Sparc64 | Platform::S390 => None,
+        }
     }
 
     /// Cycles of one `row`.
@@ -368,9 +539,17 @@ pub fn parse_override(text: &str) -> Result<(Cost, u64), String> {
 }
 
 /// How many times each row ran.
-#[derive(Default, Debug, Clone)]
+#[derive(Debug, Clone)]
 pub struct Counts {
     counts: [Cell<u64>; ROWS],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Self {
+            counts: core::array::from_fn(|_| Cell::new(0)),
+        }
+    }
 }
 
 impl Counts {

@@ -24,8 +24,12 @@
 //!   configurations and results, the design comparison;
 //! - [`calibration`]: the kernel's own work around the MMU, measured on a
 //!   real Linux kernel by `lazymmu calibrate`, and its loader;
+//! - [`kernel_work`]: the share of that work the model charges per system
+//!   call (measured cost less the model's own MMU charges);
 //! - [`published`]: published figures of lazy-MMU batching and its
 //!   neighbours, with their sources, to print next to the model's;
+//! - [`side_by_side`]: each published figure next to the model's figure
+//!   for the same configuration, and the factor between them;
 //! - [`neighbours`]: the MM neighbours' workloads (lazy TLB, kernel
 //!   top-level sync, protection-key windows) on the same machine;
 //! - [`script`]: scripted contract scenarios;
@@ -33,7 +37,9 @@
 //!   and what `lazymmu check` explores, with its known-bad variants;
 //! - [`program_trace`]: real programs as workloads: the trace format
 //!   `lazymmu record` writes, its parser, and the per-process
-//!   address-space history a replay follows.
+//!   address-space history a replay follows;
+//! - [`trace_replay`]: a recorded program replayed on the simulator, its
+//!   calls through the built-in workloads' system-call paths.
 //!
 //! ```
 //! use lazymmu_sim::run::run;
@@ -57,6 +63,7 @@ pub mod cost;
 pub mod events;
 pub mod explore;
 pub mod invariant;
+pub mod kernel_work;
 pub mod machine;
 pub mod memory;
 pub mod neighbours;
@@ -68,5 +75,7 @@ pub mod run;
 pub mod scenario;
 pub mod scenarios;
 pub mod script;
+pub mod side_by_side;
 pub mod tlb;
+pub mod trace_replay;
 pub mod world;

@@ -244,6 +244,11 @@ impl PhysMemory {
         (o != FREE).then_some(SpaceId(o))
     }
 
+    /// How many frames `owner` has allocated.
+    pub fn frames_owned_by(&self, owner: SpaceId) -> u64 {
+        self.owner.iter().filter(|o| o.get() == owner.0).count() as u64
+    }
+
     /// The protection key of the frame holding `pa` (0 when not memory).
     #[inline]
     pub fn key(&self, pa: PhysAddr) -> u8 {

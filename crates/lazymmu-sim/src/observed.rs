@@ -36,6 +36,10 @@ struct LoggedWrite {
     kernel_valid: bool,
 }
 
+/// Bits of an entry a backend may keep from the old value when it
+/// write-protects it: powerpc's `H_PAGE_HASHPTE`.
+const KEPT_BITS: u64 = lazymmu::pgtable::format::ppc_hash::HASHPTE;
+
 /// A multiplicative hash for entry addresses (8-byte aligned physical
 /// addresses spread well under a Fibonacci multiplier); the checks do a
 /// map operation per entry write, so SipHash would dominate the run.
@@ -332,6 +336,25 @@ impl<B: Backend> PteAccess for Observed<B> {
         old
     }
 
+    fn get_and_clear_full(&self, update: EntryUpdate, full: bool) -> u64 {
+        let old = self.inner.get_and_clear_full(update, full);
+        self.after_write(&update);
+        old
+    }
+
+    fn set_wrprotect(&self, update: EntryUpdate) -> u64 {
+        let old = self.inner.set_wrprotect(update);
+        // The backend may keep bits of the old value (powerpc's hash-entry
+        // bit); what must be in effect is what the entry now holds.
+        let now = self.inner.read_entry(update.entry);
+        let meant = if self.deferring() { update.value } else { now };
+        self.after_write(&EntryUpdate {
+            value: meant | (now & !update.value & KEPT_BITS),
+            ..update
+        });
+        old
+    }
+
     fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
         self.inner.write_entries(first, count, step);
         let page = first.page_size().bytes();
@@ -376,6 +399,20 @@ impl<B: Backend> TlbFlush for Observed<B> {
         self.after_flush_request(space, 0, u64::MAX);
     }
 
+    /// A teardown's flush promises only that the address space is never
+    /// used again (its ASID or context is not handed out again without a
+    /// flush, which the world does when it reuses a space id); arches may
+    /// skip it (arm64 without freed tables, sparc64), so no CPU's TLB is
+    /// checked here. Tables it frees are checked as they are freed.
+    fn flush_full_mm(&self, space: SpaceId, scope: FlushScope) {
+        self.inner.flush_full_mm(space, scope);
+        self.machine.log(crate::events::EventKind::FlushRequest {
+            space,
+            start: 0,
+            end: u64::MAX,
+        });
+    }
+
     fn single_page_ceiling(&self) -> usize {
         self.inner.single_page_ceiling()
     }
@@ -399,6 +436,16 @@ impl<B: Backend> ContextSwitch for Observed<B> {
 
 impl<B: Backend> Backend for Observed<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
+    fn dup_mmap(&self, child: SpaceId) {
+        self.inner.dup_mmap(child)
+    }
+    fn exit_mmap(&self, space: SpaceId) {
+        self.inner.exit_mmap(space)
+    }
 }
 
 /// A lazy mode with the caller-side contract checked: misuse is a

@@ -20,10 +20,13 @@ use lazymmu::mode::stateful::{FromHooks, Stateful};
 use lazymmu::mode::{LazyMode, MisusePolicy};
 
 use crate::choice::{ChoicePoint, Chooser, RandomChooser, Sequential};
+use crate::kernel_work::KernelWork;
 use crate::machine::{HardwareModel, KeyModel, Machine, MachineConfig, SimCpu, SimEnv, SimMemory};
 use crate::observed::{Checked, Checks, Observed};
-use crate::scenario::{BackendKind, DesignKind, ModeKind, RunConfig, RunResult};
-use crate::world::{Exceptions, Shared, World, CHUNK_PAGES};
+use crate::scenario::{
+    BackendKind, DesignKind, KernelWorkSource, ModeKind, RunConfig, RunResult, WorkloadKind,
+};
+use crate::world::{lazy_max_pages, Exceptions, Shared, World, TABLE_PAGES};
 
 impl<M, P> Exceptions for X86Backend<M, P> {}
 impl<P> Exceptions for XenPv<P> {}
@@ -49,7 +52,16 @@ pub fn hardware(backend: BackendKind) -> HardwareModel {
             arm64_barriers: true,
             ..plain
         },
-        BackendKind::PpcHash | BackendKind::Sparc64 | BackendKind::S390 => plain,
+        BackendKind::PpcHash => HardwareModel {
+            hash_ptes: true,
+            walk_caches: false,
+            ..plain
+        },
+        BackendKind::Sparc64 => HardwareModel {
+            walk_caches: false,
+            ..plain
+        },
+        BackendKind::S390 => plain,
         BackendKind::X86Pks => HardwareModel {
             flush_on_switch: true,
             keys: KeyModel::Pks,
@@ -71,6 +83,17 @@ pub fn hardware(backend: BackendKind) -> HardwareModel {
 pub fn machine_config(cfg: &RunConfig) -> MachineConfig {
     let mut mc = MachineConfig::new(cfg.cpus, cfg.backend.platform());
     mc.hardware = hardware(cfg.backend);
+    mc.hardware.tlb_range = cfg.tlb_range && cfg.backend.is_aarch64();
+    let work = match &cfg.kernel_work {
+        KernelWorkSource::None => None,
+        KernelWorkSource::Builtin => Some(KernelWork::builtin()),
+        KernelWorkSource::Given(work) => Some(&**work),
+    };
+    if let Some(work) = work {
+        for &(row, cycles) in &work.rows {
+            mc.cost.set(row, cycles);
+        }
+    }
     for &(row, cycles) in &cfg.costs {
         mc.cost.set(row, cycles);
     }
@@ -79,11 +102,20 @@ pub fn machine_config(cfg: &RunConfig) -> MachineConfig {
     // A space per task and one per fork child, and the kernel's.
     mc.spaces = 1 + 2 * tasks;
     mc.offers = cfg.offers;
-    // Tables per task: the range (one PTE table per chunk, twice for
-    // mremap/fork targets) plus upper levels; generous slack.
-    let chunks = cfg.pages.div_ceil(CHUNK_PAGES);
-    let per_task = 3 * chunks + 32;
-    mc.frames = ((tasks as u64) * per_task * 2 + 256).min(1 << 20) as u32;
+    // Tables per task: the range (one PTE table per 512 pages, twice for
+    // mremap and fork targets), the vmalloc ring, plus upper levels;
+    // generous slack. The linear map of kpkeys covers them all.
+    let tables = cfg.pages.div_ceil(TABLE_PAGES);
+    let ring = (lazy_max_pages(mc.cpus) + 2 * (cfg.pages + 1)).div_ceil(TABLE_PAGES);
+    let per_task = 3 * tables
+        + 32
+        + if cfg.workload == WorkloadKind::Vmalloc {
+            ring
+        } else {
+            0
+        };
+    let frames = (tasks as u64) * per_task * 2 + 256;
+    mc.frames = (frames + frames.div_ceil(TABLE_PAGES) + 8).min(1 << 20) as u32;
     mc
 }
 
@@ -93,14 +125,21 @@ const RUN_STACK: usize = 64 << 20;
 
 /// Runs one configuration, on a thread of its own with a large stack.
 pub fn run(cfg: &RunConfig) -> RunResult {
-    let cfg = cfg.clone();
-    std::thread::Builder::new()
-        .name("lazymmu-sim".into())
-        .stack_size(RUN_STACK)
-        .spawn(move || run_here(&cfg))
-        .expect("spawning the simulation thread")
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    on_sim_thread(|| run_here(cfg))
+}
+
+/// Runs `f` on a thread of its own with a stack of [`RUN_STACK`] bytes,
+/// passing its panic on.
+pub(crate) fn on_sim_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("lazymmu-sim".into())
+            .stack_size(RUN_STACK)
+            .spawn_scoped(scope, f)
+            .expect("spawning the simulation thread")
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Runs one configuration on the calling thread.
@@ -116,10 +155,85 @@ pub fn run_here(cfg: &RunConfig) -> RunResult {
 /// the measured stage (the setup stage runs sequentially): the entry point
 /// of the explorer and of replays. `cfg.rates` and `cfg.seed` are not used.
 pub fn run_with(cfg: &RunConfig, chooser: &mut dyn Chooser) -> RunResult {
-    let machine = Rc::new(Machine::new(machine_config(cfg)));
-    let result = build(cfg, chooser, machine.clone());
+    drive_on(cfg, machine_config(cfg), Workloads { chooser })
+}
+
+/// Builds the machine of `config`, the backend and lazy mode of `cfg` and
+/// their world, and hands the world to `driver`.
+pub(crate) fn drive_on<D: Drive>(cfg: &RunConfig, config: MachineConfig, driver: D) -> D::Output {
+    let machine = Rc::new(Machine::new(config));
+    let result = build(cfg, driver, machine.clone());
     machine.shut_down();
     result
+}
+
+/// What runs in a world once it is built: the built-in workloads
+/// ([`Workloads`]) or a recorded program's replay.
+pub(crate) trait Drive {
+    /// What the run gives back.
+    type Output;
+    /// Runs in `world`, whose lazy mode keeps `bytes_per_task` bytes a
+    /// task.
+    fn drive<B, M>(
+        self,
+        cfg: &RunConfig,
+        machine: &Rc<Machine>,
+        world: &World<B::Format, B, Checked<M>>,
+        bytes_per_task: usize,
+    ) -> Self::Output
+    where
+        B: Backend + Exceptions + Checks + 'static,
+        M: LazyMode + 'static;
+}
+
+/// The built-in workloads: the world's setup, then its programs under
+/// `chooser`.
+struct Workloads<'c> {
+    chooser: &'c mut dyn Chooser,
+}
+
+impl Drive for Workloads<'_> {
+    type Output = RunResult;
+
+    fn drive<B, M>(
+        self,
+        cfg: &RunConfig,
+        machine: &Rc<Machine>,
+        world: &World<B::Format, B, Checked<M>>,
+        bytes_per_task: usize,
+    ) -> RunResult
+    where
+        B: Backend + Exceptions + Checks + 'static,
+        M: LazyMode + 'static,
+    {
+        world.setup();
+        lend_to(machine, self.chooser, || machine.run());
+        RunResult {
+            backend: cfg.backend,
+            workload: cfg.workload,
+            mode: cfg.mode,
+            design: cfg.design,
+            counts: machine.counts().nonzero(),
+            cycles: machine.cycles(),
+            disturbance_cycles: machine.disturbance_cycles(),
+            disturbance_counts: machine.disturbance_counts().nonzero(),
+            calls: cfg.calls * cfg.tasks.max(1) as u64,
+            pte_updates: world.measured_updates(),
+            pte_updates_total: world.backend().updates(),
+            violation_count: machine.violation_count(),
+            violations: machine.violations(),
+            steps: machine.steps(),
+            trace: crate::choice::Trace::new(
+                format!("{}-{}-{}", cfg.backend, cfg.workload, cfg.mode),
+                machine.trace().picks,
+            ),
+            bytes_per_task,
+            preemptions: machine.preemptions(),
+            preempted_in_section: machine.preempted_in_section(),
+            interrupts: world.interrupts(),
+            digest: machine.digest(),
+        }
+    }
 }
 
 /// A chooser the caller lends for one run.
@@ -155,13 +269,13 @@ pub(crate) fn lend_to<R>(machine: &Machine, chooser: &mut dyn Chooser, f: impl F
     result
 }
 
-fn build(cfg: &RunConfig, chooser: &mut dyn Chooser, machine: Rc<Machine>) -> RunResult {
+fn build<D: Drive>(cfg: &RunConfig, driver: D, machine: Rc<Machine>) -> D::Output {
     let cpu = SimCpu::new(machine.clone());
     let memory = || SimMemory::new(machine.clone());
     let observed = |b| Observed::new(b, machine.clone());
     macro_rules! go {
         ($backend:expr) => {
-            with_backend(cfg, chooser, machine.clone(), $backend)
+            with_backend(cfg, driver, machine.clone(), $backend)
         };
     }
     match cfg.backend {
@@ -176,12 +290,20 @@ fn build(cfg: &RunConfig, chooser: &mut dyn Chooser, machine: Rc<Machine>) -> Ru
         BackendKind::X86Pks if cfg.forget_key_open => {
             go!(observed(X86Backend::new(memory(), cpu)))
         }
+        BackendKind::X86Pks if !cfg.key_batching => {
+            let inner = observed(X86Backend::new(memory(), cpu.clone()));
+            go!(Protected::<_, _, Pks>::unbatched(inner, cpu))
+        }
         BackendKind::X86Pks => {
             let inner = observed(X86Backend::new(memory(), cpu.clone()));
             go!(Protected::<_, _, Pks>::new(inner, cpu))
         }
         BackendKind::Arm64Poe if cfg.forget_key_open => {
             go!(Observed::new(Arm64::new(cpu), machine.clone()))
+        }
+        BackendKind::Arm64Poe if !cfg.key_batching => {
+            let inner = Observed::new(Arm64::new(cpu.clone()), machine.clone());
+            go!(Protected::<_, _, Poe>::unbatched(inner, cpu))
         }
         BackendKind::Arm64Poe => {
             let inner = Observed::new(Arm64::new(cpu.clone()), machine.clone());
@@ -190,14 +312,10 @@ fn build(cfg: &RunConfig, chooser: &mut dyn Chooser, machine: Rc<Machine>) -> Ru
     }
 }
 
-fn with_backend<B>(
-    cfg: &RunConfig,
-    chooser: &mut dyn Chooser,
-    machine: Rc<Machine>,
-    backend: B,
-) -> RunResult
+fn with_backend<B, D>(cfg: &RunConfig, driver: D, machine: Rc<Machine>, backend: B) -> D::Output
 where
     B: Backend + Exceptions + Checks + 'static,
+    D: Drive,
 {
     let backend = Rc::new(backend);
     let env = SimEnv::new(machine.clone());
@@ -209,7 +327,7 @@ where
         ($mode:expr) => {
             with_mode(
                 cfg,
-                chooser,
+                driver,
                 machine.clone(),
                 backend,
                 Checked::new($mode, machine),
@@ -226,16 +344,17 @@ where
     }
 }
 
-fn with_mode<B, M>(
+fn with_mode<B, M, D>(
     cfg: &RunConfig,
-    chooser: &mut dyn Chooser,
+    driver: D,
     machine: Rc<Machine>,
     backend: Rc<B>,
     lazy: Checked<M>,
-) -> RunResult
+) -> D::Output
 where
     B: Backend + Exceptions + Checks + 'static,
     M: LazyMode + 'static,
+    D: Drive,
 {
     let bytes_per_task = lazy.bytes_per_task();
     let world = World::<B::Format, B, Checked<M>>::new(
@@ -245,30 +364,7 @@ where
         lazy,
         cfg.backend.lazy_tlb(),
     );
-    world.setup();
-    lend_to(&machine, chooser, || machine.run());
-    RunResult {
-        backend: cfg.backend,
-        workload: cfg.workload,
-        mode: cfg.mode,
-        design: cfg.design,
-        counts: machine.counts().nonzero(),
-        cycles: machine.cycles(),
-        pte_updates: world.measured_updates(),
-        pte_updates_total: world.backend().updates(),
-        violation_count: machine.violation_count(),
-        violations: machine.violations(),
-        steps: machine.steps(),
-        trace: crate::choice::Trace::new(
-            format!("{}-{}-{}", cfg.backend, cfg.workload, cfg.mode),
-            machine.trace().picks,
-        ),
-        bytes_per_task,
-        preemptions: machine.preemptions(),
-        preempted_in_section: machine.preempted_in_section(),
-        interrupts: world.interrupts(),
-        digest: machine.digest(),
-    }
+    driver.drive(cfg, &machine, &world, bytes_per_task)
 }
 
 /// How one lazy-mode design fares: state size, cost, and behaviour under

@@ -147,6 +147,19 @@ named_enum! {
     }
 }
 
+/// Which measurement of the kernel's own work a run charges.
+#[derive(Clone, Debug, Default)]
+pub enum KernelWorkSource {
+    /// None: only what the model charges for the MMU and its neighbours.
+    None,
+    /// The calibration shipped with the simulator
+    /// ([`KernelWork::builtin`](crate::kernel_work::KernelWork::builtin)).
+    #[default]
+    Builtin,
+    /// One derived from another calibration file.
+    Given(std::sync::Arc<crate::kernel_work::KernelWork>),
+}
+
 /// Everything that defines a run. Two runs with equal configurations give
 /// equal results.
 #[derive(Clone, Debug)]
@@ -159,8 +172,10 @@ pub struct RunConfig {
     pub mode: ModeKind,
     /// Lazy-mode design.
     pub design: DesignKind,
-    /// Pages the workload touches per task.
+    /// Pages per system call.
     pub pages: u64,
+    /// System calls each task makes in the measured stage.
+    pub calls: u64,
     /// CPUs.
     pub cpus: usize,
     /// Tasks running the workload concurrently.
@@ -181,6 +196,17 @@ pub struct RunConfig {
     pub forget_key_open: bool,
     /// What the scheduler offers at a choice point.
     pub offers: crate::machine::Offers,
+    /// The kernel's own work around each system call.
+    pub kernel_work: KernelWorkSource,
+    /// arm64 CPUs have FEAT_TLBIRANGE (Armv8.4 and later: Neoverse V1,
+    /// Graviton3, Apple M2; not Neoverse N1 or Ampere Altra).
+    pub tlb_range: bool,
+    /// Protected page tables open the key register once per lazy MMU
+    /// section (kpkeys with its batching patch); false: once per write.
+    pub key_batching: bool,
+    /// Before the measured stage every task has run on the next CPU too,
+    /// so its address space is in two CPUs' masks (it migrated once).
+    pub spread: bool,
 }
 
 impl RunConfig {
@@ -192,6 +218,7 @@ impl RunConfig {
             mode,
             design: DesignKind::Counters,
             pages: 4096,
+            calls: 2,
             cpus: 4,
             tasks: 2,
             seed: 1,
@@ -201,6 +228,10 @@ impl RunConfig {
             sleep_in_section: false,
             forget_key_open: false,
             offers: crate::machine::Offers::COMPARE,
+            kernel_work: KernelWorkSource::Builtin,
+            tlb_range: true,
+            key_batching: true,
+            spread: false,
         }
     }
 }
@@ -220,6 +251,13 @@ pub struct RunResult {
     pub counts: Vec<(Cost, u64)>,
     /// Modelled cycles.
     pub cycles: u64,
+    /// Modelled cycles of the interrupts, remote flushes and scheduling
+    /// the chooser injected (not in `cycles`).
+    pub disturbance_cycles: u64,
+    /// Counts of those disturbances.
+    pub disturbance_counts: Vec<(Cost, u64)>,
+    /// System calls made in the measured stage (all tasks).
+    pub calls: u64,
     /// PTE updates the workload made through the library (measured stage).
     pub pte_updates: u64,
     /// PTE updates of the whole run, setup included.

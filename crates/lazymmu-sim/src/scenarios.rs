@@ -352,8 +352,8 @@ impl System for SimScenario {
     }
 }
 
-/// Every simulator workload in small size: 2 CPUs, 2 tasks, 2 pages each
-/// (one PTE table per task and range), on the backend whose lazy
+/// Every simulator workload in small size: 2 CPUs, 2 tasks, one call of 2
+/// pages each (one PTE table per task and range), on the backend whose lazy
 /// behaviour it exercises most. `exit` is left out: its teardown passes
 /// some four thousand choice points per run.
 pub fn simulator_scenarios() -> Vec<SimScenario> {
@@ -361,6 +361,7 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
     let small = |name, about, backend, workload| {
         let mut config = RunConfig::new(backend, workload, ModeKind::Lazy);
         config.pages = 2;
+        config.calls = 1;
         config.cpus = 2;
         config.tasks = 2;
         config.rates = None;

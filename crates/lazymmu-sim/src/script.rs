@@ -294,6 +294,10 @@ impl<B: ContextSwitch> ContextSwitch for FlushFault<B> {
 
 impl<B: Backend> Backend for FlushFault<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }
 
 impl<B> Exceptions for FlushFault<B> {}

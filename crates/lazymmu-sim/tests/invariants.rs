@@ -102,6 +102,10 @@ impl<B: Backend> TlbFlush for NoFlush<B> {
 impl<B: Backend> ContextSwitch for NoFlush<B> {}
 impl<B: Backend> Backend for NoFlush<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.0.memory()
+    }
 }
 
 /// A backend that drops every write.
@@ -138,6 +142,10 @@ impl<B: Backend> TlbFlush for DropsWrites<B> {
 impl<B: Backend> ContextSwitch for DropsWrites<B> {}
 impl<B: Backend> Backend for DropsWrites<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.0.memory()
+    }
 }
 
 fn x86(m: &Rc<Machine>) -> X86Backend<SimMemory, SimCpu> {
@@ -276,10 +284,10 @@ fn a_batch_applied_in_another_tasks_context_is_caught() {
     assert_eq!(t1, m.cpu_count() + 1, "after the idle tasks and task 0");
     m.switch(CpuId(1), t1);
     m.set_cpu(CpuId(1));
-    SimCpu::new(m.clone()).mmu_update(MmuUpdate {
+    SimCpu::new(m.clone()).mmu_update(&[MmuUpdate {
         entry: pte,
         value: 0,
-    });
+    }]);
     assert_eq!(m.violations()[0].invariant, Invariant::BatchOwnership);
 }
 
@@ -440,6 +448,10 @@ impl<B: Backend> TlbFlush for DefersInIrq<B> {
 impl<B: Backend> ContextSwitch for DefersInIrq<B> {}
 impl<B: Backend> Backend for DefersInIrq<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }
 
 struct IrqWriter<B> {
@@ -512,9 +524,11 @@ fn a_recorded_schedule_replays_exactly() {
 #[test]
 fn freeing_page_tables_before_the_flush_is_caught() {
     use lazymmu::mode::eager::Eager;
+    use lazymmu::pgtable::allocator::FrameAllocator;
     use lazymmu::pgtable::format::{Attributes, X86_64};
     use lazymmu::pgtable::gather::Gather;
-    use lazymmu::pgtable::ops::{allocate_root, PageTables};
+    use lazymmu::pgtable::memory::PageTableMemory;
+    use lazymmu::pgtable::ops::{Mmu, VaRange};
     use lazymmu_sim::machine::SimFrames;
 
     for free_first in [false, true] {
@@ -528,22 +542,20 @@ fn freeing_page_tables_before_the_flush_is_caught() {
         m.set_walker(lazymmu_sim::machine::walk::<X86_64>, kernel_root, |va| {
             va >> 63 != 0
         });
-        // SAFETY: the machine's frames are its page-table memory.
-        let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
+        let root = frames.allocate().unwrap();
+        memory.zero_frame(root);
         m.set_space_root(SpaceId(1), root);
         let task = m.add_task("t0", SpaceId(1), CpuId(0), false);
         m.switch(CpuId(0), task);
         let backend = Observed::new(x86(&m), m.clone());
-        // SAFETY: the root and frames are the machine's page-table memory,
-        // which the library alone changes.
+        // SAFETY: the frames are the machine's page-table memory, which is
+        // the backend's and which the library alone changes; `root` is a
+        // zeroed frame of them.
         let tables = unsafe {
-            PageTables::<X86_64, _, _, _, _>::new(
+            Mmu::new(&backend, &Eager, &frames, FlushScope::Local).tables_at(
                 root,
                 SpaceId(1),
-                &memory,
-                &backend,
-                &Eager,
-                &frames,
+                VaRange::Both,
             )
         };
         tables
@@ -559,7 +571,7 @@ fn freeing_page_tables_before_the_flush_is_caught() {
         if free_first {
             let mut gather =
                 Gather::new_free_before_flush(&backend, &frames, SpaceId(1), FlushScope::Local);
-            tables.destroy(false, &mut gather).unwrap();
+            tables.destroy(&mut gather).unwrap();
             drop(gather);
             assert_eq!(
                 m.violations()[0].invariant,
@@ -569,7 +581,7 @@ fn freeing_page_tables_before_the_flush_is_caught() {
             );
         } else {
             let mut gather = Gather::new(&backend, &frames, SpaceId(1), FlushScope::Local);
-            tables.destroy(false, &mut gather).unwrap();
+            tables.destroy(&mut gather).unwrap();
             drop(gather);
             assert_eq!(
                 m.violation_count(),

@@ -2,7 +2,10 @@
 //! caught, and the policies differ the way they should.
 
 use lazymmu::mm::active_mm::LazyTlbPolicy;
+use lazymmu_sim::cost::Platform;
 use lazymmu_sim::invariant::Invariant;
+use lazymmu_sim::machine::topology::{POWER8_E880, XEON_8176};
+use lazymmu_sim::machine::Topology;
 use lazymmu_sim::neighbours::ctxswitch::{run, CtxSwitchConfig};
 use lazymmu_sim::neighbours::NeighbourRow;
 
@@ -130,4 +133,53 @@ fn the_switch_benchmark_is_bound_by_the_reference_count_line_on_many_cpus() {
         refcount_64 > 2 * shootdown_64,
         "{refcount_64} vs {shootdown_64}"
     );
+}
+
+/// Switches per million cycles of `policy` running will-it-scale's
+/// `context_switch1_threads` on `topology`, `rounds` rounds per CPU.
+fn bench_rate(policy: LazyTlbPolicy, topology: Topology, platform: Platform, rounds: u64) -> u64 {
+    let mut config = CtxSwitchConfig::ping_pong(policy, topology, platform);
+    config.steps = 2 * rounds * topology.cpus() as u64;
+    let row = run(&config);
+    assert_eq!(
+        row.violations, 0,
+        "{policy:?} on {topology}: {:#?}",
+        row.first_violations
+    );
+    assert_eq!(row.counts["switches"], config.steps);
+    assert_eq!(row.counts["spaces_freed"], 1);
+    row.counts["switches_per_mcycle"]
+}
+
+#[test]
+fn the_policies_keep_their_order_from_four_cpus_to_the_power8() {
+    use LazyTlbPolicy::{Refcount, Shootdown, X86};
+    // The x86 policy takes the same references as refcount; this benchmark
+    // never flushes, so the two are the same run.
+    for (topology, platform, rounds) in [
+        (Topology::flat(4), Platform::X86, 50),
+        (Topology::flat(64), Platform::X86, 20),
+        (XEON_8176.topology, XEON_8176.platform, 4),
+        (Topology::new(2, 12, 8).unwrap(), Platform::PpcHash, 2),
+        (POWER8_E880.topology, POWER8_E880.platform, 1),
+    ] {
+        let refcount = bench_rate(Refcount, topology, platform, rounds);
+        let shootdown = bench_rate(Shootdown, topology, platform, rounds);
+        if topology.cpus() < 1_000 {
+            let x86 = bench_rate(X86, topology, platform, rounds);
+            assert_eq!(x86, refcount, "{topology}");
+        }
+        assert!(
+            shootdown >= refcount,
+            "{topology}: {shootdown} < {refcount}"
+        );
+        if topology.cpus() >= 64 {
+            // The shared count serialises refcount; shootdown does not
+            // touch it.
+            assert!(
+                shootdown > 2 * refcount,
+                "{topology}: {shootdown} vs {refcount}"
+            );
+        }
+    }
 }

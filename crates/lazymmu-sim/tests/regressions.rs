@@ -15,8 +15,10 @@ use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAcces
 use lazymmu::cpu::{CpuId, CpuMask};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
+use lazymmu::pgtable::allocator::FrameAllocator;
 use lazymmu::pgtable::format::{Aarch64, Attributes, Entry, Format, X86_64};
-use lazymmu::pgtable::ops::{allocate_root, PageTables};
+use lazymmu::pgtable::memory::PageTableMemory;
+use lazymmu::pgtable::ops::{Mmu, VaRange};
 use lazymmu_sim::choice::{Choice, ChoicePoint, Chooser, Site};
 use lazymmu_sim::cost::Platform;
 use lazymmu_sim::machine::{
@@ -246,8 +248,8 @@ fn map_in_outer_section<F: Format, B: Backend<Format = F>>(
     let m = Rc::new(Machine::new(cfg));
     let memory = SimMemory::new(m.clone());
     let frames = SimFrames::new(m.clone(), space);
-    // SAFETY: the machine's frames are its page-table memory.
-    let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
+    let root = frames.allocate().unwrap();
+    memory.zero_frame(root);
     let kernel_root = if space == SpaceId::KERNEL {
         root
     } else {
@@ -275,10 +277,15 @@ fn map_in_outer_section<F: Format, B: Backend<Format = F>>(
         Shared(observed.clone()),
         MisusePolicy::Count,
     );
-    // SAFETY: the root and frames are the machine's page-table memory,
-    // which the library alone changes.
+    // SAFETY: the frames are the machine's page-table memory, which is the
+    // backend's and which the library alone changes; `root` is a zeroed
+    // frame of them; `mode` drives the backend's hooks.
     let tables = unsafe {
-        PageTables::<F, _, _, _, _>::new(root, space, &memory, &*observed, &mode, &frames)
+        Mmu::new(&*observed, &mode, &frames, FlushScope::Local).tables_at(
+            root,
+            space,
+            VaRange::for_format::<F>(space == SpaceId::KERNEL),
+        )
     };
     let phys = 0x4000_0000;
     {

@@ -15,10 +15,10 @@ use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
 use lazymmu::backend::FlushScope;
 use lazymmu::mode::{counters::Counters, testing::TestEnv, MisusePolicy};
 use lazymmu::pgtable::allocator::{FrameAllocator, HostFrameAllocator};
-use lazymmu::pgtable::format::{Attributes, Format, X86_64};
+use lazymmu::pgtable::format::{Attributes, Format, Protection, X86_64};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::{HostMemory, PageTableMemory};
-use lazymmu::pgtable::ops::{allocate_root, PageTables};
+use lazymmu::pgtable::ops::{Mmu, PageTables, VaRange};
 use x86_64::structures::paging::{
     Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
 };
@@ -60,19 +60,10 @@ impl Host {
 fn lazymmu_map(host: &Host) -> (PhysAddr, usize) {
     let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables = unsafe {
-        PageTables::<X86_64, _, _, _, _>::new(
-            root,
-            SPACE,
-            &host.memory,
-            &backend,
-            &lazy,
-            &host.frames,
-        )
-    };
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(&backend, &lazy, &host.frames, FlushScope::Local) };
+    let tables = mmu.new_tables(SPACE, VaRange::Both).unwrap();
     tables
         .map(
             VirtAddr(VA),
@@ -82,7 +73,8 @@ fn lazymmu_map(host: &Host) -> (PhysAddr, usize) {
             PageSize::Size4K,
         )
         .unwrap();
-    (root, host.frames.outstanding())
+    // The caller keeps the tree: it outlives this backend.
+    (tables.into_root(), host.frames.outstanding())
 }
 
 struct Frames<'a>(&'a HostFrameAllocator);
@@ -183,8 +175,6 @@ fn with_tables<R>(
     op: impl FnOnce(
         &PageTables<
             '_,
-            X86_64,
-            HostMemory,
             X86Backend<&HostMemory, RecordingPrimitives>,
             Counters<TestEnv, &X86Backend<&HostMemory, RecordingPrimitives>>,
             HostFrameAllocator,
@@ -195,17 +185,12 @@ fn with_tables<R>(
     let host = &mapped.host;
     let backend = X86Backend::new(&host.memory, RecordingPrimitives::new(0, SPACE));
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Count);
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables = unsafe {
-        PageTables::new(
-            mapped.root,
-            SPACE,
-            &host.memory,
-            &backend,
-            &lazy,
-            &host.frames,
-        )
-    };
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(&backend, &lazy, &host.frames, FlushScope::Local) };
+    // SAFETY: `mapped.root` is the root `lazymmu_map` built in this
+    // memory with this allocator; `mapped` keeps it while this borrows it.
+    let tables = unsafe { mmu.tables_at(mapped.root, SPACE, VaRange::Both) };
     let mut gather = Gather::new(&backend, &host.frames, SPACE, FlushScope::Local);
     let result = op(&tables, &mut gather);
     drop(gather);
@@ -221,12 +206,7 @@ fn bench_protect(c: &mut Criterion) {
             timed(iters, mapped, |m| {
                 with_tables(m, |tables, gather| {
                     tables
-                        .protect(
-                            VirtAddr(VA),
-                            GIB,
-                            Attributes::user_data().read_only(),
-                            gather,
-                        )
+                        .protect(VirtAddr(VA), GIB, Protection::read_only(), gather)
                         .unwrap()
                 })
             })

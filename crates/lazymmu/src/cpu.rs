@@ -13,10 +13,17 @@
 //! model.
 
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
-/// The largest number of CPUs a [`CpuMask`] names and a backend keeps
-/// per-CPU state for.
-pub const MAX_CPUS: usize = 64;
+/// The largest number of CPUs a [`CpuMask`] names: CPU ids run from 0 to
+/// `MAX_CPUS - 1` (Linux's `NR_CPUS`). Large enough for the 1,536 hardware
+/// threads of a 16-socket SMT8 POWER8 and for 2,048-CPU machines; lazy TLB
+/// (`mm::active_mm`) works up to it. Backends keep per-CPU batch state for
+/// fewer ([`MAX_BACKEND_CPUS`](crate::backend::machine::MAX_BACKEND_CPUS)).
+pub const MAX_CPUS: usize = 2048;
+
+/// 64-bit words in a [`CpuMask`].
+const MASK_WORDS: usize = MAX_CPUS / 64;
 
 /// Index of a CPU, below [`MAX_CPUS`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -48,25 +55,38 @@ impl fmt::Display for CpuId {
     }
 }
 
-/// A set of CPUs (Linux's `struct cpumask`, limited to [`MAX_CPUS`]): who a
-/// TLB flush must reach, which CPUs use an address space (`mm_cpumask`).
+/// A set of CPUs (Linux's `struct cpumask`): who a TLB flush must reach,
+/// which CPUs use an address space (`mm_cpumask`). A bitmap of
+/// [`MAX_CPUS`] bits, one per CPU id; a value, so that a mask can be
+/// copied out of shared state and iterated without holding anything.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct CpuMask(u64);
+pub struct CpuMask([u64; MASK_WORDS]);
 
 impl CpuMask {
     /// No CPU.
-    pub const EMPTY: CpuMask = CpuMask(0);
+    pub const EMPTY: CpuMask = CpuMask([0; MASK_WORDS]);
 
-    /// The mask with bit `n` set for CPU `n` in `bits`.
+    /// The mask holding CPU `n` for every bit `n` set in `bits` (CPUs 0 to
+    /// 63: what a kernel with a one-word mask of its own hands over).
     #[inline]
     pub const fn from_bits(bits: u64) -> CpuMask {
-        CpuMask(bits)
+        let mut words = [0; MASK_WORDS];
+        words[0] = bits;
+        CpuMask(words)
     }
 
-    /// Bit `n` set for CPU `n`.
+    /// The mask as one word, bit `n` for CPU `n`, when every CPU in it is
+    /// below 64 (for a kernel whose own masks are one word); `None`
+    /// otherwise.
     #[inline]
-    pub const fn bits(self) -> u64 {
-        self.0
+    pub fn to_bits(&self) -> Option<u64> {
+        self.0[1..].iter().all(|&w| w == 0).then_some(self.0[0])
+    }
+
+    /// The mask's 64-bit words, CPU `64 * w + b` in bit `b` of word `w`.
+    #[inline]
+    pub const fn words(&self) -> &[u64; MASK_WORDS] {
+        &self.0
     }
 
     /// The mask holding only `cpu`.
@@ -75,66 +95,116 @@ impl CpuMask {
     /// If `cpu` is not below [`MAX_CPUS`].
     #[inline]
     pub const fn single(cpu: CpuId) -> CpuMask {
-        assert!(cpu.index() < MAX_CPUS, "CPU index beyond the mask");
-        CpuMask(1 << cpu.0)
+        CpuMask::EMPTY.with(cpu)
     }
 
-    /// CPUs `0..n`.
+    /// CPUs `0..n` (every CPU when `n >= MAX_CPUS`).
     #[inline]
     pub const fn first(n: usize) -> CpuMask {
-        if n >= MAX_CPUS {
-            CpuMask(u64::MAX)
-        } else {
-            CpuMask((1u64 << n) - 1)
+        let n = if n > MAX_CPUS { MAX_CPUS } else { n };
+        let mut words = [0; MASK_WORDS];
+        let mut w = 0;
+        while w < n / 64 {
+            words[w] = u64::MAX;
+            w += 1;
         }
+        if n % 64 != 0 {
+            words[n / 64] = (1u64 << (n % 64)) - 1;
+        }
+        CpuMask(words)
     }
 
     /// Whether `cpu` is in the set.
     #[inline]
-    pub const fn contains(self, cpu: CpuId) -> bool {
-        cpu.index() < MAX_CPUS && self.0 & (1 << cpu.0) != 0
+    pub const fn contains(&self, cpu: CpuId) -> bool {
+        let i = cpu.index();
+        i < MAX_CPUS && self.0[i / 64] & (1 << (i % 64)) != 0
     }
 
     /// The set with `cpu` added.
+    ///
+    /// # Panics
+    /// If `cpu` is not below [`MAX_CPUS`].
     #[inline]
-    pub const fn with(self, cpu: CpuId) -> CpuMask {
-        CpuMask(self.0 | CpuMask::single(cpu).0)
+    pub const fn with(mut self, cpu: CpuId) -> CpuMask {
+        let i = cpu.index();
+        assert!(i < MAX_CPUS, "CPU index beyond the mask");
+        self.0[i / 64] |= 1 << (i % 64);
+        self
+    }
+
+    /// Adds `cpu` in place.
+    ///
+    /// # Panics
+    /// If `cpu` is not below [`MAX_CPUS`].
+    #[inline]
+    pub fn insert(&mut self, cpu: CpuId) {
+        let i = cpu.index();
+        assert!(i < MAX_CPUS, "CPU index beyond the mask");
+        self.0[i / 64] |= 1 << (i % 64);
     }
 
     /// The set with `cpu` removed.
     #[inline]
-    pub const fn without(self, cpu: CpuId) -> CpuMask {
-        CpuMask(self.0 & !CpuMask::single(cpu).0)
+    pub const fn without(mut self, cpu: CpuId) -> CpuMask {
+        let i = cpu.index();
+        if i < MAX_CPUS {
+            self.0[i / 64] &= !(1 << (i % 64));
+        }
+        self
     }
 
     /// The CPUs in both sets.
     #[inline]
-    pub const fn and(self, other: CpuMask) -> CpuMask {
-        CpuMask(self.0 & other.0)
+    pub const fn and(mut self, other: CpuMask) -> CpuMask {
+        let mut w = 0;
+        while w < MASK_WORDS {
+            self.0[w] &= other.0[w];
+            w += 1;
+        }
+        self
     }
 
     /// Whether the set is empty.
     #[inline]
-    pub const fn is_empty(self) -> bool {
-        self.0 == 0
+    pub const fn is_empty(&self) -> bool {
+        let mut w = 0;
+        while w < MASK_WORDS {
+            if self.0[w] != 0 {
+                return false;
+            }
+            w += 1;
+        }
+        true
     }
 
     /// Number of CPUs in the set.
     #[inline]
-    pub const fn count(self) -> u32 {
-        self.0.count_ones()
+    pub const fn count(&self) -> u32 {
+        let mut n = 0;
+        let mut w = 0;
+        while w < MASK_WORDS {
+            n += self.0[w].count_ones();
+            w += 1;
+        }
+        n
     }
 
     /// The CPUs in the set, lowest first.
     pub fn iter(self) -> impl Iterator<Item = CpuId> {
-        let mut bits = self.0;
-        core::iter::from_fn(move || {
-            if bits == 0 {
+        let mut word = 0;
+        let mut bits = self.0[0];
+        core::iter::from_fn(move || loop {
+            if bits != 0 {
+                let cpu = CpuId((word * 64) as u32 + bits.trailing_zeros());
+                bits &= bits - 1;
+                return Some(cpu);
+            }
+            word += 1;
+            if word == MASK_WORDS {
                 return None;
             }
-            let cpu = CpuId(bits.trailing_zeros());
-            bits &= bits - 1;
-            Some(cpu)
+            bits = self.0[word];
         })
     }
 }
@@ -142,6 +212,60 @@ impl CpuMask {
 impl fmt::Debug for CpuMask {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.iter().map(|c| c.0)).finish()
+    }
+}
+
+/// A [`CpuMask`] that CPUs update concurrently (`mm_cpumask`): one atomic
+/// word per 64 CPUs, so that setting or clearing a CPU touches only its
+/// own word.
+#[derive(Debug, Default)]
+pub struct AtomicCpuMask([AtomicU64; MASK_WORDS]);
+
+impl AtomicCpuMask {
+    /// No CPU.
+    pub const fn new() -> Self {
+        AtomicCpuMask([const { AtomicU64::new(0) }; MASK_WORDS])
+    }
+
+    /// A snapshot of the set (each word loaded with `order`).
+    pub fn load(&self, order: Ordering) -> CpuMask {
+        let mut words = [0; MASK_WORDS];
+        for (word, atomic) in words.iter_mut().zip(&self.0) {
+            *word = atomic.load(order);
+        }
+        CpuMask(words)
+    }
+
+    /// Whether `cpu` is in the set (one word loaded).
+    pub fn contains(&self, cpu: CpuId, order: Ordering) -> bool {
+        let i = cpu.index();
+        i < MAX_CPUS && self.0[i / 64].load(order) & (1 << (i % 64)) != 0
+    }
+
+    /// Adds `cpu` (`cpumask_set_cpu()`: an atomic OR of its word).
+    ///
+    /// # Panics
+    /// If `cpu` is not below [`MAX_CPUS`].
+    pub fn insert(&self, cpu: CpuId, order: Ordering) {
+        let i = cpu.index();
+        assert!(i < MAX_CPUS, "CPU index beyond the mask");
+        self.0[i / 64].fetch_or(1 << (i % 64), order);
+    }
+
+    /// Replaces the mask with `mask` word by word (`cpumask_copy()`: not
+    /// one atomic step, as in Linux).
+    pub fn store(&self, mask: CpuMask, order: Ordering) {
+        for (word, value) in self.0.iter().zip(mask.words()) {
+            word.store(*value, order);
+        }
+    }
+
+    /// Removes `cpu` (`cpumask_clear_cpu()`: an atomic AND of its word).
+    pub fn remove(&self, cpu: CpuId, order: Ordering) {
+        let i = cpu.index();
+        if i < MAX_CPUS {
+            self.0[i / 64].fetch_and(!(1 << (i % 64)), order);
+        }
     }
 }
 
@@ -250,6 +374,7 @@ mod tests {
         );
         assert_eq!(mask.count(), 3);
         assert!(mask.contains(CpuId(63)) && !mask.contains(CpuId(64)) && !mask.contains(CpuId(1)));
+        assert!(!mask.contains(CpuId::new(MAX_CPUS)));
         assert_eq!(
             mask.without(CpuId(5)).without(CpuId(5)),
             CpuMask::EMPTY.with(CpuId(0)).with(CpuId(63))
@@ -257,7 +382,54 @@ mod tests {
         assert_eq!(CpuMask::first(3), CpuMask::from_bits(0b111));
         assert_eq!(CpuMask::first(64), CpuMask::from_bits(u64::MAX));
         assert!(CpuMask::first(0).is_empty());
-        assert_eq!(mask.and(CpuMask::first(6)).bits(), 0b10_0001);
+        assert_eq!(mask.and(CpuMask::first(6)), CpuMask::from_bits(0b10_0001));
+    }
+
+    #[test]
+    fn masks_reach_every_cpu_id() {
+        let last = CpuId::new(MAX_CPUS - 1);
+        let mask = CpuMask::single(CpuId(64))
+            .with(CpuId(1000))
+            .with(last)
+            .with(CpuId(3));
+        assert_eq!(
+            mask.iter().collect::<Vec<_>>(),
+            [CpuId(3), CpuId(64), CpuId(1000), last]
+        );
+        assert_eq!(mask.count(), 4);
+        assert_eq!(mask.words()[1], 1);
+        assert_eq!(mask.to_bits(), None);
+        assert_eq!(CpuMask::from_bits(0b1010).to_bits(), Some(0b1010));
+        assert_eq!(CpuMask::first(MAX_CPUS).count(), MAX_CPUS as u32);
+        assert_eq!(CpuMask::first(MAX_CPUS + 5), CpuMask::first(MAX_CPUS));
+        assert_eq!(CpuMask::first(130).count(), 130);
+        assert!(
+            CpuMask::first(130).contains(CpuId(129)) && !CpuMask::first(130).contains(CpuId(130))
+        );
+        assert_eq!(mask.and(CpuMask::first(1001)).count(), 3);
+        assert_eq!(mask.without(last).without(CpuId::new(MAX_CPUS)).count(), 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "CPU index beyond the mask")]
+    fn a_mask_refuses_a_cpu_beyond_it() {
+        let _ = CpuMask::single(CpuId::new(MAX_CPUS));
+    }
+
+    #[test]
+    fn the_atomic_mask_sets_and_clears_single_cpus() {
+        let mask = AtomicCpuMask::new();
+        mask.insert(CpuId(2), Ordering::Relaxed);
+        mask.insert(CpuId(1535), Ordering::Relaxed);
+        assert!(mask.contains(CpuId(1535), Ordering::Relaxed));
+        assert!(!mask.contains(CpuId(1534), Ordering::Relaxed));
+        assert_eq!(
+            mask.load(Ordering::Relaxed),
+            CpuMask::single(CpuId(2)).with(CpuId(1535))
+        );
+        mask.remove(CpuId(2), Ordering::Relaxed);
+        mask.remove(CpuId::new(MAX_CPUS), Ordering::Relaxed);
+        assert_eq!(mask.load(Ordering::Relaxed), CpuMask::single(CpuId(1535)));
     }
 
     struct Counter(core::cell::Cell<u32>);

@@ -326,8 +326,9 @@ impl Cpu for WithRange<'_> {
 }
 
 impl CpuPrimitives for WithRange<'_> {
-    fn read_pte(&self, entry: PhysAddr) -> u64 {
-        CpuPrimitives::read_pte(self.machine, entry)
+    type Memory = Recording;
+    fn memory(&self) -> &Recording {
+        self.machine
     }
     fn report(&self, bug: BackendBug) {
         self.machine.report(bug)

@@ -9,6 +9,7 @@ use lazymmu::backend::sparc64::{Sparc64, TLB_BATCH_NR};
 use lazymmu::backend::{ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
+use lazymmu::pgtable::format::ppc_hash::HASHPTE;
 
 fn pte(space: u32, index: u64, value: u64) -> EntryUpdate {
     EntryUpdate {
@@ -30,10 +31,12 @@ fn page(index: u64) -> u64 {
 }
 
 /// Maps `count` pages of `space` (memory set up directly), so that
-/// rewriting them replaces valid entries.
+/// rewriting them replaces valid entries, each touched: on powerpc the
+/// hash-fault handler gave it a hash-table entry (`H_PAGE_HASHPTE`, a
+/// software bit sparc64's TTE does not use here).
 fn populate(machine: &Recording, space: u32, count: u64) {
     for i in 0..count {
-        machine.set_memory(pte(space, i, 0).entry, page(i));
+        machine.set_memory(pte(space, i, 0).entry, page(i) | HASHPTE);
     }
 }
 
@@ -90,7 +93,7 @@ fn ppc_a_change_of_address_space_or_page_size_flushes() {
     assert_eq!(machine.last_event().map(|e| e.items), Some(5));
     assert_eq!(ppc.pending(), 1);
     // A 2M entry in the same space: another early flush.
-    machine.set_memory(PhysAddr(0x900_0000), page(0) | 0x80);
+    machine.set_memory(PhysAddr(0x900_0000), page(0) | 0x80 | HASHPTE);
     ppc.write_entry(EntryUpdate {
         entry: PhysAddr(0x900_0000),
         level: 2,
@@ -164,8 +167,8 @@ fn sparc_the_193rd_entry_forces_a_flush() {
     drop(section);
     assert_eq!(machine.calls(Call::FlushBatch), 2);
     assert_eq!(machine.last_event().map(|e| e.items), Some(1));
-    // Two cross-calls to each of the 3 other CPUs, instead of 193.
-    assert_eq!(machine.count(Primitive::Ipi), 6);
+    // Two cross-calls (each reaching the 3 other CPUs), instead of 193.
+    assert_eq!(machine.count(Primitive::Ipi), 2);
 }
 
 #[test]
@@ -195,7 +198,7 @@ fn sparc_eager_and_kernel_writes_flush_per_page_or_through_the_gather() {
         sparc.write_entry(pte(1, i, 0));
     }
     assert_eq!(machine.calls(Call::FlushPage), 4);
-    assert_eq!(machine.count(Primitive::Ipi), 12);
+    assert_eq!(machine.count(Primitive::Ipi), 4);
     // Kernel entries are never batched by writes...
     machine.set_memory(PhysAddr(0x50), page(1));
     sparc.write_entry(EntryUpdate {
@@ -255,6 +258,6 @@ fn sparc_a_full_kernel_flush_is_one_cross_call() {
     );
     assert_eq!(machine.calls(Call::FlushKernelAll), 1);
     assert_eq!(machine.count(Primitive::FullFlush), 4);
-    assert_eq!(machine.count(Primitive::Ipi), 3);
+    assert_eq!(machine.count(Primitive::Ipi), 1);
     assert_eq!(machine.count(Primitive::Tlbi), 0);
 }

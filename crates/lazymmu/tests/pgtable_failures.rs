@@ -11,12 +11,13 @@ use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
 use lazymmu::backend::FlushScope;
 use lazymmu::mode::{counters::Counters, testing::TestEnv, LazyMode, LazyState, MisusePolicy};
 use lazymmu::pgtable::allocator::HostFrameAllocator;
+use lazymmu::pgtable::format::Protection;
 use lazymmu::pgtable::format::{Aarch64, Attributes, Entry, Format, X86_64};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::HostMemory;
 use lazymmu::pgtable::ops::{
-    allocate_root, ApplyError, ApplyMode, CopyError, CopyKind, MapError, MoveError, PageTables,
-    ProtectError, ZapError,
+    ApplyError, ApplyMode, CopyError, CopyKind, MapError, Mmu, MoveError, PageTables, ProtectError,
+    VaRange, ZapError,
 };
 use pgtable_support::{assert_no_leak, clip_runs, normalize, runs_of, Host, Native, Run as Span};
 
@@ -25,7 +26,7 @@ type Pages = Vec<Span>;
 /// Flushes go to the native backend's TLB side, whatever the format.
 type Flusher<'a> = X86Backend<&'a HostMemory, RecordingPrimitives>;
 type Lazy<'a, F> = Counters<TestEnv, &'a Native<'a, F>>;
-type Tables<'a, F> = PageTables<'a, F, HostMemory, Native<'a, F>, Lazy<'a, F>, HostFrameAllocator>;
+type Tables<'a, F> = PageTables<'a, Native<'a, F>, Lazy<'a, F>, HostFrameAllocator>;
 type Gatherer<'a> = Gather<'a, Flusher<'a>, HostFrameAllocator>;
 
 const SPACE: SpaceId = SpaceId(1);
@@ -42,7 +43,7 @@ type Outcome = Result<(), u64>;
 struct Scenario<F: Format> {
     name: &'static str,
     setup: for<'a> fn(&Tables<'a, F>),
-    op: for<'a, 'g> fn(&Tables<'a, F>, PhysAddr, &mut Gatherer<'g>) -> Outcome,
+    op: for<'a, 'g> fn(&Tables<'a, F>, &Tables<'a, F>, &mut Gatherer<'g>) -> Outcome,
     /// The expected parent and child pages given the state before, the
     /// state after a successful run, and where the failed run stopped.
     expect: fn(&Pages, &Pages, &Pages, u64) -> (Pages, Pages),
@@ -63,14 +64,18 @@ fn run<F: Format>(scenario: &Scenario<F>, fail_at: Option<u64>, skip_op: bool) -
     let host = Host::new(512);
     let backend = host.backend(SPACE);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables: Tables<'_, F> =
-        unsafe { PageTables::new(root, SPACE, &host.memory, &backend, &lazy, &host.frames) };
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(&backend, &lazy, &host.frames, FlushScope::Local) };
+    let tables: Tables<'_, F> = mmu
+        .new_tables(SPACE, VaRange::for_format::<F>(false))
+        .unwrap();
+    let root = tables.root();
     (scenario.setup)(&tables);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let child = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
+    let child_tables: Tables<'_, F> = mmu
+        .new_tables(CHILD, VaRange::for_format::<F>(false))
+        .unwrap();
+    let child = child_tables.root();
     let before = host.frames.allocations();
     let mut at = None;
     if !skip_op {
@@ -78,7 +83,7 @@ fn run<F: Format>(scenario: &Scenario<F>, fail_at: Option<u64>, skip_op: bool) -
             host.frames.fail_at(n);
         }
         let mut gather = Gather::new(&backend.inner, &host.frames, SPACE, FlushScope::Local);
-        at = (scenario.op)(&tables, child, &mut gather).err();
+        at = (scenario.op)(&tables, &child_tables, &mut gather).err();
         drop(gather);
         host.frames.fail_at(0);
     }
@@ -94,16 +99,10 @@ fn run<F: Format>(scenario: &Scenario<F>, fail_at: Option<u64>, skip_op: bool) -
     let child_pages = runs_of::<F>(&host.memory, child, false);
     // Tear both trees down: every frame must come back.
     let mut gather = Gather::new(&backend.inner, &host.frames, SPACE, FlushScope::Local);
-    // SAFETY: the child root is a frame of the same host memory.
-    unsafe { tables.with_root(root, SPACE) }
-        .destroy(false, &mut gather)
-        .unwrap();
+    tables.destroy(&mut gather).unwrap();
     drop(gather);
     let mut gather = Gather::new(&backend.inner, &host.frames, CHILD, FlushScope::Local);
-    // SAFETY: the child root is a frame of the same host memory.
-    unsafe { tables.with_root(child, CHILD) }
-        .destroy(false, &mut gather)
-        .unwrap();
+    child_tables.destroy(&mut gather).unwrap();
     drop(gather);
     assert_eq!(
         host.frames.outstanding(),
@@ -196,7 +195,7 @@ fn mixed<F: Format>(t: &Tables<'_, F>) {
     .unwrap();
 }
 
-fn map_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, _: &mut Gatherer<'_>) -> Outcome {
+fn map_op<F: Format>(t: &Tables<'_, F>, _: &Tables<'_, F>, _: &mut Gatherer<'_>) -> Outcome {
     let start = B - G - 2 * M2 - 3 * K4;
     let len = 2 * G + 4 * M2 + 9 * K4;
     match t.map(
@@ -207,55 +206,44 @@ fn map_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, _: &mut Gatherer<'_>) -> Ou
         PageSize::Size1G,
     ) {
         Ok(_) => Ok(()),
-        Err(MapError::OutOfFrames { at }) => Err(at.0),
+        Err(MapError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }
 
 /// Cuts the 1 GiB block (two splits) and a 2 MiB block.
-fn zap_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, g: &mut Gatherer<'_>) -> Outcome {
+fn zap_op<F: Format>(t: &Tables<'_, F>, _: &Tables<'_, F>, g: &mut Gatherer<'_>) -> Outcome {
     match t.zap(
         VirtAddr(B - G + 3 * M2 + 5 * K4),
         G - 3 * M2 + M2 + 7 * K4,
         g,
     ) {
         Ok(_) => Ok(()),
-        Err(ZapError::OutOfFrames { at }) => Err(at.0),
+        Err(ZapError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }
 
-fn protect_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, g: &mut Gatherer<'_>) -> Outcome {
-    let ro = attrs().read_only();
+fn protect_op<F: Format>(t: &Tables<'_, F>, _: &Tables<'_, F>, g: &mut Gatherer<'_>) -> Outcome {
     match t.protect(
         VirtAddr(B - G + 3 * M2 + 5 * K4),
         G - 3 * M2 + M2 + 7 * K4,
-        ro,
+        Protection::read_only(),
         g,
     ) {
         Ok(_) => Ok(()),
-        Err(ProtectError::OutOfFrames { at }) => Err(at.0),
+        Err(ProtectError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }
 
 /// Fork of a range that cuts the 1 GiB block and ends inside a 4K run.
-fn copy_op<F: Format>(t: &Tables<'_, F>, child: PhysAddr, g: &mut Gatherer<'_>) -> Outcome {
+fn copy_op<F: Format>(t: &Tables<'_, F>, child: &Tables<'_, F>, g: &mut Gatherer<'_>) -> Outcome {
     let start = B - G + 5 * M2 + 3 * K4;
     let end = B + 4 * M2 + 300 * K4;
-    // SAFETY: the child root is a frame of the same host memory.
-    match unsafe {
-        t.copy_to(
-            child,
-            CHILD,
-            VirtAddr(start),
-            end - start,
-            CopyKind::Private,
-            g,
-        )
-    } {
+    match t.copy_to(child, VirtAddr(start), end - start, CopyKind::Private, g) {
         Ok(_) => Ok(()),
-        Err(CopyError::OutOfFrames { at }) => Err(at.0),
+        Err(CopyError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }
@@ -266,10 +254,10 @@ const MOVE_FROM: u64 = B;
 const MOVE_LEN: u64 = 4 * M2 + 800 * K4;
 const MOVE_TO: u64 = 3 * B + 5 * K4;
 
-fn move_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, g: &mut Gatherer<'_>) -> Outcome {
+fn move_op<F: Format>(t: &Tables<'_, F>, _: &Tables<'_, F>, g: &mut Gatherer<'_>) -> Outcome {
     match t.move_range(VirtAddr(MOVE_FROM), VirtAddr(MOVE_TO), MOVE_LEN, g) {
         Ok(_) => Ok(()),
-        Err(MoveError::OutOfFrames { at }) => Err(at.0),
+        Err(MoveError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }
@@ -285,7 +273,7 @@ fn expect_move(pre: &Pages, _: &Pages, _: &Pages, at: u64) -> (Pages, Pages) {
     (normalize(out), Pages::new())
 }
 
-fn apply_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, g: &mut Gatherer<'_>) -> Outcome {
+fn apply_op<F: Format>(t: &Tables<'_, F>, _: &Tables<'_, F>, g: &mut Gatherer<'_>) -> Outcome {
     let start = 2 * B - 3 * M2 - 5 * K4;
     let result = t.apply(VirtAddr(start), 6 * M2, ApplyMode::Create, g, |slot| {
         if slot.get() == Entry::Absent {
@@ -295,7 +283,7 @@ fn apply_op<F: Format>(t: &Tables<'_, F>, _: PhysAddr, g: &mut Gatherer<'_>) -> 
     });
     match result {
         Ok(_) => Ok(()),
-        Err(ApplyError::OutOfFrames { at }) => Err(at.0),
+        Err(ApplyError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }
@@ -346,7 +334,11 @@ fn every_operation<F: Format>() {
 }
 
 /// Maps into a region where some tables exist and some do not.
-fn apply_then_map<F: Format>(t: &Tables<'_, F>, _: PhysAddr, _: &mut Gatherer<'_>) -> Outcome {
+fn apply_then_map<F: Format>(
+    t: &Tables<'_, F>,
+    _: &Tables<'_, F>,
+    _: &mut Gatherer<'_>,
+) -> Outcome {
     let start = B + 4 * M2 + 703 * K4;
     match t.map(
         VirtAddr(start),
@@ -356,7 +348,7 @@ fn apply_then_map<F: Format>(t: &Tables<'_, F>, _: PhysAddr, _: &mut Gatherer<'_
         PageSize::Size2M,
     ) {
         Ok(_) => Ok(()),
-        Err(MapError::OutOfFrames { at }) => Err(at.0),
+        Err(MapError::OutOfFrames { at, .. }) => Err(at.0),
         Err(e) => panic!("{e:?}"),
     }
 }

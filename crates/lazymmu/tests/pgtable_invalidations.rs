@@ -13,12 +13,13 @@ use std::cell::{Cell, RefCell};
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{PrimitiveCall, RecordingPrimitives, RemoteFlush, X86Backend};
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
-use lazymmu::mode::{counters::Counters, testing::TestEnv, ArchHooks, MisusePolicy};
+use lazymmu::mode::{counters::Counters, testing::TestEnv, ArchHooks, LazyMode, MisusePolicy};
 use lazymmu::pgtable::allocator::{FrameAllocator, HostFrameAllocator};
+use lazymmu::pgtable::format::Protection;
 use lazymmu::pgtable::format::{Aarch64, Attributes, Entry, Format, X86_64};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::{HostMemory, PageTableMemory};
-use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, PageTables};
+use lazymmu::pgtable::ops::{ApplyMode, CopyKind, Mmu, PageTables, VaRange};
 use pgtable_support::TABLE_BASE;
 
 const SPACE: SpaceId = SpaceId(1);
@@ -172,6 +173,10 @@ impl<F: Format> ContextSwitch for Checker<'_, F> {}
 
 impl<F: Format> Backend for Checker<'_, F> {
     type Format = F;
+    type Memory = HostMemory;
+    fn memory(&self) -> &HostMemory {
+        self.memory
+    }
 }
 
 /// Frees are checked against the stale walks still possible.
@@ -182,13 +187,18 @@ struct CheckedFrames<'c, 'm, F> {
 }
 
 impl<F: Format> CheckedFrames<'_, '_, F> {
-    /// A root table: reachable as soon as it exists (it is what CR3/TTBR
-    /// will hold).
-    fn root(&self, memory: &HostMemory) -> PhysAddr {
-        // SAFETY: the host allocator hands out frames of this host memory.
-        let root = unsafe { allocate_root(memory, self) }.unwrap();
-        self.checker.unlinked.borrow_mut().remove(&root.0);
-        root
+    /// A new tree, its root reachable as soon as it exists (it is what
+    /// CR3/TTBR will hold).
+    fn tree<'a, B: Backend<Format = F>, L: LazyMode>(
+        &self,
+        mmu: &Mmu<'a, B, L, Self>,
+        space: SpaceId,
+    ) -> PageTables<'a, B, L, Self> {
+        let tables = mmu
+            .new_tables(space, VaRange::for_format::<F>(false))
+            .unwrap();
+        self.checker.unlinked.borrow_mut().remove(&tables.root().0);
+        tables
     }
 }
 
@@ -228,21 +238,21 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
         early_frees: Cell::new(0),
     };
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
-    let root = frames.root(&memory);
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables =
-        unsafe { PageTables::<F, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames) };
+    // SAFETY: the allocator hands out frames of the checker's host memory,
+    // used by nothing else; `lazy` is over the checker.
+    let mmu = unsafe { Mmu::new(&checker, &lazy, &frames, FlushScope::Local) };
+    let tables = frames.tree(&mmu, SPACE);
     let base = 4 * G;
 
-    let step = |name: &str, f: &dyn Fn(&mut CheckedGather<'_, F>)| {
-        let mut gather = Gather::new(
+    let gather = || {
+        Gather::new(
             &checker,
             &frames,
             SPACE,
             FlushScope::Cpus(lazymmu::cpu::CpuMask::from_bits(0b11)),
-        );
-        f(&mut gather);
-        drop(gather);
+        )
+    };
+    let checked = |name: &str| {
         assert_eq!(
             checker.take_stale(),
             vec![],
@@ -258,6 +268,12 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
             0,
             "{name}: PTE written outside a lazy section"
         );
+    };
+    let step = |name: &str, f: &dyn Fn(&mut CheckedGather<'_, F>)| {
+        let mut gather = gather();
+        f(&mut gather);
+        drop(gather);
+        checked(name);
     };
 
     step("map", &|_| {
@@ -294,44 +310,48 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
             .protect(
                 VirtAddr(base + G + 8 * M2 + 3 * K4),
                 5 * K4,
-                user().read_only(),
+                Protection::read_only(),
                 g,
             )
             .unwrap();
     });
     step("protect (splits, many pages: full flush)", &|g| {
         tables
-            .protect(VirtAddr(base + 3 * M2 + 7 * K4), G, user().read_only(), g)
+            .protect(
+                VirtAddr(base + 3 * M2 + 7 * K4),
+                G,
+                Protection::read_only(),
+                g,
+            )
             .unwrap();
     });
     step("copy-on-write fork", &|g| {
-        let child = frames.root(&memory);
+        let child = frames.tree(&mmu, CHILD);
         // Writable again first, so the copy has something to downgrade.
         tables
-            .protect(VirtAddr(base + G + 8 * M2), 20 * K4, user(), g)
+            .protect(
+                VirtAddr(base + G + 8 * M2),
+                20 * K4,
+                Protection::writable(),
+                g,
+            )
             .unwrap();
         g.flush();
-        // SAFETY: the child root is a frame of the same host memory.
-        let summary = unsafe {
-            tables.copy_to(
-                child,
-                CHILD,
+        let summary = tables
+            .copy_to(
+                &child,
                 VirtAddr(base + G + 8 * M2),
                 20 * K4,
                 CopyKind::Private,
                 g,
             )
-        }
-        .unwrap();
+            .unwrap();
         assert_eq!(summary.write_protected, 20);
         g.flush();
         // The child's own entries were new: nothing stale in its space.
         assert!(checker.stale.borrow().iter().all(|s| s.space == SPACE));
         let mut child_gather = Gather::new(&checker, &frames, CHILD, FlushScope::Local);
-        // SAFETY: the child root is a frame of the same host memory.
-        unsafe { tables.with_root(child, CHILD) }
-            .destroy(false, &mut child_gather)
-            .unwrap();
+        child.destroy(&mut child_gather).unwrap();
     });
     step("move", &|g| {
         tables
@@ -362,12 +382,10 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
             .zap(VirtAddr(base + 5 * M2 + 3 * K4), 4 * G, g)
             .unwrap();
     });
-    step("destroy", &|g| {
-        // SAFETY: the child root is a frame of the same host memory.
-        unsafe { tables.with_root(root, SPACE) }
-            .destroy(false, g)
-            .unwrap();
-    });
+    let mut g = gather();
+    tables.destroy(&mut g).unwrap();
+    drop(g);
+    checked("destroy");
     assert_eq!(frames.inner.outstanding(), 0);
     assert!(checker.sections.get() > 0);
 }
@@ -392,11 +410,10 @@ fn the_checker_catches_a_forgotten_flush_and_free_before_flush() {
         early_frees: Cell::new(0),
     };
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
-    let root = frames.root(&memory);
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables = unsafe {
-        PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames)
-    };
+    // SAFETY: the allocator hands out frames of the checker's host memory,
+    // used by nothing else; `lazy` is over the checker.
+    let mmu = unsafe { Mmu::new(&checker, &lazy, &frames, FlushScope::Local) };
+    let tables = frames.tree(&mmu, SPACE);
     tables
         .map(VirtAddr(G), PhysAddr(G), 4 * K4, user(), PageSize::Size4K)
         .unwrap();
@@ -405,7 +422,7 @@ fn the_checker_catches_a_forgotten_flush_and_free_before_flush() {
     // translation.
     let mut gather = Gather::new(&checker, &frames, SPACE, FlushScope::Local);
     tables
-        .protect(VirtAddr(G), K4, user().read_only(), &mut gather)
+        .protect(VirtAddr(G), K4, Protection::read_only(), &mut gather)
         .unwrap();
     std::mem::forget(gather);
     assert_eq!(checker.take_stale().len(), 1);
@@ -426,12 +443,10 @@ fn one_lazy_section_per_pte_table() {
     let checker = Checker::<X86_64>::new(&memory);
     let frames = HostFrameAllocator::poisoning(&memory);
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&memory, &frames) }.unwrap();
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables = unsafe {
-        PageTables::<X86_64, _, _, _, _>::new(root, SPACE, &memory, &checker, &lazy, &frames)
-    };
+    // SAFETY: the allocator hands out frames of the checker's host memory,
+    // used by nothing else; `lazy` is over the checker.
+    let mmu = unsafe { Mmu::new(&checker, &lazy, &frames, FlushScope::Local) };
+    let tables = mmu.new_tables(SPACE, VaRange::Both).unwrap();
     // From 4 KiB below 4 MiB to 4 KiB past 7 MiB: PTE tables for three
     // 2 MiB regions, one section each.
     tables

@@ -14,16 +14,15 @@ use lazymmu::backend::FlushScope;
 use lazymmu::mode::{counters::Counters, testing::TestEnv, MisusePolicy};
 use lazymmu::pgtable::allocator::{FrameAllocator, HostFrameAllocator};
 use lazymmu::pgtable::format::{
-    entries, entry_shift, Aarch64, Attributes, Entry, Format, PpcHash4K, Sparc64Sun4v,
+    entries, entry_shift, Aarch64, Attributes, Entry, Format, PpcHash4K, Protection, Sparc64Sun4v,
     X86_64_5Level, S390, X86_64,
 };
-use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::memory::{poison, HostMemory, PageTableMemory};
-use lazymmu::pgtable::ops::{allocate_root, ApplyMode, CopyKind, PageTables};
+use lazymmu::pgtable::memory::{poison, PageTableMemory};
+use lazymmu::pgtable::ops::{ApplyMode, CopyKind, Mmu, PageTables, VaRange};
 use pgtable_support::{assert_no_leak, clip_runs, normalize, runs_of, Host, Native, Run};
 
 type Lazy<'a, F> = Counters<TestEnv, &'a Native<'a, F>>;
-type Tables<'a, F> = PageTables<'a, F, HostMemory, Native<'a, F>, Lazy<'a, F>, HostFrameAllocator>;
+type Tables<'a, F> = PageTables<'a, Native<'a, F>, Lazy<'a, F>, HostFrameAllocator>;
 
 const SPACE: SpaceId = SpaceId(1);
 const CHILD: SpaceId = SpaceId(2);
@@ -75,16 +74,13 @@ impl Model {
         self.parent = normalize(self.cut(va, len).1);
     }
 
-    fn protect<F: Format>(&mut self, va: u64, len: u64, new: Attributes) {
+    fn protect<F: Format>(&mut self, va: u64, len: u64, protection: Protection) {
         let (inside, mut rest) = self.cut(va, len);
-        rest.extend(inside.into_iter().map(|(v, l, p, a)| {
-            let kept = Attributes {
-                dirty: a.dirty,
-                accessed: a.accessed,
-                ..new
-            };
-            (v, l, p, stored::<F>(kept))
-        }));
+        rest.extend(
+            inside
+                .into_iter()
+                .map(|(v, l, p, a)| (v, l, p, stored::<F>(protection.apply(a)))),
+        );
         self.parent = normalize(rest);
     }
 
@@ -113,25 +109,26 @@ impl Model {
     }
 }
 
-/// Runs `body` on fresh tables over poisoned memory, then checks both
-/// trees against the model and the allocator, and tears them down.
+/// Runs `body` on fresh tables (the parent's and a fork child's) over
+/// poisoned memory, then checks both trees against the model and the
+/// allocator, and tears them down.
 fn check<F: Format>(
     name: &str,
-    body: impl for<'a> FnOnce(&Tables<'a, F>, &'a HostFrameAllocator, PhysAddr, &mut Model),
+    body: impl for<'a> FnOnce(&Tables<'a, F>, &Tables<'a, F>, &mut Model),
 ) {
     let host = Host::new(256);
     let backend = host.backend::<F>(SPACE);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    // SAFETY: as above.
-    let child = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    // SAFETY: the roots and the allocator's frames are frames of this host
-    // memory, used by nothing else.
-    let tables: Tables<'_, F> =
-        unsafe { PageTables::new(root, SPACE, &host.memory, &backend, &lazy, &host.frames) };
+    // SAFETY: the poisoning host allocator hands out frames of the
+    // backend's host memory, used by nothing else; `lazy` is over the
+    // backend.
+    let mmu = unsafe { Mmu::new(&backend, &lazy, &host.frames, FlushScope::Local) };
+    let low = VaRange::for_format::<F>(false);
+    let tables: Tables<'_, F> = mmu.new_tables(SPACE, low).unwrap();
+    let child_tables: Tables<'_, F> = mmu.new_tables(CHILD, low).unwrap();
+    let (root, child) = (tables.root(), child_tables.root());
     let mut model = Model::default();
-    body(&tables, &host.frames, child, &mut model);
+    body(&tables, &child_tables, &mut model);
     let context = format!("{}: {name}", F::NAME);
     assert_eq!(
         runs_of::<F>(&host.memory, root, false),
@@ -144,21 +141,11 @@ fn check<F: Format>(
         "{context}: child"
     );
     assert_no_leak::<F>(&host, &[root, child]);
-    for (tree, space) in [(root, SPACE), (child, CHILD)] {
-        let mut gather = Gather::new(&backend, &host.frames, space, FlushScope::Local);
-        // SAFETY: a root of this host memory.
-        unsafe { tables.with_root(tree, space) }
-            .destroy(false, &mut gather)
-            .unwrap();
+    for tree in [tables, child_tables] {
+        let mut gather = tree.gather();
+        tree.destroy(&mut gather).unwrap();
     }
     assert_eq!(host.frames.outstanding(), 0, "{context}: frames leaked");
-}
-
-fn gather<'a, F: Format>(
-    tables: &Tables<'a, F>,
-    frames: &'a HostFrameAllocator,
-) -> Gather<'a, Native<'a, F>, HostFrameAllocator> {
-    Gather::new(tables.backend(), frames, tables.space(), FlushScope::Local)
 }
 
 /// Pages per PTE table (512, or 256 for s390).
@@ -191,12 +178,12 @@ fn map_runs<F: Format>() {
         (n - 1, 2, "one page either side"),
     ];
     for (first, pages, name) in runs {
-        check::<F>(name, |t, _, _, model| {
+        check::<F>(name, |t, _, model| {
             map(t, model, BASE + first * 4096, pages, PageSize::Size4K)
         });
     }
     // Two runs into the same new table, the second ending at its end.
-    check::<F>("a second run ends at the boundary", |t, _, _, model| {
+    check::<F>("a second run ends at the boundary", |t, _, model| {
         map(t, model, BASE, 4, PageSize::Size4K);
         map(t, model, BASE + 10 * 4096, n - 10, PageSize::Size4K);
     });
@@ -206,8 +193,8 @@ fn map_runs<F: Format>() {
 /// table boundary.
 fn create_tables<F: Format>() {
     let n = pte_pages::<F>();
-    check::<F>("apply creates", |t, frames, _, model| {
-        let mut g = gather(t, frames);
+    check::<F>("apply creates", |t, _, model| {
+        let mut g = t.gather();
         t.apply(
             VirtAddr(BASE + 3 * 4096),
             (n - 3) * 4096,
@@ -222,42 +209,32 @@ fn create_tables<F: Format>() {
         .unwrap();
         model.map::<F>(BASE + 3 * 4096, n - 3);
     });
-    check::<F>(
-        "fork creates the child's tables",
-        |t, frames, child, model| {
-            map(t, model, BASE + 3 * 4096, n + 1, PageSize::Size4K);
-            let mut g = gather(t, frames);
-            // SAFETY: the child root is a frame of the same host memory.
-            unsafe {
-                t.copy_to(
-                    child,
-                    CHILD,
-                    VirtAddr(BASE),
-                    2 * n * 4096,
-                    CopyKind::Shared,
-                    &mut g,
-                )
-            }
-            .unwrap();
-            model.fork::<F>(BASE, 2 * n * 4096);
-        },
-    );
-    check::<F>(
-        "mremap creates the destination's tables",
-        |t, frames, _, model| {
-            map(t, model, BASE + 3 * 4096, n - 3, PageSize::Size4K);
-            let to = 4 * BASE + 5 * 4096;
-            let mut g = gather(t, frames);
-            t.move_range(
-                VirtAddr(BASE + 3 * 4096),
-                VirtAddr(to),
-                (n - 3) * 4096,
-                &mut g,
-            )
-            .unwrap();
-            model.mremap(BASE + 3 * 4096, (n - 3) * 4096, to);
-        },
-    );
+    check::<F>("fork creates the child's tables", |t, child, model| {
+        map(t, model, BASE + 3 * 4096, n + 1, PageSize::Size4K);
+        let mut g = t.gather();
+        t.copy_to(
+            child,
+            VirtAddr(BASE),
+            2 * n * 4096,
+            CopyKind::Shared,
+            &mut g,
+        )
+        .unwrap();
+        model.fork::<F>(BASE, 2 * n * 4096);
+    });
+    check::<F>("mremap creates the destination's tables", |t, _, model| {
+        map(t, model, BASE + 3 * 4096, n - 3, PageSize::Size4K);
+        let to = 4 * BASE + 5 * 4096;
+        let mut g = t.gather();
+        t.move_range(
+            VirtAddr(BASE + 3 * 4096),
+            VirtAddr(to),
+            (n - 3) * 4096,
+            &mut g,
+        )
+        .unwrap();
+        model.mremap(BASE + 3 * 4096, (n - 3) * 4096, to);
+    });
 }
 
 /// Splits of a 2 MiB and a 1 GiB block by every operation that cuts one.
@@ -272,43 +249,33 @@ fn splits<F: Format>() {
         map(t, model, BASE, giant / 4096, PageSize::Size1G);
         map(t, model, 2 * BASE, block / 4096, PageSize::Size2M);
     };
-    check::<F>("zap splits", |t, frames, _, model| {
+    check::<F>("zap splits", |t, _, model| {
         blocks(t, model);
-        let mut g = gather(t, frames);
+        let mut g = t.gather();
         for (va, pages) in [(BASE + block + 3 * 4096, 5), (2 * BASE + 4096, 1)] {
             t.zap(VirtAddr(va), pages * 4096, &mut g).unwrap();
             model.zap(va, pages * 4096);
         }
     });
-    check::<F>("protect splits", |t, frames, _, model| {
+    check::<F>("protect splits", |t, _, model| {
         blocks(t, model);
-        let mut g = gather(t, frames);
-        let ro = attrs().read_only();
+        let mut g = t.gather();
+        let ro = Protection::read_only();
         let (va, pages) = (BASE + 7 * 4096, 2 * block / 4096);
         t.protect(VirtAddr(va), pages * 4096, ro, &mut g).unwrap();
         model.protect::<F>(va, pages * 4096, ro);
     });
-    check::<F>("fork splits", |t, frames, child, model| {
+    check::<F>("fork splits", |t, child, model| {
         blocks(t, model);
-        let mut g = gather(t, frames);
+        let mut g = t.gather();
         let (va, pages) = (2 * BASE + 9 * 4096, 3);
-        // SAFETY: the child root is a frame of the same host memory.
-        unsafe {
-            t.copy_to(
-                child,
-                CHILD,
-                VirtAddr(va),
-                pages * 4096,
-                CopyKind::Shared,
-                &mut g,
-            )
-        }
-        .unwrap();
+        t.copy_to(child, VirtAddr(va), pages * 4096, CopyKind::Shared, &mut g)
+            .unwrap();
         model.fork::<F>(va, pages * 4096);
     });
-    check::<F>("mremap splits", |t, frames, _, model| {
+    check::<F>("mremap splits", |t, _, model| {
         blocks(t, model);
-        let mut g = gather(t, frames);
+        let mut g = t.gather();
         let (from, to, pages) = (2 * BASE, 4 * BASE + 4096, block / 4096);
         t.move_range(VirtAddr(from), VirtAddr(to), pages * 4096, &mut g)
             .unwrap();

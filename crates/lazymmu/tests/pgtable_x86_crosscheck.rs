@@ -12,9 +12,9 @@ use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::FlushScope;
 use lazymmu::mode::{counters::Counters, testing::TestEnv, MisusePolicy};
 use lazymmu::pgtable::format::x86::ADDRESS_4K;
-use lazymmu::pgtable::format::{Attributes, MemoryType, X86_64};
+use lazymmu::pgtable::format::{Attributes, MemoryType, Protection, X86_64};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::ops::{allocate_root, PageTables};
+use lazymmu::pgtable::ops::{Mmu, VaRange};
 use lazymmu::pgtable::walk::{translate, TranslateError};
 use pgtable_support::Host;
 use x86_64::structures::paging::mapper::{MappedFrame, TranslateResult};
@@ -232,21 +232,13 @@ const ANYWHERE: usize = if cfg!(miri) { 200 } else { 4000 };
 fn encodings_match_the_x86_64_crate() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let host = Host::new(8192);
-    let backend = host.backend(SpaceId(1));
+    let backend = host.backend::<X86_64>(SpaceId(1));
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables = unsafe {
-        PageTables::<X86_64, _, _, _, _>::new(
-            root,
-            SpaceId(1),
-            &host.memory,
-            &backend,
-            &lazy,
-            &host.frames,
-        )
-    };
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(&backend, &lazy, &host.frames, FlushScope::Local) };
+    let tables = mmu.new_tables(SpaceId(1), VaRange::Both).unwrap();
+    let root = tables.root();
 
     let mut mappings = random_mappings(&mut rng, MAPPINGS);
     for m in &mappings {
@@ -266,24 +258,28 @@ fn encodings_match_the_x86_64_crate() {
                 continue;
             }
             let attrs = random_attrs(&mut rng);
-            tables
-                .protect(VirtAddr(m.va + half), m.len - half, attrs, &mut gather)
-                .unwrap();
-            let new_attrs = Attributes {
-                dirty: m.attrs.dirty,
-                accessed: m.attrs.accessed,
-                ..attrs
+            let protection = Protection {
+                writable: Some(attrs.writable),
+                executable: Some(attrs.executable),
+                user: Some(attrs.user),
+                key: Some(attrs.key),
             };
+            tables
+                .protect(VirtAddr(m.va + half), m.len - half, protection, &mut gather)
+                .unwrap();
+            let new_attrs = protection.apply(m.attrs);
+            // A protection that changes nothing splits nothing.
+            let cut = (new_attrs != m.attrs).then_some(m.va + half);
             extra.push(Mapping {
                 va: m.va + half,
                 phys: m.phys + half,
                 len: m.len - half,
                 attrs: new_attrs,
                 size: m.size,
-                cut: Some(m.va + half),
+                cut,
             });
             m.len = half;
-            m.cut = Some(m.va + half);
+            m.cut = cut;
         }
     }
     mappings.extend(extra);

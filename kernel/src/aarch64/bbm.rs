@@ -369,4 +369,8 @@ impl<B: Backend<Format = Aarch64>> ContextSwitch for BreakBeforeMake<B> {
 
 impl<B: Backend<Format = Aarch64>> Backend for BreakBeforeMake<B> {
     type Format = Aarch64;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }

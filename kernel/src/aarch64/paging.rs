@@ -19,7 +19,7 @@ use lazymmu::backend::FlushScope;
 use lazymmu::cpu::{Cpu, CpuId};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
-use lazymmu::pgtable::format::{Aarch64, Attributes, MemoryType};
+use lazymmu::pgtable::format::{Attributes, MemoryType};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::memory::PageTableMemory;
 use lazymmu::pgtable::ops::PageTables;
@@ -30,7 +30,7 @@ use crate::fdt::Range;
 use crate::memory::{self, Region, DIRECT_MAP_BASE};
 use crate::page_tables::{
     kernel_root, map_image, new_kernel_root, new_root, tables_on, KernelMemory, PageTableFrames,
-    TABLE_FRAMES,
+    MEMORY, TABLE_FRAMES,
 };
 use crate::sync::{Global, SpinLock};
 use crate::{cpu, serial};
@@ -173,8 +173,9 @@ impl Cpu for KernelPrimitives {
 }
 
 impl CpuPrimitives for KernelPrimitives {
-    fn read_pte(&self, entry: PhysAddr) -> u64 {
-        KernelMemory.read(entry)
+    type Memory = KernelMemory;
+    fn memory(&self) -> &KernelMemory {
+        &MEMORY
     }
     fn report(&self, bug: BackendBug) {
         bump(&BUGS);
@@ -297,8 +298,7 @@ pub type KernelBackend = BreakBeforeMake<Arm64Backend>;
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
-pub type KernelTables<'a, L> =
-    PageTables<'a, Aarch64, KernelMemory, KernelBackend, L, PageTableFrames>;
+pub type KernelTables<'a, L> = PageTables<'a, KernelBackend, L, PageTableFrames>;
 
 static PRIMITIVES: Global<KernelPrimitives> = Global::new();
 static BBM_STATE: SpinLock<bbm::State> = SpinLock::new(bbm::State::new());
@@ -345,7 +345,7 @@ pub fn tables_with<L: LazyMode>(lazy: &L, root: PhysAddr, space: SpaceId) -> Ker
 /// work. The lazy mode's hooks reach the same backend either way.
 pub fn unchecked_kernel_tables<L: LazyMode>(
     lazy: &L,
-) -> PageTables<'_, Aarch64, KernelMemory, Arm64Backend, L, PageTableFrames> {
+) -> PageTables<'_, Arm64Backend, L, PageTableFrames> {
     tables_on(backend().inner(), lazy, kernel_root(), SpaceId::KERNEL)
 }
 

@@ -349,19 +349,15 @@ fn copy_test() -> Outcome {
         // Writable by EL0 in the parent, and cached so.
         store_as_user(USER_BASE + 16, 1).map_err(|f| message!("user store: {f:?}"))?;
         let mut gather = paging::gather(parent_space);
-        // SAFETY: the child root is a page-table pool frame, like the
-        // parent's.
-        let summary = unsafe {
-            parent.copy_to(
-                child_root,
-                child_space,
+        let summary = parent
+            .copy_to(
+                &child,
                 VirtAddr(USER_BASE),
                 len,
                 CopyKind::Private,
                 &mut gather,
             )
-        }
-        .map_err(|e| message!("copy: {e:?}"))?;
+            .map_err(|e| message!("copy: {e:?}"))?;
         drop(gather);
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
         expect_fault(
@@ -421,7 +417,7 @@ fn copy_test() -> Outcome {
     for (tables, space) in [(parent, parent_space), (child, child_space)] {
         let mut gather = paging::gather(space);
         tables
-            .destroy(false, &mut gather)
+            .destroy(&mut gather)
             .map_err(|e| message!("destroy: {e:?}"))?;
     }
     free_run(run, PAGES);

@@ -18,12 +18,12 @@ use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::mode::eager::Eager;
 use lazymmu::mode::LazyMode;
 use lazymmu::pgtable::allocator::FrameAllocator;
-use lazymmu::pgtable::format::Attributes;
 use lazymmu::pgtable::format::X86_64;
+use lazymmu::pgtable::format::{Attributes, Protection};
 use lazymmu::pgtable::gather::Gather;
 
 use crate::check::{Message, Outcome, Report};
-use crate::page_tables::{self, kernel_root, TABLE_FRAMES};
+use crate::page_tables::{self, kernel_root, KernelMemory, TABLE_FRAMES};
 use crate::paging::{self, backend, lazy, native_backend, KernelLazy, USER_BASE};
 use crate::pks::{DEFAULT_PKRS, OPEN_PKRS};
 use crate::table::{Column, Table};
@@ -130,7 +130,7 @@ pub struct Row {
 /// `None` for a mode not measured.
 pub type Rows = [[Option<Row>; 3]; 4];
 
-fn perform<B: Backend<Format = X86_64>, L: LazyMode>(
+fn perform<B: Backend<Format = X86_64, Memory = KernelMemory>, L: LazyMode>(
     backend: &B,
     lazy_mode: &L,
     target: &Target,
@@ -147,7 +147,7 @@ fn perform<B: Backend<Format = X86_64>, L: LazyMode>(
             .map(|_| ())
             .map_err(|e| message!("map: {e:?}")),
         Operation::Protect => tables
-            .protect(va, len, target.attrs.read_only(), &mut gather)
+            .protect(va, len, Protection::read_only(), &mut gather)
             .map(|_| ())
             .map_err(|e| message!("protect: {e:?}")),
         Operation::Zap => tables

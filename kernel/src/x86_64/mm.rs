@@ -277,6 +277,12 @@ fn report(result: Result<(), MmError>, what: &str) {
     }
 }
 
+/// `cpus` as the one-word mask the cross-calls take: this kernel runs on at
+/// most `percpu::MAX_CPUS` CPUs, all below 64.
+pub fn one_word(cpus: CpuMask) -> u64 {
+    cpus.to_bits().expect("the kernel's CPUs are below 64")
+}
+
 /// Runs a lazy-TLB function on other CPUs: the cross-call of
 /// `on_each_cpu_mask` and of the TLB shootdown. With the
 /// `debug-skip-shootdown` feature the remote CPUs are left out, which the
@@ -377,7 +383,7 @@ impl MmMachine for KernelMachine {
         let shared = SharedFunc(func);
         let me = self.cpu_id();
         let run = |cpu: usize| shared.call(CpuId::new(cpu));
-        tlb_cross_call(targets.bits(), &run, || {
+        tlb_cross_call(one_word(targets), &run, || {
             if targets.contains(me) {
                 let were_enabled = cpu::disable_interrupts();
                 func(me);

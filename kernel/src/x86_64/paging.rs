@@ -18,7 +18,7 @@ use lazymmu::backend::{EntryUpdate, PteAccess};
 use lazymmu::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::{LazyMode, MisusePolicy};
-use lazymmu::pgtable::format::{Attributes, X86_64};
+use lazymmu::pgtable::format::Attributes;
 use lazymmu::pgtable::memory::PageTableMemory;
 use lazymmu::pgtable::ops::PageTables;
 
@@ -50,7 +50,7 @@ fn loaded_space() -> SpaceId {
 /// the mask, waiting for all.
 fn shootdown(cpus: CpuMask, request: RemoteFlush) {
     let flush = move |_cpu: usize| flush_locally(&BARE_METAL, request);
-    crate::mm::tlb_cross_call(cpus.bits(), &flush, || {});
+    crate::mm::tlb_cross_call(crate::mm::one_word(cpus), &flush, || {});
 }
 
 /// The library's x86 instructions (`invlpg`, CR3 reload, CR4.PGE toggle,
@@ -103,8 +103,9 @@ impl Cpu for KernelKeys {
 }
 
 impl CpuPrimitives for KernelKeys {
-    fn read_pte(&self, entry: PhysAddr) -> u64 {
-        MEMORY.read(entry)
+    type Memory = KernelMemory;
+    fn memory(&self) -> &KernelMemory {
+        &MEMORY
     }
     fn report(&self, bug: BackendBug) {
         smp_backend::report(bug);
@@ -137,8 +138,7 @@ pub type KernelBackend = SmpBackend<X86Pks<KernelMemory, &'static BareMetal, Ker
 /// The lazy mode (counters in the task) over the kernel backend.
 pub type KernelLazy = Counters<KernelEnv, &'static KernelBackend>;
 /// The kernel's page tables with lazy mode `L`.
-pub type KernelTables<'a, L> =
-    PageTables<'a, X86_64, KernelMemory, KernelBackend, L, PageTableFrames>;
+pub type KernelTables<'a, L> = PageTables<'a, KernelBackend, L, PageTableFrames>;
 
 static BACKEND: Global<KernelBackend> = Global::new();
 static LAZY: Global<KernelLazy> = Global::new();

@@ -210,6 +210,10 @@ impl<B: Backend> ContextSwitch for SmpBackend<B> {
 
 impl<B: Backend> Backend for SmpBackend<B> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
 }
 
 /// `arch_start_context_switch(prev)` (interrupts off).

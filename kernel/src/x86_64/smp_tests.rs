@@ -21,7 +21,7 @@ use lazymmu::backend::FlushScope;
 use lazymmu::mm::active_mm::LazyTlbStats;
 use lazymmu::mode::percpu::{PerCpu as PerCpuMode, PerCpuEnvironment};
 use lazymmu::mode::{Environment, LazyMode, LazyState, Misuse, MisusePolicy, Op};
-use lazymmu::pgtable::format::Attributes;
+use lazymmu::pgtable::format::{Attributes, Protection};
 use lazymmu::pgtable::gather::Gather;
 
 use crate::check::{Message, Outcome, Report};
@@ -347,7 +347,7 @@ fn shared_operation(cpu: usize, round: usize) -> Outcome {
         }
         1 => {
             tables
-                .protect(va, len, Attributes::user_data().read_only(), &mut gather)
+                .protect(va, len, Protection::read_only(), &mut gather)
                 .map_err(|e| message!("protect: {e:?}"))?;
         }
         2 => {
@@ -1269,7 +1269,7 @@ fn stress_task(index: usize) {
                         let _inner = lazy().section();
                         let mut gather = kernel_gather();
                         tables
-                            .protect(va, len, Attributes::kernel_data().read_only(), &mut gather)
+                            .protect(va, len, Protection::read_only(), &mut gather)
                             .map_err(|e| message!("protect: {e:?}"))?;
                     }
                     stress_expect(va.0, run, what(it))?;

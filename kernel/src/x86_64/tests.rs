@@ -209,17 +209,10 @@ fn zap_test() -> Outcome {
 }
 
 fn copy_test() -> Outcome {
-    let kernel = kernel_tables();
     let parent_root = paging::new_user_root().ok_or(message!("no root"))?;
     let child_root = paging::new_user_root().ok_or(message!("no root"))?;
-    // SAFETY: both roots were allocated from the page-table pool, which
-    // the kernel's tables reach.
-    let (parent, child) = unsafe {
-        (
-            kernel.with_root(parent_root, SpaceId(1)),
-            kernel.with_root(child_root, SpaceId(2)),
-        )
-    };
+    let parent = page_tables::tables_on(backend(), lazy(), parent_root, SpaceId(1));
+    let child = page_tables::tables_on(backend(), lazy(), child_root, SpaceId(2));
     let len = PAGES as u64 * FRAME;
     let run = data_run(PAGES)?;
     parent
@@ -236,19 +229,15 @@ fn copy_test() -> Outcome {
         // Writable in the parent, and cached so.
         write(USER_BASE + 16, 1)?;
         let mut gather = Gather::new(backend(), &TABLE_FRAMES, SpaceId(1), FlushScope::Local);
-        // SAFETY: the child root is a page-table pool frame, like the
-        // parent's.
-        let summary = unsafe {
-            parent.copy_to(
-                child_root,
-                SpaceId(2),
+        let summary = parent
+            .copy_to(
+                &child,
                 VirtAddr(USER_BASE),
                 len,
                 CopyKind::Private,
                 &mut gather,
             )
-        }
-        .map_err(|e| message!("copy: {e:?}"))?;
+            .map_err(|e| message!("copy: {e:?}"))?;
         drop(gather);
         ensure_eq!(summary.copied[0], PAGES as u64, "leaves copied");
         // Copy-on-write: the parent lost write access at once.

@@ -10,6 +10,10 @@ use lazymmu_sim::scenario::{BackendKind, DesignKind, ModeKind, RunResult, Worklo
 
 use crate::text::{ratio, Table};
 
+/// The line under every matrix.
+pub const LEGEND: &str =
+    "below 1.000 lazy sections save (0.250: a quarter of the eager cycles); above, they cost more";
+
 /// Marks a value whose run broke an invariant.
 pub const BROKEN: &str = "!";
 
@@ -151,18 +155,39 @@ pub fn ratio_of(results: &[RunResult], result: &RunResult) -> Option<f64> {
 /// # Errors
 /// I/O errors.
 pub fn write(out: &mut impl Write, matrix: &Matrix, title: &str, width: usize) -> Result<()> {
+    let rows = matrix.backends.iter().map(|&backend| {
+        let cells = matrix.workloads.iter().map(|&w| matrix.cell(backend, w));
+        (backend, cells.collect())
+    });
+    write_rows(
+        out,
+        title,
+        matrix.workloads.iter().map(|w| w.name()),
+        rows,
+        width,
+    )
+}
+
+/// Prints a lazy/eager table under `title`: a row per backend, a column
+/// per name in `columns`, each cell's [`Cell::label`] (empty where a run
+/// is missing), fitted to `width`.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_rows<'c>(
+    out: &mut impl Write,
+    title: &str,
+    columns: impl IntoIterator<Item = &'c str>,
+    rows: impl IntoIterator<Item = (BackendKind, Vec<Option<Cell>>)>,
+    width: usize,
+) -> Result<()> {
     writeln!(out, "{title}")?;
-    let mut table = Table::new(
-        std::iter::once("backend").chain(matrix.workloads.iter().map(|w| w.name())),
-        1,
-    );
-    for &backend in &matrix.backends {
-        let cells = matrix.workloads.iter().map(|&w| {
-            matrix
-                .cell(backend, w)
-                .map_or_else(String::new, |c| c.label())
-        });
-        table.row(std::iter::once(backend.name().to_owned()).chain(cells));
+    let mut table = Table::new(std::iter::once("backend").chain(columns), 1);
+    for (backend, cells) in rows {
+        let labels = cells
+            .iter()
+            .map(|c| c.map_or_else(String::new, |c| c.label()));
+        table.row(std::iter::once(backend.name().to_owned()).chain(labels));
     }
     table.write(out, width, "")?;
     Ok(())

@@ -10,6 +10,7 @@ mod costs;
 mod matrix;
 mod names;
 mod neighbours;
+mod trace;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -18,13 +19,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use lazymmu::backend::machine::MAX_BACKEND_CPUS;
+use lazymmu::cpu::MAX_CPUS;
+use lazymmu_sim::calibration::{Calibration, CalibrationErrorKind};
+use lazymmu_sim::kernel_work::KernelWork;
 use lazymmu_sim::run::{compare_designs, run as run_config, DesignReport};
 use lazymmu_sim::scenario::{
-    BackendKind, DesignKind, ModeKind, RunConfig, RunResult, WorkloadKind,
+    BackendKind, DesignKind, KernelWorkSource, ModeKind, RunConfig, RunResult, WorkloadKind,
 };
+use lazymmu_sim::side_by_side;
 use serde::Serialize;
 
-use crate::exit::{usage, FINDING, STATUSES};
+use crate::exit::{bad_input, usage, FINDING, STATUSES};
 use crate::progress::Progress;
 use crate::text::{output_width, ratio, thousands, wrap, Table};
 use costs::Override;
@@ -34,6 +40,8 @@ pub use names::ALL;
 const DEFAULT_PAGES: u64 = 4096;
 /// Simulated CPUs unless `--cpus` says otherwise.
 const DEFAULT_CPUS: u64 = 4;
+/// System calls each task makes unless `--calls` says otherwise.
+const DEFAULT_CALLS: u64 = 2;
 /// The scheduler's seed unless `--seed` says otherwise.
 const DEFAULT_SEED: u64 = 1;
 /// The lazy-mode design of the matrix unless `--design` says otherwise.
@@ -59,10 +67,34 @@ pub struct CompareArgs {
     #[arg(long, default_value_t = DEFAULT_PAGES,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub pages: u64,
-    /// Simulated CPUs.
+    /// Simulated CPUs: up to 64 for the page-table workloads, ctxswitch
+    /// and pgmap, up to 2048 for ctxswitch-bench (one socket of that many
+    /// cores on the x86 cost table; see --topology).
     #[arg(long, default_value_t = DEFAULT_CPUS,
-          value_parser = clap::value_parser!(u64).range(1..=64))]
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CPUS as u64))]
     pub cpus: u64,
+    /// The machine ctxswitch-bench runs on instead of --cpus:
+    /// SOCKETSxCORESxTHREADS on the x86 cost table (e.g. 8x28x2), or
+    /// power8-e880 (16x12x8, 1536 CPUs, the POWER8 of Linux 6.4's lazy-TLB
+    /// shootdown figures, on the powerpc cost table, printed next to those
+    /// figures) or xeon-8176 (8x28x2).
+    #[arg(long, value_name = "SHAPE")]
+    pub topology: Option<String>,
+    /// System calls each task of the matrix makes, each over --pages
+    /// pages.
+    #[arg(long, default_value_t = DEFAULT_CALLS,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub calls: u64,
+    /// Charge the kernel's own work around each system call from FILE (as
+    /// `lazymmu calibrate --output` writes it) instead of the calibration
+    /// shipped with lazymmu.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<PathBuf>,
+    /// Also print every published figure of lazy-MMU batching next to the
+    /// model's figure for the same configuration, and the factor between
+    /// them.
+    #[arg(long)]
+    pub published: bool,
     /// Seed of the scheduler's random choices.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
@@ -101,6 +133,14 @@ pub struct CompareArgs {
     /// Draw the chart to FILE as PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
+    /// Replay a program trace written by `lazymmu record` instead of the
+    /// built-in workloads: its calls, grouped by kind, are the matrix's
+    /// columns. Takes --backend, --design, --cpus and --cost.
+    #[arg(long, value_name = "FILE", conflicts_with_all = [
+        "workload", "pages", "policy", "processes", "kasan_read_back",
+        "detail", "json", "svg", "png", "max_memory", "seed",
+    ])]
+    pub trace: Option<PathBuf>,
     /// Refuse a run estimated to need more memory than SIZE (bytes, or
     /// with K, M or G). Default: half the memory available when the run
     /// starts.
@@ -133,7 +173,7 @@ impl Selection {
             .copied()
             .filter(|b| picked(&args.backend, b.name()))
             .collect();
-        let workloads = WorkloadKind::ALL
+        let workloads: Vec<WorkloadKind> = WorkloadKind::ALL
             .iter()
             .copied()
             .filter(|w| picked(&args.workload, w.name()))
@@ -143,16 +183,26 @@ impl Selection {
             .copied()
             .filter(|d| args.design == ALL || args.design == d.name())
             .collect();
+        if !workloads.is_empty() && args.cpus as usize > MAX_BACKEND_CPUS {
+            return Err(usage(format!(
+                "--cpus {}: the page-table workloads run on at most {MAX_BACKEND_CPUS} CPUs",
+                args.cpus
+            )));
+        }
         Ok(Self {
             backends,
             workloads,
             designs,
-            neighbours: neighbours::Selection::new(&args.workload, &args.policy)?,
+            neighbours: neighbours::Selection::new(
+                &args.workload,
+                &args.policy,
+                args.topology.as_deref(),
+            )?,
         })
     }
 
     /// The runs of the matrix, in table order.
-    fn configs(&self, args: &CompareArgs) -> Vec<RunConfig> {
+    fn configs(&self, args: &CompareArgs, kernel_work: &KernelWorkSource) -> Vec<RunConfig> {
         let mut configs = Vec::new();
         for &design in &self.designs {
             for &backend in &self.backends {
@@ -162,8 +212,10 @@ impl Selection {
                         cfg.design = design;
                         cfg.pages = args.pages;
                         cfg.cpus = args.cpus as usize;
+                        cfg.calls = args.calls;
                         cfg.seed = args.seed;
                         cfg.costs = args.cost.clone();
+                        cfg.kernel_work = kernel_work.clone();
                         cfg.read_back_without_pause = args.kasan_read_back;
                         configs.push(cfg);
                     }
@@ -179,6 +231,8 @@ impl Selection {
 pub struct Reproduce {
     pages: u64,
     cpus: u64,
+    calls: u64,
+    calibration: Option<PathBuf>,
     seed: u64,
     kasan_read_back: bool,
     costs: Vec<Override>,
@@ -189,6 +243,8 @@ impl Reproduce {
         Self {
             pages: args.pages,
             cpus: args.cpus,
+            calls: args.calls,
+            calibration: args.calibration.clone(),
             seed: args.seed,
             kasan_read_back: args.kasan_read_back,
             costs: args.cost.clone(),
@@ -206,6 +262,12 @@ impl Reproduce {
         if machine && self.cpus != DEFAULT_CPUS {
             text += &format!(" --cpus {}", self.cpus);
         }
+        if machine && self.calls != DEFAULT_CALLS {
+            text += &format!(" --calls {}", self.calls);
+        }
+        if let (true, Some(path)) = (machine, &self.calibration) {
+            text += &format!(" --calibration {}", path.display());
+        }
         if self.seed != DEFAULT_SEED {
             text += &format!(" --seed {}", self.seed);
         }
@@ -219,14 +281,18 @@ impl Reproduce {
     }
 
     /// The machine and the options that changed the matrix's runs, for
-    /// headings: `4 CPUs, 4,096 pages a task, seed 1; dsb=7`.
+    /// headings: `4 CPUs, 2 calls × 4,096 pages a task, seed 1; dsb=7`.
     pub fn describe(&self) -> String {
         let mut text = format!(
-            "{} CPUs, {} pages a task, seed {}",
+            "{} CPUs, {} calls × {} pages a task, seed {}",
             self.cpus,
+            self.calls,
             thousands(self.pages),
             self.seed
         );
+        if let Some(path) = &self.calibration {
+            text += &format!("; kernel work from {}", path.display());
+        }
         for c in &self.costs {
             text += &format!("; {}", costs::argument(c));
         }
@@ -280,6 +346,25 @@ impl Output {
     }
 }
 
+/// The kernel's own work the matrix charges: the shipped calibration, or
+/// the one `--calibration` names.
+///
+/// # Errors
+/// A file that cannot be read (an I/O failure naming it) or that is not a
+/// usable calibration (refused input naming it and what is wrong).
+fn kernel_work(args: &CompareArgs) -> Result<KernelWorkSource> {
+    let Some(path) = &args.calibration else {
+        return Ok(KernelWorkSource::Builtin);
+    };
+    match Calibration::load(path) {
+        Ok(calibration) => Ok(KernelWorkSource::Given(KernelWork::shared(&calibration))),
+        Err(error) if matches!(error.kind, CalibrationErrorKind::Read { .. }) => {
+            Err(anyhow::Error::new(error))
+        }
+        Err(error) => Err(bad_input(error)),
+    }
+}
+
 /// Runs `lazymmu compare`: exit status 0, or [`FINDING`] when an invariant
 /// was violated.
 ///
@@ -287,6 +372,9 @@ impl Output {
 /// Usage errors (a selection that cannot run, a run over the memory
 /// limit); I/O errors writing the outputs, naming the path.
 pub fn run(args: &CompareArgs) -> Result<ExitCode> {
+    if let Some(path) = &args.trace {
+        return trace::run(args, path);
+    }
     let selection = Selection::new(args)?;
     let charts = args.svg.is_some() || args.png.is_some();
     if charts && selection.workloads.is_empty() {
@@ -295,15 +383,17 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
              and --workload selects none of its workloads (only MM neighbours)",
         ));
     }
-    let configs = selection.configs(args);
+    let kernel_work = kernel_work(args)?;
+    let configs = selection.configs(args, &kernel_work);
     budget::check(&configs, &selection.neighbours, args)?;
     let svg = args.svg.as_deref().map(Output::create).transpose()?;
     let png = args.png.as_deref().map(Output::create).transpose()?;
 
     let design_runs = if configs.is_empty() { 0 } else { 3 };
     let neighbour_runs = selection.neighbours.runs(&args.processes);
+    let published_runs = usize::from(args.published);
     let progress = Progress::new(
-        (configs.len() + design_runs + neighbour_runs) as u64,
+        (configs.len() + design_runs + neighbour_runs + published_runs) as u64,
         "runs",
     );
     let mut results = Vec::with_capacity(configs.len());
@@ -333,6 +423,15 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         &args.cost,
         || progress.tick(),
     )?;
+    let published = args.published.then(|| {
+        progress.message("published figures");
+        let rows = side_by_side::compare(&side_by_side::Selection {
+            kernel_work: kernel_work.clone(),
+            ..side_by_side::Selection::default()
+        });
+        progress.tick();
+        rows
+    });
     drop(progress);
 
     let violations: u64 = results.iter().map(|r| r.violation_count).sum::<u64>()
@@ -342,7 +441,14 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
 
     let mut out = BufWriter::new(std::io::stdout().lock());
     if args.json {
-        write_json(&mut out, args, &results, &designs, &neighbour_rows)?;
+        write_json(
+            &mut out,
+            args,
+            &results,
+            &designs,
+            &neighbour_rows,
+            published.as_deref(),
+        )?;
     } else {
         let width = output_width();
         let screen = Screen {
@@ -350,6 +456,7 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
             results: &results,
             designs: &designs,
             neighbours: &neighbour_rows,
+            published: published.as_deref(),
             reproduce: &reproduce,
             width,
         };
@@ -381,6 +488,7 @@ struct Screen<'a> {
     results: &'a [RunResult],
     designs: &'a [DesignReport],
     neighbours: &'a [lazymmu_sim::neighbours::NeighbourRow],
+    published: Option<&'a [side_by_side::Comparison]>,
     reproduce: &'a Reproduce,
     width: usize,
 }
@@ -388,17 +496,20 @@ struct Screen<'a> {
 impl Screen<'_> {
     /// The screen, section by section: the headline, the runs in full when
     /// asked, the MM neighbours, the designs, and last the violations with
-    /// the commands that reproduce them. A table comparing the model with
-    /// published measurements belongs right under the headline, before the
-    /// detail.
+    /// the commands that reproduce them. The published figures next to
+    /// the model's (`--published`) come right under the headline.
     fn write(&self, out: &mut impl Write) -> Result<()> {
         self.write_headline(out)?;
+        if let Some(rows) = self.published {
+            write!(out, "\n{}", side_by_side::format_table(rows))?;
+        }
         if self.args.detail {
             self.write_runs(out)?;
             neighbours::write_detail(out, self.neighbours, self.width)?;
         } else {
             neighbours::write_summary(out, self.neighbours, self.width)?;
         }
+        neighbours::write_published(out, self.neighbours, self.width)?;
         self.write_designs(out)?;
         if !self.args.detail && !self.results.is_empty() {
             writeln!(
@@ -426,11 +537,7 @@ impl Screen<'_> {
             matrix::write(out, m, &title, self.width)?;
         }
         if !matrices.is_empty() {
-            writeln!(
-                out,
-                "below 1.000 lazy sections save (0.250: a quarter of the eager cycles); \
-                 above, they cost more"
-            )?;
+            writeln!(out, "{}", matrix::LEGEND)?;
         }
         let broken = self.results.iter().any(|r| r.violation_count > 0)
             || self.neighbours.iter().any(|r| r.violations > 0);
@@ -608,6 +715,9 @@ struct JsonRow {
     cycles: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     lazy_eager: Option<f64>,
+    /// System calls the run made (every task's): counts per call are
+    /// `counts / calls`.
+    calls: u64,
     pte_updates: u64,
     violations: u64,
 }
@@ -637,12 +747,36 @@ fn counts_map(
 /// One JSON document: the options, a row per run (matrix runs with
 /// `lazy_eager` on their lazy rows; neighbour runs with their `policy`),
 /// and the designs.
+/// One published figure and the model's, for `--json`.
+fn json_published(row: &side_by_side::Comparison) -> serde_json::Value {
+    let record = row.record;
+    let mut value = serde_json::json!({
+        "source": record.source.title,
+        "url": record.source.url,
+        "machine": record.machine,
+        "workload": record.workload,
+        "kernel": record.kernel,
+        "compared": record.compared,
+        "published": record.figure,
+    });
+    match &row.model {
+        Ok(model) => {
+            value["model"] = model.text.clone().into();
+            value["factor"] = model.factor.into();
+            value["configuration"] = model.configuration.clone().into();
+        }
+        Err(side_by_side::NotModelled(why)) => value["not_modelled"] = (*why).into(),
+    }
+    value
+}
+
 fn write_json(
     out: &mut impl Write,
     args: &CompareArgs,
     results: &[RunResult],
     designs: &[DesignReport],
     neighbour_rows: &[lazymmu_sim::neighbours::NeighbourRow],
+    published: Option<&[side_by_side::Comparison]>,
 ) -> Result<()> {
     let mut rows: Vec<serde_json::Value> = results
         .iter()
@@ -657,6 +791,7 @@ fn write_json(
                 lazy_eager: (r.mode == ModeKind::Lazy)
                     .then(|| matrix::ratio_of(results, r))
                     .flatten(),
+                calls: r.calls,
                 pte_updates: r.pte_updates,
                 violations: r.violation_count,
             })
@@ -681,10 +816,14 @@ fn write_json(
         "seed": args.seed,
         "pages": args.pages,
         "cpus": args.cpus,
+        "calls": args.calls,
         "rows": rows,
     });
     if !designs.is_empty() {
         doc["designs"] = serde_json::to_value(designs)?;
+    }
+    if let Some(published) = published {
+        doc["published"] = published.iter().map(json_published).collect();
     }
     serde_json::to_writer_pretty(&mut *out, &doc)?;
     writeln!(out)?;

@@ -7,7 +7,7 @@
 //! (the tests check every one).
 
 use clap::builder::{PossibleValue, PossibleValuesParser};
-use lazymmu_sim::cost::{Cost, Primitive, Software};
+use lazymmu_sim::cost::{Cost, Distance, Primitive, Software};
 use lazymmu_sim::neighbours::NeighbourWorkload;
 use lazymmu_sim::scenario::{BackendKind, DesignKind, WorkloadKind};
 
@@ -108,10 +108,13 @@ pub fn cost_about(cost: Cost) -> &'static str {
                 "a trap into the hypervisor (Xen mmu_update, mmuext_op, multicall)"
             }
             Primitive::MulticallEntry => "one entry of a Xen multicall batch",
+            Primitive::MmuUpdate => "one Xen mmu_update request, validated and applied",
+            Primitive::EmulatedWrite => "a write to a pinned Xen table, trapped and emulated",
             Primitive::Dsb => "an arm64 dsb barrier (or powerpc ptesync; tlbsync)",
             Primitive::Isb => "an arm64 isb (pipeline synchronisation)",
             Primitive::HashInvalidate => "one powerpc hash-page-table entry invalidation",
             Primitive::Ipte => "one s390 IPTE instruction, single or multi-entry",
+            Primitive::IpteLocal => "one s390 IPTE with local scope: this CPU only",
             Primitive::Tlbi => {
                 "one TLB invalidation broadcast by hardware (arm64 tlbi, sparc64 demap)"
             }
@@ -121,7 +124,6 @@ pub fn cost_about(cost: Cost) -> &'static str {
             Primitive::KeyWrite => "a write of the protection-key register (PKRS, POR_EL1)",
             Primitive::PteWrite => "a store of one page-table entry",
             Primitive::RootLoad => "a load of a page-table root (mov cr3, msr ttbr0_el1)",
-            Primitive::LineTransfer => "a cache line moving between CPUs",
         },
         Cost::Software(s) => match s {
             Software::ContextSwitch => "the scheduler's own part of a context switch",
@@ -129,6 +131,25 @@ pub fn cost_about(cost: Cost) -> &'static str {
             Software::GenerationCheck => "a generation compare at context switch",
             Software::TableAlloc => "allocating and zeroing a page-table page",
             Software::EntryCopy => "the cache miss of copying a kernel top-level entry",
+            Software::ForkCall => "fork's own work per call, measured (copy_process)",
+            Software::ForkPage => "fork's own work per page copied, measured",
+            Software::ExitCall => "exit's own work per call, measured (do_exit, exit_mmap)",
+            Software::ExitPage => "exit's own work per page unmapped, measured",
+            Software::MunmapCall => "munmap's own work per call, measured (VMA split)",
+            Software::MunmapPage => "munmap's own work per page, measured (rmap, free)",
+            Software::MprotectCall => "mprotect's own work per call, measured (mprotect_fixup)",
+            Software::MprotectPage => "mprotect's own work per page changed, measured",
+            Software::MremapCall => "mremap's own work per call, measured (move_vma)",
+            Software::MremapPage => "mremap's own work per page moved, measured",
+            Software::VmallocCall => "vmalloc's own work per call, derived from a measured call",
+            Software::VmallocPage => "vmalloc's own work per page, derived from a measured call",
+            Software::VfreeCall => "vfree's own work per call, derived from a measured call",
+            Software::VfreePage => "vfree's own work per page, derived from a measured call",
+        },
+        Cost::Line(d) => match d {
+            Distance::SmtSibling => "a cache line moving between SMT siblings of one core",
+            Distance::SameSocket => "a cache line moving between cores of one socket",
+            Distance::OtherSocket => "a cache line moving between sockets",
         },
     }
 }

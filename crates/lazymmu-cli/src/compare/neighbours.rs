@@ -1,13 +1,21 @@
 //! The MM neighbours in `lazymmu compare`: `--workload
 //! ctxswitch|ctxswitch-bench|vmalloc-grow|pgmap` under `--policy`, run on
 //! the simulator's neighbour models. On the screen each mechanism gets one
-//! compact table of cycles relative to its first policy; `--detail` adds
-//! every row's cycles and counts; JSON rows say which policy ran.
+//! compact table of cycles relative to its first policy, and
+//! `ctxswitch-bench` on a machine with published figures (`--topology
+//! power8-e880`) its switch rates next to them; `--detail` adds every
+//! row's cycles and counts; JSON rows say which policy ran on which
+//! machine.
 
 use std::io::Write;
 
 use anyhow::Result;
-use lazymmu_sim::neighbours::{run_named, NeighbourRow, NeighbourWorkload};
+use lazymmu_sim::cost::Platform;
+use lazymmu_sim::machine::topology::{named_machine, parse_machine, POWER8_E880};
+use lazymmu_sim::machine::Topology;
+use lazymmu_sim::neighbours::ctxswitch::published_rates;
+use lazymmu_sim::neighbours::lazy_tlb_name;
+use lazymmu_sim::neighbours::{run_named, run_switch_benchmark, NeighbourRow, NeighbourWorkload};
 
 use super::costs::Override;
 use super::matrix::BROKEN;
@@ -24,6 +32,9 @@ pub struct Selection {
     /// The policies asked for, or `None` for every policy of each
     /// workload.
     pub policies: Option<Vec<String>>,
+    /// The machine `ctxswitch-bench` runs on instead of `--cpus`
+    /// (`--topology`): its name as given, its shape and its cost table.
+    pub machine: Option<(String, Topology, Platform)>,
 }
 
 impl Selection {
@@ -32,8 +43,16 @@ impl Selection {
     ///
     /// # Errors
     /// A usage error when a policy is named that no selected workload
-    /// has.
-    pub fn new(workloads: &[String], policies: &[String]) -> Result<Self> {
+    /// has, or `topology` is not a machine.
+    pub fn new(workloads: &[String], policies: &[String], topology: Option<&str>) -> Result<Self> {
+        let machine = match topology {
+            Some(text) => {
+                let (shape, platform) =
+                    parse_machine(text).map_err(|e| usage(format!("--topology {e}")))?;
+                Some((text.trim().to_owned(), shape, platform))
+            }
+            None => None,
+        };
         let all = workloads.iter().any(|w| w == ALL);
         let workloads: Vec<NeighbourWorkload> = NeighbourWorkload::ALL
             .into_iter()
@@ -43,6 +62,7 @@ impl Selection {
             return Ok(Self {
                 workloads,
                 policies: None,
+                machine,
             });
         }
         for policy in policies {
@@ -65,6 +85,7 @@ impl Selection {
         Ok(Self {
             workloads,
             policies: Some(policies.to_vec()),
+            machine,
         })
     }
 
@@ -127,7 +148,20 @@ pub fn run(
     for &workload in &selection.workloads {
         for size in sizes(workload, processes, cpus) {
             for policy in selection.policies(workload) {
-                rows.push(run_named(workload, policy, size, seed, overrides).map_err(usage)?);
+                let row = match &selection.machine {
+                    Some((name, topology, platform))
+                        if workload == NeighbourWorkload::CtxswitchBench =>
+                    {
+                        run_switch_benchmark(policy, *topology, *platform, seed, overrides).map(
+                            |mut row| {
+                                row.machine = Some(name.clone());
+                                row
+                            },
+                        )
+                    }
+                    _ => run_named(workload, policy, size, seed, overrides),
+                };
+                rows.push(row.map_err(usage)?);
                 done();
             }
         }
@@ -139,9 +173,17 @@ pub fn run(
 fn size_label(row: &NeighbourRow) -> String {
     if row.workload == NeighbourWorkload::VmallocGrow.name() {
         format!("{} processes", thousands(row.processes as u64))
+    } else if let Some(machine) = &row.machine {
+        format!("{machine}, {} CPUs", thousands(row.cpus as u64))
     } else {
         format!("{} CPUs", row.cpus)
     }
+}
+
+/// What makes rows comparable: the same workload at the same size on the
+/// same machine.
+fn same_run(a: &NeighbourRow, b: &NeighbourRow) -> bool {
+    (a.workload, a.cpus, a.processes, &a.machine) == (b.workload, b.cpus, b.processes, &b.machine)
 }
 
 fn workload_of(row: &NeighbourRow) -> Option<NeighbourWorkload> {
@@ -186,20 +228,16 @@ pub fn write_summary(out: &mut impl Write, rows: &[NeighbourRow], width: usize) 
             std::iter::once(mechanism.to_owned()).chain(policies.iter().map(|p| p.to_string())),
             1,
         );
-        let mut keys: Vec<(&str, usize, usize)> = Vec::new();
+        let mut keys: Vec<&NeighbourRow> = Vec::new();
         for row in &group {
-            let key = (row.workload, row.cpus, row.processes);
-            if !keys.contains(&key) {
-                keys.push(key);
+            if !keys.iter().any(|k| same_run(k, row)) {
+                keys.push(row);
             }
         }
         for key in keys {
-            let same: Vec<&&NeighbourRow> = group
-                .iter()
-                .filter(|r| (r.workload, r.cpus, r.processes) == key)
-                .collect();
+            let same: Vec<&&NeighbourRow> = group.iter().filter(|r| same_run(r, key)).collect();
             let base = same.first().map_or(0, |r| r.cycles);
-            let label = format!("  {}, {}", key.0, size_label(same[0]));
+            let label = format!("  {}, {}", key.workload, size_label(key));
             let cells = policies.iter().map(|p| {
                 let Some(r) = same.iter().find(|r| r.policy == *p) else {
                     return String::new();
@@ -232,11 +270,7 @@ pub fn write_detail(out: &mut impl Write, rows: &[NeighbourRow], width: usize) -
     }
     writeln!(out, "\nMM neighbours, every run:")?;
     for row in rows {
-        let key = (row.workload, row.cpus, row.processes);
-        let first = rows
-            .iter()
-            .find(|r| (r.workload, r.cpus, r.processes) == key)
-            .unwrap_or(row);
+        let first = rows.iter().find(|r| same_run(r, row)).unwrap_or(row);
         let relative = if first.cycles > 0 {
             ratio(row.cycles as f64 / first.cycles as f64)
         } else {
@@ -273,6 +307,7 @@ pub fn json_rows(rows: &[NeighbourRow]) -> Vec<serde_json::Value> {
             serde_json::json!({
                 "workload": row.workload,
                 "policy": row.policy,
+                "machine": row.machine,
                 "cpus": row.cpus,
                 "processes": row.processes,
                 "counts": row.counts,
@@ -291,6 +326,8 @@ pub fn reproduce(row: &NeighbourRow, common: &Reproduce) -> String {
     );
     if row.workload == NeighbourWorkload::VmallocGrow.name() {
         command += &format!(" --processes {}", row.processes);
+    } else if let Some(machine) = &row.machine {
+        command += &format!(" --topology {machine}");
     } else {
         command += &format!(" --cpus {}", row.cpus);
     }
@@ -322,4 +359,113 @@ pub fn write_violations(
         }
     }
     Ok(())
+}
+
+/// Under the lazy-TLB table: `ctxswitch-bench`'s switches per second on
+/// each machine figures were published for (`--topology power8-e880`),
+/// next to the published figures and the factor between them. The model's
+/// constants were not chosen by looking at these (README, "Lazy TLB at
+/// scale", says why they differ).
+///
+/// # Errors
+/// I/O errors.
+pub fn write_published(out: &mut impl Write, rows: &[NeighbourRow], width: usize) -> Result<()> {
+    let bench = NeighbourWorkload::CtxswitchBench.name();
+    let on_cpus = rows
+        .iter()
+        .any(|r| r.workload == bench && r.machine.is_none());
+    if on_cpus {
+        writeln!(
+            out,
+            "\n{bench} against the published POWER8 rates: --topology {}",
+            POWER8_E880.name
+        )?;
+    }
+    let mut machines: Vec<&str> = Vec::new();
+    for row in rows.iter().filter(|r| r.workload == bench) {
+        if let Some(machine) = row.machine.as_deref() {
+            if !machines.contains(&machine) {
+                machines.push(machine);
+            }
+        }
+    }
+    for name in machines {
+        let Some(machine) = named_machine(name) else {
+            continue;
+        };
+        let published = published_rates(machine);
+        let Some(&(_, first)) = published.first() else {
+            continue;
+        };
+        let rate = |policy: &str| {
+            rows.iter()
+                .find(|r| {
+                    r.workload == bench && r.machine.as_deref() == Some(name) && r.policy == policy
+                })
+                .and_then(|r| r.counts.get("switches_per_second").copied())
+        };
+        writeln!(
+            out,
+            "\n{bench} on {name} ({}, {} CPUs): switches per second, model and published",
+            machine.topology,
+            thousands(machine.topology.cpus() as u64),
+        )?;
+        let mut table = Table::new(
+            ["policy", "model switches/s", "published", "model/published"],
+            1,
+        );
+        let mut pair = Vec::new();
+        for &(policy, figure) in &published {
+            let value = figure.parse().map(|f| f.value).ok();
+            let model = rate(lazy_tlb_name(policy));
+            pair.push((model, value));
+            table.row([
+                lazy_tlb_name(policy).to_owned(),
+                model.map_or_else(|| "not run".to_owned(), thousands),
+                figure.figure.to_owned(),
+                match (model, value) {
+                    (Some(m), Some(v)) if v > 0.0 => factor(m as f64 / v),
+                    _ => "-".to_owned(),
+                },
+            ]);
+        }
+        // The two policies against each other, as the figures were
+        // published: shootdown's rate over refcount's.
+        if let [(Some(m0), Some(p0)), (Some(m1), Some(p1))] = pair[..] {
+            if m0 > 0 && p0 > 0.0 {
+                let model = m1 as f64 / m0 as f64;
+                let hardware = p1 / p0;
+                table.row([
+                    format!(
+                        "{}/{}",
+                        lazy_tlb_name(published[1].0),
+                        lazy_tlb_name(published[0].0)
+                    ),
+                    factor(model),
+                    format!("about {}", factor(hardware)),
+                    factor(model / hardware),
+                ]);
+            }
+        }
+        table.write(out, width, "  ")?;
+        let source = first.source;
+        writeln!(
+            out,
+            "  published for a {}:\n    {}, \"{}\", {}\n    {}",
+            first.machine, source.author, source.title, source.date, first.workload
+        )?;
+    }
+    Ok(())
+}
+
+/// A factor between two rates, with the digits that mean something:
+/// `1.94`, `22.4`, `1,357`.
+fn factor(value: f64) -> String {
+    if value >= 100.0 {
+        thousands(value.round() as u64)
+    } else if value >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
 }

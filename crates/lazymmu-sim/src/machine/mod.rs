@@ -15,11 +15,14 @@
 //! Both `lazymmu compare` (seeded random choices) and `lazymmu check` (the
 //! explorer) run this machine.
 
+pub(crate) mod online;
 pub mod primitives;
 pub mod sched;
+pub mod timeline;
+pub mod topology;
 
 use core::cell::{Cell, RefCell};
-use core::hash::Hasher;
+use core::hash::{BuildHasherDefault, Hasher};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -32,6 +35,7 @@ use lazymmu::mm::{LineAccess, LineState, SharedLine};
 use lazymmu::mode::LazyState;
 
 pub use primitives::{tables_under, walk, SimCpu, SimEnv, SimFrames, SimMemory};
+pub use topology::{Distance, Topology};
 
 use crate::choice::{Chooser, Sequential};
 use crate::cost::{Cost, CostModel, Counts, Platform, Primitive};
@@ -39,6 +43,7 @@ use crate::events::{Event, EventKind, EventRing};
 use crate::invariant::{Invariant, Violation};
 use crate::memory::PhysMemory;
 use crate::tlb::{Tlb, TlbEntry};
+use online::OnlineCpus;
 
 /// How the key register decides whether a page-table page may be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +92,17 @@ pub struct HardwareModel {
     pub table_key: u8,
     /// The key register value each CPU starts with and exceptions load.
     pub default_key: u64,
+    /// arm64 FEAT_TLBIRANGE: `tlbi rvae1is` and friends invalidate a range
+    /// of pages in one instruction (`system_supports_tlb_range()`).
+    pub tlb_range: bool,
+    /// powerpc hash MMU: the first access to a page inserts a hash-table
+    /// entry and sets `H_PAGE_HASHPTE` in its PTE (`__hash_page_4K`).
+    pub hash_ptes: bool,
+    /// The hardware walks the page tables and its walk caches depend on
+    /// the table pages (x86, arm64, s390); sparc64's TLB is filled by
+    /// software from the TSB and powerpc's from the hash table, so their
+    /// cached translations do not keep table pages in use.
+    pub walk_caches: bool,
 }
 
 impl HardwareModel {
@@ -98,6 +114,9 @@ impl HardwareModel {
         flush_on_switch: false,
         table_key: 0,
         default_key: 0,
+        tlb_range: false,
+        hash_ptes: false,
+        walk_caches: true,
     };
 }
 
@@ -175,6 +194,9 @@ pub struct Faults {
 pub struct MachineConfig {
     /// Number of CPUs.
     pub cpus: usize,
+    /// How the CPUs sit (threads, cores, sockets): what a cache-line
+    /// transfer between two of them costs. Holds `cpus` CPUs.
+    pub topology: Topology,
     /// Frames of physical memory for page tables.
     pub frames: u32,
     /// Address spaces the machine can hold (`SpaceId` 0 is the kernel's).
@@ -203,8 +225,10 @@ pub struct MachineConfig {
 impl MachineConfig {
     /// A configuration for `cpus` CPUs on `platform` with plain hardware.
     pub fn new(cpus: usize, platform: Platform) -> Self {
+        let cpus = cpus.clamp(1, lazymmu::cpu::MAX_CPUS);
         Self {
-            cpus: cpus.clamp(1, lazymmu::cpu::MAX_CPUS),
+            cpus,
+            topology: Topology::flat(cpus),
             frames: 4096,
             spaces: 16,
             tasks: 16,
@@ -216,6 +240,14 @@ impl MachineConfig {
             offers: Offers::COMPARE,
             faults: Faults::default(),
             stack_bytes: 1 << 20,
+        }
+    }
+
+    /// A configuration for the CPUs of `topology` on `platform`.
+    pub fn with_topology(topology: Topology, platform: Platform) -> Self {
+        Self {
+            topology,
+            ..Self::new(topology.cpus(), platform)
         }
     }
 }
@@ -248,6 +280,11 @@ pub trait Kernel {
     fn exception_exit(&self) {}
     /// The interrupt handler.
     fn interrupt(&self) {}
+    /// A page-table page was just allocated (`allocated`) or is about to
+    /// be freed (`pagetable_alloc`, `pagetable_free`).
+    fn page_table_page(&self, frame: PhysAddr, allocated: bool) {
+        let _ = (frame, allocated);
+    }
     /// Runs `task`'s next unit of work; false when it has none left.
     fn run_unit(&self, task: usize) -> bool;
     /// `task` has done all its work (checks that nothing it deferred was
@@ -331,6 +368,38 @@ pub(crate) struct CpuState {
     pub(crate) invalidations: RefCell<Vec<u64>>,
     /// Cycles of work done on this CPU.
     pub(crate) work: Cell<u64>,
+    /// This CPU's time: its work, plus the cycles it waited for a cache
+    /// line or for another CPU to wake it.
+    pub(crate) clock: Cell<u64>,
+    /// The lazy-TLB state of the CPU (`cpu_tlbstate`).
+    pub(crate) lazy_tlb: CpuTlbState,
+    /// The protection-key window state of the CPU.
+    pub(crate) keys: CpuKeyState,
+}
+
+impl CpuState {
+    /// CPU `cpu` as it boots: its idle task (task `cpu`) current, the
+    /// kernel's space loaded, an empty TLB of `tlb_entries`, the key
+    /// register at `default_key`.
+    pub(crate) fn boot(cpu: usize, tlb_entries: usize, default_key: u64) -> Self {
+        Self {
+            current: Cell::new(cpu),
+            preempted: RefCell::new(Vec::new()),
+            loaded: Cell::new(SpaceId::KERNEL),
+            lazy: Cell::new(LazyState::IDLE),
+            irq_depth: Cell::new(0),
+            preempt: Cell::new(0),
+            key: Cell::new(default_key),
+            tlb: RefCell::new(Tlb::new(tlb_entries)),
+            pending: RefCell::new(Vec::new()),
+            stale_invalid: RefCell::new(Vec::new()),
+            invalidations: RefCell::new(Vec::new()),
+            work: Cell::new(0),
+            clock: Cell::new(0),
+            lazy_tlb: CpuTlbState::new(),
+            keys: CpuKeyState::new(),
+        }
+    }
 }
 
 /// A translation the walker found.
@@ -338,6 +407,8 @@ pub(crate) struct CpuState {
 pub struct Leaf {
     /// The leaf entry.
     pub entry: u64,
+    /// Where the leaf entry is.
+    pub at: PhysAddr,
     /// log2 of the page size.
     pub shift: u32,
     /// Global (not tagged with an address space).
@@ -361,9 +432,7 @@ pub enum Access {
 pub struct Machine {
     config: MachineConfig,
     memory: PhysMemory,
-    cpus: Box<[CpuState]>,
-    cpu_tlb: Box<[CpuTlbState]>,
-    cpu_keys: Box<[CpuKeyState]>,
+    cpus: OnlineCpus,
     tasks: RefCell<Vec<Task>>,
     task_mm: Box<[TaskMm]>,
     task_keys: Box<[TaskKeyState]>,
@@ -374,6 +443,10 @@ pub struct Machine {
     counts: Counts,
     disturbance_counts: Counts,
     disturbing: Cell<u32>,
+    /// Per task: nesting depth of work that is not charged at all (a
+    /// workload's preparation between measured calls). Per task, since a
+    /// task preempted in the middle of it must not take it to another.
+    uncounted: Box<[Cell<u32>]>,
     events: RefCell<EventRing>,
     violations: RefCell<Vec<Violation>>,
     violation_count: Cell<u64>,
@@ -382,11 +455,67 @@ pub struct Machine {
     kernel_root: Cell<PhysAddr>,
     is_kernel_va: Cell<fn(u64) -> bool>,
     pending_stores: Cell<usize>,
-    lines: RefCell<HashMap<SharedLine, LineState>>,
-    line_transfers: RefCell<HashMap<SharedLine, u64>>,
+    lines: RefCell<HashMap<SharedLine, Line, BuildHasherDefault<LineHasher>>>,
+    line_waits: Cell<u64>,
+    stcx_failures: Cell<u64>,
+    timeline: timeline::Timeline,
     table_finder: Cell<Option<TableFinder>>,
     unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
+    /// Per space: s390's `mm->context.flush_mm`.
+    flush_mm: Box<[Cell<bool>]>,
+    /// Per space: Xen PV page tables unpinned (writable to the guest).
+    unpinned: Box<[Cell<bool>]>,
+    /// The disturbance depth saved by each open `deferred_begin`.
+    deferred: RefCell<Vec<u32>>,
     sched: sched::Scheduler,
+}
+
+/// A cache line other CPUs share, as the coherence fabric sees it.
+#[derive(Clone, Copy, Debug)]
+struct Line {
+    /// Who holds it (`None`: no cache yet).
+    state: Option<LineState>,
+    /// When the last exclusive transfer of the line completes: a later
+    /// read or write waits for it (the line's queue).
+    busy_until: u64,
+    /// Stores to the line so far: a store-conditional fails when this moved
+    /// since its load-reserve.
+    version: u64,
+    /// Transfers of the line so far.
+    transfers: u64,
+}
+
+/// A fast hash for the few shared lines a run touches (the multiply-rotate
+/// of rustc's FxHasher): every line access looks one up.
+#[derive(Default)]
+struct LineHasher(u64);
+
+impl Hasher for LineHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn write_isize(&mut self, n: isize) {
+        self.write_u64(n as u64);
+    }
 }
 
 /// Page-table frames detached from a space and not yet freed, and each
@@ -407,22 +536,7 @@ impl Machine {
     /// A machine with every CPU running its idle task and no other task.
     pub fn new(config: MachineConfig) -> Self {
         let cpus = config.cpus;
-        let cpu_states = (0..cpus)
-            .map(|cpu| CpuState {
-                current: Cell::new(cpu),
-                preempted: RefCell::new(Vec::new()),
-                loaded: Cell::new(SpaceId::KERNEL),
-                lazy: Cell::new(LazyState::IDLE),
-                irq_depth: Cell::new(0),
-                preempt: Cell::new(0),
-                key: Cell::new(config.hardware.default_key),
-                tlb: RefCell::new(Tlb::new(config.tlb_entries)),
-                pending: RefCell::new(Vec::new()),
-                stale_invalid: RefCell::new(Vec::new()),
-                invalidations: RefCell::new(Vec::new()),
-                work: Cell::new(0),
-            })
-            .collect();
+        let cpu_states = OnlineCpus::new(cpus, config.tlb_entries, config.hardware.default_key);
         let task_slots = cpus + config.tasks;
         let idle = (0..cpus)
             .map(|cpu| Task {
@@ -442,8 +556,6 @@ impl Machine {
         Self {
             memory: PhysMemory::new(config.frames),
             cpus: cpu_states,
-            cpu_tlb: (0..cpus).map(|_| CpuTlbState::new()).collect(),
-            cpu_keys: (0..cpus).map(|_| CpuKeyState::new()).collect(),
             tasks: RefCell::new(idle),
             task_mm: (0..task_slots).map(|_| TaskMm::kernel_thread()).collect(),
             task_keys: (0..task_slots).map(|_| TaskKeyState::new()).collect(),
@@ -462,6 +574,7 @@ impl Machine {
             counts: Counts::default(),
             disturbance_counts: Counts::default(),
             disturbing: Cell::new(0),
+            uncounted: (0..task_slots).map(|_| Cell::new(0)).collect(),
             events: RefCell::new(EventRing::new(config.event_ring)),
             violations: RefCell::new(Vec::new()),
             violation_count: Cell::new(0),
@@ -470,10 +583,15 @@ impl Machine {
             kernel_root: Cell::new(PhysAddr(0)),
             is_kernel_va: Cell::new(|va| va >> 63 != 0),
             pending_stores: Cell::new(0),
-            lines: RefCell::new(HashMap::new()),
-            line_transfers: RefCell::new(HashMap::new()),
+            lines: RefCell::new(HashMap::default()),
+            line_waits: Cell::new(0),
+            stcx_failures: Cell::new(0),
+            timeline: timeline::Timeline::new(),
             table_finder: Cell::new(None),
             unlinked: RefCell::new(HashMap::new()),
+            flush_mm: (0..spaces).map(|_| Cell::new(false)).collect(),
+            unpinned: (0..spaces).map(|_| Cell::new(false)).collect(),
+            deferred: RefCell::new(Vec::new()),
             sched: sched::Scheduler::new(task_slots),
             config,
         }
@@ -533,7 +651,8 @@ impl Machine {
 
     /// Makes `cpu` the running CPU (the driver's own code between units).
     pub fn set_cpu(&self, cpu: CpuId) {
-        self.current.set(CpuId::new(cpu.index() % self.cpus.len()));
+        self.current
+            .set(CpuId::new(cpu.index() % self.cpus.possible()));
     }
 
     /// Physical memory.
@@ -566,22 +685,67 @@ impl Machine {
         r
     }
 
+    /// Runs `f` without charging anything it does: a workload's
+    /// preparation between the calls it measures (mapping the pages a
+    /// call will unmap, tearing a fork's child down).
+    pub fn uncounted<R>(&self, f: impl FnOnce() -> R) -> R {
+        let task = self.current_task();
+        let u = &self.uncounted[task];
+        u.set(u.get() + 1);
+        let r = f();
+        let u = &self.uncounted[task];
+        u.set(u.get() - 1);
+        r
+    }
+
     /// Modelled cycles so far.
     pub fn cycles(&self) -> u64 {
         self.config.cost.total(&self.counts)
     }
 
+    /// Modelled cycles of the disturbances the scheduler injected.
+    pub fn disturbance_cycles(&self) -> u64 {
+        self.config.cost.total(&self.disturbance_counts)
+    }
+
     /// Cycles of work each CPU did (interrupt work included).
     pub fn cpu_work(&self) -> Vec<u64> {
-        self.cpus.iter().map(|c| c.work.get()).collect()
+        (0..self.cpus.possible())
+            .map(|i| self.cpus.peek(i).map_or(0, |c| c.work.get()))
+            .collect()
+    }
+
+    /// The time of `cpu`: its work plus its waits for lines and wake-ups.
+    pub fn clock_of(&self, cpu: CpuId) -> u64 {
+        self.cpus.peek(cpu.index()).map_or(0, |c| c.clock.get())
+    }
+
+    /// The time the machine has run: the latest CPU clock.
+    pub fn elapsed(&self) -> u64 {
+        self.cpus
+            .iter()
+            .map(|(_, c)| c.clock.get())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Cycles CPUs spent waiting for a line another CPU's transfer held.
+    pub fn line_wait_cycles(&self) -> u64 {
+        self.line_waits.get()
+    }
+
+    /// Store-conditionals that failed because another CPU stored to the
+    /// line after the load-reserve (platforms whose atomics retry).
+    pub fn stcx_failures(&self) -> u64 {
+        self.stcx_failures.get()
     }
 
     /// The most transfers any one shared line made.
     pub fn hottest_line_transfers(&self) -> u64 {
-        self.line_transfers
+        self.lines
             .borrow()
             .values()
-            .copied()
+            .map(|l| l.transfers)
             .max()
             .unwrap_or(0)
     }
@@ -590,24 +754,31 @@ impl Machine {
     /// lazy flags.
     pub fn line_transfers_by_kind(&self) -> [u64; 3] {
         let mut kinds = [0; 3];
-        for (line, n) in self.line_transfers.borrow().iter() {
+        for (line, l) in self.lines.borrow().iter() {
             kinds[match line {
                 SharedLine::SpaceCount(_) => 0,
                 SharedLine::SpaceCpumask(_) => 1,
                 SharedLine::CpuLazy(_) => 2,
-            }] += n;
+            }] += l.transfers;
         }
         kinds
     }
 
-    /// Resets the counts (after a setup stage).
+    /// Resets the counts and the clocks (after a setup stage); where the
+    /// lines are stays.
     pub fn clear_counts(&self) {
         self.counts.clear();
         self.disturbance_counts.clear();
-        for c in self.cpus.iter() {
+        for (_, c) in self.cpus.iter() {
             c.work.set(0);
+            c.clock.set(0);
         }
-        self.line_transfers.borrow_mut().clear();
+        for line in self.lines.borrow_mut().values_mut() {
+            line.transfers = 0;
+            line.busy_until = 0;
+        }
+        self.line_waits.set(0);
+        self.stcx_failures.set(0);
     }
 
     // ----- tasks, spaces and CPUs -----------------------------------------
@@ -626,7 +797,7 @@ impl Machine {
     /// # Panics
     /// When the machine's task slots are used up.
     pub fn add_task(&self, name: &str, space: SpaceId, cpu: CpuId, work: bool) -> usize {
-        let cpu = CpuId::new(cpu.index() % self.cpus.len());
+        let cpu = CpuId::new(cpu.index() % self.cpus.possible());
         let mut tasks = self.tasks.borrow_mut();
         let id = tasks.len();
         assert!(
@@ -736,32 +907,38 @@ impl Machine {
 
     #[inline]
     pub(crate) fn cpu_state(&self, cpu: CpuId) -> &CpuState {
-        &self.cpus[cpu.index()]
+        self.cpus.get(cpu.index())
     }
 
     #[inline]
     fn here(&self) -> &CpuState {
-        &self.cpus[self.current.get().index()]
+        self.cpus.get(self.current.get().index())
     }
 
-    /// Number of CPUs.
+    /// Number of CPUs (the possible CPUs: the topology's).
     pub fn cpu_count(&self) -> usize {
-        self.cpus.len()
+        self.cpus.possible()
+    }
+
+    /// CPUs that have run (come online): the ones whose state the machine
+    /// holds. A possible CPU that never ran costs an empty slot.
+    pub fn online_cpus(&self) -> usize {
+        self.cpus.online()
     }
 
     /// Every CPU.
     pub fn all_cpus(&self) -> CpuMask {
-        CpuMask::first(self.cpus.len())
+        CpuMask::first(self.cpus.possible())
     }
 
-    /// The lazy-TLB state of `cpu`.
+    /// The lazy-TLB state of `cpu` (bringing it online).
     pub fn cpu_tlb_state(&self, cpu: CpuId) -> &CpuTlbState {
-        &self.cpu_tlb[cpu.index()]
+        &self.cpus.get(cpu.index()).lazy_tlb
     }
 
-    /// The protection-key window state of `cpu`.
+    /// The protection-key window state of `cpu` (bringing it online).
     pub fn cpu_key_state(&self, cpu: CpuId) -> &CpuKeyState {
-        &self.cpu_keys[cpu.index()]
+        &self.cpus.get(cpu.index()).keys
     }
 
     /// The task running on the current CPU.
@@ -772,7 +949,9 @@ impl Machine {
 
     /// The task running on `cpu`.
     pub fn task_on(&self, cpu: CpuId) -> usize {
-        self.cpus[cpu.index()].current.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(cpu.index(), |c| c.current.get())
     }
 
     /// The current task's address space (the kernel's for a kernel
@@ -784,7 +963,9 @@ impl Machine {
 
     /// The address space whose root `cpu` has loaded.
     pub fn loaded_space(&self, cpu: CpuId) -> SpaceId {
-        self.cpus[cpu.index()].loaded.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(SpaceId::KERNEL, |c| c.loaded.get())
     }
 
     /// The current task's lazy state.
@@ -853,7 +1034,7 @@ impl Machine {
 
     /// The preemption count of `cpu`.
     pub fn preempt_count_of(&self, cpu: CpuId) -> u32 {
-        self.cpus[cpu.index()].preempt.get()
+        self.cpus.peek(cpu.index()).map_or(0, |c| c.preempt.get())
     }
 
     /// Disables preemption on the running CPU.
@@ -885,7 +1066,9 @@ impl Machine {
 
     /// The key register of `cpu`.
     pub fn key_of(&self, cpu: CpuId) -> u64 {
-        self.cpus[cpu.index()].key.get()
+        self.cpus
+            .peek(cpu.index())
+            .map_or(self.config.hardware.default_key, |c| c.key.get())
     }
 
     /// Writes the running CPU's key register (costed).
@@ -937,29 +1120,96 @@ impl Machine {
         );
     }
 
-    /// CPUs that may cache translations of `space`: those running a task
-    /// of it and those whose TLB holds one of its entries (every CPU for
-    /// the kernel's space). A CPU that only borrows the space (lazy TLB)
-    /// and caches none of its entries is not among them: this is the set
-    /// the sparc64 cross-calls reach, not the space's `mm_cpumask`
-    /// ([`AddressSpace::cpumask`](lazymmu::mm::active_mm::AddressSpace::cpumask)), which lazy
-    /// TLB keeps.
-    pub fn cpus_using(&self, space: SpaceId) -> CpuMask {
-        let mut mask = CpuMask::EMPTY;
-        let tasks = self.tasks.borrow();
-        for (i, c) in self.cpus.iter().enumerate() {
-            let loaded = tasks[c.current.get()].space == space;
-            let caches = c
-                .tlb
-                .borrow()
-                .entries()
-                .iter()
-                .any(|e| e.space == space || e.global);
-            if space == SpaceId::KERNEL || loaded || caches {
-                mask = mask.with(CpuId::new(i));
+    /// `mm_cpumask(space)`: the CPUs lazy TLB keeps in the space's mask
+    /// (those that loaded it and have not loaded another since, borrowers
+    /// included); every CPU for the kernel's space.
+    pub fn mm_cpumask(&self, space: SpaceId) -> CpuMask {
+        if space == SpaceId::KERNEL {
+            return self.all_cpus();
+        }
+        self.space(space).cpumask().and(self.all_cpus())
+    }
+
+    /// The CPUs an x86 flush of `space` reaches (`flush_tlb_mm_range`):
+    /// its `mm_cpumask` without the CPUs that only borrow it lazily, unless
+    /// page tables are freed (`should_flush_tlb`); every CPU for the
+    /// kernel's space (`flush_tlb_kernel_range`).
+    pub fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        let mask = self.mm_cpumask(space);
+        if space == SpaceId::KERNEL || freed_tables {
+            return mask;
+        }
+        let mut targets = mask;
+        for cpu in mask.iter() {
+            if self.cpu_tlb_state(cpu).is_lazy() {
+                targets = targets.without(cpu);
             }
         }
-        mask
+        targets
+    }
+
+    /// An IPI round trip from the running CPU to the remote CPUs of
+    /// `targets`: the sender interrupts them together and waits for all
+    /// (`smp_call_function_many_cond`), charged once when there is any.
+    /// Returns how many remote CPUs it reaches.
+    pub fn ipi(&self, targets: CpuMask) -> u32 {
+        let remote = targets.and(self.all_cpus()).without(self.cpu()).count();
+        if remote > 0 {
+            self.charge(Primitive::Ipi, 1);
+        }
+        remote
+    }
+
+    /// Sets s390's `flush_mm` flag of `space`.
+    pub fn set_flush_mm(&self, space: SpaceId) {
+        if let Some(flag) = self.flush_mm.get(space.0 as usize) {
+            flag.set(true);
+        }
+    }
+
+    /// Clears s390's `flush_mm` flag of `space`; returns whether it was set.
+    pub fn take_flush_mm(&self, space: SpaceId) -> bool {
+        self.flush_mm
+            .get(space.0 as usize)
+            .is_some_and(|flag| flag.replace(false))
+    }
+
+    /// Pins (`true`) or unpins `space`'s page tables on a Xen PV guest: an
+    /// unpinned table is writable to the guest.
+    pub fn set_pinned(&self, space: SpaceId, pinned: bool) {
+        if let Some(flag) = self.unpinned.get(space.0 as usize) {
+            flag.set(!pinned);
+        }
+    }
+
+    /// Whether the page-table frame holding `entry` belongs to a space
+    /// whose tables are pinned (read-only to a Xen PV guest).
+    pub fn pinned(&self, entry: PhysAddr) -> bool {
+        match self.memory.owner(entry) {
+            Some(owner) => !self.unpinned.get(owner.0 as usize).is_some_and(Cell::get),
+            None => true,
+        }
+    }
+
+    /// Page-table frames `space` owns.
+    pub fn table_frames(&self, space: SpaceId) -> u64 {
+        self.memory.frames_owned_by(space)
+    }
+
+    /// Work the backend deferred earlier starts being issued
+    /// (`CpuPrimitives::deferred_begin`): until the matching
+    /// [`deferred_end`](Self::deferred_end) it is charged to the task that
+    /// queued it, even from an injected interrupt.
+    pub fn deferred_begin(&self) {
+        let saved = self.disturbing.replace(0);
+        self.deferred.borrow_mut().push(saved);
+    }
+
+    /// The deferred work is issued: charging goes back to what it was.
+    pub fn deferred_end(&self) {
+        if let Some(saved) = self.deferred.borrow_mut().pop() {
+            self.disturbing.set(saved);
+        }
     }
 
     // ----- accounting, events, violations --------------------------------
@@ -974,14 +1224,18 @@ impl Machine {
     #[inline]
     pub fn charge(&self, row: impl Into<Cost>, n: u64) {
         let row = row.into();
+        if self.uncounted[self.here().current.get()].get() > 0 {
+            return;
+        }
         if self.disturbing.get() > 0 {
             self.disturbance_counts.add(row, n);
         } else {
             self.counts.add(row, n);
         }
         let cycles = self.config.cost.cycles(row).saturating_mul(n);
-        let work = &self.here().work;
-        work.set(work.get().saturating_add(cycles));
+        let here = self.here();
+        here.work.set(here.work.get().saturating_add(cycles));
+        here.clock.set(here.clock.get().saturating_add(cycles));
         if let Cost::Primitive(p) = row {
             self.log(EventKind::Primitive(crate::cost::primitive_name(p)));
         }
@@ -1031,20 +1285,130 @@ impl Machine {
         self.violation_count.get()
     }
 
-    /// Accounts an access to a line other CPUs share: a transfer (and its
-    /// cost) whenever the running CPU touches a line another CPU has
-    /// modified, or writes one others share.
+    /// Accounts an access by the running CPU to a line other CPUs share:
+    /// the transfer it needs (if another CPU modified the line, or holds it
+    /// when this is a write), costed by the distance in the topology the
+    /// line travels, after waiting for the transfer before it (the line's
+    /// queue). An atomic read-modify-write on a platform whose atomics
+    /// retry ([`Platform::atomics_retry`]) is a load-reserve (a read) and a
+    /// store-conditional (a write) that fails, and starts over, when
+    /// another CPU stored to the line in between.
+    ///
+    /// Under [`Machine::run_timed`] every access happens in time order:
+    /// the CPU waits until no other CPU is behind it. Elsewhere accesses
+    /// happen in the order the run makes them, each CPU on its own clock.
     pub fn line_access(&self, line: SharedLine, access: LineAccess) {
+        match access {
+            LineAccess::Read => {
+                self.line_read(line);
+            }
+            LineAccess::Write => self.line_write(line),
+            LineAccess::Atomic if self.config.cost.platform().atomics_retry() => loop {
+                let reserved = self.line_read(line);
+                if self.line_store_conditional(line, reserved) {
+                    break;
+                }
+                self.stcx_failures.set(self.stcx_failures.get() + 1);
+                // The retry's load-reserve waits for the winner's transfer
+                // in any case: wait for it before queueing.
+                let busy = self.lines.borrow().get(&line).map_or(0, |l| l.busy_until);
+                self.wait_for_line(busy);
+            },
+            LineAccess::Atomic => self.line_write(line),
+        }
+    }
+
+    /// A load of `line` (or a load-reserve); returns the line's version.
+    fn line_read(&self, line: SharedLine) -> u64 {
+        self.timeline.wait_turn(self);
+        self.line_move(line, false)
+    }
+
+    /// A store (or a `lock`-prefixed read-modify-write) to `line`.
+    fn line_write(&self, line: SharedLine) {
+        self.timeline.wait_turn(self);
+        self.line_move(line, true);
+    }
+
+    /// A store-conditional to `line` after a load-reserve that saw
+    /// `reserved`: whether it stored. It fails without a transfer when
+    /// another CPU stored since (the reservation was lost when that store
+    /// invalidated the line here).
+    fn line_store_conditional(&self, line: SharedLine, reserved: u64) -> bool {
+        let version = || self.lines.borrow().get(&line).map_or(0, |l| l.version);
+        // A store already seen fails it whenever it runs.
+        if version() != reserved {
+            return false;
+        }
+        self.timeline.wait_turn(self);
+        if version() != reserved {
+            return false;
+        }
+        self.line_move(line, true);
+        true
+    }
+
+    /// Brings `line` to the running CPU, shared, or `exclusive` for a
+    /// store; returns its version after. A read that needs a transfer gets
+    /// the data from the CPU that modified the line or the nearest that
+    /// shares it; a store takes it from the one that modified it or
+    /// invalidates every other copy (costed by the farthest). Either waits
+    /// for the exclusive transfer in flight; reads do not queue behind one
+    /// another (each gets a shared copy), stores do.
+    fn line_move(&self, line: SharedLine, exclusive: bool) -> u64 {
         let cpu = self.current.get();
-        let transfer = {
-            let mut lines = self.lines.borrow_mut();
-            let (transfer, next) = LineState::after(lines.get(&line).copied(), cpu, access);
-            lines.insert(line, next);
-            transfer
+        let access = if exclusive {
+            LineAccess::Write
+        } else {
+            LineAccess::Read
         };
-        if transfer {
-            *self.line_transfers.borrow_mut().entry(line).or_insert(0) += 1;
-            self.charge(Primitive::LineTransfer, 1);
+        let topology = &self.config.topology;
+        let clock = self.here().clock.get();
+        let (distance, wait_until, version) = {
+            let mut lines = self.lines.borrow_mut();
+            let l = lines.entry(line).or_insert(Line {
+                state: None,
+                busy_until: 0,
+                version: 0,
+                transfers: 0,
+            });
+            // Where the line comes from, before the state moves on.
+            let distance = match &l.state {
+                None => None,
+                Some(LineState::Modified(owner)) => topology.distance(*owner, cpu),
+                Some(LineState::Shared(holders)) if exclusive => topology.farthest(holders, cpu),
+                Some(LineState::Shared(holders)) if holders.contains(cpu) => None,
+                Some(LineState::Shared(holders)) => topology.nearest(holders, cpu),
+            };
+            let transfer = LineState::access(&mut l.state, cpu, access);
+            let distance = distance.filter(|_| transfer);
+            let wait_until = l.busy_until;
+            if let Some(d) = distance {
+                l.transfers += 1;
+                if exclusive {
+                    l.busy_until = clock.max(wait_until) + self.config.cost.cycles(Cost::Line(d));
+                }
+            }
+            if exclusive {
+                l.version += 1;
+            }
+            (distance, wait_until, l.version)
+        };
+        if let Some(d) = distance {
+            self.wait_for_line(wait_until);
+            self.charge(Cost::Line(d), 1);
+        }
+        version
+    }
+
+    /// The running CPU waits until `until` for a line another transfer
+    /// holds.
+    fn wait_for_line(&self, until: u64) {
+        let clock = &self.here().clock;
+        if until > clock.get() {
+            self.line_waits
+                .set(self.line_waits.get() + (until - clock.get()));
+            clock.set(until);
         }
     }
 
@@ -1066,7 +1430,7 @@ impl Machine {
     #[cold]
     fn publish_remote_store(&self, entry: PhysAddr) {
         let here = self.current.get().index();
-        for (i, cpu) in self.cpus.iter().enumerate() {
+        for (i, cpu) in self.cpus.iter() {
             if i == here {
                 continue;
             }
@@ -1084,7 +1448,7 @@ impl Machine {
     #[inline]
     pub fn walker_read(&self, entry: PhysAddr) -> u64 {
         if self.pending_stores.get() > 0 {
-            for cpu in self.cpus.iter() {
+            for (_, cpu) in self.cpus.iter() {
                 // The oldest pending store's "before" value is what the
                 // walker still sees.
                 if let Some(&(_, old)) = cpu.pending.borrow().iter().find(|(pa, _)| *pa == entry) {
@@ -1101,7 +1465,7 @@ impl Machine {
     /// entry stays invisible to the walker until a `dsb`.
     pub fn store_entry(&self, entry: PhysAddr, value: u64) {
         let hw = self.config.hardware;
-        if hw.read_only_tables {
+        if hw.read_only_tables && self.pinned(entry) {
             self.violation(
                 Invariant::ForbiddenStore,
                 format!("direct store to read-only page table at {:#x}", entry.0),
@@ -1155,7 +1519,7 @@ impl Machine {
     }
 
     fn drain_stores(&self, cpu: CpuId) {
-        let drained = core::mem::take(&mut *self.cpus[cpu.index()].pending.borrow_mut());
+        let drained = core::mem::take(&mut *self.cpu_state(cpu).pending.borrow_mut());
         self.pending_stores
             .set(self.pending_stores.get() - drained.len());
     }
@@ -1209,7 +1573,7 @@ impl Machine {
     /// is being freed: no cached translation was walked through it (§6.7).
     pub fn check_table_free(&self, frame: PhysAddr) {
         let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             let hit = c
                 .tlb
                 .borrow()
@@ -1243,6 +1607,7 @@ impl Machine {
         if let Some(e) = cpu.tlb.borrow().lookup(space, va) {
             return Access::Hit(Leaf {
                 entry: e.leaf,
+                at: PhysAddr(0),
                 shift: e.shift,
                 global: e.global,
             });
@@ -1258,7 +1623,20 @@ impl Machine {
             return Access::Fault;
         }
         match self.walk_tables(space, va.0) {
-            Some((leaf, tables)) => {
+            Some((mut leaf, mut tables)) => {
+                let hw = self.config.hardware;
+                if hw.hash_ptes {
+                    // The hash fault inserts a hash-table entry and marks
+                    // the PTE (`__hash_page_4K` sets `H_PAGE_HASHPTE`).
+                    let marked = leaf.entry | lazymmu::pgtable::format::ppc_hash::HASHPTE;
+                    if marked != leaf.entry {
+                        self.memory.write(leaf.at, marked);
+                        leaf.entry = marked;
+                    }
+                }
+                if !hw.walk_caches {
+                    tables = [0; 5];
+                }
                 let base = va.0 & !((1u64 << leaf.shift) - 1);
                 cpu.tlb.borrow_mut().fill(TlbEntry {
                     space,
@@ -1316,7 +1694,7 @@ impl Machine {
     // ----- TLB maintenance ------------------------------------------------
 
     fn invalidated(&self, cpu: CpuId, space: SpaceId) {
-        let mut counts = self.cpus[cpu.index()].invalidations.borrow_mut();
+        let mut counts = self.cpu_state(cpu).invalidations.borrow_mut();
         let i = space.0 as usize;
         if counts.len() <= i {
             counts.resize(i + 1, 0);
@@ -1326,7 +1704,7 @@ impl Machine {
 
     /// Invalidates `[start, end)` of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_range(&self, cpu: CpuId, space: SpaceId, start: u64, end: u64) {
-        self.cpus[cpu.index()]
+        self.cpu_state(cpu)
             .tlb
             .borrow_mut()
             .invalidate_range(space, start, end);
@@ -1335,16 +1713,13 @@ impl Machine {
 
     /// Invalidates the non-global entries of `space` in CPU `cpu`'s TLB.
     pub fn tlb_invalidate_space(&self, cpu: CpuId, space: SpaceId) {
-        self.cpus[cpu.index()]
-            .tlb
-            .borrow_mut()
-            .invalidate_space(space);
+        self.cpu_state(cpu).tlb.borrow_mut().invalidate_space(space);
         self.invalidated(cpu, space);
     }
 
     /// Invalidates all of CPU `cpu`'s TLB.
     pub fn tlb_invalidate_all(&self, cpu: CpuId) {
-        self.cpus[cpu.index()].tlb.borrow_mut().invalidate_all();
+        self.cpu_state(cpu).tlb.borrow_mut().invalidate_all();
         let spaces: Vec<SpaceId> = (0..self.spaces.len()).map(|i| SpaceId(i as u32)).collect();
         for space in spaces {
             self.invalidated(cpu, space);
@@ -1353,17 +1728,20 @@ impl Machine {
 
     /// How many invalidations of `space`'s translations `cpu` has made.
     pub fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
-        self.cpus[cpu.index()]
-            .invalidations
-            .borrow()
-            .get(space.0 as usize)
-            .copied()
-            .unwrap_or(0)
+        self.cpus.peek(cpu.index()).map_or(0, |c| {
+            c.invalidations
+                .borrow()
+                .get(space.0 as usize)
+                .copied()
+                .unwrap_or(0)
+        })
     }
 
     /// The cached translations of CPU `cpu`.
     pub fn tlb_entries(&self, cpu: CpuId) -> Vec<TlbEntry> {
-        self.cpus[cpu.index()].tlb.borrow().entries().to_vec()
+        self.cpus
+            .peek(cpu.index())
+            .map_or_else(Vec::new, |c| c.tlb.borrow().entries().to_vec())
     }
 
     /// Loads `space`'s root on the running CPU (costed), flushing the
@@ -1380,9 +1758,21 @@ impl Machine {
 
     /// Checks that no CPU caches a translation of `[start, end)` in `space`
     /// that differs from what the walker sees now.
+    ///
+    /// For a user space only the CPUs running a task of it count: a CPU
+    /// that loaded another space, or only borrows this one (lazy TLB),
+    /// uses none of its translations until it loads it again, which starts
+    /// it clean or catches up with the flushes it missed
+    /// (`switch_mm_irqs_off`).
     pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
-        for cpu in 0..self.cpus.len() {
-            let stale: Vec<TlbEntry> = self.cpus[cpu]
+        for (cpu, c) in self.cpus.iter() {
+            if space != SpaceId::KERNEL {
+                let running = self.tasks.borrow()[c.current.get()].space == space;
+                if !running || self.cpu_tlb_state(CpuId::new(cpu)).is_lazy() {
+                    continue;
+                }
+            }
+            let stale: Vec<TlbEntry> = c
                 .tlb
                 .borrow()
                 .entries()
@@ -1422,7 +1812,7 @@ impl Machine {
     /// the same future.
     pub fn digest(&self) -> u64 {
         let mut h = DefaultHasher::new();
-        for (i, c) in self.cpus.iter().enumerate() {
+        for (i, c) in self.cpus.iter() {
             h.write_usize(i);
             h.write_usize(c.current.get());
             for &t in c.preempted.borrow().iter() {
@@ -1460,7 +1850,7 @@ impl Machine {
 impl core::fmt::Debug for Machine {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Machine")
-            .field("cpus", &self.cpus.len())
+            .field("cpus", &self.cpus.possible())
             .field("tasks", &self.tasks.borrow().len())
             .field("step", &self.sched.step())
             .field("violations", &self.violation_count.get())

@@ -159,12 +159,17 @@ impl PerCpuEnvironment for SimEnv {
 #[derive(Clone, Debug)]
 pub struct SimCpu {
     machine: Rc<Machine>,
+    /// The machine's memory as this CPU stores to it.
+    memory: SimMemory,
 }
 
 impl SimCpu {
     /// The primitives of `machine`.
     pub fn new(machine: Rc<Machine>) -> Self {
-        Self { machine }
+        Self {
+            memory: SimMemory::new(machine.clone()),
+            machine,
+        }
     }
 
     /// The machine.
@@ -185,26 +190,37 @@ impl SimCpu {
         }
     }
 
-    /// IPIs to the remote CPUs of `mask`.
-    fn ipis(&self, mask: CpuMask) -> u64 {
-        let remote = u64::from(
-            mask.and(self.machine.all_cpus())
-                .without(self.machine.cpu())
-                .count(),
-        );
-        if remote > 0 {
-            self.machine.charge(Primitive::Ipi, remote);
+    /// Hypervisor-applied page-table updates (`mmu_update` requests):
+    /// each validated (ownership) and applied, counted as one `mmu_update`
+    /// and one `pte_write`.
+    fn hv_updates(&self, requests: &[MmuUpdate]) {
+        let m = &self.machine;
+        for u in requests {
+            m.check_owner(u.entry);
+            m.apply_store(u.entry, u.value);
         }
-        remote
+        let n = requests.len() as u64;
+        m.charge(Primitive::MmuUpdate, n);
+        m.charge(Primitive::PteWrite, n);
     }
 
-    /// A hypervisor-applied page-table update (`mmu_update`): validated
-    /// (ownership), applied, counted as one `pte_write`.
-    fn hv_update(&self, u: MmuUpdate) {
+    /// `xen_pgd_pin` / `xen_pgd_unpin`: one `update_va_mapping` multicall
+    /// entry per page-table page of `space` and the (un)pin operation, in
+    /// multicalls of at most [`MC_BATCH`](lazymmu::backend::xen_pv::MC_BATCH)
+    /// entries. Pinning validates each page as Xen validates an update
+    /// (charged as one per page); unpinning only drops the page types
+    /// and validates nothing.
+    fn repin(&self, space: SpaceId, pinned: bool) {
         let m = &self.machine;
-        m.check_owner(u.entry);
-        m.apply_store(u.entry, u.value);
-        m.charge(Primitive::PteWrite, 1);
+        let pages = m.table_frames(space);
+        let entries = pages + 1;
+        let batch = lazymmu::backend::xen_pv::MC_BATCH as u64;
+        m.charge(Primitive::Hypercall, entries.div_ceil(batch));
+        m.charge(Primitive::MulticallEntry, entries);
+        if pinned {
+            m.charge(Primitive::MmuUpdate, pages);
+        }
+        m.set_pinned(space, pinned);
     }
 
     fn mmuext(&self, op: MmuExtOp) {
@@ -216,9 +232,9 @@ impl SimCpu {
                 self.invalidate_on(me, space, va.0, va.0 + 1);
             }
             MmuExtOp::InvlpgMulti { space, va, cpus } => {
-                let mask = cpus.and(m.all_cpus());
+                let mask = cpus.cpus().and(m.all_cpus());
                 m.charge(Primitive::Invlpg, u64::from(mask.count()));
-                self.ipis(mask);
+                m.ipi(mask);
                 self.invalidate_on(mask, space, va.0, va.0 + 1);
             }
             MmuExtOp::TlbFlushLocal { space } => {
@@ -226,9 +242,9 @@ impl SimCpu {
                 m.tlb_invalidate_space(m.cpu(), space);
             }
             MmuExtOp::TlbFlushMulti { space, cpus } => {
-                let mask = cpus.and(m.all_cpus());
+                let mask = cpus.cpus().and(m.all_cpus());
                 m.charge(Primitive::FullFlush, u64::from(mask.count()));
-                self.ipis(mask);
+                m.ipi(mask);
                 for cpu in mask.iter() {
                     m.tlb_invalidate_space(cpu, space);
                 }
@@ -265,6 +281,12 @@ impl Cpu for SimCpu {
 }
 
 impl CpuPrimitives for SimCpu {
+    type Memory = SimMemory;
+
+    fn memory(&self) -> &SimMemory {
+        &self.memory
+    }
+
     #[inline]
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         let v = self.machine.read_entry(entry);
@@ -283,12 +305,24 @@ impl CpuPrimitives for SimCpu {
             format!("the backend on {} reported {bug}", self.machine.cpu()),
         );
     }
+
+    fn mm_cpumask(&self, space: SpaceId) -> CpuMask {
+        self.machine.mm_cpumask(space)
+    }
+
+    fn deferred_begin(&self) {
+        self.machine.deferred_begin();
+    }
+
+    fn deferred_end(&self) {
+        self.machine.deferred_end();
+    }
 }
 
 impl XenPrimitives for SimCpu {
-    fn mmu_update(&self, update: MmuUpdate) {
+    fn mmu_update(&self, requests: &[MmuUpdate]) {
         self.machine.charge(Primitive::Hypercall, 1);
-        self.hv_update(update);
+        self.hv_updates(requests);
         self.done("mmu_update");
     }
 
@@ -298,17 +332,48 @@ impl XenPrimitives for SimCpu {
         self.done("mmuext_op");
     }
 
-    fn multicall(&self, entries: &[MulticallEntry]) {
+    fn multicall(&self, entries: &[MulticallEntry], requests: &[MmuUpdate]) {
         let m = &self.machine;
         m.charge(Primitive::Hypercall, 1);
         m.charge(Primitive::MulticallEntry, entries.len() as u64);
         for e in entries {
             match *e {
-                MulticallEntry::MmuUpdate(u) => self.hv_update(u),
+                MulticallEntry::MmuUpdate { .. } => self.hv_updates(e.requests(requests)),
                 MulticallEntry::MmuExt(op) => self.mmuext(op),
             }
         }
         self.done("multicall");
+    }
+
+    /// On a pinned table the write faults into the hypervisor, which
+    /// decodes and emulates it and validates the new entry like an
+    /// `mmu_update` (Xen's writable page tables, `ptwr_emulated_update`);
+    /// on an unpinned one it is a plain store.
+    fn native_update(&self, entry: PhysAddr, value: u64) -> u64 {
+        let m = &self.machine;
+        let old = m.read_entry(entry);
+        if m.pinned(entry) {
+            m.charge(Primitive::EmulatedWrite, 1);
+            self.hv_updates(&[MmuUpdate { entry, value }]);
+        } else {
+            m.store_entry(entry, value);
+        }
+        self.done("native_update");
+        old
+    }
+
+    fn table_pinned(&self, entry: PhysAddr) -> bool {
+        self.machine.pinned(entry)
+    }
+
+    fn pin_tables(&self, space: SpaceId) {
+        self.repin(space, true);
+        self.done("pin_tables");
+    }
+
+    fn unpin_tables(&self, space: SpaceId) {
+        self.repin(space, false);
+        self.done("unpin_tables");
     }
 }
 
@@ -332,6 +397,18 @@ impl Arm64Primitives for SimCpu {
         self.machine.charge(Primitive::Tlbi, 1);
         self.invalidate_on(self.machine.all_cpus(), space, va.0, va.0 + 1);
         self.done("tlbi_va");
+    }
+
+    fn tlb_range(&self) -> bool {
+        self.machine.config().hardware.tlb_range
+    }
+
+    /// One instruction for the whole range (FEAT_TLBIRANGE).
+    fn tlbi_range(&self, space: SpaceId, va: VirtAddr, scale: u8, num: u8, _last_level: bool) {
+        let pages = lazymmu::backend::arm64::tlbi_range_pages(num, scale);
+        self.machine.charge(Primitive::Tlbi, 1);
+        self.invalidate_on(self.machine.all_cpus(), space, va.0, va.0 + pages * 4096);
+        self.done("tlbi_range");
     }
 
     fn tlbi_asid(&self, space: SpaceId) {
@@ -384,6 +461,24 @@ impl PpcHashPrimitives for SimCpu {
     }
 }
 
+impl SimCpu {
+    /// The CPUs a sparc64 user flush reaches besides this one
+    /// (`smp_flush_tlb_pending`, `smp_flush_tlb_page`,
+    /// arch/sparc/kernel/smp_64.c): none when the space has one user and
+    /// it is running here — `mm_cpumask` is then cut to this CPU — and the
+    /// space's `mm_cpumask` otherwise.
+    fn sparc_remote(&self, space: SpaceId) -> CpuMask {
+        let m = &self.machine;
+        let me = m.cpu();
+        if m.current_space() == space && m.space(space).users() == 1 {
+            m.space(space).trim_cpumask_to(me);
+            CpuMask::EMPTY
+        } else {
+            m.mm_cpumask(space).without(me)
+        }
+    }
+}
+
 impl Sparc64Primitives for SimCpu {
     fn write_pte(&self, entry: PhysAddr, value: u64) {
         self.machine.store_entry(entry, value);
@@ -391,21 +486,18 @@ impl Sparc64Primitives for SimCpu {
     }
 
     fn flush_page(&self, space: SpaceId, va: VirtAddr, size: PageSize) {
-        let mask = self.machine.cpus_using(space);
-        self.machine
-            .charge(Primitive::Tlbi, u64::from(mask.count()));
-        self.ipis(mask);
-        self.invalidate_on(mask, space, va.0, va.0 + size.bytes());
-        self.done("flush_page");
+        self.flush_batch(space, size, &[va]);
     }
 
     fn flush_batch(&self, space: SpaceId, size: PageSize, pages: &[VirtAddr]) {
-        let mask = self.machine.cpus_using(space);
-        self.machine.charge(
+        let m = &self.machine;
+        let remote = self.sparc_remote(space);
+        let mask = remote.with(m.cpu());
+        m.charge(
             Primitive::Tlbi,
             pages.len() as u64 * u64::from(mask.count()),
         );
-        self.ipis(mask);
+        m.ipi(remote);
         for va in pages {
             self.invalidate_on(mask, space, va.0, va.0 + size.bytes());
         }
@@ -413,21 +505,24 @@ impl Sparc64Primitives for SimCpu {
     }
 
     fn flush_kernel_range(&self, start: VirtAddr, end: VirtAddr) {
-        let mask = self.machine.all_cpus();
+        let m = &self.machine;
+        let mask = m.all_cpus();
         let pages = end.0.saturating_sub(start.0).div_ceil(4096);
-        // Demapping page by page stops making sense past a PTE table's
-        // worth; the model then charges one whole-TLB demap per CPU
-        // (sun4v HV_MMU_DEMAP_ALL), as a kernel would switch strategy.
-        if pages > 512 {
-            self.machine
-                .charge(Primitive::FullFlush, u64::from(mask.count()));
-        } else {
-            self.machine
-                .charge(Primitive::Tlbi, pages * u64::from(mask.count()));
-        }
-        self.ipis(mask);
+        m.charge(Primitive::Tlbi, pages * u64::from(mask.count()));
+        m.ipi(mask);
         self.invalidate_on(mask, SpaceId::KERNEL, start.0, end.0);
         self.done("flush_kernel_range");
+    }
+
+    fn flush_kernel_all(&self) {
+        let m = &self.machine;
+        let mask = m.all_cpus();
+        m.charge(Primitive::FullFlush, u64::from(mask.count()));
+        m.ipi(mask);
+        for cpu in mask.iter() {
+            m.tlb_invalidate_all(cpu);
+        }
+        self.done("flush_kernel_all");
     }
 }
 
@@ -450,15 +545,27 @@ impl S390Primitives for SimCpu {
         self.done("ipte");
     }
 
-    fn ipte_range(&self, first: PhysAddr, count: usize, space: SpaceId, va: VirtAddr) {
+    fn ipte_range(&self, first: PhysAddr, count: usize, space: SpaceId, va: VirtAddr, local: bool) {
         let m = &self.machine;
-        m.charge(Primitive::Ipte, 1);
+        m.charge(
+            if local {
+                Primitive::IpteLocal
+            } else {
+                Primitive::Ipte
+            },
+            1,
+        );
         for i in 0..count as u64 {
             let entry = first.add(i * 8);
             let old = m.read_entry(entry);
             m.apply_store(entry, old | s390::INVALID);
         }
-        self.invalidate_on(m.all_cpus(), space, va.0, va.0 + count as u64 * 4096);
+        let cpus = if local {
+            CpuMask::single(m.cpu())
+        } else {
+            m.all_cpus()
+        };
+        self.invalidate_on(cpus, space, va.0, va.0 + count as u64 * 4096);
         self.done("ipte_range");
     }
 
@@ -466,9 +573,21 @@ impl S390Primitives for SimCpu {
         let m = &self.machine;
         m.charge(Primitive::FullFlush, 1);
         for cpu in m.all_cpus().iter() {
-            m.tlb_invalidate_space(cpu, space);
+            if space == SpaceId::KERNEL {
+                m.tlb_invalidate_all(cpu);
+            } else {
+                m.tlb_invalidate_space(cpu, space);
+            }
         }
         self.done("flush_space");
+    }
+
+    fn set_flush_mm(&self, space: SpaceId) {
+        self.machine.set_flush_mm(space);
+    }
+
+    fn take_flush_mm(&self, space: SpaceId) -> bool {
+        self.machine.take_flush_mm(space)
     }
 }
 
@@ -536,11 +655,17 @@ impl X86Primitives for SimCpu {
         m.loaded_space(m.cpu())
     }
 
+    fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        self.machine.flush_targets(space, freed_tables)
+    }
+
+    /// The targets are interrupted together (`native_flush_tlb_multi` →
+    /// `on_each_cpu_cond_mask`): one round trip, and each target's flush.
     fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
         let m = self.machine();
         let targets = cpus.and(m.all_cpus()).without(m.cpu());
+        m.ipi(targets);
         for cpu in targets.iter() {
-            m.charge(Primitive::Ipi, 1);
             if m.config().faults.lose_ipis {
                 continue;
             }
@@ -606,16 +731,15 @@ impl MmMachine for SimCpu {
         }
     }
 
+    /// The sender interrupts the targets together and waits for them all
+    /// (`smp_call_function_many_cond`): one round trip.
     fn on_each_cpu(&self, targets: CpuMask, func: &dyn Fn(CpuId)) {
         let m = &self.machine;
         let here = m.cpu();
+        m.ipi(targets);
         for cpu in targets.and(m.all_cpus()).iter() {
-            if cpu != here {
-                // The sender waits for the acknowledgement.
-                m.charge(Primitive::Ipi, 1);
-                if m.config().faults.lose_ipis {
-                    continue;
-                }
+            if cpu != here && m.config().faults.lose_ipis {
+                continue;
             }
             m.set_cpu(cpu);
             func(cpu);
@@ -727,10 +851,17 @@ impl SimFrames {
 impl FrameAllocator for SimFrames {
     fn allocate(&self) -> Option<PhysAddr> {
         let key = self.machine.config().hardware.table_key;
-        self.machine.memory().allocate(self.owner, key)
+        let frame = self.machine.memory().allocate(self.owner, key)?;
+        if let Some(kernel) = self.machine.kernel() {
+            kernel.page_table_page(frame, true);
+        }
+        Some(frame)
     }
 
     fn free(&self, frame: PhysAddr) {
+        if let Some(kernel) = self.machine.kernel() {
+            kernel.page_table_page(frame, false);
+        }
         self.machine.check_table_free(frame);
         if !self.machine.memory().free(frame) {
             self.machine.violation(
@@ -764,6 +895,7 @@ pub fn walk<F: Format>(read: &dyn Fn(PhysAddr) -> u64, root: PhysAddr, va: u64) 
     let t = translate::<F, _>(&WalkerView(read), root, VirtAddr(va)).ok()?;
     Some(Leaf {
         entry: t.raw,
+        at: t.entry,
         shift: t.size.shift(),
         global: t.attrs.global,
     })

@@ -15,15 +15,18 @@
 //! process exits and every space must have been freed.
 //!
 //! Two figures come out: `cycles`, the work summed over all CPUs, and
-//! `elapsed_cycles`, a lower bound on the time the storm takes with the
-//! CPUs running in parallel — the busiest CPU's work, or the transfers of
-//! the most contended cache line, which happen one at a time however many
-//! CPUs wait for it, whichever is longer. The second is what a shared
-//! reference count costs on a large machine.
+//! `elapsed_cycles`, the time the storm takes with the CPUs running in
+//! parallel: the latest CPU clock, each clock its CPU's work plus its waits
+//! for shared cache lines, whose transfers happen one at a time however
+//! many CPUs want them. (The storm picks CPUs at random, so this time is an
+//! estimate: a CPU behind the others queues behind transfers it would on
+//! hardware have overtaken.) The second is what a shared reference count
+//! costs on a large machine.
 //!
 //! [`CtxSwitchConfig::switch_benchmark`] (`ctxswitch-bench` on the command
-//! line) is the pure context-switch benchmark: one process's threads
-//! switching through kernel threads on every CPU and nothing else.
+//! line) is the pure context-switch benchmark, will-it-scale's
+//! `context_switch1_threads`, with every CPU run in time order
+//! ([`Machine::run_timed`]): see [`CtxSwitchConfig::ping_pong`].
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -37,11 +40,13 @@ use lazymmu::pgtable::format::{index, Attributes, Entry, Format, X86_64};
 
 use super::{lazy_tlb_name, machine_counts, seeded, NeighbourRow};
 use crate::choice::{Chooser, Site};
-use crate::cost::{Cost, Platform, Primitive, Software};
+use crate::cost::{Cost, Platform, Software};
 use crate::invariant::Invariant;
+use crate::machine::topology::NamedMachine;
 use crate::machine::{
-    tables_under, walk, Kernel, Machine, MachineConfig, Offers, SimCpu, SimMemory,
+    tables_under, walk, Kernel, Machine, MachineConfig, Offers, SimCpu, SimMemory, Topology,
 };
+use crate::published::{PublishedFigure, Topic, PUBLISHED};
 
 /// Parameters of a `ctxswitch` run.
 #[derive(Clone, Debug)]
@@ -50,15 +55,31 @@ pub struct CtxSwitchConfig {
     pub name: &'static str,
     /// Lazy-TLB policy.
     pub policy: LazyTlbPolicy,
-    /// Simulated CPUs (1..=64).
+    /// Simulated CPUs: 1 to [`MAX_BACKEND_CPUS`] for the storm (its pages
+    /// go through the x86 backend), 1 to [`MAX_CPUS`] for the
+    /// ping-pong benchmark. Equal to `topology.cpus()`.
+    ///
+    /// [`MAX_BACKEND_CPUS`]: lazymmu::backend::machine::MAX_BACKEND_CPUS
+    /// [`MAX_CPUS`]: lazymmu::cpu::MAX_CPUS
     pub cpus: usize,
+    /// How the CPUs sit: what moving a line between two of them costs.
+    pub topology: Topology,
+    /// The cost table (and, for [`CtxSwitchConfig::ping_pong`], whether
+    /// atomics retry and the clock rates are reported at).
+    pub platform: Platform,
+    /// will-it-scale's `context_switch1_threads` instead of the storm: see
+    /// [`CtxSwitchConfig::ping_pong`].
+    pub ping_pong: bool,
     /// User processes alive at any time.
     pub processes: usize,
-    /// Threads per process.
+    /// Threads per process. The ping-pong benchmark runs one thread on
+    /// each of the CPUs `0..threads` (as many as CPUs by default), and
+    /// only those CPUs come online.
     pub threads: usize,
     /// Kernel threads besides the idle tasks.
     pub kthreads: usize,
-    /// Steps of the storm.
+    /// Steps of the storm; for the ping-pong benchmark, the context
+    /// switches to make in all (at least two per CPU).
     pub steps: u64,
     /// Seed of the decisions.
     pub seed: u64,
@@ -81,6 +102,9 @@ impl CtxSwitchConfig {
             name: "ctxswitch",
             policy,
             cpus,
+            topology: Topology::flat(cpus),
+            platform: Platform::X86,
+            ping_pong: false,
             processes: 4,
             threads: cpus,
             kthreads: cpus,
@@ -92,17 +116,40 @@ impl CtxSwitchConfig {
         }
     }
 
-    /// A pure context-switch benchmark: one process with a thread per CPU
-    /// and a kernel thread per CPU, every step a switch (so each CPU keeps
-    /// going from a user thread into a kernel thread and back), nothing
-    /// else. This is the shape of the benchmark behind Linux's lazy-TLB
-    /// shootdown series (one process's threads switching through idle on
-    /// every CPU), where the borrowed space's reference count is the
-    /// contended line.
+    /// The pure context-switch benchmark on `cpus` CPUs of one socket and
+    /// the x86 cost table: [`CtxSwitchConfig::ping_pong`].
     pub fn switch_benchmark(policy: LazyTlbPolicy, cpus: usize) -> Self {
+        Self::ping_pong(policy, Topology::flat(cpus), Platform::X86)
+    }
+
+    /// will-it-scale's `context_switch1_threads` with as many threads as
+    /// CPUs, the benchmark behind Linux 6.4's lazy-TLB shootdown figures,
+    /// on `topology` with `platform`'s costs.
+    ///
+    /// The test (will-it-scale tests/context_switch1.c, main.c) starts one
+    /// copy per pair of threads, bound to a core, in one process (the
+    /// `_threads` build); each copy writes a byte into a pipe its partner
+    /// thread reads, then blocks reading the partner's reply. With one
+    /// thread per CPU, a blocked reader's CPU goes idle: every switch goes
+    /// from a user thread into the idle task, which borrows the process's
+    /// address space (`mmgrab_lazy_tlb()`), or back (`mmdrop_lazy_tlb()`),
+    /// and every CPU of the machine touches the one `mm_count`. Here each
+    /// CPU runs one thread, paired with its SMT sibling
+    /// ([`Topology::partner`]); a write wakes the partner at the writer's
+    /// time ([`Machine::wake`]), a read blocks until woken
+    /// ([`Machine::block`]), and the CPUs run in time order, so that they
+    /// queue for the count's line as they would on hardware. The pipe
+    /// system calls and the wake-up's own cost are not modelled: the
+    /// switches and the lazy-TLB work are.
+    pub fn ping_pong(policy: LazyTlbPolicy, topology: Topology, platform: Platform) -> Self {
+        let cpus = topology.cpus();
         Self {
             name: "ctxswitch-bench",
+            topology,
+            platform,
+            ping_pong: true,
             processes: 1,
+            kthreads: 0,
             mix: [1, 0, 0, 0, 0],
             ..Self::new(policy, cpus)
         }
@@ -456,14 +503,24 @@ impl Storm {
     }
 }
 
-/// Runs `ctxswitch` with decisions from `chooser`.
+/// Runs `ctxswitch` (or, with [`CtxSwitchConfig::ping_pong`], the
+/// benchmark) with decisions from `chooser`.
 ///
 /// # Panics
-/// If `config.cpus` is not in 1..=64.
+/// If `config.cpus` is out of range (1 to 64 for the storm, 1 to 2,048 for
+/// the benchmark) or differs from `config.topology`.
 pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> NeighbourRow {
+    assert_eq!(
+        config.cpus,
+        config.topology.cpus(),
+        "the CPU count is the topology's"
+    );
+    if config.ping_pong {
+        return run_ping_pong(config);
+    }
     assert!(
-        (1..=lazymmu::cpu::MAX_CPUS).contains(&config.cpus),
-        "ctxswitch models 1..=64 CPUs"
+        (1..=lazymmu::backend::machine::MAX_BACKEND_CPUS).contains(&config.cpus),
+        "the ctxswitch storm models 1..=64 CPUs"
     );
     let cpus = config.cpus;
     // Every exit forks a replacement: at most one per 25 steps on
@@ -473,28 +530,11 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
     // still to be switched away; twice the population and a final process
     // is ample.
     let user_slots = 2 * config.processes * config.threads + 2 * cpus;
-    let mut mc = MachineConfig::new(cpus, Platform::X86);
-    mc.hardware = crate::run::hardware(crate::scenario::BackendKind::X86);
+    let mut mc = machine_config(config);
     mc.spaces = max_spaces;
     mc.tasks = config.kthreads + user_slots;
     mc.frames = (max_spaces * 6 + 64) as u32;
-    mc.offers = Offers::NONE;
-    mc.faults.lose_ipis = config.lose_ipis;
-    for &(row, cycles) in &config.costs {
-        mc.cost.set(row, cycles);
-    }
-    let machine = Rc::new(Machine::new(mc));
-    let kernel_root = machine
-        .memory()
-        .allocate_table(SpaceId::KERNEL, 0)
-        .expect("a frame for the kernel root");
-    machine.set_walker(walk::<X86_64>, kernel_root, X86_64::is_kernel);
-    machine.set_table_finder(tables_under::<X86_64>);
-    let kernel = Rc::new(StormKernel {
-        machine: machine.clone(),
-        tlb: LazyTlb::new(SimCpu::new(machine.clone()), config.policy),
-    });
-    machine.set_kernel(kernel.clone());
+    let (machine, kernel) = boot(mc, config.policy, cpus);
     let first_kthread = machine.task_count();
     for k in 0..config.kthreads {
         machine.add_task(&format!("k{k}"), SpaceId::KERNEL, CpuId(0), false);
@@ -527,10 +567,6 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
         processes: Vec::new(),
         next_space: 1,
     };
-    for cpu in (0..cpus).map(CpuId::new) {
-        machine.set_cpu(cpu);
-        kernel.tlb.boot_cpu(machine.task_mm(machine.idle_task(cpu)));
-    }
     for _ in 0..config.processes {
         storm.fork(config.threads);
     }
@@ -543,15 +579,7 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
             storm.step(config.threads);
         }
     });
-    // The storm's elapsed time, before the wind-down.
-    let line = machine.config().cost.cycles(Primitive::LineTransfer);
-    let busiest = machine.cpu_work().into_iter().max().unwrap_or(0);
-    let hottest = machine.hottest_line_transfers();
-    let elapsed = busiest.max(hottest * line);
-    let switches = machine.counts().get(Software::ContextSwitch);
-    let cycles = machine.cycles();
-    let mut counts = BTreeMap::new();
-    machine_counts(&machine, &mut counts);
+    let (counts, cycles) = measured(&machine);
     storm.wind_down();
     let last = storm.processes.len().saturating_sub(1);
     for (index, process) in storm.processes.iter().enumerate() {
@@ -562,22 +590,95 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
             );
         }
     }
-    let stats = kernel.tlb.stats();
-    let get = LazyTlbStats::get;
+    drop(storm);
+    finish(config, &machine, &kernel, counts, cycles)
+}
+
+/// The machine of a run: `config`'s topology and cost table, x86 hardware
+/// (the storm's pages are x86 pages), no disturbances the workload does not
+/// make itself.
+fn machine_config(config: &CtxSwitchConfig) -> MachineConfig {
+    let mut mc = MachineConfig::with_topology(config.topology, config.platform);
+    mc.hardware = crate::run::hardware(crate::scenario::BackendKind::X86);
+    mc.offers = Offers::NONE;
+    mc.faults.lose_ipis = config.lose_ipis;
+    for &(row, cycles) in &config.costs {
+        mc.cost.set(row, cycles);
+    }
+    mc
+}
+
+/// The machine with its kernel address space, walker and lazy-TLB kernel,
+/// the idle tasks of CPUs `0..online` booted on the kernel's address space
+/// (the CPUs that run; the others never come online).
+fn boot(mc: MachineConfig, policy: LazyTlbPolicy, online: usize) -> (Rc<Machine>, Rc<StormKernel>) {
+    let machine = Rc::new(Machine::new(mc));
+    let kernel_root = machine
+        .memory()
+        .allocate_table(SpaceId::KERNEL, 0)
+        .expect("a frame for the kernel root");
+    machine.set_walker(walk::<X86_64>, kernel_root, X86_64::is_kernel);
+    machine.set_table_finder(tables_under::<X86_64>);
+    let kernel = Rc::new(StormKernel {
+        machine: machine.clone(),
+        tlb: LazyTlb::new(SimCpu::new(machine.clone()), policy),
+    });
+    machine.set_kernel(kernel.clone());
+    for cpu in (0..online).map(CpuId::new) {
+        machine.set_cpu(cpu);
+        kernel.tlb.boot_cpu(machine.task_mm(machine.idle_task(cpu)));
+    }
+    (machine, kernel)
+}
+
+/// What the run did until now, before any wind-down: the machine's counts,
+/// the time it took and the shared lines' transfers; and its cycles.
+fn measured(machine: &Machine) -> (BTreeMap<&'static str, u64>, u64) {
+    let elapsed = machine.elapsed();
+    let switches = machine.counts().get(Software::ContextSwitch);
+    let mut counts = BTreeMap::new();
+    machine_counts(machine, &mut counts);
     let [count_lines, mask_lines, lazy_lines] = machine.line_transfers_by_kind();
     counts.extend([
         ("switches", switches),
-        ("hottest_line_transfers", hottest),
+        ("hottest_line_transfers", machine.hottest_line_transfers()),
         ("elapsed_cycles", elapsed),
         (
             "switches_per_mcycle",
             (switches * 1_000_000).checked_div(elapsed).unwrap_or(0),
         ),
-        ("borrows", get(&stats.borrows)),
-        ("borrow_refs", get(&stats.borrow_refs)),
         ("count_line_transfers", count_lines),
         ("mask_line_transfers", mask_lines),
         ("lazy_flag_transfers", lazy_lines),
+        ("line_transfers", count_lines + mask_lines + lazy_lines),
+        ("line_wait_cycles", machine.line_wait_cycles()),
+    ]);
+    if machine.config().cost.platform().atomics_retry() {
+        counts.insert("stcx_failures", machine.stcx_failures());
+    }
+    if let Some(mhz) = machine.config().cost.clock_mhz() {
+        let per_second = (u128::from(switches) * u128::from(mhz) * 1_000_000)
+            .checked_div(u128::from(elapsed))
+            .unwrap_or(0);
+        counts.insert("switches_per_second", per_second as u64);
+    }
+    (counts, machine.cycles())
+}
+
+/// The row: `counts` and `cycles` with the policy's statistics and the
+/// violations; the machine shut down.
+fn finish(
+    config: &CtxSwitchConfig,
+    machine: &Machine,
+    kernel: &StormKernel,
+    mut counts: BTreeMap<&'static str, u64>,
+    cycles: u64,
+) -> NeighbourRow {
+    let stats = kernel.tlb.stats();
+    let get = LazyTlbStats::get;
+    counts.extend([
+        ("borrows", get(&stats.borrows)),
+        ("borrow_refs", get(&stats.borrow_refs)),
         ("shootdown_ipis", get(&stats.shootdown_ipis)),
         ("flush_skipped_lazy", get(&stats.flush_skipped_lazy)),
         ("catchup_flushes", get(&stats.catchup_flushes)),
@@ -585,20 +686,187 @@ pub fn run_with(config: &CtxSwitchConfig, chooser: &mut dyn Chooser) -> Neighbou
     ]);
     let row = NeighbourRow {
         workload: config.name,
+        machine: None,
         policy: lazy_tlb_name(config.policy),
-        cpus,
+        cpus: config.cpus,
         processes: config.processes,
         counts,
         cycles,
         violations: machine.violation_count(),
         first_violations: machine.violations(),
     };
-    drop(storm);
     machine.shut_down();
     row
+}
+
+/// will-it-scale's `context_switch1_threads` on the machine, every CPU on
+/// a coroutine of its own and all of them in time order
+/// ([`CtxSwitchConfig::ping_pong`]); then every thread exits, a new
+/// process runs on every CPU (ending every lazy borrow), and the address
+/// space must have been freed with no CPU still on it.
+fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
+    let topology = config.topology;
+    let cpus = config.threads;
+    assert!(
+        (1..=topology.cpus()).contains(&cpus),
+        "the benchmark runs 1..={} threads, one a CPU",
+        topology.cpus()
+    );
+    let mut mc = machine_config(config);
+    mc.spaces = 3;
+    mc.tasks = 2 * cpus;
+    mc.frames = 64;
+    // The library's context-switch path is shallow: a small stack per CPU
+    // keeps 2,048 coroutines cheap.
+    mc.stack_bytes = 256 << 10;
+    let (machine, kernel) = boot(mc, config.policy, cpus);
+    let space = SpaceId(1);
+    let threads = process(&machine, &kernel, space, cpus);
+    // Every thread starts on its CPU; then the measured part.
+    for (cpu, &task) in threads.iter().enumerate() {
+        machine.switch(CpuId::new(cpu), task);
+    }
+    machine.clear_counts();
+    let rounds = (config.steps / (2 * cpus as u64)).max(1);
+    let body = {
+        let machine = machine.clone();
+        let threads = threads.clone();
+        move |cpu: CpuId| {
+            let m = &machine;
+            let partner = topology
+                .partner(cpu)
+                .filter(|p| p.index() < cpus)
+                .unwrap_or(cpu);
+            // The thread that writes first; the other replies.
+            let leader = cpu.index() % 2 == 0 || partner == cpu;
+            for _ in 0..rounds {
+                if leader {
+                    m.wake(partner, m.clock_of(cpu));
+                }
+                // The read blocks: into the idle task, which borrows.
+                m.switch(cpu, m.idle_task(cpu));
+                m.block();
+                // Woken: back to the thread, ending the borrow.
+                m.switch(cpu, threads[cpu.index()]);
+                if !leader {
+                    m.wake(partner, m.clock_of(cpu));
+                }
+            }
+        }
+    };
+    let all: Vec<CpuId> = (0..cpus).map(CpuId::new).collect();
+    machine.run_timed(&all, body);
+    let (mut counts, cycles) = measured(&machine);
+    // Every thread exits; the last one tears the space down. The next
+    // process's threads end the idle tasks' borrows.
+    let next = process(&machine, &kernel, SpaceId(2), cpus);
+    for (cpu, &task) in threads.iter().enumerate() {
+        let cpu = CpuId::new(cpu);
+        machine.set_cpu(cpu);
+        if let Err(e) = kernel.tlb.exit_mm(machine.task_mm(task)) {
+            machine.violation(Invariant::OperationFailed, format!("exit t{task}: {e:?}"));
+        }
+        machine.switch(cpu, machine.idle_task(cpu));
+    }
+    for (cpu, &successor) in next.iter().enumerate() {
+        machine.switch(CpuId::new(cpu), successor);
+    }
+    if !machine.space(space).is_freed() {
+        machine.violation(
+            Invariant::OperationFailed,
+            "the process's space leaked".into(),
+        );
+    }
+    counts.insert("cpus_online", machine.online_cpus() as u64);
+    finish(config, &machine, &kernel, counts, cycles)
+}
+
+/// A process in `space` with one thread on each of the CPUs `0..cpus`,
+/// each homed on its CPU and not yet running: the task ids, CPU 0's first.
+fn process(machine: &Machine, kernel: &StormKernel, space: SpaceId, cpus: usize) -> Vec<usize> {
+    let root = machine
+        .memory()
+        .allocate_table(space, 0)
+        .expect("a frame for the process's root");
+    machine.set_space_root(space, root);
+    (0..cpus)
+        .map(|cpu| {
+            let task = machine.add_task(
+                &format!("u{}.{cpu}", space.0),
+                space,
+                CpuId::new(cpu),
+                false,
+            );
+            if cpu > 0 {
+                if let Err(e) = kernel.tlb.mmget(space) {
+                    machine.violation(Invariant::OperationFailed, format!("mmget: {e:?}"));
+                }
+            }
+            if let Err(e) = machine.task_mm(task).reuse_as_user(space) {
+                machine.violation(Invariant::OperationFailed, format!("t{task}: {e:?}"));
+            }
+            task
+        })
+        .collect()
 }
 
 /// Runs `ctxswitch` with the configuration's seed.
 pub fn run(config: &CtxSwitchConfig) -> NeighbourRow {
     run_with(config, &mut seeded(config.seed))
+}
+
+/// The published rates of will-it-scale's `context_switch1_threads` on
+/// `machine`, by lazy-TLB policy: on [`POWER8_E880`], Linux 6.4's
+/// refcounting and shootdown figures
+/// ([`LAZY_TLB_SHOOTDOWN_POWERPC`](crate::published::LAZY_TLB_SHOOTDOWN_POWERPC)).
+/// Empty for a machine nobody published the benchmark on.
+///
+/// [`POWER8_E880`]: crate::machine::topology::POWER8_E880
+pub fn published_rates(machine: &NamedMachine) -> Vec<(LazyTlbPolicy, &'static PublishedFigure)> {
+    let Some(name) = machine.published_as else {
+        return Vec::new();
+    };
+    PUBLISHED
+        .iter()
+        .filter(|f| {
+            f.topic == Topic::LazyTlbShootdown
+                && f.machine == name
+                && f.workload
+                    .starts_with("will-it-scale context_switch1_threads")
+        })
+        .filter_map(|f| {
+            // The figures name what they measured: upstream's refcounting,
+            // or the shootdown option.
+            let policy = if f.compared.contains("SHOOTDOWN") {
+                LazyTlbPolicy::Shootdown
+            } else if f.compared.contains("refcount") {
+                LazyTlbPolicy::Refcount
+            } else {
+                return None;
+            };
+            Some((policy, f))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::topology::{POWER8_E880, XEON_8176};
+
+    #[test]
+    fn the_power8_has_a_published_rate_for_each_policy_it_ran() {
+        let rates = published_rates(&POWER8_E880);
+        let policies: Vec<LazyTlbPolicy> = rates.iter().map(|(p, _)| *p).collect();
+        assert_eq!(
+            policies,
+            [LazyTlbPolicy::Refcount, LazyTlbPolicy::Shootdown]
+        );
+        let values: Vec<f64> = rates
+            .iter()
+            .map(|(_, f)| f.parse().unwrap().value)
+            .collect();
+        assert_eq!(values, [1e6, 118e6]);
+        assert!(published_rates(&XEON_8176).is_empty());
+    }
 }

@@ -24,9 +24,10 @@ use lazymmu::mm::kernel_sync::SyncPolicy;
 use lazymmu::mm::pkey_window::WindowPolicy;
 
 use crate::choice::{Chooser, RandomChooser, Rates};
-use crate::cost::Cost;
+use crate::cost::{Cost, Platform};
 use crate::explore::{catching, RunOutcome, System};
 use crate::invariant::Violation;
+use crate::machine::Topology;
 
 /// One of the neighbours' workloads, as named on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,6 +132,10 @@ pub struct NeighbourRow {
     pub workload: &'static str,
     /// Policy name.
     pub policy: &'static str,
+    /// The machine it ran on as the caller named it (`--topology
+    /// power8-e880`), or `None` for `cpus` CPUs of one socket. The
+    /// workloads leave it `None`; the caller names the machine it chose.
+    pub machine: Option<String>,
     /// Simulated CPUs.
     pub cpus: usize,
     /// Processes (vmalloc-grow) or tasks (ctxswitch, pgmap).
@@ -164,7 +169,6 @@ fn count_name(row: Cost) -> &'static str {
         Cost::Primitive(P::Ipi) => "ipis",
         Cost::Primitive(P::FullFlush) => "full_flushes",
         Cost::Primitive(P::RootLoad) => "root_loads",
-        Cost::Primitive(P::LineTransfer) => "line_transfers",
         Cost::Primitive(P::KeyWrite) => "key_writes",
         Cost::Software(S::ContextSwitch) => "switches",
         Cost::Software(S::Fault) => "faults",
@@ -261,13 +265,14 @@ pub(crate) fn seeded(seed: u64) -> RandomChooser {
 }
 
 /// Runs `workload` under the policy named `policy` at `size` (CPUs for
-/// `ctxswitch` and `pgmap`, processes for `vmalloc-grow`), with the cost
-/// overrides `costs`. `pgmap` also accepts the known-bad
-/// `percpu-preemptible`.
+/// `ctxswitch`, `ctxswitch-bench` and `pgmap`, processes for
+/// `vmalloc-grow`), with the cost overrides `costs`. `pgmap` also accepts
+/// the known-bad `percpu-preemptible`.
 ///
 /// # Errors
 /// A message naming the accepted policies when `policy` is unknown, or the
-/// size is out of range (1..=64 CPUs; 1..=100,000 processes).
+/// size is out of range (1 to 2,048 CPUs for `ctxswitch-bench`, 1 to 64
+/// for the others; 1 to 100,000 processes).
 pub fn run_named(
     workload: NeighbourWorkload,
     policy: &str,
@@ -275,28 +280,26 @@ pub fn run_named(
     seed: u64,
     costs: &[(Cost, u64)],
 ) -> Result<NeighbourRow, String> {
-    let unknown = || {
-        let mut names = workload.policies().to_vec();
-        if workload == NeighbourWorkload::Pgmap {
-            names.push("percpu-preemptible");
-        }
-        format!(
-            "unknown policy `{policy}` for {} (expected one of {})",
-            workload.name(),
-            names.join(", ")
-        )
-    };
+    let unknown = || unknown_policy(workload, policy);
+    let backend_cpus = lazymmu::backend::machine::MAX_BACKEND_CPUS;
     match workload {
-        NeighbourWorkload::Ctxswitch | NeighbourWorkload::CtxswitchBench => {
+        NeighbourWorkload::CtxswitchBench => {
             if !(1..=lazymmu::cpu::MAX_CPUS).contains(&size) {
-                return Err(format!("{} needs 1..=64 CPUs, not {size}", workload.name()));
+                return Err(format!(
+                    "ctxswitch-bench needs 1..={} CPUs, not {size}",
+                    lazymmu::cpu::MAX_CPUS
+                ));
+            }
+            run_switch_benchmark(policy, Topology::flat(size), Platform::X86, seed, costs)
+        }
+        NeighbourWorkload::Ctxswitch => {
+            if !(1..=backend_cpus).contains(&size) {
+                return Err(format!(
+                    "ctxswitch needs 1..={backend_cpus} CPUs, not {size}"
+                ));
             }
             let policy = parse_lazy_tlb(policy).ok_or_else(unknown)?;
-            let mut config = if workload == NeighbourWorkload::Ctxswitch {
-                ctxswitch::CtxSwitchConfig::new(policy, size)
-            } else {
-                ctxswitch::CtxSwitchConfig::switch_benchmark(policy, size)
-            };
+            let mut config = ctxswitch::CtxSwitchConfig::new(policy, size);
             config.seed = seed;
             config.costs = costs.to_vec();
             Ok(ctxswitch::run(&config))
@@ -314,8 +317,8 @@ pub fn run_named(
             Ok(vmalloc_grow::run(&config))
         }
         NeighbourWorkload::Pgmap => {
-            if !(1..=lazymmu::cpu::MAX_CPUS).contains(&size) {
-                return Err(format!("pgmap needs 1..=64 CPUs, not {size}"));
+            if !(1..=backend_cpus).contains(&size) {
+                return Err(format!("pgmap needs 1..={backend_cpus} CPUs, not {size}"));
             }
             let mut config =
                 pgmap::PgmapConfig::variant(&format!("pgmap-{policy}")).ok_or_else(unknown)?;
@@ -326,6 +329,41 @@ pub fn run_named(
             Ok(pgmap::run(&config))
         }
     }
+}
+
+/// Runs `ctxswitch-bench` (will-it-scale's `context_switch1_threads`,
+/// [`ctxswitch::CtxSwitchConfig::ping_pong`]) under the lazy-TLB policy
+/// named `policy` on `topology` with `platform`'s cost table, with the cost
+/// overrides `costs`. [`crate::machine::topology::POWER8_E880`] is the
+/// machine of Linux 6.4's published figures.
+///
+/// # Errors
+/// A message naming the accepted policies when `policy` is unknown.
+pub fn run_switch_benchmark(
+    policy: &str,
+    topology: Topology,
+    platform: Platform,
+    seed: u64,
+    costs: &[(Cost, u64)],
+) -> Result<NeighbourRow, String> {
+    let workload = NeighbourWorkload::CtxswitchBench;
+    let policy = parse_lazy_tlb(policy).ok_or_else(|| unknown_policy(workload, policy))?;
+    let mut config = ctxswitch::CtxSwitchConfig::ping_pong(policy, topology, platform);
+    config.seed = seed;
+    config.costs = costs.to_vec();
+    Ok(ctxswitch::run(&config))
+}
+
+fn unknown_policy(workload: NeighbourWorkload, policy: &str) -> String {
+    let mut names = workload.policies().to_vec();
+    if workload == NeighbourWorkload::Pgmap {
+        names.push("percpu-preemptible");
+    }
+    format!(
+        "unknown policy `{policy}` for {} (expected one of {})",
+        workload.name(),
+        names.join(", ")
+    )
 }
 
 /// Steps of the tiny `ctxswitch` and `pgmap` scenarios.

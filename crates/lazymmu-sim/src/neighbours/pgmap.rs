@@ -382,6 +382,7 @@ pub fn run_with(config: &PgmapConfig, chooser: &mut dyn Chooser) -> NeighbourRow
     ]);
     let row = NeighbourRow {
         workload: "pgmap",
+        machine: None,
         policy: config.policy_name(),
         cpus: config.cpus,
         processes: config.tasks,

@@ -270,6 +270,7 @@ pub fn run_with(config: &VmallocGrowConfig, chooser: &mut dyn Chooser) -> Neighb
     ]);
     let row = NeighbourRow {
         workload: "vmalloc-grow",
+        machine: None,
         policy: sync_name(config.policy),
         cpus: config.cpus,
         processes: config.processes,

@@ -414,6 +414,16 @@ impl<P: Arm64Primitives> TlbFlush for Arm64<P> {
         }
     }
 
+    /// `tlb_flush` with `tlb->fullmm` (arch/arm64/include/asm/tlb.h): the
+    /// ASID allocator never hands the ASID out again without invalidating
+    /// it, so a teardown flushes (`flush_tlb_mm`) only when page tables
+    /// were freed, for the walk caches.
+    fn flush_full_mm(&self, space: SpaceId, scope: FlushScope) {
+        if matches!(scope, FlushScope::Mm { freed_tables: true }) || space == SpaceId::KERNEL {
+            self.flush_all(space, scope);
+        }
+    }
+
     /// Linux decides in `__flush_tlb_range` itself; the gather asks for
     /// ranges up to the limit above which that would flush everything.
     fn single_page_ceiling(&self) -> usize {
@@ -448,4 +458,8 @@ impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
 
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

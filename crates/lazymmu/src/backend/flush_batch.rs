@@ -48,6 +48,31 @@ pub trait AddressFlush<P: CpuPrimitives> {
         true
     }
 
+    /// Whether the old value `old` of an entry at `level` may be cached
+    /// where an invalidation must reach it. The default: a leaf (a table
+    /// pointer is not translated by the TLB or the TSB: `pmd_clear` queues
+    /// nothing).
+    fn cached(old: u64, level: u8) -> bool {
+        matches!(
+            <Self::Format as Format>::decode(old, level),
+            crate::pgtable::format::Entry::Leaf { .. }
+        )
+    }
+
+    /// Bits of the old value a write-protect keeps (`pte_update` changes
+    /// only the bits it is told to). The default: none beyond the new
+    /// value.
+    fn kept_by_wrprotect(old: u64) -> u64 {
+        let _ = old;
+        0
+    }
+
+    /// Whether clearing an entry while the whole address space is torn
+    /// down (`fullmm`) owes no invalidation. The default: it does.
+    fn skips_full_mm() -> bool {
+        false
+    }
+
     /// The rest of [`TlbFlush::flush_range`] once the pending batch is
     /// issued. The default: nothing.
     fn flush_range(primitives: &P, space: SpaceId, start: VirtAddr, end: VirtAddr) {
@@ -120,12 +145,28 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
     fn flush_pending(&self) {
         let batch = self.cpu().batch.borrow_mut().take();
         if !batch.pages.is_empty() {
+            self.primitives.deferred_begin();
             A::flush_pages(
                 &self.primitives,
                 batch.space,
                 batch.size,
                 batch.pages.as_slice(),
             );
+            self.primitives.deferred_end();
+        }
+    }
+
+    /// Issues the calling CPU's batch when it holds addresses of `space`:
+    /// a flush of one space owes nothing of another's batch (an interrupt
+    /// handler's kernel flush leaves the interrupted task's batch alone,
+    /// as `flush_tlb_kernel_range` does on both architectures).
+    fn flush_pending_of(&self, space: SpaceId) {
+        let pending = {
+            let batch = self.cpu().batch.borrow();
+            !batch.pages.is_empty() && batch.space == space
+        };
+        if pending {
+            self.flush_pending();
         }
     }
 
@@ -155,10 +196,16 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> FlushBatching<P, A, N
     /// (which only issue their own CPU's batch, the invalidations being
     /// made at update time) would not cover it.
     fn update(&self, update: &EntryUpdate, value: u64) -> u64 {
+        self.update_owing(update, value, true)
+    }
+
+    /// [`Self::update`], where `owes` false skips the invalidation (a
+    /// full-mm teardown on an architecture that needs none then).
+    fn update_owing(&self, update: &EntryUpdate, value: u64, owes: bool) -> u64 {
         let _not_preemptible = self.primitives.preempt_guard();
         let old = self.primitives.read_pte(update.entry);
         A::write_pte(&self.primitives, update.entry, value);
-        if A::batches(update) && A::Format::is_valid(old) && old != value {
+        if owes && A::batches(update) && A::cached(old, update.level) && old != value {
             self.need_flush(update.space, update.va, update.page_size());
         }
         old
@@ -196,6 +243,17 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> PteAccess for FlushBa
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
         self.update(&update, 0)
     }
+
+    fn get_and_clear_full(&self, update: EntryUpdate, full: bool) -> u64 {
+        self.update_owing(&update, 0, !(full && A::skips_full_mm()))
+    }
+
+    /// One update of the entry (`pte_update` on powerpc, `set_pte_at` on
+    /// sparc64), keeping what the architecture keeps of the old value.
+    fn set_wrprotect(&self, update: EntryUpdate) -> u64 {
+        let old = self.primitives.read_pte(update.entry);
+        self.update(&update, update.value | A::kept_by_wrprotect(old))
+    }
 }
 
 impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> TlbFlush for FlushBatching<P, A, N> {
@@ -211,13 +269,13 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> TlbFlush for FlushBat
         _stride: PageSize,
         _scope: FlushScope,
     ) {
-        self.flush_pending();
+        self.flush_pending_of(space);
         A::flush_range(&self.primitives, space, start, end);
     }
 
     /// Issues the pending batch, then [`AddressFlush::flush_all`].
     fn flush_all(&self, space: SpaceId, _scope: FlushScope) {
-        self.flush_pending();
+        self.flush_pending_of(space);
         A::flush_all(&self.primitives, space);
     }
 }
@@ -247,4 +305,8 @@ impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> ContextSwitch
 
 impl<P: CpuPrimitives, A: AddressFlush<P>, const N: usize> Backend for FlushBatching<P, A, N> {
     type Format = A::Format;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

@@ -11,8 +11,17 @@
 use core::fmt;
 
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
-pub use crate::cpu::MAX_CPUS;
 use crate::cpu::{Cpu, CpuId};
+use crate::pgtable::memory::PageTableMemory;
+
+/// The largest number of CPUs a backend keeps per-CPU state for
+/// ([`PerCpu`]; CPU ids below it). The page-table paths a backend serves
+/// run on at most this many CPUs; the CPU vocabulary itself
+/// ([`CpuMask`](crate::cpu::CpuMask)) and lazy TLB reach
+/// [`MAX_CPUS`](crate::cpu::MAX_CPUS), and a per-CPU batch of every
+/// backend for every one of those would cost memory for CPUs no backend
+/// runs on.
+pub const MAX_BACKEND_CPUS: usize = 64;
 
 /// The machine operations whose counts and costs a backend determines.
 ///
@@ -23,17 +32,29 @@ pub enum Primitive {
     /// A trap into the hypervisor (Xen `mmu_update`, `mmuext_op`,
     /// `multicall`).
     Hypercall,
-    /// One entry of a Xen multicall batch.
+    /// One entry of a Xen multicall batch (an operation the hypervisor
+    /// dispatches: an `mmu_update` with its requests, an `mmuext_op`).
     MulticallEntry,
+    /// One `mmu_update` request the hypervisor validates and applies (a
+    /// page-table entry write on a Xen PV guest's read-only tables), alone
+    /// or among the requests of one call or multicall entry.
+    MmuUpdate,
+    /// A native write to a read-only page-table page that the hypervisor
+    /// traps and emulates (Xen PV's writable page tables: an atomic
+    /// exchange or bit clear the guest executes on a pinned table).
+    EmulatedWrite,
     /// An arm64 `dsb` (`ishst` or `ish`).
     Dsb,
     /// An arm64 `isb`.
     Isb,
     /// One powerpc hash-page-table entry invalidation (`tlbie` of the HPTE).
     HashInvalidate,
-    /// One s390 IPTE instruction (single or multi-entry): a machine-wide
-    /// quiesce.
+    /// One s390 IPTE instruction (single or multi-entry) with global
+    /// scope: a machine-wide quiesce.
     Ipte,
+    /// One s390 IPTE instruction with local scope (the local-clearing
+    /// control, `IPTE_LOCAL`): purges this CPU's TLB only, no quiesce.
+    IpteLocal,
     /// One TLB invalidation by address or ASID broadcast by the hardware
     /// (arm64 `tlbi`, sparc64 demap).
     Tlbi,
@@ -42,7 +63,10 @@ pub enum Primitive {
     /// A full TLB flush of an address space (CR3 reload, `tlbi aside1is`,
     /// `MMUEXT_TLB_FLUSH_*`).
     FullFlush,
-    /// An inter-processor interrupt (cross-call) to one remote CPU.
+    /// An inter-processor interrupt round trip: the sender interrupts
+    /// its targets together and waits for them all (Linux's
+    /// `smp_call_function_many_cond`, sparc64's cross-calls), so one send
+    /// to any number of remote CPUs counts once.
     Ipi,
     /// A write of the protection-key register (`wrmsr IA32_PKRS`,
     /// `msr POR_EL1` + `isb`).
@@ -52,20 +76,20 @@ pub enum Primitive {
     /// Loading a page-table root (x86 `mov cr3`, arm64 `msr ttbr0_el1`):
     /// the register write, without the TLB flush that may go with it.
     RootLoad,
-    /// A cache line moving between CPUs because another CPU modified or
-    /// shares it (a shared counter, a CPU mask).
-    LineTransfer,
 }
 
 impl Primitive {
     /// Every primitive, in a fixed order (for tables and count arrays).
-    pub const ALL: [Primitive; 14] = [
+    pub const ALL: [Primitive; 16] = [
         Primitive::Hypercall,
         Primitive::MulticallEntry,
+        Primitive::MmuUpdate,
+        Primitive::EmulatedWrite,
         Primitive::Dsb,
         Primitive::Isb,
         Primitive::HashInvalidate,
         Primitive::Ipte,
+        Primitive::IpteLocal,
         Primitive::Tlbi,
         Primitive::Invlpg,
         Primitive::FullFlush,
@@ -73,7 +97,6 @@ impl Primitive {
         Primitive::KeyWrite,
         Primitive::PteWrite,
         Primitive::RootLoad,
-        Primitive::LineTransfer,
     ];
 
     /// The primitive's position in [`Primitive::ALL`].
@@ -131,20 +154,68 @@ impl fmt::Display for BackendBug {
 ///
 /// [`read_pte`]: CpuPrimitives::read_pte
 pub trait CpuPrimitives: Cpu {
+    /// The page-table memory the CPU's entry stores go to.
+    type Memory: PageTableMemory + ?Sized;
+
+    /// The memory the CPU's entry loads and stores reach: what a backend
+    /// over these primitives reports as [`Backend::memory`], so that page
+    /// tables zero new tables, and walk, where the primitives write.
+    ///
+    /// [`Backend::memory`]: crate::backend::Backend::memory
+    fn memory(&self) -> &Self::Memory;
+
     /// Loads the 8-byte entry at `entry` from memory, as the walker would
-    /// see it.
-    fn read_pte(&self, entry: PhysAddr) -> u64;
+    /// see it. The default reads [`CpuPrimitives::memory`].
+    fn read_pte(&self, entry: PhysAddr) -> u64 {
+        self.memory().read(entry)
+    }
 
     /// Reports a bug in how the backend is driven (see [`BackendBug`]).
     fn report(&self, bug: BackendBug);
+
+    /// `mm_cpumask(mm)`: the CPUs that may hold translations of `space`,
+    /// as the kernel tracks them (set when a CPU loads the space, kept
+    /// while it only borrows it). Backends whose flushes or invalidations
+    /// depend on it ask here (s390's single-CPU path, sparc64's
+    /// cross-calls, Xen's flush targets). The default is every CPU.
+    fn mm_cpumask(&self, space: SpaceId) -> crate::cpu::CpuMask {
+        let _ = space;
+        crate::cpu::CpuMask::first(crate::cpu::MAX_CPUS)
+    }
+
+    /// The backend is about to issue work it deferred earlier: a batch the
+    /// task running then queued (Xen's multicall buffer, a powerpc or
+    /// sparc64 invalidation batch, s390's cached entries). Issued from an
+    /// interrupt handler, that work is still the interrupted task's, and a
+    /// model charges it to the task. Paired with
+    /// [`deferred_end`](CpuPrimitives::deferred_end); the default does
+    /// nothing.
+    fn deferred_begin(&self) {}
+
+    /// The deferred work announced by
+    /// [`deferred_begin`](CpuPrimitives::deferred_begin) is issued.
+    fn deferred_end(&self) {}
 }
 
 impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
+    type Memory = P::Memory;
+    fn memory(&self) -> &Self::Memory {
+        (**self).memory()
+    }
     fn read_pte(&self, entry: PhysAddr) -> u64 {
         (**self).read_pte(entry)
     }
     fn report(&self, bug: BackendBug) {
         (**self).report(bug)
+    }
+    fn mm_cpumask(&self, space: SpaceId) -> crate::cpu::CpuMask {
+        (**self).mm_cpumask(space)
+    }
+    fn deferred_begin(&self) {
+        (**self).deferred_begin()
+    }
+    fn deferred_end(&self) {
+        (**self).deferred_end()
     }
 }
 
@@ -155,7 +226,7 @@ impl<P: CpuPrimitives + ?Sized> CpuPrimitives for &P {
 /// then `!Sync`, which matches how the simulator (one host thread) and a
 /// kernel with interrupts as the only re-entry use it.
 pub struct PerCpu<T> {
-    slots: [T; MAX_CPUS],
+    slots: [T; MAX_BACKEND_CPUS],
 }
 
 impl<T> PerCpu<T> {
@@ -169,14 +240,17 @@ impl<T> PerCpu<T> {
     /// The slot of CPU `cpu`.
     ///
     /// # Panics
-    /// If `cpu >= MAX_CPUS`: the primitives reported a CPU the backend was
+    /// If `cpu >= MAX_BACKEND_CPUS`: the primitives reported a CPU the backend was
     /// not built for.
     #[inline]
     #[track_caller]
     pub fn get(&self, cpu: CpuId) -> &T {
         match self.slots.get(cpu.index()) {
             Some(slot) => slot,
-            None => panic!("CPU id {} is not below MAX_CPUS ({MAX_CPUS})", cpu.0),
+            None => panic!(
+                "CPU id {} is not below MAX_BACKEND_CPUS ({MAX_BACKEND_CPUS})",
+                cpu.0
+            ),
         }
     }
 
@@ -234,6 +308,11 @@ impl<T: Copy, const N: usize> Batch<T, N> {
     /// The pending items, oldest first.
     pub fn as_slice(&self) -> &[T] {
         &self.items[..self.len]
+    }
+
+    /// The pending items, oldest first, to change in place.
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.items[..self.len]
     }
 
     /// Number of pending items.
@@ -441,9 +520,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "not below MAX_CPUS")]
+    #[should_panic(expected = "not below MAX_BACKEND_CPUS")]
     fn per_cpu_rejects_an_unknown_cpu() {
         let cpus: PerCpu<u8> = PerCpu::default();
-        let _ = cpus.get(CpuId::new(MAX_CPUS));
+        let _ = cpus.get(CpuId::new(MAX_BACKEND_CPUS));
     }
 }

@@ -32,7 +32,9 @@
 //!
 //! A backend names the page-table format it writes
 //! ([`Backend::Format`]), so page tables of another format cannot be handed
-//! to it.
+//! to it, and the memory its entries live in ([`Backend::memory`]), which is
+//! where page tables zero their new tables and the walker reads: the tables
+//! and the backend cannot disagree about where entries are.
 
 pub mod arm64;
 pub mod flush_batch;
@@ -50,6 +52,7 @@ use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::cpu::CpuMask;
 use crate::mode::{ArchHooks, LazyState};
 use crate::pgtable::format::Format;
+use crate::pgtable::memory::PageTableMemory;
 
 /// One page-table entry update as the backend sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +129,30 @@ pub trait PteAccess {
         }
     }
 
+    /// `ptep_get_and_clear_full`: as [`PteAccess::get_and_clear`], with
+    /// `full` set when the whole address space is being torn down
+    /// (`tlb->fullmm`, exit and execve). Some arches skip per-entry work
+    /// then: sparc64 queues no TSB/TLB flush (`tlb_batch_add` with
+    /// `fullmm`), s390 clears the entry without an IPTE. The default
+    /// ignores `full`.
+    fn get_and_clear_full(&self, update: EntryUpdate, full: bool) -> u64 {
+        let _ = full;
+        self.get_and_clear(update)
+    }
+
+    /// `ptep_set_wrprotect`: replaces the entry by `update.value` (the same
+    /// entry write-protected, for fork's copy-on-write) in one step, and
+    /// returns the old value. Linux does this as one atomic update of the
+    /// entry (x86 `clear_bit`, arm64's `cmpxchg` loop in
+    /// `__ptep_set_wrprotect`, powerpc `pte_update`), or as a write
+    /// (`set_pte_at` on sparc64). The default reads the entry and writes
+    /// the new value through [`PteAccess::write_entry`].
+    fn set_wrprotect(&self, update: EntryUpdate) -> u64 {
+        let old = self.read_entry(update.entry);
+        self.write_entry(update);
+        old
+    }
+
     /// `ptep_modify_prot_start`: returns the current value of an entry that
     /// is about to be rewritten in place (mprotect), so that no hardware
     /// update of its accessed and dirty bits is lost before
@@ -145,11 +172,46 @@ pub trait PteAccess {
 
 /// Which CPUs a TLB invalidation must reach.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a CPU mask is MAX_CPUS bits by design, passed once per flush; there is no allocator to box it"
+)]
 pub enum FlushScope {
     /// Only the CPU doing the update.
     Local,
     /// Every CPU in the mask that uses the address space.
     Cpus(CpuMask),
+    /// The CPUs in the address space's `mm_cpumask` as the machine tracks
+    /// it, read when the flush is issued, with preemption off (Linux's
+    /// `flush_tlb_mm_range`); every CPU for the kernel's space
+    /// (`flush_tlb_kernel_range`). `freed_tables` says whether page-table
+    /// pages under the range are about to be freed: x86 then also reaches
+    /// CPUs that only borrow the space (`should_flush_tlb`). A
+    /// [`Gather`](crate::pgtable::gather::Gather) sets it itself when it
+    /// holds table frames.
+    Mm {
+        /// Page-table pages are freed after this flush.
+        freed_tables: bool,
+    },
+}
+
+impl FlushScope {
+    /// The scope of a flush that only the address space's own CPUs need:
+    /// [`FlushScope::Mm`] without freed tables.
+    pub const MM: FlushScope = FlushScope::Mm {
+        freed_tables: false,
+    };
+
+    /// This scope, noting that page-table pages are freed after the flush
+    /// when `freed` holds.
+    pub const fn freeing_tables(self, freed: bool) -> FlushScope {
+        match self {
+            FlushScope::Mm { freed_tables } => FlushScope::Mm {
+                freed_tables: freed_tables || freed,
+            },
+            other => other,
+        }
+    }
 }
 
 /// TLB invalidation, as the gather asks for it.
@@ -167,6 +229,16 @@ pub trait TlbFlush {
 
     /// Invalidates every translation of `space`.
     fn flush_all(&self, space: SpaceId, scope: FlushScope);
+
+    /// The flush of a gather that tears the whole address space down
+    /// (`tlb_flush` with `tlb->fullmm`, exit and execve). The default is
+    /// [`TlbFlush::flush_all`] (generic `flush_tlb_mm`, x86's
+    /// `flush_tlb_mm_range` to `TLB_FLUSH_ALL`); arm64 flushes only when
+    /// page tables were freed, since its ASID allocator never reuses the
+    /// ASID without a flush (arch/arm64/include/asm/tlb.h).
+    fn flush_full_mm(&self, space: SpaceId, scope: FlushScope) {
+        self.flush_all(space, scope)
+    }
 
     /// The number of single-page invalidations above which the gather
     /// should rather flush everything (x86's `tlb_single_page_flush_ceiling`
@@ -197,6 +269,30 @@ pub trait Backend: ArchHooks + PteAccess + TlbFlush + ContextSwitch {
     /// ([`PageTables`](crate::pgtable::ops::PageTables) requires
     /// `B: Backend<Format = F>`).
     type Format: Format;
+
+    /// The page-table memory whose entries this backend reads and writes.
+    type Memory: PageTableMemory + ?Sized;
+
+    /// The memory the backend's entries live in: page tables zero new
+    /// tables in it, and their walker
+    /// ([`PageTables::translate`](crate::pgtable::ops::PageTables::translate))
+    /// reads it.
+    fn memory(&self) -> &Self::Memory;
+
+    /// `arch_dup_mmap`: fork has copied the page tables of the new address
+    /// space `child`. Xen PV pins them (`xen_dup_mmap` → `xen_pgd_pin`).
+    /// The default does nothing.
+    fn dup_mmap(&self, child: SpaceId) {
+        let _ = child;
+    }
+
+    /// `arch_exit_mmap`: the address space `space` is about to be torn
+    /// down. Xen PV unpins its page tables, so the teardown's clears are
+    /// plain stores (`xen_exit_mmap` → `xen_pgd_unpin`). The default does
+    /// nothing.
+    fn exit_mmap(&self, space: SpaceId) {
+        let _ = space;
+    }
 }
 
 impl<B: PteAccess + ?Sized> PteAccess for &B {
@@ -215,6 +311,14 @@ impl<B: PteAccess + ?Sized> PteAccess for &B {
     #[inline]
     fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
         (**self).write_entries(first, count, step)
+    }
+    #[inline]
+    fn get_and_clear_full(&self, update: EntryUpdate, full: bool) -> u64 {
+        (**self).get_and_clear_full(update, full)
+    }
+    #[inline]
+    fn set_wrprotect(&self, update: EntryUpdate) -> u64 {
+        (**self).set_wrprotect(update)
     }
     #[inline]
     fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
@@ -243,6 +347,10 @@ impl<B: TlbFlush + ?Sized> TlbFlush for &B {
         (**self).flush_all(space, scope)
     }
     #[inline]
+    fn flush_full_mm(&self, space: SpaceId, scope: FlushScope) {
+        (**self).flush_full_mm(space, scope)
+    }
+    #[inline]
     fn single_page_ceiling(&self) -> usize {
         (**self).single_page_ceiling()
     }
@@ -261,4 +369,15 @@ impl<B: ContextSwitch + ?Sized> ContextSwitch for &B {
 
 impl<B: Backend + ?Sized> Backend for &B {
     type Format = B::Format;
+    type Memory = B::Memory;
+    #[inline]
+    fn memory(&self) -> &Self::Memory {
+        (**self).memory()
+    }
+    fn dup_mmap(&self, child: SpaceId) {
+        (**self).dup_mmap(child)
+    }
+    fn exit_mmap(&self, space: SpaceId) {
+        (**self).exit_mmap(space)
+    }
 }

@@ -60,10 +60,12 @@ impl<P: PpcHashPrimitives + ?Sized> PpcHashPrimitives for &P {
 
 /// The powerpc hash-MMU backend (`ppc-hash`).
 ///
-/// A write that replaces a valid entry needs its hash entry invalidated
-/// (`hpte_need_flush`; Linux tracks whether a hash entry exists with
-/// `_PAGE_HASHPTE`, which this model approximates by "the old entry was
-/// valid"). Outside lazy MMU mode that is one `flush_hash_page` per write.
+/// A write that replaces an entry with a hash-table entry needs that entry
+/// invalidated: `hash__pte_update` calls `hpte_need_flush` only when the old
+/// PTE has `H_PAGE_HASHPTE` ([`HASHPTE`](crate::pgtable::format::ppc_hash::HASHPTE)),
+/// which the hash-fault handler sets when it inserts one, so only pages
+/// that were touched owe an invalidation. Outside lazy MMU mode that is one
+/// `flush_hash_page` per write.
 /// Inside it the address joins the CPU's batch, which is issued early when
 /// a write for another address space or page size arrives and when a 193rd
 /// address would not fit (Linux issues a batch the moment it fills; the
@@ -91,6 +93,18 @@ impl<P: PpcHashPrimitives> AddressFlush<P> for HashFlush {
 
     fn flush_page(primitives: &P, space: SpaceId, va: VirtAddr, size: PageSize) {
         primitives.flush_hash_page(space, va, size);
+    }
+
+    /// `H_PAGE_HASHPTE`: the hash-fault handler inserted a hash entry
+    /// (`hash__pte_update`).
+    fn cached(old: u64, _level: u8) -> bool {
+        old & crate::pgtable::format::ppc_hash::HASHPTE != 0
+    }
+
+    /// `ptep_set_wrprotect` is `pte_update(mm, addr, ptep, _PAGE_WRITE, 0,
+    /// 0)`: the hash-entry bit stays.
+    fn kept_by_wrprotect(old: u64) -> u64 {
+        old & crate::pgtable::format::ppc_hash::HASHPTE
     }
 
     /// `__flush_tlb_pending`: one page goes by `flush_hash_page`, more by

@@ -202,6 +202,9 @@ pub struct Protected<B, K, F> {
     inner: B,
     keys: K,
     cpus: PerCpu<LazyFlag>,
+    /// Whether a lazy MMU section opens the register once (kpkeys with its
+    /// batching patch); without it every write opens and closes it.
+    batch_key: bool,
     _flavour: PhantomData<F>,
 }
 
@@ -221,7 +224,21 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> Protected<B, K, F> {
             inner,
             keys,
             cpus: PerCpu::default(),
+            batch_key: true,
             _flavour: PhantomData,
+        }
+    }
+
+    /// Wraps `inner` without batching the register: lazy MMU sections
+    /// reach the inner backend only, and every write opens and closes the
+    /// register (kpkeys_hardened_pgtables without "Batch
+    /// KPKEYS_LVL_PGTABLES switches", the last patch of Kevin Brodsky's
+    /// series). For inner backends that write no entry when a section
+    /// closes (arm64): a deferred write would find the register closed.
+    pub fn unbatched(inner: B, keys: K) -> Self {
+        Self {
+            batch_key: false,
+            ..Self::new(inner, keys)
         }
     }
 
@@ -293,6 +310,10 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
     /// the first one saved, so `leave` still restores what the section
     /// found, and only makes sure the register is open.
     fn enter(&self) {
+        if !self.batch_key {
+            self.inner.enter();
+            return;
+        }
         let first = self.lazy().set();
         let found = self.keys.read_key();
         if first {
@@ -310,6 +331,9 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
     /// `enter` found is restored.
     fn leave(&self) {
         self.inner.leave();
+        if !self.batch_key {
+            return;
+        }
         let saved = self.keys.task_key(KeySlot::Section).unwrap_or(F::DEFAULT);
         if self.keys.read_key() != saved {
             self.keys.write_key(saved);
@@ -333,6 +357,16 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> PteAccess for Protected<B, K, F> {
 
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
         self.with_window(|| self.inner.get_and_clear(update))
+    }
+
+    fn get_and_clear_full(&self, update: EntryUpdate, full: bool) -> u64 {
+        self.with_window(|| self.inner.get_and_clear_full(update, full))
+    }
+
+    /// One guarded atomic (kpkeys wraps `___ptep_set_wrprotect` in one
+    /// `guard(kpkeys_hardened_pgtables)`).
+    fn set_wrprotect(&self, update: EntryUpdate) -> u64 {
+        self.with_window(|| self.inner.set_wrprotect(update))
     }
 
     fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
@@ -372,6 +406,14 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> TlbFlush for Protected<B, K, F> {
         }
     }
 
+    fn flush_full_mm(&self, space: SpaceId, scope: FlushScope) {
+        if self.keys.in_interrupt() {
+            self.with_window(|| self.inner.flush_full_mm(space, scope));
+        } else {
+            self.inner.flush_full_mm(space, scope);
+        }
+    }
+
     fn single_page_ceiling(&self) -> usize {
         self.inner.single_page_ceiling()
     }
@@ -394,7 +436,7 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> ContextSwitch for Protected<B, K, F
         if self.keys.read_key() != live {
             self.keys.write_key(live);
         }
-        if next.is_active() {
+        if next.is_active() && self.batch_key {
             self.lazy().set();
         }
         self.inner.switch_in(next);
@@ -403,6 +445,16 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> ContextSwitch for Protected<B, K, F
 
 impl<B: Backend, K: KeySlots, F: KeyFlavour> Backend for Protected<B, K, F> {
     type Format = B::Format;
+    type Memory = B::Memory;
+    fn memory(&self) -> &B::Memory {
+        self.inner.memory()
+    }
+    fn dup_mmap(&self, child: SpaceId) {
+        self.inner.dup_mmap(child)
+    }
+    fn exit_mmap(&self, space: SpaceId) {
+        self.inner.exit_mmap(space)
+    }
 }
 
 /// `arm64-poe`: arm64 with page tables protected by POE.

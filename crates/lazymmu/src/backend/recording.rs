@@ -104,10 +104,16 @@ pub enum Call {
     Shootdown,
     /// [`PageTableMemory::write`] or [`PageTableMemory::swap`].
     MemoryWrite,
+    /// [`XenPrimitives::native_update`].
+    NativeUpdate,
+    /// [`XenPrimitives::pin_tables`].
+    Pin,
+    /// [`XenPrimitives::unpin_tables`].
+    Unpin,
 }
 
 impl Call {
-    const COUNT: usize = 24;
+    const COUNT: usize = 27;
 }
 
 /// One recorded call: which method, and how many items it carried (entries
@@ -155,6 +161,9 @@ pub struct Recording {
     faults: Cell<u64>,
     key_write_isb: Cell<bool>,
     bugs: [Cell<u32>; 4],
+    unpinned: Cell<bool>,
+    flush_mm: Cell<bool>,
+    mm_cpumask: Cell<Option<CpuMask>>,
 }
 
 impl Default for Recording {
@@ -186,7 +195,22 @@ impl Recording {
             faults: Cell::new(0),
             key_write_isb: Cell::new(false),
             bugs: Default::default(),
+            unpinned: Cell::new(false),
+            flush_mm: Cell::new(false),
+            mm_cpumask: Cell::new(None),
         }
+    }
+
+    /// Sets what [`CpuPrimitives::mm_cpumask`] answers for every address
+    /// space (every CPU of the machine until set).
+    pub fn set_mm_cpumask(&self, mask: CpuMask) {
+        self.mm_cpumask.set(Some(mask));
+    }
+
+    /// Whether an s390 `flush_mm` flag is set
+    /// ([`S390Primitives::set_flush_mm`]).
+    pub fn flush_mm_pending(&self) -> bool {
+        self.flush_mm.get()
     }
 
     /// Protects page-table pages: from now on a page-table store faults
@@ -373,9 +397,9 @@ impl Recording {
         (targets, targets - u64::from(local))
     }
 
-    /// CPUs other than this one (an IPI to each).
+    /// One IPI round trip when there are CPUs other than this one.
     fn remote_cpus(&self) -> u64 {
-        self.cpus.get() as u64 - 1
+        u64::from(self.cpus.get() > 1)
     }
 
     fn mmuext_work(&self, op: MmuExtOp) {
@@ -383,14 +407,14 @@ impl Recording {
             MmuExtOp::InvlpgLocal { .. } => self.charge(Primitive::Invlpg, 1),
             MmuExtOp::TlbFlushLocal { .. } => self.charge(Primitive::FullFlush, 1),
             MmuExtOp::InvlpgMulti { cpus, .. } => {
-                let (targets, remote) = self.targets(cpus);
+                let (targets, remote) = self.targets(cpus.cpus());
                 self.charge(Primitive::Invlpg, targets);
-                self.charge(Primitive::Ipi, remote);
+                self.charge(Primitive::Ipi, u64::from(remote > 0));
             }
             MmuExtOp::TlbFlushMulti { cpus, .. } => {
-                let (targets, remote) = self.targets(cpus);
+                let (targets, remote) = self.targets(cpus.cpus());
                 self.charge(Primitive::FullFlush, targets);
-                self.charge(Primitive::Ipi, remote);
+                self.charge(Primitive::Ipi, u64::from(remote > 0));
             }
         }
     }
@@ -423,12 +447,20 @@ impl Cpu for Recording {
 }
 
 impl CpuPrimitives for Recording {
-    fn read_pte(&self, entry: PhysAddr) -> u64 {
-        self.read_memory(entry)
+    type Memory = Recording;
+    /// The recording's own store: page tables over a backend on these
+    /// primitives live in it.
+    fn memory(&self) -> &Recording {
+        self
     }
     fn report(&self, bug: BackendBug) {
         let count = &self.bugs[bug_index(bug)];
         count.set(count.get() + 1);
+    }
+    fn mm_cpumask(&self, _space: SpaceId) -> CpuMask {
+        self.mm_cpumask
+            .get()
+            .unwrap_or(CpuMask::first(self.cpus.get()))
     }
 }
 
@@ -442,10 +474,13 @@ impl Environment for Recording {
 }
 
 impl XenPrimitives for Recording {
-    fn mmu_update(&self, update: MmuUpdate) {
-        self.record(Call::MmuUpdate, 1);
+    fn mmu_update(&self, requests: &[MmuUpdate]) {
+        self.record(Call::MmuUpdate, requests.len());
         self.charge(Primitive::Hypercall, 1);
-        self.store(update.entry, update.value);
+        self.charge(Primitive::MmuUpdate, requests.len() as u64);
+        for update in requests {
+            self.store(update.entry, update.value);
+        }
     }
 
     fn mmuext_op(&self, op: MmuExtOp) {
@@ -454,16 +489,48 @@ impl XenPrimitives for Recording {
         self.mmuext_work(op);
     }
 
-    fn multicall(&self, entries: &[MulticallEntry]) {
+    fn multicall(&self, entries: &[MulticallEntry], requests: &[MmuUpdate]) {
         self.record(Call::Multicall, entries.len());
         self.charge(Primitive::Hypercall, 1);
         self.charge(Primitive::MulticallEntry, entries.len() as u64);
         for entry in entries {
             match *entry {
-                MulticallEntry::MmuUpdate(update) => self.store(update.entry, update.value),
+                MulticallEntry::MmuUpdate { .. } => {
+                    let requests = entry.requests(requests);
+                    self.charge(Primitive::MmuUpdate, requests.len() as u64);
+                    for update in requests {
+                        self.store(update.entry, update.value);
+                    }
+                }
                 MulticallEntry::MmuExt(op) => self.mmuext_work(op),
             }
         }
+    }
+
+    /// The recording machine's tables are pinned unless unpinned.
+    fn native_update(&self, entry: PhysAddr, value: u64) -> u64 {
+        let old = self.read_memory(entry);
+        self.record(Call::NativeUpdate, 1);
+        if !self.unpinned.get() {
+            self.charge(Primitive::EmulatedWrite, 1);
+            self.charge(Primitive::MmuUpdate, 1);
+        }
+        self.store(entry, value);
+        old
+    }
+
+    fn table_pinned(&self, _entry: PhysAddr) -> bool {
+        !self.unpinned.get()
+    }
+
+    fn pin_tables(&self, _space: SpaceId) {
+        self.record(Call::Pin, 1);
+        self.unpinned.set(false);
+    }
+
+    fn unpin_tables(&self, _space: SpaceId) {
+        self.record(Call::Unpin, 1);
+        self.unpinned.set(true);
     }
 }
 
@@ -559,9 +626,23 @@ impl S390Primitives for Recording {
             self.set_memory(entry, old | s390::INVALID);
         }
     }
-    fn ipte_range(&self, first: PhysAddr, count: usize, _space: SpaceId, _va: VirtAddr) {
+    fn ipte_range(
+        &self,
+        first: PhysAddr,
+        count: usize,
+        _space: SpaceId,
+        _va: VirtAddr,
+        local: bool,
+    ) {
         self.record(Call::IpteRange, count);
-        self.charge(Primitive::Ipte, 1);
+        self.charge(
+            if local {
+                Primitive::IpteLocal
+            } else {
+                Primitive::Ipte
+            },
+            1,
+        );
         for n in 0..count as u64 {
             let entry = first.add(n * 8);
             let old = self.read_memory(entry);
@@ -573,6 +654,12 @@ impl S390Primitives for Recording {
     fn flush_space(&self, _space: SpaceId) {
         self.record(Call::FlushSpace, 1);
         self.charge(Primitive::FullFlush, 1);
+    }
+    fn set_flush_mm(&self, _space: SpaceId) {
+        self.flush_mm.set(true);
+    }
+    fn take_flush_mm(&self, _space: SpaceId) -> bool {
+        self.flush_mm.replace(false)
     }
 }
 
@@ -656,12 +743,13 @@ impl X86Primitives for Recording {
     fn loaded_space(&self) -> SpaceId {
         self.loaded_space.get()
     }
-    /// One IPI per CPU reached, and the flush each performs (the recording
-    /// machine assumes every remote CPU has `space` loaded).
+    /// One IPI round trip to the CPUs reached, and the flush each
+    /// performs (the recording machine assumes every remote CPU has
+    /// `space` loaded).
     fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
         let (targets, _) = self.targets(cpus.without(CpuId::new(self.cpu.get())));
         self.record(Call::Shootdown, targets as usize);
-        self.charge(Primitive::Ipi, targets);
+        self.charge(Primitive::Ipi, u64::from(targets > 0));
         match request {
             RemoteFlush::Range {
                 start, end, stride, ..

@@ -38,27 +38,38 @@ const TABLE_BYTES: u64 = (ENTRIES_PER_TABLE * 8) as u64;
 /// |---|---|
 /// | [`write_pte`](S390Primitives::write_pte) | 1 `pte_write` |
 /// | [`ipte`](S390Primitives::ipte) | 1 `ipte` |
-/// | [`ipte_range`](S390Primitives::ipte_range) | 1 `ipte` (whatever the count: the quiesce is per instruction) |
+/// | [`ipte_range`](S390Primitives::ipte_range) | 1 `ipte`, or 1 `ipte_local` with `local` (whatever the count: the quiesce is per instruction) |
 /// | [`flush_space`](S390Primitives::flush_space) | 1 `full_flush` |
 ///
 /// Model: an IPTE sets the invalid bit ([`s390::INVALID`]) of each entry
 /// it covers and purges the translations of those pages from every CPU's
-/// TLB; the backend then stores the new values with `write_pte`.
+/// TLB (from this CPU's only with `local`); the backend then stores the new
+/// values with `write_pte`. The address space's `flush_mm` flag
+/// (`mm->context.flush_mm`) is machine state kept per space.
 pub trait S390Primitives: CpuPrimitives {
     /// Stores one entry.
     fn write_pte(&self, entry: PhysAddr, value: u64);
 
-    /// IPTE of one entry mapping `va` in `space` (for an upper-level entry
-    /// this stands for IDTE/CRDTE, charged the same).
+    /// IPTE of one entry mapping `va` in `space`, global scope (for an
+    /// upper-level entry this stands for IDTE/CRDTE, charged the same).
     fn ipte(&self, entry: PhysAddr, space: SpaceId, va: VirtAddr);
 
     /// IPTE of `count` (1 to [`IPTE_RANGE_MAX`]) consecutive entries of one
-    /// table, the first at `first` mapping `va`.
-    fn ipte_range(&self, first: PhysAddr, count: usize, space: SpaceId, va: VirtAddr);
+    /// table, the first at `first` mapping `va`: global scope, or local
+    /// (`IPTE_LOCAL`, this CPU's TLB only) with `local`.
+    fn ipte_range(&self, first: PhysAddr, count: usize, space: SpaceId, va: VirtAddr, local: bool);
 
     /// IDTE of a whole address space: every translation of `space` purged
-    /// from every TLB.
+    /// from every TLB (`__tlb_flush_mm`; `__tlb_flush_kernel` for the
+    /// kernel's).
     fn flush_space(&self, space: SpaceId);
+
+    /// Sets `space`'s `flush_mm` flag: an entry was invalidated without an
+    /// IPTE, so the next `__tlb_flush_mm_lazy` must flush the space.
+    fn set_flush_mm(&self, space: SpaceId);
+
+    /// Clears `space`'s `flush_mm` flag; returns whether it was set.
+    fn take_flush_mm(&self, space: SpaceId) -> bool;
 }
 
 impl<P: S390Primitives + ?Sized> S390Primitives for &P {
@@ -68,11 +79,17 @@ impl<P: S390Primitives + ?Sized> S390Primitives for &P {
     fn ipte(&self, entry: PhysAddr, space: SpaceId, va: VirtAddr) {
         (**self).ipte(entry, space, va)
     }
-    fn ipte_range(&self, first: PhysAddr, count: usize, space: SpaceId, va: VirtAddr) {
-        (**self).ipte_range(first, count, space, va)
+    fn ipte_range(&self, first: PhysAddr, count: usize, space: SpaceId, va: VirtAddr, local: bool) {
+        (**self).ipte_range(first, count, space, va, local)
     }
     fn flush_space(&self, space: SpaceId) {
         (**self).flush_space(space)
+    }
+    fn set_flush_mm(&self, space: SpaceId) {
+        (**self).set_flush_mm(space)
+    }
+    fn take_flush_mm(&self, space: SpaceId) -> bool {
+        (**self).take_flush_mm(space)
     }
 }
 
@@ -115,6 +132,11 @@ impl PteCache {
         self.pending[index / 64] & (1 << (index % 64)) != 0
     }
 
+    /// Whether the cache holds entries of the table `entry` is in.
+    fn holds_table_of(&self, entry: PhysAddr) -> bool {
+        self.count > 0 && entry.0 & !(TABLE_BYTES - 1) == self.table.0
+    }
+
     fn get(&self, entry: PhysAddr) -> Option<u64> {
         let index = self.index_of(entry)?;
         self.is_pending(index).then(|| self.values[index])
@@ -149,17 +171,30 @@ struct S390Cpu {
 
 /// The s390 IPTE-batching backend (`s390`).
 ///
-/// Outside lazy MMU mode a write over a valid entry is one IPTE and a
-/// store. Inside it, writes to a PTE table (level 1) go to the CPU's cache
-/// and reads of cached entries return the cached value; the cache is
-/// applied — one IPTE per run of consecutive cached entries (at most 256)
-/// of which at least one was valid, then the stores — at flush, leave
-/// (pause too), before a write at another level, before a write over a
-/// valid entry of another table (which then becomes the cached one), and
-/// when the gather flushes. A write to an invalid entry of another table
-/// needs no IPTE: it is stored at once and the cache stays, so a section
-/// that fills one table while it changes another (mremap's destination,
-/// fork's child) keeps batching the changes.
+/// Outside lazy MMU mode a change of a valid entry follows Linux's
+/// `ptep_xchg_lazy` (arch/s390/mm/pgtable.c `ptep_flush_lazy`): when the
+/// address space is attached to this CPU only, the entry is marked invalid
+/// and stored without an IPTE and the space's `flush_mm` flag set, so the
+/// next `__tlb_flush_mm_lazy` (the gather's flush, `flush_tlb_mm`,
+/// `flush_tlb_range`) flushes the space with one IDTE; otherwise each such
+/// change is a global IPTE. A teardown (`full`) clears without either
+/// (`ptep_get_and_clear_full`).
+///
+/// Inside a section, as Alexander Gordeev's "s390/mm: Batch PTE updates in
+/// lazy MMU mode" (v5, arch/s390/mm/lazy_mmu.c) does, writes to a PTE
+/// table (level 1) go to the CPU's cache and reads of cached entries
+/// return the cached value; the cache is applied at flush, leave (pause
+/// too), before a write at another level, before a write over a valid
+/// entry of another table (which then becomes the cached one), and when
+/// the gather flushes: each run of consecutive cached entries is cut where
+/// the entries in memory change between valid and invalid
+/// (`count_contiguous`), every valid run gets one IPTE with the
+/// additional-entries field (`__ptep_ipte_range`) — local when the space's
+/// `mm_cpumask` is this CPU alone, global otherwise — and the cached values
+/// are stored. A write to an invalid entry of another table needs no IPTE:
+/// it is stored at once and the cache stays, so a section that fills one
+/// table while it changes another (mremap's destination, fork's child)
+/// keeps batching the changes.
 ///
 /// ```
 /// use lazymmu::addr::{PhysAddr, SpaceId, VirtAddr};
@@ -228,7 +263,9 @@ impl<P: S390Primitives> S390<P> {
         self.cpu().cache.borrow().count
     }
 
-    /// Applies the calling CPU's cache.
+    /// Applies the calling CPU's cache (`leave_ipte_range` →
+    /// `set_pte_range`). What it applies was queued before, by the task
+    /// that ran then.
     fn apply(&self) {
         let cache = {
             let mut cache = self.cpu().cache.borrow_mut();
@@ -240,59 +277,87 @@ impl<P: S390Primitives> S390<P> {
             cache.pending = [0; ENTRIES_PER_TABLE / 64];
             taken
         };
-        // Invalidate: one IPTE per run of consecutive pending entries, cut
-        // at IPTE_RANGE_MAX, when any entry of the run is valid now.
+        self.primitives.deferred_begin();
+        // `__invalidate_pte_range`: local when this CPU alone uses the
+        // space.
+        let me = self.primitives.cpu_id();
+        let local = self.primitives.mm_cpumask(cache.space) == crate::cpu::CpuMask::single(me);
         let mut index = 0;
         while index < ENTRIES_PER_TABLE {
             if !cache.is_pending(index) {
                 index += 1;
                 continue;
             }
+            // A run of cached entries, cut where the entries in memory
+            // change between valid and invalid (`count_contiguous`).
             let start = index;
-            let mut any_valid = false;
+            let entry = |i: usize| cache.table.add(i as u64 * 8);
+            let valid = S390Format::is_valid(self.primitives.read_pte(entry(start)));
+            index += 1;
             while index < ENTRIES_PER_TABLE
                 && cache.is_pending(index)
                 && index - start < IPTE_RANGE_MAX
+                && S390Format::is_valid(self.primitives.read_pte(entry(index))) == valid
             {
-                let entry = cache.table.add(index as u64 * 8);
-                any_valid |= S390Format::is_valid(self.primitives.read_pte(entry));
                 index += 1;
             }
-            if any_valid {
-                let first = cache.table.add(start as u64 * 8);
+            if valid {
                 let va = cache.base_va.add(start as u64 * 4096);
-                let count = index - start;
-                if count == 1 {
-                    self.primitives.ipte(first, cache.space, va);
-                } else {
-                    self.primitives.ipte_range(first, count, cache.space, va);
-                }
-            }
-        }
-        // Store the new values.
-        for (index, value) in cache.values.iter().enumerate() {
-            if cache.is_pending(index) {
                 self.primitives
-                    .write_pte(cache.table.add(index as u64 * 8), *value);
+                    .ipte_range(entry(start), index - start, cache.space, va, local);
+            }
+            for i in start..index {
+                self.primitives.write_pte(entry(i), cache.values[i]);
             }
         }
+        self.primitives.deferred_end();
     }
 
-    /// The write done now: IPTE first when the entry is valid.
-    fn write_now(&self, update: &EntryUpdate, value: u64) {
-        if S390Format::is_valid(self.primitives.read_pte(update.entry)) {
-            self.primitives.ipte(update.entry, update.space, update.va);
+    /// The write done now (`ptep_xchg_lazy`, `ptep_flush_lazy`): a valid
+    /// entry of an address space attached to this CPU only is marked
+    /// invalid and the space's `flush_mm` set; any other valid entry gets
+    /// a global IPTE first. With `full` (a teardown) neither.
+    fn write_now(&self, update: &EntryUpdate, value: u64, full: bool) {
+        let old = self.primitives.read_pte(update.entry);
+        if S390Format::is_valid(old) && !full {
+            let me = self.primitives.cpu_id();
+            let alone = update.space != SpaceId::KERNEL
+                && self.primitives.mm_cpumask(update.space) == crate::cpu::CpuMask::single(me);
+            if alone {
+                self.primitives.write_pte(update.entry, old | s390::INVALID);
+                self.primitives.set_flush_mm(update.space);
+            } else {
+                self.primitives.ipte(update.entry, update.space, update.va);
+            }
         }
         self.primitives.write_pte(update.entry, value);
     }
 
-    fn update(&self, update: &EntryUpdate, value: u64) {
+    fn update(&self, update: &EntryUpdate, value: u64, full: bool) {
+        if !update.leaf && update.level > 1 {
+            // A table entry (`pmd_clear`, `pmd_populate`): a plain store
+            // once what is cached is applied; unlinking a table sets
+            // `flush_mm` (`pte_free_tlb`), and the gather's flush does the
+            // IDTE.
+            self.apply();
+            let old = self.primitives.read_pte(update.entry);
+            self.primitives.write_pte(update.entry, value);
+            if S390Format::is_valid(old) {
+                self.primitives.set_flush_mm(update.space);
+            }
+            return;
+        }
         loop {
             if !self.batching() || update.level != 1 {
-                // Whatever is cached was written before this: apply it
-                // first (it may be a table this write is about to free).
-                self.apply();
-                self.write_now(update, value);
+                // What is cached for this entry's table was written before
+                // this: apply it first. An interrupt handler's write to
+                // another table leaves the interrupted task's cache alone
+                // (`this_ipte_range` finds it outside the cached range and
+                // the write goes straight to the table).
+                if update.level != 1 || self.cpu().cache.borrow().holds_table_of(update.entry) {
+                    self.apply();
+                }
+                self.write_now(update, value, full);
                 return;
             }
             if self.cpu().cache.borrow_mut().put(update, value) {
@@ -306,6 +371,15 @@ impl<P: S390Primitives> S390<P> {
                 return;
             }
             self.apply();
+        }
+    }
+
+    /// `__tlb_flush_mm_lazy`: one IDTE of `space` when an entry was
+    /// invalidated without an IPTE or page tables are freed (`pte_free_tlb`
+    /// sets `flush_mm`).
+    fn flush_mm_lazy(&self, space: SpaceId, freed_tables: bool) {
+        if self.primitives.take_flush_mm(space) || freed_tables {
+            self.primitives.flush_space(space);
         }
     }
 }
@@ -337,38 +411,55 @@ impl<P: S390Primitives> PteAccess for S390<P> {
     }
 
     fn write_entry(&self, update: EntryUpdate) {
-        self.update(&update, update.value);
+        self.update(&update, update.value, false);
     }
 
     /// The old value comes from the cache when cached; the clear is cached
     /// like any write.
     fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        self.get_and_clear_full(update, false)
+    }
+
+    /// `ptep_get_and_clear_full`: in a section the clear is cached like any
+    /// write (`lazy_mmu_ptep_get_and_clear` comes first); outside one a
+    /// teardown clears without IPTE or `flush_mm`.
+    fn get_and_clear_full(&self, update: EntryUpdate, full: bool) -> u64 {
         let old = self.read_entry(update.entry);
-        self.update(&update, 0);
+        self.update(&update, 0, full);
         old
     }
 }
 
+fn is_kernel(space: SpaceId) -> bool {
+    space == SpaceId::KERNEL
+}
+
 impl<P: S390Primitives> TlbFlush for S390<P> {
-    /// IPTE purges the TLBs as it invalidates, so a range flush only has
-    /// to apply the cache (`flush_tlb_range` on s390 flushes the mm only
-    /// when a lazy `ptep_xchg` left it marked, which this backend never
-    /// does).
+    /// Applies the cache, then `flush_tlb_range`: `__tlb_flush_mm_lazy` for
+    /// a user space (IPTEs purged the TLBs as they invalidated, so only
+    /// entries changed without one need the IDTE), `__tlb_flush_kernel`
+    /// for the kernel's (`flush_tlb_kernel_range`).
     fn flush_range(
         &self,
-        _space: SpaceId,
+        space: SpaceId,
         _start: VirtAddr,
         _end: VirtAddr,
         _stride: PageSize,
-        _scope: FlushScope,
+        scope: FlushScope,
     ) {
         self.apply();
+        if is_kernel(space) {
+            self.primitives.flush_space(space);
+        } else {
+            let freed = matches!(scope, FlushScope::Mm { freed_tables: true });
+            self.flush_mm_lazy(space, freed);
+        }
     }
 
-    /// Applies the cache, then IDTE of the space (`__tlb_flush_mm`).
-    fn flush_all(&self, space: SpaceId, _scope: FlushScope) {
-        self.apply();
-        self.primitives.flush_space(space);
+    /// Applies the cache, then `flush_tlb_mm` (`__tlb_flush_mm_lazy`; for
+    /// the kernel's space, `__tlb_flush_kernel`).
+    fn flush_all(&self, space: SpaceId, scope: FlushScope) {
+        self.flush_range(space, VirtAddr(0), VirtAddr(0), PageSize::Size4K, scope);
     }
 }
 
@@ -392,4 +483,8 @@ impl<P: S390Primitives> ContextSwitch for S390<P> {
 
 impl<P: S390Primitives> Backend for S390<P> {
     type Format = S390Format;
+    type Memory = P::Memory;
+    fn memory(&self) -> &P::Memory {
+        self.primitives.memory()
+    }
 }

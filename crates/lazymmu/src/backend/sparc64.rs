@@ -127,6 +127,13 @@ impl<P: Sparc64Primitives> AddressFlush<P> for TsbFlush {
         !update.kernel
     }
 
+    /// `tlb_batch_add` does nothing for a full-mm teardown (`if (!fullmm)
+    /// tlb_batch_add_one(...)`, arch/sparc/mm/tlb.c): the address space's
+    /// TSB and context go with it.
+    fn skips_full_mm() -> bool {
+        true
+    }
+
     /// `tlb_flush`: user pages were batched by the writes
     /// (`flush_tlb_range` is empty on sparc64); kernel ranges are flushed
     /// here (`flush_tlb_kernel_range`).

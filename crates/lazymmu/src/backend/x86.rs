@@ -83,6 +83,17 @@ pub trait X86Primitives: Cpu {
     /// Sends `request` to every CPU in `cpus` (never the current one) and
     /// waits for them to perform it (a TLB-shootdown IPI).
     fn shootdown(&self, cpus: CpuMask, request: RemoteFlush);
+
+    /// The CPUs a flush of `space` must reach ([`FlushScope::Mm`]): the
+    /// CPUs in its `mm_cpumask`, without those that only borrow it lazily
+    /// unless page tables are freed (`freed_tables`; Linux's
+    /// `flush_tlb_mm_range` and `should_flush_tlb`, arch/x86/mm/tlb.c);
+    /// every CPU for the kernel's space (`flush_tlb_kernel_range`). The
+    /// default is every CPU.
+    fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        let _ = (space, freed_tables);
+        CpuMask::first(crate::cpu::MAX_CPUS)
+    }
 }
 
 impl<P: X86Primitives + ?Sized> X86Primitives for &P {
@@ -100,6 +111,9 @@ impl<P: X86Primitives + ?Sized> X86Primitives for &P {
     }
     fn shootdown(&self, cpus: CpuMask, request: RemoteFlush) {
         (**self).shootdown(cpus, request)
+    }
+    fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        (**self).flush_targets(space, freed_tables)
     }
 }
 
@@ -171,8 +185,17 @@ impl<M: PageTableMemory, P: X86Primitives> X86Backend<M, P> {
     /// of the one it left, and leave stale translations behind.
     fn dispatch(&self, scope: FlushScope, request: RemoteFlush) {
         let on_this_cpu = self.primitives.preempt_guard();
+        let space = match request {
+            RemoteFlush::Range { space, .. } | RemoteFlush::All { space } => space,
+        };
+        let scope = match scope {
+            FlushScope::Mm { freed_tables } => {
+                FlushScope::Cpus(self.primitives.flush_targets(space, freed_tables))
+            }
+            other => other,
+        };
         match scope {
-            FlushScope::Local => flush_locally(&self.primitives, request),
+            FlushScope::Local | FlushScope::Mm { .. } => flush_locally(&self.primitives, request),
             FlushScope::Cpus(mask) => {
                 let me = on_this_cpu.cpu_id();
                 let others = mask.without(me);
@@ -250,6 +273,10 @@ impl<M: PageTableMemory, P: X86Primitives> ArchHooks for X86Backend<M, P> {
 impl<M: PageTableMemory, P: X86Primitives> ContextSwitch for X86Backend<M, P> {}
 
 impl<M: PageTableMemory, P: X86Primitives> Backend for X86Backend<M, P> {
+    type Memory = M;
+    fn memory(&self) -> &M {
+        &self.memory
+    }
     type Format = X86_64;
 }
 
@@ -267,6 +294,10 @@ mod recording {
 
     /// One recorded primitive call.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[allow(
+        clippy::large_enum_variant,
+        reason = "a CPU mask is MAX_CPUS bits by design; a recording double keeps calls as values"
+    )]
     pub enum PrimitiveCall {
         /// `invlpg`.
         Invlpg(VirtAddr),
@@ -393,17 +424,18 @@ mod recording {
     }
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", doc)))]
 pub use bare_metal::{BareMetal, BareMetalCounters, BareMetalCounts};
 
-#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[cfg(all(target_arch = "x86_64", any(target_os = "none", doc)))]
 mod bare_metal {
     use core::arch::asm;
     use core::sync::atomic::{AtomicU64, Ordering};
 
     use super::{RemoteFlush, X86Primitives, IA32_PKRS};
     use crate::addr::{SpaceId, VirtAddr};
-    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister, MAX_CPUS};
+    use crate::backend::machine::MAX_BACKEND_CPUS;
+    use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 
     /// How many of each instruction [`BareMetal`] has executed.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -462,11 +494,11 @@ mod bare_metal {
     }
 
     /// One count per CPU.
-    struct PerCpuCount([AtomicU64; MAX_CPUS]);
+    struct PerCpuCount([AtomicU64; MAX_BACKEND_CPUS]);
 
     impl PerCpuCount {
         const fn new() -> Self {
-            PerCpuCount([const { AtomicU64::new(0) }; MAX_CPUS])
+            PerCpuCount([const { AtomicU64::new(0) }; MAX_BACKEND_CPUS])
         }
 
         /// Relaxed: a reader wants a count, not an ordering; a task that
@@ -522,7 +554,7 @@ mod bare_metal {
         /// The counts of `cpu` so far.
         ///
         /// # Panics
-        /// When `cpu` is not below [`MAX_CPUS`].
+        /// When `cpu` is not below [`MAX_BACKEND_CPUS`].
         pub fn on(&self, cpu: CpuId) -> BareMetalCounts {
             BareMetalCounts {
                 invlpg: self.invlpg.on(cpu),

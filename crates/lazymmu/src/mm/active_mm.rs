@@ -37,7 +37,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use super::{LineAccess, SharedLine};
 use crate::addr::{PageSize, SpaceId, VirtAddr};
-use crate::cpu::{Cpu, CpuId, CpuMask};
+use crate::cpu::{AtomicCpuMask, Cpu, CpuId, CpuMask};
 
 /// Which policy keeps lazily borrowed address spaces alive and decides who
 /// receives flush IPIs.
@@ -99,7 +99,7 @@ pub struct AddressSpace {
     /// one, and each counted lazy borrow holds one.
     count: AtomicU32,
     /// `mm_cpumask`: CPUs that have the space loaded, lazily or not.
-    cpumask: AtomicU64,
+    cpumask: AtomicCpuMask,
     /// Flush generation (x86 `context.tlb_gen`): bumped by every flush.
     tlb_gen: AtomicU64,
     freed: AtomicBool,
@@ -112,7 +112,7 @@ impl AddressSpace {
             id,
             users: AtomicU32::new(1),
             count: AtomicU32::new(1),
-            cpumask: AtomicU64::new(0),
+            cpumask: AtomicCpuMask::new(),
             tlb_gen: AtomicU64::new(0),
             freed: AtomicBool::new(false),
         }
@@ -141,7 +141,17 @@ impl AddressSpace {
 
     /// `mm_cpumask`.
     pub fn cpumask(&self) -> CpuMask {
-        CpuMask::from_bits(self.cpumask.load(Ordering::Acquire))
+        self.cpumask.load(Ordering::Acquire)
+    }
+
+    /// Leaves only `cpu` in `mm_cpumask`: sparc64's
+    /// `smp_flush_tlb_pending` and `smp_flush_tlb_page` do this instead of
+    /// a cross-call when the space has one user and it is running here
+    /// (arch/sparc/kernel/smp_64.c). A CPU dropped from the mask flushes
+    /// the space when it loads it again
+    /// ([`LazyTlb::context_switch`]).
+    pub fn trim_cpumask_to(&self, cpu: CpuId) {
+        self.cpumask.store(CpuMask::single(cpu), Ordering::Release);
     }
 
     /// The flush generation.
@@ -375,6 +385,33 @@ pub enum MmError {
     TaskInUse,
 }
 
+impl core::fmt::Display for MmError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            MmError::SpaceFreed(space) => write!(f, "address space {} has been freed", space.0),
+            MmError::CountUnderflow(space) => {
+                write!(
+                    f,
+                    "a count of address space {} would go below zero",
+                    space.0
+                )
+            }
+            MmError::KernelSpace => {
+                f.write_str("the kernel's address space cannot be dropped or exited")
+            }
+            MmError::NoMm => f.write_str("the task has no address space of its own"),
+            MmError::NotRunning => {
+                f.write_str("the switch is not from the task running on this CPU")
+            }
+            MmError::TaskInUse => {
+                f.write_str("a task structure still in use was about to be reused")
+            }
+        }
+    }
+}
+
+impl core::error::Error for MmError {}
+
 /// What the policy did, for reports and tests.
 #[derive(Debug, Default)]
 pub struct LazyTlbStats {
@@ -488,7 +525,7 @@ impl<M: MmMachine> LazyTlb<M> {
             return Err(MmError::NoMm);
         }
         self.machine
-            .line_access(SharedLine::SpaceCount(space), LineAccess::Write);
+            .line_access(SharedLine::SpaceCount(space), LineAccess::Atomic);
         mm.users.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -500,7 +537,7 @@ impl<M: MmMachine> LazyTlb<M> {
     pub fn mmgrab(&self, space: SpaceId) -> Result<(), MmError> {
         let mm = self.live(space)?;
         self.machine
-            .line_access(SharedLine::SpaceCount(space), LineAccess::Write);
+            .line_access(SharedLine::SpaceCount(space), LineAccess::Atomic);
         mm.count.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
@@ -522,7 +559,7 @@ impl<M: MmMachine> LazyTlb<M> {
             return Err(MmError::KernelSpace);
         }
         self.machine
-            .line_access(SharedLine::SpaceCount(space), LineAccess::Write);
+            .line_access(SharedLine::SpaceCount(space), LineAccess::Atomic);
         if mm.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.destroy(space);
         }
@@ -545,7 +582,7 @@ impl<M: MmMachine> LazyTlb<M> {
             return Err(MmError::CountUnderflow(space));
         }
         self.machine
-            .line_access(SharedLine::SpaceCount(space), LineAccess::Write);
+            .line_access(SharedLine::SpaceCount(space), LineAccess::Atomic);
         if mm.users.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.exit_mmap(space);
             self.mmdrop(space)?;
@@ -620,7 +657,7 @@ impl<M: MmMachine> LazyTlb<M> {
         let cpu = self.machine.cpu_id();
         let mm = self.machine.space(space);
         self.machine
-            .line_access(SharedLine::SpaceCpumask(space), LineAccess::Write);
+            .line_access(SharedLine::SpaceCpumask(space), LineAccess::Atomic);
         // The generation moves before the mask and the lazy flags are read
         // (Linux's inc_mm_tlb_gen() before the IPIs): a CPU that is skipped,
         // or joins the mask after the read, sees the new generation when it
@@ -692,7 +729,7 @@ impl<M: MmMachine> LazyTlb<M> {
         if self.policy.borrow_takes_reference() {
             Self::bump(&self.stats.borrow_refs);
             self.machine
-                .line_access(SharedLine::SpaceCount(space), LineAccess::Write);
+                .line_access(SharedLine::SpaceCount(space), LineAccess::Atomic);
             self.machine
                 .space(space)
                 .count
@@ -722,14 +759,15 @@ impl<M: MmMachine> LazyTlb<M> {
 
     fn set_cpumask(&self, space: SpaceId, cpu: CpuId, present: bool) {
         let mm = self.machine.space(space);
-        if mm.cpumask().contains(cpu) != present {
+        if mm.cpumask.contains(cpu, Ordering::Acquire) != present {
+            // cpumask_set_cpu() / cpumask_clear_cpu(): set_bit() and
+            // clear_bit(), atomic read-modify-writes of the mask's word.
             self.machine
-                .line_access(SharedLine::SpaceCpumask(space), LineAccess::Write);
-            let bit = CpuMask::single(cpu).bits();
+                .line_access(SharedLine::SpaceCpumask(space), LineAccess::Atomic);
             if present {
-                mm.cpumask.fetch_or(bit, Ordering::AcqRel);
+                mm.cpumask.insert(cpu, Ordering::AcqRel);
             } else {
-                mm.cpumask.fetch_and(!bit, Ordering::AcqRel);
+                mm.cpumask.remove(cpu, Ordering::AcqRel);
             }
         }
     }
@@ -746,7 +784,10 @@ impl<M: MmMachine> LazyTlb<M> {
             self.machine
                 .line_access(SharedLine::SpaceCpumask(next), LineAccess::Read);
             let gen = next_mm.tlb_gen();
-            if gen > st.loaded_gen() {
+            // A CPU dropped from the mask meanwhile (sparc64's trimming)
+            // flushes as it rejoins (sparc64's `switch_mm`).
+            let rejoins = !next_mm.cpumask().contains(cpu);
+            if gen > st.loaded_gen() || rejoins {
                 Self::bump(&self.stats.catchup_flushes);
                 self.machine.flush_local(next, FlushRange::All);
                 st.loaded_gen.store(gen, Ordering::Release);

@@ -207,6 +207,20 @@ pub enum SyncError {
     },
 }
 
+impl core::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            SyncError::NotKernel(va) => write!(f, "{:#x} is not a kernel address", va.0),
+            SyncError::OutOfMemory { added } => write!(
+                f,
+                "no frame for a second-level table ({added} top-level entries added before)"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for SyncError {}
+
 /// Why a kernel access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelAccessError {
@@ -223,6 +237,22 @@ pub enum KernelAccessError {
     /// The address is in the user half.
     NotKernel(VirtAddr),
 }
+
+impl core::fmt::Display for KernelAccessError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            KernelAccessError::MissingSync { table, slot } => write!(
+                f,
+                "top-level slot {slot} is missing from table {:#x}: a sync was missed",
+                table.0
+            ),
+            KernelAccessError::Unmapped(va) => write!(f, "{:#x} is not mapped", va.0),
+            KernelAccessError::NotKernel(va) => write!(f, "{:#x} is not a kernel address", va.0),
+        }
+    }
+}
+
+impl core::error::Error for KernelAccessError {}
 
 /// How a successful kernel access went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -46,13 +46,24 @@ pub enum SharedLine {
 pub enum LineAccess {
     /// Load: needs the line in shared state.
     Read,
-    /// Store or atomic read-modify-write: needs the line exclusive.
+    /// Plain store: needs the line exclusive.
     Write,
+    /// Atomic read-modify-write (`atomic_inc()`, `set_bit()`): needs the
+    /// line exclusive, and how the hardware gets it differs: x86 holds the
+    /// line for a `lock`-prefixed instruction; powerpc loads it with
+    /// `lwarx` and stores with `stwcx.`, which fails and retries when
+    /// another CPU stored to the line in between (Power ISA Book II,
+    /// "Atomic Update").
+    Atomic,
 }
 
 /// Where a [`SharedLine`] is, for an embedder that counts its transfers
 /// between CPUs (a MESI-style protocol reduced to what a transfer needs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the sharers of a line are any of MAX_CPUS CPUs; an embedder updates the state in place"
+)]
 pub enum LineState {
     /// One CPU holds it exclusive (modified or about to be).
     Modified(CpuId),
@@ -66,23 +77,46 @@ impl LineState {
     /// CPU's cache (a read of a line another CPU modified, or a write to a
     /// line another CPU holds).
     pub fn after(state: Option<LineState>, cpu: CpuId, access: LineAccess) -> (bool, LineState) {
-        match (state, access) {
-            (None, LineAccess::Read) => (false, LineState::Shared(CpuMask::single(cpu))),
-            (None, LineAccess::Write) => (false, LineState::Modified(cpu)),
-            (Some(LineState::Modified(owner)), LineAccess::Read) if owner == cpu => {
-                (false, LineState::Modified(cpu))
+        let mut state = state;
+        let transfer = Self::access(&mut state, cpu, access);
+        match state {
+            Some(next) => (transfer, next),
+            None => unreachable!("an access leaves the line in a cache"),
+        }
+    }
+
+    /// [`LineState::after`] in place: updates `state` and returns whether
+    /// the line had to come from another CPU's cache.
+    pub fn access(state: &mut Option<LineState>, cpu: CpuId, access: LineAccess) -> bool {
+        let exclusive = access != LineAccess::Read;
+        match state {
+            None => {
+                *state = Some(if exclusive {
+                    LineState::Modified(cpu)
+                } else {
+                    LineState::Shared(CpuMask::single(cpu))
+                });
+                false
             }
-            (Some(LineState::Modified(owner)), LineAccess::Read) => {
-                (true, LineState::Shared(CpuMask::single(owner).with(cpu)))
+            Some(LineState::Modified(owner)) if *owner == cpu => false,
+            Some(LineState::Modified(owner)) => {
+                if !exclusive {
+                    *state = Some(LineState::Shared(CpuMask::single(*owner).with(cpu)));
+                } else {
+                    *owner = cpu;
+                }
+                true
             }
-            (Some(LineState::Modified(owner)), LineAccess::Write) => {
-                (owner != cpu, LineState::Modified(cpu))
-            }
-            (Some(LineState::Shared(mask)), LineAccess::Read) => {
-                (!mask.contains(cpu), LineState::Shared(mask.with(cpu)))
-            }
-            (Some(LineState::Shared(mask)), LineAccess::Write) => {
-                (!mask.without(cpu).is_empty(), LineState::Modified(cpu))
+            Some(LineState::Shared(holders)) => {
+                if exclusive {
+                    let others = holders.count() - u32::from(holders.contains(cpu)) > 0;
+                    *state = Some(LineState::Modified(cpu));
+                    others
+                } else {
+                    let transfer = !holders.contains(cpu);
+                    holders.insert(cpu);
+                    transfer
+                }
             }
         }
     }

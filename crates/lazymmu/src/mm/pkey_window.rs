@@ -211,6 +211,20 @@ pub enum WindowError {
     PreemptedInWindow,
 }
 
+impl core::fmt::Display for WindowError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            WindowError::Overflow => "255 protection-key windows are already open",
+            WindowError::Underflow => "a protection-key window closed without an open",
+            WindowError::PreemptedInWindow => {
+                "the task was switched out with a per-CPU protection-key window open"
+            }
+        })
+    }
+}
+
+impl core::error::Error for WindowError {}
+
 /// An access the register refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyFault {

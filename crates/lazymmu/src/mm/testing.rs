@@ -18,6 +18,7 @@ use crate::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess,
 use crate::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use crate::mode::ArchHooks;
 use crate::pgtable::format::{Format, X86_64};
+use crate::pgtable::memory::PageTableMemory;
 
 /// CPUs a test machine can have.
 pub const TEST_CPUS: usize = 8;
@@ -492,8 +493,32 @@ impl<F> TlbFlush for TestTables<F> {
 
 impl<F> ContextSwitch for TestTables<F> {}
 
+// SAFETY: every address is an index into `self.entries` (a foreign one
+// panics), none is dereferenced.
+unsafe impl<F: Format> PageTableMemory for TestTables<F> {
+    fn read(&self, entry: PhysAddr) -> u64 {
+        self.cell(entry).get()
+    }
+    fn write(&self, entry: PhysAddr, value: u64) {
+        self.cell(entry).set(value);
+    }
+    fn swap(&self, entry: PhysAddr, value: u64) -> u64 {
+        self.cell(entry).replace(value)
+    }
+    fn zero_frame(&self, frame: PhysAddr) {
+        for entry in &self.entries[Self::index(frame)] {
+            entry.set(0);
+        }
+    }
+}
+
 impl<F: Format> Backend for TestTables<F> {
     type Format = F;
+    type Memory = Self;
+    /// The tables are their own memory.
+    fn memory(&self) -> &Self {
+        self
+    }
 }
 
 /// A machine for protection-key window tests: per-CPU key registers and

@@ -162,6 +162,8 @@ impl fmt::Display for Misuse {
     }
 }
 
+impl core::error::Error for Misuse {}
+
 /// How misuse of the raw API is reported. The embedder picks one.
 #[derive(Clone, Copy, Debug)]
 pub enum MisusePolicy {
@@ -375,22 +377,10 @@ pub trait LazyMode {
 /// moved to another thread and closed there.
 ///
 /// ```compile_fail
-/// # use lazymmu::mode::{LazyMode, LazyState, Misuse, Step};
-/// # // A mode that is itself `Send + Sync`, so only the guard can be `!Send`.
-/// # struct Nop;
-/// # impl LazyMode for Nop {
-/// #     type Token = ();
-/// #     fn enable(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn disable(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn pause_raw(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn resume(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn is_active(&self) -> bool { false }
-/// #     fn state(&self) -> LazyState { LazyState::IDLE }
-/// #     fn bytes_per_task(&self) -> usize { 0 }
-/// # }
+/// use lazymmu::mode::{eager::Eager, Section};
 /// fn assert_send<T: Send>() {}
-/// assert_send::<&Nop>(); // the mode itself may cross threads
-/// assert_send::<lazymmu::mode::Section<'static, Nop>>(); // error: not `Send`
+/// assert_send::<&Eager>(); // the mode itself may cross threads
+/// assert_send::<Section<'static, Eager>>(); // error: not `Send`
 /// ```
 #[must_use = "dropping the section at once closes it"]
 pub struct Section<'a, M: LazyMode> {
@@ -419,22 +409,10 @@ impl<M: LazyMode> Drop for Section<'_, M> {
 /// A pause of lazy MMU mode. Dropping it resumes. Not `Send`.
 ///
 /// ```compile_fail
-/// # use lazymmu::mode::{LazyMode, LazyState, Misuse, Step};
-/// # // A mode that is itself `Send + Sync`, so only the guard can be `!Send`.
-/// # struct Nop;
-/// # impl LazyMode for Nop {
-/// #     type Token = ();
-/// #     fn enable(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn disable(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn pause_raw(&self) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn resume(&self, _: ()) -> Result<Step<()>, Misuse> { Ok(Step { token: (), hook: None }) }
-/// #     fn is_active(&self) -> bool { false }
-/// #     fn state(&self) -> LazyState { LazyState::IDLE }
-/// #     fn bytes_per_task(&self) -> usize { 0 }
-/// # }
+/// use lazymmu::mode::{eager::Eager, Pause};
 /// fn assert_send<T: Send>() {}
-/// assert_send::<&Nop>(); // the mode itself may cross threads
-/// assert_send::<lazymmu::mode::Pause<'static, Nop>>(); // error: not `Send`
+/// assert_send::<&Eager>(); // the mode itself may cross threads
+/// assert_send::<Pause<'static, Eager>>(); // error: not `Send`
 /// ```
 #[must_use = "dropping the pause at once resumes"]
 pub struct Pause<'a, M: LazyMode> {

@@ -35,6 +35,16 @@ use crate::pgtable::allocator::FrameAllocator;
 /// keeps the gather on the stack).
 pub const FRAME_BATCH: usize = 128;
 
+/// Pages a gather queues for freeing before the zap that queues them must
+/// flush (`__tlb_remove_page_size` returning true: `force_flush` in
+/// `zap_pte_range`): the on-stack bundle of `MMU_GATHER_BUNDLE` (8) pages
+/// plus `MAX_GATHER_BATCH_COUNT` batches of `MAX_GATHER_BATCH` pages each,
+/// where a batch is a 4 KiB page of 8-byte pointers after a 16-byte header
+/// (`MAX_GATHER_BATCH` = (4096 − 16) / 8 = 510) and
+/// `MAX_GATHER_BATCH_COUNT` = 10000 / 510 = 19 (include/asm-generic/tlb.h,
+/// mm/mmu_gather.c `tlb_next_batch`): 8 + 19 × 510 = 9,698.
+pub const PAGE_BATCH: usize = 8 + (10_000 / 510) * 510;
+
 /// When the gather frees page-table frames relative to its TLB flush.
 pub trait FreeOrder: sealed::Sealed {
     /// Whether frames are freed before the flush that covers them.
@@ -120,6 +130,10 @@ pub struct Gather<
     ranges: [Pending; 3],
     frames: [PhysAddr; FRAME_BATCH],
     frame_count: usize,
+    /// Pages queued for freeing since the last flush.
+    pages_queued: usize,
+    /// Tearing the whole address space down (`tlb->fullmm`).
+    full_mm: bool,
     stats: GatherStats,
     _order: PhantomData<O>,
 }
@@ -140,6 +154,18 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized> Gather<'a, B, A, Flus
     /// page-table frames to `allocator` after flushing.
     pub fn new(backend: &'a B, allocator: &'a A, space: SpaceId, scope: FlushScope) -> Self {
         Self::with_order(backend, allocator, space, scope)
+    }
+
+    /// A gather that tears the whole address space down
+    /// (`tlb_gather_mmu_fullmm`, as exit and execve take it): its flush is
+    /// [`TlbFlush::flush_full_mm`], and the zaps it drives clear entries
+    /// with `full` set ([`PteAccess::get_and_clear_full`]).
+    ///
+    /// [`PteAccess::get_and_clear_full`]: crate::backend::PteAccess::get_and_clear_full
+    pub fn full_mm(backend: &'a B, allocator: &'a A, space: SpaceId, scope: FlushScope) -> Self {
+        let mut gather = Self::with_order(backend, allocator, space, scope);
+        gather.full_mm = true;
+        gather
     }
 }
 
@@ -167,6 +193,8 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
             ranges: [Pending::default(); 3],
             frames: [PhysAddr(0); FRAME_BATCH],
             frame_count: 0,
+            pages_queued: 0,
+            full_mm: false,
             stats: GatherStats::default(),
             _order: PhantomData,
         }
@@ -185,6 +213,22 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
     /// The backend flushes go to.
     pub fn backend(&self) -> &'a B {
         self.backend
+    }
+
+    /// Whether the gather tears the whole address space down
+    /// ([`Gather::full_mm`]).
+    pub fn is_full_mm(&self) -> bool {
+        self.full_mm
+    }
+
+    /// Queues one page, just unmapped, to be freed after the flush
+    /// (`__tlb_remove_page`). Returns true when the batch is full
+    /// ([`PAGE_BATCH`]): the caller must flush before it queues more, as
+    /// `zap_pte_range` does when `force_flush` is set.
+    #[inline]
+    pub fn remove_page(&mut self) -> bool {
+        self.pages_queued += 1;
+        self.pages_queued >= PAGE_BATCH
     }
 
     /// Records that the translation of the page of `size` at `va`
@@ -251,6 +295,28 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         self.stats.range_flushes += 1;
     }
 
+    /// Invalidates the whole address space now and forgets the pending
+    /// ranges: fork's `flush_tlb_mm(oldmm)` at the end of `dup_mmap`, which
+    /// covers every entry the copy write-protected whatever their number.
+    pub fn flush_all_now(&mut self) {
+        self.ranges = [Pending::default(); 3];
+        let scope = self.scope.freeing_tables(self.frame_count > 0);
+        self.backend.flush_all(self.space, scope);
+        self.stats.full_flushes += 1;
+        self.free_frames();
+    }
+
+    /// Takes the pending 4 KiB range out of the gather without flushing it,
+    /// for a caller that flushes it itself later: vmalloc's lazy purge
+    /// (`vunmap_range_noflush` clears the entries; `purge_vmap_area_lazy`
+    /// flushes the union of the freed areas once `lazy_max_pages` worth
+    /// have accumulated). The caller must not let the range be mapped
+    /// again before that flush. Ranges of other page sizes stay pending.
+    pub fn defer_range(&mut self) -> Option<(VirtAddr, VirtAddr)> {
+        let range = core::mem::take(&mut self.ranges[0]);
+        (!range.is_empty()).then_some((VirtAddr(range.start), VirtAddr(range.end)))
+    }
+
     /// Flushes, frees and returns the statistics.
     pub fn finish(mut self) -> GatherStats {
         self.flush();
@@ -272,8 +338,12 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         if pages == 0 {
             return;
         }
-        if pages > self.backend.single_page_ceiling() as u64 {
-            self.backend.flush_all(self.space, self.scope);
+        let scope = self.scope.freeing_tables(self.frame_count > 0);
+        if self.full_mm {
+            self.backend.flush_full_mm(self.space, scope);
+            self.stats.full_flushes += 1;
+        } else if pages > self.backend.single_page_ceiling() as u64 {
+            self.backend.flush_all(self.space, scope);
             self.stats.full_flushes += 1;
         } else {
             for (size, range) in SIZES.iter().zip(self.ranges.iter()) {
@@ -283,7 +353,7 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
                         VirtAddr(range.start),
                         VirtAddr(range.end),
                         *size,
-                        self.scope,
+                        scope,
                     );
                     self.stats.range_flushes += 1;
                 }
@@ -298,6 +368,7 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         }
         self.stats.frames_freed += self.frame_count as u32;
         self.frame_count = 0;
+        self.pages_queued = 0;
     }
 }
 

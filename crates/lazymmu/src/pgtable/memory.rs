@@ -24,7 +24,7 @@ pub const FRAME_SIZE: u64 = 4096;
 ///
 /// An implementation promises that each method is sound for every address
 /// the library passes it, given what the constructor of the page tables
-/// promised ([`PageTables::new`](crate::pgtable::ops::PageTables::new)):
+/// promised ([`Mmu::new`](crate::pgtable::ops::Mmu::new)):
 /// the library only passes addresses inside the root and the frames of the
 /// allocator it was given, and the tables' entries. An implementation over
 /// raw memory (a kernel's direct map) dereferences those addresses; one

@@ -5,9 +5,12 @@
 //! The simulator fills its TLBs with it, and tests compare range operations
 //! against a model with it.
 
+use core::fmt;
+
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::pgtable::format::{entries, entry_shift, index, Attributes, Entry, Format};
 use crate::pgtable::memory::PageTableMemory;
+use crate::pgtable::ops::VaRange;
 
 /// A successful translation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,13 +33,46 @@ pub struct Translation {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TranslateError {
     /// `va` is not canonical for the format.
-    NotCanonical,
+    NotCanonical {
+        /// The address.
+        va: VirtAddr,
+    },
+    /// `va` is in a half the tree does not translate
+    /// ([`PageTables::translate`](crate::pgtable::ops::PageTables::translate)).
+    WrongHalf {
+        /// The address.
+        va: VirtAddr,
+        /// What the tree translates.
+        range: VaRange,
+    },
     /// The walk found an absent entry at `level`.
     NotMapped {
+        /// The address.
+        va: VirtAddr,
         /// Level of the absent entry.
         level: u8,
     },
 }
+
+impl fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            TranslateError::NotCanonical { va } => {
+                write!(f, "{:#x} is not a canonical address", va.0)
+            }
+            TranslateError::WrongHalf { va, range } => {
+                write!(f, "{:#x} is outside the {range} the tree translates", va.0)
+            }
+            TranslateError::NotMapped { va, level } => write!(
+                f,
+                "{:#x} is not mapped: the level-{level} entry is absent",
+                va.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for TranslateError {}
 
 /// Translates `va` through the tree at `root`.
 ///
@@ -50,7 +86,7 @@ pub fn translate<F: Format, M: PageTableMemory + ?Sized>(
     va: VirtAddr,
 ) -> Result<Translation, TranslateError> {
     if !F::is_canonical(va.0) {
-        return Err(TranslateError::NotCanonical);
+        return Err(TranslateError::NotCanonical { va });
     }
     let mut table = root;
     let mut level = F::LEVELS;
@@ -58,12 +94,12 @@ pub fn translate<F: Format, M: PageTableMemory + ?Sized>(
         let entry = table.add(8 * index::<F>(va.0, level) as u64);
         let raw = memory.read(entry);
         match F::decode(raw, level) {
-            Entry::Absent => return Err(TranslateError::NotMapped { level }),
+            Entry::Absent => return Err(TranslateError::NotMapped { va, level }),
             Entry::Table(next) if level > 1 => {
                 table = next;
                 level -= 1;
             }
-            Entry::Table(_) => return Err(TranslateError::NotMapped { level }),
+            Entry::Table(_) => return Err(TranslateError::NotMapped { va, level }),
             Entry::Leaf { phys, size, attrs } => {
                 let offset = va.0 & (size.bytes() - 1);
                 return Ok(Translation {
@@ -101,6 +137,20 @@ pub fn for_each_leaf<F: Format, M: PageTableMemory + ?Sized>(
     memory: &M,
     root: PhysAddr,
     high: bool,
+    f: impl FnMut(Leaf),
+) {
+    for_each_leaf_in::<F, M>(memory, root, high, 0, 1u64 << F::VA_BITS, f);
+}
+
+/// [`for_each_leaf`] for the leaves whose entries start in `[start, end)`
+/// of the addresses the root translates (masked to the format's bits;
+/// `start` and `end` aligned to a top-level entry).
+pub(crate) fn for_each_leaf_in<F: Format, M: PageTableMemory + ?Sized>(
+    memory: &M,
+    root: PhysAddr,
+    high: bool,
+    start: u64,
+    end: u64,
     mut f: impl FnMut(Leaf),
 ) {
     fn visit<F: Format, M: PageTableMemory + ?Sized>(
@@ -108,15 +158,19 @@ pub fn for_each_leaf<F: Format, M: PageTableMemory + ?Sized>(
         table: PhysAddr,
         level: u8,
         base: u64,
+        (start, end): (u64, u64),
         high: bool,
         f: &mut dyn FnMut(Leaf),
     ) {
         for i in 0..entries::<F>(level) {
             let va = base | ((i as u64) << entry_shift::<F>(level));
+            if level == F::LEVELS && (va < start || va >= end) {
+                continue;
+            }
             match F::decode(memory.read(table.add(8 * i as u64)), level) {
                 Entry::Absent => {}
                 Entry::Table(next) if level > 1 => {
-                    visit::<F, M>(memory, next, level - 1, va, high, f)
+                    visit::<F, M>(memory, next, level - 1, va, (start, end), high, f)
                 }
                 Entry::Table(_) => {}
                 Entry::Leaf { phys, size, attrs } => f(Leaf {
@@ -128,7 +182,7 @@ pub fn for_each_leaf<F: Format, M: PageTableMemory + ?Sized>(
             }
         }
     }
-    visit::<F, M>(memory, root, F::LEVELS, 0, high, &mut f);
+    visit::<F, M>(memory, root, F::LEVELS, 0, (start, end), high, &mut f);
 }
 
 /// The canonical form of `va`, an address masked to the format's bits.

@@ -94,8 +94,12 @@ impl<F> TlbFlush for Native<'_, F> {
 
 impl<F> ContextSwitch for Native<'_, F> {}
 
-impl<F: Format> Backend for Native<'_, F> {
+impl<'m, F: Format> Backend for Native<'m, F> {
     type Format = F;
+    type Memory = HostMemory;
+    fn memory(&self) -> &HostMemory {
+        self.inner.memory()
+    }
 }
 
 /// One 4 KiB page of a mapping, as a model stores it.

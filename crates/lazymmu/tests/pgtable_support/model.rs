@@ -9,11 +9,9 @@
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::FlushScope;
 use lazymmu::mode::{counters::Counters, testing::TestEnv, LazyMode, MisusePolicy};
-use lazymmu::pgtable::format::{Attributes, Entry, Format};
+use lazymmu::pgtable::format::{Attributes, Entry, Format, Protection};
 use lazymmu::pgtable::gather::Gather;
-use lazymmu::pgtable::ops::{
-    allocate_root, ApplyError, ApplyMode, CopyKind, MapError, MoveError, PageTables,
-};
+use lazymmu::pgtable::ops::{ApplyError, ApplyMode, CopyKind, MapError, Mmu, MoveError, VaRange};
 use lazymmu::pgtable::walk::translate;
 
 use super::{assert_no_leak, pages_of, Host, Pages};
@@ -78,14 +76,15 @@ pub fn window_base<F: Format>(high: bool) -> u64 {
 
 pub fn run<F: Format>(ops: &[Op], high: bool) {
     let host = Host::new(4096);
-    let backend = host.backend(PARENT);
+    let backend = host.backend::<F>(PARENT);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
-    // SAFETY: the host allocator hands out frames of this host memory.
-    let root = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
-    // SAFETY: the root and the allocator's frames are frames of this host memory, used by nothing else.
-    let tables = unsafe {
-        PageTables::<F, _, _, _, _>::new(root, PARENT, &host.memory, &backend, &lazy, &host.frames)
-    };
+    // SAFETY: the host allocator hands out frames of the backend's host
+    // memory, used by nothing else; `lazy` is over the backend.
+    let mmu = unsafe { Mmu::new(&backend, &lazy, &host.frames, FlushScope::Local) };
+    let tables = mmu
+        .new_tables(PARENT, VaRange::for_format::<F>(high))
+        .unwrap();
+    let root = tables.root();
     let base = window_base::<F>(high);
     let at = |page: u64| base + page * 4096;
     let mut model = Pages::new();
@@ -124,7 +123,10 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
                 }
                 match occupied {
                     Some(va) => {
-                        assert_eq!(result, Err(MapError::AlreadyMapped { at: VirtAddr(va) }))
+                        assert!(
+                            matches!(result, Err(MapError::AlreadyMapped { at, .. }) if at == VirtAddr(va)),
+                            "{result:?}"
+                        )
                     }
                     None => {
                         let summary = result.unwrap();
@@ -149,16 +151,21 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
             Op::Protect { page, pages, attrs } => {
                 let pages = clip(page, pages);
                 let start = at(page);
+                // Which permissions change comes from the generated
+                // attributes' own bits: dirty and accessed pick whether
+                // user access and the key are set or kept.
+                let protection = Protection {
+                    writable: Some(attrs.writable),
+                    executable: Some(attrs.executable),
+                    user: attrs.dirty.then_some(attrs.user),
+                    key: attrs.accessed.then_some(attrs.key),
+                };
                 tables
-                    .protect(VirtAddr(start), pages * 4096, attrs, &mut gather)
+                    .protect(VirtAddr(start), pages * 4096, protection, &mut gather)
                     .unwrap();
                 for i in 0..pages {
                     if let Some((_, a)) = model.get_mut(&(start + i * 4096)) {
-                        *a = Attributes {
-                            dirty: a.dirty,
-                            accessed: a.accessed,
-                            ..attrs
-                        };
+                        *a = protection.apply(*a);
                     }
                 }
             }
@@ -179,13 +186,17 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
                     };
                     let d = dst + i * 4096;
                     if model.contains_key(&d) {
-                        expected = Err(MoveError::DestinationOccupied { at: VirtAddr(s) });
+                        expected = Err(VirtAddr(s));
                         break;
                     }
                     model.remove(&s);
                     model.insert(d, entry);
                 }
-                assert_eq!(result.map(|_| ()), expected);
+                let result = result.map(|_| ()).map_err(|error| match error {
+                    MoveError::DestinationOccupied { at, .. } => at,
+                    other => panic!("{other:?}"),
+                });
+                assert_eq!(result, expected);
             }
             Op::Apply {
                 page,
@@ -226,7 +237,10 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
                 }
                 match huge {
                     Some(va) => {
-                        assert_eq!(result, Err(ApplyError::HugeMapping { at: VirtAddr(va) }))
+                        assert!(
+                            matches!(result, Err(ApplyError::HugeMapping { at, .. }) if at == VirtAddr(va)),
+                            "{result:?}"
+                        )
                     }
                     None => assert!(result.is_ok(), "{result:?}"),
                 }
@@ -238,25 +252,24 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
             } => {
                 let pages = clip(page, pages);
                 let start = at(page);
-                // SAFETY: the host allocator hands out frames of this host memory.
-                let child = unsafe { allocate_root(&host.memory, &host.frames) }.unwrap();
+                let child_tables = mmu
+                    .new_tables(CHILD, VaRange::for_format::<F>(high))
+                    .unwrap();
+                let child = child_tables.root();
                 let kind = if private {
                     CopyKind::Private
                 } else {
                     CopyKind::Shared
                 };
-                // SAFETY: the child root is a frame of the same host memory.
-                unsafe {
-                    tables.copy_to(
-                        child,
-                        CHILD,
+                tables
+                    .copy_to(
+                        &child_tables,
                         VirtAddr(start),
                         pages * 4096,
                         kind,
                         &mut gather,
                     )
-                }
-                .unwrap();
+                    .unwrap();
                 let mut child_model = Pages::new();
                 for i in 0..pages {
                     let va = start + i * 4096;
@@ -278,11 +291,9 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
                     "child after {op:?}"
                 );
                 drop(gather);
-                // SAFETY: the child root is a frame of the same host memory.
-                let child_tables = unsafe { tables.with_root(child, CHILD) };
                 let mut child_gather =
                     Gather::new(&backend, &host.frames, CHILD, FlushScope::Local);
-                child_tables.destroy(high, &mut child_gather).unwrap();
+                child_tables.destroy(&mut child_gather).unwrap();
                 drop(child_gather);
                 assert_eq!(
                     pages_of::<F>(&host.memory, root, high),
@@ -299,10 +310,16 @@ pub fn run<F: Format>(ops: &[Op], high: bool) {
             "after {op:?}"
         );
         assert_no_leak::<F>(&host, &[root]);
+        let checked = tables.verify().unwrap();
+        assert_eq!(
+            checked.table_count() as usize,
+            host.frames.outstanding(),
+            "verify reaches every table"
+        );
     }
 
     let mut gather = Gather::new(&backend, &host.frames, PARENT, FlushScope::Local);
-    tables.destroy(high, &mut gather).unwrap();
+    tables.destroy(&mut gather).unwrap();
     drop(gather);
     assert_eq!(host.frames.outstanding(), 0, "frames leaked after teardown");
     assert_eq!(lazy.state(), lazymmu::mode::LazyState::IDLE);

@@ -95,6 +95,7 @@ impl Format for Aarch64 {
     const SHARED_ROOT: bool = false;
     const DIRTY_BIT: u64 = SOFTWARE_DIRTY;
     const ACCESSED_BIT: u64 = ACCESS_FLAG;
+    const PERMISSION_BITS: u64 = AP_USER | AP_READ_ONLY | PXN | UXN | POE_INDEX_MASK;
 
     fn decode(raw: u64, level: u8) -> Entry {
         if raw & VALID == 0 {

@@ -60,7 +60,21 @@ pub enum MemoryType {
 }
 
 /// Arch-neutral attributes of a leaf entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// [`Attributes::default()`] is [`Attributes::kernel_data()`]: what a
+/// kernel maps most, and a leaf the hardware can use at once (the accessed
+/// flag set, so that AArch64's first access does not fault for want of
+/// AF, and dirty set, so that x86 does not write the entry back on the
+/// first store).
+///
+/// ```
+/// use lazymmu::addr::{PageSize, PhysAddr};
+/// use lazymmu::pgtable::format::{aarch64, Aarch64, Attributes, Format};
+/// let raw = Aarch64::encode_leaf(PhysAddr(0x4000_0000), PageSize::Size4K, Attributes::default());
+/// assert_ne!(raw & aarch64::ACCESS_FLAG, 0);
+/// assert_eq!(Attributes::default(), Attributes::kernel_data());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Attributes {
     /// Writes are allowed.
     pub writable: bool,
@@ -73,13 +87,23 @@ pub struct Attributes {
     pub global: bool,
     /// The page has been written (x86 D; AArch64 software dirty bit).
     pub dirty: bool,
-    /// The page has been accessed (x86 A, AArch64 AF).
+    /// The page has been accessed (x86 A, AArch64 AF). On AArch64 a leaf
+    /// without AF faults on its first access unless the CPU manages the
+    /// flag in hardware (FEAT_HAFDBS with TCR_ELx.HA set); Linux maps with
+    /// AF set (`PROT_DEFAULT` includes `PTE_AF`).
     pub accessed: bool,
     /// Protection key (x86 PKU/PKS, 0–15) or POE index (AArch64, 0–7).
     /// Encoders keep only the bits the format has.
     pub key: u8,
     /// Cacheability.
     pub memory: MemoryType,
+}
+
+impl Default for Attributes {
+    /// [`Attributes::kernel_data()`] (see the type's documentation).
+    fn default() -> Self {
+        Attributes::kernel_data()
+    }
 }
 
 impl Attributes {
@@ -118,6 +142,115 @@ impl Attributes {
         Attributes {
             writable: false,
             ..self
+        }
+    }
+}
+
+/// The permissions a protection change sets; `None` keeps what each leaf
+/// has. What is not a permission (the physical address, cacheability,
+/// global, accessed and dirty) a protection change never touches.
+///
+/// This is the change Linux's `mprotect` makes with `pte_modify`, which
+/// keeps the bits of `_PAGE_CHG_MASK` (x86:
+/// arch/x86/include/asm/pgtable_types.h: the frame, PCD/PWT/PAT, accessed,
+/// dirty, soft-dirty) and takes the rest from the new protection; arm64's
+/// `pte_modify` (arch/arm64/include/asm/pgtable.h) replaces only `PTE_USER
+/// | PTE_PXN | PTE_UXN | PTE_RDONLY | PTE_WRITE` and, with POE,
+/// `PTE_PO_IDX_MASK`. Linux's new protection is the VMA's complete one, so
+/// it also rewrites x86's G (always clear for user memory); here only the
+/// fields asked for change.
+///
+/// ```
+/// use lazymmu::pgtable::format::{Attributes, Protection};
+/// let read_only = Protection::read_only();
+/// assert_eq!(read_only.apply(Attributes::kernel_data()), Attributes::kernel_data().read_only());
+/// let user_rx = Protection::read_only().execute(true).user(true);
+/// assert!(user_rx.apply(Attributes::kernel_data()).executable);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Protection {
+    /// Writes allowed (`Some(true)`), refused (`Some(false)`), or kept.
+    pub writable: Option<bool>,
+    /// Instruction fetches allowed, refused, or kept.
+    pub executable: Option<bool>,
+    /// User access allowed, refused, or kept.
+    pub user: Option<bool>,
+    /// The protection key (x86 PKU/PKS) or POE index (AArch64) to set, or
+    /// kept (`pkey_mprotect`).
+    pub key: Option<u8>,
+}
+
+impl Protection {
+    /// Changes nothing.
+    pub const KEEP: Protection = Protection {
+        writable: None,
+        executable: None,
+        user: None,
+        key: None,
+    };
+
+    /// Refuses writes, keeps the rest.
+    pub const fn read_only() -> Self {
+        Protection::KEEP.write(false)
+    }
+
+    /// Allows writes, keeps the rest.
+    pub const fn writable() -> Self {
+        Protection::KEEP.write(true)
+    }
+
+    /// The same change, with writes allowed or refused.
+    pub const fn write(self, writable: bool) -> Self {
+        Protection {
+            writable: Some(writable),
+            ..self
+        }
+    }
+
+    /// The same change, with instruction fetches allowed or refused.
+    pub const fn execute(self, executable: bool) -> Self {
+        Protection {
+            executable: Some(executable),
+            ..self
+        }
+    }
+
+    /// The same change, with user access allowed or refused.
+    pub const fn user(self, user: bool) -> Self {
+        Protection {
+            user: Some(user),
+            ..self
+        }
+    }
+
+    /// The same change, with protection key `key`.
+    pub const fn key(self, key: u8) -> Self {
+        Protection {
+            key: Some(key),
+            ..self
+        }
+    }
+
+    /// `attrs` with the permissions this sets.
+    pub const fn apply(self, attrs: Attributes) -> Attributes {
+        Attributes {
+            writable: match self.writable {
+                Some(writable) => writable,
+                None => attrs.writable,
+            },
+            executable: match self.executable {
+                Some(executable) => executable,
+                None => attrs.executable,
+            },
+            user: match self.user {
+                Some(user) => user,
+                None => attrs.user,
+            },
+            key: match self.key {
+                Some(key) => key,
+                None => attrs.key,
+            },
+            ..attrs
         }
     }
 }
@@ -239,6 +372,23 @@ pub trait Format: Copy + Default + core::fmt::Debug + 'static {
     /// Whether `raw` is a valid (present) entry, at any level: the library
     /// tells valid entries from the value alone.
     fn is_valid(raw: u64) -> bool;
+
+    /// The bits of a leaf that carry its permissions (write, execute, user,
+    /// protection key): what [`Format::protect_leaf`] may change, the
+    /// complement of Linux's `_PAGE_CHG_MASK` restricted to permissions.
+    const PERMISSION_BITS: u64;
+
+    /// The leaf `raw` found at `level`, with the permissions `protection`
+    /// sets and every other bit as it was (Linux's `pte_modify`, see
+    /// [`Protection`]); `raw` unchanged when it is not a leaf.
+    #[inline]
+    fn protect_leaf(raw: u64, level: u8, protection: Protection) -> u64 {
+        let Entry::Leaf { size, attrs, .. } = Self::decode(raw, level) else {
+            return raw;
+        };
+        let bits = Self::leaf_template(size, protection.apply(attrs));
+        (raw & !Self::PERMISSION_BITS) | (bits & Self::PERMISSION_BITS)
+    }
 
     /// Whether entries above the PTE level may be leaves (2 MiB and 1 GiB
     /// pages where an entry covers that much).

@@ -72,6 +72,10 @@ impl Format for PpcHash4K {
     const LARGE_LEAVES: bool = false;
     const DIRTY_BIT: u64 = DIRTY;
     const ACCESSED_BIT: u64 = ACCESSED;
+    /// What `pte_modify` takes from the new protection, outside
+    /// `_PAGE_CHG_MASK` (book3s/64/pgtable.h), that this model encodes:
+    /// `_PAGE_READ` is always set, so write, execute and privileged.
+    const PERMISSION_BITS: u64 = WRITE | EXEC | PRIVILEGED;
 
     fn decode(raw: u64, level: u8) -> Entry {
         if raw & PRESENT == 0 {

@@ -81,6 +81,10 @@ impl Format for S390 {
     const LARGE_LEAVES: bool = false;
     const DIRTY_BIT: u64 = DIRTY;
     const ACCESSED_BIT: u64 = YOUNG;
+    /// Write, its hardware protection (which also depends on dirty, see
+    /// [`Format::leaf_template`]) and no-execute: what s390's `pte_modify`
+    /// (arch/s390/include/asm/pgtable.h) recomputes from the new protection.
+    const PERMISSION_BITS: u64 = WRITE | PROTECT | NOEXEC;
 
     fn decode(raw: u64, level: u8) -> Entry {
         if level > 1 {

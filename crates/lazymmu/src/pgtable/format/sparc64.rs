@@ -65,6 +65,9 @@ impl Format for Sparc64Sun4v {
     const SHARED_ROOT: bool = true;
     const LARGE_LEAVES: bool = false;
     const DIRTY_BIT: u64 = MODIFIED;
+    /// Write, its hardware bit (set only once written), execute and
+    /// privileged: the permission bits of the sun4v TTE this model encodes.
+    const PERMISSION_BITS: u64 = WRITE | HW_WRITE | EXEC | PRIVILEGED;
     const ACCESSED_BIT: u64 = ACCESSED;
 
     fn decode(raw: u64, level: u8) -> Entry {

@@ -144,6 +144,7 @@ macro_rules! x86_format {
             const SHARED_ROOT: bool = true;
             const DIRTY_BIT: u64 = DIRTY;
             const ACCESSED_BIT: u64 = ACCESSED;
+            const PERMISSION_BITS: u64 = WRITABLE | USER | NO_EXECUTE | PROTECTION_KEY_MASK;
 
             #[inline]
             fn decode(raw: u64, level: u8) -> Entry {

@@ -2,15 +2,16 @@
 //! `apply_to_existing_page_range`, mm/memory.c), as vmalloc and KASAN's
 //! shadow populate/depopulate use it.
 
+use core::fmt;
+
 use super::descend::{ptes, Slot, Visit};
-use super::{check_range, PageTables, RangeError, Stop};
+use super::{PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::backend::{Backend, EntryUpdate, PteAccess, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{Attributes, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// Whether [`PageTables::apply`] creates missing tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,12 +45,16 @@ pub enum ApplyError<E> {
     OutOfFrames {
         /// First address not visited.
         at: VirtAddr,
+        /// Level of the table that could not be allocated.
+        level: u8,
     },
     /// A huge leaf covers `at`: there is no PTE to apply to (Linux warns and
     /// returns `-EINVAL`).
     HugeMapping {
         /// First address not visited.
         at: VirtAddr,
+        /// Level of the huge leaf.
+        level: u8,
     },
     /// The callback failed at `at` (its own PTE may have been changed by
     /// it; the invalidation is gathered).
@@ -59,6 +64,41 @@ pub enum ApplyError<E> {
         /// The callback's error.
         error: E,
     },
+}
+
+impl<E: fmt::Display> fmt::Display for ApplyError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::Range(error) => write!(f, "apply refused: {error}"),
+            ApplyError::OutOfFrames { at, level } => write!(
+                f,
+                "apply stopped at {:#x}: no frame for a level-{level} table",
+                at.0
+            ),
+            ApplyError::HugeMapping { at, level } => write!(
+                f,
+                "apply stopped at {:#x}: a level-{level} huge leaf has no PTEs",
+                at.0
+            ),
+            ApplyError::Callback { at, error } => {
+                write!(
+                    f,
+                    "apply stopped at {:#x}: the callback failed: {error}",
+                    at.0
+                )
+            }
+        }
+    }
+}
+
+impl<E: core::error::Error + 'static> core::error::Error for ApplyError<E> {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ApplyError::Range(error) => Some(error),
+            ApplyError::Callback { error, .. } => Some(error),
+            _ => None,
+        }
+    }
 }
 
 /// One PTE handed to an [`PageTables::apply`] callback. Writes go through
@@ -162,13 +202,12 @@ struct Job<'f, Fun> {
     summary: ApplySummary,
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
     /// Calls `callback` for every PTE of `[va, va + len)`, in order, each
     /// PTE table's run inside one lazy section; with [`ApplyMode::Create`]
@@ -193,7 +232,7 @@ where
         O: FreeOrder,
         Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
     {
-        let span = check_range::<F>(va, len).map_err(ApplyError::Range)?;
+        let span = self.span(va, len).map_err(ApplyError::Range)?;
         self.check_gather(gather).map_err(ApplyError::Range)?;
         let mut job = Job {
             mode,
@@ -210,7 +249,7 @@ where
             }
             Visit::Entry(level, Slot { va, entry, .. }, current) => match current {
                 Entry::Absent if job.mode == ApplyMode::Existing => Ok(None),
-                Entry::Leaf { .. } => Err(Stop::Huge(va).into()),
+                Entry::Leaf { .. } => Err(Stop::Huge { at: va, level }.into()),
                 _ => {
                     let (below, new) = self.table_below(entry, va, high, level)?;
                     job.summary.tables_allocated += u64::from(new);
@@ -221,11 +260,15 @@ where
         });
         match result {
             Ok(()) => Ok(job.summary),
-            Err(ApplyStop::Walk(Stop::OutOfFrames(at))) => {
-                Err(ApplyError::OutOfFrames { at: canonical(at) })
-            }
-            Err(ApplyStop::Walk(Stop::Huge(at) | Stop::Occupied(at))) => {
-                Err(ApplyError::HugeMapping { at: canonical(at) })
+            Err(ApplyStop::Walk(Stop::OutOfFrames { at, level })) => Err(ApplyError::OutOfFrames {
+                at: canonical(at),
+                level,
+            }),
+            Err(ApplyStop::Walk(Stop::Huge { at, level } | Stop::Occupied { at, level })) => {
+                Err(ApplyError::HugeMapping {
+                    at: canonical(at),
+                    level,
+                })
             }
             Err(ApplyStop::Callback(at, error)) => Err(ApplyError::Callback {
                 at: canonical(at),
@@ -249,10 +292,10 @@ where
         O: FreeOrder,
         Fun: FnMut(&mut PteSlot<'_, F, B>) -> Result<(), E>,
     {
-        let _section = self.lazy.section();
+        let _section = self.mmu.lazy.section();
         for (_, va, entry) in ptes::<F>(table, start, end) {
             let mut slot = PteSlot::<F, B> {
-                backend: self.backend,
+                backend: self.mmu.backend,
                 update: self.update(entry, va, job.high, 1, 0, true),
                 value: self.read(entry),
                 invalidate: false,

@@ -1,14 +1,15 @@
 //! Copy a range for fork (`copy_page_range`, mm/memory.c).
 
+use core::fmt;
+
 use super::descend::{ptes, Slot, Visit};
-use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
-use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use super::{covers_entry, size_slot, PageTables, RangeError, Stop};
+use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// How the range being copied is shared (Linux decides per VMA with
 /// `is_cow_mapping`).
@@ -47,6 +48,8 @@ pub enum CopyError {
     OutOfFrames {
         /// First address not copied.
         at: VirtAddr,
+        /// Level of the table that could not be allocated.
+        level: u8,
     },
     /// The child already had an entry where the copy had to write one (a
     /// leaf, or a table where a block is to go). `[va, at)` is copied;
@@ -54,65 +57,93 @@ pub enum CopyError {
     ChildOccupied {
         /// First address not copied.
         at: VirtAddr,
+        /// Level of the child's entry in the way.
+        level: u8,
     },
 }
 
-struct Job {
-    child: PhysAddr,
-    child_space: SpaceId,
+impl fmt::Display for CopyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CopyError::Range(error) => write!(f, "copy refused: {error}"),
+            CopyError::OutOfFrames { at, level } => write!(
+                f,
+                "copy stopped at {:#x}: no frame for a level-{level} table",
+                at.0
+            ),
+            CopyError::ChildOccupied { at, level } => write!(
+                f,
+                "copy stopped at {:#x}: the child's level-{level} entry is in the way",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for CopyError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            CopyError::Range(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+struct Job<'c, C> {
+    child: &'c C,
     kind: CopyKind,
     high: bool,
     summary: CopySummary,
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
-    /// Copies the leaves of `[va, va + len)` into the tree at `child`
-    /// (address space `child_space`), allocating the child's tables. For a
+    /// Copies the leaves of `[va, va + len)` into `child` (another tree,
+    /// of another address space), allocating the child's tables from its
+    /// own [`Mmu`](super::Mmu) and writing its entries through its
+    /// backend. For a
     /// [`CopyKind::Private`] range every writable leaf is write-protected in
-    /// the parent (get-and-clear, then write, as `ptep_set_wrprotect`
-    /// must be atomic against hardware dirty-bit updates) and copied
+    /// the parent (one [`set_wrprotect`](crate::backend::PteAccess::set_wrprotect),
+    /// Linux's atomic `ptep_set_wrprotect`) and copied
     /// read-only; the parent's downgrades go into `gather`, which must be
     /// the parent's (the child's entries are new and need no flush). A huge
     /// leaf the range cuts is split in the parent first.
     ///
     /// # Errors
-    /// - [`CopyError::Range`]: bad range, `gather` not the parent's, or the
-    ///   child root is the parent's.
+    /// - [`CopyError::Range`]: bad range (for the parent or, by its half,
+    ///   for the child), `gather` not the parent's, or the child of the
+    ///   parent's root or address space.
     /// - [`CopyError::OutOfFrames`], [`CopyError::ChildOccupied`]: see the
     ///   variants for what was done.
-    ///
-    /// # Safety
-    /// `child` is a root as [`PageTables::new`] requires, over this tree's
-    /// memory and allocator.
-    pub unsafe fn copy_to<G, GA, O>(
+    pub fn copy_to<CA, G, GA, O>(
         &self,
-        child: PhysAddr,
-        child_space: SpaceId,
+        child: &PageTables<'_, B, L, CA, F>,
         va: VirtAddr,
         len: u64,
         kind: CopyKind,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> Result<CopySummary, CopyError>
     where
+        CA: FrameAllocator + ?Sized,
         G: TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let span = check_range::<F>(va, len).map_err(CopyError::Range)?;
+        let span = self.span(va, len).map_err(CopyError::Range)?;
+        child.span(va, len).map_err(CopyError::Range)?;
         self.check_gather(gather).map_err(CopyError::Range)?;
-        if child == self.root || child_space == self.space {
-            return Err(CopyError::Range(RangeError::WrongSpace));
+        if child.root == self.root || child.space == self.space {
+            return Err(CopyError::Range(RangeError::ChildIsParent {
+                space: child.space,
+            }));
         }
         let mut job = Job {
             child,
-            child_space,
             kind,
             high: span.high,
             summary: CopySummary::default(),
@@ -126,10 +157,10 @@ where
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
-                    let child_table = self.child_table(va, level, &mut job)?;
+                    let child_table = Self::child_table(va, level, &mut job)?;
                     let child_entry = Self::entry(child_table, va, level);
-                    if F::is_valid(self.read(child_entry)) {
-                        return Err(Stop::Occupied(va));
+                    if F::is_valid(job.child.read(child_entry)) {
+                        return Err(Stop::Occupied { at: va, level });
                     }
                     self.copy_entry(entry, child_entry, va, level, size, &mut job, gather);
                     Ok(None)
@@ -143,37 +174,43 @@ where
         });
         match result {
             Ok(()) => Ok(job.summary),
-            Err(Stop::OutOfFrames(at)) => Err(CopyError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(CopyError::OutOfFrames {
                 at: Self::canonical(at, span.high),
+                level,
             }),
-            Err(Stop::Occupied(at) | Stop::Huge(at)) => Err(CopyError::ChildOccupied {
-                at: Self::canonical(at, span.high),
-            }),
+            Err(Stop::Occupied { at, level } | Stop::Huge { at, level }) => {
+                Err(CopyError::ChildOccupied {
+                    at: Self::canonical(at, span.high),
+                    level,
+                })
+            }
         }
     }
 
     /// The child's table at `level` for `va`, created as needed.
-    fn child_table(&self, va: u64, level: u8, job: &mut Job) -> Result<PhysAddr, Stop> {
-        // SAFETY: `copy_to`'s caller vouched for the child root.
-        let child = unsafe { self.with_root(job.child, job.child_space) };
-        let table = child.ensure_table(job.child, va, job.high, level);
-        job.summary.tables_allocated += child.tables_allocated.get();
-        table
+    fn child_table<CA: FrameAllocator + ?Sized>(
+        va: u64,
+        level: u8,
+        job: &mut Job<'_, PageTables<'_, B, L, CA, F>>,
+    ) -> Result<PhysAddr, Stop> {
+        job.child
+            .ensure_table(va, job.high, level, &mut job.summary.tables_allocated)
     }
 
     /// Copies one present parent leaf into an empty child entry.
     #[allow(clippy::too_many_arguments)]
-    fn copy_entry<G, GA, O>(
+    fn copy_entry<CA, G, GA, O>(
         &self,
         entry: PhysAddr,
         child_entry: PhysAddr,
         va: u64,
         level: u8,
         size: PageSize,
-        job: &mut Job,
+        job: &mut Job<'_, PageTables<'_, B, L, CA, F>>,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> bool
     where
+        CA: FrameAllocator + ?Sized,
         G: TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
@@ -185,12 +222,22 @@ where
         let mut value = current;
         let mut downgraded = false;
         if job.kind == CopyKind::Private && attrs.writable {
-            let old = self.clear(entry, va, job.high, level);
-            let Entry::Leaf { phys, attrs, .. } = F::decode(old, level) else {
+            // `ptep_set_wrprotect`: one atomic update of the parent's entry
+            // (`copy_present_pte`, mm/memory.c).
+            let Entry::Leaf { phys, attrs, .. } = F::decode(current, level) else {
                 return false;
             };
-            value = F::encode_leaf(phys, size, attrs.read_only());
-            self.write_leaf(entry, va, job.high, level, value);
+            let protected = F::encode_leaf(phys, size, attrs.read_only());
+            let old = self
+                .mmu
+                .backend
+                .set_wrprotect(self.update(entry, va, job.high, level, protected, true));
+            // The hardware may have set the dirty bit since the read: the
+            // child gets what the exchange returned, write-protected.
+            value = match F::decode(old, level) {
+                Entry::Leaf { phys, attrs, .. } => F::encode_leaf(phys, size, attrs.read_only()),
+                _ => protected,
+            };
             job.summary.write_protected += 1;
             downgraded = true;
         }
@@ -201,10 +248,8 @@ where
                 child_attrs.dirty = false;
             }
             let child_value = F::encode_leaf(phys, size, child_attrs);
-            self.backend.write_entry(crate::backend::EntryUpdate {
-                space: job.child_space,
-                ..self.update(child_entry, va, job.high, level, child_value, true)
-            });
+            job.child
+                .write_leaf(child_entry, va, job.high, level, child_value);
             job.summary.copied[size_slot(size)] += 1;
         }
         if downgraded {
@@ -215,15 +260,16 @@ where
 
     /// The PTE loop: one lazy section for the parent's table and the
     /// child's.
-    fn copy_ptes<G, GA, O>(
+    fn copy_ptes<CA, G, GA, O>(
         &self,
         table: PhysAddr,
         start: u64,
         end: u64,
-        job: &mut Job,
+        job: &mut Job<'_, PageTables<'_, B, L, CA, F>>,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> Result<(), Stop>
     where
+        CA: FrameAllocator + ?Sized,
         G: TlbFlush + ?Sized,
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
@@ -234,15 +280,15 @@ where
         if !any {
             return Ok(());
         }
-        let child_table = self.child_table(start, 1, job)?;
-        let _section = self.lazy.section();
+        let child_table = Self::child_table(start, 1, job)?;
+        let _section = self.mmu.lazy.section();
         for (_, va, entry) in ptes::<F>(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }
             let child_entry = Self::entry(child_table, va, 1);
-            if F::is_valid(self.read(child_entry)) {
-                return Err(Stop::Occupied(va));
+            if F::is_valid(job.child.read(child_entry)) {
+                return Err(Stop::Occupied { at: va, level: 1 });
             }
             self.copy_entry(entry, child_entry, va, 1, PageSize::Size4K, job, gather);
         }

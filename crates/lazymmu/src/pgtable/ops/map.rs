@@ -1,13 +1,14 @@
 //! Map a physical range (`vmap_range`, `remap_pfn_range`).
 
+use core::fmt;
+
 use super::descend::{ptes, Slot, Slots};
-use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
+use super::{covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::Backend;
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{entry_shift, index, Attributes, Entry, Format};
-use crate::pgtable::memory::PageTableMemory;
 
 /// What a map did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,12 +31,43 @@ pub enum MapError {
     OutOfFrames {
         /// First address not mapped.
         at: VirtAddr,
+        /// Level of the table that could not be allocated.
+        level: u8,
     },
     /// An entry in the range was already present.
     AlreadyMapped {
         /// First address not mapped: the occupied one.
         at: VirtAddr,
+        /// Level of the entry in the way.
+        level: u8,
     },
+}
+
+impl fmt::Display for MapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::Range(error) => write!(f, "map refused: {error}"),
+            MapError::OutOfFrames { at, level } => write!(
+                f,
+                "map stopped at {:#x}: no frame for a level-{level} table",
+                at.0
+            ),
+            MapError::AlreadyMapped { at, level } => write!(
+                f,
+                "map stopped at {:#x}: the level-{level} entry is already present",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for MapError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            MapError::Range(error) => Some(error),
+            _ => None,
+        }
+    }
 }
 
 struct MapRun {
@@ -49,13 +81,12 @@ struct MapRun {
     summary: MapSummary,
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
     /// Maps `[va, va + len)` to `[phys, phys + len)` with `attrs`, using
     /// leaves up to `largest` wherever the virtual and physical addresses
@@ -80,14 +111,12 @@ where
         attrs: Attributes,
         largest: PageSize,
     ) -> Result<MapSummary, MapError> {
-        let span = check_range::<F>(va, len).map_err(MapError::Range)?;
-        if phys.0 % 4096 != 0 {
-            return Err(MapError::Range(RangeError::Misaligned));
-        }
+        let span = self.span(va, len).map_err(MapError::Range)?;
         let phys_mask = F::leaf_address_mask(PageSize::Size4K) | 0xFFF;
         match phys.0.checked_add(len) {
-            Some(phys_end) if len == 0 || (phys_end - 1) & !phys_mask == 0 => {}
-            _ => return Err(MapError::Range(RangeError::OutOfRange)),
+            Some(phys_end)
+                if phys.0 % 4096 == 0 && (len == 0 || (phys_end - 1) & !phys_mask == 0) => {}
+            _ => return Err(MapError::Range(RangeError::BadPhysical { phys, len })),
         }
         let mut run = MapRun {
             delta: phys.0.wrapping_sub(span.start),
@@ -107,12 +136,16 @@ where
         let Span { start, end, .. } = span;
         match self.map_level(self.root, F::LEVELS, start, end, false, &mut run) {
             Ok(()) => Ok(run.summary),
-            Err(Stop::OutOfFrames(at)) => Err(MapError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(MapError::OutOfFrames {
                 at: Self::canonical(at, span.high),
+                level,
             }),
-            Err(Stop::Occupied(at) | Stop::Huge(at)) => Err(MapError::AlreadyMapped {
-                at: Self::canonical(at, span.high),
-            }),
+            Err(Stop::Occupied { at, level } | Stop::Huge { at, level }) => {
+                Err(MapError::AlreadyMapped {
+                    at: Self::canonical(at, span.high),
+                    level,
+                })
+            }
         }
     }
 
@@ -141,7 +174,7 @@ where
                 && !matches!(F::decode(current, level), Entry::Table(_))
             {
                 if F::is_valid(current) {
-                    return Err(Stop::Occupied(va));
+                    return Err(Stop::Occupied { at: va, level });
                 }
                 let size = F::leaf_size(level).expect("leaf level");
                 self.write_leaf(
@@ -154,7 +187,7 @@ where
                 run.summary.leaves[size_slot(size)] += 1;
             } else {
                 match F::decode(current, level) {
-                    Entry::Leaf { .. } => return Err(Stop::Occupied(va)),
+                    Entry::Leaf { .. } => return Err(Stop::Occupied { at: va, level }),
                     Entry::Table(below) => {
                         self.map_level(below, level - 1, va, next, false, run)?
                     }
@@ -171,7 +204,7 @@ where
                         } else {
                             self.new_table()
                         }
-                        .ok_or(Stop::OutOfFrames(va))?;
+                        .ok_or(Stop::OutOfFrames { at: va, level: 1 })?;
                         run.summary.tables_allocated += 1;
                         self.map_ptes(below, va, next, true, Some(entry), run)?;
                     }
@@ -179,7 +212,10 @@ where
                         // Upper tables are linked first, so that what is
                         // mapped below them stays reachable if a later
                         // allocation fails.
-                        let below = self.new_table().ok_or(Stop::OutOfFrames(va))?;
+                        let below = self.new_table().ok_or(Stop::OutOfFrames {
+                            at: va,
+                            level: level - 1,
+                        })?;
                         run.summary.tables_allocated += 1;
                         self.write_table(entry, va, run.high, level, below);
                         self.map_level(below, level - 1, va, next, true, run)?;
@@ -201,7 +237,7 @@ where
         link: Option<PhysAddr>,
         run: &mut MapRun,
     ) -> Result<(), Stop> {
-        let _section = self.lazy.section();
+        let _section = self.mmu.lazy.section();
         let template = run.templates[0];
         let first = index::<F>(start, 1);
         let count = ((end - start) >> 12) as usize;
@@ -209,7 +245,7 @@ where
             // Known empty: one run (Linux's `set_ptes`).
             let first_entry = table.add(8 * first as u64);
             let value = template | start.wrapping_add(run.delta);
-            self.backend.write_entries(
+            self.mmu.backend.write_entries(
                 self.update(first_entry, start, run.high, 1, value, true),
                 count,
                 4096,
@@ -223,7 +259,7 @@ where
         for (i, va, entry) in ptes::<F>(table, start, end) {
             if !fresh && F::is_valid(self.read(entry)) {
                 run.summary.leaves[0] += i as u64;
-                return Err(Stop::Occupied(va));
+                return Err(Stop::Occupied { at: va, level: 1 });
             }
             self.write_leaf(
                 entry,

@@ -1,15 +1,16 @@
 //! Move a range within an address space (`move_page_tables`,
 //! mm/mremap.c).
 
+use core::fmt;
+
 use super::descend::{ptes, Invalidated, Slot, Visit};
-use super::{check_range, covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
+use super::{covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{entry_shift, Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// What a move did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct MoveSummary {
     /// Huge source leaves split (cut by the range, or the destination not
     /// aligned for them).
     pub splits: u64,
+    /// Page-table frames allocated for the destination.
+    pub tables_allocated: u64,
 }
 
 /// Why a move stopped. In the last two cases `[from, at)` has moved to
@@ -35,12 +38,44 @@ pub enum MoveError {
     OutOfFrames {
         /// First source address not moved.
         at: VirtAddr,
+        /// Level of the table that could not be allocated.
+        level: u8,
     },
     /// The destination of the source address `at` was already mapped.
     DestinationOccupied {
         /// First source address not moved.
         at: VirtAddr,
+        /// Level of the destination entry in the way.
+        level: u8,
     },
+}
+
+impl fmt::Display for MoveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MoveError::Range(error) => write!(f, "move refused: {error}"),
+            MoveError::Overlap => f.write_str("move refused: the source and destination overlap"),
+            MoveError::OutOfFrames { at, level } => write!(
+                f,
+                "move stopped at {:#x}: no frame for a level-{level} table",
+                at.0
+            ),
+            MoveError::DestinationOccupied { at, level } => write!(
+                f,
+                "move stopped at {:#x}: the destination's level-{level} entry is in the way",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for MoveError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            MoveError::Range(error) => Some(error),
+            _ => None,
+        }
+    }
 }
 
 struct Job {
@@ -50,13 +85,12 @@ struct Job {
     summary: MoveSummary,
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
     /// Moves the leaves of `[from, from + len)` to `[to, to + len)` in the
     /// same tree: each source leaf is cleared (get-and-clear, keeping the
@@ -83,11 +117,11 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let source = check_range::<F>(from, len).map_err(MoveError::Range)?;
-        let target = check_range::<F>(to, len).map_err(MoveError::Range)?;
+        let source = self.span(from, len).map_err(MoveError::Range)?;
+        let target = self.span(to, len).map_err(MoveError::Range)?;
         self.check_gather(gather).map_err(MoveError::Range)?;
         if source.high != target.high {
-            return Err(MoveError::Range(RangeError::OutOfRange));
+            return Err(MoveError::Range(RangeError::OutOfRange { va: to, len }));
         }
         if source.start < target.end && target.start < source.end {
             return Err(MoveError::Overlap);
@@ -109,7 +143,7 @@ where
                     if covers_entry::<F>(va, next, level)
                         && va.wrapping_add(job.delta) % (1u64 << entry_shift::<F>(level)) == 0 =>
                 {
-                    if let Some(target) = self.destination(va, level, &job)? {
+                    if let Some(target) = self.destination(va, level, &mut job)? {
                         let old = self.clear(entry, va, high, level);
                         self.write_leaf(target, va.wrapping_add(job.delta), high, level, old);
                         gather.add_page(Self::canonical(va, high), size);
@@ -128,12 +162,16 @@ where
         });
         match result {
             Ok(()) => Ok(job.summary),
-            Err(Stop::OutOfFrames(at)) => Err(MoveError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(MoveError::OutOfFrames {
                 at: Self::canonical(at, source.high),
+                level,
             }),
-            Err(Stop::Occupied(at) | Stop::Huge(at)) => Err(MoveError::DestinationOccupied {
-                at: Self::canonical(at, source.high),
-            }),
+            Err(Stop::Occupied { at, level } | Stop::Huge { at, level }) => {
+                Err(MoveError::DestinationOccupied {
+                    at: Self::canonical(at, source.high),
+                    level,
+                })
+            }
         }
     }
 
@@ -141,19 +179,16 @@ where
     /// created as needed. `Ok(None)` when the destination holds a table at
     /// that level (the source leaf must then be split); a present leaf (or
     /// a huge leaf above) stops the move at `va`.
-    fn destination(&self, va: u64, level: u8, job: &Job) -> Result<Option<PhysAddr>, Stop> {
+    fn destination(&self, va: u64, level: u8, job: &mut Job) -> Result<Option<PhysAddr>, Stop> {
         let dst = va.wrapping_add(job.delta);
-        let table =
-            self.ensure_table(self.root, dst, job.high, level)
-                .map_err(|stop| match stop {
-                    Stop::OutOfFrames(_) => Stop::OutOfFrames(va),
-                    _ => Stop::Occupied(va),
-                })?;
+        let table = self
+            .ensure_table(dst, job.high, level, &mut job.summary.tables_allocated)
+            .map_err(|stop| stop.at(va))?;
         let entry = Self::entry(table, dst, level);
         match F::decode(self.read(entry), level) {
             Entry::Absent => Ok(Some(entry)),
             Entry::Table(_) if level > 1 => Ok(None),
-            _ => Err(Stop::Occupied(va)),
+            _ => Err(Stop::Occupied { at: va, level }),
         }
     }
 
@@ -161,7 +196,10 @@ where
     /// destination's PTE-table boundary, as Linux's `move_page_tables`):
     /// the destination table is made to exist first, outside the section
     /// (a backend that batches writes may not show a just-linked table to a
-    /// read inside it), then one lazy section moves the extent.
+    /// read inside it), then one lazy section moves the extent, and the
+    /// old addresses are flushed before the next extent, as `move_ptes`
+    /// does (`flush_tlb_range(vma, old_end - len, old_end)` when it moved a
+    /// present entry, mm/mremap.c).
     fn move_ptes<G, GA, O>(
         &self,
         table: PhysAddr,
@@ -204,15 +242,17 @@ where
             return Ok(());
         };
         let dst_table = self
-            .ensure_table(self.root, first_va.wrapping_add(job.delta), job.high, 1)
-            .map_err(|stop| match stop {
-                Stop::OutOfFrames(_) => Stop::OutOfFrames(first_va),
-                _ => Stop::Occupied(first_va),
-            })?;
+            .ensure_table(
+                first_va.wrapping_add(job.delta),
+                job.high,
+                1,
+                &mut job.summary.tables_allocated,
+            )
+            .map_err(|stop| stop.at(first_va))?;
         let mut range = Invalidated::default();
         let mut result = Ok(());
         {
-            let _section = self.lazy.section();
+            let _section = self.mmu.lazy.section();
             for (_, va, entry) in ptes::<F>(table, start, end).skip(first_valid) {
                 if !F::is_valid(self.read(entry)) {
                     continue;
@@ -220,7 +260,7 @@ where
                 let dst = va.wrapping_add(job.delta);
                 let target = Self::entry(dst_table, dst, 1);
                 if F::is_valid(self.read(target)) {
-                    result = Err(Stop::Occupied(va));
+                    result = Err(Stop::Occupied { at: va, level: 1 });
                     break;
                 }
                 let old = self.clear(entry, va, job.high, 1);
@@ -230,6 +270,7 @@ where
             }
         }
         range.gather::<F, _, _, _>(job.high, gather);
+        gather.flush();
         result
     }
 }

@@ -1,14 +1,15 @@
 //! Change protection (`change_protection`, mm/mprotect.c).
 
+use core::fmt;
+
 use super::descend::{ptes, Invalidated, Slot, Visit};
-use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Stop};
+use super::{covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
-use crate::pgtable::format::{Attributes, Entry, Format};
+use crate::pgtable::format::{Entry, Format, Protection};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// What a protection change did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -30,24 +31,60 @@ pub enum ProtectError {
     OutOfFrames {
         /// First address not changed.
         at: VirtAddr,
+        /// Level of the table the split needed.
+        level: u8,
     },
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl fmt::Display for ProtectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtectError::Range(error) => write!(f, "protect refused: {error}"),
+            ProtectError::OutOfFrames { at, level } => write!(
+                f,
+                "protect stopped at {:#x}: no frame for the level-{level} table of a split",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ProtectError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ProtectError::Range(error) => Some(error),
+            ProtectError::OutOfFrames { .. } => None,
+        }
+    }
+}
+
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
-    /// Gives every present leaf in `[va, va + len)` the attributes `attrs`
-    /// (keeping its own dirty and accessed bits), splitting a huge leaf the
-    /// range cuts. Each entry is rewritten with the backend's
+    /// Changes the permissions of every present leaf in `[va, va + len)`
+    /// as `protection` says, keeping everything else (the frame,
+    /// cacheability, global, accessed and dirty bits, and every permission
+    /// `protection` leaves as [`None`]), as Linux's `change_protection`
+    /// (mm/mprotect.c) rewrites each entry with `pte_modify`. Unlike
+    /// [`PageTables::map`], which writes complete [`Attributes`], a
+    /// protection change never makes a kernel page a user page unless
+    /// asked to ([`Protection::user`]).
+    ///
+    /// Only leaves whose entry changes are touched: a huge leaf the range
+    /// cuts is split only if its permissions change, so a protection that
+    /// changes nothing writes nothing, splits nothing, needs no frame and
+    /// adds nothing to `gather`. Each changed entry is rewritten with the
+    /// backend's
     /// [`modify_prot_start`](crate::backend::PteAccess::modify_prot_start)
     /// and [`modify_prot_commit`](crate::backend::PteAccess::modify_prot_commit),
-    /// as Linux's `change_pte_range` does, so a dirty bit set by hardware
-    /// meanwhile is not lost; every changed entry is added to `gather`.
+    /// as `change_pte_range` does, so a dirty bit set by hardware meanwhile
+    /// is not lost; every changed entry is added to `gather`.
+    ///
+    /// [`Attributes`]: crate::pgtable::format::Attributes
     ///
     /// # Errors
     /// - [`ProtectError::Range`]: bad range, or `gather` for another space.
@@ -56,7 +93,7 @@ where
         &self,
         va: VirtAddr,
         len: u64,
-        attrs: Attributes,
+        protection: Protection,
         gather: &mut Gather<'_, G, GA, O>,
     ) -> Result<ProtectSummary, ProtectError>
     where
@@ -64,10 +101,14 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let span = check_range::<F>(va, len).map_err(ProtectError::Range)?;
+        let span = self.span(va, len).map_err(ProtectError::Range)?;
         self.check_gather(gather).map_err(ProtectError::Range)?;
         let mut summary = ProtectSummary::default();
-        let mut job = Job::new::<F>(attrs, span.high, &mut summary);
+        let mut job = Job {
+            protection,
+            high: span.high,
+            summary: &mut summary,
+        };
         let high = span.high;
         let result = self.walk(span.start, span.end, &mut |visit| match visit {
             Visit::Ptes(table, start, end) => {
@@ -83,7 +124,13 @@ where
                     Ok(None)
                 }
                 Entry::Leaf { .. } => {
-                    self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                    let raw = self.read(entry);
+                    if F::protect_leaf(raw, level, job.protection) == raw {
+                        // Nothing to change in the part the range cuts.
+                        Ok(None)
+                    } else {
+                        self.split_into(entry, va, high, level, gather, &mut job.summary.splits)
+                    }
                 }
                 Entry::Table(below) => Ok(Some(below)),
             },
@@ -91,8 +138,9 @@ where
         });
         match result {
             Ok(()) => Ok(summary),
-            Err(Stop::OutOfFrames(at)) => Err(ProtectError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(ProtectError::OutOfFrames {
                 at: Self::canonical(at, span.high),
+                level,
             }),
             Err(other) => unreachable!("protect stopped with {other:?}"),
         }
@@ -108,17 +156,19 @@ where
         job: &mut Job<'_>,
     ) -> bool {
         let current = self.read(entry);
-        if !F::is_valid(current) || job.target(size, current) == current {
+        if !F::is_valid(current) || F::protect_leaf(current, level, job.protection) == current {
             return false;
         }
         let old = self
+            .mmu
             .backend
             .modify_prot_start(self.update(entry, va, job.high, level, 0, true));
         if !F::is_valid(old) {
             return false;
         }
-        let new = job.target(size, old);
-        self.backend
+        let new = F::protect_leaf(old, level, job.protection);
+        self.mmu
+            .backend
             .modify_prot_commit(self.update(entry, va, job.high, level, new, true));
         job.summary.changed[size_slot(size)] += 1;
         true
@@ -137,7 +187,7 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let _section = self.lazy.section();
+        let _section = self.mmu.lazy.section();
         let mut range = Invalidated::default();
         for (_, va, entry) in ptes::<F>(table, start, end) {
             if self.protect_entry(entry, va, 1, PageSize::Size4K, job) {
@@ -149,49 +199,7 @@ where
 }
 
 struct Job<'s> {
-    /// Leaf templates by size (4K, 2M, 1G) and by the old entry's dirty
-    /// and accessed bits (index `dirty * 2 + accessed`), computed once.
-    templates: [[u64; 4]; 3],
-    /// Address bits by size.
-    address: [u64; 3],
-    dirty_bit: u64,
-    accessed_bit: u64,
+    protection: Protection,
     high: bool,
     summary: &'s mut ProtectSummary,
-}
-
-impl Job<'_> {
-    fn new<F: Format>(attrs: Attributes, high: bool, summary: &mut ProtectSummary) -> Job<'_> {
-        let sizes = [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G];
-        let templates = sizes.map(|size| {
-            [(false, false), (false, true), (true, false), (true, true)].map(|(dirty, accessed)| {
-                F::leaf_template(
-                    size,
-                    Attributes {
-                        dirty,
-                        accessed,
-                        ..attrs
-                    },
-                )
-            })
-        });
-        Job {
-            templates,
-            address: sizes.map(F::leaf_address_mask),
-            dirty_bit: F::DIRTY_BIT,
-            accessed_bit: F::ACCESSED_BIT,
-            high,
-            summary,
-        }
-    }
-
-    /// The leaf `old` with the new attributes and its own dirty and
-    /// accessed bits.
-    #[inline]
-    fn target(&self, size: PageSize, old: u64) -> u64 {
-        let slot = size_slot(size);
-        let status =
-            usize::from(old & self.dirty_bit != 0) * 2 + usize::from(old & self.accessed_bit != 0);
-        self.templates[slot][status] | (old & self.address[slot])
-    }
 }

@@ -1,15 +1,16 @@
 //! Unmap a range (`zap_page_range`, `unmap_page_range` and, for tables
 //! wholly inside the range, `free_pgd_range`).
 
+use core::fmt;
+
 use super::descend::{ptes, Invalidated, Slot, Visit};
-use super::{check_range, covers_entry, size_slot, PageTables, RangeError, Span, Stop};
+use super::{covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{Entry, Format};
 use crate::pgtable::gather::{FreeOrder, Gather};
-use crate::pgtable::memory::PageTableMemory;
 
 /// What a zap did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -36,16 +37,39 @@ pub enum ZapError {
     OutOfFrames {
         /// First address not unmapped.
         at: VirtAddr,
+        /// Level of the table the split needed.
+        level: u8,
     },
 }
 
-impl<F, M, B, L, A> PageTables<'_, F, M, B, L, A>
+impl fmt::Display for ZapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZapError::Range(error) => write!(f, "zap refused: {error}"),
+            ZapError::OutOfFrames { at, level } => write!(
+                f,
+                "zap stopped at {:#x}: no frame for the level-{level} table of a split",
+                at.0
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ZapError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ZapError::Range(error) => Some(error),
+            ZapError::OutOfFrames { .. } => None,
+        }
+    }
+}
+
+impl<B, L, A, F> PageTables<'_, B, L, A, F>
 where
-    F: Format,
-    M: PageTableMemory + ?Sized,
     B: Backend<Format = F> + ?Sized,
     L: LazyMode,
     A: FrameAllocator + ?Sized,
+    F: Format,
 {
     /// Unmaps `[va, va + len)`: clears every leaf (splitting a huge leaf
     /// the range cuts), adds its invalidation to `gather`, and unlinks every
@@ -67,7 +91,7 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let span = check_range::<F>(va, len).map_err(ZapError::Range)?;
+        let span = self.span(va, len).map_err(ZapError::Range)?;
         self.check_gather(gather).map_err(ZapError::Range)?;
         self.zap_span(span, gather)
     }
@@ -92,7 +116,7 @@ where
             Visit::Entry(level, Slot { va, next, entry }, current) => match current {
                 Entry::Absent => Ok(None),
                 Entry::Leaf { size, .. } if covers_entry::<F>(va, next, level) => {
-                    let old = self.clear(entry, va, high, level);
+                    let old = self.clear_full(entry, va, high, level, gather.is_full_mm());
                     if let Entry::Leaf { attrs, .. } = F::decode(old, level) {
                         summary.dirty += u64::from(attrs.dirty);
                     }
@@ -125,7 +149,7 @@ where
                     // unlink before the gather can free the table,
                     // even when a caller's section is open.
                     {
-                        let _section = self.lazy.section();
+                        let _section = self.mmu.lazy.section();
                         self.clear_table(entry, va, high, level);
                     }
                     gather.remove_table(below, Self::canonical(va, high), level);
@@ -136,15 +160,22 @@ where
         });
         match result {
             Ok(()) => Ok(summary),
-            Err(Stop::OutOfFrames(at)) => Err(ZapError::OutOfFrames {
+            Err(Stop::OutOfFrames { at, level }) => Err(ZapError::OutOfFrames {
                 at: Self::canonical(at, span.high),
+                level,
             }),
             Err(other) => unreachable!("zap stopped with {other:?}"),
         }
     }
 
-    /// The PTE loop: one lazy section for the table. `unlink` is the PMD
-    /// entry to clear once the table is empty.
+    /// The PTE loop (`zap_pte_range`): one lazy section for the table.
+    /// Every page it unmaps is queued in the gather
+    /// ([`Gather::remove_page`]); when the gather's batch is full the loop
+    /// does what Linux's `force_flush` does: it leaves the section, flushes
+    /// the gather (TLB, then the pages) and goes on in a new section.
+    /// Entries are cleared with `full` set under a full-mm gather
+    /// (`ptep_get_and_clear_full(mm, addr, pte, tlb->fullmm)`). `unlink` is
+    /// the PMD entry to clear once the table is empty.
     #[allow(clippy::too_many_arguments)]
     fn zap_ptes<G, GA, O>(
         &self,
@@ -160,22 +191,31 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let _section = self.lazy.section();
+        let full = gather.is_full_mm();
+        let mut section = Some(self.mmu.lazy.section());
         let mut cleared = 0;
         let mut range = Invalidated::default();
         for (_, va, entry) in ptes::<F>(table, start, end) {
             if !F::is_valid(self.read(entry)) {
                 continue;
             }
-            let old = self.clear(entry, va, high, 1);
+            let old = self.clear_full(entry, va, high, 1, full);
             summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
             cleared += 1;
             range.add(va);
+            if gather.remove_page() {
+                range.gather::<F, _, _, _>(high, gather);
+                range = Invalidated::default();
+                drop(section.take());
+                gather.flush();
+                section = Some(self.mmu.lazy.section());
+            }
         }
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
         range.gather::<F, _, _, _>(high, gather);
+        drop(section);
         summary.leaves[0] += cleared;
     }
 }
