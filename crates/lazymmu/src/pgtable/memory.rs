@@ -144,11 +144,14 @@ mod host {
     /// (what the `x86_64` crate's `OffsetPageTable` expects).
     #[derive(Clone)]
     #[repr(C, align(4096))]
-    pub struct HostFrame(pub [Cell<u64>; 512]);
+    pub struct HostFrame(pub [Cell<u64>; ENTRIES_PER_FRAME]);
+
+    /// Entries of one frame.
+    const ENTRIES_PER_FRAME: usize = 512;
 
     impl HostFrame {
         fn zeroed() -> Self {
-            HostFrame([const { Cell::new(0) }; 512])
+            HostFrame([const { Cell::new(0) }; ENTRIES_PER_FRAME])
         }
     }
 
@@ -168,6 +171,9 @@ mod host {
     /// ```
     pub struct HostMemory {
         base: u64,
+        /// How many frames `frames` holds, kept apart so that no access
+        /// borrows the whole slice.
+        len: usize,
         frames: Rc<[HostFrame]>,
     }
 
@@ -175,7 +181,7 @@ mod host {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             f.debug_struct("HostMemory")
                 .field("base", &PhysAddr(self.base))
-                .field("frames", &self.frames.len())
+                .field("frames", &self.len)
                 .finish()
         }
     }
@@ -194,6 +200,7 @@ mod host {
             );
             HostMemory {
                 base: base.0,
+                len: frames,
                 frames: (0..frames).map(|_| HostFrame::zeroed()).collect(),
             }
         }
@@ -202,6 +209,7 @@ mod host {
         pub(crate) fn share(&self) -> Self {
             HostMemory {
                 base: self.base,
+                len: self.len,
                 frames: Rc::clone(&self.frames),
             }
         }
@@ -222,7 +230,24 @@ mod host {
             assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
             // `cell` checks that the frame is ours.
             let _ = self.cell(frame);
-            &self.frames[((frame.0 - self.base) / FRAME_SIZE) as usize]
+            self.frame_at(((frame.0 - self.base) / FRAME_SIZE) as usize)
+        }
+
+        /// The frame at `index`, borrowed alone. Indexing the slice would
+        /// borrow all of it, every frame's cells, on every access; under
+        /// Miri's Stacked Borrows that is a retag of the whole memory per
+        /// entry read, which made a test of a 64-frame tree run for minutes.
+        ///
+        /// # Panics
+        /// If `index` is not below the number of frames.
+        #[inline]
+        fn frame_at(&self, index: usize) -> &HostFrame {
+            assert!(index < self.len, "frame {index} beyond the host memory");
+            // SAFETY: `Rc::as_ptr` points at the slice's first frame
+            // without borrowing the slice, `index` is below its length
+            // (checked above), and the frames live as long as `self`'s
+            // `Rc`; they are only ever borrowed shared (`Cell`s).
+            unsafe { &*Rc::as_ptr(&self.frames).cast::<HostFrame>().add(index) }
         }
 
         /// Physical address of the first frame.
@@ -232,29 +257,35 @@ mod host {
 
         /// Number of frames.
         pub fn frames(&self) -> usize {
-            self.frames.len()
+            self.len
         }
 
         /// Whether `phys` lies in this memory.
         pub fn contains(&self, phys: PhysAddr) -> bool {
-            phys.0 >= self.base && phys.0 - self.base < self.frames.len() as u64 * FRAME_SIZE
+            phys.0 >= self.base && phys.0 - self.base < self.len as u64 * FRAME_SIZE
         }
 
         /// The host address that corresponds to physical address 0: the
         /// host pointer to `phys` is `phys + physical_offset()` (wrapping).
         /// This is the offset the `x86_64` crate's `OffsetPageTable` takes.
         pub fn physical_offset(&self) -> u64 {
-            (self.frames.as_ptr() as u64).wrapping_sub(self.base)
+            (Rc::as_ptr(&self.frames).cast::<HostFrame>() as u64).wrapping_sub(self.base)
         }
 
         #[inline]
         fn cell(&self, entry: PhysAddr) -> &Cell<u64> {
             let offset = entry.0.wrapping_sub(self.base);
             let frame = (offset / FRAME_SIZE) as usize;
-            match self.frames.get(frame) {
-                Some(f) if entry.0 % 8 == 0 => &f.0[((offset % FRAME_SIZE) / 8) as usize],
-                _ => panic!("{entry:?} is not an aligned entry of host page-table memory"),
+            if frame >= self.len || entry.0 % 8 != 0 {
+                panic!("{entry:?} is not an aligned entry of host page-table memory");
             }
+            let index = frame * ENTRIES_PER_FRAME + ((offset % FRAME_SIZE) / 8) as usize;
+            // SAFETY: the frames are `repr(C)` arrays of `ENTRIES_PER_FRAME`
+            // cells, laid out one after another in the `Rc`'s slice, so the
+            // cell `index` lies inside frame `frame`, which is below
+            // `self.len` (checked above). Only that cell is borrowed (see
+            // `frame_at`), shared, for as long as `self`.
+            unsafe { &*Rc::as_ptr(&self.frames).cast::<Cell<u64>>().add(index) }
         }
     }
 
@@ -281,7 +312,7 @@ mod host {
             let _ = self.cell(first);
             let offset = first.0 - self.base;
             let index = ((offset % FRAME_SIZE) / 8) as usize;
-            let frame = &self.frames[(offset / FRAME_SIZE) as usize].0;
+            let frame = &self.frame_at((offset / FRAME_SIZE) as usize).0;
             let run = frame.get(index..index + count).unwrap_or_else(|| {
                 panic!("run of {count} entries from {first:?} leaves its frame")
             });
