@@ -27,7 +27,7 @@ fn machine(platform: Platform, hw: HardwareModel, spaces: &[u32]) -> (Rc<Machine
     let tables = spaces
         .iter()
         .map(|&s| {
-            let t = m.memory().allocate(SpaceId(s), 0).unwrap();
+            let t = m.memory().allocate_table(SpaceId(s), 0).unwrap();
             m.set_space_root(SpaceId(s), t);
             let task = m.add_task(&format!("t{s}"), SpaceId(s), CpuId(0), false);
             if m.current_task() == m.idle_task(CpuId(0)) {

@@ -88,7 +88,7 @@ fn run(unit: impl FnOnce(&Rc<Machine>, &Rc<Xen>) + 'static) -> Rc<Machine> {
     let m = Rc::new(Machine::new(cfg));
     let mut tasks = Vec::new();
     for space in [1, 2] {
-        let root = m.memory().allocate(SpaceId(space), 0).unwrap();
+        let root = m.memory().allocate_table(SpaceId(space), 0).unwrap();
         m.set_space_root(SpaceId(space), root);
         tasks.push(m.add_task(&format!("t{space}"), SpaceId(space), CpuId(0), true));
     }

@@ -229,7 +229,7 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 64 }))]
     /// Whatever the interleaving, a kernel access through a loaded table
     /// never fails for lack of a sync (under `fault` it may fault and be
     /// fixed), and no policy adds more than 256 entries.

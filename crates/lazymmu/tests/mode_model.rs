@@ -154,6 +154,8 @@ fn sequence() -> impl Strategy<Value = Vec<Six>> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
+
     #[test]
     fn counters_match_the_model(ops in sequence()) {
         prop_assert_eq!(check(Design::Counters, &ops), Ok(()));

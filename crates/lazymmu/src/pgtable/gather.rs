@@ -15,7 +15,7 @@
 //! use lazymmu::backend::x86::{RecordingPrimitives, X86Backend, PrimitiveCall};
 //! use lazymmu::pgtable::{allocator::HostFrameAllocator, memory::HostMemory, gather::Gather};
 //! let memory = HostMemory::new(PhysAddr(0), 4);
-//! let frames = HostFrameAllocator::new(PhysAddr(0), 4);
+//! let frames = HostFrameAllocator::poisoning(&memory);
 //! let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
 //! {
 //!     let mut gather = Gather::new(&backend, &frames, SpaceId(1), FlushScope::Local);

@@ -4,6 +4,8 @@
 //! helpers to read a tree back.
 #![allow(dead_code)]
 
+pub mod model;
+
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
@@ -23,7 +25,9 @@ use lazymmu::pgtable::walk::for_each_leaf;
 /// Physical address of the first page-table frame.
 pub const TABLE_BASE: u64 = 0x10_0000;
 
-/// Host memory and its allocator.
+/// Host memory and its allocator, which fills every frame it hands out
+/// with present-looking garbage: a range operation that reads a new table
+/// before it clears or fills it finds mappings that are not there.
 pub struct Host {
     pub memory: HostMemory,
     pub frames: HostFrameAllocator,
@@ -31,10 +35,9 @@ pub struct Host {
 
 impl Host {
     pub fn new(frames: usize) -> Self {
-        Host {
-            memory: HostMemory::new(PhysAddr(TABLE_BASE), frames),
-            frames: HostFrameAllocator::new(PhysAddr(TABLE_BASE), frames),
-        }
+        let memory = HostMemory::new(PhysAddr(TABLE_BASE), frames);
+        let frames = HostFrameAllocator::poisoning(&memory);
+        Host { memory, frames }
     }
 
     pub fn backend<F: Format>(&self, space: SpaceId) -> Native<'_, F> {
