@@ -107,7 +107,9 @@ fn check(design: Design, ops: &[Six]) -> Result<(), String> {
 
 #[test]
 fn every_sequence_up_to_length_8_matches_the_model() {
-    const LEN: usize = 8;
+    // Under Miri, every sequence up to length 4 (1,296 a design), not the
+    // 1.7 million of length 8.
+    const LEN: usize = if cfg!(miri) { 4 } else { 8 };
     for design in ALL_DESIGNS {
         let mut ops = [Six::Enable; LEN];
         let total = ALL_SIX.len().pow(LEN as u32);
