@@ -4,7 +4,9 @@
 # qemu-system-arm), the x86_64-unknown-none and aarch64-unknown-none Rust
 # targets they build for, and strace and perf (Debian's strace and
 # linux-perf) for `lazymmu record`. Run by test.sh and boot.sh; safe to run
-# again.
+# again. `setup.sh fuzz` installs what fuzzing needs instead: the nightly
+# toolchain, cargo-fuzz and a C++ compiler for libFuzzer (Debian's g++).
+# `setup.sh miri` installs nightly's miri and rust-src components.
 set -euo pipefail
 
 as_root() {
@@ -22,6 +24,29 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup.sh: cargo not found; install Rust from https://rustup.rs" >&2
     exit 1
 fi
+
+case "${1:-}" in
+fuzz)
+    if ! command -v c++ >/dev/null 2>&1; then
+        echo "setup.sh: installing g++ for libFuzzer" >&2
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null
+    fi
+    if ! rustup toolchain list | grep -q '^nightly'; then
+        rustup toolchain install nightly --profile minimal
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked
+    fi
+    exit 0
+    ;;
+miri)
+    if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^miri'; then
+        rustup toolchain install nightly --profile minimal --component miri,rust-src
+    fi
+    exit 0
+    ;;
+esac
 
 qemu_packages=()
 command -v qemu-system-x86_64 >/dev/null 2>&1 || qemu_packages+=(qemu-system-x86)

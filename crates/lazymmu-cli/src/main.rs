@@ -13,12 +13,10 @@ mod boot;
 mod calibrate;
 mod check;
 mod compare;
-mod exit;
-mod input;
 mod progress;
 mod record;
-mod replay;
-mod text;
+
+use lazymmu_cli::{exit, input, replay, text};
 
 /// Lazy MMU mode for Rust kernels: designs, simulator and tools.
 #[derive(Debug, Parser)]

@@ -135,9 +135,31 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             args.file.display().to_string(),
         )
     };
-    let input = Lines::new(input, name, MAX_LINE);
     let mut out = BufWriter::new(io::stdout().lock());
-    let result = match args.design {
+    let result = replay_input(args.design, input, name, &mut out);
+    // Whatever was replayed before an error is still printed.
+    let flushed = out.flush();
+    result?;
+    flushed?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Replays the trace `input` (called `name` in errors) through `design`,
+/// writing one line per operation to `out`: `lazymmu replay` without the
+/// file and the terminal, and what the fuzzer drives.
+///
+/// # Errors
+/// An I/O error when `input` cannot be read or `out` written; a bad-input
+/// error naming the line when it holds an unknown operation, is longer
+/// than [`MAX_LINE`] or is not UTF-8.
+pub fn replay_input(
+    design: Design,
+    input: Box<dyn BufRead + '_>,
+    name: String,
+    out: &mut impl Write,
+) -> Result<()> {
+    let input = Lines::new(input, name, MAX_LINE);
+    match design {
         Design::Counters => replay(
             Replayer::new(Counters::new(
                 TestEnv::default(),
@@ -145,7 +167,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 MisusePolicy::Count,
             )),
             input,
-            &mut out,
+            out,
         ),
         Design::Stateful => replay(
             Replayer::new(Stateful::new(
@@ -154,7 +176,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 MisusePolicy::Count,
             )),
             input,
-            &mut out,
+            out,
         ),
         Design::Percpu => replay(
             Replayer::new(PerCpu::new(
@@ -163,19 +185,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 MisusePolicy::Count,
             )),
             input,
-            &mut out,
+            out,
         ),
-    };
-    // Whatever was replayed before an error is still printed.
-    let flushed = out.flush();
-    result?;
-    flushed?;
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn replay<M: Replayable>(
     mut replayer: Replayer<M>,
-    mut input: Lines<Box<dyn BufRead>>,
+    mut input: Lines<Box<dyn BufRead + '_>>,
     out: &mut impl Write,
 ) -> Result<()> {
     while let Some((number, line)) = input.next_line()? {

@@ -264,6 +264,13 @@ fn bad_usage_exits_2_with_a_message() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("bad trace"));
+    // A few bytes asking for four billion picks are refused, not replayed
+    // (they used to take 16 GiB and most of a minute).
+    lazymmu()
+        .args(["check", "--replay", "fork:0*4294967296"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("more than 1048576 choices"));
     // Neither a trace nor a file: an I/O error naming the path.
     lazymmu()
         .args(["check", "--replay", "/nonexistent"])

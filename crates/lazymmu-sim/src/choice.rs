@@ -406,7 +406,8 @@ impl Trace {
     ///
     /// # Errors
     /// [`TraceError::BadChoice`] when an element is not a number or a
-    /// `PICK*COUNT` run.
+    /// `PICK*COUNT` run; [`TraceError::TooLong`] when the picks number
+    /// more than [`MAX_PICKS`].
     pub fn parse_picks(text: &str) -> Result<Vec<u32>, TraceError> {
         let text = text.trim();
         if text.is_empty() {
@@ -420,8 +421,8 @@ impl Trace {
                 None => (item, 1),
             };
             let pick = pick.parse::<u32>().map_err(|_| bad())?;
-            if times > 1 << 32 {
-                return Err(bad());
+            if times > MAX_PICKS - picks.len() {
+                return Err(TraceError::TooLong);
             }
             picks.extend(core::iter::repeat_n(pick, times));
         }
@@ -455,6 +456,11 @@ impl fmt::Display for Trace {
     }
 }
 
+/// The most picks a trace may hold: a million (4 MiB), more than the
+/// 1 MiB line `check --replay` reads can spell out one by one, so that a
+/// short `PICK*COUNT` run cannot make the parser fill memory.
+pub const MAX_PICKS: usize = 1 << 20;
+
 /// Why a trace string could not be parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TraceError {
@@ -464,6 +470,8 @@ pub enum TraceError {
     EmptyScenario,
     /// A pick is not a non-negative integer (or `PICK*COUNT`).
     BadChoice(String),
+    /// The picks number more than [`MAX_PICKS`].
+    TooLong,
 }
 
 impl fmt::Display for TraceError {
@@ -472,6 +480,7 @@ impl fmt::Display for TraceError {
             TraceError::MissingColon => f.write_str("a trace is SCENARIO:C0.C1... (no ':' found)"),
             TraceError::EmptyScenario => f.write_str("the trace names no scenario"),
             TraceError::BadChoice(c) => write!(f, "choice {c:?} is not a number"),
+            TraceError::TooLong => write!(f, "more than {MAX_PICKS} choices"),
         }
     }
 }
@@ -510,6 +519,13 @@ mod tests {
             "x:1.y".parse::<Trace>(),
             Err(TraceError::BadChoice("y".into()))
         );
+        // A short run that would fill memory is refused, however it is split.
+        assert_eq!("x:0*4294967296".parse::<Trace>(), Err(TraceError::TooLong));
+        assert_eq!(
+            "x:0*1048575.1".parse::<Trace>().map(|t| t.picks.len()),
+            Ok(MAX_PICKS)
+        );
+        assert_eq!("x:0*1048575.1.2".parse::<Trace>(), Err(TraceError::TooLong));
     }
 
     fn point() -> ChoicePoint {

@@ -1,4 +1,4 @@
-//! The contracts the simulator checks (DESIGN.md §6 and the neighbours'),
+//! The contracts the simulator checks (docs/design.md §6 and the neighbours'),
 //! as one typed [`Invariant`], and the one [`Violation`] every check
 //! reports.
 
@@ -98,7 +98,7 @@ impl Invariant {
         }
     }
 
-    /// The item of DESIGN.md §6 the invariant belongs to, if any.
+    /// The item of docs/design.md §6 the invariant belongs to, if any.
     pub const fn section(self) -> Option<u8> {
         match self {
             Invariant::WritesVisible | Invariant::StaleTranslation => Some(1),

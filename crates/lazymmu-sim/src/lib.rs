@@ -3,7 +3,7 @@
 //! A deterministic machine model that runs the unmodified `lazymmu` library
 //! on simulated CPUs — TLBs, interrupts, preemption, migration, a Xen-style
 //! hypervisor, arm64 barrier visibility, protection-key registers — checks
-//! the lazy MMU contracts after every step (DESIGN.md §6), and counts what
+//! the lazy MMU contracts after every step (docs/design.md §6), and counts what
 //! each design and backend costs.
 //!
 //! - [`machine`]: the one machine — CPUs (TLB, interrupt depth,
@@ -18,7 +18,7 @@
 //!   event log printed with them;
 //! - [`cost`]: the one cost table (machine primitives and the kernel's own
 //!   work) and the counts;
-//! - [`observed`]: the contract checks of DESIGN.md §6 around the
+//! - [`observed`]: the contract checks of docs/design.md §6 around the
 //!   library's backend and lazy mode;
 //! - [`world`], [`scenario`], [`run`]: the page-table workloads, run
 //!   configurations and results, the design comparison;

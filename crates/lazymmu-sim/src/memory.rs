@@ -4,6 +4,7 @@
 use core::cell::Cell;
 
 use lazymmu::addr::{PhysAddr, SpaceId};
+use lazymmu::pgtable::memory::poison;
 
 use crate::footprint::{FootprintLog, Location};
 
@@ -31,6 +32,9 @@ pub struct PhysMemory {
     /// Whether `digest_sum` is kept up to date (only while a chooser
     /// prunes by state).
     tracking: Cell<bool>,
+    /// Per frame, the digest terms of its words when poisoned (0: not yet
+    /// computed), so that poisoning a frame again costs no hashing.
+    poison_terms: Box<[Cell<u64>]>,
     /// The sum of a hash of every non-zero word and every allocated
     /// frame's owner and key: updated at each change, so that a digest of
     /// the memory costs nothing however much of it is in use.
@@ -79,6 +83,7 @@ impl PhysMemory {
             allocated: Cell::new(0),
             frames,
             tracking: Cell::new(false),
+            poison_terms: (0..n).map(|_| Cell::new(0)).collect(),
             digest_sum: Cell::new(0),
             footprints: FootprintLog::default(),
         }
@@ -170,7 +175,11 @@ impl PhysMemory {
         }
     }
 
-    /// Allocates a frame for `owner` carrying protection key `key`.
+    /// Allocates a frame for `owner` carrying protection key `key`, full
+    /// of garbage that every format reads as present entries
+    /// ([`lazymmu::pgtable::memory::poison`]), as a real allocator may
+    /// hand out a frame last used for anything: whoever links it as a
+    /// table must clear or fill it first.
     pub fn allocate(&self, owner: SpaceId, key: u8) -> Option<PhysAddr> {
         self.footprints.write(Location::Allocator);
         let frame = match self.free.borrow_mut().pop() {
@@ -186,7 +195,45 @@ impl PhysMemory {
         };
         self.set_frame(frame as usize, owner.0, key);
         self.allocated.set(self.allocated.get() + 1);
+        self.poison(frame as usize);
         Some(PhysAddr(MEMORY_BASE + frame as u64 * FRAME_BYTES))
+    }
+
+    /// Fills frame `frame` with [`poison`], keeping the digest.
+    fn poison(&self, frame: usize) {
+        let first = frame * WORDS;
+        let words = &self.words[first..first + WORDS];
+        let base = MEMORY_BASE + frame as u64 * FRAME_BYTES;
+        let poisoned = |i: usize| poison(PhysAddr(base + 8 * i as u64));
+        if self.tracking.get() {
+            let old = words.iter().enumerate().fold(0u64, |sum, (i, w)| {
+                sum.wrapping_add(word_term(first + i, w.get()))
+            });
+            let cached = &self.poison_terms[frame];
+            if cached.get() == 0 {
+                cached.set((0..WORDS).fold(0u64, |sum, i| {
+                    sum.wrapping_add(word_term(first + i, poisoned(i)))
+                }));
+            }
+            self.digest_sum.set(
+                self.digest_sum
+                    .get()
+                    .wrapping_sub(old)
+                    .wrapping_add(cached.get()),
+            );
+        }
+        for (i, word) in words.iter().enumerate() {
+            word.set(poisoned(i));
+        }
+    }
+
+    /// A frame for `owner` with key `key` holding an empty table (zeroed),
+    /// for the machine's own tables; the library's go through
+    /// [`PhysMemory::allocate`] and clear or fill them itself.
+    pub fn allocate_table(&self, owner: SpaceId, key: u8) -> Option<PhysAddr> {
+        let frame = self.allocate(owner, key)?;
+        self.zero_frame(frame);
+        Some(frame)
     }
 
     /// Frees a frame. Returns false (and changes nothing) when it was not
@@ -246,8 +293,8 @@ impl PhysMemory {
     }
 
     /// Feeds a digest of the memory to `h`: every frame's owner and key,
-    /// every word's contents (free frames' too: a frame allocated again
-    /// keeps them), and the allocator's state.
+    /// every word's contents (free frames' too, although a frame handed
+    /// out again is poisoned first), and the allocator's state.
     pub fn digest(&self, h: &mut impl core::hash::Hasher) {
         self.track_digest();
         h.write_u64(self.digest_sum.get());
@@ -270,12 +317,14 @@ mod tests {
         assert_eq!(m.allocate(SpaceId(1), 0), None);
         assert_eq!(m.owner(a), Some(SpaceId(1)));
         assert_eq!(m.key(b), 1);
+        assert_eq!(m.read(a.add(8)), poison(a.add(8)), "handed out poisoned");
         m.write(a.add(8), 42);
         assert_eq!(m.read(a.add(8)), 42);
         assert!(m.free(a));
         assert!(!m.free(a), "double free is refused");
         assert_eq!(m.owner(a), None);
         assert_eq!(m.allocate(SpaceId(2), 0), Some(a));
+        assert_eq!(m.read(a.add(8)), poison(a.add(8)), "poisoned again");
         assert_eq!(m.allocated(), 2);
     }
 }

@@ -1,7 +1,7 @@
 //! The contract checks, as thin wrappers around the library's own objects:
 //! [`Observed`] wraps a backend and [`Checked`] wraps a lazy mode. Neither
 //! changes what the library does; they watch what it asks of the machine
-//! and check DESIGN.md §6 after every step.
+//! and check docs/design.md §6 after every step.
 //!
 //! - every entry write of a task is logged with the value the library
 //!   meant; when the backend is not deferring (outside a section, in

@@ -3,7 +3,7 @@
 //! for the same configuration.
 //!
 //! These figures validate the model; they are never an input to it. No cost
-//! in this crate is, or may be, chosen by looking at them (DESIGN.md §8).
+//! in this crate is, or may be, chosen by looking at them (docs/design.md §8).
 //!
 //! Each [`PublishedFigure`] keeps the figure exactly as its source printed
 //! it ([`PublishedFigure::figure`], markers such as `(R)` and qualifiers

@@ -5,7 +5,7 @@
 //!   page-table entries, optionally an interrupt handler that changes
 //!   kernel mappings. Workload-shaped ones give each page-table workload's
 //!   lazy-section shape in small size; contract ones aim at one clause of
-//!   DESIGN.md §2 and §6 each.
+//!   docs/design.md §2 and §6 each.
 //! - The page-table workloads themselves in small size ([`SimScenario`]).
 //! - The neighbours' workloads in tiny size ([`NeighbourSystem`]).
 //!

@@ -1036,9 +1036,8 @@ fn build<F: Format>(
             lazymmu::pgtable::format::Entry::Table(next) => next,
             _ => {
                 let next = memory
-                    .allocate(owner, key)
+                    .allocate_table(owner, key)
                     .expect("the scenario's machine has frames to spare");
-                memory.zero_frame(next);
                 memory.write(entry, F::encode_table(next, level));
                 next
             }
@@ -1086,11 +1085,11 @@ impl Spec {
     fn world<F: Format>(&self, machine: &Rc<Machine>) -> Rc<ScriptWorld> {
         let kernel_root = machine
             .memory()
-            .allocate(SpaceId::KERNEL, machine.config().hardware.table_key)
+            .allocate_table(SpaceId::KERNEL, machine.config().hardware.table_key)
             .expect("a frame for the kernel root");
         let user_root = machine
             .memory()
-            .allocate(SPACE, machine.config().hardware.table_key)
+            .allocate_table(SPACE, machine.config().hardware.table_key)
             .expect("a frame for the user root");
         machine.set_walker(walk::<F>, kernel_root, F::is_kernel);
         machine.set_space_root(SPACE, user_root);

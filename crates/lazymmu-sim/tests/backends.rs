@@ -27,7 +27,7 @@ fn machine(platform: Platform, hw: HardwareModel, spaces: &[u32]) -> (Rc<Machine
     let tables = spaces
         .iter()
         .map(|&s| {
-            let t = m.memory().allocate(SpaceId(s), 0).unwrap();
+            let t = m.memory().allocate_table(SpaceId(s), 0).unwrap();
             m.set_space_root(SpaceId(s), t);
             let task = m.add_task(&format!("t{s}"), SpaceId(s), CpuId(0), false);
             if m.current_task() == m.idle_task(CpuId(0)) {
@@ -263,7 +263,7 @@ fn protected_page_tables_fault_on_an_eager_path_that_forgot_to_open_the_register
 
 #[test]
 fn lazy_sections_batch_where_the_backend_batches() {
-    // The direction of DESIGN.md §7: batching removes most hypercalls,
+    // The direction of docs/design.md §7: batching removes most hypercalls,
     // barriers, IPTEs and key writes. (sparc64 is not among them: a
     // single-threaded process's flushes cross-call nobody, batched or not,
     // `smp_flush_tlb_pending` cutting `mm_cpumask` to this CPU.)

@@ -36,7 +36,7 @@ fn machine(hw: HardwareModel) -> (Rc<Machine>, PhysAddr) {
     let m = Rc::new(Machine::new(cfg));
     let mem = m.memory();
     let frames: Vec<PhysAddr> = (0..4)
-        .map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap())
+        .map(|_| mem.allocate_table(SpaceId(1), hw.table_key).unwrap())
         .collect();
     for (level, pair) in frames.windows(2).enumerate() {
         let shift = 39 - 9 * level as u32;
@@ -45,7 +45,7 @@ fn machine(hw: HardwareModel) -> (Rc<Machine>, PhysAddr) {
     }
     let pte = frames[3].add(((VA >> 12) & 511) * 8);
     mem.write(pte, 0x8000_0000 | LEAF);
-    let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
+    let kernel_root = mem.allocate_table(SpaceId::KERNEL, hw.table_key).unwrap();
     m.set_walker(
         lazymmu_sim::machine::walk::<lazymmu::pgtable::format::X86_64>,
         kernel_root,
@@ -278,7 +278,7 @@ fn a_batch_applied_in_another_tasks_context_is_caught() {
     let (m, pte) = machine(hardware(BackendKind::XenPv));
     // Task 1 (space 2) takes CPU 0's place... by running on CPU 1 and
     // applying space 1's queued update there.
-    let other = m.memory().allocate(SpaceId(2), 0).unwrap();
+    let other = m.memory().allocate_table(SpaceId(2), 0).unwrap();
     m.set_space_root(SpaceId(2), other);
     let t1 = m.add_task("t1", SpaceId(2), CpuId(1), false);
     assert_eq!(t1, m.cpu_count() + 1, "after the idle tasks and task 0");
@@ -538,7 +538,7 @@ fn freeing_page_tables_before_the_flush_is_caught() {
         let m = Rc::new(Machine::new(cfg));
         let memory = SimMemory::new(m.clone());
         let frames = SimFrames::new(m.clone(), SpaceId(1));
-        let kernel_root = m.memory().allocate(SpaceId::KERNEL, 0).unwrap();
+        let kernel_root = m.memory().allocate_table(SpaceId::KERNEL, 0).unwrap();
         m.set_walker(lazymmu_sim::machine::walk::<X86_64>, kernel_root, |va| {
             va >> 63 != 0
         });

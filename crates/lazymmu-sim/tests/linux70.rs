@@ -1,4 +1,4 @@
-//! The Linux 7.0 Xen PV bug (DESIGN.md §2): with the counter updated and
+//! The Linux 7.0 Xen PV bug (docs/design.md §2): with the counter updated and
 //! the arch hook called with preemption allowed in between, a task
 //! preempted right after `enable_count` went 0→1 is re-entered by the
 //! context-switch hook and then entered a second time by the interrupted
@@ -88,7 +88,7 @@ fn run(unit: impl FnOnce(&Rc<Machine>, &Rc<Xen>) + 'static) -> Rc<Machine> {
     let m = Rc::new(Machine::new(cfg));
     let mut tasks = Vec::new();
     for space in [1, 2] {
-        let root = m.memory().allocate(SpaceId(space), 0).unwrap();
+        let root = m.memory().allocate_table(SpaceId(space), 0).unwrap();
         m.set_space_root(SpaceId(space), root);
         tasks.push(m.add_task(&format!("t{space}"), SpaceId(space), CpuId(0), true));
     }

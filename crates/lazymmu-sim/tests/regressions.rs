@@ -143,7 +143,7 @@ fn tree<F: Format>(
     let m = Rc::new(Machine::new(cfg));
     let mem = m.memory();
     let frames: Vec<PhysAddr> = (0..4)
-        .map(|_| mem.allocate(SpaceId(1), hw.table_key).unwrap())
+        .map(|_| mem.allocate_table(SpaceId(1), hw.table_key).unwrap())
         .collect();
     for (i, pair) in frames.windows(2).enumerate() {
         let level = 4 - i as u8;
@@ -161,7 +161,7 @@ fn tree<F: Format>(
             ),
         );
     }
-    let kernel_root = mem.allocate(SpaceId::KERNEL, hw.table_key).unwrap();
+    let kernel_root = mem.allocate_table(SpaceId::KERNEL, hw.table_key).unwrap();
     m.set_walker(walk::<F>, kernel_root, |va| va >> 63 != 0);
     m.set_space_root(SpaceId(1), frames[0]);
     let task = m.add_task("t0", SpaceId(1), CpuId(0), true);
@@ -253,11 +253,13 @@ fn map_in_outer_section<F: Format, B: Backend<Format = F>>(
     let kernel_root = if space == SpaceId::KERNEL {
         root
     } else {
-        m.memory().allocate(SpaceId::KERNEL, hw.table_key).unwrap()
+        m.memory()
+            .allocate_table(SpaceId::KERNEL, hw.table_key)
+            .unwrap()
     };
     m.set_walker(walk::<F>, kernel_root, |va| va >> 63 != 0);
     let task_root = if space == SpaceId::KERNEL {
-        m.memory().allocate(SpaceId(1), hw.table_key).unwrap()
+        m.memory().allocate_table(SpaceId(1), hw.table_key).unwrap()
     } else {
         root
     };

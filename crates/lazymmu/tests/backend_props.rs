@@ -181,18 +181,22 @@ fn check<B: PteAccess + lazymmu::mode::ArchHooks>(
     Ok(())
 }
 
+/// Operations a case: up to 300; under Miri, which runs them a thousand
+/// times slower, up to 30.
+const MAX_OPS: usize = if cfg!(miri) { 30 } else { 300 };
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 48 }))]
 
     #[test]
-    fn xen_pv(ops in prop::collection::vec(op(), 1..300)) {
+    fn xen_pv(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         let xen = XenPv::new(&machine);
         check(&machine, &xen, Reads::MayBeStale, &ops, || xen.queued() == 0)?;
     }
 
     #[test]
-    fn arm64(ops in prop::collection::vec(op(), 1..300)) {
+    fn arm64(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         let arm = Arm64::new(&machine);
         check(&machine, &arm, Reads::Current, &ops, || !machine.task_barriers_pending())?;
@@ -201,28 +205,28 @@ proptest! {
     }
 
     #[test]
-    fn ppc_hash(ops in prop::collection::vec(op(), 1..300)) {
+    fn ppc_hash(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         let ppc = PpcHash::new(&machine);
         check(&machine, &ppc, Reads::Current, &ops, || ppc.pending() == 0)?;
     }
 
     #[test]
-    fn sparc64(ops in prop::collection::vec(op(), 1..300)) {
+    fn sparc64(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         let sparc = Sparc64::new(&machine);
         check(&machine, &sparc, Reads::Current, &ops, || sparc.pending() == 0)?;
     }
 
     #[test]
-    fn s390(ops in prop::collection::vec(op(), 1..300)) {
+    fn s390(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         let s390 = S390::new(&machine);
         check(&machine, &s390, Reads::Current, &ops, || s390.cached() == 0)?;
     }
 
     #[test]
-    fn x86_pks(ops in prop::collection::vec(op(), 1..300)) {
+    fn x86_pks(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         machine.protect(Pks::DEFAULT, Pks::allows_page_table_writes);
         let pks = X86Pks::x86_pks(&machine, &machine, &machine);
@@ -230,7 +234,7 @@ proptest! {
     }
 
     #[test]
-    fn arm64_poe(ops in prop::collection::vec(op(), 1..300)) {
+    fn arm64_poe(ops in prop::collection::vec(op(), 1..MAX_OPS)) {
         let machine = Recording::new();
         machine.protect(Poe::DEFAULT, Poe::allows_page_table_writes);
         let poe = Arm64Poe::arm64_poe(&machine);

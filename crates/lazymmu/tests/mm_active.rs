@@ -431,7 +431,7 @@ fn storm(policy: LazyTlbPolicy, steps: &[Step]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 64 }))]
     #[test]
     fn storms_free_everything_without_use_after_free(steps in prop::collection::vec(step(), 0..60)) {
         for policy in LazyTlbPolicy::ALL {

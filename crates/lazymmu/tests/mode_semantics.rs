@@ -1,4 +1,4 @@
-//! DESIGN.md §2 row by row, for the three designs: the worked example with
+//! docs/design.md §2 row by row, for the three designs: the worked example with
 //! its exact hook log, interrupt context, pause outside a section, enables
 //! ignored while paused, misuse under each policy, and the guards.
 
@@ -22,7 +22,7 @@ const fn state(enable_count: u8, pause_count: u8) -> LazyState {
     }
 }
 
-/// DESIGN.md §2's worked example: call, hook, counters after the call.
+/// docs/design.md §2's worked example: call, hook, counters after the call.
 const WORKED_EXAMPLE: [(Six, Option<Hook>, LazyState); 7] = [
     (Six::Enable, Some(Hook::Enter), state(1, 0)),
     (Six::Enable, None, state(2, 0)),

@@ -233,7 +233,7 @@ fn every_operation_flushes_what_it_changes<F: Format>() {
     let memory = HostMemory::new(PhysAddr(TABLE_BASE), 1024);
     let checker = Checker::<F>::new(&memory);
     let frames = CheckedFrames {
-        inner: HostFrameAllocator::new(PhysAddr(TABLE_BASE), 1024),
+        inner: HostFrameAllocator::poisoning(&memory),
         checker: &checker,
         early_frees: Cell::new(0),
     };
@@ -405,7 +405,7 @@ fn the_checker_catches_a_forgotten_flush_and_free_before_flush() {
     let memory = HostMemory::new(PhysAddr(TABLE_BASE), 64);
     let checker = Checker::<X86_64>::new(&memory);
     let frames = CheckedFrames {
-        inner: HostFrameAllocator::new(PhysAddr(TABLE_BASE), 64),
+        inner: HostFrameAllocator::poisoning(&memory),
         checker: &checker,
         early_frees: Cell::new(0),
     };
@@ -441,7 +441,7 @@ fn the_checker_catches_a_forgotten_flush_and_free_before_flush() {
 fn one_lazy_section_per_pte_table() {
     let memory = HostMemory::new(PhysAddr(TABLE_BASE), 1024);
     let checker = Checker::<X86_64>::new(&memory);
-    let frames = HostFrameAllocator::new(PhysAddr(TABLE_BASE), 1024);
+    let frames = HostFrameAllocator::poisoning(&memory);
     let lazy = Counters::new(TestEnv::default(), &checker, MisusePolicy::Panic);
     // SAFETY: the allocator hands out frames of the checker's host memory,
     // used by nothing else; `lazy` is over the checker.
@@ -471,7 +471,7 @@ fn one_lazy_section_per_pte_table() {
 #[test]
 fn gather_flushes_page_by_page_up_to_the_ceiling_then_fully() {
     let memory = HostMemory::new(PhysAddr(TABLE_BASE), 64);
-    let frames = HostFrameAllocator::new(PhysAddr(TABLE_BASE), 64);
+    let frames = HostFrameAllocator::poisoning(&memory);
     let backend = X86Backend::new(&memory, RecordingPrimitives::new(1, SPACE));
 
     // 33 pages: 33 invlpg on the local CPU, one shootdown to CPU 0 and 2.

@@ -293,9 +293,8 @@ impl Storm {
                 Entry::Table(next) => next,
                 _ => {
                     let next = memory
-                        .allocate(space, 0)
+                        .allocate_table(space, 0)
                         .expect("the storm's machine has frames for every process");
-                    memory.zero_frame(next);
                     memory.write(entry, X86_64::encode_table(next, level));
                     next
                 }
@@ -379,8 +378,7 @@ impl Storm {
         }
         self.next_space += 1;
         let space = SpaceId(id);
-        let root = m.memory().allocate(space, 0)?;
-        m.memory().zero_frame(root);
+        let root = m.memory().allocate_table(space, 0)?;
         m.set_space_root(space, root);
         let process = self.processes.len();
         let mut members = Vec::new();
@@ -617,7 +615,7 @@ fn boot(mc: MachineConfig, policy: LazyTlbPolicy, online: usize) -> (Rc<Machine>
     let machine = Rc::new(Machine::new(mc));
     let kernel_root = machine
         .memory()
-        .allocate(SpaceId::KERNEL, 0)
+        .allocate_table(SpaceId::KERNEL, 0)
         .expect("a frame for the kernel root");
     machine.set_walker(walk::<X86_64>, kernel_root, X86_64::is_kernel);
     machine.set_table_finder(tables_under::<X86_64>);
@@ -788,9 +786,8 @@ fn run_ping_pong(config: &CtxSwitchConfig) -> NeighbourRow {
 fn process(machine: &Machine, kernel: &StormKernel, space: SpaceId, cpus: usize) -> Vec<usize> {
     let root = machine
         .memory()
-        .allocate(space, 0)
+        .allocate_table(space, 0)
         .expect("a frame for the process's root");
-    machine.memory().zero_frame(root);
     machine.set_space_root(space, root);
     (0..cpus)
         .map(|cpu| {

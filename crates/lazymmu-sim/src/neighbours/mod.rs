@@ -17,7 +17,6 @@ pub mod pgmap;
 pub mod vmalloc_grow;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use lazymmu::mm::active_mm::LazyTlbPolicy;
 use lazymmu::mm::kernel_sync::SyncPolicy;
@@ -177,76 +176,6 @@ fn count_name(row: Cost) -> &'static str {
         Cost::Software(S::TableAlloc) => "boot_tables",
         other => Cost::name(other),
     }
-}
-
-/// Formats rows as a text table: one line per row, the counts as columns
-/// (the union of every row's counts), then cycles, cycles relative to the
-/// first row of the same workload and size, and violations.
-pub fn format_table(rows: &[NeighbourRow]) -> String {
-    let mut columns: Vec<&'static str> = Vec::new();
-    for row in rows {
-        for &name in row.counts.keys() {
-            if !columns.contains(&name) {
-                columns.push(name);
-            }
-        }
-    }
-    let mut header = vec![
-        "workload".to_string(),
-        "policy".to_string(),
-        "cpus".to_string(),
-        "procs".to_string(),
-    ];
-    header.extend(columns.iter().map(|c| c.to_string()));
-    header.extend(["cycles".into(), "vs first".into(), "violations".into()]);
-    let mut lines = vec![header];
-    for row in rows {
-        let baseline = rows
-            .iter()
-            .find(|r| {
-                r.workload == row.workload && r.cpus == row.cpus && r.processes == row.processes
-            })
-            .map_or(row.cycles, |r| r.cycles);
-        let mut line = vec![
-            row.workload.to_string(),
-            row.policy.to_string(),
-            row.cpus.to_string(),
-            row.processes.to_string(),
-        ];
-        line.extend(
-            columns
-                .iter()
-                .map(|c| row.counts.get(c).copied().unwrap_or(0).to_string()),
-        );
-        line.push(row.cycles.to_string());
-        line.push(if baseline == 0 {
-            "-".into()
-        } else {
-            format!("{:.3}", row.cycles as f64 / baseline as f64)
-        });
-        line.push(row.violations.to_string());
-        lines.push(line);
-    }
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for line in &lines {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(i, (cell, &w))| {
-                if i < 2 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
-    }
-    out
 }
 
 /// The default sizes of a comparison: CPUs for `ctxswitch` and `pgmap`,

@@ -100,9 +100,7 @@ struct Tables {
 impl TopLevelTables for Tables {
     fn alloc_table(&self) -> Option<PhysAddr> {
         let m = &self.machine;
-        let frame = m.memory().allocate(SpaceId::KERNEL, 0)?;
-        m.memory().zero_frame(frame);
-        Some(frame)
+        m.memory().allocate_table(SpaceId::KERNEL, 0)
     }
     fn process_count(&self) -> usize {
         self.processes
@@ -156,7 +154,7 @@ pub fn run_with(config: &VmallocGrowConfig, chooser: &mut dyn Chooser) -> Neighb
     machine.set_kernel(Rc::new(NoWork));
     let reference = machine
         .memory()
-        .allocate(SpaceId::KERNEL, 0)
+        .allocate_table(SpaceId::KERNEL, 0)
         .expect("a frame for the kernel's top-level table");
     machine.set_walker(
         crate::machine::walk::<lazymmu::pgtable::format::X86_64>,
@@ -168,7 +166,7 @@ pub fn run_with(config: &VmallocGrowConfig, chooser: &mut dyn Chooser) -> Neighb
         let space = SpaceId(index as u32 + 1);
         let root = machine
             .memory()
-            .allocate(space, 0)
+            .allocate_table(space, 0)
             .expect("a frame for every process's top-level table");
         machine.set_space_root(space, root);
     }

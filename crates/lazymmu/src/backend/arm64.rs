@@ -13,11 +13,15 @@
 //! operations of FEAT_TLBIRANGE, `MAX_DVM_OPS`, `MAX_TLBI_RANGE_PAGES`,
 //! Linux 6.13–6.16).
 
+use core::cell::Cell;
+
 use super::machine::{CpuPrimitives, LazyFlag, PerCpu};
+use super::runs::{self, NewProtection, PteRun, RunChanges};
 use super::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use crate::mode::{ArchHooks, LazyState};
 use crate::pgtable::format::Aarch64;
+use crate::pgtable::ops::CopyKind;
 
 /// The data synchronisation barriers the backend issues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -168,6 +172,17 @@ pub trait Arm64Primitives: CpuPrimitives {
 
     /// Sets or clears the current task's pending flag.
     fn set_task_barriers_pending(&self, pending: bool);
+
+    /// Lends the `count` consecutive entries from `first` (inside one
+    /// table) as cells, so that a run inside a lazy section is one loop of
+    /// plain loads and stores. `None`, the default, when every store must
+    /// go through [`write_pte`](Arm64Primitives::write_pte): to be counted
+    /// (a model, a recording), or because a hardware walker updates the
+    /// memory concurrently.
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        let _ = (first, count);
+        None
+    }
 }
 
 impl<P: Arm64Primitives + ?Sized> Arm64Primitives for &P {
@@ -197,6 +212,9 @@ impl<P: Arm64Primitives + ?Sized> Arm64Primitives for &P {
     }
     fn set_task_barriers_pending(&self, pending: bool) {
         (**self).set_task_barriers_pending(pending)
+    }
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        (**self).run_cells(first, count)
     }
 }
 
@@ -336,6 +354,25 @@ impl<P: Arm64Primitives> PteAccess for Arm64<P> {
         }
     }
 
+    /// `__set_ptes_anysz` (arch/arm64/include/asm/pgtable.h): inside a lazy
+    /// section the run is stored and its barriers decided once;
+    /// elsewhere entry by entry.
+    fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
+        let stores = self.run_of_stores(
+            |stores| {
+                match stores.0.run_cells(first.entry, count) {
+                    Some(cells) => runs::cells::fill(cells, first.value, step),
+                    None => runs::write_entries_each(stores, first, count, step),
+                }
+                RunChanges::default()
+            },
+            |_| count > 0 && Self::needs_barriers(&first),
+        );
+        if stores.is_none() {
+            runs::write_entries_each(self, first, count, step);
+        }
+    }
+
     /// `__ptep_get_and_clear`: an atomic exchange with an invalid value;
     /// clearing never needs the barriers (the TLB flush that follows has
     /// its own).
@@ -460,10 +497,246 @@ impl<P: Arm64Primitives> ContextSwitch for Arm64<P> {
     }
 }
 
+/// The entry stores of an arm64 CPU with no barrier decision after each:
+/// what a run writes before its one decision.
+struct Stores<'a, P>(&'a P);
+
+impl<P: Arm64Primitives> Stores<'_, P> {
+    #[inline]
+    fn cells(&self, run: &PteRun) -> Option<&[Cell<u64>]> {
+        self.0.run_cells(run.entry, run.count)
+    }
+}
+
+impl<P: Arm64Primitives> PteAccess for Stores<'_, P> {
+    #[inline]
+    fn read_entry(&self, entry: PhysAddr) -> u64 {
+        self.0.read_pte(entry)
+    }
+    #[inline]
+    fn write_entry(&self, update: EntryUpdate) {
+        self.0.write_pte(update.entry, update.value);
+    }
+    #[inline]
+    fn get_and_clear(&self, update: EntryUpdate) -> u64 {
+        let old = self.0.read_pte(update.entry);
+        self.0.write_pte(update.entry, 0);
+        old
+    }
+}
+
+impl<P: Arm64Primitives> Arm64<P> {
+    /// A run as `__set_ptes_anysz` (arch/arm64/include/asm/pgtable.h)
+    /// writes one: every entry stored, then one `__set_pte_complete` for
+    /// the run. While barriers are queued (lazy MMU mode), `op` runs over
+    /// plain stores and the barriers are queued once if `needs` says a
+    /// store wanted them, which leaves the same stores, flags and
+    /// barriers as deciding after each store. Outside lazy mode, where
+    /// each store is followed by its own barriers, `None`: the caller takes
+    /// the per-entry path.
+    #[inline]
+    fn run_of_stores(
+        &self,
+        op: impl FnOnce(&Stores<'_, P>) -> RunChanges,
+        needs: impl FnOnce(&RunChanges) -> bool,
+    ) -> Option<RunChanges> {
+        if !self.batching() {
+            return None;
+        }
+        let changes = op(&Stores(&self.primitives));
+        if needs(&changes) {
+            self.queue_barriers();
+        }
+        Some(changes)
+    }
+
+    /// Whether a valid leaf stored in `run` needs the barriers
+    /// ([`Arm64::needs_barriers`] for the run's entries).
+    fn run_needs_barriers(run: &PteRun) -> bool {
+        run.level != 1 || run.kernel
+    }
+}
+
+/// Runs of entries inside a lazy section are plain stores with one barrier
+/// decision (`__set_ptes_anysz`'s one `__set_pte_complete`): one loop over
+/// the entries where the primitives lend them
+/// ([`Arm64Primitives::run_cells`], [`runs::cells`]), the per-entry
+/// functions over plain stores otherwise.
 impl<P: Arm64Primitives> Backend for Arm64<P> {
     type Format = Aarch64;
     type Memory = P::Memory;
     fn memory(&self) -> &P::Memory {
         self.primitives.memory()
+    }
+
+    fn clear_ptes(&self, run: PteRun, full: bool) -> RunChanges {
+        // Clearing never needs the barriers.
+        self.run_of_stores(
+            |stores| match stores.cells(&run) {
+                Some(cells) => runs::cells::clear::<Aarch64>(cells),
+                None => runs::clear_ptes_each::<Aarch64, _>(stores, run, full),
+            },
+            |_| false,
+        )
+        .unwrap_or_else(|| runs::clear_ptes_each::<Aarch64, _>(self, run, full))
+    }
+
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        self.run_of_stores(
+            |stores| match stores.cells(&run) {
+                Some(cells) => runs::cells::protect::<Aarch64>(cells, protection),
+                None => runs::protect_ptes_each::<Aarch64, _>(stores, run, protection),
+            },
+            |changes| changes.count() > 0 && Self::run_needs_barriers(&run),
+        )
+        .unwrap_or_else(|| runs::protect_ptes_each::<Aarch64, _>(self, run, protection))
+    }
+
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        self.run_of_stores(
+            |stores| match (stores.cells(&parent), stores.cells(&child)) {
+                (Some(from), Some(to)) => {
+                    runs::cells::copy::<Aarch64>(from, to, parent.level, kind)
+                }
+                _ => runs::copy_ptes_each::<Aarch64, _>(stores, parent, child, kind),
+            },
+            |changes| {
+                (changes.count() > 0 && Self::run_needs_barriers(&parent))
+                    || (changes.copied > 0 && Self::run_needs_barriers(&child))
+            },
+        )
+        .unwrap_or_else(|| runs::copy_ptes_each::<Aarch64, _>(self, parent, child, kind))
+    }
+
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        self.run_of_stores(
+            |stores| match (stores.cells(&from), stores.cells(&to)) {
+                (Some(source), Some(target)) => runs::cells::moves::<Aarch64>(source, target),
+                _ => runs::move_ptes_each::<Aarch64, _>(stores, from, to),
+            },
+            |changes| changes.count() > 0 && Self::run_needs_barriers(&to),
+        )
+        .unwrap_or_else(|| runs::move_ptes_each::<Aarch64, _>(self, from, to))
+    }
+}
+
+#[cfg(all(feature = "testing", feature = "alloc"))]
+pub use host::HostArm64;
+
+#[cfg(all(feature = "testing", feature = "alloc"))]
+mod host {
+    use core::cell::Cell;
+
+    use super::{Arm64Primitives, Dsb};
+    use crate::addr::{PhysAddr, SpaceId, VirtAddr};
+    use crate::backend::machine::{BackendBug, CpuPrimitives};
+    use crate::cpu::{Cpu, CpuId};
+    use crate::mode::testing::TestEnv;
+    use crate::pgtable::memory::PageTableMemory;
+
+    /// One arm64 CPU over host page-table memory `M`, for host tests and
+    /// benchmarks of the AArch64 format: entries are stored to `M` (and
+    /// runs of them lent from it), barriers and TLB invalidations only
+    /// counted, one task's pending-barrier flag kept, backend bugs
+    /// counted.
+    #[derive(Debug)]
+    pub struct HostArm64<M> {
+        memory: M,
+        pending: Cell<bool>,
+        /// The CPU's number, interrupt flag and preemption count.
+        cpu: TestEnv,
+        barriers: Cell<u64>,
+        invalidations: Cell<u64>,
+        bugs: Cell<u64>,
+    }
+
+    impl<M: PageTableMemory> HostArm64<M> {
+        /// A CPU storing entries to `memory`.
+        pub fn new(memory: M) -> Self {
+            HostArm64 {
+                memory,
+                pending: Cell::new(false),
+                cpu: TestEnv::default(),
+                barriers: Cell::new(0),
+                invalidations: Cell::new(0),
+                bugs: Cell::new(0),
+            }
+        }
+
+        /// `dsb` and `isb` issued so far.
+        pub fn barriers(&self) -> u64 {
+            self.barriers.get()
+        }
+
+        /// `tlbi` operations issued so far.
+        pub fn invalidations(&self) -> u64 {
+            self.invalidations.get()
+        }
+
+        /// Backend bugs reported so far.
+        pub fn bugs(&self) -> u64 {
+            self.bugs.get()
+        }
+    }
+
+    /// CPU 0, never in interrupt context, its preemption count checked:
+    /// the test environment's.
+    impl<M: PageTableMemory> Cpu for HostArm64<M> {
+        fn cpu_id(&self) -> CpuId {
+            self.cpu.cpu_id()
+        }
+        fn in_interrupt(&self) -> bool {
+            self.cpu.in_interrupt()
+        }
+        fn preempt_disable(&self) {
+            self.cpu.preempt_disable()
+        }
+        fn preempt_enable(&self) {
+            self.cpu.preempt_enable()
+        }
+    }
+
+    impl<M: PageTableMemory> CpuPrimitives for HostArm64<M> {
+        type Memory = M;
+        #[inline]
+        fn memory(&self) -> &M {
+            &self.memory
+        }
+        #[inline]
+        fn read_pte(&self, entry: PhysAddr) -> u64 {
+            self.memory.read(entry)
+        }
+        fn report(&self, _: BackendBug) {
+            self.bugs.set(self.bugs.get() + 1);
+        }
+    }
+
+    impl<M: PageTableMemory> Arm64Primitives for HostArm64<M> {
+        #[inline]
+        fn write_pte(&self, entry: PhysAddr, value: u64) {
+            self.memory.write(entry, value);
+        }
+        fn dsb(&self, _: Dsb) {
+            self.barriers.set(self.barriers.get() + 1);
+        }
+        fn isb(&self) {
+            self.barriers.set(self.barriers.get() + 1);
+        }
+        fn tlbi_va(&self, _: SpaceId, _: VirtAddr, _: bool) {
+            self.invalidations.set(self.invalidations.get() + 1);
+        }
+        fn tlbi_asid(&self, _: SpaceId) {
+            self.invalidations.set(self.invalidations.get() + 1);
+        }
+        fn task_barriers_pending(&self) -> bool {
+            self.pending.get()
+        }
+        fn set_task_barriers_pending(&self, pending: bool) {
+            self.pending.set(pending);
+        }
+        #[inline]
+        fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+            self.memory.run_cells(first, count)
+        }
     }
 }

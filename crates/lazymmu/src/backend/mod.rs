@@ -5,7 +5,10 @@
 //! write goes through [`PteAccess`], so a backend can batch the write (Xen
 //! PV multicalls, s390 IPTE), attach a side effect to it (arm64 barriers,
 //! powerpc hash invalidations) or wrap it in a key-register window
-//! (protected page tables). TLB invalidations go through [`TlbFlush`].
+//! (protected page tables). A run of consecutive entries of one PTE table
+//! goes to [`Backend`]'s run methods in one call ([`runs`]), which loop
+//! over the per-entry path unless the backend has a better loop. TLB
+//! invalidations go through [`TlbFlush`].
 //! A backend is also the [`ArchHooks`] of the lazy mode and reacts to
 //! context switches through [`ContextSwitch`].
 //!
@@ -43,6 +46,7 @@ pub mod ppc_hash;
 pub mod protected;
 #[cfg(feature = "testing")]
 pub mod recording;
+pub mod runs;
 pub mod s390;
 pub mod sparc64;
 pub mod x86;
@@ -53,6 +57,8 @@ use crate::cpu::CpuMask;
 use crate::mode::{ArchHooks, LazyState};
 use crate::pgtable::format::Format;
 use crate::pgtable::memory::PageTableMemory;
+use crate::pgtable::ops::CopyKind;
+use runs::{NewProtection, PteRun, RunChanges};
 
 /// One page-table entry update as the backend sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,15 +124,7 @@ pub trait PteAccess {
     /// single writes keeps doing so; a backend that can store a run at once
     /// overrides it.
     fn write_entries(&self, first: EntryUpdate, count: usize, step: u64) {
-        let page = first.page_size().bytes();
-        for i in 0..count as u64 {
-            self.write_entry(EntryUpdate {
-                entry: first.entry.add(8 * i),
-                va: VirtAddr(first.va.0.wrapping_add(i * page)),
-                value: first.value + i * step,
-                ..first
-            });
-        }
+        runs::write_entries_each(self, first, count, step)
     }
 
     /// `ptep_get_and_clear_full`: as [`PteAccess::get_and_clear`], with
@@ -293,6 +291,41 @@ pub trait Backend: ArchHooks + PteAccess + TlbFlush + ContextSwitch {
     fn exit_mmap(&self, space: SpaceId) {
         let _ = space;
     }
+
+    /// Clears the present entries of `run` (zap), as Linux's
+    /// `get_and_clear_full_ptes`, with `full` set when the whole address
+    /// space is being torn down (`tlb->fullmm`; see
+    /// [`PteAccess::get_and_clear_full`]). The default is
+    /// [`runs::clear_ptes_each`], the per-entry path.
+    #[inline]
+    fn clear_ptes(&self, run: PteRun, full: bool) -> RunChanges {
+        runs::clear_ptes_each::<Self::Format, Self>(self, run, full)
+    }
+
+    /// Gives the present entries of `run` a new protection (mprotect), as
+    /// Linux's `modify_prot_start_ptes` and `modify_prot_commit_ptes`. The
+    /// default is [`runs::protect_ptes_each`], the per-entry path.
+    #[inline]
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        runs::protect_ptes_each::<Self::Format, Self>(self, run, protection)
+    }
+
+    /// Copies the present entries of `parent` into `child` for fork,
+    /// write-protecting the parent's for a private mapping (Linux's
+    /// `copy_present_ptes`: `wrprotect_ptes`, then `set_ptes`). The default
+    /// is [`runs::copy_ptes_each`], the per-entry path.
+    #[inline]
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        runs::copy_ptes_each::<Self::Format, Self>(self, parent, child, kind)
+    }
+
+    /// Moves the present entries of `from` to `to` (mremap), as Linux's
+    /// `move_ptes` with `get_and_clear_ptes` and `set_ptes`. The default is
+    /// [`runs::move_ptes_each`], the per-entry path.
+    #[inline]
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        runs::move_ptes_each::<Self::Format, Self>(self, from, to)
+    }
 }
 
 impl<B: PteAccess + ?Sized> PteAccess for &B {
@@ -379,5 +412,21 @@ impl<B: Backend + ?Sized> Backend for &B {
     }
     fn exit_mmap(&self, space: SpaceId) {
         (**self).exit_mmap(space)
+    }
+    #[inline]
+    fn clear_ptes(&self, run: PteRun, full: bool) -> RunChanges {
+        (**self).clear_ptes(run, full)
+    }
+    #[inline]
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        (**self).protect_ptes(run, protection)
+    }
+    #[inline]
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        (**self).copy_ptes(parent, child, kind)
+    }
+    #[inline]
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        (**self).move_ptes(from, to)
     }
 }

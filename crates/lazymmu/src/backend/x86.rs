@@ -14,11 +14,13 @@
 //! `RecordingPrimitives` records the calls on the host for tests.
 
 use crate::addr::{PageSize, SpaceId, VirtAddr};
+use crate::backend::runs::{self, NewProtection, PteRun, RunChanges};
 use crate::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use crate::cpu::{Cpu, CpuMask};
 use crate::mode::ArchHooks;
 use crate::pgtable::format::X86_64;
 use crate::pgtable::memory::PageTableMemory;
+use crate::pgtable::ops::CopyKind;
 
 /// IA32_PKRS, the supervisor protection-key rights register (Intel SDM
 /// Vol. 4, Table 2-2, MSR 0x6E1; Vol. 3A §4.6.2). `wrmsr` to it is not
@@ -272,12 +274,50 @@ impl<M: PageTableMemory, P: X86Primitives> ArchHooks for X86Backend<M, P> {
 /// Nothing is pending across a context switch.
 impl<M: PageTableMemory, P: X86Primitives> ContextSwitch for X86Backend<M, P> {}
 
+/// Native stores have no side effect: where the memory lends a run of
+/// entries, each run operation is one loop over them
+/// ([`runs::cells`]); elsewhere (a kernel's direct map, whose swaps must be
+/// atomic) the per-entry path.
 impl<M: PageTableMemory, P: X86Primitives> Backend for X86Backend<M, P> {
     type Memory = M;
     fn memory(&self) -> &M {
         &self.memory
     }
     type Format = X86_64;
+
+    #[inline]
+    fn clear_ptes(&self, run: PteRun, full: bool) -> RunChanges {
+        match self.memory.run_cells(run.entry, run.count) {
+            Some(cells) => runs::cells::clear::<X86_64>(cells),
+            None => runs::clear_ptes_each::<X86_64, _>(self, run, full),
+        }
+    }
+
+    #[inline]
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        match self.memory.run_cells(run.entry, run.count) {
+            Some(cells) => runs::cells::protect::<X86_64>(cells, protection),
+            None => runs::protect_ptes_each::<X86_64, _>(self, run, protection),
+        }
+    }
+
+    #[inline]
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        let from = self.memory.run_cells(parent.entry, parent.count);
+        match (from, self.memory.run_cells(child.entry, child.count)) {
+            (Some(from), Some(to)) => runs::cells::copy::<X86_64>(from, to, parent.level, kind),
+            _ => runs::copy_ptes_each::<X86_64, _>(self, parent, child, kind),
+        }
+    }
+
+    #[inline]
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        let source = self.memory.run_cells(from.entry, from.count);
+        match (source, self.memory.run_cells(to.entry, to.count)) {
+            (Some(source), Some(target)) => runs::cells::moves::<X86_64>(source, target),
+            _ => runs::move_ptes_each::<X86_64, _>(self, from, to),
+        }
+    }
 }
 
 #[cfg(all(feature = "testing", feature = "alloc"))]

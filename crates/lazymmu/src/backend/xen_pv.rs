@@ -553,7 +553,7 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
 impl<P: XenPrimitives> XenPv<P> {
     /// The last write to `entry` queued on the calling CPU and not yet
     /// issued, if any: a read of `entry` now returns a stale value (the
-    /// KASAN read-back hazard, DESIGN.md §6 item 6).
+    /// KASAN read-back hazard, docs/design.md §6 item 6).
     pub fn queued_value(&self, entry: PhysAddr) -> Option<u64> {
         self.cpu()
             .buffer

@@ -1,4 +1,4 @@
-//! The MM neighbours of lazy MMU mode (DESIGN.md §5): mechanisms that live
+//! The MM neighbours of lazy MMU mode (docs/design.md §5): mechanisms that live
 //! next to page-table batching and share its constraints.
 //!
 //! - [`active_mm`]: address spaces with user and reference counts and a CPU

@@ -8,7 +8,7 @@ use super::{
 
 /// Lazy MMU mode kept as two 8-bit counters in the current task.
 ///
-/// Semantics (DESIGN.md §2):
+/// Semantics (docs/design.md §2):
 ///
 /// | operation | rule |
 /// |---|---|

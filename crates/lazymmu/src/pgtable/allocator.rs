@@ -36,18 +36,25 @@ mod host {
 
     use super::FrameAllocator;
     use crate::addr::PhysAddr;
-    use crate::pgtable::memory::FRAME_SIZE;
+    use crate::pgtable::memory::{HostMemory, FRAME_SIZE};
 
-    /// A host allocator over a contiguous range of frames, for tests, the
-    /// simulator and benchmarks. It counts what it hands out, detects
-    /// double frees, and can be told to fail the Nth allocation.
+    /// A host allocator over a contiguous range of frames, for tests and
+    /// benchmarks. It counts what it hands out, detects double frees, and
+    /// can be told to fail the Nth allocation. Over a [`HostMemory`]
+    /// ([`HostFrameAllocator::poisoning`]) it fills every frame it hands
+    /// out with present-looking garbage, as a real allocator may hand out
+    /// a frame last used for anything: code that reads a new table before
+    /// clearing it then sees mappings that are not there.
     ///
     /// ```
     /// use lazymmu::addr::PhysAddr;
     /// use lazymmu::pgtable::allocator::{FrameAllocator, HostFrameAllocator};
-    /// let frames = HostFrameAllocator::new(PhysAddr(0x10_0000), 8);
+    /// use lazymmu::pgtable::memory::{poison, HostMemory, PageTableMemory};
+    /// let memory = HostMemory::new(PhysAddr(0x10_0000), 8);
+    /// let frames = HostFrameAllocator::poisoning(&memory);
     /// frames.fail_at(2);
     /// let a = frames.allocate().unwrap();
+    /// assert_eq!(memory.read(a.add(8)), poison(a.add(8)));
     /// assert_eq!(frames.allocate(), None); // the injected failure
     /// frames.free(a);
     /// assert_eq!(frames.outstanding(), 0);
@@ -62,10 +69,14 @@ mod host {
         outstanding: Cell<usize>,
         allocations: Cell<u64>,
         fail_at: Cell<Option<u64>>,
+        /// The memory whose frames are poisoned when handed out.
+        poisoned: Option<HostMemory>,
     }
 
     impl HostFrameAllocator {
-        /// An allocator of the `frames` frames starting at `base`.
+        /// An allocator of the `frames` frames starting at `base`, handing
+        /// out addresses only: the frames keep whatever they hold (what a
+        /// benchmark wants; tests want [`HostFrameAllocator::poisoning`]).
         pub fn new(base: PhysAddr, frames: usize) -> Self {
             HostFrameAllocator {
                 base: base.0,
@@ -76,6 +87,17 @@ mod host {
                 outstanding: Cell::new(0),
                 allocations: Cell::new(0),
                 fail_at: Cell::new(None),
+                poisoned: None,
+            }
+        }
+
+        /// An allocator of every frame of `memory` that fills each frame
+        /// it hands out with [`poison`](crate::pgtable::memory::poison):
+        /// entries every format reads as present.
+        pub fn poisoning(memory: &HostMemory) -> Self {
+            HostFrameAllocator {
+                poisoned: Some(memory.share()),
+                ..Self::new(memory.base(), memory.frames())
             }
         }
 
@@ -132,7 +154,11 @@ mod host {
             };
             self.in_use.borrow_mut()[index] = true;
             self.outstanding.set(self.outstanding.get() + 1);
-            Some(PhysAddr(self.base + index as u64 * FRAME_SIZE))
+            let frame = PhysAddr(self.base + index as u64 * FRAME_SIZE);
+            if let Some(memory) = &self.poisoned {
+                memory.poison_frame(frame);
+            }
+            Some(frame)
         }
 
         /// # Panics
@@ -176,6 +202,51 @@ mod tests {
         assert_eq!(frames.allocate(), None);
         frames.free(a);
         assert_eq!(frames.allocate(), Some(a));
+    }
+
+    /// Every entry of every frame a poisoning allocator hands out, the
+    /// first time and again after the frame was zeroed and freed, reads as
+    /// present in every format at every level.
+    #[test]
+    fn poisoned_frames_look_present_to_every_format() {
+        use crate::pgtable::format::{
+            Aarch64, Entry, Format, PpcHash4K, Sparc64Sun4v, X86_64_5Level, S390, X86_64,
+        };
+        use crate::pgtable::memory::{poison, HostMemory, PageTableMemory};
+
+        fn present<F: Format>(raw: u64) {
+            assert!(F::is_valid(raw), "{}: {raw:#x} is not valid", F::NAME);
+            for level in 1..=F::LEVELS {
+                assert_ne!(
+                    F::decode(raw, level),
+                    Entry::Absent,
+                    "{} level {level}",
+                    F::NAME
+                );
+            }
+        }
+
+        let memory = HostMemory::new(PhysAddr(0x10_0000), 2);
+        let frames = HostFrameAllocator::poisoning(&memory);
+        let first = frames.allocate().unwrap();
+        memory.zero_frame(first);
+        frames.free(first);
+        for _ in 0..2 {
+            let frame = frames.allocate().unwrap();
+            let mut distinct = std::collections::BTreeSet::new();
+            for i in 0..512 {
+                let raw = memory.read(frame.add(8 * i));
+                assert_eq!(raw, poison(frame.add(8 * i)));
+                distinct.insert(raw);
+                present::<X86_64>(raw);
+                present::<X86_64_5Level>(raw);
+                present::<Aarch64>(raw);
+                present::<PpcHash4K>(raw);
+                present::<S390>(raw);
+                present::<Sparc64Sun4v>(raw);
+            }
+            assert_eq!(distinct.len(), 512, "every entry its own garbage");
+        }
     }
 
     #[test]

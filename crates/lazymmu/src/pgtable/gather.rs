@@ -15,7 +15,7 @@
 //! use lazymmu::backend::x86::{RecordingPrimitives, X86Backend, PrimitiveCall};
 //! use lazymmu::pgtable::{allocator::HostFrameAllocator, memory::HostMemory, gather::Gather};
 //! let memory = HostMemory::new(PhysAddr(0), 4);
-//! let frames = HostFrameAllocator::new(PhysAddr(0), 4);
+//! let frames = HostFrameAllocator::poisoning(&memory);
 //! let backend = X86Backend::new(&memory, RecordingPrimitives::new(0, SpaceId(1)));
 //! {
 //!     let mut gather = Gather::new(&backend, &frames, SpaceId(1), FlushScope::Local);
@@ -236,13 +236,21 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
         self.full_mm
     }
 
-    /// Queues one page, just unmapped, to be freed after the flush
-    /// (`__tlb_remove_page`). Returns true when the batch is full
-    /// ([`PAGE_BATCH`]): the caller must flush before it queues more, as
-    /// `zap_pte_range` does when `force_flush` is set.
+    /// How many pages can still be queued ([`Gather::remove_pages`])
+    /// before the batch is full: at least one.
     #[inline]
-    pub fn remove_page(&mut self) -> bool {
-        self.pages_queued += 1;
+    pub fn page_room(&self) -> usize {
+        PAGE_BATCH.saturating_sub(self.pages_queued).max(1)
+    }
+
+    /// Queues `count` pages, just unmapped, to be freed after the flush
+    /// (`__tlb_remove_page` for each), at most [`Gather::page_room`] of
+    /// them. Returns true when the batch is full ([`PAGE_BATCH`]): the
+    /// caller must flush before it queues more, as `zap_pte_range` does
+    /// when `force_flush` is set.
+    #[inline]
+    pub fn remove_pages(&mut self, count: usize) -> bool {
+        self.pages_queued += count;
         self.pages_queued >= PAGE_BATCH
     }
 

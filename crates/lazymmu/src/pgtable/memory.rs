@@ -5,6 +5,8 @@
 //! ([`HostMemory`]), on the simulator's physical memory, and on a kernel's
 //! direct map (the kernel implements [`PageTableMemory`] over it).
 
+use core::cell::Cell;
+
 use crate::addr::PhysAddr;
 
 /// Bytes in a page-table frame.
@@ -68,6 +70,58 @@ pub unsafe trait PageTableMemory {
             self.write(first.add(8 * i), value + i * step);
         }
     }
+
+    /// Lends the `count` consecutive entries from `first` (inside one
+    /// frame) as cells, for a backend to update a run in one loop of plain
+    /// loads and stores. `None`, the default, when every entry must go
+    /// through [`read`](PageTableMemory::read),
+    /// [`write`](PageTableMemory::write) and
+    /// [`swap`](PageTableMemory::swap): memory a hardware walker updates
+    /// concurrently needs its swaps atomic, which a cell's are not. A run
+    /// lent as cells may hold values that the loop over it takes back
+    /// before it returns ([`runs::cells`](crate::backend::runs::cells)), so
+    /// no walker may read it meanwhile either.
+    ///
+    /// # Panics
+    /// As [`PageTableMemory::write_run`].
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        let _ = (first, count);
+        None
+    }
+}
+
+/// What a poisoning allocator leaves in the entry at `entry` of a frame
+/// it hands out (see [`HostFrameAllocator::poisoning`]): garbage that
+/// every format reads as present at every level — x86-64's P bit,
+/// AArch64's valid-table/page bits `0b11`, book3s64's and sparc64's bit
+/// 63, s390's present bit with both of its invalid bits (0x20, 0x400)
+/// clear — with the other bits a multiplicative hash of the entry's
+/// address (cheap enough to fill every frame handed out), so that a table
+/// or leaf read from it points somewhere arbitrary. A range
+/// operation that reads an entry of a new table it did not clear sees a
+/// mapping that is not there.
+///
+/// [`HostFrameAllocator::poisoning`]: crate::pgtable::allocator::HostFrameAllocator::poisoning
+///
+/// ```
+/// use lazymmu::addr::PhysAddr;
+/// use lazymmu::pgtable::format::{Aarch64, Entry, Format, S390, X86_64};
+/// use lazymmu::pgtable::memory::poison;
+/// let garbage = poison(PhysAddr(0x10_0008));
+/// assert_ne!(X86_64::decode(garbage, 1), Entry::Absent);
+/// assert_ne!(Aarch64::decode(garbage, 2), Entry::Absent);
+/// assert_ne!(S390::decode(garbage, 1), Entry::Absent);
+/// ```
+pub const fn poison(entry: PhysAddr) -> u64 {
+    /// x86 P and RW; AArch64 valid and table/page; ppc64 hash `_PAGE_PRESENT`
+    /// and sparc64 `_PAGE_VALID` (bit 63); s390 `_PAGE_PRESENT`.
+    const SET: u64 = 1 << 63 | 0b11;
+    /// s390 `_PAGE_INVALID` (0x400) and `_SEGMENT_ENTRY_INVALID` /
+    /// `_REGION_ENTRY_INVALID` (0x20).
+    const CLEAR: u64 = 0x400 | 0x20;
+    // Fibonacci hashing: an odd multiplier, so distinct addresses give
+    // distinct products.
+    (entry.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) | SET) & !CLEAR
 }
 
 // SAFETY: forwards to `T`, which made the promise.
@@ -92,6 +146,10 @@ unsafe impl<T: PageTableMemory + ?Sized> PageTableMemory for &T {
     fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
         (**self).write_run(first, count, value, step)
     }
+    #[inline]
+    fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
+        (**self).run_cells(first, count)
+    }
 }
 
 #[cfg(feature = "alloc")]
@@ -99,10 +157,10 @@ pub use host::{HostFrame, HostMemory};
 
 #[cfg(feature = "alloc")]
 mod host {
-    use alloc::vec::Vec;
+    use alloc::rc::Rc;
     use core::cell::Cell;
 
-    use super::{PageTableMemory, FRAME_SIZE};
+    use super::{poison, PageTableMemory, FRAME_SIZE};
     use crate::addr::PhysAddr;
 
     /// One 4 KiB frame of host memory, aligned like a real frame so that a
@@ -110,16 +168,23 @@ mod host {
     /// (what the `x86_64` crate's `OffsetPageTable` expects).
     #[derive(Clone)]
     #[repr(C, align(4096))]
-    pub struct HostFrame(pub [Cell<u64>; 512]);
+    pub struct HostFrame(pub [Cell<u64>; ENTRIES_PER_FRAME]);
+
+    /// Entries of one frame.
+    const ENTRIES_PER_FRAME: usize = 512;
 
     impl HostFrame {
         fn zeroed() -> Self {
-            HostFrame([const { Cell::new(0) }; 512])
+            HostFrame([const { Cell::new(0) }; ENTRIES_PER_FRAME])
         }
     }
 
     /// Page-table memory on the host: a contiguous array of frames whose
-    /// physical addresses start at `base`.
+    /// physical addresses start at `base`. Its allocator,
+    /// [`HostFrameAllocator::poisoning`], shares the frames and fills each
+    /// one it hands out with [`poison`].
+    ///
+    /// [`HostFrameAllocator::poisoning`]: crate::pgtable::allocator::HostFrameAllocator::poisoning
     ///
     /// ```
     /// use lazymmu::addr::PhysAddr;
@@ -130,14 +195,17 @@ mod host {
     /// ```
     pub struct HostMemory {
         base: u64,
-        frames: Vec<HostFrame>,
+        /// How many frames `frames` holds, kept apart so that no access
+        /// borrows the whole slice.
+        len: usize,
+        frames: Rc<[HostFrame]>,
     }
 
     impl core::fmt::Debug for HostMemory {
         fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
             f.debug_struct("HostMemory")
                 .field("base", &PhysAddr(self.base))
-                .field("frames", &self.frames.len())
+                .field("frames", &self.len)
                 .finish()
         }
     }
@@ -156,8 +224,54 @@ mod host {
             );
             HostMemory {
                 base: base.0,
-                frames: alloc::vec![HostFrame::zeroed(); frames],
+                len: frames,
+                frames: (0..frames).map(|_| HostFrame::zeroed()).collect(),
             }
+        }
+
+        /// The same frames, for an allocator that poisons them.
+        pub(crate) fn share(&self) -> Self {
+            HostMemory {
+                base: self.base,
+                len: self.len,
+                frames: Rc::clone(&self.frames),
+            }
+        }
+
+        /// Fills the frame at `frame` with [`poison`], as a poisoning
+        /// allocator hands it out.
+        ///
+        /// # Panics
+        /// If `frame` is not a frame of this memory.
+        pub fn poison_frame(&self, frame: PhysAddr) {
+            let cells = &self.frame(frame).0;
+            for (i, cell) in cells.iter().enumerate() {
+                cell.set(poison(frame.add(8 * i as u64)));
+            }
+        }
+
+        fn frame(&self, frame: PhysAddr) -> &HostFrame {
+            assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
+            // `cell` checks that the frame is ours.
+            let _ = self.cell(frame);
+            self.frame_at(((frame.0 - self.base) / FRAME_SIZE) as usize)
+        }
+
+        /// The frame at `index`, borrowed alone. Indexing the slice would
+        /// borrow all of it, every frame's cells, on every access; under
+        /// Miri's Stacked Borrows that is a retag of the whole memory per
+        /// entry read, which made a test of a 64-frame tree run for minutes.
+        ///
+        /// # Panics
+        /// If `index` is not below the number of frames.
+        #[inline]
+        fn frame_at(&self, index: usize) -> &HostFrame {
+            assert!(index < self.len, "frame {index} beyond the host memory");
+            // SAFETY: `Rc::as_ptr` points at the slice's first frame
+            // without borrowing the slice, `index` is below its length
+            // (checked above), and the frames live as long as `self`'s
+            // `Rc`; they are only ever borrowed shared (`Cell`s).
+            unsafe { &*Rc::as_ptr(&self.frames).cast::<HostFrame>().add(index) }
         }
 
         /// Physical address of the first frame.
@@ -167,29 +281,35 @@ mod host {
 
         /// Number of frames.
         pub fn frames(&self) -> usize {
-            self.frames.len()
+            self.len
         }
 
         /// Whether `phys` lies in this memory.
         pub fn contains(&self, phys: PhysAddr) -> bool {
-            phys.0 >= self.base && phys.0 - self.base < self.frames.len() as u64 * FRAME_SIZE
+            phys.0 >= self.base && phys.0 - self.base < self.len as u64 * FRAME_SIZE
         }
 
         /// The host address that corresponds to physical address 0: the
         /// host pointer to `phys` is `phys + physical_offset()` (wrapping).
         /// This is the offset the `x86_64` crate's `OffsetPageTable` takes.
         pub fn physical_offset(&self) -> u64 {
-            (self.frames.as_ptr() as u64).wrapping_sub(self.base)
+            (Rc::as_ptr(&self.frames).cast::<HostFrame>() as u64).wrapping_sub(self.base)
         }
 
         #[inline]
         fn cell(&self, entry: PhysAddr) -> &Cell<u64> {
             let offset = entry.0.wrapping_sub(self.base);
             let frame = (offset / FRAME_SIZE) as usize;
-            match self.frames.get(frame) {
-                Some(f) if entry.0 % 8 == 0 => &f.0[((offset % FRAME_SIZE) / 8) as usize],
-                _ => panic!("{entry:?} is not an aligned entry of host page-table memory"),
+            if frame >= self.len || entry.0 % 8 != 0 {
+                panic!("{entry:?} is not an aligned entry of host page-table memory");
             }
+            let index = frame * ENTRIES_PER_FRAME + ((offset % FRAME_SIZE) / 8) as usize;
+            // SAFETY: the frames are `repr(C)` arrays of `ENTRIES_PER_FRAME`
+            // cells, laid out one after another in the `Rc`'s slice, so the
+            // cell `index` lies inside frame `frame`, which is below
+            // `self.len` (checked above). Only that cell is borrowed (see
+            // `frame_at`), shared, for as long as `self`.
+            unsafe { &*Rc::as_ptr(&self.frames).cast::<Cell<u64>>().add(index) }
         }
     }
 
@@ -210,29 +330,30 @@ mod host {
             self.cell(entry).replace(value)
         }
         fn write_run(&self, first: PhysAddr, count: usize, value: u64, step: u64) {
+            if let Some(run) = self.run_cells(first, count) {
+                crate::backend::runs::cells::fill(run, value, step);
+            }
+        }
+
+        /// Host memory is not walked by hardware: a run is a slice of its
+        /// cells. `None` only for an empty run.
+        #[inline]
+        fn run_cells(&self, first: PhysAddr, count: usize) -> Option<&[Cell<u64>]> {
             if count == 0 {
-                return;
+                return None;
             }
             let _ = self.cell(first);
             let offset = first.0 - self.base;
             let index = ((offset % FRAME_SIZE) / 8) as usize;
-            let frame = &self.frames[(offset / FRAME_SIZE) as usize].0;
+            let frame = &self.frame_at((offset / FRAME_SIZE) as usize).0;
             let run = frame.get(index..index + count).unwrap_or_else(|| {
                 panic!("run of {count} entries from {first:?} leaves its frame")
             });
-            let mut next = value;
-            for cell in run {
-                cell.set(next);
-                next = next.wrapping_add(step);
-            }
+            Some(run)
         }
 
         fn zero_frame(&self, frame: PhysAddr) {
-            assert_eq!(frame.0 % FRAME_SIZE, 0, "{frame:?} is not a frame");
-            // `cell` checks that the frame is ours.
-            let _ = self.cell(frame);
-            let index = ((frame.0 - self.base) / FRAME_SIZE) as usize;
-            for cell in &self.frames[index].0 {
+            for cell in &self.frame(frame).0 {
                 cell.set(0);
             }
         }

@@ -6,7 +6,7 @@
 //! - [`memory`]: [`memory::PageTableMemory`], reaching entries by physical
 //!   address, with a host implementation.
 //! - [`allocator`]: [`allocator::FrameAllocator`], with a host allocator
-//!   that injects failures and counts frames.
+//!   that injects failures, counts frames and can poison what it hands out.
 //! - [`walk`]: the hardware walker ([`walk::translate`]).
 //! - [`ops`]: map, zap, protect, copy (fork), move (mremap), apply, on
 //!   [`ops::PageTables`].

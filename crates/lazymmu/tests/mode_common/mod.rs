@@ -262,7 +262,7 @@ impl<M: LazyMode + HasEnv> Caller<M> {
     }
 }
 
-/// Reference model of the counter rules (DESIGN.md §2), written from the
+/// Reference model of the counter rules (docs/design.md §2), written from the
 /// table and independent of the library; also the per-CPU design's model.
 #[derive(Clone, Debug, Default)]
 pub struct CounterModel {

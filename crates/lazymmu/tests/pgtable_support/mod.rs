@@ -4,11 +4,16 @@
 //! helpers to read a tree back.
 #![allow(dead_code)]
 
+pub mod model;
+
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
+use lazymmu::backend::runs::{self, NewProtection, PteRun, RunChanges};
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use lazymmu::mode::ArchHooks;
+use lazymmu::pgtable::memory::PageTableMemory;
+use lazymmu::pgtable::ops::CopyKind;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::x86::{RecordingPrimitives, X86Backend};
@@ -20,7 +25,9 @@ use lazymmu::pgtable::walk::for_each_leaf;
 /// Physical address of the first page-table frame.
 pub const TABLE_BASE: u64 = 0x10_0000;
 
-/// Host memory and its allocator.
+/// Host memory and its allocator, which fills every frame it hands out
+/// with present-looking garbage: a range operation that reads a new table
+/// before it clears or fills it finds mappings that are not there.
 pub struct Host {
     pub memory: HostMemory,
     pub frames: HostFrameAllocator,
@@ -28,10 +35,9 @@ pub struct Host {
 
 impl Host {
     pub fn new(frames: usize) -> Self {
-        Host {
-            memory: HostMemory::new(PhysAddr(TABLE_BASE), frames),
-            frames: HostFrameAllocator::new(PhysAddr(TABLE_BASE), frames),
-        }
+        let memory = HostMemory::new(PhysAddr(TABLE_BASE), frames);
+        let frames = HostFrameAllocator::poisoning(&memory);
+        Host { memory, frames }
     }
 
     pub fn backend<F: Format>(&self, space: SpaceId) -> Native<'_, F> {
@@ -91,11 +97,36 @@ impl<F> TlbFlush for Native<'_, F> {
 
 impl<F> ContextSwitch for Native<'_, F> {}
 
-impl<'m, F: Format> Backend for Native<'m, F> {
+/// Runs of entries are loops over the host memory's cells, as the x86
+/// backend's are, in `F`'s format: the model tests check those loops for
+/// every format.
+impl<F: Format> Backend for Native<'_, F> {
     type Format = F;
     type Memory = HostMemory;
     fn memory(&self) -> &HostMemory {
         self.inner.memory()
+    }
+
+    fn clear_ptes(&self, run: PteRun, _full: bool) -> RunChanges {
+        runs::cells::clear::<F>(self.cells(&run))
+    }
+    fn protect_ptes(&self, run: PteRun, protection: &NewProtection) -> RunChanges {
+        runs::cells::protect::<F>(self.cells(&run), protection)
+    }
+    fn copy_ptes(&self, parent: PteRun, child: PteRun, kind: CopyKind) -> RunChanges {
+        runs::cells::copy::<F>(self.cells(&parent), self.cells(&child), parent.level, kind)
+    }
+    fn move_ptes(&self, from: PteRun, to: PteRun) -> RunChanges {
+        runs::cells::moves::<F>(self.cells(&from), self.cells(&to))
+    }
+}
+
+impl<F> Native<'_, F> {
+    fn cells(&self, run: &PteRun) -> &[std::cell::Cell<u64>] {
+        self.inner
+            .memory()
+            .run_cells(run.entry, run.count)
+            .expect("host memory lends every run")
     }
 }
 

@@ -2,9 +2,10 @@
 
 use core::fmt;
 
-use super::descend::{ptes, Slot, Visit};
+use super::descend::{one_entry, pte_run, ptes, Invalidated, Slot, Visit};
 use super::{covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::backend::runs::{self, PteRun, RunChanges};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
@@ -197,7 +198,9 @@ where
             .ensure_table(va, job.high, level, &mut job.summary.tables_allocated)
     }
 
-    /// Copies one present parent leaf into an empty child entry.
+    /// Copies one present parent leaf into an empty child entry
+    /// ([`runs::copy_entry`]); returns whether the parent's was
+    /// write-protected.
     #[allow(clippy::too_many_arguments)]
     fn copy_entry<CA, G, GA, O>(
         &self,
@@ -215,51 +218,27 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let current = self.read(entry);
-        let Entry::Leaf { attrs, .. } = F::decode(current, level) else {
-            return false;
-        };
-        let mut value = current;
-        let mut downgraded = false;
-        if job.kind == CopyKind::Private && attrs.writable {
-            // `ptep_set_wrprotect`: one atomic update of the parent's entry
-            // (`copy_present_pte`, mm/memory.c).
-            let Entry::Leaf { phys, attrs, .. } = F::decode(current, level) else {
-                return false;
-            };
-            let protected = F::encode_leaf(phys, size, attrs.read_only());
-            let old = self
-                .mmu
-                .backend
-                .set_wrprotect(self.update(entry, va, job.high, level, protected, true));
-            // The hardware may have set the dirty bit since the read: the
-            // child gets what the exchange returned, write-protected.
-            value = match F::decode(old, level) {
-                Entry::Leaf { phys, attrs, .. } => F::encode_leaf(phys, size, attrs.read_only()),
-                _ => protected,
-            };
-            job.summary.write_protected += 1;
-            downgraded = true;
-        }
-        if let Entry::Leaf { phys, attrs, .. } = F::decode(value, level) {
-            let mut child_attrs = attrs;
-            child_attrs.accessed = false;
-            if job.kind == CopyKind::Shared {
-                child_attrs.dirty = false;
-            }
-            let child_value = F::encode_leaf(phys, size, child_attrs);
-            job.child
-                .write_leaf(child_entry, va, job.high, level, child_value);
-            job.summary.copied[size_slot(size)] += 1;
-        }
+        let parent = one_entry::<F>(entry, va, job.high, level, self.space);
+        let child = one_entry::<F>(child_entry, va, job.high, level, job.child.space);
+        let (copied, downgraded) = runs::copy_entry::<F, _, _>(
+            self.mmu.backend,
+            job.child.mmu.backend,
+            &parent,
+            &child,
+            0,
+            job.kind,
+        );
+        job.summary.copied[size_slot(size)] += u64::from(copied);
         if downgraded {
+            job.summary.write_protected += 1;
             gather.add_page(Self::canonical(va, job.high), size);
         }
         downgraded
     }
 
     /// The PTE loop: one lazy section for the parent's table and the
-    /// child's.
+    /// child's, the run handed to the backend whole
+    /// ([`Backend::copy_ptes`]).
     fn copy_ptes<CA, G, GA, O>(
         &self,
         table: PhysAddr,
@@ -281,17 +260,48 @@ where
             return Ok(());
         }
         let child_table = Self::child_table(start, 1, job)?;
-        let _section = self.mmu.lazy.section();
-        for (_, va, entry) in ptes::<F>(table, start, end) {
-            if !F::is_valid(self.read(entry)) {
-                continue;
-            }
-            let child_entry = Self::entry(child_table, va, 1);
-            if F::is_valid(job.child.read(child_entry)) {
-                return Err(Stop::Occupied { at: va, level: 1 });
-            }
-            self.copy_entry(entry, child_entry, va, 1, PageSize::Size4K, job, gather);
+        let changes = {
+            let _section = self.mmu.lazy.section();
+            let parent = pte_run::<F>(table, start, end, job.high, self.space);
+            let child = pte_run::<F>(child_table, start, end, job.high, job.child.space);
+            self.copy_run(parent, child, job)
+        };
+        job.summary.copied[0] += changes.copied;
+        job.summary.write_protected += changes.count();
+        // The gather keeps one extent per page size, so the pages
+        // write-protected add as the range from the first to the last.
+        Invalidated::of_run(start, &changes).gather::<F, _, _, _>(job.high, gather);
+        match changes.stopped {
+            Some(i) => Err(Stop::Occupied {
+                at: start + ((i as u64) << 12),
+                level: 1,
+            }),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Copies the run `parent` into `child` through the backend's run
+    /// path ([`Backend::copy_ptes`]) when both trees are on one backend,
+    /// as Linux's fork is on one machine; otherwise entry by entry, the
+    /// child's entries through the child's backend
+    /// ([`runs::copy_ptes_across`]).
+    fn copy_run<CA: FrameAllocator + ?Sized>(
+        &self,
+        parent: PteRun,
+        child: PteRun,
+        job: &Job<'_, PageTables<'_, B, L, CA, F>>,
+    ) -> RunChanges {
+        let child_backend = job.child.mmu.backend;
+        if core::ptr::addr_eq(self.mmu.backend, child_backend) {
+            self.mmu.backend.copy_ptes(parent, child, job.kind)
+        } else {
+            runs::copy_ptes_across::<F, _, _>(
+                self.mmu.backend,
+                child_backend,
+                parent,
+                child,
+                job.kind,
+            )
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! ([`PageTables::descend`](super::PageTables::descend)) in the parent
 //! module.
 
-use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
+use crate::backend::runs::{PteRun, RunChanges};
 use crate::backend::TlbFlush;
 use crate::pgtable::allocator::FrameAllocator;
 use crate::pgtable::format::{entry_shift, index, Entry, Format};
@@ -109,19 +110,61 @@ pub(crate) fn ptes<F: Format>(
     })
 }
 
+/// The run of entries of the PTE table `table` that `[start, end)` covers,
+/// in address space `space` (`high` says which canonical half).
+#[inline]
+pub(crate) fn pte_run<F: Format>(
+    table: PhysAddr,
+    start: u64,
+    end: u64,
+    high: bool,
+    space: SpaceId,
+) -> PteRun {
+    one_entry::<F>(
+        table.add(8 * index::<F>(start, 1) as u64),
+        start,
+        high,
+        1,
+        space,
+    )
+    .with_count(((end - start) >> 12) as usize)
+}
+
+/// The single entry at `entry` (level `level`) covering `va`, as a run.
+#[inline]
+pub(crate) fn one_entry<F: Format>(
+    entry: PhysAddr,
+    va: u64,
+    high: bool,
+    level: u8,
+    space: SpaceId,
+) -> PteRun {
+    let va = canonical::<F>(va & !((1u64 << entry_shift::<F>(level)) - 1), high);
+    PteRun {
+        entry,
+        va: VirtAddr(va),
+        space,
+        level,
+        kernel: F::is_kernel(va),
+        count: 1,
+    }
+}
+
 /// The contiguous 4 KiB range a PTE loop invalidated, flushed into the
 /// gather as one range once the loop is done.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Invalidated(Option<(u64, u64)>);
 
 impl Invalidated {
-    /// Extends the range to the page at `va` (pages come in address order).
+    /// The range of the entries `changes` marks in a run from `start`.
     #[inline]
-    pub(crate) fn add(&mut self, va: u64) {
-        self.0 = Some(match self.0 {
-            None => (va, va + 4096),
-            Some((s, _)) => (s, va + 4096),
-        });
+    pub(crate) fn of_run(start: u64, changes: &RunChanges) -> Self {
+        Invalidated(changes.bounds().map(|(first, last)| {
+            (
+                start + ((first as u64) << 12),
+                start + ((last as u64 + 1) << 12),
+            )
+        }))
     }
 
     /// Adds the range, if any, to `gather` (canonical addresses in the

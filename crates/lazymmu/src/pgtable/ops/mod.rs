@@ -7,9 +7,10 @@
 //! - runs each PTE-level loop inside one lazy section ([`LazyMode::section`]),
 //!   one section per PTE table as Linux does;
 //! - reads and writes every entry through the backend's
-//!   [`PteAccess`](crate::backend::PteAccess), never
-//!   memory directly (new tables are zeroed in memory before they are
-//!   linked, which no walker can observe);
+//!   [`PteAccess`](crate::backend::PteAccess), and hands the run of a PTE
+//!   table to the backend's run methods ([`crate::backend::runs`]), never
+//!   touching memory directly (new tables are zeroed in memory before they
+//!   are linked, which no walker can observe);
 //! - records every translation it invalidates, and every page-table frame it
 //!   unlinks, in a [`Gather`];
 //! - writes a new PTE table's link, and clears an emptied table's link,

@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{pte_run, ptes, Invalidated, Slot, Visit};
 use super::{covers_entry, entry_end, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -236,7 +236,7 @@ where
         GA: FrameAllocator + ?Sized,
         O: FreeOrder,
     {
-        let Some((first_valid, first_va, _)) =
+        let Some((_, first_va, _)) =
             ptes::<F>(table, start, end).find(|&(_, _, entry)| F::is_valid(self.read(entry)))
         else {
             return Ok(());
@@ -249,28 +249,22 @@ where
                 &mut job.summary.tables_allocated,
             )
             .map_err(|stop| stop.at(first_va))?;
-        let mut range = Invalidated::default();
-        let mut result = Ok(());
-        {
+        let changes = {
             let _section = self.mmu.lazy.section();
-            for (_, va, entry) in ptes::<F>(table, start, end).skip(first_valid) {
-                if !F::is_valid(self.read(entry)) {
-                    continue;
-                }
-                let dst = va.wrapping_add(job.delta);
-                let target = Self::entry(dst_table, dst, 1);
-                if F::is_valid(self.read(target)) {
-                    result = Err(Stop::Occupied { at: va, level: 1 });
-                    break;
-                }
-                let old = self.clear(entry, va, job.high, 1);
-                self.write_leaf(target, dst, job.high, 1, old);
-                job.summary.moved[0] += 1;
-                range.add(va);
-            }
-        }
-        range.gather::<F, _, _, _>(job.high, gather);
+            let from = pte_run::<F>(table, first_va, end, job.high, self.space);
+            let dst = first_va.wrapping_add(job.delta);
+            let to = pte_run::<F>(dst_table, dst, dst + (end - first_va), job.high, self.space);
+            self.mmu.backend.move_ptes(from, to)
+        };
+        job.summary.moved[0] += changes.count();
+        Invalidated::of_run(first_va, &changes).gather::<F, _, _, _>(job.high, gather);
         gather.flush();
-        result
+        match changes.stopped {
+            Some(i) => Err(Stop::Occupied {
+                at: first_va + ((i as u64) << 12),
+                level: 1,
+            }),
+            None => Ok(()),
+        }
     }
 }

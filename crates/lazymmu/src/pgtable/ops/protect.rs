@@ -2,9 +2,10 @@
 
 use core::fmt;
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{one_entry, pte_run, Invalidated, Slot, Visit};
 use super::{covers_entry, size_slot, PageTables, RangeError, Stop};
 use crate::addr::{PageSize, PhysAddr, VirtAddr};
+use crate::backend::runs::{self, NewProtection};
 use crate::backend::{Backend, TlbFlush};
 use crate::mode::LazyMode;
 use crate::pgtable::allocator::FrameAllocator;
@@ -77,8 +78,10 @@ where
     /// Only leaves whose entry changes are touched: a huge leaf the range
     /// cuts is split only if its permissions change, so a protection that
     /// changes nothing writes nothing, splits nothing, needs no frame and
-    /// adds nothing to `gather`. Each changed entry is rewritten with the
-    /// backend's
+    /// adds nothing to `gather`. The entries of a PTE table the range
+    /// covers go to the backend as one run
+    /// ([`Backend::protect_ptes`]); per entry (its default, and a huge
+    /// leaf) each changed entry is rewritten with the backend's
     /// [`modify_prot_start`](crate::backend::PteAccess::modify_prot_start)
     /// and [`modify_prot_commit`](crate::backend::PteAccess::modify_prot_commit),
     /// as `change_pte_range` does, so a dirty bit set by hardware meanwhile
@@ -106,6 +109,7 @@ where
         let mut summary = ProtectSummary::default();
         let mut job = Job {
             protection,
+            pte_protection: NewProtection::new::<F>(1, protection),
             high: span.high,
             summary: &mut summary,
         };
@@ -155,26 +159,15 @@ where
         size: PageSize,
         job: &mut Job<'_>,
     ) -> bool {
-        let current = self.read(entry);
-        if !F::is_valid(current) || F::protect_leaf(current, level, job.protection) == current {
-            return false;
-        }
-        let old = self
-            .mmu
-            .backend
-            .modify_prot_start(self.update(entry, va, job.high, level, 0, true));
-        if !F::is_valid(old) {
-            return false;
-        }
-        let new = F::protect_leaf(old, level, job.protection);
-        self.mmu
-            .backend
-            .modify_prot_commit(self.update(entry, va, job.high, level, new, true));
-        job.summary.changed[size_slot(size)] += 1;
-        true
+        let run = one_entry::<F>(entry, va, job.high, level, self.space);
+        let protection = NewProtection::new::<F>(level, job.protection);
+        let changed = runs::protect_entry::<F, _>(self.mmu.backend, &run, 0, &protection);
+        job.summary.changed[size_slot(size)] += u64::from(changed);
+        changed
     }
 
-    /// The PTE loop: one lazy section for the table.
+    /// The PTE loop: one lazy section for the table, the run handed to the
+    /// backend whole ([`Backend::protect_ptes`]).
     fn protect_ptes<G, GA, O>(
         &self,
         table: PhysAddr,
@@ -188,18 +181,17 @@ where
         O: FreeOrder,
     {
         let _section = self.mmu.lazy.section();
-        let mut range = Invalidated::default();
-        for (_, va, entry) in ptes::<F>(table, start, end) {
-            if self.protect_entry(entry, va, 1, PageSize::Size4K, job) {
-                range.add(va);
-            }
-        }
-        range.gather::<F, _, _, _>(job.high, gather);
+        let run = pte_run::<F>(table, start, end, job.high, self.space);
+        let changes = self.mmu.backend.protect_ptes(run, &job.pte_protection);
+        job.summary.changed[0] += changes.count();
+        Invalidated::of_run(start, &changes).gather::<F, _, _, _>(job.high, gather);
     }
 }
 
 struct Job<'s> {
     protection: Protection,
+    /// The protection of 4 KiB leaves, as PTE runs take it.
+    pte_protection: NewProtection,
     high: bool,
     summary: &'s mut ProtectSummary,
 }

@@ -3,7 +3,7 @@
 
 use core::fmt;
 
-use super::descend::{ptes, Invalidated, Slot, Visit};
+use super::descend::{pte_run, Invalidated, Slot, Visit};
 use super::{covers_entry, size_slot, PageTables, RangeError, Span, Stop};
 use crate::addr::{PhysAddr, VirtAddr};
 use crate::backend::{Backend, TlbFlush};
@@ -168,14 +168,17 @@ where
         }
     }
 
-    /// The PTE loop (`zap_pte_range`): one lazy section for the table.
-    /// Every page it unmaps is queued in the gather
-    /// ([`Gather::remove_page`]); when the gather's batch is full the loop
-    /// does what Linux's `force_flush` does: it leaves the section, flushes
-    /// the gather (TLB, then the pages) and goes on in a new section.
-    /// Entries are cleared with `full` set under a full-mm gather
-    /// (`ptep_get_and_clear_full(mm, addr, pte, tlb->fullmm)`). `unlink` is
-    /// the PMD entry to clear once the table is empty.
+    /// The PTE loop (`zap_pte_range`): one lazy section for the table, the
+    /// run handed to the backend whole ([`Backend::clear_ptes`]), with
+    /// `full` set under a full-mm gather (`ptep_get_and_clear_full(mm,
+    /// addr, pte, tlb->fullmm)`). Every page it unmaps is queued in the
+    /// gather ([`Gather::remove_pages`]); when the gather's batch is full
+    /// the loop does what Linux's `force_flush` does: it leaves the
+    /// section, flushes the gather (TLB, then the pages) and goes on in a
+    /// new section. So that the flush comes right after the page that
+    /// fills the batch, a run is never longer than the room left in it
+    /// ([`Gather::page_room`]). `unlink` is the PMD entry to clear once the
+    /// table is empty.
     #[allow(clippy::too_many_arguments)]
     fn zap_ptes<G, GA, O>(
         &self,
@@ -193,29 +196,25 @@ where
     {
         let full = gather.is_full_mm();
         let mut section = Some(self.mmu.lazy.section());
-        let mut cleared = 0;
-        let mut range = Invalidated::default();
-        for (_, va, entry) in ptes::<F>(table, start, end) {
-            if !F::is_valid(self.read(entry)) {
-                continue;
-            }
-            let old = self.clear_full(entry, va, high, 1, full);
-            summary.dirty += u64::from(F::is_valid(old) && old & F::DIRTY_BIT != 0);
-            cleared += 1;
-            range.add(va);
-            if gather.remove_page() {
-                range.gather::<F, _, _, _>(high, gather);
-                range = Invalidated::default();
+        let mut run = pte_run::<F>(table, start, end, high, self.space);
+        let mut first = start;
+        while run.count > 0 {
+            let part = run.with_count(run.count.min(gather.page_room()));
+            let changes = self.mmu.backend.clear_ptes(part, full);
+            summary.dirty += changes.dirty;
+            summary.leaves[0] += changes.count();
+            Invalidated::of_run(first, &changes).gather::<F, _, _, _>(high, gather);
+            if gather.remove_pages(changes.count() as usize) {
                 drop(section.take());
                 gather.flush();
                 section = Some(self.mmu.lazy.section());
             }
+            run = run.tail(part.count);
+            first += (part.count as u64) << 12;
         }
         if let Some(entry) = unlink {
             self.clear_table(entry, start, high, 2);
         }
-        range.gather::<F, _, _, _>(high, gather);
         drop(section);
-        summary.leaves[0] += cleared;
     }
 }
