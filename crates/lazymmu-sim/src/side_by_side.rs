@@ -31,6 +31,7 @@ use std::sync::Arc;
 use lazymmu::mm::active_mm::LazyTlbPolicy;
 
 use crate::cost::Primitive;
+use crate::machine::topology::{NamedMachine, NAMED_MACHINES};
 use crate::neighbours::ctxswitch::{self, CtxSwitchConfig};
 use crate::published::{
     PublishedFigure, Reading, Topic, ARM64_BATCH_BARRIERS_COMMIT, ARM64_PERF_SERIES_V4, KPKEYS_V5,
@@ -76,16 +77,12 @@ pub struct Comparison {
 pub struct Selection {
     /// The kernel's own work (the shipped calibration by default).
     pub kernel_work: KernelWorkSource,
-    /// CPUs of the lazy-TLB benchmark (the model's largest machine by
-    /// default).
-    pub lazy_tlb_cpus: usize,
 }
 
 impl Default for Selection {
     fn default() -> Self {
         Self {
             kernel_work: KernelWorkSource::Builtin,
-            lazy_tlb_cpus: lazymmu::cpu::MAX_CPUS,
         }
     }
 }
@@ -230,9 +227,10 @@ enum Plan {
     /// Quiesce events (global IPTEs and IDTEs) of `compared` over
     /// `baseline`.
     Quiesces { baseline: Case, compared: Case },
-    /// Context switches per second of the lazy-TLB benchmark: this
-    /// policy's over refcounting's.
-    Switches(LazyTlbPolicy),
+    /// Context switches per second of the lazy-TLB benchmark on the
+    /// machine the figure was published for: this policy's over
+    /// refcounting's.
+    Switches(LazyTlbPolicy, &'static NamedMachine),
 }
 
 /// The model's plan for a record, or why there is none.
@@ -348,10 +346,14 @@ fn plan(record: &PublishedFigure, selection: &Selection) -> Result<Plan, NotMode
             if !workload.contains("context_switch1") {
                 return Err(NotModelled("a kernel build is not a modelled workload"));
             }
+            let machine = NAMED_MACHINES
+                .iter()
+                .find(|m| m.published_as == Some(record.machine))
+                .ok_or(NotModelled("no modelled machine of the published shape"))?;
             if record.compared.contains("SHOOTDOWN") {
-                Ok(Plan::Switches(LazyTlbPolicy::Shootdown))
+                Ok(Plan::Switches(LazyTlbPolicy::Shootdown, machine))
             } else {
-                Ok(Plan::Switches(LazyTlbPolicy::Refcount))
+                Ok(Plan::Switches(LazyTlbPolicy::Refcount, machine))
             }
         }
     }
@@ -394,9 +396,11 @@ fn quiesces(result: &RunResult) -> f64 {
     (result.count(Primitive::Ipte) + result.count(Primitive::FullFlush)) as f64
 }
 
-/// Context switches per million cycles of the lazy-TLB benchmark.
-fn switch_rate(policy: LazyTlbPolicy, cpus: usize) -> f64 {
-    let row = ctxswitch::run(&CtxSwitchConfig::switch_benchmark(policy, cpus));
+/// Context switches per million cycles of the lazy-TLB benchmark on
+/// `machine`, its topology on its cost table.
+fn switch_rate(policy: LazyTlbPolicy, machine: &NamedMachine) -> f64 {
+    let config = CtxSwitchConfig::ping_pong(policy, machine.topology, machine.platform);
+    let row = ctxswitch::run(&config);
     row.counts.get("switches_per_mcycle").copied().unwrap_or(0) as f64
 }
 
@@ -435,10 +439,13 @@ fn model_figure(
                 format!("global IPTEs and IDTEs, {}", compared.against(&baseline)),
             )
         }
-        Plan::Switches(policy) => {
-            let cpus = selection.lazy_tlb_cpus;
-            let refcount = switch_rate(LazyTlbPolicy::Refcount, cpus);
-            let this = switch_rate(policy, cpus);
+        Plan::Switches(policy, machine) => {
+            let refcount = switch_rate(LazyTlbPolicy::Refcount, machine);
+            let this = if policy == LazyTlbPolicy::Refcount {
+                refcount
+            } else {
+                switch_rate(policy, machine)
+            };
             // Compared as rates relative to refcounting: the published
             // pair's ratio against the model's.
             let published_refcount = PUBLISHED
@@ -449,11 +456,18 @@ fn model_figure(
             (
                 this / refcount.max(1.0),
                 published / published_refcount,
-                format!("ctxswitch-bench, {cpus} CPUs, switches per cycle relative to refcount"),
+                format!(
+                    "ctxswitch-bench on {} ({} CPUs), switches per cycle relative to refcount",
+                    machine.name,
+                    machine.topology.cpus()
+                ),
             )
         }
     };
     let (value, text) = match record.reading {
+        // Three significant digits or more, so that the column keeps
+        // its width from 1x to thousands.
+        Reading::Quantity(_) if ratio >= 100.0 => (ratio, format!("{ratio:.0}x refcount")),
         Reading::Quantity(_) => (ratio, format!("{ratio:.2}x refcount")),
         reading => in_reading(reading, ratio),
     };
