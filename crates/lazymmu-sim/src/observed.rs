@@ -37,7 +37,8 @@ struct LoggedWrite {
 }
 
 /// Bits of an entry a backend may keep from the old value when it
-/// write-protects it: powerpc's `H_PAGE_HASHPTE`.
+/// write-protects it, and that a hash fault sets on its own: powerpc's
+/// `H_PAGE_HASHPTE`.
 const KEPT_BITS: u64 = lazymmu::pgtable::format::ppc_hash::HASHPTE;
 
 /// A multiplicative hash for entry addresses (8-byte aligned physical
@@ -188,7 +189,7 @@ impl<B: Backend> Observed<B> {
             logs.get(task).and_then(|log| {
                 log.writes
                     .iter()
-                    .find(|(&entry, w)| self.machine.walker_read(entry) != w.value)
+                    .find(|(&entry, w)| !self.in_effect(entry, self.machine.walker_read(entry), w))
                     .map(|(&entry, w)| (entry, w.value))
             })
         };
@@ -260,7 +261,7 @@ impl<B: Backend> Observed<B> {
     fn check_write(&self, entry: PhysAddr, w: LoggedWrite, invariant: Invariant, why: &str) {
         let m = &self.machine;
         let seen = m.walker_read(entry);
-        if seen != w.value {
+        if !self.in_effect(entry, seen, &w) {
             m.violation(
                 invariant,
                 format!(
@@ -278,6 +279,15 @@ impl<B: Backend> Observed<B> {
                 ),
             );
         }
+    }
+
+    /// Whether the walker's `seen` at `entry` is the write `w`: its value,
+    /// or its value with `H_PAGE_HASHPTE` that a hash fault set after the
+    /// library stored exactly that value (`__hash_page_4K` updates the PTE
+    /// itself).
+    fn in_effect(&self, entry: PhysAddr, seen: u64, w: &LoggedWrite) -> bool {
+        seen == w.value
+            || (seen == w.value | KEPT_BITS && self.machine.hash_marked(entry) == Some(w.value))
     }
 
     /// Everything the current task logged must be in effect now.

@@ -464,16 +464,14 @@ pub fn backend_scenarios() -> Vec<Scenario> {
         ),
         Scenario {
             name: "ppc-hash-remap",
-            about: "powerpc hash: two cached pages remapped inside a section, their invalidations batched until leave and no flush after it",
-            // The other CPU uses pages of its own: its hash fault on a
-            // remapped page would set `H_PAGE_HASHPTE` in the new entry,
-            // which the check of the task's writes does not tell from a
-            // lost write.
+            about: "powerpc hash: two cached pages remapped inside a section, their invalidations batched until leave and no flush after it, while another CPU uses them",
+            // The other CPU's hash fault on a remapped page sets
+            // `H_PAGE_HASHPTE` in the new entry, as `__hash_page_4K` does.
             spec: spec(
                 PpcHash,
                 vec![
                     task("remap", 0, &[touch(0, 2), E, w(0), w(1), D]),
-                    task("user", 1, &[touch(2, 2)]),
+                    task("user", 1, &[touch(0, 2)]),
                 ],
                 &[],
                 false,

@@ -459,6 +459,10 @@ pub struct Machine {
     lines: RefCell<HashMap<SharedLine, Line, BuildHasherDefault<LineHasher>>>,
     line_waits: Cell<u64>,
     stcx_failures: Cell<u64>,
+    /// PTEs a hash fault marked (`H_PAGE_HASHPTE`) since the library last
+    /// stored to them, with the value the fault found:
+    /// [`Machine::hash_marked`].
+    hash_marked: RefCell<HashMap<PhysAddr, u64>>,
     timeline: timeline::Timeline,
     table_finder: Cell<Option<TableFinder>>,
     unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
@@ -587,6 +591,7 @@ impl Machine {
             lines: RefCell::new(HashMap::default()),
             line_waits: Cell::new(0),
             stcx_failures: Cell::new(0),
+            hash_marked: RefCell::new(HashMap::new()),
             timeline: timeline::Timeline::new(),
             table_finder: Cell::new(None),
             unlinked: RefCell::new(HashMap::new()),
@@ -1481,6 +1486,13 @@ impl Machine {
         }
     }
 
+    /// The value a hash fault found in the entry at `entry` when it set
+    /// `H_PAGE_HASHPTE` there (`__hash_page_4K` updates the PTE itself),
+    /// if it did so since the library last stored to the entry.
+    pub fn hash_marked(&self, entry: PhysAddr) -> Option<u64> {
+        self.hash_marked.borrow().get(&entry).copied()
+    }
+
     /// Reads an entry as the hardware walker sees it: an arm64 store not
     /// yet made visible by a `dsb` still shows its old value.
     #[inline]
@@ -1542,6 +1554,9 @@ impl Machine {
     pub fn apply_store(&self, entry: PhysAddr, value: u64) {
         self.log(EventKind::Store { entry, value });
         let hw = self.config.hardware;
+        if hw.hash_ptes {
+            self.hash_marked.borrow_mut().remove(&entry);
+        }
         if hw.arm64_barriers && value & 1 != 0 && self.memory.owner(entry) == Some(SpaceId::KERNEL)
         {
             let old = self.memory.read(entry);
@@ -1677,6 +1692,7 @@ impl Machine {
                     let marked = leaf.entry | lazymmu::pgtable::format::ppc_hash::HASHPTE;
                     if marked != leaf.entry {
                         self.memory.write(leaf.at, marked);
+                        self.hash_marked.borrow_mut().insert(leaf.at, leaf.entry);
                         leaf.entry = marked;
                     }
                 }
@@ -1902,6 +1918,17 @@ impl Machine {
             core::hash::Hash::hash(t, &mut h);
         }
         self.memory.digest(&mut h);
+        let mut marked: Vec<(u64, u64)> = self
+            .hash_marked
+            .borrow()
+            .iter()
+            .map(|(pa, &v)| (pa.0, v))
+            .collect();
+        marked.sort_unstable();
+        for (pa, v) in marked {
+            h.write_u64(pa);
+            h.write_u64(v);
+        }
         self.sched.digest(&mut h);
         if let Some(kernel) = self.kernel() {
             kernel.digest(&mut h);
