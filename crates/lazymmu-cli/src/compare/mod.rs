@@ -427,7 +427,6 @@ pub fn run(args: &CompareArgs) -> Result<ExitCode> {
         progress.message("published figures");
         let rows = side_by_side::compare(&side_by_side::Selection {
             kernel_work: kernel_work.clone(),
-            ..side_by_side::Selection::default()
         });
         progress.tick();
         rows
