@@ -22,7 +22,8 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use lazymmu_sim::choice::Trace;
-use lazymmu_sim::explore::{Bounds, Found};
+use lazymmu_sim::explore::{Bounds, Completion, Found};
+use lazymmu_sim::pct::RandomSearch;
 use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant, SIM_PREEMPTIONS};
 
 use crate::exit::{usage, FINDING, INCOMPLETE, STATUSES};
@@ -59,10 +60,28 @@ pub struct CheckArgs {
     /// Do not prune states already visited.
     #[arg(long)]
     pub no_prune: bool,
+    /// Do not skip, by sleep sets, orders of commuting stretches of
+    /// different CPUs (partial-order reduction; for comparison).
+    #[arg(long)]
+    pub no_partial_order: bool,
     /// Stop each scenario after this many schedules; a scenario stopped
     /// there is reported incomplete, and so is the check (exit status 3).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_schedules: Option<u64>,
+    /// Instead of exploring every schedule, run N schedules of each
+    /// scenario drawn by probabilistic concurrency testing (PCT); without
+    /// --scenario, the big scenarios (8 CPUs, 16 tasks) exhaustive search
+    /// cannot cover.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub random: Option<u64>,
+    /// Seed of --random (the same seed draws the same schedules).
+    #[arg(long, value_name = "SEED", default_value_t = 0, requires = "random")]
+    pub seed: u64,
+    /// Bug depth --random looks for: DEPTH - 1 priority change points per
+    /// run.
+    #[arg(long, value_name = "D", default_value_t = 3, requires = "random",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub depth: u32,
     /// Replay one schedule, given as `SCENARIO:C0.C1...` or a file holding
     /// one, and report what it ends in.
     #[arg(long, value_name = "TRACE")]
@@ -92,6 +111,7 @@ fn variant_values() -> PossibleValuesParser {
 fn scenario_values() -> PossibleValuesParser {
     let listed = scenarios::all()
         .into_iter()
+        .chain(scenarios::random_scenarios())
         .map(|s| PossibleValue::new(s.name().to_owned()).help(s.about().to_owned()));
     let tiny = scenarios::find("tiny").map(|s| PossibleValue::new(s.name().to_owned()).hide(true));
     PossibleValuesParser::new(listed.chain(tiny))
@@ -115,7 +135,11 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         return replay(args, variant, text);
     }
     let selected: Vec<Entry> = if args.scenarios.is_empty() {
-        scenarios::all()
+        if args.random.is_some() {
+            scenarios::random_scenarios()
+        } else {
+            scenarios::all()
+        }
     } else {
         args.scenarios
             .iter()
@@ -129,8 +153,20 @@ pub fn run(args: &CheckArgs) -> Result<ExitCode> {
         prune: !args.no_prune,
         max_schedules: args.max_schedules,
         stop_at_first: false,
+        partial_order: !args.no_partial_order,
     };
-    let report = explore(&selected, variant, bounds, args.sim_preemptions);
+    let report = match args.random {
+        Some(runs) => sample(
+            &selected,
+            variant,
+            RandomSearch {
+                runs,
+                seed: args.seed,
+                depth: args.depth,
+            },
+        ),
+        None => explore(&selected, variant, bounds, args.sim_preemptions),
+    };
     if report.scenarios.is_empty() {
         return Err(usage(format!(
             "variant {variant} applies to none of the selected scenarios (see --list: machine \
@@ -165,7 +201,7 @@ fn incomplete(report: &CheckReport) -> usize {
     report
         .scenarios
         .iter()
-        .filter(|s| !s.report.complete())
+        .filter(|s| !s.report.complete() && s.report.completion != Completion::Sampled)
         .count()
 }
 
@@ -188,6 +224,18 @@ fn explore(
             at.scenario,
             count(at.schedules, "schedule")
         ));
+    })
+}
+
+/// Samples the scenarios by PCT, showing progress as [`explore`] does.
+fn sample(selected: &[Entry], variant: Variant, search: RandomSearch) -> CheckReport {
+    let progress = Progress::new(selected.len() as u64, "scenarios");
+    let names: Vec<&str> = selected.iter().map(|s| s.name()).collect();
+    scenarios::sample(selected, variant, search, &mut |at| {
+        if let Some(index) = names.iter().position(|&n| n == at.scenario) {
+            progress.set(index as u64);
+        }
+        progress.message(format!("{}: {}", at.scenario, count(at.schedules, "run")));
     })
 }
 
@@ -215,6 +263,10 @@ fn list(json: bool) -> Result<ExitCode> {
     } else {
         writeln!(out, "scenarios:")?;
         for s in &all {
+            writeln!(out, "  {:<24} {}", s.name(), s.about())?;
+        }
+        writeln!(out, "big scenarios (for --random):")?;
+        for s in &scenarios::random_scenarios() {
             writeln!(out, "  {:<24} {}", s.name(), s.about())?;
         }
         writeln!(out, "variants:")?;
@@ -348,13 +400,24 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> Result<()> {
         .bounds
         .preemptions
         .map_or("none".to_owned(), |b| b.to_string());
-    writeln!(
-        out,
-        "lazymmu check: variant {} ({}), preemption bound {bound}, pruning {}",
-        report.variant,
-        report.variant.about(),
-        if report.bounds.prune { "on" } else { "off" }
-    )?;
+    match report.random {
+        Some(search) => writeln!(
+            out,
+            "lazymmu check: variant {} ({}), {} per scenario drawn by PCT (seed {}, depth {})",
+            report.variant,
+            report.variant.about(),
+            count(search.runs, "random run"),
+            search.seed,
+            search.depth
+        )?,
+        None => writeln!(
+            out,
+            "lazymmu check: variant {} ({}), preemption bound {bound}, pruning {}",
+            report.variant,
+            report.variant.about(),
+            if report.bounds.prune { "on" } else { "off" }
+        )?,
+    }
     let mut table = Table::new(
         [
             "scenario",
@@ -369,7 +432,11 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> Result<()> {
     for s in &report.scenarios {
         table.row([
             s.scenario.clone(),
-            s.bound.map_or("none".to_owned(), |b| b.to_string()),
+            match (s.bound, report.random) {
+                (_, Some(_)) => "pct".to_owned(),
+                (None, None) => "none".to_owned(),
+                (Some(b), None) => b.to_string(),
+            },
             thousands(s.report.schedules),
             thousands(s.report.pruned),
             if s.report.complete() { "yes" } else { "NO" }.to_owned(),
@@ -384,10 +451,11 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> Result<()> {
     writeln!(out)?;
     writeln!(
         out,
-        "{}, {} explored, {} pruned, {:.2} s, {} schedules/s",
+        "{}, {} explored, {} pruned, {} slept, {:.2} s, {} schedules/s",
         count(report.scenarios.len() as u64, "scenario"),
         count(report.schedules(), "schedule"),
         count(report.pruned(), "state"),
+        count(report.slept(), "order"),
         report.elapsed.as_secs_f64(),
         thousands(report.schedules_per_second().round() as u64)
     )?;
@@ -397,6 +465,10 @@ fn write_report(out: &mut impl Write, report: &CheckReport) -> Result<()> {
         format!(" at --max-schedules {}", thousands(n))
     });
     match (broken, stopped) {
+        (0, 0) if report.random.is_some() => writeln!(
+            out,
+            "every invariant holds on the schedules run (a random sample, not every schedule)"
+        )?,
         (0, 0) => writeln!(out, "every invariant holds")?,
         (0, n) => writeln!(
             out,
@@ -454,9 +526,11 @@ fn report_json(report: &CheckReport) -> Value {
         "preemption_bound": report.bounds.preemptions,
         "prune": report.bounds.prune,
         "max_schedules": report.bounds.max_schedules,
+        "random": report.random.map(|r| json!({"runs": r.runs, "seed": r.seed, "depth": r.depth})),
         "scenarios_run": report.scenarios.len(),
         "schedules": report.schedules(),
         "pruned": report.pruned(),
+        "slept": report.slept(),
         "elapsed_seconds": report.elapsed.as_secs_f64(),
         "schedules_per_second": report.schedules_per_second(),
         "holds": report.holds(),
@@ -466,6 +540,7 @@ fn report_json(report: &CheckReport) -> Value {
             "preemption_bound": s.bound,
             "schedules": s.report.schedules,
             "pruned": s.report.pruned,
+            "slept": s.report.slept,
             "choice_points": s.report.choice_points,
             "complete": s.report.complete(),
             "violations": s.report.violations.len(),
@@ -473,6 +548,7 @@ fn report_json(report: &CheckReport) -> Value {
         "violations": report.violations().map(|(scenario, f)| json!({
             "scenario": scenario,
             "invariant": f.violation.invariant.to_string(),
+            "invariant_name": f.violation.invariant.name(),
             "detail": f.violation.detail,
             "trace": f.trace.to_string(),
             "schedules": f.schedules,

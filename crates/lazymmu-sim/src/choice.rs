@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 use lazymmu::cpu::CpuId;
 
+use crate::footprint::Footprint;
 use crate::rng::SplitMix64;
 
 /// Where a choice point is.
@@ -147,6 +148,21 @@ pub trait Chooser {
         false
     }
 
+    /// Whether the chooser wants the [`Footprint`] of every stretch of
+    /// execution between two choice points it is shown
+    /// ([`Chooser::segment`]); recording them costs a little on every
+    /// memory access.
+    fn wants_footprints(&self) -> bool {
+        false
+    }
+
+    /// What the execution since the previous choice point this chooser was
+    /// shown touched (opaque for the first one of a run), handed over just
+    /// before [`Chooser::choose`] when [`Chooser::wants_footprints`].
+    fn segment(&mut self, footprint: Footprint) {
+        let _ = footprint;
+    }
+
     /// Picks the index of one of `options` (at least two), or `None` to
     /// stop the run here (everything from here on has been explored): the
     /// machine then runs the work in progress to its end without further
@@ -160,6 +176,12 @@ impl<C: Chooser + ?Sized> Chooser for &mut C {
     }
     fn wants_digest(&self) -> bool {
         (**self).wants_digest()
+    }
+    fn wants_footprints(&self) -> bool {
+        (**self).wants_footprints()
+    }
+    fn segment(&mut self, footprint: Footprint) {
+        (**self).segment(footprint)
     }
     fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
         (**self).choose(point, options)
@@ -229,32 +251,12 @@ impl RandomChooser {
             rates,
         }
     }
-
-    fn pick_weighted(&mut self, options: &[Choice]) -> usize {
-        let weight = |c: &Choice| match c {
-            Choice::Pick { weight, .. } => u64::from(*weight),
-            _ => 0,
-        };
-        let total: u64 = options.iter().map(weight).sum();
-        if total == 0 {
-            return 0;
-        }
-        let mut draw = self.rng.below(total);
-        for (i, c) in options.iter().enumerate() {
-            let w = weight(c);
-            if draw < w {
-                return i;
-            }
-            draw -= w;
-        }
-        options.len() - 1
-    }
 }
 
 impl Chooser for RandomChooser {
     fn choose(&mut self, _point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
         if matches!(options.first(), Some(Choice::Pick { .. })) {
-            return Some(self.pick_weighted(options));
+            return Some(pick_weighted(&mut self.rng, options));
         }
         let roll = self.rng.below(1000);
         let want = |kind: KindTest| options.iter().filter(|c| kind(c)).count() as u64;
@@ -291,6 +293,28 @@ impl Chooser for RandomChooser {
         }
         Some(0)
     }
+}
+
+/// Draws one of a workload's weighted decisions ([`Choice::Pick`]) by
+/// weight; 0 when no option has a weight.
+pub fn pick_weighted(rng: &mut SplitMix64, options: &[Choice]) -> usize {
+    let weight = |c: &Choice| match c {
+        Choice::Pick { weight, .. } => u64::from(*weight),
+        _ => 0,
+    };
+    let total: u64 = options.iter().map(weight).sum();
+    if total == 0 {
+        return 0;
+    }
+    let mut draw = rng.below(total);
+    for (i, c) in options.iter().enumerate() {
+        let w = weight(c);
+        if draw < w {
+            return i;
+        }
+        draw -= w;
+    }
+    options.len() - 1
 }
 
 /// Replays a recorded sequence of picks, then takes option 0; records

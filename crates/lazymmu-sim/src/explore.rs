@@ -25,9 +25,13 @@
 //! with [`replay`].
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use lazymmu::cpu::CpuId;
+
 use crate::choice::{Choice, ChoicePoint, Chooser, Replay, Trace};
+use crate::footprint::Footprint;
 use crate::invariant::{Invariant, Violation};
 
 /// How a run ended.
@@ -45,6 +49,14 @@ pub struct RunOutcome {
 pub trait System {
     /// Runs once from the initial state.
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome;
+
+    /// Whether the footprints the machine records for this system are
+    /// complete ([`crate::footprint`]): every piece of state two CPUs can
+    /// both touch is a location the log sees. Only then may the explorer
+    /// reduce by partial order.
+    fn partial_order(&self) -> bool {
+        false
+    }
 }
 
 /// Runs `f`, turning a panic into a [`Invariant::Panic`] violation.
@@ -108,6 +120,10 @@ pub struct Bounds {
     /// Stop at the first violation rather than keep looking for shorter
     /// ones.
     pub stop_at_first: bool,
+    /// Whether to skip, by sleep sets, the orders of commuting stretches of
+    /// different CPUs already explored (for systems whose footprints are
+    /// complete, [`System::partial_order`]).
+    pub partial_order: bool,
 }
 
 impl Default for Bounds {
@@ -117,6 +133,7 @@ impl Default for Bounds {
             prune: true,
             max_schedules: None,
             stop_at_first: false,
+            partial_order: true,
         }
     }
 }
@@ -145,6 +162,10 @@ pub enum Completion {
     FirstViolation,
     /// No schedule was explored at all (a limit of zero).
     NothingExplored,
+    /// A random sample of the schedules was run
+    /// ([`crate::pct::sample`]): as many runs as asked, no claim of
+    /// coverage.
+    Sampled,
 }
 
 /// What one exploration covered.
@@ -154,6 +175,10 @@ pub struct Report {
     pub schedules: u64,
     /// Runs stopped at a state visited before.
     pub pruned: u64,
+    /// Options never tried because the CPU they run was asleep there: its
+    /// next stretch commutes with everything run since a sibling schedule
+    /// ran it first (sleep sets).
+    pub slept: u64,
     /// Choice points passed, over all runs.
     pub choice_points: u64,
     /// Whether, and why not, every schedule within the bounds was covered.
@@ -198,17 +223,89 @@ struct Frame {
     chosen: usize,
     /// Departures spent before this point.
     spent: u32,
+    /// The CPU whose task each option runs next, for the options that only
+    /// pick which CPU runs (carrying on, another CPU's turn); `None` for
+    /// the others (interrupts, switches, workload decisions).
+    actors: Vec<Option<CpuId>>,
+    /// The task running where the point is.
+    task: usize,
+    /// CPUs asleep here, with the stretch each has pending.
+    asleep: Vec<Sleeper>,
+    /// What the chosen option ran until the next point, and whether that
+    /// stretch stayed its actor's (ending at a point of the same CPU and
+    /// task, with nothing opaque in between).
+    ran: Option<Rc<Footprint>>,
+    continued: bool,
+}
+
+impl Frame {
+    fn asleep_mask(&self) -> u64 {
+        self.asleep.iter().fold(0, |m, s| m | 1 << s.cpu.index())
+    }
+
+    fn is_asleep(&self, option: usize) -> bool {
+        self.actors[option].is_some_and(|cpu| self.asleep.iter().any(|s| s.cpu == cpu))
+    }
+}
+
+/// A CPU whose pending stretch need not run first: an earlier schedule
+/// ran it first, and everything run since commutes with it.
+#[derive(Clone, Debug)]
+struct Sleeper {
+    cpu: CpuId,
+    footprint: Rc<Footprint>,
+}
+
+/// The actor of `option` at a point on `cpu`.
+fn actor(cpu: CpuId, option: &Choice) -> Option<CpuId> {
+    match option {
+        Choice::Continue => Some(cpu),
+        Choice::RunOther { cpu } => Some(*cpu),
+        _ => None,
+    }
 }
 
 /// The chooser the explorer hands to the system: follows the prefix, then
-/// takes 0 and prunes visited states.
+/// takes 0; prunes visited states and keeps sleep sets.
 struct SearchChooser<'a> {
     prefix: &'a [usize],
     frames: Vec<Frame>,
     bound: Option<u32>,
     prune: bool,
-    visited: &'a mut HashMap<u64, u32>,
+    partial_order: bool,
+    /// Per depth, the options of that point explored in earlier schedules
+    /// with the current prefix, as sleepers (their actor and first
+    /// stretch).
+    explored: &'a [Vec<Sleeper>],
+    /// Per state digest, the budgets and sleep sets it was explored with.
+    visited: &'a mut HashMap<u64, Vec<(u32, u64)>>,
+    /// The stretch since the previous point.
+    segment: Option<Footprint>,
     pruned: bool,
+}
+
+impl SearchChooser<'_> {
+    /// The sleep set of the point being entered, after the previous
+    /// frame's chosen option ran `ran`: the sleepers of the previous point
+    /// and the siblings explored before its choice, less those `ran` does
+    /// not commute with. Empty unless the previous option only picked a
+    /// CPU and its stretch stayed that CPU's.
+    fn sleep_set(&self, ran: &Footprint) -> Vec<Sleeper> {
+        let Some(prev) = self.frames.last() else {
+            return Vec::new();
+        };
+        if !self.partial_order || !prev.continued {
+            return Vec::new();
+        }
+        let depth = self.frames.len() - 1;
+        let siblings = self.explored.get(depth).map_or(&[][..], |v| &v[..]);
+        prev.asleep
+            .iter()
+            .chain(siblings)
+            .filter(|s| s.footprint.independent(ran))
+            .cloned()
+            .collect()
+    }
 }
 
 impl Chooser for SearchChooser<'_> {
@@ -216,38 +313,68 @@ impl Chooser for SearchChooser<'_> {
         self.prune
     }
 
+    fn wants_footprints(&self) -> bool {
+        self.partial_order
+    }
+
+    fn segment(&mut self, footprint: Footprint) {
+        self.segment = Some(footprint);
+    }
+
     fn choose(&mut self, point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
         let k = self.frames.len();
+        let ran = self.segment.take().map(Rc::new);
+        let asleep = match (self.frames.last_mut(), &ran) {
+            (Some(prev), Some(ran)) => {
+                let stayed = prev.actors[prev.chosen].is_some_and(|a| {
+                    a == point.cpu
+                        && (prev.chosen != 0 || prev.task == point.task)
+                        && !ran.is_opaque()
+                });
+                prev.ran = Some(ran.clone());
+                prev.continued = stayed;
+                self.sleep_set(ran)
+            }
+            _ => Vec::new(),
+        };
         let spent = self
             .frames
             .last()
             .map_or(0, |f| f.spent + u32::from(f.chosen >= f.free));
-        let chosen = if k < self.prefix.len() {
+        let mut frame = Frame {
+            options: options.len().max(1),
+            free: point.free.max(1),
+            chosen: 0,
+            spent,
+            actors: options.iter().map(|o| actor(point.cpu, o)).collect(),
+            task: point.task,
+            asleep,
+            ran: None,
+            continued: false,
+        };
+        frame.chosen = if k < self.prefix.len() {
             self.prefix[k].min(options.len().saturating_sub(1))
         } else {
             if self.prune {
                 if let Some(digest) = point.digest {
                     // Remaining budget, `u32::MAX` when unbounded.
                     let left = self.bound.map_or(u32::MAX, |b| b.saturating_sub(spent));
-                    match self.visited.get(&digest) {
-                        Some(&seen) if seen >= left => {
-                            self.pruned = true;
-                            return None;
-                        }
-                        _ => {
-                            self.visited.insert(digest, left);
-                        }
+                    let mask = frame.asleep_mask();
+                    let seen = self.visited.entry(digest).or_default();
+                    // Explored before with as much budget and no more
+                    // CPUs asleep: everything from here was covered.
+                    if seen.iter().any(|&(b, m)| b >= left && m & !mask == 0) {
+                        self.pruned = true;
+                        return None;
                     }
+                    seen.retain(|&(b, m)| !(left >= b && mask & !m == 0));
+                    seen.push((left, mask));
                 }
             }
             0
         };
-        self.frames.push(Frame {
-            options: options.len().max(1),
-            free: point.free.max(1),
-            chosen,
-            spent,
-        });
+        let chosen = frame.chosen;
+        self.frames.push(frame);
         Some(chosen)
     }
 }
@@ -282,6 +409,8 @@ impl Explorer {
         let start = Instant::now();
         let mut report = Report::default();
         let mut visited = HashMap::new();
+        let mut explored: Vec<Vec<Sleeper>> = Vec::new();
+        let partial_order = self.bounds.partial_order && system.partial_order();
         let mut prefix: Vec<usize> = Vec::new();
         loop {
             if self
@@ -301,11 +430,19 @@ impl Explorer {
                 frames: Vec::new(),
                 bound: self.bounds.preemptions,
                 prune: self.bounds.prune,
+                partial_order,
+                explored: &explored,
                 visited: &mut visited,
+                segment: None,
                 pruned: false,
             };
             let outcome = system.run(&mut chooser);
-            let frames = chooser.frames;
+            let mut frames = chooser.frames;
+            if let (Some(last), Some(ran)) = (frames.last_mut(), chooser.segment.take()) {
+                // The stretch after the last point ran to the end of the
+                // run: known, but it reached no point of its actor.
+                last.ran = Some(Rc::new(ran));
+            }
             report.schedules += 1;
             report.choice_points += frames.len() as u64;
             if chooser.pruned {
@@ -323,7 +460,7 @@ impl Explorer {
                     break;
                 }
             }
-            match self.next_prefix(&frames) {
+            match self.next_prefix(&frames, &mut explored, &mut report.slept) {
                 Some(next) => prefix = next,
                 None => {
                     report.completion = Completion::Complete;
@@ -336,11 +473,23 @@ impl Explorer {
     }
 
     /// The prefix of the next schedule in depth-first order: the deepest
-    /// point with an untried option the budget allows.
-    fn next_prefix(&self, frames: &[Frame]) -> Option<Vec<usize>> {
+    /// point with an untried option the budget allows and whose CPU is not
+    /// asleep there. The option left behind joins that depth's explored
+    /// siblings (when it only picked a CPU and its stretch stayed that
+    /// CPU's), and deeper depths forget theirs.
+    fn next_prefix(
+        &self,
+        frames: &[Frame],
+        explored: &mut Vec<Vec<Sleeper>>,
+        slept: &mut u64,
+    ) -> Option<Vec<usize>> {
         for k in (0..frames.len()).rev() {
             let f = &frames[k];
-            let next = f.chosen + 1;
+            let mut next = f.chosen + 1;
+            while next < f.options && f.is_asleep(next) {
+                *slept += 1;
+                next += 1;
+            }
             if next >= f.options {
                 continue;
             }
@@ -352,6 +501,13 @@ impl Explorer {
             {
                 continue;
             }
+            explored.resize_with(k + 1, Vec::new);
+            if let (Some(cpu), Some(ran), true) = (f.actors[f.chosen], &f.ran, f.continued) {
+                explored[k].push(Sleeper {
+                    cpu,
+                    footprint: ran.clone(),
+                });
+            }
             let mut prefix: Vec<usize> = frames[..k].iter().map(|f| f.chosen).collect();
             prefix.push(next);
             return Some(prefix);
@@ -360,7 +516,7 @@ impl Explorer {
     }
 }
 
-fn record(found: &mut Vec<Found>, violation: Violation, trace: Trace) {
+pub(crate) fn record(found: &mut Vec<Found>, violation: Violation, trace: Trace) {
     match found
         .iter_mut()
         .find(|f| f.violation.invariant == violation.invariant)

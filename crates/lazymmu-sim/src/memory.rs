@@ -6,6 +6,8 @@ use core::cell::Cell;
 use lazymmu::addr::{PhysAddr, SpaceId};
 use lazymmu::pgtable::memory::poison;
 
+use crate::footprint::{FootprintLog, Location};
+
 /// Bytes per frame.
 pub const FRAME_BYTES: u64 = 4096;
 const WORDS: usize = 512;
@@ -37,6 +39,9 @@ pub struct PhysMemory {
     /// frame's owner and key: updated at each change, so that a digest of
     /// the memory costs nothing however much of it is in use.
     digest_sum: Cell<u64>,
+    /// What the running stretch of execution touches (the machine's whole
+    /// footprint log lives here, next to what most of it is about).
+    footprints: FootprintLog,
 }
 
 /// A 64-bit mixer (the SplitMix64 finaliser).
@@ -80,7 +85,14 @@ impl PhysMemory {
             tracking: Cell::new(false),
             poison_terms: (0..n).map(|_| Cell::new(0)).collect(),
             digest_sum: Cell::new(0),
+            footprints: FootprintLog::default(),
         }
+    }
+
+    /// The footprint log of the machine.
+    #[inline]
+    pub fn footprints(&self) -> &FootprintLog {
+        &self.footprints
     }
 
     /// Number of frames.
@@ -118,6 +130,7 @@ impl PhysMemory {
     /// When `pa` is not memory.
     #[inline]
     pub fn read(&self, pa: PhysAddr) -> u64 {
+        self.footprints.read(Location::Entry(pa));
         self.word(pa).get()
     }
 
@@ -127,6 +140,7 @@ impl PhysMemory {
     /// When `pa` is not memory.
     #[inline]
     pub fn write(&self, pa: PhysAddr, value: u64) {
+        self.footprints.write(Location::Entry(pa));
         let cell = self.word(pa);
         if self.tracking.get() {
             let index = ((pa.0 - MEMORY_BASE) / 8) as usize;
@@ -167,6 +181,7 @@ impl PhysMemory {
     /// hand out a frame last used for anything: whoever links it as a
     /// table must clear or fill it first.
     pub fn allocate(&self, owner: SpaceId, key: u8) -> Option<PhysAddr> {
+        self.footprints.write(Location::Allocator);
         let frame = match self.free.borrow_mut().pop() {
             Some(f) => f,
             None => {
@@ -224,6 +239,7 @@ impl PhysMemory {
     /// Frees a frame. Returns false (and changes nothing) when it was not
     /// allocated.
     pub fn free(&self, pa: PhysAddr) -> bool {
+        self.footprints.write(Location::Allocator);
         let Some(frame) = self.frame_of(pa) else {
             return false;
         };
@@ -240,6 +256,7 @@ impl PhysMemory {
     /// when free or not memory.
     #[inline]
     pub fn owner(&self, pa: PhysAddr) -> Option<SpaceId> {
+        self.footprints.read(Location::Allocator);
         let o = self.owner.get(self.frame_of(pa)?)?.get();
         (o != FREE).then_some(SpaceId(o))
     }
@@ -252,6 +269,7 @@ impl PhysMemory {
     /// The protection key of the frame holding `pa` (0 when not memory).
     #[inline]
     pub fn key(&self, pa: PhysAddr) -> u8 {
+        self.footprints.read(Location::Allocator);
         self.frame_of(pa).map_or(0, |f| self.key[f].get())
     }
 

@@ -18,7 +18,7 @@
 //!   before the matching `enable` (§6.5).
 
 use core::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
@@ -37,7 +37,8 @@ struct LoggedWrite {
 }
 
 /// Bits of an entry a backend may keep from the old value when it
-/// write-protects it: powerpc's `H_PAGE_HASHPTE`.
+/// write-protects it, and that a hash fault sets on its own: powerpc's
+/// `H_PAGE_HASHPTE`.
 const KEPT_BITS: u64 = lazymmu::pgtable::format::ppc_hash::HASHPTE;
 
 /// A multiplicative hash for entry addresses (8-byte aligned physical
@@ -68,6 +69,24 @@ type EntryMap<V> = HashMap<PhysAddr, V, core::hash::BuildHasherDefault<EntryHash
 struct TaskLog {
     writes: EntryMap<LoggedWrite>,
     promises: Vec<(SpaceId, u64, u64)>,
+    /// Pages whose translation the task changed (leaf entries), which no
+    /// CPU may still cache differently once the task is done. A set: a
+    /// fork or an munmap changes thousands of pages in one task.
+    changed: BTreeSet<(SpaceId, u64)>,
+}
+
+/// Bytes of the smallest page.
+const PAGE_BYTES: u64 = 4096;
+
+impl TaskLog {
+    /// Notes the page a leaf-level update changes.
+    fn changed_page(&mut self, update: &EntryUpdate) {
+        if update.level != 1 && !update.leaf {
+            return;
+        }
+        let page = (update.space, update.va.0 & !(PAGE_BYTES - 1));
+        self.changed.insert(page);
+    }
 }
 
 /// A backend with its contract checked against the machine.
@@ -79,6 +98,13 @@ pub struct Observed<B> {
     spare: RefCell<TaskLog>,
     entered: RefCell<Vec<bool>>,
     updates: Cell<u64>,
+    /// Ranges whose entries were cleared and whose flush is deferred to a
+    /// lazy purge ([`Checks::lazily_freed`]), not yet purged: the end of
+    /// each range, keyed by its space and start. The ranges never overlap
+    /// (overlapping frees are merged), so the range holding an address is
+    /// the last one starting at or below it. Every leaf write looks here,
+    /// and thousands of areas can wait for one purge.
+    lazily_freed: RefCell<BTreeMap<(SpaceId, u64), u64>>,
 }
 
 impl<B: Backend> Observed<B> {
@@ -92,6 +118,7 @@ impl<B: Backend> Observed<B> {
             spare: RefCell::new(TaskLog::default()),
             entered: RefCell::new(vec![false; cpus]),
             updates: Cell::new(0),
+            lazily_freed: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -111,6 +138,11 @@ impl<B: Backend> Observed<B> {
         for &e in self.entered.borrow().iter() {
             h.write_u8(e as u8);
         }
+        for (&(space, start), &end) in self.lazily_freed.borrow().iter() {
+            h.write_u32(space.0);
+            h.write_u64(start);
+            h.write_u64(end);
+        }
         for (t, log) in self.logs.borrow().iter().enumerate() {
             let mut writes: Vec<(u64, u64)> =
                 log.writes.iter().map(|(pa, w)| (pa.0, w.value)).collect();
@@ -125,18 +157,39 @@ impl<B: Backend> Observed<B> {
                 h.write_u64(start);
                 h.write_u64(end);
             }
+            for &(space, page) in &log.changed {
+                h.write_u32(space.0);
+                h.write_u64(page);
+            }
         }
     }
 
     /// Checks that task `task`, which has done all its work, left nothing
-    /// deferred that never took effect (§6.4: batched state is never lost).
+    /// deferred that never took effect (§6.4: batched state is never lost),
+    /// and that no CPU still caches a translation of a page whose entry
+    /// it changed other than what the walker sees (§6.1: an operation that
+    /// invalidated too little, or nothing, leaves a CPU using the old
+    /// page).
     pub fn check_finished(&self, task: usize) {
+        let changed = {
+            let mut logs = self.logs.borrow_mut();
+            logs.get_mut(task)
+                .map(|log| core::mem::take(&mut log.changed))
+                .unwrap_or_default()
+        };
+        let why = format!("t{task} finished");
+        for (space, page) in changed {
+            if self.lazily_freed_at(space, page).is_none() {
+                self.machine
+                    .check_no_stale(space, page, page + PAGE_BYTES, &why);
+            }
+        }
         let pending = {
             let logs = self.logs.borrow();
             logs.get(task).and_then(|log| {
                 log.writes
                     .iter()
-                    .find(|(&entry, w)| self.machine.walker_read(entry) != w.value)
+                    .find(|(&entry, w)| !self.in_effect(entry, self.machine.walker_read(entry), w))
                     .map(|(&entry, w)| (entry, w.value))
             })
         };
@@ -150,6 +203,44 @@ impl<B: Backend> Observed<B> {
                 ),
             );
         }
+    }
+
+    /// See [`Checks::lazily_freed`].
+    pub fn lazily_freed(&self, space: SpaceId, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let mut freed = self.lazily_freed.borrow_mut();
+        let (mut start, mut end) = (start, end);
+        // Merge with every range it touches, so that the ranges stay
+        // disjoint and the lookup below stays one step.
+        let touching: Vec<(u64, u64)> = freed
+            .range((space, 0)..=(space, end))
+            .rev()
+            .take_while(|(_, &e)| e >= start)
+            .map(|(&(_, s), &e)| (s, e))
+            .collect();
+        for (s, e) in touching {
+            freed.remove(&(space, s));
+            start = start.min(s);
+            end = end.max(e);
+        }
+        freed.insert((space, start), end);
+    }
+
+    /// See [`Checks::purged`].
+    pub fn purged(&self) {
+        self.lazily_freed.borrow_mut().clear();
+    }
+
+    /// The lazily freed range, not yet purged, holding `va` in `space`.
+    fn lazily_freed_at(&self, space: SpaceId, va: u64) -> Option<(u64, u64)> {
+        self.lazily_freed
+            .borrow()
+            .range((space, 0)..=(space, va))
+            .next_back()
+            .filter(|(_, &end)| va < end)
+            .map(|(&(_, start), &end)| (start, end))
     }
 
     /// Whether the backend is deferring on the running CPU (between
@@ -170,7 +261,7 @@ impl<B: Backend> Observed<B> {
     fn check_write(&self, entry: PhysAddr, w: LoggedWrite, invariant: Invariant, why: &str) {
         let m = &self.machine;
         let seen = m.walker_read(entry);
-        if seen != w.value {
+        if !self.in_effect(entry, seen, &w) {
             m.violation(
                 invariant,
                 format!(
@@ -190,12 +281,25 @@ impl<B: Backend> Observed<B> {
         }
     }
 
+    /// Whether the walker's `seen` at `entry` is the write `w`: its value,
+    /// or its value with `H_PAGE_HASHPTE` that a hash fault set after the
+    /// library stored exactly that value (`__hash_page_4K` updates the PTE
+    /// itself).
+    fn in_effect(&self, entry: PhysAddr, seen: u64, w: &LoggedWrite) -> bool {
+        seen == w.value
+            || (seen == w.value | KEPT_BITS && self.machine.hash_marked(entry) == Some(w.value))
+    }
+
     /// Everything the current task logged must be in effect now.
     fn settle(&self, why: &str) {
         // Swap the task's log with an empty one that keeps its capacity, so
         // that no borrow is held while checking.
         let mut pending = self.spare.take();
-        self.with_log(|log| core::mem::swap(log, &mut pending));
+        self.with_log(|log| {
+            core::mem::swap(log, &mut pending);
+            // What the task changed stays with it until it is done.
+            core::mem::swap(&mut log.changed, &mut pending.changed);
+        });
         self.machine.atomically(|| {
             for (&entry, &w) in &pending.writes {
                 self.check_write(entry, w, Invariant::WritesVisible, why);
@@ -211,6 +315,18 @@ impl<B: Backend> Observed<B> {
 
     fn after_write(&self, update: &EntryUpdate) {
         self.updates.set(self.updates.get() + 1);
+        if update.valid && update.leaf {
+            if let Some((start, end)) = self.lazily_freed_at(update.space, update.va.0) {
+                self.machine.violation(
+                    Invariant::StaleTranslation,
+                    format!(
+                        "{:#x} in space {} mapped again while [{start:#x}, {end:#x}) is lazily \
+                         freed and not yet purged: CPUs may still cache its old translations",
+                        update.va.0, update.space.0
+                    ),
+                );
+            }
+        }
         let w = LoggedWrite {
             value: update.value,
             va: update.va.0,
@@ -229,8 +345,10 @@ impl<B: Backend> Observed<B> {
         } else if self.deferring() {
             self.with_log(|log| {
                 log.writes.insert(update.entry, w);
+                log.changed_page(update);
             });
         } else {
+            self.with_log(|log| log.changed_page(update));
             self.machine.atomically(|| {
                 self.check_write(
                     update.entry,
@@ -551,6 +669,22 @@ pub trait Checks {
     fn digest(&self, h: &mut std::collections::hash_map::DefaultHasher);
     /// See [`Observed::check_finished`].
     fn check_finished(&self, task: usize);
+    /// The caller cleared the entries of `[start, end)` in `space` and
+    /// deferred their flush to a lazy purge: vmalloc's lazily freed areas
+    /// (`free_vmap_area_noflush`, mm/vmalloc.c). Linux lets every CPU keep
+    /// caching their old translations until `__purge_vmap_area_lazy`
+    /// flushes the union of the areas (`flush_tlb_kernel_range`), because
+    /// nobody uses a freed area and its addresses return to the free tree
+    /// only after that flush. So a task that finishes with such a page
+    /// still cached is no violation (§6.1 holds them to the purge's
+    /// flush instead, checked like any flush); a leaf mapped inside the
+    /// range before [`Checks::purged`] is one (the address reused while
+    /// CPUs may still cache the old page), and so is any use of a stale
+    /// translation ([`Machine::use_page`](crate::machine::Machine::use_page)).
+    fn lazily_freed(&self, space: SpaceId, start: u64, end: u64);
+    /// The lazy purge flushed every lazily freed range
+    /// (`__purge_vmap_area_lazy`): their addresses may be mapped again.
+    fn purged(&self);
 }
 
 impl<B: Backend> Checks for Observed<B> {
@@ -562,6 +696,12 @@ impl<B: Backend> Checks for Observed<B> {
     }
     fn check_finished(&self, task: usize) {
         Observed::check_finished(self, task)
+    }
+    fn lazily_freed(&self, space: SpaceId, start: u64, end: u64) {
+        Observed::lazily_freed(self, space, start, end)
+    }
+    fn purged(&self) {
+        Observed::purged(self)
     }
 }
 
@@ -580,5 +720,11 @@ where
     }
     fn check_finished(&self, task: usize) {
         self.inner().check_finished(task)
+    }
+    fn lazily_freed(&self, space: SpaceId, start: u64, end: u64) {
+        self.inner().lazily_freed(space, start, end)
+    }
+    fn purged(&self) {
+        self.inner().purged()
     }
 }

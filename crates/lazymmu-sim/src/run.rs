@@ -248,6 +248,14 @@ impl Chooser for Lent {
         // SAFETY: as above.
         unsafe { (*self.0).wants_digest() }
     }
+    fn wants_footprints(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.0).wants_footprints() }
+    }
+    fn segment(&mut self, footprint: crate::footprint::Footprint) {
+        // SAFETY: as above; never re-entrant.
+        unsafe { (*self.0).segment(footprint) }
+    }
     fn choose(&mut self, point: &ChoicePoint, options: &[crate::choice::Choice]) -> Option<usize> {
         // SAFETY: as above; the machine calls its chooser from one thread,
         // never re-entrantly.

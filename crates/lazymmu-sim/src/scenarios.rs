@@ -24,6 +24,7 @@ use crate::explore::{
 };
 use crate::machine::Offers;
 use crate::neighbours::{self, NeighbourSystem};
+use crate::pct::RandomSearch;
 use crate::run::run_with;
 use crate::scenario::{DesignKind, RunConfig};
 use crate::script::{Action, Arch, Design, Faults, Spec, TaskSpec};
@@ -60,6 +61,38 @@ const fn rb(entry: u8) -> Action {
 const fn ft(table: u8) -> Action {
     Action::FreeTable { table }
 }
+
+/// Touches user pages `[first, first + count)` on the running CPU.
+const fn touch(first: u8, count: u8) -> Action {
+    Action::Touch {
+        first,
+        count,
+        kernel: false,
+    }
+}
+
+/// Touches kernel pages `[first, first + count)` on the running CPU.
+const fn ktouch(first: u8, count: u8) -> Action {
+    Action::Touch {
+        first,
+        count,
+        kernel: true,
+    }
+}
+
+const fn zap(first: u8, count: u8) -> Action {
+    Action::Zap { first, count }
+}
+
+const fn protect(first: u8, count: u8) -> Action {
+    Action::Protect { first, count }
+}
+
+const fn zap_tables(first: u8, count: u8) -> Action {
+    Action::ZapTables { first, count }
+}
+
+use Action::{DeviceWindow as DW, Query as Q};
 
 use Action::{Disable as D, Enable as E, Pause as P, Resume as R};
 
@@ -234,14 +267,14 @@ pub fn machine_scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "irq-kernel-mapping",
-            about: "an interrupt handler updates a kernel mapping in the middle of a section",
+            about: "an interrupt handler updates a kernel mapping in the middle of a section, and asks whether lazy mode is active",
             spec: spec(
                 XenPv,
                 vec![
                     task("section", 0, &[E, w(0), E, w(1), D, w(2), D]),
                     task("cpu1", 1, &[E, w(4), D]),
                 ],
-                &[k(10)],
+                &[k(10), Q],
                 false,
             ),
         },
@@ -288,6 +321,19 @@ pub fn machine_scenarios() -> Vec<Scenario> {
             ),
         },
         Scenario {
+            name: "pkeys-window-migrate",
+            about: "arm64 with POE: a task writing outside any section migrates after reading its CPU's id, and the CPU it left takes a task preempted inside a section",
+            spec: spec(
+                Arm64Poe,
+                vec![
+                    task("section", 0, &[E, k(0), k(1), D]),
+                    task("writer", 0, &[k(4), k(5)]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        Scenario {
             name: "xen-multicall-switch",
             about: "a Xen PV context switch with a partly filled multicall buffer",
             spec: spec(
@@ -298,6 +344,163 @@ pub fn machine_scenarios() -> Vec<Scenario> {
                     task("c", 1, &[w(6)]),
                 ],
                 &[],
+                true,
+            ),
+        },
+    ]
+}
+
+/// The scenarios that drive each backend's range operations, flushes and
+/// hooks to where a contract of DESIGN.md §6 can break: a CPU caching the
+/// pages a zap or mprotect changes (the last page of the range included),
+/// another CPU's walk cache holding tables a zap frees, a switch or
+/// migration while arm64 owes barriers, a key register a section finds at
+/// a value of the task's own, a read-back inside an s390 section.
+pub fn backend_scenarios() -> Vec<Scenario> {
+    use Arch::{Arm64, Arm64Poe, PpcHash, Sparc64, X86Pks, XenPv, S390, X86};
+    let user = |arch, name, about, op: Action, handler: &[Action]| Scenario {
+        name,
+        about,
+        spec: spec(
+            arch,
+            vec![
+                task("mm", 0, &[touch(0, 4), op]),
+                task("user", 1, &[touch(0, 4)]),
+            ],
+            handler,
+            false,
+        ),
+    };
+    vec![
+        user(
+            X86,
+            "x86-munmap",
+            "x86: zap of four pages both CPUs cache, flushed locally and by shootdown",
+            zap(0, 4),
+            &[],
+        ),
+        user(
+            X86,
+            "x86-mprotect",
+            "x86: four cached pages made read-only, every downgrade invalidated",
+            protect(0, 4),
+            &[],
+        ),
+        Scenario {
+            name: "x86-free-tables",
+            about: "x86: a zap frees two emptied PTE tables through a one-frame gather batch while both CPUs' walk caches hold them",
+            spec: Spec {
+                cached_tables: vec![0, 1],
+                ..spec(
+                    X86,
+                    vec![
+                        task("exit", 0, &[zap_tables(0, 2)]),
+                        task("user", 1, &[touch(0, 2)]),
+                    ],
+                    &[],
+                    false,
+                )
+            },
+        },
+        Scenario {
+            name: "x86-pks-window",
+            about: "x86 with PKS: nested sections inside a device-memory key window of the task's own, an interrupt (exception entry and return), migration",
+            spec: spec(
+                X86Pks,
+                vec![
+                    task("a", 0, &[DW, E, k(0), E, k(1), D, D, DW]),
+                    task("b", 0, &[k(4), E, k(5), D]),
+                ],
+                &[k(10)],
+                true,
+            ),
+        },
+        Scenario {
+            name: "poe-window",
+            about: "arm64 with POE: a section inside a device-memory key window of the task's own, preemption and migration",
+            spec: spec(
+                Arm64Poe,
+                vec![
+                    task("a", 0, &[DW, E, k(0), k(1), D, DW]),
+                    task("b", 0, &[E, k(4), D]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        user(
+            XenPv,
+            "xen-munmap",
+            "Xen PV: zap of four cached pages, the flush queued as multicall entries",
+            zap(0, 4),
+            &[],
+        ),
+        user(
+            Arm64,
+            "arm64-munmap",
+            "arm64: zap of four cached pages by tlbi",
+            zap(0, 4),
+            &[],
+        ),
+        Scenario {
+            name: "arm64-barriers-migrate",
+            about: "arm64: a section maps kernel pages another CPU just found absent, and migrates there with its barriers owed",
+            spec: spec(
+                Arm64,
+                vec![
+                    task("vmap", 0, &[E, k(12), k(13), D]),
+                    task("reader", 1, &[ktouch(12, 2)]),
+                ],
+                &[],
+                true,
+            ),
+        },
+        user(
+            PpcHash,
+            "ppc-hash-mprotect",
+            "powerpc hash: four cached pages made read-only, hash invalidations batched per CPU, an interrupt mapping kernel memory",
+            protect(0, 4),
+            &[k(10)],
+        ),
+        Scenario {
+            name: "ppc-hash-remap",
+            about: "powerpc hash: two cached pages remapped inside a section, their invalidations batched until leave and no flush after it, while another CPU uses them",
+            // The other CPU's hash fault on a remapped page sets
+            // `H_PAGE_HASHPTE` in the new entry, as `__hash_page_4K` does.
+            spec: spec(
+                PpcHash,
+                vec![
+                    task("remap", 0, &[touch(0, 2), E, w(0), w(1), D]),
+                    task("user", 1, &[touch(0, 2)]),
+                ],
+                &[],
+                false,
+            ),
+        },
+        user(
+            Sparc64,
+            "sparc64-munmap",
+            "sparc64: zap of four cached pages, TSB/TLB flushes batched per CPU, an interrupt mapping kernel memory",
+            zap(0, 4),
+            &[k(10)],
+        ),
+        user(
+            S390,
+            "s390-munmap",
+            "s390: zap of four cached pages, the entries cached and applied with one IPTE",
+            zap(0, 4),
+            &[],
+        ),
+        Scenario {
+            name: "s390-read-back",
+            about: "s390: entries written and read back inside a section (served from the CPU's cache), preemption, migration, a kernel-mapping interrupt",
+            spec: spec(
+                S390,
+                vec![
+                    task("a", 0, &[E, w(0), rb(0), w(1), rb(1), D]),
+                    task("b", 0, &[E, w(4), rb(4), D]),
+                ],
+                &[k(10)],
                 true,
             ),
         },
@@ -335,10 +538,12 @@ pub struct SimScenario {
     pub config: RunConfig,
 }
 
-/// Preemption bound for the page-table workloads unless raised: their runs
-/// pass hundreds of choice points, each offering an interrupt, a remote
-/// flush and the other CPU, so bound 2 takes tens of seconds per workload.
-pub const SIM_PREEMPTIONS: u32 = 1;
+/// Preemption bound for the page-table workloads unless changed: their
+/// runs pass hundreds of choice points, each offering an interrupt, a
+/// remote flush and the other CPU. Bound 2, as for every other scenario,
+/// now that pruning, sleep sets and one thread per core keep the whole
+/// default check near a minute of CPU time in a release build.
+pub const SIM_PREEMPTIONS: u32 = 2;
 
 impl System for SimScenario {
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
@@ -349,6 +554,13 @@ impl System for SimScenario {
                 stopped: false,
             }
         })
+    }
+
+    /// A workload's programs are per task; everything they share (page
+    /// tables, frames, TLBs, lazy TLB's CPU and address-space state) is
+    /// the machine's.
+    fn partial_order(&self) -> bool {
+        true
     }
 }
 
@@ -418,6 +630,74 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
         small(
             "sim-mprotect-poe",
             "simulator mprotect on arm64-poe (key-register windows)",
+            B::Arm64Poe,
+            W::Mprotect,
+        ),
+    ]
+}
+
+/// Task names of the big scenarios.
+const BIG_TASKS: [&str; 16] = [
+    "t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9", "t10", "t11", "t12", "t13", "t14",
+    "t15",
+];
+
+/// CPUs of the big scenarios.
+pub const BIG_CPUS: usize = 8;
+
+/// Scenarios too big for exhaustive search, for `check --random`: 8 CPUs
+/// and 16 tasks, two per CPU. Not in the default check ([`all`]); found by
+/// name ([`find`]) so that their traces replay.
+pub fn random_scenarios() -> Vec<Entry> {
+    use crate::scenario::{BackendKind as B, ModeKind, WorkloadKind as W};
+    // Each task maps its own entry in a section; the odd ones nest a
+    // second section and read the entry back paused in it; an interrupt
+    // maps kernel memory on any CPU; tasks migrate.
+    let tasks = BIG_TASKS
+        .iter()
+        .enumerate()
+        .map(|(i, &name)| {
+            let e = i as u8;
+            let actions: &[Action] = if i % 2 == 0 {
+                &[E, w(e), D]
+            } else {
+                &[E, w(e), E, P, rb(e), R, D, D]
+            };
+            task(name, i % BIG_CPUS, actions)
+        })
+        .collect();
+    let script = Scenario {
+        name: "big-sections",
+        about: "8 CPUs, 16 tasks: sections (some nested, with paused read-backs), a kernel-mapping interrupt, migration",
+        spec: Spec {
+            cpus: BIG_CPUS,
+            ..spec(Arch::XenPv, tasks, &[k(10)], true)
+        },
+    };
+    let big = |name, about, backend, workload| {
+        let mut config = RunConfig::new(backend, workload, ModeKind::Lazy);
+        config.pages = 2;
+        config.cpus = BIG_CPUS;
+        config.tasks = 2 * BIG_CPUS;
+        config.rates = None;
+        config.offers = Offers::ALL;
+        Entry::Simulator(SimScenario {
+            name,
+            about,
+            config,
+        })
+    };
+    vec![
+        Entry::Machine(script),
+        big(
+            "big-sim-munmap",
+            "simulator munmap on xen-pv, 8 CPUs, 16 tasks",
+            B::XenPv,
+            W::Munmap,
+        ),
+        big(
+            "big-sim-mprotect-poe",
+            "simulator mprotect on arm64-poe, 8 CPUs, 16 tasks",
             B::Arm64Poe,
             W::Mprotect,
         ),
@@ -515,16 +795,19 @@ impl Entry {
 pub fn all() -> Vec<Entry> {
     machine_scenarios()
         .into_iter()
+        .chain(backend_scenarios())
         .map(Entry::Machine)
         .chain(simulator_scenarios().into_iter().map(Entry::Simulator))
         .chain(neighbours::scenarios().into_iter().map(Entry::Neighbour))
         .collect()
 }
 
-/// Finds a scenario by name (including `tiny`).
+/// Finds a scenario by name (including `tiny` and the big ones of
+/// [`random_scenarios`]).
 pub fn find(name: &str) -> Option<Entry> {
     all()
         .into_iter()
+        .chain(random_scenarios())
         .chain(std::iter::once(Entry::Machine(tiny())))
         .find(|s| s.name() == name)
 }
@@ -732,6 +1015,8 @@ pub struct CheckReport {
     pub variant: Variant,
     /// The limits used.
     pub bounds: Bounds,
+    /// The randomised search made instead of an exhaustive one, if so.
+    pub random: Option<RandomSearch>,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioReport>,
     /// Wall time of the whole check.
@@ -747,6 +1032,11 @@ impl CheckReport {
     /// Runs cut short at a visited state.
     pub fn pruned(&self) -> u64 {
         self.scenarios.iter().map(|s| s.report.pruned).sum()
+    }
+
+    /// Options left untried by sleep sets.
+    pub fn slept(&self) -> u64 {
+        self.scenarios.iter().map(|s| s.report.slept).sum()
     }
 
     /// Schedules per second of wall time.
@@ -788,7 +1078,10 @@ pub fn check(
 }
 
 /// As [`check`], telling `progress` the scenario being explored and how
-/// many of its schedules are done after every schedule.
+/// many of its schedules are done after every schedule. Scenarios are
+/// explored on as many threads as the machine has cores, each scenario on
+/// one thread (every run builds its own machine); the report lists them
+/// in the order given.
 pub fn check_with(
     scenarios: &[Entry],
     variant: Variant,
@@ -797,21 +1090,115 @@ pub fn check_with(
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> CheckReport {
     let start = Instant::now();
-    let reports = scenarios
-        .iter()
-        .filter_map(|s| {
-            let system = s.system(variant)?;
-            let bounds = s.bounds(bounds, sim_preemptions);
-            Some(ScenarioReport {
-                scenario: s.name().to_owned(),
-                bound: bounds.preemptions,
-                report: Explorer::new(bounds).explore_with(s.name(), &*system, progress),
-            })
+    let reports = on_every_core(scenarios, progress, |s, progress| {
+        let system = s.system(variant)?;
+        let bounds = s.bounds(bounds, sim_preemptions);
+        Some(ScenarioReport {
+            scenario: s.name().to_owned(),
+            bound: bounds.preemptions,
+            report: Explorer::new(bounds).explore_with(s.name(), &*system, progress),
         })
-        .collect();
+    });
     CheckReport {
         variant,
         bounds,
+        random: None,
+        scenarios: reports,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// The stack of each explorer worker thread: 8 MiB, a Linux main
+/// thread's default (`ulimit -s`).
+const WORKER_STACK_BYTES: usize = 8 << 20;
+
+/// Runs `search` on every scenario, spread over the machine's cores, and
+/// returns what it gives in the scenarios' order. `progress` is told, on
+/// the calling thread, how far each scenario is.
+fn on_every_core<F>(
+    scenarios: &[Entry],
+    progress: &mut dyn FnMut(Progress<'_>),
+    search: F,
+) -> Vec<ScenarioReport>
+where
+    F: Fn(&Entry, &mut dyn FnMut(Progress<'_>)) -> Option<ScenarioReport> + Sync,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(scenarios.len())
+        .max(1);
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<ScenarioReport>> = vec![None; scenarios.len()];
+    let (tell, told) = mpsc::channel::<(usize, u64)>();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let tell = tell.clone();
+                let (next, search) = (&next, &search);
+                // The main thread's stack size: a backend's per-CPU state
+                // is built on the stack (s390's 64 CPU caches), too big
+                // for a spawned thread's default 2 MiB in a debug build.
+                std::thread::Builder::new()
+                    .stack_size(WORKER_STACK_BYTES)
+                    .spawn_scoped(scope, move || {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(s) = scenarios.get(i) else { break };
+                            let report = search(s, &mut |at| {
+                                let _ = tell.send((i, at.schedules));
+                            });
+                            done.push((i, report));
+                        }
+                        done
+                    })
+                    .expect("a worker thread for the explorer")
+            })
+            .collect();
+        drop(tell);
+        for (i, schedules) in told {
+            progress(Progress {
+                scenario: scenarios[i].name(),
+                schedules,
+            });
+        }
+        for handle in handles {
+            let done = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            for (i, report) in done {
+                results[i] = report;
+            }
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
+/// Samples the schedules of `scenarios` under `variant` by PCT
+/// ([`crate::pct`]). Scenarios the variant does not apply to are left out
+/// of the report.
+pub fn sample(
+    scenarios: &[Entry],
+    variant: Variant,
+    search: RandomSearch,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> CheckReport {
+    let start = Instant::now();
+    let reports = on_every_core(scenarios, progress, |s, progress| {
+        let system = s.system(variant)?;
+        Some(ScenarioReport {
+            scenario: s.name().to_owned(),
+            bound: None,
+            report: crate::pct::sample(s.name(), &*system, search, progress),
+        })
+    });
+    CheckReport {
+        variant,
+        bounds: Bounds::default(),
+        random: Some(search),
         scenarios: reports,
         elapsed: start.elapsed(),
     }

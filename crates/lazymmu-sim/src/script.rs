@@ -16,28 +16,40 @@
 //! (the gather that frees before it flushes, single-slot stateful
 //! sections).
 
-use core::cell::{Cell, RefCell};
+use core::cell::RefCell;
 use std::collections::hash_map::DefaultHasher;
 use std::rc::Rc;
 
 use lazymmu::addr::{PageSize, PhysAddr, SpaceId, VirtAddr};
 use lazymmu::backend::arm64::Arm64;
-use lazymmu::backend::protected::{KeyFrame, Poe, Protected, StatefulProtected};
+use lazymmu::backend::ppc_hash::PpcHash;
+use lazymmu::backend::protected::{KeyFlavour, KeyFrame, Pks, Poe, Protected, StatefulProtected};
+use lazymmu::backend::s390::S390;
+use lazymmu::backend::sparc64::Sparc64;
+use lazymmu::backend::x86::X86Backend;
 use lazymmu::backend::xen_pv::XenPv;
 use lazymmu::backend::{Backend, ContextSwitch, EntryUpdate, FlushScope, PteAccess, TlbFlush};
 use lazymmu::cpu::CpuId;
+use lazymmu::cpu::KeyRegister;
+use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
 use lazymmu::mode::counters::Counters;
 use lazymmu::mode::percpu::PerCpu;
 use lazymmu::mode::stateful::{FromHooks, Stateful, StatefulArch};
 use lazymmu::mode::{ArchHooks, LazyMode, LazyState, Misuse, MisusePolicy};
-use lazymmu::pgtable::format::{Aarch64, Attributes, Format, X86_64};
-use lazymmu::pgtable::gather::Gather;
+use lazymmu::pgtable::format::{
+    Aarch64, Attributes, Format, PpcHash4K, Protection, Sparc64Sun4v, S390 as S390Format, X86_64,
+};
+use lazymmu::pgtable::gather::{Gather, FRAME_BATCH};
+use lazymmu::pgtable::ops::{Mmu, VaRange};
 
 use crate::choice::Chooser;
 use crate::events::EventKind;
 use crate::explore::{catching, RunOutcome, System};
+use crate::footprint::Location;
 use crate::invariant::Invariant;
-use crate::machine::{walk, Kernel, Machine, MachineConfig, Offers, SimCpu, SimEnv, SimFrames};
+use crate::machine::{
+    walk, Kernel, KeyModel, Machine, MachineConfig, Offers, SimCpu, SimEnv, SimFrames, SimMemory,
+};
 use crate::observed::{Checked, Checks, Observed};
 use crate::run::hardware;
 use crate::scenario::BackendKind;
@@ -45,6 +57,10 @@ use crate::world::{Exceptions, Shared};
 
 /// Entries of each modelled page table; scenarios use a few.
 pub const ENTRIES: usize = 16;
+
+/// Kernel entries mapped at boot; the others start empty (a write there
+/// maps a new page, which a CPU that looked first saw absent).
+const KERNEL_MAPPED: u64 = 8;
 
 /// Where the user entries map (one PTE table).
 const USER_VA: u64 = 0x40_0000;
@@ -90,6 +106,55 @@ pub enum Action {
         /// Which of the scenario's extra PTE tables.
         table: u8,
     },
+    /// Accesses `count` pages from entry `first` (of the kernel's table
+    /// when `kernel`) on the running CPU: its TLB caches what the walker
+    /// finds, and on arm64 a walk that finds nothing may be reused until
+    /// an `isb`. A page a CPU caches is one a later change must
+    /// invalidate.
+    Touch {
+        /// First entry.
+        first: u8,
+        /// Pages.
+        count: u8,
+        /// Whether they are kernel pages.
+        kernel: bool,
+    },
+    /// munmap of user entries `[first, first + count)`: the library's zap
+    /// with a TLB gather over every CPU.
+    Zap {
+        /// First entry.
+        first: u8,
+        /// Pages.
+        count: u8,
+    },
+    /// mprotect of user entries `[first, first + count)` to read-only: the
+    /// library's protect with a TLB gather over every CPU.
+    Protect {
+        /// First entry.
+        first: u8,
+        /// Pages.
+        count: u8,
+    },
+    /// Zaps the whole span of extra PTE tables `[first, first + count)`
+    /// through one gather whose frame batch holds one frame
+    /// ([`Gather::with_frame_batch`]): each emptied table goes through the
+    /// gather, and every table after the first finds the batch full.
+    ZapTables {
+        /// First extra table.
+        first: u8,
+        /// Tables.
+        count: u8,
+    },
+    /// Asks the lazy mode whether it is active
+    /// (`is_lazy_mmu_mode_active()`); in interrupt context the answer must
+    /// be false (DESIGN.md §2), or arch code would batch the handler's
+    /// updates (§6.2).
+    Query,
+    /// Toggles the write-disable bit of another protection key (a
+    /// device-memory window of the task, DESIGN.md §5) in the key
+    /// register: a section opened inside finds the register at a value
+    /// that is not the default, and must restore exactly that value.
+    DeviceWindow,
 }
 
 impl Action {
@@ -109,13 +174,24 @@ impl Action {
             } => ("write kernel", entry),
             Action::ReadBack { entry } => ("read back", entry),
             Action::FreeTable { table } => ("free table", table),
+            Action::Touch { first, .. } => ("touch", first),
+            Action::Zap { first, .. } => ("zap", first),
+            Action::Protect { first, .. } => ("protect", first),
+            Action::ZapTables { first, .. } => ("zap tables", first),
+            Action::Query => ("is_active", 0),
+            Action::DeviceWindow => ("device window", 0),
         }
     }
 }
 
-/// The arch a scenario runs on.
+/// The arch a scenario runs on: one per backend of the library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
+    /// x86-64 native: the library's [`X86Backend`].
+    X86,
+    /// x86-64 with page tables protected by PKS: the library's
+    /// [`Protected`] backend over [`X86Backend`].
+    X86Pks,
     /// Xen PV guest: the library's [`XenPv`] backend.
     XenPv,
     /// arm64: the library's [`Arm64`] backend.
@@ -123,14 +199,25 @@ pub enum Arch {
     /// arm64 with page tables protected by POE: the library's
     /// [`Protected`] backend over [`Arm64`].
     Arm64Poe,
+    /// powerpc with the hash MMU: the library's [`PpcHash`] backend.
+    PpcHash,
+    /// sparc64: the library's [`Sparc64`] backend.
+    Sparc64,
+    /// s390: the library's [`S390`] backend.
+    S390,
 }
 
 impl Arch {
     fn backend_kind(self) -> BackendKind {
         match self {
+            Arch::X86 => BackendKind::X86,
+            Arch::X86Pks => BackendKind::X86Pks,
             Arch::XenPv => BackendKind::XenPv,
             Arch::Arm64 => BackendKind::Arm64,
             Arch::Arm64Poe => BackendKind::Arm64Poe,
+            Arch::PpcHash => BackendKind::PpcHash,
+            Arch::Sparc64 => BackendKind::Sparc64,
+            Arch::S390 => BackendKind::S390,
         }
     }
 }
@@ -219,6 +306,79 @@ trait Library {
     /// The stateful design's open states, per task (for the digest).
     fn open_states(&self) -> usize {
         0
+    }
+    /// `is_lazy_mmu_mode_active()`.
+    fn is_active(&self) -> bool;
+    /// A range operation of the library on the scenario's user tables.
+    fn range(&self, target: &Target, op: RangeOp) -> Result<(), String>;
+}
+
+/// The tables range operations work on.
+struct Target {
+    machine: Rc<Machine>,
+    root: PhysAddr,
+    free_before_flush: bool,
+}
+
+/// A range operation of the library.
+#[derive(Clone, Copy, Debug)]
+enum RangeOp {
+    Zap(VirtAddr, u64),
+    Protect(VirtAddr, u64),
+    /// A zap through a gather whose frame batch holds one frame.
+    ZapTables(VirtAddr, u64),
+}
+
+/// Runs `op` with the library's range operations over `backend` and
+/// `lazy`, gathering over every CPU.
+fn range_op<B, L>(target: &Target, backend: &B, lazy: &L, op: RangeOp) -> Result<(), String>
+where
+    B: Backend,
+    L: LazyMode,
+{
+    let machine = &target.machine;
+    let frames = SimFrames::new(machine.clone(), SPACE);
+    let scope = FlushScope::Cpus(machine.all_cpus());
+    // SAFETY: the root and every frame the allocator hands out are the
+    // machine's page-table memory (the backend's: its CPU primitives store
+    // to the machine), built in the backend's format, which only the
+    // library changes; `lazy` drives the backend's hooks. The root is the
+    // target's and outlives the borrow.
+    let tables = unsafe {
+        Mmu::new(backend, lazy, &frames, scope).tables_at(
+            target.root,
+            SPACE,
+            VaRange::for_format::<B::Format>(false),
+        )
+    };
+    macro_rules! with_gather {
+        ($gather:expr, $batch:expr) => {{
+            let mut gather = $gather.with_frame_batch($batch);
+            let result = match op {
+                RangeOp::Zap(va, len) | RangeOp::ZapTables(va, len) => tables
+                    .zap(va, len, &mut gather)
+                    .map(|_| ())
+                    .map_err(|e| format!("zap: {e:?}")),
+                RangeOp::Protect(va, len) => tables
+                    .protect(va, len, Protection::read_only(), &mut gather)
+                    .map(|_| ())
+                    .map_err(|e| format!("protect: {e:?}")),
+            };
+            gather.finish();
+            result
+        }};
+    }
+    let batch = match op {
+        RangeOp::ZapTables(..) => 1,
+        _ => FRAME_BATCH,
+    };
+    if target.free_before_flush {
+        with_gather!(
+            Gather::new_free_before_flush(backend, &frames, SPACE, scope),
+            batch
+        )
+    } else {
+        with_gather!(Gather::new(backend, &frames, SPACE, scope), batch)
     }
 }
 
@@ -326,6 +486,12 @@ where
             _ => Ok(()),
         }
     }
+    fn is_active(&self) -> bool {
+        self.mode.is_active()
+    }
+    fn range(&self, target: &Target, op: RangeOp) -> Result<(), String> {
+        range_op(target, &*self.backend, &self.mode, op)
+    }
 }
 
 /// The stateful design: the states of each task's open sections and
@@ -386,11 +552,19 @@ where
     fn open_states(&self) -> usize {
         self.tokens.borrow().iter().map(Vec::len).sum()
     }
+    fn is_active(&self) -> bool {
+        self.mode.is_active()
+    }
+    fn range(&self, target: &Target, op: RangeOp) -> Result<(), String> {
+        range_op(target, &*self.backend, &self.mode, op)
+    }
 }
 
-type PoeInner = Observed<FlushFault<Arm64<SimCpu>>>;
-
-impl Library for StatefulLibrary<StatefulProtected<PoeInner, SimCpu, Poe>, ()> {
+impl<B, F> Library for StatefulLibrary<StatefulProtected<B, SimCpu, F>, ()>
+where
+    B: Backend + ScriptBackend,
+    F: KeyFlavour,
+{
     fn backend(&self) -> &dyn ScriptBackend {
         self.mode.inner().arch().protected()
     }
@@ -399,6 +573,12 @@ impl Library for StatefulLibrary<StatefulProtected<PoeInner, SimCpu, Poe>, ()> {
     }
     fn open_states(&self) -> usize {
         self.tokens.borrow().iter().map(Vec::len).sum()
+    }
+    fn is_active(&self) -> bool {
+        self.mode.is_active()
+    }
+    fn range(&self, target: &Target, op: RangeOp) -> Result<(), String> {
+        range_op(target, self.mode.inner().arch().protected(), &self.mode, op)
     }
 }
 
@@ -435,55 +615,55 @@ where
     }
 }
 
+/// The protected backend over `inner` with the scenario's design: the
+/// counter and per-CPU designs drive it through its hooks, the stateful
+/// design through [`StatefulProtected`].
+fn protected<B, F>(machine: &Rc<Machine>, design: Design, inner: B) -> Box<dyn Library>
+where
+    B: Backend + ScriptBackend + 'static,
+    F: KeyFlavour + 'static,
+{
+    let protected = Protected::<_, _, F>::new(inner, SimCpu::new(machine.clone()));
+    let arch = match design {
+        Design::Counters | Design::PerCpu => return unit_or_stateful(machine, design, protected),
+        Design::Stateful => StatefulProtected::new(protected),
+        Design::StatefulSingleSlot => StatefulProtected::single_slot(protected),
+    };
+    Box::new(StatefulLibrary {
+        mode: Checked::new(
+            Stateful::new(SimEnv::new(machine.clone()), arch, MisusePolicy::Count),
+            machine.clone(),
+        ),
+        tokens: RefCell::new(Vec::new()),
+        backend: (),
+    })
+}
+
 fn library(machine: &Rc<Machine>, spec: &Spec) -> Box<dyn Library> {
     let cpu = SimCpu::new(machine.clone());
     let noop = spec.faults.flush_is_noop;
-    let observed = |inner| Observed::new(inner, machine.clone());
-    match spec.arch {
-        Arch::XenPv => unit_or_stateful(
-            machine,
-            spec.design,
-            observed(FlushFault {
-                inner: XenPv::new(cpu),
-                noop,
-            }),
-        ),
-        Arch::Arm64 => unit_or_stateful(
-            machine,
-            spec.design,
+    macro_rules! observed {
+        ($inner:expr) => {
             Observed::new(
                 FlushFault {
-                    inner: Arm64::new(cpu),
+                    inner: $inner,
                     noop,
                 },
                 machine.clone(),
-            ),
-        ),
-        Arch::Arm64Poe => {
-            let inner = Observed::new(
-                FlushFault {
-                    inner: Arm64::new(cpu.clone()),
-                    noop,
-                },
-                machine.clone(),
-            );
-            let protected = Protected::<_, _, Poe>::new(inner, cpu);
-            let arch = match spec.design {
-                Design::Counters | Design::PerCpu => {
-                    return unit_or_stateful(machine, spec.design, protected)
-                }
-                Design::Stateful => StatefulProtected::new(protected),
-                Design::StatefulSingleSlot => StatefulProtected::single_slot(protected),
-            };
-            Box::new(StatefulLibrary {
-                mode: Checked::new(
-                    Stateful::new(SimEnv::new(machine.clone()), arch, MisusePolicy::Count),
-                    machine.clone(),
-                ),
-                tokens: RefCell::new(Vec::new()),
-                backend: (),
-            })
-        }
+            )
+        };
+    }
+    let design = spec.design;
+    let x86 = || X86Backend::new(SimMemory::new(machine.clone()), cpu.clone());
+    match spec.arch {
+        Arch::X86 => unit_or_stateful(machine, design, observed!(x86())),
+        Arch::X86Pks => protected::<_, Pks>(machine, design, observed!(x86())),
+        Arch::XenPv => unit_or_stateful(machine, design, observed!(XenPv::new(cpu))),
+        Arch::Arm64 => unit_or_stateful(machine, design, observed!(Arm64::new(cpu))),
+        Arch::Arm64Poe => protected::<_, Poe>(machine, design, observed!(Arm64::new(cpu))),
+        Arch::PpcHash => unit_or_stateful(machine, design, observed!(PpcHash::new(cpu))),
+        Arch::Sparc64 => unit_or_stateful(machine, design, observed!(Sparc64::new(cpu))),
+        Arch::S390 => unit_or_stateful(machine, design, observed!(S390::new(cpu))),
     }
 }
 
@@ -501,21 +681,48 @@ struct ScriptWorld {
     extra_tables: Vec<(PhysAddr, PhysAddr)>,
     /// Which table each entry index was last written in (for read-backs).
     last_kernel: RefCell<[bool; ENTRIES]>,
-    writes: Cell<u64>,
+    /// Writes each task made so far.
+    writes: RefCell<Vec<u64>>,
     frames: RefCell<Vec<Option<KeyFrame>>>,
     format: ScriptFormat,
+    /// The user tables' root, for range operations.
+    user_root: PhysAddr,
+    /// Each task's key-register values saved by its open device windows.
+    windows: RefCell<Vec<Vec<u64>>>,
 }
 
 #[derive(Clone, Copy)]
 struct ScriptFormat {
     leaf: fn(PhysAddr, Attributes) -> u64,
+    /// Bytes one PTE table maps (2 MiB; 1 MiB on s390).
+    table_span: u64,
+    /// Distance between the extra tables ([`table_stride`]).
+    table_stride: u64,
+}
+
+/// Distance between two extra PTE tables: 2 MiB, or one table's span where
+/// that is larger.
+fn table_stride<F: Format>() -> u64 {
+    (1u64 << lazymmu::pgtable::format::entry_shift::<F>(2)).max(1 << 21)
 }
 
 impl ScriptFormat {
     fn of<F: Format>() -> Self {
         Self {
             leaf: |phys, attrs| F::encode_leaf(phys, PageSize::Size4K, attrs),
+            table_span: 1 << lazymmu::pgtable::format::entry_shift::<F>(2),
+            table_stride: table_stride::<F>(),
         }
+    }
+}
+
+/// The key-register bits a device window toggles: the write-disable bit of
+/// key 2 (PKS: bit 2k+1; POE: the W bit of overlay index 2).
+fn device_window_bits(keys: KeyModel) -> u64 {
+    match keys {
+        KeyModel::None => 0,
+        KeyModel::Pks => 1 << 5,
+        KeyModel::Poe => 0b0100 << 8,
     }
 }
 
@@ -534,8 +741,27 @@ impl ScriptWorld {
     }
 
     fn write(&self, entry: u8, kernel: bool) {
-        let n = self.writes.get() + 1;
-        self.writes.set(n);
+        // Each task numbers its own writes, so that the values two tasks
+        // write do not depend on the order they run in; a script writes
+        // far fewer than 256 entries per task, and the frames stay within
+        // the few megabytes every format (and Xen's physical-to-machine
+        // map) can name.
+        let task = self.machine.current_task();
+        let n = {
+            let mut writes = self.writes.borrow_mut();
+            if writes.len() <= task {
+                writes.resize(task + 1, 0);
+            }
+            writes[task] += 1;
+            assert!(
+                writes[task] < 256,
+                "a task of a script writes at most 255 entries"
+            );
+            (task as u64) << 8 | writes[task]
+        };
+        self.machine
+            .footprints()
+            .write(Location::Object(u64::from(entry)));
         let attrs = if kernel {
             Attributes::kernel_data()
         } else {
@@ -557,16 +783,83 @@ impl ScriptWorld {
     }
 
     fn read_back(&self, entry: u8) {
+        self.machine
+            .footprints()
+            .read(Location::Object(u64::from(entry)));
         let kernel = self.last_kernel.borrow()[usize::from(entry) % ENTRIES];
         let (address, _) = self.entry_address(entry, kernel);
         let _ = self.library.backend().read_entry(address);
+    }
+
+    fn table_va(&self, table: u8) -> VirtAddr {
+        VirtAddr(TABLES_VA + u64::from(table) * self.format.table_stride)
+    }
+
+    fn touch(&self, first: u8, count: u8, kernel: bool) {
+        let space = if kernel { SpaceId::KERNEL } else { SPACE };
+        for entry in first..first.saturating_add(count) {
+            let (_, va) = self.entry_address(entry, kernel);
+            let _ = self.machine.access_in(space, va);
+        }
+    }
+
+    fn range(&self, op: RangeOp) {
+        let target = Target {
+            machine: self.machine.clone(),
+            root: self.user_root,
+            free_before_flush: self.spec.faults.free_before_flush,
+        };
+        if let Err(e) = self.library.range(&target, op) {
+            self.machine.violation(Invariant::OperationFailed, e);
+        }
+    }
+
+    fn user_range(&self, first: u8, count: u8) -> (VirtAddr, u64) {
+        let (_, va) = self.entry_address(first, false);
+        (va, u64::from(count) << 12)
+    }
+
+    /// `is_lazy_mmu_mode_active()` must answer false in interrupt context.
+    fn query(&self) {
+        let active = self.library.is_active();
+        if active && self.machine.in_interrupt() {
+            self.machine.violation(
+                Invariant::IrqImmediate,
+                "is_active() answered true in interrupt context: arch code would batch the handler's updates".into(),
+            );
+        }
+    }
+
+    /// Opens a device window of `task` (toggling another key's bits), or
+    /// closes the one it has open.
+    fn device_window(&self, task: usize) {
+        let bits = device_window_bits(self.machine.config().hardware.keys);
+        if bits == 0 {
+            return;
+        }
+        let cpu = SimCpu::new(self.machine.clone());
+        let saved = {
+            let mut windows = self.windows.borrow_mut();
+            if windows.len() <= task {
+                windows.resize_with(task + 1, Vec::new);
+            }
+            windows[task].pop()
+        };
+        match saved {
+            Some(value) => cpu.write_key(value),
+            None => {
+                let value = cpu.read_key();
+                self.windows.borrow_mut()[task].push(value);
+                cpu.write_key(value ^ bits);
+            }
+        }
     }
 
     fn free_table(&self, table: u8) {
         let Some(&(link, frame)) = self.extra_tables.get(usize::from(table)) else {
             return;
         };
-        let va = VirtAddr(TABLES_VA + (u64::from(table) << 21));
+        let va = self.table_va(table);
         let backend = self.library.backend();
         backend.write_entry(EntryUpdate {
             entry: link,
@@ -608,6 +901,38 @@ impl ScriptWorld {
             }
             Action::FreeTable { table } => {
                 self.free_table(table);
+                Ok(())
+            }
+            Action::Touch {
+                first,
+                count,
+                kernel,
+            } => {
+                self.touch(first, count, kernel);
+                Ok(())
+            }
+            Action::Zap { first, count } => {
+                let (va, len) = self.user_range(first, count);
+                self.range(RangeOp::Zap(va, len));
+                Ok(())
+            }
+            Action::Protect { first, count } => {
+                let (va, len) = self.user_range(first, count);
+                self.range(RangeOp::Protect(va, len));
+                Ok(())
+            }
+            Action::ZapTables { first, count } => {
+                let va = self.table_va(first);
+                let len = u64::from(count) * self.format.table_span;
+                self.range(RangeOp::ZapTables(va, len));
+                Ok(())
+            }
+            Action::Query => {
+                self.query();
+                Ok(())
+            }
+            Action::DeviceWindow => {
+                self.device_window(task);
                 Ok(())
             }
         };
@@ -672,10 +997,18 @@ impl Kernel for ScriptWorld {
 
     fn digest(&self, h: &mut DefaultHasher) {
         use core::hash::Hasher;
-        h.write_u64(self.writes.get());
+        for &n in self.writes.borrow().iter() {
+            h.write_u64(n);
+        }
         h.write_usize(self.library.open_states());
         for &k in self.last_kernel.borrow().iter() {
             h.write_u8(k as u8);
+        }
+        for (t, saved) in self.windows.borrow().iter().enumerate() {
+            h.write_usize(t);
+            for &v in saved {
+                h.write_u64(v);
+            }
         }
         self.library.backend().digest(h);
     }
@@ -773,7 +1106,7 @@ impl Spec {
             kernel_root,
             SpaceId::KERNEL,
             KERNEL_VA,
-            ENTRIES as u64,
+            KERNEL_MAPPED,
             Attributes::kernel_data(),
         );
         let tables = self
@@ -794,7 +1127,7 @@ impl Spec {
                     machine,
                     user_root,
                     SPACE,
-                    TABLES_VA + ((t as u64) << 21),
+                    TABLES_VA + (t as u64) * table_stride::<F>(),
                     1,
                     Attributes::user_data(),
                 )
@@ -803,6 +1136,24 @@ impl Spec {
         let first_task = machine.task_count();
         for t in &self.tasks {
             machine.add_task(t.name, SPACE, CpuId::new(t.cpu), true);
+        }
+        // The tasks are threads of one process that has run on every CPU
+        // (each CPU's TLB and walk caches may hold its translations). Each
+        // thread after the first took a user reference when it was cloned
+        // (`copy_mm` with `CLONE_VM` calls `mmget`, kernel/fork.c) and none
+        // gives it up, so `mm_users` counts them all; every CPU is in the
+        // space's `mm_cpumask` (`switch_mm` put it there). sparc64's
+        // flushes read both: `smp_flush_tlb_pending` cross-calls the mask,
+        // or nobody when the space has one user running here
+        // (arch/sparc/kernel/smp_64.c).
+        let threads = LazyTlb::new(SimCpu::new(machine.clone()), LazyTlbPolicy::Refcount);
+        for _ in self.tasks.iter().skip(1) {
+            threads
+                .mmget(SPACE)
+                .expect("the scenario's space is live while it is set up");
+        }
+        for cpu in machine.all_cpus().iter() {
+            machine.space(SPACE).join_cpumask(cpu);
         }
         let world = Rc::new(ScriptWorld {
             machine: machine.clone(),
@@ -813,9 +1164,11 @@ impl Spec {
             kernel_table,
             extra_tables,
             last_kernel: RefCell::new([false; ENTRIES]),
-            writes: Cell::new(0),
+            writes: RefCell::new(Vec::new()),
             frames: RefCell::new(Vec::new()),
             format: ScriptFormat::of::<F>(),
+            user_root,
+            windows: RefCell::new(Vec::new()),
         });
         machine.set_kernel(world.clone());
         // Every CPU's paging-structure caches hold the cached tables: each
@@ -823,7 +1176,7 @@ impl Spec {
         for cpu in (0..machine.cpu_count()).map(CpuId::new) {
             machine.set_cpu(cpu);
             for &t in &self.cached_tables {
-                let va = VirtAddr(TABLES_VA + (u64::from(t) << 21));
+                let va = VirtAddr(TABLES_VA + u64::from(t) * table_stride::<F>());
                 let _ = machine.access_in(SPACE, va);
             }
         }
@@ -844,8 +1197,11 @@ impl Spec {
         catching(|| {
             let machine = Rc::new(Machine::new(self.machine()));
             match self.arch {
-                Arch::XenPv => drop(self.world::<X86_64>(&machine)),
+                Arch::X86 | Arch::X86Pks | Arch::XenPv => drop(self.world::<X86_64>(&machine)),
                 Arch::Arm64 | Arch::Arm64Poe => drop(self.world::<Aarch64>(&machine)),
+                Arch::PpcHash => drop(self.world::<PpcHash4K>(&machine)),
+                Arch::Sparc64 => drop(self.world::<Sparc64Sun4v>(&machine)),
+                Arch::S390 => drop(self.world::<S390Format>(&machine)),
             }
             crate::run::lend_to(&machine, chooser, || machine.run());
             let violation = machine.violations().into_iter().next();
@@ -859,5 +1215,12 @@ impl Spec {
 impl System for Spec {
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
         self.run_once(chooser)
+    }
+
+    /// What the scripts share across CPUs is the machine's, or recorded
+    /// (which entry each index was last written in); the library's lazy
+    /// modes and backends keep their state per task or per CPU.
+    fn partial_order(&self) -> bool {
+        true
     }
 }

@@ -593,3 +593,101 @@ fn freeing_page_tables_before_the_flush_is_caught() {
         }
     }
 }
+
+/// vmalloc's lazily freed areas (`free_vmap_area_noflush`,
+/// mm/vmalloc.c): CPUs may go on caching a freed area's old translations
+/// until `__purge_vmap_area_lazy` flushes it, since nobody uses a freed area
+/// and its addresses are handed out again only after that flush. A task
+/// that finishes with such a page cached is no violation; the same page
+/// cleared without the deferral is, and so is mapping the address again
+/// before the purge.
+#[test]
+fn a_lazily_freed_area_may_stay_cached_until_the_purge_but_not_be_reused() {
+    let cleared_and_finished = |deferred: bool| {
+        let (m, pte) = machine(hardware(BackendKind::X86));
+        assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)));
+        let backend = Observed::new(x86(&m), m.clone());
+        backend.write_entry(update(pte, 0));
+        if deferred {
+            backend.lazily_freed(SpaceId(1), VA, VA + 4096);
+        }
+        backend.check_finished(m.current_task());
+        (m, pte, backend)
+    };
+    let (m, _, _) = cleared_and_finished(false);
+    let v = m.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].invariant, Invariant::StaleTranslation);
+    assert!(v[0].detail.contains("finished"), "{}", v[0].detail);
+
+    let (m, pte, backend) = cleared_and_finished(true);
+    assert_eq!(m.violation_count(), 0, "{:?}", m.violations());
+    backend.write_entry(update(pte, 0x8000_0000 | LEAF));
+    let v = m.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].invariant, Invariant::StaleTranslation);
+    assert!(v[0].detail.contains("lazily freed"), "{}", v[0].detail);
+
+    // After the purge the address may be mapped again.
+    let (m, pte, backend) = cleared_and_finished(true);
+    backend.flush_range(
+        SpaceId(1),
+        VirtAddr(VA),
+        VirtAddr(VA + 4096),
+        PageSize::Size4K,
+        FlushScope::Local,
+    );
+    backend.purged();
+    backend.write_entry(update(pte, 0x8000_0000 | LEAF));
+    assert_eq!(m.violation_count(), 0, "{:?}", m.violations());
+}
+
+/// powerpc hash: the hash-fault handler (`__hash_page_4K`,
+/// arch/powerpc/mm/book3s64/hash_4k.c) sets `H_PAGE_HASHPTE` in the PTE
+/// itself when a CPU first uses the page. A task's write whose entry a
+/// fault marked since is in effect; the same bit in the entry when the
+/// task's write cleared it, with no fault since, is a lost write.
+#[test]
+fn a_hash_fault_marking_a_written_entry_is_no_lost_write() {
+    // The fault marks the entry after the task's write: in effect.
+    let (m, pte) = machine(hardware(BackendKind::PpcHash));
+    let backend = Observed::new(x86(&m), m.clone());
+    remap_in_a_section(&m, pte, backend, false);
+    assert_eq!(m.violation_count(), 0, "{:?}", m.violations());
+    // The write that would clear the bit is lost: the bit is the fault's
+    // from before the write.
+    let (m, pte) = machine(hardware(BackendKind::PpcHash));
+    let backend = Observed::new(DropsWrites(x86(&m)), m.clone());
+    remap_in_a_section(&m, pte, backend, true);
+    let v = m.violations();
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert_eq!(v[0].invariant, Invariant::WritesVisible, "{}", v[0]);
+}
+
+/// Remaps `VA` to another page inside a section (the PTE at `pte`, clear
+/// of `H_PAGE_HASHPTE`), with a hash fault on `VA` before the section
+/// (`fault_first`) or after the write.
+fn remap_in_a_section<B: Backend + 'static>(
+    m: &Rc<Machine>,
+    pte: PhysAddr,
+    backend: Observed<B>,
+    fault_first: bool,
+) {
+    const HASHPTE: u64 = lazymmu::pgtable::format::ppc_hash::HASHPTE;
+    if fault_first {
+        assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)));
+        assert_ne!(m.memory().read(pte) & HASHPTE, 0, "the fault marks the PTE");
+    }
+    let backend = Rc::new(backend);
+    let mode = Counters::new(
+        SimEnv::new(m.clone()),
+        Shared(backend.clone()),
+        MisusePolicy::Count,
+    );
+    let _s = mode.section();
+    backend.write_entry(update(pte, 0x9000_0000 | LEAF));
+    if !fault_first {
+        assert!(matches!(m.access(VirtAddr(VA)), Access::Hit(_)));
+        assert_ne!(m.memory().read(pte) & HASHPTE, 0, "the fault marks the PTE");
+    }
+}

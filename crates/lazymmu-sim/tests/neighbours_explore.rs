@@ -35,6 +35,7 @@ fn explore(
         prune: false,
         max_schedules: None,
         stop_at_first: true,
+        partial_order: false,
     });
     let system = Workload(run);
     let report = explorer.explore("neighbour", &system);

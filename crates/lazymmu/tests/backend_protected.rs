@@ -318,11 +318,28 @@ fn a_double_enter_is_reported_and_leave_still_restores_the_default() {
     let protected = Arm64Poe::arm64_poe(&machine);
     protected.enter();
     protected.enter();
-    assert_eq!(machine.bugs(BackendBug::DoubleEnter), 1);
+    // The wrapper and the arm64 backend each keep a lazy flag, and each
+    // reports.
+    assert_eq!(machine.bugs(BackendBug::DoubleEnter), 2);
     protected.write_entry(kernel_pte(0, page(0)));
     protected.leave();
     assert_eq!(machine.key(), Poe::DEFAULT);
     assert_eq!(machine.faults(), 0);
+}
+
+#[test]
+fn x86_pks_reports_a_double_enter_though_the_native_backend_keeps_no_state() {
+    use lazymmu::backend::protected::X86Pks;
+    use lazymmu::mode::ArchHooks;
+
+    let machine = protected_machine::<Pks>();
+    let pks = X86Pks::x86_pks(&machine, &machine, &machine);
+    pks.enter();
+    assert_eq!(machine.bugs(BackendBug::DoubleEnter), 0);
+    pks.enter();
+    assert_eq!(machine.bugs(BackendBug::DoubleEnter), 1);
+    pks.leave();
+    assert_eq!(machine.key(), Pks::DEFAULT);
 }
 
 /// The name of the page-table format a backend writes.

@@ -40,6 +40,7 @@ pub use topology::{Distance, Topology};
 use crate::choice::{Chooser, Sequential};
 use crate::cost::{Cost, CostModel, Counts, Platform, Primitive};
 use crate::events::{Event, EventKind, EventRing};
+use crate::footprint::{FootprintLog, Location};
 use crate::invariant::{Invariant, Violation};
 use crate::memory::PhysMemory;
 use crate::tlb::{Tlb, TlbEntry};
@@ -458,6 +459,10 @@ pub struct Machine {
     lines: RefCell<HashMap<SharedLine, Line, BuildHasherDefault<LineHasher>>>,
     line_waits: Cell<u64>,
     stcx_failures: Cell<u64>,
+    /// PTEs a hash fault marked (`H_PAGE_HASHPTE`) since the library last
+    /// stored to them, with the value the fault found:
+    /// [`Machine::hash_marked`].
+    hash_marked: RefCell<HashMap<PhysAddr, u64>>,
     timeline: timeline::Timeline,
     table_finder: Cell<Option<TableFinder>>,
     unlinked: RefCell<HashMap<SpaceId, Unlinked>>,
@@ -586,6 +591,7 @@ impl Machine {
             lines: RefCell::new(HashMap::default()),
             line_waits: Cell::new(0),
             stcx_failures: Cell::new(0),
+            hash_marked: RefCell::new(HashMap::new()),
             timeline: timeline::Timeline::new(),
             table_finder: Cell::new(None),
             unlinked: RefCell::new(HashMap::new()),
@@ -604,16 +610,26 @@ impl Machine {
         &self.config
     }
 
+    /// What the running stretch of execution touches
+    /// ([`crate::footprint`]); kernels record their own shared objects in
+    /// it.
+    #[inline]
+    pub fn footprints(&self) -> &FootprintLog {
+        self.memory.footprints()
+    }
+
     /// Installs the chooser that resolves choice points.
     pub fn set_chooser(&self, chooser: Box<dyn Chooser>) {
         if chooser.wants_digest() {
             self.memory.track_digest();
         }
+        self.footprints().set_recording(chooser.wants_footprints());
         self.sched.set_chooser(chooser);
     }
 
     /// Takes the chooser back (a [`Sequential`] one takes its place).
     pub fn take_chooser(&self) -> Box<dyn Chooser> {
+        self.footprints().set_recording(false);
         self.sched.take_chooser(Box::new(Sequential))
     }
 
@@ -830,6 +846,7 @@ impl Machine {
 
     /// A copy of a task.
     pub fn task(&self, id: usize) -> Task {
+        self.footprints().read(Location::Task(id));
         self.tasks.borrow()[id].clone()
     }
 
@@ -859,11 +876,13 @@ impl Machine {
 
     /// The task's `mm` and `active_mm` (lazy TLB).
     pub fn task_mm(&self, id: usize) -> &TaskMm {
+        self.footprints().write(Location::Task(id));
         &self.task_mm[id]
     }
 
     /// The task's protection-key window state.
     pub fn task_key_state(&self, id: usize) -> &TaskKeyState {
+        self.footprints().write(Location::Task(id));
         &self.task_keys[id]
     }
 
@@ -872,6 +891,7 @@ impl Machine {
     /// # Panics
     /// When `id` is beyond the machine's spaces.
     pub fn space(&self, id: SpaceId) -> &AddressSpace {
+        self.footprints().write(Location::Space(id));
         &self.spaces[id.0 as usize]
     }
 
@@ -933,11 +953,13 @@ impl Machine {
 
     /// The lazy-TLB state of `cpu` (bringing it online).
     pub fn cpu_tlb_state(&self, cpu: CpuId) -> &CpuTlbState {
+        self.footprints().write(Location::Cpu(cpu));
         &self.cpus.get(cpu.index()).lazy_tlb
     }
 
     /// The protection-key window state of `cpu` (bringing it online).
     pub fn cpu_key_state(&self, cpu: CpuId) -> &CpuKeyState {
+        self.footprints().write(Location::Cpu(cpu));
         &self.cpus.get(cpu.index()).keys
     }
 
@@ -949,6 +971,7 @@ impl Machine {
 
     /// The task running on `cpu`.
     pub fn task_on(&self, cpu: CpuId) -> usize {
+        self.footprints().read(Location::Cpu(cpu));
         self.cpus
             .peek(cpu.index())
             .map_or(cpu.index(), |c| c.current.get())
@@ -963,6 +986,7 @@ impl Machine {
 
     /// The address space whose root `cpu` has loaded.
     pub fn loaded_space(&self, cpu: CpuId) -> SpaceId {
+        self.footprints().read(Location::Cpu(cpu));
         self.cpus
             .peek(cpu.index())
             .map_or(SpaceId::KERNEL, |c| c.loaded.get())
@@ -972,6 +996,7 @@ impl Machine {
     #[inline]
     pub fn lazy_state(&self) -> LazyState {
         let t = self.current_task();
+        self.footprints().read(Location::Task(t));
         self.tasks.borrow()[t].lazy
     }
 
@@ -979,6 +1004,7 @@ impl Machine {
     #[inline]
     pub fn set_lazy_state(&self, state: LazyState) {
         let t = self.current_task();
+        self.footprints().write(Location::Task(t));
         self.tasks.borrow_mut()[t].lazy = state;
         self.log(EventKind::LazyState(state));
     }
@@ -986,12 +1012,14 @@ impl Machine {
     /// The running CPU's lazy state (the per-CPU design).
     #[inline]
     pub fn cpu_lazy_state(&self) -> LazyState {
+        self.footprints().read(Location::Cpu(self.cpu()));
         self.here().lazy.get()
     }
 
     /// Stores the running CPU's lazy state (the per-CPU design).
     #[inline]
     pub fn set_cpu_lazy_state(&self, state: LazyState) {
+        self.footprints().write(Location::Cpu(self.cpu()));
         self.here().lazy.set(state);
         self.log(EventKind::LazyState(state));
     }
@@ -999,24 +1027,28 @@ impl Machine {
     /// The current task's copy `slot` of the key register.
     pub fn task_key(&self, slot: usize) -> Option<u64> {
         let t = self.current_task();
+        self.footprints().read(Location::Task(t));
         self.tasks.borrow()[t].keys[slot]
     }
 
     /// Stores the current task's copy `slot` of the key register.
     pub fn set_task_key(&self, slot: usize, value: u64) {
         let t = self.current_task();
+        self.footprints().write(Location::Task(t));
         self.tasks.borrow_mut()[t].keys[slot] = Some(value);
     }
 
     /// The current task's arch slot.
     pub fn task_arch(&self) -> u64 {
         let t = self.current_task();
+        self.footprints().read(Location::Task(t));
         self.tasks.borrow()[t].arch
     }
 
     /// Sets the current task's arch slot.
     pub fn set_task_arch(&self, value: u64) {
         let t = self.current_task();
+        self.footprints().write(Location::Task(t));
         self.tasks.borrow_mut()[t].arch = value;
     }
 
@@ -1061,11 +1093,13 @@ impl Machine {
     /// The running CPU's key register.
     #[inline]
     pub fn key(&self) -> u64 {
+        self.footprints().read(Location::Cpu(self.cpu()));
         self.here().key.get()
     }
 
     /// The key register of `cpu`.
     pub fn key_of(&self, cpu: CpuId) -> u64 {
+        self.footprints().read(Location::Cpu(cpu));
         self.cpus
             .peek(cpu.index())
             .map_or(self.config.hardware.default_key, |c| c.key.get())
@@ -1073,6 +1107,7 @@ impl Machine {
 
     /// Writes the running CPU's key register (costed).
     pub fn key_write(&self, value: u64) {
+        self.footprints().write(Location::Cpu(self.cpu()));
         self.here().key.set(value);
         self.charge(Primitive::KeyWrite, 1);
     }
@@ -1162,6 +1197,7 @@ impl Machine {
 
     /// Sets s390's `flush_mm` flag of `space`.
     pub fn set_flush_mm(&self, space: SpaceId) {
+        self.footprints().write(Location::Space(space));
         if let Some(flag) = self.flush_mm.get(space.0 as usize) {
             flag.set(true);
         }
@@ -1169,6 +1205,7 @@ impl Machine {
 
     /// Clears s390's `flush_mm` flag of `space`; returns whether it was set.
     pub fn take_flush_mm(&self, space: SpaceId) -> bool {
+        self.footprints().write(Location::Space(space));
         self.flush_mm
             .get(space.0 as usize)
             .is_some_and(|flag| flag.replace(false))
@@ -1177,6 +1214,7 @@ impl Machine {
     /// Pins (`true`) or unpins `space`'s page tables on a Xen PV guest: an
     /// unpinned table is writable to the guest.
     pub fn set_pinned(&self, space: SpaceId, pinned: bool) {
+        self.footprints().write(Location::Space(space));
         if let Some(flag) = self.unpinned.get(space.0 as usize) {
             flag.set(!pinned);
         }
@@ -1185,8 +1223,12 @@ impl Machine {
     /// Whether the page-table frame holding `entry` belongs to a space
     /// whose tables are pinned (read-only to a Xen PV guest).
     pub fn pinned(&self, entry: PhysAddr) -> bool {
+        self.footprints().read(Location::Allocator);
         match self.memory.owner(entry) {
-            Some(owner) => !self.unpinned.get(owner.0 as usize).is_some_and(Cell::get),
+            Some(owner) => {
+                self.footprints().read(Location::Space(owner));
+                !self.unpinned.get(owner.0 as usize).is_some_and(Cell::get)
+            }
             None => true,
         }
     }
@@ -1429,6 +1471,7 @@ impl Machine {
 
     #[cold]
     fn publish_remote_store(&self, entry: PhysAddr) {
+        self.footprints().write(Location::Entry(entry));
         let here = self.current.get().index();
         for (i, cpu) in self.cpus.iter() {
             if i == here {
@@ -1443,11 +1486,19 @@ impl Machine {
         }
     }
 
+    /// The value a hash fault found in the entry at `entry` when it set
+    /// `H_PAGE_HASHPTE` there (`__hash_page_4K` updates the PTE itself),
+    /// if it did so since the library last stored to the entry.
+    pub fn hash_marked(&self, entry: PhysAddr) -> Option<u64> {
+        self.hash_marked.borrow().get(&entry).copied()
+    }
+
     /// Reads an entry as the hardware walker sees it: an arm64 store not
     /// yet made visible by a `dsb` still shows its old value.
     #[inline]
     pub fn walker_read(&self, entry: PhysAddr) -> u64 {
         if self.pending_stores.get() > 0 {
+            self.footprints().read(Location::Entry(entry));
             for (_, cpu) in self.cpus.iter() {
                 // The oldest pending store's "before" value is what the
                 // walker still sees.
@@ -1503,6 +1554,9 @@ impl Machine {
     pub fn apply_store(&self, entry: PhysAddr, value: u64) {
         self.log(EventKind::Store { entry, value });
         let hw = self.config.hardware;
+        if hw.hash_ptes {
+            self.hash_marked.borrow_mut().remove(&entry);
+        }
         if hw.arm64_barriers && value & 1 != 0 && self.memory.owner(entry) == Some(SpaceId::KERNEL)
         {
             let old = self.memory.read(entry);
@@ -1520,12 +1574,16 @@ impl Machine {
 
     fn drain_stores(&self, cpu: CpuId) {
         let drained = core::mem::take(&mut *self.cpu_state(cpu).pending.borrow_mut());
+        for (entry, _) in &drained {
+            self.footprints().write(Location::Entry(*entry));
+        }
         self.pending_stores
             .set(self.pending_stores.get() - drained.len());
     }
 
     /// `isb`: the running CPU stops reusing stale "invalid" walks.
     pub fn isb(&self) {
+        self.footprints().write(Location::Cpu(self.cpu()));
         self.here().stale_invalid.borrow_mut().clear();
         self.charge(Primitive::Isb, 1);
     }
@@ -1572,6 +1630,7 @@ impl Machine {
     /// Checks that no CPU may still use the page-table frame `frame`, which
     /// is being freed: no cached translation was walked through it (§6.7).
     pub fn check_table_free(&self, frame: PhysAddr) {
+        self.read_every_tlb();
         let frame = frame.0 & !(crate::memory::FRAME_BYTES - 1);
         for (i, c) in self.cpus.iter() {
             let hit = c
@@ -1603,6 +1662,8 @@ impl Machine {
 
     /// A memory access by the running CPU in `space`.
     pub fn access_in(&self, space: SpaceId, va: VirtAddr) -> Access {
+        self.footprints().write(Location::Tlb(self.cpu()));
+        self.footprints().write(Location::Cpu(self.cpu()));
         let cpu = self.here();
         if let Some(e) = cpu.tlb.borrow().lookup(space, va) {
             return Access::Hit(Leaf {
@@ -1631,6 +1692,7 @@ impl Machine {
                     let marked = leaf.entry | lazymmu::pgtable::format::ppc_hash::HASHPTE;
                     if marked != leaf.entry {
                         self.memory.write(leaf.at, marked);
+                        self.hash_marked.borrow_mut().insert(leaf.at, leaf.entry);
                         leaf.entry = marked;
                     }
                 }
@@ -1683,6 +1745,7 @@ impl Machine {
     /// Whether the running CPU would fault on `va` because of a stale
     /// invalid walk it may still reuse (arm64, until `isb`).
     pub fn stale_invalid(&self, space: SpaceId, va: u64) -> bool {
+        self.footprints().read(Location::Cpu(self.cpu()));
         let page = va >> 12;
         self.here()
             .stale_invalid
@@ -1694,6 +1757,7 @@ impl Machine {
     // ----- TLB maintenance ------------------------------------------------
 
     fn invalidated(&self, cpu: CpuId, space: SpaceId) {
+        self.footprints().write(Location::Tlb(cpu));
         let mut counts = self.cpu_state(cpu).invalidations.borrow_mut();
         let i = space.0 as usize;
         if counts.len() <= i {
@@ -1728,6 +1792,7 @@ impl Machine {
 
     /// How many invalidations of `space`'s translations `cpu` has made.
     pub fn invalidations(&self, cpu: CpuId, space: SpaceId) -> u64 {
+        self.footprints().read(Location::Tlb(cpu));
         self.cpus.peek(cpu.index()).map_or(0, |c| {
             c.invalidations
                 .borrow()
@@ -1739,6 +1804,7 @@ impl Machine {
 
     /// The cached translations of CPU `cpu`.
     pub fn tlb_entries(&self, cpu: CpuId) -> Vec<TlbEntry> {
+        self.footprints().read(Location::Tlb(cpu));
         self.cpus
             .peek(cpu.index())
             .map_or_else(Vec::new, |c| c.tlb.borrow().entries().to_vec())
@@ -1749,6 +1815,7 @@ impl Machine {
     /// change.
     pub fn load_root(&self, space: SpaceId) {
         let cpu = self.current.get();
+        self.footprints().write(Location::Cpu(cpu));
         let before = self.here().loaded.replace(space);
         self.charge(Primitive::RootLoad, 1);
         if self.config.hardware.flush_on_switch && before != space {
@@ -1765,8 +1832,11 @@ impl Machine {
     /// it clean or catches up with the flushes it missed
     /// (`switch_mm_irqs_off`).
     pub fn check_no_stale(&self, space: SpaceId, start: u64, end: u64, why: &str) {
+        self.read_every_tlb();
         for (cpu, c) in self.cpus.iter() {
             if space != SpaceId::KERNEL {
+                self.footprints().read(Location::Cpu(CpuId::new(cpu)));
+                self.footprints().read(Location::Task(c.current.get()));
                 let running = self.tasks.borrow()[c.current.get()].space == space;
                 if !running || self.cpu_tlb_state(CpuId::new(cpu)).is_lazy() {
                     continue;
@@ -1805,6 +1875,15 @@ impl Machine {
         }
     }
 
+    fn read_every_tlb(&self) {
+        if !self.footprints().recording() {
+            return;
+        }
+        for cpu in (0..self.cpus.possible()).map(CpuId::new) {
+            self.footprints().read(Location::Tlb(cpu));
+        }
+    }
+
     // ----- the digest -----------------------------------------------------
 
     /// A digest of the machine state (CPUs, tasks, spaces, memory, TLBs,
@@ -1839,6 +1918,17 @@ impl Machine {
             core::hash::Hash::hash(t, &mut h);
         }
         self.memory.digest(&mut h);
+        let mut marked: Vec<(u64, u64)> = self
+            .hash_marked
+            .borrow()
+            .iter()
+            .map(|(pa, &v)| (pa.0, v))
+            .collect();
+        marked.sort_unstable();
+        for (pa, v) in marked {
+            h.write_u64(pa);
+            h.write_u64(v);
+        }
         self.sched.digest(&mut h);
         if let Some(kernel) = self.kernel() {
             kernel.digest(&mut h);

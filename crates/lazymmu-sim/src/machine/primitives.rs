@@ -72,6 +72,20 @@ impl Machine {
         }
     }
 
+    /// `smp_processor_id()` as library code reads it: the running CPU's
+    /// id, then, where the task could be preempted, a choice point, since
+    /// the id goes stale as soon as the task migrates (what Linux's
+    /// `CONFIG_DEBUG_PREEMPT` warns about as "using smp_processor_id() in
+    /// preemptible code", lib/smp_processor_id.c).
+    #[inline]
+    fn cpu_id_point(&self) -> CpuId {
+        let id = self.cpu();
+        if self.preempt_count() == 0 && !self.in_interrupt() {
+            self.choice_point(Site::Environment("cpu_id"));
+        }
+        id
+    }
+
     /// `preempt_enable()` of such a layer: a choice point at `site`.
     #[inline]
     fn layer_preempt_enable(&self, switched_off: bool, site: Site) {
@@ -87,7 +101,7 @@ impl Machine {
 impl Cpu for SimEnv {
     #[inline]
     fn cpu_id(&self) -> CpuId {
-        self.machine.cpu()
+        self.machine.cpu_id_point()
     }
 
     #[inline]
@@ -258,7 +272,7 @@ impl SimCpu {
 impl Cpu for SimCpu {
     #[inline]
     fn cpu_id(&self) -> CpuId {
-        self.machine.cpu()
+        self.machine.cpu_id_point()
     }
 
     #[inline]

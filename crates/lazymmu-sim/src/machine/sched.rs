@@ -51,6 +51,7 @@ pub(crate) struct Scheduler {
     chooser: RefCell<Box<dyn Chooser>>,
     passive: Cell<bool>,
     wants_digest: Cell<bool>,
+    wants_footprints: Cell<bool>,
     step: Cell<u64>,
     preemptions: Cell<u32>,
     preempted_in_section: Cell<u64>,
@@ -72,6 +73,7 @@ impl Scheduler {
             chooser: RefCell::new(Box::new(Sequential)),
             passive: Cell::new(true),
             wants_digest: Cell::new(false),
+            wants_footprints: Cell::new(false),
             step: Cell::new(0),
             preemptions: Cell::new(0),
             preempted_in_section: Cell::new(0),
@@ -90,12 +92,14 @@ impl Scheduler {
     pub(crate) fn set_chooser(&self, chooser: Box<dyn Chooser>) {
         self.passive.set(chooser.is_passive());
         self.wants_digest.set(chooser.wants_digest());
+        self.wants_footprints.set(chooser.wants_footprints());
         *self.chooser.borrow_mut() = chooser;
     }
 
     pub(crate) fn take_chooser(&self, replacement: Box<dyn Chooser>) -> Box<dyn Chooser> {
         self.passive.set(replacement.is_passive());
         self.wants_digest.set(replacement.wants_digest());
+        self.wants_footprints.set(replacement.wants_footprints());
         core::mem::replace(&mut *self.chooser.borrow_mut(), replacement)
     }
 
@@ -206,6 +210,7 @@ impl Machine {
         if live.len() == 1 || s.stopping.get() {
             return live[0];
         }
+        let quiet = self.footprints().quiet();
         self.mix_position(site);
         let options: Vec<Choice> = live
             .iter()
@@ -215,7 +220,8 @@ impl Machine {
             })
             .collect();
         let point = self.point(site, options.len());
-        let chosen = s.chooser.borrow_mut().choose(&point, &options);
+        let chosen = self.ask(&point, &options);
+        drop(quiet);
         match chosen {
             Some(i) if i < live.len() => {
                 s.trace.borrow_mut().push(i as u32);
@@ -235,6 +241,23 @@ impl Machine {
     /// A uniform decision among `n` alternatives.
     pub fn pick_one_of(&self, site: Site, n: usize) -> usize {
         self.pick(site, &vec![1; n])
+    }
+
+    /// Asks the chooser at `point` to pick one of `options`, handing it the
+    /// footprint of the stretch since the previous choice point first (when
+    /// it wants footprints); what the asking itself touches (the digest)
+    /// belongs to no stretch.
+    fn ask(&self, point: &ChoicePoint, options: &[Choice]) -> Option<usize> {
+        let s = &self.sched;
+        let mut chooser = s.chooser.borrow_mut();
+        if s.wants_footprints.get() {
+            chooser.segment(self.footprints().take());
+        }
+        let picked = chooser.choose(point, options);
+        if s.wants_footprints.get() {
+            drop(self.footprints().take());
+        }
+        picked
     }
 
     fn mix_position(&self, site: Site) {
@@ -272,6 +295,9 @@ impl Machine {
     #[inline(never)]
     fn choose(&self, site: Site) {
         let s = &self.sched;
+        // The options offered and the digest are the machine's own reading,
+        // part of no stretch; what the chosen option does is recorded.
+        let quiet = self.footprints().quiet();
         self.mix_position(site);
         if s.stopping.get() {
             return;
@@ -339,7 +365,8 @@ impl Machine {
             return;
         }
         let point = self.point(site, 1);
-        let picked = s.chooser.borrow_mut().choose(&point, &options);
+        let picked = self.ask(&point, &options);
+        drop(quiet);
         let choice = match picked {
             Some(i) if i < options.len() => {
                 s.trace.borrow_mut().push(i as u32);
@@ -381,7 +408,7 @@ impl Machine {
                     self.tasks.borrow()[there].state,
                     TaskState::Ready | TaskState::Busy
                 );
-                self.schedule(cpu, self.idle_task(cpu));
+                self.leave_cpu(cpu);
                 if idle {
                     self.schedule(to, task);
                     self.current.set(to);
@@ -390,6 +417,21 @@ impl Machine {
                     self.suspend(Yield::Wait(to));
                 }
             }
+        }
+    }
+
+    /// The running task leaves `cpu` (it migrates): the CPU switches to a
+    /// task preempted there, which waits for its turn as Linux's
+    /// `schedule()` would pick the next runnable task, or else to its idle
+    /// task.
+    fn leave_cpu(&self, cpu: CpuId) {
+        let waiting = self.cpu_state(cpu).preempted.borrow_mut().pop();
+        match waiting {
+            Some(next) => {
+                self.schedule(cpu, next);
+                self.sched.waiters.borrow_mut().push(next);
+            }
+            None => self.schedule(cpu, self.idle_task(cpu)),
         }
     }
 
@@ -434,6 +476,7 @@ impl Machine {
     /// restored exactly.
     pub fn interrupt(&self) {
         let Some(kernel) = self.kernel() else { return };
+        self.footprints().opaque();
         let s = &self.sched;
         s.interrupts.set(s.interrupts.get() + 1);
         let cpu = self.cpu();
@@ -456,6 +499,7 @@ impl Machine {
     }
 
     fn remote_flush(&self) {
+        self.footprints().opaque();
         let cpu = self.cpu();
         let c = self.cpu_state(cpu);
         c.irq_depth.set(c.irq_depth.get() + 1);
@@ -493,6 +537,7 @@ impl Machine {
         if prev == next {
             return;
         }
+        self.footprints().opaque();
         let saved = self.cpu();
         let last = self.tasks.borrow()[next].cpu;
         if last != cpu && self.task_on(last) == next {

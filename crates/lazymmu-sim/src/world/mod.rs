@@ -104,6 +104,41 @@ impl<B: Backend + Exceptions> Exceptions for Observed<B> {
     }
 }
 
+/// Populates, at boot, the kernel's top-level entries over the vmalloc and
+/// KASAN shadow areas of `tasks` tasks, as x86-64 has since Linux 5.9
+/// (`preallocate_vmalloc_pages()`, arch/x86/mm/init_64.c): tasks mapping
+/// there on different CPUs then never race to populate a top-level entry
+/// they share (below it each task's range has entries of its own; Linux
+/// serialises populating the lower levels with `init_mm.page_table_lock`).
+/// Memory is written directly: this is the boot state, before any check.
+fn preallocate_kernel_areas<F: Format>(machine: &Machine, root: PhysAddr, tasks: usize) {
+    use lazymmu::pgtable::format::{entry_shift, index, Entry};
+
+    let memory = machine.memory();
+    let key = machine.config().hardware.table_key;
+    let top = F::LEVELS;
+    let span = 1u64 << entry_shift::<F>(top);
+    for base in [VMALLOC_BASE, KASAN_BASE] {
+        let end = base + tasks as u64 * TASK_STRIDE;
+        let mut va = base & !(span - 1);
+        while va < end {
+            let entry = root.add(8 * index::<F>(va, top) as u64);
+            if F::decode(memory.read(entry), top) == Entry::Absent {
+                let table = memory
+                    .allocate(SpaceId::KERNEL, key)
+                    .expect("physical memory holds the kernel's top-level tables");
+                memory.zero_frame(table);
+                memory.write(entry, F::encode_table(table, top));
+            }
+            // The last top-level entry of the address space ends at 2^64.
+            let Some(next) = va.checked_add(span) else {
+                break;
+            };
+            va = next;
+        }
+    }
+}
+
 /// An `Rc`'d backend as the lazy mode's arch hooks.
 #[derive(Debug)]
 pub struct Shared<T>(pub Rc<T>);
@@ -186,6 +221,7 @@ where
             .expect("physical memory holds at least the kernel root");
         machine.set_walker(walk::<F>, kernel_root, F::is_kernel);
         machine.set_table_finder(tables_under::<F>);
+        preallocate_kernel_areas::<F>(&machine, kernel_root, config.tasks.max(1));
         let lazy_tlb = LazyTlb::new(SimCpu::new(machine.clone()), policy);
         let world = Rc::new(Self {
             machine: machine.clone(),

@@ -247,9 +247,13 @@ where
     /// `vfree` (`remove_vm_area` → `vunmap_range_noflush` →
     /// `vunmap_pte_range`, one lazy section per PTE table, the tables
     /// kept): the entries are cleared without a flush, and the area joins
-    /// the lazily freed ones; once they hold more than
-    /// [`lazy_max_pages`] pages, `purge_vmap_area_lazy` flushes their
-    /// union (`flush_tlb_kernel_range`) at once.
+    /// the lazily freed ones (`free_vmap_area_noflush`, which counts the
+    /// area's size, its guard page included, in `vmap_lazy_nr`); once they
+    /// hold more than [`lazy_max_pages`] pages, `purge_vmap_area_lazy`
+    /// flushes their union (`flush_tlb_kernel_range`) at once. Until then
+    /// CPUs may still cache the area's old translations, which the checks
+    /// allow ([`Checks::lazily_freed`]) as long as nobody maps the
+    /// addresses again.
     pub fn vfree(&self, va: u64, pages: u64) {
         let kernel = self.kernel_tables();
         let mut gather = Gather::new(
@@ -271,10 +275,13 @@ where
         self.check(r.map(|_| ()), "vfree unmap");
         let freed = gather.defer_range();
         drop(gather);
+        if let Some((start, end)) = freed {
+            self.backend.lazily_freed(SpaceId::KERNEL, start.0, end.0);
+        }
         self.charge_call(Software::VfreeCall, Software::VfreePage, pages);
         let due = {
             let mut purge = self.purge.borrow_mut();
-            purge.pages += pages;
+            purge.pages += pages + 1;
             if let Some((start, end)) = freed {
                 purge.range = Some(match purge.range {
                     Some((s, e)) => (s.min(start.0), e.max(end.0)),
@@ -293,6 +300,8 @@ where
             // between page by page and everything as a gather's.
             let mut purge = self.kernel_gather();
             purge.add_range(VirtAddr(start), VirtAddr(end), PageSize::Size4K);
+            drop(purge);
+            self.backend.purged();
         }
     }
 

@@ -303,8 +303,12 @@ impl<P: Arm64Primitives> Arm64<P> {
         self.primitives.isb();
     }
 
-    /// `queue_pte_barriers`.
+    /// `queue_pte_barriers`, with preemption disabled while the CPU's mode
+    /// is read (`is_lazy_mmu_mode_active()` reads the task's state in
+    /// Linux; here the mode is per CPU, and a task that migrated between
+    /// looking up its CPU and reading the flag would read another CPU's).
     fn queue_barriers(&self) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         if self.batching() {
             if !self.primitives.task_barriers_pending() {
                 self.primitives.set_task_barriers_pending(true);

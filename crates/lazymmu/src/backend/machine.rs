@@ -254,7 +254,11 @@ impl<T> PerCpu<T> {
         }
     }
 
-    /// The slot of the CPU `primitives` runs on.
+    /// The slot of the CPU `primitives` runs on. Call it with preemption
+    /// disabled (in a lazy-mode hook or a context-switch hook, which run
+    /// so, or under [`Cpu::preempt_guard`]) for as long as the slot is
+    /// used: a task that migrates after the lookup would go on using the
+    /// slot of the CPU it left.
     ///
     /// # Panics
     /// As [`PerCpu::get`].

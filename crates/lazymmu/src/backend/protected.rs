@@ -159,8 +159,8 @@ impl KeyFrame {
 ///   the register and closes it again: 2 register writes.
 /// - `enter` opens it once, saving the value found in the task;
 ///   `leave` restores that value exactly.
-/// - The inner backend reports double entries and leaves outside a
-///   section.
+/// - A double entry is reported by this wrapper (and by an inner
+///   backend that keeps a lazy flag of its own, such as arm64's).
 /// - [`Protected::exception_enter`] loads the default value and
 ///   [`Protected::exception_exit`] restores the interrupted one.
 ///
@@ -257,7 +257,12 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> Protected<B, K, F> {
     }
 
     /// Whether the register is open for the whole section on this CPU.
+    /// The flag is read with preemption disabled: a task that migrated
+    /// between looking up its CPU and reading the flag would read the flag
+    /// of the CPU it left, which may be in another task's section, and
+    /// write with its own register closed.
     fn in_window(&self) -> bool {
+        let _on_this_cpu = self.keys.preempt_guard();
         !self.keys.in_interrupt() && self.lazy().get()
     }
 
@@ -305,10 +310,12 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> Protected<B, K, F> {
 }
 
 impl<B: Backend, K: KeySlots, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
-    /// Opens the register, then lets the inner backend enter (which
-    /// reports a double entry itself). A second `enter` keeps the value
-    /// the first one saved, so `leave` still restores what the section
-    /// found, and only makes sure the register is open.
+    /// Opens the register, then lets the inner backend enter. A second
+    /// `enter` is reported ([`BackendBug::DoubleEnter`], invariant 3: the
+    /// inner backend may have no lazy state of its own to tell, as x86's
+    /// has none) and keeps the value the first one saved, so `leave` still
+    /// restores what the section found; it only makes sure the register
+    /// is open.
     fn enter(&self) {
         if !self.batch_key {
             self.inner.enter();
@@ -318,6 +325,8 @@ impl<B: Backend, K: KeySlots, F: KeyFlavour> ArchHooks for Protected<B, K, F> {
         let found = self.keys.read_key();
         if first {
             self.keys.set_task_key(KeySlot::Section, found);
+        } else {
+            self.keys.report(BackendBug::DoubleEnter);
         }
         let open = F::open(found);
         if open != found {

@@ -267,6 +267,7 @@ impl<P: S390Primitives> S390<P> {
     /// `set_pte_range`). What it applies was queued before, by the task
     /// that ran then.
     fn apply(&self) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         let cache = {
             let mut cache = self.cpu().cache.borrow_mut();
             if cache.count == 0 {
@@ -333,7 +334,11 @@ impl<P: S390Primitives> S390<P> {
         self.primitives.write_pte(update.entry, value);
     }
 
+    /// The CPU's mode and cache are used with preemption disabled: a task
+    /// that migrated between looking up its CPU and using it would read
+    /// another CPU's mode and cache its write where nobody applies it.
     fn update(&self, update: &EntryUpdate, value: u64, full: bool) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         if !update.leaf && update.level > 1 {
             // A table entry (`pmd_clear`, `pmd_populate`): a plain store
             // once what is cached is applied; unlinking a table sets
@@ -403,6 +408,7 @@ impl<P: S390Primitives> PteAccess for S390<P> {
     /// The cached value when the entry is cached on this CPU, memory
     /// otherwise.
     fn read_entry(&self, entry: PhysAddr) -> u64 {
+        let _on_this_cpu = self.primitives.preempt_guard();
         let cached = self.cpu().cache.borrow().get(entry);
         match cached {
             Some(value) => value,

@@ -406,10 +406,12 @@ impl<P: XenPrimitives> XenPv<P> {
     /// queued while batching, where a buffer it does not fit in is issued
     /// first; otherwise issued now.
     ///
-    /// Every primitive call may run an interrupt handler or a context
-    /// switch (even a migration), so the CPU and its mode are looked up
-    /// again after each one.
+    /// The CPU's mode and buffer are used with preemption disabled, as
+    /// `xen_mc_batch` does with interrupts off: a task that migrated
+    /// between looking up its CPU and using it would read another CPU's
+    /// mode and queue on a CPU that never issues its buffer.
     fn submit(&self, item: Submission) {
+        let _on_this_cpu = self.primitives.preempt_guard();
         loop {
             if !self.batching() {
                 match item {
@@ -472,6 +474,7 @@ impl<P: XenPrimitives> XenPv<P> {
     /// [`XenPrimitives::native_update`]). A write to the same entry still
     /// queued is issued first so the two stay in order.
     fn native(&self, update: &EntryUpdate, value: u64) -> u64 {
+        let _on_this_cpu = self.primitives.preempt_guard();
         if self.has_queued_write(update.entry) {
             self.issue();
         }
@@ -520,6 +523,7 @@ impl<P: XenPrimitives> PteAccess for XenPv<P> {
     /// guest's own queued write to the entry, if any, is the value to
     /// start from.
     fn modify_prot_start(&self, update: EntryUpdate) -> u64 {
+        let _on_this_cpu = self.primitives.preempt_guard();
         match self.queued_value(update.entry) {
             Some(value) => value,
             None => self.primitives.read_pte(update.entry),

@@ -154,6 +154,14 @@ impl AddressSpace {
         self.cpumask.store(CpuMask::single(cpu), Ordering::Release);
     }
 
+    /// Puts `cpu` in `mm_cpumask`, as `switch_mm` does when the CPU loads
+    /// the space (`cpumask_set_cpu`): for an embedder that starts with
+    /// tasks already running on their CPUs instead of switching them in
+    /// through [`LazyTlb::context_switch`].
+    pub fn join_cpumask(&self, cpu: CpuId) {
+        self.cpumask.insert(cpu, Ordering::AcqRel);
+    }
+
     /// The flush generation.
     pub fn tlb_gen(&self) -> u64 {
         self.tlb_gen.load(Ordering::Acquire)

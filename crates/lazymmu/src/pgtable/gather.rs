@@ -130,6 +130,9 @@ pub struct Gather<
     ranges: [Pending; 3],
     frames: [PhysAddr; FRAME_BATCH],
     frame_count: usize,
+    /// Frames the batch holds before a flush ([`FRAME_BATCH`] unless
+    /// limited with [`Gather::with_frame_batch`]).
+    batch: usize,
     /// Pages queued for freeing since the last flush.
     pages_queued: usize,
     /// Tearing the whole address space down (`tlb->fullmm`).
@@ -193,6 +196,7 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
             ranges: [Pending::default(); 3],
             frames: [PhysAddr(0); FRAME_BATCH],
             frame_count: 0,
+            batch: FRAME_BATCH,
             pages_queued: 0,
             full_mm: false,
             stats: GatherStats::default(),
@@ -203,6 +207,17 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
     /// The address space this gather flushes.
     pub fn space(&self) -> SpaceId {
         self.space
+    }
+
+    /// The same gather with a frame batch of `frames` (at least 1, at most
+    /// [`FRAME_BATCH`]): what Linux's gather is left with when it cannot
+    /// allocate another batch page (`tlb_next_batch` fails under
+    /// `GFP_NOWAIT` and the gather flushes with its small on-stack batch
+    /// full, mm/mmu_gather.c). A checker uses it to reach the full-batch
+    /// path with a few tables.
+    pub fn with_frame_batch(mut self, frames: usize) -> Self {
+        self.batch = frames.clamp(1, FRAME_BATCH);
+        self
     }
 
     /// Which CPUs the flush reaches.
@@ -261,7 +276,7 @@ impl<'a, B: TlbFlush + ?Sized, A: FrameAllocator + ?Sized, O: FreeOrder> Gather<
     /// Arm ARM `TLBI VAE1` invalidates walk-cache entries for the address).
     /// The leaves below were gathered when they were cleared.
     pub fn remove_table(&mut self, frame: PhysAddr, va: VirtAddr, level: u8) {
-        if self.frame_count == FRAME_BATCH {
+        if self.frame_count >= self.batch {
             self.flush();
         }
         // An entry at level 2 covers at most 2 MiB, at level 3 at most
@@ -471,6 +486,25 @@ mod tests {
                 Event::Free(0x5000)
             ]
         );
+    }
+
+    #[test]
+    fn a_full_batch_flushes_before_it_frees() {
+        let log = log(33);
+        let mut gather = Gather::new(&log, &log, SpaceId(1), FlushScope::Local).with_frame_batch(1);
+        gather.remove_table(PhysAddr(0x5000), VirtAddr(0x20_0000), 2);
+        gather.remove_table(PhysAddr(0x6000), VirtAddr(0x40_0000), 2);
+        assert_eq!(
+            *log.events.borrow(),
+            [
+                Event::Range(0x20_0000, 0x40_0000, PageSize::Size2M),
+                Event::Free(0x5000)
+            ],
+            "the second table found the batch full"
+        );
+        drop(gather);
+        assert_eq!(log.events.borrow().len(), 4);
+        assert_eq!(log.events.borrow()[3], Event::Free(0x6000));
     }
 
     #[test]
