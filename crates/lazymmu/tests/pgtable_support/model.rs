@@ -74,8 +74,12 @@ pub fn window_base<F: Format>(high: bool) -> u64 {
     }
 }
 
+/// Frames of host memory a run has: ample for two trees over the window.
+/// Under Miri, which tracks every byte of it, 512.
+const FRAMES: usize = if cfg!(miri) { 512 } else { 4096 };
+
 pub fn run<F: Format>(ops: &[Op], high: bool) {
-    let host = Host::new(4096);
+    let host = Host::new(FRAMES);
     let backend = host.backend::<F>(PARENT);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
     // SAFETY: the host allocator hands out frames of the backend's host
