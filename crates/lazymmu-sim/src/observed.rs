@@ -105,6 +105,9 @@ pub struct Observed<B> {
     /// the last one starting at or below it. Every leaf write looks here,
     /// and thousands of areas can wait for one purge.
     lazily_freed: RefCell<BTreeMap<(SpaceId, u64), u64>>,
+    /// Address spaces torn down (`exit_mmap`) and not mapped again: see
+    /// [`Observed::check_finished`].
+    torn_down: RefCell<BTreeSet<SpaceId>>,
 }
 
 impl<B: Backend> Observed<B> {
@@ -119,6 +122,7 @@ impl<B: Backend> Observed<B> {
             entered: RefCell::new(vec![false; cpus]),
             updates: Cell::new(0),
             lazily_freed: RefCell::new(BTreeMap::new()),
+            torn_down: RefCell::new(BTreeSet::new()),
         }
     }
 
@@ -137,6 +141,9 @@ impl<B: Backend> Observed<B> {
     pub fn digest(&self, h: &mut impl core::hash::Hasher) {
         for &e in self.entered.borrow().iter() {
             h.write_u8(e as u8);
+        }
+        for space in self.torn_down.borrow().iter() {
+            h.write_u32(space.0);
         }
         for (&(space, start), &end) in self.lazily_freed.borrow().iter() {
             h.write_u32(space.0);
@@ -169,7 +176,14 @@ impl<B: Backend> Observed<B> {
     /// and that no CPU still caches a translation of a page whose entry
     /// it changed other than what the walker sees (§6.1: an operation that
     /// invalidated too little, or nothing, leaves a CPU using the old
-    /// page).
+    /// page). Pages of an address space the task tore down (`exit_mmap`)
+    /// are exempt: sparc64 invalidates nothing for a full-mm teardown
+    /// (`tlb_batch_add` skips `tlb_batch_add_one` when `fullmm`,
+    /// arch/sparc/mm/tlb.c), because the space's context number goes with
+    /// it (`destroy_context`) and no CPU loads it again before
+    /// `get_new_mmu_context` flushes every TLB on its wrap; a space that
+    /// could be used again has its tables freed, which the check of
+    /// freed tables (§6.7) covers.
     pub fn check_finished(&self, task: usize) {
         let changed = {
             let mut logs = self.logs.borrow_mut();
@@ -179,7 +193,9 @@ impl<B: Backend> Observed<B> {
         };
         let why = format!("t{task} finished");
         for (space, page) in changed {
-            if self.lazily_freed_at(space, page).is_none() {
+            if self.lazily_freed_at(space, page).is_none()
+                && !self.torn_down.borrow().contains(&space)
+            {
                 self.machine
                     .check_no_stale(space, page, page + PAGE_BYTES, &why);
             }
@@ -316,6 +332,8 @@ impl<B: Backend> Observed<B> {
     fn after_write(&self, update: &EntryUpdate) {
         self.updates.set(self.updates.get() + 1);
         if update.valid && update.leaf {
+            // A mapping in a torn-down space's id: a new address space.
+            self.torn_down.borrow_mut().remove(&update.space);
             if let Some((start, end)) = self.lazily_freed_at(update.space, update.va.0) {
                 self.machine.violation(
                     Invariant::StaleTranslation,
@@ -562,6 +580,7 @@ impl<B: Backend> Backend for Observed<B> {
         self.inner.dup_mmap(child)
     }
     fn exit_mmap(&self, space: SpaceId) {
+        self.torn_down.borrow_mut().insert(space);
         self.inner.exit_mmap(space)
     }
 }

@@ -314,10 +314,21 @@ impl Machine {
         let preemptible = c.preempt.get() == 0 && !in_irq;
         let progressed = self.tasks.borrow()[task].progressed;
         let in_coroutine = s.executing.get() == Some(task);
+        // Points that exist for the scheduler (a `preempt_enable()`, where
+        // a pending preemption takes effect, and a read of the CPU id,
+        // which goes stale when the task leaves the CPU) offer it the CPU;
+        // interrupts and remote flushes land at the machine's own points,
+        // so that their injected rates do not depend on how many
+        // preemption guards a backend takes.
+        let for_scheduler = matches!(
+            site,
+            Site::Environment("cpu_id" | "preempt_enable") | Site::Primitive("preempt_enable")
+        );
         let mut options = core::mem::take(&mut *s.options.borrow_mut());
         options.clear();
         options.push(Choice::Continue);
-        if !in_irq && offers.interrupts.is_none_or(|max| s.interrupts.get() < max) {
+        if !in_irq && !for_scheduler && offers.interrupts.is_none_or(|max| s.interrupts.get() < max)
+        {
             options.push(Choice::Interrupt);
         }
         if in_coroutine && progressed {
@@ -356,7 +367,7 @@ impl Machine {
                 }
             }
         }
-        if !in_irq && offers.remote_flush && self.cpu_count() > 1 {
+        if !in_irq && !for_scheduler && offers.remote_flush && self.cpu_count() > 1 {
             options.push(Choice::RemoteFlush);
         }
         if options.len() == 1 {
