@@ -148,6 +148,14 @@ pub trait Chooser {
         false
     }
 
+    /// Whether the chooser wants the digest of the point it is shown next
+    /// (asked at every point when it [`Chooser::wants_digest`]); an
+    /// explorer replaying the prefix of a schedule needs none before the
+    /// prefix ends.
+    fn wants_digest_next(&self) -> bool {
+        self.wants_digest()
+    }
+
     /// Whether the chooser wants the [`Footprint`] of every stretch of
     /// execution between two choice points it is shown
     /// ([`Chooser::segment`]); recording them costs a little on every
@@ -176,6 +184,9 @@ impl<C: Chooser + ?Sized> Chooser for &mut C {
     }
     fn wants_digest(&self) -> bool {
         (**self).wants_digest()
+    }
+    fn wants_digest_next(&self) -> bool {
+        (**self).wants_digest_next()
     }
     fn wants_footprints(&self) -> bool {
         (**self).wants_footprints()

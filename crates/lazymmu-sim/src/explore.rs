@@ -315,6 +315,11 @@ impl Chooser for SearchChooser<'_> {
         self.prune
     }
 
+    fn wants_digest_next(&self) -> bool {
+        // Pruning looks only beyond the prefix.
+        self.prune && self.frames.len() >= self.prefix.len()
+    }
+
     fn wants_footprints(&self) -> bool {
         self.partial_order
     }

@@ -248,6 +248,10 @@ impl Chooser for Lent {
         // SAFETY: as above.
         unsafe { (*self.0).wants_digest() }
     }
+    fn wants_digest_next(&self) -> bool {
+        // SAFETY: as above.
+        unsafe { (*self.0).wants_digest_next() }
+    }
     fn wants_footprints(&self) -> bool {
         // SAFETY: as above.
         unsafe { (*self.0).wants_footprints() }

@@ -1108,6 +1108,9 @@ pub fn check_with(
     }
 }
 
+/// How often an explorer worker tells the calling thread how far it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// The stack of each explorer worker thread: 8 MiB, a Linux main
 /// thread's default (`ulimit -s`).
 const WORKER_STACK_BYTES: usize = 8 << 20;
@@ -1148,9 +1151,18 @@ where
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some(s) = scenarios.get(i) else { break };
+                            // Telling wakes the calling thread: a few
+                            // times a second is enough for a display.
+                            let mut told_at: Option<Instant> = None;
                             let report = search(s, &mut |at| {
-                                let _ = tell.send((i, at.schedules));
+                                if told_at.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                                    told_at = Some(Instant::now());
+                                    let _ = tell.send((i, at.schedules));
+                                }
                             });
+                            if let Some(r) = &report {
+                                let _ = tell.send((i, r.report.schedules));
+                            }
                             done.push((i, report));
                         }
                         done

@@ -278,7 +278,9 @@ impl Machine {
             preemptible: c.preempt.get() == 0 && c.irq_depth.get() == 0,
             preemptions: self.sched.preemptions.get(),
             free,
-            digest: self.sched.wants_digest.get().then(|| self.digest()),
+            digest: (self.sched.wants_digest.get()
+                && self.sched.chooser.borrow().wants_digest_next())
+            .then(|| self.digest()),
         }
     }
 
