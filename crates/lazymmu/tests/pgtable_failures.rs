@@ -60,8 +60,12 @@ fn attrs() -> Attributes {
     Attributes::user_data()
 }
 
+/// Frames of host memory a run takes: the trees of every scenario need
+/// fewer than 32; under Miri, whose cost grows with the host memory, 64.
+const FRAMES: usize = if cfg!(miri) { 64 } else { 512 };
+
 fn run<F: Format>(scenario: &Scenario<F>, fail_at: Option<u64>, skip_op: bool) -> Run {
-    let host = Host::new(512);
+    let host = Host::new(FRAMES);
     let backend = host.backend(SPACE);
     let lazy = Counters::new(TestEnv::default(), &backend, MisusePolicy::Panic);
     // SAFETY: the host allocator hands out frames of the backend's host

@@ -143,6 +143,8 @@ struct TaskState {
 /// A recording machine (see the module documentation).
 #[derive(Debug)]
 pub struct Recording {
+    /// The entries written, `(address, value)`, the first `memory_len`
+    /// sorted by address: every page-table access looks its entry up.
     memory: RefCell<[(u64, u64); MEMORY_ENTRIES]>,
     memory_len: Cell<usize>,
     counts: [Cell<u64>; Primitive::ALL.len()],
@@ -336,10 +338,10 @@ impl Recording {
     /// The value in memory at `entry` (0 if never written).
     pub fn read_memory(&self, entry: PhysAddr) -> u64 {
         let memory = self.memory.borrow();
-        memory[..self.memory_len.get()]
-            .iter()
-            .find(|(address, _)| *address == entry.0)
-            .map_or(0, |(_, value)| *value)
+        let stored = &memory[..self.memory_len.get()];
+        stored
+            .binary_search_by_key(&entry.0, |&(address, _)| address)
+            .map_or(0, |slot| stored[slot].1)
     }
 
     /// Stores `value` at `entry` without counting or key checks (test
@@ -350,13 +352,15 @@ impl Recording {
     pub fn set_memory(&self, entry: PhysAddr, value: u64) {
         let mut memory = self.memory.borrow_mut();
         let len = self.memory_len.get();
-        if let Some(slot) = memory[..len].iter_mut().find(|(a, _)| *a == entry.0) {
-            slot.1 = value;
-            return;
+        match memory[..len].binary_search_by_key(&entry.0, |&(address, _)| address) {
+            Ok(slot) => memory[slot].1 = value,
+            Err(slot) => {
+                assert!(len < MEMORY_ENTRIES, "recording memory full");
+                memory.copy_within(slot..len, slot + 1);
+                memory[slot] = (entry.0, value);
+                self.memory_len.set(len + 1);
+            }
         }
-        assert!(len < MEMORY_ENTRIES, "recording memory full");
-        memory[len] = (entry.0, value);
-        self.memory_len.set(len + 1);
     }
 
     fn charge(&self, primitive: Primitive, times: u64) {
@@ -711,7 +715,8 @@ unsafe impl PageTableMemory for Recording {
         self.store(entry, value);
         old
     }
-    /// Forgets the frame's entries (absent entries read as zero).
+    /// Forgets the frame's entries (absent entries read as zero), keeping
+    /// the others in order.
     fn zero_frame(&self, frame: PhysAddr) {
         let mut memory = self.memory.borrow_mut();
         let len = self.memory_len.get();
