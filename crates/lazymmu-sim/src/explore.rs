@@ -759,9 +759,9 @@ mod tests {
     /// (`(cell, write)`), one access per step. Before every step the
     /// running CPU may carry on or give another CPU with steps left its
     /// turn (a departure); a finished CPU hands over to the first thread
-    /// with steps left. Footprints
-    /// are exact and the digest is the whole state. Records every read as
-    /// (thread, step, value seen) and, per complete run, all of them.
+    /// with steps left. Footprints are exact and the digest is the whole
+    /// state. Records every read as (thread, step, value seen) and, per
+    /// complete run, all of them.
     struct Threads {
         programs: Vec<Vec<(u64, bool)>>,
         reads: RefCell<std::collections::BTreeSet<(usize, usize, u64)>>,
@@ -799,7 +799,7 @@ mod tests {
             use std::hash::{Hash, Hasher};
             let n = self.programs.len();
             let mut pc = vec![0; n];
-            let mut cells = [0u64; 3];
+            let mut cells = [0u64; 2];
             let mut seen = Vec::new();
             let log = FootprintLog::default();
             log.set_recording(true);
