@@ -1170,8 +1170,14 @@ impl Machine {
     /// page tables are freed (`should_flush_tlb`); every CPU for the
     /// kernel's space (`flush_tlb_kernel_range`).
     pub fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
+        if space == SpaceId::KERNEL {
+            return self.mm_cpumask(space);
+        }
+        // `inc_mm_tlb_gen()` before the mask and the lazy flags are read:
+        // a CPU left out catches up when it returns to the space.
+        self.space(space).inc_tlb_gen();
         let mask = self.mm_cpumask(space);
-        if space == SpaceId::KERNEL || freed_tables {
+        if freed_tables {
             return mask;
         }
         let mut targets = mask;

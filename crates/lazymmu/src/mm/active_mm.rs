@@ -167,6 +167,16 @@ impl AddressSpace {
         self.tlb_gen.load(Ordering::Acquire)
     }
 
+    /// Moves the flush generation on and returns the new one
+    /// (`inc_mm_tlb_gen()`, arch/x86/include/asm/mmu_context.h): every flush
+    /// of the space does this before it reads the mask and the lazy flags,
+    /// so that a CPU it leaves out, lazy or joining the mask after the
+    /// read, sees a newer generation when it returns to the space and
+    /// flushes then ([`LazyTlb::context_switch`]).
+    pub fn inc_tlb_gen(&self) -> u64 {
+        self.tlb_gen.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Whether the space has been freed (the embedder keeps the storage as
     /// a tombstone so that a late access is detectable).
     pub fn is_freed(&self) -> bool {
@@ -670,7 +680,7 @@ impl<M: MmMachine> LazyTlb<M> {
         // (Linux's inc_mm_tlb_gen() before the IPIs): a CPU that is skipped,
         // or joins the mask after the read, sees the new generation when it
         // next loads or returns to the space, and flushes then.
-        let gen = mm.tlb_gen.fetch_add(1, Ordering::AcqRel) + 1;
+        let gen = mm.inc_tlb_gen();
         let mask = mm.cpumask();
         let mut remote = mask.without(cpu);
         if self.policy == LazyTlbPolicy::X86 && !freed_tables {
