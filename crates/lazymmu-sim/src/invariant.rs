@@ -49,7 +49,9 @@ pub enum Invariant {
     /// A direct page-table store where the platform forbids it (Xen PV
     /// page tables are read-only to the guest).
     ForbiddenStore,
-    /// A library operation failed where the workload expected it to work.
+    /// A library operation failed where the workload expected it to work,
+    /// or returned without leaving the page tables as it promised (a
+    /// simulator workload's call checks its result).
     OperationFailed,
     /// The run panicked.
     Panic,
@@ -139,7 +141,9 @@ impl Invariant {
             Invariant::MissingSync => "every kernel access finds its top-level entry",
             Invariant::Misuse => "the library accepts every correctly nested call",
             Invariant::ForbiddenStore => "read-only page tables are never stored to directly",
-            Invariant::OperationFailed => "every library operation the workload makes succeeds",
+            Invariant::OperationFailed => {
+                "every library operation the workload makes succeeds and leaves what it promised"
+            }
             Invariant::Panic => "the run does not panic",
         }
     }
