@@ -26,7 +26,7 @@ use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::cpu::CpuId;
 use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
 use lazymmu::mode::{ArchHooks, LazyMode};
-use lazymmu::pgtable::format::{Attributes, Format, Protection};
+use lazymmu::pgtable::format::{Attributes, Entry, Format, Protection};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::ops::{ApplyMode, CopyKind, Mmu, PageTables, VaRange};
 
@@ -585,6 +585,7 @@ where
         self.machine
             .log(EventKind::Unit(self.config.workload.name()));
         self.call(p);
+        self.expect_result(p);
         p.calls += 1;
         self.progress.borrow_mut()[p.index as usize] = p.calls;
         p.calls < self.config.calls
@@ -637,6 +638,80 @@ where
             WorkloadKind::DebugPagealloc => {
                 self.touch(p.mm.space, base, pages);
                 self.debug_pagealloc_call(p, base, len);
+            }
+        }
+    }
+
+    /// What the call just made left in the task's range, read through the
+    /// hardware walker once every section of it has ended: `munmap` and
+    /// debug-pagealloc's zap leave nothing mapped, `mprotect` leaves every
+    /// page mapped where it was with the new protection, `mremap` leaves
+    /// the old range empty and the new one mapping the same pages, `fork`
+    /// leaves parent and child mapping the same pages read-only
+    /// (copy-on-write). An operation that returned without doing its work
+    /// is an `operation-failed`: the lazy-mode contracts (§6) judge only
+    /// the writes that were made, and would not see the ones that were
+    /// not. The kernel-side workloads check their mappings as they go
+    /// ([`Self::expect_mapped`]).
+    fn expect_result(&self, p: &Program) {
+        let base = self.user_base(p);
+        let phys = DATA_BASE + p.index * TASK_STRIDE;
+        let space = p.mm.space;
+        match self.config.workload {
+            WorkloadKind::Fork => {
+                self.expect_range(space, base, Some((phys, false)), "fork (parent)");
+                if let Some(child) = &p.child {
+                    self.expect_range(child.space, base, Some((phys, false)), "fork (child)");
+                }
+            }
+            WorkloadKind::Munmap => self.expect_range(space, base, None, "munmap"),
+            WorkloadKind::DebugPagealloc => {
+                self.expect_range(space, base, None, "debug-pagealloc zap")
+            }
+            WorkloadKind::Mprotect => {
+                // `call` made even calls read-only, odd ones writable.
+                let writable = p.calls % 2 == 1;
+                self.expect_range(space, base, Some((phys, writable)), "mprotect");
+            }
+            WorkloadKind::Mremap => {
+                let (from, to) = if p.calls % 2 == 0 {
+                    (base, base + MREMAP_OFFSET)
+                } else {
+                    (base + MREMAP_OFFSET, base)
+                };
+                self.expect_range(space, from, None, "mremap (old range)");
+                self.expect_range(space, to, Some((phys, true)), "mremap (new range)");
+            }
+            WorkloadKind::Exit | WorkloadKind::Vmalloc | WorkloadKind::Kasan => {}
+        }
+    }
+
+    /// Checks that each of the workload's pages from `va` in `space` is
+    /// absent (`None`), or maps 4 KiB at `phys` onwards with the given
+    /// writability; reports the first page that is not.
+    fn expect_range(&self, space: SpaceId, va: u64, expected: Option<(u64, bool)>, what: &str) {
+        for i in 0..self.config.pages {
+            let page = va + i * PAGE;
+            let got = self.machine.walk(space, page).map(|leaf| {
+                if leaf.shift != PAGE.trailing_zeros() {
+                    return Err(leaf.shift);
+                }
+                match F::decode(leaf.entry, 1) {
+                    Entry::Leaf { phys, attrs, .. } => Ok((phys.0, attrs.writable)),
+                    _ => Err(leaf.shift),
+                }
+            });
+            let want = expected.map(|(phys, writable)| Ok((phys + i * PAGE, writable)));
+            if got != want {
+                self.machine.violation(
+                    Invariant::OperationFailed,
+                    format!(
+                        "{what}: {page:#x} {}, expected {}",
+                        describe(got),
+                        describe(want)
+                    ),
+                );
+                return;
             }
         }
     }
@@ -776,6 +851,16 @@ where
                 ),
             );
         }
+    }
+}
+
+/// A page's translation as [`World::expect_range`] reports it.
+fn describe(page: Option<Result<(u64, bool), u32>>) -> String {
+    match page {
+        None => "unmapped".to_owned(),
+        Some(Ok((phys, true))) => format!("mapped writable to {phys:#x}"),
+        Some(Ok((phys, false))) => format!("mapped read-only to {phys:#x}"),
+        Some(Err(shift)) => format!("mapped by a leaf of 2^{shift} bytes"),
     }
 }
 
