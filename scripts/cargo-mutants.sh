@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+mkdir -p target/cargo-mutants
 command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 
 # A shard is every k-th mutant (round-robin), so that a shard samples
