@@ -21,11 +21,22 @@ command -v cargo-mutants >/dev/null || cargo install --locked cargo-mutants
 # A shard is every k-th mutant (round-robin), so that a shard samples
 # every file rather than a slice of a few.
 sharding=()
+listing=false
 for arg in "$@"; do
-    case "$arg" in --shard|--shard=*) sharding=(--sharding round-robin) ;; esac
+    case "$arg" in
+        --shard | --shard=*) sharding=(--sharding round-robin) ;;
+        --list | --list-files) listing=true ;;
+    esac
 done
 
+# The unmutated tree must pass first. cargo-mutants' own baseline runs the
+# tests of the mutated package (the library's), not `--test-package`'s, so
+# the script runs it here and cargo-mutants skips its own.
+test_args=(--test check -- --ignored --exact default_check_holds)
+$listing || cargo test --profile mutants -q -p lazymmu-cli "${test_args[@]}"
+
 exec cargo mutants \
+    --baseline skip \
     --profile mutants \
     --test-package lazymmu-cli \
     --output target/cargo-mutants \
@@ -37,4 +48,4 @@ exec cargo mutants \
     -e 'crates/lazymmu/src/mode/testing.rs' \
     "${sharding[@]}" \
     "$@" \
-    -- --test check -- --ignored --exact default_check_holds
+    -- "${test_args[@]}"
