@@ -317,3 +317,20 @@ fn bad_usage_exits_2_with_a_message() {
     assert!(message.contains("line longer than the limit"), "{message}");
     assert!(message.len() < 400, "the error quotes a little: {message}");
 }
+
+/// The whole default `lazymmu check`, as CI runs it, holds. Ignored by
+/// `cargo test`: in a debug build it takes many minutes, and CI runs the
+/// release CLI's check itself. `scripts/cargo-mutants.sh` runs it, in a
+/// release build, as the only test of every mutant.
+#[test]
+#[ignore = "the default check in release; run by scripts/cargo-mutants.sh"]
+fn default_check_holds() {
+    let out = lazymmu()
+        .arg("check")
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(last_line(&out), "every invariant holds");
+}
