@@ -4,8 +4,10 @@
 
 use lazymmu::addr::{PageSize, SpaceId, VirtAddr};
 use lazymmu::cpu::CpuId;
+use lazymmu::cpu::CpuMask;
 use lazymmu::mm::active_mm::{
-    FlushRange, LazyTlb, LazyTlbPolicy, LazyTlbStats, MmError, MmMachine, UseAfterFree,
+    flush_targets, FlushRange, LazyTlb, LazyTlbPolicy, LazyTlbStats, MmError, MmMachine,
+    UseAfterFree,
 };
 use lazymmu::mm::testing::TestMachine;
 use proptest::prelude::*;
@@ -230,6 +232,34 @@ fn x86_skips_lazy_cpus_and_catches_up_on_return() {
         machine.cpu_state_of(1).loaded_gen(),
         machine.space_of(x).tlb_gen()
     );
+}
+
+/// The one x86 target rule: the generation moves on whether or not a CPU
+/// is left out, every lazy CPU of the mask is left out (the flushing CPU
+/// too, as `should_flush_tlb()` is asked for it as well), and none is
+/// when page tables are freed.
+#[test]
+fn flush_targets_moves_the_generation_and_leaves_lazy_cpus_out() {
+    let machine = TestMachine::new(2);
+    let tlb = LazyTlb::new(&machine, LazyTlbPolicy::X86);
+    machine.boot(&tlb);
+    let x = machine.new_space();
+    lazy_borrower_on_cpu1(&machine, &tlb, x);
+    let gen = machine.space_of(x).tlb_gen();
+    let chosen = machine.run_on(0, |m| flush_targets(m, x, true));
+    assert_eq!(chosen.gen, gen + 1);
+    assert_eq!(machine.space_of(x).tlb_gen(), gen + 1);
+    assert_eq!(chosen.cpus, CpuMask::single(CpuId(0)));
+    assert_eq!(chosen.skipped_lazy, 1);
+    // Asked from the lazy CPU itself: it is left out of its own flush.
+    let chosen = machine.run_on(1, |m| flush_targets(m, x, true));
+    assert_eq!(chosen.cpus, CpuMask::single(CpuId(0)));
+    assert_eq!(chosen.gen, gen + 2);
+    // Freed tables: the lazy CPU is reached.
+    let chosen = machine.run_on(0, |m| flush_targets(m, x, false));
+    assert_eq!(chosen.cpus, CpuMask::single(CpuId(0)).with(CpuId(1)));
+    assert_eq!(chosen.skipped_lazy, 0);
+    assert_eq!(chosen.gen, gen + 3);
 }
 
 #[test]

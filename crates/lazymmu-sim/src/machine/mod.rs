@@ -1165,30 +1165,6 @@ impl Machine {
         self.space(space).cpumask().and(self.all_cpus())
     }
 
-    /// The CPUs an x86 flush of `space` reaches (`flush_tlb_mm_range`):
-    /// its `mm_cpumask` without the CPUs that only borrow it lazily, unless
-    /// page tables are freed (`should_flush_tlb`); every CPU for the
-    /// kernel's space (`flush_tlb_kernel_range`).
-    pub fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
-        if space == SpaceId::KERNEL {
-            return self.mm_cpumask(space);
-        }
-        // `inc_mm_tlb_gen()` before the mask and the lazy flags are read:
-        // a CPU left out catches up when it returns to the space.
-        self.space(space).inc_tlb_gen();
-        let mask = self.mm_cpumask(space);
-        if freed_tables {
-            return mask;
-        }
-        let mut targets = mask;
-        for cpu in mask.iter() {
-            if self.cpu_tlb_state(cpu).is_lazy() {
-                targets = targets.without(cpu);
-            }
-        }
-        targets
-    }
-
     /// An IPI round trip from the running CPU to the remote CPUs of
     /// `targets`: the sender interrupts them together and waits for all
     /// (`smp_call_function_many_cond`), charged once when there is any.

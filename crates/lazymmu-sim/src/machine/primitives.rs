@@ -18,8 +18,8 @@ use lazymmu::backend::x86::{RemoteFlush, X86Primitives};
 use lazymmu::backend::xen_pv::{MmuExtOp, MmuUpdate, MulticallEntry, XenPrimitives};
 use lazymmu::cpu::{Cpu, CpuId, CpuMask, KeyRegister};
 use lazymmu::mm::active_mm::{
-    check_space_free, check_tables_free, AddressSpace, CpuTlbState, FlushRange, HardwareView,
-    MmMachine, TaskMm,
+    check_space_free, check_tables_free, flush_targets, AddressSpace, CpuTlbState, FlushRange,
+    HardwareView, MmMachine, TaskMm,
 };
 use lazymmu::mm::pkey_window::{CpuKeyState, PkeyMachine, TaskKeyState};
 use lazymmu::mm::{LineAccess, SharedLine};
@@ -669,8 +669,14 @@ impl X86Primitives for SimCpu {
         m.loaded_space(m.cpu())
     }
 
+    /// Every CPU for the kernel's space (`flush_tlb_kernel_range`); for a
+    /// user space the library's [`flush_targets`] rule, leaving lazy CPUs
+    /// out unless page tables are freed.
     fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
-        self.machine.flush_targets(space, freed_tables)
+        if space == SpaceId::KERNEL {
+            return self.machine.mm_cpumask(space);
+        }
+        flush_targets(self, space, !freed_tables).cpus
     }
 
     /// The targets are interrupted together (`native_flush_tlb_multi` →

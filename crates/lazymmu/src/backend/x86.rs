@@ -91,11 +91,12 @@ pub trait X86Primitives: Cpu {
     /// unless page tables are freed (`freed_tables`; Linux's
     /// `flush_tlb_mm_range` and `should_flush_tlb`, arch/x86/mm/tlb.c);
     /// every CPU for the kernel's space (`flush_tlb_kernel_range`). The
-    /// default is every CPU. An implementation that leaves lazy CPUs out
-    /// must first move the space's flush generation on
-    /// ([`AddressSpace::inc_tlb_gen`](crate::mm::active_mm::AddressSpace::inc_tlb_gen)),
-    /// or a CPU it skipped keeps the stale translations when it returns to
-    /// the space.
+    /// default is every CPU. An implementation that keeps lazy-TLB state
+    /// ([`crate::mm::active_mm`]) answers for a user space with
+    /// [`flush_targets`](crate::mm::active_mm::flush_targets)`(self, space,
+    /// !freed_tables)`, which moves the space's flush generation on before
+    /// it leaves lazy CPUs out: without that, a CPU it skipped keeps the
+    /// stale translations when it returns to the space.
     fn flush_targets(&self, space: SpaceId, freed_tables: bool) -> CpuMask {
         let _ = (space, freed_tables);
         CpuMask::first(crate::cpu::MAX_CPUS)

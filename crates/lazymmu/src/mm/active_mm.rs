@@ -430,6 +430,67 @@ impl core::fmt::Display for MmError {
 
 impl core::error::Error for MmError {}
 
+/// The CPUs a flush of an address space reaches, as [`flush_targets`]
+/// chose them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlushTargets {
+    /// The space's flush generation after this flush moved it on.
+    pub gen: u64,
+    /// The CPUs to flush: the space's `mm_cpumask`, the current CPU
+    /// included when it is there, without the lazy CPUs left out.
+    pub cpus: CpuMask,
+    /// How many CPUs of the mask were left out because they only borrow
+    /// the space lazily.
+    pub skipped_lazy: u32,
+}
+
+/// Chooses the CPUs a flush of `space` must reach, as x86's
+/// `flush_tlb_mm_range()` does (arch/x86/mm/tlb.c). It first moves the
+/// space's flush generation on (`inc_mm_tlb_gen()`), then reads
+/// `mm_cpumask`. With `skip_lazy` it leaves out every CPU of the mask that
+/// is lazy, the current one included: this is `should_flush_tlb()`, the
+/// condition `native_flush_tlb_multi()` hands `on_each_cpu_cond_mask()`
+/// unless page tables are freed (`info->freed_tables`).
+///
+/// The order is what makes skipping safe: a CPU left out, or one that
+/// joins the mask after the read, finds a newer generation when it returns
+/// to or loads the space, and flushes then (`switch_mm_irqs_off()`;
+/// [`LazyTlb::context_switch`]). Both users of the rule call this one
+/// function: [`LazyTlb::flush_tlb_mm_range`] and an embedder's
+/// [`X86Primitives::flush_targets`](crate::backend::x86::X86Primitives::flush_targets).
+/// Each shared line it touches is reported through
+/// [`MmMachine::line_access`]: the atomic increment of the generation and,
+/// when skipping, each remote CPU's lazy flag.
+pub fn flush_targets<M: MmMachine + ?Sized>(
+    machine: &M,
+    space: SpaceId,
+    skip_lazy: bool,
+) -> FlushTargets {
+    let me = machine.cpu_id();
+    let mm = machine.space(space);
+    machine.line_access(SharedLine::SpaceCpumask(space), LineAccess::Atomic);
+    let gen = mm.inc_tlb_gen();
+    let mask = mm.cpumask();
+    let mut cpus = mask;
+    let mut skipped_lazy = 0;
+    if skip_lazy {
+        for cpu in mask.iter() {
+            if cpu != me {
+                machine.line_access(SharedLine::CpuLazy(cpu), LineAccess::Read);
+            }
+            if machine.cpu_state(cpu).is_lazy() {
+                cpus = cpus.without(cpu);
+                skipped_lazy += 1;
+            }
+        }
+    }
+    FlushTargets {
+        gen,
+        cpus,
+        skipped_lazy,
+    }
+}
+
 /// What the policy did, for reports and tests.
 #[derive(Debug, Default)]
 pub struct LazyTlbStats {
@@ -441,7 +502,7 @@ pub struct LazyTlbStats {
     pub root_loads: AtomicU64,
     /// Flush IPIs sent (remote CPUs only).
     pub flush_ipis: AtomicU64,
-    /// Remote CPUs skipped by a flush because they were lazy.
+    /// CPUs skipped by a flush because they were lazy.
     pub flush_skipped_lazy: AtomicU64,
     /// IPIs sent by the final drop of a space to shoot lazy borrowers down.
     pub shootdown_ipis: AtomicU64,
@@ -670,42 +731,26 @@ impl<M: MmMachine> LazyTlb<M> {
     /// Flushes `range` of `space` on every CPU that may hold its
     /// translations (`flush_tlb_mm_range()`). `freed_tables` says whether
     /// page-table pages under the range are about to be freed: lazy CPUs
-    /// must then be reached as well.
+    /// must then be reached as well. The CPUs are chosen by
+    /// [`flush_targets`], which lazy CPUs it leaves out under
+    /// [`LazyTlbPolicy::X86`].
     pub fn flush_tlb_mm_range(&self, space: SpaceId, range: FlushRange, freed_tables: bool) {
         let cpu = self.machine.cpu_id();
-        let mm = self.machine.space(space);
-        self.machine
-            .line_access(SharedLine::SpaceCpumask(space), LineAccess::Atomic);
-        // The generation moves before the mask and the lazy flags are read
-        // (Linux's inc_mm_tlb_gen() before the IPIs): a CPU that is skipped,
-        // or joins the mask after the read, sees the new generation when it
-        // next loads or returns to the space, and flushes then.
-        let gen = mm.inc_tlb_gen();
-        let mask = mm.cpumask();
-        let mut remote = mask.without(cpu);
-        if self.policy == LazyTlbPolicy::X86 && !freed_tables {
-            let mut skipped = 0;
-            for other in remote.iter() {
-                self.machine
-                    .line_access(SharedLine::CpuLazy(other), LineAccess::Read);
-                if self.machine.cpu_state(other).is_lazy() {
-                    remote = remote.without(other);
-                    skipped += 1;
-                }
-            }
-            Self::add(&self.stats.flush_skipped_lazy, skipped);
-        }
-        Self::add(&self.stats.flush_ipis, u64::from(remote.count()));
-        let targets = if mask.contains(cpu) {
-            remote.with(cpu)
-        } else {
-            remote
-        };
-        if targets.is_empty() {
+        let skip_lazy = self.policy == LazyTlbPolicy::X86 && !freed_tables;
+        let chosen = flush_targets(&self.machine, space, skip_lazy);
+        Self::add(
+            &self.stats.flush_skipped_lazy,
+            u64::from(chosen.skipped_lazy),
+        );
+        Self::add(
+            &self.stats.flush_ipis,
+            u64::from(chosen.cpus.without(cpu).count()),
+        );
+        if chosen.cpus.is_empty() {
             return;
         }
-        self.machine.on_each_cpu(targets, &|on| {
-            self.flush_func(on, space, range, gen);
+        self.machine.on_each_cpu(chosen.cpus, &|on| {
+            self.flush_func(on, space, range, chosen.gen);
         });
     }
 
