@@ -1869,8 +1869,10 @@ impl Machine {
     // ----- the digest -----------------------------------------------------
 
     /// A digest of the machine state (CPUs, tasks, spaces, memory, TLBs,
-    /// and the kernel's own digest): two points with the same digest have
-    /// the same future.
+    /// lazy TLB and protection-key windows, and the kernel's own digest):
+    /// two points with the same digest have the same future. Clocks, cache
+    /// lines and counters are left out: they decide costs, never what is
+    /// checked.
     pub fn digest(&self) -> u64 {
         let mut h = DefaultHasher::new();
         for (i, c) in self.cpus.iter() {
@@ -1895,9 +1897,54 @@ impl Machine {
                 h.write_u32(s.0);
                 h.write_u64(*p);
             }
+            // Lazy TLB: which space the CPU uses, lazily or not, and the
+            // flush generation it has caught up with.
+            h.write_u32(c.lazy_tlb.loaded().0);
+            h.write_u8(u8::from(c.lazy_tlb.is_lazy()));
+            h.write_u64(c.lazy_tlb.loaded_gen());
+            h.write_u8(c.keys.depth());
+            h.write_u32(c.keys.before_open().0);
         }
         for t in self.tasks.borrow().iter() {
             core::hash::Hash::hash(t, &mut h);
+        }
+        for (mm, keys) in self.task_mm.iter().zip(self.task_keys.iter()) {
+            core::hash::Hash::hash(&(mm.mm(), mm.active_mm()), &mut h);
+            h.write_u8(keys.depth());
+            h.write_u32(keys.saved().0);
+            h.write_u32(keys.before_open().0);
+        }
+        // Address spaces: references, the CPUs in the mask, the flush
+        // generation, the root, and the arch flags (s390's `flush_mm`, a
+        // Xen space unpinned), and the tables detached and not yet freed.
+        for (i, space) in self.spaces.iter().enumerate() {
+            h.write_u32(space.users());
+            h.write_u32(space.count());
+            core::hash::Hash::hash(&space.cpumask(), &mut h);
+            h.write_u64(space.tlb_gen());
+            h.write_u8(u8::from(space.is_freed()));
+            h.write_u64(self.space_roots[i].get().0);
+        }
+        for flag in self.flush_mm.iter().chain(self.unpinned.iter()) {
+            h.write_u8(u8::from(flag.get()));
+        }
+        let mut unlinked: Vec<(u32, &[PhysAddr])> = Vec::new();
+        let detached = self.unlinked.borrow();
+        for (space, u) in detached.iter() {
+            unlinked.push((space.0, &u.frames));
+        }
+        unlinked.sort_unstable();
+        for (space, frames) in unlinked {
+            h.write_u32(space);
+            for frame in frames {
+                h.write_u64(frame.0);
+            }
+        }
+        drop(detached);
+        let mut top: Vec<u64> = self.top_level_tables.borrow().iter().copied().collect();
+        top.sort_unstable();
+        for frame in top {
+            h.write_u64(frame);
         }
         self.memory.digest(&mut h);
         let mut marked: Vec<(u64, u64)> = self

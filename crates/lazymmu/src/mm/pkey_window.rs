@@ -143,6 +143,12 @@ impl TaskKeyState {
     pub fn saved(&self) -> Pkrs {
         Pkrs(self.saved.load(Ordering::Acquire))
     }
+
+    /// The register value the task's outermost open window found, which
+    /// its close restores (task policy only).
+    pub fn before_open(&self) -> Pkrs {
+        Pkrs(self.before_open.load(Ordering::Acquire))
+    }
 }
 
 impl Default for TaskKeyState {
@@ -170,6 +176,12 @@ impl CpuKeyState {
     /// Windows open on the CPU (per-CPU policy only).
     pub fn depth(&self) -> u8 {
         self.depth.load(Ordering::Acquire)
+    }
+
+    /// The register value the CPU's outermost open window found, which its
+    /// close restores (per-CPU policy only).
+    pub fn before_open(&self) -> Pkrs {
+        Pkrs(self.before_open.load(Ordering::Acquire))
     }
 }
 
