@@ -640,8 +640,40 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
             .iter()
             .map(|&(name, about, backend, workload)| small(name, about, backend, workload)),
     )
+    .chain(STRADDLING.iter().map(|&(name, about, backend, workload)| {
+        let mut scenario = small(name, about, backend, workload);
+        scenario.config.first_page = 511;
+        scenario
+    }))
     .collect()
 }
+
+/// Workloads whose 2-page range straddles two PTE tables (it starts at
+/// the last entry of one), so that the walks start in the middle of a
+/// PMD entry's span and each call's sections cover two tables.
+#[allow(clippy::type_complexity)]
+const STRADDLING: [(
+    &str,
+    &str,
+    crate::scenario::BackendKind,
+    crate::scenario::WorkloadKind,
+); 2] = {
+    use crate::scenario::{BackendKind as B, WorkloadKind as W};
+    [
+        (
+            "sim-munmap-straddle",
+            "simulator munmap on x86 of a range across two PTE tables",
+            B::X86,
+            W::Munmap,
+        ),
+        (
+            "sim-mremap-straddle",
+            "simulator mremap on arm64 of a range across two PTE tables",
+            B::Arm64,
+            W::Mremap,
+        ),
+    ]
+};
 
 /// The user-space workloads on every other backend, so that each
 /// backend's run operations, flushes and batching meet a second CPU, an
