@@ -648,16 +648,19 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
     .collect()
 }
 
+/// A small simulator workload: its name, what it runs, the backend and
+/// the workload.
+type SmallWorkload = (
+    &'static str,
+    &'static str,
+    crate::scenario::BackendKind,
+    crate::scenario::WorkloadKind,
+);
+
 /// Workloads whose 2-page range straddles two PTE tables (it starts at
 /// the last entry of one), so that the walks start in the middle of a
 /// PMD entry's span and each call's sections cover two tables.
-#[allow(clippy::type_complexity)]
-const STRADDLING: [(
-    &str,
-    &str,
-    crate::scenario::BackendKind,
-    crate::scenario::WorkloadKind,
-); 2] = {
+const STRADDLING: [SmallWorkload; 2] = {
     use crate::scenario::{BackendKind as B, WorkloadKind as W};
     [
         (
@@ -682,13 +685,7 @@ const STRADDLING: [(
 /// arm64-poe, whose key-register window around every page-table write
 /// makes them 85 s and 38 s of CPU time at bound 2 (the POE windows are
 /// checked by `sim-mprotect-poe` and `sim-munmap-arm64-poe`).
-#[allow(clippy::type_complexity)]
-const ON_EVERY_BACKEND: [(
-    &str,
-    &str,
-    crate::scenario::BackendKind,
-    crate::scenario::WorkloadKind,
-); 25] = {
+const ON_EVERY_BACKEND: [SmallWorkload; 25] = {
     use crate::scenario::{BackendKind as B, WorkloadKind as W};
     [
         ("sim-fork-x86", "simulator fork on x86", B::X86, W::Fork),
