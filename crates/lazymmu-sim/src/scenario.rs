@@ -207,6 +207,12 @@ pub struct RunConfig {
     /// Before the measured stage every task has run on the next CPU too,
     /// so its address space is in two CPUs' masks (it migrated once).
     pub spread: bool,
+    /// Where each task's user range starts, in pages past its base, which
+    /// is aligned at every level: 0 starts it at a PTE table's first
+    /// entry; 511 makes a 2-page range straddle two PTE tables, starting
+    /// in the middle of a PMD entry's span, as most munmap and mremap
+    /// ranges do.
+    pub first_page: u64,
 }
 
 impl RunConfig {
@@ -232,6 +238,7 @@ impl RunConfig {
             tlb_range: true,
             key_batching: true,
             spread: false,
+            first_page: 0,
         }
     }
 }

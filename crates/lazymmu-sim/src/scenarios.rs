@@ -640,8 +640,43 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
             .iter()
             .map(|&(name, about, backend, workload)| small(name, about, backend, workload)),
     )
+    .chain(STRADDLING.iter().map(|&(name, about, backend, workload)| {
+        let mut scenario = small(name, about, backend, workload);
+        scenario.config.first_page = 511;
+        scenario
+    }))
     .collect()
 }
+
+/// A small simulator workload: its name, what it runs, the backend and
+/// the workload.
+type SmallWorkload = (
+    &'static str,
+    &'static str,
+    crate::scenario::BackendKind,
+    crate::scenario::WorkloadKind,
+);
+
+/// Workloads whose 2-page range straddles two PTE tables (it starts at
+/// the last entry of one), so that the walks start in the middle of a
+/// PMD entry's span and each call's sections cover two tables.
+const STRADDLING: [SmallWorkload; 2] = {
+    use crate::scenario::{BackendKind as B, WorkloadKind as W};
+    [
+        (
+            "sim-munmap-straddle",
+            "simulator munmap on x86 of a range across two PTE tables",
+            B::X86,
+            W::Munmap,
+        ),
+        (
+            "sim-mremap-straddle",
+            "simulator mremap on arm64 of a range across two PTE tables",
+            B::Arm64,
+            W::Mremap,
+        ),
+    ]
+};
 
 /// The user-space workloads on every other backend, so that each
 /// backend's run operations, flushes and batching meet a second CPU, an
@@ -650,13 +685,7 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
 /// arm64-poe, whose key-register window around every page-table write
 /// makes them 85 s and 38 s of CPU time at bound 2 (the POE windows are
 /// checked by `sim-mprotect-poe` and `sim-munmap-arm64-poe`).
-#[allow(clippy::type_complexity)]
-const ON_EVERY_BACKEND: [(
-    &str,
-    &str,
-    crate::scenario::BackendKind,
-    crate::scenario::WorkloadKind,
-); 25] = {
+const ON_EVERY_BACKEND: [SmallWorkload; 25] = {
     use crate::scenario::{BackendKind as B, WorkloadKind as W};
     [
         ("sim-fork-x86", "simulator fork on x86", B::X86, W::Fork),

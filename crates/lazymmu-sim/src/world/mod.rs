@@ -465,7 +465,7 @@ where
     }
 
     fn user_base(&self, p: &Program) -> u64 {
-        USER_BASE + p.index * TASK_STRIDE
+        USER_BASE + p.index * TASK_STRIDE + self.config.first_page * PAGE
     }
 
     fn len(&self) -> u64 {
