@@ -688,8 +688,9 @@ const STRADDLING: [SmallWorkload; 2] = {
 /// transparent huge pages maps it: `zap_huge_pmd` clears each leaf
 /// (`tlb_remove_pmd_tlb_entry`, the gather's flush then strides 2 MiB),
 /// `move_huge_pmd` moves each whole and flushes its old address at once,
-/// `copy_huge_pmd` write-protects each in parent and child.
-const HUGE: [SmallWorkload; 3] = {
+/// `change_huge_pmd` changes each in place, `copy_huge_pmd` write-protects
+/// each in parent and child.
+const HUGE: [SmallWorkload; 5] = {
     use crate::scenario::{BackendKind as B, WorkloadKind as W};
     [
         (
@@ -709,6 +710,18 @@ const HUGE: [SmallWorkload; 3] = {
             "simulator munmap on x86 of two 2 MiB leaves",
             B::X86,
             W::Munmap,
+        ),
+        (
+            "sim-mprotect-huge",
+            "simulator mprotect on x86 of two 2 MiB leaves",
+            B::X86,
+            W::Mprotect,
+        ),
+        (
+            "sim-fork-huge",
+            "simulator fork on x86 of two 2 MiB leaves",
+            B::X86,
+            W::Fork,
         ),
     ]
 };
