@@ -158,7 +158,9 @@ pub enum Completion {
     Complete,
     /// Stopped at [`Bounds::max_schedules`].
     ScheduleLimit,
-    /// Stopped at the first violation ([`Bounds::stop_at_first`]).
+    /// Stopped at the first violation ([`Bounds::stop_at_first`]), or at
+    /// a violation of the default schedule, which no interleaving is
+    /// needed for.
     FirstViolation,
     /// No schedule was explored at all (a limit of zero).
     NothingExplored,
@@ -462,8 +464,12 @@ impl Explorer {
             });
             if let Some(violation) = outcome.violation {
                 let trace = Trace::new(scenario, frames.iter().map(|f| f.chosen as u32).collect());
+                // A violation of the default schedule needs no interleaving
+                // to show and has no shorter trace: the exploration stops
+                // there, as a sequential test would.
+                let sequential = trace.departures() == 0;
                 record(&mut report.violations, violation, trace);
-                if self.bounds.stop_at_first {
+                if self.bounds.stop_at_first || sequential {
                     report.completion = Completion::FirstViolation;
                     break;
                 }
@@ -709,9 +715,10 @@ mod tests {
         assert_eq!(seen.last(), Some(&("two".to_owned(), report.schedules)));
     }
 
-    /// Fails when B's first step runs between A's two steps.
-    struct Racy;
-    impl System for Racy {
+    /// Fails when the order of two threads of two steps starts with its
+    /// prefix.
+    struct FailsOn(&'static str);
+    impl System for FailsOn {
         fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
             let inner = TwoThreads {
                 a: 2,
@@ -720,7 +727,7 @@ mod tests {
             };
             let outcome = inner.run(chooser);
             let order = inner.runs.into_inner().pop().unwrap_or_default();
-            if order.starts_with("AB") {
+            if order.starts_with(self.0) {
                 return RunOutcome {
                     violation: Some(Violation {
                         invariant: Invariant::BatchOwnership,
@@ -737,22 +744,41 @@ mod tests {
         }
     }
 
+    /// Fails when B's first step runs between A's two steps.
+    const RACY: FailsOn = FailsOn("AB");
+
+    #[test]
+    fn a_failing_default_schedule_ends_the_exploration() {
+        // Every order starts with the empty prefix: the default schedule
+        // (AABB) fails, and nothing departing from it is run.
+        let report = Explorer::new(Bounds {
+            prune: false,
+            ..Bounds::default()
+        })
+        .explore("always", &FailsOn(""));
+        assert_eq!(report.schedules, 1);
+        assert_eq!(report.completion, Completion::FirstViolation);
+        assert_eq!(report.violations.len(), 1);
+        assert_eq!(report.violations[0].trace.departures(), 0);
+        assert_eq!(report.violations[0].violation.detail, "AABB");
+    }
+
     #[test]
     fn violations_keep_the_shortest_trace_and_replay() {
         let report = Explorer::new(Bounds {
             prune: false,
             ..Bounds::default()
         })
-        .explore("racy", &Racy);
+        .explore("racy", &RACY);
         assert_eq!(report.violations.len(), 1);
         let found = &report.violations[0];
         // ABAB and ABBA both break it; ABBA needs one preemption.
         assert_eq!(found.schedules, 2);
         assert_eq!(found.violation.detail, "ABBA");
-        let again = replay(&Racy, &found.trace.picks);
+        let again = replay(&RACY, &found.trace.picks);
         assert_eq!(again.violation.unwrap().detail, "ABBA");
         assert!(!again.diverged);
-        assert!(replay(&Racy, &[7]).diverged);
+        assert!(replay(&RACY, &[7]).diverged);
     }
 
     /// Threads, one per CPU, each a list of accesses to shared cells

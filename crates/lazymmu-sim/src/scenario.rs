@@ -4,6 +4,7 @@
 use core::fmt;
 use core::str::FromStr;
 
+use lazymmu::addr::PageSize;
 use lazymmu::mm::active_mm::LazyTlbPolicy;
 
 use crate::choice::{Rates, Trace};
@@ -213,6 +214,11 @@ pub struct RunConfig {
     /// in the middle of a PMD entry's span, as most munmap and mremap
     /// ranges do.
     pub first_page: u64,
+    /// The size of the leaves the user workloads map their range with:
+    /// 4 KiB pages, or 2 MiB ones as a VMA backed by transparent huge
+    /// pages is (`pages` and `first_page` then count whole 2 MiB leaves'
+    /// worth of 4 KiB pages).
+    pub page_size: PageSize,
 }
 
 impl RunConfig {
@@ -239,6 +245,7 @@ impl RunConfig {
             key_batching: true,
             spread: false,
             first_page: 0,
+            page_size: PageSize::Size4K,
         }
     }
 }

@@ -645,6 +645,12 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
         scenario.config.first_page = 511;
         scenario
     }))
+    .chain(HUGE.iter().map(|&(name, about, backend, workload)| {
+        let mut scenario = small(name, about, backend, workload);
+        scenario.config.pages = 2 * crate::world::TABLE_PAGES;
+        scenario.config.page_size = lazymmu::addr::PageSize::Size2M;
+        scenario
+    }))
     .collect()
 }
 
@@ -674,6 +680,48 @@ const STRADDLING: [SmallWorkload; 2] = {
             "simulator mremap on arm64 of a range across two PTE tables",
             B::Arm64,
             W::Mremap,
+        ),
+    ]
+};
+
+/// Workloads over a range of two 2 MiB leaves, as a VMA backed by
+/// transparent huge pages maps it: `zap_huge_pmd` clears each leaf
+/// (`tlb_remove_pmd_tlb_entry`, the gather's flush then strides 2 MiB),
+/// `move_huge_pmd` moves each whole and flushes its old address at once,
+/// `change_huge_pmd` changes each in place, `copy_huge_pmd` write-protects
+/// each in parent and child.
+const HUGE: [SmallWorkload; 5] = {
+    use crate::scenario::{BackendKind as B, WorkloadKind as W};
+    [
+        (
+            "sim-munmap-huge",
+            "simulator munmap on arm64 of two 2 MiB leaves",
+            B::Arm64,
+            W::Munmap,
+        ),
+        (
+            "sim-mremap-huge",
+            "simulator mremap on arm64 of two 2 MiB leaves",
+            B::Arm64,
+            W::Mremap,
+        ),
+        (
+            "sim-munmap-huge-x86",
+            "simulator munmap on x86 of two 2 MiB leaves",
+            B::X86,
+            W::Munmap,
+        ),
+        (
+            "sim-mprotect-huge",
+            "simulator mprotect on x86 of two 2 MiB leaves",
+            B::X86,
+            W::Mprotect,
+        ),
+        (
+            "sim-fork-huge",
+            "simulator fork on x86 of two 2 MiB leaves",
+            B::X86,
+            W::Fork,
         ),
     ]
 };

@@ -214,6 +214,15 @@ fn tables(read: &dyn Fn(PhysAddr) -> u64) -> Vec<u64> {
 
 type Protection = Option<(u64, fn(u64) -> bool)>;
 
+/// Whether operation `op` runs under the `pair`-th of the four (user or
+/// kernel, eager or lazy) settings. Every pair, except under Miri, where
+/// each operation runs under one pair and the pairs take turns (7 cases a
+/// backend instead of 28): the recording machines cost Miri minutes a
+/// case.
+fn covered(pair: usize, op: usize) -> bool {
+    !cfg!(miri) || op % 4 == pair
+}
+
 /// Runs `op` through both paths on fresh machines with the backend `$build`
 /// makes, eagerly and in a section, and compares the outcomes.
 macro_rules! same_on_both_paths {
@@ -221,39 +230,41 @@ macro_rules! same_on_both_paths {
         #[inline(never)]
         fn one_backend() -> usize {
             let mut checked = 0;
-            for kernel in [false, true] {
-                for lazy in [false, true] {
-                    for op in OPS {
-                        let outcomes = [true, false].map(|run_path| {
-                            let machine = Recording::new();
-                            let protect: Protection = $protect;
-                            if let Some((initial, allows)) = protect {
-                                machine.protect(initial, allows);
-                            }
-                            let backend = $build(&machine);
-                            fill_for(&backend, &machine, op, kernel);
-                            let mode = Counters::new(&machine, &backend, MisusePolicy::Panic);
-                            let changes = {
-                                let _section = lazy.then(|| mode.section());
-                                apply(&backend, op, kernel, run_path)
-                            };
-                            assert_eq!(machine.faults(), 0, "{}", $name);
-                            let mut counts: Vec<u64> =
-                                Primitive::ALL.iter().map(|&p| machine.count(p)).collect();
-                            counts.push(machine.total_calls());
-                            Outcome {
-                                tables: tables(&|entry| machine.read_memory(entry)),
-                                counts,
-                                changes,
-                            }
-                        });
-                        assert_eq!(
-                            outcomes[0], outcomes[1],
-                            "{}: {op:?}, kernel {kernel}, lazy {lazy}: run path, then per-entry path",
-                            $name
-                        );
-                        checked += 1;
+            let pairs = [(false, false), (false, true), (true, false), (true, true)];
+            for (pair, (kernel, lazy)) in pairs.into_iter().enumerate() {
+                for (i, op) in OPS.into_iter().enumerate() {
+                    if !covered(pair, i) {
+                        continue;
                     }
+                    let outcomes = [true, false].map(|run_path| {
+                        let machine = Recording::new();
+                        let protect: Protection = $protect;
+                        if let Some((initial, allows)) = protect {
+                            machine.protect(initial, allows);
+                        }
+                        let backend = $build(&machine);
+                        fill_for(&backend, &machine, op, kernel);
+                        let mode = Counters::new(&machine, &backend, MisusePolicy::Panic);
+                        let changes = {
+                            let _section = lazy.then(|| mode.section());
+                            apply(&backend, op, kernel, run_path)
+                        };
+                        assert_eq!(machine.faults(), 0, "{}", $name);
+                        let mut counts: Vec<u64> =
+                            Primitive::ALL.iter().map(|&p| machine.count(p)).collect();
+                        counts.push(machine.total_calls());
+                        Outcome {
+                            tables: tables(&|entry| machine.read_memory(entry)),
+                            counts,
+                            changes,
+                        }
+                    });
+                    assert_eq!(
+                        outcomes[0], outcomes[1],
+                        "{}: {op:?}, kernel {kernel}, lazy {lazy}: run path, then per-entry path",
+                        $name
+                    );
+                    checked += 1;
                 }
             }
             checked
@@ -291,7 +302,11 @@ fn every_backend_runs_as_it_writes_entry_by_entry() {
             }
         ),
     ];
-    assert_eq!(checked, [OPS.len() * 4; 8]);
+    let cases = (0..4)
+        .flat_map(|pair| (0..OPS.len()).map(move |op| (pair, op)))
+        .filter(|&(pair, op)| covered(pair, op))
+        .count();
+    assert_eq!(checked, [cases; 8]);
 }
 
 /// The x86 backend over host memory, which lends runs of entries: its run

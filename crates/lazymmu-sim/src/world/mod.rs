@@ -472,7 +472,8 @@ where
         self.config.pages * PAGE
     }
 
-    /// Maps the task's range (all pages present), touched.
+    /// Maps the task's range (all pages present) with leaves of the
+    /// configured size.
     fn populate(&self, p: &Program, va: u64) {
         let phys = DATA_BASE + p.index * TASK_STRIDE;
         let r = self.tables(&p.mm).map(
@@ -480,7 +481,7 @@ where
             PhysAddr(phys),
             self.len(),
             Attributes::user_data(),
-            PageSize::Size4K,
+            self.config.page_size,
         );
         self.check(r.map(|_| ()), "populate");
     }
@@ -687,17 +688,29 @@ where
     }
 
     /// Checks that each of the workload's pages from `va` in `space` is
-    /// absent (`None`), or maps 4 KiB at `phys` onwards with the given
-    /// writability; reports the first page that is not.
+    /// absent (`None`), or maps `phys` onwards with the given writability
+    /// through a leaf of the size the range was populated with (an
+    /// operation that keeps the range mapped keeps its huge leaves whole);
+    /// reports the first page that is not.
     fn expect_range(&self, space: SpaceId, va: u64, expected: Option<(u64, bool)>, what: &str) {
-        for i in 0..self.config.pages {
+        let size = self.config.page_size;
+        let level = match size {
+            PageSize::Size4K => 1,
+            PageSize::Size2M => 2,
+            PageSize::Size1G => 3,
+        };
+        // One page per leaf: a leaf of the right size maps the rest of its
+        // pages in line with its first.
+        for i in (0..self.config.pages).step_by((size.bytes() / PAGE) as usize) {
             let page = va + i * PAGE;
             let got = self.machine.walk(space, page).map(|leaf| {
-                if leaf.shift != PAGE.trailing_zeros() {
+                if leaf.shift != size.bytes().trailing_zeros() {
                     return Err(leaf.shift);
                 }
-                match F::decode(leaf.entry, 1) {
-                    Entry::Leaf { phys, attrs, .. } => Ok((phys.0, attrs.writable)),
+                match F::decode(leaf.entry, level) {
+                    Entry::Leaf { phys, attrs, .. } => {
+                        Ok((phys.0 + (page & (size.bytes() - 1)), attrs.writable))
+                    }
                     _ => Err(leaf.shift),
                 }
             });

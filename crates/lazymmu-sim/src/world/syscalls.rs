@@ -84,7 +84,7 @@ where
         let tables = self.tables(&with_child_frames);
         let child_tables = self.tables(child);
         let mut gather = self.gather(parent);
-        let mut copied = 0;
+        let mut copied = [0; 3];
         for (range, kind) in ranges {
             let r = tables.copy_to(
                 &child_tables,
@@ -94,15 +94,18 @@ where
                 &mut gather,
             );
             match r {
-                Ok(summary) => copied += summary.copied[0] + 512 * summary.copied[1],
+                Ok(summary) => {
+                    for (all, leaves) in copied.iter_mut().zip(summary.copied) {
+                        *all += leaves;
+                    }
+                }
                 Err(e) => self.check(Err::<(), _>(e), "fork copy"),
             }
         }
         self.backend.dup_mmap(child.space);
         gather.flush_all_now();
         drop(gather);
-        self.charge_call(Software::ForkCall, Software::ForkPage, copied);
-        copied
+        self.charge_call(Software::ForkCall, Software::ForkPage, copied)
     }
 
     /// `munmap` (`do_vmi_munmap` → `unmap_region`): one gather
@@ -116,9 +119,8 @@ where
             .tables(mm)
             .zap(VirtAddr(range.start), range.end - range.start, &mut gather);
         drop(gather);
-        let pages = self.check_pages(r, "munmap zap", |summary| summary.leaves[0]);
-        self.charge_call(Software::MunmapCall, Software::MunmapPage, pages);
-        pages
+        let leaves = self.check_leaves(r, "munmap zap", |summary| summary.leaves);
+        self.charge_call(Software::MunmapCall, Software::MunmapPage, leaves)
     }
 
     /// `exit` (`exit_mmap`): `arch_exit_mmap` (Xen unpins the tables), then
@@ -132,9 +134,8 @@ where
         let mut gather = Gather::full_mm(&*self.backend, &mm.frames, mm.space, FlushScope::MM);
         let r = self.tables(mm).destroy(&mut gather);
         drop(gather);
-        let pages = self.check_pages(r, "exit teardown", |summary| summary.leaves[0]);
-        self.charge_call(Software::ExitCall, Software::ExitPage, pages);
-        pages
+        let leaves = self.check_leaves(r, "exit teardown", |summary| summary.leaves);
+        self.charge_call(Software::ExitCall, Software::ExitPage, leaves)
     }
 
     /// `mprotect` (`do_mprotect_pkey` → `mprotect_fixup` →
@@ -150,9 +151,8 @@ where
             &mut gather,
         );
         drop(gather);
-        let pages = self.check_pages(r, "mprotect", |summary| summary.changed[0]);
-        self.charge_call(Software::MprotectCall, Software::MprotectPage, pages);
-        pages
+        let leaves = self.check_leaves(r, "mprotect", |summary| summary.changed);
+        self.charge_call(Software::MprotectCall, Software::MprotectPage, leaves)
     }
 
     /// `mremap` moving PTEs (`move_page_tables`): per source extent
@@ -164,9 +164,8 @@ where
             .tables(mm)
             .move_range(VirtAddr(from), VirtAddr(to), len, &mut gather);
         drop(gather);
-        let pages = self.check_pages(r, "mremap move", |summary| summary.moved[0]);
-        self.charge_call(Software::MremapCall, Software::MremapPage, pages);
-        pages
+        let leaves = self.check_leaves(r, "mremap move", |summary| summary.moved);
+        self.charge_call(Software::MremapCall, Software::MremapPage, leaves)
     }
 
     /// `madvise(MADV_DONTNEED)` over one VMA's part
@@ -241,7 +240,7 @@ where
             PageSize::Size4K,
         );
         self.check(r.map(|_| ()), "vmalloc map");
-        self.charge_call(Software::VmallocCall, Software::VmallocPage, pages);
+        self.charge_call(Software::VmallocCall, Software::VmallocPage, [pages, 0, 0]);
     }
 
     /// `vfree` (`remove_vm_area` → `vunmap_range_noflush` →
@@ -278,7 +277,7 @@ where
         if let Some((start, end)) = freed {
             self.backend.lazily_freed(SpaceId::KERNEL, start.0, end.0);
         }
-        self.charge_call(Software::VfreeCall, Software::VfreePage, pages);
+        self.charge_call(Software::VfreeCall, Software::VfreePage, [pages, 0, 0]);
         let due = {
             let mut purge = self.purge.borrow_mut();
             purge.pages += pages + 1;
@@ -337,29 +336,33 @@ where
         drop(gather);
     }
 
-    /// Charges a call's own work: one `per_call` and `pages` of `per_page`.
-    /// The pages an operation's summary counts, or 0 with a violation
-    /// naming `what` when it failed.
-    fn check_pages<S, E: core::fmt::Debug>(
+    /// The leaves an operation's summary counts (4 KiB, 2 MiB, 1 GiB), or
+    /// none with a violation naming `what` when it failed.
+    fn check_leaves<S, E: core::fmt::Debug>(
         &self,
         r: Result<S, E>,
         what: &str,
-        pages: impl FnOnce(&S) -> u64,
-    ) -> u64 {
+        leaves: impl FnOnce(&S) -> [u64; 3],
+    ) -> [u64; 3] {
         match r {
-            Ok(summary) => pages(&summary),
+            Ok(summary) => leaves(&summary),
             Err(e) => {
                 self.check(Err::<(), _>(e), what);
-                0
+                [0; 3]
             }
         }
     }
 
-    fn charge_call(&self, per_call: Software, per_page: Software, pages: u64) {
+    /// Charges a call's own work — one `per_call`, and `per_page` for each
+    /// 4 KiB leaf (`lazymmu calibrate` measures 4 KiB pages only, so huge
+    /// leaves are charged nothing per page) — and returns the 4 KiB pages
+    /// the leaves cover.
+    fn charge_call(&self, per_call: Software, per_page: Software, leaves: [u64; 3]) -> u64 {
         self.machine.charge(per_call, 1);
-        if pages > 0 {
-            self.machine.charge(per_page, pages);
+        if leaves[0] > 0 {
+            self.machine.charge(per_page, leaves[0]);
         }
+        leaves[0] + (leaves[1] << 9) + (leaves[2] << 18)
     }
 }
 

@@ -97,7 +97,8 @@ where
     /// dirty bit the hardware set) and written at the destination, which
     /// must be empty; the old addresses are invalidated through `gather`.
     /// A huge leaf moves whole when the range covers it and the destination
-    /// is aligned for it, and is split otherwise.
+    /// is aligned for it, its old address flushed at once
+    /// (`move_huge_pmd`, mm/huge_memory.c), and is split otherwise.
     ///
     /// # Errors
     /// - [`MoveError::Range`]: a bad range, the two ranges in different
@@ -146,7 +147,10 @@ where
                     if let Some(target) = self.destination(va, level, &mut job)? {
                         let old = self.clear(entry, va, high, level);
                         self.write_leaf(target, va.wrapping_add(job.delta), high, level, old);
-                        gather.add_page(Self::canonical(va, high), size);
+                        // `move_huge_pmd` flushes the old address at once
+                        // (`flush_pmd_tlb_range`), as `move_ptes` flushes
+                        // each extent.
+                        gather.flush_page_now(Self::canonical(va, high), size);
                         job.summary.moved[size_slot(size)] += 1;
                         Ok(None)
                     } else {
