@@ -584,6 +584,13 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
             config,
         }
     };
+    // A small workload with its configuration changed by `change`.
+    let with = |(name, about, backend, workload): SmallWorkload,
+                change: &dyn Fn(&mut RunConfig)| {
+        let mut scenario = small(name, about, backend, workload);
+        change(&mut scenario.config);
+        scenario
+    };
     vec![
         small(
             "sim-fork",
@@ -640,16 +647,16 @@ pub fn simulator_scenarios() -> Vec<SimScenario> {
             .iter()
             .map(|&(name, about, backend, workload)| small(name, about, backend, workload)),
     )
-    .chain(STRADDLING.iter().map(|&(name, about, backend, workload)| {
-        let mut scenario = small(name, about, backend, workload);
-        scenario.config.first_page = 511;
-        scenario
-    }))
-    .chain(HUGE.iter().map(|&(name, about, backend, workload)| {
-        let mut scenario = small(name, about, backend, workload);
-        scenario.config.pages = 2 * crate::world::TABLE_PAGES;
-        scenario.config.page_size = lazymmu::addr::PageSize::Size2M;
-        scenario
+    .chain(
+        STRADDLING
+            .iter()
+            .map(|&workload| with(workload, &|config: &mut RunConfig| config.first_page = 511)),
+    )
+    .chain(HUGE.iter().map(|&workload| {
+        with(workload, &|config: &mut RunConfig| {
+            config.pages = 2 * crate::world::TABLE_PAGES;
+            config.page_size = lazymmu::addr::PageSize::Size2M;
+        })
     }))
     .collect()
 }

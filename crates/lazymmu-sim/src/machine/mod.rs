@@ -1940,44 +1940,31 @@ impl Machine {
         for flag in self.flush_mm.iter().chain(self.unpinned.iter()) {
             h.write_u8(u8::from(flag.get()));
         }
-        // Two unordered sets, each summed over its members' own hashes so
+        // Unordered sets: each summed over its members' own hashes, so
         // that the hash maps' iteration order does not matter.
-        let mut detached = 0u64;
-        for (space, u) in self.unlinked.borrow().iter() {
-            let mut member = DefaultHasher::new();
-            member.write_u32(space.0);
-            for frame in &u.frames {
-                member.write_u64(frame.0);
-            }
-            detached = detached.wrapping_add(member.finish());
-        }
-        h.write_u64(detached);
-        let top = self
-            .top_level_tables
-            .borrow()
-            .iter()
-            .fold(0u64, |sum, &frame| {
-                sum.wrapping_add(frame.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(31))
-            });
-        h.write_u64(top);
+        let unlinked = self.unlinked.borrow();
+        h.write_u64(unordered(
+            unlinked.iter().map(|(space, u)| (space.0, &u.frames)),
+        ));
+        drop(unlinked);
+        h.write_u64(unordered(self.top_level_tables.borrow().iter()));
         self.memory.digest(&mut h);
-        let mut marked: Vec<(u64, u64)> = self
-            .hash_marked
-            .borrow()
-            .iter()
-            .map(|(pa, &v)| (pa.0, v))
-            .collect();
-        marked.sort_unstable();
-        for (pa, v) in marked {
-            h.write_u64(pa);
-            h.write_u64(v);
-        }
+        h.write_u64(unordered(self.hash_marked.borrow().iter()));
         self.sched.digest(&mut h);
         if let Some(kernel) = self.kernel() {
             kernel.digest(&mut h);
         }
         h.finish()
     }
+}
+
+/// The hash of an unordered collection: the sum of its members' hashes.
+fn unordered<T: core::hash::Hash>(members: impl Iterator<Item = T>) -> u64 {
+    members.fold(0u64, |sum, member| {
+        let mut h = DefaultHasher::new();
+        member.hash(&mut h);
+        sum.wrapping_add(h.finish())
+    })
 }
 
 impl core::fmt::Debug for Machine {

@@ -26,7 +26,7 @@ use lazymmu::backend::{Backend, FlushScope};
 use lazymmu::cpu::CpuId;
 use lazymmu::mm::active_mm::{LazyTlb, LazyTlbPolicy};
 use lazymmu::mode::{ArchHooks, LazyMode};
-use lazymmu::pgtable::format::{Attributes, Entry, Format, Protection};
+use lazymmu::pgtable::format::{level_of, Attributes, Entry, Format, Protection};
 use lazymmu::pgtable::gather::Gather;
 use lazymmu::pgtable::ops::{ApplyMode, CopyKind, Mmu, PageTables, VaRange};
 
@@ -694,17 +694,13 @@ where
     /// reports the first page that is not.
     fn expect_range(&self, space: SpaceId, va: u64, expected: Option<(u64, bool)>, what: &str) {
         let size = self.config.page_size;
-        let level = match size {
-            PageSize::Size4K => 1,
-            PageSize::Size2M => 2,
-            PageSize::Size1G => 3,
-        };
+        let level = level_of::<F>(size).expect("the format has leaves of the workload's size");
         // One page per leaf: a leaf of the right size maps the rest of its
         // pages in line with its first.
         for i in (0..self.config.pages).step_by((size.bytes() / PAGE) as usize) {
             let page = va + i * PAGE;
             let got = self.machine.walk(space, page).map(|leaf| {
-                if leaf.shift != size.bytes().trailing_zeros() {
+                if leaf.shift != size.shift() {
                     return Err(leaf.shift);
                 }
                 match F::decode(leaf.entry, level) {

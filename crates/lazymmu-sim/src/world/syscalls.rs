@@ -362,7 +362,11 @@ where
         if leaves[0] > 0 {
             self.machine.charge(per_page, leaves[0]);
         }
-        leaves[0] + (leaves[1] << 9) + (leaves[2] << 18)
+        [PageSize::Size4K, PageSize::Size2M, PageSize::Size1G]
+            .iter()
+            .zip(leaves)
+            .map(|(size, n)| n * (size.bytes() / PAGE))
+            .sum()
     }
 }
 
