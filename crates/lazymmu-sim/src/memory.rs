@@ -25,6 +25,9 @@ pub struct PhysMemory {
     words: Box<[Cell<u64>]>,
     owner: Box<[Cell<u32>]>,
     key: Box<[Cell<u8>]>,
+    /// One past the highest word ever written: the words a memory handed
+    /// on to the next run ([`Kept`]) must clear.
+    written: Cell<usize>,
     free: core::cell::RefCell<Vec<u32>>,
     next: Cell<u32>,
     allocated: Cell<u32>,
@@ -33,7 +36,8 @@ pub struct PhysMemory {
     /// prunes by state).
     tracking: Cell<bool>,
     /// Per frame, the digest terms of its words when poisoned (0: not yet
-    /// computed), so that poisoning a frame again costs no hashing.
+    /// computed), so that poisoning a frame again costs no hashing. They
+    /// depend on the frame's address alone, so they outlive the run.
     poison_terms: Box<[Cell<u64>]>,
     /// The sum of a hash of every non-zero word and every allocated
     /// frame's owner and key: updated at each change, so that a digest of
@@ -70,20 +74,54 @@ fn frame_term(frame: usize, owner: u32, key: u8) -> u64 {
     }
 }
 
+/// The arrays of a dropped memory, all zero and free again, kept for the
+/// next memory of the same size on this thread.
+///
+/// Exploration builds a machine for every schedule, hundreds of thousands
+/// of them, and a new memory of a few MiB each time costs a `memset` of it
+/// all, and page faults and an `munmap` when the allocator hands it back to
+/// the kernel. A kept one costs clearing what the last run wrote.
+struct Kept {
+    words: Box<[Cell<u64>]>,
+    owner: Box<[Cell<u32>]>,
+    key: Box<[Cell<u8>]>,
+    poison_terms: Box<[Cell<u64>]>,
+}
+
+/// Memories kept per thread (a scenario's runs all have one size).
+const KEPT: usize = 2;
+
+std::thread_local! {
+    static KEPT_MEMORY: core::cell::RefCell<Vec<Kept>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
 impl PhysMemory {
     /// Memory of `frames` 4 KiB frames, all free.
     pub fn new(frames: u32) -> Self {
         let n = frames as usize;
-        Self {
+        let kept = KEPT_MEMORY.with(|k| {
+            let mut k = k.borrow_mut();
+            let i = k.iter().position(|m| m.owner.len() == n)?;
+            Some(k.swap_remove(i))
+        });
+        let kept = kept.unwrap_or_else(|| Kept {
             words: (0..n * WORDS).map(|_| Cell::new(0)).collect(),
             owner: (0..n).map(|_| Cell::new(FREE)).collect(),
             key: (0..n).map(|_| Cell::new(0)).collect(),
+            poison_terms: (0..n).map(|_| Cell::new(0)).collect(),
+        });
+        Self {
+            words: kept.words,
+            owner: kept.owner,
+            key: kept.key,
+            written: Cell::new(0),
             free: core::cell::RefCell::new(Vec::new()),
             next: Cell::new(0),
             allocated: Cell::new(0),
             frames,
             tracking: Cell::new(false),
-            poison_terms: (0..n).map(|_| Cell::new(0)).collect(),
+            poison_terms: kept.poison_terms,
             digest_sum: Cell::new(0),
             footprints: FootprintLog::default(),
         }
@@ -142,8 +180,9 @@ impl PhysMemory {
     pub fn write(&self, pa: PhysAddr, value: u64) {
         self.footprints.write(Location::Entry(pa));
         let cell = self.word(pa);
+        let index = ((pa.0 - MEMORY_BASE) / 8) as usize;
+        self.written.set(self.written.get().max(index + 1));
         if self.tracking.get() {
-            let index = ((pa.0 - MEMORY_BASE) / 8) as usize;
             let sum = self.digest_sum.get();
             self.digest_sum.set(
                 sum.wrapping_sub(word_term(index, cell.get()))
@@ -225,6 +264,7 @@ impl PhysMemory {
         for (i, word) in words.iter().enumerate() {
             word.set(poisoned(i));
         }
+        self.written.set(self.written.get().max(first + WORDS));
     }
 
     /// A frame for `owner` with key `key` holding an empty table (zeroed),
@@ -305,9 +345,44 @@ impl PhysMemory {
     }
 }
 
+impl Drop for PhysMemory {
+    /// Clears what this memory's run wrote and keeps the arrays ([`Kept`]).
+    fn drop(&mut self) {
+        let used = self.next.get() as usize;
+        let mut words = core::mem::take(&mut self.words);
+        let mut owner = core::mem::take(&mut self.owner);
+        let mut key = core::mem::take(&mut self.key);
+        let written = self.written.get().min(words.len());
+        for w in &mut words[..written] {
+            *w.get_mut() = 0;
+        }
+        for o in &mut owner[..used] {
+            *o.get_mut() = FREE;
+        }
+        for k in &mut key[..used] {
+            *k.get_mut() = 0;
+        }
+        let kept = Kept {
+            words,
+            owner,
+            key,
+            poison_terms: core::mem::take(&mut self.poison_terms),
+        };
+        // A thread being torn down has no pool left: the arrays are freed.
+        let _ = KEPT_MEMORY.try_with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() < KEPT {
+                k.push(kept);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::hash::Hasher;
+    use std::collections::hash_map::DefaultHasher;
 
     #[test]
     fn allocate_free_and_reuse() {
@@ -326,5 +401,38 @@ mod tests {
         assert_eq!(m.allocate(SpaceId(2), 0), Some(a));
         assert_eq!(m.read(a.add(8)), poison(a.add(8)), "poisoned again");
         assert_eq!(m.allocated(), 2);
+    }
+
+    #[test]
+    fn a_memory_after_a_dropped_one_starts_zero_and_free() {
+        let words_of = |m: &PhysMemory| m.words.as_ptr();
+        let m = PhysMemory::new(3);
+        let a = m.allocate(SpaceId(1), 4).unwrap();
+        let b = m.allocate(SpaceId(2), 0).unwrap();
+        m.write(a.add(16), 7);
+        assert!(m.free(b));
+        m.write(b, 9);
+        m.write(PhysAddr(MEMORY_BASE + 2 * FRAME_BYTES + 8), 5);
+        let first = words_of(&m);
+        drop(m);
+
+        let m = PhysMemory::new(3);
+        assert_eq!(words_of(&m), first, "the arrays are kept");
+        let zero = PhysMemory::new(3);
+        assert_ne!(words_of(&zero), first);
+        for f in 0..3 {
+            let base = PhysAddr(MEMORY_BASE + f * FRAME_BYTES);
+            assert_eq!(m.owner(base), None, "frame {f} is free");
+            assert_eq!(m.key(base), 0);
+            for w in 0..WORDS as u64 {
+                assert_eq!(m.read(base.add(8 * w)), 0, "frame {f} word {w}");
+            }
+        }
+        let (mut h1, mut h2) = (DefaultHasher::new(), DefaultHasher::new());
+        m.digest(&mut h1);
+        zero.digest(&mut h2);
+        assert_eq!(h1.finish(), h2.finish(), "same digest as a new memory");
+        assert_eq!(m.allocate(SpaceId(3), 1), Some(a), "allocation starts over");
+        assert_eq!(m.read(a.add(16)), poison(a.add(16)));
     }
 }

@@ -18,6 +18,7 @@
 pub(crate) mod online;
 pub mod primitives;
 pub mod sched;
+mod stacks;
 pub mod timeline;
 pub mod topology;
 

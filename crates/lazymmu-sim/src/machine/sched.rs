@@ -113,7 +113,9 @@ impl Scheduler {
 
     pub(crate) fn drop_coroutines(&self) {
         let all = core::mem::take(&mut *self.coroutines.borrow_mut());
-        drop(all);
+        for coroutine in all.into_iter().flatten() {
+            super::stacks::give(coroutine);
+        }
     }
 
     pub(crate) fn digest(&self, h: &mut DefaultHasher) {
@@ -780,14 +782,16 @@ impl Machine {
                 self.sched.coroutines.borrow_mut()[task] = Some(coroutine);
                 Some(why)
             }
-            CoroutineResult::Return(()) => None,
+            CoroutineResult::Return(()) => {
+                super::stacks::give(coroutine);
+                None
+            }
         }
     }
 
     fn new_coroutine(self: &Rc<Self>, task: usize) -> TaskCoroutine {
         let machine = self.clone();
-        let stack = DefaultStack::new(self.config.stack_bytes)
-            .expect("allocating a task's coroutine stack");
+        let stack = super::stacks::take(self.config.stack_bytes);
         Coroutine::with_stack(stack, move |yielder: &Yielder<(), Yield>, ()| {
             machine.sched.yielders[task].set(yielder as *const _);
             loop {

@@ -109,8 +109,7 @@ impl Machine {
         for &cpu in cpus {
             let machine = self.clone();
             let body = body.clone();
-            let stack = DefaultStack::new(self.config.stack_bytes)
-                .expect("allocating a CPU's coroutine stack");
+            let stack = super::stacks::take(self.config.stack_bytes);
             coroutines[cpu.index()] = Some(Coroutine::with_stack(
                 stack,
                 move |yielder: &Yielder<(), Turn>, ()| {
@@ -138,7 +137,11 @@ impl Machine {
                     .borrow_mut()
                     .push(Reverse((self.clock_of(CpuId::new(cpu)), cpu))),
                 CoroutineResult::Yield(Turn::Blocked) => {}
-                CoroutineResult::Return(()) => coroutines[cpu] = None,
+                CoroutineResult::Return(()) => {
+                    if let Some(done) = coroutines[cpu].take() {
+                        super::stacks::give(done);
+                    }
+                }
             }
         }
         let stuck: Vec<usize> = (0..n).filter(|&c| coroutines[c].is_some()).collect();
@@ -152,8 +155,10 @@ impl Machine {
                 ),
             );
         }
-        // Dropping a suspended coroutine unwinds its stack.
-        drop(coroutines);
+        // Giving back a suspended coroutine unwinds its stack.
+        for coroutine in coroutines.into_iter().flatten() {
+            super::stacks::give(coroutine);
+        }
         t.yielders.borrow_mut().clear();
         t.pending.borrow_mut().clear();
         t.blocked.borrow_mut().clear();
