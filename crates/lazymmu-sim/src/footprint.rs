@@ -161,6 +161,15 @@ impl FootprintLog {
         }
     }
 
+    /// Every one of `locations` was written.
+    #[inline]
+    pub fn write_all(&self, locations: impl Iterator<Item = Location>) {
+        if self.on.get() {
+            let mut current = self.current.borrow_mut();
+            current.writes.extend(locations.map(Location::code));
+        }
+    }
+
     /// Something happened that no footprint describes.
     #[inline]
     pub fn opaque(&self) {

@@ -206,12 +206,54 @@ impl PhysMemory {
         self.key[frame].set(key);
     }
 
-    /// Zeroes the frame holding `pa`.
+    /// Zeroes the frame holding `pa` (every word a write, as
+    /// [`PhysMemory::write`] of each).
+    ///
+    /// # Panics
+    /// When `pa` is not memory.
     pub fn zero_frame(&self, pa: PhysAddr) {
-        let base = pa.0 & !(FRAME_BYTES - 1);
-        for i in 0..WORDS as u64 {
-            self.write(PhysAddr(base + i * 8), 0);
+        let frame = self
+            .frame_of(pa)
+            .unwrap_or_else(|| panic!("{pa:?} is not memory"));
+        let base = MEMORY_BASE + frame as u64 * FRAME_BYTES;
+        self.footprints
+            .write_all((0..WORDS as u64).map(|i| Location::Entry(PhysAddr(base + 8 * i))));
+        self.fill_frame(frame, |_| 0, 0);
+    }
+
+    /// The digest terms of frame `frame`'s words, summed: the poisoned
+    /// frame's cached sum when the frame holds its poison untouched.
+    fn frame_terms(&self, frame: usize) -> u64 {
+        let first = frame * WORDS;
+        let words = &self.words[first..first + WORDS];
+        let base = MEMORY_BASE + frame as u64 * FRAME_BYTES;
+        let cached = self.poison_terms[frame].get();
+        if cached != 0
+            && words
+                .iter()
+                .enumerate()
+                .all(|(i, w)| w.get() == poison(PhysAddr(base + 8 * i as u64)))
+        {
+            return cached;
         }
+        words.iter().enumerate().fold(0u64, |sum, (i, w)| {
+            sum.wrapping_add(word_term(first + i, w.get()))
+        })
+    }
+
+    /// Sets every word `i` of frame `frame` to `value(i)`, whose digest
+    /// terms sum to `terms`, keeping the digest.
+    fn fill_frame(&self, frame: usize, value: impl Fn(usize) -> u64, terms: u64) {
+        let first = frame * WORDS;
+        if self.tracking.get() {
+            let old = self.frame_terms(frame);
+            self.digest_sum
+                .set(self.digest_sum.get().wrapping_sub(old).wrapping_add(terms));
+        }
+        for (i, word) in self.words[first..first + WORDS].iter().enumerate() {
+            word.set(value(i));
+        }
+        self.written.set(self.written.get().max(first + WORDS));
     }
 
     /// Allocates a frame for `owner` carrying protection key `key`, full
@@ -241,30 +283,15 @@ impl PhysMemory {
     /// Fills frame `frame` with [`poison`], keeping the digest.
     fn poison(&self, frame: usize) {
         let first = frame * WORDS;
-        let words = &self.words[first..first + WORDS];
         let base = MEMORY_BASE + frame as u64 * FRAME_BYTES;
         let poisoned = |i: usize| poison(PhysAddr(base + 8 * i as u64));
-        if self.tracking.get() {
-            let old = words.iter().enumerate().fold(0u64, |sum, (i, w)| {
-                sum.wrapping_add(word_term(first + i, w.get()))
-            });
-            let cached = &self.poison_terms[frame];
-            if cached.get() == 0 {
-                cached.set((0..WORDS).fold(0u64, |sum, i| {
-                    sum.wrapping_add(word_term(first + i, poisoned(i)))
-                }));
-            }
-            self.digest_sum.set(
-                self.digest_sum
-                    .get()
-                    .wrapping_sub(old)
-                    .wrapping_add(cached.get()),
-            );
+        let cached = &self.poison_terms[frame];
+        if self.tracking.get() && cached.get() == 0 {
+            cached.set((0..WORDS).fold(0u64, |sum, i| {
+                sum.wrapping_add(word_term(first + i, poisoned(i)))
+            }));
         }
-        for (i, word) in words.iter().enumerate() {
-            word.set(poisoned(i));
-        }
-        self.written.set(self.written.get().max(first + WORDS));
+        self.fill_frame(frame, poisoned, cached.get());
     }
 
     /// A frame for `owner` with key `key` holding an empty table (zeroed),
@@ -322,11 +349,10 @@ impl PhysMemory {
         // Frames never handed out are zero and free: they add nothing.
         let used = self.next.get() as usize;
         let mut sum = 0u64;
-        for (i, w) in self.words[..used * WORDS].iter().enumerate() {
-            sum = sum.wrapping_add(word_term(i, w.get()));
-        }
         for f in 0..used {
-            sum = sum.wrapping_add(frame_term(f, self.owner[f].get(), self.key[f].get()));
+            sum = sum
+                .wrapping_add(self.frame_terms(f))
+                .wrapping_add(frame_term(f, self.owner[f].get(), self.key[f].get()));
         }
         self.digest_sum.set(sum);
         self.tracking.set(true);
