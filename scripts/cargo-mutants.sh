@@ -14,7 +14,7 @@
 # Results land in target/cargo-mutants/mutants.out (caught.txt,
 # missed.txt, timeout.txt, unviable.txt, outcomes.json). Each mutant is an
 # incremental build of the `mutants` profile (about 25 s on 2 cores) and
-# one default check (about 100 s on 2 cores). Not part of CI.
+# one default check (about 40 s on 2 cores). Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
