@@ -64,6 +64,7 @@ pub mod events;
 pub mod explore;
 pub mod footprint;
 pub mod invariant;
+mod kept;
 pub mod kernel_work;
 pub mod machine;
 pub mod memory;

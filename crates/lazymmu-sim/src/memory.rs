@@ -7,6 +7,7 @@ use lazymmu::addr::{PhysAddr, SpaceId};
 use lazymmu::pgtable::memory::poison;
 
 use crate::footprint::{FootprintLog, Location};
+use crate::kept::Kept;
 
 /// Bytes per frame.
 pub const FRAME_BYTES: u64 = 4096;
@@ -26,7 +27,7 @@ pub struct PhysMemory {
     owner: Box<[Cell<u32>]>,
     key: Box<[Cell<u8>]>,
     /// One past the highest word ever written: the words a memory handed
-    /// on to the next run ([`Kept`]) must clear.
+    /// on to the next run ([`Arrays`]) must clear.
     written: Cell<usize>,
     free: core::cell::RefCell<Vec<u32>>,
     next: Cell<u32>,
@@ -75,37 +76,33 @@ fn frame_term(frame: usize, owner: u32, key: u8) -> u64 {
 }
 
 /// The arrays of a dropped memory, all zero and free again, kept for the
-/// next memory of the same size on this thread.
-///
-/// Exploration builds a machine for every schedule, hundreds of thousands
-/// of them, and a new memory of a few MiB each time costs a `memset` of it
-/// all, and page faults and an `munmap` when the allocator hands it back to
-/// the kernel. A kept one costs clearing what the last run wrote.
-struct Kept {
+/// next memory of the same size ([`crate::kept`]): a new memory of a few
+/// MiB costs a `memset` of it all, and page faults and an `munmap` when the
+/// allocator hands it back to the kernel; a kept one costs clearing what
+/// the last run wrote.
+struct Arrays {
     words: Box<[Cell<u64>]>,
     owner: Box<[Cell<u32>]>,
     key: Box<[Cell<u8>]>,
     poison_terms: Box<[Cell<u64>]>,
 }
 
-/// Memories kept per thread (a scenario's runs all have one size).
-const KEPT: usize = 2;
-
 std::thread_local! {
-    static KEPT_MEMORY: core::cell::RefCell<Vec<Kept>> =
+    static ARRAYS: core::cell::RefCell<Vec<Arrays>> =
         const { core::cell::RefCell::new(Vec::new()) };
 }
+
+/// Memories kept per thread (a scenario's runs all have one size).
+const KEPT: Kept<Arrays> = Kept {
+    pool: &ARRAYS,
+    limit: 2,
+};
 
 impl PhysMemory {
     /// Memory of `frames` 4 KiB frames, all free.
     pub fn new(frames: u32) -> Self {
         let n = frames as usize;
-        let kept = KEPT_MEMORY.with(|k| {
-            let mut k = k.borrow_mut();
-            let i = k.iter().position(|m| m.owner.len() == n)?;
-            Some(k.swap_remove(i))
-        });
-        let kept = kept.unwrap_or_else(|| Kept {
+        let kept = KEPT.take(|m| m.owner.len() == n).unwrap_or_else(|| Arrays {
             words: (0..n * WORDS).map(|_| Cell::new(0)).collect(),
             owner: (0..n).map(|_| Cell::new(FREE)).collect(),
             key: (0..n).map(|_| Cell::new(0)).collect(),
@@ -372,7 +369,8 @@ impl PhysMemory {
 }
 
 impl Drop for PhysMemory {
-    /// Clears what this memory's run wrote and keeps the arrays ([`Kept`]).
+    /// Clears what this memory's run wrote and keeps the arrays
+    /// ([`Arrays`]).
     fn drop(&mut self) {
         let used = self.next.get() as usize;
         let mut words = core::mem::take(&mut self.words);
@@ -388,18 +386,11 @@ impl Drop for PhysMemory {
         for k in &mut key[..used] {
             *k.get_mut() = 0;
         }
-        let kept = Kept {
+        KEPT.keep(Arrays {
             words,
             owner,
             key,
             poison_terms: core::mem::take(&mut self.poison_terms),
-        };
-        // A thread being torn down has no pool left: the arrays are freed.
-        let _ = KEPT_MEMORY.try_with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() < KEPT {
-                k.push(kept);
-            }
         });
     }
 }

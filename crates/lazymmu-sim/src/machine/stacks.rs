@@ -1,26 +1,29 @@
-//! Coroutine stacks kept for the next run.
+//! Coroutine stacks kept for the next run ([`crate::kept`]).
 //!
 //! Every task of a run, and every CPU of a timed run, executes on a
-//! stackful coroutine. Exploration runs a scenario hundreds of thousands of
-//! times, and a fresh stack each time costs an `mmap`, a guard-page
-//! `mprotect`, page faults on every stack page the run touches, and an
-//! `munmap` whose TLB shootdown stops the other explorer thread's core.
-//! A stack whose coroutine has finished (or been unwound) goes back to a
-//! small per-thread pool instead, and the next coroutine of the same stack
-//! size takes it from there.
+//! stackful coroutine. A fresh stack each time costs an `mmap`, a
+//! guard-page `mprotect`, page faults on every stack page the run touches,
+//! and an `munmap` whose TLB shootdown stops the other explorer thread's
+//! core. A stack whose coroutine has finished (or been unwound) is kept
+//! instead, and the next coroutine of the same stack size takes it.
 
 use core::cell::RefCell;
 
 use corosensei::stack::{DefaultStack, Stack};
 use corosensei::Coroutine;
 
-/// Stacks kept per thread: enough for every task and CPU of the largest
-/// scenario, few enough that an idle explorer thread holds little memory.
-const KEPT: usize = 32;
+use crate::kept::Kept;
 
 std::thread_local! {
-    static POOL: RefCell<Vec<DefaultStack>> = const { RefCell::new(Vec::new()) };
+    static STACKS: RefCell<Vec<DefaultStack>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Stacks kept per thread: enough for every task and CPU of the largest
+/// scenario, few enough that an idle explorer thread holds little memory.
+const KEPT: Kept<DefaultStack> = Kept {
+    pool: &STACKS,
+    limit: 32,
+};
 
 fn size(stack: &DefaultStack) -> usize {
     stack.base().get() - stack.limit().get()
@@ -31,26 +34,15 @@ fn size(stack: &DefaultStack) -> usize {
 /// # Panics
 /// When a new stack cannot be mapped.
 pub(crate) fn take(bytes: usize) -> DefaultStack {
-    let kept = POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        pool.iter()
-            .position(|s| size(s) >= bytes && size(s) < bytes.saturating_mul(2))
-            .map(|i| pool.swap_remove(i))
-    });
-    kept.unwrap_or_else(|| DefaultStack::new(bytes).expect("mapping a coroutine stack"))
+    KEPT.take(|s| size(s) >= bytes && size(s) < bytes.saturating_mul(2))
+        .unwrap_or_else(|| DefaultStack::new(bytes).expect("mapping a coroutine stack"))
 }
 
 /// Unwinds `coroutine` if it has not finished and keeps its stack for
 /// [`take`].
 pub(crate) fn give<I, Y, R>(mut coroutine: Coroutine<I, Y, R, DefaultStack>) {
     coroutine.force_unwind();
-    let stack = coroutine.into_stack();
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        if pool.len() < KEPT {
-            pool.push(stack);
-        }
-    });
+    KEPT.keep(coroutine.into_stack());
 }
 
 #[cfg(test)]
