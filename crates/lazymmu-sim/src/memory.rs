@@ -369,8 +369,8 @@ impl PhysMemory {
 }
 
 impl Drop for PhysMemory {
-    /// Clears what this memory's run wrote and keeps the arrays
-    /// ([`Arrays`]).
+    /// Clears what this memory's run wrote and keeps its arrays for the
+    /// next memory of the same size on this thread.
     fn drop(&mut self) {
         let used = self.next.get() as usize;
         let mut words = core::mem::take(&mut self.words);
