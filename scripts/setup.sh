@@ -55,7 +55,19 @@ if [ "${#qemu_packages[@]}" -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
         echo "setup.sh: installing QEMU (${qemu_packages[*]})" >&2
         as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${qemu_packages[@]}" >/dev/null
+        if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${qemu_packages[@]}" >/dev/null; then
+            # A QEMU package already installed from the release's backports
+            # (qemu-utils, say) breaks the release's own qemu-system-*:
+            # take them from the same backports suite.
+            codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+            [ -n "$codename" ] || exit 1
+            echo "setup.sh: installing QEMU from ${codename}-backports instead" >&2
+            echo "deb http://deb.debian.org/debian ${codename}-backports main" |
+                as_root tee /etc/apt/sources.list.d/lazymmu-backports.list >/dev/null
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+                -t "${codename}-backports" "${qemu_packages[@]}" >/dev/null
+        fi
     else
         echo "setup.sh: ${qemu_packages[*]} missing and no apt-get; install QEMU" >&2
         exit 1
