@@ -44,7 +44,15 @@ static ALLOCATOR: Counting = Counting;
 
 /// Peak bytes allocated while the benchmark runs `threads` threads on
 /// `topology`, beyond what was live before; and the CPUs that came online.
+/// It runs on a thread of its own: the simulator keeps a run's memory for
+/// the next run on the same thread, which would then allocate none.
 fn peak_bytes(topology: Topology, threads: usize) -> (usize, u64) {
+    std::thread::spawn(move || peak_bytes_here(topology, threads))
+        .join()
+        .expect("the benchmark's thread")
+}
+
+fn peak_bytes_here(topology: Topology, threads: usize) -> (usize, u64) {
     let before = LIVE.load(Ordering::Relaxed);
     PEAK.store(before, Ordering::Relaxed);
     let mut config = CtxSwitchConfig::ping_pong(LazyTlbPolicy::Refcount, topology, Platform::X86);
