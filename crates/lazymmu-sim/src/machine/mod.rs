@@ -1951,7 +1951,8 @@ impl Machine {
         h.write_u64(unordered(self.top_level_tables.borrow().iter()));
         self.memory.digest(&mut h);
         h.write_u64(unordered(self.hash_marked.borrow().iter()));
-        self.sched.digest(&mut h);
+        self.sched
+            .digest(&mut h, self.config.offers.interrupts.is_some());
         if let Some(kernel) = self.kernel() {
             kernel.digest(&mut h);
         }

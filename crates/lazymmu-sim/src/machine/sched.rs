@@ -118,12 +118,17 @@ impl Scheduler {
         }
     }
 
-    pub(crate) fn digest(&self, h: &mut DefaultHasher) {
+    /// Feeds the scheduler's state to `h`; the interrupts taken only when
+    /// they are `limited` (otherwise how many were taken changes nothing
+    /// that follows).
+    pub(crate) fn digest(&self, h: &mut DefaultHasher, limited: bool) {
         for &w in self.waiters.borrow().iter() {
             h.write_usize(w);
         }
         h.write_usize(self.executing.get().map_or(usize::MAX, |t| t));
-        h.write_u32(self.interrupts.get());
+        if limited {
+            h.write_u32(self.interrupts.get());
+        }
     }
 }
 
@@ -499,9 +504,15 @@ impl Machine {
         c.irq_depth.set(c.irq_depth.get() + 1);
         self.log(EventKind::IrqEnter);
         let interrupted_key = c.key.get();
+        let task = self.current_task();
+        let position = self.tasks.borrow()[task].position;
         kernel.exception_entry();
         kernel.interrupt();
         kernel.exception_exit();
+        // The task resumes where the interrupt found it: the choice points
+        // of the handler (which it runs on the task's stack, and which tell
+        // the handler's own points apart) are no part of where it is.
+        self.tasks.borrow_mut()[task].position = position;
         let key_now = self.key();
         if self.config.hardware.keys != KeyModel::None && key_now != interrupted_key {
             self.violation(
