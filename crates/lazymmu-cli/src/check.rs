@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use lazymmu_sim::choice::Trace;
 use lazymmu_sim::explore::{Bounds, Completion, Found};
 use lazymmu_sim::pct::RandomSearch;
-use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant, SIM_PREEMPTIONS};
+use lazymmu_sim::scenarios::{self, CheckReport, Entry, Variant};
 
 use crate::exit::{usage, FINDING, INCOMPLETE, STATUSES};
 use crate::input::{Lines, QUOTE};
@@ -53,10 +53,11 @@ pub struct CheckArgs {
     /// bound).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub preemptions: u32,
-    /// Preemption bound for the simulator's workloads (`sim-*`), which
-    /// are explored at the lower of this and --preemptions.
-    #[arg(long, value_name = "N", default_value_t = SIM_PREEMPTIONS)]
-    pub sim_preemptions: u32,
+    /// A lower preemption bound for the simulator's workloads (`sim-*`)
+    /// alone: they are explored at the lower of this and --preemptions
+    /// (by default at --preemptions, as every other scenario).
+    #[arg(long, value_name = "N")]
+    pub sim_preemptions: Option<u32>,
     /// Do not prune states already visited.
     #[arg(long)]
     pub no_prune: bool,
@@ -211,7 +212,7 @@ fn explore(
     selected: &[Entry],
     variant: Variant,
     bounds: Bounds,
-    sim_preemptions: u32,
+    sim_preemptions: Option<u32>,
 ) -> CheckReport {
     let progress = Progress::new(selected.len() as u64, "scenarios");
     let names: Vec<&str> = selected.iter().map(|s| s.name()).collect();

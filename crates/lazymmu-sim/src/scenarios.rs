@@ -538,13 +538,6 @@ pub struct SimScenario {
     pub config: RunConfig,
 }
 
-/// Preemption bound for the page-table workloads unless changed: their
-/// runs pass hundreds of choice points, each offering an interrupt, a
-/// remote flush and the other CPU. Bound 2, as for every other scenario,
-/// now that pruning, sleep sets and one thread per core keep the whole
-/// default check near a minute of CPU time in a release build.
-pub const SIM_PREEMPTIONS: u32 = 2;
-
 impl System for SimScenario {
     fn run(&self, chooser: &mut dyn Chooser) -> RunOutcome {
         catching(|| {
@@ -1024,18 +1017,16 @@ impl Entry {
         }
     }
 
-    /// The bounds it is explored with.
-    pub fn bounds(&self, bounds: Bounds, sim_preemptions: u32) -> Bounds {
-        match self {
-            Entry::Machine(_) | Entry::Neighbour(_) => bounds,
-            Entry::Simulator(_) => Bounds {
-                preemptions: Some(
-                    bounds
-                        .preemptions
-                        .map_or(sim_preemptions, |b| b.min(sim_preemptions)),
-                ),
+    /// The bounds it is explored with: `bounds`, except that a simulator
+    /// workload takes at most `sim_preemptions` preemptions when that is
+    /// given.
+    pub fn bounds(&self, bounds: Bounds, sim_preemptions: Option<u32>) -> Bounds {
+        match (self, sim_preemptions) {
+            (Entry::Simulator(_), Some(cap)) => Bounds {
+                preemptions: Some(bounds.preemptions.map_or(cap, |b| b.min(cap))),
                 ..bounds
             },
+            _ => bounds,
         }
     }
 }
@@ -1316,13 +1307,13 @@ impl CheckReport {
 }
 
 /// Explores `scenarios` under `variant`; simulator workloads at most at
-/// `sim_preemptions`. Scenarios the variant does not apply to are left
+/// `sim_preemptions` when it is given (see [`Entry::bounds`]). Scenarios the variant does not apply to are left
 /// out of the report.
 pub fn check(
     scenarios: &[Entry],
     variant: Variant,
     bounds: Bounds,
-    sim_preemptions: u32,
+    sim_preemptions: Option<u32>,
 ) -> CheckReport {
     check_with(scenarios, variant, bounds, sim_preemptions, &mut |_| {})
 }
@@ -1336,7 +1327,7 @@ pub fn check_with(
     scenarios: &[Entry],
     variant: Variant,
     bounds: Bounds,
-    sim_preemptions: u32,
+    sim_preemptions: Option<u32>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> CheckReport {
     let start = Instant::now();

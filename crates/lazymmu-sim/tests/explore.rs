@@ -5,9 +5,7 @@
 use lazymmu_sim::choice::Trace;
 use lazymmu_sim::explore::{Bounds, Completion, Explorer};
 use lazymmu_sim::invariant::Invariant;
-use lazymmu_sim::scenarios::{
-    self, check, find, replay_trace, tiny, Entry, Variant, SIM_PREEMPTIONS,
-};
+use lazymmu_sim::scenarios::{self, check, find, replay_trace, tiny, Entry, Variant};
 
 fn bounds(preemptions: Option<u32>, prune: bool) -> Bounds {
     Bounds {
@@ -63,7 +61,7 @@ fn shipped_designs_pass_every_machine_scenario_at_bound_two() {
         .map(Entry::Machine)
         .collect();
     for variant in Variant::SHIPPED {
-        let report = check(&machine, variant, bounds(Some(2), true), SIM_PREEMPTIONS);
+        let report = check(&machine, variant, bounds(Some(2), true), None);
         assert_eq!(report.scenarios.len(), machine.len());
         for s in &report.scenarios {
             assert_eq!(s.bound, Some(2));
@@ -79,8 +77,9 @@ fn shipped_designs_pass_every_machine_scenario_at_bound_two() {
 }
 
 /// The simulator workloads' bound in these (unoptimised) tests: bound 1.
-/// The release `lazymmu check` of CI explores them at [`SIM_PREEMPTIONS`].
-const TEST_SIM_PREEMPTIONS: u32 = 1;
+/// The release `lazymmu check` of CI explores them at bound 2, as every
+/// other scenario.
+const TEST_SIM_PREEMPTIONS: Option<u32> = Some(1);
 
 #[test]
 fn default_design_passes_every_simulator_workload() {
@@ -96,7 +95,7 @@ fn default_design_passes_every_simulator_workload() {
     );
     assert_eq!(report.scenarios.len(), sim.len());
     for s in &report.scenarios {
-        assert_eq!(s.bound, Some(TEST_SIM_PREEMPTIONS));
+        assert_eq!(s.bound, TEST_SIM_PREEMPTIONS);
         assert!(s.report.complete(), "{} incomplete", s.scenario);
         assert!(s.report.schedules > 10, "{} explored nothing", s.scenario);
     }
@@ -106,7 +105,7 @@ fn default_design_passes_every_simulator_workload() {
         .collect();
     assert!(violations.is_empty(), "{violations:#?}");
     // Known-bad wrappers exist on the scenario machine only.
-    assert!(check(&sim, Variant::Linux70Xen, Bounds::default(), 1)
+    assert!(check(&sim, Variant::Linux70Xen, Bounds::default(), Some(1))
         .scenarios
         .is_empty());
 }
@@ -118,11 +117,11 @@ fn every_neighbour_policy_holds_and_its_known_bad_variants_do_not() {
         .filter(|s| matches!(s, Entry::Neighbour(_)))
         .collect();
     assert!(neighbours.len() >= 9);
-    let report = check(&neighbours, Variant::Default, Bounds::default(), 1);
+    let report = check(&neighbours, Variant::Default, Bounds::default(), None);
     assert_eq!(report.scenarios.len(), neighbours.len());
     assert!(report.holds());
     for variant in [Variant::PgmapPercpuPreemptible, Variant::CtxswitchLostIpi] {
-        let report = check(&neighbours, variant, Bounds::default(), 1);
+        let report = check(&neighbours, variant, Bounds::default(), None);
         assert_eq!(report.scenarios.len(), 1, "{variant}");
         assert!(!report.holds(), "{variant} not caught");
     }
@@ -131,12 +130,7 @@ fn every_neighbour_policy_holds_and_its_known_bad_variants_do_not() {
 #[test]
 fn every_known_bad_variant_is_caught_and_its_trace_replays() {
     for variant in Variant::KNOWN_BAD {
-        let report = check(
-            &scenarios::all(),
-            variant,
-            Bounds::default(),
-            SIM_PREEMPTIONS,
-        );
+        let report = check(&scenarios::all(), variant, Bounds::default(), None);
         let (scenario, found) = report
             .violations()
             .min_by_key(|(_, f)| (f.trace.departures(), f.trace.picks.len()))
@@ -179,12 +173,7 @@ fn sparc64_flushes_reach_the_other_thread_of_the_process() {
     let replayed = replay_trace(&scenario, Variant::Default, &trace.picks).unwrap();
     assert!(!replayed.diverged);
     assert_eq!(replayed.violation, None);
-    let report = check(
-        &[scenario],
-        Variant::Default,
-        bounds(Some(2), true),
-        SIM_PREEMPTIONS,
-    );
+    let report = check(&[scenario], Variant::Default, bounds(Some(2), true), None);
     assert!(report.scenarios[0].report.complete());
     assert!(report.holds());
 }
@@ -195,7 +184,7 @@ fn linux70_ordering_double_enters_on_xen() {
         &[find("switch-windows").unwrap()],
         Variant::Linux70Xen,
         Bounds::default(),
-        SIM_PREEMPTIONS,
+        None,
     );
     let (_, found) = report.violations().next().expect("caught");
     assert_eq!(
@@ -214,7 +203,7 @@ fn single_slot_stateful_sections_leave_the_key_register_open() {
         std::slice::from_ref(&scenario),
         Variant::StatefulSingleSlot,
         Bounds::default(),
-        SIM_PREEMPTIONS,
+        None,
     );
     let (_, found) = report.violations().next().expect("caught");
     assert_eq!(
@@ -226,7 +215,7 @@ fn single_slot_stateful_sections_leave_the_key_register_open() {
     // Nested sections alone show it: no preemption needed.
     assert_eq!(found.trace.departures(), 0, "{}", found.trace);
     // Each section carrying its own saved value restores it exactly.
-    let fixed = check(&[scenario], Variant::Stateful, Bounds::default(), 1);
+    let fixed = check(&[scenario], Variant::Stateful, Bounds::default(), Some(1));
     assert!(fixed.holds());
 }
 
@@ -237,7 +226,7 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
         std::slice::from_ref(&scenario),
         Variant::GatherFreeBeforeFlush,
         Bounds::default(),
-        SIM_PREEMPTIONS,
+        None,
     );
     let (_, found) = report.violations().next().expect("caught");
     assert_eq!(
@@ -251,7 +240,7 @@ fn freeing_page_tables_before_the_flush_is_a_use_after_free() {
         "{}",
         found.violation.detail
     );
-    assert!(check(&[scenario], Variant::Default, Bounds::default(), 1).holds());
+    assert!(check(&[scenario], Variant::Default, Bounds::default(), None).holds());
 }
 
 #[test]
