@@ -1307,8 +1307,8 @@ impl CheckReport {
 }
 
 /// Explores `scenarios` under `variant`; simulator workloads at most at
-/// `sim_preemptions` when it is given (see [`Entry::bounds`]). Scenarios the variant does not apply to are left
-/// out of the report.
+/// `sim_preemptions` when it is given (see [`Entry::bounds`]). Scenarios
+/// the variant does not apply to are left out of the report.
 pub fn check(
     scenarios: &[Entry],
     variant: Variant,
