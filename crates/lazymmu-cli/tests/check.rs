@@ -221,6 +221,47 @@ fn json_report_of_a_passing_check() {
     assert!(doc["schedules_per_second"].as_f64().is_some());
 }
 
+/// Each scenario's bound in a JSON report of `check ARGS`, by name.
+fn bounds_of(args: &[&str]) -> Vec<(String, Value)> {
+    let out = lazymmu()
+        .arg("check")
+        .args(args)
+        .arg("--json")
+        .assert()
+        .code(0)
+        .get_output()
+        .stdout
+        .clone();
+    let doc = json_of(&out);
+    doc["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["preemption_bound"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_workloads_take_the_preemption_bound_unless_lowered_for_them_alone() {
+    let both = ["--scenario", "sim-munmap-x86", "--scenario", "munmap"];
+    let named = |bound: u32| -> Vec<(String, Value)> {
+        vec![
+            ("sim-munmap-x86".to_owned(), Value::from(bound)),
+            ("munmap".to_owned(), Value::from(2)),
+        ]
+    };
+    assert_eq!(bounds_of(&both), named(2), "as every other scenario");
+    let lowered = [&both[..], &["--sim-preemptions", "1"]].concat();
+    assert_eq!(bounds_of(&lowered), named(1), "lowered for sim-* alone");
+    let raised = [&both[..], &["--sim-preemptions", "3"]].concat();
+    assert_eq!(bounds_of(&raised), named(2), "never above --preemptions");
+}
+
 #[test]
 fn list_names_every_scenario_and_variant() {
     lazymmu()
